@@ -1,0 +1,2 @@
+//! spate's control plane and client.
+#![forbid(unsafe_code)]

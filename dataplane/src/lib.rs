@@ -1,0 +1,18 @@
+//! spate's data plane.
+//!
+//! A record's way from source to sink runs through this crate alone:
+//!
+//! - [`ring`]: the single-producer single-consumer frame ring in (possibly shared) memory
+//!   that carries records between tasks, threads and processes;
+//! - [`idle`]: what a pinned thread does when it found no work;
+//! - [`slot`]: the pinned slot runner threads that poll tasks round-robin.
+//!
+//! The crate knows nothing of the control plane. Unsafe code is fenced: it is denied here
+//! and allowed only in the modules that map memory or call the kernel (`ring`, `sys`).
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod idle;
+pub mod ring;
+pub mod slot;
+pub mod sys;

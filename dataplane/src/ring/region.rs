@@ -1,0 +1,149 @@
+//! Memory regions a ring can live in: anonymous (one process), a named file in /dev/shm,
+//! or a memfd (shared by passing the descriptor or its `/proc/<pid>/fd/<n>` path).
+#![allow(unsafe_code)]
+
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Where shared-memory rings are created by name.
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// A mapped memory region. The mapping is unmapped (and a created file unlinked, if it
+/// was asked to be) when the last owner drops it.
+#[derive(Debug)]
+pub struct Region {
+    map: MmapRaw,
+    kind: RegionKind,
+    unlink: Option<PathBuf>,
+}
+
+/// What backs a [`Region`].
+#[derive(Debug)]
+pub enum RegionKind {
+    /// Private anonymous memory: threads of one process only.
+    Anonymous,
+    /// A file (normally on the /dev/shm tmpfs) that other processes open by path.
+    File(PathBuf),
+    /// A memfd; other processes reach it through an inherited descriptor or
+    /// `/proc/<pid>/fd/<fd>`.
+    Memfd(OwnedFd),
+}
+
+impl Region {
+    /// Zeroed anonymous memory of `len` bytes.
+    pub fn anonymous(len: usize) -> std::io::Result<Self> {
+        let map = MmapOptions::new().len(len).map_anon()?;
+        Ok(Self {
+            map: MmapRaw::from(map),
+            kind: RegionKind::Anonymous,
+            unlink: None,
+        })
+    }
+
+    /// Creates a new zero-filled file of `len` bytes at `path` (failing if it exists) and
+    /// maps it shared. With `unlink_on_drop`, the file is removed when the region drops.
+    pub fn create_file(path: &Path, len: usize, unlink_on_drop: bool) -> std::io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        let region = (|| {
+            file.set_len(len as u64)?;
+            MmapOptions::new().len(len).map_raw(&file)
+        })();
+        match region {
+            Ok(map) => Ok(Self {
+                map,
+                kind: RegionKind::File(path.to_path_buf()),
+                unlink: unlink_on_drop.then(|| path.to_path_buf()),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Maps an already opened file whole, shared. Its contents are not trusted: callers
+    /// validate them. An empty file is refused (mmap cannot map zero bytes).
+    pub fn map_file(file: &File, path: &Path) -> std::io::Result<Self> {
+        let len = file.metadata()?.len();
+        let len = usize::try_from(len).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "file larger than memory")
+        })?;
+        if len == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "empty file cannot be mapped",
+            ));
+        }
+        let map = MmapOptions::new().len(len).map_raw(file)?;
+        Ok(Self {
+            map,
+            kind: RegionKind::File(path.to_path_buf()),
+            unlink: None,
+        })
+    }
+
+    /// A new zero-filled memfd of `len` bytes, named `name` (for /proc listings only).
+    pub fn memfd(name: &str, len: usize) -> std::io::Result<Self> {
+        let cname = std::ffi::CString::new(name)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in name"))?;
+        // SAFETY: `cname` is a valid NUL-terminated string; flags are valid memfd flags.
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let file = File::from(owned);
+        file.set_len(len as u64)?;
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(Self {
+            map,
+            kind: RegionKind::Memfd(OwnedFd::from(file)),
+            unlink: None,
+        })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the region is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Start of the mapping (page aligned).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// What backs the region.
+    pub fn kind(&self) -> &RegionKind {
+        &self.kind
+    }
+
+    /// The memfd's descriptor, if the region is a memfd.
+    pub fn memfd_raw(&self) -> Option<RawFd> {
+        match &self.kind {
+            RegionKind::Memfd(fd) => Some(fd.as_raw_fd()),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Some(path) = self.unlink.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Slot runners: one named OS thread per task slot, pinned to its own core, running its
+//! tasks round-robin.
+//!
+//! The duty cycle has one shape: take commands (only when the command counter says there
+//! are some), poll every task once (each poll does a bounded amount of work and says how
+//! much), then hand the total to the idle strategy, which idles only if it is zero.
+//!
+//! Tasks are built *on* the slot thread from a `Send` factory, so a task itself need not
+//! be `Send` and keeps no atomics it does not need. A task that panics is caught and
+//! reported as that task's failure, with its message; the slot and the process live on.
+
+mod pinning;
+
+pub use pinning::{available_cores, plan_cores, CorePlan};
+
+use crate::idle::IdleStrategyKind;
+use std::any::Any;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Identifies a task within a TaskManager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub u64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task-{}", self.0)
+    }
+}
+
+/// What one poll of a task achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskPoll {
+    /// Did this many units of work (0: found nothing to do).
+    Worked(usize),
+    /// The task is done and will not be polled again.
+    Finished,
+}
+
+/// A task's failure, as the task itself reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TaskError(pub String);
+
+/// A unit of work a slot polls.
+///
+/// Performance contract: `poll` returns after a bounded amount of work (so the slot's
+/// other tasks are not starved) and never blocks; a poll that found nothing returns
+/// `Worked(0)` quickly, since it runs in a busy loop.
+pub trait Task {
+    /// Name for logs and reports.
+    fn name(&self) -> &str;
+    /// Does a bounded amount of work.
+    fn poll(&mut self) -> Result<TaskPoll, TaskError>;
+    /// Called once when the task leaves the slot (finished, failed or cancelled).
+    fn close(&mut self) {}
+}
+
+/// Builds a task on the slot thread.
+pub type TaskFactory = Box<dyn FnOnce() -> Result<Box<dyn Task>, TaskError> + Send>;
+
+/// What a slot reports about its tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotEvent {
+    /// The task was built and is being polled.
+    Running {
+        /// Slot index.
+        slot: usize,
+        /// The task.
+        task: TaskId,
+    },
+    /// The task returned `Finished`.
+    Finished {
+        /// Slot index.
+        slot: usize,
+        /// The task.
+        task: TaskId,
+    },
+    /// The task failed, returned an error or panicked (while built or polled).
+    Failed {
+        /// Slot index.
+        slot: usize,
+        /// The task.
+        task: TaskId,
+        /// The error or panic message.
+        message: String,
+    },
+    /// The task was cancelled, or the slot stopped while it ran.
+    Cancelled {
+        /// Slot index.
+        slot: usize,
+        /// The task.
+        task: TaskId,
+    },
+}
+
+/// How to start a slot.
+#[derive(Debug, Clone)]
+pub struct SlotConfig {
+    /// Slot index within the TaskManager.
+    pub index: usize,
+    /// Core to pin the thread to (`None`: not pinned).
+    pub core: Option<usize>,
+    /// What to do when no task did work.
+    pub idle: IdleStrategyKind,
+    /// Thread name prefix (the thread is called `{name}-{index}`).
+    pub name: String,
+}
+
+enum Command {
+    Submit(TaskId, TaskFactory),
+    Cancel(TaskId),
+}
+
+/// A running slot thread. Dropping it stops the thread (after cancelling its tasks).
+pub struct Slot {
+    index: usize,
+    core: Option<usize>,
+    commands: Sender<Command>,
+    /// Commands sent and not yet taken; lets the duty cycle skip the channel when zero.
+    pending: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("index", &self.index)
+            .field("core", &self.core)
+            .finish()
+    }
+}
+
+impl Slot {
+    /// Starts the slot's thread, pinned as configured. Task events go to `events`.
+    pub fn spawn(config: SlotConfig, events: Sender<SlotEvent>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (pending.clone(), stop.clone());
+        let (index, core, idle) = (config.index, config.core, config.idle);
+        let thread = std::thread::Builder::new()
+            .name(format!("{}-{}", config.name, config.index))
+            .spawn(move || {
+                // Built here: the task list never leaves the slot thread.
+                Runner {
+                    index,
+                    core,
+                    idle,
+                    commands: rx,
+                    pending: p,
+                    stop: s,
+                    events,
+                    tasks: Vec::new(),
+                }
+                .run()
+            })?;
+        Ok(Self {
+            index: config.index,
+            core: config.core,
+            commands: tx,
+            pending,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Slot index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The core the slot is pinned to.
+    pub fn core(&self) -> Option<usize> {
+        self.core
+    }
+
+    fn send(&self, cmd: Command) -> bool {
+        if self.commands.send(cmd).is_err() {
+            return false;
+        }
+        // Relaxed suffices: the counter is only a hint to look at the channel, which
+        // carries its own synchronisation; a late-seen increment delays by one cycle.
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
+        true
+    }
+
+    /// Builds the task on the slot thread and polls it from then on. Returns false if the
+    /// slot has stopped.
+    pub fn submit(&self, id: TaskId, factory: TaskFactory) -> bool {
+        self.send(Command::Submit(id, factory))
+    }
+
+    /// Removes the task (reported as `Cancelled`). Returns false if the slot has stopped.
+    pub fn cancel(&self, id: TaskId) -> bool {
+        self.send(Command::Cancel(id))
+    }
+
+    /// Stops the thread after cancelling its tasks, and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        // Relaxed: the join below synchronises with everything the thread did.
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Entry {
+    id: TaskId,
+    task: Box<dyn Task>,
+}
+
+struct Runner {
+    index: usize,
+    core: Option<usize>,
+    idle: IdleStrategyKind,
+    commands: Receiver<Command>,
+    pending: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    events: Sender<SlotEvent>,
+    /// Only touched by the slot thread.
+    tasks: Vec<Entry>,
+}
+
+/// The message of a panic payload.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+impl Runner {
+    fn run(mut self) {
+        if let Some(core) = self.core {
+            pinning::pin_current(self.index, core);
+        }
+        let mut idle = self.idle.build();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if self.pending.load(Ordering::Relaxed) != 0 {
+                self.take_commands();
+            }
+            let work = self.poll_tasks();
+            idle.idle(work);
+        }
+        for mut e in std::mem::take(&mut self.tasks) {
+            Self::close(&mut e);
+            self.emit(SlotEvent::Cancelled {
+                slot: self.index,
+                task: e.id,
+            });
+        }
+    }
+
+    fn emit(&self, ev: SlotEvent) {
+        // The receiver may be gone at shutdown; nothing to report to then.
+        let _ = self.events.send(ev);
+    }
+
+    fn take_commands(&mut self) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            match cmd {
+                Command::Submit(id, factory) => match catch_unwind(AssertUnwindSafe(factory)) {
+                    Ok(Ok(task)) => {
+                        self.tasks.push(Entry { id, task });
+                        self.emit(SlotEvent::Running {
+                            slot: self.index,
+                            task: id,
+                        });
+                    }
+                    Ok(Err(e)) => self.fail(id, e.0),
+                    Err(p) => self.fail(id, format!("panicked: {}", panic_message(&*p))),
+                },
+                Command::Cancel(id) => {
+                    if let Some(pos) = self.tasks.iter().position(|e| e.id == id) {
+                        let mut e = self.tasks.remove(pos);
+                        Self::close(&mut e);
+                        self.emit(SlotEvent::Cancelled {
+                            slot: self.index,
+                            task: id,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&self, task: TaskId, message: String) {
+        tracing::warn!(slot = self.index, %task, %message, "task failed");
+        self.emit(SlotEvent::Failed {
+            slot: self.index,
+            task,
+            message,
+        });
+    }
+
+    fn close(e: &mut Entry) {
+        // A panicking close must not take the slot down either.
+        let _ = catch_unwind(AssertUnwindSafe(|| e.task.close()));
+    }
+
+    #[inline]
+    fn poll_tasks(&mut self) -> usize {
+        let mut work = 0;
+        let mut i = 0;
+        while i < self.tasks.len() {
+            let entry = &mut self.tasks[i];
+            match catch_unwind(AssertUnwindSafe(|| entry.task.poll())) {
+                Ok(Ok(TaskPoll::Worked(n))) => {
+                    work += n;
+                    i += 1;
+                }
+                Ok(Ok(TaskPoll::Finished)) => {
+                    let mut e = self.tasks.remove(i);
+                    Self::close(&mut e);
+                    self.emit(SlotEvent::Finished {
+                        slot: self.index,
+                        task: e.id,
+                    });
+                    work += 1;
+                }
+                Ok(Err(err)) => {
+                    let mut e = self.tasks.remove(i);
+                    Self::close(&mut e);
+                    self.fail(e.id, err.0);
+                    work += 1;
+                }
+                Err(p) => {
+                    let mut e = self.tasks.remove(i);
+                    let message = format!("{} panicked: {}", e.task.name(), panic_message(&*p));
+                    Self::close(&mut e);
+                    self.fail(e.id, message);
+                    work += 1;
+                }
+            }
+        }
+        work
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+#![allow(clippy::unwrap_used, clippy::panic)]
+use super::*;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+struct Count {
+    n: u64,
+    limit: u64,
+    seen: Arc<AtomicU64>,
+}
+
+impl Task for Count {
+    fn name(&self) -> &str {
+        "count"
+    }
+    fn poll(&mut self) -> Result<TaskPoll, TaskError> {
+        if self.n == self.limit {
+            return Ok(TaskPoll::Finished);
+        }
+        self.n += 1;
+        self.seen.store(self.n, Ordering::Relaxed);
+        Ok(TaskPoll::Worked(1))
+    }
+}
+
+struct Boom {
+    after: u32,
+}
+
+impl Task for Boom {
+    fn name(&self) -> &str {
+        "boom"
+    }
+    fn poll(&mut self) -> Result<TaskPoll, TaskError> {
+        if self.after == 0 {
+            panic!("operator exploded on record 3");
+        }
+        self.after -= 1;
+        Ok(TaskPoll::Worked(1))
+    }
+}
+
+fn slot(events: Sender<SlotEvent>) -> Slot {
+    Slot::spawn(
+        SlotConfig {
+            index: 0,
+            core: available_cores().first().copied(),
+            idle: IdleStrategyKind::Backoff,
+            name: "test-slot".into(),
+        },
+        events,
+    )
+    .unwrap()
+}
+
+fn next(rx: &Receiver<SlotEvent>) -> SlotEvent {
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("slot event")
+}
+
+#[test]
+fn a_panicking_task_fails_alone_and_the_slot_lives_on() {
+    let (tx, rx) = channel();
+    let s = slot(tx);
+    let seen = Arc::new(AtomicU64::new(0));
+    let seen2 = seen.clone();
+    s.submit(
+        TaskId(1),
+        Box::new(|| Ok(Box::new(Boom { after: 3 }) as Box<dyn Task>)),
+    );
+    s.submit(
+        TaskId(2),
+        Box::new(move || {
+            Ok(Box::new(Count {
+                n: 0,
+                limit: 100_000,
+                seen: seen2,
+            }) as Box<dyn Task>)
+        }),
+    );
+    let mut failed = None;
+    let mut finished = false;
+    while failed.is_none() || !finished {
+        match next(&rx) {
+            SlotEvent::Failed { task, message, .. } => failed = Some((task, message)),
+            SlotEvent::Finished { task, .. } => {
+                assert_eq!(task, TaskId(2));
+                finished = true;
+            }
+            SlotEvent::Running { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (task, message) = failed.unwrap();
+    assert_eq!(task, TaskId(1));
+    assert!(
+        message.contains("boom panicked: operator exploded on record 3"),
+        "{message}"
+    );
+    assert_eq!(seen.load(Ordering::Relaxed), 100_000);
+    // The slot still takes work after the panic.
+    let seen3 = Arc::new(AtomicU64::new(0));
+    let s3 = seen3.clone();
+    s.submit(
+        TaskId(3),
+        Box::new(move || {
+            Ok(Box::new(Count {
+                n: 0,
+                limit: 10,
+                seen: s3,
+            }) as Box<dyn Task>)
+        }),
+    );
+    assert_eq!(
+        next(&rx),
+        SlotEvent::Running {
+            slot: 0,
+            task: TaskId(3)
+        }
+    );
+    assert_eq!(
+        next(&rx),
+        SlotEvent::Finished {
+            slot: 0,
+            task: TaskId(3)
+        }
+    );
+    s.stop();
+}
+
+#[test]
+fn factory_errors_and_panics_are_task_failures() {
+    let (tx, rx) = channel();
+    let s = slot(tx);
+    s.submit(
+        TaskId(1),
+        Box::new(|| Err(TaskError("no such operator".into()))),
+    );
+    s.submit(TaskId(2), Box::new(|| panic!("factory blew up")));
+    match next(&rx) {
+        SlotEvent::Failed { task, message, .. } => {
+            assert_eq!(task, TaskId(1));
+            assert_eq!(message, "no such operator");
+        }
+        e => panic!("{e:?}"),
+    }
+    match next(&rx) {
+        SlotEvent::Failed { task, message, .. } => {
+            assert_eq!(task, TaskId(2));
+            assert!(message.contains("factory blew up"));
+        }
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn cancel_and_stop_close_running_tasks() {
+    let (tx, rx) = channel();
+    let s = slot(tx);
+    let forever = |id| -> TaskFactory {
+        let seen = Arc::new(AtomicU64::new(0));
+        let _ = id;
+        Box::new(move || {
+            Ok(Box::new(Count {
+                n: 0,
+                limit: u64::MAX,
+                seen,
+            }) as Box<dyn Task>)
+        })
+    };
+    s.submit(TaskId(1), forever(1));
+    s.submit(TaskId(2), forever(2));
+    assert!(matches!(next(&rx), SlotEvent::Running { .. }));
+    assert!(matches!(next(&rx), SlotEvent::Running { .. }));
+    s.cancel(TaskId(1));
+    assert_eq!(
+        next(&rx),
+        SlotEvent::Cancelled {
+            slot: 0,
+            task: TaskId(1)
+        }
+    );
+    s.stop();
+    assert_eq!(
+        next(&rx),
+        SlotEvent::Cancelled {
+            slot: 0,
+            task: TaskId(2)
+        }
+    );
+}
