@@ -1,1 +1,97 @@
-fn main() {}
+//! spate's benchmark harnesses. `cargo run --release -p bench -- ring` and friends.
+//!
+//! Benchmarks pin their threads (the cores are printed) and may busy-spin: run them on a
+//! quiet machine, and compare variants within one run, as ratios.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod clock;
+mod report;
+mod ring;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "bench", about = "spate benchmark harnesses")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Ring latency and throughput against the atomic floor, ArrayQueue and rtrb.
+    Ring {
+        /// Round trips per ping-pong variant.
+        #[arg(long, default_value_t = 1_000_000)]
+        round_trips: u64,
+        /// Frames per streaming variant.
+        #[arg(long, default_value_t = 20_000_000)]
+        frames: u64,
+        /// Interleaved rounds the counts are split over.
+        #[arg(long, default_value_t = 5)]
+        rounds: u64,
+        /// Write the rows as a JSON array to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// (internal) the child process of the process benchmarks.
+    #[command(hide = true)]
+    RingChild {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn two_cores() -> Result<(usize, usize)> {
+    let mut cores: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    cores.sort_unstable();
+    match cores.as_slice() {
+        [a, b, ..] => Ok((*a, *b)),
+        [a] => {
+            eprintln!("warning: only core {a} is available; both sides share it");
+            Ok((*a, *a))
+        }
+        [] => bail!("no core is available to pin to"),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Ring {
+            round_trips,
+            frames,
+            rounds,
+            json,
+        } => {
+            let cores = two_cores()?;
+            eprintln!(
+                "ring: {round_trips} round trips and {frames} frames of {} bytes per variant, \
+                 {rounds} interleaved rounds, pinned to cores {} and {}",
+                ring::FRAME,
+                cores.0,
+                cores.1
+            );
+            let rows = ring::run(&ring::Params {
+                round_trips,
+                frames,
+                rounds,
+                cores,
+            })?;
+            report::print_table(&rows, ring::FRAME);
+            report::print_ratios(&rows, "spate");
+            if let Some(path) = json {
+                report::write_json(&path, &rows)?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Cmd::RingChild { args } => ring::child_main(&args)?,
+    }
+    Ok(())
+}
