@@ -103,7 +103,14 @@ pub fn print_ratios(rows: &[Row], impl_: &str) {
             .iter()
             .filter(|o| o.topology == r.topology && o.impl_ != impl_)
         {
-            match (r.p50_ns, o.p50_ns, r.p999_ns, o.p999_ns, r.msgs_per_s, o.msgs_per_s) {
+            match (
+                r.p50_ns,
+                o.p50_ns,
+                r.p999_ns,
+                o.p999_ns,
+                r.msgs_per_s,
+                o.msgs_per_s,
+            ) {
                 (Some(a), Some(b), Some(a9), Some(b9), _, _) => println!(
                     "  {:<24} vs {:<11} p50 {:.2}x  p99.9 {:.2}x",
                     r.topology,
@@ -111,12 +118,9 @@ pub fn print_ratios(rows: &[Row], impl_: &str) {
                     a as f64 / b.max(1) as f64,
                     a9 as f64 / b9.max(1) as f64
                 ),
-                (_, _, _, _, Some(a), Some(b)) => println!(
-                    "  {:<24} vs {:<11} rate {:.2}x",
-                    r.topology,
-                    o.impl_,
-                    a / b
-                ),
+                (_, _, _, _, Some(a), Some(b)) => {
+                    println!("  {:<24} vs {:<11} rate {:.2}x", r.topology, o.impl_, a / b)
+                }
                 _ => {}
             }
         }

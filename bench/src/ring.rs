@@ -448,7 +448,12 @@ impl SharedLine {
     }
 }
 
-fn floor_pingpong_processes(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>) -> Result<()> {
+fn floor_pingpong_processes(
+    n: u64,
+    p: &Params,
+    clock: &Clock,
+    h: &mut Histogram<u64>,
+) -> Result<()> {
     let path = Ring::shm_path(&shm_name("floor"))?;
     let region = Region::create_file(&path, 4096, true)?;
     let line = SharedLine { region };
@@ -469,7 +474,12 @@ fn floor_pingpong_processes(n: u64, p: &Params, clock: &Clock, h: &mut Histogram
     wait_child(c)
 }
 
-fn spate_pingpong_processes(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>) -> Result<()> {
+fn spate_pingpong_processes(
+    n: u64,
+    p: &Params,
+    clock: &Clock,
+    h: &mut Histogram<u64>,
+) -> Result<()> {
     let (ab, ba) = (shm_name("ab"), shm_name("ba"));
     let ring_ab = Ring::create_shm(&ab, PINGPONG_BYTES)?;
     let ring_ba = Ring::create_shm(&ba, PINGPONG_BYTES)?;
@@ -527,7 +537,10 @@ pub fn child_main(args: &[String]) -> Result<()> {
     match (kind.as_str(), rest) {
         ("floor-echo", [path, n, core]) => {
             pin(num(core)? as usize);
-            let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)?;
             let line = SharedLine {
                 region: Region::map_file(&file, Path::new(path))?,
             };
@@ -603,9 +616,21 @@ pub fn run(p: &Params) -> Result<Vec<Row>> {
         add("stream_threads", "spate", spate_stream(frames, p, 1)?);
         add("stream_threads", "rtrb", rtrb_stream(frames, p));
         add("stream_threads", "arrayqueue", arrayqueue_stream(frames, p));
-        add("stream_threads_batched", "spate", spate_stream(frames, p, BATCH)?);
-        add("stream_threads_batched", "rtrb", rtrb_stream_chunked(frames, p));
-        add("stream_processes", "spate", spate_stream_processes(frames, p, 1)?);
+        add(
+            "stream_threads_batched",
+            "spate",
+            spate_stream(frames, p, BATCH)?,
+        );
+        add(
+            "stream_threads_batched",
+            "rtrb",
+            rtrb_stream_chunked(frames, p),
+        );
+        add(
+            "stream_processes",
+            "spate",
+            spate_stream_processes(frames, p, 1)?,
+        );
     }
     eprintln!(
         "core-to-core one-way (floor p50): {} ns in the first round, {} ns in the last",
