@@ -1,2 +1,13 @@
-//! spate's control plane and client.
+//! spate's library: the DataStream API, job graphs, configuration, the embedded
+//! MiniCluster and the built-in jobs. The `spate` binary is a thin CLI over it; a user
+//! program links it to define its own jobs.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod graph;
+pub mod jobs;
+pub mod minicluster;
+
+pub use spate_dataplane as dataplane;

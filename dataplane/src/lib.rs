@@ -5,14 +5,24 @@
 //! - [`ring`]: the single-producer single-consumer frame ring in (possibly shared) memory
 //!   that carries records between tasks, threads and processes;
 //! - [`idle`]: what a pinned thread does when it found no work;
-//! - [`slot`]: the pinned slot runner threads that poll tasks round-robin.
+//! - [`slot`]: the pinned slot runner threads that poll tasks round-robin;
+//! - [`record`]: how records become frame bytes ([`record::Wire`]);
+//! - [`operator`]: chained operators, keyed state and timers, sources and sinks;
+//! - [`exchange`]: partitioning records onto the rings of an edge, with backpressure;
+//! - [`task`]: a chain fed by a source or input rings, as a slot's pollable task;
+//! - [`clock`]: the TSC-backed nanosecond clock that stamps and ages records.
 //!
 //! The crate knows nothing of the control plane. Unsafe code is fenced: it is denied here
 //! and allowed only in the modules that map memory or call the kernel (`ring`, `sys`).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod clock;
+pub mod exchange;
 pub mod idle;
+pub mod operator;
+pub mod record;
 pub mod ring;
 pub mod slot;
 pub mod sys;
+pub mod task;

@@ -1,0 +1,514 @@
+//! The DataStream API: an execution environment, streams, keyed streams, and sinks.
+//!
+//! ```no_run
+//! use spate::api::StreamExecutionEnvironment;
+//! let env = StreamExecutionEnvironment::new("numbers");
+//! env.from_collection((1..=10u64).collect())
+//!     .filter(|x| x % 2 == 0)
+//!     .map(|x| x * 10)
+//!     .print();
+//! ```
+
+use crate::graph::{AnyBox, Build, Chaining, Edge, EdgePartition, Node, StreamGraph, TypeOps};
+use rustc_hash::FxHasher;
+use spate_dataplane::exchange::KeyHashFn;
+use spate_dataplane::operator::keyed::{KeyFn, KeyedProcess, KeyedProcessFunction, KeyedReduce};
+use spate_dataplane::operator::sink::{self, SinkMetrics};
+use spate_dataplane::operator::source::{
+    IterSource, LinesSource, Pace, SocketSource, Source, Trade, TradeSource,
+};
+use spate_dataplane::operator::{BoxEmit, Collector, Emit, Filter, FlatMap, Map, SubtaskInfo};
+use spate_dataplane::record::{Data, Key};
+use std::cell::RefCell;
+use std::hash::Hasher;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+fn down<T: 'static>(b: AnyBox) -> Result<T, String> {
+    b.downcast::<T>()
+        .map(|b| *b)
+        .map_err(|_| "internal: downstream of the wrong type".to_string())
+}
+
+fn boxed<T: 'static>(e: impl Emit<T> + 'static) -> AnyBox {
+    Box::new(Box::new(e) as BoxEmit<T>)
+}
+
+/// Where a job is declared: sources come from here, and it holds the job's settings.
+#[derive(Clone, Debug)]
+pub struct StreamExecutionEnvironment {
+    graph: Rc<RefCell<StreamGraph>>,
+}
+
+impl StreamExecutionEnvironment {
+    /// A new, empty job.
+    pub fn new(job_name: &str) -> Self {
+        Self {
+            graph: Rc::new(RefCell::new(StreamGraph {
+                job_name: job_name.to_string(),
+                ..StreamGraph::default()
+            })),
+        }
+    }
+
+    /// Default parallelism of this job's operators.
+    pub fn set_parallelism(&self, p: usize) -> &Self {
+        self.graph.borrow_mut().parallelism = Some(p);
+        self
+    }
+
+    /// No operator of this job chains with another.
+    pub fn disable_operator_chaining(&self) -> &Self {
+        self.graph.borrow_mut().chaining_disabled = true;
+        self
+    }
+
+    /// Records and latencies the job's sinks report.
+    pub fn metrics(&self) -> Arc<SinkMetrics> {
+        self.graph.borrow().metrics.clone()
+    }
+
+    /// The declared graph.
+    pub fn stream_graph(&self) -> StreamGraph {
+        self.graph.borrow().clone()
+    }
+
+    fn add(&self, mut node: Node) -> usize {
+        let mut g = self.graph.borrow_mut();
+        node.id = g.nodes.len();
+        g.nodes.push(node);
+        g.nodes.len() - 1
+    }
+
+    fn node(name: &str, build: Build) -> Node {
+        Node {
+            id: 0,
+            name: name.to_string(),
+            build,
+            parallelism: None,
+            non_parallel: false,
+            chaining: Chaining::Default,
+            slot_sharing_group: None,
+            inputs: Vec::new(),
+            out: None,
+            input: None,
+        }
+    }
+
+    /// A source built per subtask by `make`. A `non_parallel` source runs one subtask.
+    pub fn add_source<T: Data, S: Source<T> + 'static>(
+        &self,
+        name: &str,
+        non_parallel: bool,
+        make: impl Fn(SubtaskInfo) -> Result<S, String> + Send + Sync + 'static,
+    ) -> DataStream<T> {
+        let build = Build::Source(Arc::new(move |info| {
+            Ok(Box::new(Box::new(make(info)?) as Box<dyn Source<T>>) as AnyBox)
+        }));
+        let mut n = Self::node(name, build);
+        n.non_parallel = non_parallel;
+        n.out = Some(TypeOps::of::<T>());
+        let id = self.add(n);
+        DataStream::new(self.clone(), id)
+    }
+
+    /// The elements of `items`, in order (non-parallel, bounded).
+    pub fn from_collection<T: Data + Sync>(&self, items: Vec<T>) -> DataStream<T> {
+        let items = Arc::new(items);
+        self.add_source("Collection Source", true, move |_| {
+            let items = items.clone();
+            Ok(IterSource::new(
+                (0..items.len()).filter_map(move |i| items.get(i).cloned()),
+            ))
+        })
+    }
+
+    /// W1 trades (parallel: subtask i generates the symbols ≡ i mod parallelism).
+    /// `events`: total over all subtasks, `None` for unbounded.
+    pub fn trades(&self, seed: u64, events: Option<u64>, pace: Pace) -> DataStream<Trade> {
+        self.add_source("Trade Source", false, move |info| {
+            Ok(TradeSource::new(seed, events, pace, info))
+        })
+    }
+
+    /// The lines of a text file (non-parallel, bounded).
+    pub fn read_text_file(&self, path: impl Into<std::path::PathBuf>) -> DataStream<String> {
+        let path = path.into();
+        let name = format!("File Source {}", path.display());
+        self.add_source(&name, true, move |_| {
+            LinesSource::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        })
+    }
+
+    /// Lines from a TCP server at `addr` (non-parallel; ends when the server closes).
+    pub fn socket_text_stream(&self, addr: &str) -> DataStream<String> {
+        let addr = addr.to_string();
+        self.add_source(&format!("Socket Stream {addr}"), true, move |_| {
+            SocketSource::connect(&addr).map_err(|e| format!("cannot connect to {addr}: {e}"))
+        })
+    }
+}
+
+/// A stream of `T` records.
+#[derive(Debug)]
+pub struct DataStream<T> {
+    env: StreamExecutionEnvironment,
+    node: usize,
+    partition: EdgePartition,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for DataStream<T> {
+    fn clone(&self) -> Self {
+        Self {
+            env: self.env.clone(),
+            node: self.node,
+            partition: self.partition.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Data> DataStream<T> {
+    fn new(env: StreamExecutionEnvironment, node: usize) -> Self {
+        Self {
+            env,
+            node,
+            partition: EdgePartition::Default,
+            _t: PhantomData,
+        }
+    }
+
+    fn edit(self, f: impl FnOnce(&mut Node)) -> Self {
+        f(&mut self.env.graph.borrow_mut().nodes[self.node]);
+        self
+    }
+
+    fn edge(&self) -> Edge {
+        Edge {
+            from: self.node,
+            partition: self.partition.clone(),
+        }
+    }
+
+    fn then<O: Data>(
+        &self,
+        name: &str,
+        build: Build,
+        partition_override: Option<EdgePartition>,
+    ) -> DataStream<O> {
+        let mut n = StreamExecutionEnvironment::node(name, build);
+        let mut e = self.edge();
+        if let Some(p) = partition_override {
+            e.partition = p;
+        }
+        n.inputs = vec![e];
+        n.input = Some(TypeOps::of::<T>());
+        n.out = Some(TypeOps::of::<O>());
+        DataStream::new(self.env.clone(), self.env.add(n))
+    }
+
+    /// Sets this operator's parallelism.
+    pub fn set_parallelism(self, p: usize) -> Self {
+        self.edit(|n| n.parallelism = Some(p))
+    }
+
+    /// Names this operator (shown by `spate info` and the REST API).
+    pub fn name(self, name: &str) -> Self {
+        self.edit(|n| n.name = name.to_string())
+    }
+
+    /// This operator chains with neither its input nor its output.
+    pub fn disable_chaining(self) -> Self {
+        self.edit(|n| n.chaining = Chaining::Never)
+    }
+
+    /// This operator starts a new chain (is not chained to its input).
+    pub fn start_new_chain(self) -> Self {
+        self.edit(|n| n.chaining = Chaining::HeadOfChain)
+    }
+
+    /// Puts this operator (and, by inheritance, what follows) in a slot sharing group.
+    pub fn slot_sharing_group(self, group: &str) -> Self {
+        self.edit(|n| n.slot_sharing_group = Some(group.to_string()))
+    }
+
+    /// One record out per record in.
+    pub fn map<O: Data, F>(&self, f: F) -> DataStream<O>
+    where
+        F: FnMut(T) -> O + Clone + Send + Sync + 'static,
+    {
+        let build = Build::Operator(Arc::new(move |_, d| {
+            Ok(boxed::<T>(Map::new(f.clone(), down::<BoxEmit<O>>(d)?)))
+        }));
+        self.then("Map", build, None)
+    }
+
+    /// Keeps the records for which `f` is true.
+    pub fn filter<F>(&self, f: F) -> DataStream<T>
+    where
+        F: FnMut(&T) -> bool + Clone + Send + Sync + 'static,
+    {
+        let build = Build::Operator(Arc::new(move |_, d| {
+            Ok(boxed::<T>(Filter::new(f.clone(), down::<BoxEmit<T>>(d)?)))
+        }));
+        self.then("Filter", build, None)
+    }
+
+    /// Zero or more records out per record in, through a collector.
+    pub fn flat_map<O: Data, F>(&self, f: F) -> DataStream<O>
+    where
+        F: FnMut(T, &mut Collector<'_, O>) + Clone + Send + Sync + 'static,
+    {
+        let build = Build::Operator(Arc::new(move |_, d| {
+            Ok(boxed::<T>(FlatMap::new(f.clone(), down::<BoxEmit<O>>(d)?)))
+        }));
+        self.then("Flat Map", build, None)
+    }
+
+    /// Partitions by key: the same key always reaches the same subtask, in order.
+    pub fn key_by<K: Key, F>(&self, f: F) -> KeyedStream<T, K>
+    where
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
+        let key: KeyFn<T, K> = Arc::new(f);
+        let k2 = key.clone();
+        let hash: KeyHashFn<T> = Arc::new(move |t| {
+            let mut h = FxHasher::default();
+            k2(t).hash(&mut h);
+            h.finish()
+        });
+        KeyedStream {
+            stream: self.clone(),
+            key,
+            hash: EdgePartition::Hash(Arc::new(hash)),
+        }
+    }
+
+    /// This stream and `others`, merged.
+    pub fn union(&self, others: &[DataStream<T>]) -> DataStream<T> {
+        let mut n = StreamExecutionEnvironment::node("Union", Build::Union);
+        n.inputs = std::iter::once(self.edge())
+            .chain(others.iter().map(|o| o.edge()))
+            .collect();
+        n.input = Some(TypeOps::of::<T>());
+        n.out = Some(TypeOps::of::<T>());
+        DataStream::new(self.env.clone(), self.env.add(n))
+    }
+
+    fn partitioned(&self, p: EdgePartition) -> Self {
+        let mut s = self.clone();
+        s.partition = p;
+        s
+    }
+
+    /// Round-robin to the next operator's subtasks.
+    pub fn rebalance(&self) -> Self {
+        self.partitioned(EdgePartition::Rebalance)
+    }
+
+    /// Randomly to the next operator's subtasks.
+    pub fn shuffle(&self) -> Self {
+        self.partitioned(EdgePartition::Shuffle)
+    }
+
+    /// Every record to every subtask of the next operator.
+    pub fn broadcast(&self) -> Self {
+        self.partitioned(EdgePartition::Broadcast)
+    }
+
+    /// To the same-index subtask of the next operator (equal parallelism required).
+    pub fn forward(&self) -> Self {
+        self.partitioned(EdgePartition::Forward)
+    }
+
+    fn sink(
+        &self,
+        name: &str,
+        make: impl Fn(SubtaskInfo, Arc<SinkMetrics>) -> Result<AnyBox, String> + Send + Sync + 'static,
+    ) -> DataStreamSink {
+        let metrics = self.env.metrics();
+        let mut n = StreamExecutionEnvironment::node(
+            name,
+            Build::Sink(Arc::new(move |info| make(info, metrics.clone()))),
+        );
+        n.inputs = vec![self.edge()];
+        n.input = Some(TypeOps::of::<T>());
+        DataStreamSink {
+            env: self.env.clone(),
+            node: self.env.add(n),
+        }
+    }
+
+    /// Prints records to stdout (`N> ` prefixed when the sink is parallel).
+    pub fn print(&self) -> DataStreamSink {
+        self.sink("Print to Std. Out", |info, m| {
+            Ok(boxed::<T>(sink::print_sink(info, m)))
+        })
+    }
+
+    /// Writes records as lines to `path` (`path.N` per subtask when parallel).
+    pub fn write_as_text(&self, path: impl Into<std::path::PathBuf>) -> DataStreamSink {
+        let path = path.into();
+        self.sink(&format!("File Sink {}", path.display()), move |info, m| {
+            sink::file_sink(&path, info, m)
+                .map(boxed::<T>)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))
+        })
+    }
+
+    /// Writes records as lines to a TCP server at `addr`.
+    pub fn write_to_socket(&self, addr: &str) -> DataStreamSink {
+        let addr = addr.to_string();
+        self.sink(&format!("Socket Sink {addr}"), move |_, m| {
+            sink::socket_sink(&addr, m)
+                .map(boxed::<T>)
+                .map_err(|e| format!("cannot connect to {addr}: {e}"))
+        })
+    }
+
+    /// Drops records, counting them.
+    pub fn discard(&self) -> DataStreamSink {
+        self.sink("Discarding Sink", |_, m| {
+            Ok(boxed::<T>(sink::DiscardSink::new(m)))
+        })
+    }
+
+    /// Records `now − ts(record)` of every record into the job's latency histogram.
+    pub fn latency_sink(&self, ts: fn(&T) -> u64) -> DataStreamSink {
+        self.sink("Latency Sink", move |_, m| {
+            Ok(boxed::<T>(sink::LatencySink::new(ts, m)))
+        })
+    }
+
+    /// Collects records into `into` when the input ends (for tests and small results).
+    pub fn collect(&self, into: Arc<Mutex<Vec<T>>>) -> DataStreamSink
+    where
+        T: Sync,
+    {
+        self.sink("Collect Sink", move |_, m| {
+            Ok(boxed::<T>(sink::CollectSink::new(into.clone(), m)))
+        })
+    }
+}
+
+/// A sink, for naming and setting its parallelism.
+#[derive(Debug)]
+pub struct DataStreamSink {
+    env: StreamExecutionEnvironment,
+    node: usize,
+}
+
+impl DataStreamSink {
+    fn edit(self, f: impl FnOnce(&mut Node)) -> Self {
+        f(&mut self.env.graph.borrow_mut().nodes[self.node]);
+        self
+    }
+    /// Sets the sink's parallelism.
+    pub fn set_parallelism(self, p: usize) -> Self {
+        self.edit(|n| n.parallelism = Some(p))
+    }
+    /// Names the sink.
+    pub fn name(self, name: &str) -> Self {
+        self.edit(|n| n.name = name.to_string())
+    }
+    /// The sink chains with nothing.
+    pub fn disable_chaining(self) -> Self {
+        self.edit(|n| n.chaining = Chaining::Never)
+    }
+    /// The sink starts a new chain.
+    pub fn start_new_chain(self) -> Self {
+        self.edit(|n| n.chaining = Chaining::HeadOfChain)
+    }
+    /// The sink's slot sharing group.
+    pub fn slot_sharing_group(self, group: &str) -> Self {
+        self.edit(|n| n.slot_sharing_group = Some(group.to_string()))
+    }
+}
+
+/// A stream partitioned by key.
+pub struct KeyedStream<T, K> {
+    stream: DataStream<T>,
+    key: KeyFn<T, K>,
+    hash: EdgePartition,
+}
+
+impl<T: Data, K: Key> KeyedStream<T, K> {
+    /// Runs a KeyedProcessFunction with per-key state and timers.
+    pub fn process<P>(&self, f: P) -> DataStream<P::Out>
+    where
+        P: KeyedProcessFunction<Key = K, In = T>,
+        P::Out: Data,
+    {
+        let key = self.key.clone();
+        let build = Build::Operator(Arc::new(move |_, d| {
+            Ok(boxed::<T>(KeyedProcess::new(
+                f.clone(),
+                key.clone(),
+                down::<BoxEmit<P::Out>>(d)?,
+            )))
+        }));
+        self.stream
+            .then("Keyed Process", build, Some(self.hash.clone()))
+    }
+
+    /// Rolling reduce: emits `f(accumulated, new)` per record.
+    pub fn reduce<F>(&self, f: F) -> DataStream<T>
+    where
+        F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
+    {
+        let key = self.key.clone();
+        let build = Build::Operator(Arc::new(move |_, d| {
+            Ok(boxed::<T>(KeyedReduce::new(
+                f.clone(),
+                key.clone(),
+                down::<BoxEmit<T>>(d)?,
+            )))
+        }));
+        self.stream
+            .then("Keyed Reduce", build, Some(self.hash.clone()))
+    }
+
+    /// Rolling sum of the field `field` selects (other fields from the key's first record).
+    pub fn sum<N>(&self, field: fn(&mut T) -> &mut N) -> DataStream<T>
+    where
+        N: std::ops::AddAssign + Copy + 'static,
+    {
+        self.reduce(move |mut acc, mut x| {
+            *field(&mut acc) += *field(&mut x);
+            acc
+        })
+        .name("Keyed Sum")
+    }
+
+    /// Rolling minimum of a field (other fields from the key's first record).
+    pub fn min<N>(&self, field: fn(&mut T) -> &mut N) -> DataStream<T>
+    where
+        N: PartialOrd + Copy + 'static,
+    {
+        self.reduce(move |mut acc, mut x| {
+            let v = *field(&mut x);
+            if v < *field(&mut acc) {
+                *field(&mut acc) = v;
+            }
+            acc
+        })
+        .name("Keyed Min")
+    }
+
+    /// Rolling maximum of a field (other fields from the key's first record).
+    pub fn max<N>(&self, field: fn(&mut T) -> &mut N) -> DataStream<T>
+    where
+        N: PartialOrd + Copy + 'static,
+    {
+        self.reduce(move |mut acc, mut x| {
+            let v = *field(&mut x);
+            if v > *field(&mut acc) {
+                *field(&mut acc) = v;
+            }
+            acc
+        })
+        .name("Keyed Max")
+    }
+}

@@ -1,0 +1,465 @@
+//! Configuration: `conf/config.yaml` with Flink's key names plus spate's own, and `-D`
+//! overrides. Keys may be written flat (`taskmanager.numberOfTaskSlots: 2`) or nested
+//! (`taskmanager: {numberOfTaskSlots: 2}`). An unknown key or a bad value is an error
+//! that names it.
+
+use spate_dataplane::idle::IdleStrategyKind;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// A configuration problem, naming the key (and file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not YAML.
+    #[error("{path}: not valid YAML: {message}")]
+    Yaml {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key spate does not know.
+    #[error("{origin}: unknown configuration key '{key}'")]
+    UnknownKey {
+        /// File or `-D`.
+        origin: String,
+        /// The key.
+        key: String,
+    },
+    /// A value that does not fit its key.
+    #[error("{origin}: invalid value '{value}' for '{key}': {expected}")]
+    BadValue {
+        /// File or `-D`.
+        origin: String,
+        /// The key.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// What the key takes.
+        expected: String,
+    },
+    /// A `-D` argument without `=`.
+    #[error("-D {0}: expected key=value")]
+    BadOverride(String),
+}
+
+/// Restart strategy names (Flink's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartStrategyType {
+    /// Never restart.
+    None,
+    /// A fixed number of attempts with a fixed delay.
+    FixedDelay,
+    /// Restart while failures per interval stay under a limit.
+    FailureRate,
+    /// Exponentially growing delays.
+    ExponentialDelay,
+}
+
+/// The configuration, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `jobmanager.rpc.address`
+    pub jobmanager_address: String,
+    /// `jobmanager.rpc.port`
+    pub jobmanager_port: u16,
+    /// `rest.port`
+    pub rest_port: u16,
+    /// `taskmanager.numberOfTaskSlots`
+    pub slots: usize,
+    /// `taskmanager.cpu.cores` (spate)
+    pub cores: Vec<usize>,
+    /// `taskmanager.idle-strategy` (spate)
+    pub idle: IdleStrategyKind,
+    /// `taskmanager.memory.ring-size` (spate), bytes
+    pub ring_size: usize,
+    /// `parallelism.default`
+    pub default_parallelism: usize,
+    /// `pipeline.operator-chaining.enabled`
+    pub chaining: bool,
+    /// `restart-strategy.type`
+    pub restart_strategy: RestartStrategyType,
+    /// `restart-strategy.fixed-delay.attempts`
+    pub restart_attempts: u32,
+    /// `restart-strategy.fixed-delay.delay`
+    pub restart_delay: Duration,
+    /// `heartbeat.interval`
+    pub heartbeat_interval: Duration,
+    /// `heartbeat.timeout`
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            jobmanager_address: "localhost".into(),
+            jobmanager_port: 6123,
+            rest_port: 8081,
+            slots: 2,
+            cores: Vec::new(),
+            idle: IdleStrategyKind::Backoff,
+            ring_size: 1 << 20,
+            default_parallelism: 1,
+            chaining: true,
+            restart_strategy: RestartStrategyType::None,
+            restart_attempts: 3,
+            restart_delay: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(50),
+        }
+    }
+}
+
+/// Every key spate knows.
+pub const KEYS: &[&str] = &[
+    "jobmanager.rpc.address",
+    "jobmanager.rpc.port",
+    "rest.port",
+    "taskmanager.numberOfTaskSlots",
+    "taskmanager.cpu.cores",
+    "taskmanager.idle-strategy",
+    "taskmanager.memory.ring-size",
+    "parallelism.default",
+    "pipeline.operator-chaining.enabled",
+    "restart-strategy.type",
+    "restart-strategy.fixed-delay.attempts",
+    "restart-strategy.fixed-delay.delay",
+    "heartbeat.interval",
+    "heartbeat.timeout",
+];
+
+fn scalar(y: &Yaml) -> Option<String> {
+    Some(match y {
+        Yaml::String(s) | Yaml::Real(s) => s.clone(),
+        Yaml::Integer(i) => i.to_string(),
+        Yaml::Boolean(b) => b.to_string(),
+        Yaml::Null => String::new(),
+        _ => return None,
+    })
+}
+
+/// Parses a Flink duration: `500 ms`, `10 s`, `1 min`, `2 h`, or plain milliseconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit.trim() {
+        "" | "ms" | "milli" | "millis" | "milliseconds" => Duration::from_millis(n),
+        "us" | "µs" | "micro" | "micros" => Duration::from_micros(n),
+        "ns" | "nanos" => Duration::from_nanos(n),
+        "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(n),
+        "min" | "m" | "minute" | "minutes" => Duration::from_secs(n * 60),
+        "h" | "hour" | "hours" => Duration::from_secs(n * 3600),
+        _ => return None,
+    })
+}
+
+/// Parses a byte size: `1048576`, `64kb`, `1 mb`, `1m`.
+pub fn parse_bytes(s: &str) -> Option<usize> {
+    let s = s.trim().to_ascii_lowercase();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl Config {
+    /// The config directory: `--config-dir`, else `SPATE_CONF_DIR`, else `./conf`.
+    pub fn dir(explicit: Option<&Path>) -> PathBuf {
+        explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("SPATE_CONF_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("conf"))
+    }
+
+    /// Loads `DIR/config.yaml` (defaults if the directory has none) and applies `-D`
+    /// overrides in order.
+    pub fn load(dir: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let path = dir.join("config.yaml");
+        let mut cfg = if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Self::from_yaml(&text, &path.display().to_string())?
+        } else {
+            Self::default()
+        };
+        cfg.apply_overrides(overrides)?;
+        Ok(cfg)
+    }
+
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let docs = YamlLoader::load_from_str(text).map_err(|e| ConfigError::Yaml {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut cfg = Self::default();
+        if let Some(doc) = docs.first() {
+            match doc {
+                Yaml::Hash(_) => cfg.apply_node("", doc, origin)?,
+                Yaml::Null => {}
+                _ => {
+                    return Err(ConfigError::Yaml {
+                        path: origin.to_string(),
+                        message: "the top level must be a mapping of keys to values".into(),
+                    })
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn apply_node(&mut self, prefix: &str, node: &Yaml, origin: &str) -> Result<(), ConfigError> {
+        match node {
+            Yaml::Hash(h) => {
+                for (k, v) in h {
+                    let Some(k) = scalar(k) else {
+                        return Err(ConfigError::Yaml {
+                            path: origin.into(),
+                            message: "keys must be scalars".into(),
+                        });
+                    };
+                    let key = if prefix.is_empty() {
+                        k
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    if KEYS.contains(&key.as_str()) {
+                        self.set_yaml(&key, v, origin)?;
+                    } else if matches!(v, Yaml::Hash(_)) {
+                        self.apply_node(&key, v, origin)?;
+                    } else {
+                        return Err(ConfigError::UnknownKey {
+                            origin: origin.into(),
+                            key,
+                        });
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(ConfigError::UnknownKey {
+                origin: origin.into(),
+                key: prefix.into(),
+            }),
+        }
+    }
+
+    fn set_yaml(&mut self, key: &str, v: &Yaml, origin: &str) -> Result<(), ConfigError> {
+        let value = match v {
+            Yaml::Array(items) => {
+                let mut parts = Vec::new();
+                for i in items {
+                    parts.push(scalar(i).ok_or_else(|| ConfigError::BadValue {
+                        origin: origin.into(),
+                        key: key.into(),
+                        value: format!("{i:?}"),
+                        expected: "a list of scalars".into(),
+                    })?);
+                }
+                parts.join(",")
+            }
+            other => scalar(other).ok_or_else(|| ConfigError::BadValue {
+                origin: origin.into(),
+                key: key.into(),
+                value: format!("{other:?}"),
+                expected: "a scalar value".into(),
+            })?,
+        };
+        self.set(key, &value, origin)
+    }
+
+    /// Applies `key=value` overrides.
+    pub fn apply_overrides(&mut self, overrides: &[String]) -> Result<(), ConfigError> {
+        for o in overrides {
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('[')
+                .and_then(|v| v.strip_suffix(']'))
+                .unwrap_or(v);
+            self.set(k.trim(), v, "-D")?;
+        }
+        Ok(())
+    }
+
+    /// Sets one key from its textual value.
+    pub fn set(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
+        let bad = |expected: &str| ConfigError::BadValue {
+            origin: origin.into(),
+            key: key.into(),
+            value: value.into(),
+            expected: expected.into(),
+        };
+        let v = value.trim();
+        let port = || v.parse::<u16>().map_err(|_| bad("a port number 0..=65535"));
+        let positive = || {
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| bad("a positive integer"))
+        };
+        let duration =
+            || parse_duration(v).ok_or_else(|| bad("a duration such as '500 ms' or '10 s'"));
+        match key {
+            "jobmanager.rpc.address" => {
+                if v.is_empty() {
+                    return Err(bad("a host name or address"));
+                }
+                self.jobmanager_address = v.into();
+            }
+            "jobmanager.rpc.port" => self.jobmanager_port = port()?,
+            "rest.port" => self.rest_port = port()?,
+            "taskmanager.numberOfTaskSlots" => self.slots = positive()?,
+            "taskmanager.cpu.cores" => {
+                let mut cores = Vec::new();
+                for part in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    cores.push(
+                        part.parse::<usize>()
+                            .map_err(|_| bad("a list of core numbers, e.g. [0, 1]"))?,
+                    );
+                }
+                self.cores = cores;
+            }
+            "taskmanager.idle-strategy" => {
+                self.idle = v
+                    .parse()
+                    .map_err(|e: spate_dataplane::idle::UnknownIdleStrategy| bad(&e.to_string()))?
+            }
+            "taskmanager.memory.ring-size" => {
+                self.ring_size = parse_bytes(v)
+                    .filter(|n| {
+                        n.is_power_of_two()
+                            && *n >= 4096
+                            && *n <= spate_dataplane::ring::MAX_CAPACITY
+                    })
+                    .ok_or_else(|| bad("a power of two of at least 4096 bytes, e.g. 1mb"))?
+            }
+            "parallelism.default" => self.default_parallelism = positive()?,
+            "pipeline.operator-chaining.enabled" => {
+                self.chaining = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("true or false")),
+                }
+            }
+            "restart-strategy.type" => {
+                self.restart_strategy = match v {
+                    "none" | "off" | "disable" => RestartStrategyType::None,
+                    "fixed-delay" | "fixeddelay" => RestartStrategyType::FixedDelay,
+                    "failure-rate" | "failurerate" => RestartStrategyType::FailureRate,
+                    "exponential-delay" | "exponentialdelay" => {
+                        RestartStrategyType::ExponentialDelay
+                    }
+                    _ => return Err(bad("none, fixed-delay, failure-rate or exponential-delay")),
+                }
+            }
+            "restart-strategy.fixed-delay.attempts" => {
+                self.restart_attempts = v.parse().map_err(|_| bad("a non-negative integer"))?
+            }
+            "restart-strategy.fixed-delay.delay" => self.restart_delay = duration()?,
+            "heartbeat.interval" => self.heartbeat_interval = duration()?,
+            "heartbeat.timeout" => self.heartbeat_timeout = duration()?,
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    origin: origin.into(),
+                    key: key.into(),
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let text = include_str!("../../conf/config.yaml");
+        let cfg = Config::from_yaml(text, "conf/config.yaml").unwrap();
+        assert_eq!(cfg.slots, 2);
+        assert_eq!(cfg.idle, IdleStrategyKind::Backoff);
+        assert_eq!(cfg.heartbeat_timeout, Duration::from_secs(50));
+    }
+
+    #[test]
+    fn nested_and_flat_keys_and_overrides() {
+        let mut cfg = Config::from_yaml(
+            "taskmanager:\n  numberOfTaskSlots: 4\n  cpu.cores: [0, 1]\nparallelism.default: 2\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            (cfg.slots, cfg.cores.clone(), cfg.default_parallelism),
+            (4, vec![0, 1], 2)
+        );
+        cfg.apply_overrides(&[
+            "taskmanager.idle-strategy=busy-spin".into(),
+            "taskmanager.cpu.cores=[1]".into(),
+            "taskmanager.memory.ring-size=64kb".into(),
+        ])
+        .unwrap();
+        assert_eq!(cfg.idle, IdleStrategyKind::BusySpin);
+        assert_eq!(cfg.cores, vec![1]);
+        assert_eq!(cfg.ring_size, 65536);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_value() {
+        let e =
+            Config::from_yaml("taskmanager.numberOfSlots: 2\n", "conf/config.yaml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "conf/config.yaml: unknown configuration key 'taskmanager.numberOfSlots'"
+        );
+        let e = Config::from_yaml("parallelism.default: zero\n", "f").unwrap_err();
+        assert!(
+            e.to_string().contains("'zero' for 'parallelism.default'"),
+            "{e}"
+        );
+        let e = Config::from_yaml("rest.port: 99999\n", "f").unwrap_err();
+        assert!(e.to_string().contains("rest.port"), "{e}");
+        let e = Config::from_yaml("a: [", "f").unwrap_err();
+        assert!(e.to_string().contains("not valid YAML"), "{e}");
+        let mut c = Config::default();
+        assert!(matches!(
+            c.apply_overrides(&["parallelism.default".into()]),
+            Err(ConfigError::BadOverride(_))
+        ));
+        let e = c
+            .apply_overrides(&["taskmanager.idle-strategy=spinny".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("spinny"), "{e}");
+        let e = c
+            .apply_overrides(&["taskmanager.memory.ring-size=1000".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("power of two"), "{e}");
+        let e = c
+            .apply_overrides(&["heartbeat.timeout=soon".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("heartbeat.timeout"), "{e}");
+    }
+}

@@ -1,0 +1,273 @@
+//! `spate`: run and inspect jobs.
+#![forbid(unsafe_code)]
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use spate::api::StreamExecutionEnvironment;
+use spate::config::Config;
+use spate::graph::JobGraph;
+use spate::jobs::{self, VwapParams};
+use spate::minicluster::{JobStatus, MiniCluster, Progress};
+use spate_dataplane::operator::source::Pace;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "spate",
+    version,
+    about = "spate: a low-latency stream processor with Flink's model"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+struct JobArgs {
+    /// Parallelism (client level: below operator and job settings, above parallelism.default).
+    #[arg(short = 'p', long)]
+    parallelism: Option<usize>,
+    /// Trades to generate (vwap); 0 runs until Ctrl-C.
+    #[arg(long, default_value_t = 50_000_000)]
+    events: u64,
+    /// Offered rate in events/s (vwap); events are stamped with their scheduled send time.
+    /// Without it, the source runs as fast as the pipeline takes events.
+    #[arg(long, allow_negative_numbers = true)]
+    rate: Option<f64>,
+    /// Seed of the trade generator (vwap).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Override a configuration key (repeatable), e.g. -D taskmanager.idle-strategy=busy-spin.
+    #[arg(short = 'D', value_name = "KEY=VALUE")]
+    defines: Vec<String>,
+    /// Configuration directory (default: $SPATE_CONF_DIR, else ./conf).
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    /// Built-in job: vwap | wordcount FILE.
+    job: String,
+    /// The job's arguments.
+    args: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a job on an embedded MiniCluster and print its throughput and latency.
+    Run {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Also write the summary as a JSON object to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Print a job's graph: vertices, chained operators, parallelism, slot sharing groups, edges.
+    Info {
+        #[command(flatten)]
+        job: JobArgs,
+    },
+}
+
+fn declare(env: &StreamExecutionEnvironment, a: &JobArgs) -> Result<()> {
+    match a.job.as_str() {
+        "vwap" => {
+            if !a.args.is_empty() {
+                bail!("vwap takes no arguments (got {:?})", a.args);
+            }
+            let pace = match a.rate {
+                Some(r) if r.is_finite() && r > 0.0 => Pace::Rate(r),
+                Some(r) => bail!("--rate must be a positive number of events per second, not {r}"),
+                None => Pace::Unpaced,
+            };
+            jobs::vwap(
+                env,
+                VwapParams {
+                    seed: a.seed,
+                    events: (a.events > 0).then_some(a.events),
+                    pace,
+                },
+            );
+        }
+        "wordcount" => {
+            let [file] = a.args.as_slice() else {
+                bail!("usage: spate run wordcount FILE");
+            };
+            let path = PathBuf::from(file);
+            std::fs::metadata(&path).with_context(|| format!("cannot read {file}"))?;
+            jobs::wordcount(env, &path, None);
+        }
+        other => bail!("unknown job '{other}': the built-in jobs are vwap and wordcount"),
+    }
+    Ok(())
+}
+
+fn prepare(a: &JobArgs) -> Result<(Config, JobGraph)> {
+    let dir = Config::dir(a.config_dir.as_deref());
+    let config = Config::load(&dir, &a.defines)?;
+    if a.parallelism == Some(0) {
+        bail!("-p must be at least 1");
+    }
+    let env = StreamExecutionEnvironment::new(&a.job);
+    declare(&env, a)?;
+    let graph = JobGraph::build(
+        env.stream_graph(),
+        a.parallelism,
+        config.default_parallelism,
+        config.chaining,
+    )?;
+    Ok((config, graph))
+}
+
+fn us(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.2} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.2} µs", ns as f64 / 1e3)
+    }
+}
+
+fn rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
+    let (config, graph) = prepare(&a)?;
+    spate_dataplane::clock::init();
+    let mut cluster = MiniCluster::start(&config)?;
+    let cores: Vec<String> = cluster
+        .slot_cores()
+        .iter()
+        .map(|c| c.map_or("unpinned".into(), |c| c.to_string()))
+        .collect();
+    let parallelism = graph
+        .vertices
+        .iter()
+        .map(|v| v.parallelism)
+        .max()
+        .unwrap_or(1);
+    eprintln!(
+        "spate: running '{}' at parallelism {} on a MiniCluster of {} slot(s) (cores {}), idle strategy {}",
+        a.job,
+        parallelism,
+        cores.len(),
+        cores.join(", "),
+        config.idle
+    );
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c2 = cancel.clone();
+    ctrlc::set_handler(move || c2.store(true, Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    let tty = std::io::stderr().is_terminal();
+    let mut last = (Duration::ZERO, 0u64);
+    let mut on_progress = |p: &Progress| {
+        let dt = (p.elapsed - last.0).as_secs_f64().max(1e-9);
+        let r = (p.records - last.1) as f64 / dt;
+        last = (p.elapsed, p.records);
+        let p99 = if p.latency.is_empty() {
+            "-".into()
+        } else {
+            us(p.latency.value_at_quantile(0.99))
+        };
+        let line = format!(
+            "[{:6.1}s] events {:>10}  rate {:>8}/s  p99 {}",
+            p.elapsed.as_secs_f64(),
+            p.records,
+            rate(r),
+            p99
+        );
+        if tty {
+            eprint!("\r{line}   ");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    let result = cluster.execute(&graph, &cancel, Duration::from_secs(1), &mut on_progress)?;
+    if tty {
+        eprintln!();
+    }
+    let p = &result.progress;
+    let secs = p.elapsed.as_secs_f64();
+    let eps = p.records as f64 / secs.max(1e-9);
+    let h = &p.latency;
+    let q = |x: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(x)
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "job          {}", a.job)?;
+    writeln!(out, "status       {:?}", result.status)?;
+    writeln!(out, "parallelism  {parallelism}")?;
+    writeln!(out, "events       {}", p.records)?;
+    writeln!(out, "seconds      {secs:.3}")?;
+    writeln!(out, "events/s     {}", rate(eps))?;
+    if !h.is_empty() {
+        writeln!(
+            out,
+            "latency      p50 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+            us(q(0.5)),
+            us(q(0.99)),
+            us(q(0.999)),
+            us(q(0.9999)),
+            us(h.max())
+        )?;
+    }
+    if let Some(path) = json {
+        let v = serde_json::json!({
+            "job": a.job,
+            "parallelism": parallelism,
+            "events": p.records,
+            "seconds": secs,
+            "events_per_s": eps,
+            "p50_ns": q(0.5),
+            "p99_ns": q(0.99),
+            "p999_ns": q(0.999),
+            "p9999_ns": q(0.9999),
+            "max_ns": if h.is_empty() { 0 } else { h.max() },
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    match result.status {
+        JobStatus::Failed(m) => {
+            eprintln!("spate: job failed: {m}");
+            Ok(false)
+        }
+        _ => Ok(true),
+    }
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run { job, json } => run(job, json),
+        Cmd::Info { job } => prepare(&job).map(|(_, g)| {
+            print!("{}", g.describe());
+            true
+        }),
+    };
+    match r {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("spate: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

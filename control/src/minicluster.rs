@@ -1,0 +1,333 @@
+//! The embedded MiniCluster: a JobManager and a TaskManager in one process. It starts
+//! `taskmanager.numberOfTaskSlots` pinned slot threads, places a job's subtasks into
+//! slots (one subtask of each vertex per slot within a slot sharing group), connects
+//! them with rings, and watches them to the end.
+
+use crate::config::Config;
+use crate::graph::{AnyBox, Build, EdgePartition, JobGraph, Node};
+use hdrhistogram::Histogram;
+use spate_dataplane::exchange::Backpressure;
+use spate_dataplane::operator::SubtaskInfo;
+use spate_dataplane::ring::{Consumer, Producer, Ring, RingError};
+use spate_dataplane::slot::{
+    available_cores, plan_cores, Slot, SlotConfig, SlotEvent, Task, TaskError, TaskFactory, TaskId,
+};
+use spate_dataplane::task::Outputs;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// Why a job could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// More slots needed than configured.
+    #[error("the job needs {needed} task slots but the cluster has {available} (set taskmanager.numberOfTaskSlots or lower the parallelism)")]
+    NotEnoughSlots {
+        /// Slots the job needs.
+        needed: usize,
+        /// Slots there are.
+        available: usize,
+    },
+    /// A ring could not be created.
+    #[error("creating a ring: {0}")]
+    Ring(#[from] RingError),
+    /// A slot thread could not be started.
+    #[error("starting slot thread: {0}")]
+    Spawn(std::io::Error),
+    /// A slot stopped unexpectedly.
+    #[error("slot {0} has stopped")]
+    SlotGone(usize),
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Every task finished.
+    Finished,
+    /// A task failed; the message says which and why.
+    Failed(String),
+    /// Cancelled (Ctrl-C or a request).
+    Canceled,
+}
+
+/// Figures of a running or finished job.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Since deployment.
+    pub elapsed: Duration,
+    /// Records seen by the sinks.
+    pub records: u64,
+    /// Latencies recorded by latency sinks (ns).
+    pub latency: Histogram<u64>,
+}
+
+/// A finished job.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    /// How it ended.
+    pub status: JobStatus,
+    /// Final figures.
+    pub progress: Progress,
+}
+
+/// An embedded cluster.
+#[derive(Debug)]
+pub struct MiniCluster {
+    config: Config,
+    slots: Vec<Slot>,
+    events: Receiver<SlotEvent>,
+    next_task: u64,
+}
+
+impl MiniCluster {
+    /// Starts the slots: pinned per `taskmanager.cpu.cores`, idling per
+    /// `taskmanager.idle-strategy`.
+    pub fn start(config: &Config) -> Result<Self, ClusterError> {
+        let plan = plan_cores(&config.cores, &available_cores(), config.slots);
+        for w in &plan.warnings {
+            tracing::warn!("{w}");
+        }
+        let (tx, rx) = channel();
+        let mut slots = Vec::with_capacity(config.slots);
+        for (index, core) in plan.cores.iter().enumerate() {
+            let slot = Slot::spawn(
+                SlotConfig {
+                    index,
+                    core: *core,
+                    idle: config.idle,
+                    name: "spate-slot".into(),
+                },
+                tx.clone(),
+            )
+            .map_err(ClusterError::Spawn)?;
+            slots.push(slot);
+        }
+        tracing::info!(slots = slots.len(), cores = ?plan.cores, idle = %config.idle, "MiniCluster started");
+        Ok(Self {
+            config: config.clone(),
+            slots,
+            events: rx,
+            next_task: 0,
+        })
+    }
+
+    /// The core each slot is pinned to.
+    pub fn slot_cores(&self) -> Vec<Option<usize>> {
+        self.slots.iter().map(Slot::core).collect()
+    }
+
+    /// Runs `job` to its end: finished, failed, or cancelled when `cancel` is set.
+    /// `on_progress` is called about every `interval`.
+    pub fn execute(
+        &mut self,
+        job: &JobGraph,
+        cancel: &AtomicBool,
+        interval: Duration,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<JobResult, ClusterError> {
+        let (groups, needed) = job.group_offsets();
+        if needed > self.slots.len() {
+            return Err(ClusterError::NotEnoughSlots {
+                needed,
+                available: self.slots.len(),
+            });
+        }
+        let deployments = self.connect(job)?;
+        let mut names = HashMap::new();
+        let mut live = HashSet::new();
+        let start = Instant::now();
+        for d in deployments {
+            let offset = groups
+                .iter()
+                .find(|g| g.0 == job.vertices[d.vertex].slot_sharing_group)
+                .map_or(0, |g| g.1);
+            let slot = offset + d.info.index;
+            let id = TaskId(self.next_task);
+            self.next_task += 1;
+            names.insert(id, d.name.clone());
+            live.insert(id);
+            if !self.slots[slot].submit(id, d.into_factory()) {
+                return Err(ClusterError::SlotGone(slot));
+            }
+        }
+        let metrics = job.stream.metrics.clone();
+        let progress = |start: Instant| Progress {
+            elapsed: start.elapsed(),
+            records: metrics.records(),
+            latency: metrics.latency(),
+        };
+        let mut status = None;
+        let mut cancelling = false;
+        let mut next_report = Instant::now() + interval;
+        while !live.is_empty() {
+            match self.events.recv_timeout(Duration::from_millis(20)) {
+                Ok(SlotEvent::Finished { task, .. }) | Ok(SlotEvent::Cancelled { task, .. }) => {
+                    live.remove(&task);
+                }
+                Ok(SlotEvent::Failed { task, message, .. }) => {
+                    live.remove(&task);
+                    let name = names.get(&task).cloned().unwrap_or_default();
+                    tracing::error!(task = %name, %message, "task failed; cancelling the job");
+                    if status.is_none() {
+                        status = Some(JobStatus::Failed(format!("{name}: {message}")));
+                    }
+                    cancelling = true;
+                    self.cancel_all(&live);
+                }
+                Ok(SlotEvent::Running { .. }) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(ClusterError::SlotGone(0)),
+            }
+            if !cancelling && cancel.load(Ordering::Relaxed) {
+                cancelling = true;
+                status = Some(JobStatus::Canceled);
+                self.cancel_all(&live);
+            }
+            if Instant::now() >= next_report {
+                next_report += interval;
+                on_progress(&progress(start));
+            }
+        }
+        Ok(JobResult {
+            status: status.unwrap_or(JobStatus::Finished),
+            progress: progress(start),
+        })
+    }
+
+    fn cancel_all(&self, live: &HashSet<TaskId>) {
+        for id in live {
+            for s in &self.slots {
+                s.cancel(*id);
+            }
+        }
+    }
+
+    /// Creates the rings of every edge and describes every subtask's deployment.
+    fn connect(&self, job: &JobGraph) -> Result<Vec<Deployment>, ClusterError> {
+        let mut outs: HashMap<(usize, usize), EdgeOutputs> = HashMap::new();
+        let mut ins: HashMap<(usize, usize), Vec<Consumer>> = HashMap::new();
+        for e in &job.edges {
+            let up = &job.vertices[e.from];
+            let dn = &job.vertices[e.to];
+            for s in 0..up.parallelism {
+                let targets: Vec<usize> = match e.partition {
+                    EdgePartition::Forward => vec![s],
+                    _ => (0..dn.parallelism).collect(),
+                };
+                let mut producers = Vec::with_capacity(targets.len());
+                for t in targets {
+                    let (p, c) = Ring::anonymous(self.config.ring_size)?;
+                    producers.push(p);
+                    ins.entry((e.to, t)).or_default().push(c);
+                }
+                outs.entry((e.from, s))
+                    .or_default()
+                    .push((e.partition.clone(), producers));
+            }
+        }
+        let mut deployments = Vec::new();
+        for v in &job.vertices {
+            for s in 0..v.parallelism {
+                let info = SubtaskInfo {
+                    index: s,
+                    parallelism: v.parallelism,
+                };
+                deployments.push(Deployment {
+                    vertex: v.id,
+                    name: format!("{} ({}/{})", v.name, s + 1, v.parallelism),
+                    info,
+                    chain: v
+                        .nodes
+                        .iter()
+                        .map(|&n| job.stream.nodes[n].clone())
+                        .collect(),
+                    outputs: outs.remove(&(v.id, s)).unwrap_or_default(),
+                    inputs: ins.remove(&(v.id, s)).unwrap_or_default(),
+                });
+            }
+        }
+        Ok(deployments)
+    }
+}
+
+/// Output rings of a subtask, per out edge.
+pub type EdgeOutputs = Vec<(EdgePartition, Vec<Producer>)>;
+
+/// One subtask: its chain of operators and its rings.
+pub struct Deployment {
+    /// Vertex id.
+    pub vertex: usize,
+    /// "name (i/p)".
+    pub name: String,
+    /// Subtask index and parallelism.
+    pub info: SubtaskInfo,
+    /// The chain's nodes, head first.
+    pub chain: Vec<Node>,
+    /// Output rings per out edge, in downstream subtask order.
+    pub outputs: EdgeOutputs,
+    /// Input rings.
+    pub inputs: Vec<Consumer>,
+}
+
+impl Deployment {
+    /// The factory that builds this subtask's task on its slot thread.
+    pub fn into_factory(self) -> TaskFactory {
+        Box::new(move || self.build().map_err(TaskError))
+    }
+
+    fn build(self) -> Result<Box<dyn Task>, String> {
+        let Self {
+            name,
+            info,
+            chain,
+            outputs,
+            inputs,
+            ..
+        } = self;
+        let (Some(head), Some(tail)) = (chain.first(), chain.last()) else {
+            return Err("internal: empty chain".into());
+        };
+        let bp: Backpressure = Rc::new(Cell::new(false));
+        let mut controls = Vec::new();
+        let mut emits = Vec::new();
+        for (partition, producers) in outputs {
+            let ops = tail.out.as_ref().ok_or("internal: a sink with outputs")?;
+            let (emit, ctl) = ops.ring_output(producers, &partition, bp.clone())?;
+            emits.push(emit);
+            controls.push(ctl);
+        }
+        let mut cur: AnyBox = match &tail.build {
+            Build::Sink(b) => b(info).map_err(|e| format!("{}: {e}", tail.name))?,
+            _ => tail
+                .out
+                .as_ref()
+                .ok_or("internal: no output type")?
+                .tee(emits)?,
+        };
+        let outputs = Outputs::new(controls, bp);
+        let last = chain.len() - 1;
+        for (i, node) in chain.iter().enumerate().rev() {
+            match &node.build {
+                Build::Sink(_) if i == last => {}
+                Build::Sink(_) => return Err("internal: a sink inside a chain".into()),
+                Build::Operator(b) => {
+                    cur = b(info, cur).map_err(|e| format!("{}: {e}", node.name))?
+                }
+                Build::Union => {}
+                Build::Source(b) => {
+                    let src = b(info).map_err(|e| format!("{}: {e}", node.name))?;
+                    let ops = node.out.as_ref().ok_or("internal: source without a type")?;
+                    return ops.source_task(name, src, cur, outputs);
+                }
+            }
+        }
+        let ops = head
+            .input
+            .as_ref()
+            .ok_or("internal: operator without an input type")?;
+        ops.input_task(name, inputs, cur, outputs)
+    }
+}

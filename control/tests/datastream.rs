@@ -1,0 +1,275 @@
+//! The DataStream API on the MiniCluster: results against plain computations.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use spate::api::StreamExecutionEnvironment;
+use spate::config::Config;
+use spate::graph::{GraphError, JobGraph};
+use spate::jobs::{self, Vwap, VwapParams};
+use spate::minicluster::{JobResult, JobStatus, MiniCluster};
+use spate_dataplane::idle::IdleStrategyKind;
+use spate_dataplane::operator::source::Pace;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn config(slots: usize) -> Config {
+    Config {
+        slots,
+        idle: IdleStrategyKind::Backoff,
+        ring_size: 1 << 16,
+        ..Config::default()
+    }
+}
+
+fn run(env: &StreamExecutionEnvironment, p: Option<usize>, slots: usize) -> JobResult {
+    let graph = JobGraph::build(env.stream_graph(), p, 1, true).unwrap();
+    let mut mc = MiniCluster::start(&config(slots)).unwrap();
+    mc.execute(
+        &graph,
+        &AtomicBool::new(false),
+        Duration::from_secs(60),
+        &mut |_| {},
+    )
+    .unwrap()
+}
+
+#[test]
+fn vwap_equals_the_single_threaded_computation_per_symbol_in_order() {
+    for p in [1usize, 2] {
+        let events = 300_000;
+        let env = StreamExecutionEnvironment::new("vwap");
+        let out = Arc::new(Mutex::new(Vec::<Vwap>::new()));
+        let params = VwapParams {
+            seed: 7,
+            events: Some(events),
+            pace: Pace::Unpaced,
+        };
+        jobs::vwap_stream(&env, params).collect(out.clone());
+        let r = run(&env, Some(p), 2);
+        assert_eq!(r.status, JobStatus::Finished);
+        let mut got: HashMap<u32, Vec<i64>> = HashMap::new();
+        for v in out.lock().unwrap().iter() {
+            got.entry(v.symbol).or_default().push(v.vwap);
+        }
+        let want = jobs::vwap_reference(7, events, p);
+        assert_eq!(got.len(), want.len());
+        assert_eq!(got, want, "parallelism {p}");
+        assert_eq!(r.progress.records, events);
+    }
+}
+
+#[test]
+fn wordcount_equals_a_straightforward_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("text.txt");
+    let mut text = String::new();
+    for i in 0..2000 {
+        text.push_str(&format!(
+            "The quick brown fox {} jumps over the lazy dog, number {}!\n",
+            i % 7,
+            i % 13
+        ));
+    }
+    std::fs::write(&path, &text).unwrap();
+    for p in [1, 2] {
+        let env = StreamExecutionEnvironment::new("wordcount");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        jobs::wordcount(&env, &path, Some(out.clone()));
+        assert_eq!(run(&env, Some(p), 2).status, JobStatus::Finished);
+        let mut last: HashMap<String, u64> = HashMap::new();
+        for (w, c) in out.lock().unwrap().iter() {
+            let e = last.entry(w.clone()).or_default();
+            assert!(*c == *e + 1, "rolling count of {w} went {e} -> {c}");
+            *e = *c;
+        }
+        let want: HashMap<String, u64> = jobs::wordcount_reference(&text);
+        assert_eq!(last, want);
+    }
+}
+
+#[test]
+fn unions_and_every_partitioning_deliver_each_record_exactly_once() {
+    let n = 20_000u64;
+    let kinds = ["forward", "rebalance", "shuffle", "hash", "broadcast"];
+    for kind in kinds {
+        let env = StreamExecutionEnvironment::new(kind);
+        let a = env.from_collection((0..n).collect::<Vec<u64>>());
+        let b = env.from_collection((n..2 * n).collect::<Vec<u64>>());
+        let u = a.union(&[b]).map(|x| x).set_parallelism(1);
+        let s = match kind {
+            "forward" => u.forward().map(|x| x),
+            "rebalance" => u.rebalance().map(|x| x).set_parallelism(2),
+            "shuffle" => u.shuffle().map(|x| x).set_parallelism(2),
+            "broadcast" => u.broadcast().map(|x| x).set_parallelism(2),
+            _ => u.key_by(|x: &u64| *x).reduce(|_, b| b).set_parallelism(2),
+        };
+        let out = Arc::new(Mutex::new(Vec::new()));
+        s.collect(out.clone());
+        assert_eq!(run(&env, None, 2).status, JobStatus::Finished, "{kind}");
+        let mut got = out.lock().unwrap().clone();
+        got.sort_unstable();
+        let copies = if kind == "broadcast" { 2 } else { 1 };
+        let want: Vec<u64> = (0..2 * n)
+            .flat_map(|x| std::iter::repeat_n(x, copies))
+            .collect();
+        assert_eq!(got, want, "{kind}");
+    }
+}
+
+#[test]
+fn parallelism_precedence_at_four_levels() {
+    let graph = |env_p: Option<usize>, op_p: Option<usize>, client: Option<usize>| {
+        let env = StreamExecutionEnvironment::new("p");
+        if let Some(p) = env_p {
+            env.set_parallelism(p);
+        }
+        let s = env.trades(1, Some(10), Pace::Unpaced).map(|t| t.qty);
+        let s = match op_p {
+            Some(p) => s.set_parallelism(p),
+            None => s,
+        };
+        s.discard();
+        JobGraph::build(env.stream_graph(), client, 5, true).unwrap()
+    };
+    let par = |g: &JobGraph, name: &str| {
+        g.vertices
+            .iter()
+            .find(|v| v.name.contains(name))
+            .unwrap()
+            .parallelism
+    };
+    let g = graph(None, None, None);
+    assert_eq!(par(&g, "Map"), 5, "system default");
+    let g = graph(None, None, Some(4));
+    assert_eq!(par(&g, "Map"), 4, "client beats system");
+    let g = graph(Some(3), None, Some(4));
+    assert_eq!(par(&g, "Map"), 3, "environment beats client");
+    let g = graph(Some(3), Some(2), Some(4));
+    assert_eq!(par(&g, "Map"), 2, "operator beats environment");
+    assert_eq!(par(&g, "Trade Source"), 3);
+}
+
+#[test]
+fn chaining_controls_shape_the_job_graph() {
+    let build = |f: &dyn Fn(&StreamExecutionEnvironment)| {
+        let env = StreamExecutionEnvironment::new("c");
+        f(&env);
+        JobGraph::build(env.stream_graph(), Some(1), 1, true).unwrap()
+    };
+    let names = |g: &JobGraph| {
+        g.vertices
+            .iter()
+            .map(|v| v.name.clone())
+            .collect::<Vec<_>>()
+    };
+    let g = build(&|env| {
+        env.from_collection(vec![1u64])
+            .map(|x| x)
+            .filter(|_| true)
+            .discard();
+    });
+    assert_eq!(
+        names(&g),
+        ["Collection Source -> Map -> Filter -> Discarding Sink"]
+    );
+    let g = build(&|env| {
+        env.from_collection(vec![1u64])
+            .map(|x| x)
+            .start_new_chain()
+            .filter(|_| true)
+            .discard();
+    });
+    assert_eq!(
+        names(&g),
+        ["Collection Source", "Map -> Filter -> Discarding Sink"]
+    );
+    let g = build(&|env| {
+        env.from_collection(vec![1u64])
+            .map(|x| x)
+            .disable_chaining()
+            .filter(|_| true)
+            .discard();
+    });
+    assert_eq!(
+        names(&g),
+        ["Collection Source", "Map", "Filter -> Discarding Sink"]
+    );
+    let g = build(&|env| {
+        env.disable_operator_chaining();
+        env.from_collection(vec![1u64]).map(|x| x).discard();
+    });
+    assert_eq!(g.vertices.len(), 3);
+    let g = build(&|env| {
+        env.from_collection(vec![1u64])
+            .map(|x| x)
+            .slot_sharing_group("other")
+            .discard();
+    });
+    assert_eq!(names(&g), ["Collection Source", "Map -> Discarding Sink"]);
+    assert_eq!(g.slots_needed(), 2);
+    // Explicit forward across different parallelism is refused.
+    let env = StreamExecutionEnvironment::new("bad");
+    env.from_collection(vec![1u64])
+        .forward()
+        .map(|x| x)
+        .set_parallelism(2)
+        .discard();
+    assert!(matches!(
+        JobGraph::build(env.stream_graph(), None, 1, true),
+        Err(GraphError::ForwardParallelism { .. })
+    ));
+    let env = StreamExecutionEnvironment::new("nosink");
+    env.from_collection(vec![1u64]).map(|x| x);
+    assert_eq!(
+        JobGraph::build(env.stream_graph(), None, 1, true).unwrap_err(),
+        GraphError::NoSink
+    );
+}
+
+#[test]
+fn a_failing_operator_fails_the_job_with_its_message() {
+    let env = StreamExecutionEnvironment::new("fails");
+    env.from_collection((0..1000u64).collect::<Vec<_>>())
+        .map(|x| {
+            if x == 500 {
+                panic!("bad record {x}")
+            } else {
+                x
+            }
+        })
+        .name("Fragile Map")
+        .set_parallelism(1)
+        .rebalance()
+        .map(|x| x)
+        .set_parallelism(2)
+        .discard();
+    let r = run(&env, None, 2);
+    match r.status {
+        JobStatus::Failed(m) => {
+            assert!(m.contains("Fragile Map"), "{m}");
+            assert!(m.contains("bad record 500"), "{m}");
+        }
+        s => panic!("{s:?}"),
+    }
+}
+
+#[test]
+fn unbounded_jobs_stop_on_cancel() {
+    let env = StreamExecutionEnvironment::new("forever");
+    env.trades(3, None, Pace::Rate(100_000.0)).discard();
+    let graph = JobGraph::build(env.stream_graph(), Some(1), 1, true).unwrap();
+    let mut mc = MiniCluster::start(&config(1)).unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c2 = cancel.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c2.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let r = mc
+        .execute(&graph, &cancel, Duration::from_secs(60), &mut |_| {})
+        .unwrap();
+    t.join().unwrap();
+    assert_eq!(r.status, JobStatus::Canceled);
+    assert!(r.progress.records > 1000, "{}", r.progress.records);
+}

@@ -1,0 +1,302 @@
+//! Sinks: the ends of a pipeline.
+
+use super::{report_failure, Emit, SubtaskInfo};
+use hdrhistogram::Histogram;
+use std::fmt::Debug;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// How often sinks publish their counters (ns).
+pub const PUBLISH_INTERVAL_NS: u64 = 50_000_000;
+
+/// What sinks publish for progress reports and summaries: records seen and, for latency
+/// sinks, the latency histogram. Sinks add to these on a deadline, not per record.
+#[derive(Debug)]
+pub struct SinkMetrics {
+    records: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for SinkMetrics {
+    fn default() -> Self {
+        Self {
+            records: AtomicU64::new(0),
+            latency: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+/// A latency histogram: 1 ns to 1000 s, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    #[allow(clippy::unwrap_used)] // constant, valid bounds
+    Histogram::new_with_bounds(1, 1_000_000_000_000, 3).unwrap()
+}
+
+impl SinkMetrics {
+    /// Records seen by all sinks sharing these metrics.
+    pub fn records(&self) -> u64 {
+        // Relaxed: a progress figure; no other data is read through it.
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the merged latency histogram.
+    pub fn latency(&self) -> Histogram<u64> {
+        match self.latency.lock() {
+            Ok(h) => h.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn add(&self, records: u64, h: Option<&mut Histogram<u64>>) {
+        self.records.fetch_add(records, Ordering::Relaxed);
+        if let Some(h) = h {
+            if !h.is_empty() {
+                let mut m = match self.latency.lock() {
+                    Ok(m) => m,
+                    Err(p) => p.into_inner(),
+                };
+                let _ = m.add(&*h);
+                h.reset();
+            }
+        }
+    }
+}
+
+/// Counts records and, on a deadline, publishes the count.
+#[derive(Debug)]
+struct Counter {
+    unpublished: u64,
+    next_publish_ns: u64,
+    metrics: Arc<SinkMetrics>,
+}
+
+impl Counter {
+    fn new(metrics: Arc<SinkMetrics>) -> Self {
+        Self {
+            unpublished: 0,
+            next_publish_ns: 0,
+            metrics,
+        }
+    }
+
+    fn due(&mut self, now_ns: u64) -> bool {
+        if now_ns >= self.next_publish_ns {
+            self.next_publish_ns = now_ns + PUBLISH_INTERVAL_NS;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn publish(&mut self, h: Option<&mut Histogram<u64>>) {
+        self.metrics.add(std::mem::take(&mut self.unpublished), h);
+    }
+}
+
+/// Drops records, counting them.
+#[derive(Debug)]
+pub struct DiscardSink {
+    counter: Counter,
+}
+
+impl DiscardSink {
+    /// Counts into `metrics`.
+    pub fn new(metrics: Arc<SinkMetrics>) -> Self {
+        Self {
+            counter: Counter::new(metrics),
+        }
+    }
+}
+
+impl<T> Emit<T> for DiscardSink {
+    #[inline(always)]
+    fn emit(&mut self, record: T) {
+        drop(record);
+        self.counter.unpublished += 1;
+    }
+    fn tick(&mut self, now_ns: u64) {
+        if self.counter.due(now_ns) {
+            self.counter.publish(None);
+        }
+    }
+    fn finish(&mut self) {
+        self.counter.publish(None);
+    }
+}
+
+/// Records `now − event timestamp` of every record into an HdrHistogram.
+pub struct LatencySink<T> {
+    ts: fn(&T) -> u64,
+    hist: Histogram<u64>,
+    counter: Counter,
+}
+
+impl<T> LatencySink<T> {
+    /// `ts` gives a record's event timestamp (ns, on the data plane's clock).
+    pub fn new(ts: fn(&T) -> u64, metrics: Arc<SinkMetrics>) -> Self {
+        Self {
+            ts,
+            hist: new_histogram(),
+            counter: Counter::new(metrics),
+        }
+    }
+}
+
+impl<T> Emit<T> for LatencySink<T> {
+    #[inline(always)]
+    fn emit(&mut self, record: T) {
+        let now = crate::clock::now_ns();
+        let _ = self
+            .hist
+            .record(now.saturating_sub((self.ts)(&record)).max(1));
+        self.counter.unpublished += 1;
+    }
+    fn tick(&mut self, now_ns: u64) {
+        if self.counter.due(now_ns) {
+            self.counter.publish(Some(&mut self.hist));
+        }
+    }
+    fn finish(&mut self) {
+        self.counter.publish(Some(&mut self.hist));
+    }
+}
+
+/// Writes each record's `Debug` form as a line, buffered, flushed on a deadline.
+pub struct WriterSink<W: Write> {
+    w: std::io::BufWriter<W>,
+    prefix: String,
+    what: String,
+    counter: Counter,
+    failed: bool,
+}
+
+impl<W: Write> WriterSink<W> {
+    fn new(w: W, prefix: String, what: String, metrics: Arc<SinkMetrics>) -> Self {
+        Self {
+            w: std::io::BufWriter::with_capacity(1 << 16, w),
+            prefix,
+            what,
+            counter: Counter::new(metrics),
+            failed: false,
+        }
+    }
+
+    fn check(&mut self, r: std::io::Result<()>) {
+        if let Err(e) = r {
+            if !self.failed {
+                self.failed = true;
+                report_failure(format!("writing to {}: {e}", self.what));
+            }
+        }
+    }
+}
+
+/// Prints records to stdout (`index> record` when the sink is parallel, as Flink does).
+pub fn print_sink(info: SubtaskInfo, metrics: Arc<SinkMetrics>) -> WriterSink<std::io::Stdout> {
+    let prefix = if info.parallelism > 1 {
+        format!("{}> ", info.index + 1)
+    } else {
+        String::new()
+    };
+    WriterSink::new(std::io::stdout(), prefix, "stdout".into(), metrics)
+}
+
+/// Writes records to a file: `path` itself at parallelism 1, `path.N` for subtask N
+/// otherwise.
+pub fn file_sink(
+    path: &std::path::Path,
+    info: SubtaskInfo,
+    metrics: Arc<SinkMetrics>,
+) -> std::io::Result<WriterSink<std::fs::File>> {
+    let path = if info.parallelism > 1 {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{}", info.index));
+        std::path::PathBuf::from(p)
+    } else {
+        path.to_path_buf()
+    };
+    let f = std::fs::File::create(&path)?;
+    Ok(WriterSink::new(
+        f,
+        String::new(),
+        path.display().to_string(),
+        metrics,
+    ))
+}
+
+/// Writes records as lines to a TCP socket.
+pub fn socket_sink(
+    addr: &str,
+    metrics: Arc<SinkMetrics>,
+) -> std::io::Result<WriterSink<std::net::TcpStream>> {
+    let s = std::net::TcpStream::connect(addr)?;
+    let _ = s.set_nodelay(true);
+    Ok(WriterSink::new(
+        s,
+        String::new(),
+        format!("socket {addr}"),
+        metrics,
+    ))
+}
+
+impl<T: Debug, W: Write> Emit<T> for WriterSink<W> {
+    fn emit(&mut self, record: T) {
+        if self.failed {
+            return;
+        }
+        let r = writeln!(self.w, "{}{record:?}", self.prefix);
+        self.check(r);
+        self.counter.unpublished += 1;
+    }
+    fn tick(&mut self, now_ns: u64) {
+        if self.counter.due(now_ns) {
+            let r = self.w.flush();
+            self.check(r);
+            self.counter.publish(None);
+        }
+    }
+    fn finish(&mut self) {
+        let r = self.w.flush();
+        self.check(r);
+        self.counter.publish(None);
+    }
+}
+
+/// Collects records into a shared vector at end of input (tests, small results).
+pub struct CollectSink<T> {
+    local: Vec<T>,
+    shared: Arc<Mutex<Vec<T>>>,
+    counter: Counter,
+}
+
+impl<T> CollectSink<T> {
+    /// Appends to `shared` when the input ends.
+    pub fn new(shared: Arc<Mutex<Vec<T>>>, metrics: Arc<SinkMetrics>) -> Self {
+        Self {
+            local: Vec::new(),
+            shared,
+            counter: Counter::new(metrics),
+        }
+    }
+}
+
+impl<T> Emit<T> for CollectSink<T> {
+    fn emit(&mut self, record: T) {
+        self.local.push(record);
+        self.counter.unpublished += 1;
+    }
+    fn tick(&mut self, now_ns: u64) {
+        if self.counter.due(now_ns) {
+            self.counter.publish(None);
+        }
+    }
+    fn finish(&mut self) {
+        let mut s = match self.shared.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.append(&mut self.local);
+        self.counter.publish(None);
+    }
+}

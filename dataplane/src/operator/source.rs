@@ -1,0 +1,329 @@
+//! Sources: where records enter a pipeline, including the W1 trade generator.
+
+use super::{Emit, SubtaskInfo};
+use crate::slot::TaskError;
+use std::io::{BufRead, Read};
+
+/// What one poll of a source did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// Emitted this many records (0: nothing available now).
+    Emitted(usize),
+    /// The source is exhausted (bounded sources only).
+    Done,
+}
+
+/// A source of records.
+///
+/// Performance contract: `poll` emits at most `max` records and never blocks.
+pub trait Source<T> {
+    /// Emits up to `max` records; `now_ns` is the task's clock reading for this poll.
+    fn poll(
+        &mut self,
+        out: &mut dyn Emit<T>,
+        max: usize,
+        now_ns: u64,
+    ) -> Result<SourceStatus, TaskError>;
+}
+
+/// Emits the items of an iterator.
+pub struct IterSource<I> {
+    iter: I,
+}
+
+impl<I> IterSource<I> {
+    /// Over `iter`.
+    pub fn new(iter: I) -> Self {
+        Self { iter }
+    }
+}
+
+impl<T, I: Iterator<Item = T>> Source<T> for IterSource<I> {
+    fn poll(
+        &mut self,
+        out: &mut dyn Emit<T>,
+        max: usize,
+        _: u64,
+    ) -> Result<SourceStatus, TaskError> {
+        for n in 0..max {
+            match self.iter.next() {
+                Some(x) => out.emit(x),
+                None if n == 0 => return Ok(SourceStatus::Done),
+                None => return Ok(SourceStatus::Emitted(n)),
+            }
+        }
+        Ok(SourceStatus::Emitted(max))
+    }
+}
+
+/// A W1 trade: `price` is fixed-point with [`PRICE_SCALE`] units per currency unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct Trade {
+    /// Event time: when the trade was (scheduled to be) sent, ns on the data plane clock.
+    pub ts_ns: u64,
+    /// Price, fixed point.
+    pub price: i64,
+    /// Symbol id, 0..SYMBOLS.
+    pub symbol: u32,
+    /// Quantity, 1..=100.
+    pub qty: u32,
+}
+
+crate::pod_wire!(Trade);
+
+/// Symbols in W1.
+pub const SYMBOLS: u32 = 1000;
+/// Fixed-point scale of prices (4 decimals).
+pub const PRICE_SCALE: i64 = 10_000;
+
+/// The seeded W1 trade generator of one source subtask. Subtask `i` of `p` generates the
+/// symbols `s` with `s % p == i`, so that each symbol's trades come from one subtask in
+/// generation order (a feed partitioned by symbol), and the same seed gives the same
+/// per-symbol sequence in any run.
+#[derive(Debug, Clone)]
+pub struct TradeGenerator {
+    state: u64,
+    subtask: u32,
+    parallelism: u32,
+    /// Symbols this subtask owns.
+    owned: u32,
+}
+
+impl TradeGenerator {
+    /// The generator of subtask `info.index` for `seed`.
+    pub fn new(seed: u64, info: SubtaskInfo) -> Self {
+        let p = info.parallelism.max(1) as u32;
+        let i = info.index as u32 % p;
+        let owned = (SYMBOLS - i).div_ceil(p).max(1);
+        let mut state = seed ^ (u64::from(i) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        if state == 0 {
+            state = 0x2545_F491_4F6C_DD1D;
+        }
+        Self {
+            state,
+            subtask: i,
+            parallelism: p,
+            owned,
+        }
+    }
+
+    /// The next trade, stamped `ts_ns`.
+    #[inline(always)]
+    pub fn next_trade(&mut self, ts_ns: u64) -> Trade {
+        // xorshift64*
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let symbol = self.subtask + self.parallelism * ((r % u64::from(self.owned)) as u32);
+        let qty = 1 + ((r >> 20) % 100) as u32;
+        // Prices around 100.0000 ± 50.0000.
+        let price = 50 * PRICE_SCALE + ((r >> 32) % (100 * PRICE_SCALE as u64)) as i64;
+        Trade {
+            ts_ns,
+            price,
+            symbol,
+            qty,
+        }
+    }
+}
+
+/// How fast a trade source emits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// As fast as the pipeline takes them; each trade is stamped when generated.
+    Unpaced,
+    /// This many trades per second in all (split evenly over subtasks); each trade is
+    /// stamped with its *scheduled* send time, so a stall is charged to latency.
+    Rate(f64),
+}
+
+/// The W1 source.
+#[derive(Debug)]
+pub struct TradeSource {
+    gen: TradeGenerator,
+    remaining: Option<u64>,
+    pace: Pace,
+    interval_ns: f64,
+    start_ns: u64,
+    sent: u64,
+}
+
+impl TradeSource {
+    /// `events`: total over all subtasks (`None`: unbounded).
+    pub fn new(seed: u64, events: Option<u64>, pace: Pace, info: SubtaskInfo) -> Self {
+        let p = info.parallelism.max(1) as u64;
+        let i = info.index as u64;
+        let remaining = events.map(|n| n / p + u64::from(i < n % p));
+        let interval_ns = match pace {
+            Pace::Rate(r) if r > 0.0 => 1e9 * p as f64 / r,
+            _ => 0.0,
+        };
+        Self {
+            gen: TradeGenerator::new(seed, info),
+            remaining,
+            pace,
+            interval_ns,
+            start_ns: 0,
+            sent: 0,
+        }
+    }
+}
+
+impl Source<Trade> for TradeSource {
+    #[inline]
+    fn poll(
+        &mut self,
+        out: &mut dyn Emit<Trade>,
+        max: usize,
+        now_ns: u64,
+    ) -> Result<SourceStatus, TaskError> {
+        let mut n = match self.remaining {
+            Some(0) => return Ok(SourceStatus::Done),
+            Some(r) => (r.min(max as u64)) as usize,
+            None => max,
+        };
+        match self.pace {
+            Pace::Unpaced => {
+                for _ in 0..n {
+                    out.emit(self.gen.next_trade(now_ns));
+                }
+            }
+            Pace::Rate(_) => {
+                if self.start_ns == 0 {
+                    self.start_ns = now_ns;
+                }
+                let mut emitted = 0;
+                while emitted < n {
+                    let due = self.start_ns + (self.sent as f64 * self.interval_ns) as u64;
+                    if due > now_ns {
+                        break;
+                    }
+                    out.emit(self.gen.next_trade(due));
+                    self.sent += 1;
+                    emitted += 1;
+                }
+                n = emitted;
+            }
+        }
+        if let Some(r) = &mut self.remaining {
+            *r -= n as u64;
+        }
+        Ok(SourceStatus::Emitted(n))
+    }
+}
+
+/// Emits the lines of a reader (a file), without their line endings.
+pub struct LinesSource<R> {
+    reader: R,
+    line: String,
+    what: String,
+}
+
+impl LinesSource<std::io::BufReader<std::fs::File>> {
+    /// The lines of the file at `path`.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        let f = std::fs::File::open(path)?;
+        Ok(Self {
+            reader: std::io::BufReader::with_capacity(1 << 16, f),
+            line: String::new(),
+            what: path.display().to_string(),
+        })
+    }
+}
+
+impl<R: BufRead> Source<String> for LinesSource<R> {
+    fn poll(
+        &mut self,
+        out: &mut dyn Emit<String>,
+        max: usize,
+        _: u64,
+    ) -> Result<SourceStatus, TaskError> {
+        for n in 0..max {
+            self.line.clear();
+            match self.reader.read_line(&mut self.line) {
+                Ok(0) if n == 0 => return Ok(SourceStatus::Done),
+                Ok(0) => return Ok(SourceStatus::Emitted(n)),
+                Ok(_) => {
+                    let l = self.line.trim_end_matches(['\n', '\r']);
+                    out.emit(l.to_string());
+                }
+                Err(e) => return Err(TaskError(format!("reading {}: {e}", self.what))),
+            }
+        }
+        Ok(SourceStatus::Emitted(max))
+    }
+}
+
+/// Emits the lines received on a TCP connection (non-blocking); ends when the peer closes.
+pub struct SocketSource {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    addr: String,
+    eof: bool,
+}
+
+impl SocketSource {
+    /// Connects to `addr` (host:port).
+    pub fn connect(addr: &str) -> std::io::Result<Self> {
+        let stream = std::net::TcpStream::connect(addr)?;
+        stream.set_nonblocking(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(1 << 16),
+            start: 0,
+            addr: addr.to_string(),
+            eof: false,
+        })
+    }
+}
+
+impl Source<String> for SocketSource {
+    fn poll(
+        &mut self,
+        out: &mut dyn Emit<String>,
+        max: usize,
+        _: u64,
+    ) -> Result<SourceStatus, TaskError> {
+        if !self.eof {
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => self.eof = true,
+                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TaskError(format!("reading socket {}: {e}", self.addr))),
+            }
+        }
+        let mut n = 0;
+        while n < max {
+            let Some(pos) = self.buf[self.start..].iter().position(|&b| b == b'\n') else {
+                break;
+            };
+            let line = &self.buf[self.start..self.start + pos];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            out.emit(String::from_utf8_lossy(line).into_owned());
+            self.start += pos + 1;
+            n += 1;
+        }
+        if self.start > 0 && (self.start == self.buf.len() || self.start > 1 << 15) {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if n == 0 && self.eof {
+            if self.start < self.buf.len() {
+                let rest = String::from_utf8_lossy(&self.buf[self.start..]).into_owned();
+                self.buf.clear();
+                self.start = 0;
+                out.emit(rest);
+                return Ok(SourceStatus::Emitted(1));
+            }
+            return Ok(SourceStatus::Done);
+        }
+        Ok(SourceStatus::Emitted(n))
+    }
+}

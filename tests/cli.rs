@@ -1,0 +1,247 @@
+//! The `spate` binary, run for real: built-in jobs, job graphs, and bad input that must
+//! give a clear error and exit code, never a panic.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn spate(args: &[&str], conf: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(args)
+        .env("SPATE_CONF_DIR", conf)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn conf_dir(yaml: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("config.yaml"), yaml).unwrap();
+    d
+}
+
+const TEST_CONF: &str = "taskmanager.numberOfTaskSlots: 2\ntaskmanager.idle-strategy: backoff\ntaskmanager.memory.ring-size: 64kb\n";
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn vwap_runs_and_reports_figures_and_json() {
+    let conf = conf_dir(TEST_CONF);
+    let json = conf.path().join("summary.json");
+    for p in ["1", "2"] {
+        let o = spate(
+            &[
+                "run",
+                "-p",
+                p,
+                "--events",
+                "200000",
+                "--json",
+                json.to_str().unwrap(),
+                "vwap",
+            ],
+            conf.path(),
+        );
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{out}\n{err}");
+        assert!(out.contains("events       200000"), "{out}");
+        assert!(out.contains("p99.99"), "{out}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(v["job"], "vwap");
+        assert_eq!(v["events"], 200000);
+        assert_eq!(v["parallelism"].to_string(), p);
+        for k in [
+            "seconds",
+            "events_per_s",
+            "p50_ns",
+            "p99_ns",
+            "p999_ns",
+            "p9999_ns",
+            "max_ns",
+        ] {
+            assert!(v[k].is_number(), "{k} in {v}");
+        }
+    }
+}
+
+#[test]
+fn paced_vwap_charges_latency_from_the_scheduled_time() {
+    let conf = conf_dir(TEST_CONF);
+    let o = spate(
+        &["run", "--events", "20000", "--rate", "100000", "vwap"],
+        conf.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    // 20k events at 100k/s take about 0.2 s.
+    let secs: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("seconds"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(secs >= 0.19, "{out}");
+}
+
+#[test]
+fn wordcount_prints_rolling_counts() {
+    let conf = conf_dir(TEST_CONF);
+    let input = conf.path().join("words.txt");
+    std::fs::write(&input, "to be or not to be\nthat is the question\n").unwrap();
+    let o = spate(&["run", "wordcount", input.to_str().unwrap()], conf.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("(\"to\", 2)"), "{out}");
+    assert!(out.contains("(\"be\", 2)"), "{out}");
+    assert!(out.contains("(\"question\", 1)"), "{out}");
+}
+
+#[test]
+fn info_prints_the_job_graph_for_each_chaining_setting() {
+    let conf = conf_dir(TEST_CONF);
+    let o = spate(&["info", "-p", "1", "vwap"], conf.path());
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    assert!(
+        out.contains("[0] Trade Source -> Filter qty>0 -> VWAP -> Latency Sink  (parallelism 1"),
+        "{out}"
+    );
+    assert!(out.contains("(none: the whole job is one chain)"), "{out}");
+
+    let o = spate(&["info", "-p", "2", "vwap"], conf.path());
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("[0] Trade Source -> Filter qty>0  (parallelism 2"),
+        "{out}"
+    );
+    assert!(out.contains("Slots needed: 2"), "{out}");
+    assert!(out.contains("--HASH--> [1] VWAP -> Latency Sink"), "{out}");
+
+    let o = spate(
+        &[
+            "info",
+            "-p",
+            "1",
+            "-D",
+            "pipeline.operator-chaining.enabled=false",
+            "vwap",
+        ],
+        conf.path(),
+    );
+    let (out, _) = text(&o);
+    assert!(out.contains("[0] Trade Source  (parallelism 1"), "{out}");
+    assert!(
+        out.contains("[0] Trade Source --FORWARD--> [1] Filter qty>0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[1] Filter qty>0 --FORWARD--> [2] VWAP"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[2] VWAP --FORWARD--> [3] Latency Sink"),
+        "{out}"
+    );
+}
+
+#[test]
+fn system_and_client_parallelism() {
+    let conf = conf_dir(&format!("{TEST_CONF}parallelism.default: 2\n"));
+    let (out, _) = text(&spate(&["info", "vwap"], conf.path()));
+    assert!(out.contains("(parallelism 2"), "{out}");
+    let (out, _) = text(&spate(&["info", "-p", "1", "vwap"], conf.path()));
+    assert!(out.contains("(parallelism 1"), "{out}");
+}
+
+fn fails_with(args: &[&str], conf: &Path, code: i32, needle: &str) {
+    let o = spate(args, conf);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(code), "{args:?}\n{out}\n{err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected {needle:?} in\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let good = conf_dir(TEST_CONF);
+    let p = good.path();
+    fails_with(&["run", "nosuchjob"], p, 2, "unknown job 'nosuchjob'");
+    fails_with(
+        &["run", "wordcount", "/no/such/file.txt"],
+        p,
+        2,
+        "cannot read /no/such/file.txt",
+    );
+    fails_with(
+        &["run", "wordcount"],
+        p,
+        2,
+        "usage: spate run wordcount FILE",
+    );
+    fails_with(
+        &["run", "-D", "parallelism.default", "vwap"],
+        p,
+        2,
+        "expected key=value",
+    );
+    fails_with(
+        &["run", "-D", "no.such.key=1", "vwap"],
+        p,
+        2,
+        "unknown configuration key 'no.such.key'",
+    );
+    fails_with(
+        &["run", "-D", "taskmanager.idle-strategy=sometimes", "vwap"],
+        p,
+        2,
+        "'sometimes' for 'taskmanager.idle-strategy'",
+    );
+    fails_with(&["run", "-p", "0", "vwap"], p, 2, "-p must be at least 1");
+    fails_with(
+        &["run", "--rate", "-5", "vwap"],
+        p,
+        2,
+        "--rate must be a positive",
+    );
+    fails_with(
+        &["run", "-p", "3", "--events", "10", "vwap"],
+        p,
+        2,
+        "needs 3 task slots but the cluster has 2",
+    );
+    let bad = conf_dir("taskmanager.numberOfSlots: 2\n");
+    fails_with(
+        &["run", "vwap"],
+        bad.path(),
+        2,
+        "unknown configuration key 'taskmanager.numberOfSlots'",
+    );
+    let bad = conf_dir("rest.port: [1, 2\n");
+    fails_with(&["run", "vwap"], bad.path(), 2, "not valid YAML");
+    let o = spate(&["frobnicate"], p);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn every_command_has_help() {
+    let conf = conf_dir(TEST_CONF);
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["info", "--help"],
+    ] {
+        let o = spate(&args, conf.path());
+        assert!(o.status.success());
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"));
+    }
+}
