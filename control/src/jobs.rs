@@ -73,6 +73,8 @@ pub struct VwapParams {
     pub events: Option<u64>,
     /// Unpaced, or a fixed offered rate.
     pub pace: Pace,
+    /// Measure the latency of one record in this many (1: every record).
+    pub latency_sample: u32,
 }
 
 /// Declares W1: trades → filter(qty > 0) → key_by(symbol) → VWAP → latency sink.

@@ -44,6 +44,7 @@ fn vwap_equals_the_single_threaded_computation_per_symbol_in_order() {
             seed: 7,
             events: Some(events),
             pace: Pace::Unpaced,
+            latency_sample: 1,
         };
         jobs::vwap_stream(&env, params).collect(out.clone());
         let r = run(&env, Some(p), 2);

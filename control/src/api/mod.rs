@@ -377,8 +377,13 @@ impl<T: Data> DataStream<T> {
 
     /// Records `now − ts(record)` of every record into the job's latency histogram.
     pub fn latency_sink(&self, ts: fn(&T) -> u64) -> DataStreamSink {
+        self.latency_sink_sampled(ts, 1)
+    }
+
+    /// Records `now − ts(record)` of one record in `every` (a uniform sample).
+    pub fn latency_sink_sampled(&self, ts: fn(&T) -> u64, every: u32) -> DataStreamSink {
         self.sink("Latency Sink", move |_, m| {
-            Ok(boxed::<T>(sink::LatencySink::new(ts, m)))
+            Ok(boxed::<T>(sink::LatencySink::new(ts, m, every)))
         })
     }
 

@@ -282,11 +282,10 @@ impl<P: KeyedProcessFunction> Emit<P::In> for KeyedProcess<P> {
     #[inline]
     fn emit(&mut self, record: P::In) {
         let key = (self.key)(&record);
-        if !self.states.contains_key(&key) {
-            self.states.insert(key.clone(), P::State::default());
-        }
-        let Some(state) = self.states.get_mut(&key) else {
-            return;
+        // One lookup in steady state; a new key takes a second (and its allocation).
+        let state = match self.states.get_mut(&key) {
+            Some(s) => s,
+            None => self.states.entry(key.clone()).or_default(),
         };
         let mut ctx = Context {
             key: &key,
