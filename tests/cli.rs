@@ -245,3 +245,27 @@ fn every_command_has_help() {
         assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"));
     }
 }
+
+#[test]
+fn ctrl_c_cancels_an_unbounded_job_and_still_prints_the_summary() {
+    let conf = conf_dir(TEST_CONF);
+    let child = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["run", "--events", "0", "--rate", "200000", "vwap"])
+        .env("SPATE_CONF_DIR", conf.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("status       Canceled"), "{out}");
+    assert!(out.contains("p99.99"), "{out}");
+    assert!(err.contains("events"), "live progress on stderr: {err}");
+}

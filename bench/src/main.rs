@@ -7,6 +7,7 @@
 mod clock;
 mod report;
 mod ring;
+mod vwap;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -35,6 +36,26 @@ enum Cmd {
         /// Write the rows as a JSON array to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// Workload W1 (VWAP) on the MiniCluster: throughput at p=1 and p=2, latency at
+    /// fixed offered rates, the highest sustained rate, and an SVG of the latency
+    /// percentile distributions.
+    Vwap {
+        /// Trades per throughput run.
+        #[arg(long, default_value_t = 50_000_000)]
+        events: u64,
+        /// Throughput repetitions (median reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds of each fixed-rate run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Write the rows as a JSON array to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the latency plot (SVG) to this file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// (internal) the child process of the process benchmarks.
     #[command(hide = true)]
@@ -88,6 +109,32 @@ fn main() -> Result<()> {
             report::print_ratios(&rows, "spate");
             if let Some(path) = json {
                 report::write_json(&path, &rows)?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Cmd::Vwap {
+            events,
+            reps,
+            seconds,
+            json,
+            plot,
+        } => {
+            let cores = two_cores()?;
+            eprintln!(
+                "vwap: {events} trades per throughput run ({reps} reps), {seconds} s per paced run, \
+                 slots pinned to cores {} and {}, busy-spin",
+                cores.0, cores.1
+            );
+            let rows = vwap::run(&vwap::Params {
+                events,
+                reps,
+                seconds,
+                cores,
+                plot,
+            })?;
+            vwap::print(&rows);
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")?;
                 eprintln!("wrote {}", path.display());
             }
         }

@@ -77,7 +77,8 @@ fn spin_send(p: &mut Producer, payload: &[u8]) {
 
 // ---------------------------------------------------------------- ping-pong, threads
 
-fn floor_pingpong(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>) {
+/// One cache line bounced between the two pinned cores: the hardware floor.
+pub fn floor_pingpong(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>) {
     let line = Arc::new(CachePadded::new(AtomicU64::new(0)));
     let l2 = line.clone();
     let echo = spawn_pinned(p.cores.1, move || {

@@ -20,6 +20,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+/// How long the watching thread blocks between looks at the cancel flag. Kept long:
+/// on a machine whose cores all run busy-spinning slots, every wake-up of this thread
+/// preempts a slot.
+const EVENT_WAIT: Duration = Duration::from_millis(100);
+
 /// Why a job could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -163,7 +168,7 @@ impl MiniCluster {
         let mut cancelling = false;
         let mut next_report = Instant::now() + interval;
         while !live.is_empty() {
-            match self.events.recv_timeout(Duration::from_millis(20)) {
+            match self.events.recv_timeout(EVENT_WAIT) {
                 Ok(SlotEvent::Finished { task, .. }) | Ok(SlotEvent::Cancelled { task, .. }) => {
                     live.remove(&task);
                 }

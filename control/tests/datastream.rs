@@ -274,3 +274,63 @@ fn unbounded_jobs_stop_on_cancel() {
     assert_eq!(r.status, JobStatus::Canceled);
     assert!(r.progress.records > 1000, "{}", r.progress.records);
 }
+
+#[test]
+fn socket_source_and_socket_sink_carry_lines() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    // The source's server: sends lines, then closes.
+    let src = TcpListener::bind("127.0.0.1:0").unwrap();
+    let src_addr = src.local_addr().unwrap().to_string();
+    let feeder = std::thread::spawn(move || {
+        let (mut s, _) = src.accept().unwrap();
+        for i in 0..500 {
+            writeln!(s, "line {i}").unwrap();
+        }
+        write!(s, "last without newline").unwrap();
+    });
+    // The sink's server: collects lines until the sink closes.
+    let dst = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dst_addr = dst.local_addr().unwrap().to_string();
+    let collector = std::thread::spawn(move || {
+        let (s, _) = dst.accept().unwrap();
+        BufReader::new(s)
+            .lines()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    });
+    let env = StreamExecutionEnvironment::new("sockets");
+    env.socket_text_stream(&src_addr)
+        .map(|l: String| l.to_uppercase())
+        .write_to_socket(&dst_addr);
+    assert_eq!(run(&env, Some(1), 1).status, JobStatus::Finished);
+    feeder.join().unwrap();
+    let got = collector.join().unwrap();
+    assert_eq!(got.len(), 501);
+    assert_eq!(got[0], "\"LINE 0\"");
+    assert_eq!(got[500], "\"LAST WITHOUT NEWLINE\"");
+}
+
+#[test]
+fn a_sink_that_cannot_connect_fails_the_job_with_the_reason() {
+    let env = StreamExecutionEnvironment::new("nosink");
+    env.from_collection(vec![1u64])
+        .write_to_socket("127.0.0.1:1");
+    match run(&env, Some(1), 1).status {
+        JobStatus::Failed(m) => assert!(m.contains("cannot connect to 127.0.0.1:1"), "{m}"),
+        s => panic!("{s:?}"),
+    }
+}
+
+#[test]
+fn file_sink_writes_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.txt");
+    let env = StreamExecutionEnvironment::new("file");
+    env.from_collection((0..1000u64).collect::<Vec<_>>())
+        .write_as_text(&path);
+    assert_eq!(run(&env, Some(1), 1).status, JobStatus::Finished);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let got: Vec<u64> = text.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
+}

@@ -156,7 +156,10 @@ fn chained_operators_call_through() {
         },
         tail,
     );
-    let filter = Filter::new(|x: &u64| x.is_multiple_of(2), Box::new(flat) as BoxEmit<u64>);
+    let filter = Filter::new(
+        |x: &u64| x.is_multiple_of(2),
+        Box::new(flat) as BoxEmit<u64>,
+    );
     let mut map = Map::new(|x: u64| x * 3, Box::new(filter) as BoxEmit<u64>);
     for x in 0..5 {
         map.emit(x);
