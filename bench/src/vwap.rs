@@ -311,13 +311,19 @@ fn plot(path: &Path, rows: &[Row]) -> Result<()> {
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("latency (µs)")
-        .x_label_formatter(&|x| match *x as i64 {
-            0 => "0".into(),
-            1 => "90".into(),
-            2 => "99".into(),
-            3 => "99.9".into(),
-            4 => "99.99".into(),
-            _ => "99.999".into(),
+        .x_labels(6)
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() > 1e-9 {
+                return String::new();
+            }
+            match x.round() as i64 {
+                0 => "0".into(),
+                1 => "90".into(),
+                2 => "99".into(),
+                3 => "99.9".into(),
+                4 => "99.99".into(),
+                _ => "99.999".into(),
+            }
         })
         .draw()?;
     for (i, (name, pts)) in series.into_iter().enumerate() {
