@@ -38,7 +38,12 @@ impl VwapState {
     pub fn add(&mut self, t: &Trade) -> i64 {
         self.price_qty += i128::from(t.price) * i128::from(t.qty);
         self.qty += u64::from(t.qty);
-        (self.price_qty / i128::from(self.qty.max(1))) as i64
+        let q = self.qty.max(1);
+        match u64::try_from(self.price_qty) {
+            // The common case: a non-negative sum below 2^64 divides in 64 bits.
+            Ok(pq) => (pq / q) as i64,
+            Err(_) => (self.price_qty / i128::from(q)) as i64,
+        }
     }
 }
 
