@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod clock;
+mod hiccup;
 mod report;
 mod ring;
 mod vwap;
@@ -56,6 +57,13 @@ enum Cmd {
         /// Write the latency plot (SVG) to this file.
         #[arg(long)]
         plot: Option<PathBuf>,
+    },
+    /// The platform's hiccups: a pinned thread reading the clock, recording its gaps
+    /// (the floor under any latency tail on this machine).
+    Hiccup {
+        /// Seconds per core.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
     },
     /// (internal) the child process of the process benchmarks.
     #[command(hide = true)]
@@ -136,6 +144,13 @@ fn main() -> Result<()> {
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")?;
                 eprintln!("wrote {}", path.display());
+            }
+        }
+        Cmd::Hiccup { seconds } => {
+            let cores = two_cores()?;
+            for core in [cores.0, cores.1] {
+                let h = hiccup::measure(core, std::time::Duration::from_secs_f64(seconds));
+                println!("core {core}: {h}");
             }
         }
         Cmd::RingChild { args } => ring::child_main(&args)?,

@@ -155,6 +155,12 @@ pub fn core_to_core(cores: (usize, usize)) -> u64 {
 pub fn run(params: &Params) -> Result<Vec<Row>> {
     let c2c_start = core_to_core(params.cores);
     eprintln!("core-to-core one-way at start: {c2c_start} ns");
+    let seconds = Duration::from_secs_f64(params.seconds.clamp(0.2, 2.0));
+    eprintln!(
+        "platform hiccups on core {}: {}",
+        params.cores.0,
+        crate::hiccup::measure(params.cores.0, seconds)
+    );
     let mut rows = Vec::new();
     // Throughput, as fast as possible: p=1 and p=2 interleaved; median of reps.
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
@@ -221,6 +227,11 @@ pub fn run(params: &Params) -> Result<Vec<Row>> {
             rows.push(row(p, "max_sustained", Some(rate), &o, 1));
         }
     }
+    eprintln!(
+        "platform hiccups on core {} at end: {}",
+        params.cores.0,
+        crate::hiccup::measure(params.cores.0, seconds)
+    );
     let c2c_end = core_to_core(params.cores);
     eprintln!("core-to-core one-way: {c2c_start} ns at start, {c2c_end} ns at end");
     if let Some(path) = &params.plot {
