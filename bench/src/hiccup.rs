@@ -42,7 +42,7 @@ pub fn measure(core: usize, dur: Duration) -> Hiccups {
                 over_10us += u64::from(gap >= 10_000);
             }
             n = n.wrapping_add(1);
-            if n % 4096 == 0 && start.elapsed() >= dur {
+            if n.is_multiple_of(4096) && start.elapsed() >= dur {
                 break;
             }
         }
