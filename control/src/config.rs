@@ -65,6 +65,15 @@ pub enum RestartStrategyType {
     ExponentialDelay,
 }
 
+/// Which tasks restart after a failure (`jobmanager.execution.failover-strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverStrategy {
+    /// Every task of the job.
+    Full,
+    /// The failed task's pipelined region only.
+    Region,
+}
+
 /// The configuration, typed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -92,6 +101,16 @@ pub struct Config {
     pub restart_attempts: u32,
     /// `restart-strategy.fixed-delay.delay`
     pub restart_delay: Duration,
+    /// `restart-strategy.failure-rate.max-failures-per-interval`
+    pub failure_rate_max_failures: u32,
+    /// `restart-strategy.failure-rate.failure-rate-interval`
+    pub failure_rate_interval: Duration,
+    /// `restart-strategy.failure-rate.delay`
+    pub failure_rate_delay: Duration,
+    /// `restart-strategy.exponential-delay.*`
+    pub exponential_delay: crate::restart::ExponentialDelayParams,
+    /// `jobmanager.execution.failover-strategy`
+    pub failover_strategy: FailoverStrategy,
     /// `heartbeat.interval`
     pub heartbeat_interval: Duration,
     /// `heartbeat.timeout`
@@ -111,8 +130,13 @@ impl Default for Config {
             default_parallelism: 1,
             chaining: true,
             restart_strategy: RestartStrategyType::None,
-            restart_attempts: 3,
+            restart_attempts: 1,
             restart_delay: Duration::from_secs(1),
+            failure_rate_max_failures: 1,
+            failure_rate_interval: Duration::from_secs(60),
+            failure_rate_delay: Duration::from_secs(1),
+            exponential_delay: crate::restart::ExponentialDelayParams::default(),
+            failover_strategy: FailoverStrategy::Region,
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(50),
         }
@@ -133,6 +157,16 @@ pub const KEYS: &[&str] = &[
     "restart-strategy.type",
     "restart-strategy.fixed-delay.attempts",
     "restart-strategy.fixed-delay.delay",
+    "restart-strategy.failure-rate.max-failures-per-interval",
+    "restart-strategy.failure-rate.failure-rate-interval",
+    "restart-strategy.failure-rate.delay",
+    "restart-strategy.exponential-delay.initial-backoff",
+    "restart-strategy.exponential-delay.max-backoff",
+    "restart-strategy.exponential-delay.backoff-multiplier",
+    "restart-strategy.exponential-delay.reset-backoff-threshold",
+    "restart-strategy.exponential-delay.jitter-factor",
+    "restart-strategy.exponential-delay.attempts-before-reset-backoff",
+    "jobmanager.execution.failover-strategy",
     "heartbeat.interval",
     "heartbeat.timeout",
 ];
@@ -378,6 +412,48 @@ impl Config {
                 self.restart_attempts = v.parse().map_err(|_| bad("a non-negative integer"))?
             }
             "restart-strategy.fixed-delay.delay" => self.restart_delay = duration()?,
+            "restart-strategy.failure-rate.max-failures-per-interval" => {
+                self.failure_rate_max_failures =
+                    v.parse().map_err(|_| bad("a non-negative integer"))?
+            }
+            "restart-strategy.failure-rate.failure-rate-interval" => {
+                self.failure_rate_interval = duration()?
+            }
+            "restart-strategy.failure-rate.delay" => self.failure_rate_delay = duration()?,
+            "restart-strategy.exponential-delay.initial-backoff" => {
+                self.exponential_delay.initial = duration()?
+            }
+            "restart-strategy.exponential-delay.max-backoff" => {
+                self.exponential_delay.max = duration()?
+            }
+            "restart-strategy.exponential-delay.backoff-multiplier" => {
+                self.exponential_delay.multiplier = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|m| m.is_finite() && *m >= 1.0)
+                    .ok_or_else(|| bad("a number of at least 1.0"))?
+            }
+            "restart-strategy.exponential-delay.reset-backoff-threshold" => {
+                self.exponential_delay.reset_threshold = duration()?
+            }
+            "restart-strategy.exponential-delay.jitter-factor" => {
+                self.exponential_delay.jitter = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|j| (0.0..=1.0).contains(j))
+                    .ok_or_else(|| bad("a number from 0.0 to 1.0"))?
+            }
+            "restart-strategy.exponential-delay.attempts-before-reset-backoff" => {
+                self.exponential_delay.attempts_before_reset =
+                    v.parse().map_err(|_| bad("a non-negative integer"))?
+            }
+            "jobmanager.execution.failover-strategy" => {
+                self.failover_strategy = match v {
+                    "full" => FailoverStrategy::Full,
+                    "region" => FailoverStrategy::Region,
+                    _ => return Err(bad("full or region")),
+                }
+            }
             "heartbeat.interval" => self.heartbeat_interval = duration()?,
             "heartbeat.timeout" => self.heartbeat_timeout = duration()?,
             _ => {

@@ -9,5 +9,6 @@ pub mod config;
 pub mod graph;
 pub mod jobs;
 pub mod minicluster;
+pub mod restart;
 
 pub use spate_dataplane as dataplane;

@@ -219,6 +219,12 @@ fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
     writeln!(out, "job          {}", a.job)?;
     writeln!(out, "status       {:?}", result.status)?;
     writeln!(out, "parallelism  {parallelism}")?;
+    if result.restarts > 0 {
+        writeln!(out, "restarts     {}", result.restarts)?;
+        for (i, e) in result.exceptions.iter().enumerate() {
+            writeln!(out, "failure {}    {e}", i + 1)?;
+        }
+    }
     writeln!(out, "events       {}", p.records)?;
     writeln!(out, "seconds      {secs:.3}")?;
     writeln!(out, "events/s     {}", rate(eps))?;

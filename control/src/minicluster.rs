@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::graph::{AnyBox, Build, EdgePartition, JobGraph, Node};
+use crate::restart;
 use hdrhistogram::Histogram;
 use spate_dataplane::exchange::Backpressure;
 use spate_dataplane::operator::SubtaskInfo;
@@ -74,8 +75,12 @@ pub struct Progress {
 pub struct JobResult {
     /// How it ended.
     pub status: JobStatus,
-    /// Final figures.
+    /// Final figures (over all attempts).
     pub progress: Progress,
+    /// Times the job was restarted.
+    pub restarts: u32,
+    /// The failures, oldest first (the last one ended the job if it failed).
+    pub exceptions: Vec<String>,
 }
 
 /// An embedded cluster.
@@ -126,6 +131,10 @@ impl MiniCluster {
 
     /// Runs `job` to its end: finished, failed, or cancelled when `cancel` is set.
     /// `on_progress` is called about every `interval`.
+    ///
+    /// A failed job restarts as `restart-strategy.*` allows. The MiniCluster restarts
+    /// the whole job (full failover), and until checkpoints exist a restarted job
+    /// replays its sources from the start.
     pub fn execute(
         &mut self,
         job: &JobGraph,
@@ -133,17 +142,70 @@ impl MiniCluster {
         interval: Duration,
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<JobResult, ClusterError> {
-        let (groups, needed) = job.group_offsets();
+        let (_, needed) = job.group_offsets();
         if needed > self.slots.len() {
             return Err(ClusterError::NotEnoughSlots {
                 needed,
                 available: self.slots.len(),
             });
         }
+        let mut strategy = restart::from_config(&self.config);
+        let start = Instant::now();
+        let mut next_report = Instant::now() + interval;
+        let mut exceptions = Vec::new();
+        let mut restarts = 0;
+        let status = loop {
+            let status =
+                self.run_attempt(job, cancel, start, interval, &mut next_report, on_progress)?;
+            let JobStatus::Failed(message) = &status else {
+                break status;
+            };
+            exceptions.push(message.clone());
+            strategy.notify_failure(start.elapsed().as_millis() as u64);
+            if !strategy.can_restart() || cancel.load(Ordering::Relaxed) {
+                break status;
+            }
+            let backoff = strategy.backoff_time();
+            tracing::warn!(?backoff, restarts, "restarting the job after a failure");
+            let until = Instant::now() + backoff;
+            while Instant::now() < until {
+                if cancel.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
+            }
+            if cancel.load(Ordering::Relaxed) {
+                break JobStatus::Canceled;
+            }
+            restarts += 1;
+        };
+        let metrics = &job.stream.metrics;
+        Ok(JobResult {
+            status,
+            progress: Progress {
+                elapsed: start.elapsed(),
+                records: metrics.records(),
+                latency: metrics.latency(),
+            },
+            restarts,
+            exceptions,
+        })
+    }
+
+    /// Deploys every subtask once and watches them until all have ended.
+    fn run_attempt(
+        &mut self,
+        job: &JobGraph,
+        cancel: &AtomicBool,
+        start: Instant,
+        interval: Duration,
+        next_report: &mut Instant,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<JobStatus, ClusterError> {
+        let (groups, _) = job.group_offsets();
         let deployments = self.connect(job)?;
         let mut names = HashMap::new();
         let mut live = HashSet::new();
-        let start = Instant::now();
         for d in deployments {
             let offset = groups
                 .iter()
@@ -159,28 +221,22 @@ impl MiniCluster {
             }
         }
         let metrics = job.stream.metrics.clone();
-        let progress = |start: Instant| Progress {
-            elapsed: start.elapsed(),
-            records: metrics.records(),
-            latency: metrics.latency(),
-        };
         let mut status = None;
         let mut cancelling = false;
-        let mut next_report = Instant::now() + interval;
         while !live.is_empty() {
             match self.events.recv_timeout(EVENT_WAIT) {
                 Ok(SlotEvent::Finished { task, .. }) | Ok(SlotEvent::Cancelled { task, .. }) => {
                     live.remove(&task);
                 }
                 Ok(SlotEvent::Failed { task, message, .. }) => {
-                    live.remove(&task);
+                    let was_live = live.remove(&task);
                     let name = names.get(&task).cloned().unwrap_or_default();
-                    tracing::error!(task = %name, %message, "task failed; cancelling the job");
-                    if status.is_none() {
+                    if was_live && status.is_none() {
+                        tracing::error!(task = %name, %message, "task failed; cancelling the job");
                         status = Some(JobStatus::Failed(format!("{name}: {message}")));
+                        cancelling = true;
+                        self.cancel_all(&live);
                     }
-                    cancelling = true;
-                    self.cancel_all(&live);
                 }
                 Ok(SlotEvent::Running { .. }) => {}
                 Err(RecvTimeoutError::Timeout) => {}
@@ -191,15 +247,16 @@ impl MiniCluster {
                 status = Some(JobStatus::Canceled);
                 self.cancel_all(&live);
             }
-            if Instant::now() >= next_report {
-                next_report += interval;
-                on_progress(&progress(start));
+            if Instant::now() >= *next_report {
+                *next_report += interval;
+                on_progress(&Progress {
+                    elapsed: start.elapsed(),
+                    records: metrics.records(),
+                    latency: metrics.latency(),
+                });
             }
         }
-        Ok(JobResult {
-            status: status.unwrap_or(JobStatus::Finished),
-            progress: progress(start),
-        })
+        Ok(status.unwrap_or(JobStatus::Finished))
     }
 
     fn cancel_all(&self, live: &HashSet<TaskId>) {

@@ -334,3 +334,84 @@ fn file_sink_writes_every_record() {
     let got: Vec<u64> = text.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
 }
+
+fn run_with(env: &StreamExecutionEnvironment, config: &Config) -> JobResult {
+    let graph = JobGraph::build(env.stream_graph(), Some(1), 1, true).unwrap();
+    let mut mc = MiniCluster::start(config).unwrap();
+    mc.execute(
+        &graph,
+        &AtomicBool::new(false),
+        Duration::from_secs(60),
+        &mut |_| {},
+    )
+    .unwrap()
+}
+
+/// A job whose map fails on record 500 the first `fail_times` times it sees it.
+fn flaky_job(fail_times: u32) -> (StreamExecutionEnvironment, Arc<Mutex<Vec<u64>>>) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let failures = Arc::new(AtomicU32::new(0));
+    let env = StreamExecutionEnvironment::new("flaky");
+    let out = Arc::new(Mutex::new(Vec::new()));
+    env.from_collection((0..1000u64).collect::<Vec<_>>())
+        .map(move |x| {
+            if x == 500 && failures.fetch_add(1, Ordering::Relaxed) < fail_times {
+                panic!("transient failure at {x}");
+            }
+            x
+        })
+        .name("Flaky Map")
+        .rebalance()
+        .map(|x| x)
+        .set_parallelism(2)
+        .collect(out.clone());
+    (env, out)
+}
+
+#[test]
+fn fixed_delay_restarts_a_failed_job_which_then_completes_once() {
+    use spate::config::RestartStrategyType;
+    let (env, out) = flaky_job(1);
+    let cfg = Config {
+        restart_strategy: RestartStrategyType::FixedDelay,
+        restart_attempts: 1,
+        restart_delay: Duration::from_millis(20),
+        ..config(2)
+    };
+    let r = run_with(&env, &cfg);
+    assert_eq!(r.status, JobStatus::Finished, "{:?}", r.exceptions);
+    assert_eq!(r.restarts, 1);
+    assert!(
+        r.exceptions[0].contains("transient failure at 500"),
+        "{:?}",
+        r.exceptions
+    );
+    // The failed attempt's collect sinks were cancelled before their end of input; the
+    // replay from the start delivers every record once.
+    let mut got = out.lock().unwrap().clone();
+    got.sort_unstable();
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_job_that_exhausts_its_restart_strategy_fails_with_every_exception() {
+    use spate::config::RestartStrategyType;
+    let (env, _) = flaky_job(u32::MAX);
+    let cfg = Config {
+        restart_strategy: RestartStrategyType::FixedDelay,
+        restart_attempts: 2,
+        restart_delay: Duration::from_millis(5),
+        ..config(2)
+    };
+    let r = run_with(&env, &cfg);
+    assert!(matches!(r.status, JobStatus::Failed(_)));
+    assert_eq!(r.restarts, 2);
+    assert_eq!(r.exceptions.len(), 3);
+    let (env, _) = flaky_job(u32::MAX);
+    let r = run_with(&env, &config(2));
+    assert!(
+        matches!(r.status, JobStatus::Failed(_)),
+        "restart-strategy none"
+    );
+    assert_eq!((r.restarts, r.exceptions.len()), (0, 1));
+}
