@@ -10,5 +10,6 @@ pub mod graph;
 pub mod jobs;
 pub mod minicluster;
 pub mod restart;
+pub mod rpc;
 
 pub use spate_dataplane as dataplane;
