@@ -83,6 +83,8 @@ pub struct Config {
     pub jobmanager_port: u16,
     /// `rest.port`
     pub rest_port: u16,
+    /// `taskmanager.host`: how other processes reach this TaskManager.
+    pub taskmanager_host: String,
     /// `taskmanager.numberOfTaskSlots`
     pub slots: usize,
     /// `taskmanager.cpu.cores` (spate)
@@ -123,6 +125,7 @@ impl Default for Config {
             jobmanager_address: "localhost".into(),
             jobmanager_port: 6123,
             rest_port: 8081,
+            taskmanager_host: "localhost".into(),
             slots: 2,
             cores: Vec::new(),
             idle: IdleStrategyKind::Backoff,
@@ -148,6 +151,7 @@ pub const KEYS: &[&str] = &[
     "jobmanager.rpc.address",
     "jobmanager.rpc.port",
     "rest.port",
+    "taskmanager.host",
     "taskmanager.numberOfTaskSlots",
     "taskmanager.cpu.cores",
     "taskmanager.idle-strategy",
@@ -181,6 +185,10 @@ fn scalar(y: &Yaml) -> Option<String> {
     })
 }
 
+/// Longest duration a key takes (365 days): long enough for any timeout, short enough
+/// that deadlines computed from it never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Parses a Flink duration: `500 ms`, `10 s`, `1 min`, `2 h`, or plain milliseconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -192,10 +200,11 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "us" | "µs" | "micro" | "micros" => Duration::from_micros(n),
         "ns" | "nanos" => Duration::from_nanos(n),
         "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(n),
-        "min" | "m" | "minute" | "minutes" => Duration::from_secs(n * 60),
-        "h" | "hour" | "hours" => Duration::from_secs(n * 3600),
+        "min" | "m" | "minute" | "minutes" => Duration::from_secs(n.checked_mul(60)?),
+        "h" | "hour" | "hours" => Duration::from_secs(n.checked_mul(3600)?),
         _ => return None,
     })
+    .filter(|d| *d <= MAX_DURATION)
 }
 
 /// Parses a byte size: `1048576`, `64kb`, `1 mb`, `1m`.
@@ -364,6 +373,12 @@ impl Config {
             }
             "jobmanager.rpc.port" => self.jobmanager_port = port()?,
             "rest.port" => self.rest_port = port()?,
+            "taskmanager.host" => {
+                if v.is_empty() {
+                    return Err(bad("a host name or address"));
+                }
+                self.taskmanager_host = v.into();
+            }
             "taskmanager.numberOfTaskSlots" => self.slots = positive()?,
             "taskmanager.cpu.cores" => {
                 let mut cores = Vec::new();

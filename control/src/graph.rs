@@ -388,10 +388,17 @@ impl JobGraph {
         }
         let mut group: Vec<String> = Vec::with_capacity(nodes.len());
         for n in nodes {
+            // As in Flink: an explicit group wins; otherwise inherit the inputs' group
+            // when they all share one, else "default".
+            let inherited = n
+                .inputs
+                .first()
+                .map(|e| group[e.from].clone())
+                .filter(|g| n.inputs.iter().all(|e| &group[e.from] == g));
             let g = n
                 .slot_sharing_group
                 .clone()
-                .or_else(|| n.inputs.first().map(|e| group[e.from].clone()))
+                .or(inherited)
                 .unwrap_or_else(|| "default".to_string());
             group.push(g);
         }

@@ -5,10 +5,12 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod graph;
 pub mod jobs;
 pub mod minicluster;
+pub mod rest;
 pub mod restart;
 pub mod rpc;
 

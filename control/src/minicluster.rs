@@ -15,7 +15,7 @@ use spate_dataplane::slot::{
 };
 use spate_dataplane::task::Outputs;
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -83,6 +83,34 @@ pub struct JobResult {
     pub exceptions: Vec<String>,
 }
 
+/// Starts `taskmanager.numberOfTaskSlots` slot threads pinned per
+/// `taskmanager.cpu.cores` (warning where cores must be shared), reporting to one channel.
+pub fn start_slots(
+    config: &Config,
+    name: &str,
+) -> Result<(Vec<Slot>, Receiver<SlotEvent>), ClusterError> {
+    let plan = plan_cores(&config.cores, &available_cores(), config.slots);
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    let (tx, rx) = channel();
+    let mut slots = Vec::with_capacity(config.slots);
+    for (index, core) in plan.cores.iter().enumerate() {
+        let slot = Slot::spawn(
+            SlotConfig {
+                index,
+                core: *core,
+                idle: config.idle,
+                name: name.into(),
+            },
+            tx.clone(),
+        )
+        .map_err(ClusterError::Spawn)?;
+        slots.push(slot);
+    }
+    Ok((slots, rx))
+}
+
 /// An embedded cluster.
 #[derive(Debug)]
 pub struct MiniCluster {
@@ -96,30 +124,12 @@ impl MiniCluster {
     /// Starts the slots: pinned per `taskmanager.cpu.cores`, idling per
     /// `taskmanager.idle-strategy`.
     pub fn start(config: &Config) -> Result<Self, ClusterError> {
-        let plan = plan_cores(&config.cores, &available_cores(), config.slots);
-        for w in &plan.warnings {
-            tracing::warn!("{w}");
-        }
-        let (tx, rx) = channel();
-        let mut slots = Vec::with_capacity(config.slots);
-        for (index, core) in plan.cores.iter().enumerate() {
-            let slot = Slot::spawn(
-                SlotConfig {
-                    index,
-                    core: *core,
-                    idle: config.idle,
-                    name: "spate-slot".into(),
-                },
-                tx.clone(),
-            )
-            .map_err(ClusterError::Spawn)?;
-            slots.push(slot);
-        }
-        tracing::info!(slots = slots.len(), cores = ?plan.cores, idle = %config.idle, "MiniCluster started");
+        let (slots, events) = start_slots(config, "spate-slot")?;
+        tracing::info!(slots = slots.len(), idle = %config.idle, "MiniCluster started");
         Ok(Self {
             config: config.clone(),
             slots,
-            events: rx,
+            events,
             next_task: 0,
         })
     }
@@ -205,7 +215,8 @@ impl MiniCluster {
         let (groups, _) = job.group_offsets();
         let deployments = self.connect(job)?;
         let mut names = HashMap::new();
-        let mut live = HashSet::new();
+        // Live tasks and the slot each runs in.
+        let mut live: HashMap<TaskId, usize> = HashMap::new();
         for d in deployments {
             let offset = groups
                 .iter()
@@ -215,10 +226,11 @@ impl MiniCluster {
             let id = TaskId(self.next_task);
             self.next_task += 1;
             names.insert(id, d.name.clone());
-            live.insert(id);
             if !self.slots[slot].submit(id, d.into_factory()) {
+                self.cancel_all(&mut live);
                 return Err(ClusterError::SlotGone(slot));
             }
+            live.insert(id, slot);
         }
         let metrics = job.stream.metrics.clone();
         let mut status = None;
@@ -229,13 +241,13 @@ impl MiniCluster {
                     live.remove(&task);
                 }
                 Ok(SlotEvent::Failed { task, message, .. }) => {
-                    let was_live = live.remove(&task);
+                    let was_live = live.remove(&task).is_some();
                     let name = names.get(&task).cloned().unwrap_or_default();
                     if was_live && status.is_none() {
                         tracing::error!(task = %name, %message, "task failed; cancelling the job");
                         status = Some(JobStatus::Failed(format!("{name}: {message}")));
                         cancelling = true;
-                        self.cancel_all(&live);
+                        self.cancel_all(&mut live);
                     }
                 }
                 Ok(SlotEvent::Running { .. }) => {}
@@ -245,7 +257,7 @@ impl MiniCluster {
             if !cancelling && cancel.load(Ordering::Relaxed) {
                 cancelling = true;
                 status = Some(JobStatus::Canceled);
-                self.cancel_all(&live);
+                self.cancel_all(&mut live);
             }
             if Instant::now() >= *next_report {
                 *next_report += interval;
@@ -259,12 +271,10 @@ impl MiniCluster {
         Ok(status.unwrap_or(JobStatus::Finished))
     }
 
-    fn cancel_all(&self, live: &HashSet<TaskId>) {
-        for id in live {
-            for s in &self.slots {
-                s.cancel(*id);
-            }
-        }
+    /// Asks each live task's slot to cancel it. A task whose slot has stopped will never
+    /// report, so it leaves `live` here.
+    fn cancel_all(&self, live: &mut HashMap<TaskId, usize>) {
+        live.retain(|id, slot| self.slots.get(*slot).is_some_and(|s| s.cancel(*id)));
     }
 
     /// Creates the rings of every edge and describes every subtask's deployment.

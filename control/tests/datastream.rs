@@ -209,6 +209,18 @@ fn chaining_controls_shape_the_job_graph() {
     });
     assert_eq!(names(&g), ["Collection Source", "Map -> Discarding Sink"]);
     assert_eq!(g.slots_needed(), 2);
+    // A union of inputs from two groups goes to "default", not to its first input's.
+    let g = build(&|env| {
+        let a = env.from_collection(vec![1u64]).slot_sharing_group("a");
+        let b = env.from_collection(vec![2u64]).slot_sharing_group("b");
+        a.union(&[b]).discard();
+    });
+    let union = g
+        .vertices
+        .iter()
+        .find(|v| v.name.starts_with("Union"))
+        .unwrap();
+    assert_eq!(union.slot_sharing_group, "default");
     // Explicit forward across different parallelism is refused.
     let env = StreamExecutionEnvironment::new("bad");
     env.from_collection(vec![1u64])

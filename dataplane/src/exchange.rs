@@ -8,7 +8,10 @@
 
 use crate::operator::{report_failure, Emit};
 use crate::record::Wire;
-use crate::ring::{ClaimError, FrameType, Producer};
+use crate::ring::{ClaimError, FrameType, PeerState, Producer};
+
+/// Full drains between checks that a stalled output's consumer still exists.
+const STALL_CHECK: u32 = 1024;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -84,6 +87,8 @@ pub struct RingOutput<T> {
     backpressure: Backpressure,
     /// Publish early once this many bytes are committed.
     publish_threshold: u64,
+    /// Drains that found the ring still full, in a row.
+    stalled: u32,
 }
 
 impl<T: Wire + Clone> RingOutput<T> {
@@ -106,6 +111,7 @@ impl<T: Wire + Clone> RingOutput<T> {
             waiting: VecDeque::new(),
             backpressure,
             publish_threshold,
+            stalled: 0,
         }
     }
 
@@ -165,9 +171,28 @@ impl<T: Wire + Clone> OutputControl for RingOutput<T> {
         while let Some((ch, rec)) = self.waiting.pop_front() {
             if !self.try_write(ch, rec.as_ref()) {
                 self.waiting.push_front((ch, rec));
+                self.stalled += 1;
+                // Now and then (a syscall on the slow path): is the consumer still there?
+                if self.stalled.is_multiple_of(STALL_CHECK) {
+                    if let Some(p) = self.producers.get(ch) {
+                        let why = match p.consumer_state(0, 0) {
+                            PeerState::Closed => Some("closed its ring"),
+                            PeerState::Gone => Some("process died"),
+                            _ => None,
+                        };
+                        if let Some(why) = why {
+                            report_failure(format!(
+                                "output channel {ch}: the downstream task's {why}"
+                            ));
+                            self.waiting.clear();
+                            return true;
+                        }
+                    }
+                }
                 return false;
             }
         }
+        self.stalled = 0;
         true
     }
 

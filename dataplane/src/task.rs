@@ -11,13 +11,16 @@ use crate::exchange::{Backpressure, OutputControl};
 use crate::operator::source::{Source, SourceStatus};
 use crate::operator::{take_failure, BoxEmit};
 use crate::record::Wire;
-use crate::ring::{Consumer, FrameType};
+use crate::ring::{Consumer, FrameType, PeerState};
 use crate::slot::{Task, TaskError, TaskPoll};
 use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Records a task moves per poll at most (per input, for input tasks).
 pub const BATCH: usize = 256;
+
+/// How often an idle input checks that its producer is still there (ns).
+pub const PEER_CHECK_NS: u64 = 10_000_000;
 
 /// The outputs of a task and their shared backpressure flag.
 pub struct Outputs {
@@ -133,6 +136,8 @@ pub struct InputTask<T> {
     head: BoxEmit<T>,
     outputs: Outputs,
     finished: bool,
+    /// When each input next checks its producer's liveness.
+    next_peer_check: Vec<u64>,
 }
 
 impl<T: Wire> InputTask<T> {
@@ -147,8 +152,24 @@ impl<T: Wire> InputTask<T> {
             head,
             outputs,
             finished: false,
+            next_peer_check: vec![0; n],
         }
     }
+}
+
+/// Fails an idle input whose producer closed without end of stream or whose process
+/// died; the data plane does not wait forever for a peer that is gone.
+fn check_producer(i: usize, input: &Consumer, now: u64) -> Result<(), TaskError> {
+    let why = match input.producer_state(now, 0) {
+        PeerState::Closed => "ring was closed without end of stream",
+        PeerState::Gone => "process died",
+        _ => return Ok(()),
+    };
+    // What was published before the close is visible now; read it first.
+    if input.has_frame() {
+        return Ok(());
+    }
+    Err(TaskError(format!("input {i}: the upstream task's {why}")))
 }
 
 impl<T: Wire> Task for InputTask<T> {
@@ -195,6 +216,10 @@ impl<T: Wire> Task for InputTask<T> {
                 n += 1;
             }
             input.release();
+            if n == 0 && now >= self.next_peer_check[i] {
+                self.next_peer_check[i] = now + PEER_CHECK_NS;
+                check_producer(i, input, now)?;
+            }
             work += n;
         }
         self.head.tick(now);
@@ -206,5 +231,47 @@ impl<T: Wire> Task for InputTask<T> {
         self.outputs.publish();
         check_failure()?;
         Ok(TaskPoll::Worked(work))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use crate::operator::sink::{DiscardSink, SinkMetrics};
+    use crate::ring::Ring;
+    use std::sync::Arc;
+
+    fn input_task(inputs: Vec<Consumer>) -> InputTask<u64> {
+        let head: BoxEmit<u64> = Box::new(DiscardSink::new(Arc::new(SinkMetrics::default())));
+        InputTask::new(
+            "t".into(),
+            inputs,
+            head,
+            Outputs::new(Vec::new(), Rc::new(std::cell::Cell::new(false))),
+        )
+    }
+
+    #[test]
+    fn an_upstream_that_closes_without_end_of_stream_fails_the_input() {
+        let (mut p, c) = Ring::anonymous(4096).unwrap();
+        let mut t = input_task(vec![c]);
+        p.try_send(FrameType::Data, &7u64.to_le_bytes()).unwrap();
+        assert_eq!(t.poll().unwrap(), TaskPoll::Worked(1));
+        drop(p);
+        let e = t.poll().unwrap_err();
+        assert!(e.0.contains("closed without end of stream"), "{e}");
+    }
+
+    #[test]
+    fn frames_published_before_the_close_are_read_first() {
+        let (mut p, c) = Ring::anonymous(4096).unwrap();
+        let mut t = input_task(vec![c]);
+        p.try_send(FrameType::Data, &7u64.to_le_bytes()).unwrap();
+        p.try_send(FrameType::EndOfStream, &[]).unwrap();
+        drop(p);
+        // The first poll reads the record and the end of stream: no failure.
+        assert!(matches!(t.poll().unwrap(), TaskPoll::Worked(_)));
+        assert_eq!(t.poll().unwrap(), TaskPoll::Finished);
     }
 }

@@ -128,7 +128,7 @@ impl StreamExecutionEnvironment {
     /// `events`: total over all subtasks, `None` for unbounded.
     pub fn trades(&self, seed: u64, events: Option<u64>, pace: Pace) -> DataStream<Trade> {
         self.add_source("Trade Source", false, move |info| {
-            Ok(TradeSource::new(seed, events, pace, info))
+            TradeSource::try_new(seed, events, pace, info)
         })
     }
 

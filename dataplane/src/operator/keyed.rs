@@ -255,6 +255,8 @@ pub struct KeyedProcess<P: KeyedProcessFunction> {
     key: KeyFn<P::In, P::Key>,
     states: FxHashMap<P::Key, P::State>,
     timers: Timers<P::Key>,
+    /// Timers being fired (kept for its capacity).
+    due: Vec<(u64, P::Key)>,
     now_ns: u64,
     out: BoxEmit<P::Out>,
 }
@@ -267,6 +269,7 @@ impl<P: KeyedProcessFunction> KeyedProcess<P> {
             key,
             states: FxHashMap::default(),
             timers: Timers::default(),
+            due: Vec::new(),
             now_ns: 0,
             out,
         }
@@ -298,7 +301,14 @@ impl<P: KeyedProcessFunction> Emit<P::In> for KeyedProcess<P> {
 
     fn tick(&mut self, now_ns: u64) {
         self.now_ns = now_ns;
-        while let Some((at, key)) = self.timers.pop_due(now_ns) {
+        // Take the due timers first, then fire them: a timer registered while firing
+        // (even for a time already past) waits for the next tick, so a function that
+        // re-arms its timer cannot keep this loop from returning.
+        let mut due = std::mem::take(&mut self.due);
+        while let Some(t) = self.timers.pop_due(now_ns) {
+            due.push(t);
+        }
+        for (at, key) in due.drain(..) {
             let state = self.states.entry(key.clone()).or_default();
             let mut ctx = Context {
                 key: &key,
@@ -308,6 +318,7 @@ impl<P: KeyedProcessFunction> Emit<P::In> for KeyedProcess<P> {
             };
             self.f.on_timer(at, state, &mut ctx);
         }
+        self.due = due;
         self.out.tick(now_ns);
     }
 

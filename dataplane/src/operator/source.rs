@@ -95,7 +95,8 @@ impl TradeGenerator {
     pub fn new(seed: u64, info: SubtaskInfo) -> Self {
         let p = info.parallelism.max(1) as u32;
         let i = info.index as u32 % p;
-        let owned = (SYMBOLS - i).div_ceil(p).max(1);
+        // Callers keep parallelism ≤ SYMBOLS (see `TradeSource::new`); stay in range anyway.
+        let owned = SYMBOLS.saturating_sub(i).div_ceil(p).max(1);
         let mut state = seed ^ (u64::from(i) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         if state == 0 {
             state = 0x2545_F491_4F6C_DD1D;
@@ -153,7 +154,28 @@ pub struct TradeSource {
 }
 
 impl TradeSource {
-    /// `events`: total over all subtasks (`None`: unbounded).
+    /// Most subtasks W1's generator splits into (one symbol each at the most).
+    pub const MAX_PARALLELISM: usize = SYMBOLS as usize;
+
+    /// `events`: total over all subtasks (`None`: unbounded). Parallelism above
+    /// [`Self::MAX_PARALLELISM`] is refused by [`TradeSource::try_new`].
+    pub fn try_new(
+        seed: u64,
+        events: Option<u64>,
+        pace: Pace,
+        info: SubtaskInfo,
+    ) -> Result<Self, String> {
+        if info.parallelism > Self::MAX_PARALLELISM {
+            return Err(format!(
+                "the trade source runs at parallelism up to {} (one symbol per subtask), not {}",
+                Self::MAX_PARALLELISM,
+                info.parallelism
+            ));
+        }
+        Ok(Self::new(seed, events, pace, info))
+    }
+
+    /// As [`TradeSource::try_new`], for parallelism known to be in range.
     pub fn new(seed: u64, events: Option<u64>, pace: Pace, info: SubtaskInfo) -> Self {
         let p = info.parallelism.max(1) as u64;
         let i = info.index as u64;
@@ -216,6 +238,9 @@ impl Source<Trade> for TradeSource {
     }
 }
 
+/// Longest line the line sources accept (a peer cannot grow memory without bound).
+pub const MAX_LINE: usize = 16 << 20;
+
 /// Emits the lines of a reader (a file), without their line endings.
 pub struct LinesSource<R> {
     reader: R,
@@ -244,9 +269,19 @@ impl<R: BufRead> Source<String> for LinesSource<R> {
     ) -> Result<SourceStatus, TaskError> {
         for n in 0..max {
             self.line.clear();
-            match self.reader.read_line(&mut self.line) {
+            // Bounded: a line longer than MAX_LINE is an error, not unbounded memory.
+            match (&mut self.reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_line(&mut self.line)
+            {
                 Ok(0) if n == 0 => return Ok(SourceStatus::Done),
                 Ok(0) => return Ok(SourceStatus::Emitted(n)),
+                Ok(_) if self.line.len() > MAX_LINE => {
+                    return Err(TaskError(format!(
+                        "{}: a line longer than {MAX_LINE} bytes",
+                        self.what
+                    )))
+                }
                 Ok(_) => {
                     let l = self.line.trim_end_matches(['\n', '\r']);
                     out.emit(l.to_string());
@@ -302,6 +337,12 @@ impl Source<String> for SocketSource {
         let mut n = 0;
         while n < max {
             let Some(pos) = self.buf[self.start..].iter().position(|&b| b == b'\n') else {
+                if self.buf.len() - self.start > MAX_LINE {
+                    return Err(TaskError(format!(
+                        "socket {}: a line longer than {MAX_LINE} bytes",
+                        self.addr
+                    )));
+                }
                 break;
             };
             let line = &self.buf[self.start..self.start + pos];

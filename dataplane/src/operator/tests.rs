@@ -172,3 +172,34 @@ fn chained_operators_call_through() {
     tee.emit(9);
     assert_eq!(out.take(), [9, 9]);
 }
+
+/// Re-arms its timer for a time already past, every time it fires.
+#[derive(Clone)]
+struct Rearm;
+
+impl KeyedProcessFunction for Rearm {
+    type Key = u32;
+    type In = u32;
+    type Out = u64;
+    type State = ();
+
+    fn process_element(&mut self, _: u32, _: &mut (), ctx: &mut Context<'_, u32, u64>) {
+        ctx.register_processing_time_timer(0);
+    }
+
+    fn on_timer(&mut self, ts: u64, _: &mut (), ctx: &mut Context<'_, u32, u64>) {
+        ctx.collect(ts);
+        ctx.register_processing_time_timer(ts); // already due again
+    }
+}
+
+#[test]
+fn a_timer_that_rearms_itself_fires_once_per_tick() {
+    let out = Out::<u64>::default();
+    let mut op = KeyedProcess::new(Rearm, Arc::new(|k: &u32| *k), Box::new(out.clone()));
+    op.emit(7);
+    op.tick(100);
+    assert_eq!(out.take(), [0], "fired once, re-armed for the next tick");
+    op.tick(200);
+    assert_eq!(out.take(), [0]);
+}

@@ -94,8 +94,8 @@ pub const FRAME_HEADER_LEN: usize = 8;
 pub const HEADER_LEN: usize = 512;
 /// Smallest data capacity.
 pub const MIN_CAPACITY: usize = 64;
-/// Largest data capacity (1 TiB).
-pub const MAX_CAPACITY: usize = 1 << 40;
+/// Largest data capacity (4 GiB): every frame length fits the header's 32-bit field.
+pub const MAX_CAPACITY: usize = 1 << 32;
 
 const OFF_MAGIC: usize = 0;
 const OFF_VERSION: usize = 8;
@@ -862,6 +862,12 @@ impl Consumer {
             if header >> 40 != 0 {
                 return Err(corrupt("reserved frame header bits set"));
             }
+            // No frame the producer writes exceeds half the data area (padding included:
+            // it is shorter than the frame that did not fit), so a larger one is corrupt;
+            // this also keeps a forged frame from carrying `read` a whole lap.
+            if size > self.capacity / 2 {
+                return Err(corrupt("frame larger than half the data area"));
+            }
             if size > self.capacity - off {
                 return Err(corrupt("frame extends past the end of the data area"));
             }
@@ -884,6 +890,13 @@ impl Consumer {
                 None => return Err(corrupt("unknown frame type")),
             }
         }
+    }
+
+    /// Whether a frame (or padding) is published at the read position, without reading it.
+    pub fn has_frame(&self) -> bool {
+        let off = (self.read & self.mask) as usize;
+        // Acquire: as in `try_read`.
+        self.mem.word(off).load(Acquire) != 0
     }
 
     /// Hands every frame read so far back to the producer with one release store.

@@ -332,7 +332,15 @@ impl Runner {
         let mut i = 0;
         while i < self.tasks.len() {
             let entry = &mut self.tasks[i];
-            match catch_unwind(AssertUnwindSafe(|| entry.task.poll())) {
+            let mut result = catch_unwind(AssertUnwindSafe(|| entry.task.poll()));
+            // A failure an operator reported from inside a call that returns nothing
+            // belongs to this task, whatever the poll returned; never to the next one.
+            if let Some(m) = crate::operator::take_failure() {
+                if matches!(result, Ok(Ok(_))) {
+                    result = Ok(Err(TaskError(m)));
+                }
+            }
+            match result {
                 Ok(Ok(TaskPoll::Worked(n))) => {
                     work += n;
                     i += 1;

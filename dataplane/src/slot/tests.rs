@@ -190,3 +190,54 @@ fn cancel_and_stop_close_running_tasks() {
         }
     );
 }
+
+/// Reports a failure from "inside an emit" (the thread-local), then says it finished.
+struct ReportsThenFinishes;
+
+impl Task for ReportsThenFinishes {
+    fn name(&self) -> &str {
+        "reports"
+    }
+    fn poll(&mut self) -> Result<TaskPoll, TaskError> {
+        crate::operator::report_failure("sink write failed: broken pipe");
+        Ok(TaskPoll::Finished)
+    }
+}
+
+#[test]
+fn a_failure_reported_inside_a_poll_fails_that_task_and_no_other() {
+    let (tx, rx) = channel();
+    let s = slot(tx);
+    s.submit(
+        TaskId(1),
+        Box::new(|| Ok(Box::new(ReportsThenFinishes) as Box<dyn Task>)),
+    );
+    let seen = Arc::new(AtomicU64::new(0));
+    let seen2 = seen.clone();
+    s.submit(
+        TaskId(2),
+        Box::new(move || {
+            Ok(Box::new(Count {
+                n: 0,
+                limit: 1000,
+                seen: seen2,
+            }) as Box<dyn Task>)
+        }),
+    );
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match next(&rx) {
+            SlotEvent::Running { .. } => {}
+            e => got.push(e),
+        }
+    }
+    assert!(got.contains(&SlotEvent::Failed {
+        slot: 0,
+        task: TaskId(1),
+        message: "sink write failed: broken pipe".into()
+    }));
+    assert!(got.contains(&SlotEvent::Finished {
+        slot: 0,
+        task: TaskId(2)
+    }));
+}

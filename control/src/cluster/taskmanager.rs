@@ -1,0 +1,182 @@
+//! The TaskManager process: registers its slots with the JobManager's ResourceManager,
+//! heartbeats both ways, and re-registers when the JobManager comes back.
+
+use super::heartbeat::HeartbeatMonitor;
+use super::{JmToTm, SlotInfo, TaskManagerId, TmToJm};
+use crate::config::Config;
+use crate::minicluster::start_slots;
+use crate::rpc::{ConnId, Endpoint, Event};
+use spate_dataplane::slot::Slot;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long to wait before connecting again after losing the JobManager.
+const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+
+enum Link {
+    Down { retry_at: Instant },
+    Connecting(ConnId),
+    Registered { conn: ConnId, jobmanager_id: String },
+}
+
+/// A running TaskManager.
+#[derive(Debug)]
+pub struct TaskManager {
+    id: TaskManagerId,
+    config: Config,
+    slots: Vec<Slot>,
+    endpoint: Endpoint<JmToTm, TmToJm>,
+}
+
+impl TaskManager {
+    /// Starts the slots and the RPC client.
+    pub fn start(config: &Config) -> anyhow::Result<Self> {
+        let (slots, _events) = start_slots(config, "spate-tm-slot")?;
+        let id = TaskManagerId(format!(
+            "{}:{}-{}",
+            config.taskmanager_host,
+            std::process::id(),
+            &super::new_id()[..6]
+        ));
+        let endpoint = Endpoint::client("taskmanager")?;
+        Ok(Self {
+            id,
+            config: config.clone(),
+            slots,
+            endpoint,
+        })
+    }
+
+    /// This TaskManager's id.
+    pub fn id(&self) -> &TaskManagerId {
+        &self.id
+    }
+
+    fn slot_report(&self) -> Vec<SlotInfo> {
+        self.slots
+            .iter()
+            .map(|s| SlotInfo {
+                index: s.index() as u32,
+                core: s.core().map(|c| c as u32),
+                job: None,
+            })
+            .collect()
+    }
+
+    fn jobmanager_addr(&self) -> Option<SocketAddr> {
+        let target = (
+            self.config.jobmanager_address.as_str(),
+            self.config.jobmanager_port,
+        );
+        match target.to_socket_addrs() {
+            Ok(mut addrs) => addrs.next(),
+            Err(e) => {
+                tracing::warn!(address = %self.config.jobmanager_address, error = %e, "cannot resolve the JobManager");
+                None
+            }
+        }
+    }
+
+    /// Runs until `stop` is set.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        let timeout = self.config.heartbeat_timeout.as_millis() as u64;
+        let interval = self.config.heartbeat_interval;
+        let start = Instant::now();
+        let now_ms = || start.elapsed().as_millis() as u64;
+        let mut jm_monitor: HeartbeatMonitor<ConnId> = HeartbeatMonitor::new(timeout);
+        let mut link = Link::Down {
+            retry_at: Instant::now(),
+        };
+        let mut next_beat = Instant::now();
+        tracing::info!(id = %self.id, slots = self.slots.len(), "TaskManager started");
+        while !stop.load(Ordering::Relaxed) {
+            if let Link::Down { retry_at } = link {
+                if Instant::now() >= retry_at {
+                    link = match self.jobmanager_addr() {
+                        Some(addr) => Link::Connecting(self.endpoint.connect(addr)),
+                        None => Link::Down {
+                            retry_at: Instant::now() + RECONNECT_DELAY,
+                        },
+                    };
+                }
+            }
+            if let Some(ev) = self.endpoint.recv_timeout(Duration::from_millis(20)) {
+                match ev {
+                    Event::Connected { conn, peer } => {
+                        tracing::info!(%peer, "connected to the JobManager; registering");
+                        jm_monitor.heard(conn, now_ms());
+                        self.endpoint.send(
+                            conn,
+                            TmToJm::Register {
+                                id: self.id.clone(),
+                                host: self.config.taskmanager_host.clone(),
+                                data_address: self.config.taskmanager_host.clone(),
+                                slots: self.slot_report(),
+                                cores: spate_dataplane::slot::available_cores().len() as u32,
+                            },
+                        );
+                    }
+                    Event::Message { conn, msg } => {
+                        jm_monitor.heard(conn, now_ms());
+                        match msg {
+                            JmToTm::Registered { jobmanager_id, .. } => {
+                                tracing::info!(%jobmanager_id, "registered with the JobManager");
+                                link = Link::Registered {
+                                    conn,
+                                    jobmanager_id,
+                                };
+                            }
+                            JmToTm::Refused { reason } => {
+                                tracing::error!(%reason, "the JobManager refused registration");
+                                self.endpoint.close(conn);
+                            }
+                            JmToTm::Heartbeat => {}
+                        }
+                    }
+                    Event::Disconnected { conn, reason } => {
+                        jm_monitor.remove(&conn);
+                        let ours = match &link {
+                            Link::Connecting(c) => *c == conn,
+                            Link::Registered {
+                                conn: c,
+                                jobmanager_id,
+                            } => {
+                                if *c == conn {
+                                    tracing::warn!(%jobmanager_id, %reason, "lost the JobManager");
+                                }
+                                *c == conn
+                            }
+                            Link::Down { .. } => false,
+                        };
+                        if ours {
+                            tracing::warn!(%reason, "reconnecting to the JobManager");
+                            link = Link::Down {
+                                retry_at: Instant::now() + RECONNECT_DELAY,
+                            };
+                        }
+                    }
+                }
+            }
+            for conn in jm_monitor.expire(now_ms()) {
+                tracing::warn!("JobManager heartbeat timed out; reconnecting");
+                self.endpoint.close(conn);
+                link = Link::Down {
+                    retry_at: Instant::now() + RECONNECT_DELAY,
+                };
+            }
+            if let Link::Registered { conn, .. } = &link {
+                if Instant::now() >= next_beat {
+                    next_beat = Instant::now() + interval;
+                    self.endpoint.send(
+                        *conn,
+                        TmToJm::Heartbeat {
+                            slots: self.slot_report(),
+                        },
+                    );
+                }
+            }
+        }
+        tracing::info!(id = %self.id, "TaskManager stopping");
+    }
+}
