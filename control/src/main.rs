@@ -57,8 +57,39 @@ struct JobArgs {
     args: Vec<String>,
 }
 
+#[derive(Args, Debug, Clone)]
+struct ConfArgs {
+    /// Override a configuration key (repeatable), e.g. -D rest.port=8082.
+    #[arg(short = 'D', value_name = "KEY=VALUE")]
+    defines: Vec<String>,
+    /// Configuration directory (default: $SPATE_CONF_DIR, else ./conf).
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+}
+
+impl ConfArgs {
+    fn load(&self) -> Result<Config> {
+        Ok(Config::load(
+            &Config::dir(self.config_dir.as_deref()),
+            &self.defines,
+        )?)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Start a JobManager: the ResourceManager for TaskManagers (RPC on
+    /// jobmanager.rpc.port) and the REST API (rest.port).
+    Jobmanager {
+        #[command(flatten)]
+        conf: ConfArgs,
+    },
+    /// Start a TaskManager: pinned slots registered with the JobManager at
+    /// jobmanager.rpc.address:jobmanager.rpc.port.
+    Taskmanager {
+        #[command(flatten)]
+        conf: ConfArgs,
+    },
     /// Run a job on an embedded MiniCluster and print its throughput and latency.
     Run {
         #[command(flatten)]
@@ -272,15 +303,58 @@ fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
     }
 }
 
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    ctrlc::set_handler(move || s2.store(true, Ordering::Relaxed))
+        .context("installing the signal handler")?;
+    Ok(stop)
+}
+
+fn jobmanager(conf: &ConfArgs) -> Result<bool> {
+    let config = conf.load()?;
+    let stop = stop_flag()?;
+    let mut jm = spate::cluster::jobmanager::JobManager::start(&config)?;
+    eprintln!(
+        "spate: JobManager listening for TaskManagers on {} and for REST on http://{}",
+        jm.rpc_addr().map_or("?".into(), |a| a.to_string()),
+        jm.rest_addr()
+    );
+    jm.run(&stop);
+    Ok(true)
+}
+
+fn taskmanager(conf: &ConfArgs) -> Result<bool> {
+    let config = conf.load()?;
+    let stop = stop_flag()?;
+    let mut tm = spate::cluster::taskmanager::TaskManager::start(&config)?;
+    eprintln!(
+        "spate: TaskManager {} with {} slot(s), registering with {}:{}",
+        tm.id(),
+        config.slots,
+        config.jobmanager_address,
+        config.jobmanager_port
+    );
+    tm.run(&stop);
+    Ok(true)
+}
+
 fn main() {
+    let cli = Cli::parse();
+    // Daemons log their lifecycle; a client run logs only what went wrong.
+    let default_level = match cli.cmd {
+        Cmd::Jobmanager { .. } | Cmd::Taskmanager { .. } => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let r = match cli.cmd {
+        Cmd::Jobmanager { conf } => jobmanager(&conf),
+        Cmd::Taskmanager { conf } => taskmanager(&conf),
         Cmd::Run { job, json } => run(job, json),
         Cmd::Info { job } => prepare(&job).map(|(_, g)| {
             print!("{}", g.describe());

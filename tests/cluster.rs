@@ -1,0 +1,214 @@
+//! Cluster mode with the real binaries on loopback: TaskManagers register with the
+//! JobManager, are dropped when they die or fall silent, and register again after a
+//! JobManager restart; the REST API answers bad requests with JSON errors.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Ports {
+    rpc: u16,
+    rest: u16,
+}
+
+fn spate(role: &str, ports: &Ports, extra: &[&str]) -> Proc {
+    let conf = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        role.to_string(),
+        "--config-dir".into(),
+        conf.path().display().to_string(),
+    ];
+    for d in [
+        "jobmanager.rpc.address=127.0.0.1".to_string(),
+        format!("jobmanager.rpc.port={}", ports.rpc),
+        format!("rest.port={}", ports.rest),
+        "taskmanager.numberOfTaskSlots=1".into(),
+        "taskmanager.idle-strategy=park".into(),
+        "heartbeat.interval=100 ms".into(),
+        "heartbeat.timeout=1 s".into(),
+    ] {
+        args.push("-D".into());
+        args.push(d);
+    }
+    for e in extra {
+        args.push((*e).into());
+    }
+    let child = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// A plain HTTP/1.1 request; returns the status and the body parsed as JSON.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    let text = String::from_utf8_lossy(&resp);
+    let status: u16 = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+fn taskmanager_count(rest: u16) -> Option<usize> {
+    let (status, v) = http(rest, "GET", "/taskmanagers", "")?;
+    (status == 200).then(|| v["taskmanagers"].as_array().map_or(0, Vec::len))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn taskmanagers_register_die_time_out_and_come_back() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spate("jobmanager", &ports, &[]);
+    let tm1 = spate("taskmanager", &ports, &[]);
+    let tm2 = spate("taskmanager", &ports, &[]);
+    wait_for("two TaskManagers", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(2)
+    });
+    let (_, overview) = http(ports.rest, "GET", "/overview", "").unwrap();
+    assert_eq!(overview["taskmanagers"], 2);
+    assert_eq!(overview["slots-total"], 2);
+    let (_, tms) = http(ports.rest, "GET", "/taskmanagers", "").unwrap();
+    let id = tms["taskmanagers"][0]["id"].as_str().unwrap().to_string();
+    let (status, one) = http(ports.rest, "GET", &format!("/taskmanagers/{id}"), "").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(one["slotsNumber"], 1);
+
+    // SIGKILL: the closed connection tells at once (well within the heartbeat timeout).
+    let killed_at = Instant::now();
+    drop(tm1);
+    wait_for(
+        "the killed TaskManager to go",
+        Duration::from_secs(5),
+        || taskmanager_count(ports.rest) == Some(1),
+    );
+    assert!(
+        killed_at.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        killed_at.elapsed()
+    );
+
+    // SIGSTOP: the connection stays up, the heartbeats stop: dropped after the timeout.
+    signal(&tm2, "-STOP");
+    let stopped_at = Instant::now();
+    wait_for(
+        "the silent TaskManager to time out",
+        Duration::from_secs(10),
+        || taskmanager_count(ports.rest) == Some(0),
+    );
+    assert!(
+        stopped_at.elapsed() >= Duration::from_millis(900),
+        "not before the timeout"
+    );
+    signal(&tm2, "-CONT");
+    wait_for(
+        "the TaskManager to register again",
+        Duration::from_secs(10),
+        || taskmanager_count(ports.rest) == Some(1),
+    );
+}
+
+#[test]
+fn taskmanagers_register_again_after_a_jobmanager_restart() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let jm = spate("jobmanager", &ports, &[]);
+    let _tm1 = spate("taskmanager", &ports, &[]);
+    let _tm2 = spate("taskmanager", &ports, &[]);
+    wait_for("two TaskManagers", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(2)
+    });
+    let (_, before) = http(ports.rest, "GET", "/config", "").unwrap();
+    drop(jm);
+    let _jm2 = spate("jobmanager", &ports, &[]);
+    wait_for(
+        "both to register with the new JobManager",
+        Duration::from_secs(15),
+        || taskmanager_count(ports.rest) == Some(2),
+    );
+    let (_, after) = http(ports.rest, "GET", "/config", "").unwrap();
+    assert_ne!(before["jobmanager-id"], after["jobmanager-id"]);
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_garbage_rpc_is_shrugged_off() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spate("jobmanager", &ports, &[]);
+    wait_for("the REST API", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest).is_some()
+    });
+    let (status, v) = http(ports.rest, "GET", "/no/such/path", "").unwrap();
+    assert_eq!(status, 404);
+    assert!(v["errors"][0].as_str().unwrap().contains("/no/such/path"));
+    let (status, v) = http(ports.rest, "GET", "/taskmanagers/nobody", "").unwrap();
+    assert_eq!(status, 404);
+    assert!(v["errors"][0].as_str().unwrap().contains("nobody"));
+    let (status, v) = http(ports.rest, "DELETE", "/overview", "").unwrap();
+    assert_eq!(status, 405);
+    assert!(v["errors"].is_array());
+
+    // A rogue RPC client: garbage, then a wrong version.
+    let mut s = TcpStream::connect(("127.0.0.1", ports.rpc)).unwrap();
+    s.write_all(b"\x00\x01garbage that is not a handshake")
+        .unwrap();
+    let mut s2 = TcpStream::connect(("127.0.0.1", ports.rpc)).unwrap();
+    s2.write_all(b"SPRC\x63\x00\x01\x00").unwrap();
+    // Still serving, and TaskManagers still register.
+    let _tm = spate("taskmanager", &ports, &[]);
+    wait_for("a TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+}
