@@ -167,3 +167,134 @@ pub fn wordcount_reference(text: &str) -> HashMap<String, u64> {
     }
     m
 }
+
+/// A built-in job and its parameters: what `spate run` and `POST /jobs` name, and what
+/// every TaskManager rebuilds its part of the job from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobSpec {
+    /// `vwap` or `wordcount`.
+    pub job: String,
+    /// The job's arguments (`wordcount FILE`).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Client-level parallelism.
+    #[serde(default)]
+    pub parallelism: Option<usize>,
+    /// vwap: trades in all; 0 runs until cancelled.
+    #[serde(default = "default_events")]
+    pub events: u64,
+    /// vwap: offered rate, events/s (unpaced when absent).
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// vwap: generator seed.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// vwap: measure one record in this many (default: 1 when paced, 16 unpaced).
+    #[serde(default)]
+    pub latency_sample: Option<u32>,
+    /// vwap: write `(symbol, vwap)` lines to this path (`path.N` per subtask) instead
+    /// of measuring latency.
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+fn default_events() -> u64 {
+    50_000_000
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+impl JobSpec {
+    /// A spec with the defaults for `job`.
+    pub fn new(job: &str) -> Self {
+        Self {
+            job: job.to_string(),
+            args: Vec::new(),
+            parallelism: None,
+            events: default_events(),
+            rate: None,
+            seed: default_seed(),
+            latency_sample: None,
+            output: None,
+        }
+    }
+
+    /// The latency sampling in effect.
+    pub fn latency_sample(&self) -> u32 {
+        self.latency_sample
+            .unwrap_or(if self.rate.is_some() { 1 } else { 16 })
+            .max(1)
+    }
+
+    /// Declares the job on `env`. Errors say what is wrong with the spec.
+    pub fn declare(&self, env: &StreamExecutionEnvironment) -> Result<(), String> {
+        match self.job.as_str() {
+            "vwap" => {
+                if !self.args.is_empty() {
+                    return Err(format!("vwap takes no arguments (got {:?})", self.args));
+                }
+                let pace = match self.rate {
+                    Some(r) if r.is_finite() && r > 0.0 => Pace::Rate(r),
+                    Some(r) => {
+                        return Err(format!(
+                            "--rate must be a positive number of events per second, not {r}"
+                        ))
+                    }
+                    None => Pace::Unpaced,
+                };
+                let params = VwapParams {
+                    seed: self.seed,
+                    events: (self.events > 0).then_some(self.events),
+                    pace,
+                    latency_sample: self.latency_sample(),
+                };
+                match &self.output {
+                    Some(path) => {
+                        vwap_stream(env, params)
+                            .map(|v: Vwap| (v.symbol, v.vwap))
+                            .write_as_text(path);
+                    }
+                    None => {
+                        vwap(env, params);
+                    }
+                }
+            }
+            "wordcount" => {
+                let [file] = self.args.as_slice() else {
+                    return Err("usage: spate run wordcount FILE".into());
+                };
+                let path = std::path::PathBuf::from(file);
+                std::fs::metadata(&path).map_err(|e| format!("cannot read {file}: {e}"))?;
+                wordcount(env, &path, None);
+            }
+            other => {
+                return Err(format!(
+                    "unknown job '{other}': the built-in jobs are vwap and wordcount"
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares the job and resolves it into a job graph.
+    pub fn job_graph(
+        &self,
+        default_parallelism: usize,
+        chaining: bool,
+    ) -> Result<crate::graph::JobGraph, String> {
+        if self.parallelism == Some(0) {
+            return Err("-p must be at least 1".into());
+        }
+        let env = StreamExecutionEnvironment::new(&self.job);
+        self.declare(&env)?;
+        crate::graph::JobGraph::build(
+            env.stream_graph(),
+            self.parallelism,
+            default_parallelism,
+            chaining,
+        )
+        .map_err(|e| e.to_string())
+    }
+}

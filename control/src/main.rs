@@ -1,14 +1,12 @@
 //! `spate`: run and inspect jobs.
 #![forbid(unsafe_code)]
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use spate::api::StreamExecutionEnvironment;
 use spate::config::Config;
 use spate::graph::JobGraph;
-use spate::jobs::{self, VwapParams};
+use spate::jobs::JobSpec;
 use spate::minicluster::{JobStatus, MiniCluster, Progress};
-use spate_dataplane::operator::source::Pace;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,60 +103,25 @@ enum Cmd {
     },
 }
 
-fn declare(env: &StreamExecutionEnvironment, a: &JobArgs) -> Result<()> {
-    match a.job.as_str() {
-        "vwap" => {
-            if !a.args.is_empty() {
-                bail!("vwap takes no arguments (got {:?})", a.args);
-            }
-            let pace = match a.rate {
-                Some(r) if r.is_finite() && r > 0.0 => Pace::Rate(r),
-                Some(r) => bail!("--rate must be a positive number of events per second, not {r}"),
-                None => Pace::Unpaced,
-            };
-            jobs::vwap(
-                env,
-                VwapParams {
-                    seed: a.seed,
-                    events: (a.events > 0).then_some(a.events),
-                    pace,
-                    latency_sample: latency_sample(a),
-                },
-            );
-        }
-        "wordcount" => {
-            let [file] = a.args.as_slice() else {
-                bail!("usage: spate run wordcount FILE");
-            };
-            let path = PathBuf::from(file);
-            std::fs::metadata(&path).with_context(|| format!("cannot read {file}"))?;
-            jobs::wordcount(env, &path, None);
-        }
-        other => bail!("unknown job '{other}': the built-in jobs are vwap and wordcount"),
+fn spec(a: &JobArgs) -> JobSpec {
+    JobSpec {
+        job: a.job.clone(),
+        args: a.args.clone(),
+        parallelism: a.parallelism,
+        events: a.events,
+        rate: a.rate,
+        seed: a.seed,
+        latency_sample: a.latency_sample,
+        output: None,
     }
-    Ok(())
-}
-
-fn latency_sample(a: &JobArgs) -> u32 {
-    a.latency_sample
-        .unwrap_or(if a.rate.is_some() { 1 } else { 16 })
-        .max(1)
 }
 
 fn prepare(a: &JobArgs) -> Result<(Config, JobGraph)> {
     let dir = Config::dir(a.config_dir.as_deref());
     let config = Config::load(&dir, &a.defines)?;
-    if a.parallelism == Some(0) {
-        bail!("-p must be at least 1");
-    }
-    let env = StreamExecutionEnvironment::new(&a.job);
-    declare(&env, a)?;
-    let graph = JobGraph::build(
-        env.stream_graph(),
-        a.parallelism,
-        config.default_parallelism,
-        config.chaining,
-    )?;
+    let graph = spec(a)
+        .job_graph(config.default_parallelism, config.chaining)
+        .map_err(|e| anyhow::anyhow!(e))?;
     Ok((config, graph))
 }
 
@@ -260,7 +223,7 @@ fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
     writeln!(out, "seconds      {secs:.3}")?;
     writeln!(out, "events/s     {}", rate(eps))?;
     if !h.is_empty() {
-        let sample = match latency_sample(&a) {
+        let sample = match spec(&a).latency_sample() {
             1 => "every record".to_string(),
             n => format!("1 in {n} records"),
         };
