@@ -212,3 +212,178 @@ fn bad_requests_get_json_errors_and_garbage_rpc_is_shrugged_off() {
         taskmanager_count(ports.rest) == Some(1)
     });
 }
+
+fn spate_cli(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("spate {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn job_state(rest: u16, id: &str) -> String {
+    http(rest, "GET", &format!("/jobs/{id}"), "")
+        .map(|(_, v)| v["state"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+fn leftover_rings(id: &str) -> Vec<String> {
+    let prefix = format!("spate-{}-", &id[..16]);
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+fn submitted_id(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .last()
+        .unwrap_or_else(|| panic!("no job id in {text:?}"))
+        .to_string()
+}
+
+#[test]
+fn w1_across_two_taskmanagers_equals_the_single_threaded_computation() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spate("jobmanager", &ports, &[]);
+    let _tm1 = spate("taskmanager", &ports, &[]);
+    let _tm2 = spate("taskmanager", &ports, &[]);
+    wait_for("two TaskManagers", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(2)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("vwap");
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let events = 200_000u64;
+    let o = spate_cli(&[
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "2",
+        "--events",
+        &events.to_string(),
+        "--output",
+        out.to_str().unwrap(),
+        "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    assert_eq!(job_state(ports.rest, &id), "FINISHED");
+    // The two subtasks of each vertex ran on the two TaskManagers.
+    let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+    let tms: std::collections::BTreeSet<String> = job["vertices"][1]["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["taskmanager-id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tms.len(), 2, "{job}");
+    // Results per symbol, in order, equal the plain computation.
+    let mut got: std::collections::HashMap<u32, Vec<i64>> = Default::default();
+    for part in 0..2 {
+        let text = std::fs::read_to_string(format!("{}.{part}", out.display())).unwrap();
+        for line in text.lines() {
+            let (s, v) = line
+                .trim_matches(|c| c == '(' || c == ')')
+                .split_once(", ")
+                .unwrap();
+            got.entry(s.parse().unwrap())
+                .or_default()
+                .push(v.parse().unwrap());
+        }
+    }
+    assert_eq!(got, spate::jobs::vwap_reference(42, events, 2));
+    wait_for("the job's rings to be gone", Duration::from_secs(5), || {
+        leftover_rings(&id).is_empty()
+    });
+}
+
+#[test]
+fn a_killed_taskmanager_restarts_the_job_under_fixed_delay_or_fails_it_under_none() {
+    for strategy in ["fixed-delay", "none"] {
+        let ports = Ports {
+            rpc: free_port(),
+            rest: free_port(),
+        };
+        let s = format!("restart-strategy.type={strategy}");
+        let _jm = spate(
+            "jobmanager",
+            &ports,
+            &[
+                "-D",
+                &s,
+                "-D",
+                "restart-strategy.fixed-delay.attempts=3",
+                "-D",
+                "restart-strategy.fixed-delay.delay=200 ms",
+            ],
+        );
+        let _tm1 = spate("taskmanager", &ports, &[]);
+        let tm2 = spate("taskmanager", &ports, &[]);
+        wait_for("two TaskManagers", Duration::from_secs(15), || {
+            taskmanager_count(ports.rest) == Some(2)
+        });
+        let m = format!("127.0.0.1:{}", ports.rest);
+        let o = spate_cli(&[
+            "run", "-m", &m, "-d", "-p", "2", "--events", "0", "--rate", "20000", "vwap",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let id = submitted_id(&o);
+        wait_for("RUNNING", Duration::from_secs(15), || {
+            job_state(ports.rest, &id) == "RUNNING"
+        });
+        drop(tm2); // SIGKILL
+        if strategy == "none" {
+            wait_for("FAILED", Duration::from_secs(15), || {
+                job_state(ports.rest, &id) == "FAILED"
+            });
+            let (_, ex) = http(ports.rest, "GET", &format!("/jobs/{id}/exceptions"), "").unwrap();
+            let all = ex["all-exceptions"].to_string();
+            assert!(all.contains("was lost"), "{ex}");
+        } else {
+            wait_for("RESTARTING", Duration::from_secs(15), || {
+                job_state(ports.rest, &id) == "RESTARTING"
+            });
+            let _tm3 = spate("taskmanager", &ports, &[]);
+            wait_for("RUNNING again", Duration::from_secs(20), || {
+                job_state(ports.rest, &id) == "RUNNING"
+            });
+            let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+            assert_eq!(job["restarts"], 1, "{job}");
+            let o = spate_cli(&["cancel", "-m", &m, &id]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            wait_for("CANCELED", Duration::from_secs(15), || {
+                job_state(ports.rest, &id) == "CANCELED"
+            });
+            let o = spate_cli(&["list", "-m", &m]);
+            assert!(String::from_utf8_lossy(&o.stdout).contains("(CANCELED)"));
+        }
+        wait_for("the job's rings to be gone", Duration::from_secs(5), || {
+            leftover_rings(&id).is_empty()
+        });
+    }
+}

@@ -1,6 +1,8 @@
 //! `spate`: run and inspect jobs.
 #![forbid(unsafe_code)]
 
+mod client;
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use spate::config::Config;
@@ -49,6 +51,10 @@ struct JobArgs {
     /// Configuration directory (default: $SPATE_CONF_DIR, else ./conf).
     #[arg(long)]
     config_dir: Option<PathBuf>,
+    /// vwap: write (symbol, vwap) lines to PATH (PATH.N per subtask) instead of
+    /// measuring latency.
+    #[arg(long, value_name = "PATH")]
+    output: Option<String>,
     /// Built-in job: vwap | wordcount FILE.
     job: String,
     /// The job's arguments.
@@ -88,13 +94,38 @@ enum Cmd {
         #[command(flatten)]
         conf: ConfArgs,
     },
-    /// Run a job on an embedded MiniCluster and print its throughput and latency.
+    /// Run a job: on an embedded MiniCluster (printing its throughput and latency), or
+    /// with -m on a cluster's JobManager.
     Run {
         #[command(flatten)]
         job: JobArgs,
+        /// Submit to the JobManager's REST API at HOST:PORT instead of running locally.
+        #[arg(short = 'm', long = "jobmanager", value_name = "HOST:PORT")]
+        jobmanager: Option<String>,
+        /// With -m: return once the job is submitted.
+        #[arg(short = 'd', long)]
+        detached: bool,
         /// Also write the summary as a JSON object to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// List the cluster's jobs.
+    List {
+        #[command(flatten)]
+        conf: ConfArgs,
+        /// The JobManager's REST address (default: jobmanager.rpc.address:rest.port).
+        #[arg(short = 'm', long = "jobmanager", value_name = "HOST:PORT")]
+        jobmanager: Option<String>,
+    },
+    /// Cancel a job on the cluster.
+    Cancel {
+        #[command(flatten)]
+        conf: ConfArgs,
+        /// The JobManager's REST address (default: jobmanager.rpc.address:rest.port).
+        #[arg(short = 'm', long = "jobmanager", value_name = "HOST:PORT")]
+        jobmanager: Option<String>,
+        /// The job's id.
+        id: String,
     },
     /// Print a job's graph: vertices, chained operators, parallelism, slot sharing groups, edges.
     Info {
@@ -112,7 +143,7 @@ fn spec(a: &JobArgs) -> JobSpec {
         rate: a.rate,
         seed: a.seed,
         latency_sample: a.latency_sample,
-        output: None,
+        output: a.output.clone(),
     }
 }
 
@@ -318,7 +349,29 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Jobmanager { conf } => jobmanager(&conf),
         Cmd::Taskmanager { conf } => taskmanager(&conf),
-        Cmd::Run { job, json } => run(job, json),
+        Cmd::Run {
+            job,
+            json,
+            jobmanager: Some(m),
+            detached,
+        } => {
+            if json.is_some() {
+                eprintln!("spate: error: --json applies to local runs; a cluster job's figures are on its REST API");
+                std::process::exit(2);
+            }
+            client::run(&m, &spec(&job), detached)
+        }
+        Cmd::Run { job, json, .. } => run(job, json),
+        Cmd::List { conf, jobmanager } => conf
+            .load()
+            .and_then(|c| client::list(&client::address(jobmanager, &c))),
+        Cmd::Cancel {
+            conf,
+            jobmanager,
+            id,
+        } => conf
+            .load()
+            .and_then(|c| client::cancel(&client::address(jobmanager, &c), &id)),
         Cmd::Info { job } => prepare(&job).map(|(_, g)| {
             print!("{}", g.describe());
             true

@@ -2,15 +2,19 @@
 //! on its own thread. Malformed requests, unknown paths and wrong methods get a 4xx with
 //! a JSON body `{"errors": [...]}`, as Flink's do.
 
-use crate::cluster::jobmanager::{lock, SharedState};
-use crate::cluster::TaskManagerId;
-use axum::extract::{Path, State};
+use crate::cluster::jobmanager::{lock, JmCommand, JobEntry, JobState, SharedState};
+use crate::cluster::{TaskManagerId, TaskState};
+use crate::jobs::JobSpec;
+use axum::body::Bytes;
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 
 /// The REST server's thread.
@@ -26,15 +30,204 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "errors": [message.into()] }))).into_response()
 }
 
-fn router(state: SharedState) -> Router {
+/// What handlers share: the cluster state to read, a channel to the JobManager to act.
+#[derive(Clone)]
+struct App {
+    state: SharedState,
+    commands: Sender<JmCommand>,
+}
+
+impl FromRef<App> for SharedState {
+    fn from_ref(app: &App) -> SharedState {
+        app.state.clone()
+    }
+}
+
+fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
     Router::new()
         .route("/overview", get(overview))
         .route("/config", get(config))
         .route("/taskmanagers", get(taskmanagers))
         .route("/taskmanagers/{id}", get(taskmanager))
+        .route("/jobs", get(jobs).post(submit))
+        .route("/jobs/overview", get(jobs_overview))
+        .route("/jobs/{id}", get(job).patch(patch_job))
+        .route("/jobs/{id}/exceptions", get(exceptions))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(App { state, commands })
+}
+
+fn reply_error((status, message): (u16, String)) -> Response {
+    error(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        message,
+    )
+}
+
+async fn submit(State(app): State<App>, body: Bytes) -> Response {
+    let spec: JobSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed job submission: {e}; expected {{\"job\": NAME, \"args\": [..], \"parallelism\": N}}"),
+            )
+        }
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if app.commands.send(JmCommand::Submit(spec, tx)).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the JobManager is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok(id)) => (StatusCode::ACCEPTED, Json(json!({ "jobid": id }))).into_response(),
+        Ok(Err(e)) => reply_error(e),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the JobManager is shutting down",
+        ),
+    }
+}
+
+async fn patch_job(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match q.get("mode").map(String::as_str) {
+        Some("cancel") | None => {}
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported mode '{other}': use mode=cancel"),
+            )
+        }
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if app.commands.send(JmCommand::Cancel(id, tx)).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the JobManager is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok(())) => (StatusCode::ACCEPTED, Json(json!({}))).into_response(),
+        Ok(Err(e)) => reply_error(e),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the JobManager is shutting down",
+        ),
+    }
+}
+
+fn duration(j: &JobEntry) -> u64 {
+    let end = j.end_epoch_ms.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    });
+    end.saturating_sub(j.start_epoch_ms)
+}
+
+fn task_counts(j: &JobEntry) -> Value {
+    let mut c: HashMap<&str, usize> = HashMap::new();
+    for t in j.tasks.values() {
+        let k = match &t.state {
+            None => "deploying",
+            Some(TaskState::Running) => "running",
+            Some(TaskState::Finished) => "finished",
+            Some(TaskState::Failed(_)) => "failed",
+            Some(TaskState::Canceled) => "canceled",
+        };
+        *c.entry(k).or_default() += 1;
+    }
+    json!({
+        "total": j.tasks.len(),
+        "deploying": c.get("deploying").copied().unwrap_or(0),
+        "running": c.get("running").copied().unwrap_or(0),
+        "finished": c.get("finished").copied().unwrap_or(0),
+        "canceled": c.get("canceled").copied().unwrap_or(0),
+        "failed": c.get("failed").copied().unwrap_or(0),
+    })
+}
+
+async fn jobs(State(st): State<SharedState>) -> Json<Value> {
+    let st = lock(&st);
+    Json(json!({
+        "jobs": st.jobs.values().map(|j| json!({ "id": j.id, "status": j.state.name() })).collect::<Vec<_>>(),
+    }))
+}
+
+fn job_summary(j: &JobEntry) -> Value {
+    json!({
+        "jid": j.id,
+        "name": j.spec.job,
+        "state": j.state.name(),
+        "start-time": j.start_epoch_ms,
+        "end-time": j.end_epoch_ms.map_or(-1, |e| e as i64),
+        "duration": duration(j),
+        "tasks": task_counts(j),
+    })
+}
+
+async fn jobs_overview(State(st): State<SharedState>) -> Json<Value> {
+    let st = lock(&st);
+    Json(json!({ "jobs": st.jobs.values().map(job_summary).collect::<Vec<_>>() }))
+}
+
+async fn job(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    let st = lock(&st);
+    let Some(j) = st.jobs.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("Job {id} not found"));
+    };
+    let mut v = job_summary(j);
+    v["restarts"] = json!(j.restarts);
+    v["attempt"] = json!(j.attempt);
+    v["vertices"] = json!(j
+        .vertices
+        .iter()
+        .map(|x| {
+            let sub: Vec<Value> = j
+                .tasks
+                .iter()
+                .filter(|(k, _)| k.0 as usize == x.id)
+                .map(|(k, t)| json!({
+                    "subtask": k.1,
+                    "taskmanager-id": t.taskmanager.0,
+                    "slot": t.slot,
+                    "status": match &t.state {
+                        None => "DEPLOYING",
+                        Some(TaskState::Running) => "RUNNING",
+                        Some(TaskState::Finished) => "FINISHED",
+                        Some(TaskState::Failed(_)) => "FAILED",
+                        Some(TaskState::Canceled) => "CANCELED",
+                    },
+                }))
+                .collect();
+            json!({ "id": x.id.to_string(), "name": x.name, "parallelism": x.parallelism, "subtasks": sub })
+        })
+        .collect::<Vec<_>>());
+    Json(v).into_response()
+}
+
+async fn exceptions(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    let st = lock(&st);
+    let Some(j) = st.jobs.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("Job {id} not found"));
+    };
+    let root = j.exceptions.last();
+    Json(json!({
+        "root-exception": root.map(|e| e.message.clone()),
+        "timestamp": root.map(|e| e.timestamp_ms),
+        "all-exceptions": j.exceptions.iter().map(|e| json!({
+            "exception": e.message, "task": e.task, "timestamp": e.timestamp_ms,
+        })).collect::<Vec<_>>(),
+        "truncated": false,
+    }))
+    .into_response()
 }
 
 async fn not_found(uri: Uri) -> Response {
@@ -54,6 +247,7 @@ fn version() -> String {
 
 async fn overview(State(st): State<SharedState>) -> Json<Value> {
     let st = lock(&st);
+    let count = |s: JobState| st.jobs.values().filter(|j| j.state == s).count();
     let total: usize = st.taskmanagers.values().map(|t| t.slots.len()).sum();
     let used: usize = st
         .taskmanagers
@@ -65,10 +259,10 @@ async fn overview(State(st): State<SharedState>) -> Json<Value> {
         "taskmanagers": st.taskmanagers.len(),
         "slots-total": total,
         "slots-available": total - used,
-        "jobs-running": 0,
-        "jobs-finished": 0,
-        "jobs-cancelled": 0,
-        "jobs-failed": 0,
+        "jobs-running": st.jobs.values().filter(|j| !j.state.is_terminal()).count(),
+        "jobs-finished": count(JobState::Finished),
+        "jobs-cancelled": count(JobState::Canceled),
+        "jobs-failed": count(JobState::Failed),
         "flink-version": version(),
         "flink-commit": "",
     }))
@@ -125,7 +319,11 @@ async fn taskmanager(State(st): State<SharedState>, Path(id): Path<String>) -> R
 
 impl RestServer {
     /// Serves the API on `addr` (port 0 picks one).
-    pub fn start(addr: SocketAddr, state: SharedState) -> anyhow::Result<Self> {
+    pub fn start(
+        addr: SocketAddr,
+        state: SharedState,
+        commands: Sender<JmCommand>,
+    ) -> anyhow::Result<Self> {
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| anyhow::anyhow!("cannot listen for REST on {addr}: {e}"))?;
         listener.set_nonblocking(true)?;
@@ -152,8 +350,8 @@ impl RestServer {
                             return;
                         }
                     };
-                    let serve =
-                        axum::serve(listener, router(state)).with_graceful_shutdown(async {
+                    let serve = axum::serve(listener, router(state, commands))
+                        .with_graceful_shutdown(async {
                             let _ = rx.await;
                         });
                     if let Err(e) = serve.await {

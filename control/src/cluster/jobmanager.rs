@@ -2,13 +2,16 @@
 //! heartbeats both ways, slot reports), served over RPC, with the Dispatcher's REST API.
 
 use super::heartbeat::HeartbeatMonitor;
-use super::{JmToTm, SlotInfo, TaskManagerId, TmToJm};
+use super::{JmToTm, SlotInfo, TaskDeployment, TaskKey, TaskManagerId, TaskState, TmToJm};
 use crate::config::Config;
+use crate::jobs::JobSpec;
 use crate::rest::RestServer;
+use crate::restart::{self, RestartBackoffTimeStrategy};
 use crate::rpc::{ConnId, Endpoint, Event};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +47,135 @@ pub struct ClusterState {
     pub taskmanagers: BTreeMap<TaskManagerId, TaskManagerEntry>,
     /// The configuration it runs with.
     pub config: Config,
+    /// Jobs, by id.
+    pub jobs: BTreeMap<String, JobEntry>,
+}
+
+/// A job's state (Flink's JobStatus names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Accepted, subtasks being deployed.
+    Created,
+    /// Every subtask is running.
+    Running,
+    /// A subtask failed; the others are being cancelled.
+    Failing,
+    /// Waiting out the restart strategy's backoff (or for slots).
+    Restarting,
+    /// Cancel requested; subtasks being cancelled.
+    Cancelling,
+    /// Cancelled.
+    Canceled,
+    /// Failed for good.
+    Failed,
+    /// Every subtask finished.
+    Finished,
+}
+
+impl JobState {
+    /// Flink's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Created => "CREATED",
+            Self::Running => "RUNNING",
+            Self::Failing => "FAILING",
+            Self::Restarting => "RESTARTING",
+            Self::Cancelling => "CANCELLING",
+            Self::Canceled => "CANCELED",
+            Self::Failed => "FAILED",
+            Self::Finished => "FINISHED",
+        }
+    }
+
+    /// Whether the job is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Canceled | Self::Failed | Self::Finished)
+    }
+}
+
+/// A vertex of a job, for the REST API.
+#[derive(Debug, Clone)]
+pub struct VertexInfo {
+    /// Vertex id.
+    pub id: usize,
+    /// Chained operators' names.
+    pub name: String,
+    /// Parallelism.
+    pub parallelism: usize,
+}
+
+/// Where a subtask runs and how it is doing.
+#[derive(Debug, Clone)]
+pub struct TaskSlot {
+    /// Its TaskManager.
+    pub taskmanager: TaskManagerId,
+    /// The slot there.
+    pub slot: u32,
+    /// `None` until the TaskManager reports it.
+    pub state: Option<TaskState>,
+}
+
+/// A failure, for `/jobs/:id/exceptions`.
+#[derive(Debug, Clone)]
+pub struct ExceptionEntry {
+    /// When (ms since the epoch).
+    pub timestamp_ms: u64,
+    /// The subtask (or TaskManager) that failed.
+    pub task: String,
+    /// Why.
+    pub message: String,
+}
+
+/// A submitted job and its JobMaster's bookkeeping.
+#[derive(Debug)]
+pub struct JobEntry {
+    /// Job id.
+    pub id: String,
+    /// What was submitted.
+    pub spec: JobSpec,
+    /// State.
+    pub state: JobState,
+    /// Current execution attempt.
+    pub attempt: u32,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Submission time (ms since the epoch).
+    pub start_epoch_ms: u64,
+    /// End time (ms since the epoch).
+    pub end_epoch_ms: Option<u64>,
+    /// Vertices.
+    pub vertices: Vec<VertexInfo>,
+    /// Slots the job needs.
+    pub slots_needed: usize,
+    /// Subtasks of the current attempt, by (vertex, subtask).
+    pub tasks: BTreeMap<(u32, u32), TaskSlot>,
+    /// Failures, oldest first.
+    pub exceptions: Vec<ExceptionEntry>,
+    strategy: Box<dyn RestartBackoffTimeStrategy>,
+    restart_at: Option<Instant>,
+    group_offsets: Vec<(String, usize)>,
+    vertex_groups: Vec<String>,
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the REST server asks of the JobManager thread.
+#[derive(Debug)]
+pub enum JmCommand {
+    /// Submit a job; the reply is its id or (HTTP status, message).
+    Submit(
+        JobSpec,
+        tokio::sync::oneshot::Sender<Result<String, (u16, String)>>,
+    ),
+    /// Cancel a job.
+    Cancel(
+        String,
+        tokio::sync::oneshot::Sender<Result<(), (u16, String)>>,
+    ),
 }
 
 impl ClusterState {
@@ -73,6 +205,7 @@ pub struct JobManager {
     rest: RestServer,
     monitor: HeartbeatMonitor<TaskManagerId>,
     conns: HashMap<ConnId, TaskManagerId>,
+    commands: Receiver<JmCommand>,
 }
 
 fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
@@ -96,9 +229,11 @@ impl JobManager {
                 .map_or(0, |d| d.as_millis() as u64),
             taskmanagers: BTreeMap::new(),
             config: config.clone(),
+            jobs: BTreeMap::new(),
         }));
         let rest_addr = resolve(&config.jobmanager_address, config.rest_port)?;
-        let rest = RestServer::start(rest_addr, state.clone())?;
+        let (tx, commands) = channel();
+        let rest = RestServer::start(rest_addr, state.clone(), tx)?;
         tracing::info!(rpc = ?endpoint.local_addr(), rest = %rest.local_addr(), "JobManager started");
         Ok(Self {
             config: config.clone(),
@@ -107,6 +242,7 @@ impl JobManager {
             rest,
             monitor: HeartbeatMonitor::new(config.heartbeat_timeout.as_millis() as u64),
             conns: HashMap::new(),
+            commands,
         })
     }
 
@@ -127,10 +263,14 @@ impl JobManager {
             if let Some(ev) = self.endpoint.recv_timeout(Duration::from_millis(20)) {
                 self.on_event(ev);
             }
+            while let Ok(cmd) = self.commands.try_recv() {
+                self.on_command(cmd);
+            }
             let now = lock(&self.state).now_ms();
             for id in self.monitor.expire(now) {
                 self.lose(&id, "heartbeat timed out");
             }
+            self.restart_due_jobs();
             if Instant::now() >= next_beat {
                 next_beat = Instant::now() + self.config.heartbeat_interval;
                 for conn in self.conns.keys() {
@@ -147,6 +287,357 @@ impl JobManager {
             tracing::warn!(taskmanager = %id, %reason, "TaskManager lost");
             self.conns.remove(&e.conn);
             self.endpoint.close(e.conn);
+        }
+        // Its subtasks have failed with it.
+        let affected: Vec<(String, Vec<(u32, u32)>)> = lock(&self.state)
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| {
+                let lost = j
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| {
+                        t.taskmanager == *id
+                            && !t.state.as_ref().is_some_and(TaskState::is_terminal)
+                    })
+                    .map(|(k, _)| *k)
+                    .collect();
+                (j.id.clone(), lost)
+            })
+            .collect();
+        for (job, lost) in affected {
+            for (v, s) in lost {
+                let message = format!("TaskManager {id} was lost: {reason}");
+                self.task_changed(&job, None, v, s, TaskState::Failed(message));
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: JmCommand) {
+        match cmd {
+            JmCommand::Submit(spec, reply) => {
+                let _ = reply.send(self.submit(spec));
+            }
+            JmCommand::Cancel(id, reply) => {
+                let _ = reply.send(self.cancel(&id));
+            }
+        }
+    }
+
+    fn submit(&mut self, spec: JobSpec) -> Result<String, (u16, String)> {
+        let graph = spec
+            .job_graph(self.config.default_parallelism, self.config.chaining)
+            .map_err(|e| (400, e))?;
+        let (group_offsets, needed) = graph.group_offsets();
+        let free = self.free_slots().len();
+        if needed > free {
+            return Err((
+                400,
+                format!("the job needs {needed} task slots; {free} are free in the cluster"),
+            ));
+        }
+        let id = super::new_id();
+        let job = JobEntry {
+            id: id.clone(),
+            spec,
+            state: JobState::Created,
+            attempt: 0,
+            restarts: 0,
+            start_epoch_ms: epoch_ms(),
+            end_epoch_ms: None,
+            vertices: graph
+                .vertices
+                .iter()
+                .map(|v| VertexInfo {
+                    id: v.id,
+                    name: v.name.clone(),
+                    parallelism: v.parallelism,
+                })
+                .collect(),
+            slots_needed: needed,
+            tasks: BTreeMap::new(),
+            exceptions: Vec::new(),
+            strategy: restart::from_config(&self.config),
+            restart_at: None,
+            group_offsets,
+            vertex_groups: graph
+                .vertices
+                .iter()
+                .map(|v| v.slot_sharing_group.clone())
+                .collect(),
+        };
+        tracing::info!(job = %id, name = %job.spec.job, slots = needed, "job submitted");
+        lock(&self.state).jobs.insert(id.clone(), job);
+        if !self.deploy(&id) {
+            return Err((500, "could not deploy the job".into()));
+        }
+        Ok(id)
+    }
+
+    /// Free slots, TaskManagers in id order.
+    fn free_slots(&self) -> Vec<(TaskManagerId, u32)> {
+        let st = lock(&self.state);
+        let mut used = std::collections::HashSet::new();
+        for j in st.jobs.values().filter(|j| !j.state.is_terminal()) {
+            for t in j.tasks.values() {
+                used.insert((t.taskmanager.clone(), t.slot));
+            }
+        }
+        st.taskmanagers
+            .values()
+            .flat_map(|t| t.slots.iter().map(move |s| (t.id.clone(), s.index)))
+            .filter(|k| !used.contains(k))
+            .collect()
+    }
+
+    /// Deploys the job's current attempt; false if there are not enough slots.
+    fn deploy(&mut self, id: &str) -> bool {
+        let free = self.free_slots();
+        let mut st = lock(&self.state);
+        let default_parallelism = st.config.default_parallelism as u32;
+        let chaining = st.config.chaining;
+        let ring_size = st.config.ring_size as u64;
+        let Some(job) = st.jobs.get_mut(id) else {
+            return false;
+        };
+        if free.len() < job.slots_needed {
+            return false;
+        }
+        job.tasks.clear();
+        let mut sends = Vec::new();
+        for v in &job.vertices {
+            let group = &job.vertex_groups[v.id];
+            let offset = job
+                .group_offsets
+                .iter()
+                .find(|g| &g.0 == group)
+                .map_or(0, |g| g.1);
+            for s in 0..v.parallelism {
+                let (tm, slot) = free[offset + s].clone();
+                job.tasks.insert(
+                    (v.id as u32, s as u32),
+                    TaskSlot {
+                        taskmanager: tm.clone(),
+                        slot,
+                        state: None,
+                    },
+                );
+                sends.push((
+                    tm,
+                    TaskDeployment {
+                        task: TaskKey {
+                            job_id: job.id.clone(),
+                            attempt: job.attempt,
+                            vertex: v.id as u32,
+                            subtask: s as u32,
+                        },
+                        spec: job.spec.clone(),
+                        slot,
+                        ring_size,
+                        default_parallelism,
+                        chaining,
+                    },
+                ));
+            }
+        }
+        job.state = JobState::Created;
+        let conns: HashMap<TaskManagerId, ConnId> = st
+            .taskmanagers
+            .values()
+            .map(|t| (t.id.clone(), t.conn))
+            .collect();
+        drop(st);
+        for (tm, d) in sends {
+            if let Some(conn) = conns.get(&tm) {
+                self.endpoint.send(*conn, JmToTm::Deploy(Box::new(d)));
+            }
+        }
+        true
+    }
+
+    fn cancel(&mut self, id: &str) -> Result<(), (u16, String)> {
+        let mut st = lock(&self.state);
+        let Some(job) = st.jobs.get_mut(id) else {
+            return Err((404, format!("Job {id} not found")));
+        };
+        match job.state {
+            JobState::Created | JobState::Running | JobState::Failing => {
+                job.state = JobState::Cancelling;
+                let attempt = job.attempt;
+                drop(st);
+                self.send_cancel(id, attempt);
+                self.evaluate(id);
+            }
+            JobState::Restarting => {
+                job.state = JobState::Canceled;
+                job.end_epoch_ms = Some(epoch_ms());
+                drop(st);
+                self.job_ended(id);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn send_cancel(&self, id: &str, attempt: u32) {
+        let st = lock(&self.state);
+        let Some(job) = st.jobs.get(id) else { return };
+        let tms: std::collections::BTreeSet<&TaskManagerId> =
+            job.tasks.values().map(|t| &t.taskmanager).collect();
+        for tm in tms {
+            if let Some(t) = st.taskmanagers.get(tm) {
+                self.endpoint.send(
+                    t.conn,
+                    JmToTm::Cancel {
+                        job_id: id.to_string(),
+                        attempt,
+                    },
+                );
+            }
+        }
+    }
+
+    fn job_ended(&self, id: &str) {
+        let st = lock(&self.state);
+        if let Some(job) = st.jobs.get(id) {
+            tracing::info!(job = %id, state = job.state.name(), restarts = job.restarts, "job ended");
+        }
+        for t in st.taskmanagers.values() {
+            self.endpoint.send(
+                t.conn,
+                JmToTm::JobEnded {
+                    job_id: id.to_string(),
+                },
+            );
+        }
+    }
+
+    /// A subtask of `job` changed state (`attempt` None: whatever attempt is current).
+    fn task_changed(&mut self, job: &str, attempt: Option<u32>, v: u32, s: u32, state: TaskState) {
+        {
+            let mut st = lock(&self.state);
+            let Some(j) = st.jobs.get_mut(job) else {
+                return;
+            };
+            if attempt.is_some_and(|a| a != j.attempt) || j.state.is_terminal() {
+                return;
+            }
+            let name = j
+                .vertices
+                .get(v as usize)
+                .map(|x| format!("{} ({}/{})", x.name, s + 1, x.parallelism))
+                .unwrap_or_default();
+            let Some(t) = j.tasks.get_mut(&(v, s)) else {
+                return;
+            };
+            if t.state.as_ref().is_some_and(TaskState::is_terminal) {
+                return;
+            }
+            if let TaskState::Failed(m) = &state {
+                j.exceptions.push(ExceptionEntry {
+                    timestamp_ms: epoch_ms(),
+                    task: format!("{name} on {}", t.taskmanager),
+                    message: m.clone(),
+                });
+            }
+            t.state = Some(state.clone());
+        }
+        if matches!(state, TaskState::Failed(_)) {
+            let mut st = lock(&self.state);
+            if let Some(j) = st.jobs.get_mut(job) {
+                if matches!(j.state, JobState::Created | JobState::Running) {
+                    j.state = JobState::Failing;
+                    let attempt = j.attempt;
+                    drop(st);
+                    self.send_cancel(job, attempt);
+                }
+            }
+        }
+        self.evaluate(job);
+    }
+
+    /// Moves the job along its state machine after a subtask changed.
+    fn evaluate(&mut self, id: &str) {
+        let mut ended = false;
+        let now_ms = lock(&self.state).now_ms();
+        {
+            let mut st = lock(&self.state);
+            let Some(j) = st.jobs.get_mut(id) else { return };
+            let all =
+                |f: &dyn Fn(&Option<TaskState>) -> bool| j.tasks.values().all(|t| f(&t.state));
+            let all_terminal = all(&|s| s.as_ref().is_some_and(TaskState::is_terminal));
+            match j.state {
+                JobState::Created if all(&|s| s.is_some()) => j.state = JobState::Running,
+                JobState::Created | JobState::Running
+                    if all(&|s| matches!(s, Some(TaskState::Finished))) =>
+                {
+                    j.state = JobState::Finished;
+                    j.end_epoch_ms = Some(epoch_ms());
+                    ended = true;
+                }
+                JobState::Cancelling if all_terminal => {
+                    j.state = JobState::Canceled;
+                    j.end_epoch_ms = Some(epoch_ms());
+                    ended = true;
+                }
+                JobState::Failing if all_terminal => {
+                    j.strategy.notify_failure(now_ms);
+                    if j.strategy.can_restart() {
+                        let backoff = j.strategy.backoff_time();
+                        tracing::warn!(job = %id, ?backoff, "restarting the job");
+                        j.state = JobState::Restarting;
+                        j.restart_at = Some(Instant::now() + backoff);
+                    } else {
+                        j.state = JobState::Failed;
+                        j.end_epoch_ms = Some(epoch_ms());
+                        ended = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if ended {
+            self.job_ended(id);
+        } else if lock(&self.state)
+            .jobs
+            .get(id)
+            .is_some_and(|j| j.state == JobState::Restarting)
+        {
+            // The ended attempt's rings are not needed any more.
+            self.job_ended(id);
+        }
+    }
+
+    /// Redeploys jobs whose restart backoff has passed (when slots are free).
+    fn restart_due_jobs(&mut self) {
+        let due: Vec<String> = lock(&self.state)
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Restarting)
+            .filter(|j| j.restart_at.is_some_and(|t| Instant::now() >= t))
+            .map(|j| j.id.clone())
+            .collect();
+        for id in due {
+            {
+                let mut st = lock(&self.state);
+                let Some(j) = st.jobs.get_mut(&id) else {
+                    continue;
+                };
+                j.attempt += 1;
+                j.restarts += 1;
+                j.tasks.clear();
+            }
+            if !self.deploy(&id) {
+                // Not enough slots yet (a TaskManager is being replaced): try again soon.
+                let mut st = lock(&self.state);
+                if let Some(j) = st.jobs.get_mut(&id) {
+                    j.attempt -= 1;
+                    j.restarts -= 1;
+                    j.state = JobState::Restarting;
+                    j.restart_at = Some(Instant::now() + Duration::from_millis(100));
+                }
+            }
         }
     }
 
@@ -214,6 +705,15 @@ impl JobManager {
                     }
                     drop(st);
                     self.monitor.heard(id, now);
+                }
+                TmToJm::TaskState { task, state } => {
+                    self.task_changed(
+                        &task.job_id,
+                        Some(task.attempt),
+                        task.vertex,
+                        task.subtask,
+                        state,
+                    );
                 }
             },
             Event::Disconnected { conn, reason } => {

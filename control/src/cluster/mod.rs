@@ -1,6 +1,7 @@
 //! Cluster mode: a JobManager process (ResourceManager + Dispatcher + JobMaster) and
 //! TaskManager processes, talking over [`crate::rpc`].
 
+pub mod deploy;
 pub mod heartbeat;
 pub mod jobmanager;
 pub mod taskmanager;
@@ -49,6 +50,64 @@ pub enum TmToJm {
         /// Current slot occupancy.
         slots: Vec<SlotInfo>,
     },
+    /// A deployed subtask changed state.
+    TaskState {
+        /// Which subtask.
+        task: TaskKey,
+        /// Its new state.
+        state: TaskState,
+    },
+}
+
+/// Identifies one attempt of one subtask of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskKey {
+    /// Job id.
+    pub job_id: String,
+    /// Execution attempt of the job (0 first, +1 per restart).
+    pub attempt: u32,
+    /// Vertex id in the job graph.
+    pub vertex: u32,
+    /// Subtask index.
+    pub subtask: u32,
+}
+
+/// A subtask's state (Flink's ExecutionState, reduced).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Deployed and being polled.
+    Running,
+    /// Done.
+    Finished,
+    /// Failed, with the reason.
+    Failed(String),
+    /// Cancelled.
+    Canceled,
+}
+
+impl TaskState {
+    /// Whether the task has ended.
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, Self::Running)
+    }
+}
+
+/// What a TaskManager needs to run one subtask: it rebuilds the job graph from the spec
+/// (the same code on every node) and takes its part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDeployment {
+    /// Which subtask.
+    pub task: TaskKey,
+    /// The job.
+    pub spec: crate::jobs::JobSpec,
+    /// Slot index on the TaskManager.
+    pub slot: u32,
+    /// Bytes per ring.
+    pub ring_size: u64,
+    /// Default parallelism and chaining, as the JobManager resolved the graph.
+    pub default_parallelism: u32,
+    /// `pipeline.operator-chaining.enabled`.
+    pub chaining: bool,
 }
 
 /// JobManager → TaskManager.
@@ -68,6 +127,20 @@ pub enum JmToTm {
     },
     /// Periodic: the JobManager is alive.
     Heartbeat,
+    /// Run a subtask.
+    Deploy(Box<TaskDeployment>),
+    /// Cancel every task of this job attempt.
+    Cancel {
+        /// Job id.
+        job_id: String,
+        /// Attempt.
+        attempt: u32,
+    },
+    /// The job is over: remove whatever of it is left (shared-memory rings).
+    JobEnded {
+        /// Job id.
+        job_id: String,
+    },
 }
 
 /// A fresh random-looking 32-hex-digit id (Flink's id format), from the clock and pid.

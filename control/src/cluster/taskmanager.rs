@@ -2,13 +2,15 @@
 //! heartbeats both ways, and re-registers when the JobManager comes back.
 
 use super::heartbeat::HeartbeatMonitor;
-use super::{JmToTm, SlotInfo, TaskManagerId, TmToJm};
+use super::{JmToTm, SlotInfo, TaskDeployment, TaskKey, TaskManagerId, TaskState, TmToJm};
 use crate::config::Config;
 use crate::minicluster::start_slots;
 use crate::rpc::{ConnId, Endpoint, Event};
-use spate_dataplane::slot::Slot;
+use spate_dataplane::slot::{Slot, SlotEvent, TaskId};
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 /// How long to wait before connecting again after losing the JobManager.
@@ -26,13 +28,21 @@ pub struct TaskManager {
     id: TaskManagerId,
     config: Config,
     slots: Vec<Slot>,
+    events: Receiver<SlotEvent>,
     endpoint: Endpoint<JmToTm, TmToJm>,
+    /// Tasks running here: slot-local id → (subtask, slot).
+    tasks: HashMap<TaskId, (TaskKey, usize)>,
+    next_task: u64,
+    /// The JobManager connection state reports go to.
+    jm: Option<ConnId>,
+    /// The session id of the JobManager last registered with.
+    last_jobmanager: Option<String>,
 }
 
 impl TaskManager {
     /// Starts the slots and the RPC client.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
-        let (slots, _events) = start_slots(config, "spate-tm-slot")?;
+        let (slots, events) = start_slots(config, "spate-tm-slot")?;
         let id = TaskManagerId(format!(
             "{}:{}-{}",
             config.taskmanager_host,
@@ -44,7 +54,12 @@ impl TaskManager {
             id,
             config: config.clone(),
             slots,
+            events,
             endpoint,
+            tasks: HashMap::new(),
+            next_task: 0,
+            jm: None,
+            last_jobmanager: None,
         })
     }
 
@@ -59,7 +74,11 @@ impl TaskManager {
             .map(|s| SlotInfo {
                 index: s.index() as u32,
                 core: s.core().map(|c| c as u32),
-                job: None,
+                job: self
+                    .tasks
+                    .values()
+                    .find(|(_, slot)| *slot == s.index())
+                    .map(|(k, _)| k.job_id.clone()),
             })
             .collect()
     }
@@ -122,6 +141,18 @@ impl TaskManager {
                         match msg {
                             JmToTm::Registered { jobmanager_id, .. } => {
                                 tracing::info!(%jobmanager_id, "registered with the JobManager");
+                                self.jm = Some(conn);
+                                // A new JobManager knows nothing of the old one's jobs.
+                                if self
+                                    .last_jobmanager
+                                    .as_ref()
+                                    .is_some_and(|j| *j != jobmanager_id)
+                                {
+                                    for (id, (_, slot)) in &self.tasks {
+                                        self.slots[*slot].cancel(*id);
+                                    }
+                                }
+                                self.last_jobmanager = Some(jobmanager_id.clone());
                                 link = Link::Registered {
                                     conn,
                                     jobmanager_id,
@@ -132,6 +163,20 @@ impl TaskManager {
                                 self.endpoint.close(conn);
                             }
                             JmToTm::Heartbeat => {}
+                            JmToTm::Deploy(d) => self.deploy(&d),
+                            JmToTm::Cancel { job_id, attempt } => {
+                                for (id, (k, slot)) in &self.tasks {
+                                    if k.job_id == job_id && k.attempt == attempt {
+                                        self.slots[*slot].cancel(*id);
+                                    }
+                                }
+                            }
+                            JmToTm::JobEnded { job_id } => {
+                                let n = super::deploy::remove_rings(&job_id);
+                                if n > 0 {
+                                    tracing::info!(%job_id, files = n, "removed leftover rings");
+                                }
+                            }
                         }
                     }
                     Event::Disconnected { conn, reason } => {
@@ -150,6 +195,7 @@ impl TaskManager {
                             Link::Down { .. } => false,
                         };
                         if ours {
+                            self.jm = None;
                             tracing::warn!(%reason, "reconnecting to the JobManager");
                             link = Link::Down {
                                 retry_at: Instant::now() + RECONNECT_DELAY,
@@ -157,6 +203,9 @@ impl TaskManager {
                         }
                     }
                 }
+            }
+            while let Ok(ev) = self.events.try_recv() {
+                self.on_slot_event(ev);
             }
             for conn in jm_monitor.expire(now_ms()) {
                 tracing::warn!("JobManager heartbeat timed out; reconnecting");
@@ -178,5 +227,54 @@ impl TaskManager {
             }
         }
         tracing::info!(id = %self.id, "TaskManager stopping");
+    }
+
+    fn report(&self, task: TaskKey, state: TaskState) {
+        if let Some(conn) = self.jm {
+            self.endpoint.send(conn, TmToJm::TaskState { task, state });
+        }
+    }
+
+    fn deploy(&mut self, d: &TaskDeployment) {
+        let key = d.task.clone();
+        let slot = d.slot as usize;
+        if slot >= self.slots.len() {
+            self.report(
+                key,
+                TaskState::Failed(format!("no slot {slot} on {}", self.id)),
+            );
+            return;
+        }
+        let built = super::deploy::job_graph(d).and_then(|g| super::deploy::build(d, &g));
+        match built {
+            Ok(deployment) => {
+                let id = TaskId(self.next_task);
+                self.next_task += 1;
+                tracing::info!(task = %deployment.name, slot, "deploying");
+                self.tasks.insert(id, (key.clone(), slot));
+                if !self.slots[slot].submit(id, deployment.into_factory()) {
+                    self.tasks.remove(&id);
+                    self.report(key, TaskState::Failed(format!("slot {slot} has stopped")));
+                }
+            }
+            Err(e) => self.report(key, TaskState::Failed(e)),
+        }
+    }
+
+    fn on_slot_event(&mut self, ev: SlotEvent) {
+        let (id, state) = match ev {
+            SlotEvent::Running { task, .. } => (task, TaskState::Running),
+            SlotEvent::Finished { task, .. } => (task, TaskState::Finished),
+            SlotEvent::Failed { task, message, .. } => (task, TaskState::Failed(message)),
+            SlotEvent::Cancelled { task, .. } => (task, TaskState::Canceled),
+        };
+        let key = if state.is_terminal() {
+            self.tasks.remove(&id).map(|(k, _)| k)
+        } else {
+            self.tasks.get(&id).map(|(k, _)| k.clone())
+        };
+        if let Some(k) = key {
+            self.report(k, state);
+        }
     }
 }

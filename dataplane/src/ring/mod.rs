@@ -467,6 +467,61 @@ impl Ring {
         Self::validate(std::sync::Arc::new(region))
     }
 
+    /// The shared-memory ring `name`, created with `capacity` if it does not exist yet,
+    /// else attached (waiting up to `timeout` for its creator to finish writing the
+    /// header). Either side may come first; whichever drops last leaves no file behind
+    /// (each side removes the name when it drops).
+    pub fn open_shm(
+        name: &str,
+        capacity: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Self, RingError> {
+        let path = Self::shm_path(name)?;
+        match Self::create_file(&path, capacity, true) {
+            Ok(r) => return Ok(r),
+            Err(RingError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let attempt = (|| {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(format!("opening ring file {}", path.display())))?;
+                let len = file
+                    .metadata()
+                    .map_err(io_err(format!("opening ring file {}", path.display())))?
+                    .len();
+                if len < HEADER_LEN as u64 {
+                    return Err(RingError::Truncated { len });
+                }
+                let region = Region::map_file(&file, &path)
+                    .map_err(io_err(format!("mapping ring file {}", path.display())))?;
+                Self::validate(std::sync::Arc::new(region.unlink_on_drop()))
+            })();
+            match attempt {
+                Ok(r) if r.capacity == capacity => return Ok(r),
+                Ok(r) => {
+                    return Err(RingError::BadHeader {
+                        field: "capacity",
+                        found: r.capacity as u64,
+                        expected: capacity as u64,
+                    })
+                }
+                // The creator is between creating the file and writing its magic.
+                Err(RingError::Truncated { .. } | RingError::BadMagic { found: 0 })
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// A ring in a new memfd; share it with [`Ring::memfd_path`] or by passing the fd.
     pub fn memfd(name: &str, capacity: usize) -> Result<Self, RingError> {
         let cap = check_capacity(capacity as u64)?;

@@ -111,6 +111,15 @@ impl Region {
         })
     }
 
+    /// Removes the file when this region drops (for a shared ring whose either side may
+    /// be the last to let go).
+    pub fn unlink_on_drop(mut self) -> Self {
+        if let RegionKind::File(p) = &self.kind {
+            self.unlink = Some(p.clone());
+        }
+        self
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -446,3 +446,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn open_shm_creates_or_attaches_and_leaves_nothing_behind() {
+    let name = unique("open");
+    let path = Ring::shm_path(&name).unwrap();
+    let t = std::time::Duration::from_secs(2);
+    let a = Ring::open_shm(&name, 4096, t).unwrap();
+    let b = Ring::open_shm(&name, 4096, t).unwrap();
+    let mut p = b.producer().unwrap();
+    let mut c = a.consumer().unwrap();
+    p.try_send(FrameType::Data, b"x").unwrap();
+    assert_eq!(read_one(&mut c).unwrap().1, b"x");
+    assert!(matches!(
+        Ring::open_shm(&name, 8192, t),
+        Err(RingError::BadHeader {
+            field: "capacity",
+            ..
+        })
+    ));
+    drop((a, p));
+    drop((b, c));
+    assert!(!path.exists());
+}

@@ -1,0 +1,106 @@
+//! The CLI's side of a cluster: submit, list and cancel jobs through the JobManager's
+//! REST API.
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+use spate::config::Config;
+use spate::jobs::JobSpec;
+use std::time::Duration;
+
+/// `-m`, or the configuration's `jobmanager.rpc.address:rest.port`.
+pub fn address(m: Option<String>, c: &Config) -> String {
+    m.unwrap_or_else(|| format!("{}:{}", c.jobmanager_address, c.rest_port))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+/// Calls the API; a 4xx/5xx becomes an error carrying the server's message.
+fn call(req: ureq::Request, body: Option<Value>) -> Result<Value> {
+    let url = req.url().to_string();
+    let r = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match r {
+        Ok(resp) => Ok(resp.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, resp)) => {
+            let v: Value = resp.into_json().unwrap_or(Value::Null);
+            let msg = v["errors"][0].as_str().unwrap_or("no message").to_string();
+            bail!("the JobManager answered {code}: {msg}")
+        }
+        Err(e) => Err(anyhow!("cannot reach the JobManager at {url}: {e}")),
+    }
+}
+
+/// Submits `spec`; without `detached`, follows the job to its end.
+pub fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
+    let body = serde_json::to_value(spec)?;
+    let v = call(agent().post(&format!("http://{m}/jobs")), Some(body))?;
+    let id = v["jobid"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the JobManager returned no job id"))?
+        .to_string();
+    println!("Job has been submitted with JobID {id}");
+    if detached {
+        return Ok(true);
+    }
+    let mut last = String::new();
+    loop {
+        let v = call(agent().get(&format!("http://{m}/jobs/{id}")), None)?;
+        let state = v["state"].as_str().unwrap_or("UNKNOWN").to_string();
+        if state != last {
+            eprintln!("job {id}: {state}");
+            last = state.clone();
+        }
+        match state.as_str() {
+            "FINISHED" | "CANCELED" => return Ok(true),
+            "FAILED" => {
+                let e = call(
+                    agent().get(&format!("http://{m}/jobs/{id}/exceptions")),
+                    None,
+                )?;
+                eprintln!(
+                    "spate: job failed: {}",
+                    e["root-exception"]
+                        .as_str()
+                        .unwrap_or("no exception recorded")
+                );
+                return Ok(false);
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Prints the cluster's jobs.
+pub fn list(m: &str) -> Result<bool> {
+    let v = call(agent().get(&format!("http://{m}/jobs/overview")), None)?;
+    let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
+    if jobs.is_empty() {
+        println!("No jobs.");
+    }
+    for j in jobs {
+        println!(
+            "{} : {} ({}) {} ms",
+            j["jid"].as_str().unwrap_or("?"),
+            j["name"].as_str().unwrap_or("?"),
+            j["state"].as_str().unwrap_or("?"),
+            j["duration"]
+        );
+    }
+    Ok(true)
+}
+
+/// Cancels a job.
+pub fn cancel(m: &str, id: &str) -> Result<bool> {
+    call(
+        agent().request("PATCH", &format!("http://{m}/jobs/{id}?mode=cancel")),
+        None,
+    )?;
+    println!("Cancelled job {id}.");
+    Ok(true)
+}

@@ -1,0 +1,104 @@
+//! Turning a [`TaskDeployment`] into a running subtask on a TaskManager: the job graph
+//! is rebuilt from its spec, and the subtask's rings are opened by name in /dev/shm, so
+//! that two TaskManagers on one host exchange records exactly as slots of one process do.
+
+use super::TaskDeployment;
+use crate::graph::{EdgePartition, JobGraph};
+use crate::minicluster::Deployment;
+use spate_dataplane::operator::SubtaskInfo;
+use spate_dataplane::ring::{Ring, SHM_DIR};
+use std::time::Duration;
+
+/// How long a subtask waits for the other side of a ring to create it.
+pub const RING_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prefix of every ring file of a job.
+pub fn ring_prefix(job_id: &str) -> String {
+    format!("spate-{}-", &job_id[..job_id.len().min(16)])
+}
+
+/// The ring of edge `edge` from upstream subtask `up` to downstream subtask `down`.
+pub fn ring_name(job_id: &str, attempt: u32, edge: usize, up: usize, down: usize) -> String {
+    format!("{}a{attempt}-e{edge}-{up}-{down}", ring_prefix(job_id))
+}
+
+/// Removes the job's ring files left behind (by a process that died holding them).
+pub fn remove_rings(job_id: &str) -> usize {
+    let prefix = ring_prefix(job_id);
+    let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in dir.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix)
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The job graph a deployment belongs to, resolved as the JobManager resolved it.
+pub fn job_graph(d: &TaskDeployment) -> Result<JobGraph, String> {
+    d.spec
+        .job_graph(d.default_parallelism.max(1) as usize, d.chaining)
+}
+
+/// Builds the subtask's deployment: its chain and its rings, opened by name.
+pub fn build(d: &TaskDeployment, graph: &JobGraph) -> Result<Deployment, String> {
+    let v = d.task.vertex as usize;
+    let s = d.task.subtask as usize;
+    let vertex = graph
+        .vertices
+        .get(v)
+        .ok_or_else(|| format!("the job has no vertex {v}"))?;
+    if s >= vertex.parallelism {
+        return Err(format!("vertex {v} has no subtask {s}"));
+    }
+    let ring_size = usize::try_from(d.ring_size).map_err(|_| "ring size too large")?;
+    let open = |edge: usize, up: usize, down: usize| {
+        let name = ring_name(&d.task.job_id, d.task.attempt, edge, up, down);
+        Ring::open_shm(&name, ring_size, RING_OPEN_TIMEOUT)
+            .map_err(|e| format!("opening ring {name}: {e}"))
+    };
+    let mut outputs = Vec::new();
+    let mut inputs = Vec::new();
+    for (ei, e) in graph.edges.iter().enumerate() {
+        if e.from == v {
+            let targets: Vec<usize> = match e.partition {
+                EdgePartition::Forward => vec![s],
+                _ => (0..graph.vertices[e.to].parallelism).collect(),
+            };
+            let mut producers = Vec::new();
+            for t in targets {
+                producers.push(open(ei, s, t)?.producer().map_err(|e| e.to_string())?);
+            }
+            outputs.push((e.partition.clone(), producers));
+        }
+        if e.to == v {
+            let sources: Vec<usize> = match e.partition {
+                EdgePartition::Forward => vec![s],
+                _ => (0..graph.vertices[e.from].parallelism).collect(),
+            };
+            for u in sources {
+                inputs.push(open(ei, u, s)?.consumer().map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    Ok(Deployment {
+        vertex: v,
+        name: format!("{} ({}/{})", vertex.name, s + 1, vertex.parallelism),
+        info: SubtaskInfo {
+            index: s,
+            parallelism: vertex.parallelism,
+        },
+        chain: vertex
+            .nodes
+            .iter()
+            .map(|&n| graph.stream.nodes[n].clone())
+            .collect(),
+        outputs,
+        inputs,
+    })
+}
