@@ -302,6 +302,15 @@ fn w1_across_two_taskmanagers_equals_the_single_threaded_computation() {
         .map(|s| s["taskmanager-id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(tms.len(), 2, "{job}");
+    // Per-vertex records: every trade crossed the key exchange once.
+    assert_eq!(
+        job["vertices"][0]["metrics"]["write-records"], events,
+        "{job}"
+    );
+    assert_eq!(
+        job["vertices"][1]["metrics"]["read-records"], events,
+        "{job}"
+    );
     // Results per symbol, in order, equal the plain computation.
     let mut got: std::collections::HashMap<u32, Vec<i64>> = Default::default();
     for part in 0..2 {
@@ -373,7 +382,8 @@ fn a_killed_taskmanager_restarts_the_job_under_fixed_delay_or_fails_it_under_non
                 job_state(ports.rest, &id) == "RUNNING"
             });
             let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
-            assert_eq!(job["restarts"], 1, "{job}");
+            let (_, ex) = http(ports.rest, "GET", &format!("/jobs/{id}/exceptions"), "").unwrap();
+            assert_eq!(job["restarts"], 1, "{job}\n{ex}");
             let o = spate_cli(&["cancel", "-m", &m, &id]);
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             wait_for("CANCELED", Duration::from_secs(15), || {

@@ -13,12 +13,13 @@ use spate_dataplane::ring::{Consumer, Producer, Ring, RingError};
 use spate_dataplane::slot::{
     available_cores, plan_cores, Slot, SlotConfig, SlotEvent, Task, TaskError, TaskFactory, TaskId,
 };
-use spate_dataplane::task::Outputs;
+use spate_dataplane::task::{Outputs, TaskMetrics};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long the watching thread blocks between looks at the cancel flag. Kept long:
@@ -318,6 +319,7 @@ impl MiniCluster {
                         .collect(),
                     outputs: outs.remove(&(v.id, s)).unwrap_or_default(),
                     inputs: ins.remove(&(v.id, s)).unwrap_or_default(),
+                    metrics: Arc::default(),
                 });
             }
         }
@@ -342,6 +344,8 @@ pub struct Deployment {
     pub outputs: EdgeOutputs,
     /// Input rings.
     pub inputs: Vec<Consumer>,
+    /// Where the task counts its records.
+    pub metrics: Arc<TaskMetrics>,
 }
 
 impl Deployment {
@@ -357,6 +361,7 @@ impl Deployment {
             chain,
             outputs,
             inputs,
+            metrics,
             ..
         } = self;
         let (Some(head), Some(tail)) = (chain.first(), chain.last()) else {
@@ -379,7 +384,7 @@ impl Deployment {
                 .ok_or("internal: no output type")?
                 .tee(emits)?,
         };
-        let outputs = Outputs::new(controls, bp);
+        let outputs = Outputs::new(controls, bp).with_metrics(metrics);
         let last = chain.len() - 1;
         for (i, node) in chain.iter().enumerate().rev() {
             match &node.build {

@@ -194,20 +194,35 @@ async fn job(State(st): State<SharedState>, Path(id): Path<String>) -> Response 
                 .tasks
                 .iter()
                 .filter(|(k, _)| k.0 as usize == x.id)
-                .map(|(k, t)| json!({
-                    "subtask": k.1,
-                    "taskmanager-id": t.taskmanager.0,
-                    "slot": t.slot,
-                    "status": match &t.state {
-                        None => "DEPLOYING",
-                        Some(TaskState::Running) => "RUNNING",
-                        Some(TaskState::Finished) => "FINISHED",
-                        Some(TaskState::Failed(_)) => "FAILED",
-                        Some(TaskState::Canceled) => "CANCELED",
-                    },
-                }))
+                .map(|(k, t)| {
+                    json!({
+                        "subtask": k.1,
+                        "taskmanager-id": t.taskmanager.0,
+                        "slot": t.slot,
+                        "status": match &t.state {
+                            None => "DEPLOYING",
+                            Some(TaskState::Running) => "RUNNING",
+                            Some(TaskState::Finished) => "FINISHED",
+                            Some(TaskState::Failed(_)) => "FAILED",
+                            Some(TaskState::Canceled) => "CANCELED",
+                        },
+                    })
+                })
                 .collect();
-            json!({ "id": x.id.to_string(), "name": x.name, "parallelism": x.parallelism, "subtasks": sub })
+            let (rin, rout) = j
+                .tasks
+                .iter()
+                .filter(|(k, _)| k.0 as usize == x.id)
+                .fold((0u64, 0u64), |a, (_, t)| {
+                    (a.0 + t.records_in, a.1 + t.records_out)
+                });
+            json!({
+                "id": x.id.to_string(),
+                "name": x.name,
+                "parallelism": x.parallelism,
+                "metrics": { "read-records": rin, "write-records": rout },
+                "subtasks": sub,
+            })
         })
         .collect::<Vec<_>>());
     Json(v).into_response()

@@ -71,6 +71,8 @@ pub trait OutputControl {
     fn drain(&mut self) -> bool;
     /// Publishes committed frames.
     fn publish(&mut self);
+    /// Records written since the last call.
+    fn take_records(&mut self) -> u64;
 }
 
 /// Shared flag: some output of this task has records waiting.
@@ -89,6 +91,8 @@ pub struct RingOutput<T> {
     publish_threshold: u64,
     /// Drains that found the ring still full, in a row.
     stalled: u32,
+    /// Records written since `take_records`.
+    written: u64,
 }
 
 impl<T: Wire + Clone> RingOutput<T> {
@@ -112,6 +116,7 @@ impl<T: Wire + Clone> RingOutput<T> {
             backpressure,
             publish_threshold,
             stalled: 0,
+            written: 0,
         }
     }
 
@@ -159,6 +164,7 @@ impl<T: Wire + Clone> RingOutput<T> {
 
     #[inline]
     fn send(&mut self, ch: usize, rec: T) {
+        self.written += 1;
         if !self.waiting.is_empty() || !self.try_write(ch, Some(&rec)) {
             self.waiting.push_back((ch, Some(rec)));
             self.backpressure.set(true);
@@ -200,6 +206,10 @@ impl<T: Wire + Clone> OutputControl for RingOutput<T> {
         for p in &mut self.producers {
             p.publish();
         }
+    }
+
+    fn take_records(&mut self) -> u64 {
+        std::mem::take(&mut self.written)
     }
 }
 

@@ -15,6 +15,8 @@ use crate::ring::{Consumer, FrameType, PeerState};
 use crate::slot::{Task, TaskError, TaskPoll};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Records a task moves per poll at most (per input, for input tasks).
 pub const BATCH: usize = 256;
@@ -22,10 +24,32 @@ pub const BATCH: usize = 256;
 /// How often an idle input checks that its producer is still there (ns).
 pub const PEER_CHECK_NS: u64 = 10_000_000;
 
-/// The outputs of a task and their shared backpressure flag.
+/// Records into and out of a task (its chain's head and its ring outputs), published
+/// once per poll, read by whoever reports metrics.
+#[derive(Debug, Default)]
+pub struct TaskMetrics {
+    records_in: AtomicU64,
+    records_out: AtomicU64,
+}
+
+impl TaskMetrics {
+    /// Records read from the task's input rings.
+    pub fn records_in(&self) -> u64 {
+        // Relaxed: counters for reports; nothing else is read through them.
+        self.records_in.load(Ordering::Relaxed)
+    }
+
+    /// Records written to the task's output rings.
+    pub fn records_out(&self) -> u64 {
+        self.records_out.load(Ordering::Relaxed)
+    }
+}
+
+/// The outputs of a task, their shared backpressure flag, and the task's metrics.
 pub struct Outputs {
     outputs: Vec<Rc<RefCell<dyn OutputControl>>>,
     backpressure: Backpressure,
+    metrics: Arc<TaskMetrics>,
 }
 
 impl Outputs {
@@ -34,7 +58,14 @@ impl Outputs {
         Self {
             outputs,
             backpressure,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<TaskMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Drains waiting records; true if the task may take input.
@@ -57,8 +88,14 @@ impl Outputs {
     }
 
     fn publish(&mut self) {
+        let mut out = 0;
         for o in &self.outputs {
-            o.borrow_mut().publish();
+            let mut o = o.borrow_mut();
+            o.publish();
+            out += o.take_records();
+        }
+        if out > 0 {
+            self.metrics.records_out.fetch_add(out, Ordering::Relaxed);
         }
     }
 }
@@ -187,6 +224,7 @@ impl<T: Wire> Task for InputTask<T> {
         }
         let now = clock::now_ns();
         let mut work = 0;
+        let mut records = 0u64;
         for (i, input) in self.inputs.iter_mut().enumerate() {
             if self.ended[i] {
                 continue;
@@ -203,6 +241,7 @@ impl<T: Wire> Task for InputTask<T> {
                         let rec = T::decode(frame.payload())
                             .map_err(|e| TaskError(format!("input {i}: {e}")))?;
                         self.head.emit(rec);
+                        records += 1;
                     }
                     FrameType::EndOfStream => {
                         self.ended[i] = true;
@@ -221,6 +260,12 @@ impl<T: Wire> Task for InputTask<T> {
                 check_producer(i, input, now)?;
             }
             work += n;
+        }
+        if records > 0 {
+            self.outputs
+                .metrics
+                .records_in
+                .fetch_add(records, Ordering::Relaxed);
         }
         self.head.tick(now);
         if self.open == 0 {

@@ -100,5 +100,6 @@ pub fn build(d: &TaskDeployment, graph: &JobGraph) -> Result<Deployment, String>
             .collect(),
         outputs,
         inputs,
+        metrics: std::sync::Arc::default(),
     })
 }

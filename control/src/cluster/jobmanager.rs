@@ -2,7 +2,9 @@
 //! heartbeats both ways, slot reports), served over RPC, with the Dispatcher's REST API.
 
 use super::heartbeat::HeartbeatMonitor;
-use super::{JmToTm, SlotInfo, TaskDeployment, TaskKey, TaskManagerId, TaskState, TmToJm};
+use super::{
+    JmToTm, SlotInfo, TaskDeployment, TaskKey, TaskManagerId, TaskRecords, TaskState, TmToJm,
+};
 use crate::config::Config;
 use crate::jobs::JobSpec;
 use crate::rest::RestServer;
@@ -113,6 +115,10 @@ pub struct TaskSlot {
     pub slot: u32,
     /// `None` until the TaskManager reports it.
     pub state: Option<TaskState>,
+    /// Records read from its input rings, as last reported.
+    pub records_in: u64,
+    /// Records written to its output rings, as last reported.
+    pub records_out: u64,
 }
 
 /// A failure, for `/jobs/:id/exceptions`.
@@ -314,6 +320,22 @@ impl JobManager {
         }
     }
 
+    fn update_records(&self, records: &[TaskRecords]) {
+        let mut st = lock(&self.state);
+        for r in records {
+            let Some(j) = st.jobs.get_mut(&r.task.job_id) else {
+                continue;
+            };
+            if j.attempt != r.task.attempt {
+                continue;
+            }
+            if let Some(t) = j.tasks.get_mut(&(r.task.vertex, r.task.subtask)) {
+                t.records_in = r.records_in;
+                t.records_out = r.records_out;
+            }
+        }
+    }
+
     fn on_command(&mut self, cmd: JmCommand) {
         match cmd {
             JmCommand::Submit(spec, reply) => {
@@ -421,6 +443,8 @@ impl JobManager {
                         taskmanager: tm.clone(),
                         slot,
                         state: None,
+                        records_in: 0,
+                        records_out: 0,
                     },
                 );
                 sends.push((
@@ -687,7 +711,8 @@ impl JobManager {
                         },
                     );
                 }
-                TmToJm::Heartbeat { slots } => {
+                TmToJm::Heartbeat { slots, tasks } => {
+                    self.update_records(&tasks);
                     let Some(id) = self.conns.get(&conn).cloned() else {
                         self.endpoint.send(
                             conn,
@@ -706,7 +731,12 @@ impl JobManager {
                     drop(st);
                     self.monitor.heard(id, now);
                 }
-                TmToJm::TaskState { task, state } => {
+                TmToJm::TaskState {
+                    task,
+                    state,
+                    records,
+                } => {
+                    self.update_records(std::slice::from_ref(&records));
                     self.task_changed(
                         &task.job_id,
                         Some(task.attempt),

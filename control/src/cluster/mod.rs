@@ -45,10 +45,12 @@ pub enum TmToJm {
         /// CPU cores this process may use.
         cores: u32,
     },
-    /// Periodic, with the slot report.
+    /// Periodic, with the slot report and the running tasks' record counts.
     Heartbeat {
         /// Current slot occupancy.
         slots: Vec<SlotInfo>,
+        /// Records in and out of each running task.
+        tasks: Vec<TaskRecords>,
     },
     /// A deployed subtask changed state.
     TaskState {
@@ -56,6 +58,8 @@ pub enum TmToJm {
         task: TaskKey,
         /// Its new state.
         state: TaskState,
+        /// Its record counts at that moment.
+        records: TaskRecords,
     },
 }
 
@@ -70,6 +74,17 @@ pub struct TaskKey {
     pub vertex: u32,
     /// Subtask index.
     pub subtask: u32,
+}
+
+/// Records into and out of one subtask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecords {
+    /// Which subtask.
+    pub task: TaskKey,
+    /// Records read from its input rings.
+    pub records_in: u64,
+    /// Records written to its output rings.
+    pub records_out: u64,
 }
 
 /// A subtask's state (Flink's ExecutionState, reduced).

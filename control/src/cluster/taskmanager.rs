@@ -2,15 +2,19 @@
 //! heartbeats both ways, and re-registers when the JobManager comes back.
 
 use super::heartbeat::HeartbeatMonitor;
-use super::{JmToTm, SlotInfo, TaskDeployment, TaskKey, TaskManagerId, TaskState, TmToJm};
+use super::{
+    JmToTm, SlotInfo, TaskDeployment, TaskKey, TaskManagerId, TaskRecords, TaskState, TmToJm,
+};
 use crate::config::Config;
 use crate::minicluster::start_slots;
 use crate::rpc::{ConnId, Endpoint, Event};
 use spate_dataplane::slot::{Slot, SlotEvent, TaskId};
+use spate_dataplane::task::TaskMetrics;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long to wait before connecting again after losing the JobManager.
@@ -32,6 +36,8 @@ pub struct TaskManager {
     endpoint: Endpoint<JmToTm, TmToJm>,
     /// Tasks running here: slot-local id → (subtask, slot).
     tasks: HashMap<TaskId, (TaskKey, usize)>,
+    /// Their record counters.
+    metrics: HashMap<TaskId, Arc<TaskMetrics>>,
     next_task: u64,
     /// The JobManager connection state reports go to.
     jm: Option<ConnId>,
@@ -57,6 +63,7 @@ impl TaskManager {
             events,
             endpoint,
             tasks: HashMap::new(),
+            metrics: HashMap::new(),
             next_task: 0,
             jm: None,
             last_jobmanager: None,
@@ -217,10 +224,16 @@ impl TaskManager {
             if let Link::Registered { conn, .. } = &link {
                 if Instant::now() >= next_beat {
                     next_beat = Instant::now() + interval;
+                    let tasks = self
+                        .tasks
+                        .iter()
+                        .map(|(id, (k, _))| self.records(*id, k.clone()))
+                        .collect();
                     self.endpoint.send(
                         *conn,
                         TmToJm::Heartbeat {
                             slots: self.slot_report(),
+                            tasks,
                         },
                     );
                 }
@@ -229,9 +242,33 @@ impl TaskManager {
         tracing::info!(id = %self.id, "TaskManager stopping");
     }
 
-    fn report(&self, task: TaskKey, state: TaskState) {
+    fn records(&self, id: TaskId, task: TaskKey) -> TaskRecords {
+        let m = self.metrics.get(&id);
+        TaskRecords {
+            task,
+            records_in: m.map_or(0, |m| m.records_in()),
+            records_out: m.map_or(0, |m| m.records_out()),
+        }
+    }
+
+    fn report(&self, id: Option<TaskId>, task: TaskKey, state: TaskState) {
         if let Some(conn) = self.jm {
-            self.endpoint.send(conn, TmToJm::TaskState { task, state });
+            let records = match id {
+                Some(id) => self.records(id, task.clone()),
+                None => TaskRecords {
+                    task: task.clone(),
+                    records_in: 0,
+                    records_out: 0,
+                },
+            };
+            self.endpoint.send(
+                conn,
+                TmToJm::TaskState {
+                    task,
+                    state,
+                    records,
+                },
+            );
         }
     }
 
@@ -239,10 +276,8 @@ impl TaskManager {
         let key = d.task.clone();
         let slot = d.slot as usize;
         if slot >= self.slots.len() {
-            self.report(
-                key,
-                TaskState::Failed(format!("no slot {slot} on {}", self.id)),
-            );
+            let failed = TaskState::Failed(format!("no slot {slot} on {}", self.id));
+            self.report(None, key, failed);
             return;
         }
         let built = super::deploy::job_graph(d).and_then(|g| super::deploy::build(d, &g));
@@ -252,12 +287,15 @@ impl TaskManager {
                 self.next_task += 1;
                 tracing::info!(task = %deployment.name, slot, "deploying");
                 self.tasks.insert(id, (key.clone(), slot));
+                self.metrics.insert(id, deployment.metrics.clone());
                 if !self.slots[slot].submit(id, deployment.into_factory()) {
                     self.tasks.remove(&id);
-                    self.report(key, TaskState::Failed(format!("slot {slot} has stopped")));
+                    self.metrics.remove(&id);
+                    let failed = TaskState::Failed(format!("slot {slot} has stopped"));
+                    self.report(None, key, failed);
                 }
             }
-            Err(e) => self.report(key, TaskState::Failed(e)),
+            Err(e) => self.report(None, key, TaskState::Failed(e)),
         }
     }
 
@@ -268,13 +306,13 @@ impl TaskManager {
             SlotEvent::Failed { task, message, .. } => (task, TaskState::Failed(message)),
             SlotEvent::Cancelled { task, .. } => (task, TaskState::Canceled),
         };
-        let key = if state.is_terminal() {
-            self.tasks.remove(&id).map(|(k, _)| k)
-        } else {
-            self.tasks.get(&id).map(|(k, _)| k.clone())
+        let Some(key) = self.tasks.get(&id).map(|(k, _)| k.clone()) else {
+            return;
         };
-        if let Some(k) = key {
-            self.report(k, state);
+        self.report(Some(id), key, state.clone());
+        if state.is_terminal() {
+            self.tasks.remove(&id);
+            self.metrics.remove(&id);
         }
     }
 }

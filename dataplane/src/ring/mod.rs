@@ -486,6 +486,14 @@ impl Ring {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let attempt = (|| {
+                // The file may have gone since our create failed (its creator let go):
+                // then it is ours to create.
+                match Self::create_file(&path, capacity, true) {
+                    Ok(r) => return Ok(r),
+                    Err(RingError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
                 let file = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -500,10 +508,13 @@ impl Ring {
                 }
                 let region = Region::map_file(&file, &path)
                     .map_err(io_err(format!("mapping ring file {}", path.display())))?;
-                Self::validate(std::sync::Arc::new(region.unlink_on_drop()))
+                Self::validate(std::sync::Arc::new(region))
             })();
             match attempt {
-                Ok(r) if r.capacity == capacity => return Ok(r),
+                Ok(r) if r.capacity == capacity => {
+                    r.mem.region().arm_unlink();
+                    return Ok(r);
+                }
                 Ok(r) => {
                     return Err(RingError::BadHeader {
                         field: "capacity",
@@ -511,9 +522,16 @@ impl Ring {
                         expected: capacity as u64,
                     })
                 }
-                // The creator is between creating the file and writing its magic.
+                // The creator is between creating the file and writing its magic, or the
+                // file went between our create and our open.
                 Err(RingError::Truncated { .. } | RingError::BadMagic { found: 0 })
                     if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(RingError::Io { ref source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }

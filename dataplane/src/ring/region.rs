@@ -17,7 +17,8 @@ pub const SHM_DIR: &str = "/dev/shm";
 pub struct Region {
     map: MmapRaw,
     kind: RegionKind,
-    unlink: Option<PathBuf>,
+    /// The file to remove on drop, once armed.
+    unlink: std::sync::OnceLock<PathBuf>,
 }
 
 /// What backs a [`Region`].
@@ -39,7 +40,7 @@ impl Region {
         Ok(Self {
             map: MmapRaw::from(map),
             kind: RegionKind::Anonymous,
-            unlink: None,
+            unlink: std::sync::OnceLock::new(),
         })
     }
 
@@ -60,7 +61,13 @@ impl Region {
             Ok(map) => Ok(Self {
                 map,
                 kind: RegionKind::File(path.to_path_buf()),
-                unlink: unlink_on_drop.then(|| path.to_path_buf()),
+                unlink: {
+                    let u = std::sync::OnceLock::new();
+                    if unlink_on_drop {
+                        let _ = u.set(path.to_path_buf());
+                    }
+                    u
+                },
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(path);
@@ -86,7 +93,7 @@ impl Region {
         Ok(Self {
             map,
             kind: RegionKind::File(path.to_path_buf()),
-            unlink: None,
+            unlink: std::sync::OnceLock::new(),
         })
     }
 
@@ -107,17 +114,17 @@ impl Region {
         Ok(Self {
             map,
             kind: RegionKind::Memfd(OwnedFd::from(file)),
-            unlink: None,
+            unlink: std::sync::OnceLock::new(),
         })
     }
 
     /// Removes the file when this region drops (for a shared ring whose either side may
-    /// be the last to let go).
-    pub fn unlink_on_drop(mut self) -> Self {
+    /// be the last to let go). Armed only once the file is known to be a valid ring, so a
+    /// look at a half-created file never removes it from under its creator.
+    pub fn arm_unlink(&self) {
         if let RegionKind::File(p) = &self.kind {
-            self.unlink = Some(p.clone());
+            let _ = self.unlink.set(p.clone());
         }
-        self
     }
 
     /// Length in bytes.

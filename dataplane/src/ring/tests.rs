@@ -469,3 +469,16 @@ fn open_shm_creates_or_attaches_and_leaves_nothing_behind() {
     drop((b, c));
     assert!(!path.exists());
 }
+
+/// Regression: attaching while the creator had not yet written the magic removed the
+/// file from under it (seen as a restarted cluster job failing to open its rings).
+#[test]
+fn attaching_to_a_half_created_ring_leaves_the_file_to_its_creator() {
+    let name = unique("half");
+    let path = Ring::shm_path(&name).unwrap();
+    let _g = Unlink(path.clone());
+    std::fs::write(&path, vec![0u8; HEADER_LEN + 4096]).unwrap();
+    let r = Ring::open_shm(&name, 4096, std::time::Duration::from_millis(20));
+    assert!(matches!(r, Err(RingError::BadMagic { found: 0 })), "{r:?}");
+    assert!(path.exists(), "a look must not remove the creator's file");
+}
