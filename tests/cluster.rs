@@ -32,6 +32,17 @@ struct Ports {
 }
 
 fn spate(role: &str, ports: &Ports, extra: &[&str]) -> Proc {
+    spawn(env!("CARGO_BIN_EXE_spate").as_ref(), role, ports, extra)
+}
+
+/// The application-mode example binary (cargo builds examples for `cargo test`).
+fn example_binary() -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let dir = deps.parent().unwrap().parent().unwrap();
+    dir.join("examples").join("price_highs")
+}
+
+fn spawn(bin: &std::path::Path, role: &str, ports: &Ports, extra: &[&str]) -> Proc {
     let conf = tempfile::tempdir().unwrap();
     let mut args = vec![
         role.to_string(),
@@ -53,7 +64,7 @@ fn spate(role: &str, ports: &Ports, extra: &[&str]) -> Proc {
     for e in extra {
         args.push((*e).into());
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_spate"))
+    let child = Command::new(bin)
         .args(&args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -214,7 +225,11 @@ fn bad_requests_get_json_errors_and_garbage_rpc_is_shrugged_off() {
 }
 
 fn spate_cli(args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
+    cli_of(env!("CARGO_BIN_EXE_spate").as_ref(), args)
+}
+
+fn cli_of(bin: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(bin)
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -395,5 +410,78 @@ fn a_killed_taskmanager_restarts_the_job_under_fixed_delay_or_fails_it_under_non
         wait_for("the job's rings to be gone", Duration::from_secs(5), || {
             leftover_rings(&id).is_empty()
         });
+    }
+}
+
+#[test]
+fn an_application_mode_binary_runs_its_own_job_as_every_role() {
+    use spate::dataplane::operator::source::TradeGenerator;
+    use spate::dataplane::operator::SubtaskInfo;
+    let bin = example_binary();
+    assert!(bin.exists(), "{} (built by cargo test)", bin.display());
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spawn(&bin, "jobmanager", &ports, &[]);
+    let _tm1 = spawn(&bin, "taskmanager", &ports, &[]);
+    let _tm2 = spawn(&bin, "taskmanager", &ports, &[]);
+    wait_for("two TaskManagers", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(2)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("highs");
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let events = 100_000u64;
+    let o = cli_of(
+        &bin,
+        &[
+            "run",
+            "-m",
+            &m,
+            "-p",
+            "2",
+            "--events",
+            &events.to_string(),
+            "--output",
+            out.to_str().unwrap(),
+            "price-highs",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Each symbol's highs rise, and the last one is the symbol's maximum price.
+    let mut highs: std::collections::HashMap<u32, Vec<i64>> = Default::default();
+    for part in 0..2 {
+        let text = std::fs::read_to_string(format!("{}.{part}", out.display())).unwrap();
+        for line in text.lines() {
+            let (s, p) = line
+                .trim_matches(|c| c == '(' || c == ')')
+                .split_once(", ")
+                .unwrap();
+            highs
+                .entry(s.parse().unwrap())
+                .or_default()
+                .push(p.parse().unwrap());
+        }
+    }
+    let mut max: std::collections::HashMap<u32, i64> = Default::default();
+    for i in 0..2 {
+        let mut g = TradeGenerator::new(
+            42,
+            SubtaskInfo {
+                index: i,
+                parallelism: 2,
+            },
+        );
+        for _ in 0..events / 2 {
+            let t = g.next_trade(0);
+            let m = max.entry(t.symbol).or_insert(i64::MIN);
+            *m = (*m).max(t.price);
+        }
+    }
+    assert_eq!(highs.len(), max.len());
+    for (s, h) in &highs {
+        assert!(h.windows(2).all(|w| w[0] < w[1]), "symbol {s}: {h:?}");
+        assert_eq!(h.last(), max.get(s), "symbol {s}");
     }
 }

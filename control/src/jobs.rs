@@ -168,6 +168,42 @@ pub fn wordcount_reference(text: &str) -> HashMap<String, u64> {
     m
 }
 
+/// Declares an application's job on an environment, from its spec (arguments,
+/// parallelism, ...). Errors say what is wrong with the spec.
+pub type JobBuilder = fn(&StreamExecutionEnvironment, &JobSpec) -> Result<(), String>;
+
+fn registry() -> &'static std::sync::RwLock<std::collections::BTreeMap<String, JobBuilder>> {
+    static REGISTRY: std::sync::OnceLock<
+        std::sync::RwLock<std::collections::BTreeMap<String, JobBuilder>>,
+    > = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Registers an application's job under `name` (application mode): a program that
+/// links spate registers its jobs, then calls [`crate::cli::main`], so that the same
+/// binary runs them as client, JobManager and TaskManager alike.
+pub fn register(name: &str, build: JobBuilder) {
+    let mut r = match registry().write() {
+        Ok(r) => r,
+        Err(p) => p.into_inner(),
+    };
+    r.insert(name.to_string(), build);
+}
+
+fn registered(name: &str) -> Option<JobBuilder> {
+    match registry().read() {
+        Ok(r) => r.get(name).copied(),
+        Err(p) => p.into_inner().get(name).copied(),
+    }
+}
+
+fn registered_names() -> Vec<String> {
+    match registry().read() {
+        Ok(r) => r.keys().cloned().collect(),
+        Err(p) => p.into_inner().keys().cloned().collect(),
+    }
+}
+
 /// A built-in job and its parameters: what `spate run` and `POST /jobs` name, and what
 /// every TaskManager rebuilds its part of the job from.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -269,11 +305,17 @@ impl JobSpec {
                 std::fs::metadata(&path).map_err(|e| format!("cannot read {file}: {e}"))?;
                 wordcount(env, &path, None);
             }
-            other => {
-                return Err(format!(
-                    "unknown job '{other}': the built-in jobs are vwap and wordcount"
-                ))
-            }
+            other => match registered(other) {
+                Some(build) => build(env, self)?,
+                None => {
+                    let mut names = vec!["vwap".to_string(), "wordcount".to_string()];
+                    names.extend(registered_names());
+                    return Err(format!(
+                        "unknown job '{other}': the jobs of this binary are {}",
+                        names.join(", ")
+                    ));
+                }
+            },
         }
         Ok(())
     }

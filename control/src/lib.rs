@@ -5,6 +5,8 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cli;
+mod cli_client;
 pub mod cluster;
 pub mod config;
 pub mod graph;

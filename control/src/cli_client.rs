@@ -1,14 +1,14 @@
 //! The CLI's side of a cluster: submit, list and cancel jobs through the JobManager's
 //! REST API.
 
+use crate::config::Config;
+use crate::jobs::JobSpec;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
-use spate::config::Config;
-use spate::jobs::JobSpec;
 use std::time::Duration;
 
 /// `-m`, or the configuration's `jobmanager.rpc.address:rest.port`.
-pub fn address(m: Option<String>, c: &Config) -> String {
+pub(crate) fn address(m: Option<String>, c: &Config) -> String {
     m.unwrap_or_else(|| format!("{}:{}", c.jobmanager_address, c.rest_port))
 }
 
@@ -37,7 +37,7 @@ fn call(req: ureq::Request, body: Option<Value>) -> Result<Value> {
 }
 
 /// Submits `spec`; without `detached`, follows the job to its end.
-pub fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
+pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
     let body = serde_json::to_value(spec)?;
     let v = call(agent().post(&format!("http://{m}/jobs")), Some(body))?;
     let id = v["jobid"]
@@ -77,7 +77,7 @@ pub fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
 }
 
 /// Prints the cluster's jobs.
-pub fn list(m: &str) -> Result<bool> {
+pub(crate) fn list(m: &str) -> Result<bool> {
     let v = call(agent().get(&format!("http://{m}/jobs/overview")), None)?;
     let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
     if jobs.is_empty() {
@@ -96,7 +96,7 @@ pub fn list(m: &str) -> Result<bool> {
 }
 
 /// Cancels a job.
-pub fn cancel(m: &str, id: &str) -> Result<bool> {
+pub(crate) fn cancel(m: &str, id: &str) -> Result<bool> {
     call(
         agent().request("PATCH", &format!("http://{m}/jobs/{id}?mode=cancel")),
         None,

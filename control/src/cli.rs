@@ -1,0 +1,391 @@
+//! The `spate` command line: one binary that runs as client, JobManager or
+//! TaskManager. An application-mode program registers its own jobs
+//! ([`crate::jobs::register`]) and then calls [`main`], so that the same binary runs
+//! every role.
+
+use crate::cli_client as client;
+
+use crate::config::Config;
+use crate::graph::JobGraph;
+use crate::jobs::JobSpec;
+use crate::minicluster::{JobStatus, MiniCluster, Progress};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "spate",
+    version,
+    about = "spate: a low-latency stream processor with Flink's model"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+struct JobArgs {
+    /// Parallelism (client level: below operator and job settings, above parallelism.default).
+    #[arg(short = 'p', long)]
+    parallelism: Option<usize>,
+    /// Trades to generate (vwap); 0 runs until Ctrl-C.
+    #[arg(long, default_value_t = 50_000_000)]
+    events: u64,
+    /// Offered rate in events/s (vwap); events are stamped with their scheduled send time.
+    /// Without it, the source runs as fast as the pipeline takes events.
+    #[arg(long, allow_negative_numbers = true)]
+    rate: Option<f64>,
+    /// Measure the latency of one record in N (default: every record when --rate is
+    /// given, 1 in 16 when unpaced, where reading the clock would dominate the cost).
+    #[arg(long, value_name = "N")]
+    latency_sample: Option<u32>,
+    /// Seed of the trade generator (vwap).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Override a configuration key (repeatable), e.g. -D taskmanager.idle-strategy=busy-spin.
+    #[arg(short = 'D', value_name = "KEY=VALUE")]
+    defines: Vec<String>,
+    /// Configuration directory (default: $SPATE_CONF_DIR, else ./conf).
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    /// vwap: write (symbol, vwap) lines to PATH (PATH.N per subtask) instead of
+    /// measuring latency.
+    #[arg(long, value_name = "PATH")]
+    output: Option<String>,
+    /// Built-in job: vwap | wordcount FILE.
+    job: String,
+    /// The job's arguments.
+    args: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConfArgs {
+    /// Override a configuration key (repeatable), e.g. -D rest.port=8082.
+    #[arg(short = 'D', value_name = "KEY=VALUE")]
+    defines: Vec<String>,
+    /// Configuration directory (default: $SPATE_CONF_DIR, else ./conf).
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+}
+
+impl ConfArgs {
+    fn load(&self) -> Result<Config> {
+        Ok(Config::load(
+            &Config::dir(self.config_dir.as_deref()),
+            &self.defines,
+        )?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start a JobManager: the ResourceManager for TaskManagers (RPC on
+    /// jobmanager.rpc.port) and the REST API (rest.port).
+    Jobmanager {
+        #[command(flatten)]
+        conf: ConfArgs,
+    },
+    /// Start a TaskManager: pinned slots registered with the JobManager at
+    /// jobmanager.rpc.address:jobmanager.rpc.port.
+    Taskmanager {
+        #[command(flatten)]
+        conf: ConfArgs,
+    },
+    /// Run a job: on an embedded MiniCluster (printing its throughput and latency), or
+    /// with -m on a cluster's JobManager.
+    Run {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Submit to the JobManager's REST API at HOST:PORT instead of running locally.
+        #[arg(short = 'm', long = "jobmanager", value_name = "HOST:PORT")]
+        jobmanager: Option<String>,
+        /// With -m: return once the job is submitted.
+        #[arg(short = 'd', long)]
+        detached: bool,
+        /// Also write the summary as a JSON object to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// List the cluster's jobs.
+    List {
+        #[command(flatten)]
+        conf: ConfArgs,
+        /// The JobManager's REST address (default: jobmanager.rpc.address:rest.port).
+        #[arg(short = 'm', long = "jobmanager", value_name = "HOST:PORT")]
+        jobmanager: Option<String>,
+    },
+    /// Cancel a job on the cluster.
+    Cancel {
+        #[command(flatten)]
+        conf: ConfArgs,
+        /// The JobManager's REST address (default: jobmanager.rpc.address:rest.port).
+        #[arg(short = 'm', long = "jobmanager", value_name = "HOST:PORT")]
+        jobmanager: Option<String>,
+        /// The job's id.
+        id: String,
+    },
+    /// Print a job's graph: vertices, chained operators, parallelism, slot sharing groups, edges.
+    Info {
+        #[command(flatten)]
+        job: JobArgs,
+    },
+}
+
+fn spec(a: &JobArgs) -> JobSpec {
+    JobSpec {
+        job: a.job.clone(),
+        args: a.args.clone(),
+        parallelism: a.parallelism,
+        events: a.events,
+        rate: a.rate,
+        seed: a.seed,
+        latency_sample: a.latency_sample,
+        output: a.output.clone(),
+    }
+}
+
+fn prepare(a: &JobArgs) -> Result<(Config, JobGraph)> {
+    let dir = Config::dir(a.config_dir.as_deref());
+    let config = Config::load(&dir, &a.defines)?;
+    let graph = spec(a)
+        .job_graph(config.default_parallelism, config.chaining)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok((config, graph))
+}
+
+fn us(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.2} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.2} µs", ns as f64 / 1e3)
+    }
+}
+
+fn rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
+    let (config, graph) = prepare(&a)?;
+    spate_dataplane::clock::init();
+    let mut cluster = MiniCluster::start(&config)?;
+    let cores: Vec<String> = cluster
+        .slot_cores()
+        .iter()
+        .map(|c| c.map_or("unpinned".into(), |c| c.to_string()))
+        .collect();
+    let parallelism = graph
+        .vertices
+        .iter()
+        .map(|v| v.parallelism)
+        .max()
+        .unwrap_or(1);
+    eprintln!(
+        "spate: running '{}' at parallelism {} on a MiniCluster of {} slot(s) (cores {}), idle strategy {}",
+        a.job,
+        parallelism,
+        cores.len(),
+        cores.join(", "),
+        config.idle
+    );
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c2 = cancel.clone();
+    ctrlc::set_handler(move || c2.store(true, Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    let tty = std::io::stderr().is_terminal();
+    let mut last = (Duration::ZERO, 0u64);
+    let mut on_progress = |p: &Progress| {
+        let dt = (p.elapsed - last.0).as_secs_f64().max(1e-9);
+        let r = (p.records - last.1) as f64 / dt;
+        last = (p.elapsed, p.records);
+        let p99 = if p.latency.is_empty() {
+            "-".into()
+        } else {
+            us(p.latency.value_at_quantile(0.99))
+        };
+        let line = format!(
+            "[{:6.1}s] events {:>10}  rate {:>8}/s  p99 {}",
+            p.elapsed.as_secs_f64(),
+            p.records,
+            rate(r),
+            p99
+        );
+        if tty {
+            eprint!("\r{line}   ");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    let result = cluster.execute(&graph, &cancel, Duration::from_secs(1), &mut on_progress)?;
+    if tty {
+        eprintln!();
+    }
+    let p = &result.progress;
+    let secs = p.elapsed.as_secs_f64();
+    let eps = p.records as f64 / secs.max(1e-9);
+    let h = &p.latency;
+    let q = |x: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(x)
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "job          {}", a.job)?;
+    writeln!(out, "status       {:?}", result.status)?;
+    writeln!(out, "parallelism  {parallelism}")?;
+    if result.restarts > 0 {
+        writeln!(out, "restarts     {}", result.restarts)?;
+        for (i, e) in result.exceptions.iter().enumerate() {
+            writeln!(out, "failure {}    {e}", i + 1)?;
+        }
+    }
+    writeln!(out, "events       {}", p.records)?;
+    writeln!(out, "seconds      {secs:.3}")?;
+    writeln!(out, "events/s     {}", rate(eps))?;
+    if !h.is_empty() {
+        let sample = match spec(&a).latency_sample() {
+            1 => "every record".to_string(),
+            n => format!("1 in {n} records"),
+        };
+        writeln!(
+            out,
+            "latency of   {sample}, from the event timestamp to the sink"
+        )?;
+        writeln!(
+            out,
+            "latency      p50 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+            us(q(0.5)),
+            us(q(0.99)),
+            us(q(0.999)),
+            us(q(0.9999)),
+            us(h.max())
+        )?;
+    }
+    if let Some(path) = json {
+        let v = serde_json::json!({
+            "job": a.job,
+            "parallelism": parallelism,
+            "events": p.records,
+            "seconds": secs,
+            "events_per_s": eps,
+            "p50_ns": q(0.5),
+            "p99_ns": q(0.99),
+            "p999_ns": q(0.999),
+            "p9999_ns": q(0.9999),
+            "max_ns": if h.is_empty() { 0 } else { h.max() },
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    match result.status {
+        JobStatus::Failed(m) => {
+            eprintln!("spate: job failed: {m}");
+            Ok(false)
+        }
+        _ => Ok(true),
+    }
+}
+
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    ctrlc::set_handler(move || s2.store(true, Ordering::Relaxed))
+        .context("installing the signal handler")?;
+    Ok(stop)
+}
+
+fn jobmanager(conf: &ConfArgs) -> Result<bool> {
+    let config = conf.load()?;
+    let stop = stop_flag()?;
+    let mut jm = crate::cluster::jobmanager::JobManager::start(&config)?;
+    eprintln!(
+        "spate: JobManager listening for TaskManagers on {} and for REST on http://{}",
+        jm.rpc_addr().map_or("?".into(), |a| a.to_string()),
+        jm.rest_addr()
+    );
+    jm.run(&stop);
+    Ok(true)
+}
+
+fn taskmanager(conf: &ConfArgs) -> Result<bool> {
+    let config = conf.load()?;
+    let stop = stop_flag()?;
+    let mut tm = crate::cluster::taskmanager::TaskManager::start(&config)?;
+    eprintln!(
+        "spate: TaskManager {} with {} slot(s), registering with {}:{}",
+        tm.id(),
+        config.slots,
+        config.jobmanager_address,
+        config.jobmanager_port
+    );
+    tm.run(&stop);
+    Ok(true)
+}
+
+/// Parses the command line and runs the command; exits the process with its code.
+pub fn main() {
+    let cli = Cli::parse();
+    // Daemons log their lifecycle; a client run logs only what went wrong.
+    let default_level = match cli.cmd {
+        Cmd::Jobmanager { .. } | Cmd::Taskmanager { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let r = match cli.cmd {
+        Cmd::Jobmanager { conf } => jobmanager(&conf),
+        Cmd::Taskmanager { conf } => taskmanager(&conf),
+        Cmd::Run {
+            job,
+            json,
+            jobmanager: Some(m),
+            detached,
+        } => {
+            if json.is_some() {
+                eprintln!("spate: error: --json applies to local runs; a cluster job's figures are on its REST API");
+                std::process::exit(2);
+            }
+            client::run(&m, &spec(&job), detached)
+        }
+        Cmd::Run { job, json, .. } => run(job, json),
+        Cmd::List { conf, jobmanager } => conf
+            .load()
+            .and_then(|c| client::list(&client::address(jobmanager, &c))),
+        Cmd::Cancel {
+            conf,
+            jobmanager,
+            id,
+        } => conf
+            .load()
+            .and_then(|c| client::cancel(&client::address(jobmanager, &c), &id)),
+        Cmd::Info { job } => prepare(&job).map(|(_, g)| {
+            print!("{}", g.describe());
+            true
+        }),
+    };
+    match r {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("spate: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
