@@ -485,3 +485,29 @@ fn an_application_mode_binary_runs_its_own_job_as_every_role() {
         assert_eq!(h.last(), max.get(s), "symbol {s}");
     }
 }
+
+#[test]
+fn spate_local_is_a_whole_cluster_in_one_process() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _local = spate("local", &ports, &["-D", "taskmanager.numberOfTaskSlots=2"]);
+    wait_for("the local TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let o = spate_cli(&["run", "-m", &m, "-p", "2", "--events", "100000", "vwap"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id_first_line(&o);
+    assert_eq!(job_state(ports.rest, &id), "FINISHED");
+}
+
+fn submitted_id_first_line(o: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.lines()
+        .next()
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no job id in {text:?}"))
+        .to_string()
+}

@@ -96,6 +96,12 @@ enum Cmd {
         #[command(flatten)]
         conf: ConfArgs,
     },
+    /// Start a whole cluster in this process: a JobManager (with its REST API) and one
+    /// TaskManager, for jobs submitted with `spate run -m`.
+    Local {
+        #[command(flatten)]
+        conf: ConfArgs,
+    },
     /// Run a job: on an embedded MiniCluster (printing its throughput and latency), or
     /// with -m on a cluster's JobManager.
     Run {
@@ -320,6 +326,28 @@ fn jobmanager(conf: &ConfArgs) -> Result<bool> {
     Ok(true)
 }
 
+fn local(conf: &ConfArgs) -> Result<bool> {
+    let mut config = conf.load()?;
+    let stop = stop_flag()?;
+    let mut jm = crate::cluster::jobmanager::JobManager::start(&config)?;
+    if let Some(rpc) = jm.rpc_addr() {
+        config.jobmanager_port = rpc.port();
+    }
+    eprintln!(
+        "spate: local cluster with {} slot(s); REST on http://{}",
+        config.slots,
+        jm.rest_addr()
+    );
+    let s2 = stop.clone();
+    let jm_thread = std::thread::Builder::new()
+        .name("jobmanager".into())
+        .spawn(move || jm.run(&s2))?;
+    let mut tm = crate::cluster::taskmanager::TaskManager::start(&config)?;
+    tm.run(&stop);
+    let _ = jm_thread.join();
+    Ok(true)
+}
+
 fn taskmanager(conf: &ConfArgs) -> Result<bool> {
     let config = conf.load()?;
     let stop = stop_flag()?;
@@ -340,7 +368,7 @@ pub fn main() {
     let cli = Cli::parse();
     // Daemons log their lifecycle; a client run logs only what went wrong.
     let default_level = match cli.cmd {
-        Cmd::Jobmanager { .. } | Cmd::Taskmanager { .. } => "info",
+        Cmd::Jobmanager { .. } | Cmd::Taskmanager { .. } | Cmd::Local { .. } => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -352,6 +380,7 @@ pub fn main() {
     let r = match cli.cmd {
         Cmd::Jobmanager { conf } => jobmanager(&conf),
         Cmd::Taskmanager { conf } => taskmanager(&conf),
+        Cmd::Local { conf } => local(&conf),
         Cmd::Run {
             job,
             json,
