@@ -511,3 +511,107 @@ fn submitted_id_first_line(o: &std::process::Output) -> String {
         .unwrap_or_else(|| panic!("no job id in {text:?}"))
         .to_string()
 }
+
+fn subtask_attempts(rest: u16, id: &str) -> Vec<(u64, String)> {
+    let (_, job) = http(rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+    job["vertices"][0]["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["attempt"].as_u64().unwrap(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn region_failover_restarts_only_the_failed_pipeline() {
+    let bin = example_binary();
+    for failover in ["region", "full"] {
+        let ports = Ports {
+            rpc: free_port(),
+            rest: free_port(),
+        };
+        let f = format!("jobmanager.execution.failover-strategy={failover}");
+        let _jm = spawn(
+            &bin,
+            "jobmanager",
+            &ports,
+            &[
+                "-D",
+                &f,
+                "-D",
+                "restart-strategy.type=fixed-delay",
+                "-D",
+                "restart-strategy.fixed-delay.attempts=5",
+                "-D",
+                "restart-strategy.fixed-delay.delay=100 ms",
+            ],
+        );
+        let _tm1 = spawn(&bin, "taskmanager", &ports, &[]);
+        wait_for("one TaskManager", Duration::from_secs(15), || {
+            taskmanager_count(ports.rest) == Some(1)
+        });
+        let tm2 = spawn(&bin, "taskmanager", &ports, &[]);
+        wait_for("two TaskManagers", Duration::from_secs(15), || {
+            taskmanager_count(ports.rest) == Some(2)
+        });
+        let m = format!("127.0.0.1:{}", ports.rest);
+        let o = cli_of(
+            &bin,
+            &[
+                "run",
+                "-m",
+                &m,
+                "-d",
+                "-p",
+                "2",
+                "--events",
+                "0",
+                "--rate",
+                "20000",
+                "big-trades",
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let id = submitted_id(&o);
+        wait_for("RUNNING", Duration::from_secs(15), || {
+            job_state(ports.rest, &id) == "RUNNING"
+        });
+        // Subtask i runs in slot i of the TaskManagers in id order; find tm2's.
+        let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+        let tm2_id = format!(":{}-", tm2.0.id());
+        let on_tm2 = job["vertices"][0]["subtasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|s| s["taskmanager-id"].as_str().unwrap().contains(&tm2_id))
+            .unwrap();
+        let other = 1 - on_tm2;
+        drop(tm2);
+        let _tm3 = spawn(&bin, "taskmanager", &ports, &[]);
+        wait_for(
+            "the lost pipeline to run again",
+            Duration::from_secs(20),
+            || {
+                let a = subtask_attempts(ports.rest, &id);
+                a[on_tm2].0 > 0 && a.iter().all(|s| s.1 == "RUNNING")
+            },
+        );
+        let a = subtask_attempts(ports.rest, &id);
+        if failover == "region" {
+            assert_eq!(a[other].0, 0, "the other pipeline was not restarted: {a:?}");
+        } else {
+            assert!(a[other].0 > 0, "full failover restarts every task: {a:?}");
+        }
+        assert_eq!(job_state(ports.rest, &id), "RUNNING");
+        let o = cli_of(&bin, &["cancel", "-m", &m, &id]);
+        assert!(o.status.success());
+        wait_for("CANCELED", Duration::from_secs(15), || {
+            job_state(ports.rest, &id) == "CANCELED"
+        });
+    }
+}

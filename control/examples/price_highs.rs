@@ -55,7 +55,17 @@ fn price_highs(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), S
     Ok(())
 }
 
+/// Forward edges only: every parallel pipeline is its own region (for region failover).
+fn big_trades(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
+    let pace = spec.rate.map_or(Pace::Unpaced, Pace::Rate);
+    env.trades(spec.seed, (spec.events > 0).then_some(spec.events), pace)
+        .filter(|t: &Trade| t.qty > 50)
+        .discard();
+    Ok(())
+}
+
 fn main() {
     spate::jobs::register("price-highs", price_highs);
+    spate::jobs::register("big-trades", big_trades);
     spate::cli::main();
 }

@@ -197,6 +197,7 @@ async fn job(State(st): State<SharedState>, Path(id): Path<String>) -> Response 
                 .map(|(k, t)| {
                     json!({
                         "subtask": k.1,
+                        "attempt": t.attempt,
                         "taskmanager-id": t.taskmanager.0,
                         "slot": t.slot,
                         "status": match &t.state {

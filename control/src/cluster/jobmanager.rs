@@ -5,7 +5,7 @@ use super::heartbeat::HeartbeatMonitor;
 use super::{
     JmToTm, SlotInfo, TaskDeployment, TaskKey, TaskManagerId, TaskRecords, TaskState, TmToJm,
 };
-use crate::config::Config;
+use crate::config::{Config, FailoverStrategy};
 use crate::jobs::JobSpec;
 use crate::rest::RestServer;
 use crate::restart::{self, RestartBackoffTimeStrategy};
@@ -115,6 +115,8 @@ pub struct TaskSlot {
     pub slot: u32,
     /// `None` until the TaskManager reports it.
     pub state: Option<TaskState>,
+    /// The deployment it belongs to.
+    pub attempt: u32,
     /// Records read from its input rings, as last reported.
     pub records_in: u64,
     /// Records written to its output rings, as last reported.
@@ -141,7 +143,7 @@ pub struct JobEntry {
     pub spec: JobSpec,
     /// State.
     pub state: JobState,
-    /// Current execution attempt.
+    /// The latest deployment number (of the job or of one of its regions).
     pub attempt: u32,
     /// Restarts so far.
     pub restarts: u32,
@@ -158,9 +160,69 @@ pub struct JobEntry {
     /// Failures, oldest first.
     pub exceptions: Vec<ExceptionEntry>,
     strategy: Box<dyn RestartBackoffTimeStrategy>,
+    /// The strategy already refused (a region failure): fail when the tasks have ended.
+    strategy_exhausted: bool,
     restart_at: Option<Instant>,
     group_offsets: Vec<(String, usize)>,
     vertex_groups: Vec<String>,
+    /// Pipelined regions: subtasks connected by edges (all of a vertex's subtasks when
+    /// any of its edges is not forward; one pipeline per subtask index otherwise).
+    pub regions: Vec<Vec<(u32, u32)>>,
+    region_of: HashMap<(u32, u32), usize>,
+    /// Failover strategy for this job.
+    pub failover: FailoverStrategy,
+    /// Regions being restarted, with the time their restart is due (once their tasks
+    /// have all ended).
+    region_restarts: BTreeMap<usize, Option<Instant>>,
+}
+
+/// Computes the pipelined regions of a job graph (union-find over subtasks).
+pub fn pipelined_regions(graph: &crate::graph::JobGraph) -> Vec<Vec<(u32, u32)>> {
+    let mut ids: Vec<(u32, u32)> = Vec::new();
+    let mut index: HashMap<(u32, u32), usize> = HashMap::new();
+    for v in &graph.vertices {
+        for s in 0..v.parallelism {
+            index.insert((v.id as u32, s as u32), ids.len());
+            ids.push((v.id as u32, s as u32));
+        }
+    }
+    let mut parent: Vec<usize> = (0..ids.len()).collect();
+    fn find(p: &mut [usize], mut x: usize) -> usize {
+        while p[x] != x {
+            p[x] = p[p[x]];
+            x = p[x];
+        }
+        x
+    }
+    let union = |p: &mut Vec<usize>, a: usize, b: usize| {
+        let (ra, rb) = (find(p, a), find(p, b));
+        if ra != rb {
+            p[ra] = rb;
+        }
+    };
+    for e in &graph.edges {
+        let up = &graph.vertices[e.from];
+        let down = &graph.vertices[e.to];
+        let forward = matches!(e.partition, crate::graph::EdgePartition::Forward);
+        for s in 0..up.parallelism {
+            let targets: Vec<usize> = if forward {
+                vec![s]
+            } else {
+                (0..down.parallelism).collect()
+            };
+            for t in targets {
+                let a = index[&(e.from as u32, s as u32)];
+                let b = index[&(e.to as u32, t as u32)];
+                union(&mut parent, a, b);
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<(u32, u32)>> = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let r = find(&mut parent, i);
+        groups.entry(r).or_default().push(*id);
+    }
+    groups.into_values().collect()
 }
 
 fn epoch_ms() -> u64 {
@@ -277,6 +339,7 @@ impl JobManager {
                 self.lose(&id, "heartbeat timed out");
             }
             self.restart_due_jobs();
+            self.restart_due_regions();
             if Instant::now() >= next_beat {
                 next_beat = Instant::now() + self.config.heartbeat_interval;
                 for conn in self.conns.keys() {
@@ -352,6 +415,12 @@ impl JobManager {
             .job_graph(self.config.default_parallelism, self.config.chaining)
             .map_err(|e| (400, e))?;
         let (group_offsets, needed) = graph.group_offsets();
+        let regions = pipelined_regions(&graph);
+        let region_of = regions
+            .iter()
+            .enumerate()
+            .flat_map(|(r, ts)| ts.iter().map(move |t| (*t, r)))
+            .collect();
         let free = self.free_slots().len();
         if needed > free {
             return Err((
@@ -381,6 +450,7 @@ impl JobManager {
             tasks: BTreeMap::new(),
             exceptions: Vec::new(),
             strategy: restart::from_config(&self.config),
+            strategy_exhausted: false,
             restart_at: None,
             group_offsets,
             vertex_groups: graph
@@ -388,6 +458,10 @@ impl JobManager {
                 .iter()
                 .map(|v| v.slot_sharing_group.clone())
                 .collect(),
+            regions,
+            region_of,
+            failover: self.config.failover_strategy,
+            region_restarts: BTreeMap::new(),
         };
         tracing::info!(job = %id, name = %job.spec.job, slots = needed, "job submitted");
         lock(&self.state).jobs.insert(id.clone(), job);
@@ -443,6 +517,7 @@ impl JobManager {
                         taskmanager: tm.clone(),
                         slot,
                         state: None,
+                        attempt: job.attempt,
                         records_in: 0,
                         records_out: 0,
                     },
@@ -488,9 +563,9 @@ impl JobManager {
         match job.state {
             JobState::Created | JobState::Running | JobState::Failing => {
                 job.state = JobState::Cancelling;
-                let attempt = job.attempt;
+                job.region_restarts.clear();
                 drop(st);
-                self.send_cancel(id, attempt);
+                self.send_cancel(id, None);
                 self.evaluate(id);
             }
             JobState::Restarting => {
@@ -504,18 +579,29 @@ impl JobManager {
         Ok(())
     }
 
-    fn send_cancel(&self, id: &str, attempt: u32) {
+    /// Cancels the job's tasks in `region` (or all of them), on their TaskManagers.
+    fn send_cancel(&self, id: &str, region: Option<usize>) {
         let st = lock(&self.state);
         let Some(job) = st.jobs.get(id) else { return };
-        let tms: std::collections::BTreeSet<&TaskManagerId> =
-            job.tasks.values().map(|t| &t.taskmanager).collect();
-        for tm in tms {
+        let mut by_tm: BTreeMap<&TaskManagerId, Vec<TaskKey>> = BTreeMap::new();
+        for ((v, s), t) in &job.tasks {
+            if region.is_some_and(|r| job.region_of.get(&(*v, *s)) != Some(&r)) {
+                continue;
+            }
+            by_tm.entry(&t.taskmanager).or_default().push(TaskKey {
+                job_id: id.to_string(),
+                attempt: t.attempt,
+                vertex: *v,
+                subtask: *s,
+            });
+        }
+        for (tm, keys) in by_tm {
             if let Some(t) = st.taskmanagers.get(tm) {
                 self.endpoint.send(
                     t.conn,
                     JmToTm::Cancel {
                         job_id: id.to_string(),
-                        attempt,
+                        tasks: region.map(|_| keys),
                     },
                 );
             }
@@ -537,14 +623,14 @@ impl JobManager {
         }
     }
 
-    /// A subtask of `job` changed state (`attempt` None: whatever attempt is current).
+    /// A subtask of `job` changed state (`attempt` None: whatever deployment it is in).
     fn task_changed(&mut self, job: &str, attempt: Option<u32>, v: u32, s: u32, state: TaskState) {
         {
             let mut st = lock(&self.state);
             let Some(j) = st.jobs.get_mut(job) else {
                 return;
             };
-            if attempt.is_some_and(|a| a != j.attempt) || j.state.is_terminal() {
+            if j.state.is_terminal() {
                 return;
             }
             let name = j
@@ -555,7 +641,9 @@ impl JobManager {
             let Some(t) = j.tasks.get_mut(&(v, s)) else {
                 return;
             };
-            if t.state.as_ref().is_some_and(TaskState::is_terminal) {
+            if attempt.is_some_and(|a| a != t.attempt)
+                || t.state.as_ref().is_some_and(TaskState::is_terminal)
+            {
                 return;
             }
             if let TaskState::Failed(m) = &state {
@@ -568,17 +656,48 @@ impl JobManager {
             t.state = Some(state.clone());
         }
         if matches!(state, TaskState::Failed(_)) {
-            let mut st = lock(&self.state);
-            if let Some(j) = st.jobs.get_mut(job) {
-                if matches!(j.state, JobState::Created | JobState::Running) {
-                    j.state = JobState::Failing;
-                    let attempt = j.attempt;
-                    drop(st);
-                    self.send_cancel(job, attempt);
-                }
-            }
+            self.on_task_failed(job, v, s);
         }
         self.evaluate(job);
+    }
+
+    /// Region failover restarts the failed task's pipelined region (when the job has
+    /// more than one); full failover, or a strategy that allows no more restarts,
+    /// cancels the whole job.
+    fn on_task_failed(&mut self, job: &str, v: u32, s: u32) {
+        let now_ms = lock(&self.state).now_ms();
+        let mut st = lock(&self.state);
+        let Some(j) = st.jobs.get_mut(job) else {
+            return;
+        };
+        if !matches!(j.state, JobState::Created | JobState::Running) {
+            return;
+        }
+        let region = j.region_of.get(&(v, s)).copied();
+        if j.failover == FailoverStrategy::Region && j.regions.len() > 1 {
+            if let Some(r) = region {
+                if j.region_restarts.contains_key(&r) {
+                    return; // that region is restarting already
+                }
+                j.strategy.notify_failure(now_ms);
+                if j.strategy.can_restart() {
+                    tracing::warn!(job = %job, region = r, "restarting a pipelined region");
+                    j.region_restarts.insert(r, None);
+                    drop(st);
+                    self.send_cancel(job, Some(r));
+                    return;
+                }
+                j.state = JobState::Failing;
+                j.region_restarts.clear();
+                j.strategy_exhausted = true;
+                drop(st);
+                self.send_cancel(job, None);
+                return;
+            }
+        }
+        j.state = JobState::Failing;
+        drop(st);
+        self.send_cancel(job, None);
     }
 
     /// Moves the job along its state machine after a subtask changed.
@@ -606,8 +725,10 @@ impl JobManager {
                     ended = true;
                 }
                 JobState::Failing if all_terminal => {
-                    j.strategy.notify_failure(now_ms);
-                    if j.strategy.can_restart() {
+                    if !j.strategy_exhausted {
+                        j.strategy.notify_failure(now_ms);
+                    }
+                    if !j.strategy_exhausted && j.strategy.can_restart() {
                         let backoff = j.strategy.backoff_time();
                         tracing::warn!(job = %id, ?backoff, "restarting the job");
                         j.state = JobState::Restarting;
@@ -620,6 +741,24 @@ impl JobManager {
                 }
                 _ => {}
             }
+            // Regions whose tasks have all ended wait out the backoff, then restart.
+            let backoff = j.strategy.backoff_time();
+            let pending: Vec<usize> = j
+                .region_restarts
+                .iter()
+                .filter(|(_, at)| at.is_none())
+                .map(|(r, _)| *r)
+                .collect();
+            for r in pending {
+                let done = j.regions[r].iter().all(|k| {
+                    j.tasks
+                        .get(k)
+                        .is_none_or(|t| t.state.as_ref().is_some_and(TaskState::is_terminal))
+                });
+                if done {
+                    j.region_restarts.insert(r, Some(Instant::now() + backoff));
+                }
+            }
         }
         if ended {
             self.job_ended(id);
@@ -630,6 +769,107 @@ impl JobManager {
         {
             // The ended attempt's rings are not needed any more.
             self.job_ended(id);
+        }
+    }
+
+    /// Redeploys the regions whose backoff has passed, on their old slots where the
+    /// TaskManager lives, else on free ones.
+    fn restart_due_regions(&mut self) {
+        let due: Vec<(String, usize)> = lock(&self.state)
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running || j.state == JobState::Created)
+            .flat_map(|j| {
+                j.region_restarts
+                    .iter()
+                    .filter(|(_, at)| at.is_some_and(|t| Instant::now() >= t))
+                    .map(|(r, _)| (j.id.clone(), *r))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (id, r) in due {
+            let mut free = self.free_slots().into_iter();
+            let mut st = lock(&self.state);
+            let live: std::collections::HashSet<TaskManagerId> =
+                st.taskmanagers.keys().cloned().collect();
+            let conns: HashMap<TaskManagerId, ConnId> = st
+                .taskmanagers
+                .values()
+                .map(|t| (t.id.clone(), t.conn))
+                .collect();
+            let default_parallelism = st.config.default_parallelism as u32;
+            let chaining = st.config.chaining;
+            let ring_size = st.config.ring_size as u64;
+            let Some(j) = st.jobs.get_mut(&id) else {
+                continue;
+            };
+            // Keep slots on live TaskManagers; move the others, keeping slot sharing.
+            let mut moved: HashMap<(TaskManagerId, u32), (TaskManagerId, u32)> = HashMap::new();
+            let mut placement = Vec::new();
+            let mut enough = true;
+            for k in &j.regions[r] {
+                let Some(t) = j.tasks.get(k) else { continue };
+                let old = (t.taskmanager.clone(), t.slot);
+                let new = if live.contains(&old.0) {
+                    old
+                } else if let Some(n) = moved.get(&old) {
+                    n.clone()
+                } else if let Some(n) = free.next() {
+                    moved.insert(old, n.clone());
+                    n
+                } else {
+                    enough = false;
+                    break;
+                };
+                placement.push((*k, new));
+            }
+            if !enough {
+                // No slot for it yet (a TaskManager is being replaced): try again soon.
+                j.region_restarts
+                    .insert(r, Some(Instant::now() + Duration::from_millis(100)));
+                continue;
+            }
+            j.attempt += 1;
+            j.restarts += 1;
+            j.region_restarts.remove(&r);
+            let attempt = j.attempt;
+            let mut sends = Vec::new();
+            for ((v, s), (tm, slot)) in placement {
+                j.tasks.insert(
+                    (v, s),
+                    TaskSlot {
+                        taskmanager: tm.clone(),
+                        slot,
+                        state: None,
+                        attempt,
+                        records_in: 0,
+                        records_out: 0,
+                    },
+                );
+                sends.push((
+                    tm,
+                    TaskDeployment {
+                        task: TaskKey {
+                            job_id: j.id.clone(),
+                            attempt,
+                            vertex: v,
+                            subtask: s,
+                        },
+                        spec: j.spec.clone(),
+                        slot,
+                        ring_size,
+                        default_parallelism,
+                        chaining,
+                    },
+                ));
+            }
+            drop(st);
+            tracing::warn!(job = %id, region = r, attempt, "redeploying a pipelined region");
+            for (tm, d) in sends {
+                if let Some(conn) = conns.get(&tm) {
+                    self.endpoint.send(*conn, JmToTm::Deploy(Box::new(d)));
+                }
+            }
         }
     }
 

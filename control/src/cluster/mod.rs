@@ -68,7 +68,8 @@ pub enum TmToJm {
 pub struct TaskKey {
     /// Job id.
     pub job_id: String,
-    /// Execution attempt of the job (0 first, +1 per restart).
+    /// Deployment number within the job: 0 first, a new one for every (re)deployment of
+    /// the job or of one of its pipelined regions; the rings of a deployment carry it.
     pub attempt: u32,
     /// Vertex id in the job graph.
     pub vertex: u32,
@@ -144,12 +145,13 @@ pub enum JmToTm {
     Heartbeat,
     /// Run a subtask.
     Deploy(Box<TaskDeployment>),
-    /// Cancel every task of this job attempt.
+    /// Cancel these tasks of the job (a pipelined region being restarted), or all of
+    /// them (`None`).
     Cancel {
         /// Job id.
         job_id: String,
-        /// Attempt.
-        attempt: u32,
+        /// The tasks, or every one.
+        tasks: Option<Vec<TaskKey>>,
     },
     /// The job is over: remove whatever of it is left (shared-memory rings).
     JobEnded {

@@ -171,9 +171,10 @@ impl TaskManager {
                             }
                             JmToTm::Heartbeat => {}
                             JmToTm::Deploy(d) => self.deploy(&d),
-                            JmToTm::Cancel { job_id, attempt } => {
+                            JmToTm::Cancel { job_id, tasks } => {
                                 for (id, (k, slot)) in &self.tasks {
-                                    if k.job_id == job_id && k.attempt == attempt {
+                                    let named = tasks.as_ref().is_none_or(|t| t.contains(k));
+                                    if k.job_id == job_id && named {
                                         self.slots[*slot].cancel(*id);
                                     }
                                 }
