@@ -23,5 +23,6 @@ step "benchmarks build and run (smoke sizes)"
 cargo build --release --locked -p bench -p spate
 ./target/release/bench ring --round-trips 20000 --frames 200000 --rounds 1 --json target/bench-ring-smoke.json
 ./target/release/bench hiccup --seconds 0.2
+./target/release/bench cluster --reps 1
 ./target/release/bench vwap --events 200000 --reps 1 --seconds 0.2 --json target/bench-vwap-smoke.json
 ./target/release/spate run --events 100000 vwap

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod clock;
+mod cluster;
 mod hiccup;
 mod report;
 mod ring;
@@ -57,6 +58,22 @@ enum Cmd {
         /// Write the latency plot (SVG) to this file.
         #[arg(long)]
         plot: Option<PathBuf>,
+    },
+    /// Control-plane reaction times on a loopback cluster of the real binaries:
+    /// submission to first record, TaskManager death to RUNNING again.
+    Cluster {
+        /// Repetitions.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// heartbeat.interval, ms.
+        #[arg(long, default_value_t = 100)]
+        heartbeat_interval_ms: u64,
+        /// heartbeat.timeout, ms.
+        #[arg(long, default_value_t = 1000)]
+        heartbeat_timeout_ms: u64,
+        /// Write the rows as a JSON array to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// The platform's hiccups: a pinned thread reading the clock, recording its gaps
     /// (the floor under any latency tail on this machine).
@@ -144,6 +161,23 @@ fn main() -> Result<()> {
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")?;
                 eprintln!("wrote {}", path.display());
+            }
+        }
+        Cmd::Cluster {
+            reps,
+            heartbeat_interval_ms,
+            heartbeat_timeout_ms,
+            json,
+        } => {
+            let p = cluster::Params {
+                reps,
+                heartbeat_interval_ms,
+                heartbeat_timeout_ms,
+            };
+            let rows = cluster::run(&p)?;
+            cluster::print(&rows, &p);
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")?;
             }
         }
         Cmd::Hiccup { seconds } => {
