@@ -372,8 +372,9 @@ fn a_killed_taskmanager_restarts_the_job_under_fixed_delay_or_fails_it_under_non
             taskmanager_count(ports.rest) == Some(2)
         });
         let m = format!("127.0.0.1:{}", ports.rest);
+        // Bounded (2 s at the offered rate), so that the restarted job can complete.
         let o = spate_cli(&[
-            "run", "-m", &m, "-d", "-p", "2", "--events", "0", "--rate", "20000", "vwap",
+            "run", "-m", &m, "-d", "-p", "2", "--events", "40000", "--rate", "20000", "vwap",
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let id = submitted_id(&o);
@@ -399,13 +400,17 @@ fn a_killed_taskmanager_restarts_the_job_under_fixed_delay_or_fails_it_under_non
             let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
             let (_, ex) = http(ports.rest, "GET", &format!("/jobs/{id}/exceptions"), "").unwrap();
             assert_eq!(job["restarts"], 1, "{job}\n{ex}");
-            let o = spate_cli(&["cancel", "-m", &m, &id]);
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            wait_for("CANCELED", Duration::from_secs(15), || {
-                job_state(ports.rest, &id) == "CANCELED"
+            // It replays its sources from the start and completes.
+            wait_for("FINISHED", Duration::from_secs(30), || {
+                job_state(ports.rest, &id) == "FINISHED"
             });
+            let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+            assert_eq!(
+                job["vertices"][1]["metrics"]["read-records"], 40000,
+                "{job}"
+            );
             let o = spate_cli(&["list", "-m", &m]);
-            assert!(String::from_utf8_lossy(&o.stdout).contains("(CANCELED)"));
+            assert!(String::from_utf8_lossy(&o.stdout).contains("(FINISHED)"));
         }
         wait_for("the job's rings to be gone", Duration::from_secs(5), || {
             leftover_rings(&id).is_empty()
@@ -501,6 +506,25 @@ fn spate_local_is_a_whole_cluster_in_one_process() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let id = submitted_id_first_line(&o);
     assert_eq!(job_state(ports.rest, &id), "FINISHED");
+    // An unbounded job, cancelled from the CLI.
+    let o = spate_cli(&[
+        "run", "-m", &m, "-d", "--events", "0", "--rate", "10000", "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    wait_for("RUNNING", Duration::from_secs(15), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    let o = spate_cli(&["cancel", "-m", &m, &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_for("CANCELED", Duration::from_secs(15), || {
+        job_state(ports.rest, &id) == "CANCELED"
+    });
+    let o = spate_cli(&["list", "-m", &m]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(CANCELED)"));
+    wait_for("the job's rings to be gone", Duration::from_secs(5), || {
+        leftover_rings(&id).is_empty()
+    });
 }
 
 fn submitted_id_first_line(o: &std::process::Output) -> String {
