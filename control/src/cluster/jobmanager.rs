@@ -176,6 +176,63 @@ pub struct JobEntry {
     region_restarts: BTreeMap<usize, Option<Instant>>,
 }
 
+/// What every deployment carries from the JobManager's configuration.
+#[derive(Debug, Clone, Copy)]
+struct DeploySettings {
+    default_parallelism: u32,
+    chaining: bool,
+    ring_size: u64,
+}
+
+impl DeploySettings {
+    fn of(c: &Config) -> Self {
+        Self {
+            default_parallelism: c.default_parallelism as u32,
+            chaining: c.chaining,
+            ring_size: c.ring_size as u64,
+        }
+    }
+}
+
+impl JobEntry {
+    /// Places subtask `k` of deployment `attempt` on `at` (TaskManager, slot): records
+    /// it as deploying and returns the deployment to send there.
+    fn place(
+        &mut self,
+        k: (u32, u32),
+        at: (TaskManagerId, u32),
+        attempt: u32,
+        settings: DeploySettings,
+    ) -> (TaskManagerId, TaskDeployment) {
+        let (tm, slot) = at;
+        self.tasks.insert(
+            k,
+            TaskSlot {
+                taskmanager: tm.clone(),
+                slot,
+                state: None,
+                attempt,
+                records_in: 0,
+                records_out: 0,
+            },
+        );
+        let d = TaskDeployment {
+            task: TaskKey {
+                job_id: self.id.clone(),
+                attempt,
+                vertex: k.0,
+                subtask: k.1,
+            },
+            spec: self.spec.clone(),
+            slot,
+            ring_size: settings.ring_size,
+            default_parallelism: settings.default_parallelism,
+            chaining: settings.chaining,
+        };
+        (tm, d)
+    }
+}
+
 /// Computes the pipelined regions of a job graph (union-find over subtasks).
 pub fn pipelined_regions(graph: &crate::graph::JobGraph) -> Vec<Vec<(u32, u32)>> {
     let mut ids: Vec<(u32, u32)> = Vec::new();
@@ -491,9 +548,7 @@ impl JobManager {
     fn deploy(&mut self, id: &str) -> bool {
         let free = self.free_slots();
         let mut st = lock(&self.state);
-        let default_parallelism = st.config.default_parallelism as u32;
-        let chaining = st.config.chaining;
-        let ring_size = st.config.ring_size as u64;
+        let settings = DeploySettings::of(&st.config);
         let Some(job) = st.jobs.get_mut(id) else {
             return false;
         };
@@ -502,6 +557,7 @@ impl JobManager {
         }
         job.tasks.clear();
         let mut sends = Vec::new();
+        let mut placements = Vec::new();
         for v in &job.vertices {
             let group = &job.vertex_groups[v.id];
             let offset = job
@@ -510,35 +566,12 @@ impl JobManager {
                 .find(|g| &g.0 == group)
                 .map_or(0, |g| g.1);
             for s in 0..v.parallelism {
-                let (tm, slot) = free[offset + s].clone();
-                job.tasks.insert(
-                    (v.id as u32, s as u32),
-                    TaskSlot {
-                        taskmanager: tm.clone(),
-                        slot,
-                        state: None,
-                        attempt: job.attempt,
-                        records_in: 0,
-                        records_out: 0,
-                    },
-                );
-                sends.push((
-                    tm,
-                    TaskDeployment {
-                        task: TaskKey {
-                            job_id: job.id.clone(),
-                            attempt: job.attempt,
-                            vertex: v.id as u32,
-                            subtask: s as u32,
-                        },
-                        spec: job.spec.clone(),
-                        slot,
-                        ring_size,
-                        default_parallelism,
-                        chaining,
-                    },
-                ));
+                placements.push(((v.id as u32, s as u32), free[offset + s].clone()));
             }
+        }
+        let attempt = job.attempt;
+        for (k, at) in placements {
+            sends.push(job.place(k, at, attempt, settings));
         }
         job.state = JobState::Created;
         let conns: HashMap<TaskManagerId, ConnId> = st
@@ -797,9 +830,7 @@ impl JobManager {
                 .values()
                 .map(|t| (t.id.clone(), t.conn))
                 .collect();
-            let default_parallelism = st.config.default_parallelism as u32;
-            let chaining = st.config.chaining;
-            let ring_size = st.config.ring_size as u64;
+            let settings = DeploySettings::of(&st.config);
             let Some(j) = st.jobs.get_mut(&id) else {
                 continue;
             };
@@ -834,34 +865,8 @@ impl JobManager {
             j.region_restarts.remove(&r);
             let attempt = j.attempt;
             let mut sends = Vec::new();
-            for ((v, s), (tm, slot)) in placement {
-                j.tasks.insert(
-                    (v, s),
-                    TaskSlot {
-                        taskmanager: tm.clone(),
-                        slot,
-                        state: None,
-                        attempt,
-                        records_in: 0,
-                        records_out: 0,
-                    },
-                );
-                sends.push((
-                    tm,
-                    TaskDeployment {
-                        task: TaskKey {
-                            job_id: j.id.clone(),
-                            attempt,
-                            vertex: v,
-                            subtask: s,
-                        },
-                        spec: j.spec.clone(),
-                        slot,
-                        ring_size,
-                        default_parallelism,
-                        chaining,
-                    },
-                ));
+            for (k, at) in placement {
+                sends.push(j.place(k, at, attempt, settings));
             }
             drop(st);
             tracing::warn!(job = %id, region = r, attempt, "redeploying a pipelined region");
