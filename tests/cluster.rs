@@ -639,3 +639,111 @@ fn region_failover_restarts_only_the_failed_pipeline() {
         });
     }
 }
+
+#[test]
+fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
+    use spate::cluster::{
+        JmToTm, SlotInfo, TaskKey, TaskManagerId, TaskRecords, TaskState, TmToJm,
+    };
+    use spate::rpc::{Endpoint, Event};
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spate("jobmanager", &ports, &[]);
+    let _tm1 = spate("taskmanager", &ports, &[]);
+    wait_for("a TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    // Absurd parallelism is refused at once, before any planning.
+    let (status, v) = http(
+        ports.rest,
+        "POST",
+        "/jobs",
+        r#"{"job": "vwap", "parallelism": 100000000}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = http(
+        ports.rest,
+        "POST",
+        "/jobs",
+        r#"{"job": "vwap", "parallelism": 1, "events": 0, "rate": 1000.0}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 202, "{v}");
+    let id = v["jobid"].as_str().unwrap().to_string();
+    wait_for("RUNNING", Duration::from_secs(15), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    // A rogue peer registers, then claims the job's task failed, and re-registers as
+    // another id on the same connection.
+    let rogue: Endpoint<JmToTm, TmToJm> = Endpoint::client("rogue").unwrap();
+    let conn = rogue.connect(format!("127.0.0.1:{}", ports.rpc).parse().unwrap());
+    rogue.send(
+        conn,
+        TmToJm::Register {
+            id: TaskManagerId("rogue".into()),
+            host: "x".into(),
+            data_address: "x".into(),
+            slots: vec![],
+            cores: 1,
+        },
+    );
+    let task = TaskKey {
+        job_id: id.clone(),
+        attempt: 0,
+        vertex: 0,
+        subtask: 0,
+    };
+    rogue.send(
+        conn,
+        TmToJm::TaskState {
+            task: task.clone(),
+            state: TaskState::Failed("forged".into()),
+            records: TaskRecords {
+                task,
+                records_in: 7,
+                records_out: 7,
+            },
+        },
+    );
+    rogue.send(
+        conn,
+        TmToJm::Register {
+            id: TaskManagerId("rogue-2".into()),
+            host: "x".into(),
+            data_address: "x".into(),
+            slots: vec![SlotInfo {
+                index: 0,
+                core: None,
+                job: None,
+            }],
+            cores: 1,
+        },
+    );
+    let mut refused = false;
+    let start = Instant::now();
+    while !refused && start.elapsed() < Duration::from_secs(10) {
+        if let Some(Event::Message {
+            msg: JmToTm::Refused { reason },
+            ..
+        }) = rogue.recv_timeout(Duration::from_millis(100))
+        {
+            assert!(reason.contains("registered as rogue"), "{reason}");
+            refused = true;
+        }
+    }
+    assert!(
+        refused,
+        "the second registration on one connection is refused"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        job_state(ports.rest, &id),
+        "RUNNING",
+        "the forged failure was ignored"
+    );
+    let (_, ex) = http(ports.rest, "GET", &format!("/jobs/{id}/exceptions"), "").unwrap();
+    assert!(ex["all-exceptions"].as_array().unwrap().is_empty(), "{ex}");
+}

@@ -20,6 +20,9 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
 
+/// The largest parallelism of an operator.
+pub const MAX_PARALLELISM: usize = 1024;
+
 /// A type-erased box (a `BoxEmit<T>`, a `Box<dyn Source<T>>`, a `Partition<T>`...).
 pub type AnyBox = Box<dyn Any>;
 
@@ -47,6 +50,9 @@ pub enum GraphError {
     /// Parallelism 0.
     #[error("'{0}': parallelism must be at least 1")]
     ZeroParallelism(String),
+    /// Parallelism above the limit.
+    #[error("'{0}': parallelism {1} is above the maximum of {MAX_PARALLELISM}")]
+    TooParallel(String, usize),
     /// Building an operator failed.
     #[error("building '{0}': {1}")]
     Build(String, String),
@@ -383,6 +389,9 @@ impl JobGraph {
             };
             if p == 0 {
                 return Err(GraphError::ZeroParallelism(n.name.clone()));
+            }
+            if p > MAX_PARALLELISM {
+                return Err(GraphError::TooParallel(n.name.clone(), p));
             }
             par.push(p);
         }

@@ -241,7 +241,7 @@ async fn exceptions(State(st): State<SharedState>, Path(id): Path<String>) -> Re
         "all-exceptions": j.exceptions.iter().map(|e| json!({
             "exception": e.message, "task": e.task, "timestamp": e.timestamp_ms,
         })).collect::<Vec<_>>(),
-        "truncated": false,
+        "truncated": j.exceptions_truncated,
     }))
     .into_response()
 }

@@ -183,3 +183,16 @@ fn a_client_refused_by_version_or_unreachable_says_why() {
     let reason = disconnect_reason(&cli);
     assert!(reason.contains("cannot connect"), "{reason}");
 }
+
+#[test]
+fn a_peer_that_never_completes_its_handshake_is_dropped() {
+    let (srv, addr) = server();
+    let _silent = TcpStream::connect(addr).unwrap();
+    let start = std::time::Instant::now();
+    let reason = disconnect_reason(&srv);
+    assert!(reason.contains("no handshake within"), "{reason}");
+    assert!(
+        start.elapsed() >= Duration::from_secs(4),
+        "not before the deadline"
+    );
+}

@@ -12,9 +12,17 @@ use std::time::Duration;
 /// How long a subtask waits for the other side of a ring to create it.
 pub const RING_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Prefix of every ring file of a job.
+/// Whether `id` is a job id as the JobManager makes them (32 lowercase hex digits).
+pub fn valid_job_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Prefix of every ring file of a job (ids are checked with [`valid_job_id`] first).
 pub fn ring_prefix(job_id: &str) -> String {
-    format!("spate-{}-", &job_id[..job_id.len().min(16)])
+    format!("spate-{}-", job_id.get(..16).unwrap_or(job_id))
 }
 
 /// The ring of edge `edge` from upstream subtask `up` to downstream subtask `down`.
@@ -24,6 +32,9 @@ pub fn ring_name(job_id: &str, attempt: u32, edge: usize, up: usize, down: usize
 
 /// Removes the job's ring files left behind (by a process that died holding them).
 pub fn remove_rings(job_id: &str) -> usize {
+    if !valid_job_id(job_id) {
+        return 0;
+    }
     let prefix = ring_prefix(job_id);
     let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
         return 0;
@@ -47,6 +58,9 @@ pub fn job_graph(d: &TaskDeployment) -> Result<JobGraph, String> {
 
 /// Builds the subtask's deployment: its chain and its rings, opened by name.
 pub fn build(d: &TaskDeployment, graph: &JobGraph) -> Result<Deployment, String> {
+    if !valid_job_id(&d.task.job_id) {
+        return Err(format!("invalid job id {:?}", d.task.job_id));
+    }
     let v = d.task.vertex as usize;
     let s = d.task.subtask as usize;
     let vertex = graph

@@ -53,6 +53,13 @@ pub struct ClusterState {
     pub jobs: BTreeMap<String, JobEntry>,
 }
 
+/// Failures kept per job (`/jobs/:id/exceptions`).
+pub const MAX_EXCEPTIONS: usize = 32;
+/// Slots a TaskManager may register.
+pub const MAX_SLOTS_PER_TASKMANAGER: usize = 1024;
+/// Ended jobs kept for the REST API.
+pub const MAX_ENDED_JOBS: usize = 100;
+
 /// A job's state (Flink's JobStatus names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobState {
@@ -157,8 +164,10 @@ pub struct JobEntry {
     pub slots_needed: usize,
     /// Subtasks of the current attempt, by (vertex, subtask).
     pub tasks: BTreeMap<(u32, u32), TaskSlot>,
-    /// Failures, oldest first.
+    /// Failures, oldest first (the last [`MAX_EXCEPTIONS`]).
     pub exceptions: Vec<ExceptionEntry>,
+    /// Whether older failures were dropped.
+    pub exceptions_truncated: bool,
     strategy: Box<dyn RestartBackoffTimeStrategy>,
     /// The strategy already refused (a region failure): fail when the tasks have ended.
     strategy_exhausted: bool,
@@ -440,6 +449,15 @@ impl JobManager {
         }
     }
 
+    /// Whether `task` (that deployment of it) was placed on `tm`.
+    fn hosts(&self, tm: &TaskManagerId, task: &TaskKey) -> bool {
+        let st = lock(&self.state);
+        st.jobs
+            .get(&task.job_id)
+            .and_then(|j| j.tasks.get(&(task.vertex, task.subtask)))
+            .is_some_and(|t| t.taskmanager == *tm && t.attempt == task.attempt)
+    }
+
     fn update_records(&self, records: &[TaskRecords]) {
         let mut st = lock(&self.state);
         for r in records {
@@ -472,12 +490,6 @@ impl JobManager {
             .job_graph(self.config.default_parallelism, self.config.chaining)
             .map_err(|e| (400, e))?;
         let (group_offsets, needed) = graph.group_offsets();
-        let regions = pipelined_regions(&graph);
-        let region_of = regions
-            .iter()
-            .enumerate()
-            .flat_map(|(r, ts)| ts.iter().map(move |t| (*t, r)))
-            .collect();
         let free = self.free_slots().len();
         if needed > free {
             return Err((
@@ -485,6 +497,12 @@ impl JobManager {
                 format!("the job needs {needed} task slots; {free} are free in the cluster"),
             ));
         }
+        let regions = pipelined_regions(&graph);
+        let region_of = regions
+            .iter()
+            .enumerate()
+            .flat_map(|(r, ts)| ts.iter().map(move |t| (*t, r)))
+            .collect();
         let id = super::new_id();
         let job = JobEntry {
             id: id.clone(),
@@ -506,6 +524,7 @@ impl JobManager {
             slots_needed: needed,
             tasks: BTreeMap::new(),
             exceptions: Vec::new(),
+            exceptions_truncated: false,
             strategy: restart::from_config(&self.config),
             strategy_exhausted: false,
             restart_at: None,
@@ -521,7 +540,21 @@ impl JobManager {
             region_restarts: BTreeMap::new(),
         };
         tracing::info!(job = %id, name = %job.spec.job, slots = needed, "job submitted");
-        lock(&self.state).jobs.insert(id.clone(), job);
+        let mut st = lock(&self.state);
+        let mut ended: Vec<(u64, String)> = st
+            .jobs
+            .values()
+            .filter(|j| j.state.is_terminal())
+            .map(|j| (j.end_epoch_ms.unwrap_or(0), j.id.clone()))
+            .collect();
+        if ended.len() >= MAX_ENDED_JOBS {
+            ended.sort();
+            for (_, old) in ended.iter().take(ended.len() + 1 - MAX_ENDED_JOBS) {
+                st.jobs.remove(old);
+            }
+        }
+        st.jobs.insert(id.clone(), job);
+        drop(st);
         if !self.deploy(&id) {
             return Err((500, "could not deploy the job".into()));
         }
@@ -669,7 +702,7 @@ impl JobManager {
             let name = j
                 .vertices
                 .get(v as usize)
-                .map(|x| format!("{} ({}/{})", x.name, s + 1, x.parallelism))
+                .map(|x| format!("{} ({}/{})", x.name, s.saturating_add(1), x.parallelism))
                 .unwrap_or_default();
             let Some(t) = j.tasks.get_mut(&(v, s)) else {
                 return;
@@ -680,6 +713,10 @@ impl JobManager {
                 return;
             }
             if let TaskState::Failed(m) = &state {
+                if j.exceptions.len() >= MAX_EXCEPTIONS {
+                    j.exceptions.remove(0);
+                    j.exceptions_truncated = true;
+                }
                 j.exceptions.push(ExceptionEntry {
                     timestamp_ms: epoch_ms(),
                     task: format!("{name} on {}", t.taskmanager),
@@ -744,14 +781,15 @@ impl JobManager {
                 |f: &dyn Fn(&Option<TaskState>) -> bool| j.tasks.values().all(|t| f(&t.state));
             let all_terminal = all(&|s| s.as_ref().is_some_and(TaskState::is_terminal));
             match j.state {
-                JobState::Created if all(&|s| s.is_some()) => j.state = JobState::Running,
                 JobState::Created | JobState::Running
-                    if all(&|s| matches!(s, Some(TaskState::Finished))) =>
+                    if j.region_restarts.is_empty()
+                        && all(&|s| matches!(s, Some(TaskState::Finished))) =>
                 {
                     j.state = JobState::Finished;
                     j.end_epoch_ms = Some(epoch_ms());
                     ended = true;
                 }
+                JobState::Created if all(&|s| s.is_some()) => j.state = JobState::Running,
                 JobState::Cancelling if all_terminal => {
                     j.state = JobState::Canceled;
                     j.end_epoch_ms = Some(epoch_ms());
@@ -793,14 +831,10 @@ impl JobManager {
                 }
             }
         }
+        // Rings of ended deployments are removed by their tasks; what a dead process
+        // left is swept when the job ends (not on a restart: a sweep by job prefix could
+        // catch the new deployment's rings).
         if ended {
-            self.job_ended(id);
-        } else if lock(&self.state)
-            .jobs
-            .get(id)
-            .is_some_and(|j| j.state == JobState::Restarting)
-        {
-            // The ended attempt's rings are not needed any more.
             self.job_ended(id);
         }
     }
@@ -921,13 +955,28 @@ impl JobManager {
                     slots,
                     cores,
                 } => {
-                    // A TaskManager that registers again (after a reconnect) replaces itself.
-                    if let Some(old) = lock(&self.state).taskmanagers.get(&id).map(|e| e.conn) {
-                        if old != conn {
-                            self.conns.remove(&old);
-                            self.endpoint.close(old);
+                    if let Some(other) = self.conns.get(&conn) {
+                        if *other != id {
+                            self.endpoint.send(
+                                conn,
+                                JmToTm::Refused {
+                                    reason: format!("this connection is registered as {other}"),
+                                },
+                            );
+                            return;
                         }
                     }
+                    // A TaskManager that registers again (after a reconnect) starts afresh:
+                    // what it ran under its old registration has failed.
+                    let old = lock(&self.state).taskmanagers.get(&id).map(|e| e.conn);
+                    if old.is_some_and(|old| old != conn) {
+                        self.lose(&id, "registered again");
+                    }
+                    // One entry per slot index, and a sane number of them.
+                    let mut slots = slots;
+                    slots.sort_by_key(|s| s.index);
+                    slots.dedup_by_key(|s| s.index);
+                    slots.truncate(MAX_SLOTS_PER_TASKMANAGER);
                     let (now, jm_id) = {
                         let st = lock(&self.state);
                         (st.now_ms(), st.jobmanager_id.clone())
@@ -957,7 +1006,13 @@ impl JobManager {
                     );
                 }
                 TmToJm::Heartbeat { slots, tasks } => {
-                    self.update_records(&tasks);
+                    if let Some(from) = self.conns.get(&conn).cloned() {
+                        let own: Vec<TaskRecords> = tasks
+                            .into_iter()
+                            .filter(|t| self.hosts(&from, &t.task))
+                            .collect();
+                        self.update_records(&own);
+                    }
                     let Some(id) = self.conns.get(&conn).cloned() else {
                         self.endpoint.send(
                             conn,
@@ -965,6 +1020,7 @@ impl JobManager {
                                 reason: "heartbeat before registration".into(),
                             },
                         );
+                        self.endpoint.close(conn);
                         return;
                     };
                     let mut st = lock(&self.state);
@@ -981,6 +1037,14 @@ impl JobManager {
                     state,
                     records,
                 } => {
+                    // Only the TaskManager a task was deployed to speaks for it.
+                    let Some(from) = self.conns.get(&conn).cloned() else {
+                        return;
+                    };
+                    if !self.hosts(&from, &task) {
+                        tracing::warn!(taskmanager = %from, ?task, "state report for a task it does not run; ignored");
+                        return;
+                    }
                     self.update_records(std::slice::from_ref(&records));
                     self.task_changed(
                         &task.job_id,

@@ -120,7 +120,12 @@ impl TaskManager {
             if let Link::Down { retry_at } = link {
                 if Instant::now() >= retry_at {
                     link = match self.jobmanager_addr() {
-                        Some(addr) => Link::Connecting(self.endpoint.connect(addr)),
+                        Some(addr) => {
+                            let conn = self.endpoint.connect(addr);
+                            // A JobManager that accepts but never answers times out too.
+                            jm_monitor.heard(conn, now_ms());
+                            Link::Connecting(conn)
+                        }
                         None => Link::Down {
                             retry_at: Instant::now() + RECONNECT_DELAY,
                         },
@@ -204,6 +209,8 @@ impl TaskManager {
                         };
                         if ours {
                             self.jm = None;
+                            // The JobManager counts our tasks as failed; stop them.
+                            self.cancel_all_tasks();
                             tracing::warn!(%reason, "reconnecting to the JobManager");
                             link = Link::Down {
                                 retry_at: Instant::now() + RECONNECT_DELAY,
@@ -218,6 +225,8 @@ impl TaskManager {
             for conn in jm_monitor.expire(now_ms()) {
                 tracing::warn!("JobManager heartbeat timed out; reconnecting");
                 self.endpoint.close(conn);
+                self.jm = None;
+                self.cancel_all_tasks();
                 link = Link::Down {
                     retry_at: Instant::now() + RECONNECT_DELAY,
                 };
@@ -241,6 +250,12 @@ impl TaskManager {
             }
         }
         tracing::info!(id = %self.id, "TaskManager stopping");
+    }
+
+    fn cancel_all_tasks(&self) {
+        for (id, (_, slot)) in &self.tasks {
+            self.slots[*slot].cancel(*id);
+        }
     }
 
     fn records(&self, id: TaskId, task: TaskKey) -> TaskRecords {

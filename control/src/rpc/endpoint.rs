@@ -21,6 +21,13 @@ use std::time::Duration;
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 
+/// Connections an endpoint holds at most; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time a connection has to complete its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes queued for a peer that does not read before it is dropped.
+pub const MAX_PENDING_WRITE: usize = 64 << 20;
+
 /// Identifies a connection of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
@@ -88,6 +95,8 @@ struct Conn {
     hello_pending: usize,
     /// Close once the write buffer has drained (after a refusal).
     close_after_flush: Option<String>,
+    /// When the connection was opened (for the handshake deadline).
+    opened: std::time::Instant,
 }
 
 /// An RPC endpoint sending `Out` and receiving `In` messages.
@@ -227,7 +236,8 @@ impl<In: DeserializeOwned, Out: Serialize> Loop<In, Out> {
         }
         let mut events = Events::with_capacity(256);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            self.expire_handshakes();
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1))) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
                 }
@@ -267,12 +277,31 @@ impl<In: DeserializeOwned, Out: Serialize> Loop<In, Out> {
         }
     }
 
+    /// Drops connections that did not complete their handshake in time.
+    fn expire_handshakes(&mut self) {
+        let late: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state != State::Open && c.opened.elapsed() > HANDSHAKE_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.drop_conn(
+                id,
+                format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+            );
+        }
+    }
+
     fn accept(&mut self) {
         loop {
             let Some(listener) = &self.listener else {
                 return;
             };
             match listener.accept() {
+                Ok((_, peer)) if self.conns.len() >= MAX_CONNECTIONS => {
+                    tracing::warn!(%peer, "too many RPC connections; closing the new one");
+                }
                 Ok((mut stream, peer)) => {
                     let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
                     let _ = stream.set_nodelay(true);
@@ -295,12 +324,21 @@ impl<In: DeserializeOwned, Out: Serialize> Loop<In, Out> {
                             writable_interest: false,
                             hello_pending: 0,
                             close_after_flush: None,
+                            opened: std::time::Instant::now(),
                         },
                     );
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
+                    // Out of descriptors, say: the backlog waits for the next readiness.
                     tracing::warn!(error = %e, "accept failed");
                     return;
                 }
@@ -339,6 +377,7 @@ impl<In: DeserializeOwned, Out: Serialize> Loop<In, Out> {
                                 writable_interest: true,
                                 hello_pending: HANDSHAKE_LEN,
                                 close_after_flush: None,
+                                opened: std::time::Instant::now(),
                             },
                         );
                     }
@@ -356,6 +395,15 @@ impl<In: DeserializeOwned, Out: Serialize> Loop<In, Out> {
                         }
                     };
                     if let Some(c) = self.conns.get_mut(&id) {
+                        if c.wbuf.len() + frame.len() > MAX_PENDING_WRITE {
+                            self.drop_conn(
+                                id,
+                                format!(
+                                    "the peer does not read ({MAX_PENDING_WRITE} bytes queued)"
+                                ),
+                            );
+                            continue;
+                        }
                         c.wbuf.extend_from_slice(&frame);
                         if c.state == State::Open {
                             self.on_writable(id);
