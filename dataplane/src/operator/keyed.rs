@@ -331,7 +331,8 @@ impl<P: KeyedProcessFunction> Emit<P::In> for KeyedProcess<P> {
 pub struct KeyedReduce<T, K, F> {
     f: F,
     key: KeyFn<T, K>,
-    acc: FxHashMap<K, T>,
+    /// `None` only while the reduce function runs.
+    acc: FxHashMap<K, Option<T>>,
     out: BoxEmit<T>,
 }
 
@@ -351,14 +352,18 @@ impl<T: Clone, K: Key, F: FnMut(T, T) -> T> Emit<T> for KeyedReduce<T, K, F> {
     #[inline]
     fn emit(&mut self, record: T) {
         let key = (self.key)(&record);
+        // One clone per record: the aggregate is both kept and emitted.
         match self.acc.get_mut(&key) {
-            Some(acc) => {
-                let next = (self.f)(acc.clone(), record);
-                *acc = next.clone();
+            Some(slot) => {
+                let next = match slot.take() {
+                    Some(acc) => (self.f)(acc, record),
+                    None => record,
+                };
+                *slot = Some(next.clone());
                 self.out.emit(next);
             }
             None => {
-                self.acc.insert(key, record.clone());
+                self.acc.insert(key, Some(record.clone()));
                 self.out.emit(record);
             }
         }
