@@ -35,8 +35,8 @@ impl Clock {
 pub fn ticks() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: rdtsc has no preconditions on x86_64; the TSC is invariant on every CPU
-        // this runs on in practice, and calibration turns ticks into ns.
+        // The TSC is invariant on the CPUs this runs on; calibration turns ticks into ns.
+        // SAFETY: rdtsc has no preconditions on x86_64.
         unsafe { core::arch::x86_64::_rdtsc() }
     }
     #[cfg(not(target_arch = "x86_64"))]

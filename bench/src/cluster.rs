@@ -225,8 +225,8 @@ fn wait(timeout: Duration, what: &str, mut ok: impl FnMut() -> Result<bool>) -> 
 
 fn signal(pid: u32, sig: i32) -> Result<()> {
     let pid = libc::pid_t::try_from(pid)?;
-    // SAFETY: kill only sends a signal to a process we started.
     #[allow(unsafe_code)]
+    // SAFETY: kill only sends a signal to a process we started; no memory is involved.
     let rc = unsafe { libc::kill(pid, sig) };
     if rc != 0 {
         bail!("kill failed: {}", std::io::Error::last_os_error());

@@ -443,8 +443,8 @@ struct SharedLine {
 
 impl SharedLine {
     fn word(&self) -> &AtomicU64 {
-        // SAFETY: the region is at least one page, page aligned, and lives as long as
-        // `self`; AtomicU64 has u64's size and alignment.
+        // The region is at least one page, page aligned, and lives as long as `self`.
+        // SAFETY: in bounds and aligned for a u64; AtomicU64 has u64's size and alignment.
         unsafe { &*(self.region.as_ptr() as *const AtomicU64) }
     }
 }

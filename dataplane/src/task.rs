@@ -83,6 +83,15 @@ impl Outputs {
         clear
     }
 
+    /// Whether the task may take input now; if not, publishes what did go out.
+    fn ready(&mut self) -> bool {
+        if self.drain() {
+            return true;
+        }
+        self.publish();
+        false
+    }
+
     fn blocked(&self) -> bool {
         self.backpressure.get()
     }
@@ -140,8 +149,7 @@ impl<T> Task for SourceTask<T> {
     }
 
     fn poll(&mut self) -> Result<TaskPoll, TaskError> {
-        if !self.outputs.drain() {
-            self.outputs.publish();
+        if !self.outputs.ready() {
             return Ok(TaskPoll::Worked(0));
         }
         if self.done {
@@ -215,8 +223,7 @@ impl<T: Wire> Task for InputTask<T> {
     }
 
     fn poll(&mut self) -> Result<TaskPoll, TaskError> {
-        if !self.outputs.drain() {
-            self.outputs.publish();
+        if !self.outputs.ready() {
             return Ok(TaskPoll::Worked(0));
         }
         if self.finished {
