@@ -23,6 +23,8 @@ pub mod clock;
 #[cfg(not(loom))]
 pub mod exchange;
 pub mod idle;
+#[cfg(not(loom))]
+pub mod net;
 pub mod operator;
 pub mod record;
 pub mod ring;

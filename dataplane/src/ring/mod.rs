@@ -374,6 +374,7 @@ impl Ring {
             capacity: self.capacity,
             head,
             read: head,
+            last: head,
             _not_sync: PhantomData,
         })
     }
@@ -905,6 +906,8 @@ pub struct Consumer {
     head: u64,
     /// Position after the last frame read. Only touched by the consuming thread.
     read: u64,
+    /// Where the last frame returned by `try_read` starts.
+    last: u64,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -952,6 +955,7 @@ impl Consumer {
                     self.read += size as u64;
                 }
                 Some(ty) => {
+                    self.last = self.read;
                     self.read += size as u64;
                     return Ok(Some(Frame {
                         mem: &self.mem,
@@ -963,6 +967,13 @@ impl Consumer {
                 None => return Err(corrupt("unknown frame type")),
             }
         }
+    }
+
+    /// Puts back the frame the last `try_read` returned, so that the next `try_read`
+    /// returns it again (for a reader that found it could not take it yet). Has no
+    /// effect on frames already released.
+    pub fn unread(&mut self) {
+        self.read = self.last.max(self.head);
     }
 
     /// Whether a frame (or padding) is published at the read position, without reading it.

@@ -482,3 +482,17 @@ fn attaching_to_a_half_created_ring_leaves_the_file_to_its_creator() {
     assert!(matches!(r, Err(RingError::BadMagic { found: 0 })), "{r:?}");
     assert!(path.exists(), "a look must not remove the creator's file");
 }
+
+#[test]
+fn unread_puts_the_last_frame_back() {
+    let (mut p, mut c) = Ring::anonymous(256).unwrap();
+    p.try_send(FrameType::Data, b"one").unwrap();
+    p.try_send(FrameType::Data, b"two").unwrap();
+    assert_eq!(read_one(&mut c).unwrap().1, b"one");
+    c.unread();
+    assert_eq!(read_one(&mut c).unwrap().1, b"one");
+    assert_eq!(read_one(&mut c).unwrap().1, b"two");
+    c.release();
+    c.unread(); // nothing released is ever read again
+    assert!(c.try_read().unwrap().is_none());
+}

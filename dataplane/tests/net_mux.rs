@@ -1,0 +1,183 @@
+//! Channels multiplexed over one TCP connection (loopback): every byte of every frame
+//! of many interleaved channels arrives once and in per-channel order; a stalled
+//! consumer holds up only its own channel; a vanished or foreign peer is an error.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use spate_dataplane::net::{Mux, MuxError};
+use spate_dataplane::ring::{Consumer, FrameType, Producer, Ring};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (b, _) = l.accept().unwrap();
+    for s in [&a, &b] {
+        s.set_nonblocking(true).unwrap();
+        s.set_nodelay(true).unwrap();
+    }
+    (a, b)
+}
+
+fn rings(n: usize, cap: usize) -> (Vec<Producer>, Vec<Consumer>) {
+    (0..n).map(|_| Ring::anonymous(cap).unwrap()).unzip()
+}
+
+fn payload(ch: usize, seq: u64) -> Vec<u8> {
+    let len = ((seq * 7 + ch as u64 * 13) % 200) as usize + 8;
+    let mut v: Vec<u8> = (0..len)
+        .map(|i| (i as u64 + seq + ch as u64) as u8)
+        .collect();
+    v[..8].copy_from_slice(&seq.to_le_bytes());
+    v
+}
+
+/// Sender: writes `frames` per channel into its local rings and polls its mux.
+fn send_all(mut mux: Mux<TcpStream>, mut local: Vec<Producer>, frames: u64) -> Mux<TcpStream> {
+    let mut next = vec![0u64; local.len()];
+    let start = Instant::now();
+    while next.iter().any(|&n| n <= frames) {
+        for (ch, p) in local.iter_mut().enumerate() {
+            while next[ch] < frames {
+                if p.try_send(FrameType::Data, &payload(ch, next[ch])).is_err() {
+                    break;
+                }
+                next[ch] += 1;
+            }
+            if next[ch] == frames && p.try_send(FrameType::EndOfStream, &[]).is_ok() {
+                next[ch] += 1;
+            }
+        }
+        mux.poll().unwrap();
+        assert!(start.elapsed() < DEADLINE, "sender stuck at {next:?}");
+        std::thread::yield_now();
+    }
+    // Keep flushing until the receiver has everything (it closes when done).
+    while start.elapsed() < DEADLINE {
+        match mux.poll() {
+            Ok(_) => std::thread::yield_now(),
+            Err(MuxError::Closed(_)) | Err(MuxError::Io { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    mux
+}
+
+/// Receiver: polls its mux and checks every frame; `stall` channels are not read
+/// until the others have finished.
+fn receive_all(
+    mut mux: Mux<TcpStream>,
+    mut local: Vec<Consumer>,
+    frames: u64,
+    stall: Option<usize>,
+) {
+    let n = local.len();
+    let mut seq = vec![0u64; n];
+    let mut ended = vec![false; n];
+    let start = Instant::now();
+    let mut others_done_at = None;
+    while ended.iter().any(|e| !e) {
+        mux.poll().unwrap();
+        let others_done = ended
+            .iter()
+            .enumerate()
+            .all(|(i, e)| *e || Some(i) == stall);
+        if others_done && others_done_at.is_none() {
+            others_done_at = Some(Instant::now());
+            if let Some(s) = stall {
+                assert!(
+                    seq[s] < frames,
+                    "the stalled channel should still be behind"
+                );
+            }
+        }
+        for (ch, c) in local.iter_mut().enumerate() {
+            if Some(ch) == stall && !others_done {
+                continue;
+            }
+            c.poll(64, |f| match f.frame_type() {
+                FrameType::Data => {
+                    assert_eq!(
+                        f.payload(),
+                        &payload(ch, seq[ch])[..],
+                        "channel {ch} frame {}",
+                        seq[ch]
+                    );
+                    seq[ch] += 1;
+                }
+                FrameType::EndOfStream => ended[ch] = true,
+                t => panic!("{t:?}"),
+            })
+            .unwrap();
+        }
+        assert!(start.elapsed() < DEADLINE, "receiver stuck at {seq:?}");
+        std::thread::yield_now();
+    }
+    assert!(seq.iter().all(|&s| s == frames), "{seq:?}");
+}
+
+#[test]
+fn many_channels_arrive_whole_and_in_order() {
+    let (a, b) = pair();
+    let (a_prod, a_cons) = rings(8, 1 << 14);
+    let (b_prod, b_cons) = rings(8, 1 << 14);
+    let sender = Mux::new(a, 1, a_cons, Vec::new());
+    let receiver = Mux::new(b, 2, Vec::new(), b_prod);
+    let t = std::thread::spawn(move || send_all(sender, a_prod, 20_000));
+    receive_all(receiver, b_cons, 20_000, None);
+    let mux = t.join().unwrap();
+    assert_eq!(mux.peer(), 2);
+}
+
+#[test]
+fn a_stalled_channel_does_not_hold_up_the_others() {
+    let (a, b) = pair();
+    let (a_prod, a_cons) = rings(4, 4096);
+    let (b_prod, b_cons) = rings(4, 4096);
+    let sender = Mux::new(a, 1, a_cons, Vec::new());
+    let receiver = Mux::new(b, 2, Vec::new(), b_prod);
+    let t = std::thread::spawn(move || send_all(sender, a_prod, 5_000));
+    // Channel 0's consumer reads nothing until channels 1..3 have all 5000 frames
+    // (far more than its 4 KiB ring holds): they must not wait for it.
+    receive_all(receiver, b_cons, 5_000, Some(0));
+    t.join().unwrap();
+}
+
+#[test]
+fn a_vanished_peer_is_an_error_not_a_hang() {
+    let (a, b) = pair();
+    let (_p, c) = rings(1, 4096);
+    let mut mux = Mux::new(a, 1, c, Vec::new());
+    drop(b);
+    let start = Instant::now();
+    loop {
+        match mux.poll() {
+            Ok(_) => assert!(start.elapsed() < Duration::from_secs(5), "no error"),
+            Err(MuxError::Closed(_)) | Err(MuxError::Io { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_foreign_peer_is_refused() {
+    use std::io::Write;
+    let (a, mut b) = pair();
+    let mut mux = Mux::new(a, 1, Vec::new(), Vec::new());
+    b.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let start = Instant::now();
+    loop {
+        match mux.poll() {
+            Ok(_) => assert!(start.elapsed() < Duration::from_secs(5), "no error"),
+            Err(MuxError::Protocol { reason, .. }) => {
+                assert!(reason.contains("bad magic"), "{reason}");
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
