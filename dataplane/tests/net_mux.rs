@@ -3,7 +3,7 @@
 //! consumer holds up only its own channel; a vanished or foreign peer is an error.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use spate_dataplane::net::{Mux, MuxError};
+use spate_dataplane::net::{Mux, MuxError, NetStream, TransportKind};
 use spate_dataplane::ring::{Consumer, FrameType, Producer, Ring};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -21,6 +21,16 @@ fn pair() -> (TcpStream, TcpStream) {
     (a, b)
 }
 
+fn streams(kind: TransportKind) -> (NetStream, NetStream) {
+    let (a, b) = pair();
+    let (a, b) = (
+        NetStream::new(a, kind).unwrap(),
+        NetStream::new(b, kind).unwrap(),
+    );
+    assert_eq!(a.kind(), kind, "io_uring works on this machine");
+    (a, b)
+}
+
 fn rings(n: usize, cap: usize) -> (Vec<Producer>, Vec<Consumer>) {
     (0..n).map(|_| Ring::anonymous(cap).unwrap()).unzip()
 }
@@ -35,7 +45,11 @@ fn payload(ch: usize, seq: u64) -> Vec<u8> {
 }
 
 /// Sender: writes `frames` per channel into its local rings and polls its mux.
-fn send_all(mut mux: Mux<TcpStream>, mut local: Vec<Producer>, frames: u64) -> Mux<TcpStream> {
+fn send_all<S: std::io::Read + std::io::Write>(
+    mut mux: Mux<S>,
+    mut local: Vec<Producer>,
+    frames: u64,
+) -> Mux<S> {
     let mut next = vec![0u64; local.len()];
     let start = Instant::now();
     while next.iter().any(|&n| n <= frames) {
@@ -67,8 +81,8 @@ fn send_all(mut mux: Mux<TcpStream>, mut local: Vec<Producer>, frames: u64) -> M
 
 /// Receiver: polls its mux and checks every frame; `stall` channels are not read
 /// until the others have finished.
-fn receive_all(
-    mut mux: Mux<TcpStream>,
+fn receive_all<S: std::io::Read + std::io::Write>(
+    mut mux: Mux<S>,
     mut local: Vec<Consumer>,
     frames: u64,
     stall: Option<usize>,
@@ -120,7 +134,13 @@ fn receive_all(
 
 #[test]
 fn many_channels_arrive_whole_and_in_order() {
-    let (a, b) = pair();
+    for kind in [TransportKind::Socket, TransportKind::IoUring] {
+        many_channels(kind);
+    }
+}
+
+fn many_channels(kind: TransportKind) {
+    let (a, b) = streams(kind);
     let (a_prod, a_cons) = rings(8, 1 << 14);
     let (b_prod, b_cons) = rings(8, 1 << 14);
     let sender = Mux::new(a, 1, a_cons, Vec::new());
@@ -133,7 +153,13 @@ fn many_channels_arrive_whole_and_in_order() {
 
 #[test]
 fn a_stalled_channel_does_not_hold_up_the_others() {
-    let (a, b) = pair();
+    for kind in [TransportKind::Socket, TransportKind::IoUring] {
+        stalled_channel(kind);
+    }
+}
+
+fn stalled_channel(kind: TransportKind) {
+    let (a, b) = streams(kind);
     let (a_prod, a_cons) = rings(4, 4096);
     let (b_prod, b_cons) = rings(4, 4096);
     let sender = Mux::new(a, 1, a_cons, Vec::new());
@@ -147,7 +173,13 @@ fn a_stalled_channel_does_not_hold_up_the_others() {
 
 #[test]
 fn a_vanished_peer_is_an_error_not_a_hang() {
-    let (a, b) = pair();
+    for kind in [TransportKind::Socket, TransportKind::IoUring] {
+        vanished_peer(kind);
+    }
+}
+
+fn vanished_peer(kind: TransportKind) {
+    let (a, b) = streams(kind);
     let (_p, c) = rings(1, 4096);
     let mut mux = Mux::new(a, 1, c, Vec::new());
     drop(b);
@@ -180,4 +212,34 @@ fn a_foreign_peer_is_refused() {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+#[test]
+fn refused_io_uring_falls_back_to_sockets_and_still_works() {
+    // The other tests of this binary assert that io_uring is used; the refusal is
+    // simulated by an environment variable, so it runs in a child process of its own.
+    if std::env::var_os("SPATE_NET_CHILD").is_none() {
+        let st = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "refused_io_uring_falls_back_to_sockets_and_still_works",
+                "--exact",
+            ])
+            .env("SPATE_NET_CHILD", "1")
+            .env("SPATE_DISABLE_IO_URING", "1")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        return;
+    }
+    let (a, b) = pair();
+    let a = NetStream::new(a, TransportKind::IoUring).unwrap();
+    let b = NetStream::new(b, TransportKind::IoUring).unwrap();
+    assert_eq!(a.kind(), TransportKind::Socket);
+    let (a_prod, a_cons) = rings(2, 1 << 14);
+    let (b_prod, b_cons) = rings(2, 1 << 14);
+    let sender = Mux::new(a, 1, a_cons, Vec::new());
+    let receiver = Mux::new(b, 2, Vec::new(), b_prod);
+    let t = std::thread::spawn(move || send_all(sender, a_prod, 2_000));
+    receive_all(receiver, b_cons, 2_000, None);
+    t.join().unwrap();
 }
