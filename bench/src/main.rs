@@ -7,6 +7,7 @@
 mod clock;
 mod cluster;
 mod hiccup;
+mod net;
 mod report;
 mod ring;
 mod vwap;
@@ -71,6 +72,20 @@ enum Cmd {
         /// heartbeat.timeout, ms.
         #[arg(long, default_value_t = 1000)]
         heartbeat_timeout_ms: u64,
+        /// Write the rows as a JSON array to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Channels between hosts over loopback: ping-pong and streaming of 64-byte frames
+    /// through the multiplexer on io_uring and on non-blocking sockets ("epoll"),
+    /// beside blocking sockets.
+    Net {
+        /// Round trips per ping-pong variant.
+        #[arg(long, default_value_t = 100_000)]
+        round_trips: u64,
+        /// Frames per streaming variant.
+        #[arg(long, default_value_t = 5_000_000)]
+        frames: u64,
         /// Write the rows as a JSON array to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -178,6 +193,26 @@ fn main() -> Result<()> {
             cluster::print(&rows, &p);
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")?;
+            }
+        }
+        Cmd::Net {
+            round_trips,
+            frames,
+            json,
+        } => {
+            let cores = two_cores()?;
+            eprintln!(
+                "net: {round_trips} round trips and {frames} frames of {} bytes per variant, \
+                 pinned to cores {} and {}, busy-polling",
+                net::FRAME,
+                cores.0,
+                cores.1
+            );
+            let rows = net::run(round_trips, frames, cores)?;
+            report::print_table(&rows, net::FRAME);
+            report::print_ratios(&rows, "io_uring");
+            if let Some(path) = json {
+                report::write_json(&path, &rows)?;
             }
         }
         Cmd::Hiccup { seconds } => {
