@@ -72,10 +72,10 @@ impl UringStream {
     }
 
     fn push(&mut self, e: &io_uring::squeue::Entry) -> io::Result<()> {
-        // SAFETY: every entry pushed points into `rbuf` or `wbuf`, which are boxed
-        // (stable addresses), owned by `self`, not touched by us while the operation is
-        // in flight (`recv_inflight` / `send_inflight`), and not freed before its
-        // completion is reaped (`Drop` waits for it).
+        // Every entry pushed points into `rbuf` or `wbuf`: boxed (stable addresses), owned
+        // by `self`, untouched by us while the operation is in flight (`recv_inflight` /
+        // `send_inflight`), and freed only after its completion is reaped (`Drop` waits).
+        // SAFETY: the buffers outlive the operation, as argued above.
         unsafe { self.ring.submission().push(e) }
             .map_err(|_| io::Error::new(ErrorKind::WouldBlock, "submission queue full"))?;
         self.ring.submit()?;
