@@ -200,7 +200,7 @@ pub fn run(round_trips: u64, frames: u64, cores: (usize, usize)) -> Result<Vec<R
     let mut rows = Vec::new();
     for (name, kind) in [
         ("io_uring", TransportKind::IoUring),
-        ("epoll", TransportKind::Socket),
+        ("epoll", TransportKind::Epoll),
     ] {
         let h = pingpong_mux(kind, round_trips, cores, &clock)?;
         rows.push(Row::latency("pingpong_loopback", name, &h));
@@ -209,7 +209,7 @@ pub fn run(round_trips: u64, frames: u64, cores: (usize, usize)) -> Result<Vec<R
     rows.push(Row::latency("pingpong_loopback", "blocking", &h));
     for (name, kind) in [
         ("io_uring", TransportKind::IoUring),
-        ("epoll", TransportKind::Socket),
+        ("epoll", TransportKind::Epoll),
     ] {
         rows.push(Row::rate(
             "stream_loopback",
@@ -224,7 +224,7 @@ pub fn run(round_trips: u64, frames: u64, cores: (usize, usize)) -> Result<Vec<R
     ));
     for (name, kind) in [
         ("io_uring", TransportKind::IoUring),
-        ("epoll", TransportKind::Socket),
+        ("epoll", TransportKind::Epoll),
     ] {
         rows.push(Row::rate(
             "stream_64ch_loopback",

@@ -35,6 +35,9 @@ pub fn pid_alive(pid: u32) -> bool {
     if pid <= 0 {
         return false;
     }
+    if pid as u32 == std::process::id() {
+        return true;
+    }
     // SAFETY: signal 0 performs only the existence and permission checks.
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)

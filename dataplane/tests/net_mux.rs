@@ -134,7 +134,7 @@ fn receive_all<S: std::io::Read + std::io::Write>(
 
 #[test]
 fn many_channels_arrive_whole_and_in_order() {
-    for kind in [TransportKind::Socket, TransportKind::IoUring] {
+    for kind in [TransportKind::Epoll, TransportKind::IoUring] {
         many_channels(kind);
     }
 }
@@ -153,7 +153,7 @@ fn many_channels(kind: TransportKind) {
 
 #[test]
 fn a_stalled_channel_does_not_hold_up_the_others() {
-    for kind in [TransportKind::Socket, TransportKind::IoUring] {
+    for kind in [TransportKind::Epoll, TransportKind::IoUring] {
         stalled_channel(kind);
     }
 }
@@ -173,7 +173,7 @@ fn stalled_channel(kind: TransportKind) {
 
 #[test]
 fn a_vanished_peer_is_an_error_not_a_hang() {
-    for kind in [TransportKind::Socket, TransportKind::IoUring] {
+    for kind in [TransportKind::Epoll, TransportKind::IoUring] {
         vanished_peer(kind);
     }
 }
@@ -234,7 +234,7 @@ fn refused_io_uring_falls_back_to_sockets_and_still_works() {
     let (a, b) = pair();
     let a = NetStream::new(a, TransportKind::IoUring).unwrap();
     let b = NetStream::new(b, TransportKind::IoUring).unwrap();
-    assert_eq!(a.kind(), TransportKind::Socket);
+    assert_eq!(a.kind(), TransportKind::Epoll);
     let (a_prod, a_cons) = rings(2, 1 << 14);
     let (b_prod, b_cons) = rings(2, 1 << 14);
     let sender = Mux::new(a, 1, a_cons, Vec::new());

@@ -1,12 +1,14 @@
 //! Channels between two "hosts": network namespaces joined by veth pairs on a bridge
 //! (scripts/netns-cluster.sh, on a private subnet this test creates), for io_uring and
-//! for plain sockets. A receiver process listens in one namespace, a sender process
-//! connects from the other; every byte of every frame of interleaved channels must
-//! arrive once, in per-channel order. Skipped where it cannot run (not root, no ip).
+//! for epoll. A node's agent runs in each namespace, with channels both ways over the
+//! one connection between them; every byte of every frame of the interleaved channels
+//! must arrive once, in per-channel order. Skipped where it cannot run (not root, no ip).
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use spate_dataplane::net::{Mux, NetStream, TransportKind};
-use spate_dataplane::ring::{FrameType, Ring};
+mod common;
+
+use common::{agent, Side};
+use spate_dataplane::net::TransportKind;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,95 +19,46 @@ fn script() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/netns-cluster.sh")
 }
 
-fn payload(ch: usize, seq: u64) -> Vec<u8> {
-    let len = ((seq * 11 + ch as u64 * 5) % 300) as usize + 8;
-    let mut v: Vec<u8> = (0..len)
-        .map(|i| (i as u64 * 3 + seq + ch as u64) as u8)
-        .collect();
-    v[..8].copy_from_slice(&seq.to_le_bytes());
-    v
-}
-
-fn kind(s: &str) -> TransportKind {
-    if s == "io_uring" {
-        TransportKind::IoUring
-    } else {
-        TransportKind::Socket
-    }
-}
-
-/// The child's part: `recv ADDR KIND` or `send ADDR KIND`.
+/// The child's part: `NODE LISTEN PEER PEER_ADDR KIND`: a node's agent with CHANNELS
+/// channels each way to its peer, sending FRAMES frames on each and checking every
+/// frame that arrives.
 #[test]
 fn child_entry() {
     let Ok(spec) = std::env::var("SPATE_NETNS_CHILD") else {
         return;
     };
-    let parts: Vec<&str> = spec.split(' ').collect();
-    let (role, addr, k) = (parts[0], parts[1], kind(parts[2]));
+    let p: Vec<&str> = spec.split(' ').collect();
+    let kind: TransportKind = p[4].parse().unwrap();
+    let node: u64 = p[0].parse().unwrap();
+    let a = agent(node, p[1], kind, Duration::from_secs(20));
+    let h = a.handle();
+    let mut side = Side::new(
+        a,
+        p[2].parse().unwrap(),
+        p[3].parse().unwrap(),
+        CHANNELS,
+        1 << 14,
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
-    if role == "recv" {
-        let l = std::net::TcpListener::bind(addr).unwrap();
-        let (s, _) = l.accept().unwrap();
-        let s = NetStream::new(s, k).unwrap();
-        assert_eq!(s.kind(), k);
-        let (prods, mut cons): (Vec<_>, Vec<_>) = (0..CHANNELS)
-            .map(|_| Ring::anonymous(1 << 14).unwrap())
-            .unzip();
-        let mut mux = Mux::new(s, 2, Vec::new(), prods);
-        let mut seq = [0u64; CHANNELS];
-        let mut ended = [false; CHANNELS];
-        while ended.iter().any(|e| !e) {
-            mux.poll().unwrap();
-            for (ch, c) in cons.iter_mut().enumerate() {
-                c.poll(64, |f| match f.frame_type() {
-                    FrameType::Data => {
-                        assert_eq!(f.payload(), &payload(ch, seq[ch])[..]);
-                        seq[ch] += 1;
-                    }
-                    _ => ended[ch] = true,
-                })
-                .unwrap();
-            }
-            assert!(Instant::now() < deadline, "receiver stuck at {seq:?}");
+    while !side.done(FRAMES) {
+        if !side.step(FRAMES) {
+            std::thread::yield_now();
         }
-        assert!(seq.iter().all(|&s| s == FRAMES), "{seq:?}");
-    } else {
-        let start = Instant::now();
-        let s = loop {
-            match std::net::TcpStream::connect(addr) {
-                Ok(s) => break s,
-                Err(_) if start.elapsed() < Duration::from_secs(10) => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => panic!("connect {addr}: {e}"),
-            }
-        };
-        let s = NetStream::new(s, k).unwrap();
-        assert_eq!(s.kind(), k);
-        let (mut prods, cons): (Vec<_>, Vec<_>) = (0..CHANNELS)
-            .map(|_| Ring::anonymous(1 << 14).unwrap())
-            .unzip();
-        let mut mux = Mux::new(s, 1, cons, Vec::new());
-        let mut next = [0u64; CHANNELS];
-        loop {
-            for (ch, p) in prods.iter_mut().enumerate() {
-                while next[ch] < FRAMES
-                    && p.try_send(FrameType::Data, &payload(ch, next[ch])).is_ok()
-                {
-                    next[ch] += 1;
-                }
-                if next[ch] == FRAMES && p.try_send(FrameType::EndOfStream, &[]).is_ok() {
-                    next[ch] += 1;
-                }
-            }
-            match mux.poll() {
-                Ok(_) => {}
-                Err(_) if next.iter().all(|&n| n > FRAMES) => break, // receiver done
-                Err(e) => panic!("{e}"),
-            }
-            assert!(Instant::now() < deadline, "sender stuck at {next:?}");
-        }
+        assert!(
+            Instant::now() < deadline,
+            "stuck: received {:?}, sent {:?}",
+            side.seq,
+            side.next
+        );
     }
+    // Let the last frames leave before the process (and its socket) ends.
+    let linger = Instant::now();
+    while linger.elapsed() < Duration::from_millis(300) {
+        side.step(FRAMES);
+        std::thread::yield_now();
+    }
+    assert_eq!(h.stats().fallbacks(), 0, "{kind} in use");
+    println!("{kind}: node {node} done");
 }
 
 struct Hosts(String);
@@ -152,23 +105,26 @@ fn channels_cross_a_veth_network_intact_with_both_transports() {
         .next()
         .unwrap()
         .to_string();
-    for (i, k) in ["io_uring", "socket"].iter().enumerate() {
-        let addr = format!("10.77.{net}.2:{}", 17100 + i);
+    for (i, k) in ["io_uring", "epoll"].iter().enumerate() {
+        let (a_addr, b_addr) = (
+            format!("10.77.{net}.2:{}", 17100 + i),
+            format!("10.77.{net}.3:{}", 17100 + i),
+        );
         let exe = std::env::current_exe().unwrap();
-        let child = |ns: &str, role: &str| {
+        let child = |ns: &str, spec: String| {
             Command::new("ip")
                 .args(["netns", "exec", ns])
                 .arg(&exe)
                 .args(["child_entry", "--exact", "--nocapture"])
-                .env("SPATE_NETNS_CHILD", format!("{role} {addr} {k}"))
+                .env("SPATE_NETNS_CHILD", spec)
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap()
         };
-        let mut recv = child(&format!("{prefix}1"), "recv");
-        std::thread::sleep(Duration::from_millis(100));
-        let mut send = child(&format!("{prefix}2"), "send");
-        assert!(recv.wait().unwrap().success(), "{k} receiver");
-        assert!(send.wait().unwrap().success(), "{k} sender");
+        // Node 1 dials node 2; either may start first.
+        let mut b = child(&format!("{prefix}2"), format!("2 {b_addr} 1 {a_addr} {k}"));
+        let mut a = child(&format!("{prefix}1"), format!("1 {a_addr} 2 {b_addr} {k}"));
+        assert!(a.wait().unwrap().success(), "{k}: node 1");
+        assert!(b.wait().unwrap().success(), "{k}: node 2");
     }
 }

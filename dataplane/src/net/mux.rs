@@ -1,8 +1,15 @@
 //! The multiplexer: local rings on one side, a byte stream on the other.
 
-use super::{FRAME_HEADER, HANDSHAKE_LEN, KIND_CREDIT, KIND_DATA, MAGIC, MAX_PAYLOAD, VERSION};
-use crate::ring::{frame_size, ClaimError, Consumer, FrameType, Producer, RingError};
+use super::{
+    CLOSE_BY_CONSUMER, CLOSE_BY_PRODUCER, FRAME_HEADER, HANDSHAKE_LEN, KIND_CLOSE, KIND_CREDIT,
+    KIND_DATA, KIND_PING, MAGIC, MAX_PAYLOAD, VERSION,
+};
+use crate::clock;
+use crate::ring::{frame_size, ClaimError, Consumer, FrameType, PeerState, Producer, RingError};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
+use std::time::Duration;
 
 /// Why a connection failed. The data plane is fail-stop: the affected channels end.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +25,16 @@ pub enum MuxError {
     /// The peer closed the connection.
     #[error("node {0} closed the connection")]
     Closed(u64),
+    /// Nothing arrived from the peer for longer than the timeout (not even a keepalive).
+    #[error("node {peer} sent nothing for {silent:?} (timeout {timeout:?})")]
+    Timeout {
+        /// The peer's node id.
+        peer: u64,
+        /// How long it has been silent.
+        silent: Duration,
+        /// The limit.
+        timeout: Duration,
+    },
     /// The peer broke the protocol.
     #[error("node {peer} broke the protocol: {reason}")]
     Protocol {
@@ -26,6 +43,9 @@ pub enum MuxError {
         /// What it did.
         reason: String,
     },
+    /// A channel id was added twice.
+    #[error("channel {0} is already open on this connection")]
+    DuplicateChannel(u32),
     /// A local ring failed.
     #[error("ring of channel {channel}: {source}")]
     Ring {
@@ -37,6 +57,7 @@ pub enum MuxError {
 }
 
 struct Out {
+    id: u32,
     rx: Consumer,
     /// Ring bytes the receiver still accepts on this channel.
     credit: u64,
@@ -49,13 +70,44 @@ struct In {
     received: u64,
 }
 
-/// One connection's channels. Channel ids are the indexes of `outs` on the sending
-/// side and of `ins` on the receiving side; both sides agree on them at deployment.
+/// Byte and frame counts of one connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MuxStats {
+    /// Bytes read from the stream.
+    pub bytes_in: u64,
+    /// Bytes written to the stream.
+    pub bytes_out: u64,
+    /// Ring frames delivered into local rings.
+    pub frames_in: u64,
+    /// Ring frames sent from local rings.
+    pub frames_out: u64,
+}
+
+/// Channel ids of ended channels remembered (so late frames for them are dropped, not
+/// taken for a protocol error).
+const RETIRED_KEPT: usize = 1 << 16;
+/// Credit for channels this side has not opened yet, held until they open.
+const PENDING_CREDIT_MAX: usize = 1 << 16;
+/// How often a channel's local peer is checked for having gone away.
+const LIVENESS_CHECK_NS: u64 = 1_000_000;
+
+/// One connection's channels, in both directions. A channel id names one direction:
+/// the sender's outbound ring and the receiver's inbound ring; both sides agree on ids
+/// at deployment and may open channels at any time while the connection lives.
+///
+/// A channel ends by its end-of-stream frame (both sides then forget it), by a close
+/// frame when a local side went away without end of stream (the other side's ring is
+/// then closed, and its task fails as if a local peer had), or with the connection.
+/// Dropping the multiplexer closes every local ring it holds.
 pub struct Mux<S> {
     stream: S,
+    node: u64,
     peer: u64,
     outs: Vec<Out>,
-    ins: Vec<In>,
+    ins: FxHashMap<u32, In>,
+    pending_credit: FxHashMap<u32, u64>,
+    retired: FxHashSet<u32>,
+    retired_order: VecDeque<u32>,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     handshaken: bool,
@@ -63,40 +115,156 @@ pub struct Mux<S> {
     /// Write whatever is queued once it reaches this size, or when nothing else is
     /// ready (small frames coalesce while there is a backlog).
     coalesce: usize,
+    keepalive_ns: u64,
+    timeout_ns: u64,
+    last_heard: u64,
+    last_sent: u64,
+    next_liveness: u64,
+    stats: MuxStats,
 }
 
 impl<S: Read + Write> Mux<S> {
     /// Over a non-blocking `stream`; `outs[i]` feeds channel i to the peer, `ins[i]`
     /// receives the peer's channel i.
     pub fn new(stream: S, node: u64, outs: Vec<Consumer>, ins: Vec<Producer>) -> Self {
+        let mut m = Self::empty(stream, node);
+        for (i, rx) in outs.into_iter().enumerate() {
+            m.outs.push(Out {
+                id: i as u32,
+                rx,
+                credit: 0,
+            });
+        }
+        for (i, tx) in ins.into_iter().enumerate() {
+            m.ins.insert(
+                i as u32,
+                In {
+                    tx,
+                    granted: 0,
+                    received: 0,
+                },
+            );
+        }
+        m
+    }
+
+    /// Over a non-blocking `stream`, with no channel yet.
+    pub fn empty(stream: S, node: u64) -> Self {
         let mut wbuf = Vec::with_capacity(1 << 16);
         wbuf.extend_from_slice(&MAGIC);
         wbuf.extend_from_slice(&VERSION.to_le_bytes());
         wbuf.extend_from_slice(&[0, 0]);
         wbuf.extend_from_slice(&node.to_le_bytes());
+        let now = clock::now_ns();
         Self {
             stream,
+            node,
             peer: 0,
-            outs: outs.into_iter().map(|rx| Out { rx, credit: 0 }).collect(),
-            ins: ins
-                .into_iter()
-                .map(|tx| In {
-                    tx,
-                    granted: 0,
-                    received: 0,
-                })
-                .collect(),
+            outs: Vec::new(),
+            ins: FxHashMap::default(),
+            pending_credit: FxHashMap::default(),
+            retired: FxHashSet::default(),
+            retired_order: VecDeque::new(),
             rbuf: Vec::with_capacity(1 << 16),
             wbuf,
             handshaken: false,
             next_out: 0,
             coalesce: 32 * 1024,
+            keepalive_ns: 0,
+            timeout_ns: 0,
+            last_heard: now,
+            last_sent: now,
+            next_liveness: 0,
+            stats: MuxStats::default(),
         }
+    }
+
+    /// Sends a keepalive when nothing else was sent for `keepalive`, and fails the
+    /// connection when nothing at all arrived for `timeout` (0: never). A peer whose
+    /// host vanished without closing the connection is found this way.
+    pub fn set_liveness(&mut self, keepalive: Duration, timeout: Duration) {
+        self.keepalive_ns = keepalive.as_nanos() as u64;
+        self.timeout_ns = timeout.as_nanos() as u64;
+    }
+
+    /// This side's node id.
+    pub fn node(&self) -> u64 {
+        self.node
     }
 
     /// The peer's node id (0 before the handshake).
     pub fn peer(&self) -> u64 {
         self.peer
+    }
+
+    /// Whether the peer's handshake has arrived.
+    pub fn handshaken(&self) -> bool {
+        self.handshaken
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MuxStats {
+        self.stats
+    }
+
+    /// Open channels: (outbound, inbound).
+    pub fn channels(&self) -> (usize, usize) {
+        (self.outs.len(), self.ins.len())
+    }
+
+    /// The stream, for its owner's readiness bookkeeping.
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// Whether bytes wait to be written.
+    pub fn wants_write(&self) -> bool {
+        !self.wbuf.is_empty()
+    }
+
+    /// Opens outbound channel `id`: the frames `rx` reads go to the peer.
+    pub fn add_out(&mut self, id: u32, rx: Consumer) -> Result<(), MuxError> {
+        if self.outs.iter().any(|o| o.id == id) {
+            return Err(MuxError::DuplicateChannel(id));
+        }
+        self.forget_retired(id);
+        let credit = self.pending_credit.remove(&id).unwrap_or(0);
+        self.outs.push(Out { id, rx, credit });
+        Ok(())
+    }
+
+    /// Opens inbound channel `id`: the peer's frames on it go to `tx`.
+    pub fn add_in(&mut self, id: u32, tx: Producer) -> Result<(), MuxError> {
+        if self.ins.contains_key(&id) {
+            return Err(MuxError::DuplicateChannel(id));
+        }
+        self.forget_retired(id);
+        self.ins.insert(
+            id,
+            In {
+                tx,
+                granted: 0,
+                received: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn forget_retired(&mut self, id: u32) {
+        if self.retired.remove(&id) {
+            self.retired_order.retain(|&r| r != id);
+        }
+    }
+
+    fn retire(&mut self, id: u32) {
+        if self.retired.insert(id) {
+            self.retired_order.push_back(id);
+            if self.retired_order.len() > RETIRED_KEPT {
+                if let Some(old) = self.retired_order.pop_front() {
+                    self.retired.remove(&old);
+                }
+            }
+        }
     }
 
     fn protocol(&self, reason: impl Into<String>) -> MuxError {
@@ -115,8 +283,72 @@ impl<S: Read + Write> Mux<S> {
             work += self.grant();
             work += self.send();
         }
-        work += self.write()?;
+        let now = clock::now_ns();
+        if now >= self.next_liveness {
+            self.next_liveness = now + LIVENESS_CHECK_NS;
+            self.check_local_peers();
+            self.check_remote(now)?;
+        }
+        work += self.write(now)?;
         Ok(work)
+    }
+
+    fn check_remote(&mut self, now: u64) -> Result<(), MuxError> {
+        let silent = now.saturating_sub(self.last_heard);
+        if self.timeout_ns > 0 && silent > self.timeout_ns {
+            return Err(MuxError::Timeout {
+                peer: self.peer,
+                silent: Duration::from_nanos(silent),
+                timeout: Duration::from_nanos(self.timeout_ns),
+            });
+        }
+        if self.handshaken
+            && self.keepalive_ns > 0
+            && self.wbuf.is_empty()
+            && now.saturating_sub(self.last_sent) > self.keepalive_ns
+        {
+            self.put_header(0, KIND_PING, 0, 0);
+        }
+        Ok(())
+    }
+
+    /// Ends the channels whose local task went away without end of stream, telling the
+    /// peer so that the other end closes too.
+    fn check_local_peers(&mut self) {
+        let mut i = 0;
+        while i < self.outs.len() {
+            let o = &self.outs[i];
+            let gone = matches!(
+                o.rx.producer_state(0, 0),
+                PeerState::Closed | PeerState::Gone
+            ) && !o.rx.has_frame();
+            if gone {
+                let id = o.id;
+                self.outs.swap_remove(i);
+                self.put_header(id, KIND_CLOSE, CLOSE_BY_PRODUCER, 0);
+                self.retire(id);
+                tracing::debug!(channel = id, peer = self.peer, "outbound channel closed");
+            } else {
+                i += 1;
+            }
+        }
+        let gone: Vec<u32> = self
+            .ins
+            .iter()
+            .filter(|(_, c)| {
+                matches!(
+                    c.tx.consumer_state(0, 0),
+                    PeerState::Closed | PeerState::Gone
+                )
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.ins.remove(&id);
+            self.put_header(id, KIND_CLOSE, CLOSE_BY_CONSUMER, 0);
+            self.retire(id);
+            tracing::debug!(channel = id, peer = self.peer, "inbound channel closed");
+        }
     }
 
     fn read(&mut self) -> Result<usize, MuxError> {
@@ -129,10 +361,10 @@ impl<S: Read + Write> Mux<S> {
                     self.rbuf.extend_from_slice(&chunk[..k]);
                     n += k;
                     if k < chunk.len() {
-                        return Ok(usize::from(n > 0));
+                        break;
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(usize::from(n > 0)),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(source) => {
                     return Err(MuxError::Io {
@@ -142,6 +374,11 @@ impl<S: Read + Write> Mux<S> {
                 }
             }
         }
+        if n > 0 {
+            self.stats.bytes_in += n as u64;
+            self.last_heard = clock::now_ns();
+        }
+        Ok(usize::from(n > 0))
     }
 
     fn process(&mut self) -> Result<usize, MuxError> {
@@ -166,30 +403,41 @@ impl<S: Read + Write> Mux<S> {
             at = HANDSHAKE_LEN;
             work += 1;
         }
-        while self.rbuf.len() >= at + FRAME_HEADER {
-            let h = &self.rbuf[at..at + FRAME_HEADER];
+        let result = self.frames(&mut at, &mut work);
+        self.rbuf.drain(..at);
+        result.map(|()| work)
+    }
+
+    fn frames(&mut self, at: &mut usize, work: &mut usize) -> Result<(), MuxError> {
+        while self.rbuf.len() >= *at + FRAME_HEADER {
+            let h = &self.rbuf[*at..*at + FRAME_HEADER];
             let channel = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
             let kind = h[4];
-            let ring_type = h[5];
+            let sub = h[5];
             let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
             if len > MAX_PAYLOAD {
                 return Err(self.protocol(format!("frame of {len} bytes")));
             }
-            if self.rbuf.len() < at + FRAME_HEADER + len {
+            if self.rbuf.len() < *at + FRAME_HEADER + len {
                 break;
             }
-            let body = at + FRAME_HEADER..at + FRAME_HEADER + len;
+            let body = *at + FRAME_HEADER..*at + FRAME_HEADER + len;
             match kind {
                 KIND_DATA => {
-                    let ty = match ring_type {
+                    let ty = match sub {
                         1 => FrameType::Data,
                         2 => FrameType::Watermark,
                         3 => FrameType::Barrier,
                         4 => FrameType::EndOfStream,
                         t => return Err(self.protocol(format!("ring frame type {t}"))),
                     };
-                    let Some(inc) = self.ins.get_mut(channel as usize) else {
-                        return Err(self.protocol(format!("unknown channel {channel}")));
+                    let Some(inc) = self.ins.get_mut(&channel) else {
+                        if self.retired.contains(&channel) {
+                            // In flight when the channel ended here: dropped.
+                            *at += FRAME_HEADER + len;
+                            continue;
+                        }
+                        return Err(self.protocol(format!("data on unknown channel {channel}")));
                     };
                     let size = frame_size(len) as u64;
                     if inc.received + size > inc.granted {
@@ -206,32 +454,71 @@ impl<S: Read + Write> Mux<S> {
                             return Err(self.protocol(format!("channel {channel}: {e}")));
                         }
                     }
+                    self.stats.frames_in += 1;
+                    if ty == FrameType::EndOfStream {
+                        // The stream is complete: the ring's producer side closes.
+                        self.ins.remove(&channel);
+                        self.retire(channel);
+                    }
                 }
                 KIND_CREDIT => {
-                    let Some(out) = self.outs.get_mut(channel as usize) else {
-                        return Err(self.protocol(format!("credit for unknown channel {channel}")));
-                    };
                     if len != 8 {
                         return Err(self.protocol("credit frame of the wrong length"));
                     }
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&self.rbuf[body]);
-                    out.credit = out.credit.saturating_add(u64::from_le_bytes(b));
+                    let more = u64::from_le_bytes(b);
+                    if let Some(out) = self.outs.iter_mut().find(|o| o.id == channel) {
+                        out.credit = out.credit.saturating_add(more);
+                    } else if !self.retired.contains(&channel) {
+                        // The receiver opened its end first: kept until ours opens.
+                        if self.pending_credit.len() >= PENDING_CREDIT_MAX
+                            && !self.pending_credit.contains_key(&channel)
+                        {
+                            return Err(self.protocol("credit for too many unopened channels"));
+                        }
+                        let c = self.pending_credit.entry(channel).or_insert(0);
+                        *c = c.saturating_add(more);
+                    }
                 }
+                KIND_CLOSE => {
+                    // The peer's end went away without end of stream: ours closes too.
+                    let mut known = false;
+                    if let Some(i) = self.outs.iter().position(|o| o.id == channel) {
+                        self.outs.swap_remove(i);
+                        known = true;
+                    }
+                    known |= self.ins.remove(&channel).is_some();
+                    self.pending_credit.remove(&channel);
+                    self.retire(channel);
+                    if known {
+                        let by = if sub == CLOSE_BY_CONSUMER {
+                            "consumer"
+                        } else {
+                            "producer"
+                        };
+                        tracing::debug!(
+                            channel,
+                            peer = self.peer,
+                            by,
+                            "channel closed by the peer"
+                        );
+                    }
+                }
+                KIND_PING => {}
                 k => return Err(self.protocol(format!("frame kind {k}"))),
             }
-            at += FRAME_HEADER + len;
-            work += 1;
+            *at += FRAME_HEADER + len;
+            *work += 1;
         }
-        self.rbuf.drain(..at);
-        Ok(work)
+        Ok(())
     }
 
-    fn put_header(&mut self, channel: u32, kind: u8, ring_type: u8, len: usize) {
+    fn put_header(&mut self, channel: u32, kind: u8, sub: u8, len: usize) {
         let mut h = [0u8; FRAME_HEADER];
         h[..4].copy_from_slice(&channel.to_le_bytes());
         h[4] = kind;
-        h[5] = ring_type;
+        h[5] = sub;
         h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
         self.wbuf.extend_from_slice(&h);
     }
@@ -241,8 +528,8 @@ impl<S: Read + Write> Mux<S> {
     /// that wraps needs more ring bytes than its size.
     fn grant(&mut self) -> usize {
         let mut work = 0;
-        for ch in 0..self.ins.len() {
-            let inc = &mut self.ins[ch];
+        let wbuf = &mut self.wbuf;
+        for (&ch, inc) in self.ins.iter_mut() {
             let cap = inc.tx.capacity() as u64;
             let reserve = (inc.tx.max_payload() + 16) as u64;
             let free = match inc.tx.free_bytes(true) {
@@ -253,8 +540,12 @@ impl<S: Read + Write> Mux<S> {
             let can = free.saturating_sub(reserve).saturating_sub(outstanding);
             if can >= cap / 4 || (inc.granted == 0 && can > 0) {
                 inc.granted += can;
-                self.put_header(ch as u32, KIND_CREDIT, 0, 8);
-                self.wbuf.extend_from_slice(&can.to_le_bytes());
+                let mut h = [0u8; FRAME_HEADER];
+                h[..4].copy_from_slice(&ch.to_le_bytes());
+                h[4] = KIND_CREDIT;
+                h[8..12].copy_from_slice(&8u32.to_le_bytes());
+                wbuf.extend_from_slice(&h);
+                wbuf.extend_from_slice(&can.to_le_bytes());
                 work += 1;
             }
         }
@@ -266,6 +557,7 @@ impl<S: Read + Write> Mux<S> {
     fn send(&mut self) -> usize {
         let mut work = 0;
         let n = self.outs.len();
+        let mut ended = None;
         for i in 0..n {
             let ch = (self.next_out + i) % n;
             let mut moved = 0;
@@ -285,24 +577,37 @@ impl<S: Read + Write> Mux<S> {
                     break;
                 }
                 out.credit -= size;
-                let (ty, payload) = (frame.frame_type() as u8, frame.payload());
+                let (ty, payload) = (frame.frame_type(), frame.payload());
                 let mut h = [0u8; FRAME_HEADER];
-                h[..4].copy_from_slice(&(ch as u32).to_le_bytes());
+                h[..4].copy_from_slice(&out.id.to_le_bytes());
                 h[4] = KIND_DATA;
-                h[5] = ty;
+                h[5] = ty as u8;
                 h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
                 self.wbuf.extend_from_slice(&h);
                 self.wbuf.extend_from_slice(payload);
                 moved += 1;
+                if ty == FrameType::EndOfStream {
+                    ended = Some(ch);
+                    break;
+                }
             }
             self.outs[ch].rx.release();
             work += moved;
+            if ended.is_some() {
+                break;
+            }
         }
-        self.next_out = (self.next_out + 1) % n.max(1);
+        self.stats.frames_out += work as u64;
+        if let Some(ch) = ended {
+            // Its stream is complete: nothing more will come from this ring.
+            let id = self.outs.swap_remove(ch).id;
+            self.retire(id);
+        }
+        self.next_out = (self.next_out + 1) % self.outs.len().max(1);
         work
     }
 
-    fn write(&mut self) -> Result<usize, MuxError> {
+    fn write(&mut self, now: u64) -> Result<usize, MuxError> {
         let mut written = 0;
         while written < self.wbuf.len() {
             match self.stream.write(&self.wbuf[written..]) {
@@ -318,7 +623,11 @@ impl<S: Read + Write> Mux<S> {
                 }
             }
         }
-        self.wbuf.drain(..written);
+        if written > 0 {
+            self.wbuf.drain(..written);
+            self.stats.bytes_out += written as u64;
+            self.last_sent = now;
+        }
         Ok(usize::from(written > 0))
     }
 }
