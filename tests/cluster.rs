@@ -275,13 +275,40 @@ fn submitted_id(out: &std::process::Output) -> String {
 
 #[test]
 fn w1_across_two_taskmanagers_equals_the_single_threaded_computation() {
+    // Through shared memory (one host), and through the network agents (as between
+    // hosts) over io_uring with the agent on its own thread and over epoll with the
+    // agent polled by a slot.
+    w1_across_two_taskmanagers(&[], false);
+    w1_across_two_taskmanagers(
+        &[
+            "-D",
+            "taskmanager.network.same-host=tcp",
+            "-D",
+            "taskmanager.network.transport=io_uring",
+        ],
+        true,
+    );
+    w1_across_two_taskmanagers(
+        &[
+            "-D",
+            "taskmanager.network.same-host=tcp",
+            "-D",
+            "taskmanager.network.transport=epoll",
+            "-D",
+            "taskmanager.network.agent=shared",
+        ],
+        true,
+    );
+}
+
+fn w1_across_two_taskmanagers(extra: &[&str], tcp: bool) {
     let ports = Ports {
         rpc: free_port(),
         rest: free_port(),
     };
-    let _jm = spate("jobmanager", &ports, &[]);
-    let _tm1 = spate("taskmanager", &ports, &[]);
-    let _tm2 = spate("taskmanager", &ports, &[]);
+    let _jm = spate("jobmanager", &ports, extra);
+    let _tm1 = spate("taskmanager", &ports, extra);
+    let _tm2 = spate("taskmanager", &ports, extra);
     wait_for("two TaskManagers", Duration::from_secs(15), || {
         taskmanager_count(ports.rest) == Some(2)
     });
@@ -343,6 +370,20 @@ fn w1_across_two_taskmanagers_equals_the_single_threaded_computation() {
     assert_eq!(got, spate::jobs::vwap_reference(42, events, 2));
     wait_for("the job's rings to be gone", Duration::from_secs(5), || {
         leftover_rings(&id).is_empty()
+    });
+    // The key exchange crossed between the TaskManagers over their one connection (or
+    // not at all over the network, through shared memory).
+    wait_for("network counters", Duration::from_secs(5), || {
+        let (_, tms) = http(ports.rest, "GET", "/taskmanagers", "").unwrap();
+        tms["taskmanagers"].as_array().unwrap().iter().all(|t| {
+            let n = &t["network"];
+            let sent = n["framesOut"].as_u64().unwrap();
+            if tcp {
+                n["connections"] == 1 && sent > 0 && n["failures"] == 0
+            } else {
+                n["connections"] == 0 && sent == 0
+            }
+        })
     });
 }
 
@@ -643,7 +684,7 @@ fn region_failover_restarts_only_the_failed_pipeline() {
 #[test]
 fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
     use spate::cluster::{
-        JmToTm, SlotInfo, TaskKey, TaskManagerId, TaskRecords, TaskState, TmToJm,
+        JmToTm, NetworkInfo, SlotInfo, TaskKey, TaskManagerId, TaskRecords, TaskState, TmToJm,
     };
     use spate::rpc::{Endpoint, Event};
     let ports = Ports {
@@ -688,6 +729,11 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
             data_address: "x".into(),
             slots: vec![],
             cores: 1,
+            network: NetworkInfo {
+                node: 7,
+                host_key: "x".into(),
+                transport: "epoll".into(),
+            },
         },
     );
     let task = TaskKey {
@@ -720,6 +766,11 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
                 job: None,
             }],
             cores: 1,
+            network: NetworkInfo {
+                node: 7,
+                host_key: "x".into(),
+                transport: "epoll".into(),
+            },
         },
     );
     let mut refused = false;

@@ -117,6 +117,31 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// `heartbeat.timeout`
     pub heartbeat_timeout: Duration,
+    /// `taskmanager.data.port`: where the TaskManager's network agent listens for its
+    /// peers (0: any free port).
+    pub data_port: u16,
+    /// `taskmanager.network.transport` (spate): io_uring or epoll.
+    pub transport: spate_dataplane::net::TransportKind,
+    /// `taskmanager.network.agent` (spate): the agent on a thread of its own, or polled
+    /// by the first slot (sharing its core).
+    pub agent: AgentMode,
+    /// `taskmanager.network.agent-core` (spate): the agent thread's core (unpinned
+    /// when absent).
+    pub agent_core: Option<usize>,
+    /// `taskmanager.network.idle-strategy` (spate): how the agent thread idles.
+    pub agent_idle: IdleStrategyKind,
+    /// `taskmanager.network.same-host` (spate): channels between TaskManagers on one
+    /// host go through shared memory (`shm`) or through the network agents (`tcp`).
+    pub same_host_tcp: bool,
+}
+
+/// Where the network agent runs (`taskmanager.network.agent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentMode {
+    /// A thread of its own.
+    Dedicated,
+    /// A task of the first slot.
+    Shared,
 }
 
 impl Default for Config {
@@ -142,6 +167,12 @@ impl Default for Config {
             failover_strategy: FailoverStrategy::Region,
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(50),
+            data_port: 0,
+            transport: spate_dataplane::net::TransportKind::IoUring,
+            agent: AgentMode::Dedicated,
+            agent_core: None,
+            agent_idle: IdleStrategyKind::Backoff,
+            same_host_tcp: false,
         }
     }
 }
@@ -173,6 +204,12 @@ pub const KEYS: &[&str] = &[
     "jobmanager.execution.failover-strategy",
     "heartbeat.interval",
     "heartbeat.timeout",
+    "taskmanager.data.port",
+    "taskmanager.network.transport",
+    "taskmanager.network.agent",
+    "taskmanager.network.agent-core",
+    "taskmanager.network.idle-strategy",
+    "taskmanager.network.same-host",
 ];
 
 fn scalar(y: &Yaml) -> Option<String> {
@@ -380,6 +417,35 @@ impl Config {
                 self.taskmanager_host = v.into();
             }
             "taskmanager.numberOfTaskSlots" => self.slots = positive()?,
+            "taskmanager.data.port" => self.data_port = port()?,
+            "taskmanager.network.transport" => {
+                self.transport = v.parse().map_err(|_| bad("io_uring or epoll"))?
+            }
+            "taskmanager.network.agent" => {
+                self.agent = match v {
+                    "dedicated" | "thread" => AgentMode::Dedicated,
+                    "shared" | "slot" => AgentMode::Shared,
+                    _ => return Err(bad("dedicated or shared")),
+                }
+            }
+            "taskmanager.network.agent-core" => {
+                self.agent_core = match v {
+                    "" | "none" | "unpinned" => None,
+                    n => Some(n.parse().map_err(|_| bad("a core number, or none"))?),
+                }
+            }
+            "taskmanager.network.idle-strategy" => {
+                self.agent_idle = v
+                    .parse()
+                    .map_err(|e: spate_dataplane::idle::UnknownIdleStrategy| bad(&e.to_string()))?
+            }
+            "taskmanager.network.same-host" => {
+                self.same_host_tcp = match v {
+                    "shm" => false,
+                    "tcp" => true,
+                    _ => return Err(bad("shm or tcp")),
+                }
+            }
             "taskmanager.cpu.cores" => {
                 let mut cores = Vec::new();
                 for part in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {

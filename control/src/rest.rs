@@ -310,6 +310,17 @@ fn tm_json(t: &crate::cluster::jobmanager::TaskManagerEntry, now_ms: u64) -> Val
         "slots": t.slots.iter().map(|s| json!({
             "index": s.index, "core": s.core, "job": s.job,
         })).collect::<Vec<_>>(),
+        "network": {
+            "node": t.network.node.to_string(),
+            "transport": t.network.transport,
+            "connections": t.network_report.connections,
+            "bytesIn": t.network_report.bytes_in,
+            "bytesOut": t.network_report.bytes_out,
+            "framesIn": t.network_report.frames_in,
+            "framesOut": t.network_report.frames_out,
+            "failures": t.network_report.failures,
+            "fallbacks": t.network_report.fallbacks,
+        },
     })
 }
 

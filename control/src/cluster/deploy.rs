@@ -1,12 +1,16 @@
 //! Turning a [`TaskDeployment`] into a running subtask on a TaskManager: the job graph
 //! is rebuilt from its spec, and the subtask's rings are opened by name in /dev/shm, so
 //! that two TaskManagers on one host exchange records exactly as slots of one process do.
+//! A channel whose other end is on another host is an in-process ring instead, whose
+//! other half goes to the TaskManager's network agent: the task cannot tell.
 
 use super::TaskDeployment;
 use crate::graph::{EdgePartition, JobGraph};
 use crate::minicluster::Deployment;
+use spate_dataplane::net::NetHandle;
 use spate_dataplane::operator::SubtaskInfo;
-use spate_dataplane::ring::{Ring, SHM_DIR};
+use spate_dataplane::ring::{Consumer, Producer, Ring, SHM_DIR};
+use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 /// How long a subtask waits for the other side of a ring to create it.
@@ -56,8 +60,9 @@ pub fn job_graph(d: &TaskDeployment) -> Result<JobGraph, String> {
         .job_graph(d.default_parallelism.max(1) as usize, d.chaining)
 }
 
-/// Builds the subtask's deployment: its chain and its rings, opened by name.
-pub fn build(d: &TaskDeployment, graph: &JobGraph) -> Result<Deployment, String> {
+/// Builds the subtask's deployment: its chain and its rings, opened by name (or, for
+/// channels to other hosts, made here and joined to `net`).
+pub fn build(d: &TaskDeployment, graph: &JobGraph, net: &NetHandle) -> Result<Deployment, String> {
     if !valid_job_id(&d.task.job_id) {
         return Err(format!("invalid job id {:?}", d.task.job_id));
     }
@@ -76,6 +81,52 @@ pub fn build(d: &TaskDeployment, graph: &JobGraph) -> Result<Deployment, String>
         Ring::open_shm(&name, ring_size, RING_OPEN_TIMEOUT)
             .map_err(|e| format!("opening ring {name}: {e}"))
     };
+    let remote = |edge: usize, up: usize, down: usize| {
+        d.remote
+            .iter()
+            .find(|r| (r.edge as usize, r.up as usize, r.down as usize) == (edge, up, down))
+    };
+    // The task's half of a remote channel; the agent gets the other.
+    let remote_ring = |r: &super::RemoteChannel| {
+        // Agents listen on IPv4 (0.0.0.0): an IPv4 address of the name first.
+        let addrs: Vec<std::net::SocketAddr> = r
+            .peer_address
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve TaskManager address {}: {e}", r.peer_address))?
+            .collect();
+        let addr = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| format!("TaskManager address {} resolves to nothing", r.peer_address))?;
+        let (p, c) = Ring::anonymous(ring_size).map_err(|e| e.to_string())?;
+        Ok::<(Producer, Consumer, std::net::SocketAddr), String>((p, c, addr))
+    };
+    let producer = |edge: usize, up: usize, down: usize| -> Result<Producer, String> {
+        match remote(edge, up, down) {
+            Some(r) => {
+                let (p, c, addr) = remote_ring(r)?;
+                if !net.open_out(r.peer_node, addr, r.channel, c) {
+                    return Err("the network agent has stopped".into());
+                }
+                Ok(p)
+            }
+            None => open(edge, up, down)?.producer().map_err(|e| e.to_string()),
+        }
+    };
+    let consumer = |edge: usize, up: usize, down: usize| -> Result<Consumer, String> {
+        match remote(edge, up, down) {
+            Some(r) => {
+                let (p, c, addr) = remote_ring(r)?;
+                if !net.open_in(r.peer_node, addr, r.channel, p) {
+                    return Err("the network agent has stopped".into());
+                }
+                Ok(c)
+            }
+            None => open(edge, up, down)?.consumer().map_err(|e| e.to_string()),
+        }
+    };
     let mut outputs = Vec::new();
     let mut inputs = Vec::new();
     for (ei, e) in graph.edges.iter().enumerate() {
@@ -86,7 +137,7 @@ pub fn build(d: &TaskDeployment, graph: &JobGraph) -> Result<Deployment, String>
             };
             let mut producers = Vec::new();
             for t in targets {
-                producers.push(open(ei, s, t)?.producer().map_err(|e| e.to_string())?);
+                producers.push(producer(ei, s, t)?);
             }
             outputs.push((e.partition.clone(), producers));
         }
@@ -96,7 +147,7 @@ pub fn build(d: &TaskDeployment, graph: &JobGraph) -> Result<Deployment, String>
                 _ => (0..graph.vertices[e.from].parallelism).collect(),
             };
             for u in sources {
-                inputs.push(open(ei, u, s)?.consumer().map_err(|e| e.to_string())?);
+                inputs.push(consumer(ei, u, s)?);
             }
         }
     }
@@ -116,4 +167,19 @@ pub fn build(d: &TaskDeployment, graph: &JobGraph) -> Result<Deployment, String>
         inputs,
         metrics: std::sync::Arc::default(),
     })
+}
+
+/// Which host this process runs on, as far as sharing memory goes: the kernel's boot id
+/// and this process's network and mount namespaces. Two TaskManagers with the same key
+/// share /dev/shm; namespaces joined by veth count as different hosts.
+pub fn host_key() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let ns = |n: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{n}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    format!("{boot}/{}/{}", ns("net"), ns("mnt"))
 }

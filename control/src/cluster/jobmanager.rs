@@ -3,7 +3,8 @@
 
 use super::heartbeat::HeartbeatMonitor;
 use super::{
-    JmToTm, SlotInfo, TaskDeployment, TaskKey, TaskManagerId, TaskRecords, TaskState, TmToJm,
+    JmToTm, NetworkInfo, NetworkReport, RemoteChannel, SlotInfo, TaskDeployment, TaskKey,
+    TaskManagerId, TaskRecords, TaskState, TmToJm,
 };
 use crate::config::{Config, FailoverStrategy};
 use crate::jobs::JobSpec;
@@ -30,6 +31,10 @@ pub struct TaskManagerEntry {
     pub slots: Vec<SlotInfo>,
     /// CPU cores it may use.
     pub cores: u32,
+    /// Its network agent.
+    pub network: NetworkInfo,
+    /// The agent's counters, as last reported.
+    pub network_report: NetworkReport,
     /// Its RPC connection.
     pub conn: ConnId,
     /// When it was last heard from (ms since the JobManager started).
@@ -178,6 +183,8 @@ pub struct JobEntry {
     /// any of its edges is not forward; one pipeline per subtask index otherwise).
     pub regions: Vec<Vec<(u32, u32)>>,
     region_of: HashMap<(u32, u32), usize>,
+    /// Edges of the job graph: (from vertex, to vertex, forward).
+    edges: Vec<(u32, u32, bool)>,
     /// Failover strategy for this job.
     pub failover: FailoverStrategy,
     /// Regions being restarted, with the time their restart is due (once their tasks
@@ -191,6 +198,7 @@ struct DeploySettings {
     default_parallelism: u32,
     chaining: bool,
     ring_size: u64,
+    same_host_tcp: bool,
 }
 
 impl DeploySettings {
@@ -199,6 +207,7 @@ impl DeploySettings {
             default_parallelism: c.default_parallelism as u32,
             chaining: c.chaining,
             ring_size: c.ring_size as u64,
+            same_host_tcp: c.same_host_tcp,
         }
     }
 }
@@ -237,9 +246,96 @@ impl JobEntry {
             ring_size: settings.ring_size,
             default_parallelism: settings.default_parallelism,
             chaining: settings.chaining,
+            remote: Vec::new(),
         };
         (tm, d)
     }
+
+    /// Gives every deployment in `sends` its channels to subtasks on other hosts (or on
+    /// other TaskManagers, with `same_host_tcp`), each channel one id for both ends.
+    fn wire_remote(
+        &self,
+        peers: &Peers,
+        same_host_tcp: bool,
+        next_channel: &mut u32,
+        sends: &mut [(TaskManagerId, TaskDeployment)],
+    ) {
+        let mut ids: HashMap<(u32, u32, u32), u32> = HashMap::new();
+        let parallelism = |v: u32| {
+            self.vertices
+                .get(v as usize)
+                .map_or(0, |x| x.parallelism as u32)
+        };
+        for (tm, d) in sends.iter_mut() {
+            let (v, s) = (d.task.vertex, d.task.subtask);
+            for (ei, &(from, to, forward)) in self.edges.iter().enumerate() {
+                let ei = ei as u32;
+                // (up, down, the other end's vertex and subtask)
+                let mut ends: Vec<(u32, u32, (u32, u32))> = Vec::new();
+                if from == v {
+                    let targets = if forward {
+                        s..s + 1
+                    } else {
+                        0..parallelism(to)
+                    };
+                    ends.extend(targets.map(|t| (s, t, (to, t))));
+                }
+                if to == v {
+                    let sources = if forward {
+                        s..s + 1
+                    } else {
+                        0..parallelism(from)
+                    };
+                    ends.extend(sources.map(|u| (u, s, (from, u))));
+                }
+                for (up, down, other) in ends {
+                    let Some(other_tm) = self.tasks.get(&other).map(|t| &t.taskmanager) else {
+                        continue;
+                    };
+                    if other_tm == tm {
+                        continue;
+                    }
+                    let (Some(mine), Some(theirs)) = (peers.get(tm), peers.get(other_tm)) else {
+                        continue;
+                    };
+                    if mine.1 == theirs.1 && !same_host_tcp {
+                        continue; // one host: shared memory
+                    }
+                    let channel = *ids.entry((ei, up, down)).or_insert_with(|| {
+                        *next_channel = next_channel.wrapping_add(1).max(1);
+                        *next_channel
+                    });
+                    d.remote.push(RemoteChannel {
+                        edge: ei,
+                        up,
+                        down,
+                        channel,
+                        peer_node: theirs.0,
+                        peer_address: theirs.2.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Each TaskManager's agent: node id, host key, data address.
+type Peers = HashMap<TaskManagerId, (u64, String, String)>;
+
+fn peers_of(st: &ClusterState) -> Peers {
+    st.taskmanagers
+        .values()
+        .map(|t| {
+            (
+                t.id.clone(),
+                (
+                    t.network.node,
+                    t.network.host_key.clone(),
+                    t.data_address.clone(),
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Computes the pipelined regions of a job graph (union-find over subtasks).
@@ -340,6 +436,8 @@ pub struct JobManager {
     monitor: HeartbeatMonitor<TaskManagerId>,
     conns: HashMap<ConnId, TaskManagerId>,
     commands: Receiver<JmCommand>,
+    /// The last channel id given to a channel between TaskManagers.
+    next_channel: u32,
 }
 
 fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
@@ -377,6 +475,7 @@ impl JobManager {
             monitor: HeartbeatMonitor::new(config.heartbeat_timeout.as_millis() as u64),
             conns: HashMap::new(),
             commands,
+            next_channel: 0,
         })
     }
 
@@ -536,6 +635,14 @@ impl JobManager {
                 .collect(),
             regions,
             region_of,
+            edges: graph
+                .edges
+                .iter()
+                .map(|e| {
+                    let forward = matches!(e.partition, crate::graph::EdgePartition::Forward);
+                    (e.from as u32, e.to as u32, forward)
+                })
+                .collect(),
             failover: self.config.failover_strategy,
             region_restarts: BTreeMap::new(),
         };
@@ -582,6 +689,7 @@ impl JobManager {
         let free = self.free_slots();
         let mut st = lock(&self.state);
         let settings = DeploySettings::of(&st.config);
+        let peers = peers_of(&st);
         let Some(job) = st.jobs.get_mut(id) else {
             return false;
         };
@@ -606,6 +714,12 @@ impl JobManager {
         for (k, at) in placements {
             sends.push(job.place(k, at, attempt, settings));
         }
+        job.wire_remote(
+            &peers,
+            settings.same_host_tcp,
+            &mut self.next_channel,
+            &mut sends,
+        );
         job.state = JobState::Created;
         let conns: HashMap<TaskManagerId, ConnId> = st
             .taskmanagers
@@ -865,6 +979,7 @@ impl JobManager {
                 .map(|t| (t.id.clone(), t.conn))
                 .collect();
             let settings = DeploySettings::of(&st.config);
+            let peers = peers_of(&st);
             let Some(j) = st.jobs.get_mut(&id) else {
                 continue;
             };
@@ -902,6 +1017,12 @@ impl JobManager {
             for (k, at) in placement {
                 sends.push(j.place(k, at, attempt, settings));
             }
+            j.wire_remote(
+                &peers,
+                settings.same_host_tcp,
+                &mut self.next_channel,
+                &mut sends,
+            );
             drop(st);
             tracing::warn!(job = %id, region = r, attempt, "redeploying a pipelined region");
             for (tm, d) in sends {
@@ -954,6 +1075,7 @@ impl JobManager {
                     data_address,
                     slots,
                     cores,
+                    network,
                 } => {
                     if let Some(other) = self.conns.get(&conn) {
                         if *other != id {
@@ -990,6 +1112,8 @@ impl JobManager {
                             data_address,
                             slots,
                             cores,
+                            network,
+                            network_report: NetworkReport::default(),
                             conn,
                             last_heartbeat_ms: now,
                         },
@@ -1005,7 +1129,11 @@ impl JobManager {
                         },
                     );
                 }
-                TmToJm::Heartbeat { slots, tasks } => {
+                TmToJm::Heartbeat {
+                    slots,
+                    tasks,
+                    network,
+                } => {
                     if let Some(from) = self.conns.get(&conn).cloned() {
                         let own: Vec<TaskRecords> = tasks
                             .into_iter()
@@ -1027,6 +1155,7 @@ impl JobManager {
                     let now = st.now_ms();
                     if let Some(e) = st.taskmanagers.get_mut(&id) {
                         e.slots = slots;
+                        e.network_report = network;
                         e.last_heartbeat_ms = now;
                     }
                     drop(st);

@@ -38,12 +38,14 @@ pub enum TmToJm {
         id: TaskManagerId,
         /// Host name or address.
         host: String,
-        /// Address for data connections between hosts.
+        /// Address (`host:port`) its network agent listens on for other TaskManagers.
         data_address: String,
         /// Its slots.
         slots: Vec<SlotInfo>,
         /// CPU cores this process may use.
         cores: u32,
+        /// Its network agent.
+        network: NetworkInfo,
     },
     /// Periodic, with the slot report and the running tasks' record counts.
     Heartbeat {
@@ -51,6 +53,8 @@ pub enum TmToJm {
         slots: Vec<SlotInfo>,
         /// Records in and out of each running task.
         tasks: Vec<TaskRecords>,
+        /// The network agent's counters.
+        network: NetworkReport,
     },
     /// A deployed subtask changed state.
     TaskState {
@@ -61,6 +65,55 @@ pub enum TmToJm {
         /// Its record counts at that moment.
         records: TaskRecords,
     },
+}
+
+/// A TaskManager's network agent, as it registers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// The agent's node id (its peers' handshakes name it).
+    pub node: u64,
+    /// Which host (kernel and namespaces) it runs on: TaskManagers with the same key
+    /// can share memory; others exchange records over the network.
+    pub host_key: String,
+    /// `io_uring` or `epoll`.
+    pub transport: String,
+}
+
+/// A network agent's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkReport {
+    /// Connections to other TaskManagers open now.
+    pub connections: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Ring frames received.
+    pub frames_in: u64,
+    /// Ring frames sent.
+    pub frames_out: u64,
+    /// Connections lost, or peers given up.
+    pub failures: u64,
+    /// Connections on epoll because io_uring was refused.
+    pub fallbacks: u64,
+}
+
+/// One channel of a subtask whose other end runs on another host: it goes through
+/// the two TaskManagers' network agents instead of shared memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteChannel {
+    /// Job graph edge.
+    pub edge: u32,
+    /// Upstream subtask.
+    pub up: u32,
+    /// Downstream subtask.
+    pub down: u32,
+    /// Channel id on the connection between the two TaskManagers.
+    pub channel: u32,
+    /// The other end's TaskManager: its agent's node id and data address.
+    pub peer_node: u64,
+    /// `host:port`.
+    pub peer_address: String,
 }
 
 /// Identifies one attempt of one subtask of a job.
@@ -124,6 +177,8 @@ pub struct TaskDeployment {
     pub default_parallelism: u32,
     /// `pipeline.operator-chaining.enabled`.
     pub chaining: bool,
+    /// The subtask's channels to other hosts.
+    pub remote: Vec<RemoteChannel>,
 }
 
 /// JobManager → TaskManager.

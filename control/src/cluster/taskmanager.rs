@@ -3,12 +3,14 @@
 
 use super::heartbeat::HeartbeatMonitor;
 use super::{
-    JmToTm, SlotInfo, TaskDeployment, TaskKey, TaskManagerId, TaskRecords, TaskState, TmToJm,
+    JmToTm, NetworkInfo, NetworkReport, SlotInfo, TaskDeployment, TaskKey, TaskManagerId,
+    TaskRecords, TaskState, TmToJm,
 };
-use crate::config::Config;
+use crate::config::{AgentMode, Config};
 use crate::minicluster::start_slots;
 use crate::rpc::{ConnId, Endpoint, Event};
-use spate_dataplane::slot::{Slot, SlotEvent, TaskId};
+use spate_dataplane::net::{AgentConfig, AgentThread, NetAgent, NetHandle};
+use spate_dataplane::slot::{Slot, SlotEvent, Task, TaskId};
 use spate_dataplane::task::TaskMetrics;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -16,6 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The slot-local id of the network agent when a slot polls it.
+const AGENT_TASK: TaskId = TaskId(u64::MAX);
 
 /// How long to wait before connecting again after losing the JobManager.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
@@ -43,6 +48,12 @@ pub struct TaskManager {
     jm: Option<ConnId>,
     /// The session id of the JobManager last registered with.
     last_jobmanager: Option<String>,
+    /// The network agent (channels to TaskManagers on other hosts).
+    net: NetHandle,
+    network: NetworkInfo,
+    data_address: String,
+    /// Its thread, when it has one (stopped when the TaskManager is dropped).
+    _agent: Option<AgentThread>,
 }
 
 impl TaskManager {
@@ -56,6 +67,37 @@ impl TaskManager {
             &super::new_id()[..6]
         ));
         let endpoint = Endpoint::client("taskmanager")?;
+        let node = u64::from_str_radix(&super::new_id()[..16], 16)
+            .unwrap_or(1)
+            .max(1);
+        let agent = NetAgent::bind(AgentConfig {
+            node,
+            listen: SocketAddr::from(([0, 0, 0, 0], config.data_port)),
+            transport: config.transport,
+            keepalive: config.heartbeat_interval,
+            timeout: config.heartbeat_timeout,
+        })?;
+        let net = agent.handle();
+        let data_address = format!("{}:{}", config.taskmanager_host, net.local_addr().port());
+        let agent_thread = match config.agent {
+            AgentMode::Dedicated => Some(agent.spawn(config.agent_core, config.agent_idle)?),
+            AgentMode::Shared => {
+                let Some(slot) = slots.first() else {
+                    anyhow::bail!("taskmanager.network.agent: shared needs a slot");
+                };
+                let factory = Box::new(move || Ok(Box::new(agent) as Box<dyn Task>));
+                if !slot.submit(AGENT_TASK, factory) {
+                    anyhow::bail!("slot 0 stopped before the network agent started");
+                }
+                None
+            }
+        };
+        tracing::info!(%data_address, transport = %config.transport, agent = ?config.agent, "network agent started");
+        let network = NetworkInfo {
+            node,
+            host_key: super::deploy::host_key(),
+            transport: config.transport.to_string(),
+        };
         Ok(Self {
             id,
             config: config.clone(),
@@ -67,7 +109,29 @@ impl TaskManager {
             next_task: 0,
             jm: None,
             last_jobmanager: None,
+            net,
+            network,
+            data_address,
+            _agent: agent_thread,
         })
+    }
+
+    /// Where its network agent listens (`host:port`).
+    pub fn data_address(&self) -> &str {
+        &self.data_address
+    }
+
+    fn network_report(&self) -> NetworkReport {
+        let s = self.net.stats();
+        NetworkReport {
+            connections: s.connections(),
+            bytes_in: s.bytes_in(),
+            bytes_out: s.bytes_out(),
+            frames_in: s.frames_in(),
+            frames_out: s.frames_out(),
+            failures: s.failures(),
+            fallbacks: s.fallbacks(),
+        }
     }
 
     /// This TaskManager's id.
@@ -142,9 +206,10 @@ impl TaskManager {
                             TmToJm::Register {
                                 id: self.id.clone(),
                                 host: self.config.taskmanager_host.clone(),
-                                data_address: self.config.taskmanager_host.clone(),
+                                data_address: self.data_address.clone(),
                                 slots: self.slot_report(),
                                 cores: spate_dataplane::slot::available_cores().len() as u32,
+                                network: self.network.clone(),
                             },
                         );
                     }
@@ -244,6 +309,7 @@ impl TaskManager {
                         TmToJm::Heartbeat {
                             slots: self.slot_report(),
                             tasks,
+                            network: self.network_report(),
                         },
                     );
                 }
@@ -296,7 +362,8 @@ impl TaskManager {
             self.report(None, key, failed);
             return;
         }
-        let built = super::deploy::job_graph(d).and_then(|g| super::deploy::build(d, &g));
+        let built =
+            super::deploy::job_graph(d).and_then(|g| super::deploy::build(d, &g, &self.net));
         match built {
             Ok(deployment) => {
                 let id = TaskId(self.next_task);
