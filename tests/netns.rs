@@ -1,8 +1,8 @@
 //! A cluster across network namespaces ("hosts" on a private subnet this test creates),
 //! set up and torn down by scripts/netns-cluster.sh: TaskManagers on two hosts register
-//! with the JobManager on a third over the veth network, and a job is deployed to both.
-//! (Records between TaskManagers still travel through /dev/shm, which the namespaces
-//! share; the network transport between hosts is separate work.)
+//! with the JobManager on a third over the veth network, and W1 at parallelism 2 runs
+//! with one slot on each: its key exchange crosses between the hosts over the network
+//! agents' connection, and its results equal the single-threaded computation.
 //! Skipped, with a message, where it cannot run (not root, no iproute2).
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -71,7 +71,7 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 #[test]
-fn taskmanagers_on_other_hosts_register_and_run_a_job() {
+fn w1_across_two_hosts_equals_the_single_threaded_computation() {
     if !can_run() {
         eprintln!("skipped: needs root and iproute2 for network namespaces");
         return;
@@ -118,13 +118,52 @@ fn taskmanagers_on_other_hosts_register_and_run_a_job() {
     ids.sort();
     assert!(ids[0].starts_with(&format!("10.77.{net}.2:")), "{ids:?}");
     assert!(ids[1].starts_with(&format!("10.77.{net}.3:")), "{ids:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("vwap");
+    let events = 200_000u64;
     let o = Command::new(env!("CARGO_BIN_EXE_spate"))
-        .args(["run", "-m", &rest, "-p", "2", "--events", "100000", "vwap"])
+        .args([
+            "run",
+            "-m",
+            &rest,
+            "-p",
+            "2",
+            "--events",
+            &events.to_string(),
+        ])
+        .args(["--output", out.to_str().unwrap(), "vwap"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let jobs = get(&rest, "/jobs/overview").unwrap();
     assert_eq!(jobs["jobs"][0]["state"], "FINISHED", "{jobs}");
+    // Results per symbol, in order, equal the plain computation.
+    let mut got: std::collections::HashMap<u32, Vec<i64>> = Default::default();
+    for part in 0..2 {
+        let text = std::fs::read_to_string(format!("{}.{part}", out.display())).unwrap();
+        for line in text.lines() {
+            let (s, v) = line
+                .trim_matches(|c| c == '(' || c == ')')
+                .split_once(", ")
+                .unwrap();
+            got.entry(s.parse().unwrap())
+                .or_default()
+                .push(v.parse().unwrap());
+        }
+    }
+    assert_eq!(got, spate::jobs::vwap_reference(42, events, 2));
+    // Both TaskManagers sent frames over their one connection, on io_uring.
+    wait_for("network counters", Duration::from_secs(5), || {
+        let tms = get(&rest, "/taskmanagers").unwrap();
+        tms["taskmanagers"].as_array().unwrap().iter().all(|t| {
+            let n = &t["network"];
+            n["connections"] == 1
+                && n["framesOut"].as_u64().unwrap() > 0
+                && n["transport"] == "io_uring"
+                && n["fallbacks"] == 0
+                && n["failures"] == 0
+        })
+    });
     drop(hosts);
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&left.stdout).contains(&prefix));
