@@ -365,8 +365,8 @@ impl Veth {
         ip(&["netns", "add", &ns[0]])?;
         ip(&["netns", "add", &ns[1]])?;
         ip(&[
-            "link", "add", "spbveth0", "netns", &ns[0], "type", "veth", "peer", "name",
-            "spbveth1", "netns", &ns[1],
+            "link", "add", "spbveth0", "netns", &ns[0], "type", "veth", "peer", "name", "spbveth1",
+            "netns", &ns[1],
         ])?;
         for (i, n) in ns.iter().enumerate() {
             ip(&[

@@ -120,13 +120,10 @@ impl UringStream {
         if self.ring.submission().taskrun() {
             let _ = self.ring.submit();
         }
-        let done: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (what, res) in done {
-            match what {
+        // Completions are handled as they are popped (no collection: nothing allocates).
+        for c in self.ring.completion() {
+            let res = c.result();
+            match c.user_data() {
                 RECV => {
                     self.recv_inflight = false;
                     if res > 0 {
