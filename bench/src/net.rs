@@ -119,6 +119,7 @@ where
             node,
             listen: SocketAddr::new(ip, 0),
             transport: kind,
+            uring: Default::default(),
             keepalive: Duration::from_secs(1),
             timeout: Duration::from_secs(30),
         })?;

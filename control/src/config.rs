@@ -130,6 +130,8 @@ pub struct Config {
     pub agent_core: Option<usize>,
     /// `taskmanager.network.idle-strategy` (spate): how the agent thread idles.
     pub agent_idle: IdleStrategyKind,
+    /// `taskmanager.network.io-uring.sqpoll` and `.multishot` (spate).
+    pub uring: spate_dataplane::net::UringOptions,
     /// `taskmanager.network.same-host` (spate): channels between TaskManagers on one
     /// host go through shared memory (`shm`) or through the network agents (`tcp`).
     pub same_host_tcp: bool,
@@ -172,6 +174,7 @@ impl Default for Config {
             agent: AgentMode::Dedicated,
             agent_core: None,
             agent_idle: IdleStrategyKind::Backoff,
+            uring: spate_dataplane::net::UringOptions::default(),
             same_host_tcp: false,
         }
     }
@@ -209,6 +212,8 @@ pub const KEYS: &[&str] = &[
     "taskmanager.network.agent",
     "taskmanager.network.agent-core",
     "taskmanager.network.idle-strategy",
+    "taskmanager.network.io-uring.sqpoll",
+    "taskmanager.network.io-uring.multishot",
     "taskmanager.network.same-host",
 ];
 
@@ -438,6 +443,25 @@ impl Config {
                 self.agent_idle = v
                     .parse()
                     .map_err(|e: spate_dataplane::idle::UnknownIdleStrategy| bad(&e.to_string()))?
+            }
+            "taskmanager.network.io-uring.sqpoll" => {
+                self.uring.sqpoll_idle_ms = match v {
+                    "off" | "false" | "none" => None,
+                    d => Some(
+                        parse_duration(d)
+                            .and_then(|d| u32::try_from(d.as_millis()).ok())
+                            .ok_or_else(|| {
+                                bad("off, or the kernel thread's idle time, e.g. 10 ms")
+                            })?,
+                    ),
+                }
+            }
+            "taskmanager.network.io-uring.multishot" => {
+                self.uring.multishot = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("true or false")),
+                }
             }
             "taskmanager.network.same-host" => {
                 self.same_host_tcp = match v {

@@ -313,3 +313,28 @@ fn refused_io_uring_falls_back_to_epoll() {
         "the connection runs on epoll"
     );
 }
+
+#[test]
+fn sqpoll_connections_carry_channels_too() {
+    let opts = spate_dataplane::net::UringOptions {
+        sqpoll_idle_ms: Some(10),
+        multishot: true,
+    };
+    let mk = |node| {
+        spate_dataplane::net::NetAgent::bind(spate_dataplane::net::AgentConfig {
+            node,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            transport: TransportKind::IoUring,
+            uring: opts,
+            keepalive: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+        })
+        .unwrap()
+    };
+    let (a, b) = (mk(1), mk(2));
+    let (a_addr, b_addr) = (a.handle().local_addr(), b.handle().local_addr());
+    let mut a = Side::new(a, 2, b_addr, 2, 1 << 14);
+    let mut b = Side::new(b, 1, a_addr, 2, 1 << 14);
+    run_until(&mut [&mut a, &mut b], 2000, |s| s.iter().all(|s| s.done(2000)));
+    assert_eq!(a.agent.handle().stats().fallbacks(), 0, "SQPOLL rings were set up");
+}

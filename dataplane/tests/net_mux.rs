@@ -28,6 +28,14 @@ fn streams(kind: TransportKind) -> (NetStream, NetStream) {
         NetStream::new(b, kind).unwrap(),
     );
     assert_eq!(a.kind(), kind, "io_uring works on this machine");
+    if let NetStream::IoUring(u) = &a {
+        let single = std::env::var_os("SPATE_IO_URING_NO_MULTISHOT").is_some();
+        assert_eq!(
+            u.multishot(),
+            !single,
+            "multishot receives into provided buffers"
+        );
+    }
     (a, b)
 }
 
@@ -242,4 +250,24 @@ fn refused_io_uring_falls_back_to_sockets_and_still_works() {
     let t = std::thread::spawn(move || send_all(sender, a_prod, 2_000));
     receive_all(receiver, b_cons, 2_000, None);
     t.join().unwrap();
+}
+
+#[test]
+fn single_receives_work_where_multishot_is_unavailable() {
+    // Simulated by an environment variable, in a child process of its own.
+    if std::env::var_os("SPATE_NET_CHILD").is_none() {
+        let st = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "single_receives_work_where_multishot_is_unavailable",
+                "--exact",
+            ])
+            .env("SPATE_NET_CHILD", "1")
+            .env("SPATE_IO_URING_NO_MULTISHOT", "1")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        return;
+    }
+    many_channels(TransportKind::IoUring);
+    stalled_channel(TransportKind::IoUring);
 }

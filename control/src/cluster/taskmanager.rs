@@ -74,6 +74,7 @@ impl TaskManager {
             node,
             listen: SocketAddr::from(([0, 0, 0, 0], config.data_port)),
             transport: config.transport,
+            uring: config.uring,
             keepalive: config.heartbeat_interval,
             timeout: config.heartbeat_timeout,
         })?;

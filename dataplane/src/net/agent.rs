@@ -15,7 +15,7 @@
 //! sockets are ready; with io_uring, epoll is asked only every millisecond, for new
 //! connections.
 
-use super::{Mux, MuxError, MuxStats, NetStream, TransportKind};
+use super::{Mux, MuxError, MuxStats, NetStream, TransportKind, UringOptions};
 use crate::clock;
 use crate::idle::IdleStrategyKind;
 use crate::ring::{Consumer, Producer};
@@ -47,6 +47,8 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// io_uring (falls back to epoll where refused) or epoll.
     pub transport: TransportKind,
+    /// How io_uring connections are set up (SQPOLL, multishot receives).
+    pub uring: UringOptions,
     /// A keepalive goes out after this long without sending.
     pub keepalive: Duration,
     /// A peer silent this long, or not connected this long after a channel to it was
@@ -454,7 +456,7 @@ impl NetAgent {
 
     /// A connected socket becomes a multiplexed connection (handshake queued).
     fn start_conn(&mut self, sock: std::net::TcpStream, remote: SocketAddr, expect: Option<u64>) {
-        let stream = match NetStream::new(sock, self.cfg.transport) {
+        let stream = match NetStream::with_options(sock, self.cfg.transport, self.cfg.uring) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%remote, error = %e, "data connection not set up");

@@ -38,7 +38,7 @@ mod uring;
 
 pub use agent::{AgentConfig, AgentError, AgentThread, NetAgent, NetHandle, NetStats};
 pub use mux::{Mux, MuxError, MuxStats};
-pub use uring::UringStream;
+pub use uring::{UringOptions, UringStream};
 
 use std::io::{ErrorKind, Read, Write};
 
@@ -178,12 +178,23 @@ impl NetStream {
     /// Wraps a connected stream (made non-blocking) as `want` asks, falling back from
     /// io_uring to epoll where io_uring is unavailable.
     pub fn new(stream: std::net::TcpStream, want: TransportKind) -> std::io::Result<Self> {
+        Self::with_options(stream, want, UringOptions::default())
+    }
+
+    /// As [`NetStream::new`], with io_uring set up as `opts` asks.
+    pub fn with_options(
+        stream: std::net::TcpStream,
+        want: TransportKind,
+        opts: UringOptions,
+    ) -> std::io::Result<Self> {
         stream.set_nonblocking(true)?;
         let _ = stream.set_nodelay(true);
         if want == TransportKind::IoUring {
             let uring = match io_uring_disabled() {
                 Some(e) => Err(e),
-                None => stream.try_clone().and_then(UringStream::new),
+                None => stream
+                    .try_clone()
+                    .and_then(|s| UringStream::with_options(s, opts)),
             };
             match uring {
                 Ok(u) => return Ok(Self::IoUring(Box::new(u))),

@@ -2,30 +2,137 @@
 //! queues and their completions reaped by polling, never by blocking; the [`Mux`]
 //! drives it through `Read`/`Write` like a non-blocking socket.
 //!
-//! The buffers the kernel reads into and writes from are owned by the stream, boxed
-//! (never moved) and kept until their operation's completion has been reaped: `Drop`
-//! shuts the socket down and waits for every operation in flight before freeing them.
+//! Receiving uses one multishot receive over a ring of provided buffers (kernel 6.0
+//! and later): the kernel picks a free buffer for each arrival and posts a completion
+//! naming it, with no new submission per receive; a buffer goes back to the kernel
+//! when its bytes have been read. Where the kernel refuses provided-buffer rings, a
+//! single receive into one owned buffer is submitted again after each completion.
+//!
+//! The buffers the kernel reads into and writes from are owned by the stream, never
+//! moved while registered or in flight, and kept until their operations' completions
+//! have been reaped: `Drop` shuts the socket down and waits for every operation in
+//! flight before anything is freed.
 //!
 //! [`Mux`]: super::Mux
 #![allow(unsafe_code)]
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{cqueue, opcode, types, IoUring};
+use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 const RECV: u64 = 1;
 const SEND: u64 = 2;
 const BUF: usize = 256 * 1024;
+/// Provided buffers: this many of this size.
+const PBUF_COUNT: u16 = 32;
+const PBUF_SIZE: usize = 16 * 1024;
+const PBUF_GROUP: u16 = 0;
+
+/// How a connection's io_uring is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UringOptions {
+    /// A kernel thread polls the submission queue (`IORING_SETUP_SQPOLL`), idling after
+    /// this many milliseconds without work. Off by default: beside busy-polling threads
+    /// on few cores it makes round trips take milliseconds.
+    pub sqpoll_idle_ms: Option<u32>,
+    /// Multishot receive into provided buffers (falls back to single receives where
+    /// the kernel lacks them).
+    pub multishot: bool,
+}
+
+impl Default for UringOptions {
+    fn default() -> Self {
+        Self {
+            sqpoll_idle_ms: None,
+            multishot: true,
+        }
+    }
+}
+
+/// A ring of provided buffers registered with one io_uring: `PBUF_COUNT` entries
+/// (page-aligned, as the kernel requires) pointing into one allocation of buffers.
+struct BufRing {
+    entries: memmap2::MmapMut,
+    bufs: Box<[u8]>,
+    /// Our copy of the tail: entries before it belong to the kernel.
+    tail: u16,
+}
+
+impl BufRing {
+    fn new() -> io::Result<Self> {
+        let entries = memmap2::MmapMut::map_anon(
+            PBUF_COUNT as usize * std::mem::size_of::<types::BufRingEntry>(),
+        )?;
+        Ok(Self {
+            entries,
+            bufs: vec![0u8; PBUF_COUNT as usize * PBUF_SIZE].into_boxed_slice(),
+            tail: 0,
+        })
+    }
+
+    fn base(&mut self) -> *mut types::BufRingEntry {
+        self.entries.as_mut_ptr().cast()
+    }
+
+    /// Hands buffer `bid` to the kernel (visible at the next [`BufRing::publish`]).
+    fn give(&mut self, bid: u16) {
+        let idx = (self.tail & (PBUF_COUNT - 1)) as usize;
+        let addr = self.bufs[bid as usize * PBUF_SIZE..].as_ptr() as u64;
+        let base = self.base();
+        // SAFETY: `idx < PBUF_COUNT`, the number of entries the mapping holds; the entry
+        // at the tail is ours until the tail moves past it (the kernel reads only entries
+        // before the published tail). Only addr, len and bid are written: the tail word
+        // shares entry 0's reserved field.
+        let e = unsafe { &mut *base.add(idx) };
+        e.set_addr(addr);
+        e.set_len(PBUF_SIZE as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes the entries given so far.
+    fn publish(&mut self) {
+        let base = self.base();
+        // SAFETY: `base` is the first entry of the registered ring, initialised (the
+        // mapping is zeroed); the tail word lives in it and is never moved.
+        let tail = unsafe { types::BufRingEntry::tail(base) } as *mut u16;
+        // SAFETY: the tail is a naturally aligned u16 inside our mapping, shared only
+        // with the kernel, which reads it atomically.
+        let tail = unsafe { AtomicU16::from_ptr(tail) };
+        // Release: the entries written by `give` are visible before the new tail.
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    fn buf(&self, bid: u16) -> &[u8] {
+        &self.bufs[bid as usize * PBUF_SIZE..(bid as usize + 1) * PBUF_SIZE]
+    }
+}
+
+enum Recv {
+    /// One receive at a time into `rbuf`; the kernel writes it while in flight.
+    Single {
+        rbuf: Box<[u8]>,
+        start: usize,
+        end: usize,
+    },
+    /// One multishot receive into provided buffers; `ready` holds the filled ones
+    /// (buffer id, length) in arrival order, `off` the bytes of the first already read.
+    Multi {
+        ring: BufRing,
+        ready: VecDeque<(u16, usize)>,
+        off: usize,
+    },
+}
 
 /// A connected TCP stream whose I/O goes through an io_uring.
 pub struct UringStream {
+    // Declared first: dropped (closing the io_uring) before the buffers below.
     ring: IoUring,
     stream: TcpStream,
-    /// Receive buffer; the kernel writes `rbuf[..]` while `recv_inflight`.
-    rbuf: Box<[u8]>,
-    r_start: usize,
-    r_end: usize,
+    recv: Recv,
     recv_inflight: bool,
     eof: bool,
     error: Option<io::Error>,
@@ -34,33 +141,54 @@ pub struct UringStream {
     w_start: usize,
     w_end: usize,
     send_inflight: bool,
+    /// Whether any bytes have arrived.
+    received_any: bool,
+    /// The kernel refused the multishot receive: switch to single receives.
+    downgrade: bool,
 }
 
 impl std::fmt::Debug for UringStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UringStream").finish_non_exhaustive()
+        f.debug_struct("UringStream")
+            .field("multishot", &self.multishot())
+            .finish_non_exhaustive()
     }
 }
 
 impl UringStream {
-    /// Drives `stream` through a new io_uring. Fails where io_uring cannot be set up
-    /// (an old kernel, seccomp): the caller then uses the plain socket.
+    /// Drives `stream` through a new io_uring with the default options. Fails where
+    /// io_uring cannot be set up (an old kernel, seccomp): the caller then uses epoll.
     pub fn new(stream: TcpStream) -> io::Result<Self> {
-        // Cooperative task running with the TASKRUN flag: the kernel does not interrupt
-        // us to post completions, and says in the SQ ring when an enter would post some,
-        // so a busy-polling reader enters only then (see `reap`). Kernels before 5.19
-        // lack these flags: plain setup there.
-        let ring = IoUring::builder()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .build(8)
-            .or_else(|_| IoUring::new(8))?;
+        Self::with_options(stream, UringOptions::default())
+    }
+
+    /// Drives `stream` through a new io_uring set up as `opts` asks.
+    pub fn with_options(stream: TcpStream, opts: UringOptions) -> io::Result<Self> {
+        let ring = match opts.sqpoll_idle_ms {
+            Some(idle) => IoUring::builder().setup_sqpoll(idle).build(8)?,
+            // Cooperative task running with the TASKRUN flag: the kernel does not
+            // interrupt us to post completions, and says in the SQ ring when an enter
+            // would post some, so a busy-polling reader enters only then (see `reap`).
+            // Kernels before 5.19 lack these flags: plain setup there.
+            None => IoUring::builder()
+                .setup_coop_taskrun()
+                .setup_taskrun_flag()
+                .build(8)
+                .or_else(|_| IoUring::new(8))?,
+        };
+        let no_multishot = std::env::var_os("SPATE_IO_URING_NO_MULTISHOT").is_some();
+        let recv = if opts.multishot && !no_multishot {
+            Self::provided_buffers(&ring).unwrap_or_else(|e| {
+                tracing::info!(error = %e, "no provided-buffer rings; single receives");
+                Self::single()
+            })
+        } else {
+            Self::single()
+        };
         Ok(Self {
             ring,
             stream,
-            rbuf: vec![0u8; BUF].into_boxed_slice(),
-            r_start: 0,
-            r_end: 0,
+            recv,
             recv_inflight: false,
             eof: false,
             error: None,
@@ -68,13 +196,51 @@ impl UringStream {
             w_start: 0,
             w_end: 0,
             send_inflight: false,
+            received_any: false,
+            downgrade: false,
         })
     }
 
+    fn single() -> Recv {
+        Recv::Single {
+            rbuf: vec![0u8; BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn provided_buffers(ring: &IoUring) -> io::Result<Recv> {
+        let mut br = BufRing::new()?;
+        let addr = br.base() as u64;
+        // SAFETY: `addr` is a page-aligned mapping of PBUF_COUNT entries owned by the
+        // stream this ring belongs to; the stream keeps it (and the buffers the entries
+        // point to) until the ring is closed, and waits in `Drop` for the receive using
+        // them to end.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(addr, PBUF_COUNT, PBUF_GROUP, 0)?
+        };
+        for bid in 0..PBUF_COUNT {
+            br.give(bid);
+        }
+        br.publish();
+        Ok(Recv::Multi {
+            ring: br,
+            ready: VecDeque::with_capacity(PBUF_COUNT as usize),
+            off: 0,
+        })
+    }
+
+    /// Whether receives are multishot into provided buffers.
+    pub fn multishot(&self) -> bool {
+        matches!(self.recv, Recv::Multi { .. })
+    }
+
     fn push(&mut self, e: &io_uring::squeue::Entry) -> io::Result<()> {
-        // Every entry pushed points into `rbuf` or `wbuf`: boxed (stable addresses), owned
-        // by `self`, untouched by us while the operation is in flight (`recv_inflight` /
-        // `send_inflight`), and freed only after its completion is reaped (`Drop` waits).
+        // Every entry pushed points into the receive buffers or `wbuf`: owned by `self`,
+        // never moved, untouched by us while the operation is in flight
+        // (`recv_inflight` / `send_inflight`; provided buffers only once the kernel has
+        // handed them back), and freed only after its completion is reaped (`Drop` waits).
         // SAFETY: the buffers outlive the operation, as argued above.
         unsafe { self.ring.submission().push(e) }
             .map_err(|_| io::Error::new(ErrorKind::WouldBlock, "submission queue full"))?;
@@ -86,14 +252,25 @@ impl UringStream {
         if self.recv_inflight || self.eof || self.error.is_some() {
             return Ok(());
         }
-        let e = opcode::Recv::new(
-            types::Fd(self.stream.as_raw_fd()),
-            self.rbuf.as_mut_ptr(),
-            self.rbuf.len() as u32,
-        )
-        .build()
-        .user_data(RECV);
-        self.push(&e)?;
+        if self.downgrade {
+            self.downgrade = false;
+            let _ = self.ring.submitter().unregister_buf_ring(PBUF_GROUP);
+            self.recv = Self::single();
+            tracing::info!("multishot receive refused by the kernel; single receives");
+        }
+        let fd = types::Fd(self.stream.as_raw_fd());
+        let e = match &mut self.recv {
+            Recv::Single { rbuf, .. } => {
+                opcode::Recv::new(fd, rbuf.as_mut_ptr(), rbuf.len() as u32).build()
+            }
+            Recv::Multi { ready, .. } => {
+                if ready.len() == PBUF_COUNT as usize {
+                    return Ok(()); // every buffer is full: re-armed once one is read
+                }
+                opcode::RecvMulti::new(fd, PBUF_GROUP).build()
+            }
+        };
+        self.push(&e.user_data(RECV))?;
         self.recv_inflight = true;
         Ok(())
     }
@@ -124,17 +301,45 @@ impl UringStream {
         for c in self.ring.completion() {
             let res = c.result();
             match c.user_data() {
-                RECV => {
-                    self.recv_inflight = false;
-                    if res > 0 {
-                        self.r_start = 0;
-                        self.r_end = res as usize;
-                    } else if res == 0 {
-                        self.eof = true;
-                    } else {
-                        self.error = Some(io::Error::from_raw_os_error(-res));
+                RECV => match &mut self.recv {
+                    Recv::Single { start, end, .. } => {
+                        self.recv_inflight = false;
+                        if res > 0 {
+                            *start = 0;
+                            *end = res as usize;
+                        } else if res == 0 {
+                            self.eof = true;
+                        } else {
+                            self.error = Some(io::Error::from_raw_os_error(-res));
+                        }
                     }
-                }
+                    Recv::Multi { ready, .. } => {
+                        if !cqueue::more(c.flags()) {
+                            self.recv_inflight = false;
+                        }
+                        if res > 0 {
+                            self.received_any = true;
+                            match cqueue::buffer_select(c.flags()) {
+                                Some(bid) if bid < PBUF_COUNT => {
+                                    ready.push_back((bid, res as usize))
+                                }
+                                _ => {
+                                    self.error = Some(io::Error::other(
+                                        "a multishot receive completed without a buffer",
+                                    ))
+                                }
+                            }
+                        } else if res == 0 {
+                            self.eof = true;
+                        } else if -res == libc::EINVAL && !self.received_any {
+                            // Provided-buffer rings without multishot receive (5.19).
+                            self.downgrade = true;
+                        } else if -res != libc::ENOBUFS {
+                            // Out of buffers is not an error: re-armed when one is read.
+                            self.error = Some(io::Error::from_raw_os_error(-res));
+                        }
+                    }
+                },
                 SEND => {
                     self.send_inflight = false;
                     if res >= 0 {
@@ -158,6 +363,39 @@ impl UringStream {
             None => Ok(()),
         }
     }
+
+    /// Copies received bytes into `out`; 0 when none are waiting.
+    fn take_received(&mut self, out: &mut [u8]) -> usize {
+        match &mut self.recv {
+            Recv::Single { rbuf, start, end } => {
+                let n = out.len().min(*end - *start);
+                out[..n].copy_from_slice(&rbuf[*start..*start + n]);
+                *start += n;
+                n
+            }
+            Recv::Multi { ring, ready, off } => {
+                let mut n = 0;
+                while n < out.len() {
+                    let Some(&(bid, len)) = ready.front() else {
+                        break;
+                    };
+                    let k = (out.len() - n).min(len - *off);
+                    out[n..n + k].copy_from_slice(&ring.buf(bid)[*off..*off + k]);
+                    n += k;
+                    *off += k;
+                    if *off == len {
+                        ready.pop_front();
+                        *off = 0;
+                        ring.give(bid);
+                    }
+                }
+                if n > 0 {
+                    ring.publish();
+                }
+                n
+            }
+        }
+    }
 }
 
 impl Read for UringStream {
@@ -166,11 +404,15 @@ impl Read for UringStream {
         // A send that completed short goes on from here even when nothing new is
         // written (the multiplexer reads on every poll).
         self.submit_send()?;
-        if self.r_start < self.r_end {
-            let n = out.len().min(self.r_end - self.r_start);
-            out[..n].copy_from_slice(&self.rbuf[self.r_start..self.r_start + n]);
-            self.r_start += n;
-            if self.r_start == self.r_end {
+        let n = self.take_received(out);
+        if n > 0 {
+            // Single: the buffer is drained, so receive again; multishot: re-arm if it
+            // ended for want of buffers.
+            let drained = match &self.recv {
+                Recv::Single { start, end, .. } => start == end,
+                Recv::Multi { .. } => true,
+            };
+            if drained {
                 self.submit_recv()?;
             }
             return Ok(n);
@@ -223,6 +465,9 @@ impl Drop for UringStream {
                 break;
             }
             self.reap();
+        }
+        if matches!(self.recv, Recv::Multi { .. }) {
+            let _ = self.ring.submitter().unregister_buf_ring(PBUF_GROUP);
         }
     }
 }

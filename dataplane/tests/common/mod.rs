@@ -23,6 +23,7 @@ pub fn agent(node: u64, listen: &str, kind: TransportKind, timeout: Duration) ->
         node,
         listen: listen.parse().unwrap(),
         transport: kind,
+        uring: Default::default(),
         keepalive: timeout / 4,
         timeout,
     })
