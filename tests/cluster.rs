@@ -389,7 +389,18 @@ fn w1_across_two_taskmanagers(extra: &[&str], tcp: bool) {
 
 #[test]
 fn a_killed_taskmanager_restarts_the_job_under_fixed_delay_or_fails_it_under_none() {
-    for strategy in ["fixed-delay", "none"] {
+    // Through shared memory, and through the network agents (whose connection to the
+    // killed TaskManager breaks).
+    for (strategy, tcp) in [
+        ("fixed-delay", false),
+        ("none", false),
+        ("fixed-delay", true),
+    ] {
+        let net: &[&str] = if tcp {
+            &["-D", "taskmanager.network.same-host=tcp"]
+        } else {
+            &[]
+        };
         let ports = Ports {
             rpc: free_port(),
             rest: free_port(),
@@ -399,16 +410,20 @@ fn a_killed_taskmanager_restarts_the_job_under_fixed_delay_or_fails_it_under_non
             "jobmanager",
             &ports,
             &[
-                "-D",
-                &s,
-                "-D",
-                "restart-strategy.fixed-delay.attempts=3",
-                "-D",
-                "restart-strategy.fixed-delay.delay=200 ms",
-            ],
+                &[
+                    "-D",
+                    &s,
+                    "-D",
+                    "restart-strategy.fixed-delay.attempts=3",
+                    "-D",
+                    "restart-strategy.fixed-delay.delay=200 ms",
+                ],
+                net,
+            ]
+            .concat(),
         );
-        let _tm1 = spate("taskmanager", &ports, &[]);
-        let tm2 = spate("taskmanager", &ports, &[]);
+        let _tm1 = spate("taskmanager", &ports, net);
+        let tm2 = spate("taskmanager", &ports, net);
         wait_for("two TaskManagers", Duration::from_secs(15), || {
             taskmanager_count(ports.rest) == Some(2)
         });
@@ -434,7 +449,7 @@ fn a_killed_taskmanager_restarts_the_job_under_fixed_delay_or_fails_it_under_non
             wait_for("RESTARTING", Duration::from_secs(15), || {
                 job_state(ports.rest, &id) == "RESTARTING"
             });
-            let _tm3 = spate("taskmanager", &ports, &[]);
+            let _tm3 = spate("taskmanager", &ports, net);
             wait_for("RUNNING again", Duration::from_secs(20), || {
                 job_state(ports.rest, &id) == "RUNNING"
             });
@@ -452,6 +467,25 @@ fn a_killed_taskmanager_restarts_the_job_under_fixed_delay_or_fails_it_under_non
             );
             let o = spate_cli(&["list", "-m", &m]);
             assert!(String::from_utf8_lossy(&o.stdout).contains("(FINISHED)"));
+            if tcp {
+                // The survivor lost its connection to the killed one, and the restarted
+                // job ran over connections again.
+                let (_, tms) = http(ports.rest, "GET", "/taskmanagers", "").unwrap();
+                let nets: Vec<&Value> = tms["taskmanagers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| &t["network"])
+                    .collect();
+                assert!(
+                    nets.iter().any(|n| n["failures"].as_u64() >= Some(1)),
+                    "{tms}"
+                );
+                assert!(
+                    nets.iter().all(|n| n["framesOut"].as_u64() > Some(0)),
+                    "{tms}"
+                );
+            }
         }
         wait_for("the job's rings to be gone", Duration::from_secs(5), || {
             leftover_rings(&id).is_empty()

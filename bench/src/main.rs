@@ -86,6 +86,13 @@ enum Cmd {
         /// Frames per streaming variant.
         #[arg(long, default_value_t = 5_000_000)]
         frames: u64,
+        /// io_uring: single receives instead of multishot into provided buffers.
+        #[arg(long)]
+        single_recv: bool,
+        /// io_uring: a kernel SQPOLL thread idling after this many ms (not with
+        /// busy-polling threads on few cores).
+        #[arg(long)]
+        sqpoll_idle_ms: Option<u32>,
         /// Write the rows as a JSON array to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -198,8 +205,14 @@ fn main() -> Result<()> {
         Cmd::Net {
             round_trips,
             frames,
+            single_recv,
+            sqpoll_idle_ms,
             json,
         } => {
+            let uring = spate_dataplane::net::UringOptions {
+                sqpoll_idle_ms,
+                multishot: !single_recv,
+            };
             let cores = two_cores()?;
             eprintln!(
                 "net: {round_trips} round trips and {frames} frames of {} bytes per variant, \
@@ -208,7 +221,7 @@ fn main() -> Result<()> {
                 cores.0,
                 cores.1
             );
-            let rows = net::run(round_trips, frames, cores)?;
+            let rows = net::run(round_trips, frames, cores, uring)?;
             report::print_table(&rows, net::FRAME);
             report::print_ratios(&rows, "io_uring");
             if let Some(path) = json {

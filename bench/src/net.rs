@@ -11,7 +11,7 @@ use crate::clock::{ticks, Clock};
 use crate::report::{histogram, Row};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use spate_dataplane::net::{AgentConfig, NetAgent, TransportKind};
+use spate_dataplane::net::{AgentConfig, NetAgent, TransportKind, UringOptions};
 use spate_dataplane::ring::{Consumer, FrameType, Producer, Ring};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -35,6 +35,7 @@ struct Hosts {
     ns: [Option<String>; 2],
     ip: [IpAddr; 2],
     name: &'static str,
+    uring: UringOptions,
 }
 
 /// Moves the calling thread into network namespace `ns` (sockets it creates from now
@@ -104,6 +105,7 @@ where
     B: FnOnce(&mut Side) + Send + 'static,
     R: Send + 'static,
 {
+    let uring = hosts.uring;
     let (to_a, from_b) = mpsc::channel::<SocketAddr>();
     let (to_b, from_a) = mpsc::channel::<SocketAddr>();
     let side = move |node: u64,
@@ -119,7 +121,7 @@ where
             node,
             listen: SocketAddr::new(ip, 0),
             transport: kind,
-            uring: Default::default(),
+            uring,
             keepalive: Duration::from_secs(1),
             timeout: Duration::from_secs(30),
         })?;
@@ -402,13 +404,19 @@ const IMPLS: [(&str, TransportKind); 2] = [
 ];
 
 /// Runs every variant over loopback, and over veth where namespaces can be made.
-pub fn run(round_trips: u64, frames: u64, cores: (usize, usize)) -> Result<Vec<Row>> {
+pub fn run(
+    round_trips: u64,
+    frames: u64,
+    cores: (usize, usize),
+    uring: UringOptions,
+) -> Result<Vec<Row>> {
     let clock = Clock::calibrate();
     let mut rows = Vec::new();
     let loopback = Hosts {
         ns: [None, None],
         ip: [IpAddr::from([127, 0, 0, 1]); 2],
         name: "loopback",
+        uring,
     };
     let veth = match Veth::create() {
         Ok(v) => Some(v),
@@ -423,6 +431,7 @@ pub fn run(round_trips: u64, frames: u64, cores: (usize, usize)) -> Result<Vec<R
             ns: [Some(v.ns[0].clone()), Some(v.ns[1].clone())],
             ip: [IpAddr::from([10, 78, 0, 1]), IpAddr::from([10, 78, 0, 2])],
             name: "veth",
+            uring,
         });
     }
     for hosts in &topologies {

@@ -335,6 +335,12 @@ fn sqpoll_connections_carry_channels_too() {
     let (a_addr, b_addr) = (a.handle().local_addr(), b.handle().local_addr());
     let mut a = Side::new(a, 2, b_addr, 2, 1 << 14);
     let mut b = Side::new(b, 1, a_addr, 2, 1 << 14);
-    run_until(&mut [&mut a, &mut b], 2000, |s| s.iter().all(|s| s.done(2000)));
-    assert_eq!(a.agent.handle().stats().fallbacks(), 0, "SQPOLL rings were set up");
+    run_until(&mut [&mut a, &mut b], 2000, |s| {
+        s.iter().all(|s| s.done(2000))
+    });
+    assert_eq!(
+        a.agent.handle().stats().fallbacks(),
+        0,
+        "SQPOLL rings were set up"
+    );
 }
