@@ -353,9 +353,10 @@ fn taskmanager(conf: &ConfArgs) -> Result<bool> {
     let stop = stop_flag()?;
     let mut tm = crate::cluster::taskmanager::TaskManager::start(&config)?;
     eprintln!(
-        "spate: TaskManager {} with {} slot(s), registering with {}:{}",
+        "spate: TaskManager {} with {} slot(s), data connections on {}, registering with {}:{}",
         tm.id(),
         config.slots,
+        tm.data_address(),
         config.jobmanager_address,
         config.jobmanager_port
     );

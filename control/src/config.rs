@@ -125,9 +125,8 @@ pub struct Config {
     /// `taskmanager.network.agent` (spate): the agent on a thread of its own, or polled
     /// by the first slot (sharing its core).
     pub agent: AgentMode,
-    /// `taskmanager.network.agent-core` (spate): the agent thread's core (unpinned
-    /// when absent).
-    pub agent_core: Option<usize>,
+    /// `taskmanager.network.agent-core` (spate): the agent thread's core.
+    pub agent_core: AgentCore,
     /// `taskmanager.network.idle-strategy` (spate): how the agent thread idles.
     pub agent_idle: IdleStrategyKind,
     /// `taskmanager.network.io-uring.sqpoll` and `.multishot` (spate).
@@ -135,6 +134,17 @@ pub struct Config {
     /// `taskmanager.network.same-host` (spate): channels between TaskManagers on one
     /// host go through shared memory (`shm`) or through the network agents (`tcp`).
     pub same_host_tcp: bool,
+}
+
+/// The agent thread's core (`taskmanager.network.agent-core`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentCore {
+    /// A usable core no slot is pinned to, if there is one; else unpinned.
+    Auto,
+    /// Not pinned.
+    Unpinned,
+    /// This core.
+    Core(usize),
 }
 
 /// Where the network agent runs (`taskmanager.network.agent`).
@@ -172,7 +182,7 @@ impl Default for Config {
             data_port: 0,
             transport: spate_dataplane::net::TransportKind::IoUring,
             agent: AgentMode::Dedicated,
-            agent_core: None,
+            agent_core: AgentCore::Auto,
             agent_idle: IdleStrategyKind::Backoff,
             uring: spate_dataplane::net::UringOptions::default(),
             same_host_tcp: false,
@@ -435,8 +445,11 @@ impl Config {
             }
             "taskmanager.network.agent-core" => {
                 self.agent_core = match v {
-                    "" | "none" | "unpinned" => None,
-                    n => Some(n.parse().map_err(|_| bad("a core number, or none"))?),
+                    "auto" => AgentCore::Auto,
+                    "none" | "unpinned" => AgentCore::Unpinned,
+                    n => {
+                        AgentCore::Core(n.parse().map_err(|_| bad("auto, none, or a core number"))?)
+                    }
                 }
             }
             "taskmanager.network.idle-strategy" => {
@@ -606,6 +619,44 @@ mod tests {
         assert_eq!(cfg.idle, IdleStrategyKind::BusySpin);
         assert_eq!(cfg.cores, vec![1]);
         assert_eq!(cfg.ring_size, 65536);
+    }
+
+    #[test]
+    fn network_keys() {
+        let mut cfg = Config::default();
+        cfg.apply_overrides(&[
+            "taskmanager.data.port=7100".into(),
+            "taskmanager.network.transport=epoll".into(),
+            "taskmanager.network.agent=shared".into(),
+            "taskmanager.network.agent-core=1".into(),
+            "taskmanager.network.idle-strategy=park".into(),
+            "taskmanager.network.io-uring.sqpoll=10 ms".into(),
+            "taskmanager.network.io-uring.multishot=false".into(),
+            "taskmanager.network.same-host=tcp".into(),
+        ])
+        .unwrap();
+        assert_eq!(cfg.data_port, 7100);
+        assert_eq!(cfg.transport, spate_dataplane::net::TransportKind::Epoll);
+        assert_eq!(cfg.agent, AgentMode::Shared);
+        assert_eq!(cfg.agent_core, AgentCore::Core(1));
+        assert_eq!(cfg.uring.sqpoll_idle_ms, Some(10));
+        assert!(!cfg.uring.multishot);
+        assert!(cfg.same_host_tcp);
+        for bad in [
+            "taskmanager.network.transport=dpdk",
+            "taskmanager.network.agent=elsewhere",
+            "taskmanager.network.agent-core=first",
+            "taskmanager.network.io-uring.sqpoll=sometimes",
+            "taskmanager.network.same-host=pipe",
+            "taskmanager.data.port=70000",
+        ] {
+            let e = Config::default()
+                .apply_overrides(&[bad.into()])
+                .unwrap_err()
+                .to_string();
+            let key = bad.split('=').next().unwrap();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::{
     JmToTm, NetworkInfo, NetworkReport, SlotInfo, TaskDeployment, TaskKey, TaskManagerId,
     TaskRecords, TaskState, TmToJm,
 };
-use crate::config::{AgentMode, Config};
+use crate::config::{AgentCore, AgentMode, Config};
 use crate::minicluster::start_slots;
 use crate::rpc::{ConnId, Endpoint, Event};
 use spate_dataplane::net::{AgentConfig, AgentThread, NetAgent, NetHandle};
@@ -81,7 +81,27 @@ impl TaskManager {
         let net = agent.handle();
         let data_address = format!("{}:{}", config.taskmanager_host, net.local_addr().port());
         let agent_thread = match config.agent {
-            AgentMode::Dedicated => Some(agent.spawn(config.agent_core, config.agent_idle)?),
+            AgentMode::Dedicated => {
+                let core = match config.agent_core {
+                    AgentCore::Core(c) => Some(c),
+                    AgentCore::Unpinned => None,
+                    AgentCore::Auto => {
+                        let taken: Vec<usize> = slots.iter().filter_map(|s| s.core()).collect();
+                        let free = spate_dataplane::slot::available_cores()
+                            .into_iter()
+                            .find(|c| !taken.contains(c));
+                        if free.is_none() {
+                            tracing::info!(
+                                "no core left beside the slots: the network agent runs unpinned \
+                                 (taskmanager.network.agent: shared polls it from slot 0 instead)"
+                            );
+                        }
+                        free
+                    }
+                };
+                tracing::info!(core = ?core, "network agent thread");
+                Some(agent.spawn(core, config.agent_idle)?)
+            }
             AgentMode::Shared => {
                 let Some(slot) = slots.first() else {
                     anyhow::bail!("taskmanager.network.agent: shared needs a slot");
