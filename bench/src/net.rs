@@ -133,10 +133,10 @@ where
         let mut rx = Vec::new();
         for ch in 0..channels {
             let (p, c) = Ring::anonymous(1 << 16)?;
-            h.open_out(peer, peer_addr, (node * 1000) as u32 + ch as u32, c);
+            h.open_out(peer, peer_addr, node * 1000 + ch as u64, c);
             tx.push(p);
             let (p, c) = Ring::anonymous(1 << 16)?;
-            h.open_in(peer, peer_addr, (peer * 1000) as u32 + ch as u32, p);
+            h.open_in(peer, peer_addr, peer * 1000 + ch as u64, p);
             rx.push(c);
         }
         Ok(Side { agent, tx, rx })

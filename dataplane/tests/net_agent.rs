@@ -344,3 +344,117 @@ fn sqpoll_connections_carry_channels_too() {
         "SQPOLL rings were set up"
     );
 }
+
+#[test]
+fn the_largest_frames_cross_when_the_receiving_ring_is_twice_the_sending_one() {
+    // Frames of every size up to the sending ring's largest, including ones above a
+    // quarter of the receiving ring, in both transports. (With a receiving ring the
+    // size of the sending one, the largest frames would never get enough credit: room
+    // for a wrapped frame's padding is held back.)
+    for kind in KINDS {
+        let cap = 1 << 13;
+        let a = agent(1, "127.0.0.1:0", kind, Duration::from_secs(10));
+        let b = agent(2, "127.0.0.1:0", kind, Duration::from_secs(10));
+        let b_addr = b.handle().local_addr();
+        let (mut tx, out) = Ring::anonymous(cap).unwrap();
+        let (inp, mut rx) = Ring::anonymous(2 * cap).unwrap();
+        assert!(a.handle().open_out(2, b_addr, 5 << 33, out));
+        assert!(b.handle().open_in(1, a.handle().local_addr(), 5 << 33, inp));
+        let (mut a, mut b) = (a, b);
+        let max = tx.max_payload();
+        let sizes: Vec<usize> = (0..400)
+            .map(|i| [max, 1, max / 2 + 7, cap / 4 + 100, 64][i % 5])
+            .collect();
+        let (mut sent, mut got) = (0, 0);
+        let start = Instant::now();
+        while got < sizes.len() {
+            while sent < sizes.len() {
+                let body = vec![(sent % 251) as u8; sizes[sent]];
+                if tx.try_send(FrameType::Data, &body).is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            a.poll_once();
+            b.poll_once();
+            rx.poll(16, |f| {
+                assert_eq!(f.payload().len(), sizes[got], "frame {got}");
+                assert!(f.payload().iter().all(|&x| x == (got % 251) as u8));
+                got += 1;
+            })
+            .unwrap();
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{kind}: stuck at {got} of {}",
+                sizes.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_channel_closed_by_the_peer_before_it_opens_here_closes_at_once() {
+    let a = agent(
+        1,
+        "127.0.0.1:0",
+        TransportKind::Epoll,
+        Duration::from_secs(10),
+    );
+    let b = agent(
+        2,
+        "127.0.0.1:0",
+        TransportKind::Epoll,
+        Duration::from_secs(10),
+    );
+    let (a_addr, b_addr) = (a.handle().local_addr(), b.handle().local_addr());
+    let (mut a, mut b) = (
+        Side::new(a, 2, b_addr, 1, 1 << 12),
+        Side::new(b, 1, a_addr, 1, 1 << 12),
+    );
+    run_until(&mut [&mut a, &mut b], 10, |s| s[1].seq[0] >= 10);
+    // Node 2's end of channel 77 opens and its task goes away before node 1's opens.
+    let (p, c) = Ring::anonymous(1 << 12).unwrap();
+    assert!(b.agent.handle().open_in(1, a_addr, 77, p));
+    drop(c);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(100) {
+        a.agent.poll_once();
+        b.agent.poll_once();
+    }
+    let (mut p, c) = Ring::anonymous(1 << 12).unwrap();
+    assert!(a.agent.handle().open_out(2, b_addr, 77, c));
+    let start = Instant::now();
+    while p.consumer_state(0, 0) != PeerState::Closed {
+        a.agent.poll_once();
+        b.agent.poll_once();
+        assert!(start.elapsed() < Duration::from_secs(10), "never closed");
+    }
+    assert!(p.try_send(FrameType::Data, b"late").is_ok());
+}
+
+#[test]
+fn a_client_that_never_says_who_it_is_is_dropped() {
+    let mut a = agent(
+        1,
+        "127.0.0.1:0",
+        TransportKind::Epoll,
+        Duration::from_millis(300),
+    );
+    let mut s = std::net::TcpStream::connect(a.handle().local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        a.poll_once();
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "silent client kept"
+        );
+    }
+    assert!(start.elapsed() >= Duration::from_millis(300));
+}

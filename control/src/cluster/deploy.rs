@@ -86,7 +86,10 @@ pub fn build(d: &TaskDeployment, graph: &JobGraph, net: &NetHandle) -> Result<De
             .iter()
             .find(|r| (r.edge as usize, r.up as usize, r.down as usize) == (edge, up, down))
     };
-    // The task's half of a remote channel; the agent gets the other.
+    // Where a remote channel's peer is. The task gets one half of an in-process ring and
+    // the agent the other; a receiving ring is twice the size of a sending one, so that
+    // credit-based flow control (which holds back room for a frame's padding) carries
+    // the largest frame the sending task can write.
     let remote_ring = |r: &super::RemoteChannel| {
         // Agents listen on IPv4 (0.0.0.0): an IPv4 address of the name first.
         let addrs: Vec<std::net::SocketAddr> = r
@@ -100,13 +103,13 @@ pub fn build(d: &TaskDeployment, graph: &JobGraph, net: &NetHandle) -> Result<De
             .or(addrs.first())
             .copied()
             .ok_or_else(|| format!("TaskManager address {} resolves to nothing", r.peer_address))?;
-        let (p, c) = Ring::anonymous(ring_size).map_err(|e| e.to_string())?;
-        Ok::<(Producer, Consumer, std::net::SocketAddr), String>((p, c, addr))
+        Ok::<std::net::SocketAddr, String>(addr)
     };
     let producer = |edge: usize, up: usize, down: usize| -> Result<Producer, String> {
         match remote(edge, up, down) {
             Some(r) => {
-                let (p, c, addr) = remote_ring(r)?;
+                let addr = remote_ring(r)?;
+                let (p, c) = Ring::anonymous(ring_size).map_err(|e| e.to_string())?;
                 if !net.open_out(r.peer_node, addr, r.channel, c) {
                     return Err("the network agent has stopped".into());
                 }
@@ -118,7 +121,12 @@ pub fn build(d: &TaskDeployment, graph: &JobGraph, net: &NetHandle) -> Result<De
     let consumer = |edge: usize, up: usize, down: usize| -> Result<Consumer, String> {
         match remote(edge, up, down) {
             Some(r) => {
-                let (p, c, addr) = remote_ring(r)?;
+                let addr = remote_ring(r)?;
+                let size = ring_size
+                    .checked_mul(2)
+                    .filter(|&n| n <= spate_dataplane::ring::MAX_CAPACITY)
+                    .ok_or("taskmanager.memory.ring-size too large for a remote channel")?;
+                let (p, c) = Ring::anonymous(size).map_err(|e| e.to_string())?;
                 if !net.open_in(r.peer_node, addr, r.channel, p) {
                     return Err("the network agent has stopped".into());
                 }
@@ -181,5 +189,10 @@ pub fn host_key() -> String {
             .map(|p| p.display().to_string())
             .unwrap_or_default()
     };
-    format!("{boot}/{}/{}", ns("net"), ns("mnt"))
+    let (net, mnt) = (ns("net"), ns("mnt"));
+    if boot.is_empty() || net.is_empty() || mnt.is_empty() {
+        // Unknown: this process counts as a host of its own (records go over TCP).
+        return format!("process-{}-{}", std::process::id(), super::new_id());
+    }
+    format!("{boot}/{net}/{mnt}")
 }

@@ -257,10 +257,10 @@ impl JobEntry {
         &self,
         peers: &Peers,
         same_host_tcp: bool,
-        next_channel: &mut u32,
+        next_channel: &mut u64,
         sends: &mut [(TaskManagerId, TaskDeployment)],
     ) {
-        let mut ids: HashMap<(u32, u32, u32), u32> = HashMap::new();
+        let mut ids: HashMap<(u32, u32, u32), u64> = HashMap::new();
         let parallelism = |v: u32| {
             self.vertices
                 .get(v as usize)
@@ -302,7 +302,7 @@ impl JobEntry {
                         continue; // one host: shared memory
                     }
                     let channel = *ids.entry((ei, up, down)).or_insert_with(|| {
-                        *next_channel = next_channel.wrapping_add(1).max(1);
+                        *next_channel = next_channel.wrapping_add(1);
                         *next_channel
                     });
                     d.remote.push(RemoteChannel {
@@ -436,8 +436,10 @@ pub struct JobManager {
     monitor: HeartbeatMonitor<TaskManagerId>,
     conns: HashMap<ConnId, TaskManagerId>,
     commands: Receiver<JmCommand>,
-    /// The last channel id given to a channel between TaskManagers.
-    next_channel: u32,
+    /// The last channel id given to a channel between TaskManagers: the high half is
+    /// random per JobManager session, so that ids never repeat on connections that
+    /// outlive a JobManager restart.
+    next_channel: u64,
 }
 
 fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
@@ -475,7 +477,7 @@ impl JobManager {
             monitor: HeartbeatMonitor::new(config.heartbeat_timeout.as_millis() as u64),
             conns: HashMap::new(),
             commands,
-            next_channel: 0,
+            next_channel: u64::from_str_radix(&super::new_id()[..8], 16).unwrap_or(1) << 32,
         })
     }
 

@@ -108,8 +108,9 @@ pub struct RemoteChannel {
     pub up: u32,
     /// Downstream subtask.
     pub down: u32,
-    /// Channel id on the connection between the two TaskManagers.
-    pub channel: u32,
+    /// Channel id on the connection between the two TaskManagers: unique across
+    /// JobManager sessions (a random session half and a counter).
+    pub channel: u64,
     /// The other end's TaskManager: its agent's node id and data address.
     pub peer_node: u64,
     /// `host:port`.

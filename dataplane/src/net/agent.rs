@@ -37,6 +37,9 @@ const MAX_UNNAMED: usize = 256;
 const REDIAL_NS: u64 = 50_000_000;
 /// How often, with io_uring, epoll is asked about the listener and dials.
 const MIO_EVERY_NS: u64 = 1_000_000;
+/// How long a connection may take to say who it is (at most; less if the peer timeout
+/// is shorter).
+const HANDSHAKE_TIMEOUT_NS: u64 = 5_000_000_000;
 
 /// A node's network settings.
 #[derive(Debug, Clone)]
@@ -86,7 +89,7 @@ enum End {
 struct Open {
     peer: u64,
     addr: SocketAddr,
-    channel: u32,
+    channel: u64,
     end: End,
 }
 
@@ -146,17 +149,17 @@ pub struct NetHandle {
 impl NetHandle {
     /// Sends what `rx` reads to node `peer` (listening at `addr`) as channel `channel`.
     /// False if the agent has stopped.
-    pub fn open_out(&self, peer: u64, addr: SocketAddr, channel: u32, rx: Consumer) -> bool {
+    pub fn open_out(&self, peer: u64, addr: SocketAddr, channel: u64, rx: Consumer) -> bool {
         self.open(peer, addr, channel, End::Out(rx))
     }
 
     /// Writes what node `peer` sends as channel `channel` into `tx`. False if the agent
     /// has stopped.
-    pub fn open_in(&self, peer: u64, addr: SocketAddr, channel: u32, tx: Producer) -> bool {
+    pub fn open_in(&self, peer: u64, addr: SocketAddr, channel: u64, tx: Producer) -> bool {
         self.open(peer, addr, channel, End::In(tx))
     }
 
-    fn open(&self, peer: u64, addr: SocketAddr, channel: u32, end: End) -> bool {
+    fn open(&self, peer: u64, addr: SocketAddr, channel: u64, end: End) -> bool {
         self.tx
             .send(Open {
                 peer,
@@ -203,12 +206,14 @@ struct Conn {
     remote: SocketAddr,
     /// Joined to its peer (the handshake has arrived and was accepted).
     named: bool,
+    /// When it was dialed or accepted.
+    since: u64,
 }
 
 struct Peer {
     addr: SocketAddr,
     conn: Option<usize>,
-    waiting: Vec<(u32, End)>,
+    waiting: Vec<(u64, End)>,
     /// Since when channels wait for a connection.
     waiting_since: u64,
     next_dial: u64,
@@ -231,6 +236,12 @@ pub struct NetAgent {
     closed: MuxStats,
     failed: Vec<(usize, MuxError)>,
     named: Vec<usize>,
+    /// Connections on epoll (asked about every poll, even with the io_uring transport,
+    /// where they are fallbacks).
+    epoll_conns: usize,
+    /// An accept failed (say, out of file descriptors): try again at the next poll of
+    /// epoll, since the edge-triggered listener will not report the waiting ones again.
+    accept_again: bool,
 }
 
 impl std::fmt::Debug for NetAgent {
@@ -285,6 +296,8 @@ impl NetAgent {
             closed: MuxStats::default(),
             failed: Vec::new(),
             named: Vec::new(),
+            epoll_conns: 0,
+            accept_again: false,
         })
     }
 
@@ -339,7 +352,10 @@ impl NetAgent {
             work += 1;
         }
         let now = clock::now_ns();
-        if self.cfg.transport == TransportKind::Epoll || now >= self.next_mio {
+        if self.cfg.transport == TransportKind::Epoll
+            || self.epoll_conns > 0
+            || now >= self.next_mio
+        {
             self.next_mio = now + MIO_EVERY_NS;
             work += self.poll_mio();
         }
@@ -409,6 +425,10 @@ impl NetAgent {
             return 0;
         }
         let mut work = 0;
+        if self.accept_again {
+            self.accept_again = false;
+            self.accept();
+        }
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for ev in events.iter() {
             work += 1;
@@ -448,6 +468,7 @@ impl NetAgent {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a data connection failed");
+                    self.accept_again = true;
                     return;
                 }
             }
@@ -476,6 +497,7 @@ impl NetAgent {
                 self.give_up_dial(expect, &e.to_string());
                 return;
             }
+            self.epoll_conns += 1;
         }
         tracing::debug!(%remote, token = tok, "data connection open; handshaking");
         self.conns.insert(
@@ -485,6 +507,7 @@ impl NetAgent {
                 expect,
                 remote,
                 named: false,
+                since: clock::now_ns(),
             },
         );
         if let Some(peer) = expect.and_then(|p| self.peers.get_mut(&p)) {
@@ -620,6 +643,7 @@ impl NetAgent {
                 let (outs, ins) = mux.channels();
                 if let NetStream::Epoll(st) = mux.stream_mut() {
                     let _ = st.deregister(self.poll.registry());
+                    self.epoll_conns = self.epoll_conns.saturating_sub(1);
                 }
                 if conn.named {
                     self.handle.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -627,16 +651,33 @@ impl NetAgent {
                 } else {
                     tracing::warn!(remote = %conn.remote, "data connection dropped: {why}");
                 }
-                if let Some(p) = self.peers.get_mut(&mux.peer()) {
-                    if p.conn == Some(tok) {
+                if conn.named {
+                    if self
+                        .peers
+                        .get(&mux.peer())
+                        .is_some_and(|p| p.conn == Some(tok))
+                    {
                         // Its channels end with it (dropping the multiplexer closes their
                         // rings); channels opened later get a new connection.
                         self.peers.remove(&mux.peer());
                     }
+                } else {
+                    self.unlink_dial(tok, conn.expect);
                 }
             }
             ConnState::Connecting(mut sock) => {
                 let _ = self.poll.registry().deregister(&mut sock);
+                self.unlink_dial(tok, conn.expect);
+            }
+        }
+    }
+
+    /// A connection that never said who it is ended: its peer's channels still wait,
+    /// and are dialed again.
+    fn unlink_dial(&mut self, tok: usize, expect: Option<u64>) {
+        if let Some(p) = expect.and_then(|p| self.peers.get_mut(&p)) {
+            if p.conn == Some(tok) {
+                p.conn = None;
             }
         }
     }
@@ -701,6 +742,7 @@ impl NetAgent {
                             expect: Some(id),
                             remote: addr,
                             named: false,
+                            since: now,
                         },
                     );
                     if let Some(p) = self.peers.get_mut(&id) {
@@ -710,20 +752,26 @@ impl NetAgent {
                 Err(e) => tracing::debug!(peer = id, %addr, error = %e, "dial failed"),
             }
         }
-        // Accepted connections that never said who they are, and dials that hang.
+        // Dials no longer needed, and connections that never said who they are.
+        let handshake_timeout = match timeout {
+            0 => HANDSHAKE_TIMEOUT_NS,
+            t => t.min(HANDSHAKE_TIMEOUT_NS),
+        };
         let stale: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.named && matches!(c.state, ConnState::Connecting(_)))
+            .filter(|(_, c)| !c.named)
             .filter(|(_, c)| {
-                c.expect
-                    .and_then(|p| self.peers.get(&p))
-                    .is_none_or(|p| p.waiting.is_empty())
+                let unneeded = matches!(c.state, ConnState::Connecting(_))
+                    && c.expect
+                        .and_then(|p| self.peers.get(&p))
+                        .is_none_or(|p| p.waiting.is_empty());
+                unneeded || now.saturating_sub(c.since) > handshake_timeout
             })
             .map(|(&t, _)| t)
             .collect();
         for tok in stale {
-            self.drop_conn(tok, "dial no longer needed");
+            self.drop_conn(tok, "no handshake in time, or no longer needed");
         }
     }
 

@@ -45,19 +45,19 @@ pub enum MuxError {
     },
     /// A channel id was added twice.
     #[error("channel {0} is already open on this connection")]
-    DuplicateChannel(u32),
+    DuplicateChannel(u64),
     /// A local ring failed.
     #[error("ring of channel {channel}: {source}")]
     Ring {
         /// The channel.
-        channel: u32,
+        channel: u64,
         /// The error.
         source: RingError,
     },
 }
 
 struct Out {
-    id: u32,
+    id: u64,
     rx: Consumer,
     /// Ring bytes the receiver still accepts on this channel.
     credit: u64,
@@ -68,6 +68,17 @@ struct In {
     /// Ring bytes granted to the sender so far, and received so far.
     granted: u64,
     received: u64,
+}
+
+/// A frame header: channel id split in two halves around kind, side and length.
+fn frame_header(channel: u64, kind: u8, sub: u8, len: usize) -> [u8; FRAME_HEADER] {
+    let mut h = [0u8; FRAME_HEADER];
+    h[..4].copy_from_slice(&(channel as u32).to_le_bytes());
+    h[4] = kind;
+    h[5] = sub;
+    h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&((channel >> 32) as u32).to_le_bytes());
+    h
 }
 
 /// Byte and frame counts of one connection.
@@ -88,6 +99,8 @@ pub struct MuxStats {
 const RETIRED_KEPT: usize = 1 << 16;
 /// Credit for channels this side has not opened yet, held until they open.
 const PENDING_CREDIT_MAX: usize = 1 << 16;
+/// Bytes buffered from the stream before they are processed, at most (plus one read).
+const READ_BUDGET: usize = 1 << 20;
 /// How often a channel's local peer is checked for having gone away.
 const LIVENESS_CHECK_NS: u64 = 1_000_000;
 
@@ -104,10 +117,10 @@ pub struct Mux<S> {
     node: u64,
     peer: u64,
     outs: Vec<Out>,
-    ins: FxHashMap<u32, In>,
-    pending_credit: FxHashMap<u32, u64>,
-    retired: FxHashSet<u32>,
-    retired_order: VecDeque<u32>,
+    ins: FxHashMap<u64, In>,
+    pending_credit: FxHashMap<u64, u64>,
+    retired: FxHashSet<u64>,
+    retired_order: VecDeque<u64>,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     handshaken: bool,
@@ -130,14 +143,14 @@ impl<S: Read + Write> Mux<S> {
         let mut m = Self::empty(stream, node);
         for (i, rx) in outs.into_iter().enumerate() {
             m.outs.push(Out {
-                id: i as u32,
+                id: i as u64,
                 rx,
                 credit: 0,
             });
         }
         for (i, tx) in ins.into_iter().enumerate() {
             m.ins.insert(
-                i as u32,
+                i as u64,
                 In {
                     tx,
                     granted: 0,
@@ -222,23 +235,41 @@ impl<S: Read + Write> Mux<S> {
         !self.wbuf.is_empty()
     }
 
-    /// Opens outbound channel `id`: the frames `rx` reads go to the peer.
-    pub fn add_out(&mut self, id: u32, rx: Consumer) -> Result<(), MuxError> {
+    /// Opens outbound channel `id`: the frames `rx` reads go to the peer. A channel the
+    /// peer has already closed is closed at once (its ring's producer sees it closed).
+    pub fn add_out(&mut self, id: u64, rx: Consumer) -> Result<(), MuxError> {
         if self.outs.iter().any(|o| o.id == id) {
             return Err(MuxError::DuplicateChannel(id));
         }
-        self.forget_retired(id);
+        if self.retired.contains(&id) {
+            tracing::debug!(
+                channel = id,
+                peer = self.peer,
+                "closed by the peer before it opened here"
+            );
+            drop(rx);
+            return Ok(());
+        }
         let credit = self.pending_credit.remove(&id).unwrap_or(0);
         self.outs.push(Out { id, rx, credit });
         Ok(())
     }
 
-    /// Opens inbound channel `id`: the peer's frames on it go to `tx`.
-    pub fn add_in(&mut self, id: u32, tx: Producer) -> Result<(), MuxError> {
+    /// Opens inbound channel `id`: the peer's frames on it go to `tx`. A channel the
+    /// peer has already closed is closed at once (its ring's consumer sees it closed).
+    pub fn add_in(&mut self, id: u64, tx: Producer) -> Result<(), MuxError> {
         if self.ins.contains_key(&id) {
             return Err(MuxError::DuplicateChannel(id));
         }
-        self.forget_retired(id);
+        if self.retired.contains(&id) {
+            tracing::debug!(
+                channel = id,
+                peer = self.peer,
+                "closed by the peer before it opened here"
+            );
+            drop(tx);
+            return Ok(());
+        }
         self.ins.insert(
             id,
             In {
@@ -250,13 +281,7 @@ impl<S: Read + Write> Mux<S> {
         Ok(())
     }
 
-    fn forget_retired(&mut self, id: u32) {
-        if self.retired.remove(&id) {
-            self.retired_order.retain(|&r| r != id);
-        }
-    }
-
-    fn retire(&mut self, id: u32) {
+    fn retire(&mut self, id: u64) {
         if self.retired.insert(id) {
             self.retired_order.push_back(id);
             if self.retired_order.len() > RETIRED_KEPT {
@@ -332,7 +357,7 @@ impl<S: Read + Write> Mux<S> {
                 i += 1;
             }
         }
-        let gone: Vec<u32> = self
+        let gone: Vec<u64> = self
             .ins
             .iter()
             .filter(|(_, c)| {
@@ -360,7 +385,8 @@ impl<S: Read + Write> Mux<S> {
                 Ok(k) => {
                     self.rbuf.extend_from_slice(&chunk[..k]);
                     n += k;
-                    if k < chunk.len() {
+                    // Bounded per poll: what arrived is processed before more is read.
+                    if k < chunk.len() || self.rbuf.len() >= READ_BUDGET {
                         break;
                     }
                 }
@@ -411,7 +437,8 @@ impl<S: Read + Write> Mux<S> {
     fn frames(&mut self, at: &mut usize, work: &mut usize) -> Result<(), MuxError> {
         while self.rbuf.len() >= *at + FRAME_HEADER {
             let h = &self.rbuf[*at..*at + FRAME_HEADER];
-            let channel = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+            let channel = u64::from(u32::from_le_bytes([h[0], h[1], h[2], h[3]]))
+                | u64::from(u32::from_le_bytes([h[12], h[13], h[14], h[15]])) << 32;
             let kind = h[4];
             let sub = h[5];
             let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
@@ -483,24 +510,23 @@ impl<S: Read + Write> Mux<S> {
                 }
                 KIND_CLOSE => {
                     // The peer's end went away without end of stream: ours closes too.
-                    let mut known = false;
-                    if let Some(i) = self.outs.iter().position(|o| o.id == channel) {
-                        self.outs.swap_remove(i);
-                        known = true;
-                    }
-                    known |= self.ins.remove(&channel).is_some();
+                    // Its producer closed: our inbound channel; its consumer: our outbound.
+                    let known = if sub == CLOSE_BY_CONSUMER {
+                        let i = self.outs.iter().position(|o| o.id == channel);
+                        i.map(|i| self.outs.swap_remove(i)).is_some()
+                    } else if sub == CLOSE_BY_PRODUCER {
+                        self.ins.remove(&channel).is_some()
+                    } else {
+                        return Err(self.protocol(format!("close frame of side {sub}")));
+                    };
                     self.pending_credit.remove(&channel);
+                    // Remembered: if our end opens later, it is closed at once.
                     self.retire(channel);
                     if known {
-                        let by = if sub == CLOSE_BY_CONSUMER {
-                            "consumer"
-                        } else {
-                            "producer"
-                        };
                         tracing::debug!(
                             channel,
                             peer = self.peer,
-                            by,
+                            side = sub,
                             "channel closed by the peer"
                         );
                     }
@@ -514,18 +540,16 @@ impl<S: Read + Write> Mux<S> {
         Ok(())
     }
 
-    fn put_header(&mut self, channel: u32, kind: u8, sub: u8, len: usize) {
-        let mut h = [0u8; FRAME_HEADER];
-        h[..4].copy_from_slice(&channel.to_le_bytes());
-        h[4] = kind;
-        h[5] = sub;
-        h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
-        self.wbuf.extend_from_slice(&h);
+    fn put_header(&mut self, channel: u64, kind: u8, sub: u8, len: usize) {
+        self.wbuf
+            .extend_from_slice(&frame_header(channel, kind, sub, len));
     }
 
     /// Grants each inbound channel the ring space its consumer freed, in chunks of at
     /// least a quarter ring. Room for one frame's padding is held back, since a frame
-    /// that wraps needs more ring bytes than its size.
+    /// that wraps needs more ring bytes than its size: so the largest frame a channel
+    /// carries is `capacity - max_payload - 16` of its receiving ring, and a receiving
+    /// ring twice the size of the sending one carries every frame the sender can write.
     fn grant(&mut self) -> usize {
         let mut work = 0;
         let wbuf = &mut self.wbuf;
@@ -538,13 +562,12 @@ impl<S: Read + Write> Mux<S> {
             };
             let outstanding = inc.granted - inc.received;
             let can = free.saturating_sub(reserve).saturating_sub(outstanding);
-            if can >= cap / 4 || (inc.granted == 0 && can > 0) {
+            // A quarter ring at a time; but everything once the consumer has drained the
+            // ring, so that a sender holding less credit than its next (large) frame
+            // needs is never left waiting for a quarter that cannot come.
+            if can > 0 && (can >= cap / 4 || inc.granted == 0 || free == cap) {
                 inc.granted += can;
-                let mut h = [0u8; FRAME_HEADER];
-                h[..4].copy_from_slice(&ch.to_le_bytes());
-                h[4] = KIND_CREDIT;
-                h[8..12].copy_from_slice(&8u32.to_le_bytes());
-                wbuf.extend_from_slice(&h);
+                wbuf.extend_from_slice(&frame_header(ch, KIND_CREDIT, 0, 8));
                 wbuf.extend_from_slice(&can.to_le_bytes());
                 work += 1;
             }
@@ -578,11 +601,7 @@ impl<S: Read + Write> Mux<S> {
                 }
                 out.credit -= size;
                 let (ty, payload) = (frame.frame_type(), frame.payload());
-                let mut h = [0u8; FRAME_HEADER];
-                h[..4].copy_from_slice(&out.id.to_le_bytes());
-                h[4] = KIND_DATA;
-                h[5] = ty as u8;
-                h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+                let h = frame_header(out.id, KIND_DATA, ty as u8, payload.len());
                 self.wbuf.extend_from_slice(&h);
                 self.wbuf.extend_from_slice(payload);
                 moved += 1;

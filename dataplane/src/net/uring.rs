@@ -30,6 +30,11 @@ const BUF: usize = 256 * 1024;
 const PBUF_COUNT: u16 = 32;
 const PBUF_SIZE: usize = 16 * 1024;
 const PBUF_GROUP: u16 = 0;
+/// Bytes of one provided-buffer ring entry (`struct io_uring_buf`).
+const ENTRY: usize = 16;
+const _: () = assert!(std::mem::size_of::<types::BufRingEntry>() == ENTRY);
+/// Completion queue entries: room for a completion per provided buffer, and sends.
+const CQ_ENTRIES: u32 = 2 * PBUF_COUNT as u32 + 8;
 
 /// How a connection's io_uring is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,34 +78,36 @@ impl BufRing {
         })
     }
 
-    fn base(&mut self) -> *mut types::BufRingEntry {
-        self.entries.as_mut_ptr().cast()
+    fn base(&mut self) -> *mut u8 {
+        self.entries.as_mut_ptr()
     }
 
     /// Hands buffer `bid` to the kernel (visible at the next [`BufRing::publish`]).
     fn give(&mut self, bid: u16) {
         let idx = (self.tail & (PBUF_COUNT - 1)) as usize;
         let addr = self.bufs[bid as usize * PBUF_SIZE..].as_ptr() as u64;
-        let base = self.base();
-        // SAFETY: `idx < PBUF_COUNT`, the number of entries the mapping holds; the entry
-        // at the tail is ours until the tail moves past it (the kernel reads only entries
-        // before the published tail). Only addr, len and bid are written: the tail word
-        // shares entry 0's reserved field.
-        let e = unsafe { &mut *base.add(idx) };
-        e.set_addr(addr);
-        e.set_len(PBUF_SIZE as u32);
-        e.set_bid(bid);
+        // An entry is `struct io_uring_buf { u64 addr; u32 len; u16 bid; u16 resv; }`; the
+        // ring's tail is entry 0's `resv`, which the kernel reads at any time, so the
+        // fields are written through raw pointers, never through a reference to the
+        // whole entry.
+        let entry = self.entries.as_mut_ptr().wrapping_add(idx * ENTRY);
+        // SAFETY: `idx < PBUF_COUNT`, so `entry..entry + 12` lies inside the mapping of
+        // PBUF_COUNT entries (page-aligned, so each field is aligned); the entry at the
+        // tail is ours until the tail moves past it (the kernel reads only entries
+        // before the published tail). The tail word is not written here.
+        unsafe {
+            entry.cast::<u64>().write(addr);
+            entry.add(8).cast::<u32>().write(PBUF_SIZE as u32);
+            entry.add(12).cast::<u16>().write(bid);
+        }
         self.tail = self.tail.wrapping_add(1);
     }
 
     /// Publishes the entries given so far.
     fn publish(&mut self) {
-        let base = self.base();
-        // SAFETY: `base` is the first entry of the registered ring, initialised (the
-        // mapping is zeroed); the tail word lives in it and is never moved.
-        let tail = unsafe { types::BufRingEntry::tail(base) } as *mut u16;
-        // SAFETY: the tail is a naturally aligned u16 inside our mapping, shared only
-        // with the kernel, which reads it atomically.
+        let tail = self.entries.as_mut_ptr().wrapping_add(14).cast::<u16>();
+        // SAFETY: the tail (entry 0's `resv`, offset 14) is a naturally aligned u16 inside
+        // our mapping, which outlives this call; only the kernel reads it besides us.
         let tail = unsafe { AtomicU16::from_ptr(tail) };
         // Release: the entries written by `give` are visible before the new tail.
         tail.store(self.tail, Ordering::Release);
@@ -165,7 +172,10 @@ impl UringStream {
     /// Drives `stream` through a new io_uring set up as `opts` asks.
     pub fn with_options(stream: TcpStream, opts: UringOptions) -> io::Result<Self> {
         let ring = match opts.sqpoll_idle_ms {
-            Some(idle) => IoUring::builder().setup_sqpoll(idle).build(8)?,
+            Some(idle) => IoUring::builder()
+                .setup_sqpoll(idle)
+                .setup_cqsize(CQ_ENTRIES)
+                .build(8)?,
             // Cooperative task running with the TASKRUN flag: the kernel does not
             // interrupt us to post completions, and says in the SQ ring when an enter
             // would post some, so a busy-polling reader enters only then (see `reap`).
@@ -173,8 +183,9 @@ impl UringStream {
             None => IoUring::builder()
                 .setup_coop_taskrun()
                 .setup_taskrun_flag()
+                .setup_cqsize(CQ_ENTRIES)
                 .build(8)
-                .or_else(|_| IoUring::new(8))?,
+                .or_else(|_| IoUring::builder().setup_cqsize(CQ_ENTRIES).build(8))?,
         };
         let no_multishot = std::env::var_os("SPATE_IO_URING_NO_MULTISHOT").is_some();
         let recv = if opts.multishot && !no_multishot {
@@ -236,6 +247,9 @@ impl UringStream {
         matches!(self.recv, Recv::Multi { .. })
     }
 
+    /// Queues `e`. Once this returns Ok the operation is the kernel's (the caller marks
+    /// it in flight), even if submitting it fails now: it stays queued and goes with
+    /// the next submission (`reap` submits whatever waits).
     fn push(&mut self, e: &io_uring::squeue::Entry) -> io::Result<()> {
         // Every entry pushed points into the receive buffers or `wbuf`: owned by `self`,
         // never moved, untouched by us while the operation is in flight
@@ -243,9 +257,23 @@ impl UringStream {
         // handed them back), and freed only after its completion is reaped (`Drop` waits).
         // SAFETY: the buffers outlive the operation, as argued above.
         unsafe { self.ring.submission().push(e) }
-            .map_err(|_| io::Error::new(ErrorKind::WouldBlock, "submission queue full"))?;
-        self.ring.submit()?;
-        Ok(())
+            .map_err(|_| io::Error::new(ErrorKind::WouldBlock, "submission queue full"))
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            // Transient: the entries stay queued for the next submission.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn submit_recv(&mut self) -> io::Result<()> {
@@ -272,7 +300,7 @@ impl UringStream {
         };
         self.push(&e.user_data(RECV))?;
         self.recv_inflight = true;
-        Ok(())
+        self.submit()
     }
 
     fn submit_send(&mut self) -> io::Result<()> {
@@ -288,13 +316,19 @@ impl UringStream {
         .user_data(SEND);
         self.push(&e)?;
         self.send_inflight = true;
-        Ok(())
+        self.submit()
     }
 
     /// Takes the completions that have arrived (entering the kernel only when it says
     /// completions wait to be posted).
     fn reap(&mut self) {
-        if self.ring.submission().taskrun() {
+        // Enter when completions wait to be posted (TASKRUN), when some overflowed the
+        // completion queue, or when queued entries were not submitted yet.
+        let pending = {
+            let sq = self.ring.submission();
+            sq.taskrun() || sq.cq_overflow() || !sq.is_empty()
+        };
+        if pending {
             let _ = self.ring.submit();
         }
         // Completions are handled as they are popped (no collection: nothing allocates).
@@ -461,8 +495,25 @@ impl Drop for UringStream {
         // The buffers must outlive the operations that use them: end them, then wait.
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         while self.recv_inflight || self.send_inflight {
-            if self.ring.submit_and_wait(1).is_err() {
-                break;
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
+                    // Cannot wait for the kernel: leak the buffers rather than free
+                    // memory it may still write.
+                    tracing::error!(error = %e, "io_uring wait failed; leaking its buffers");
+                    let recv = std::mem::replace(
+                        &mut self.recv,
+                        Recv::Single {
+                            rbuf: Box::default(),
+                            start: 0,
+                            end: 0,
+                        },
+                    );
+                    std::mem::forget(recv);
+                    std::mem::forget(std::mem::take(&mut self.wbuf));
+                    return;
+                }
             }
             self.reap();
         }

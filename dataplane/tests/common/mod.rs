@@ -30,9 +30,10 @@ pub fn agent(node: u64, listen: &str, kind: TransportKind, timeout: Duration) ->
     .unwrap()
 }
 
-/// The channel id of `node`'s channel `ch` towards its peer.
-pub fn channel_id(node: u64, ch: usize) -> u32 {
-    (node * 1000) as u32 + ch as u32
+/// The channel id of `node`'s channel `ch` towards its peer (both halves of the id
+/// in use).
+pub fn channel_id(node: u64, ch: usize) -> u64 {
+    (node << 40) | (0xabc0_0000 + ch as u64)
 }
 
 /// One node's end of `n` channels each way to its peer.
