@@ -13,11 +13,11 @@
 //!   +------+------+------+---------------+
 //!   |"SPNT"| ver  | zero | node id (u64) |          handshake
 //!   +------+------+------+---------------+
-//!   0          4      5        6      8          12          16
-//!   +----------+------+--------+------+----------+-----------+---------+
-//!   | channel  | kind | ring   | zero | length   | zero      | payload |  frame
-//!   | (u32 LE) |      | type   |      | (u32 LE) |           | (data)  |
-//!   +----------+------+--------+------+----------+-----------+---------+
+//!   0          4      5        6      8          12           16
+//!   +----------+------+--------+------+----------+------------+---------+
+//!   | channel  | kind | ring   | zero | length   | channel    | payload |  frame
+//!   | low u32  |      | type   |      | (u32 LE) | high u32   | (data)  |
+//!   +----------+------+--------+------+----------+------------+---------+
 //!   kind 1: a ring frame of `ring type` with `length` payload bytes;
 //!   kind 2: credit, payload u64 LE: more ring bytes the sender may use;
 //!   kind 3: close: the channel's end on the sending node (producer 1, consumer 2, in
@@ -27,7 +27,9 @@
 //!
 //! One connection joins a pair of nodes (TaskManagers) and carries channels in both
 //! directions: the node with the smaller id dials, the other accepts; a channel id
-//! names one direction of one ring-to-ring channel, agreed on at deployment.
+//! (64 bits, never reused) names one direction of one ring-to-ring channel, agreed on
+//! at deployment. A channel's receiving ring should be twice its sending ring: credit
+//! holds back room for one wrapped frame's padding (see [`Mux`]).
 //!
 //! [`Mux`] is the transport's logic over any non-blocking byte stream; [`NetAgent`]
 //! owns a node's listener and connections and is polled by its own thread or by a slot.
