@@ -45,8 +45,9 @@ fn enter(ns: &Option<String>) -> Result<()> {
     let f = std::fs::File::open(format!("/var/run/netns/{ns}"))
         .with_context(|| format!("opening network namespace {ns}"))?;
     use std::os::fd::AsRawFd;
-    // SAFETY: `f` is an open namespace file for the duration of the call; setns only
-    // changes this thread's network namespace.
+    // `f` is an open namespace file for the duration of the call; setns only changes
+    // this thread's network namespace.
+    // SAFETY: a valid open descriptor and a namespace type, as argued above.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
         anyhow::bail!("setns {ns}: {}", std::io::Error::last_os_error());

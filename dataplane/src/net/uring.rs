@@ -91,10 +91,11 @@ impl BufRing {
         // fields are written through raw pointers, never through a reference to the
         // whole entry.
         let entry = self.entries.as_mut_ptr().wrapping_add(idx * ENTRY);
-        // SAFETY: `idx < PBUF_COUNT`, so `entry..entry + 12` lies inside the mapping of
+        // `idx < PBUF_COUNT`, so `entry..entry + 12` lies inside the mapping of
         // PBUF_COUNT entries (page-aligned, so each field is aligned); the entry at the
         // tail is ours until the tail moves past it (the kernel reads only entries
         // before the published tail). The tail word is not written here.
+        // SAFETY: in bounds, aligned, and not read by the kernel yet, as argued above.
         unsafe {
             entry.cast::<u64>().write(addr);
             entry.add(8).cast::<u32>().write(PBUF_SIZE as u32);
@@ -106,8 +107,9 @@ impl BufRing {
     /// Publishes the entries given so far.
     fn publish(&mut self) {
         let tail = self.entries.as_mut_ptr().wrapping_add(14).cast::<u16>();
-        // SAFETY: the tail (entry 0's `resv`, offset 14) is a naturally aligned u16 inside
-        // our mapping, which outlives this call; only the kernel reads it besides us.
+        // The tail (entry 0's `resv`, offset 14) is a naturally aligned u16 inside our
+        // mapping, which outlives this call; only the kernel reads it besides us.
+        // SAFETY: a valid, aligned, live u16 accessed only atomically, as argued above.
         let tail = unsafe { AtomicU16::from_ptr(tail) };
         // Release: the entries written by `give` are visible before the new tail.
         tail.store(self.tail, Ordering::Release);
@@ -223,10 +225,10 @@ impl UringStream {
     fn provided_buffers(ring: &IoUring) -> io::Result<Recv> {
         let mut br = BufRing::new()?;
         let addr = br.base() as u64;
-        // SAFETY: `addr` is a page-aligned mapping of PBUF_COUNT entries owned by the
-        // stream this ring belongs to; the stream keeps it (and the buffers the entries
-        // point to) until the ring is closed, and waits in `Drop` for the receive using
-        // them to end.
+        // `addr` is a page-aligned mapping of PBUF_COUNT entries owned by the stream this
+        // ring belongs to; the stream keeps it (and the buffers the entries point to)
+        // until the ring is closed, and waits in `Drop` for the receive using them to end.
+        // SAFETY: the ring memory outlives its registration, as argued above.
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(addr, PBUF_COUNT, PBUF_GROUP, 0)?
