@@ -2,53 +2,16 @@
 //! and epoll), proved with a counting global allocator.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+mod counting;
+
+use counting::{counting, ALLOCS};
+
 mod common;
 
 use common::{agent, Side};
 use spate_dataplane::net::TransportKind;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-thread_local! {
-    static COUNT_HERE: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNT_HERE.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNT_HERE.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn counting<R>(f: impl FnOnce() -> R) -> R {
-    COUNT_HERE.with(|c| c.set(true));
-    let r = f();
-    COUNT_HERE.with(|c| c.set(false));
-    r
-}
 
 fn allocations(kind: TransportKind, frames: u64) -> u64 {
     let a = agent(1, "127.0.0.1:0", kind, Duration::from_secs(30));
