@@ -127,6 +127,36 @@ pub fn vwap_reference(seed: u64, events: u64, parallelism: usize) -> HashMap<u32
     out
 }
 
+/// Reads what W1 wrote with `output: PATH` at `parallelism` (files `PATH.0`, `PATH.1`,
+/// …, one `(symbol, vwap)` line per result): every symbol's VWAP sequence, in order,
+/// comparable with [`vwap_reference`].
+pub fn read_vwap_output(
+    path: &std::path::Path,
+    parallelism: usize,
+) -> std::io::Result<HashMap<u32, Vec<i64>>> {
+    let mut got: HashMap<u32, Vec<i64>> = HashMap::new();
+    for part in 0..parallelism {
+        let file = format!("{}.{part}", path.display());
+        let text = std::fs::read_to_string(&file)?;
+        for (n, line) in text.lines().enumerate() {
+            let bad = || {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{file}:{}: not a (symbol, vwap) line: {line:?}", n + 1),
+                )
+            };
+            let (s, v) = line
+                .trim_matches(|c| c == '(' || c == ')')
+                .split_once(", ")
+                .ok_or_else(bad)?;
+            let s: u32 = s.parse().map_err(|_| bad())?;
+            let v: i64 = v.parse().map_err(|_| bad())?;
+            got.entry(s).or_default().push(v);
+        }
+    }
+    Ok(got)
+}
+
 /// Where a collected word count goes.
 pub type WordCounts = Arc<Mutex<Vec<(String, u64)>>>;
 
