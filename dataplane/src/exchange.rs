@@ -184,6 +184,9 @@ impl<T: Wire + Clone> OutputControl for RingOutput<T> {
                         let why = match p.consumer_state(0, 0) {
                             PeerState::Closed => Some("closed its ring"),
                             PeerState::Gone => Some("process died"),
+                            PeerState::Broken => {
+                                Some("host is unreachable: the network connection to it failed")
+                            }
                             _ => None,
                         };
                         if let Some(why) = why {

@@ -208,6 +208,7 @@ fn check_producer(i: usize, input: &Consumer, now: u64) -> Result<(), TaskError>
     let why = match input.producer_state(now, 0) {
         PeerState::Closed => "ring was closed without end of stream",
         PeerState::Gone => "process died",
+        PeerState::Broken => "host is unreachable: the network connection to it failed",
         _ => return Ok(()),
     };
     // What was published before the close is visible now; read it first.
@@ -313,6 +314,18 @@ mod tests {
         drop(p);
         let e = t.poll().unwrap_err();
         assert!(e.0.contains("closed without end of stream"), "{e}");
+    }
+
+    #[test]
+    fn an_upstream_cut_off_by_the_network_says_so() {
+        let (mut p, c) = Ring::anonymous(4096).unwrap();
+        let mut t = input_task(vec![c]);
+        p.try_send(FrameType::Data, &7u64.to_le_bytes()).unwrap();
+        p.break_off();
+        // What arrived before the connection failed is read; then the input fails.
+        assert_eq!(t.poll().unwrap(), TaskPoll::Worked(1));
+        let e = t.poll().unwrap_err();
+        assert!(e.0.contains("network connection to it failed"), "{e}");
     }
 
     #[test]

@@ -132,7 +132,7 @@ fn a_peer_that_never_connects_fails_its_channels_within_the_timeout() {
             a.poll_once();
             let inbound = c.producer_state(0, 0);
             let outbound = out_p.consumer_state(0, 0);
-            if inbound == PeerState::Closed && outbound == PeerState::Closed {
+            if inbound == PeerState::Broken && outbound == PeerState::Broken {
                 break;
             }
             assert!(
@@ -208,10 +208,10 @@ fn peer_fails_the_channels(signal: i32, timeout: Duration) -> Duration {
         a.step(u64::MAX - 1);
         let closed =
             a.rx.iter()
-                .all(|c| c.producer_state(0, 0) == PeerState::Closed)
+                .all(|c| c.producer_state(0, 0) == PeerState::Broken)
                 && a.tx
                     .iter()
-                    .all(|p| p.consumer_state(0, 0) == PeerState::Closed);
+                    .all(|p| p.consumer_state(0, 0) == PeerState::Broken);
         if closed {
             break;
         }

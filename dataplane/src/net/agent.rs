@@ -645,6 +645,8 @@ impl NetAgent {
                     let _ = st.deregister(self.poll.registry());
                     self.epoll_conns = self.epoll_conns.saturating_sub(1);
                 }
+                // Its channels' tasks learn that the network failed them.
+                mux.break_all();
                 if conn.named {
                     self.handle.stats.failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(peer = mux.peer(), remote = %conn.remote, outs, ins, "data connection lost: {why}");
@@ -719,7 +721,12 @@ impl NetAgent {
                 if let Some(tok) = p.conn {
                     self.drop_conn(tok, "peer given up");
                 }
-                // Dropping the waiting ends closes their rings.
+                for (_, end) in p.waiting {
+                    match end {
+                        End::Out(rx) => rx.break_off(),
+                        End::In(tx) => tx.break_off(),
+                    }
+                }
             }
         }
         for (id, addr) in dial {

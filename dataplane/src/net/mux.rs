@@ -215,6 +215,17 @@ impl<S: Read + Write> Mux<S> {
         self.handshaken
     }
 
+    /// Closes every channel's local ring as broken (the connection failed): their
+    /// tasks see [`PeerState::Broken`].
+    pub fn break_all(&mut self) {
+        for o in self.outs.drain(..) {
+            o.rx.break_off();
+        }
+        for (_, i) in self.ins.drain() {
+            i.tx.break_off();
+        }
+    }
+
     /// Counters.
     pub fn stats(&self) -> MuxStats {
         self.stats
@@ -345,7 +356,7 @@ impl<S: Read + Write> Mux<S> {
             let o = &self.outs[i];
             let gone = matches!(
                 o.rx.producer_state(0, 0),
-                PeerState::Closed | PeerState::Gone
+                PeerState::Closed | PeerState::Gone | PeerState::Broken
             ) && !o.rx.has_frame();
             if gone {
                 let id = o.id;
@@ -363,7 +374,7 @@ impl<S: Read + Write> Mux<S> {
             .filter(|(_, c)| {
                 matches!(
                     c.tx.consumer_state(0, 0),
-                    PeerState::Closed | PeerState::Gone
+                    PeerState::Closed | PeerState::Gone | PeerState::Broken
                 )
             })
             .map(|(&id, _)| id)

@@ -125,6 +125,9 @@ const _: () = {
 const STATE_VACANT: u64 = 0;
 const STATE_ATTACHED: u64 = 1;
 const STATE_CLOSED: u64 = 2;
+/// Closed by the transport carrying the other half's frames between hosts, because
+/// its connection failed (see `Producer::break_off`).
+const STATE_BROKEN: u64 = 3;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -290,6 +293,9 @@ pub enum PeerState {
     Closed,
     /// Its process no longer exists: it died without closing.
     Gone,
+    /// Closed by the network transport that carried it between hosts: the connection
+    /// to the host at the other end failed.
+    Broken,
 }
 
 /// Bytes a frame with `len` payload bytes occupies.
@@ -360,6 +366,7 @@ impl Ring {
             head_cache: self.mem.header(OFF_CONSUMER + ROLE_POSITION).load(Acquire),
             pending_header: 0,
             pending_off: 0,
+            broken: false,
             _not_sync: PhantomData,
         })
     }
@@ -375,6 +382,7 @@ impl Ring {
             head,
             read: head,
             last: head,
+            broken: false,
             _not_sync: PhantomData,
         })
     }
@@ -643,14 +651,15 @@ fn peer_state(mem: &RingMem, section: usize, now_ns: u64, timeout_ns: u64) -> Pe
                 PeerState::Active
             }
         }
+        STATE_BROKEN => PeerState::Broken,
         _ => PeerState::Closed,
     }
 }
 
-fn close(mem: &RingMem, section: usize) {
+fn close(mem: &RingMem, section: usize, broken: bool) {
+    let state = if broken { STATE_BROKEN } else { STATE_CLOSED };
     // Release: a peer that reads "closed" with acquire has seen everything published.
-    mem.header(section + ROLE_STATE)
-        .store(STATE_CLOSED, Release);
+    mem.header(section + ROLE_STATE).store(state, Release);
 }
 
 /// The writing half of a ring. `Send`, not `Sync`: one thread writes at a time.
@@ -675,6 +684,8 @@ pub struct Producer {
     pending_header: u64,
     /// Its data offset.
     pending_off: usize,
+    /// Close as broken rather than closed (see `break_off`).
+    broken: bool,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -813,12 +824,19 @@ impl Producer {
     pub fn consumer_state(&self, now_ns: u64, timeout_ns: u64) -> PeerState {
         peer_state(&self.mem, OFF_CONSUMER, now_ns, timeout_ns)
     }
+
+    /// Closes this half as broken (what was published stays readable): for a network
+    /// transport whose connection failed, so that the consumer sees
+    /// [`PeerState::Broken`] and can say so.
+    pub fn break_off(mut self) {
+        self.broken = true;
+    }
 }
 
 impl Drop for Producer {
     fn drop(&mut self) {
         self.publish();
-        close(&self.mem, OFF_PRODUCER);
+        close(&self.mem, OFF_PRODUCER, self.broken);
     }
 }
 
@@ -908,6 +926,8 @@ pub struct Consumer {
     read: u64,
     /// Where the last frame returned by `try_read` starts.
     last: u64,
+    /// Close as broken rather than closed (see `break_off`).
+    broken: bool,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -1029,12 +1049,18 @@ impl Consumer {
     pub fn producer_state(&self, now_ns: u64, timeout_ns: u64) -> PeerState {
         peer_state(&self.mem, OFF_PRODUCER, now_ns, timeout_ns)
     }
+
+    /// Closes this half as broken: for a network transport whose connection failed, so
+    /// that the producer sees [`PeerState::Broken`] and can say so.
+    pub fn break_off(mut self) {
+        self.broken = true;
+    }
 }
 
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.release();
-        close(&self.mem, OFF_CONSUMER);
+        close(&self.mem, OFF_CONSUMER, self.broken);
     }
 }
 
