@@ -101,6 +101,10 @@ const RETIRED_KEPT: usize = 1 << 16;
 const PENDING_CREDIT_MAX: usize = 1 << 16;
 /// Bytes buffered from the stream before they are processed, at most (plus one read).
 const READ_BUDGET: usize = 1 << 20;
+/// The receive buffer's size (it grows for a frame larger than this).
+const RBUF: usize = 256 * 1024;
+/// Room a read is given at least.
+const MIN_READ: usize = 64 * 1024;
 /// How often a channel's local peer is checked for having gone away.
 const LIVENESS_CHECK_NS: u64 = 1_000_000;
 
@@ -121,7 +125,10 @@ pub struct Mux<S> {
     pending_credit: FxHashMap<u64, u64>,
     retired: FxHashSet<u64>,
     retired_order: VecDeque<u64>,
+    /// Received bytes; `rbuf[r_start..r_end]` are not processed yet.
     rbuf: Vec<u8>,
+    r_start: usize,
+    r_end: usize,
     wbuf: Vec<u8>,
     handshaken: bool,
     next_out: usize,
@@ -178,7 +185,9 @@ impl<S: Read + Write> Mux<S> {
             pending_credit: FxHashMap::default(),
             retired: FxHashSet::default(),
             retired_order: VecDeque::new(),
-            rbuf: Vec::with_capacity(1 << 16),
+            rbuf: vec![0; RBUF],
+            r_start: 0,
+            r_end: 0,
             wbuf,
             handshaken: false,
             next_out: 0,
@@ -387,17 +396,30 @@ impl<S: Read + Write> Mux<S> {
         }
     }
 
+    /// Reads straight into the receive buffer (no intermediate copy): at most
+    /// `READ_BUDGET` bytes are buffered before they are processed.
     fn read(&mut self) -> Result<usize, MuxError> {
-        let mut chunk = [0u8; 64 * 1024];
         let mut n = 0;
         loop {
-            match self.stream.read(&mut chunk) {
+            if self.rbuf.len() - self.r_end < MIN_READ {
+                // Move the unprocessed tail (a partial frame) to the front; grow only for
+                // a frame larger than the buffer.
+                self.rbuf.copy_within(self.r_start..self.r_end, 0);
+                self.r_end -= self.r_start;
+                self.r_start = 0;
+                if self.rbuf.len() - self.r_end < MIN_READ {
+                    let grown = (self.rbuf.len() * 2).max(self.r_end + MIN_READ);
+                    self.rbuf.resize(grown, 0);
+                }
+            }
+            let room = self.rbuf.len() - self.r_end;
+            match self.stream.read(&mut self.rbuf[self.r_end..]) {
                 Ok(0) => return Err(MuxError::Closed(self.peer)),
                 Ok(k) => {
-                    self.rbuf.extend_from_slice(&chunk[..k]);
+                    self.r_end += k;
                     n += k;
                     // Bounded per poll: what arrived is processed before more is read.
-                    if k < chunk.len() || self.rbuf.len() >= READ_BUDGET {
+                    if k < room || self.r_end - self.r_start >= READ_BUDGET {
                         break;
                     }
                 }
@@ -419,13 +441,13 @@ impl<S: Read + Write> Mux<S> {
     }
 
     fn process(&mut self) -> Result<usize, MuxError> {
-        let mut at = 0;
+        let mut at = self.r_start;
         let mut work = 0;
         if !self.handshaken {
-            if self.rbuf.len() < HANDSHAKE_LEN {
+            if self.r_end - at < HANDSHAKE_LEN {
                 return Ok(0);
             }
-            let h = &self.rbuf[..HANDSHAKE_LEN];
+            let h = &self.rbuf[at..at + HANDSHAKE_LEN];
             if h[..4] != MAGIC {
                 return Err(self.protocol(format!("bad magic {:02x?}", &h[..4])));
             }
@@ -437,16 +459,20 @@ impl<S: Read + Write> Mux<S> {
             id.copy_from_slice(&h[8..16]);
             self.peer = u64::from_le_bytes(id);
             self.handshaken = true;
-            at = HANDSHAKE_LEN;
+            at += HANDSHAKE_LEN;
             work += 1;
         }
         let result = self.frames(&mut at, &mut work);
-        self.rbuf.drain(..at);
+        self.r_start = at;
+        if self.r_start == self.r_end {
+            self.r_start = 0;
+            self.r_end = 0;
+        }
         result.map(|()| work)
     }
 
     fn frames(&mut self, at: &mut usize, work: &mut usize) -> Result<(), MuxError> {
-        while self.rbuf.len() >= *at + FRAME_HEADER {
+        while self.r_end >= *at + FRAME_HEADER {
             let h = &self.rbuf[*at..*at + FRAME_HEADER];
             let channel = u64::from(u32::from_le_bytes([h[0], h[1], h[2], h[3]]))
                 | u64::from(u32::from_le_bytes([h[12], h[13], h[14], h[15]])) << 32;
@@ -456,7 +482,7 @@ impl<S: Read + Write> Mux<S> {
             if len > MAX_PAYLOAD {
                 return Err(self.protocol(format!("frame of {len} bytes")));
             }
-            if self.rbuf.len() < *at + FRAME_HEADER + len {
+            if self.r_end < *at + FRAME_HEADER + len {
                 break;
             }
             let body = *at + FRAME_HEADER..*at + FRAME_HEADER + len;
