@@ -80,6 +80,22 @@ impl TaskManager {
         })?;
         let net = agent.handle();
         let data_address = format!("{}:{}", config.taskmanager_host, net.local_addr().port());
+        let loopback_host = matches!(
+            config.taskmanager_host.as_str(),
+            "localhost" | "127.0.0.1" | "::1"
+        );
+        let loopback_jm = matches!(
+            config.jobmanager_address.as_str(),
+            "localhost" | "127.0.0.1" | "::1"
+        );
+        if loopback_host && !loopback_jm {
+            tracing::warn!(
+                %data_address,
+                "taskmanager.host is a loopback address while the JobManager is elsewhere: \
+                 TaskManagers on other hosts cannot reach this one's data port; set \
+                 taskmanager.host to an address they can reach"
+            );
+        }
         let agent_thread = match config.agent {
             AgentMode::Dedicated => {
                 let core = match config.agent_core {
