@@ -312,6 +312,34 @@ fn w1_across_two_taskmanagers(extra: &[&str], tcp: bool) {
     wait_for("two TaskManagers", Duration::from_secs(15), || {
         taskmanager_count(ports.rest) == Some(2)
     });
+    if tcp {
+        // Rogue clients on the TaskManagers' data ports (garbage, another protocol
+        // version) are dropped; the TaskManagers serve the job regardless.
+        let (_, tms) = http(ports.rest, "GET", "/taskmanagers", "").unwrap();
+        for t in tms["taskmanagers"].as_array().unwrap() {
+            let port = t["dataAddress"]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap();
+            let addr = format!("127.0.0.1:{port}");
+            let mut wrong_version = b"SPNT\x63\x00\x00\x00".to_vec();
+            wrong_version.extend_from_slice(&9u64.to_le_bytes());
+            for bytes in [b"GET / HTTP/1.1\r\n\r\n".to_vec(), wrong_version] {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                s.write_all(&bytes).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = Vec::new();
+                // The TaskManager sends its handshake, then closes the connection.
+                match s.read_to_end(&mut buf) {
+                    Ok(_) => {}
+                    Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+                }
+                assert!(buf.len() <= 16, "{buf:?}");
+            }
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("vwap");
     let m = format!("127.0.0.1:{}", ports.rest);
