@@ -271,3 +271,47 @@ fn single_receives_work_where_multishot_is_unavailable() {
     many_channels(TransportKind::IoUring);
     stalled_channel(TransportKind::IoUring);
 }
+
+#[test]
+fn a_frame_beyond_its_credit_is_refused_before_its_body_arrives() {
+    use std::io::Write;
+    let (a, mut b) = pair();
+    let (prod, _cons) = rings(1, 1 << 12);
+    let mut mux = Mux::new(a, 1, Vec::new(), prod);
+    let mut hello = b"SPNT\x01\x00\x00\x00".to_vec();
+    hello.extend_from_slice(&2u64.to_le_bytes());
+    b.write_all(&hello).unwrap();
+    // A data frame header on channel 0 announcing 8 MiB (far beyond the ring's credit),
+    // and then another on an unknown channel: the body never comes.
+    for channel in [0u32, 9] {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&channel.to_le_bytes());
+        h[4] = 1;
+        h[5] = 1;
+        h[8..12].copy_from_slice(&(8u32 << 20).to_le_bytes());
+        let (a, mut b) = pair();
+        let (prod, _cons) = rings(1, 1 << 12);
+        let mut m = Mux::new(a, 1, Vec::new(), prod);
+        b.write_all(&hello).unwrap();
+        b.write_all(&h).unwrap();
+        let start = Instant::now();
+        loop {
+            match m.poll() {
+                Ok(_) => assert!(start.elapsed() < Duration::from_secs(5), "not refused"),
+                Err(MuxError::Protocol { reason, .. }) => {
+                    let want = if channel == 0 {
+                        "exceeded its credit"
+                    } else {
+                        "unknown channel"
+                    };
+                    assert!(reason.contains(want), "{reason}");
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    // The first connection, which said hello only, is fine.
+    assert!(mux.poll().is_ok());
+}

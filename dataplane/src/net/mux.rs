@@ -129,6 +129,8 @@ pub struct Mux<S> {
     rbuf: Vec<u8>,
     r_start: usize,
     r_end: usize,
+    /// The stream ended or failed after bytes that are still to be processed.
+    read_error: Option<MuxError>,
     wbuf: Vec<u8>,
     handshaken: bool,
     next_out: usize,
@@ -188,6 +190,7 @@ impl<S: Read + Write> Mux<S> {
             rbuf: vec![0; RBUF],
             r_start: 0,
             r_end: 0,
+            read_error: None,
             wbuf,
             handshaken: false,
             next_out: 0,
@@ -397,24 +400,39 @@ impl<S: Read + Write> Mux<S> {
     }
 
     /// Reads straight into the receive buffer (no intermediate copy): at most
-    /// `READ_BUDGET` bytes are buffered before they are processed.
+    /// `READ_BUDGET` bytes are buffered before they are processed. An end of stream or
+    /// an error after some bytes arrived is reported at the next poll, once those bytes
+    /// (whole frames, perhaps ends of stream) have been processed.
     fn read(&mut self) -> Result<usize, MuxError> {
+        if let Some(e) = self.read_error.take() {
+            return Err(e);
+        }
+        if self.r_start == self.r_end && self.rbuf.len() > RBUF {
+            // A large frame is through: give its room back.
+            self.rbuf.truncate(RBUF);
+            self.rbuf.shrink_to_fit();
+        }
         let mut n = 0;
         loop {
             if self.rbuf.len() - self.r_end < MIN_READ {
+                if n > 0 {
+                    break; // process what arrived first
+                }
                 // Move the unprocessed tail (a partial frame) to the front; grow only for
                 // a frame larger than the buffer.
-                self.rbuf.copy_within(self.r_start..self.r_end, 0);
-                self.r_end -= self.r_start;
-                self.r_start = 0;
+                if self.r_start > 0 {
+                    self.rbuf.copy_within(self.r_start..self.r_end, 0);
+                    self.r_end -= self.r_start;
+                    self.r_start = 0;
+                }
                 if self.rbuf.len() - self.r_end < MIN_READ {
                     let grown = (self.rbuf.len() * 2).max(self.r_end + MIN_READ);
                     self.rbuf.resize(grown, 0);
                 }
             }
             let room = self.rbuf.len() - self.r_end;
-            match self.stream.read(&mut self.rbuf[self.r_end..]) {
-                Ok(0) => return Err(MuxError::Closed(self.peer)),
+            let failed = match self.stream.read(&mut self.rbuf[self.r_end..]) {
+                Ok(0) => MuxError::Closed(self.peer),
                 Ok(k) => {
                     self.r_end += k;
                     n += k;
@@ -422,16 +440,20 @@ impl<S: Read + Write> Mux<S> {
                     if k < room || self.r_end - self.r_start >= READ_BUDGET {
                         break;
                     }
+                    continue;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(MuxError::Io {
-                        peer: self.peer,
-                        source,
-                    })
-                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(source) => MuxError::Io {
+                    peer: self.peer,
+                    source,
+                },
+            };
+            if n == 0 {
+                return Err(failed);
             }
+            self.read_error = Some(failed);
+            break;
         }
         if n > 0 {
             self.stats.bytes_in += n as u64;
@@ -483,6 +505,21 @@ impl<S: Read + Write> Mux<S> {
                 return Err(self.protocol(format!("frame of {len} bytes")));
             }
             if self.r_end < *at + FRAME_HEADER + len {
+                // Not all here yet. A data frame must fit its channel's credit: checked
+                // now, so that no more is buffered than a channel may send.
+                if kind == KIND_DATA {
+                    if let Some(inc) = self.ins.get(&channel) {
+                        if inc.received + frame_size(len) as u64 > inc.granted {
+                            return Err(
+                                self.protocol(format!("channel {channel} exceeded its credit"))
+                            );
+                        }
+                    } else if !self.retired.contains(&channel) {
+                        return Err(self.protocol(format!("data on unknown channel {channel}")));
+                    }
+                } else if len > 8 {
+                    return Err(self.protocol(format!("control frame of {len} bytes")));
+                }
                 break;
             }
             let body = *at + FRAME_HEADER..*at + FRAME_HEADER + len;

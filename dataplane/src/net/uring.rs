@@ -59,38 +59,50 @@ impl Default for UringOptions {
 
 /// A ring of provided buffers registered with one io_uring: `PBUF_COUNT` entries
 /// (page-aligned, as the kernel requires) pointing into one allocation of buffers.
+/// Both are reached through raw pointers only: the kernel reads the entries and writes
+/// the buffers while we hold them, so no Rust reference may cover them.
 struct BufRing {
-    entries: memmap2::MmapMut,
-    bufs: Box<[u8]>,
+    /// Keeps the entries' mapping alive.
+    _map: memmap2::MmapMut,
+    entries: *mut u8,
+    /// `PBUF_COUNT * PBUF_SIZE` bytes from `Box::into_raw`, freed on drop.
+    bufs: *mut u8,
     /// Our copy of the tail: entries before it belong to the kernel.
     tail: u16,
 }
 
+// SAFETY: the pointers refer to allocations this value owns (the mapping and the buffer
+// block) and move with it; nothing else in this process refers to them.
+unsafe impl Send for BufRing {}
+
+const PBUF_BYTES: usize = PBUF_COUNT as usize * PBUF_SIZE;
+
 impl BufRing {
     fn new() -> io::Result<Self> {
-        let entries = memmap2::MmapMut::map_anon(
-            PBUF_COUNT as usize * std::mem::size_of::<types::BufRingEntry>(),
-        )?;
+        let mut map = memmap2::MmapMut::map_anon(PBUF_COUNT as usize * ENTRY)?;
+        let entries = map.as_mut_ptr();
+        let bufs = Box::into_raw(vec![0u8; PBUF_BYTES].into_boxed_slice()).cast::<u8>();
         Ok(Self {
+            _map: map,
             entries,
-            bufs: vec![0u8; PBUF_COUNT as usize * PBUF_SIZE].into_boxed_slice(),
+            bufs,
             tail: 0,
         })
     }
 
-    fn base(&mut self) -> *mut u8 {
-        self.entries.as_mut_ptr()
+    fn base(&self) -> *mut u8 {
+        self.entries
     }
 
     /// Hands buffer `bid` to the kernel (visible at the next [`BufRing::publish`]).
     fn give(&mut self, bid: u16) {
         let idx = (self.tail & (PBUF_COUNT - 1)) as usize;
-        let addr = self.bufs[bid as usize * PBUF_SIZE..].as_ptr() as u64;
+        let addr = self.bufs.wrapping_add(bid as usize * PBUF_SIZE) as u64;
         // An entry is `struct io_uring_buf { u64 addr; u32 len; u16 bid; u16 resv; }`; the
         // ring's tail is entry 0's `resv`, which the kernel reads at any time, so the
         // fields are written through raw pointers, never through a reference to the
         // whole entry.
-        let entry = self.entries.as_mut_ptr().wrapping_add(idx * ENTRY);
+        let entry = self.entries.wrapping_add(idx * ENTRY);
         // `idx < PBUF_COUNT`, so `entry..entry + 12` lies inside the mapping of
         // PBUF_COUNT entries (page-aligned, so each field is aligned); the entry at the
         // tail is ours until the tail moves past it (the kernel reads only entries
@@ -106,7 +118,7 @@ impl BufRing {
 
     /// Publishes the entries given so far.
     fn publish(&mut self) {
-        let tail = self.entries.as_mut_ptr().wrapping_add(14).cast::<u16>();
+        let tail = self.entries.wrapping_add(14).cast::<u16>();
         // The tail (entry 0's `resv`, offset 14) is a naturally aligned u16 inside our
         // mapping, which outlives this call; only the kernel reads it besides us.
         // SAFETY: a valid, aligned, live u16 accessed only atomically, as argued above.
@@ -115,8 +127,25 @@ impl BufRing {
         tail.store(self.tail, Ordering::Release);
     }
 
-    fn buf(&self, bid: u16) -> &[u8] {
-        &self.bufs[bid as usize * PBUF_SIZE..(bid as usize + 1) * PBUF_SIZE]
+    /// The first `len` bytes of buffer `bid`, which the kernel has filled and handed
+    /// back (its completion was reaped; it is not given again while this is borrowed).
+    fn buf(&self, bid: u16, len: usize) -> &[u8] {
+        let len = len.min(PBUF_SIZE);
+        let start = (bid % PBUF_COUNT) as usize * PBUF_SIZE;
+        // `start + len <= PBUF_BYTES`; the kernel no longer writes this buffer (argued
+        // above), so a shared view of it is sound for the borrow.
+        // SAFETY: in bounds of the live buffer block and not written while borrowed.
+        unsafe { std::slice::from_raw_parts(self.bufs.add(start), len) }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        let block = std::ptr::slice_from_raw_parts_mut(self.bufs, PBUF_BYTES);
+        // `bufs` came from `Box::into_raw` of a boxed slice of PBUF_BYTES bytes and is
+        // freed only here; the stream waited for the kernel to be done with it.
+        // SAFETY: the allocation and its length are the boxed slice's, freed once.
+        drop(unsafe { Box::from_raw(block) });
     }
 }
 
@@ -416,7 +445,7 @@ impl UringStream {
                         break;
                     };
                     let k = (out.len() - n).min(len - *off);
-                    out[n..n + k].copy_from_slice(&ring.buf(bid)[*off..*off + k]);
+                    out[n..n + k].copy_from_slice(&ring.buf(bid, len)[*off..*off + k]);
                     n += k;
                     *off += k;
                     if *off == len {

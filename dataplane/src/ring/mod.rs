@@ -18,7 +18,7 @@
 //!  40 | (reserved to 128)                                              |
 //! 128 +--- producer section, written only by the producer -----------+
 //!     | tail: bytes published so far (monitoring; not read on the hot path)
-//! 136 | producer state: 0 vacant, 1 attached, 2 closed                 |
+//! 136 | producer state: 0 vacant, 1 attached, 2 closed, 3 broken       |
 //! 144 | producer pid                                                   |
 //! 152 | producer heartbeat (CLOCK_MONOTONIC ns; 0 = does not beat)     |
 //! 256 +--- consumer section, written only by the consumer -----------+
