@@ -80,6 +80,17 @@ impl TaskManager {
         })?;
         let net = agent.handle();
         let data_address = format!("{}:{}", config.taskmanager_host, net.local_addr().port());
+        if config.transport == spate_dataplane::net::TransportKind::IoUring
+            && config.uring.sqpoll_idle_ms.is_some()
+            && config.idle.spins()
+            && slots.len() >= spate_dataplane::slot::available_cores().len()
+        {
+            tracing::warn!(
+                "taskmanager.network.io-uring.sqpoll is on while busy-spinning slots take \
+                 every core: the kernel's SQPOLL thread competes with them and round trips \
+                 can take milliseconds"
+            );
+        }
         let loopback_host = matches!(
             config.taskmanager_host.as_str(),
             "localhost" | "127.0.0.1" | "::1"
