@@ -475,13 +475,14 @@ impl NetAgent {
         }
     }
 
-    /// A connected socket becomes a multiplexed connection (handshake queued).
+    /// A connected socket becomes a multiplexed connection (handshake queued). Called
+    /// for accepted sockets and for dials whose peer's `conn` the caller has cleared.
     fn start_conn(&mut self, sock: std::net::TcpStream, remote: SocketAddr, expect: Option<u64>) {
         let stream = match NetStream::with_options(sock, self.cfg.transport, self.cfg.uring) {
             Ok(s) => s,
             Err(e) => {
+                // A dialed peer is dialed again: the caller cleared its `conn`.
                 tracing::warn!(%remote, error = %e, "data connection not set up");
-                self.give_up_dial(expect, &e.to_string());
                 return;
             }
         };
@@ -494,7 +495,6 @@ impl NetAgent {
         if let NetStream::Epoll(s) = mux.stream_mut() {
             if let Err(e) = s.register(self.poll.registry(), Token(tok)) {
                 tracing::warn!(%remote, error = %e, "data connection not registered with epoll");
-                self.give_up_dial(expect, &e.to_string());
                 return;
             }
             self.epoll_conns += 1;
@@ -681,13 +681,6 @@ impl NetAgent {
             if p.conn == Some(tok) {
                 p.conn = None;
             }
-        }
-    }
-
-    fn give_up_dial(&mut self, expect: Option<u64>, why: &str) {
-        if let Some(p) = expect.and_then(|p| self.peers.get_mut(&p)) {
-            p.conn = None;
-            tracing::debug!(why, "dial failed; trying again");
         }
     }
 

@@ -118,7 +118,6 @@ const LIVENESS_CHECK_NS: u64 = 1_000_000;
 /// Dropping the multiplexer closes every local ring it holds.
 pub struct Mux<S> {
     stream: S,
-    node: u64,
     peer: u64,
     outs: Vec<Out>,
     ins: FxHashMap<u64, In>,
@@ -180,7 +179,6 @@ impl<S: Read + Write> Mux<S> {
         let now = clock::now_ns();
         Self {
             stream,
-            node,
             peer: 0,
             outs: Vec::new(),
             ins: FxHashMap::default(),
@@ -210,11 +208,6 @@ impl<S: Read + Write> Mux<S> {
     pub fn set_liveness(&mut self, keepalive: Duration, timeout: Duration) {
         self.keepalive_ns = keepalive.as_nanos() as u64;
         self.timeout_ns = timeout.as_nanos() as u64;
-    }
-
-    /// This side's node id.
-    pub fn node(&self) -> u64 {
-        self.node
     }
 
     /// The peer's node id (0 before the handshake).
@@ -251,11 +244,6 @@ impl<S: Read + Write> Mux<S> {
     /// The stream, for its owner's readiness bookkeeping.
     pub fn stream_mut(&mut self) -> &mut S {
         &mut self.stream
-    }
-
-    /// Whether bytes wait to be written.
-    pub fn wants_write(&self) -> bool {
-        !self.wbuf.is_empty()
     }
 
     /// Opens outbound channel `id`: the frames `rx` reads go to the peer. A channel the

@@ -90,10 +90,6 @@ impl BufRing {
         })
     }
 
-    fn base(&self) -> *mut u8 {
-        self.entries
-    }
-
     /// Hands buffer `bid` to the kernel (visible at the next [`BufRing::publish`]).
     fn give(&mut self, bid: u16) {
         let idx = (self.tail & (PBUF_COUNT - 1)) as usize;
@@ -253,7 +249,7 @@ impl UringStream {
 
     fn provided_buffers(ring: &IoUring) -> io::Result<Recv> {
         let mut br = BufRing::new()?;
-        let addr = br.base() as u64;
+        let addr = br.entries as u64;
         // `addr` is a page-aligned mapping of PBUF_COUNT entries owned by the stream this
         // ring belongs to; the stream keeps it (and the buffers the entries point to)
         // until the ring is closed, and waits in `Drop` for the receive using them to end.
