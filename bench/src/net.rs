@@ -91,6 +91,19 @@ impl Side {
     }
 }
 
+/// Waits for both sides; side A's result.
+fn join_sides<R>(
+    ta: std::thread::JoinHandle<Result<R>>,
+    tb: std::thread::JoinHandle<Result<()>>,
+) -> Result<R> {
+    let r = ta
+        .join()
+        .map_err(|_| anyhow::anyhow!("side A panicked"))??;
+    tb.join()
+        .map_err(|_| anyhow::anyhow!("side B panicked"))??;
+    Ok(r)
+}
+
 /// Runs `a` and `b` as the two nodes (1 and 2) with `channels` channels each way, each
 /// on its own pinned thread in its own namespace.
 fn agents<A, B, R>(
@@ -153,12 +166,7 @@ where
         let mut s = side(1, ns_a, ip_a, cores.0, to_b, from_b)?;
         Ok(a(&mut s))
     });
-    let r = ta
-        .join()
-        .map_err(|_| anyhow::anyhow!("side A panicked"))??;
-    tb.join()
-        .map_err(|_| anyhow::anyhow!("side B panicked"))??;
-    Ok(r)
+    join_sides(ta, tb)
 }
 
 fn pingpong_agents(
@@ -272,12 +280,7 @@ where
         s.set_nodelay(true)?;
         a(s)
     });
-    let r = ta
-        .join()
-        .map_err(|_| anyhow::anyhow!("side A panicked"))??;
-    tb.join()
-        .map_err(|_| anyhow::anyhow!("side B panicked"))??;
-    Ok(r)
+    join_sides(ta, tb)
 }
 
 fn pingpong_blocking(

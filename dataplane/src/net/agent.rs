@@ -540,23 +540,13 @@ impl NetAgent {
                 };
                 if let ConnState::Connecting(mut sock) = conn.state {
                     let _ = self.poll.registry().deregister(&mut sock);
-                    if let Some(p) = conn.expect.and_then(|p| self.peers.get_mut(&p)) {
-                        p.conn = None;
-                    }
+                    self.unlink_dial(tok, conn.expect);
                     self.start_conn(std::net::TcpStream::from(sock), conn.remote, conn.expect);
                 }
             }
             Err(e) => {
-                let (remote, expect) = (conn.remote, conn.expect);
-                if let Some(mut c) = self.conns.remove(&tok) {
-                    if let ConnState::Connecting(sock) = &mut c.state {
-                        let _ = self.poll.registry().deregister(sock);
-                    }
-                }
-                tracing::debug!(%remote, error = %e, "dial failed; trying again");
-                if let Some(p) = expect.and_then(|p| self.peers.get_mut(&p)) {
-                    p.conn = None;
-                }
+                tracing::debug!(remote = %conn.remote, error = %e, "dial failed; trying again");
+                self.drop_conn(tok, "dial failed");
             }
         }
     }
