@@ -848,3 +848,45 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
     let (_, ex) = http(ports.rest, "GET", &format!("/jobs/{id}/exceptions"), "").unwrap();
     assert!(ex["all-exceptions"].as_array().unwrap().is_empty(), "{ex}");
 }
+
+/// Regression: about one short job in four stayed RUNNING for good when a source ended
+/// before its consumer had opened their ring (the ring's name went with the producer).
+#[test]
+fn a_hundred_short_jobs_back_to_back_all_finish() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spate("jobmanager", &ports, &[]);
+    let _tm = spate(
+        "taskmanager",
+        &ports,
+        &["-D", "taskmanager.numberOfTaskSlots=2"],
+    );
+    wait_for("the TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    for n in 0..100 {
+        let events = if n % 2 == 0 { 1000 } else { 100_000 };
+        let body = format!(r#"{{"job": "vwap", "parallelism": 2, "events": {events}}}"#);
+        let (status, v) = http(ports.rest, "POST", "/jobs", &body).unwrap();
+        assert_eq!(status, 202, "job {n}: {v}");
+        let id = v["jobid"].as_str().unwrap().to_string();
+        let start = Instant::now();
+        loop {
+            let state = job_state(ports.rest, &id);
+            if state == "FINISHED" {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "job {n} ({events} events) is still {state} after 20 s; rings: {:?}",
+                leftover_rings(&id)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        wait_for("the job's rings to be gone", Duration::from_secs(5), || {
+            leftover_rings(&id).is_empty()
+        });
+    }
+}

@@ -24,9 +24,12 @@ pub fn valid_job_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Prefix of every ring file a TaskManager creates.
+pub const RING_FILE_PREFIX: &str = "spate-";
+
 /// Prefix of every ring file of a job (ids are checked with [`valid_job_id`] first).
 pub fn ring_prefix(job_id: &str) -> String {
-    format!("spate-{}-", job_id.get(..16).unwrap_or(job_id))
+    format!("{RING_FILE_PREFIX}{}-", job_id.get(..16).unwrap_or(job_id))
 }
 
 /// The ring of edge `edge` from upstream subtask `up` to downstream subtask `down`.

@@ -59,6 +59,15 @@ pub struct TaskManager {
 impl TaskManager {
     /// Starts the slots and the RPC client.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
+        // Rings left in /dev/shm by TaskManagers that died (SIGKILL leaves them behind).
+        let swept = spate_dataplane::ring::sweep_dead_rings(
+            std::path::Path::new(spate_dataplane::ring::SHM_DIR),
+            super::deploy::RING_FILE_PREFIX,
+            super::deploy::RING_OPEN_TIMEOUT * 2,
+        );
+        if swept > 0 {
+            tracing::info!(files = swept, "removed ring files of processes that died");
+        }
         let (slots, events) = start_slots(config, "spate-tm-slot")?;
         let id = TaskManagerId(format!(
             "{}:{}-{}",

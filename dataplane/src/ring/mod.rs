@@ -478,15 +478,23 @@ impl Ring {
 
     /// The shared-memory ring `name`, created with `capacity` if it does not exist yet,
     /// else attached (waiting up to `timeout` for its creator to finish writing the
-    /// header). Either side may come first; whichever drops last leaves no file behind
-    /// (each side removes the name when it drops).
+    /// header). Either side may come first, and either may finish before the other
+    /// opens: the creator leaves the name in place, and the side that attaches removes
+    /// it at once (both are mapped by then, so the name has served its purpose). A
+    /// ring whose second side never came stays behind as a file, for its job's cleanup
+    /// ([`sweep_dead_rings`] or a removal by name prefix) to remove.
+    ///
+    /// NB: the creator must not remove the name when it drops. A producer that ends at
+    /// once (a short bounded source) would otherwise take the name, with its frames and
+    /// end of stream, away before its consumer opened it; the consumer would then
+    /// create a fresh, empty ring under the same name and wait on it for ever.
     pub fn open_shm(
         name: &str,
         capacity: usize,
         timeout: std::time::Duration,
     ) -> Result<Self, RingError> {
         let path = Self::shm_path(name)?;
-        match Self::create_file(&path, capacity, true) {
+        match Self::create_file(&path, capacity, false) {
             Ok(r) => return Ok(r),
             Err(RingError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -497,7 +505,7 @@ impl Ring {
             let attempt = (|| {
                 // The file may have gone since our create failed (its creator let go):
                 // then it is ours to create.
-                match Self::create_file(&path, capacity, true) {
+                match Self::create_file(&path, capacity, false) {
                     Ok(r) => return Ok(r),
                     Err(RingError::Io { source, .. })
                         if source.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -521,7 +529,8 @@ impl Ring {
             })();
             match attempt {
                 Ok(r) if r.capacity == capacity => {
-                    r.mem.region().arm_unlink();
+                    // Both sides hold the mapping now: the name is no longer needed.
+                    let _ = std::fs::remove_file(&path);
                     return Ok(r);
                 }
                 Ok(r) => {
@@ -547,6 +556,17 @@ impl Ring {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Whether some side of this ring is attached and its process is alive: a ring
+    /// with no live side can no longer be read or written by anyone.
+    pub fn has_live_side(&self) -> bool {
+        [OFF_PRODUCER, OFF_CONSUMER].iter().any(|&section| {
+            matches!(
+                peer_state(&self.mem, section, 0, 0),
+                PeerState::Active | PeerState::Unresponsive { .. }
+            )
+        })
     }
 
     /// A ring in a new memfd; share it with [`Ring::memfd_path`] or by passing the fd.
@@ -1107,6 +1127,48 @@ impl<'a> Frame<'a> {
         // borrowed for 'a, so the bytes are stable and in bounds.
         unsafe { std::slice::from_raw_parts(self.mem.data_ptr(self.off), self.len) }
     }
+}
+
+/// Removes the ring files in `dir` whose names start with `prefix` and that no live
+/// process uses any more: every side either never attached, closed, or belongs to a
+/// process that died (a TaskManager that was SIGKILLed leaves its rings behind). Files
+/// younger than `min_age` are left alone, so that a ring whose creator has already
+/// finished but whose other side is still on its way to open it survives. Files that
+/// are not rings of this layout are left alone too. Returns how many were removed.
+#[cfg(not(loom))]
+pub fn sweep_dead_rings(
+    dir: &std::path::Path,
+    prefix: &str,
+    min_age: std::time::Duration,
+) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let path = e.path();
+        let old_enough = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= min_age);
+        if !old_enough {
+            continue;
+        }
+        let dead = match Ring::attach_file(&path) {
+            Ok(r) => !r.has_live_side(),
+            Err(_) => false,
+        };
+        if dead && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 #[cfg(all(test, loom))]

@@ -453,11 +453,6 @@ fn open_shm_creates_or_attaches_and_leaves_nothing_behind() {
     let path = Ring::shm_path(&name).unwrap();
     let t = std::time::Duration::from_secs(2);
     let a = Ring::open_shm(&name, 4096, t).unwrap();
-    let b = Ring::open_shm(&name, 4096, t).unwrap();
-    let mut p = b.producer().unwrap();
-    let mut c = a.consumer().unwrap();
-    p.try_send(FrameType::Data, b"x").unwrap();
-    assert_eq!(read_one(&mut c).unwrap().1, b"x");
     assert!(matches!(
         Ring::open_shm(&name, 8192, t),
         Err(RingError::BadHeader {
@@ -465,9 +460,83 @@ fn open_shm_creates_or_attaches_and_leaves_nothing_behind() {
             ..
         })
     ));
+    let b = Ring::open_shm(&name, 4096, t).unwrap();
+    // Both sides are mapped: the name is gone already.
+    assert!(!path.exists());
+    let mut p = b.producer().unwrap();
+    let mut c = a.consumer().unwrap();
+    p.try_send(FrameType::Data, b"x").unwrap();
+    assert_eq!(read_one(&mut c).unwrap().1, b"x");
     drop((a, p));
     drop((b, c));
     assert!(!path.exists());
+}
+
+/// Regression: a producer that finished before its consumer opened the ring removed
+/// the name with its frames; the consumer then made a new, empty ring under the same
+/// name and waited on it for ever (short cluster jobs that never finished).
+#[test]
+fn a_side_that_finishes_before_the_other_opens_leaves_its_frames_to_it() {
+    let name = unique("early");
+    let path = Ring::shm_path(&name).unwrap();
+    let _g = Unlink(path.clone());
+    let t = std::time::Duration::from_secs(2);
+    {
+        let a = Ring::open_shm(&name, 4096, t).unwrap();
+        let mut p = a.producer().unwrap();
+        p.try_send(FrameType::Data, b"last words").unwrap();
+        p.try_send(FrameType::EndOfStream, &[]).unwrap();
+    }
+    assert!(path.exists(), "the creator left before its peer came");
+    let b = Ring::open_shm(&name, 4096, t).unwrap();
+    assert!(!path.exists());
+    let mut c = b.consumer().unwrap();
+    assert_eq!(read_one(&mut c).unwrap().1, b"last words");
+    assert_eq!(read_one(&mut c).unwrap().0, FrameType::EndOfStream);
+    assert_eq!(c.producer_state(0, 0), PeerState::Closed);
+}
+
+#[test]
+fn the_sweep_removes_rings_no_live_process_uses_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = std::time::Duration::ZERO;
+    let mk = |n: &str| Ring::create_file(&dir.path().join(n), 4096, false).unwrap();
+    // Closed on both sides, and never attached: dead.
+    {
+        let r = mk("spate-closed");
+        drop((r.producer().unwrap(), r.consumer().unwrap()));
+    }
+    drop(mk("spate-vacant"));
+    // A side owned by a process that is gone (a pid no process has).
+    {
+        let r = mk("spate-gone");
+        let p = r.producer().unwrap();
+        r.mem
+            .header(OFF_PRODUCER + ROLE_PID)
+            .store(u64::from(u32::MAX >> 1), Relaxed);
+        std::mem::forget(p);
+    }
+    // Live: this process holds its consumer.
+    let live = mk("spate-live");
+    let _c = live.consumer().unwrap();
+    // Not ours, and not a ring.
+    std::fs::write(dir.path().join("spate-garbage"), b"not a ring").unwrap();
+    std::fs::write(dir.path().join("other"), b"").unwrap();
+    let young = mk("spate-young");
+    drop(young);
+    assert_eq!(
+        sweep_dead_rings(dir.path(), "spate-", std::time::Duration::from_secs(3600)),
+        0,
+        "files younger than the minimum age stay"
+    );
+    assert_eq!(sweep_dead_rings(dir.path(), "spate-", zero), 4);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["other", "spate-garbage", "spate-live"]);
 }
 
 /// Regression: attaching while the creator had not yet written the magic removed the
