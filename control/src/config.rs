@@ -93,6 +93,9 @@ pub struct Config {
     pub idle: IdleStrategyKind,
     /// `taskmanager.memory.ring-size` (spate), bytes
     pub ring_size: usize,
+    /// `taskmanager.ring.peer-timeout` (spate): a task fails when the other side of one
+    /// of its rings has not marked itself alive for this long (0: never).
+    pub ring_peer_timeout: Duration,
     /// `parallelism.default`
     pub default_parallelism: usize,
     /// `pipeline.operator-chaining.enabled`
@@ -167,6 +170,7 @@ impl Default for Config {
             cores: Vec::new(),
             idle: IdleStrategyKind::Backoff,
             ring_size: 1 << 20,
+            ring_peer_timeout: Duration::from_secs(30),
             default_parallelism: 1,
             chaining: true,
             restart_strategy: RestartStrategyType::None,
@@ -200,6 +204,7 @@ pub const KEYS: &[&str] = &[
     "taskmanager.cpu.cores",
     "taskmanager.idle-strategy",
     "taskmanager.memory.ring-size",
+    "taskmanager.ring.peer-timeout",
     "parallelism.default",
     "pipeline.operator-chaining.enabled",
     "restart-strategy.type",
@@ -276,6 +281,13 @@ pub fn parse_bytes(s: &str) -> Option<usize> {
 }
 
 impl Config {
+    /// What the data plane's tasks take from this configuration.
+    pub fn task_settings(&self) -> spate_dataplane::task::TaskSettings {
+        spate_dataplane::task::TaskSettings {
+            peer_timeout_ns: u64::try_from(self.ring_peer_timeout.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
     /// The config directory: `--config-dir`, else `SPATE_CONF_DIR`, else `./conf`.
     pub fn dir(explicit: Option<&Path>) -> PathBuf {
         explicit
@@ -507,6 +519,7 @@ impl Config {
                     })
                     .ok_or_else(|| bad("a power of two of at least 4096 bytes, e.g. 1mb"))?
             }
+            "taskmanager.ring.peer-timeout" => self.ring_peer_timeout = duration()?,
             "parallelism.default" => self.default_parallelism = positive()?,
             "pipeline.operator-chaining.enabled" => {
                 self.chaining = match v {

@@ -23,26 +23,35 @@ pub struct Vwap {
 
 spate_dataplane::pod_wire!(Vwap);
 
-/// Running sums of one symbol.
+/// Running sums of one symbol: 24 bytes, 8-byte aligned (Σprice·qty is a 128-bit sum
+/// kept as two words, so that a symbol's entry with its key takes 32 bytes and W1's
+/// 1000 symbols fit in L1).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct VwapState {
-    /// Σprice·qty.
-    pub price_qty: i128,
+    /// Σprice·qty, low and high 64 bits of a two's-complement 128-bit sum.
+    price_qty: [u64; 2],
     /// Σqty.
     pub qty: u64,
 }
 
 impl VwapState {
+    /// Σprice·qty.
+    #[inline(always)]
+    pub fn price_qty(&self) -> i128 {
+        ((u128::from(self.price_qty[1]) << 64) | u128::from(self.price_qty[0])) as i128
+    }
+
     /// Adds a trade and returns the new VWAP.
     #[inline(always)]
     pub fn add(&mut self, t: &Trade) -> i64 {
-        self.price_qty += i128::from(t.price) * i128::from(t.qty);
+        let pq = self.price_qty() + i128::from(t.price) * i128::from(t.qty);
+        self.price_qty = [pq as u64, ((pq as u128) >> 64) as u64];
         self.qty += u64::from(t.qty);
         let q = self.qty.max(1);
-        match u64::try_from(self.price_qty) {
+        match u64::try_from(pq) {
             // The common case: a non-negative sum below 2^64 divides in 64 bits.
             Ok(pq) => (pq / q) as i64,
-            Err(_) => (self.price_qty / i128::from(q)) as i64,
+            Err(_) => (pq / i128::from(q)) as i64,
         }
     }
 }
@@ -86,7 +95,7 @@ pub struct VwapParams {
 /// At parallelism 1 it is one chain in one slot; at 2 the key exchange crosses rings.
 pub fn vwap(env: &StreamExecutionEnvironment, p: VwapParams) -> DataStreamSink {
     vwap_stream(env, p)
-        .latency_sink(|v| v.ts_ns)
+        .latency_sink_sampled(|v| v.ts_ns, p.latency_sample)
         .name("Latency Sink")
 }
 

@@ -13,7 +13,7 @@ use spate_dataplane::ring::{Consumer, Producer, Ring, RingError};
 use spate_dataplane::slot::{
     available_cores, plan_cores, Slot, SlotConfig, SlotEvent, Task, TaskError, TaskFactory, TaskId,
 };
-use spate_dataplane::task::{Outputs, TaskMetrics};
+use spate_dataplane::task::{Outputs, TaskMetrics, TaskSettings};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -320,6 +320,7 @@ impl MiniCluster {
                     outputs: outs.remove(&(v.id, s)).unwrap_or_default(),
                     inputs: ins.remove(&(v.id, s)).unwrap_or_default(),
                     metrics: Arc::default(),
+                    settings: self.config.task_settings(),
                 });
             }
         }
@@ -346,6 +347,8 @@ pub struct Deployment {
     pub inputs: Vec<Consumer>,
     /// Where the task counts its records.
     pub metrics: Arc<TaskMetrics>,
+    /// How the task runs (from the TaskManager's configuration).
+    pub settings: TaskSettings,
 }
 
 impl Deployment {
@@ -362,6 +365,7 @@ impl Deployment {
             outputs,
             inputs,
             metrics,
+            settings,
             ..
         } = self;
         let (Some(head), Some(tail)) = (chain.first(), chain.last()) else {
@@ -384,7 +388,9 @@ impl Deployment {
                 .ok_or("internal: no output type")?
                 .tee(emits)?,
         };
-        let outputs = Outputs::new(controls, bp).with_metrics(metrics);
+        let outputs = Outputs::new(controls, bp)
+            .with_metrics(metrics)
+            .with_settings(settings);
         let last = chain.len() - 1;
         for (i, node) in chain.iter().enumerate().rev() {
             match &node.build {

@@ -60,6 +60,36 @@ fn vwap_equals_the_single_threaded_computation_per_symbol_in_order() {
     }
 }
 
+/// Regression: W1 measured every record whatever `latency_sample` said, while the CLI
+/// and the benchmark printed "1 in 16".
+#[test]
+fn w1_measures_the_latency_of_one_record_in_latency_sample() {
+    for (sample, p) in [(16u32, 1usize), (1, 1), (16, 2)] {
+        let events = 100_000u64;
+        let env = StreamExecutionEnvironment::new("vwap");
+        jobs::vwap(
+            &env,
+            VwapParams {
+                seed: 3,
+                events: Some(events),
+                pace: Pace::Unpaced,
+                latency_sample: sample,
+            },
+        );
+        let r = run(&env, Some(p), 2);
+        assert_eq!(r.status, JobStatus::Finished);
+        assert_eq!(r.progress.records, events);
+        // Each sink subtask measures records 0, n, 2n, ... of what it receives.
+        let measured = r.progress.latency.len();
+        let per_sink = events / p as u64;
+        let want = p as u64 * per_sink.div_ceil(u64::from(sample));
+        assert!(
+            measured.abs_diff(want) <= p as u64,
+            "1 in {sample} at p={p}: {measured} latencies for {events} records"
+        );
+    }
+}
+
 #[test]
 fn wordcount_equals_a_straightforward_count() {
     let dir = tempfile::tempdir().unwrap();

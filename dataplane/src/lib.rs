@@ -8,7 +8,8 @@
 //! - [`slot`]: the pinned slot runner threads that poll tasks round-robin;
 //! - [`record`]: how records become frame bytes ([`record::Wire`]);
 //! - [`operator`]: chained operators, keyed state and timers, sources and sinks;
-//! - [`exchange`]: partitioning records onto the rings of an edge, with backpressure;
+//! - [`exchange`]: partitioning batches onto the rings of an edge, with backpressure;
+//! - [`frames`]: what a channel's frames carry: batches of records and control events;
 //! - [`task`]: a chain fed by a source or input rings, as a slot's pollable task;
 //! - [`clock`]: the TSC-backed nanosecond clock that stamps and ages records.
 //!
@@ -22,6 +23,8 @@
 pub mod clock;
 #[cfg(not(loom))]
 pub mod exchange;
+#[cfg(not(loom))]
+pub mod frames;
 pub mod idle;
 #[cfg(not(loom))]
 pub mod net;

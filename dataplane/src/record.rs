@@ -34,12 +34,28 @@ impl DecodeError {
 /// Performance contract: for POD types (`pod_wire!`), `encode` and `decode` are one
 /// unaligned copy of `size_of::<T>()` bytes and allocate nothing.
 pub trait Wire: Sized + Send + 'static {
+    /// `Some(n)` when every record encodes to exactly `n` bytes and every `n`-byte
+    /// pattern decodes (plain old data): batches of such records are laid out back to
+    /// back and decoded with one copy, straight from the ring. `None` (the default):
+    /// each record is length-prefixed, and a batch is decoded from a private copy of
+    /// its frame, so that a peer that rewrites shared memory under the decoder cannot
+    /// make a validated value (UTF-8, a length) change between check and use.
+    const FIXED_LEN: Option<usize> = None;
     /// Bytes `encode` writes.
     fn encoded_len(&self) -> usize;
     /// Writes exactly `encoded_len()` bytes into `buf` (which has that length).
     fn encode(&self, buf: &mut [u8]);
     /// Reads a record from exactly the bytes `encode` wrote.
     fn decode(buf: &[u8]) -> Result<Self, DecodeError>;
+    /// Appends the `bytes.len() / n` fixed-size records in `bytes` to `out` (only called
+    /// when `FIXED_LEN` is `Some(n)` with `n > 0` and `bytes.len()` a multiple of `n`).
+    fn decode_fixed(bytes: &[u8], out: &mut Vec<Self>) -> Result<(), DecodeError> {
+        let n = Self::FIXED_LEN.unwrap_or(1).max(1);
+        for chunk in bytes.chunks_exact(n) {
+            out.push(Self::decode(chunk)?);
+        }
+        Ok(())
+    }
 }
 
 /// A record type a stream can carry.
@@ -56,6 +72,7 @@ impl<T: Hash + Eq + Clone + Send + std::fmt::Debug + 'static> Key for T {}
 macro_rules! pod_wire {
     ($($t:ty),* $(,)?) => {$(
         impl $crate::record::Wire for $t {
+            const FIXED_LEN: Option<usize> = Some(::std::mem::size_of::<$t>());
             #[inline(always)]
             fn encoded_len(&self) -> usize {
                 ::std::mem::size_of::<$t>()
@@ -74,6 +91,23 @@ macro_rules! pod_wire {
                     });
                 }
                 Ok($crate::record::bytemuck::pod_read_unaligned(buf))
+            }
+            #[inline]
+            fn decode_fixed(
+                bytes: &[u8],
+                out: &mut Vec<Self>,
+            ) -> Result<(), $crate::record::DecodeError> {
+                // In place where the bytes are aligned for the type (batch frames are
+                // laid out so that they are), one unaligned read per record otherwise.
+                match $crate::record::bytemuck::try_cast_slice::<u8, $t>(bytes) {
+                    Ok(records) => out.extend_from_slice(records),
+                    Err(_) => out.extend(
+                        bytes
+                            .chunks_exact(::std::mem::size_of::<$t>())
+                            .map($crate::record::bytemuck::pod_read_unaligned::<$t>),
+                    ),
+                }
+                Ok(())
             }
         }
     )*};

@@ -1,15 +1,23 @@
 //! Tasks: a chain of operators with its head fed by a source or by input rings, and its
 //! tail writing to output rings, polled by a slot.
 //!
-//! One poll: drain outputs that had to wait (and take no input while any still waits),
-//! read the clock once, move a bounded batch of records through the chain, tick the
-//! chain with the clock reading, publish the outputs' frames, and report any failure an
-//! operator raised.
+//! One poll: read the clock once; on a deadline, housekeeping (mark this side of every
+//! ring alive, check on peers that went quiet); drain outputs that had to wait (and take
+//! no input while any still waits); move a bounded amount of input through the chain,
+//! a batch at a time, with control events in order; tick the chain with the clock
+//! reading; report any failure an operator raised.
+//!
+//! A task with several inputs combines their control events: its watermark is the
+//! minimum over the inputs that are not idle (an ended input holds nothing back); it is
+//! idle when every open input is; a checkpoint barrier is *aligned*: an input that
+//! delivered barrier `n` is not read again until every open input has, and then the
+//! barrier goes down the chain once (exactly-once alignment, as Flink's).
 
 use crate::clock;
 use crate::exchange::{Backpressure, OutputControl};
+use crate::frames;
 use crate::operator::source::{Source, SourceStatus};
-use crate::operator::{take_failure, BoxEmit};
+use crate::operator::{take_failure, Barrier, BoxEmit, Event, END_OF_TIME, NO_WATERMARK};
 use crate::record::Wire;
 use crate::ring::{Consumer, FrameType, PeerState};
 use crate::slot::{Task, TaskError, TaskPoll};
@@ -18,11 +26,34 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Records a task moves per poll at most (per input, for input tasks).
+/// Records a source task takes from its source per poll at most.
 pub const BATCH: usize = 256;
 
-/// How often an idle input checks that its producer is still there (ns).
-pub const PEER_CHECK_NS: u64 = 10_000_000;
+/// Frames an input task reads from each input per poll at most.
+pub const FRAMES_PER_POLL: usize = 8;
+
+/// How often a task does its housekeeping: ring heartbeats, peer checks (ns).
+pub const HOUSEKEEPING_NS: u64 = 10_000_000;
+
+/// Default time a ring's peer may go without a heartbeat before the task fails (ns).
+pub const DEFAULT_PEER_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// How a task runs, from configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskSettings {
+    /// A ring peer that has not written its heartbeat for this long (a stopped or hung
+    /// process, or one in another pid namespace whose pid cannot be checked) fails the
+    /// task. 0: never.
+    pub peer_timeout_ns: u64,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        Self {
+            peer_timeout_ns: DEFAULT_PEER_TIMEOUT_NS,
+        }
+    }
+}
 
 /// Records into and out of a task (its chain's head and its ring outputs), published
 /// once per poll, read by whoever reports metrics.
@@ -50,6 +81,8 @@ pub struct Outputs {
     outputs: Vec<Rc<RefCell<dyn OutputControl>>>,
     backpressure: Backpressure,
     metrics: Arc<TaskMetrics>,
+    settings: TaskSettings,
+    next_housekeeping: u64,
 }
 
 impl Outputs {
@@ -59,6 +92,8 @@ impl Outputs {
             outputs,
             backpressure,
             metrics: Arc::default(),
+            settings: TaskSettings::default(),
+            next_housekeeping: 0,
         }
     }
 
@@ -68,7 +103,13 @@ impl Outputs {
         self
     }
 
-    /// Drains waiting records; true if the task may take input.
+    /// Runs with `settings`.
+    pub fn with_settings(mut self, settings: TaskSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Drains waiting frames; true if the task may take input.
     fn drain(&mut self) -> bool {
         if !self.backpressure.get() {
             return true;
@@ -107,6 +148,20 @@ impl Outputs {
             self.metrics.records_out.fetch_add(out, Ordering::Relaxed);
         }
     }
+
+    /// Whether housekeeping is due at `now`; if so, does the outputs' part of it.
+    fn housekeeping(&mut self, now: u64) -> Result<bool, TaskError> {
+        if now < self.next_housekeeping {
+            return Ok(false);
+        }
+        self.next_housekeeping = now + HOUSEKEEPING_NS;
+        for o in &self.outputs {
+            o.borrow_mut()
+                .housekeeping(now, self.settings.peer_timeout_ns)
+                .map_err(TaskError)?;
+        }
+        Ok(true)
+    }
 }
 
 fn check_failure() -> Result<(), TaskError> {
@@ -122,6 +177,7 @@ pub struct SourceTask<T> {
     source: Box<dyn Source<T>>,
     head: BoxEmit<T>,
     outputs: Outputs,
+    batch: Vec<T>,
     done: bool,
 }
 
@@ -138,6 +194,7 @@ impl<T> SourceTask<T> {
             source,
             head,
             outputs,
+            batch: Vec::with_capacity(BATCH),
             done: false,
         }
     }
@@ -149,19 +206,26 @@ impl<T> Task for SourceTask<T> {
     }
 
     fn poll(&mut self) -> Result<TaskPoll, TaskError> {
+        let now = clock::now_ns();
+        self.outputs.housekeeping(now)?;
         if !self.outputs.ready() {
             return Ok(TaskPoll::Worked(0));
         }
         if self.done {
             return Ok(TaskPoll::Finished);
         }
-        let now = clock::now_ns();
-        let status = self.source.poll(&mut self.head, BATCH, now)?;
+        let status = self.source.poll(&mut self.batch, BATCH, now)?;
+        if !self.batch.is_empty() {
+            self.head.push(&mut self.batch);
+            self.batch.clear();
+        }
         self.head.tick(now);
         let work = match status {
             SourceStatus::Emitted(n) => n,
             SourceStatus::Done => {
-                self.head.finish();
+                // A bounded input ends at the end of time: event-time work completes.
+                self.head.event(Event::Watermark(END_OF_TIME));
+                self.head.event(Event::EndOfInput);
                 self.done = true;
                 1
             }
@@ -172,17 +236,35 @@ impl<T> Task for SourceTask<T> {
     }
 }
 
+/// One input ring of an [`InputTask`] and what its control events said.
+struct Input {
+    ring: Consumer,
+    ended: bool,
+    watermark: u64,
+    idle: bool,
+    /// Delivered the barrier being aligned: not read until the alignment completes.
+    blocked: bool,
+}
+
 /// Input rings and the chain they feed.
 pub struct InputTask<T> {
     name: String,
-    inputs: Vec<Consumer>,
-    ended: Vec<bool>,
+    inputs: Vec<Input>,
     open: usize,
     head: BoxEmit<T>,
     outputs: Outputs,
     finished: bool,
-    /// When each input next checks its producer's liveness.
-    next_peer_check: Vec<u64>,
+    /// Reused: the batch being decoded, its key hashes, and a private copy of a frame.
+    batch: Vec<T>,
+    hashes: Vec<u64>,
+    scratch: Vec<u8>,
+    /// The watermark and idleness last sent down the chain.
+    watermark: u64,
+    idle: bool,
+    /// The barrier being aligned and how many inputs delivered it.
+    aligning: Option<(Barrier, usize)>,
+    /// The last barrier sent down the chain.
+    last_barrier: u64,
 }
 
 impl<T: Wire> InputTask<T> {
@@ -191,24 +273,178 @@ impl<T: Wire> InputTask<T> {
         let n = inputs.len();
         Self {
             name,
-            inputs,
-            ended: vec![false; n],
+            inputs: inputs
+                .into_iter()
+                .map(|ring| Input {
+                    ring,
+                    ended: false,
+                    watermark: NO_WATERMARK,
+                    idle: false,
+                    blocked: false,
+                })
+                .collect(),
             open: n,
             head,
             outputs,
             finished: false,
-            next_peer_check: vec![0; n],
+            batch: Vec::new(),
+            hashes: Vec::new(),
+            scratch: Vec::new(),
+            watermark: NO_WATERMARK,
+            idle: false,
+            aligning: None,
+            last_barrier: 0,
         }
+    }
+
+    /// Sends the combined watermark and idleness down the chain when they changed.
+    fn combine(&mut self) {
+        let live = self.inputs.iter().filter(|i| !i.ended);
+        let all_idle = self.open > 0 && live.clone().all(|i| i.idle);
+        if all_idle != self.idle {
+            self.idle = all_idle;
+            self.head.event(Event::Idle(all_idle));
+        }
+        if all_idle {
+            return;
+        }
+        let wm = self
+            .inputs
+            .iter()
+            .filter(|i| !i.idle || i.ended)
+            .map(|i| if i.ended { END_OF_TIME } else { i.watermark })
+            .min()
+            .unwrap_or(END_OF_TIME);
+        if wm > self.watermark {
+            self.watermark = wm;
+            self.head.event(Event::Watermark(wm));
+        }
+    }
+
+    /// Input `i` delivered barrier `b`.
+    fn on_barrier(&mut self, i: usize, b: Barrier) {
+        match self.aligning {
+            _ if b.id <= self.last_barrier => return, // a late barrier of a checkpoint done
+            Some((cur, _)) if b.id < cur.id => return, // of a checkpoint given up
+            Some((cur, ref mut n)) if b.id == cur.id => {
+                if !self.inputs[i].blocked {
+                    self.inputs[i].blocked = true;
+                    *n += 1;
+                }
+            }
+            // None, or a newer checkpoint: the older alignment is given up.
+            _ => {
+                for input in &mut self.inputs {
+                    input.blocked = false;
+                }
+                self.inputs[i].blocked = true;
+                self.aligning = Some((b, 1));
+            }
+        }
+        self.complete_alignment();
+    }
+
+    /// Sends the barrier on once every open input delivered it.
+    fn complete_alignment(&mut self) {
+        let Some((b, n)) = self.aligning else { return };
+        // Blocked inputs are not read, so they cannot have ended: `open` counts them.
+        if n < self.open {
+            return;
+        }
+        self.aligning = None;
+        self.last_barrier = b.id;
+        for input in &mut self.inputs {
+            input.blocked = false;
+        }
+        self.head.event(Event::Barrier(b));
+    }
+
+    /// Reads up to [`FRAMES_PER_POLL`] frames of input `i`; returns frames and records.
+    fn read_input(&mut self, i: usize) -> Result<(usize, u64), TaskError> {
+        let mut frames_read = 0;
+        let mut records = 0u64;
+        while frames_read < FRAMES_PER_POLL && !self.outputs.blocked() && !self.inputs[i].blocked {
+            let input = &mut self.inputs[i];
+            let frame = match input.ring.try_read() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(TaskError(format!("input {i}: {e}"))),
+            };
+            frames_read += 1;
+            let ty = frame.frame_type();
+            if ty == FrameType::Data {
+                let keyed = frames::decode_batch(
+                    frame.payload(),
+                    &mut self.batch,
+                    &mut self.hashes,
+                    &mut self.scratch,
+                )
+                .map_err(|e| TaskError(format!("input {i}: {e}")))?;
+                records += self.batch.len() as u64;
+                if keyed {
+                    self.head.push_keyed(&mut self.batch, &mut self.hashes);
+                } else {
+                    self.head.push(&mut self.batch);
+                }
+                self.batch.clear();
+                self.hashes.clear();
+                continue;
+            }
+            let event = frames::decode_event(ty, frame.payload())
+                .map_err(|e| TaskError(format!("input {i}: {e}")))?;
+            match event {
+                Some(Event::Watermark(t)) => {
+                    let input = &mut self.inputs[i];
+                    input.watermark = input.watermark.max(t);
+                    input.idle = false;
+                    self.combine();
+                }
+                Some(Event::Idle(idle)) => {
+                    self.inputs[i].idle = idle;
+                    self.combine();
+                }
+                Some(Event::Barrier(b)) => self.on_barrier(i, b),
+                Some(Event::EndOfInput) => {
+                    self.inputs[i].ended = true;
+                    self.open -= 1;
+                    self.combine();
+                    self.complete_alignment();
+                    break;
+                }
+                None => {}
+            }
+        }
+        self.inputs[i].ring.release();
+        Ok((frames_read, records))
+    }
+
+    /// Marks this side of every input alive and fails an idle input whose producer is
+    /// gone, closed without end of stream, cut off, or silent for too long.
+    fn check_inputs(&mut self, now: u64) -> Result<(), TaskError> {
+        let timeout = self.outputs.settings.peer_timeout_ns;
+        for (i, input) in self.inputs.iter().enumerate() {
+            if input.ended {
+                continue;
+            }
+            input.ring.heartbeat(now);
+            check_producer(i, &input.ring, now, timeout)?;
+        }
+        Ok(())
     }
 }
 
-/// Fails an idle input whose producer closed without end of stream or whose process
-/// died; the data plane does not wait forever for a peer that is gone.
-fn check_producer(i: usize, input: &Consumer, now: u64) -> Result<(), TaskError> {
-    let why = match input.producer_state(now, 0) {
-        PeerState::Closed => "ring was closed without end of stream",
-        PeerState::Gone => "process died",
-        PeerState::Broken => "host is unreachable: the network connection to it failed",
+/// Fails an idle input whose producer closed without end of stream, whose process
+/// died or stopped beating; the data plane does not wait forever for a peer that is
+/// gone.
+fn check_producer(i: usize, input: &Consumer, now: u64, timeout_ns: u64) -> Result<(), TaskError> {
+    let why = match input.producer_state(now, timeout_ns) {
+        PeerState::Closed => "ring was closed without end of stream".to_string(),
+        PeerState::Gone => "process died".to_string(),
+        PeerState::Broken => "host is unreachable: the network connection to it failed".into(),
+        PeerState::Unresponsive { age_ns } => format!(
+            "process has shown no sign of life for {:.1} s (stopped or hung)",
+            age_ns as f64 / 1e9
+        ),
         _ => return Ok(()),
     };
     // What was published before the close is visible now; read it first.
@@ -224,50 +460,25 @@ impl<T: Wire> Task for InputTask<T> {
     }
 
     fn poll(&mut self) -> Result<TaskPoll, TaskError> {
+        let now = clock::now_ns();
+        if self.outputs.housekeeping(now)? {
+            self.check_inputs(now)?;
+        }
         if !self.outputs.ready() {
             return Ok(TaskPoll::Worked(0));
         }
         if self.finished {
             return Ok(TaskPoll::Finished);
         }
-        let now = clock::now_ns();
         let mut work = 0;
-        let mut records = 0u64;
-        for (i, input) in self.inputs.iter_mut().enumerate() {
-            if self.ended[i] {
+        let mut records = 0;
+        for i in 0..self.inputs.len() {
+            if self.inputs[i].ended {
                 continue;
             }
-            let mut n = 0;
-            while n < BATCH && !self.outputs.blocked() {
-                let frame = match input.try_read() {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => return Err(TaskError(format!("input {i}: {e}"))),
-                };
-                match frame.frame_type() {
-                    FrameType::Data => {
-                        let rec = T::decode(frame.payload())
-                            .map_err(|e| TaskError(format!("input {i}: {e}")))?;
-                        self.head.emit(rec);
-                        records += 1;
-                    }
-                    FrameType::EndOfStream => {
-                        self.ended[i] = true;
-                        self.open -= 1;
-                        n += 1;
-                        break;
-                    }
-                    // Watermarks and barriers arrive with event time and checkpoints.
-                    FrameType::Watermark | FrameType::Barrier | FrameType::Padding => {}
-                }
-                n += 1;
-            }
-            input.release();
-            if n == 0 && now >= self.next_peer_check[i] {
-                self.next_peer_check[i] = now + PEER_CHECK_NS;
-                check_producer(i, input, now)?;
-            }
-            work += n;
+            let (f, r) = self.read_input(i)?;
+            work += f;
+            records += r;
         }
         if records > 0 {
             self.outputs
@@ -277,7 +488,7 @@ impl<T: Wire> Task for InputTask<T> {
         }
         self.head.tick(now);
         if self.open == 0 {
-            self.head.finish();
+            self.head.event(Event::EndOfInput);
             self.finished = true;
             work += 1;
         }
@@ -292,11 +503,16 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use crate::operator::sink::{DiscardSink, SinkMetrics};
-    use crate::ring::Ring;
+    use crate::operator::BarrierKind;
+    use crate::ring::{Producer, Ring};
     use std::sync::Arc;
 
     fn input_task(inputs: Vec<Consumer>) -> InputTask<u64> {
         let head: BoxEmit<u64> = Box::new(DiscardSink::new(Arc::new(SinkMetrics::default())));
+        input_task_with(inputs, head)
+    }
+
+    fn input_task_with(inputs: Vec<Consumer>, head: BoxEmit<u64>) -> InputTask<u64> {
         InputTask::new(
             "t".into(),
             inputs,
@@ -305,13 +521,72 @@ mod tests {
         )
     }
 
+    /// Writes a batch frame of `records` (with `hashes` if given).
+    fn send(p: &mut Producer, records: &[u64], hashes: Option<&[u64]>) {
+        let with = hashes.is_some();
+        let len = frames::BATCH_HEADER_LEN
+            + records
+                .iter()
+                .map(|r| frames::record_len(r, with))
+                .sum::<usize>();
+        let mut c = p.try_claim(len, FrameType::Data).unwrap();
+        let hs = hashes.unwrap_or(&[]);
+        frames::encode_batch(
+            c.payload_mut(),
+            records.len(),
+            records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r, hs.get(i).copied().unwrap_or(0))),
+            with,
+        );
+        c.commit();
+        p.publish();
+    }
+
+    fn send_event(p: &mut Producer, e: Event) {
+        let mut buf = [0u8; frames::MAX_EVENT_LEN];
+        let (ty, n) = frames::encode_event(&e, &mut buf);
+        p.try_send(ty, &buf[..n]).unwrap();
+    }
+
+    /// What reaches the chain's head: records (with whether they came keyed) and events.
+    #[derive(Clone, Default)]
+    struct Seen(Rc<RefCell<Vec<String>>>);
+
+    impl crate::operator::Emit<u64> for Seen {
+        fn push(&mut self, batch: &mut Vec<u64>) {
+            self.0.borrow_mut().push(format!("{batch:?}"));
+            batch.clear();
+        }
+        fn push_keyed(&mut self, batch: &mut Vec<u64>, hashes: &mut Vec<u64>) {
+            self.0
+                .borrow_mut()
+                .push(format!("{batch:?} keyed {hashes:?}"));
+            batch.clear();
+            hashes.clear();
+        }
+        fn event(&mut self, e: Event) {
+            self.0.borrow_mut().push(format!("{e:?}"));
+        }
+        fn tick(&mut self, _: u64) {}
+    }
+
+    impl Seen {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.borrow_mut())
+        }
+    }
+
     #[test]
     fn an_upstream_that_closes_without_end_of_stream_fails_the_input() {
         let (mut p, c) = Ring::anonymous(4096).unwrap();
         let mut t = input_task(vec![c]);
-        p.try_send(FrameType::Data, &7u64.to_le_bytes()).unwrap();
+        send(&mut p, &[7], None);
         assert_eq!(t.poll().unwrap(), TaskPoll::Worked(1));
         drop(p);
+        // Housekeeping runs on a deadline: make it due.
+        t.outputs.next_housekeeping = 0;
         let e = t.poll().unwrap_err();
         assert!(e.0.contains("closed without end of stream"), "{e}");
     }
@@ -320,23 +595,148 @@ mod tests {
     fn an_upstream_cut_off_by_the_network_says_so() {
         let (mut p, c) = Ring::anonymous(4096).unwrap();
         let mut t = input_task(vec![c]);
-        p.try_send(FrameType::Data, &7u64.to_le_bytes()).unwrap();
+        send(&mut p, &[7], None);
         p.break_off();
         // What arrived before the connection failed is read; then the input fails.
         assert_eq!(t.poll().unwrap(), TaskPoll::Worked(1));
+        t.outputs.next_housekeeping = 0;
         let e = t.poll().unwrap_err();
         assert!(e.0.contains("network connection to it failed"), "{e}");
+    }
+
+    #[test]
+    fn an_upstream_that_stops_beating_fails_the_input_after_the_timeout() {
+        let (p, c) = Ring::anonymous(4096).unwrap();
+        let mut t = input_task(vec![c]);
+        t.outputs.settings.peer_timeout_ns = 1_000_000;
+        // The producer marked itself alive once, long ago (a stopped process).
+        p.heartbeat(clock::now_ns().saturating_sub(2_000_000_000));
+        let e = t.poll().unwrap_err();
+        assert!(e.0.contains("no sign of life"), "{e}");
+        // A peer that beats is fine.
+        let (p, c) = Ring::anonymous(4096).unwrap();
+        let mut t = input_task(vec![c]);
+        t.outputs.settings.peer_timeout_ns = 1_000_000_000;
+        p.heartbeat(clock::now_ns());
+        assert!(t.poll().is_ok());
+    }
+
+    #[test]
+    fn a_task_marks_its_side_of_each_ring_alive() {
+        let (p, c) = Ring::anonymous(4096).unwrap();
+        let mut t = input_task(vec![c]);
+        assert_eq!(p.consumer_state(clock::now_ns() + 10, 1), PeerState::Active);
+        let _ = t.poll();
+        // The consumer's heartbeat is now recent: a tight timeout still sees it alive,
+        // and an age check far in the future does not.
+        let now = clock::now_ns();
+        assert_eq!(p.consumer_state(now, 5_000_000_000), PeerState::Active);
+        assert!(matches!(
+            p.consumer_state(now + 10_000_000_000, 1_000_000_000),
+            PeerState::Unresponsive { .. }
+        ));
     }
 
     #[test]
     fn frames_published_before_the_close_are_read_first() {
         let (mut p, c) = Ring::anonymous(4096).unwrap();
         let mut t = input_task(vec![c]);
-        p.try_send(FrameType::Data, &7u64.to_le_bytes()).unwrap();
-        p.try_send(FrameType::EndOfStream, &[]).unwrap();
+        send(&mut p, &[7], None);
+        send_event(&mut p, Event::EndOfInput);
         drop(p);
         // The first poll reads the record and the end of stream: no failure.
         assert!(matches!(t.poll().unwrap(), TaskPoll::Worked(_)));
         assert_eq!(t.poll().unwrap(), TaskPoll::Finished);
+    }
+
+    #[test]
+    fn watermarks_combine_as_the_minimum_of_the_inputs_that_are_not_idle() {
+        let (mut p0, c0) = Ring::anonymous(4096).unwrap();
+        let (mut p1, c1) = Ring::anonymous(4096).unwrap();
+        let seen = Seen::default();
+        let mut t = input_task_with(vec![c0, c1], Box::new(seen.clone()));
+        send_event(&mut p0, Event::Watermark(10));
+        t.poll().unwrap();
+        assert!(seen.take().is_empty(), "input 1 holds the watermark back");
+        send_event(&mut p1, Event::Watermark(5));
+        t.poll().unwrap();
+        assert_eq!(seen.take(), ["Watermark(5)"]);
+        send_event(&mut p1, Event::Idle(true));
+        t.poll().unwrap();
+        assert_eq!(
+            seen.take(),
+            ["Watermark(10)"],
+            "an idle input holds nothing back"
+        );
+        send_event(&mut p0, Event::Idle(true));
+        t.poll().unwrap();
+        assert_eq!(seen.take(), ["Idle(true)"]);
+        send_event(&mut p1, Event::Watermark(20));
+        t.poll().unwrap();
+        assert_eq!(seen.take(), ["Idle(false)", "Watermark(20)"]);
+        send_event(&mut p0, Event::EndOfInput);
+        send_event(&mut p1, Event::EndOfInput);
+        t.poll().unwrap();
+        assert_eq!(
+            seen.take(),
+            [
+                format!("Watermark({END_OF_TIME})"),
+                "EndOfInput".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn barriers_are_aligned_across_inputs_and_go_on_once() {
+        let (mut p0, c0) = Ring::anonymous(4096).unwrap();
+        let (mut p1, c1) = Ring::anonymous(4096).unwrap();
+        let seen = Seen::default();
+        let mut t = input_task_with(vec![c0, c1], Box::new(seen.clone()));
+        let b = |id| Barrier {
+            id,
+            timestamp_ns: 0,
+            kind: BarrierKind::Checkpoint,
+        };
+        send(&mut p0, &[1], None);
+        send_event(&mut p0, Event::Barrier(b(1)));
+        send(&mut p0, &[2], None); // after the barrier: held back until it is aligned
+        send(&mut p1, &[10], Some(&[99]));
+        t.poll().unwrap();
+        assert_eq!(seen.take(), ["[1]", "[10] keyed [99]"]);
+        t.poll().unwrap();
+        assert!(seen.take().is_empty(), "input 0 waits for the alignment");
+        send_event(&mut p1, Event::Barrier(b(1)));
+        send(&mut p1, &[11], None);
+        t.poll().unwrap();
+        let got = seen.take();
+        assert_eq!(got[0], format!("{:?}", Event::Barrier(b(1))));
+        t.poll().unwrap();
+        let mut rest: Vec<String> = got[1..].iter().cloned().chain(seen.take()).collect();
+        rest.sort();
+        assert_eq!(rest, ["[11]", "[2]"]);
+        // A single input's barrier goes on at once; an ended input does not hold one up.
+        send_event(&mut p0, Event::Barrier(b(2)));
+        t.poll().unwrap();
+        assert!(seen.take().is_empty());
+        send_event(&mut p1, Event::EndOfInput);
+        t.poll().unwrap();
+        assert!(seen.take().contains(&format!("{:?}", Event::Barrier(b(2)))));
+    }
+
+    #[test]
+    fn malformed_frames_fail_the_task_with_what_was_wrong() {
+        let (mut p, c) = Ring::anonymous(4096).unwrap();
+        let mut t = input_task(vec![c]);
+        p.try_send(FrameType::Data, &7u64.to_le_bytes()).unwrap();
+        let e = t.poll().unwrap_err();
+        assert!(
+            e.0.contains("input 0") && e.0.contains("cannot decode"),
+            "{e}"
+        );
+        let (mut p, c) = Ring::anonymous(4096).unwrap();
+        let mut t = input_task(vec![c]);
+        p.try_send(FrameType::Barrier, &[1, 2, 3]).unwrap();
+        let e = t.poll().unwrap_err();
+        assert!(e.0.contains("barrier"), "{e}");
     }
 }

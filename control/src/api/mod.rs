@@ -10,17 +10,17 @@
 //! ```
 
 use crate::graph::{AnyBox, Build, Chaining, Edge, EdgePartition, Node, StreamGraph, TypeOps};
-use rustc_hash::FxHasher;
 use spate_dataplane::exchange::KeyHashFn;
-use spate_dataplane::operator::keyed::{KeyFn, KeyedProcess, KeyedProcessFunction, KeyedReduce};
+use spate_dataplane::operator::keyed::{KeyedProcess, KeyedProcessFunction, KeyedReduce};
 use spate_dataplane::operator::sink::{self, SinkMetrics};
 use spate_dataplane::operator::source::{
     IterSource, LinesSource, Pace, SocketSource, Source, Trade, TradeSource,
 };
-use spate_dataplane::operator::{BoxEmit, Collector, Emit, Filter, FlatMap, Map, SubtaskInfo};
+use spate_dataplane::operator::{
+    key_hash, BoxEmit, Chained, Collector, Emit, Filter, FlatMap, Map, Operator, SubtaskInfo,
+};
 use spate_dataplane::record::{Data, Key};
 use std::cell::RefCell;
-use std::hash::Hasher;
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,14 @@ fn down<T: 'static>(b: AnyBox) -> Result<T, String> {
 
 fn boxed<T: 'static>(e: impl Emit<T> + 'static) -> AnyBox {
     Box::new(Box::new(e) as BoxEmit<T>)
+}
+
+/// An operator chained in front of its downstream `d` (a `BoxEmit<Op::Out>`).
+fn chained<Op: Operator>(op: Op, d: AnyBox) -> Result<AnyBox, String> {
+    Ok(boxed::<Op::In>(Chained::new(
+        op,
+        down::<BoxEmit<Op::Out>>(d)?,
+    )))
 }
 
 /// Where a job is declared: sources come from here, and it holds the job's settings.
@@ -239,9 +247,7 @@ impl<T: Data> DataStream<T> {
     where
         F: FnMut(T) -> O + Clone + Send + Sync + 'static,
     {
-        let build = Build::Operator(Arc::new(move |_, d| {
-            Ok(boxed::<T>(Map::new(f.clone(), down::<BoxEmit<O>>(d)?)))
-        }));
+        let build = Build::Operator(Arc::new(move |_, d| chained(Map::new(f.clone()), d)));
         self.then("Map", build, None)
     }
 
@@ -250,39 +256,37 @@ impl<T: Data> DataStream<T> {
     where
         F: FnMut(&T) -> bool + Clone + Send + Sync + 'static,
     {
-        let build = Build::Operator(Arc::new(move |_, d| {
-            Ok(boxed::<T>(Filter::new(f.clone(), down::<BoxEmit<T>>(d)?)))
-        }));
+        let build = Build::Operator(Arc::new(move |_, d| chained(Filter::new(f.clone()), d)));
         self.then("Filter", build, None)
     }
 
     /// Zero or more records out per record in, through a collector.
     pub fn flat_map<O: Data, F>(&self, f: F) -> DataStream<O>
     where
-        F: FnMut(T, &mut Collector<'_, O>) + Clone + Send + Sync + 'static,
+        F: FnMut(T, &mut Collector<'_, '_, O>) + Clone + Send + Sync + 'static,
     {
-        let build = Build::Operator(Arc::new(move |_, d| {
-            Ok(boxed::<T>(FlatMap::new(f.clone(), down::<BoxEmit<O>>(d)?)))
-        }));
+        let build = Build::Operator(Arc::new(move |_, d| chained(FlatMap::new(f.clone()), d)));
         self.then("Flat Map", build, None)
     }
 
     /// Partitions by key: the same key always reaches the same subtask, in order.
-    pub fn key_by<K: Key, F>(&self, f: F) -> KeyedStream<T, K>
+    ///
+    /// The key selector is inlined where it runs: the exchange hashes a batch's keys in
+    /// one loop, and the keyed operator after it looks state up with those hashes.
+    pub fn key_by<K: Key, F>(&self, f: F) -> KeyedStream<T, K, F>
     where
-        F: Fn(&T) -> K + Send + Sync + 'static,
+        F: Fn(&T) -> K + Clone + Send + Sync + 'static,
     {
-        let key: KeyFn<T, K> = Arc::new(f);
-        let k2 = key.clone();
-        let hash: KeyHashFn<T> = Arc::new(move |t| {
-            let mut h = FxHasher::default();
-            k2(t).hash(&mut h);
-            h.finish()
+        let k2 = f.clone();
+        let hash: KeyHashFn<T> = Arc::new(move |batch: &[T], out: &mut Vec<u64>| {
+            out.clear();
+            out.extend(batch.iter().map(|t| key_hash(&k2(t))));
         });
         KeyedStream {
             stream: self.clone(),
-            key,
+            key: f,
             hash: EdgePartition::Hash(Arc::new(hash)),
+            _k: PhantomData,
         }
     }
 
@@ -432,14 +436,18 @@ impl DataStreamSink {
     }
 }
 
-/// A stream partitioned by key.
-pub struct KeyedStream<T, K> {
+/// A stream partitioned by key, with its key selector `F`.
+pub struct KeyedStream<T, K, F> {
     stream: DataStream<T>,
-    key: KeyFn<T, K>,
+    key: F,
     hash: EdgePartition,
+    _k: PhantomData<fn() -> K>,
 }
 
-impl<T: Data, K: Key> KeyedStream<T, K> {
+impl<T: Data, K: Key, F> KeyedStream<T, K, F>
+where
+    F: Fn(&T) -> K + Clone + Send + Sync + 'static,
+{
     /// Runs a KeyedProcessFunction with per-key state and timers.
     pub fn process<P>(&self, f: P) -> DataStream<P::Out>
     where
@@ -448,28 +456,20 @@ impl<T: Data, K: Key> KeyedStream<T, K> {
     {
         let key = self.key.clone();
         let build = Build::Operator(Arc::new(move |_, d| {
-            Ok(boxed::<T>(KeyedProcess::new(
-                f.clone(),
-                key.clone(),
-                down::<BoxEmit<P::Out>>(d)?,
-            )))
+            chained(KeyedProcess::new(f.clone(), key.clone()), d)
         }));
         self.stream
             .then("Keyed Process", build, Some(self.hash.clone()))
     }
 
     /// Rolling reduce: emits `f(accumulated, new)` per record.
-    pub fn reduce<F>(&self, f: F) -> DataStream<T>
+    pub fn reduce<R>(&self, f: R) -> DataStream<T>
     where
-        F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
+        R: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
     {
         let key = self.key.clone();
         let build = Build::Operator(Arc::new(move |_, d| {
-            Ok(boxed::<T>(KeyedReduce::new(
-                f.clone(),
-                key.clone(),
-                down::<BoxEmit<T>>(d)?,
-            )))
+            chained(KeyedReduce::new(f.clone(), key.clone()), d)
         }));
         self.stream
             .then("Keyed Reduce", build, Some(self.hash.clone()))

@@ -65,7 +65,12 @@ pub fn job_graph(d: &TaskDeployment) -> Result<JobGraph, String> {
 
 /// Builds the subtask's deployment: its chain and its rings, opened by name (or, for
 /// channels to other hosts, made here and joined to `net`).
-pub fn build(d: &TaskDeployment, graph: &JobGraph, net: &NetHandle) -> Result<Deployment, String> {
+pub fn build(
+    d: &TaskDeployment,
+    graph: &JobGraph,
+    net: &NetHandle,
+    settings: spate_dataplane::task::TaskSettings,
+) -> Result<Deployment, String> {
     if !valid_job_id(&d.task.job_id) {
         return Err(format!("invalid job id {:?}", d.task.job_id));
     }
@@ -177,6 +182,7 @@ pub fn build(d: &TaskDeployment, graph: &JobGraph, net: &NetHandle) -> Result<De
         outputs,
         inputs,
         metrics: std::sync::Arc::default(),
+        settings,
     })
 }
 

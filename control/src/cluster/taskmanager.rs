@@ -419,8 +419,8 @@ impl TaskManager {
             self.report(None, key, failed);
             return;
         }
-        let built =
-            super::deploy::job_graph(d).and_then(|g| super::deploy::build(d, &g, &self.net));
+        let built = super::deploy::job_graph(d)
+            .and_then(|g| super::deploy::build(d, &g, &self.net, self.config.task_settings()));
         match built {
             Ok(deployment) => {
                 let id = TaskId(self.next_task);

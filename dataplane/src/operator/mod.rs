@@ -1,27 +1,97 @@
-//! Operators: what a chained task calls, record by record.
+//! Operators: what a task's chain is made of, and the contract between them.
 //!
-//! Within a task, operators are *chained*: each holds its downstream as a
-//! `Box<dyn Emit<Out>>` and calls it directly: no queue, no serialization, no allocation
-//! per record. A chain is built back to front on the slot thread that runs it.
+//! # The operator contract
+//!
+//! Records move through a chain **a batch at a time**. Each link of a chain is an
+//! [`Emit`]: the runtime's object-safe face of an operator, called through one
+//! `Box<dyn Emit<T>>` per operator **per batch**, never per record. Behind that call an
+//! operator runs a monomorphic loop over the batch with the user's function inlined
+//! into it (`Filter<F>` is a `retain`, `Map<F>` an `extend(drain().map(f))`), and hands
+//! its output batch, a buffer it owns and reuses, to the next link. In steady state no
+//! batch is allocated: buffers keep their capacity from one batch to the next.
+//!
+//! **Control events travel in band**, in order with the records around them: a
+//! watermark, a change of idleness, a checkpoint barrier and the end of input are
+//! [`Event`]s, passed through the same chain, written to the same rings as frames of
+//! their own types, and carried unchanged by the network agents. An operator that
+//! emitted records before an event flushes them first, so downstream sees records and
+//! events in the order they were produced.
+//!
+//! Operators are written against [`Operator`], whose hooks (one per event, plus a
+//! processing-time tick) forward by default; [`Chained`] turns an `Operator` into an
+//! `Emit` and owns its output batch. Which operators chain is decided at run time (from
+//! parallelism), so an operator never knows whether its next link is another operator
+//! or a ring output.
+//!
+//! Keyed exchanges carry the hash of each record's key beside the batch
+//! ([`Emit::push_keyed`]), so a keyed operator after a key exchange looks its state up
+//! with the hash the exchange computed instead of hashing again.
 
 pub mod keyed;
 pub mod sink;
 pub mod source;
 
-/// The downstream of an operator: where records go.
+/// Event time meaning "no watermark yet".
+pub const NO_WATERMARK: u64 = 0;
+/// Event time after every record: the watermark of an input that ended.
+pub const END_OF_TIME: u64 = u64::MAX;
+
+/// What a checkpoint barrier asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BarrierKind {
+    /// A periodic checkpoint.
+    Checkpoint = 0,
+    /// A savepoint (user-triggered, kept until deleted).
+    Savepoint = 1,
+}
+
+/// A checkpoint barrier: every record before it belongs to checkpoint `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Barrier {
+    /// Checkpoint id, increasing.
+    pub id: u64,
+    /// When the checkpoint was triggered (ns since the Unix epoch).
+    pub timestamp_ns: u64,
+    /// Checkpoint or savepoint.
+    pub kind: BarrierKind,
+}
+
+/// A control event, in band with records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// No record with an event time at or below this (ns) follows.
+    Watermark(u64),
+    /// The stream went idle (`true`: it holds back no watermark) or active again.
+    Idle(bool),
+    /// A checkpoint barrier.
+    Barrier(Barrier),
+    /// The input ended: nothing follows. Delivered once, last.
+    EndOfInput,
+}
+
+/// The downstream of an operator: the runtime's object-safe face of a chain link.
 ///
-/// Performance contract: `emit` is called once per record and must not allocate or
-/// block in steady state; `tick` is called about once per task poll with the current
-/// processing time; `finish` once, at end of input, after which nothing is emitted.
+/// Performance contract: `push` is called once per batch and must take every record
+/// out of `batch` (leaving it empty, its capacity kept for the caller's next batch);
+/// it must not allocate or block in steady state. `event` delivers control events in
+/// order with the batches around them; `tick` comes about once per task poll with the
+/// current processing time.
 pub trait Emit<T> {
-    /// One record.
-    fn emit(&mut self, record: T);
-    /// Processing time advanced to `now_ns` (fires timers, flushes periodic state).
-    fn tick(&mut self, now_ns: u64) {
-        let _ = now_ns;
+    /// A batch of records, in order.
+    fn push(&mut self, batch: &mut Vec<T>);
+    /// A batch from a key exchange, with `hashes[i]` the hash of `batch[i]`'s key (as
+    /// [`key_hash`] computes it). Both are left empty. Operators that do not look keys
+    /// up ignore the hashes.
+    #[inline]
+    fn push_keyed(&mut self, batch: &mut Vec<T>, hashes: &mut Vec<u64>) {
+        hashes.clear();
+        self.push(batch);
     }
-    /// End of input: flush and propagate.
-    fn finish(&mut self) {}
+    /// A control event.
+    fn event(&mut self, event: Event);
+    /// Processing time advanced to `now_ns` (fires timers, flushes periodic state).
+    fn tick(&mut self, now_ns: u64);
 }
 
 /// A boxed downstream.
@@ -29,15 +99,29 @@ pub type BoxEmit<T> = Box<dyn Emit<T>>;
 
 impl<T> Emit<T> for BoxEmit<T> {
     #[inline(always)]
-    fn emit(&mut self, record: T) {
-        (**self).emit(record)
+    fn push(&mut self, batch: &mut Vec<T>) {
+        (**self).push(batch)
+    }
+    #[inline(always)]
+    fn push_keyed(&mut self, batch: &mut Vec<T>, hashes: &mut Vec<u64>) {
+        (**self).push_keyed(batch, hashes)
+    }
+    fn event(&mut self, event: Event) {
+        (**self).event(event)
     }
     fn tick(&mut self, now_ns: u64) {
         (**self).tick(now_ns)
     }
-    fn finish(&mut self) {
-        (**self).finish()
-    }
+}
+
+/// The hash of a key, as key exchanges and keyed state compute it (FxHash: a few
+/// cycles for an integer key).
+#[inline(always)]
+pub fn key_hash<K: std::hash::Hash + ?Sized>(key: &K) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    key.hash(&mut h);
+    h.finish()
 }
 
 /// What a subtask knows about itself.
@@ -49,133 +133,349 @@ pub struct SubtaskInfo {
     pub parallelism: usize,
 }
 
-/// `map`: one record in, one out.
-pub struct Map<F, O> {
-    f: F,
-    out: BoxEmit<O>,
+/// Where an [`Operator`] puts its output: a batch it fills, and the next link, to which
+/// the batch goes when the operator returns (or before an event it forwards).
+pub struct Output<'a, O> {
+    buf: &'a mut Vec<O>,
+    next: &'a mut dyn Emit<O>,
 }
 
-impl<F, O> Map<F, O> {
-    /// Applies `f` and emits to `out`.
-    pub fn new(f: F, out: BoxEmit<O>) -> Self {
-        Self { f, out }
+impl<'a, O> Output<'a, O> {
+    /// Over `buf`, flushing into `next`.
+    pub fn new(buf: &'a mut Vec<O>, next: &'a mut dyn Emit<O>) -> Self {
+        Self { buf, next }
     }
-}
 
-impl<I, O, F: FnMut(I) -> O> Emit<I> for Map<F, O> {
+    /// Emits one record (into the output batch).
     #[inline(always)]
-    fn emit(&mut self, record: I) {
-        self.out.emit((self.f)(record))
+    pub fn collect(&mut self, record: O) {
+        self.buf.push(record);
     }
-    fn tick(&mut self, now_ns: u64) {
-        self.out.tick(now_ns)
-    }
-    fn finish(&mut self) {
-        self.out.finish()
-    }
-}
 
-/// `filter`: records for which the predicate holds pass.
-pub struct Filter<F, T> {
-    f: F,
-    out: BoxEmit<T>,
-}
-
-impl<F, T> Filter<F, T> {
-    /// Passes records where `f` is true to `out`.
-    pub fn new(f: F, out: BoxEmit<T>) -> Self {
-        Self { f, out }
-    }
-}
-
-impl<T, F: FnMut(&T) -> bool> Emit<T> for Filter<F, T> {
+    /// Emits the records of an iterator (into the output batch).
     #[inline(always)]
-    fn emit(&mut self, record: T) {
-        if (self.f)(&record) {
-            self.out.emit(record)
+    pub fn extend(&mut self, records: impl IntoIterator<Item = O>) {
+        self.buf.extend(records);
+    }
+
+    /// Hands a whole batch downstream after what was collected so far (for operators
+    /// that work in place, such as a filter's `retain`); leaves `batch` empty.
+    #[inline]
+    pub fn forward(&mut self, batch: &mut Vec<O>) {
+        self.flush();
+        if !batch.is_empty() {
+            self.next.push(batch);
+        }
+    }
+
+    /// As [`Output::forward`], for a batch with its key hashes.
+    #[inline]
+    pub fn forward_keyed(&mut self, batch: &mut Vec<O>, hashes: &mut Vec<u64>) {
+        self.flush();
+        if !batch.is_empty() {
+            self.next.push_keyed(batch, hashes);
+        }
+        hashes.clear();
+    }
+
+    /// Sends what was collected so far downstream.
+    #[inline]
+    pub fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            self.next.push(self.buf);
+        }
+    }
+
+    /// Emits a control event, after what was collected so far.
+    pub fn event(&mut self, event: Event) {
+        self.flush();
+        self.next.event(event);
+    }
+
+    /// Emits a watermark.
+    pub fn watermark(&mut self, watermark: u64) {
+        self.event(Event::Watermark(watermark));
+    }
+
+    /// The output batch itself (for operators that hand it to code which collects).
+    #[inline(always)]
+    pub fn buffer(&mut self) -> &mut Vec<O> {
+        self.buf
+    }
+
+    /// Records collected and not yet sent.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// An operator with one input: what users and built-in operators implement.
+///
+/// `process` takes a batch and emits into `out`; the hooks for control events forward
+/// them unchanged by default, so an operator overrides only those it cares about.
+///
+/// Performance contract: `process` is called once per batch through one dynamic call;
+/// loop over the batch inside it, so the compiler inlines the per-record work.
+pub trait Operator: 'static {
+    /// Input records.
+    type In;
+    /// Output records.
+    type Out;
+
+    /// A batch of records: take all of them (leave `batch` empty).
+    fn process(&mut self, batch: &mut Vec<Self::In>, out: &mut Output<'_, Self::Out>);
+
+    /// A batch from a key exchange with its key hashes (see [`Emit::push_keyed`]).
+    fn process_keyed(
+        &mut self,
+        batch: &mut Vec<Self::In>,
+        hashes: &mut Vec<u64>,
+        out: &mut Output<'_, Self::Out>,
+    ) {
+        hashes.clear();
+        self.process(batch, out);
+    }
+
+    /// The input's watermark advanced (forwarded by default).
+    fn on_watermark(&mut self, watermark: u64, out: &mut Output<'_, Self::Out>) {
+        out.watermark(watermark);
+    }
+
+    /// The input went idle or active again (forwarded by default).
+    fn on_idle(&mut self, idle: bool, out: &mut Output<'_, Self::Out>) {
+        out.event(Event::Idle(idle));
+    }
+
+    /// A checkpoint barrier: every record before it has been processed (forwarded by
+    /// default; operators with state snapshot it here).
+    fn on_barrier(&mut self, barrier: Barrier, out: &mut Output<'_, Self::Out>) {
+        out.event(Event::Barrier(barrier));
+    }
+
+    /// The input ended: emit what is left. The runtime forwards the end afterwards.
+    fn on_end_of_input(&mut self, out: &mut Output<'_, Self::Out>) {
+        let _ = out;
+    }
+
+    /// Processing time advanced to `now_ns`.
+    fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, Self::Out>) {
+        let _ = (now_ns, out);
+    }
+}
+
+/// An [`Operator`] as a chain link: it owns the operator's output batch and its
+/// downstream, and sends the batch on after each call.
+pub struct Chained<Op: Operator> {
+    op: Op,
+    buf: Vec<Op::Out>,
+    next: BoxEmit<Op::Out>,
+}
+
+impl<Op: Operator> Chained<Op> {
+    /// `op`, emitting to `next`.
+    pub fn new(op: Op, next: BoxEmit<Op::Out>) -> Self {
+        Self {
+            op,
+            buf: Vec::new(),
+            next,
+        }
+    }
+
+    /// The operator.
+    pub fn operator(&self) -> &Op {
+        &self.op
+    }
+
+    #[inline(always)]
+    fn with_out(&mut self, f: impl FnOnce(&mut Op, &mut Output<'_, Op::Out>)) {
+        let mut out = Output::new(&mut self.buf, &mut *self.next);
+        f(&mut self.op, &mut out);
+        out.flush();
+    }
+}
+
+impl<Op: Operator> Emit<Op::In> for Chained<Op> {
+    #[inline]
+    fn push(&mut self, batch: &mut Vec<Op::In>) {
+        self.with_out(|op, out| op.process(batch, out));
+    }
+    #[inline]
+    fn push_keyed(&mut self, batch: &mut Vec<Op::In>, hashes: &mut Vec<u64>) {
+        self.with_out(|op, out| op.process_keyed(batch, hashes, out));
+    }
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Watermark(wm) => self.with_out(|op, out| op.on_watermark(wm, out)),
+            Event::Idle(idle) => self.with_out(|op, out| op.on_idle(idle, out)),
+            Event::Barrier(b) => self.with_out(|op, out| op.on_barrier(b, out)),
+            Event::EndOfInput => {
+                self.with_out(|op, out| op.on_end_of_input(out));
+                self.next.event(Event::EndOfInput);
+            }
         }
     }
     fn tick(&mut self, now_ns: u64) {
-        self.out.tick(now_ns)
+        self.with_out(|op, out| op.on_tick(now_ns, out));
+        self.next.tick(now_ns);
     }
-    fn finish(&mut self) {
-        self.out.finish()
+}
+
+/// `map`: one record in, one out.
+pub struct Map<F, I, O> {
+    f: F,
+    _t: std::marker::PhantomData<fn(I) -> O>,
+}
+
+impl<F, I, O> Map<F, I, O> {
+    /// Applies `f`.
+    pub fn new(f: F) -> Self {
+        Self {
+            f,
+            _t: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<I: 'static, O: 'static, F: FnMut(I) -> O + 'static> Operator for Map<F, I, O> {
+    type In = I;
+    type Out = O;
+    #[inline]
+    fn process(&mut self, batch: &mut Vec<I>, out: &mut Output<'_, O>) {
+        out.extend(batch.drain(..).map(&mut self.f));
+    }
+}
+
+/// `filter`: records for which the predicate holds pass, in place (a `retain`).
+pub struct Filter<F, T> {
+    f: F,
+    _t: std::marker::PhantomData<fn(&T)>,
+}
+
+impl<F, T> Filter<F, T> {
+    /// Passes the records for which `f` is true.
+    pub fn new(f: F) -> Self {
+        Self {
+            f,
+            _t: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: 'static, F: FnMut(&T) -> bool + 'static> Operator for Filter<F, T> {
+    type In = T;
+    type Out = T;
+    #[inline]
+    fn process(&mut self, batch: &mut Vec<T>, out: &mut Output<'_, T>) {
+        batch.retain(&mut self.f);
+        out.forward(batch);
+    }
+    #[inline]
+    fn process_keyed(
+        &mut self,
+        batch: &mut Vec<T>,
+        hashes: &mut Vec<u64>,
+        out: &mut Output<'_, T>,
+    ) {
+        if hashes.len() != batch.len() {
+            hashes.clear();
+            return self.process(batch, out);
+        }
+        // Compact records and their hashes in lockstep: the predicate runs once each.
+        let mut kept = 0;
+        for i in 0..batch.len() {
+            if (self.f)(&batch[i]) {
+                batch.swap(kept, i);
+                hashes[kept] = hashes[i];
+                kept += 1;
+            }
+        }
+        batch.truncate(kept);
+        hashes.truncate(kept);
+        out.forward_keyed(batch, hashes);
     }
 }
 
 /// Hands a user function's outputs downstream.
-pub struct Collector<'a, O> {
-    out: &'a mut dyn Emit<O>,
+pub struct Collector<'a, 'b, O> {
+    out: &'a mut Output<'b, O>,
 }
 
-impl<'a, O> Collector<'a, O> {
-    /// Wraps a downstream.
-    pub fn new(out: &'a mut dyn Emit<O>) -> Self {
-        Self { out }
-    }
-
+impl<O> Collector<'_, '_, O> {
     /// Emits one record.
     #[inline(always)]
     pub fn collect(&mut self, record: O) {
-        self.out.emit(record)
+        self.out.collect(record)
     }
 }
 
 /// `flat_map`: zero or more records out per record in.
-pub struct FlatMap<F, O> {
+pub struct FlatMap<F, I, O> {
     f: F,
-    out: BoxEmit<O>,
+    _t: std::marker::PhantomData<fn(I) -> O>,
 }
 
-impl<F, O> FlatMap<F, O> {
-    /// Calls `f` with a collector over `out`.
-    pub fn new(f: F, out: BoxEmit<O>) -> Self {
-        Self { f, out }
-    }
-}
-
-impl<I, O, F: FnMut(I, &mut Collector<'_, O>)> Emit<I> for FlatMap<F, O> {
-    #[inline(always)]
-    fn emit(&mut self, record: I) {
-        (self.f)(record, &mut Collector::new(&mut *self.out))
-    }
-    fn tick(&mut self, now_ns: u64) {
-        self.out.tick(now_ns)
-    }
-    fn finish(&mut self) {
-        self.out.finish()
+impl<F, I, O> FlatMap<F, I, O> {
+    /// Calls `f` with a collector for each record.
+    pub fn new(f: F) -> Self {
+        Self {
+            f,
+            _t: std::marker::PhantomData,
+        }
     }
 }
 
-/// Sends every record to several downstreams (an operator with several consumers).
+impl<I: 'static, O: 'static, F> Operator for FlatMap<F, I, O>
+where
+    F: FnMut(I, &mut Collector<'_, '_, O>) + 'static,
+{
+    type In = I;
+    type Out = O;
+    #[inline]
+    fn process(&mut self, batch: &mut Vec<I>, out: &mut Output<'_, O>) {
+        let mut c = Collector { out };
+        for r in batch.drain(..) {
+            (self.f)(r, &mut c);
+        }
+    }
+}
+
+/// Sends every batch and event to several downstreams (an operator with several
+/// consumers): the last gets the batch, the others a copy from a reused buffer.
 pub struct Tee<T> {
     outs: Vec<BoxEmit<T>>,
+    copy: Vec<T>,
 }
 
 impl<T> Tee<T> {
     /// Copies to each of `outs`.
     pub fn new(outs: Vec<BoxEmit<T>>) -> Self {
-        Self { outs }
+        Self {
+            outs,
+            copy: Vec::new(),
+        }
     }
 }
 
 impl<T: Clone> Emit<T> for Tee<T> {
-    fn emit(&mut self, record: T) {
+    fn push(&mut self, batch: &mut Vec<T>) {
         if let Some((last, rest)) = self.outs.split_last_mut() {
             for o in rest {
-                o.emit(record.clone());
+                self.copy.clone_from(batch);
+                o.push(&mut self.copy);
+                self.copy.clear();
             }
-            last.emit(record);
+            last.push(batch);
+        }
+        batch.clear();
+    }
+    fn event(&mut self, event: Event) {
+        for o in &mut self.outs {
+            o.event(event);
         }
     }
     fn tick(&mut self, now_ns: u64) {
         for o in &mut self.outs {
             o.tick(now_ns);
-        }
-    }
-    fn finish(&mut self) {
-        for o in &mut self.outs {
-            o.finish();
         }
     }
 }
@@ -184,7 +484,7 @@ impl<T: Clone> Emit<T> for Tee<T> {
 mod tests;
 
 thread_local! {
-    /// A failure an operator reported from inside `emit` (which returns nothing), taken
+    /// A failure an operator reported from inside a call that returns nothing, taken
     /// by the task after its poll. Chains run on one thread, one task poll at a time.
     static FAILURE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }

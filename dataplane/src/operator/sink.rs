@@ -1,6 +1,6 @@
 //! Sinks: the ends of a pipeline.
 
-use super::{report_failure, Emit, SubtaskInfo};
+use super::{report_failure, Emit, Event, SubtaskInfo};
 use hdrhistogram::Histogram;
 use std::fmt::Debug;
 use std::io::Write;
@@ -156,24 +156,29 @@ impl DiscardSink {
 }
 
 impl<T> Emit<T> for DiscardSink {
-    #[inline(always)]
-    fn emit(&mut self, record: T) {
-        drop(record);
-        self.counter.unpublished += 1;
+    #[inline]
+    fn push(&mut self, batch: &mut Vec<T>) {
+        self.counter.unpublished += batch.len() as u64;
+        batch.clear();
+    }
+    fn event(&mut self, event: Event) {
+        if event == Event::EndOfInput {
+            self.counter.publish(None, false);
+        }
     }
     fn tick(&mut self, now_ns: u64) {
         if self.counter.due(now_ns) {
             self.counter.publish(None, false);
         }
     }
-    fn finish(&mut self) {
-        self.counter.publish(None, false);
-    }
 }
 
 /// Records `now − event timestamp` into an HdrHistogram, for every record or for one in
-/// `sample_every` (a uniform sample: reading the clock costs more than the rest of a
-/// simple record's way, so throughput runs sample).
+/// `sample_every` (a uniform sample: recording costs more than the rest of a simple
+/// record's way, so throughput runs sample).
+///
+/// The clock is read once per batch, when the batch reaches the sink: every record of
+/// a batch arrives at that moment.
 pub struct LatencySink<T> {
     ts: fn(&T) -> u64,
     hist: Histogram<u64>,
@@ -195,29 +200,42 @@ impl<T> LatencySink<T> {
             countdown: 0,
         }
     }
+
+    /// Latencies recorded so far and not yet published.
+    pub fn recorded(&self) -> u64 {
+        self.hist.len()
+    }
 }
 
 impl<T> Emit<T> for LatencySink<T> {
-    #[inline(always)]
-    fn emit(&mut self, record: T) {
-        if self.countdown == 0 {
-            self.countdown = self.sample_every - 1;
-            let now = crate::clock::now_ns();
-            let _ = self
-                .hist
-                .record(now.saturating_sub((self.ts)(&record)).max(1));
-        } else {
-            self.countdown -= 1;
+    #[inline]
+    fn push(&mut self, batch: &mut Vec<T>) {
+        let n = batch.len();
+        if n == 0 {
+            return;
         }
-        self.counter.unpublished += 1;
+        let now = crate::clock::now_ns();
+        // Records `countdown`, `countdown + every`, ... of this batch are measured.
+        let every = self.sample_every as usize;
+        let mut i = self.countdown as usize;
+        while i < n {
+            let age = now.saturating_sub((self.ts)(&batch[i])).max(1);
+            let _ = self.hist.record(age);
+            i += every;
+        }
+        self.countdown = (i - n) as u32;
+        self.counter.unpublished += n as u64;
+        batch.clear();
+    }
+    fn event(&mut self, event: Event) {
+        if event == Event::EndOfInput {
+            self.counter.publish(Some(&mut self.hist), true);
+        }
     }
     fn tick(&mut self, now_ns: u64) {
         if self.counter.due(now_ns) {
             self.counter.publish(Some(&mut self.hist), false);
         }
-    }
-    fn finish(&mut self) {
-        self.counter.publish(Some(&mut self.hist), true);
     }
 }
 
@@ -300,13 +318,27 @@ pub fn socket_sink(
 }
 
 impl<T: Debug, W: Write> Emit<T> for WriterSink<W> {
-    fn emit(&mut self, record: T) {
+    fn push(&mut self, batch: &mut Vec<T>) {
+        self.counter.unpublished += batch.len() as u64;
         if self.failed {
+            batch.clear();
             return;
         }
-        let r = writeln!(self.w, "{}{record:?}", self.prefix);
-        self.check(r);
-        self.counter.unpublished += 1;
+        for record in batch.drain(..) {
+            let r = writeln!(self.w, "{}{record:?}", self.prefix);
+            if r.is_err() {
+                self.check(r);
+                break;
+            }
+        }
+        batch.clear();
+    }
+    fn event(&mut self, event: Event) {
+        if event == Event::EndOfInput {
+            let r = self.w.flush();
+            self.check(r);
+            self.counter.publish(None, false);
+        }
     }
     fn tick(&mut self, now_ns: u64) {
         if self.counter.due(now_ns) {
@@ -314,11 +346,6 @@ impl<T: Debug, W: Write> Emit<T> for WriterSink<W> {
             self.check(r);
             self.counter.publish(None, false);
         }
-    }
-    fn finish(&mut self) {
-        let r = self.w.flush();
-        self.check(r);
-        self.counter.publish(None, false);
     }
 }
 
@@ -341,21 +368,23 @@ impl<T> CollectSink<T> {
 }
 
 impl<T> Emit<T> for CollectSink<T> {
-    fn emit(&mut self, record: T) {
-        self.local.push(record);
-        self.counter.unpublished += 1;
+    fn push(&mut self, batch: &mut Vec<T>) {
+        self.counter.unpublished += batch.len() as u64;
+        self.local.append(batch);
+    }
+    fn event(&mut self, event: Event) {
+        if event == Event::EndOfInput {
+            let mut s = match self.shared.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            s.append(&mut self.local);
+            self.counter.publish(None, false);
+        }
     }
     fn tick(&mut self, now_ns: u64) {
         if self.counter.due(now_ns) {
             self.counter.publish(None, false);
         }
-    }
-    fn finish(&mut self) {
-        let mut s = match self.shared.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        s.append(&mut self.local);
-        self.counter.publish(None, false);
     }
 }

@@ -1,6 +1,6 @@
 //! Sources: where records enter a pipeline, including the W1 trade generator.
 
-use super::{Emit, SubtaskInfo};
+use super::SubtaskInfo;
 use crate::slot::TaskError;
 use std::io::{BufRead, Read};
 
@@ -15,12 +15,14 @@ pub enum SourceStatus {
 
 /// A source of records.
 ///
-/// Performance contract: `poll` emits at most `max` records and never blocks.
+/// Performance contract: `poll` appends at most `max` records to `out` (a batch the
+/// task reuses) and never blocks.
 pub trait Source<T> {
-    /// Emits up to `max` records; `now_ns` is the task's clock reading for this poll.
+    /// Appends up to `max` records to `out`; `now_ns` is the task's clock reading for
+    /// this poll.
     fn poll(
         &mut self,
-        out: &mut dyn Emit<T>,
+        out: &mut Vec<T>,
         max: usize,
         now_ns: u64,
     ) -> Result<SourceStatus, TaskError>;
@@ -39,15 +41,10 @@ impl<I> IterSource<I> {
 }
 
 impl<T, I: Iterator<Item = T>> Source<T> for IterSource<I> {
-    fn poll(
-        &mut self,
-        out: &mut dyn Emit<T>,
-        max: usize,
-        _: u64,
-    ) -> Result<SourceStatus, TaskError> {
+    fn poll(&mut self, out: &mut Vec<T>, max: usize, _: u64) -> Result<SourceStatus, TaskError> {
         for n in 0..max {
             match self.iter.next() {
-                Some(x) => out.emit(x),
+                Some(x) => out.push(x),
                 None if n == 0 => return Ok(SourceStatus::Done),
                 None => return Ok(SourceStatus::Emitted(n)),
             }
@@ -199,7 +196,7 @@ impl Source<Trade> for TradeSource {
     #[inline]
     fn poll(
         &mut self,
-        out: &mut dyn Emit<Trade>,
+        out: &mut Vec<Trade>,
         max: usize,
         now_ns: u64,
     ) -> Result<SourceStatus, TaskError> {
@@ -210,9 +207,8 @@ impl Source<Trade> for TradeSource {
         };
         match self.pace {
             Pace::Unpaced => {
-                for _ in 0..n {
-                    out.emit(self.gen.next_trade(now_ns));
-                }
+                let gen = &mut self.gen;
+                out.extend((0..n).map(|_| gen.next_trade(now_ns)));
             }
             Pace::Rate(_) => {
                 if self.start_ns == 0 {
@@ -224,7 +220,7 @@ impl Source<Trade> for TradeSource {
                     if due > now_ns {
                         break;
                     }
-                    out.emit(self.gen.next_trade(due));
+                    out.push(self.gen.next_trade(due));
                     self.sent += 1;
                     emitted += 1;
                 }
@@ -263,7 +259,7 @@ impl LinesSource<std::io::BufReader<std::fs::File>> {
 impl<R: BufRead> Source<String> for LinesSource<R> {
     fn poll(
         &mut self,
-        out: &mut dyn Emit<String>,
+        out: &mut Vec<String>,
         max: usize,
         _: u64,
     ) -> Result<SourceStatus, TaskError> {
@@ -284,7 +280,7 @@ impl<R: BufRead> Source<String> for LinesSource<R> {
                 }
                 Ok(_) => {
                     let l = self.line.trim_end_matches(['\n', '\r']);
-                    out.emit(l.to_string());
+                    out.push(l.to_string());
                 }
                 Err(e) => return Err(TaskError(format!("reading {}: {e}", self.what))),
             }
@@ -320,7 +316,7 @@ impl SocketSource {
 impl Source<String> for SocketSource {
     fn poll(
         &mut self,
-        out: &mut dyn Emit<String>,
+        out: &mut Vec<String>,
         max: usize,
         _: u64,
     ) -> Result<SourceStatus, TaskError> {
@@ -347,7 +343,7 @@ impl Source<String> for SocketSource {
             };
             let line = &self.buf[self.start..self.start + pos];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            out.emit(String::from_utf8_lossy(line).into_owned());
+            out.push(String::from_utf8_lossy(line).into_owned());
             self.start += pos + 1;
             n += 1;
         }
@@ -360,7 +356,7 @@ impl Source<String> for SocketSource {
                 let rest = String::from_utf8_lossy(&self.buf[self.start..]).into_owned();
                 self.buf.clear();
                 self.start = 0;
-                out.emit(rest);
+                out.push(rest);
                 return Ok(SourceStatus::Emitted(1));
             }
             return Ok(SourceStatus::Done);

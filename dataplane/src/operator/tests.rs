@@ -3,25 +3,37 @@ use super::keyed::*;
 use super::*;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 
-/// Collects what reaches it (a test harness's output).
+/// Collects what reaches it (a test harness's output): records, and events in order
+/// with them.
 #[derive(Clone, Default)]
-struct Out<T>(Rc<RefCell<Vec<T>>>, Rc<RefCell<u32>>);
+struct Out<T>(Rc<RefCell<Vec<T>>>, Rc<RefCell<Vec<(usize, Event)>>>);
 
 impl<T: 'static> Emit<T> for Out<T> {
-    fn emit(&mut self, r: T) {
-        self.0.borrow_mut().push(r);
+    fn push(&mut self, batch: &mut Vec<T>) {
+        self.0.borrow_mut().append(batch);
     }
-    fn finish(&mut self) {
-        *self.1.borrow_mut() += 1;
+    fn event(&mut self, e: Event) {
+        let at = self.0.borrow().len();
+        self.1.borrow_mut().push((at, e));
     }
+    fn tick(&mut self, _: u64) {}
 }
 
 impl<T: Clone> Out<T> {
     fn take(&self) -> Vec<T> {
         std::mem::take(&mut *self.0.borrow_mut())
     }
+    fn events(&self) -> Vec<(usize, Event)> {
+        std::mem::take(&mut *self.1.borrow_mut())
+    }
+}
+
+/// Pushes one record as a batch of one.
+fn one<T>(e: &mut impl Emit<T>, r: T) {
+    let mut b = vec![r];
+    e.push(&mut b);
+    assert!(b.is_empty(), "the operator takes every record of its batch");
 }
 
 /// Counts per key in a ValueState, keeps a history in ListState and MapState, and
@@ -91,20 +103,17 @@ impl KeyedProcessFunction for Session {
 #[test]
 fn process_function_state_and_timers_per_key() {
     let out = Out::<String>::default();
-    let mut op = KeyedProcess::new(
-        Session,
-        Arc::new(|r: &(u32, i64)| r.0),
+    let mut op = Chained::new(
+        KeyedProcess::new(Session, |r: &(u32, i64)| r.0),
         Box::new(out.clone()),
     );
     op.tick(1_000);
-    op.emit((1, 10));
-    op.emit((2, 20));
-    op.emit((1, 11));
-    op.emit((1, 10));
-    assert_eq!(op.key_count(), 2);
+    op.push(&mut vec![(1, 10), (2, 20), (1, 11)]);
+    one(&mut op, (1, 10));
+    assert_eq!(op.operator().key_count(), 2);
     op.tick(1_050);
     assert!(out.take().is_empty(), "no timer is due yet");
-    op.emit((2, -1)); // deletes key 2's timer
+    one(&mut op, (2, -1)); // deletes key 2's timer
     assert_eq!(out.take(), ["2: cancelled"]);
     op.tick(1_100);
     assert_eq!(out.take(), ["1@1100: count 3 seen [10, 11, 10] distinct 2"]);
@@ -115,8 +124,10 @@ fn process_function_state_and_timers_per_key() {
     );
     // State survives the timer; a new event registers a new timer.
     op.tick(20_000);
-    op.emit((1, 12));
-    op.emit((3, 30));
+    op.push_keyed(
+        &mut vec![(1, 12), (3, 30)],
+        &mut vec![key_hash(&1u32), key_hash(&3u32)],
+    );
     op.tick(20_100);
     let mut fired = out.take();
     fired.sort();
@@ -127,50 +138,168 @@ fn process_function_state_and_timers_per_key() {
             "3@20100: count 1 seen [30] distinct 1"
         ]
     );
-    op.finish();
-    assert_eq!(*out.1.borrow(), 1, "finish propagates once");
+    op.event(Event::EndOfInput);
+    assert_eq!(
+        out.events(),
+        [(0, Event::EndOfInput)],
+        "the end goes on once"
+    );
 }
 
 #[test]
 fn rolling_reduce_keeps_one_aggregate_per_key() {
     let out = Out::<(u32, u64)>::default();
-    let mut op = KeyedReduce::new(
-        |a: (u32, u64), b: (u32, u64)| (a.0, a.1 + b.1),
-        Arc::new(|r: &(u32, u64)| r.0),
+    let mut op = Chained::new(
+        KeyedReduce::new(
+            |a: (u32, u64), b: (u32, u64)| (a.0, a.1 + b.1),
+            |r: &(u32, u64)| r.0,
+        ),
         Box::new(out.clone()),
     );
-    for r in [(1, 5), (2, 1), (1, 2), (2, 3), (1, 1)] {
-        op.emit(r);
-    }
+    op.push(&mut vec![(1, 5), (2, 1), (1, 2)]);
+    op.push(&mut vec![(2, 3), (1, 1)]);
     assert_eq!(out.take(), [(1, 5), (2, 1), (1, 7), (2, 4), (1, 8)]);
 }
 
 #[test]
-fn chained_operators_call_through() {
+fn chained_operators_call_through_a_batch_at_a_time() {
     let out = Out::<u64>::default();
     let tail: BoxEmit<u64> = Box::new(out.clone());
-    let flat = FlatMap::new(
-        |x: u64, c: &mut Collector<'_, u64>| {
+    let flat = Chained::new(
+        FlatMap::new(|x: u64, c: &mut Collector<'_, '_, u64>| {
             c.collect(x);
             c.collect(x + 100);
-        },
+        }),
         tail,
     );
-    let filter = Filter::new(
-        |x: &u64| x.is_multiple_of(2),
+    let filter = Chained::new(
+        Filter::new(|x: &u64| x.is_multiple_of(2)),
         Box::new(flat) as BoxEmit<u64>,
     );
-    let mut map = Map::new(|x: u64| x * 3, Box::new(filter) as BoxEmit<u64>);
-    for x in 0..5 {
-        map.emit(x);
-    }
+    let mut map = Chained::new(Map::new(|x: u64| x * 3), Box::new(filter) as BoxEmit<u64>);
+    let mut batch: Vec<u64> = (0..5).collect();
+    map.push(&mut batch);
+    assert!(batch.is_empty());
     assert_eq!(out.take(), [0, 100, 6, 106, 12, 112]);
     let mut tee = Tee::new(vec![
         Box::new(out.clone()) as BoxEmit<u64>,
         Box::new(out.clone()),
     ]);
-    tee.emit(9);
+    one(&mut tee, 9);
+    tee.event(Event::Watermark(5));
     assert_eq!(out.take(), [9, 9]);
+    assert_eq!(
+        out.events(),
+        [(2, Event::Watermark(5)), (2, Event::Watermark(5))]
+    );
+}
+
+#[test]
+fn events_pass_every_operator_in_order_with_the_records_around_them() {
+    let out = Out::<u64>::default();
+    let filter = Chained::new(
+        Filter::new(|x: &u64| *x != 3),
+        Box::new(out.clone()) as BoxEmit<u64>,
+    );
+    let mut map = Chained::new(Map::new(|x: u64| x + 1), Box::new(filter) as BoxEmit<u64>);
+    let b = Barrier {
+        id: 4,
+        timestamp_ns: 1,
+        kind: BarrierKind::Checkpoint,
+    };
+    map.push(&mut vec![1, 2]);
+    map.event(Event::Watermark(10));
+    map.push(&mut vec![3]);
+    map.event(Event::Barrier(b));
+    map.event(Event::Idle(true));
+    map.event(Event::EndOfInput);
+    assert_eq!(out.take(), [2, 4]);
+    assert_eq!(
+        out.events(),
+        [
+            (1, Event::Watermark(10)),
+            (2, Event::Barrier(b)),
+            (2, Event::Idle(true)),
+            (2, Event::EndOfInput)
+        ]
+    );
+}
+
+#[test]
+fn a_filter_keeps_each_records_key_hash_beside_it() {
+    struct Keyed(Rc<RefCell<Vec<(u64, u64)>>>);
+    impl Emit<u64> for Keyed {
+        fn push(&mut self, _: &mut Vec<u64>) {
+            panic!("hashes were dropped");
+        }
+        fn push_keyed(&mut self, batch: &mut Vec<u64>, hashes: &mut Vec<u64>) {
+            let mut v = self.0.borrow_mut();
+            v.extend(batch.drain(..).zip(hashes.drain(..)));
+        }
+        fn event(&mut self, _: Event) {}
+        fn tick(&mut self, _: u64) {}
+    }
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let mut f = Chained::new(
+        Filter::new(|x: &u64| x % 2 == 1),
+        Box::new(Keyed(got.clone())) as BoxEmit<u64>,
+    );
+    let mut hashes = vec![10, 20, 30, 40, 50];
+    f.push_keyed(&mut vec![1, 2, 3, 4, 5], &mut hashes);
+    assert!(hashes.is_empty());
+    assert_eq!(*got.borrow(), [(1, 10), (3, 30), (5, 50)]);
+}
+
+/// Every key registers a processing-time timer at 70 and an event-time timer at
+/// 1000; key 1 also registers timers at 50 and 60, and its timer at 50 deletes the
+/// one at 60.
+#[derive(Clone)]
+struct Order;
+
+impl KeyedProcessFunction for Order {
+    type Key = u32;
+    type In = u32;
+    type Out = (u32, u64);
+    type State = ();
+
+    fn process_element(&mut self, k: u32, _: &mut (), ctx: &mut Context<'_, u32, (u32, u64)>) {
+        ctx.register_processing_time_timer(70);
+        ctx.register_event_time_timer(1_000);
+        if k == 1 {
+            ctx.register_processing_time_timer(50);
+            ctx.register_processing_time_timer(60);
+        }
+    }
+
+    fn on_timer(&mut self, ts: u64, _: &mut (), ctx: &mut Context<'_, u32, (u32, u64)>) {
+        ctx.collect((*ctx.current_key(), ts));
+        if ts == 50 {
+            // Due in this same tick: deleted now, it must not fire.
+            ctx.delete_processing_time_timer(60);
+        }
+    }
+}
+
+#[test]
+fn timers_fire_in_time_then_registration_order_and_deleted_ones_do_not() {
+    let out = Out::<(u32, u64)>::default();
+    let mut op = Chained::new(
+        KeyedProcess::new(Order, |k: &u32| *k),
+        Box::new(out.clone()),
+    );
+    op.push(&mut vec![1, 2, 3]);
+    op.tick(100);
+    assert_eq!(out.take(), [(1, 50), (1, 70), (2, 70), (3, 70)]);
+    assert_eq!(op.operator().timer_count(), (0, 3));
+    // Event time: the timers fire when the watermark passes them, before it goes on.
+    op.event(Event::Watermark(999));
+    assert!(out.take().is_empty());
+    op.event(Event::Watermark(1_000));
+    assert_eq!(out.take(), [(1, 1_000), (2, 1_000), (3, 1_000)]);
+    assert_eq!(
+        out.events(),
+        [(0, Event::Watermark(999)), (3, Event::Watermark(1_000))]
+    );
 }
 
 /// Re-arms its timer for a time already past, every time it fires.
@@ -196,8 +325,11 @@ impl KeyedProcessFunction for Rearm {
 #[test]
 fn a_timer_that_rearms_itself_fires_once_per_tick() {
     let out = Out::<u64>::default();
-    let mut op = KeyedProcess::new(Rearm, Arc::new(|k: &u32| *k), Box::new(out.clone()));
-    op.emit(7);
+    let mut op = Chained::new(
+        KeyedProcess::new(Rearm, |k: &u32| *k),
+        Box::new(out.clone()),
+    );
+    one(&mut op, 7);
     op.tick(100);
     assert_eq!(out.take(), [0], "fired once, re-armed for the next tick");
     op.tick(200);
