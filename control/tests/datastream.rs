@@ -7,6 +7,7 @@ use spate::graph::{GraphError, JobGraph};
 use spate::jobs::{self, Vwap, VwapParams};
 use spate::minicluster::{JobResult, JobStatus, MiniCluster};
 use spate_dataplane::idle::IdleStrategyKind;
+use spate_dataplane::operator::keyed::{Context, KeyedProcessFunction, TimeDomain};
 use spate_dataplane::operator::source::Pace;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -86,6 +87,51 @@ fn w1_measures_the_latency_of_one_record_in_latency_sample() {
         assert!(
             measured.abs_diff(want) <= p as u64,
             "1 in {sample} at p={p}: {measured} latencies for {events} records"
+        );
+    }
+}
+
+/// Registers an event-time timer at each record's value and emits it when it fires.
+#[derive(Clone)]
+struct FireAt;
+
+impl KeyedProcessFunction for FireAt {
+    type Key = u64;
+    type In = u64;
+    type Out = u64;
+    type State = ();
+
+    fn process_element(&mut self, v: u64, _: &mut (), ctx: &mut Context<'_, u64, u64>) {
+        ctx.register_event_time_timer(v);
+    }
+
+    fn on_timer(&mut self, ts: u64, _: &mut (), ctx: &mut Context<'_, u64, u64>) {
+        assert_eq!(ctx.time_domain(), Some(TimeDomain::EventTime));
+        ctx.collect(ts);
+    }
+}
+
+/// The end of a bounded input is the end of event time: its watermark travels in band
+/// through chains, rings and key exchanges, and fires every event-time timer.
+#[test]
+fn the_final_watermark_crosses_rings_and_fires_event_time_timers() {
+    for p in [1usize, 2] {
+        let env = StreamExecutionEnvironment::new("timers");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        env.from_collection((1..=1000u64).collect())
+            .rebalance()
+            .map(|x: u64| x * 2)
+            .key_by(|x: &u64| *x % 17)
+            .process(FireAt)
+            .collect(out.clone());
+        let r = run(&env, Some(p), 2);
+        assert_eq!(r.status, JobStatus::Finished);
+        let mut got = out.lock().unwrap().clone();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            (1..=1000u64).map(|x| x * 2).collect::<Vec<_>>(),
+            "p={p}"
         );
     }
 }

@@ -43,6 +43,15 @@ fn rings(n: usize, cap: usize) -> (Vec<Producer>, Vec<Consumer>) {
     (0..n).map(|_| Ring::anonymous(cap).unwrap()).unzip()
 }
 
+/// Mostly data, with watermark and barrier frames among them: all cross unchanged.
+fn frame_type(seq: u64) -> FrameType {
+    match seq % 13 {
+        3 => FrameType::Watermark,
+        8 => FrameType::Barrier,
+        _ => FrameType::Data,
+    }
+}
+
 fn payload(ch: usize, seq: u64) -> Vec<u8> {
     let len = ((seq * 7 + ch as u64 * 13) % 200) as usize + 8;
     let mut v: Vec<u8> = (0..len)
@@ -63,7 +72,9 @@ fn send_all<S: std::io::Read + std::io::Write>(
     while next.iter().any(|&n| n <= frames) {
         for (ch, p) in local.iter_mut().enumerate() {
             while next[ch] < frames {
-                if p.try_send(FrameType::Data, &payload(ch, next[ch])).is_err() {
+                if p.try_send(frame_type(next[ch]), &payload(ch, next[ch]))
+                    .is_err()
+                {
                     break;
                 }
                 next[ch] += 1;
@@ -120,7 +131,8 @@ fn receive_all<S: std::io::Read + std::io::Write>(
                 continue;
             }
             c.poll(64, |f| match f.frame_type() {
-                FrameType::Data => {
+                FrameType::Data | FrameType::Watermark | FrameType::Barrier => {
+                    assert_eq!(f.frame_type(), frame_type(seq[ch]), "channel {ch}");
                     assert_eq!(
                         f.payload(),
                         &payload(ch, seq[ch])[..],

@@ -17,6 +17,16 @@ pub fn payload(ch: usize, seq: u64) -> Vec<u8> {
     v
 }
 
+/// The type of frame `seq`: mostly data, with watermark and barrier frames among them,
+/// which the agents must carry in order and unchanged like any other.
+pub fn frame_type(seq: u64) -> FrameType {
+    match seq % 13 {
+        3 => FrameType::Watermark,
+        8 => FrameType::Barrier,
+        _ => FrameType::Data,
+    }
+}
+
 /// An agent of node `node` listening on `listen`.
 pub fn agent(node: u64, listen: &str, kind: TransportKind, timeout: Duration) -> NetAgent {
     NetAgent::bind(AgentConfig {
@@ -79,7 +89,7 @@ impl Side {
         let mut busy = false;
         for (ch, p) in self.tx.iter_mut().enumerate() {
             while self.next[ch] < frames
-                && p.try_send(FrameType::Data, &payload(ch, self.next[ch]))
+                && p.try_send(frame_type(self.next[ch]), &payload(ch, self.next[ch]))
                     .is_ok()
             {
                 self.next[ch] += 1;
@@ -97,7 +107,8 @@ impl Side {
             let (seq, ended) = (&mut self.seq[ch], &mut self.ended[ch]);
             let n = c
                 .poll(64, |f| match f.frame_type() {
-                    FrameType::Data => {
+                    FrameType::Data | FrameType::Watermark | FrameType::Barrier => {
+                        assert_eq!(f.frame_type(), frame_type(*seq), "channel {ch} frame {seq}");
                         assert_eq!(
                             f.payload(),
                             &payload(ch, *seq)[..],
