@@ -9,6 +9,7 @@ use spate::minicluster::{JobResult, JobStatus, MiniCluster};
 use spate_dataplane::idle::IdleStrategyKind;
 use spate_dataplane::operator::keyed::{Context, KeyedProcessFunction, TimeDomain};
 use spate_dataplane::operator::source::Pace;
+use spate_dataplane::operator::{Operator, Output};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -134,6 +135,48 @@ fn the_final_watermark_crosses_rings_and_fires_event_time_timers() {
             "p={p}"
         );
     }
+}
+
+/// An operator of a user's own: scales records, and counts the watermarks it saw,
+/// emitting the count at the end of input.
+#[derive(Clone)]
+struct ScaleAndCount {
+    factor: u64,
+    watermarks: u64,
+}
+
+impl Operator for ScaleAndCount {
+    type In = u64;
+    type Out = u64;
+    fn process(&mut self, batch: &mut Vec<u64>, out: &mut Output<'_, u64>) {
+        out.extend(batch.drain(..).map(|x| x * self.factor));
+    }
+    fn on_watermark(&mut self, wm: u64, out: &mut Output<'_, u64>) {
+        self.watermarks += 1;
+        out.watermark(wm);
+    }
+    fn on_end_of_input(&mut self, out: &mut Output<'_, u64>) {
+        out.collect(1_000_000 + self.watermarks);
+    }
+}
+
+#[test]
+fn transform_runs_an_operator_of_ones_own_with_its_hooks() {
+    let env = StreamExecutionEnvironment::new("transform");
+    let out = Arc::new(Mutex::new(Vec::new()));
+    env.from_collection((1..=5u64).collect())
+        .transform(
+            "Scale",
+            ScaleAndCount {
+                factor: 10,
+                watermarks: 0,
+            },
+        )
+        .collect(out.clone());
+    let r = run(&env, None, 1);
+    assert_eq!(r.status, JobStatus::Finished);
+    // One watermark (the end of time) reached it before the end of input.
+    assert_eq!(*out.lock().unwrap(), [10, 20, 30, 40, 50, 1_000_001]);
 }
 
 #[test]

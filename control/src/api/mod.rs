@@ -251,6 +251,18 @@ impl<T: Data> DataStream<T> {
         self.then("Map", build, None)
     }
 
+    /// Applies an operator of your own (Flink's `transform`): each subtask runs a clone
+    /// of `op`, a batch at a time, with its hooks for watermarks, barriers and the end
+    /// of input.
+    pub fn transform<Op>(&self, name: &str, op: Op) -> DataStream<Op::Out>
+    where
+        Op: Operator<In = T> + Clone + Send + Sync,
+        Op::Out: Data,
+    {
+        let build = Build::Operator(Arc::new(move |_, d| chained(op.clone(), d)));
+        self.then(name, build, None)
+    }
+
     /// Keeps the records for which `f` is true.
     pub fn filter<F>(&self, f: F) -> DataStream<T>
     where
