@@ -77,7 +77,7 @@ mod region;
 #[cfg(not(loom))]
 pub use region::{Region, RegionKind, SHM_DIR};
 
-use mem::RingMem;
+use mem::{range_within, RingMem};
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
@@ -353,17 +353,19 @@ impl Ring {
         max_payload(self.capacity)
     }
 
-    /// Takes the producer half. Fails if it was taken before, here or in another process.
+    /// Takes the producer half. Fails if it was taken before, here or in another process,
+    /// or if the positions in the header break the ring's invariants.
     pub fn producer(&self) -> Result<Producer, RingError> {
+        let (tail, head) = self.positions()?;
         self.take(Role::Producer)?;
         Ok(Producer {
             mem: self.mem.clone(),
             mask: self.capacity as u64 - 1,
             capacity: self.capacity as u64,
             max_payload: self.max_payload(),
-            tail: self.mem.header(OFF_PRODUCER + ROLE_POSITION).load(Relaxed),
-            published: self.mem.header(OFF_PRODUCER + ROLE_POSITION).load(Relaxed),
-            head_cache: self.mem.header(OFF_CONSUMER + ROLE_POSITION).load(Acquire),
+            tail,
+            published: tail,
+            head_cache: head,
             pending_header: 0,
             pending_off: 0,
             broken: false,
@@ -371,10 +373,11 @@ impl Ring {
         })
     }
 
-    /// Takes the consumer half. Fails if it was taken before, here or in another process.
+    /// Takes the consumer half. Fails if it was taken before, here or in another process,
+    /// or if the positions in the header break the ring's invariants.
     pub fn consumer(&self) -> Result<Consumer, RingError> {
+        let (_, head) = self.positions()?;
         self.take(Role::Consumer)?;
-        let head = self.mem.header(OFF_CONSUMER + ROLE_POSITION).load(Relaxed);
         Ok(Consumer {
             mem: self.mem.clone(),
             mask: self.capacity as u64 - 1,
@@ -385,6 +388,20 @@ impl Ring {
             broken: false,
             _not_sync: PhantomData,
         })
+    }
+
+    /// The producer's published position and the consumer's released one, each loaded
+    /// once and checked (see [`check_positions`]): a half starts from them, and every
+    /// offset it computes later derives from them, so they are never used unchecked.
+    fn positions(&self) -> Result<(u64, u64), RingError> {
+        // Acquire: the producer starts from this as its cached `head`; the consumer's reads
+        // of the frames it released happen before the producer overwrites them (as in
+        // `Producer::refresh_head`).
+        let head = self.mem.header(OFF_CONSUMER + ROLE_POSITION).load(Acquire);
+        // Relaxed: a position, not a hand-off; the consumer finds frames by their headers.
+        let tail = self.mem.header(OFF_PRODUCER + ROLE_POSITION).load(Relaxed);
+        check_positions(tail, head, self.capacity)?;
+        Ok((tail, head))
     }
 
     fn take(&self, role: Role) -> Result<(), RingError> {
@@ -625,12 +642,7 @@ impl Ring {
         }
         let tail = probe.header(OFF_PRODUCER + ROLE_POSITION).load(Relaxed);
         let head = probe.header(OFF_CONSUMER + ROLE_POSITION).load(Relaxed);
-        if head > tail || tail - head > cap as u64 {
-            return Err(RingError::Corrupt {
-                position: head,
-                reason: "consumer position outside the producer's range",
-            });
-        }
+        check_positions(tail, head, cap)?;
         Ok(Self {
             mem: RingMem::new(region, cap),
             capacity: cap,
@@ -648,6 +660,30 @@ impl Ring {
     }
 }
 
+/// Positions at or past this are corrupt: a ring would have to carry 2^63 bytes (years
+/// at memory bandwidth) to get there. Keeping positions below it means the position
+/// arithmetic of a half (always `position + frame size`) cannot overflow.
+const MAX_POSITION: u64 = 1 << 63;
+
+/// Checks a pair of positions read from the header, from any peer: both multiples of the
+/// frame alignment (data words are read at `position & mask`, which must be aligned),
+/// `head <= tail <= head + capacity`, and below [`MAX_POSITION`].
+fn check_positions(tail: u64, head: u64, capacity: usize) -> Result<(), RingError> {
+    let reason = if head > tail || tail - head > capacity as u64 {
+        "consumer position outside the producer's range"
+    } else if !tail.is_multiple_of(FRAME_ALIGN as u64) || !head.is_multiple_of(FRAME_ALIGN as u64) {
+        "position not a multiple of the frame alignment"
+    } else if tail >= MAX_POSITION {
+        "position past the largest a ring reaches"
+    } else {
+        return Ok(());
+    };
+    Err(RingError::Corrupt {
+        position: head,
+        reason,
+    })
+}
+
 fn section(role: Role) -> usize {
     match role {
         Role::Producer => OFF_PRODUCER,
@@ -660,7 +696,8 @@ fn peer_state(mem: &RingMem, section: usize, now_ns: u64, timeout_ns: u64) -> Pe
         STATE_VACANT => PeerState::NotAttached,
         STATE_ATTACHED => {
             let pid = mem.header(section + ROLE_PID).load(Relaxed);
-            if pid != 0 && !crate::sys::pid_alive(pid as u32) {
+            // A pid that does not fit a pid is no process (not truncated into another's).
+            if pid != 0 && !u32::try_from(pid).is_ok_and(crate::sys::pid_alive) {
                 return PeerState::Gone;
             }
             let beat = mem.header(section + ROLE_HEARTBEAT).load(Relaxed);
@@ -737,9 +774,12 @@ impl Producer {
         let pad = if size > to_end { to_end } else { 0 };
         // The frame, the padding before it, and the zero-ahead word after it.
         let need = (pad + size + FRAME_HEADER_LEN) as u64;
-        if self.tail + need - self.head_cache > self.capacity {
+        // Occupancy first: `head_cache <= published <= tail` (checked when the half was
+        // taken and on every refresh), so nothing here wraps, whatever the positions.
+        debug_assert!(self.head_cache <= self.tail);
+        if self.tail - self.head_cache + need > self.capacity {
             self.refresh_head()?;
-            if self.tail + need - self.head_cache > self.capacity {
+            if self.tail - self.head_cache + need > self.capacity {
                 return Err(ClaimError::Full);
             }
         }
@@ -883,10 +923,14 @@ impl Claim<'_> {
     /// Copies `src` into the payload at `at`.
     ///
     /// # Panics
-    /// If `at + src.len()` exceeds the claimed length (a caller bug, not peer input).
+    /// If `at..at + src.len()` is not within the claimed length (a caller bug, not peer
+    /// input). Decided without overflow: a huge `at` does not wrap into a passing check.
     #[inline(always)]
     pub fn write(&mut self, at: usize, src: &[u8]) {
-        assert!(at + src.len() <= self.len, "write past the claimed frame");
+        assert!(
+            range_within(at, src.len(), self.len),
+            "write past the claimed frame"
+        );
         // SAFETY: the claimed range lies within [tail, tail + size), which the space check
         // in `try_claim` proved free: the consumer does not read it until it is published.
         unsafe {
@@ -920,14 +964,13 @@ impl Claim<'_> {
     /// The payload, to be written in place.
     #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `write`: the range is owned by the producer until published, and
-        // the returned borrow ends before `commit` (which consumes the claim).
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.producer.mem.data_ptr(self.off + FRAME_HEADER_LEN),
-                self.len,
-            )
-        }
+        let off = self.off + FRAME_HEADER_LEN;
+        // `try_claim` placed the whole frame before the end of the data area.
+        debug_assert!(range_within(off, self.len, self.producer.capacity()));
+        // SAFETY: in bounds (argued above); as in `write`, the range is owned by the
+        // producer until published, and the returned borrow ends before `commit` (which
+        // consumes the claim).
+        unsafe { std::slice::from_raw_parts_mut(self.producer.mem.data_ptr(off), self.len) }
     }
 }
 
@@ -1123,8 +1166,10 @@ impl<'a> Frame<'a> {
     /// The payload, in place.
     #[inline(always)]
     pub fn payload(&self) -> &'a [u8] {
-        // SAFETY: the frame was acquired and is not released while the consumer is
-        // borrowed for 'a, so the bytes are stable and in bounds.
+        // In bounds: `try_read` refused a frame reaching past the end of the data area.
+        debug_assert!(range_within(self.off, self.len, self.mem.capacity()));
+        // SAFETY: in bounds (argued above); the frame was acquired and is not released
+        // while the consumer is borrowed for 'a, so the bytes are stable.
         unsafe { std::slice::from_raw_parts(self.mem.data_ptr(self.off), self.len) }
     }
 }

@@ -565,3 +565,90 @@ fn unread_puts_the_last_frame_back() {
     c.unread(); // nothing released is ever read again
     assert!(c.try_read().unwrap().is_none());
 }
+
+/// Regression: `Claim::write` checked `at + src.len() <= len`, which wraps in release
+/// builds (`at = usize::MAX` passed the check and wrote before the frame). The check must
+/// reject the range itself, not rely on debug builds' overflow panic.
+#[test]
+#[should_panic(expected = "write past the claimed frame")]
+fn a_claim_write_whose_range_wraps_is_refused() {
+    let (mut p, _c) = Ring::anonymous(1024).unwrap();
+    let mut claim = p.try_claim(16, FrameType::Data).unwrap();
+    claim.write(usize::MAX, &[1, 2]);
+}
+
+#[test]
+fn claim_write_takes_exactly_the_claimed_range() {
+    let (mut p, mut c) = Ring::anonymous(1024).unwrap();
+    let mut claim = p.try_claim(16, FrameType::Data).unwrap();
+    claim.write(0, &[1; 8]);
+    claim.write(8, &[2; 8]);
+    claim.write(16, &[]);
+    claim.commit();
+    p.publish();
+    let mut want = vec![1; 8];
+    want.extend([2; 8]);
+    assert_eq!(read_one(&mut c).unwrap().1, want);
+    let past = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut claim = p.try_claim(16, FrameType::Data).unwrap();
+        claim.write(9, &[3; 8]);
+    }));
+    assert!(past.is_err(), "a write one byte past the frame must panic");
+}
+
+/// A half starts from the positions in the header, which the peer (or whoever had the
+/// file before) may have written: they are checked when the half is taken, so that no
+/// data word is ever read at a misaligned offset and no position arithmetic wraps.
+#[test]
+fn halves_refuse_to_start_from_forged_positions() {
+    let forge = |tail: u64, head: u64| {
+        let ring = Ring::memfd("spate-test-positions", 1024).unwrap();
+        ring.mem
+            .header(OFF_PRODUCER + ROLE_POSITION)
+            .store(tail, Relaxed);
+        ring.mem
+            .header(OFF_CONSUMER + ROLE_POSITION)
+            .store(head, Relaxed);
+        let attached = Ring::attach_file(&ring.memfd_path().unwrap()).map(|_| ());
+        let p = ring.producer().map(|_| ());
+        let c = ring.consumer().map(|_| ());
+        (attached, p, c)
+    };
+    for (tail, head, why) in [
+        (3, 0, "alignment"),
+        (16, 12, "alignment"),
+        (8, 16, "range"),
+        (4096, 0, "range"),
+        (1 << 63, 1 << 63, "largest"),
+        (u64::MAX - 7, u64::MAX - 15, "largest"),
+    ] {
+        let (attached, p, c) = forge(tail, head);
+        for r in [attached, p, c] {
+            match r {
+                Err(RingError::Corrupt { reason, .. }) => {
+                    assert!(reason.contains(why), "{tail} {head}: {reason}")
+                }
+                other => panic!("tail {tail} head {head}: {other:?}"),
+            }
+        }
+    }
+    // Positions a live ring has are taken up where they are.
+    let (attached, p, c) = forge(4096 + 64, 4096);
+    assert!(attached.is_ok() && p.is_ok() && c.is_ok());
+}
+
+#[test]
+fn range_checks_reject_ranges_that_wrap() {
+    use super::mem::range_within;
+    assert!(range_within(0, 16, 16));
+    assert!(range_within(16, 0, 16));
+    assert!(range_within(8, 8, 16));
+    assert!(!range_within(9, 8, 16));
+    assert!(!range_within(17, 0, 16));
+    assert!(!range_within(0, 17, 16));
+    // Each of these wraps to a small end in unchecked arithmetic.
+    assert!(!range_within(usize::MAX, 2, 16));
+    assert!(!range_within(2, usize::MAX, 16));
+    assert!(!range_within(usize::MAX - 7, 16, 16));
+    assert!(!range_within(usize::MAX, usize::MAX, usize::MAX));
+}
