@@ -987,7 +987,7 @@ pub struct Consumer {
     head: u64,
     /// Position after the last frame read. Only touched by the consuming thread.
     read: u64,
-    /// Where the last frame returned by `try_read` starts.
+    /// Where the frame returned by the last `try_read` starts; `read` if it returned none.
     last: u64,
     /// Close as broken rather than closed (see `break_off`).
     broken: bool,
@@ -1009,6 +1009,8 @@ impl Consumer {
             // Acquire: pairs with the producer's release in `publish`.
             let header = self.mem.word(off).load(Acquire);
             if header == 0 {
+                // Nothing was returned, so there is nothing for `unread` to put back.
+                self.last = self.read;
                 return Ok(None);
             }
             let len = (header & 0xffff_ffff) as usize;
@@ -1054,7 +1056,7 @@ impl Consumer {
 
     /// Puts back the frame the last `try_read` returned, so that the next `try_read`
     /// returns it again (for a reader that found it could not take it yet). Has no
-    /// effect on frames already released.
+    /// effect after a `try_read` that returned no frame, nor on frames already released.
     pub fn unread(&mut self) {
         self.read = self.last.max(self.head);
     }

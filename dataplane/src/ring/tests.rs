@@ -652,3 +652,30 @@ fn range_checks_reject_ranges_that_wrap() {
     assert!(!range_within(usize::MAX - 7, 16, 16));
     assert!(!range_within(usize::MAX, usize::MAX, usize::MAX));
 }
+
+/// Regression: `unread` after a `try_read` that found nothing put back the frame read
+/// before it, which was then delivered twice.
+#[test]
+fn unread_after_an_empty_read_puts_nothing_back() {
+    let (mut p, mut c) = Ring::anonymous(256).unwrap();
+    p.try_send(FrameType::Data, b"one").unwrap();
+    assert_eq!(read_one(&mut c).unwrap().1, b"one");
+    assert!(c.try_read().unwrap().is_none());
+    c.unread();
+    assert!(
+        c.try_read().unwrap().is_none(),
+        "the frame before came back"
+    );
+    p.try_send(FrameType::Data, b"two").unwrap();
+    assert_eq!(read_one(&mut c).unwrap().1, b"two");
+    // Unread after a frame still puts that frame back, also across padding.
+    c.unread();
+    assert_eq!(read_one(&mut c).unwrap().1, b"two");
+    c.release();
+    advance(&mut p, &mut c, 256 - 48);
+    p.try_send(FrameType::Data, &[7; 40]).unwrap(); // wraps: padding first
+    assert_eq!(read_one(&mut c).unwrap().1, [7; 40]);
+    assert!(c.try_read().unwrap().is_none());
+    c.unread();
+    assert!(c.try_read().unwrap().is_none());
+}
