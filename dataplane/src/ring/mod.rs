@@ -68,6 +68,37 @@
 //!
 //! Nothing the peer writes is trusted: a header word or position that breaks the
 //! invariants is reported as [`RingError::Corrupt`], never followed.
+//!
+//! # Trust boundary
+//!
+//! A ring is shared only between processes of one user: ring files are created with mode
+//! 0600, and a memfd ring is reached through `/proc/<pid>/fd/<fd>`, which only the
+//! creator's user (or root) may open. Within that boundary the other side is not trusted
+//! to be correct. A peer with write access to the mapping, buggy or hostile,
+//!
+//! - **can** corrupt what the ring carries: payloads (even while they are read, so a
+//!   payload is decoded as untrusted input that may change under its reader), frame
+//!   headers, both positions, and the state, pid and heartbeat words. What breaks the
+//!   ring's invariants is reported, never followed: a frame header, or the positions a
+//!   half starts from, as [`RingError::Corrupt`]; a consumer position out of range, to
+//!   the producer, as [`ClaimError::Corrupt`]. A well-formed forged frame is delivered as
+//!   data: the ring moves bytes, it does not authenticate them. The peer can also stall
+//!   (backpressure without end) or claim to be alive or closed when it is not.
+//! - **cannot** make the safe API read or write outside the mapping: every data offset
+//!   is a position masked into the data area; every length read from the peer is checked
+//!   against the room before the end of the data area, without arithmetic that could
+//!   wrap, before a slice is formed; and positions are checked (aligned, in range, far
+//!   from overflow) before a half starts from them.
+//!
+//! One way out is left to a peer, for rings in a named file (`/dev/shm`): truncating the
+//! file. An access to the mapping past the file's new end is a SIGBUS, which ends the
+//! process. The file's length is checked against header + capacity on attach, and
+//! [`Ring::open_shm`] removes the name as soon as both sides have the ring mapped, so only
+//! a process that opened the file while it had a name can still truncate it. It is not
+//! checked again later: an `fstat` on the cold paths (liveness checks) would cost a
+//! descriptor per ring and still lose the race against the hot path, which touches the
+//! mapping every poll. memfd rings are sealed against shrinking and growing once sized
+//! (see `Region::memfd`): no one can truncate them.
 #![allow(unsafe_code)]
 
 pub(crate) mod mem;

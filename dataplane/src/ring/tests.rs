@@ -679,3 +679,38 @@ fn unread_after_an_empty_read_puts_nothing_back() {
     c.unread();
     assert!(c.try_read().unwrap().is_none());
 }
+
+/// A memfd ring cannot be resized once sized, by anyone holding it: truncating it after
+/// the other side mapped it would make that side's next access a SIGBUS.
+#[test]
+fn memfd_rings_are_sealed_against_resizing() {
+    let ring = Ring::memfd("spate-test-sealed", 4096).unwrap();
+    let RegionKind::Memfd(fd) = ring.region().kind() else {
+        panic!("not a memfd: {:?}", ring.region().kind());
+    };
+    let mine = std::fs::File::from(fd.try_clone().unwrap());
+    // The way a peer reaches it: by the /proc path, opened for writing.
+    let theirs = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(ring.memfd_path().unwrap())
+        .unwrap();
+    let len = (HEADER_LEN + 4096) as u64;
+    for f in [&mine, &theirs] {
+        for to in [0, HEADER_LEN as u64, len - 1, len + 1, 2 * len] {
+            let e = f.set_len(to).unwrap_err();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EPERM),
+                "ftruncate to {to}: {e}"
+            );
+        }
+        assert_eq!(f.metadata().unwrap().len(), len);
+    }
+    // Still a ring, still attachable.
+    let other = Ring::attach_file(&ring.memfd_path().unwrap()).unwrap();
+    let mut p = ring.producer().unwrap();
+    let mut c = other.consumer().unwrap();
+    p.try_send(FrameType::Data, b"sealed").unwrap();
+    assert_eq!(read_one(&mut c).unwrap().1, b"sealed");
+}
