@@ -21,6 +21,12 @@ pub fn current_cpu() -> Option<usize> {
     usize::try_from(cpu).ok()
 }
 
+/// The effective user id of this process: the owner of the files it creates.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes no arguments, cannot fail, and only reads process state.
+    unsafe { libc::geteuid() }
+}
+
 /// This process's id.
 pub fn pid() -> u32 {
     std::process::id()

@@ -72,8 +72,9 @@
 //! # Trust boundary
 //!
 //! A ring is shared only between processes of one user: ring files are created with mode
-//! 0600, and a memfd ring is reached through `/proc/<pid>/fd/<fd>`, which only the
-//! creator's user (or root) may open. Within that boundary the other side is not trusted
+//! 0600 and refused on attach when another user owns them ([`RingError::ForeignOwner`]),
+//! and a memfd ring is reached through `/proc/<pid>/fd/<fd>`, which only the creator's
+//! user (or root) may open. Within that boundary the other side is not trusted
 //! to be correct. A peer with write access to the mapping, buggy or hostile,
 //!
 //! - **can** corrupt what the ring carries: payloads (even while they are read, so a
@@ -228,6 +229,17 @@ pub enum RingError {
     /// Capacity outside `MIN_CAPACITY..=MAX_CAPACITY`.
     #[error("ring capacity {0} is outside {MIN_CAPACITY}..={MAX_CAPACITY}")]
     CapacityOutOfRange(u64),
+    /// The file belongs to another user: rings are shared between processes of one user.
+    #[error(
+        "ring file is owned by uid {owner}, not by this process's user (uid {euid}); rings \
+         are shared only between processes of one user"
+    )]
+    ForeignOwner {
+        /// The file's owner.
+        owner: u32,
+        /// This process's effective user id.
+        euid: u32,
+    },
     /// The file is shorter than a ring header.
     #[error("not a ring: file is {len} bytes, shorter than the {HEADER_LEN}-byte ring header")]
     Truncated {
@@ -508,20 +520,38 @@ impl Ring {
     }
 
     /// Attaches to the ring file at `path`. A file that is not a ring of this layout
-    /// version is refused with an error that says why; it is never read as one.
+    /// version, or that another user owns, is refused with an error that says why; it is
+    /// never read as one.
     pub fn attach_file(path: &std::path::Path) -> Result<Self, RingError> {
+        let file = Self::open_ring_file(path)?;
+        let region = Region::map_file(&file, path)
+            .map_err(io_err(format!("mapping ring file {}", path.display())))?;
+        Self::validate(std::sync::Arc::new(region))
+    }
+
+    /// Opens a ring file for attaching, after the checks that need no mapping: it is
+    /// owned by this process's user (the trust boundary; a file another user placed
+    /// under the name is refused) and holds at least a ring header.
+    fn open_ring_file(path: &std::path::Path) -> Result<std::fs::File, RingError> {
+        use std::os::unix::fs::MetadataExt;
         let what = || format!("opening ring file {}", path.display());
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(io_err(what()))?;
-        let len = file.metadata().map_err(io_err(what()))?.len();
-        if len < HEADER_LEN as u64 {
-            return Err(RingError::Truncated { len });
+        let meta = file.metadata().map_err(io_err(what()))?;
+        let euid = crate::sys::euid();
+        if meta.uid() != euid {
+            return Err(RingError::ForeignOwner {
+                owner: meta.uid(),
+                euid,
+            });
         }
-        let region = Region::map_file(&file, path).map_err(io_err(what()))?;
-        Self::validate(std::sync::Arc::new(region))
+        if meta.len() < HEADER_LEN as u64 {
+            return Err(RingError::Truncated { len: meta.len() });
+        }
+        Ok(file)
     }
 
     /// The shared-memory ring `name`, created with `capacity` if it does not exist yet,
@@ -559,21 +589,7 @@ impl Ring {
                         if source.kind() == std::io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(e),
                 }
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_err(format!("opening ring file {}", path.display())))?;
-                let len = file
-                    .metadata()
-                    .map_err(io_err(format!("opening ring file {}", path.display())))?
-                    .len();
-                if len < HEADER_LEN as u64 {
-                    return Err(RingError::Truncated { len });
-                }
-                let region = Region::map_file(&file, &path)
-                    .map_err(io_err(format!("mapping ring file {}", path.display())))?;
-                Self::validate(std::sync::Arc::new(region))
+                Self::attach_file(&path)
             })();
             match attempt {
                 Ok(r) if r.capacity == capacity => {

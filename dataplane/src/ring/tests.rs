@@ -714,3 +714,30 @@ fn memfd_rings_are_sealed_against_resizing() {
     p.try_send(FrameType::Data, b"sealed").unwrap();
     assert_eq!(read_one(&mut c).unwrap().1, b"sealed");
 }
+
+/// Rings are shared between processes of one user: a ring file owned by another user
+/// (one that user placed under the name first, say) is refused, not attached.
+#[test]
+fn a_ring_file_owned_by_another_user_is_refused() {
+    if crate::sys::euid() != 0 {
+        eprintln!("skipped: making a file owned by another user needs root");
+        return;
+    }
+    let name = unique("foreign");
+    let path = write_file(&name, &good_header(1024));
+    let _g = Unlink(path.clone());
+    Ring::attach_file(&path).unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    for r in [
+        Ring::attach_file(&path),
+        Ring::open_shm(&name, 1024, std::time::Duration::from_millis(20)),
+    ] {
+        match r {
+            Err(e @ RingError::ForeignOwner { owner: 65534, .. }) => {
+                assert!(e.to_string().contains("uid 65534"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(path.exists(), "someone else's file is left alone");
+}
