@@ -4,7 +4,8 @@
 //! Ping-pong: one round trip of a 64-byte frame, timed with the TSC; one-way = RTT / 2.
 //! Variants run interleaved in rounds so that a change in the host's core-to-core time
 //! (the vCPUs move) hits them all alike. Streaming: 64-byte frames one way, first send to
-//! last receive.
+//! last receive. Park: how long a 10 µs `park_timeout` really sleeps with the kernel's
+//! default timer slack and with the slack slot threads set (the p50 column is the sleep).
 #![allow(unsafe_code)]
 
 use crate::clock::{ticks, Clock};
@@ -19,7 +20,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Payload bytes per frame.
 pub const FRAME: usize = 64;
@@ -571,6 +572,35 @@ pub fn child_main(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- park
+
+/// The park asked for: a short idle park, as `park:10us` or a backoff's first steps.
+const PARK: Duration = Duration::from_micros(10);
+/// Parks measured per slack per round.
+const PARK_SAMPLES: u64 = 2_000;
+/// The kernel's default timer slack.
+const DEFAULT_TIMER_SLACK_NS: u64 = 50_000;
+
+/// Records how long [`PARK`] really sleeps on a thread pinned to `core` whose timer slack
+/// is `slack_ns`.
+fn park_sleep(slack_ns: u64, core: usize, clock: &Clock, h: &mut Histogram<u64>) -> Result<()> {
+    let clock = *clock;
+    let sleeps = spawn_pinned(core, move || -> Result<Histogram<u64>> {
+        spate_dataplane::sys::set_timer_slack_ns(slack_ns)?;
+        let mut h = crate::report::histogram();
+        for _ in 0..PARK_SAMPLES {
+            let t0 = ticks();
+            std::thread::park_timeout(PARK);
+            let _ = h.record(clock.ns(ticks() - t0));
+        }
+        Ok(h)
+    })
+    .join()
+    .map_err(|_| anyhow!("park thread panicked"))??;
+    h.add(&sleeps)?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------- driver
 
 /// Runs every variant and returns the rows.
@@ -587,6 +617,8 @@ pub fn run(p: &Params) -> Result<Vec<Row>> {
     let mut aq_t = histogram();
     let mut floor_p = histogram();
     let mut spate_p = histogram();
+    let mut park_default = histogram();
+    let mut park_least = histogram();
     let mut floor_first = histogram();
     let mut floor_last = histogram();
     let mut rates: Vec<(&str, &str, f64)> = Vec::new();
@@ -632,6 +664,13 @@ pub fn run(p: &Params) -> Result<Vec<Row>> {
             "spate",
             spate_stream_processes(frames, p, 1)?,
         );
+        park_sleep(DEFAULT_TIMER_SLACK_NS, p.cores.1, &clock, &mut park_default)?;
+        park_sleep(
+            spate_dataplane::sys::PARKING_TIMER_SLACK_NS,
+            p.cores.1,
+            &clock,
+            &mut park_least,
+        )?;
     }
     eprintln!(
         "core-to-core one-way (floor p50): {} ns in the first round, {} ns in the last",
@@ -645,6 +684,8 @@ pub fn run(p: &Params) -> Result<Vec<Row>> {
         Row::latency("pingpong_threads", "arrayqueue", &aq_t),
         Row::latency("pingpong_processes", "floor", &floor_p),
         Row::latency("pingpong_processes", "spate", &spate_p),
+        Row::latency("park_10us", "slack_50us", &park_default),
+        Row::latency("park_10us", "slack_1ns", &park_least),
     ];
     rows.extend(rates.into_iter().map(|(t, i, r)| Row::rate(t, i, r)));
     Ok(rows)
