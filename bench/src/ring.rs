@@ -5,6 +5,15 @@
 //! Variants run interleaved in rounds so that a change in the host's core-to-core time
 //! (the vCPUs move) hits them all alike. Streaming: 64-byte frames one way, first send to
 //! last receive.
+//!
+//! Timed windows hold steady state only: the clock is calibrated before the first one;
+//! every thread and process is started, pinned and attached before one opens (threads
+//! meet at a spinning barrier; a child process proves it by answering); and ping-pong
+//! first makes untimed round trips over a whole lap of its buffer, so that page faults
+//! and cold lines stay out of the max column.
+//!
+//! Park: how long a 10 µs `park_timeout` really sleeps with the kernel's
+//! default timer slack and with the slack slot threads set (the p50 column is the sleep).
 #![allow(unsafe_code)]
 
 use crate::clock::{ticks, Clock};
@@ -18,8 +27,8 @@ use std::hint::spin_loop;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Payload bytes per frame.
 pub const FRAME: usize = 64;
@@ -60,6 +69,81 @@ fn spawn_pinned<T: Send + 'static>(
     })
 }
 
+/// A one-use barrier whose parties spin: none of them is asleep (and still waking up)
+/// when another leaves it and opens a timed window, as with `std::sync::Barrier`.
+struct SpinBarrier {
+    arrived: CachePadded<AtomicU64>,
+    parties: u64,
+}
+
+impl SpinBarrier {
+    fn new(parties: u64) -> Arc<Self> {
+        Arc::new(Self {
+            arrived: CachePadded::new(AtomicU64::new(0)),
+            parties,
+        })
+    }
+
+    /// Arrives and spins until every party has.
+    fn wait(&self) {
+        // AcqRel/Acquire: what each party did before arriving (pinning, setting up)
+        // happens before any party leaves.
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        while self.arrived.load(Ordering::Acquire) < self.parties {
+            spin_loop();
+        }
+    }
+
+    /// As `wait`, for the side that spawned `other`: fails instead of spinning for ever
+    /// if `other` ended (panicked) before arriving.
+    fn wait_for<T>(&self, other: &std::thread::JoinHandle<T>) -> Result<()> {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        while self.arrived.load(Ordering::Acquire) < self.parties {
+            if other.is_finished() {
+                bail!("benchmark thread ended before reaching the barrier");
+            }
+            spin_loop();
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` on a thread pinned to `core` once the caller has met it, pinned and running,
+/// at a barrier.
+fn spawn_pinned_and_meet<T: Send + 'static>(
+    core: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>> {
+    let barrier = SpinBarrier::new(2);
+    let b2 = barrier.clone();
+    let handle = spawn_pinned(core, move || {
+        b2.wait();
+        f()
+    });
+    barrier.wait_for(&handle)?;
+    Ok(handle)
+}
+
+/// Untimed round trips before the timed ones: two laps of every implementation's
+/// ping-pong buffer (PINGPONG_SLOTS slots, or the same bytes of ring), so that its pages
+/// are faulted in and its lines are warm; for a child process, the first of them is also
+/// what shows that it has started, pinned itself and attached.
+const WARMUP_ROUND_TRIPS: u64 = 2 * PINGPONG_SLOTS as u64;
+
+/// Makes the warm-up round trips, then `n` timed ones (one-way = round trip / 2).
+/// `round_trip(i)` sends message `i` and waits for its echo; the echo side answers
+/// `WARMUP_ROUND_TRIPS + n` messages.
+fn round_trips(n: u64, clock: &Clock, h: &mut Histogram<u64>, mut round_trip: impl FnMut(u64)) {
+    for i in 0..WARMUP_ROUND_TRIPS {
+        round_trip(i);
+    }
+    for i in WARMUP_ROUND_TRIPS..WARMUP_ROUND_TRIPS + n {
+        let t0 = ticks();
+        round_trip(i);
+        let _ = h.record(clock.ns(ticks() - t0) / 2);
+    }
+}
+
 fn spin_send(p: &mut Producer, payload: &[u8]) {
     loop {
         match p.try_claim(payload.len(), FrameType::Data) {
@@ -78,11 +162,15 @@ fn spin_send(p: &mut Producer, payload: &[u8]) {
 // ---------------------------------------------------------------- ping-pong, threads
 
 /// One cache line bounced between the two pinned cores: the hardware floor.
+///
+/// # Panics
+/// If the echo thread does (it cannot: it only spins on the line).
 pub fn floor_pingpong(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>) {
     let line = Arc::new(CachePadded::new(AtomicU64::new(0)));
     let l2 = line.clone();
-    let echo = spawn_pinned(p.cores.1, move || {
-        for i in 0..n {
+    let total = WARMUP_ROUND_TRIPS + n;
+    let echo = spawn_pinned_and_meet(p.cores.1, move || {
+        for i in 0..total {
             // Acquire/Release: the "message" is the value itself; orderings mirror a
             // real hand-off so the floor costs what one would.
             while l2.load(Ordering::Acquire) != 2 * i + 1 {
@@ -90,16 +178,17 @@ pub fn floor_pingpong(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>)
             }
             l2.store(2 * i + 2, Ordering::Release);
         }
-    });
-    for i in 0..n {
-        let t0 = ticks();
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    round_trips(n, clock, h, |i| {
         line.store(2 * i + 1, Ordering::Release);
         while line.load(Ordering::Acquire) != 2 * i + 2 {
             spin_loop();
         }
-        let _ = h.record(clock.ns(ticks() - t0) / 2);
+    });
+    if echo.join().is_err() {
+        panic!("echo thread panicked");
     }
-    let _ = echo.join();
 }
 
 fn echo_ring(n: u64, rx: &mut Consumer, tx: &mut Producer) {
@@ -130,37 +219,36 @@ fn echo_ring(n: u64, rx: &mut Consumer, tx: &mut Producer) {
     }
 }
 
-fn ping_ring(n: u64, tx: &mut Producer, rx: &mut Consumer, clock: &Clock, h: &mut Histogram<u64>) {
+/// Sends message `i` on `tx` and waits for its echo on `rx`.
+fn ring_round_trip(tx: &mut Producer, rx: &mut Consumer, i: u64) {
     let mut msg: Msg = [1; FRAME];
-    for i in 0..n {
-        msg[..8].copy_from_slice(&i.to_le_bytes());
-        let t0 = ticks();
-        spin_send(tx, &msg);
-        loop {
-            match rx.try_read() {
-                Ok(Some(_)) => break,
-                Ok(None) => spin_loop(),
-                Err(e) => panic!("{e}"),
-            }
+    msg[..8].copy_from_slice(&i.to_le_bytes());
+    spin_send(tx, &msg);
+    loop {
+        match rx.try_read() {
+            Ok(Some(_)) => break,
+            Ok(None) => spin_loop(),
+            Err(e) => panic!("{e}"),
         }
-        rx.release();
-        let _ = h.record(clock.ns(ticks() - t0) / 2);
     }
+    rx.release();
 }
 
 fn spate_pingpong(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>) -> Result<()> {
     let (mut a_tx, mut b_rx) = Ring::anonymous(PINGPONG_BYTES)?;
     let (mut b_tx, mut a_rx) = Ring::anonymous(PINGPONG_BYTES)?;
-    let echo = spawn_pinned(p.cores.1, move || echo_ring(n, &mut b_rx, &mut b_tx));
-    ping_ring(n, &mut a_tx, &mut a_rx, clock, h);
+    let total = WARMUP_ROUND_TRIPS + n;
+    let echo = spawn_pinned_and_meet(p.cores.1, move || echo_ring(total, &mut b_rx, &mut b_tx))?;
+    round_trips(n, clock, h, |i| ring_round_trip(&mut a_tx, &mut a_rx, i));
     echo.join().map_err(|_| anyhow!("echo thread panicked"))
 }
 
-fn rtrb_pingpong(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>) {
+fn rtrb_pingpong(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>) -> Result<()> {
     let (mut a_tx, mut b_rx) = rtrb::RingBuffer::<Msg>::new(PINGPONG_SLOTS);
     let (mut b_tx, mut a_rx) = rtrb::RingBuffer::<Msg>::new(PINGPONG_SLOTS);
-    let echo = spawn_pinned(p.cores.1, move || {
-        for _ in 0..n {
+    let total = WARMUP_ROUND_TRIPS + n;
+    let echo = spawn_pinned_and_meet(p.cores.1, move || {
+        for _ in 0..total {
             let m = loop {
                 if let Ok(m) = b_rx.pop() {
                     break m;
@@ -171,28 +259,27 @@ fn rtrb_pingpong(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>) {
                 spin_loop();
             }
         }
-    });
+    })?;
     let mut msg: Msg = [1; FRAME];
-    for i in 0..n {
+    round_trips(n, clock, h, |i| {
         msg[..8].copy_from_slice(&i.to_le_bytes());
-        let t0 = ticks();
         while a_tx.push(msg).is_err() {
             spin_loop();
         }
         while a_rx.pop().is_err() {
             spin_loop();
         }
-        let _ = h.record(clock.ns(ticks() - t0) / 2);
-    }
-    let _ = echo.join();
+    });
+    echo.join().map_err(|_| anyhow!("echo thread panicked"))
 }
 
-fn arrayqueue_pingpong(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>) {
+fn arrayqueue_pingpong(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>) -> Result<()> {
     let ab = Arc::new(ArrayQueue::<Msg>::new(PINGPONG_SLOTS));
     let ba = Arc::new(ArrayQueue::<Msg>::new(PINGPONG_SLOTS));
     let (ab2, ba2) = (ab.clone(), ba.clone());
-    let echo = spawn_pinned(p.cores.1, move || {
-        for _ in 0..n {
+    let total = WARMUP_ROUND_TRIPS + n;
+    let echo = spawn_pinned_and_meet(p.cores.1, move || {
+        for _ in 0..total {
             let m = loop {
                 if let Some(m) = ab2.pop() {
                     break m;
@@ -203,44 +290,38 @@ fn arrayqueue_pingpong(n: u64, p: &Params, clock: &Clock, h: &mut Histogram<u64>
                 spin_loop();
             }
         }
-    });
+    })?;
     let mut msg: Msg = [1; FRAME];
-    for i in 0..n {
+    round_trips(n, clock, h, |i| {
         msg[..8].copy_from_slice(&i.to_le_bytes());
-        let t0 = ticks();
         while ab.push(msg).is_err() {
             spin_loop();
         }
         while ba.pop().is_none() {
             spin_loop();
         }
-        let _ = h.record(clock.ns(ticks() - t0) / 2);
-    }
-    let _ = echo.join();
+    });
+    echo.join().map_err(|_| anyhow!("echo thread panicked"))
 }
 
 // ---------------------------------------------------------------- streaming, threads
 
-/// Runs `produce` on the second core and `consume` here, timed from the barrier to the
-/// consumer's last frame. Returns frames per second.
-fn stream<P, C>(n: u64, p: &Params, produce: P, consume: C) -> f64
+/// Runs `produce` on the second core and `consume` here, timed from the barrier (both
+/// threads pinned and spinning) to the consumer's last frame. Returns frames per second.
+fn stream<P, C>(n: u64, p: &Params, produce: P, consume: C) -> Result<f64>
 where
     P: FnOnce(u64) + Send + 'static,
     C: FnOnce(u64) -> u64,
 {
-    let barrier = Arc::new(Barrier::new(2));
-    let b2 = barrier.clone();
-    let producer = spawn_pinned(p.cores.1, move || {
-        b2.wait();
-        produce(n);
-    });
-    barrier.wait();
+    let producer = spawn_pinned_and_meet(p.cores.1, move || produce(n))?;
     let start = Instant::now();
     let got = consume(n);
     let secs = start.elapsed().as_secs_f64();
-    let _ = producer.join();
+    producer
+        .join()
+        .map_err(|_| anyhow!("producer thread panicked"))?;
     assert_eq!(got, n);
-    n as f64 / secs
+    Ok(n as f64 / secs)
 }
 
 fn spate_produce(tx: &mut Producer, n: u64, batch: usize) {
@@ -288,15 +369,15 @@ fn spate_consume(rx: &mut Consumer, n: u64) -> u64 {
 
 fn spate_stream(n: u64, p: &Params, batch: usize) -> Result<f64> {
     let (mut tx, mut rx) = Ring::anonymous(RING_BYTES)?;
-    Ok(stream(
+    stream(
         n,
         p,
         move |n| spate_produce(&mut tx, n, batch),
         |n| spate_consume(&mut rx, n),
-    ))
+    )
 }
 
-fn rtrb_stream(n: u64, p: &Params) -> f64 {
+fn rtrb_stream(n: u64, p: &Params) -> Result<f64> {
     let (mut tx, mut rx) = rtrb::RingBuffer::<Msg>::new(QUEUE_SLOTS);
     stream(
         n,
@@ -328,7 +409,7 @@ fn rtrb_stream(n: u64, p: &Params) -> f64 {
     )
 }
 
-fn rtrb_stream_chunked(n: u64, p: &Params) -> f64 {
+fn rtrb_stream_chunked(n: u64, p: &Params) -> Result<f64> {
     let (mut tx, mut rx) = rtrb::RingBuffer::<Msg>::new(QUEUE_SLOTS);
     stream(
         n,
@@ -375,7 +456,7 @@ fn rtrb_stream_chunked(n: u64, p: &Params) -> f64 {
     )
 }
 
-fn arrayqueue_stream(n: u64, p: &Params) -> f64 {
+fn arrayqueue_stream(n: u64, p: &Params) -> Result<f64> {
     let q = Arc::new(ArrayQueue::<Msg>::new(QUEUE_SLOTS));
     let q2 = q.clone();
     stream(
@@ -461,17 +542,16 @@ fn floor_pingpong_processes(
     let c = child(&[
         "floor-echo".into(),
         path.display().to_string(),
-        n.to_string(),
+        (WARMUP_ROUND_TRIPS + n).to_string(),
         p.cores.1.to_string(),
     ])?;
-    for i in 0..n {
-        let t0 = ticks();
+    // The first warm-up round trip waits for the child to start, pin itself and map.
+    round_trips(n, clock, h, |i| {
         line.word().store(2 * i + 1, Ordering::Release);
         while line.word().load(Ordering::Acquire) != 2 * i + 2 {
             spin_loop();
         }
-        let _ = h.record(clock.ns(ticks() - t0) / 2);
-    }
+    });
     wait_child(c)
 }
 
@@ -488,11 +568,12 @@ fn spate_pingpong_processes(
         "ring-echo".into(),
         Ring::shm_path(&ab)?.display().to_string(),
         Ring::shm_path(&ba)?.display().to_string(),
-        n.to_string(),
+        (WARMUP_ROUND_TRIPS + n).to_string(),
         p.cores.1.to_string(),
     ])?;
     let (mut tx, mut rx) = (ring_ab.producer()?, ring_ba.consumer()?);
-    ping_ring(n, &mut tx, &mut rx, clock, h);
+    // The first warm-up round trip waits for the child to start, pin itself and attach.
+    round_trips(n, clock, h, |i| ring_round_trip(&mut tx, &mut rx, i));
     wait_child(c)
 }
 
@@ -571,11 +652,41 @@ pub fn child_main(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- park
+
+/// The park asked for: a short idle park, as `park:10us` or a backoff's first steps.
+const PARK: Duration = Duration::from_micros(10);
+/// Parks measured per slack per round.
+const PARK_SAMPLES: u64 = 2_000;
+/// The kernel's default timer slack.
+const DEFAULT_TIMER_SLACK_NS: u64 = 50_000;
+
+/// Records how long [`PARK`] really sleeps on a thread pinned to `core` whose timer slack
+/// is `slack_ns`.
+fn park_sleep(slack_ns: u64, core: usize, clock: &Clock, h: &mut Histogram<u64>) -> Result<()> {
+    let clock = *clock;
+    let sleeps = spawn_pinned(core, move || -> Result<Histogram<u64>> {
+        spate_dataplane::sys::set_timer_slack_ns(slack_ns)?;
+        let mut h = crate::report::histogram();
+        for _ in 0..PARK_SAMPLES {
+            let t0 = ticks();
+            std::thread::park_timeout(PARK);
+            let _ = h.record(clock.ns(ticks() - t0));
+        }
+        Ok(h)
+    })
+    .join()
+    .map_err(|_| anyhow!("park thread panicked"))??;
+    h.add(&sleeps)?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------- driver
 
 /// Runs every variant and returns the rows.
 pub fn run(p: &Params) -> Result<Vec<Row>> {
     pin(p.cores.0);
+    // Before any timed window, on the core that times: no variant pays for it.
     let clock = Clock::calibrate();
     let rounds = p.rounds.max(1);
     let rt = (p.round_trips / rounds).max(1);
@@ -587,6 +698,8 @@ pub fn run(p: &Params) -> Result<Vec<Row>> {
     let mut aq_t = histogram();
     let mut floor_p = histogram();
     let mut spate_p = histogram();
+    let mut park_default = histogram();
+    let mut park_least = histogram();
     let mut floor_first = histogram();
     let mut floor_last = histogram();
     let mut rates: Vec<(&str, &str, f64)> = Vec::new();
@@ -609,14 +722,18 @@ pub fn run(p: &Params) -> Result<Vec<Row>> {
         }
         floor_t.add(&f)?;
         spate_pingpong(rt, p, &clock, &mut spate_t)?;
-        rtrb_pingpong(rt, p, &clock, &mut rtrb_t);
-        arrayqueue_pingpong(rt, p, &clock, &mut aq_t);
+        rtrb_pingpong(rt, p, &clock, &mut rtrb_t)?;
+        arrayqueue_pingpong(rt, p, &clock, &mut aq_t)?;
         floor_pingpong_processes(rt, p, &clock, &mut floor_p)?;
         spate_pingpong_processes(rt, p, &clock, &mut spate_p)?;
 
         add("stream_threads", "spate", spate_stream(frames, p, 1)?);
-        add("stream_threads", "rtrb", rtrb_stream(frames, p));
-        add("stream_threads", "arrayqueue", arrayqueue_stream(frames, p));
+        add("stream_threads", "rtrb", rtrb_stream(frames, p)?);
+        add(
+            "stream_threads",
+            "arrayqueue",
+            arrayqueue_stream(frames, p)?,
+        );
         add(
             "stream_threads_batched",
             "spate",
@@ -625,13 +742,20 @@ pub fn run(p: &Params) -> Result<Vec<Row>> {
         add(
             "stream_threads_batched",
             "rtrb",
-            rtrb_stream_chunked(frames, p),
+            rtrb_stream_chunked(frames, p)?,
         );
         add(
             "stream_processes",
             "spate",
             spate_stream_processes(frames, p, 1)?,
         );
+        park_sleep(DEFAULT_TIMER_SLACK_NS, p.cores.1, &clock, &mut park_default)?;
+        park_sleep(
+            spate_dataplane::sys::PARKING_TIMER_SLACK_NS,
+            p.cores.1,
+            &clock,
+            &mut park_least,
+        )?;
     }
     eprintln!(
         "core-to-core one-way (floor p50): {} ns in the first round, {} ns in the last",
@@ -645,6 +769,8 @@ pub fn run(p: &Params) -> Result<Vec<Row>> {
         Row::latency("pingpong_threads", "arrayqueue", &aq_t),
         Row::latency("pingpong_processes", "floor", &floor_p),
         Row::latency("pingpong_processes", "spate", &spate_p),
+        Row::latency("park_10us", "slack_50us", &park_default),
+        Row::latency("park_10us", "slack_1ns", &park_least),
     ];
     rows.extend(rates.into_iter().map(|(t, i, r)| Row::rate(t, i, r)));
     Ok(rows)

@@ -74,6 +74,10 @@ impl IdleStrategy for Yield {
 }
 
 /// Parks the thread for a fixed time each idle cycle (woken early by an unpark).
+///
+/// A timed park ends up to the thread's timer slack late: 50 µs by default, which would
+/// make a 10 µs park a 60 µs one. Threads that park lower their slack first
+/// ([`crate::sys::set_timer_slack_ns`]; slot threads do when they start).
 #[derive(Debug, Clone, Copy)]
 pub struct Park {
     /// How long to park.
@@ -99,7 +103,8 @@ impl IdleStrategy for Park {
 }
 
 /// Spins, then yields, then parks with a doubling timeout, each step bounded; any work
-/// found resets it to spinning.
+/// found resets it to spinning. Its parks are as long as asked only with a low timer
+/// slack (see [`Park`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     /// Idle cycles spent spinning before yielding.

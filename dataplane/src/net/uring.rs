@@ -363,9 +363,15 @@ impl UringStream {
             let res = c.result();
             match c.user_data() {
                 RECV => match &mut self.recv {
-                    Recv::Single { start, end, .. } => {
+                    Recv::Single { rbuf, start, end } => {
                         self.recv_inflight = false;
-                        if res > 0 {
+                        if res > 0 && res as usize > rbuf.len() {
+                            // Never from a sound kernel; refused rather than trusted as a
+                            // length (as every length below).
+                            self.error = Some(io::Error::other(
+                                "a receive completed with more bytes than its buffer holds",
+                            ));
+                        } else if res > 0 {
                             *start = 0;
                             *end = res as usize;
                         } else if res == 0 {
@@ -381,12 +387,12 @@ impl UringStream {
                         if res > 0 {
                             self.received_any = true;
                             match cqueue::buffer_select(c.flags()) {
-                                Some(bid) if bid < PBUF_COUNT => {
+                                Some(bid) if bid < PBUF_COUNT && res as usize <= PBUF_SIZE => {
                                     ready.push_back((bid, res as usize))
                                 }
                                 _ => {
                                     self.error = Some(io::Error::other(
-                                        "a multishot receive completed without a buffer",
+                                        "a multishot receive completed without a valid buffer",
                                     ))
                                 }
                             }
@@ -403,7 +409,13 @@ impl UringStream {
                 },
                 SEND => {
                     self.send_inflight = false;
-                    if res >= 0 {
+                    if res > 0 && res as usize > self.w_end - self.w_start {
+                        // More than was submitted: moving `w_start` past `w_end` would make
+                        // the next send's length wrap and hand the kernel bytes past `wbuf`.
+                        self.error = Some(io::Error::other(
+                            "a send completed with more bytes than were submitted",
+                        ));
+                    } else if res >= 0 {
                         self.w_start += res as usize;
                         if self.w_start == self.w_end {
                             self.w_start = 0;

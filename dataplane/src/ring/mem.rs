@@ -12,6 +12,14 @@ pub(crate) use loom::sync::atomic::AtomicU64;
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::AtomicU64;
 
+/// Whether the byte range `at..at + len` lies within `0..bound`, decided without
+/// overflow: the naive `at + len <= bound` wraps for a huge `at` or `len` (in release
+/// builds, which do not check arithmetic) and then passes.
+#[inline(always)]
+pub(crate) const fn range_within(at: usize, len: usize, bound: usize) -> bool {
+    len <= bound && at <= bound - len
+}
+
 #[cfg(not(loom))]
 pub(crate) use real::RingMem;
 
@@ -45,7 +53,9 @@ mod real {
         /// (mappings are page aligned).
         pub(crate) fn new(region: Arc<Region>, capacity: usize) -> Self {
             assert!(
-                region.len() >= HEADER_LEN + capacity,
+                HEADER_LEN
+                    .checked_add(capacity)
+                    .is_some_and(|need| region.len() >= need),
                 "ring region too small"
             );
             let base = region.as_ptr();
@@ -62,14 +72,24 @@ mod real {
             Self::new(region, 0)
         }
 
+        /// Data bytes.
+        pub(crate) fn capacity(&self) -> usize {
+            self.capacity
+        }
+
         pub(crate) fn region(&self) -> &Arc<Region> {
             &self.region
         }
 
         /// The header word at byte offset `off` (a multiple of 8 below `HEADER_LEN`).
+        ///
+        /// Checked in every build: callers pass named constants, so the check folds away.
         #[inline(always)]
         pub(crate) fn header(&self, off: usize) -> &AtomicU64 {
-            debug_assert!(off.is_multiple_of(8) && off < HEADER_LEN);
+            assert!(
+                off.is_multiple_of(8) && off < HEADER_LEN,
+                "header offset {off}"
+            );
             // SAFETY: `off` is 8-aligned and inside the header, the base is page aligned, so
             // the pointer is aligned and in bounds for a u64; AtomicU64 has u64's layout; the
             // mapping lives as long as `self.region`.
@@ -77,31 +97,43 @@ mod real {
         }
 
         /// The data word at data offset `off` (a multiple of 8 below `capacity`).
+        ///
+        /// On the hot path, so checked in debug builds only. Every caller passes a
+        /// position masked with `capacity - 1` (so below `capacity`), and positions are
+        /// multiples of 8: frame sizes are, and the positions a half starts from are
+        /// checked when it is taken (`Ring::take`), never trusted from the peer.
         #[inline(always)]
         pub(crate) fn word(&self, off: usize) -> &AtomicU64 {
             debug_assert!(off.is_multiple_of(8) && off < self.capacity);
-            // SAFETY: as for `header`, with `HEADER_LEN + off < HEADER_LEN + capacity`.
+            // SAFETY: as for `header`, with `HEADER_LEN + off < HEADER_LEN + capacity`, which
+            // the callers' masking guarantees (argued above).
             unsafe { &*(self.base.add(HEADER_LEN + off) as *const AtomicU64) }
         }
 
-        /// Pointer to data offset `off`.
+        /// Pointer to data offset `off`. Computing it is safe for any `off` (the offset is
+        /// added with wrapping arithmetic); dereferencing it is the caller's business and
+        /// needs `off..off + len` within the data area (see [`range_within`]).
+        ///
+        /// [`range_within`]: super::range_within
         #[inline(always)]
         pub(crate) fn data_ptr(&self, off: usize) -> *mut u8 {
             debug_assert!(off <= self.capacity);
-            // SAFETY: `HEADER_LEN + off` is within the mapping (or one past its end).
-            unsafe { self.base.add(HEADER_LEN + off) }
+            // NB: `wrapping_add` keeps this function sound for any `off`; for offsets in
+            // bounds (every caller's) it is the same address `add` would give.
+            self.base.wrapping_add(HEADER_LEN).wrapping_add(off)
         }
 
         /// Copies `src` to data offset `off`.
         ///
         /// # Safety
-        /// The caller owns `off..off + src.len()` under the ring protocol: no other party
-        /// reads or writes those bytes until ownership is handed over by a release store.
+        /// `off..off + src.len()` lies within the data area, and the caller owns it under
+        /// the ring protocol: no other party reads or writes those bytes until ownership is
+        /// handed over by a release store.
         #[inline(always)]
         pub(crate) unsafe fn write_bytes(&self, off: usize, src: &[u8]) {
-            debug_assert!(off + src.len() <= self.capacity);
-            // SAFETY: in bounds (checked above in debug, guaranteed by the protocol's size
-            // checks), not overlapping `src` (which is not in the data area we own), and
+            debug_assert!(super::range_within(off, src.len(), self.capacity));
+            // SAFETY: in bounds (the caller's contract, checked above in debug builds), not
+            // overlapping `src` (which is not in the data area we own), and
             // exclusively owned per the caller's contract.
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.data_ptr(off), src.len()) }
         }
@@ -109,11 +141,11 @@ mod real {
         /// Copies data at `off` into `dst`.
         ///
         /// # Safety
-        /// The bytes were handed to the caller by an acquire load and no one writes them
-        /// until the caller releases them.
+        /// `off..off + dst.len()` lies within the data area, and its bytes were handed to
+        /// the caller by an acquire load: no one writes them until the caller releases them.
         #[inline(always)]
         pub(crate) unsafe fn read_bytes(&self, off: usize, dst: &mut [u8]) {
-            debug_assert!(off + dst.len() <= self.capacity);
+            debug_assert!(super::range_within(off, dst.len(), self.capacity));
             // SAFETY: in bounds and stable for the duration, per the caller's contract.
             unsafe {
                 std::ptr::copy_nonoverlapping(self.data_ptr(off), dst.as_mut_ptr(), dst.len())

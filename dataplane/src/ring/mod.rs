@@ -68,6 +68,38 @@
 //!
 //! Nothing the peer writes is trusted: a header word or position that breaks the
 //! invariants is reported as [`RingError::Corrupt`], never followed.
+//!
+//! # Trust boundary
+//!
+//! A ring is shared only between processes of one user: ring files are created with mode
+//! 0600 and refused on attach when another user owns them ([`RingError::ForeignOwner`]),
+//! and a memfd ring is reached through `/proc/<pid>/fd/<fd>`, which only the creator's
+//! user (or root) may open. Within that boundary the other side is not trusted
+//! to be correct. A peer with write access to the mapping, buggy or hostile,
+//!
+//! - **can** corrupt what the ring carries: payloads (even while they are read, so a
+//!   payload is decoded as untrusted input that may change under its reader), frame
+//!   headers, both positions, and the state, pid and heartbeat words. What breaks the
+//!   ring's invariants is reported, never followed: a frame header, or the positions a
+//!   half starts from, as [`RingError::Corrupt`]; a consumer position out of range, to
+//!   the producer, as [`ClaimError::Corrupt`]. A well-formed forged frame is delivered as
+//!   data: the ring moves bytes, it does not authenticate them. The peer can also stall
+//!   (backpressure without end) or claim to be alive or closed when it is not.
+//! - **cannot** make the safe API read or write outside the mapping: every data offset
+//!   is a position masked into the data area; every length read from the peer is checked
+//!   against the room before the end of the data area, without arithmetic that could
+//!   wrap, before a slice is formed; and positions are checked (aligned, in range, far
+//!   from overflow) before a half starts from them.
+//!
+//! One way out is left to a peer, for rings in a named file (`/dev/shm`): truncating the
+//! file. An access to the mapping past the file's new end is a SIGBUS, which ends the
+//! process. The file's length is checked against header + capacity on attach, and
+//! [`Ring::open_shm`] removes the name as soon as both sides have the ring mapped, so only
+//! a process that opened the file while it had a name can still truncate it. It is not
+//! checked again later: an `fstat` on the cold paths (liveness checks) would cost a
+//! descriptor per ring and still lose the race against the hot path, which touches the
+//! mapping every poll. memfd rings are sealed against shrinking and growing once sized
+//! (see `Region::memfd`): no one can truncate them.
 #![allow(unsafe_code)]
 
 pub(crate) mod mem;
@@ -77,7 +109,7 @@ mod region;
 #[cfg(not(loom))]
 pub use region::{Region, RegionKind, SHM_DIR};
 
-use mem::RingMem;
+use mem::{range_within, RingMem};
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
@@ -197,6 +229,17 @@ pub enum RingError {
     /// Capacity outside `MIN_CAPACITY..=MAX_CAPACITY`.
     #[error("ring capacity {0} is outside {MIN_CAPACITY}..={MAX_CAPACITY}")]
     CapacityOutOfRange(u64),
+    /// The file belongs to another user: rings are shared between processes of one user.
+    #[error(
+        "ring file is owned by uid {owner}, not by this process's user (uid {euid}); rings \
+         are shared only between processes of one user"
+    )]
+    ForeignOwner {
+        /// The file's owner.
+        owner: u32,
+        /// This process's effective user id.
+        euid: u32,
+    },
     /// The file is shorter than a ring header.
     #[error("not a ring: file is {len} bytes, shorter than the {HEADER_LEN}-byte ring header")]
     Truncated {
@@ -353,17 +396,19 @@ impl Ring {
         max_payload(self.capacity)
     }
 
-    /// Takes the producer half. Fails if it was taken before, here or in another process.
+    /// Takes the producer half. Fails if it was taken before, here or in another process,
+    /// or if the positions in the header break the ring's invariants.
     pub fn producer(&self) -> Result<Producer, RingError> {
+        let (tail, head) = self.positions()?;
         self.take(Role::Producer)?;
         Ok(Producer {
             mem: self.mem.clone(),
             mask: self.capacity as u64 - 1,
             capacity: self.capacity as u64,
             max_payload: self.max_payload(),
-            tail: self.mem.header(OFF_PRODUCER + ROLE_POSITION).load(Relaxed),
-            published: self.mem.header(OFF_PRODUCER + ROLE_POSITION).load(Relaxed),
-            head_cache: self.mem.header(OFF_CONSUMER + ROLE_POSITION).load(Acquire),
+            tail,
+            published: tail,
+            head_cache: head,
             pending_header: 0,
             pending_off: 0,
             broken: false,
@@ -371,10 +416,11 @@ impl Ring {
         })
     }
 
-    /// Takes the consumer half. Fails if it was taken before, here or in another process.
+    /// Takes the consumer half. Fails if it was taken before, here or in another process,
+    /// or if the positions in the header break the ring's invariants.
     pub fn consumer(&self) -> Result<Consumer, RingError> {
+        let (_, head) = self.positions()?;
         self.take(Role::Consumer)?;
-        let head = self.mem.header(OFF_CONSUMER + ROLE_POSITION).load(Relaxed);
         Ok(Consumer {
             mem: self.mem.clone(),
             mask: self.capacity as u64 - 1,
@@ -385,6 +431,20 @@ impl Ring {
             broken: false,
             _not_sync: PhantomData,
         })
+    }
+
+    /// The producer's published position and the consumer's released one, each loaded
+    /// once and checked (see [`check_positions`]): a half starts from them, and every
+    /// offset it computes later derives from them, so they are never used unchecked.
+    fn positions(&self) -> Result<(u64, u64), RingError> {
+        // Acquire: the producer starts from this as its cached `head`; the consumer's reads
+        // of the frames it released happen before the producer overwrites them (as in
+        // `Producer::refresh_head`).
+        let head = self.mem.header(OFF_CONSUMER + ROLE_POSITION).load(Acquire);
+        // Relaxed: a position, not a hand-off; the consumer finds frames by their headers.
+        let tail = self.mem.header(OFF_PRODUCER + ROLE_POSITION).load(Relaxed);
+        check_positions(tail, head, self.capacity)?;
+        Ok((tail, head))
     }
 
     fn take(&self, role: Role) -> Result<(), RingError> {
@@ -460,20 +520,38 @@ impl Ring {
     }
 
     /// Attaches to the ring file at `path`. A file that is not a ring of this layout
-    /// version is refused with an error that says why; it is never read as one.
+    /// version, or that another user owns, is refused with an error that says why; it is
+    /// never read as one.
     pub fn attach_file(path: &std::path::Path) -> Result<Self, RingError> {
+        let file = Self::open_ring_file(path)?;
+        let region = Region::map_file(&file, path)
+            .map_err(io_err(format!("mapping ring file {}", path.display())))?;
+        Self::validate(std::sync::Arc::new(region))
+    }
+
+    /// Opens a ring file for attaching, after the checks that need no mapping: it is
+    /// owned by this process's user (the trust boundary; a file another user placed
+    /// under the name is refused) and holds at least a ring header.
+    fn open_ring_file(path: &std::path::Path) -> Result<std::fs::File, RingError> {
+        use std::os::unix::fs::MetadataExt;
         let what = || format!("opening ring file {}", path.display());
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(io_err(what()))?;
-        let len = file.metadata().map_err(io_err(what()))?.len();
-        if len < HEADER_LEN as u64 {
-            return Err(RingError::Truncated { len });
+        let meta = file.metadata().map_err(io_err(what()))?;
+        let euid = crate::sys::euid();
+        if meta.uid() != euid {
+            return Err(RingError::ForeignOwner {
+                owner: meta.uid(),
+                euid,
+            });
         }
-        let region = Region::map_file(&file, path).map_err(io_err(what()))?;
-        Self::validate(std::sync::Arc::new(region))
+        if meta.len() < HEADER_LEN as u64 {
+            return Err(RingError::Truncated { len: meta.len() });
+        }
+        Ok(file)
     }
 
     /// The shared-memory ring `name`, created with `capacity` if it does not exist yet,
@@ -511,21 +589,7 @@ impl Ring {
                         if source.kind() == std::io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(e),
                 }
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_err(format!("opening ring file {}", path.display())))?;
-                let len = file
-                    .metadata()
-                    .map_err(io_err(format!("opening ring file {}", path.display())))?
-                    .len();
-                if len < HEADER_LEN as u64 {
-                    return Err(RingError::Truncated { len });
-                }
-                let region = Region::map_file(&file, &path)
-                    .map_err(io_err(format!("mapping ring file {}", path.display())))?;
-                Self::validate(std::sync::Arc::new(region))
+                Self::attach_file(&path)
             })();
             match attempt {
                 Ok(r) if r.capacity == capacity => {
@@ -625,12 +689,7 @@ impl Ring {
         }
         let tail = probe.header(OFF_PRODUCER + ROLE_POSITION).load(Relaxed);
         let head = probe.header(OFF_CONSUMER + ROLE_POSITION).load(Relaxed);
-        if head > tail || tail - head > cap as u64 {
-            return Err(RingError::Corrupt {
-                position: head,
-                reason: "consumer position outside the producer's range",
-            });
-        }
+        check_positions(tail, head, cap)?;
         Ok(Self {
             mem: RingMem::new(region, cap),
             capacity: cap,
@@ -648,6 +707,30 @@ impl Ring {
     }
 }
 
+/// Positions at or past this are corrupt: a ring would have to carry 2^63 bytes (years
+/// at memory bandwidth) to get there. Keeping positions below it means the position
+/// arithmetic of a half (always `position + frame size`) cannot overflow.
+const MAX_POSITION: u64 = 1 << 63;
+
+/// Checks a pair of positions read from the header, from any peer: both multiples of the
+/// frame alignment (data words are read at `position & mask`, which must be aligned),
+/// `head <= tail <= head + capacity`, and below [`MAX_POSITION`].
+fn check_positions(tail: u64, head: u64, capacity: usize) -> Result<(), RingError> {
+    let reason = if head > tail || tail - head > capacity as u64 {
+        "consumer position outside the producer's range"
+    } else if !tail.is_multiple_of(FRAME_ALIGN as u64) || !head.is_multiple_of(FRAME_ALIGN as u64) {
+        "position not a multiple of the frame alignment"
+    } else if tail >= MAX_POSITION {
+        "position past the largest a ring reaches"
+    } else {
+        return Ok(());
+    };
+    Err(RingError::Corrupt {
+        position: head,
+        reason,
+    })
+}
+
 fn section(role: Role) -> usize {
     match role {
         Role::Producer => OFF_PRODUCER,
@@ -660,7 +743,8 @@ fn peer_state(mem: &RingMem, section: usize, now_ns: u64, timeout_ns: u64) -> Pe
         STATE_VACANT => PeerState::NotAttached,
         STATE_ATTACHED => {
             let pid = mem.header(section + ROLE_PID).load(Relaxed);
-            if pid != 0 && !crate::sys::pid_alive(pid as u32) {
+            // A pid that does not fit a pid is no process (not truncated into another's).
+            if pid != 0 && !u32::try_from(pid).is_ok_and(crate::sys::pid_alive) {
                 return PeerState::Gone;
             }
             let beat = mem.header(section + ROLE_HEARTBEAT).load(Relaxed);
@@ -737,9 +821,12 @@ impl Producer {
         let pad = if size > to_end { to_end } else { 0 };
         // The frame, the padding before it, and the zero-ahead word after it.
         let need = (pad + size + FRAME_HEADER_LEN) as u64;
-        if self.tail + need - self.head_cache > self.capacity {
+        // Occupancy first: `head_cache <= published <= tail` (checked when the half was
+        // taken and on every refresh), so nothing here wraps, whatever the positions.
+        debug_assert!(self.head_cache <= self.tail);
+        if self.tail - self.head_cache + need > self.capacity {
             self.refresh_head()?;
-            if self.tail + need - self.head_cache > self.capacity {
+            if self.tail - self.head_cache + need > self.capacity {
                 return Err(ClaimError::Full);
             }
         }
@@ -883,10 +970,14 @@ impl Claim<'_> {
     /// Copies `src` into the payload at `at`.
     ///
     /// # Panics
-    /// If `at + src.len()` exceeds the claimed length (a caller bug, not peer input).
+    /// If `at..at + src.len()` is not within the claimed length (a caller bug, not peer
+    /// input). Decided without overflow: a huge `at` does not wrap into a passing check.
     #[inline(always)]
     pub fn write(&mut self, at: usize, src: &[u8]) {
-        assert!(at + src.len() <= self.len, "write past the claimed frame");
+        assert!(
+            range_within(at, src.len(), self.len),
+            "write past the claimed frame"
+        );
         // SAFETY: the claimed range lies within [tail, tail + size), which the space check
         // in `try_claim` proved free: the consumer does not read it until it is published.
         unsafe {
@@ -920,14 +1011,13 @@ impl Claim<'_> {
     /// The payload, to be written in place.
     #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `write`: the range is owned by the producer until published, and
-        // the returned borrow ends before `commit` (which consumes the claim).
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.producer.mem.data_ptr(self.off + FRAME_HEADER_LEN),
-                self.len,
-            )
-        }
+        let off = self.off + FRAME_HEADER_LEN;
+        // `try_claim` placed the whole frame before the end of the data area.
+        debug_assert!(range_within(off, self.len, self.producer.capacity()));
+        // SAFETY: in bounds (argued above); as in `write`, the range is owned by the
+        // producer until published, and the returned borrow ends before `commit` (which
+        // consumes the claim).
+        unsafe { std::slice::from_raw_parts_mut(self.producer.mem.data_ptr(off), self.len) }
     }
 }
 
@@ -944,7 +1034,7 @@ pub struct Consumer {
     head: u64,
     /// Position after the last frame read. Only touched by the consuming thread.
     read: u64,
-    /// Where the last frame returned by `try_read` starts.
+    /// Where the frame returned by the last `try_read` starts; `read` if it returned none.
     last: u64,
     /// Close as broken rather than closed (see `break_off`).
     broken: bool,
@@ -966,6 +1056,8 @@ impl Consumer {
             // Acquire: pairs with the producer's release in `publish`.
             let header = self.mem.word(off).load(Acquire);
             if header == 0 {
+                // Nothing was returned, so there is nothing for `unread` to put back.
+                self.last = self.read;
                 return Ok(None);
             }
             let len = (header & 0xffff_ffff) as usize;
@@ -1011,7 +1103,7 @@ impl Consumer {
 
     /// Puts back the frame the last `try_read` returned, so that the next `try_read`
     /// returns it again (for a reader that found it could not take it yet). Has no
-    /// effect on frames already released.
+    /// effect after a `try_read` that returned no frame, nor on frames already released.
     pub fn unread(&mut self) {
         self.read = self.last.max(self.head);
     }
@@ -1123,8 +1215,10 @@ impl<'a> Frame<'a> {
     /// The payload, in place.
     #[inline(always)]
     pub fn payload(&self) -> &'a [u8] {
-        // SAFETY: the frame was acquired and is not released while the consumer is
-        // borrowed for 'a, so the bytes are stable and in bounds.
+        // In bounds: `try_read` refused a frame reaching past the end of the data area.
+        debug_assert!(range_within(self.off, self.len, self.mem.capacity()));
+        // SAFETY: in bounds (argued above); the frame was acquired and is not released
+        // while the consumer is borrowed for 'a, so the bytes are stable.
         unsafe { std::slice::from_raw_parts(self.mem.data_ptr(self.off), self.len) }
     }
 }

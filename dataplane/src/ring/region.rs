@@ -26,10 +26,12 @@ pub struct Region {
 pub enum RegionKind {
     /// Private anonymous memory: threads of one process only.
     Anonymous,
-    /// A file (normally on the /dev/shm tmpfs) that other processes open by path.
+    /// A file (normally on the /dev/shm tmpfs) that other processes open by path. A
+    /// process that opens it can truncate it under the mapping, and the next access past
+    /// the new end is a SIGBUS (see the ring module's trust boundary).
     File(PathBuf),
     /// A memfd; other processes reach it through an inherited descriptor or
-    /// `/proc/<pid>/fd/<fd>`.
+    /// `/proc/<pid>/fd/<fd>`. Sealed against resizing (see [`Region::memfd`]).
     Memfd(OwnedFd),
 }
 
@@ -98,11 +100,17 @@ impl Region {
     }
 
     /// A new zero-filled memfd of `len` bytes, named `name` (for /proc listings only).
+    ///
+    /// Sealed once sized (`F_SEAL_SHRINK | F_SEAL_GROW`, then `F_SEAL_SEAL`): no process
+    /// that reaches it, through the descriptor or its `/proc` path, can change its size,
+    /// so a mapping of it never runs past the end of the file (which would be a SIGBUS on
+    /// access), and no one can add other seals afterwards.
     pub fn memfd(name: &str, len: usize) -> std::io::Result<Self> {
         let cname = std::ffi::CString::new(name)
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in name"))?;
+        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
         // SAFETY: `cname` is a valid NUL-terminated string; flags are valid memfd flags.
-        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -110,6 +118,12 @@ impl Region {
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let file = File::from(owned);
         file.set_len(len as u64)?;
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: F_ADD_SEALS takes an int argument and only changes the file's seals;
+        // `file` is an open memfd created with MFD_ALLOW_SEALING.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         Ok(Self {
             map,

@@ -565,3 +565,179 @@ fn unread_puts_the_last_frame_back() {
     c.unread(); // nothing released is ever read again
     assert!(c.try_read().unwrap().is_none());
 }
+
+/// Regression: `Claim::write` checked `at + src.len() <= len`, which wraps in release
+/// builds (`at = usize::MAX` passed the check and wrote before the frame). The check must
+/// reject the range itself, not rely on debug builds' overflow panic.
+#[test]
+#[should_panic(expected = "write past the claimed frame")]
+fn a_claim_write_whose_range_wraps_is_refused() {
+    let (mut p, _c) = Ring::anonymous(1024).unwrap();
+    let mut claim = p.try_claim(16, FrameType::Data).unwrap();
+    claim.write(usize::MAX, &[1, 2]);
+}
+
+#[test]
+fn claim_write_takes_exactly_the_claimed_range() {
+    let (mut p, mut c) = Ring::anonymous(1024).unwrap();
+    let mut claim = p.try_claim(16, FrameType::Data).unwrap();
+    claim.write(0, &[1; 8]);
+    claim.write(8, &[2; 8]);
+    claim.write(16, &[]);
+    claim.commit();
+    p.publish();
+    let mut want = vec![1; 8];
+    want.extend([2; 8]);
+    assert_eq!(read_one(&mut c).unwrap().1, want);
+    let past = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut claim = p.try_claim(16, FrameType::Data).unwrap();
+        claim.write(9, &[3; 8]);
+    }));
+    assert!(past.is_err(), "a write one byte past the frame must panic");
+}
+
+/// A half starts from the positions in the header, which the peer (or whoever had the
+/// file before) may have written: they are checked when the half is taken, so that no
+/// data word is ever read at a misaligned offset and no position arithmetic wraps.
+#[test]
+fn halves_refuse_to_start_from_forged_positions() {
+    let forge = |tail: u64, head: u64| {
+        let ring = Ring::memfd("spate-test-positions", 1024).unwrap();
+        ring.mem
+            .header(OFF_PRODUCER + ROLE_POSITION)
+            .store(tail, Relaxed);
+        ring.mem
+            .header(OFF_CONSUMER + ROLE_POSITION)
+            .store(head, Relaxed);
+        let attached = Ring::attach_file(&ring.memfd_path().unwrap()).map(|_| ());
+        let p = ring.producer().map(|_| ());
+        let c = ring.consumer().map(|_| ());
+        (attached, p, c)
+    };
+    for (tail, head, why) in [
+        (3, 0, "alignment"),
+        (16, 12, "alignment"),
+        (8, 16, "range"),
+        (4096, 0, "range"),
+        (1 << 63, 1 << 63, "largest"),
+        (u64::MAX - 7, u64::MAX - 15, "largest"),
+    ] {
+        let (attached, p, c) = forge(tail, head);
+        for r in [attached, p, c] {
+            match r {
+                Err(RingError::Corrupt { reason, .. }) => {
+                    assert!(reason.contains(why), "{tail} {head}: {reason}")
+                }
+                other => panic!("tail {tail} head {head}: {other:?}"),
+            }
+        }
+    }
+    // Positions a live ring has are taken up where they are.
+    let (attached, p, c) = forge(4096 + 64, 4096);
+    assert!(attached.is_ok() && p.is_ok() && c.is_ok());
+}
+
+#[test]
+fn range_checks_reject_ranges_that_wrap() {
+    use super::mem::range_within;
+    assert!(range_within(0, 16, 16));
+    assert!(range_within(16, 0, 16));
+    assert!(range_within(8, 8, 16));
+    assert!(!range_within(9, 8, 16));
+    assert!(!range_within(17, 0, 16));
+    assert!(!range_within(0, 17, 16));
+    // Each of these wraps to a small end in unchecked arithmetic.
+    assert!(!range_within(usize::MAX, 2, 16));
+    assert!(!range_within(2, usize::MAX, 16));
+    assert!(!range_within(usize::MAX - 7, 16, 16));
+    assert!(!range_within(usize::MAX, usize::MAX, usize::MAX));
+}
+
+/// Regression: `unread` after a `try_read` that found nothing put back the frame read
+/// before it, which was then delivered twice.
+#[test]
+fn unread_after_an_empty_read_puts_nothing_back() {
+    let (mut p, mut c) = Ring::anonymous(256).unwrap();
+    p.try_send(FrameType::Data, b"one").unwrap();
+    assert_eq!(read_one(&mut c).unwrap().1, b"one");
+    assert!(c.try_read().unwrap().is_none());
+    c.unread();
+    assert!(
+        c.try_read().unwrap().is_none(),
+        "the frame before came back"
+    );
+    p.try_send(FrameType::Data, b"two").unwrap();
+    assert_eq!(read_one(&mut c).unwrap().1, b"two");
+    // Unread after a frame still puts that frame back, also across padding.
+    c.unread();
+    assert_eq!(read_one(&mut c).unwrap().1, b"two");
+    c.release();
+    advance(&mut p, &mut c, 256 - 48);
+    p.try_send(FrameType::Data, &[7; 40]).unwrap(); // wraps: padding first
+    assert_eq!(read_one(&mut c).unwrap().1, [7; 40]);
+    assert!(c.try_read().unwrap().is_none());
+    c.unread();
+    assert!(c.try_read().unwrap().is_none());
+}
+
+/// A memfd ring cannot be resized once sized, by anyone holding it: truncating it after
+/// the other side mapped it would make that side's next access a SIGBUS.
+#[test]
+fn memfd_rings_are_sealed_against_resizing() {
+    let ring = Ring::memfd("spate-test-sealed", 4096).unwrap();
+    let RegionKind::Memfd(fd) = ring.region().kind() else {
+        panic!("not a memfd: {:?}", ring.region().kind());
+    };
+    let mine = std::fs::File::from(fd.try_clone().unwrap());
+    // The way a peer reaches it: by the /proc path, opened for writing.
+    let theirs = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(ring.memfd_path().unwrap())
+        .unwrap();
+    let len = (HEADER_LEN + 4096) as u64;
+    for f in [&mine, &theirs] {
+        for to in [0, HEADER_LEN as u64, len - 1, len + 1, 2 * len] {
+            let e = f.set_len(to).unwrap_err();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EPERM),
+                "ftruncate to {to}: {e}"
+            );
+        }
+        assert_eq!(f.metadata().unwrap().len(), len);
+    }
+    // Still a ring, still attachable.
+    let other = Ring::attach_file(&ring.memfd_path().unwrap()).unwrap();
+    let mut p = ring.producer().unwrap();
+    let mut c = other.consumer().unwrap();
+    p.try_send(FrameType::Data, b"sealed").unwrap();
+    assert_eq!(read_one(&mut c).unwrap().1, b"sealed");
+}
+
+/// Rings are shared between processes of one user: a ring file owned by another user
+/// (one that user placed under the name first, say) is refused, not attached.
+#[test]
+fn a_ring_file_owned_by_another_user_is_refused() {
+    if crate::sys::euid() != 0 {
+        eprintln!("skipped: making a file owned by another user needs root");
+        return;
+    }
+    let name = unique("foreign");
+    let path = write_file(&name, &good_header(1024));
+    let _g = Unlink(path.clone());
+    Ring::attach_file(&path).unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    for r in [
+        Ring::attach_file(&path),
+        Ring::open_shm(&name, 1024, std::time::Duration::from_millis(20)),
+    ] {
+        match r {
+            Err(e @ RingError::ForeignOwner { owner: 65534, .. }) => {
+                assert!(e.to_string().contains("uid 65534"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(path.exists(), "someone else's file is left alone");
+}

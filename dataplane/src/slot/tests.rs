@@ -241,3 +241,27 @@ fn a_failure_reported_inside_a_poll_fails_that_task_and_no_other() {
         task: TaskId(2)
     }));
 }
+
+/// A slot thread lowers its timer slack, so that a short park (the `park` and `backoff`
+/// idle strategies) ends about when asked, not the default 50 µs of slack later.
+#[test]
+fn slot_threads_run_with_the_least_timer_slack() {
+    let (tx, _events) = channel();
+    let s = slot(tx);
+    let (slack_tx, slack_rx) = channel();
+    assert!(s.submit(
+        TaskId(1),
+        Box::new(move || {
+            // Read on the slot thread, where the task is built.
+            let _ = slack_tx.send(crate::sys::timer_slack_ns().map_err(|e| e.to_string()));
+            Ok(Box::new(Count {
+                n: 0,
+                limit: 0,
+                seen: Arc::new(AtomicU64::new(0)),
+            }) as Box<dyn Task>)
+        }),
+    ));
+    let slack = slack_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(slack, Ok(crate::sys::PARKING_TIMER_SLACK_NS));
+    s.stop();
+}
