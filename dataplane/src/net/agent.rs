@@ -323,6 +323,10 @@ impl NetAgent {
                         tracing::warn!(core, "could not pin the network agent; it runs unpinned");
                     }
                 }
+                // Parking sleeps about as long as asked, not the default 50 µs slack more.
+                if let Err(e) = crate::sys::set_timer_slack_ns(crate::sys::PARKING_TIMER_SLACK_NS) {
+                    tracing::debug!(%e, "could not lower the network agent's timer slack");
+                }
                 let mut idle = idle.build();
                 // Relaxed: the flag carries no data; the join after setting it orders the rest.
                 while !flag.load(Ordering::Relaxed) {
