@@ -99,56 +99,16 @@ struct Waiting {
     bytes: Vec<u8>,
 }
 
-/// Writes batches of `T` to the rings of one edge.
-pub struct RingOutput<T> {
+/// The rings of an edge and the frames waiting for room in them.
+struct Writer {
     producers: Vec<Producer>,
-    partition: Partition<T>,
-    next: usize,
-    rng: u64,
-    /// Per record of the batch being written: its key hash, its channel.
-    hashes: Vec<u64>,
-    chan: Vec<u32>,
-    /// Record indices grouped by channel, and where each channel's group starts.
-    order: Vec<u32>,
-    starts: Vec<usize>,
     /// Frames waiting for ring space, in order, and spare buffers for them.
     waiting: VecDeque<Waiting>,
     spare: Vec<Vec<u8>>,
     backpressure: Backpressure,
-    /// Records written since `take_records`.
-    written: u64,
 }
 
-impl<T: Wire + Clone> RingOutput<T> {
-    /// Writes to `producers` (one per downstream subtask; one in all for `Forward`).
-    pub fn new(
-        producers: Vec<Producer>,
-        partition: Partition<T>,
-        backpressure: Backpressure,
-    ) -> Self {
-        let n = producers.len();
-        Self {
-            producers,
-            partition,
-            next: 0,
-            rng: 0x9E37_79B9_7F4A_7C15,
-            hashes: Vec::new(),
-            chan: Vec::new(),
-            order: Vec::new(),
-            starts: vec![0; n + 1],
-            waiting: VecDeque::new(),
-            spare: Vec::new(),
-            backpressure,
-            written: 0,
-        }
-    }
-
-    /// Wraps it for a chain (as `Emit`) and for its task (as `OutputControl`).
-    pub fn into_shared(self) -> (SharedOutput<T>, Rc<RefCell<dyn OutputControl>>) {
-        let rc = Rc::new(RefCell::new(self));
-        (SharedOutput(rc.clone()), rc)
-    }
-
+impl Writer {
     /// Writes one frame of `len` payload bytes to channel `ch`, filled by `fill`: into
     /// the ring if nothing waits and it fits, else into the waiting queue.
     #[inline]
@@ -183,77 +143,104 @@ impl<T: Wire + Clone> RingOutput<T> {
         self.waiting.push_back(Waiting { ch, ty, bytes });
         self.backpressure.set(true);
     }
+}
+
+/// Writes batches of `T` to the rings of one edge.
+pub struct RingOutput<T> {
+    w: Writer,
+    partition: Partition<T>,
+    next: usize,
+    rng: u64,
+    /// Per record of the batch being written: its key hash, its channel.
+    hashes: Vec<u64>,
+    chan: Vec<u32>,
+    /// Record indices grouped by channel, and where each channel's group starts.
+    order: Vec<u32>,
+    starts: Vec<usize>,
+    /// Records written since `take_records`.
+    written: u64,
+}
+
+impl<T: Wire + Clone> RingOutput<T> {
+    /// Writes to `producers` (one per downstream subtask; one in all for `Forward`).
+    pub fn new(
+        producers: Vec<Producer>,
+        partition: Partition<T>,
+        backpressure: Backpressure,
+    ) -> Self {
+        let n = producers.len();
+        Self {
+            w: Writer {
+                producers,
+                waiting: VecDeque::new(),
+                spare: Vec::new(),
+                backpressure,
+            },
+            partition,
+            next: 0,
+            rng: 0x9E37_79B9_7F4A_7C15,
+            hashes: Vec::new(),
+            chan: Vec::new(),
+            order: Vec::new(),
+            starts: vec![0; n + 1],
+            written: 0,
+        }
+    }
+
+    /// Wraps it for a chain (as `Emit`) and for its task (as `OutputControl`).
+    pub fn into_shared(self) -> (SharedOutput<T>, Rc<RefCell<dyn OutputControl>>) {
+        let rc = Rc::new(RefCell::new(self));
+        (SharedOutput(rc.clone()), rc)
+    }
 
     /// Writes the records `batch[i]` for `i` in `sel` (all of `batch` when `None`) to
     /// channel `ch`, as one frame or, past [`MAX_BATCH_FRAME`], several.
     fn write_records(&mut self, ch: usize, batch: &[T], sel: Option<&[u32]>, with_hashes: bool) {
         let count = sel.map_or(batch.len(), <[u32]>::len);
-        let idx = |k: usize| sel.map_or(k, |s| s[k] as usize);
         let limit = self
+            .w
             .producers
             .get(ch)
             .map_or(0, |p| p.max_payload().min(MAX_BATCH_FRAME));
+        let hashes = with_hashes.then_some(&self.hashes[..]);
         let mut k = 0;
         while k < count {
             // As many records as fit in one frame (at least one).
-            let mut len = BATCH_HEADER_LEN;
-            let mut end = k;
-            while end < count {
-                let r = frames::record_len(&batch[idx(end)], with_hashes);
-                if end > k && len + r > limit {
-                    break;
+            let end = match T::FIXED_LEN {
+                Some(n) => {
+                    let per = n + if with_hashes { 8 } else { 0 };
+                    let fit = (limit.saturating_sub(BATCH_HEADER_LEN) / per.max(1)).max(1);
+                    count.min(k + fit)
                 }
-                len += r;
-                end += 1;
-            }
-            let hashes = &self.hashes;
-            let records = (k..end).map(|j| {
-                let i = idx(j);
-                (&batch[i], if with_hashes { hashes[i] } else { 0 })
-            });
-            let mut bytes = self.spare.pop().unwrap_or_default();
-            let direct = self.waiting.is_empty();
-            if direct {
-                if let Some(p) = self.producers.get_mut(ch) {
-                    match p.try_claim(len, FrameType::Data) {
-                        Ok(mut claim) => {
-                            frames::encode_batch(
-                                claim.payload_mut(),
-                                end - k,
-                                records,
-                                with_hashes,
-                            );
-                            claim.commit();
-                            p.publish();
-                            self.spare.push(bytes);
-                            k = end;
-                            continue;
+                None => {
+                    let mut len = BATCH_HEADER_LEN;
+                    let mut end = k;
+                    while end < count {
+                        let i = sel.map_or(end, |s| s[end] as usize);
+                        let r = frames::record_len(&batch[i], with_hashes);
+                        if end > k && len + r > limit {
+                            break;
                         }
-                        Err(ClaimError::Full) => p.publish(),
-                        Err(e) => {
-                            report_failure(format!("writing to output channel {ch}: {e}"));
-                            self.spare.push(bytes);
-                            k = end;
-                            continue;
-                        }
+                        len += r;
+                        end += 1;
                     }
+                    end
                 }
-            }
-            bytes.clear();
-            bytes.resize(len, 0);
-            frames::encode_batch(&mut bytes, end - k, records, with_hashes);
-            self.waiting.push_back(Waiting {
-                ch,
-                ty: FrameType::Data,
-                bytes,
+            };
+            let (part, sel_part, hash_part) = match sel {
+                Some(s) => (batch, Some(&s[k..end]), hashes),
+                None => (&batch[k..end], None, hashes.map(|h| &h[k..end])),
+            };
+            let len = frames::batch_len(part, sel_part, with_hashes);
+            self.w.write_frame(ch, FrameType::Data, len, |buf| {
+                frames::encode_batch(buf, part, sel_part, hash_part)
             });
-            self.backpressure.set(true);
             k = end;
         }
     }
 
     fn send_batch(&mut self, batch: &mut Vec<T>) {
-        let n = self.producers.len();
+        let n = self.w.producers.len();
         let len = batch.len();
         if len == 0 || n == 0 {
             batch.clear();
@@ -344,17 +331,18 @@ impl<T: Wire + Clone> RingOutput<T> {
     fn send_event(&mut self, event: &Event) {
         let mut buf = [0u8; MAX_EVENT_LEN];
         let (ty, len) = frames::encode_event(event, &mut buf);
-        for ch in 0..self.producers.len() {
-            self.write_frame(ch, ty, len, |dst| dst.copy_from_slice(&buf[..len]));
+        for ch in 0..self.w.producers.len() {
+            self.w
+                .write_frame(ch, ty, len, |dst| dst.copy_from_slice(&buf[..len]));
         }
     }
 }
 
 impl<T: Wire + Clone> OutputControl for RingOutput<T> {
     fn drain(&mut self) -> bool {
-        while let Some(w) = self.waiting.front() {
-            let Some(p) = self.producers.get_mut(w.ch) else {
-                self.waiting.pop_front();
+        while let Some(w) = self.w.waiting.front() {
+            let Some(p) = self.w.producers.get_mut(w.ch) else {
+                self.w.waiting.pop_front();
                 continue;
             };
             match p.try_claim(w.bytes.len(), w.ty) {
@@ -369,15 +357,15 @@ impl<T: Wire + Clone> OutputControl for RingOutput<T> {
                 }
                 Err(e) => report_failure(format!("writing to output channel {}: {e}", w.ch)),
             }
-            if let Some(w) = self.waiting.pop_front() {
-                self.spare.push(w.bytes);
+            if let Some(w) = self.w.waiting.pop_front() {
+                self.w.spare.push(w.bytes);
             }
         }
         true
     }
 
     fn publish(&mut self) {
-        for p in &mut self.producers {
+        for p in &mut self.w.producers {
             p.publish();
         }
     }
@@ -387,14 +375,14 @@ impl<T: Wire + Clone> OutputControl for RingOutput<T> {
     }
 
     fn housekeeping(&mut self, now_ns: u64, peer_timeout_ns: u64) -> Result<(), String> {
-        for p in &self.producers {
+        for p in &self.w.producers {
             p.heartbeat(now_ns);
         }
-        let Some(w) = self.waiting.front() else {
+        let Some(w) = self.w.waiting.front() else {
             return Ok(());
         };
         let ch = w.ch;
-        let Some(p) = self.producers.get(ch) else {
+        let Some(p) = self.w.producers.get(ch) else {
             return Ok(());
         };
         let why = match p.consumer_state(now_ns, peer_timeout_ns) {
@@ -407,8 +395,8 @@ impl<T: Wire + Clone> OutputControl for RingOutput<T> {
             ),
             _ => return Ok(()),
         };
-        self.waiting.clear();
-        self.backpressure.set(false);
+        self.w.waiting.clear();
+        self.w.backpressure.set(false);
         Err(format!("output channel {ch}: the downstream task's {why}"))
     }
 }
@@ -427,4 +415,135 @@ impl<T: Wire + Clone> Emit<T> for SharedOutput<T> {
     }
 
     fn tick(&mut self, _now_ns: u64) {}
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use crate::operator::key_hash;
+    use crate::ring::{Consumer, Ring};
+
+    /// Reads everything a ring holds: records with their hashes, and events.
+    fn read_all(c: &mut Consumer, recs: &mut Vec<(u64, u64)>, events: &mut Vec<Event>) {
+        let (mut batch, mut hashes, mut scratch) = (Vec::<u64>::new(), Vec::new(), Vec::new());
+        while let Some(f) = c.try_read().unwrap() {
+            if f.frame_type() == FrameType::Data {
+                let keyed =
+                    frames::decode_batch(f.payload(), &mut batch, &mut hashes, &mut scratch)
+                        .unwrap();
+                assert!(keyed);
+                recs.extend(batch.drain(..).zip(hashes.drain(..)));
+            } else {
+                events.push(
+                    frames::decode_event(f.frame_type(), f.payload())
+                        .unwrap()
+                        .unwrap(),
+                );
+            }
+        }
+        c.release();
+    }
+
+    #[test]
+    fn a_key_exchange_delivers_every_record_once_in_order_with_its_hash_through_full_rings() {
+        let n = 3;
+        let (producers, mut consumers): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| Ring::anonymous(4096).unwrap()).unzip();
+        let bp: Backpressure = Rc::new(Cell::new(false));
+        let hasher: KeyHashFn<u64> = Arc::new(|b: &[u64], out: &mut Vec<u64>| {
+            out.clear();
+            out.extend(b.iter().map(|x| key_hash(&(x % 10))));
+        });
+        let (mut emit, ctl) =
+            RingOutput::new(producers, Partition::Hash(hasher), bp.clone()).into_shared();
+        let mut got: Vec<Vec<(u64, u64)>> = vec![Vec::new(); n];
+        let mut events: Vec<Vec<Event>> = vec![Vec::new(); n];
+        let mut next = 0u64;
+        // Batches larger than a frame can hold (a 4 KiB ring carries 2 KiB frames), and
+        // more than the rings hold: frames wait, in order, until the consumers read.
+        for round in 0..20 {
+            let mut batch: Vec<u64> = (next..next + 300).collect();
+            next += 300;
+            emit.push(&mut batch);
+            assert!(batch.is_empty());
+            if round % 5 == 4 {
+                emit.event(Event::Watermark(round));
+            }
+            if round % 3 == 0 {
+                for ch in 0..n {
+                    read_all(&mut consumers[ch], &mut got[ch], &mut events[ch]);
+                }
+                ctl.borrow_mut().drain();
+            }
+        }
+        emit.event(Event::EndOfInput);
+        while bp.get() {
+            for ch in 0..n {
+                read_all(&mut consumers[ch], &mut got[ch], &mut events[ch]);
+            }
+            if ctl.borrow_mut().drain() {
+                bp.set(false);
+            }
+        }
+        for ch in 0..n {
+            read_all(&mut consumers[ch], &mut got[ch], &mut events[ch]);
+        }
+        let mut all: Vec<u64> = Vec::new();
+        for (ch, recs) in got.iter().enumerate() {
+            for &(x, h) in recs {
+                assert_eq!(h, key_hash(&(x % 10)), "the hash travels with its record");
+                assert_eq!(channel_for_hash(h, n), ch, "a key goes to its channel");
+            }
+            // In order within the channel.
+            assert!(recs.windows(2).all(|w| w[0].0 < w[1].0));
+            all.extend(recs.iter().map(|r| r.0));
+            let wm: Vec<Event> = (0..20)
+                .filter(|r| r % 5 == 4)
+                .map(Event::Watermark)
+                .chain([Event::EndOfInput])
+                .collect();
+            assert_eq!(events[ch], wm, "every channel gets every event, in order");
+        }
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..next).collect::<Vec<_>>(),
+            "every record exactly once"
+        );
+        assert_eq!(ctl.borrow_mut().take_records(), next);
+    }
+
+    #[test]
+    fn events_stay_behind_the_records_before_them_on_every_channel() {
+        let (producers, mut consumers): (Vec<_>, Vec<_>) =
+            (0..2).map(|_| Ring::anonymous(1 << 16).unwrap()).unzip();
+        let bp: Backpressure = Rc::new(Cell::new(false));
+        let (mut emit, _ctl) =
+            RingOutput::<u64>::new(producers, Partition::Rebalance, bp).into_shared();
+        emit.push(&mut vec![1, 2, 3]);
+        emit.event(Event::Watermark(7));
+        emit.push(&mut vec![4]);
+        for (ch, c) in consumers.iter_mut().enumerate() {
+            let mut kinds = Vec::new();
+            while let Some(f) = c.try_read().unwrap() {
+                let mut b: Vec<u64> = Vec::new();
+                match f.frame_type() {
+                    FrameType::Data => {
+                        frames::decode_batch(f.payload(), &mut b, &mut Vec::new(), &mut Vec::new())
+                            .unwrap();
+                        kinds.push(format!("{b:?}"));
+                    }
+                    t => kinds.push(format!("{t:?}")),
+                }
+            }
+            // Round robin carries on from batch to batch: 1, 3 | 2, then 4.
+            let expect: &[&str] = if ch == 0 {
+                &["[1, 3]", "Watermark"]
+            } else {
+                &["[2]", "Watermark", "[4]"]
+            };
+            assert_eq!(kinds, expect, "channel {ch}");
+        }
+    }
 }

@@ -46,17 +46,36 @@ pub fn record_len<T: Wire>(record: &T, hashes: bool) -> usize {
     }
 }
 
-/// Writes a batch frame of `records` (with `hashes` beside them when given) into
-/// `buf`, whose length must be `BATCH_HEADER_LEN` plus the [`record_len`]s.
+/// Bytes of the batch frame [`encode_batch`] writes for the same arguments.
+pub fn batch_len<T: Wire>(batch: &[T], sel: Option<&[u32]>, hashes: bool) -> usize {
+    let count = sel.map_or(batch.len(), <[u32]>::len);
+    match (T::FIXED_LEN, sel) {
+        (Some(n), _) => BATCH_HEADER_LEN + count * (n + if hashes { 8 } else { 0 }),
+        (None, None) => {
+            BATCH_HEADER_LEN + batch.iter().map(|r| record_len(r, hashes)).sum::<usize>()
+        }
+        (None, Some(s)) => {
+            BATCH_HEADER_LEN
+                + s.iter()
+                    .map(|&i| record_len(&batch[i as usize], hashes))
+                    .sum::<usize>()
+        }
+    }
+}
+
+/// Writes a batch frame into `buf` (of [`batch_len`] bytes): the records `batch[i]`
+/// for `i` in `sel`, or all of `batch` when `sel` is `None`, with `hashes[i]` beside
+/// each when `hashes` is given (indexed like `batch`).
 #[inline]
-pub fn encode_batch<'a, T: Wire + 'a>(
+pub fn encode_batch<T: Wire>(
     buf: &mut [u8],
-    count: usize,
-    records: impl Iterator<Item = (&'a T, u64)>,
-    hashes: bool,
+    batch: &[T],
+    sel: Option<&[u32]>,
+    hashes: Option<&[u64]>,
 ) {
+    let count = sel.map_or(batch.len(), <[u32]>::len);
     let mut flags = 0;
-    if hashes {
+    if hashes.is_some() {
         flags |= FLAG_HASHES;
     }
     if T::FIXED_LEN.is_some() {
@@ -64,25 +83,38 @@ pub fn encode_batch<'a, T: Wire + 'a>(
     }
     buf[0..4].copy_from_slice(&(count as u32).to_le_bytes());
     buf[4..8].copy_from_slice(&flags.to_le_bytes());
-    let body_at = BATCH_HEADER_LEN + if hashes { 8 * count } else { 0 };
+    let body_at = BATCH_HEADER_LEN + if hashes.is_some() { 8 * count } else { 0 };
     let (head, body) = buf.split_at_mut(body_at);
-    let mut hash_at = BATCH_HEADER_LEN;
-    let mut at = 0;
-    for (r, h) in records {
-        if hashes {
-            head[hash_at..hash_at + 8].copy_from_slice(&h.to_le_bytes());
-            hash_at += 8;
+    if let Some(h) = hashes {
+        let out = head[BATCH_HEADER_LEN..].chunks_exact_mut(8);
+        match sel {
+            Some(s) => out
+                .zip(s)
+                .for_each(|(o, &i)| o.copy_from_slice(&h[i as usize].to_le_bytes())),
+            None => out
+                .zip(h)
+                .for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
         }
-        match T::FIXED_LEN {
-            Some(n) => {
-                r.encode(&mut body[at..at + n]);
-                at += n;
+    }
+    match (T::FIXED_LEN, sel) {
+        (Some(0), _) => {}
+        (Some(_), None) => T::encode_fixed_slice(batch, body),
+        (Some(n), Some(s)) => {
+            for (o, &i) in body.chunks_exact_mut(n).zip(s) {
+                batch[i as usize].encode(o);
             }
-            None => {
+        }
+        (None, _) => {
+            let mut at = 0;
+            let mut put = |r: &T| {
                 let n = r.encoded_len();
                 body[at..at + 4].copy_from_slice(&(n as u32).to_le_bytes());
                 r.encode(&mut body[at + 4..at + 4 + n]);
                 at += 4 + n;
+            };
+            match sel {
+                Some(s) => s.iter().for_each(|&i| put(&batch[i as usize])),
+                None => batch.iter().for_each(put),
             }
         }
     }
@@ -270,20 +302,30 @@ mod tests {
     use crate::operator::source::Trade;
 
     fn frame<T: Wire>(records: &[T], hashes: Option<&[u64]>) -> Vec<u8> {
-        let with = hashes.is_some();
-        let len = BATCH_HEADER_LEN + records.iter().map(|r| record_len(r, with)).sum::<usize>();
-        let mut buf = vec![0u8; len];
-        let hs = hashes.unwrap_or(&[]);
-        encode_batch(
-            &mut buf,
-            records.len(),
-            records
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r, hs.get(i).copied().unwrap_or(0))),
-            with,
-        );
+        let mut buf = vec![0u8; batch_len(records, None, hashes.is_some())];
+        encode_batch(&mut buf, records, None, hashes);
         buf
+    }
+
+    #[test]
+    fn a_selection_of_a_batch_is_encoded_in_its_order() {
+        let batch = [10u64, 11, 12, 13];
+        let sel = [3u32, 1];
+        let hashes = [0u64, 101, 102, 103];
+        for h in [None, Some(&hashes[..])] {
+            let mut buf = vec![0u8; batch_len(&batch, Some(&sel), h.is_some())];
+            encode_batch(&mut buf, &batch, Some(&sel), h);
+            let (mut out, mut hs) = (Vec::new(), Vec::new());
+            decode_batch::<u64>(&buf, &mut out, &mut hs, &mut Vec::new()).unwrap();
+            assert_eq!(out, [13, 11]);
+            assert_eq!(hs, if h.is_some() { vec![103, 101] } else { vec![] });
+        }
+        let words = [String::from("a"), String::from("bb"), String::from("ccc")];
+        let mut buf = vec![0u8; batch_len(&words, Some(&[2, 0]), false)];
+        encode_batch(&mut buf, &words, Some(&[2, 0]), None);
+        let mut out: Vec<String> = Vec::new();
+        decode_batch(&buf, &mut out, &mut Vec::new(), &mut Vec::new()).unwrap();
+        assert_eq!(out, ["ccc", "a"]);
     }
 
     #[test]

@@ -47,6 +47,17 @@ pub trait Wire: Sized + Send + 'static {
     fn encode(&self, buf: &mut [u8]);
     /// Reads a record from exactly the bytes `encode` wrote.
     fn decode(buf: &[u8]) -> Result<Self, DecodeError>;
+    /// Writes fixed-size records back to back into `buf` (of `records.len() · n` bytes;
+    /// only called when `FIXED_LEN` is `Some(n)`).
+    fn encode_fixed_slice(records: &[Self], buf: &mut [u8]) {
+        let n = Self::FIXED_LEN.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        for (r, o) in records.iter().zip(buf.chunks_exact_mut(n)) {
+            r.encode(o);
+        }
+    }
     /// Appends the `bytes.len() / n` fixed-size records in `bytes` to `out` (only called
     /// when `FIXED_LEN` is `Some(n)` with `n > 0` and `bytes.len()` a multiple of `n`).
     fn decode_fixed(bytes: &[u8], out: &mut Vec<Self>) -> Result<(), DecodeError> {
@@ -91,6 +102,11 @@ macro_rules! pod_wire {
                     });
                 }
                 Ok($crate::record::bytemuck::pod_read_unaligned(buf))
+            }
+            #[inline]
+            fn encode_fixed_slice(records: &[Self], buf: &mut [u8]) {
+                // One copy of the whole batch.
+                buf.copy_from_slice($crate::record::bytemuck::cast_slice(records));
             }
             #[inline]
             fn decode_fixed(

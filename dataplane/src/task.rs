@@ -523,23 +523,9 @@ mod tests {
 
     /// Writes a batch frame of `records` (with `hashes` if given).
     fn send(p: &mut Producer, records: &[u64], hashes: Option<&[u64]>) {
-        let with = hashes.is_some();
-        let len = frames::BATCH_HEADER_LEN
-            + records
-                .iter()
-                .map(|r| frames::record_len(r, with))
-                .sum::<usize>();
+        let len = frames::batch_len(records, None, hashes.is_some());
         let mut c = p.try_claim(len, FrameType::Data).unwrap();
-        let hs = hashes.unwrap_or(&[]);
-        frames::encode_batch(
-            c.payload_mut(),
-            records.len(),
-            records
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r, hs.get(i).copied().unwrap_or(0))),
-            with,
-        );
+        frames::encode_batch(c.payload_mut(), records, None, hashes);
         c.commit();
         p.publish();
     }
