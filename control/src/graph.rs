@@ -53,6 +53,9 @@ pub enum GraphError {
     /// Parallelism above the limit.
     #[error("'{0}': parallelism {1} is above the maximum of {MAX_PARALLELISM}")]
     TooParallel(String, usize),
+    /// The job was declared wrongly (e.g. an event-time window without timestamps).
+    #[error("{0}")]
+    Declaration(String),
     /// Building an operator failed.
     #[error("building '{0}': {1}")]
     Build(String, String),
@@ -320,6 +323,8 @@ pub struct StreamGraph {
     pub chaining_disabled: bool,
     /// Where the job's sinks report.
     pub metrics: Arc<SinkMetrics>,
+    /// Mistakes found while the job was declared (reported when it is built).
+    pub errors: Vec<String>,
 }
 
 /// A chain of operators that runs as one task per subtask.
@@ -371,6 +376,9 @@ impl JobGraph {
         chaining: bool,
     ) -> Result<Self, GraphError> {
         let nodes = &stream.nodes;
+        if let Some(e) = stream.errors.first() {
+            return Err(GraphError::Declaration(e.clone()));
+        }
         if !nodes.iter().any(|n| matches!(n.build, Build::Sink(_))) {
             return Err(GraphError::NoSink);
         }

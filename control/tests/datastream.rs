@@ -9,6 +9,8 @@ use spate::minicluster::{JobResult, JobStatus, MiniCluster};
 use spate_dataplane::idle::IdleStrategyKind;
 use spate_dataplane::operator::keyed::{Context, KeyedProcessFunction, TimeDomain};
 use spate_dataplane::operator::source::Pace;
+use spate_dataplane::operator::watermark::WatermarkStrategy;
+use spate_dataplane::operator::window::{AggregateFunction, Window, WindowAssigner};
 use spate_dataplane::operator::{Operator, Output};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -177,6 +179,179 @@ fn transform_runs_an_operator_of_ones_own_with_its_hooks() {
     assert_eq!(r.status, JobStatus::Finished);
     // One watermark (the end of time) reached it before the end of input.
     assert_eq!(*out.lock().unwrap(), [10, 20, 30, 40, 50, 1_000_001]);
+}
+
+/// (key, event time, value), in arrival order: event times advance by up to 40 ns a
+/// record and arrive up to `disorder` ns late.
+fn disordered(seed: u64, n: usize, disorder: u64) -> Vec<(u32, u64, u64)> {
+    let mut x = seed | 1;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut t = 1_000u64;
+    (0..n)
+        .map(|i| {
+            t += rnd() % 40;
+            let late = if disorder == 0 {
+                0
+            } else {
+                rnd() % (disorder + 1)
+            };
+            ((rnd() % 7) as u32, t - late.min(t), i as u64)
+        })
+        .collect()
+}
+
+/// Per (key, window start): Σvalue and count, computed plainly.
+fn windows_reference(
+    input: &[(u32, u64, u64)],
+    size: u64,
+    slide: u64,
+) -> Vec<(u32, u64, u64, u64)> {
+    let mut m: std::collections::BTreeMap<(u32, u64), (u64, u64)> = Default::default();
+    for &(k, ts, v) in input {
+        let last = ts - ts % slide;
+        let mut start = last as i64;
+        while start >= 0 && start as u64 + size > ts {
+            let e = m.entry((k, start as u64)).or_default();
+            e.0 += v;
+            e.1 += 1;
+            start -= slide as i64;
+        }
+    }
+    m.into_iter()
+        .map(|((k, s), (sum, n))| (k, s, sum, n))
+        .collect()
+}
+
+#[derive(Clone)]
+struct SumCount;
+
+impl AggregateFunction for SumCount {
+    type In = (u32, u64, u64);
+    type Acc = (u64, u64);
+    type Out = (u64, u64);
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn add(&self, v: &(u32, u64, u64), acc: &mut (u64, u64)) {
+        acc.0 += v.2;
+        acc.1 += 1;
+    }
+    fn get_result(&self, acc: &(u64, u64)) -> (u64, u64) {
+        *acc
+    }
+    fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+        (a.0 + b.0, a.1 + b.1)
+    }
+}
+
+/// Tumbling and sliding event-time windows with random disorder within the watermark
+/// bound, at parallelism 1 and 2 (a key exchange between two slots), equal a plain
+/// computation: every record counted in each of its windows, each window fired once.
+#[test]
+fn event_time_windows_equal_a_plain_computation_under_disorder() {
+    for seed in [1u64, 7, 42] {
+        let input = disordered(seed, 3_000, 200);
+        for (size, slide) in [(500u64, 500u64), (1_000, 250)] {
+            for p in [1usize, 2] {
+                let env = StreamExecutionEnvironment::new("windows");
+                let out = Arc::new(Mutex::new(Vec::new()));
+                let assigner = if size == slide {
+                    WindowAssigner::tumbling_event_time(Duration::from_nanos(size)).unwrap()
+                } else {
+                    WindowAssigner::sliding_event_time(
+                        Duration::from_nanos(size),
+                        Duration::from_nanos(slide),
+                    )
+                    .unwrap()
+                };
+                env.from_collection(input.clone())
+                    .assign_timestamps_and_watermarks(
+                        WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_nanos(200))
+                            .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1),
+                    )
+                    .rebalance()
+                    .key_by(|r: &(u32, u64, u64)| r.0)
+                    .window(assigner)
+                    .aggregate_with(SumCount, |k: &u32, w: &Window, (sum, n)| {
+                        Some((*k, w.start, sum, n))
+                    })
+                    .collect(out.clone());
+                let r = run(&env, Some(p), 2);
+                assert_eq!(r.status, JobStatus::Finished);
+                let mut got = out.lock().unwrap().clone();
+                got.sort_unstable();
+                assert_eq!(
+                    got,
+                    windows_reference(&input, size, slide),
+                    "seed {seed}, size {size}, slide {slide}, p={p}"
+                );
+            }
+        }
+    }
+}
+
+/// A record that arrives after the watermark passed its window is dropped (the window
+/// fired already); the window's result stands.
+#[test]
+fn records_behind_the_watermark_miss_their_fired_windows() {
+    // 300 in-order records fill the first batch of 256 and part of a second; the last
+    // one is far behind the watermark the first batch raised.
+    let mut input: Vec<(u32, u64, u64)> = (0..299).map(|i| (1, 1_000 + i * 10, 1)).collect();
+    input.push((1, 1_005, 1_000));
+    let env = StreamExecutionEnvironment::new("late");
+    let out = Arc::new(Mutex::new(Vec::new()));
+    env.from_collection(input)
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_monotonous_timestamps()
+                .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1),
+        )
+        .key_by(|r: &(u32, u64, u64)| r.0)
+        .window(WindowAssigner::tumbling_event_time(Duration::from_nanos(100)).unwrap())
+        .reduce(|a: (u32, u64, u64), b| (a.0, a.1.max(b.1), a.2 + b.2))
+        .collect(out.clone());
+    let r = run(&env, None, 1);
+    assert_eq!(r.status, JobStatus::Finished);
+    let got = out.lock().unwrap().clone();
+    // Window [1000, 1100) has its ten records, without the late one's 1000.
+    assert_eq!(got.iter().find(|w| w.1 < 1_100).map(|w| w.2), Some(10));
+    assert_eq!(got.iter().map(|w| w.2).sum::<u64>(), 299);
+}
+
+#[test]
+fn an_event_time_window_without_timestamps_is_an_error_when_the_job_is_built() {
+    let env = StreamExecutionEnvironment::new("no timestamps");
+    env.from_collection(vec![(1u32, 1u64, 1u64)])
+        .key_by(|r: &(u32, u64, u64)| r.0)
+        .window(WindowAssigner::tumbling_event_time(Duration::from_secs(1)).unwrap())
+        .aggregate(SumCount)
+        .discard();
+    let e = JobGraph::build(env.stream_graph(), None, 1, true).unwrap_err();
+    assert!(
+        e.to_string().contains("assign_timestamps_and_watermarks"),
+        "{e}"
+    );
+}
+
+/// Processing-time windows fire on the clock, and what is open fires at the end of a
+/// bounded input: every record is counted once.
+#[test]
+fn processing_time_windows_count_every_record_once() {
+    let env = StreamExecutionEnvironment::new("processing time");
+    let out = Arc::new(Mutex::new(Vec::new()));
+    env.from_collection(disordered(3, 5_000, 0))
+        .key_by(|r: &(u32, u64, u64)| r.0)
+        .window(WindowAssigner::tumbling_processing_time(Duration::from_micros(50)).unwrap())
+        .aggregate(SumCount)
+        .collect(out.clone());
+    let r = run(&env, None, 1);
+    assert_eq!(r.status, JobStatus::Finished);
+    let n: u64 = out.lock().unwrap().iter().map(|w| w.1).sum();
+    assert_eq!(n, 5_000);
 }
 
 #[test]

@@ -11,10 +11,15 @@
 
 use crate::graph::{AnyBox, Build, Chaining, Edge, EdgePartition, Node, StreamGraph, TypeOps};
 use spate_dataplane::exchange::KeyHashFn;
+use spate_dataplane::operator::keyed::TimeDomain;
 use spate_dataplane::operator::keyed::{KeyedProcess, KeyedProcessFunction, KeyedReduce};
 use spate_dataplane::operator::sink::{self, SinkMetrics};
 use spate_dataplane::operator::source::{
     IterSource, LinesSource, Pace, SocketSource, Source, Trade, TradeSource,
+};
+use spate_dataplane::operator::watermark::{TimestampsFn, WatermarkStrategy};
+use spate_dataplane::operator::window::{
+    AggregateFunction, ReduceAggregate, Window, WindowAssigner, WindowOperator,
 };
 use spate_dataplane::operator::{
     key_hash, BoxEmit, Chained, Collector, Emit, Filter, FlatMap, Map, Operator, SubtaskInfo,
@@ -159,12 +164,24 @@ impl StreamExecutionEnvironment {
 }
 
 /// A stream of `T` records.
-#[derive(Debug)]
 pub struct DataStream<T> {
     env: StreamExecutionEnvironment,
     node: usize,
     partition: EdgePartition,
+    /// The records' event times, once a watermark strategy assigned them (kept through
+    /// operators that keep the record type).
+    timestamps: Option<TimestampsFn<T>>,
     _t: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for DataStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataStream")
+            .field("node", &self.node)
+            .field("partition", &self.partition)
+            .field("timestamps", &self.timestamps.is_some())
+            .finish()
+    }
 }
 
 impl<T> Clone for DataStream<T> {
@@ -173,6 +190,7 @@ impl<T> Clone for DataStream<T> {
             env: self.env.clone(),
             node: self.node,
             partition: self.partition.clone(),
+            timestamps: self.timestamps.clone(),
             _t: PhantomData,
         }
     }
@@ -184,6 +202,7 @@ impl<T: Data> DataStream<T> {
             env,
             node,
             partition: EdgePartition::Default,
+            timestamps: None,
             _t: PhantomData,
         }
     }
@@ -263,13 +282,33 @@ impl<T: Data> DataStream<T> {
         self.then(name, build, None)
     }
 
+    /// Reads each record's event time and generates watermarks as `strategy` says
+    /// (Flink's `assignTimestampsAndWatermarks`); windows and event-time timers
+    /// downstream follow them.
+    pub fn assign_timestamps_and_watermarks<F>(
+        &self,
+        strategy: WatermarkStrategy<T, F>,
+    ) -> DataStream<T>
+    where
+        F: Fn(&T) -> u64 + Clone + Send + Sync + 'static,
+        T: Sync,
+    {
+        let timestamps = strategy.timestamps_fn();
+        let build = Build::Operator(Arc::new(move |_, d| chained(strategy.generator(true), d)));
+        let mut out = self.then("Timestamps/Watermarks", build, None);
+        out.timestamps = Some(timestamps);
+        out
+    }
+
     /// Keeps the records for which `f` is true.
     pub fn filter<F>(&self, f: F) -> DataStream<T>
     where
         F: FnMut(&T) -> bool + Clone + Send + Sync + 'static,
     {
         let build = Build::Operator(Arc::new(move |_, d| chained(Filter::new(f.clone()), d)));
-        self.then("Filter", build, None)
+        let mut out = self.then("Filter", build, None);
+        out.timestamps = self.timestamps.clone();
+        out
     }
 
     /// Zero or more records out per record in, through a collector.
@@ -310,7 +349,11 @@ impl<T: Data> DataStream<T> {
             .collect();
         n.input = Some(TypeOps::of::<T>());
         n.out = Some(TypeOps::of::<T>());
-        DataStream::new(self.env.clone(), self.env.add(n))
+        let mut out = DataStream::new(self.env.clone(), self.env.add(n));
+        if others.iter().all(|o| o.timestamps.is_some()) {
+            out.timestamps = self.timestamps.clone();
+        }
+        out
     }
 
     fn partitioned(&self, p: EdgePartition) -> Self {
@@ -474,6 +517,19 @@ where
             .then("Keyed Process", build, Some(self.hash.clone()))
     }
 
+    /// Windows of this keyed stream (Flink's `window`).
+    pub fn window(&self, assigner: WindowAssigner) -> WindowedStream<T, K, F> {
+        WindowedStream {
+            keyed: KeyedStream {
+                stream: self.stream.clone(),
+                key: self.key.clone(),
+                hash: self.hash.clone(),
+                _k: PhantomData,
+            },
+            assigner,
+        }
+    }
+
     /// Rolling reduce: emits `f(accumulated, new)` per record.
     pub fn reduce<R>(&self, f: R) -> DataStream<T>
     where
@@ -527,5 +583,70 @@ where
             acc
         })
         .name("Keyed Max")
+    }
+}
+
+/// A keyed stream cut into windows.
+pub struct WindowedStream<T, K, F> {
+    keyed: KeyedStream<T, K, F>,
+    assigner: WindowAssigner,
+}
+
+impl<T: Data, K: Key, F> WindowedStream<T, K, F>
+where
+    F: Fn(&T) -> K + Clone + Send + Sync + 'static,
+{
+    /// Aggregates each window incrementally with `agg`; emits
+    /// `result(key, window, aggregate)` when it fires (Flink's `aggregate` with a
+    /// window function); `None` emits nothing.
+    pub fn aggregate_with<A, O, R>(&self, agg: A, result: R) -> DataStream<O>
+    where
+        A: AggregateFunction<In = T>,
+        O: Data,
+        R: Fn(&K, &Window, A::Out) -> Option<O> + Clone + Send + Sync + 'static,
+    {
+        let stream = &self.keyed.stream;
+        let timestamps = stream.timestamps.clone();
+        if self.assigner.domain() == TimeDomain::EventTime && timestamps.is_none() {
+            stream.env.graph.borrow_mut().errors.push(
+                "an event-time window needs the records' timestamps: call \
+                 assign_timestamps_and_watermarks on the stream before key_by"
+                    .to_string(),
+            );
+        }
+        let assigner = self.assigner;
+        let key = self.keyed.key.clone();
+        let build = Build::Operator(Arc::new(move |_, d| {
+            let result = result.clone();
+            chained(
+                WindowOperator::new(
+                    assigner,
+                    agg.clone(),
+                    key.clone(),
+                    timestamps.clone(),
+                    move |k: &K, w: &Window, r| result(k, w, r),
+                ),
+                d,
+            )
+        }));
+        stream.then("Window", build, Some(self.keyed.hash.clone()))
+    }
+
+    /// Aggregates each window with `agg` and emits its result.
+    pub fn aggregate<A>(&self, agg: A) -> DataStream<A::Out>
+    where
+        A: AggregateFunction<In = T>,
+        A::Out: Data,
+    {
+        self.aggregate_with(agg, |_, _, r| Some(r))
+    }
+
+    /// Reduces each window's records with `f(accumulated, new)`.
+    pub fn reduce<R>(&self, f: R) -> DataStream<T>
+    where
+        R: Fn(T, T) -> T + Clone + Send + Sync + 'static,
+        T: Sync,
+    {
+        self.aggregate_with(ReduceAggregate::new(f), |_, _, r: Option<T>| r)
     }
 }

@@ -220,7 +220,7 @@ impl<K> Default for Timers<K> {
 }
 
 impl<K: Key> Timers<K> {
-    fn register(&mut self, key: &K, at_ns: u64) {
+    pub(crate) fn register(&mut self, key: &K, at_ns: u64) {
         let id = (key.clone(), at_ns);
         if self.registered.contains_key(&id) {
             return;
@@ -231,7 +231,7 @@ impl<K: Key> Timers<K> {
         self.queue.insert((at_ns, seq), key.clone());
     }
 
-    fn delete(&mut self, key: &K, at_ns: u64) {
+    pub(crate) fn delete(&mut self, key: &K, at_ns: u64) {
         if let Some(seq) = self.registered.remove(&(key.clone(), at_ns)) {
             self.queue.remove(&(at_ns, seq));
         }
@@ -239,7 +239,7 @@ impl<K: Key> Timers<K> {
 
     /// The registration number the next timer gets: timers registered from now on
     /// have this number or a higher one.
-    fn mark(&self) -> u64 {
+    pub(crate) fn mark(&self) -> u64 {
         self.next_seq
     }
 
@@ -247,7 +247,7 @@ impl<K: Key> Timers<K> {
     /// `mark` (a timer registered while timers fire waits for the next round, so a
     /// function that re-arms its timer for a time already past cannot keep the task
     /// from returning).
-    fn pop_due(&mut self, now_ns: u64, mark: u64) -> Option<(u64, K)> {
+    pub(crate) fn pop_due(&mut self, now_ns: u64, mark: u64) -> Option<(u64, K)> {
         let entry = self.queue.first_entry()?;
         let (at, seq) = *entry.key();
         if at > now_ns || seq >= mark {

@@ -30,6 +30,8 @@
 pub mod keyed;
 pub mod sink;
 pub mod source;
+pub mod watermark;
+pub mod window;
 
 /// Event time meaning "no watermark yet".
 pub const NO_WATERMARK: u64 = 0;
