@@ -77,7 +77,9 @@ fn run_once(
     cores: (usize, usize),
 ) -> Result<Outcome> {
     let env = StreamExecutionEnvironment::new("vwap");
-    jobs::vwap(
+    // W1 with its latency sink measuring one record in `sample` (`jobs::vwap` measures
+    // every record, whatever `latency_sample` says).
+    jobs::vwap_stream(
         &env,
         VwapParams {
             seed: 42,
@@ -85,7 +87,9 @@ fn run_once(
             pace,
             latency_sample: sample,
         },
-    );
+    )
+    .latency_sink_sampled(|v| v.ts_ns, sample)
+    .name("Latency Sink");
     let graph = JobGraph::build(env.stream_graph(), Some(p), 1, true)?;
     // As many slots as the job needs: an idle busy-spinning slot would take the core
     // the rest of the process (and the OS) needs.
