@@ -10,6 +10,7 @@ mod hiccup;
 mod net;
 mod report;
 mod ring;
+mod timely_w1;
 mod vwap;
 
 use anyhow::{bail, Result};
@@ -40,9 +41,9 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Workload W1 (VWAP) on the MiniCluster: throughput at p=1 and p=2, latency at
-    /// fixed offered rates, the highest sustained rate, and an SVG of the latency
-    /// percentile distributions.
+    /// Workload W1 (VWAP) on the MiniCluster beside timely dataflow: throughput at p=1
+    /// and p=2, latency at fixed offered rates, spate's highest sustained rate, the
+    /// targeted spate/timely ratios, and an SVG of the latency percentile distributions.
     Vwap {
         /// Trades per throughput run.
         #[arg(long, default_value_t = 50_000_000)]
@@ -53,7 +54,7 @@ enum Cmd {
         /// Seconds of each fixed-rate run.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
-        /// Write the rows as a JSON array to this file.
+        /// Write `{"rows": [...], "ratios": {...}}` as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
         /// Write the latency plot (SVG) to this file.
@@ -169,19 +170,19 @@ fn main() -> Result<()> {
             let cores = two_cores()?;
             eprintln!(
                 "vwap: {events} trades per throughput run ({reps} reps), {seconds} s per paced run, \
-                 slots pinned to cores {} and {}, busy-spin",
+                 spate's slots and timely's workers pinned to cores {} and {}, busy-spin/busy-poll",
                 cores.0, cores.1
             );
-            let rows = vwap::run(&vwap::Params {
+            let report = vwap::run(&vwap::Params {
                 events,
                 reps,
                 seconds,
                 cores,
                 plot,
             })?;
-            vwap::print(&rows);
+            vwap::print(&report);
             if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")?;
+                std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
                 eprintln!("wrote {}", path.display());
             }
         }

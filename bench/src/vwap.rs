@@ -1,12 +1,16 @@
 //! `bench vwap`: workload W1 on the embedded MiniCluster — throughput as fast as possible
 //! at parallelism 1 and 2, latency at fixed offered rates (scheduled-time timestamps, so
 //! a stall is charged to latency), the highest rate each parallelism sustains, and a
-//! picture of the latency percentile distributions.
+//! picture of the latency percentile distributions — beside the same workload on timely
+//! dataflow ([`crate::timely_w1`]) at 1 and 2 workers on the same cores, and the ratios
+//! between the two that the project targets.
 
 use crate::clock::Clock;
 use crate::report::histogram;
+use crate::timely_w1;
 use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use serde::Serialize;
 use spate::api::StreamExecutionEnvironment;
@@ -19,6 +23,11 @@ use spate_dataplane::operator::source::Pace;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
+
+/// The generator seed of every run, spate's and timely's.
+const SEED: u64 = 42;
+/// Unpaced runs measure the latency of one record in this many.
+const UNPACED_SAMPLE: u32 = 16;
 
 /// Sizes of the run.
 #[derive(Debug, Clone)]
@@ -40,7 +49,10 @@ pub struct Params {
 pub struct Row {
     /// `vwap`.
     pub workload: String,
-    /// 1 or 2.
+    /// `spate` or `timely`.
+    #[serde(rename = "impl")]
+    pub impl_: String,
+    /// 1 or 2 (slots for spate, workers for timely).
     pub parallelism: usize,
     /// `unpaced`, `rate`, or `max_sustained`.
     pub mode: String,
@@ -77,15 +89,19 @@ fn run_once(
     cores: (usize, usize),
 ) -> Result<Outcome> {
     let env = StreamExecutionEnvironment::new("vwap");
-    jobs::vwap(
+    // W1 with its latency sink measuring one record in `sample` (`jobs::vwap` measures
+    // every record, whatever `latency_sample` says).
+    jobs::vwap_stream(
         &env,
         VwapParams {
-            seed: 42,
+            seed: SEED,
             events: Some(events),
             pace,
             latency_sample: sample,
         },
-    );
+    )
+    .latency_sink_sampled(|v| v.ts_ns, sample)
+    .name("Latency Sink");
     let graph = JobGraph::build(env.stream_graph(), Some(p), 1, true)?;
     // As many slots as the job needs: an idle busy-spinning slot would take the core
     // the rest of the process (and the OS) needs.
@@ -112,7 +128,63 @@ fn run_once(
     })
 }
 
-fn row(p: usize, mode: &str, offered: Option<f64>, o: &Outcome, sample: u32) -> Row {
+/// One implementation at one parallelism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Impl {
+    Spate,
+    Timely,
+}
+
+impl Impl {
+    fn name(self) -> &'static str {
+        match self {
+            Impl::Spate => "spate",
+            Impl::Timely => "timely",
+        }
+    }
+
+    /// Runs W1 at parallelism `p` on `cores`, saying which cores it ran on.
+    fn run(
+        self,
+        p: usize,
+        pace: Pace,
+        events: u64,
+        sample: u32,
+        cores: (usize, usize),
+    ) -> Result<(Outcome, String)> {
+        match self {
+            Impl::Spate => {
+                let o = run_once(p, pace, events, sample, cores)?;
+                let on = [cores.0, cores.1][..p.min(2)]
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Ok((o, format!("slots on cores {on}")))
+            }
+            Impl::Timely => {
+                let o = timely_w1::run(SEED, p, pace, events, sample, cores, false)?;
+                // Every generated trade has qty ≥ 1, so all of them reach the sinks.
+                if o.records != events {
+                    bail!("timely W1 delivered {} of {events} records", o.records);
+                }
+                let on = o
+                    .cores
+                    .iter()
+                    .map(|c| c.map_or("unpinned".into(), |c| c.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let o = Outcome {
+                    eps: o.eps,
+                    latency: o.latency,
+                };
+                Ok((o, format!("workers on cores {on}")))
+            }
+        }
+    }
+}
+
+fn row(imp: Impl, p: usize, mode: &str, offered: Option<f64>, o: &Outcome, sample: u32) -> Row {
     let h = &o.latency;
     let q = |x| {
         if h.is_empty() {
@@ -123,6 +195,7 @@ fn row(p: usize, mode: &str, offered: Option<f64>, o: &Outcome, sample: u32) -> 
     };
     Row {
         workload: "vwap".into(),
+        impl_: imp.name().into(),
         parallelism: p,
         mode: mode.into(),
         offered_per_s: offered,
@@ -151,8 +224,104 @@ pub fn core_to_core(cores: (usize, usize)) -> u64 {
     h.value_at_quantile(0.5)
 }
 
-/// Runs the whole W1 benchmark.
-pub fn run(params: &Params) -> Result<Vec<Row>> {
+/// A ratio the project targets, computed from one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// What is divided by what.
+    pub what: String,
+    /// The ratio (`None`: a row it needs is missing or zero).
+    pub value: Option<f64>,
+    /// The target, e.g. `>= 1.5`.
+    pub target: String,
+    /// Whether the value meets the target.
+    pub met: bool,
+}
+
+/// The whole result: rows, then the targeted ratios computed from them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// One row per (impl, parallelism, mode, offered rate).
+    pub rows: Vec<Row>,
+    /// Each under a stable name, in this order (a JSON object).
+    #[serde(serialize_with = "in_order")]
+    pub ratios: Vec<(String, Ratio)>,
+}
+
+fn in_order<S: serde::Serializer>(v: &[(String, Ratio)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(k, r)| (k, r)))
+}
+
+fn find<'a>(
+    rows: &'a [Row],
+    imp: Impl,
+    p: usize,
+    mode: &str,
+    offered: Option<f64>,
+) -> Option<&'a Row> {
+    rows.iter().find(|r| {
+        r.impl_ == imp.name() && r.parallelism == p && r.mode == mode && r.offered_per_s == offered
+    })
+}
+
+/// The ratios the project targets: spate p=1 over timely 1 worker unpaced (≥ 1.5), spate
+/// p=2 over spate p=1 unpaced (≥ 1.7), and at 1 M/s spate's p50 and p99 over timely's at
+/// the same parallelism (≤ 0.5).
+pub fn ratios(rows: &[Row]) -> Vec<(String, Ratio)> {
+    let mut out = Vec::new();
+    let mut put = |key: String, what: String, value: Option<f64>, at_least: bool, target: f64| {
+        let value = value.filter(|v| v.is_finite());
+        let met = value.is_some_and(|v| if at_least { v >= target } else { v <= target });
+        let target = format!("{} {target}", if at_least { ">=" } else { "<=" });
+        out.push((
+            key,
+            Ratio {
+                what,
+                value,
+                target,
+                met,
+            },
+        ));
+    };
+    let eps = |imp, p| find(rows, imp, p, "unpaced", None).map(|r| r.events_per_s);
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    put(
+        "unpaced_spate_p1_over_timely_w1".into(),
+        "unpaced events/s, spate p=1 / timely 1 worker".into(),
+        div(eps(Impl::Spate, 1), eps(Impl::Timely, 1)),
+        true,
+        1.5,
+    );
+    put(
+        "unpaced_spate_p2_over_spate_p1".into(),
+        "unpaced events/s, spate p=2 / spate p=1".into(),
+        div(eps(Impl::Spate, 2), eps(Impl::Spate, 1)),
+        true,
+        1.7,
+    );
+    for p in [1usize, 2] {
+        let s = find(rows, Impl::Spate, p, "rate", Some(1e6));
+        let t = find(rows, Impl::Timely, p, "rate", Some(1e6));
+        for (q, get) in [
+            ("p50", (|r: &Row| r.p50_ns) as fn(&Row) -> u64),
+            ("p99", |r: &Row| r.p99_ns),
+        ] {
+            put(
+                format!("rate_1m_p{p}_{q}_spate_over_timely"),
+                format!("{q} latency at 1 M/s, p={p}: spate / timely"),
+                div(s.map(|r| get(r) as f64), t.map(|r| get(r) as f64)),
+                false,
+                0.5,
+            );
+        }
+    }
+    out
+}
+
+/// Runs the whole W1 benchmark: spate and timely side by side.
+pub fn run(params: &Params) -> Result<Report> {
     let c2c_start = core_to_core(params.cores);
     eprintln!("core-to-core one-way at start: {c2c_start} ns");
     let seconds = Duration::from_secs_f64(params.seconds.clamp(0.2, 2.0));
@@ -162,14 +331,28 @@ pub fn run(params: &Params) -> Result<Vec<Row>> {
         crate::hiccup::measure(params.cores.0, seconds)
     );
     let mut rows = Vec::new();
-    // Throughput, as fast as possible: p=1 and p=2 interleaved; median of reps.
-    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    let mut last: [Option<Outcome>; 2] = [None, None];
+    // Throughput, as fast as possible: spate p=1 and p=2 and timely at 1 and 2 workers,
+    // interleaved; median of reps.
+    let runs = [
+        (Impl::Spate, 1usize),
+        (Impl::Spate, 2),
+        (Impl::Timely, 1),
+        (Impl::Timely, 2),
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    let mut last: Vec<Option<Outcome>> = runs.iter().map(|_| None).collect();
     for rep in 0..params.reps.max(1) {
-        for (i, p) in [1usize, 2].into_iter().enumerate() {
-            let o = run_once(p, Pace::Unpaced, params.events, 16, params.cores)?;
+        for (i, &(imp, p)) in runs.iter().enumerate() {
+            let (o, on) = imp.run(
+                p,
+                Pace::Unpaced,
+                params.events,
+                UNPACED_SAMPLE,
+                params.cores,
+            )?;
             eprintln!(
-                "unpaced p={p} rep {}: {:.2}M events/s",
+                "{} unpaced p={p} rep {}: {:.2}M events/s ({on})",
+                imp.name(),
                 rep + 1,
                 o.eps / 1e6
             );
@@ -177,31 +360,35 @@ pub fn run(params: &Params) -> Result<Vec<Row>> {
             last[i] = Some(o);
         }
     }
-    for (i, p) in [1usize, 2].into_iter().enumerate() {
+    for (i, &(imp, p)) in runs.iter().enumerate() {
         let mut v = rates[i].clone();
         v.sort_by(f64::total_cmp);
         if let Some(mut o) = last[i].take() {
             o.eps = v[v.len() / 2];
-            rows.push(row(p, "unpaced", None, &o, 16));
+            rows.push(row(imp, p, "unpaced", None, &o, UNPACED_SAMPLE));
         }
     }
     // Latency at fixed offered rates, every record measured.
     for rate in [100_000.0, 1_000_000.0] {
-        for p in [1usize, 2] {
+        for &(imp, p) in &runs {
             let events = (rate * params.seconds) as u64;
-            let o = run_once(p, Pace::Rate(rate), events, 1, params.cores)?;
+            let (o, on) = imp.run(p, Pace::Rate(rate), events, 1, params.cores)?;
             eprintln!(
-                "p={p} at {:.0}k/s: p50 {} ns, p99 {} ns",
+                "{} p={p} at {:.0}k/s: p50 {} ns, p99 {} ns ({on})",
+                imp.name(),
                 rate / 1e3,
                 o.latency.value_at_quantile(0.5),
                 o.latency.value_at_quantile(0.99)
             );
-            rows.push(row(p, "rate", Some(rate), &o, 1));
+            rows.push(row(imp, p, "rate", Some(rate), &o, 1));
         }
     }
-    // The highest offered rate each parallelism sustains (achieves ≥ 99% of it), by
-    // bisection between 1 M/s and its unpaced throughput.
-    for (i, p) in [1usize, 2].into_iter().enumerate() {
+    // The highest offered rate each parallelism of spate sustains (achieves ≥ 99% of
+    // it), by bisection between 1 M/s and its unpaced throughput.
+    for (i, &(imp, p)) in runs.iter().enumerate() {
+        if imp != Impl::Spate {
+            continue;
+        }
         let mut lo = 1e6;
         let mut hi = rates[i].iter().copied().fold(lo, f64::max);
         let mut best: Option<(f64, Outcome)> = None;
@@ -224,7 +411,7 @@ pub fn run(params: &Params) -> Result<Vec<Row>> {
             }
         }
         if let Some((rate, o)) = best {
-            rows.push(row(p, "max_sustained", Some(rate), &o, 1));
+            rows.push(row(imp, p, "max_sustained", Some(rate), &o, 1));
         }
     }
     eprintln!(
@@ -238,14 +425,16 @@ pub fn run(params: &Params) -> Result<Vec<Row>> {
         plot(path, &rows)?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(rows)
+    let ratios = ratios(&rows);
+    Ok(Report { rows, ratios })
 }
 
-/// Prints the rows.
-pub fn print(rows: &[Row]) {
+/// Prints the rows, then the targeted ratios.
+pub fn print(report: &Report) {
     println!(
-        "{:<8} {:>2} {:<14} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "{:<8} {:<6} {:>2} {:<14} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "workload",
+        "impl",
         "p",
         "mode",
         "offered/s",
@@ -258,10 +447,11 @@ pub fn print(rows: &[Row]) {
         "sample"
     );
     let us = |ns: u64| format!("{:.2}µs", ns as f64 / 1e3);
-    for r in rows {
+    for r in &report.rows {
         println!(
-            "{:<8} {:>2} {:<14} {:>10} {:>10.2}M {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            "{:<8} {:<6} {:>2} {:<14} {:>10} {:>10.2}M {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
             r.workload,
+            r.impl_,
             r.parallelism,
             r.mode,
             r.offered_per_s
@@ -275,11 +465,25 @@ pub fn print(rows: &[Row]) {
             format!("1/{}", r.latency_sample)
         );
     }
+    println!("\ntargeted ratios (this run)");
+    for (_, r) in &report.ratios {
+        println!(
+            "  {:<48} {:>8}  target {:<6} {}",
+            r.what,
+            r.value.map_or("-".into(), |v| format!("{v:.2}")),
+            r.target,
+            if r.met { "met" } else { "not met" }
+        );
+    }
 }
 
-/// Latency percentile distributions of the paced rows, as an SVG.
+/// Latency percentile distributions of the paced rows, as an SVG: one colour per
+/// (parallelism, mode, rate), spate solid and timely dashed.
 fn plot(path: &Path, rows: &[Row]) -> Result<()> {
-    let series: Vec<(String, Vec<(f64, f64)>)> = rows
+    let mut keys: Vec<(usize, &str, Option<f64>)> = Vec::new();
+    // (label, points, colour, dashed)
+    type Series = (String, Vec<(f64, f64)>, usize, bool);
+    let series: Vec<Series> = rows
         .iter()
         .filter(|r| r.mode != "unpaced")
         .filter_map(|r| {
@@ -292,14 +496,22 @@ fn plot(path: &Path, rows: &[Row]) -> Result<()> {
                     (nines, (h.value_at_quantile(q).max(1) as f64) / 1e3)
                 })
                 .collect();
+            let key = (r.parallelism, r.mode.as_str(), r.offered_per_s);
+            let color = keys.iter().position(|k| *k == key).unwrap_or_else(|| {
+                keys.push(key);
+                keys.len() - 1
+            });
             Some((
                 format!(
-                    "p={} {} {:.2}M/s",
+                    "{} p={} {} {:.2}M/s",
+                    r.impl_,
                     r.parallelism,
                     r.mode,
                     r.offered_per_s.unwrap_or(0.0) / 1e6
                 ),
                 pts,
+                color,
+                r.impl_ != "spate",
             ))
         })
         .collect();
@@ -337,14 +549,21 @@ fn plot(path: &Path, rows: &[Row]) -> Result<()> {
             }
         })
         .draw()?;
-    for (i, (name, pts)) in series.into_iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+    for (name, pts, color, dashed) in series {
+        let style = Palette99::pick(color).to_rgba().stroke_width(2);
+        if dashed {
+            chart
+                .draw_series(DashedLineSeries::new(pts, 6, 4, style))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    DashedPathElement::new(vec![(x, y), (x + 20, y)], 6, 4, style)
+                });
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts, style))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        }
     }
     chart
         .configure_series_labels()
