@@ -1,8 +1,11 @@
-//! The built-in jobs the stock `spate` binary runs: `vwap` (workload W1) and `wordcount`.
+//! The built-in jobs the stock `spate` binary runs: `vwap` (workload W1), `bars`
+//! (workload W2) and `wordcount`.
 
 use crate::api::{DataStreamSink, StreamExecutionEnvironment};
 use spate_dataplane::operator::keyed::{Context, KeyedProcessFunction};
 use spate_dataplane::operator::source::{Pace, Trade, TradeGenerator};
+use spate_dataplane::operator::watermark::WatermarkStrategy;
+use spate_dataplane::operator::window::{AggregateFunction, Window, WindowAssigner};
 use spate_dataplane::operator::SubtaskInfo;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,7 +29,7 @@ spate_dataplane::pod_wire!(Vwap);
 /// Running sums of one symbol: 24 bytes, 8-byte aligned (Σprice·qty is a 128-bit sum
 /// kept as two words, so that a symbol's entry with its key takes 32 bytes and W1's
 /// 1000 symbols fit in L1).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VwapState {
     /// Σprice·qty, low and high 64 bits of a two's-complement 128-bit sum.
     price_qty: [u64; 2],
@@ -39,6 +42,13 @@ impl VwapState {
     #[inline(always)]
     pub fn price_qty(&self) -> i128 {
         ((u128::from(self.price_qty[1]) << 64) | u128::from(self.price_qty[0])) as i128
+    }
+
+    /// Adds another state's sums.
+    pub fn merge(&mut self, other: &VwapState) {
+        let pq = self.price_qty() + other.price_qty();
+        self.price_qty = [pq as u64, ((pq as u128) >> 64) as u64];
+        self.qty += other.qty;
     }
 
     /// Adds a trade and returns the new VWAP.
@@ -166,6 +176,212 @@ pub fn read_vwap_output(
     Ok(got)
 }
 
+/// W2's output: one symbol's bar for one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct Bar {
+    /// The window's first instant (event time, ns).
+    pub window_start: u64,
+    /// One past its last instant.
+    pub window_end: u64,
+    /// Price of the window's earliest trade (by event time; ties: the first to arrive).
+    pub open: i64,
+    /// Highest price.
+    pub high: i64,
+    /// Lowest price.
+    pub low: i64,
+    /// Price of the window's latest trade (by event time; ties: the last to arrive).
+    pub close: i64,
+    /// Σqty.
+    pub volume: u64,
+    /// Σprice·qty / Σqty, fixed point (rounded down).
+    pub vwap: i64,
+    /// Trades.
+    pub count: u64,
+    /// When the watermark could first pass the window's end: the window's end plus the
+    /// disorder bound (what the firing latency is measured from).
+    pub ready_ns: u64,
+    /// Symbol.
+    pub symbol: u32,
+    /// Padding (zero).
+    pub pad: u32,
+}
+
+spate_dataplane::pod_wire!(Bar);
+
+/// A bar being built: the window's trades so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarAcc {
+    open_ts: u64,
+    /// Opening price.
+    pub open: i64,
+    close_ts: u64,
+    /// Closing price.
+    pub close: i64,
+    /// Highest price.
+    pub high: i64,
+    /// Lowest price.
+    pub low: i64,
+    /// Volume and VWAP arithmetic (the same as W1's).
+    pub sums: VwapState,
+    /// Trades.
+    pub count: u64,
+}
+
+impl Default for BarAcc {
+    fn default() -> Self {
+        Self {
+            open_ts: u64::MAX,
+            open: 0,
+            close_ts: 0,
+            close: 0,
+            high: i64::MIN,
+            low: i64::MAX,
+            sums: VwapState::default(),
+            count: 0,
+        }
+    }
+}
+
+impl BarAcc {
+    /// Adds a trade.
+    #[inline(always)]
+    pub fn add(&mut self, t: &Trade) {
+        if t.ts_ns < self.open_ts {
+            self.open_ts = t.ts_ns;
+            self.open = t.price;
+        }
+        if t.ts_ns >= self.close_ts {
+            self.close_ts = t.ts_ns;
+            self.close = t.price;
+        }
+        self.high = self.high.max(t.price);
+        self.low = self.low.min(t.price);
+        self.sums.add(t);
+        self.count += 1;
+    }
+
+    /// The VWAP so far.
+    pub fn vwap(&self) -> i64 {
+        let q = self.sums.qty.max(1);
+        (self.sums.price_qty() / i128::from(q)) as i64
+    }
+}
+
+/// W2's aggregation: open, high, low, close, volume, VWAP and count.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BarAggregate;
+
+impl AggregateFunction for BarAggregate {
+    type In = Trade;
+    type Acc = BarAcc;
+    type Out = BarAcc;
+    fn create_accumulator(&self) -> BarAcc {
+        BarAcc::default()
+    }
+    #[inline(always)]
+    fn add(&self, t: &Trade, acc: &mut BarAcc) {
+        acc.add(t);
+    }
+    fn get_result(&self, acc: &BarAcc) -> BarAcc {
+        *acc
+    }
+    fn merge(&self, a: BarAcc, b: BarAcc) -> BarAcc {
+        let (first, last) = if a.open_ts <= b.open_ts {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let closer = if b.close_ts >= a.close_ts { b } else { a };
+        let mut sums = first.sums;
+        sums.merge(&last.sums);
+        BarAcc {
+            open_ts: first.open_ts,
+            open: first.open,
+            close_ts: closer.close_ts,
+            close: closer.close,
+            high: a.high.max(b.high),
+            low: a.low.min(b.low),
+            sums,
+            count: a.count + b.count,
+        }
+    }
+}
+
+/// Parameters of W2.
+#[derive(Debug, Clone, Copy)]
+pub struct BarsParams {
+    /// Generator seed.
+    pub seed: u64,
+    /// Total trades (`None`: until cancelled).
+    pub events: Option<u64>,
+    /// Unpaced, or a fixed offered rate.
+    pub pace: Pace,
+    /// Largest delay of a trade's event time behind its send time, and the watermark
+    /// bound (ns).
+    pub disorder_ns: u64,
+    /// Window size (ns).
+    pub window_ns: u64,
+}
+
+/// Declares W2: disordered trades → watermarks (bounded by the disorder) → key_by(symbol)
+/// → tumbling event-time window → bar → latency sink (firing latency).
+pub fn bars(env: &StreamExecutionEnvironment, p: BarsParams) -> Result<DataStreamSink, String> {
+    Ok(bars_stream(env, p)?
+        .latency_sink_sampled(|b: &Bar| b.ready_ns, 1)
+        .name("Latency Sink"))
+}
+
+/// W2 up to its bar stream (so tests can attach their own sink).
+pub fn bars_stream(
+    env: &StreamExecutionEnvironment,
+    p: BarsParams,
+) -> Result<crate::api::DataStream<Bar>, String> {
+    let trades = env
+        .disordered_trades(p.seed, p.events, p.pace, p.disorder_ns)
+        .name("Trade Source");
+    bars_of(&trades, p.disorder_ns, p.window_ns)
+}
+
+/// W2 over a stream of trades: watermarks bounded by `disorder_ns`, one bar per symbol
+/// and window of `window_ns`.
+pub fn bars_of(
+    trades: &crate::api::DataStream<Trade>,
+    disorder_ns: u64,
+    window_ns: u64,
+) -> Result<crate::api::DataStream<Bar>, String> {
+    let window = WindowAssigner::tumbling_event_time(std::time::Duration::from_nanos(window_ns))
+        .map_err(|e| e.to_string())?;
+    let bound = disorder_ns;
+    Ok(trades
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_bounded_out_of_orderness(std::time::Duration::from_nanos(bound))
+                .with_timestamp_assigner(|t: &Trade| t.ts_ns),
+        )
+        .key_by(|t: &Trade| t.symbol)
+        .window(window)
+        .aggregate_with(
+            BarAggregate,
+            move |symbol: &u32, w: &Window, acc: BarAcc| {
+                Some(Bar {
+                    window_start: w.start,
+                    window_end: w.end,
+                    open: acc.open,
+                    high: acc.high,
+                    low: acc.low,
+                    close: acc.close,
+                    volume: acc.sums.qty,
+                    vwap: acc.vwap(),
+                    count: acc.count,
+                    ready_ns: w.end.saturating_add(bound),
+                    symbol: *symbol,
+                    pad: 0,
+                })
+            },
+        )
+        .name("One-second bars"))
+}
+
 /// Where a collected word count goes.
 pub type WordCounts = Arc<Mutex<Vec<(String, u64)>>>;
 
@@ -247,7 +463,7 @@ fn registered_names() -> Vec<String> {
 /// every TaskManager rebuilds its part of the job from.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobSpec {
-    /// `vwap` or `wordcount`.
+    /// `vwap`, `bars`, `wordcount` or a registered job.
     pub job: String,
     /// The job's arguments (`wordcount FILE`).
     #[serde(default)]
@@ -271,6 +487,13 @@ pub struct JobSpec {
     /// of measuring latency.
     #[serde(default)]
     pub output: Option<String>,
+    /// bars: how far a trade's event time may be behind its send time, and the
+    /// watermark bound (a duration such as `5 ms`; default 5 ms).
+    #[serde(default)]
+    pub disorder: Option<String>,
+    /// bars: the window size (a duration such as `1 s`; default 1 s).
+    #[serde(default)]
+    pub window: Option<String>,
 }
 
 fn default_events() -> u64 {
@@ -293,6 +516,36 @@ impl JobSpec {
             seed: default_seed(),
             latency_sample: None,
             output: None,
+            disorder: None,
+            window: None,
+        }
+    }
+
+    /// bars: the disorder bound and the window size, ns.
+    pub fn bars_times(&self) -> Result<(u64, u64), String> {
+        let parse = |what: &str, v: &Option<String>, default: u64| match v {
+            None => Ok(default),
+            Some(s) => crate::config::parse_duration(s)
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                .ok_or_else(|| {
+                    format!("--{what} must be a duration such as '5 ms' or '1 s', not {s:?}")
+                }),
+        };
+        let disorder = parse("disorder", &self.disorder, 5_000_000)?;
+        let window = parse("window", &self.window, 1_000_000_000)?;
+        if window == 0 {
+            return Err("--window must be positive".into());
+        }
+        Ok((disorder, window))
+    }
+
+    fn pace(&self) -> Result<Pace, String> {
+        match self.rate {
+            Some(r) if r.is_finite() && r > 0.0 => Ok(Pace::Rate(r)),
+            Some(r) => Err(format!(
+                "--rate must be a positive number of events per second, not {r}"
+            )),
+            None => Ok(Pace::Unpaced),
         }
     }
 
@@ -310,15 +563,7 @@ impl JobSpec {
                 if !self.args.is_empty() {
                     return Err(format!("vwap takes no arguments (got {:?})", self.args));
                 }
-                let pace = match self.rate {
-                    Some(r) if r.is_finite() && r > 0.0 => Pace::Rate(r),
-                    Some(r) => {
-                        return Err(format!(
-                            "--rate must be a positive number of events per second, not {r}"
-                        ))
-                    }
-                    None => Pace::Unpaced,
-                };
+                let pace = self.pace()?;
                 let params = VwapParams {
                     seed: self.seed,
                     events: (self.events > 0).then_some(self.events),
@@ -336,6 +581,22 @@ impl JobSpec {
                     }
                 }
             }
+            "bars" => {
+                if !self.args.is_empty() {
+                    return Err(format!("bars takes no arguments (got {:?})", self.args));
+                }
+                let (disorder_ns, window_ns) = self.bars_times()?;
+                bars(
+                    env,
+                    BarsParams {
+                        seed: self.seed,
+                        events: (self.events > 0).then_some(self.events),
+                        pace: self.pace()?,
+                        disorder_ns,
+                        window_ns,
+                    },
+                )?;
+            }
             "wordcount" => {
                 let [file] = self.args.as_slice() else {
                     return Err("usage: spate run wordcount FILE".into());
@@ -347,7 +608,11 @@ impl JobSpec {
             other => match registered(other) {
                 Some(build) => build(env, self)?,
                 None => {
-                    let mut names = vec!["vwap".to_string(), "wordcount".to_string()];
+                    let mut names = vec![
+                        "vwap".to_string(),
+                        "bars".to_string(),
+                        "wordcount".to_string(),
+                    ];
                     names.extend(registered_names());
                     return Err(format!(
                         "unknown job '{other}': the jobs of this binary are {}",

@@ -4,11 +4,11 @@
 use spate::api::StreamExecutionEnvironment;
 use spate::config::Config;
 use spate::graph::{GraphError, JobGraph};
-use spate::jobs::{self, Vwap, VwapParams};
+use spate::jobs::{self, Bar, BarAcc, Vwap, VwapParams};
 use spate::minicluster::{JobResult, JobStatus, MiniCluster};
 use spate_dataplane::idle::IdleStrategyKind;
 use spate_dataplane::operator::keyed::{Context, KeyedProcessFunction, TimeDomain};
-use spate_dataplane::operator::source::Pace;
+use spate_dataplane::operator::source::{Pace, Trade};
 use spate_dataplane::operator::watermark::WatermarkStrategy;
 use spate_dataplane::operator::window::{AggregateFunction, Window, WindowAssigner};
 use spate_dataplane::operator::{Operator, Output};
@@ -352,6 +352,61 @@ fn processing_time_windows_count_every_record_once() {
     assert_eq!(r.status, JobStatus::Finished);
     let n: u64 = out.lock().unwrap().iter().map(|w| w.1).sum();
     assert_eq!(n, 5_000);
+}
+
+/// W2: every bar equals the plain computation over the very trades the source sent
+/// (collected beside the pipeline), at parallelism 1 and 2.
+#[test]
+fn bars_equal_a_plain_computation_over_the_same_trades() {
+    for p in [1usize, 2] {
+        let env = StreamExecutionEnvironment::new("bars");
+        let sent = Arc::new(Mutex::new(Vec::<Trade>::new()));
+        let out = Arc::new(Mutex::new(Vec::<Bar>::new()));
+        let (disorder, window) = (200_000u64, 1_000_000u64);
+        let trades = env.disordered_trades(9, Some(300_000), Pace::Unpaced, disorder);
+        trades.collect(sent.clone());
+        jobs::bars_of(&trades, disorder, window)
+            .unwrap()
+            .collect(out.clone());
+        let r = run(&env, Some(p), 2);
+        assert_eq!(r.status, JobStatus::Finished);
+        let mut want: std::collections::BTreeMap<(u32, u64), BarAcc> = Default::default();
+        for t in sent.lock().unwrap().iter() {
+            want.entry((t.symbol, t.ts_ns - t.ts_ns % window))
+                .or_default()
+                .add(t);
+        }
+        let got: std::collections::BTreeMap<(u32, u64), Bar> = out
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| ((b.symbol, b.window_start), *b))
+            .collect();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "p={p}: one bar per symbol and window"
+        );
+        assert!(want.len() > 1000, "several windows: {}", want.len());
+        for (k, acc) in &want {
+            let b = &got[k];
+            assert_eq!(
+                (b.open, b.high, b.low, b.close, b.volume, b.vwap, b.count),
+                (
+                    acc.open,
+                    acc.high,
+                    acc.low,
+                    acc.close,
+                    acc.sums.qty,
+                    acc.vwap(),
+                    acc.count
+                ),
+                "p={p}, bar {k:?}"
+            );
+            assert_eq!(b.window_end, k.1 + window);
+            assert_eq!(b.ready_ns, k.1 + window + disorder);
+        }
+    }
 }
 
 #[test]

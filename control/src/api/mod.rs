@@ -145,6 +145,20 @@ impl StreamExecutionEnvironment {
         })
     }
 
+    /// W2's trades: W1's, each stamped with an event time up to `disorder_ns` before
+    /// its send time (seeded, uniform).
+    pub fn disordered_trades(
+        &self,
+        seed: u64,
+        events: Option<u64>,
+        pace: Pace,
+        disorder_ns: u64,
+    ) -> DataStream<Trade> {
+        self.add_source("Trade Source", false, move |info| {
+            TradeSource::try_new(seed, events, pace, info).map(|s| s.with_disorder(disorder_ns))
+        })
+    }
+
     /// The lines of a text file (non-parallel, bounded).
     pub fn read_text_file(&self, path: impl Into<std::path::PathBuf>) -> DataStream<String> {
         let path = path.into();

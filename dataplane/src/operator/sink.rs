@@ -219,8 +219,12 @@ impl<T> Emit<T> for LatencySink<T> {
         let every = self.sample_every as usize;
         let mut i = self.countdown as usize;
         while i < n {
-            let age = now.saturating_sub((self.ts)(&batch[i])).max(1);
-            let _ = self.hist.record(age);
+            // A record stamped after now (a window fired early, at the end of a bounded
+            // input) has no latency to measure; it is counted all the same.
+            let ts = (self.ts)(&batch[i]);
+            if ts <= now {
+                let _ = self.hist.record((now - ts).max(1));
+            }
             i += every;
         }
         self.countdown = (i - n) as u32;

@@ -139,7 +139,7 @@ pub enum Pace {
     Rate(f64),
 }
 
-/// The W1 source.
+/// The W1 source (and W2's, with disorder).
 #[derive(Debug)]
 pub struct TradeSource {
     gen: TradeGenerator,
@@ -148,6 +148,10 @@ pub struct TradeSource {
     interval_ns: f64,
     start_ns: u64,
     sent: u64,
+    /// W2: each trade's event time is its send time minus a delay up to this (ns).
+    disorder_ns: u64,
+    /// The delays' own xorshift state (W1's trades stay the same with disorder off).
+    delay_rng: u64,
 }
 
 impl TradeSource {
@@ -188,7 +192,29 @@ impl TradeSource {
             interval_ns,
             start_ns: 0,
             sent: 0,
+            disorder_ns: 0,
+            delay_rng: (seed ^ 0xD1B5_4A32_D192_ED03).wrapping_mul(2 * info.index as u64 + 1) | 1,
         }
+    }
+
+    /// Stamps each trade with an event time up to `disorder_ns` before its send time
+    /// (a seeded, uniform delay): bounded disorder, as W2 has.
+    pub fn with_disorder(mut self, disorder_ns: u64) -> Self {
+        self.disorder_ns = disorder_ns;
+        self
+    }
+
+    #[inline(always)]
+    fn delayed(&mut self, mut t: Trade) -> Trade {
+        if self.disorder_ns > 0 {
+            let mut x = self.delay_rng;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.delay_rng = x;
+            t.ts_ns = t.ts_ns.saturating_sub(x % (self.disorder_ns + 1));
+        }
+        t
     }
 }
 
@@ -206,9 +232,15 @@ impl Source<Trade> for TradeSource {
             None => max,
         };
         match self.pace {
-            Pace::Unpaced => {
+            Pace::Unpaced if self.disorder_ns == 0 => {
                 let gen = &mut self.gen;
                 out.extend((0..n).map(|_| gen.next_trade(now_ns)));
+            }
+            Pace::Unpaced => {
+                for _ in 0..n {
+                    let t = self.gen.next_trade(now_ns);
+                    out.push(self.delayed(t));
+                }
             }
             Pace::Rate(_) => {
                 if self.start_ns == 0 {
@@ -220,7 +252,8 @@ impl Source<Trade> for TradeSource {
                     if due > now_ns {
                         break;
                     }
-                    out.push(self.gen.next_trade(due));
+                    let t = self.gen.next_trade(due);
+                    out.push(self.delayed(t));
                     self.sent += 1;
                     emitted += 1;
                 }
