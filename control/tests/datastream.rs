@@ -409,6 +409,137 @@ fn bars_equal_a_plain_computation_over_the_same_trades() {
     }
 }
 
+/// Per key, sessions of records less than `gap` apart (touching windows merge, as in
+/// Flink): (key, start, end, Σvalue, count).
+fn sessions_reference(input: &[(u32, u64, u64)], gap: u64) -> Vec<(u32, u64, u64, u64, u64)> {
+    let mut by_key: std::collections::BTreeMap<u32, Vec<(u64, u64)>> = Default::default();
+    for &(k, ts, v) in input {
+        by_key.entry(k).or_default().push((ts, v));
+    }
+    let mut out = Vec::new();
+    for (k, mut recs) in by_key {
+        recs.sort_unstable();
+        let mut cur: Option<(u64, u64, u64, u64)> = None;
+        for (ts, v) in recs {
+            cur = match cur {
+                Some((s, e, sum, n)) if ts <= e => Some((s, e.max(ts + gap), sum + v, n + 1)),
+                Some((s, e, sum, n)) => {
+                    out.push((k, s, e, sum, n));
+                    Some((ts, ts + gap, v, 1))
+                }
+                None => Some((ts, ts + gap, v, 1)),
+            };
+        }
+        if let Some((s, e, sum, n)) = cur {
+            out.push((k, s, e, sum, n));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Session windows merge under random disorder into the sessions a plain computation
+/// finds, at parallelism 1 and 2.
+#[test]
+fn session_windows_equal_a_plain_computation_under_disorder() {
+    for seed in [3u64, 11] {
+        // Sparse keys so that sessions open and close: 7 keys, ~20 ns between records.
+        let input = disordered(seed, 2_000, 100);
+        for gap in [60u64, 300] {
+            for p in [1usize, 2] {
+                let env = StreamExecutionEnvironment::new("sessions");
+                let out = Arc::new(Mutex::new(Vec::new()));
+                env.from_collection(input.clone())
+                    .assign_timestamps_and_watermarks(
+                        WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_nanos(100))
+                            .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1),
+                    )
+                    .key_by(|r: &(u32, u64, u64)| r.0)
+                    .window(WindowAssigner::event_time_session(Duration::from_nanos(gap)).unwrap())
+                    .aggregate_with(SumCount, |k: &u32, w: &Window, (sum, n)| {
+                        Some((*k, w.start, w.end, sum, n))
+                    })
+                    .collect(out.clone());
+                let r = run(&env, Some(p), 2);
+                assert_eq!(r.status, JobStatus::Finished);
+                let mut got = out.lock().unwrap().clone();
+                got.sort_unstable();
+                assert_eq!(
+                    got,
+                    sessions_reference(&input, gap),
+                    "seed {seed}, gap {gap}, p={p}"
+                );
+            }
+        }
+    }
+}
+
+/// `process` sees all of a window's records at once.
+#[test]
+fn process_window_functions_see_every_record_of_their_window() {
+    let input = disordered(5, 1_000, 50);
+    let env = StreamExecutionEnvironment::new("process");
+    let out = Arc::new(Mutex::new(Vec::new()));
+    env.from_collection(input.clone())
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_nanos(50))
+                .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1),
+        )
+        .key_by(|r: &(u32, u64, u64)| r.0)
+        .window(WindowAssigner::tumbling_event_time(Duration::from_nanos(400)).unwrap())
+        .process(
+            |k: &u32,
+             w: &Window,
+             all: Vec<(u32, u64, u64)>,
+             out: &mut Vec<(u32, u64, u64, u64)>| {
+                // Two records per window: its sum and its count, from the full list.
+                out.push((*k, w.start, 0, all.iter().map(|r| r.2).sum()));
+                out.push((*k, w.start, 1, all.len() as u64));
+            },
+        )
+        .collect(out.clone());
+    let r = run(&env, Some(2), 2);
+    assert_eq!(r.status, JobStatus::Finished);
+    let mut got = out.lock().unwrap().clone();
+    got.sort_unstable();
+    let mut want = Vec::new();
+    for (k, s, sum, n) in windows_reference(&input, 400, 400) {
+        want.push((k, s, 0, sum));
+        want.push((k, s, 1, n));
+    }
+    want.sort_unstable();
+    assert_eq!(got, want);
+}
+
+/// Count windows fire every n records of a key, in the key's order; a last, incomplete
+/// window does not fire.
+#[test]
+fn count_windows_fire_every_n_records_of_a_key() {
+    let input: Vec<(u32, u64, u64)> = (0..1_000u64).map(|i| ((i % 3) as u32, i, i)).collect();
+    for p in [1usize, 2] {
+        let env = StreamExecutionEnvironment::new("count");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        env.from_collection(input.clone())
+            .key_by(|r: &(u32, u64, u64)| r.0)
+            .count_window(10)
+            .aggregate_with(SumCount, |k: &u32, (sum, n)| Some((*k, sum, n)))
+            .collect(out.clone());
+        let r = run(&env, Some(p), 2);
+        assert_eq!(r.status, JobStatus::Finished);
+        let mut got = out.lock().unwrap().clone();
+        got.sort_unstable();
+        let mut want = Vec::new();
+        for k in 0..3u32 {
+            let vals: Vec<u64> = input.iter().filter(|r| r.0 == k).map(|r| r.2).collect();
+            for chunk in vals.chunks_exact(10) {
+                want.push((k, chunk.iter().sum::<u64>(), 10));
+            }
+        }
+        want.sort_unstable();
+        assert_eq!(got, want, "p={p}");
+    }
+}
+
 #[test]
 fn wordcount_equals_a_straightforward_count() {
     let dir = tempfile::tempdir().unwrap();

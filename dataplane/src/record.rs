@@ -272,6 +272,8 @@ macro_rules! tuple_wire {
 tuple_wire!(A, B);
 tuple_wire!(A, B, C);
 tuple_wire!(A, B, C, D);
+tuple_wire!(A, B, C, D, E);
+tuple_wire!(A, B, C, D, E, F);
 
 /// Encodes into a fresh vector (tests and slow paths).
 pub fn to_vec<T: Wire>(x: &T) -> Vec<u8> {

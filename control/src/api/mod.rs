@@ -19,7 +19,8 @@ use spate_dataplane::operator::source::{
 };
 use spate_dataplane::operator::watermark::{TimestampsFn, WatermarkStrategy};
 use spate_dataplane::operator::window::{
-    AggregateFunction, ReduceAggregate, Window, WindowAssigner, WindowOperator,
+    AggregateFunction, CollectAll, CountWindowOperator, ReduceAggregate, Window, WindowAssigner,
+    WindowOperator,
 };
 use spate_dataplane::operator::{
     key_hash, BoxEmit, Chained, Collector, Emit, Filter, FlatMap, Map, Operator, SubtaskInfo,
@@ -544,6 +545,28 @@ where
         }
     }
 
+    /// Windows of `size` records per key (Flink's `countWindow`): each fires with its
+    /// last record.
+    pub fn count_window(&self, size: u64) -> CountWindowedStream<T, K, F> {
+        if size == 0 {
+            self.stream
+                .env
+                .graph
+                .borrow_mut()
+                .errors
+                .push("count_window: a window must hold at least one record".to_string());
+        }
+        CountWindowedStream {
+            keyed: KeyedStream {
+                stream: self.stream.clone(),
+                key: self.key.clone(),
+                hash: self.hash.clone(),
+                _k: PhantomData,
+            },
+            size,
+        }
+    }
+
     /// Rolling reduce: emits `f(accumulated, new)` per record.
     pub fn reduce<R>(&self, f: R) -> DataStream<T>
     where
@@ -638,7 +661,7 @@ where
                     agg.clone(),
                     key.clone(),
                     timestamps.clone(),
-                    move |k: &K, w: &Window, r| result(k, w, r),
+                    move |k: &K, w: &Window, r, out: &mut Vec<O>| out.extend(result(k, w, r)),
                 ),
                 d,
             )
@@ -662,5 +685,97 @@ where
         T: Sync,
     {
         self.aggregate_with(ReduceAggregate::new(f), |_, _, r: Option<T>| r)
+    }
+
+    /// Calls `f(key, window, records, out)` with all of a window's records when it
+    /// fires (Flink's `process` with a `ProcessWindowFunction`); `f` emits any number of
+    /// records into `out`. Keeps every record of an open window: prefer `aggregate`
+    /// where an accumulator will do.
+    pub fn process<O, P>(&self, f: P) -> DataStream<O>
+    where
+        O: Data,
+        P: Fn(&K, &Window, Vec<T>, &mut Vec<O>) + Clone + Send + Sync + 'static,
+        T: Sync,
+    {
+        let stream = &self.keyed.stream;
+        let timestamps = stream.timestamps.clone();
+        if self.assigner.domain() == TimeDomain::EventTime && timestamps.is_none() {
+            stream.env.graph.borrow_mut().errors.push(
+                "an event-time window needs the records' timestamps: call \
+                 assign_timestamps_and_watermarks on the stream before key_by"
+                    .to_string(),
+            );
+        }
+        let assigner = self.assigner;
+        let key = self.keyed.key.clone();
+        let build = Build::Operator(Arc::new(move |_, d| {
+            let f = f.clone();
+            chained(
+                WindowOperator::new(
+                    assigner,
+                    CollectAll::<T>::default(),
+                    key.clone(),
+                    timestamps.clone(),
+                    move |k: &K, w: &Window, all: Vec<T>, out: &mut Vec<O>| f(k, w, all, out),
+                ),
+                d,
+            )
+        }));
+        stream.then("Window", build, Some(self.keyed.hash.clone()))
+    }
+}
+
+/// A keyed stream cut into windows of a number of records.
+pub struct CountWindowedStream<T, K, F> {
+    keyed: KeyedStream<T, K, F>,
+    size: u64,
+}
+
+impl<T: Data, K: Key, F> CountWindowedStream<T, K, F>
+where
+    F: Fn(&T) -> K + Clone + Send + Sync + 'static,
+{
+    /// Aggregates each window of records with `agg` and emits `result(key, aggregate)`.
+    pub fn aggregate_with<A, O, R>(&self, agg: A, result: R) -> DataStream<O>
+    where
+        A: AggregateFunction<In = T>,
+        O: Data,
+        R: Fn(&K, A::Out) -> Option<O> + Clone + Send + Sync + 'static,
+    {
+        let size = self.size;
+        let key = self.keyed.key.clone();
+        let build = Build::Operator(Arc::new(move |_, d| {
+            let result = result.clone();
+            chained(
+                CountWindowOperator::new(
+                    size,
+                    agg.clone(),
+                    key.clone(),
+                    move |k: &K, r, out: &mut Vec<O>| out.extend(result(k, r)),
+                ),
+                d,
+            )
+        }));
+        self.keyed
+            .stream
+            .then("Count Window", build, Some(self.keyed.hash.clone()))
+    }
+
+    /// Aggregates each window of records with `agg` and emits its result.
+    pub fn aggregate<A>(&self, agg: A) -> DataStream<A::Out>
+    where
+        A: AggregateFunction<In = T>,
+        A::Out: Data,
+    {
+        self.aggregate_with(agg, |_, r| Some(r))
+    }
+
+    /// Reduces each window of records with `f(accumulated, new)`.
+    pub fn reduce<R>(&self, f: R) -> DataStream<T>
+    where
+        R: Fn(T, T) -> T + Clone + Send + Sync + 'static,
+        T: Sync,
+    {
+        self.aggregate_with(ReduceAggregate::new(f), |_, r: Option<T>| r)
     }
 }

@@ -1,6 +1,7 @@
-//! Windows on keyed streams: tumbling and sliding windows in event or processing time,
-//! aggregated incrementally as records arrive and fired by timers (a watermark passing
-//! the window's last instant, or the clock reaching it).
+//! Windows on keyed streams: tumbling, sliding and session windows in event or
+//! processing time, aggregated incrementally as records arrive and fired by timers (a
+//! watermark passing the window's last instant, or the clock reaching it); and count
+//! windows, which fire every `n` records of a key.
 //!
 //! State lives in the runtime's keyed structures: each key's open windows with their
 //! accumulators in [`KeyedStates`], and one timer per (key, window end) in [`Timers`],
@@ -49,6 +50,8 @@ pub struct WindowAssigner {
     size_ns: u64,
     slide_ns: u64,
     offset_ns: u64,
+    /// Session windows: the gap that closes a session (0: not sessions).
+    gap_ns: u64,
     domain: TimeDomain,
 }
 
@@ -71,8 +74,39 @@ impl WindowAssigner {
             size_ns: size,
             slide_ns: slide,
             offset_ns: offset,
+            gap_ns: 0,
             domain,
         })
+    }
+
+    fn session(gap: std::time::Duration, domain: TimeDomain) -> Result<Self, WindowError> {
+        let gap = ns(gap);
+        if gap == 0 {
+            return Err(WindowError::NotPositive("session gap"));
+        }
+        Ok(Self {
+            size_ns: gap,
+            slide_ns: gap,
+            offset_ns: 0,
+            gap_ns: gap,
+            domain,
+        })
+    }
+
+    /// Session windows in event time: a key's records less than `gap` apart belong to
+    /// one window, which closes `gap` after its last record.
+    pub fn event_time_session(gap: std::time::Duration) -> Result<Self, WindowError> {
+        Self::session(gap, TimeDomain::EventTime)
+    }
+
+    /// Session windows in processing time.
+    pub fn processing_time_session(gap: std::time::Duration) -> Result<Self, WindowError> {
+        Self::session(gap, TimeDomain::ProcessingTime)
+    }
+
+    /// Whether windows merge (sessions).
+    pub fn is_merging(&self) -> bool {
+        self.gap_ns > 0
     }
 
     /// Tumbling event-time windows of `size`.
@@ -103,6 +137,9 @@ impl WindowAssigner {
 
     /// Windows shifted by `offset` (smaller than the slide), e.g. for time zones.
     pub fn with_offset(self, offset: std::time::Duration) -> Result<Self, WindowError> {
+        if self.is_merging() {
+            return Ok(self);
+        }
         Self::new(self.size_ns, self.slide_ns, ns(offset), self.domain)
     }
 
@@ -115,6 +152,12 @@ impl WindowAssigner {
     /// `TimeWindow.getWindowStartWithOffset`).
     #[inline]
     pub fn assign(&self, ts: u64, mut f: impl FnMut(Window)) {
+        if self.is_merging() {
+            return f(Window {
+                start: ts,
+                end: ts.saturating_add(self.gap_ns),
+            });
+        }
         let slide = self.slide_ns;
         let last_start = ts - (ts.wrapping_sub(self.offset_ns).wrapping_add(slide) % slide);
         let mut start = last_start;
@@ -197,6 +240,128 @@ where
     }
 }
 
+/// Collects a window's records, for a function that needs all of them at once (Flink's
+/// `ProcessWindowFunction`): the accumulator is the list of records.
+pub struct CollectAll<T>(std::marker::PhantomData<fn(T)>);
+
+impl<T> Clone for CollectAll<T> {
+    fn clone(&self) -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for CollectAll<T> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> AggregateFunction for CollectAll<T> {
+    type In = T;
+    type Acc = Vec<T>;
+    type Out = Vec<T>;
+    fn create_accumulator(&self) -> Vec<T> {
+        Vec::new()
+    }
+    fn add(&self, value: &T, acc: &mut Vec<T>) {
+        acc.push(value.clone());
+    }
+    fn get_result(&self, acc: &Vec<T>) -> Vec<T> {
+        acc.clone()
+    }
+    fn merge(&self, mut a: Vec<T>, mut b: Vec<T>) -> Vec<T> {
+        a.append(&mut b);
+        a
+    }
+}
+
+/// Count windows (Flink's `countWindow(n)`): every `n` records of a key form a window,
+/// which fires as its `n`-th record arrives and starts afresh.
+pub struct CountWindowOperator<K, A: AggregateFunction, KS, WF, O> {
+    size: u64,
+    agg: A,
+    key: KS,
+    result: WF,
+    /// Each key's records so far in its current window, and their accumulator.
+    states: KeyedStates<K, (u64, Option<A::Acc>)>,
+    _o: std::marker::PhantomData<fn() -> O>,
+}
+
+impl<K, A, KS, WF, O> CountWindowOperator<K, A, KS, WF, O>
+where
+    K: Key,
+    A: AggregateFunction,
+    KS: Fn(&A::In) -> K + 'static,
+    WF: FnMut(&K, A::Out, &mut Vec<O>) + 'static,
+{
+    /// Windows of `size` records (at least 1) per key.
+    pub fn new(size: u64, agg: A, key: KS, result: WF) -> Self {
+        Self {
+            size: size.max(1),
+            agg,
+            key,
+            result,
+            states: KeyedStates::default(),
+            _o: std::marker::PhantomData,
+        }
+    }
+
+    #[inline]
+    fn one(&mut self, hash: u64, key: K, value: &A::In, out: &mut Vec<O>) {
+        let (key, (n, acc)) = self.states.get_or_insert(hash, key);
+        let a = acc.get_or_insert_with(|| self.agg.create_accumulator());
+        self.agg.add(value, a);
+        *n += 1;
+        if *n >= self.size {
+            if let Some(a) = acc.take() {
+                (self.result)(key, self.agg.get_result(&a), out);
+            }
+            *n = 0;
+        }
+    }
+}
+
+impl<K, A, KS, WF, O> Operator for CountWindowOperator<K, A, KS, WF, O>
+where
+    K: Key,
+    A: AggregateFunction,
+    A::In: 'static,
+    A::Acc: 'static,
+    KS: Fn(&A::In) -> K + 'static,
+    WF: FnMut(&K, A::Out, &mut Vec<O>) + 'static,
+    O: 'static,
+{
+    type In = A::In;
+    type Out = O;
+
+    #[inline]
+    fn process(&mut self, batch: &mut Vec<A::In>, out: &mut Output<'_, O>) {
+        let buf = out.buffer();
+        for r in batch.drain(..) {
+            let key = (self.key)(&r);
+            self.one(key_hash(&key), key, &r, buf);
+        }
+    }
+
+    #[inline]
+    fn process_keyed(
+        &mut self,
+        batch: &mut Vec<A::In>,
+        hashes: &mut Vec<u64>,
+        out: &mut Output<'_, O>,
+    ) {
+        if hashes.len() != batch.len() {
+            hashes.clear();
+            return self.process(batch, out);
+        }
+        let buf = out.buffer();
+        for (r, h) in batch.drain(..).zip(hashes.drain(..)) {
+            let key = (self.key)(&r);
+            self.one(h, key, &r, buf);
+        }
+    }
+}
+
 /// Counters of a window operator.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WindowCounts {
@@ -207,8 +372,9 @@ pub struct WindowCounts {
 }
 
 /// A keyed window operator: assigns records to windows, aggregates them with `A`, and
-/// when a window fires emits what `result(key, window, aggregate)` returns (if any).
-pub struct WindowOperator<K, A: AggregateFunction, KS, WF> {
+/// when a window fires calls `result(key, window, aggregate, out)`, which emits into
+/// `out`.
+pub struct WindowOperator<K, A: AggregateFunction, KS, WF, O> {
     assigner: WindowAssigner,
     agg: A,
     key: KS,
@@ -222,17 +388,18 @@ pub struct WindowOperator<K, A: AggregateFunction, KS, WF> {
     watermark: u64,
     now_ns: u64,
     counts: WindowCounts,
+    _o: std::marker::PhantomData<fn() -> O>,
 }
 
-impl<K, A, KS, WF, O> WindowOperator<K, A, KS, WF>
+impl<K, A, KS, WF, O> WindowOperator<K, A, KS, WF, O>
 where
     K: Key,
     A: AggregateFunction,
     KS: Fn(&A::In) -> K + 'static,
-    WF: FnMut(&K, &Window, A::Out) -> Option<O> + 'static,
+    WF: FnMut(&K, &Window, A::Out, &mut Vec<O>) + 'static,
 {
     /// Windows of `assigner` over records keyed by `key`, aggregated by `agg`, fired as
-    /// `result(key, window, aggregate)`. Event-time windows need `timestamps`.
+    /// `result(key, window, aggregate, out)`. Event-time windows need `timestamps`.
     pub fn new(
         assigner: WindowAssigner,
         agg: A,
@@ -252,6 +419,7 @@ where
             watermark: 0,
             now_ns: 0,
             counts: WindowCounts::default(),
+            _o: std::marker::PhantomData,
         }
     }
 
@@ -273,6 +441,50 @@ where
         let now = self.current_time();
         let (agg, timers) = (&self.agg, &mut self.timers);
         let (key, open) = self.windows.get_or_insert(hash, key);
+        if self.assigner.is_merging() {
+            let w = Window {
+                start: ts,
+                end: ts.saturating_add(self.assigner.gap_ns),
+            };
+            // Merge with every open session it overlaps or touches (as Flink's
+            // `TimeWindow.intersects`), folding their accumulators into one.
+            let mut merged = w;
+            let mut acc: Option<A::Acc> = None;
+            let mut i = 0;
+            while i < open.len() {
+                let o = open[i].0;
+                if o.start <= merged.end && o.end >= merged.start {
+                    let (ow, oacc) = open.swap_remove(i);
+                    timers.delete(key, ow.max_timestamp());
+                    merged = Window {
+                        start: merged.start.min(ow.start),
+                        end: merged.end.max(ow.end),
+                    };
+                    acc = Some(match acc {
+                        Some(a) => agg.merge(a, oacc),
+                        None => oacc,
+                    });
+                } else {
+                    i += 1;
+                }
+            }
+            if merged.max_timestamp() <= now && now > 0 {
+                // Late: the session would have fired already. Put back what was taken.
+                if let Some(a) = acc {
+                    // Only a session that is not late itself can have been open, so a
+                    // late merge took nothing; keep whatever it took regardless.
+                    open.push((merged, a));
+                    timers.register(key, merged.max_timestamp());
+                }
+                self.counts.late_records += 1;
+                return;
+            }
+            let mut acc = acc.unwrap_or_else(|| agg.create_accumulator());
+            agg.add(value, &mut acc);
+            open.push((merged, acc));
+            timers.register(key, merged.max_timestamp());
+            return;
+        }
         let mut late = true;
         self.assigner.assign(ts, |w| {
             // Late: the time passed the window's end, so it fired already.
@@ -304,7 +516,7 @@ where
             while i < open.len() {
                 if open[i].0.max_timestamp() == at {
                     let (w, acc) = open.swap_remove(i);
-                    out.extend((self.result)(key, &w, self.agg.get_result(&acc)));
+                    (self.result)(key, &w, self.agg.get_result(&acc), out);
                     self.counts.fired += 1;
                 } else {
                     i += 1;
@@ -314,14 +526,14 @@ where
     }
 }
 
-impl<K, A, KS, WF, O> Operator for WindowOperator<K, A, KS, WF>
+impl<K, A, KS, WF, O> Operator for WindowOperator<K, A, KS, WF, O>
 where
     K: Key,
     A: AggregateFunction,
     A::In: 'static,
     A::Acc: 'static,
     KS: Fn(&A::In) -> K + 'static,
-    WF: FnMut(&K, &Window, A::Out) -> Option<O> + 'static,
+    WF: FnMut(&K, &Window, A::Out, &mut Vec<O>) + 'static,
     O: 'static,
 {
     type In = A::In;
@@ -391,7 +603,7 @@ where
     }
 }
 
-impl<K, A: AggregateFunction, KS, WF> WindowOperator<K, A, KS, WF> {
+impl<K, A: AggregateFunction, KS, WF, O> WindowOperator<K, A, KS, WF, O> {
     /// Fills `self.ts` with the batch's timestamps in the assigner's domain.
     fn stamp(&mut self, batch: &[A::In]) {
         match (&self.timestamps, self.assigner.domain) {
@@ -428,6 +640,9 @@ mod tests {
                 .unwrap();
         assert_eq!(windows_of(&s, 12), [(5, 15), (10, 20)]);
         assert_eq!(windows_of(&s, 3), [(0, 10)], "no window starts before 0");
+        let sessions = WindowAssigner::event_time_session(Duration::from_nanos(10)).unwrap();
+        assert_eq!(windows_of(&sessions, 42), [(42, 52)]);
+        assert!(WindowAssigner::event_time_session(Duration::ZERO).is_err());
         let o = t.with_offset(Duration::from_nanos(3)).unwrap();
         assert_eq!(windows_of(&o, 12), [(3, 13)]);
         assert_eq!(windows_of(&o, 13), [(13, 23)]);
