@@ -116,6 +116,14 @@ pub enum Build {
     Sink(SinkBuilder),
     /// The union of its inputs (identity).
     Union,
+    /// A two-input operator (always the head of its chain): `build` makes it in front
+    /// of its downstream, `task` makes the task that decodes both inputs for it.
+    TwoInput {
+        /// Builds the operator, given its downstream.
+        build: OperatorBuilder,
+        /// Builds its task.
+        task: TwoInputTaskFn,
+    },
 }
 
 /// A task, or why it could not be built.
@@ -126,6 +134,9 @@ type RingOutputFn =
     fn(Vec<Producer>, &EdgePartition, Backpressure) -> Result<RingOutputParts, String>;
 type SourceTaskFn = fn(String, AnyBox, AnyBox, Outputs) -> TaskResult;
 type InputTaskFn = fn(String, Vec<Consumer>, AnyBox, Outputs) -> TaskResult;
+/// Builds a task headed by a two-input operator: its inputs (`(side, ring)`), the
+/// operator (a `Box<dyn Emit2<A, B>>`) and its outputs.
+pub type TwoInputTaskFn = fn(String, Vec<(usize, Consumer)>, AnyBox, Outputs) -> TaskResult;
 
 /// Per record type: the typed pieces a deployment needs, as plain functions.
 pub struct TypeOps {
@@ -200,7 +211,7 @@ fn input_task<T: Data>(
     outs: Outputs,
 ) -> Result<Box<dyn Task>, String> {
     let head = down::<BoxEmit<T>>(head, "a chain head")?;
-    Ok(Box::new(InputTask::<T>::new(name, inputs, head, outs)))
+    Ok(Box::new(InputTask::new(name, inputs, head, outs)))
 }
 
 impl TypeOps {
@@ -351,6 +362,9 @@ pub struct JobEdge {
     pub to: usize,
     /// Resolved partitioning (never `Default`).
     pub partition: EdgePartition,
+    /// Which input of the downstream head operator it feeds (0 for one-input
+    /// operators; 0 or 1 for a two-input operator).
+    pub input: usize,
 }
 
 /// The job as it runs: vertices and edges, with parallelism and chaining resolved.
@@ -481,11 +495,13 @@ impl JobGraph {
                         slot_sharing_group: group[n.id].clone(),
                         name: n.name.clone(),
                     });
-                    for e in &n.inputs {
+                    let two_input = matches!(n.build, Build::TwoInput { .. });
+                    for (i, e) in n.inputs.iter().enumerate() {
                         edges.push(JobEdge {
                             from: vertex_of[e.from],
                             to: v,
                             partition: resolve(n, e)?,
+                            input: if two_input { i } else { 0 },
                         });
                     }
                 }

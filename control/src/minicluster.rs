@@ -281,7 +281,7 @@ impl MiniCluster {
     /// Creates the rings of every edge and describes every subtask's deployment.
     fn connect(&self, job: &JobGraph) -> Result<Vec<Deployment>, ClusterError> {
         let mut outs: HashMap<(usize, usize), EdgeOutputs> = HashMap::new();
-        let mut ins: HashMap<(usize, usize), Vec<Consumer>> = HashMap::new();
+        let mut ins: HashMap<(usize, usize), Vec<(usize, Consumer)>> = HashMap::new();
         for e in &job.edges {
             let up = &job.vertices[e.from];
             let dn = &job.vertices[e.to];
@@ -294,7 +294,7 @@ impl MiniCluster {
                 for t in targets {
                     let (p, c) = Ring::anonymous(self.config.ring_size)?;
                     producers.push(p);
-                    ins.entry((e.to, t)).or_default().push(c);
+                    ins.entry((e.to, t)).or_default().push((e.input, c));
                 }
                 outs.entry((e.from, s))
                     .or_default()
@@ -343,8 +343,8 @@ pub struct Deployment {
     pub chain: Vec<Node>,
     /// Output rings per out edge, in downstream subtask order.
     pub outputs: EdgeOutputs,
-    /// Input rings.
-    pub inputs: Vec<Consumer>,
+    /// Input rings, each with the input of the head operator it feeds.
+    pub inputs: Vec<(usize, Consumer)>,
     /// Where the task counts its records.
     pub metrics: Arc<TaskMetrics>,
     /// How the task runs (from the TaskManager's configuration).
@@ -400,6 +400,13 @@ impl Deployment {
                     cur = b(info, cur).map_err(|e| format!("{}: {e}", node.name))?
                 }
                 Build::Union => {}
+                Build::TwoInput { build, task } if i == 0 => {
+                    let head = build(info, cur).map_err(|e| format!("{}: {e}", node.name))?;
+                    return task(name, inputs, head, outputs);
+                }
+                Build::TwoInput { .. } => {
+                    return Err("internal: a two-input operator inside a chain".into())
+                }
                 Build::Source(b) => {
                     let src = b(info).map_err(|e| format!("{}: {e}", node.name))?;
                     let ops = node.out.as_ref().ok_or("internal: source without a type")?;
@@ -411,6 +418,11 @@ impl Deployment {
             .input
             .as_ref()
             .ok_or("internal: operator without an input type")?;
-        ops.input_task(name, inputs, cur, outputs)
+        ops.input_task(
+            name,
+            inputs.into_iter().map(|(_, c)| c).collect(),
+            cur,
+            outputs,
+        )
     }
 }

@@ -7,11 +7,13 @@ use spate::graph::{GraphError, JobGraph};
 use spate::jobs::{self, Bar, BarAcc, Vwap, VwapParams};
 use spate::minicluster::{JobResult, JobStatus, MiniCluster};
 use spate_dataplane::idle::IdleStrategyKind;
-use spate_dataplane::operator::keyed::{Context, KeyedProcessFunction, TimeDomain};
+use spate_dataplane::operator::keyed::{
+    Context, KeyedCoProcessFunction, KeyedProcessFunction, TimeDomain, ValueState,
+};
 use spate_dataplane::operator::source::{Pace, Trade};
 use spate_dataplane::operator::watermark::WatermarkStrategy;
 use spate_dataplane::operator::window::{AggregateFunction, Window, WindowAssigner};
-use spate_dataplane::operator::{Operator, Output};
+use spate_dataplane::operator::{CoProcessFunction, Operator, Output};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -536,6 +538,119 @@ fn count_windows_fire_every_n_records_of_a_key() {
             }
         }
         want.sort_unstable();
+        assert_eq!(got, want, "p={p}");
+    }
+}
+
+#[derive(Clone)]
+struct Describe;
+
+impl CoProcessFunction for Describe {
+    type In1 = u64;
+    type In2 = String;
+    type Out = String;
+    fn process_element1(&mut self, v: u64, out: &mut Vec<String>) {
+        out.push(format!("number {v}"));
+    }
+    fn process_element2(&mut self, v: String, out: &mut Vec<String>) {
+        out.push(format!("word {v}"));
+    }
+}
+
+#[test]
+fn connected_streams_of_two_types_meet_in_one_operator() {
+    for p in [1usize, 2] {
+        let env = StreamExecutionEnvironment::new("connect");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let numbers = env.from_collection((0..500u64).collect());
+        let words = env.from_collection((0..300).map(|i| format!("w{i}")).collect());
+        numbers
+            .connect(&words)
+            .process(Describe)
+            .collect(out.clone());
+        let r = run(&env, Some(p), 2);
+        assert_eq!(r.status, JobStatus::Finished);
+        let mut got = out.lock().unwrap().clone();
+        got.sort();
+        let mut want: Vec<String> = (0..500u64)
+            .map(|v| format!("number {v}"))
+            .chain((0..300).map(|i| format!("word w{i}")))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "p={p}");
+    }
+}
+
+/// Sums both sides per key in state the two inputs share; emits when the end of time
+/// fires the key's event-time timer.
+#[derive(Clone)]
+struct SumBoth;
+
+#[derive(Default)]
+struct Sums {
+    first: ValueState<u64>,
+    second: ValueState<u64>,
+}
+
+impl KeyedCoProcessFunction for SumBoth {
+    type Key = u32;
+    type In1 = (u32, u64);
+    type In2 = (u32, u64, u64);
+    type Out = (u32, u64, u64);
+    type State = Sums;
+    fn process_element1(
+        &mut self,
+        v: (u32, u64),
+        st: &mut Sums,
+        ctx: &mut Context<'_, u32, Self::Out>,
+    ) {
+        *st.first.get_or_insert_with(|| 0) += v.1;
+        ctx.register_event_time_timer(u64::MAX - 1);
+    }
+    fn process_element2(
+        &mut self,
+        v: (u32, u64, u64),
+        st: &mut Sums,
+        ctx: &mut Context<'_, u32, Self::Out>,
+    ) {
+        *st.second.get_or_insert_with(|| 0) += v.2;
+        ctx.register_event_time_timer(u64::MAX - 1);
+    }
+    fn on_timer(&mut self, _: u64, st: &mut Sums, ctx: &mut Context<'_, u32, Self::Out>) {
+        let k = *ctx.current_key();
+        let (a, b) = (st.first.value().copied(), st.second.value().copied());
+        ctx.collect((k, a.unwrap_or(0), b.unwrap_or(0)));
+    }
+}
+
+/// Keyed connected streams: both sides of a key meet in one subtask and share its state
+/// (through two key exchanges at parallelism 2); the combined end-of-time watermark
+/// fires the timers.
+#[test]
+fn keyed_connected_streams_share_state_per_key() {
+    for p in [1usize, 2] {
+        let env = StreamExecutionEnvironment::new("keyed connect");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let first: Vec<(u32, u64)> = (0..2_000u64).map(|i| ((i % 13) as u32, i)).collect();
+        let second: Vec<(u32, u64, u64)> =
+            (0..1_000u64).map(|i| ((i % 17) as u32, 0, 2 * i)).collect();
+        env.from_collection(first.clone())
+            .connect(&env.from_collection(second.clone()))
+            .key_by(|a: &(u32, u64)| a.0, |b: &(u32, u64, u64)| b.0)
+            .process(SumBoth)
+            .collect(out.clone());
+        let r = run(&env, Some(p), 2);
+        assert_eq!(r.status, JobStatus::Finished);
+        let mut got = out.lock().unwrap().clone();
+        got.sort_unstable();
+        let mut want: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+        for (k, v) in &first {
+            want.entry(*k).or_default().0 += v;
+        }
+        for (k, _, v) in &second {
+            want.entry(*k).or_default().1 += v;
+        }
+        let want: Vec<(u32, u64, u64)> = want.into_iter().map(|(k, (a, b))| (k, a, b)).collect();
         assert_eq!(got, want, "p={p}");
     }
 }

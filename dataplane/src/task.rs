@@ -239,6 +239,8 @@ impl<T> Task for SourceTask<T> {
 /// One input ring of an [`InputTask`] and what its control events said.
 struct Input {
     ring: Consumer,
+    /// Which of the head's inputs it feeds (0, or 1 for a two-input operator's second).
+    side: usize,
     ended: bool,
     watermark: u64,
     idle: bool,
@@ -246,18 +248,107 @@ struct Input {
     blocked: bool,
 }
 
-/// Input rings and the chain they feed.
-pub struct InputTask<T> {
-    name: String,
-    inputs: Vec<Input>,
-    open: usize,
+/// What an input task feeds: the head of its chain, behind one input type or two.
+/// Decoding happens here, so the task's loop over rings and control events is the same
+/// for both.
+pub trait InputHead {
+    /// A data frame from an input of side `side`: decode it and push it down the chain.
+    /// Returns the records it held.
+    fn data(&mut self, side: usize, payload: &[u8]) -> Result<u64, crate::record::DecodeError>;
+    /// A combined control event.
+    fn event(&mut self, event: Event);
+    /// Processing time advanced.
+    fn tick(&mut self, now_ns: u64);
+}
+
+/// The head of a one-input chain.
+pub struct OneInput<T> {
     head: BoxEmit<T>,
-    outputs: Outputs,
-    finished: bool,
     /// Reused: the batch being decoded, its key hashes, and a private copy of a frame.
     batch: Vec<T>,
     hashes: Vec<u64>,
     scratch: Vec<u8>,
+}
+
+impl<T: Wire> InputHead for OneInput<T> {
+    #[inline]
+    fn data(&mut self, _side: usize, payload: &[u8]) -> Result<u64, crate::record::DecodeError> {
+        let keyed = frames::decode_batch(
+            payload,
+            &mut self.batch,
+            &mut self.hashes,
+            &mut self.scratch,
+        )?;
+        let n = self.batch.len() as u64;
+        if keyed {
+            self.head.push_keyed(&mut self.batch, &mut self.hashes);
+        } else {
+            self.head.push(&mut self.batch);
+        }
+        self.batch.clear();
+        self.hashes.clear();
+        Ok(n)
+    }
+    fn event(&mut self, event: Event) {
+        self.head.event(event);
+    }
+    fn tick(&mut self, now_ns: u64) {
+        self.head.tick(now_ns);
+    }
+}
+
+/// The head of a chain that starts with a two-input operator.
+pub struct TwoInputs<A, B> {
+    head: Box<dyn crate::operator::Emit2<A, B>>,
+    a: Vec<A>,
+    b: Vec<B>,
+    hashes: Vec<u64>,
+    scratch: Vec<u8>,
+}
+
+impl<A: Wire, B: Wire> InputHead for TwoInputs<A, B> {
+    #[inline]
+    fn data(&mut self, side: usize, payload: &[u8]) -> Result<u64, crate::record::DecodeError> {
+        if side == 0 {
+            let keyed =
+                frames::decode_batch(payload, &mut self.a, &mut self.hashes, &mut self.scratch)?;
+            let n = self.a.len() as u64;
+            if !keyed {
+                self.hashes.clear();
+            }
+            self.head.push1(&mut self.a, &mut self.hashes);
+            self.a.clear();
+            self.hashes.clear();
+            Ok(n)
+        } else {
+            let keyed =
+                frames::decode_batch(payload, &mut self.b, &mut self.hashes, &mut self.scratch)?;
+            let n = self.b.len() as u64;
+            if !keyed {
+                self.hashes.clear();
+            }
+            self.head.push2(&mut self.b, &mut self.hashes);
+            self.b.clear();
+            self.hashes.clear();
+            Ok(n)
+        }
+    }
+    fn event(&mut self, event: Event) {
+        self.head.event(event);
+    }
+    fn tick(&mut self, now_ns: u64) {
+        self.head.tick(now_ns);
+    }
+}
+
+/// Input rings and the chain they feed.
+pub struct InputTask<H> {
+    name: String,
+    inputs: Vec<Input>,
+    open: usize,
+    head: H,
+    outputs: Outputs,
+    finished: bool,
     /// The watermark and idleness last sent down the chain.
     watermark: u64,
     idle: bool,
@@ -267,16 +358,54 @@ pub struct InputTask<T> {
     last_barrier: u64,
 }
 
-impl<T: Wire> InputTask<T> {
+impl<T: Wire> InputTask<OneInput<T>> {
     /// Reads `inputs` (all carrying `T`), feeding `head`.
     pub fn new(name: String, inputs: Vec<Consumer>, head: BoxEmit<T>, outputs: Outputs) -> Self {
+        let head = OneInput {
+            head,
+            batch: Vec::new(),
+            hashes: Vec::new(),
+            scratch: Vec::new(),
+        };
+        Self::with_head(
+            name,
+            inputs.into_iter().map(|c| (0, c)).collect(),
+            head,
+            outputs,
+        )
+    }
+}
+
+impl<A: Wire, B: Wire> InputTask<TwoInputs<A, B>> {
+    /// Reads `inputs`, each `(0, ring)` carrying `A` or `(1, ring)` carrying `B`, feeding
+    /// a two-input operator.
+    pub fn two_inputs(
+        name: String,
+        inputs: Vec<(usize, Consumer)>,
+        head: Box<dyn crate::operator::Emit2<A, B>>,
+        outputs: Outputs,
+    ) -> Self {
+        let head = TwoInputs {
+            head,
+            a: Vec::new(),
+            b: Vec::new(),
+            hashes: Vec::new(),
+            scratch: Vec::new(),
+        };
+        Self::with_head(name, inputs, head, outputs)
+    }
+}
+
+impl<H: InputHead> InputTask<H> {
+    fn with_head(name: String, inputs: Vec<(usize, Consumer)>, head: H, outputs: Outputs) -> Self {
         let n = inputs.len();
         Self {
             name,
             inputs: inputs
                 .into_iter()
-                .map(|ring| Input {
+                .map(|(side, ring)| Input {
                     ring,
+                    side,
                     ended: false,
                     watermark: NO_WATERMARK,
                     idle: false,
@@ -287,9 +416,6 @@ impl<T: Wire> InputTask<T> {
             head,
             outputs,
             finished: false,
-            batch: Vec::new(),
-            hashes: Vec::new(),
-            scratch: Vec::new(),
             watermark: NO_WATERMARK,
             idle: false,
             aligning: None,
@@ -373,21 +499,10 @@ impl<T: Wire> InputTask<T> {
             frames_read += 1;
             let ty = frame.frame_type();
             if ty == FrameType::Data {
-                let keyed = frames::decode_batch(
-                    frame.payload(),
-                    &mut self.batch,
-                    &mut self.hashes,
-                    &mut self.scratch,
-                )
-                .map_err(|e| TaskError(format!("input {i}: {e}")))?;
-                records += self.batch.len() as u64;
-                if keyed {
-                    self.head.push_keyed(&mut self.batch, &mut self.hashes);
-                } else {
-                    self.head.push(&mut self.batch);
-                }
-                self.batch.clear();
-                self.hashes.clear();
+                records += self
+                    .head
+                    .data(input.side, frame.payload())
+                    .map_err(|e| TaskError(format!("input {i}: {e}")))?;
                 continue;
             }
             let event = frames::decode_event(ty, frame.payload())
@@ -454,7 +569,7 @@ fn check_producer(i: usize, input: &Consumer, now: u64, timeout_ns: u64) -> Resu
     Err(TaskError(format!("input {i}: the upstream task's {why}")))
 }
 
-impl<T: Wire> Task for InputTask<T> {
+impl<H: InputHead> Task for InputTask<H> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -507,12 +622,12 @@ mod tests {
     use crate::ring::{Producer, Ring};
     use std::sync::Arc;
 
-    fn input_task(inputs: Vec<Consumer>) -> InputTask<u64> {
+    fn input_task(inputs: Vec<Consumer>) -> InputTask<OneInput<u64>> {
         let head: BoxEmit<u64> = Box::new(DiscardSink::new(Arc::new(SinkMetrics::default())));
         input_task_with(inputs, head)
     }
 
-    fn input_task_with(inputs: Vec<Consumer>, head: BoxEmit<u64>) -> InputTask<u64> {
+    fn input_task_with(inputs: Vec<Consumer>, head: BoxEmit<u64>) -> InputTask<OneInput<u64>> {
         InputTask::new(
             "t".into(),
             inputs,

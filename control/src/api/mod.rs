@@ -12,7 +12,9 @@
 use crate::graph::{AnyBox, Build, Chaining, Edge, EdgePartition, Node, StreamGraph, TypeOps};
 use spate_dataplane::exchange::KeyHashFn;
 use spate_dataplane::operator::keyed::TimeDomain;
-use spate_dataplane::operator::keyed::{KeyedProcess, KeyedProcessFunction, KeyedReduce};
+use spate_dataplane::operator::keyed::{
+    KeyedCoProcess, KeyedCoProcessFunction, KeyedProcess, KeyedProcessFunction, KeyedReduce,
+};
 use spate_dataplane::operator::sink::{self, SinkMetrics};
 use spate_dataplane::operator::source::{
     IterSource, LinesSource, Pace, SocketSource, Source, Trade, TradeSource,
@@ -23,7 +25,8 @@ use spate_dataplane::operator::window::{
     WindowOperator,
 };
 use spate_dataplane::operator::{
-    key_hash, BoxEmit, Chained, Collector, Emit, Filter, FlatMap, Map, Operator, SubtaskInfo,
+    key_hash, BoxEmit, Chained, Chained2, CoProcess, CoProcessFunction, Collector, Emit, Emit2,
+    Filter, FlatMap, Map, Operator, SubtaskInfo, TwoInputOperator,
 };
 use spate_dataplane::record::{Data, Key};
 use std::cell::RefCell;
@@ -353,6 +356,16 @@ impl<T: Data> DataStream<T> {
             key: f,
             hash: EdgePartition::Hash(Arc::new(hash)),
             _k: PhantomData,
+        }
+    }
+
+    /// This stream and `other`, connected for a two-input operator (Flink's `connect`):
+    /// records of both, possibly of different types, reach one operator that may share
+    /// state between them.
+    pub fn connect<B: Data>(&self, other: &DataStream<B>) -> ConnectedStreams<T, B> {
+        ConnectedStreams {
+            first: self.clone(),
+            second: other.clone(),
         }
     }
 
@@ -777,5 +790,139 @@ where
         T: Sync,
     {
         self.aggregate_with(ReduceAggregate::new(f), |_, r: Option<T>| r)
+    }
+}
+
+fn two_input_task<A: Data, B: Data>(
+    name: String,
+    inputs: Vec<(usize, spate_dataplane::ring::Consumer)>,
+    head: AnyBox,
+    outputs: spate_dataplane::task::Outputs,
+) -> crate::graph::TaskResult {
+    let head = down::<Box<dyn Emit2<A, B>>>(head)?;
+    Ok(Box::new(spate_dataplane::task::InputTask::two_inputs(
+        name, inputs, head, outputs,
+    )))
+}
+
+/// Two streams connected for a two-input operator.
+pub struct ConnectedStreams<A, B> {
+    first: DataStream<A>,
+    second: DataStream<B>,
+}
+
+impl<A: Data, B: Data> ConnectedStreams<A, B> {
+    /// Applies a two-input operator of your own (each subtask runs a clone).
+    pub fn transform<Op>(&self, name: &str, op: Op) -> DataStream<Op::Out>
+    where
+        Op: TwoInputOperator<In1 = A, In2 = B> + Clone + Send + Sync,
+        Op::Out: Data,
+    {
+        self.two_input(name, None, move || op.clone())
+    }
+
+    /// A two-input node whose subtasks each run `make()`.
+    fn two_input<Op, M>(
+        &self,
+        name: &str,
+        partitions: Option<(EdgePartition, EdgePartition)>,
+        make: M,
+    ) -> DataStream<Op::Out>
+    where
+        Op: TwoInputOperator<In1 = A, In2 = B>,
+        Op::Out: Data,
+        M: Fn() -> Op + Send + Sync + 'static,
+    {
+        let build: crate::graph::OperatorBuilder = Arc::new(move |_, d| {
+            let next = down::<BoxEmit<Op::Out>>(d)?;
+            let head: Box<dyn Emit2<A, B>> = Box::new(Chained2::new(make(), next));
+            Ok(Box::new(head) as AnyBox)
+        });
+        let env = &self.first.env;
+        let mut n = StreamExecutionEnvironment::node(
+            name,
+            Build::TwoInput {
+                build,
+                task: two_input_task::<A, B>,
+            },
+        );
+        let (mut e1, mut e2) = (self.first.edge(), self.second.edge());
+        if let Some((p1, p2)) = partitions {
+            e1.partition = p1;
+            e2.partition = p2;
+        }
+        n.inputs = vec![e1, e2];
+        n.input = Some(TypeOps::of::<A>());
+        n.out = Some(TypeOps::of::<Op::Out>());
+        DataStream::new(env.clone(), env.add(n))
+    }
+
+    /// Runs a `CoProcessFunction` over both inputs.
+    pub fn process<F>(&self, f: F) -> DataStream<F::Out>
+    where
+        F: CoProcessFunction<In1 = A, In2 = B>,
+        F::Out: Data,
+    {
+        self.two_input("Co-Process", None, move || CoProcess(f.clone()))
+    }
+
+    /// Keys both inputs (Flink's `connect(..).keyBy(k1, k2)`): records of either side
+    /// with equal keys meet in one subtask and share that key's state.
+    pub fn key_by<K: Key, F1, F2>(&self, k1: F1, k2: F2) -> KeyedConnectedStreams<A, B, K, F1, F2>
+    where
+        F1: Fn(&A) -> K + Clone + Send + Sync + 'static,
+        F2: Fn(&B) -> K + Clone + Send + Sync + 'static,
+    {
+        KeyedConnectedStreams {
+            connected: ConnectedStreams {
+                first: self.first.clone(),
+                second: self.second.clone(),
+            },
+            k1,
+            k2,
+            _k: PhantomData,
+        }
+    }
+}
+
+/// Two connected streams keyed alike.
+pub struct KeyedConnectedStreams<A, B, K, F1, F2> {
+    connected: ConnectedStreams<A, B>,
+    k1: F1,
+    k2: F2,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<A: Data, B: Data, K: Key, F1, F2> KeyedConnectedStreams<A, B, K, F1, F2>
+where
+    F1: Fn(&A) -> K + Clone + Send + Sync + 'static,
+    F2: Fn(&B) -> K + Clone + Send + Sync + 'static,
+{
+    /// Runs a `KeyedCoProcessFunction` with per-key state shared by both inputs.
+    pub fn process<P>(&self, f: P) -> DataStream<P::Out>
+    where
+        P: KeyedCoProcessFunction<Key = K, In1 = A, In2 = B>,
+        P::In1: 'static,
+        P::In2: 'static,
+        P::Out: Data,
+    {
+        let (k1, k2) = (self.k1.clone(), self.k2.clone());
+        let (h1, h2) = (k1.clone(), k2.clone());
+        let hash1: KeyHashFn<A> = Arc::new(move |batch: &[A], out: &mut Vec<u64>| {
+            out.clear();
+            out.extend(batch.iter().map(|t| key_hash(&h1(t))));
+        });
+        let hash2: KeyHashFn<B> = Arc::new(move |batch: &[B], out: &mut Vec<u64>| {
+            out.clear();
+            out.extend(batch.iter().map(|t| key_hash(&h2(t))));
+        });
+        self.connected.two_input(
+            "Keyed Co-Process",
+            Some((
+                EdgePartition::Hash(Arc::new(hash1)),
+                EdgePartition::Hash(Arc::new(hash2)),
+            )),
+            move || KeyedCoProcess::new(f.clone(), k1.clone(), k2.clone()),
+        )
     }
 }

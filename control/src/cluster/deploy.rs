@@ -163,7 +163,7 @@ pub fn build(
                 _ => (0..graph.vertices[e.from].parallelism).collect(),
             };
             for u in sources {
-                inputs.push(consumer(ei, u, s)?);
+                inputs.push((e.input, consumer(ei, u, s)?));
             }
         }
     }

@@ -10,7 +10,7 @@
 //! which a key exchange computed once and carried with the record. Steady state is one
 //! probe per record and no allocation (a new key allocates its slot).
 
-use super::{key_hash, Operator, Output};
+use super::{key_hash, Operator, Output, TwoInputOperator};
 use crate::record::Key;
 use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
@@ -571,6 +571,198 @@ where
         for (record, hash) in batch.drain(..).zip(hashes.drain(..)) {
             let key = (self.key)(&record);
             self.one(hash, key, record, buf);
+        }
+    }
+}
+
+/// Per-record logic over two connected, keyed streams with per-key state shared by
+/// both sides and timers (Flink's `KeyedCoProcessFunction`): a record of either input
+/// sees the state of its key.
+pub trait KeyedCoProcessFunction: Clone + Send + Sync + 'static {
+    /// The key type (both inputs are keyed by it).
+    type Key: Key;
+    /// Records of the first input.
+    type In1;
+    /// Records of the second input.
+    type In2;
+    /// Output records.
+    type Out;
+    /// Per-key state.
+    type State: Default + 'static;
+
+    /// One record of the first input.
+    fn process_element1(
+        &mut self,
+        value: Self::In1,
+        state: &mut Self::State,
+        ctx: &mut Context<'_, Self::Key, Self::Out>,
+    );
+
+    /// One record of the second input.
+    fn process_element2(
+        &mut self,
+        value: Self::In2,
+        state: &mut Self::State,
+        ctx: &mut Context<'_, Self::Key, Self::Out>,
+    );
+
+    /// A timer of the current key fired at `timestamp_ns`.
+    fn on_timer(
+        &mut self,
+        timestamp_ns: u64,
+        state: &mut Self::State,
+        ctx: &mut Context<'_, Self::Key, Self::Out>,
+    ) {
+        let _ = (timestamp_ns, state, ctx);
+    }
+}
+
+/// Runs a [`KeyedCoProcessFunction`] with key selectors `KS1` and `KS2`.
+pub struct KeyedCoProcess<P: KeyedCoProcessFunction, KS1, KS2> {
+    f: P,
+    key1: KS1,
+    key2: KS2,
+    states: KeyedStates<P::Key, P::State>,
+    processing: Timers<P::Key>,
+    event: Timers<P::Key>,
+    now_ns: u64,
+    watermark: u64,
+}
+
+impl<P: KeyedCoProcessFunction, KS1, KS2> KeyedCoProcess<P, KS1, KS2>
+where
+    KS1: Fn(&P::In1) -> P::Key + 'static,
+    KS2: Fn(&P::In2) -> P::Key + 'static,
+{
+    /// Runs `f`, keying the inputs with `key1` and `key2`.
+    pub fn new(f: P, key1: KS1, key2: KS2) -> Self {
+        Self {
+            f,
+            key1,
+            key2,
+            states: KeyedStates::default(),
+            processing: Timers::default(),
+            event: Timers::default(),
+            now_ns: 0,
+            watermark: 0,
+        }
+    }
+
+    fn fire(&mut self, domain: TimeDomain, time: u64, out: &mut Vec<P::Out>) {
+        let mark = match domain {
+            TimeDomain::ProcessingTime => self.processing.mark(),
+            TimeDomain::EventTime => self.event.mark(),
+        };
+        loop {
+            let due = match domain {
+                TimeDomain::ProcessingTime => self.processing.pop_due(time, mark),
+                TimeDomain::EventTime => self.event.pop_due(time, mark),
+            };
+            let Some((at, key)) = due else { break };
+            let (key, state) = self.states.get_or_insert(key_hash(&key), key);
+            let mut ctx = Context {
+                key,
+                now_ns: self.now_ns,
+                watermark: self.watermark,
+                domain: Some(domain),
+                processing: &mut self.processing,
+                event: &mut self.event,
+                out,
+            };
+            self.f.on_timer(at, state, &mut ctx);
+        }
+    }
+}
+
+/// The hash of each record's key: the exchange's, when it carried them.
+#[inline(always)]
+fn hash_at<K: Key>(hashes: &[u64], i: usize, key: &K) -> u64 {
+    match hashes.get(i) {
+        Some(&h) => h,
+        None => key_hash(key),
+    }
+}
+
+impl<P: KeyedCoProcessFunction, KS1, KS2> TwoInputOperator for KeyedCoProcess<P, KS1, KS2>
+where
+    KS1: Fn(&P::In1) -> P::Key + 'static,
+    KS2: Fn(&P::In2) -> P::Key + 'static,
+    P::In1: 'static,
+    P::In2: 'static,
+    P::Out: 'static,
+{
+    type In1 = P::In1;
+    type In2 = P::In2;
+    type Out = P::Out;
+
+    fn process1(
+        &mut self,
+        batch: &mut Vec<P::In1>,
+        hashes: &mut Vec<u64>,
+        out: &mut Output<'_, P::Out>,
+    ) {
+        if hashes.len() != batch.len() {
+            hashes.clear();
+        }
+        let buf = out.buffer();
+        for (i, r) in batch.drain(..).enumerate() {
+            let key = (self.key1)(&r);
+            let hash = hash_at(hashes, i, &key);
+            let (key, state) = self.states.get_or_insert(hash, key);
+            let mut ctx = Context {
+                key,
+                now_ns: self.now_ns,
+                watermark: self.watermark,
+                domain: None,
+                processing: &mut self.processing,
+                event: &mut self.event,
+                out: buf,
+            };
+            self.f.process_element1(r, state, &mut ctx);
+        }
+        hashes.clear();
+    }
+
+    fn process2(
+        &mut self,
+        batch: &mut Vec<P::In2>,
+        hashes: &mut Vec<u64>,
+        out: &mut Output<'_, P::Out>,
+    ) {
+        if hashes.len() != batch.len() {
+            hashes.clear();
+        }
+        let buf = out.buffer();
+        for (i, r) in batch.drain(..).enumerate() {
+            let key = (self.key2)(&r);
+            let hash = hash_at(hashes, i, &key);
+            let (key, state) = self.states.get_or_insert(hash, key);
+            let mut ctx = Context {
+                key,
+                now_ns: self.now_ns,
+                watermark: self.watermark,
+                domain: None,
+                processing: &mut self.processing,
+                event: &mut self.event,
+                out: buf,
+            };
+            self.f.process_element2(r, state, &mut ctx);
+        }
+        hashes.clear();
+    }
+
+    fn on_watermark(&mut self, watermark: u64, out: &mut Output<'_, P::Out>) {
+        if watermark > self.watermark {
+            self.watermark = watermark;
+            self.fire(TimeDomain::EventTime, watermark, out.buffer());
+        }
+        out.watermark(watermark);
+    }
+
+    fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, P::Out>) {
+        self.now_ns = now_ns;
+        if self.processing.next_time().is_some_and(|t| t <= now_ns) {
+            self.fire(TimeDomain::ProcessingTime, now_ns, out.buffer());
         }
     }
 }

@@ -322,6 +322,171 @@ impl<Op: Operator> Emit<Op::In> for Chained<Op> {
     }
 }
 
+/// The runtime's face of a two-input operator, the head of its task's chain (two-input
+/// operators never chain behind another operator). `hashes` holds the key hash of each
+/// record when its input crossed a key exchange, and is empty otherwise.
+pub trait Emit2<A, B> {
+    /// A batch of the first input.
+    fn push1(&mut self, batch: &mut Vec<A>, hashes: &mut Vec<u64>);
+    /// A batch of the second input.
+    fn push2(&mut self, batch: &mut Vec<B>, hashes: &mut Vec<u64>);
+    /// A control event, combined over both inputs by the task.
+    fn event(&mut self, event: Event);
+    /// Processing time advanced to `now_ns`.
+    fn tick(&mut self, now_ns: u64);
+}
+
+/// An operator with two inputs of possibly different types (Flink's
+/// `TwoInputStreamOperator`): `connect`ed streams. Watermarks, idleness and barriers
+/// reach it combined over both inputs (the minimum watermark; barriers aligned).
+pub trait TwoInputOperator: 'static {
+    /// Records of the first input.
+    type In1;
+    /// Records of the second input.
+    type In2;
+    /// Output records.
+    type Out;
+    /// A batch of the first input (`hashes` as in [`Emit2`]).
+    fn process1(
+        &mut self,
+        batch: &mut Vec<Self::In1>,
+        hashes: &mut Vec<u64>,
+        out: &mut Output<'_, Self::Out>,
+    );
+    /// A batch of the second input.
+    fn process2(
+        &mut self,
+        batch: &mut Vec<Self::In2>,
+        hashes: &mut Vec<u64>,
+        out: &mut Output<'_, Self::Out>,
+    );
+    /// The combined watermark advanced (forwarded by default).
+    fn on_watermark(&mut self, watermark: u64, out: &mut Output<'_, Self::Out>) {
+        out.watermark(watermark);
+    }
+    /// Both inputs went idle, or one came back (forwarded by default).
+    fn on_idle(&mut self, idle: bool, out: &mut Output<'_, Self::Out>) {
+        out.event(Event::Idle(idle));
+    }
+    /// A checkpoint barrier, aligned over both inputs (forwarded by default).
+    fn on_barrier(&mut self, barrier: Barrier, out: &mut Output<'_, Self::Out>) {
+        out.event(Event::Barrier(barrier));
+    }
+    /// Both inputs ended. The runtime forwards the end afterwards.
+    fn on_end_of_input(&mut self, out: &mut Output<'_, Self::Out>) {
+        let _ = out;
+    }
+    /// Processing time advanced to `now_ns`.
+    fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, Self::Out>) {
+        let _ = (now_ns, out);
+    }
+}
+
+/// A [`TwoInputOperator`] as the head of a chain.
+pub struct Chained2<Op: TwoInputOperator> {
+    op: Op,
+    buf: Vec<Op::Out>,
+    next: BoxEmit<Op::Out>,
+}
+
+impl<Op: TwoInputOperator> Chained2<Op> {
+    /// `op`, emitting to `next`.
+    pub fn new(op: Op, next: BoxEmit<Op::Out>) -> Self {
+        Self {
+            op,
+            buf: Vec::new(),
+            next,
+        }
+    }
+
+    #[inline(always)]
+    fn with_out(&mut self, f: impl FnOnce(&mut Op, &mut Output<'_, Op::Out>)) {
+        let mut out = Output::new(&mut self.buf, &mut *self.next);
+        f(&mut self.op, &mut out);
+        out.flush();
+    }
+}
+
+impl<Op: TwoInputOperator> Emit2<Op::In1, Op::In2> for Chained2<Op> {
+    #[inline]
+    fn push1(&mut self, batch: &mut Vec<Op::In1>, hashes: &mut Vec<u64>) {
+        self.with_out(|op, out| op.process1(batch, hashes, out));
+    }
+    #[inline]
+    fn push2(&mut self, batch: &mut Vec<Op::In2>, hashes: &mut Vec<u64>) {
+        self.with_out(|op, out| op.process2(batch, hashes, out));
+    }
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Watermark(wm) => self.with_out(|op, out| op.on_watermark(wm, out)),
+            Event::Idle(idle) => self.with_out(|op, out| op.on_idle(idle, out)),
+            Event::Barrier(b) => self.with_out(|op, out| op.on_barrier(b, out)),
+            Event::EndOfInput => {
+                self.with_out(|op, out| op.on_end_of_input(out));
+                self.next.event(Event::EndOfInput);
+            }
+        }
+    }
+    fn tick(&mut self, now_ns: u64) {
+        self.with_out(|op, out| op.on_tick(now_ns, out));
+        self.next.tick(now_ns);
+    }
+}
+
+/// Per-record logic over two connected streams (Flink's `CoProcessFunction`).
+pub trait CoProcessFunction: Clone + Send + Sync + 'static {
+    /// Records of the first input.
+    type In1;
+    /// Records of the second input.
+    type In2;
+    /// Output records.
+    type Out;
+    /// One record of the first input.
+    fn process_element1(&mut self, value: Self::In1, out: &mut Vec<Self::Out>);
+    /// One record of the second input.
+    fn process_element2(&mut self, value: Self::In2, out: &mut Vec<Self::Out>);
+}
+
+/// Runs a [`CoProcessFunction`].
+pub struct CoProcess<F>(pub F);
+
+impl<F: CoProcessFunction> TwoInputOperator for CoProcess<F>
+where
+    F::In1: 'static,
+    F::In2: 'static,
+    F::Out: 'static,
+{
+    type In1 = F::In1;
+    type In2 = F::In2;
+    type Out = F::Out;
+    #[inline]
+    fn process1(
+        &mut self,
+        batch: &mut Vec<F::In1>,
+        hashes: &mut Vec<u64>,
+        out: &mut Output<'_, F::Out>,
+    ) {
+        hashes.clear();
+        let buf = out.buffer();
+        for r in batch.drain(..) {
+            self.0.process_element1(r, buf);
+        }
+    }
+    #[inline]
+    fn process2(
+        &mut self,
+        batch: &mut Vec<F::In2>,
+        hashes: &mut Vec<u64>,
+        out: &mut Output<'_, F::Out>,
+    ) {
+        hashes.clear();
+        let buf = out.buffer();
+        for r in batch.drain(..) {
+            self.0.process_element2(r, buf);
+        }
+    }
+}
+
 /// `map`: one record in, one out.
 pub struct Map<F, I, O> {
     f: F,
