@@ -890,3 +890,37 @@ fn a_hundred_short_jobs_back_to_back_all_finish() {
         });
     }
 }
+
+/// W2 (event time, watermarks and windows across a key exchange) on a cluster: the
+/// bars job submitted through REST with its own disorder and window finishes.
+#[test]
+fn the_bars_job_runs_on_a_cluster() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spate("jobmanager", &ports, &[]);
+    let _tm = spate(
+        "taskmanager",
+        &ports,
+        &["-D", "taskmanager.numberOfTaskSlots=2"],
+    );
+    wait_for("the TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    let body = r#"{"job": "bars", "parallelism": 2, "events": 300000, "disorder": "1 ms", "window": "10 ms"}"#;
+    let (status, v) = http(ports.rest, "POST", "/jobs", body).unwrap();
+    assert_eq!(status, 202, "{v}");
+    let id = v["jobid"].as_str().unwrap().to_string();
+    wait_for("the bars job to finish", Duration::from_secs(30), || {
+        job_state(ports.rest, &id) == "FINISHED"
+    });
+    let (status, v) = http(
+        ports.rest,
+        "POST",
+        "/jobs",
+        r#"{"job": "bars", "window": "0 s"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 400, "a zero window is refused: {v}");
+}

@@ -182,3 +182,94 @@ impl<T: 'static, F: Fn(&T) -> u64 + 'static> Operator for TimestampsAndWatermark
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use crate::operator::{BoxEmit, Chained, Emit};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    #[derive(Clone, Default)]
+    struct Seen(Rc<RefCell<Vec<String>>>);
+
+    impl Emit<u64> for Seen {
+        fn push(&mut self, batch: &mut Vec<u64>) {
+            self.0.borrow_mut().push(format!("{batch:?}"));
+            batch.clear();
+        }
+        fn event(&mut self, e: Event) {
+            self.0.borrow_mut().push(format!("{e:?}"));
+        }
+        fn tick(&mut self, _: u64) {}
+    }
+
+    fn generator(
+        strategy: WatermarkStrategy<u64, impl Fn(&u64) -> u64 + Clone + Send + Sync + 'static>,
+    ) -> (
+        Chained<TimestampsAndWatermarks<u64, impl Fn(&u64) -> u64>>,
+        Seen,
+    ) {
+        let seen = Seen::default();
+        (
+            Chained::new(
+                strategy.generator(true),
+                Box::new(seen.clone()) as BoxEmit<u64>,
+            ),
+            seen,
+        )
+    }
+
+    #[test]
+    fn the_watermark_trails_the_largest_timestamp_by_the_bound_and_follows_each_batch() {
+        let (mut g, seen) = generator(
+            WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_nanos(10))
+                .with_timestamp_assigner(|x: &u64| *x),
+        );
+        g.push(&mut vec![100, 105, 103]);
+        g.push(&mut vec![104]); // behind the maximum: no new watermark
+        g.push(&mut vec![120]);
+        g.event(Event::Watermark(1_000)); // from upstream: replaced by the strategy's
+        g.event(Event::Watermark(END_OF_TIME)); // the end of a bounded input goes on
+        assert_eq!(
+            *seen.0.borrow(),
+            [
+                "[100, 105, 103]",
+                "Watermark(94)",
+                "[104]",
+                "[120]",
+                "Watermark(109)",
+                &format!("Watermark({END_OF_TIME})")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_silent_source_goes_idle_after_the_timeout_and_active_with_its_next_record() {
+        let (mut g, seen) = generator(
+            WatermarkStrategy::for_monotonous_timestamps()
+                .with_timestamp_assigner(|x: &u64| *x)
+                .with_idleness(Duration::from_nanos(1_000)),
+        );
+        g.tick(10_000);
+        g.push(&mut vec![50]);
+        g.tick(10_500);
+        assert!(!seen.0.borrow().iter().any(|e| e.starts_with("Idle")));
+        g.tick(11_001);
+        g.tick(12_000); // once
+        g.push(&mut vec![60]);
+        assert_eq!(
+            *seen.0.borrow(),
+            [
+                "[50]",
+                "Watermark(49)",
+                "Idle(true)",
+                "[60]",
+                "Idle(false)",
+                "Watermark(59)"
+            ]
+        );
+    }
+}
