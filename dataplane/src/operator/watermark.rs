@@ -206,12 +206,12 @@ mod tests {
         fn tick(&mut self, _: u64) {}
     }
 
-    fn generator(
-        strategy: WatermarkStrategy<u64, impl Fn(&u64) -> u64 + Clone + Send + Sync + 'static>,
-    ) -> (
-        Chained<TimestampsAndWatermarks<u64, impl Fn(&u64) -> u64>>,
-        Seen,
-    ) {
+    type Generator<F> = Chained<TimestampsAndWatermarks<u64, F>>;
+
+    fn generator<F>(strategy: WatermarkStrategy<u64, F>) -> (Generator<F>, Seen)
+    where
+        F: Fn(&u64) -> u64 + Clone + Send + Sync + 'static,
+    {
         let seen = Seen::default();
         (
             Chained::new(
