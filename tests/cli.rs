@@ -177,6 +177,37 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let p = good.path();
     fails_with(&["run", "nosuchjob"], p, 2, "unknown job 'nosuchjob'");
     fails_with(
+        &[
+            "run",
+            "-D",
+            "execution.runtime-mode=BATCH",
+            "--events",
+            "0",
+            "vwap",
+        ],
+        p,
+        2,
+        "BATCH runtime mode needs every source to end",
+    );
+    fails_with(
+        &["run", "-D", "execution.runtime-mode=SOMETIMES", "vwap"],
+        p,
+        2,
+        "STREAMING or BATCH",
+    );
+    fails_with(
+        &["run", "--window", "0 s", "bars"],
+        p,
+        2,
+        "--window must be positive",
+    );
+    fails_with(
+        &["run", "--disorder", "soon", "bars"],
+        p,
+        2,
+        "--disorder must be a duration",
+    );
+    fails_with(
         &["run", "wordcount", "/no/such/file.txt"],
         p,
         2,

@@ -161,13 +161,16 @@ fn spec(a: &JobArgs) -> JobSpec {
         output: a.output.clone(),
         disorder: a.disorder.clone(),
         window: a.window.clone(),
+        runtime_mode: None,
     }
 }
 
 fn prepare(a: &JobArgs) -> Result<(Config, JobGraph)> {
     let dir = Config::dir(a.config_dir.as_deref());
     let config = Config::load(&dir, &a.defines)?;
-    let graph = spec(a)
+    let mut spec = spec(a);
+    spec.runtime_mode = Some(config.runtime_mode);
+    let graph = spec
         .job_graph(config.default_parallelism, config.chaining)
         .map_err(|e| anyhow::anyhow!(e))?;
     Ok((config, graph))

@@ -98,6 +98,8 @@ pub struct Config {
     pub ring_peer_timeout: Duration,
     /// `parallelism.default`
     pub default_parallelism: usize,
+    /// `execution.runtime-mode`: STREAMING or BATCH.
+    pub runtime_mode: crate::api::RuntimeMode,
     /// `pipeline.operator-chaining.enabled`
     pub chaining: bool,
     /// `restart-strategy.type`
@@ -171,6 +173,7 @@ impl Default for Config {
             idle: IdleStrategyKind::Backoff,
             ring_size: 1 << 20,
             ring_peer_timeout: Duration::from_secs(30),
+            runtime_mode: crate::api::RuntimeMode::Streaming,
             default_parallelism: 1,
             chaining: true,
             restart_strategy: RestartStrategyType::None,
@@ -206,6 +209,7 @@ pub const KEYS: &[&str] = &[
     "taskmanager.memory.ring-size",
     "taskmanager.ring.peer-timeout",
     "parallelism.default",
+    "execution.runtime-mode",
     "pipeline.operator-chaining.enabled",
     "restart-strategy.type",
     "restart-strategy.fixed-delay.attempts",
@@ -521,6 +525,9 @@ impl Config {
             }
             "taskmanager.ring.peer-timeout" => self.ring_peer_timeout = duration()?,
             "parallelism.default" => self.default_parallelism = positive()?,
+            "execution.runtime-mode" => {
+                self.runtime_mode = v.parse().map_err(|_| bad("STREAMING or BATCH"))?
+            }
             "pipeline.operator-chaining.enabled" => {
                 self.chaining = match v {
                     "true" => true,

@@ -308,6 +308,8 @@ pub struct Node {
     pub out: Option<Arc<TypeOps>>,
     /// Operations of the input type (`None` for sources).
     pub input: Option<Arc<TypeOps>>,
+    /// Sources: whether the input ends (a bounded source).
+    pub bounded: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -336,6 +338,8 @@ pub struct StreamGraph {
     pub metrics: Arc<SinkMetrics>,
     /// Mistakes found while the job was declared (reported when it is built).
     pub errors: Vec<String>,
+    /// The job's runtime mode, if it set one (else the configuration's).
+    pub runtime_mode: Option<crate::api::RuntimeMode>,
 }
 
 /// A chain of operators that runs as one task per subtask.
@@ -392,6 +396,18 @@ impl JobGraph {
         let nodes = &stream.nodes;
         if let Some(e) = stream.errors.first() {
             return Err(GraphError::Declaration(e.clone()));
+        }
+        if stream.runtime_mode == Some(crate::api::RuntimeMode::Batch) {
+            if let Some(n) = nodes
+                .iter()
+                .find(|n| matches!(n.build, Build::Source(_)) && !n.bounded)
+            {
+                return Err(GraphError::Declaration(format!(
+                    "'{}' is unbounded: BATCH runtime mode needs every source to end \
+                     (set execution.runtime-mode: STREAMING, or bound the source)",
+                    n.name
+                )));
+            }
         }
         if !nodes.iter().any(|n| matches!(n.build, Build::Sink(_))) {
             return Err(GraphError::NoSink);

@@ -494,6 +494,9 @@ pub struct JobSpec {
     /// bars: the window size (a duration such as `1 s`; default 1 s).
     #[serde(default)]
     pub window: Option<String>,
+    /// STREAMING or BATCH (`execution.runtime-mode`; default: the configuration's).
+    #[serde(default)]
+    pub runtime_mode: Option<crate::api::RuntimeMode>,
 }
 
 fn default_events() -> u64 {
@@ -518,6 +521,7 @@ impl JobSpec {
             output: None,
             disorder: None,
             window: None,
+            runtime_mode: None,
         }
     }
 
@@ -634,6 +638,9 @@ impl JobSpec {
             return Err("-p must be at least 1".into());
         }
         let env = StreamExecutionEnvironment::new(&self.job);
+        if let Some(mode) = self.runtime_mode {
+            env.set_runtime_mode(mode);
+        }
         self.declare(&env)?;
         crate::graph::JobGraph::build(
             env.stream_graph(),

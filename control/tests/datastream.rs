@@ -1,7 +1,7 @@
 //! The DataStream API on the MiniCluster: results against plain computations.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use spate::api::StreamExecutionEnvironment;
+use spate::api::{RuntimeMode, StreamExecutionEnvironment};
 use spate::config::Config;
 use spate::graph::{GraphError, JobGraph};
 use spate::jobs::{self, Bar, BarAcc, Vwap, VwapParams};
@@ -653,6 +653,73 @@ fn keyed_connected_streams_share_state_per_key() {
         let want: Vec<(u32, u64, u64)> = want.into_iter().map(|(k, (a, b))| (k, a, b)).collect();
         assert_eq!(got, want, "p={p}");
     }
+}
+
+/// BATCH mode: no watermark until the end of input, so windows fire at the end and no
+/// record is late; results otherwise equal STREAMING's.
+#[test]
+fn batch_mode_gives_streamings_results_without_late_records() {
+    let input = disordered(21, 3_000, 200);
+    let mut results = Vec::new();
+    for mode in [RuntimeMode::Streaming, RuntimeMode::Batch] {
+        let env = StreamExecutionEnvironment::new("modes");
+        env.set_runtime_mode(mode);
+        let out = Arc::new(Mutex::new(Vec::new()));
+        env.from_collection(input.clone())
+            .assign_timestamps_and_watermarks(
+                WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_nanos(200))
+                    .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1),
+            )
+            .key_by(|r: &(u32, u64, u64)| r.0)
+            .window(WindowAssigner::tumbling_event_time(Duration::from_nanos(500)).unwrap())
+            .aggregate_with(SumCount, |k: &u32, w: &Window, (sum, n)| {
+                Some((*k, w.start, sum, n))
+            })
+            .collect(out.clone());
+        let r = run(&env, Some(2), 2);
+        assert_eq!(r.status, JobStatus::Finished);
+        let mut got = out.lock().unwrap().clone();
+        got.sort_unstable();
+        results.push(got);
+    }
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[1], windows_reference(&input, 500, 500));
+
+    // A record far behind the watermark: late in STREAMING, not in BATCH.
+    let mut late: Vec<(u32, u64, u64)> = (0..299).map(|i| (1, 1_000 + i * 10, 1)).collect();
+    late.push((1, 1_005, 1_000));
+    let mut sums = Vec::new();
+    for mode in [RuntimeMode::Streaming, RuntimeMode::Batch] {
+        let env = StreamExecutionEnvironment::new("late");
+        env.set_runtime_mode(mode);
+        let out = Arc::new(Mutex::new(Vec::new()));
+        env.from_collection(late.clone())
+            .assign_timestamps_and_watermarks(
+                WatermarkStrategy::for_monotonous_timestamps()
+                    .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1),
+            )
+            .key_by(|r: &(u32, u64, u64)| r.0)
+            .window(WindowAssigner::tumbling_event_time(Duration::from_nanos(100)).unwrap())
+            .aggregate(SumCount)
+            .collect(out.clone());
+        assert_eq!(run(&env, None, 1).status, JobStatus::Finished);
+        sums.push(out.lock().unwrap().iter().map(|r| r.0).sum::<u64>());
+    }
+    assert_eq!(sums, [299, 1_299]);
+}
+
+#[test]
+fn an_unbounded_source_in_batch_mode_is_an_error_when_the_job_is_built() {
+    let env = StreamExecutionEnvironment::new("unbounded");
+    env.set_runtime_mode(RuntimeMode::Batch);
+    env.trades(1, None, Pace::Unpaced).discard();
+    let e = JobGraph::build(env.stream_graph(), None, 1, true).unwrap_err();
+    assert!(e.to_string().contains("unbounded"), "{e}");
+    // Bounded, it runs.
+    let env = StreamExecutionEnvironment::new("bounded");
+    env.set_runtime_mode(RuntimeMode::Batch);
+    env.trades(1, Some(1_000), Pace::Unpaced).discard();
+    assert_eq!(run(&env, None, 1).status, JobStatus::Finished);
 }
 
 #[test]

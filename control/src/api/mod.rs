@@ -52,10 +52,35 @@ fn chained<Op: Operator>(op: Op, d: AnyBox) -> Result<AnyBox, String> {
     )))
 }
 
+/// How a job runs (Flink's `execution.runtime-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum RuntimeMode {
+    /// Continuous processing: watermarks advance as records arrive.
+    #[default]
+    Streaming,
+    /// For bounded inputs only: no watermark until the end of input, where event time
+    /// jumps to its end (every window and event-time timer fires then); the results
+    /// equal STREAMING's for the same input.
+    Batch,
+}
+
+impl std::str::FromStr for RuntimeMode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "STREAMING" => Ok(Self::Streaming),
+            "BATCH" => Ok(Self::Batch),
+            _ => Err(()),
+        }
+    }
+}
+
 /// Where a job is declared: sources come from here, and it holds the job's settings.
 #[derive(Clone, Debug)]
 pub struct StreamExecutionEnvironment {
     graph: Rc<RefCell<StreamGraph>>,
+    /// BATCH mode, as the operators built on slot threads see it.
+    batch: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StreamExecutionEnvironment {
@@ -66,7 +91,25 @@ impl StreamExecutionEnvironment {
                 job_name: job_name.to_string(),
                 ..StreamGraph::default()
             })),
+            batch: Arc::default(),
         }
+    }
+
+    /// Runs the job in STREAMING or BATCH mode (`env.setRuntimeMode`).
+    pub fn set_runtime_mode(&self, mode: RuntimeMode) -> &Self {
+        self.graph.borrow_mut().runtime_mode = Some(mode);
+        // Relaxed: read when subtasks are built, after the job was declared and handed
+        // over (a happens-before edge through the deployment itself).
+        self.batch.store(
+            mode == RuntimeMode::Batch,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self
+    }
+
+    /// The runtime mode the job set, if any.
+    pub fn runtime_mode(&self) -> Option<RuntimeMode> {
+        self.graph.borrow().runtime_mode
     }
 
     /// Default parallelism of this job's operators.
@@ -110,14 +153,36 @@ impl StreamExecutionEnvironment {
             inputs: Vec::new(),
             out: None,
             input: None,
+            bounded: false,
         }
     }
 
     /// A source built per subtask by `make`. A `non_parallel` source runs one subtask.
+    /// It counts as unbounded (see [`Self::add_bounded_source`]).
     pub fn add_source<T: Data, S: Source<T> + 'static>(
         &self,
         name: &str,
         non_parallel: bool,
+        make: impl Fn(SubtaskInfo) -> Result<S, String> + Send + Sync + 'static,
+    ) -> DataStream<T> {
+        self.source_node(name, non_parallel, false, make)
+    }
+
+    /// A source whose input ends (it may run in BATCH mode).
+    pub fn add_bounded_source<T: Data, S: Source<T> + 'static>(
+        &self,
+        name: &str,
+        non_parallel: bool,
+        make: impl Fn(SubtaskInfo) -> Result<S, String> + Send + Sync + 'static,
+    ) -> DataStream<T> {
+        self.source_node(name, non_parallel, true, make)
+    }
+
+    fn source_node<T: Data, S: Source<T> + 'static>(
+        &self,
+        name: &str,
+        non_parallel: bool,
+        bounded: bool,
         make: impl Fn(SubtaskInfo) -> Result<S, String> + Send + Sync + 'static,
     ) -> DataStream<T> {
         let build = Build::Source(Arc::new(move |info| {
@@ -125,6 +190,7 @@ impl StreamExecutionEnvironment {
         }));
         let mut n = Self::node(name, build);
         n.non_parallel = non_parallel;
+        n.bounded = bounded;
         n.out = Some(TypeOps::of::<T>());
         let id = self.add(n);
         DataStream::new(self.clone(), id)
@@ -133,7 +199,7 @@ impl StreamExecutionEnvironment {
     /// The elements of `items`, in order (non-parallel, bounded).
     pub fn from_collection<T: Data + Sync>(&self, items: Vec<T>) -> DataStream<T> {
         let items = Arc::new(items);
-        self.add_source("Collection Source", true, move |_| {
+        self.add_bounded_source("Collection Source", true, move |_| {
             let items = items.clone();
             Ok(IterSource::new(
                 (0..items.len()).filter_map(move |i| items.get(i).cloned()),
@@ -144,7 +210,7 @@ impl StreamExecutionEnvironment {
     /// W1 trades (parallel: subtask i generates the symbols ≡ i mod parallelism).
     /// `events`: total over all subtasks, `None` for unbounded.
     pub fn trades(&self, seed: u64, events: Option<u64>, pace: Pace) -> DataStream<Trade> {
-        self.add_source("Trade Source", false, move |info| {
+        self.source_node("Trade Source", false, events.is_some(), move |info| {
             TradeSource::try_new(seed, events, pace, info)
         })
     }
@@ -158,7 +224,7 @@ impl StreamExecutionEnvironment {
         pace: Pace,
         disorder_ns: u64,
     ) -> DataStream<Trade> {
-        self.add_source("Trade Source", false, move |info| {
+        self.source_node("Trade Source", false, events.is_some(), move |info| {
             TradeSource::try_new(seed, events, pace, info).map(|s| s.with_disorder(disorder_ns))
         })
     }
@@ -167,7 +233,7 @@ impl StreamExecutionEnvironment {
     pub fn read_text_file(&self, path: impl Into<std::path::PathBuf>) -> DataStream<String> {
         let path = path.into();
         let name = format!("File Source {}", path.display());
-        self.add_source(&name, true, move |_| {
+        self.add_bounded_source(&name, true, move |_| {
             LinesSource::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
         })
     }
@@ -312,7 +378,12 @@ impl<T: Data> DataStream<T> {
         T: Sync,
     {
         let timestamps = strategy.timestamps_fn();
-        let build = Build::Operator(Arc::new(move |_, d| chained(strategy.generator(true), d)));
+        let batch = self.env.batch.clone();
+        let build = Build::Operator(Arc::new(move |_, d| {
+            // BATCH: no watermark until the end of input.
+            let streaming = !batch.load(std::sync::atomic::Ordering::Relaxed);
+            chained(strategy.generator(streaming), d)
+        }));
         let mut out = self.then("Timestamps/Watermarks", build, None);
         out.timestamps = Some(timestamps);
         out

@@ -586,7 +586,9 @@ impl JobManager {
         }
     }
 
-    fn submit(&mut self, spec: JobSpec) -> Result<String, (u16, String)> {
+    fn submit(&mut self, mut spec: JobSpec) -> Result<String, (u16, String)> {
+        // The job's mode travels with it, so that every TaskManager builds it alike.
+        spec.runtime_mode.get_or_insert(self.config.runtime_mode);
         let graph = spec
             .job_graph(self.config.default_parallelism, self.config.chaining)
             .map_err(|e| (400, e))?;
