@@ -722,6 +722,72 @@ fn an_unbounded_source_in_batch_mode_is_an_error_when_the_job_is_built() {
     assert_eq!(run(&env, None, 1).status, JobStatus::Finished);
 }
 
+/// The interval join pairs exactly the records of a key whose event times lie within
+/// the bounds, under disorder on both sides, at parallelism 1 and 2.
+#[test]
+fn interval_joins_pair_exactly_the_records_within_the_bounds() {
+    let left = disordered(31, 1_500, 100);
+    let right = disordered(47, 1_500, 100);
+    let (lower, upper) = (-50i64, 120i64);
+    let mut want = Vec::new();
+    for a in &left {
+        for b in &right {
+            let d = b.1 as i64 - a.1 as i64;
+            if a.0 == b.0 && (lower..=upper).contains(&d) {
+                want.push((a.2, b.2));
+            }
+        }
+    }
+    want.sort_unstable();
+    assert!(want.len() > 100, "{} pairs", want.len());
+    for p in [1usize, 2] {
+        let env = StreamExecutionEnvironment::new("interval join");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let strategy = || {
+            WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_nanos(100))
+                .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1)
+        };
+        let l = env
+            .from_collection(left.clone())
+            .assign_timestamps_and_watermarks(strategy())
+            .key_by(|r: &(u32, u64, u64)| r.0);
+        let r = env
+            .from_collection(right.clone())
+            .assign_timestamps_and_watermarks(strategy())
+            .key_by(|r: &(u32, u64, u64)| r.0);
+        l.interval_join(&r)
+            .between(lower, upper)
+            .process(
+                |a: &(u32, u64, u64), b: &(u32, u64, u64), out: &mut Vec<(u64, u64)>| {
+                    out.push((a.2, b.2))
+                },
+            )
+            .collect(out.clone());
+        let res = run(&env, Some(p), 2);
+        assert_eq!(res.status, JobStatus::Finished);
+        let mut got = out.lock().unwrap().clone();
+        got.sort_unstable();
+        assert_eq!(got, want, "p={p}");
+    }
+}
+
+#[test]
+fn an_interval_join_without_timestamps_is_an_error_when_the_job_is_built() {
+    let env = StreamExecutionEnvironment::new("no timestamps");
+    let l = env
+        .from_collection(vec![(1u32, 1u64, 1u64)])
+        .key_by(|r: &(u32, u64, u64)| r.0);
+    let r = env
+        .from_collection(vec![(1u32, 1u64, 1u64)])
+        .key_by(|r: &(u32, u64, u64)| r.0);
+    l.interval_join(&r)
+        .between(0, 10)
+        .process(|_: &(u32, u64, u64), _: &(u32, u64, u64), _: &mut Vec<u64>| {})
+        .discard();
+    let e = JobGraph::build(env.stream_graph(), None, 1, true).unwrap_err();
+    assert!(e.to_string().contains("timestamps"), "{e}");
+}
+
 #[test]
 fn wordcount_equals_a_straightforward_count() {
     let dir = tempfile::tempdir().unwrap();

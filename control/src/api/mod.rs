@@ -11,6 +11,7 @@
 
 use crate::graph::{AnyBox, Build, Chaining, Edge, EdgePartition, Node, StreamGraph, TypeOps};
 use spate_dataplane::exchange::KeyHashFn;
+use spate_dataplane::operator::join::IntervalJoin;
 use spate_dataplane::operator::keyed::TimeDomain;
 use spate_dataplane::operator::keyed::{
     KeyedCoProcess, KeyedCoProcessFunction, KeyedProcess, KeyedProcessFunction, KeyedReduce,
@@ -616,6 +617,31 @@ where
             .then("Keyed Process", build, Some(self.hash.clone()))
     }
 
+    /// Joins this keyed stream with `other` in event time (Flink's `intervalJoin`):
+    /// continue with `.between(lower_ns, upper_ns)`.
+    pub fn interval_join<B: Data, F2>(
+        &self,
+        other: &KeyedStream<B, K, F2>,
+    ) -> IntervalJoinBuilder<T, B, K, F, F2>
+    where
+        F2: Fn(&B) -> K + Clone + Send + Sync + 'static,
+    {
+        IntervalJoinBuilder {
+            left: KeyedStream {
+                stream: self.stream.clone(),
+                key: self.key.clone(),
+                hash: self.hash.clone(),
+                _k: PhantomData,
+            },
+            right: KeyedStream {
+                stream: other.stream.clone(),
+                key: other.key.clone(),
+                hash: other.hash.clone(),
+                _k: PhantomData,
+            },
+        }
+    }
+
     /// Windows of this keyed stream (Flink's `window`).
     pub fn window(&self, assigner: WindowAssigner) -> WindowedStream<T, K, F> {
         WindowedStream {
@@ -996,4 +1022,118 @@ where
             move || KeyedCoProcess::new(f.clone(), k1.clone(), k2.clone()),
         )
     }
+}
+
+/// Two keyed streams about to be interval-joined.
+pub struct IntervalJoinBuilder<A, B, K, F1, F2> {
+    left: KeyedStream<A, K, F1>,
+    right: KeyedStream<B, K, F2>,
+}
+
+impl<A: Data, B: Data, K: Key, F1, F2> IntervalJoinBuilder<A, B, K, F1, F2>
+where
+    F1: Fn(&A) -> K + Clone + Send + Sync + 'static,
+    F2: Fn(&B) -> K + Clone + Send + Sync + 'static,
+{
+    /// A left record `a` meets the right records of its key whose event time lies in
+    /// `[a.ts + lower_ns, a.ts + upper_ns]` (either bound may be negative).
+    pub fn between(&self, lower_ns: i64, upper_ns: i64) -> IntervalJoined<A, B, K, F1, F2> {
+        IntervalJoined {
+            left: KeyedStream {
+                stream: self.left.stream.clone(),
+                key: self.left.key.clone(),
+                hash: self.left.hash.clone(),
+                _k: PhantomData,
+            },
+            right: KeyedStream {
+                stream: self.right.stream.clone(),
+                key: self.right.key.clone(),
+                hash: self.right.hash.clone(),
+                _k: PhantomData,
+            },
+            lower_ns,
+            upper_ns,
+        }
+    }
+}
+
+/// An interval join with its bounds.
+pub struct IntervalJoined<A, B, K, F1, F2> {
+    left: KeyedStream<A, K, F1>,
+    right: KeyedStream<B, K, F2>,
+    lower_ns: i64,
+    upper_ns: i64,
+}
+
+impl<A: Data, B: Data, K: Key, F1, F2> IntervalJoined<A, B, K, F1, F2>
+where
+    F1: Fn(&A) -> K + Clone + Send + Sync + 'static,
+    F2: Fn(&B) -> K + Clone + Send + Sync + 'static,
+    A: Sync,
+    B: Sync,
+{
+    /// Calls `f(a, b, out)` for every pair that meets (Flink's `ProcessJoinFunction`).
+    pub fn process<O, P>(&self, f: P) -> DataStream<O>
+    where
+        O: Data,
+        P: Fn(&A, &B, &mut Vec<O>) + Clone + Send + Sync + 'static,
+    {
+        let env = self.left.stream.env.clone();
+        let (ts_a, ts_b) = (
+            self.left.stream.timestamps.clone(),
+            self.right.stream.timestamps.clone(),
+        );
+        let (Some(ts_a), Some(ts_b)) = (ts_a, ts_b) else {
+            env.graph.borrow_mut().errors.push(
+                "an interval join needs both streams' timestamps: call \
+                 assign_timestamps_and_watermarks on each before key_by"
+                    .to_string(),
+            );
+            return self
+                .left
+                .stream
+                .connect(&self.right.stream)
+                .process(NoJoin(PhantomData));
+        };
+        if self.lower_ns > self.upper_ns {
+            env.graph.borrow_mut().errors.push(format!(
+                "an interval join's lower bound ({} ns) is above its upper bound ({} ns)",
+                self.lower_ns, self.upper_ns
+            ));
+        }
+        let (ka, kb) = (self.left.key.clone(), self.right.key.clone());
+        let (lower, upper) = (self.lower_ns, self.upper_ns);
+        self.left.stream.connect(&self.right.stream).two_input(
+            "Interval Join",
+            Some((self.left.hash.clone(), self.right.hash.clone())),
+            move || {
+                IntervalJoin::new(
+                    lower,
+                    upper,
+                    ka.clone(),
+                    kb.clone(),
+                    ts_a.clone(),
+                    ts_b.clone(),
+                    f.clone(),
+                )
+            },
+        )
+    }
+}
+
+/// Stands in for a join declared wrongly (the job is refused when it is built).
+struct NoJoin<A, B, O>(PhantomData<fn(A, B) -> O>);
+
+impl<A, B, O> Clone for NoJoin<A, B, O> {
+    fn clone(&self) -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<A: 'static, B: 'static, O: 'static> CoProcessFunction for NoJoin<A, B, O> {
+    type In1 = A;
+    type In2 = B;
+    type Out = O;
+    fn process_element1(&mut self, _: A, _: &mut Vec<O>) {}
+    fn process_element2(&mut self, _: B, _: &mut Vec<O>) {}
 }

@@ -27,6 +27,7 @@
 //! ([`Emit::push_keyed`]), so a keyed operator after a key exchange looks its state up
 //! with the hash the exchange computed instead of hashing again.
 
+pub mod join;
 pub mod keyed;
 pub mod sink;
 pub mod source;
@@ -397,6 +398,11 @@ impl<Op: TwoInputOperator> Chained2<Op> {
             buf: Vec::new(),
             next,
         }
+    }
+
+    /// The operator.
+    pub fn operator(&self) -> &Op {
+        &self.op
     }
 
     #[inline(always)]
