@@ -100,6 +100,9 @@ pub struct Config {
     pub default_parallelism: usize,
     /// `execution.runtime-mode`: STREAMING or BATCH.
     pub runtime_mode: crate::api::RuntimeMode,
+    /// Keys of Flink's that spate accepts but does not use, each with where it was
+    /// read: reported as warnings, never errors (a Flink `config.yaml` loads as is).
+    pub ignored_keys: Vec<String>,
     /// `pipeline.operator-chaining.enabled`
     pub chaining: bool,
     /// `restart-strategy.type`
@@ -174,6 +177,7 @@ impl Default for Config {
             ring_size: 1 << 20,
             ring_peer_timeout: Duration::from_secs(30),
             runtime_mode: crate::api::RuntimeMode::Streaming,
+            ignored_keys: Vec::new(),
             default_parallelism: 1,
             chaining: true,
             restart_strategy: RestartStrategyType::None,
@@ -245,6 +249,43 @@ fn scalar(y: &Yaml) -> Option<String> {
         _ => return None,
     })
 }
+
+/// Keys of Flink's stock `config.yaml` (and of a Flink cluster's effective
+/// configuration) that spate does not use: the JVM's memory and options, bind hosts,
+/// blob and web settings. They are accepted with a warning so that a Flink user's
+/// configuration directory loads as it is.
+pub const FLINK_KEYS_IGNORED: &[&str] = &[
+    "env.java.opts.all",
+    "env.java.opts.jobmanager",
+    "env.java.opts.taskmanager",
+    "env.log.dir",
+    "env.pid.dir",
+    "jobmanager.bind-host",
+    "jobmanager.memory.process.size",
+    "jobmanager.memory.flink.size",
+    "jobmanager.memory.heap.size",
+    "jobmanager.memory.off-heap.size",
+    "jobmanager.memory.jvm-metaspace.size",
+    "taskmanager.bind-host",
+    "taskmanager.memory.process.size",
+    "taskmanager.memory.flink.size",
+    "taskmanager.memory.managed.size",
+    "taskmanager.memory.network.fraction",
+    "taskmanager.memory.network.min",
+    "taskmanager.memory.network.max",
+    "taskmanager.memory.task.heap.size",
+    "taskmanager.memory.jvm-metaspace.size",
+    "rest.address",
+    "rest.bind-address",
+    "blob.server.port",
+    "web.tmpdir",
+    "web.submit.enable",
+    "web.cancel.enable",
+    "web.upload.dir",
+    "io.tmp.dirs",
+    "classloader.resolve-order",
+    "state.backend.type",
+];
 
 /// Longest duration a key takes (365 days): long enough for any timeout, short enough
 /// that deadlines computed from it never overflow.
@@ -339,6 +380,12 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Notes a Flink key spate does not use (and says so in the log).
+    fn ignore(&mut self, key: &str, origin: &str) {
+        tracing::warn!(%key, %origin, "a Flink configuration key spate does not use; ignored");
+        self.ignored_keys.push(format!("{origin}: {key}"));
+    }
+
     fn apply_node(&mut self, prefix: &str, node: &Yaml, origin: &str) -> Result<(), ConfigError> {
         match node {
             Yaml::Hash(h) => {
@@ -356,6 +403,8 @@ impl Config {
                     };
                     if KEYS.contains(&key.as_str()) {
                         self.set_yaml(&key, v, origin)?;
+                    } else if FLINK_KEYS_IGNORED.contains(&key.as_str()) {
+                        self.ignore(&key, origin);
                     } else if matches!(v, Yaml::Hash(_)) {
                         self.apply_node(&key, v, origin)?;
                     } else {
@@ -594,6 +643,7 @@ impl Config {
             }
             "heartbeat.interval" => self.heartbeat_interval = duration()?,
             "heartbeat.timeout" => self.heartbeat_timeout = duration()?,
+            k if FLINK_KEYS_IGNORED.contains(&k) => self.ignore(k, origin),
             _ => {
                 return Err(ConfigError::UnknownKey {
                     origin: origin.into(),
@@ -617,6 +667,67 @@ mod tests {
         assert_eq!(cfg.slots, 2);
         assert_eq!(cfg.idle, IdleStrategyKind::Backoff);
         assert_eq!(cfg.heartbeat_timeout, Duration::from_secs(50));
+    }
+
+    /// Flink 2's stock `config.yaml` (nested keys), as a Flink user brings it.
+    #[test]
+    fn flinks_stock_configuration_loads_with_warnings_for_what_spate_does_not_use() {
+        let flink = r#"
+env:
+  java:
+    opts:
+      all: --add-exports=java.base/sun.net.util=ALL-UNNAMED
+jobmanager:
+  bind-host: localhost
+  rpc:
+    address: localhost
+    port: 6123
+  memory:
+    process:
+      size: 1600m
+  execution:
+    failover-strategy: region
+taskmanager:
+  bind-host: localhost
+  host: localhost
+  numberOfTaskSlots: 1
+  memory:
+    process:
+      size: 1728m
+parallelism:
+  default: 1
+rest:
+  address: localhost
+  bind-address: localhost
+"#;
+        let cfg = Config::from_yaml(flink, "config.yaml").unwrap();
+        assert_eq!(cfg.jobmanager_port, 6123);
+        assert_eq!(cfg.slots, 1);
+        let ignored: Vec<&str> = cfg
+            .ignored_keys
+            .iter()
+            .map(|k| k.trim_start_matches("config.yaml: "))
+            .collect();
+        assert_eq!(
+            ignored,
+            [
+                "env.java.opts.all",
+                "jobmanager.bind-host",
+                "jobmanager.memory.process.size",
+                "taskmanager.bind-host",
+                "taskmanager.memory.process.size",
+                "rest.address",
+                "rest.bind-address"
+            ]
+        );
+        // As -D overrides too; a key neither spate's nor Flink's is still an error.
+        let mut cfg = Config::default();
+        cfg.apply_overrides(&["taskmanager.memory.process.size=2g".into()])
+            .unwrap();
+        assert_eq!(cfg.ignored_keys.len(), 1);
+        assert!(cfg
+            .apply_overrides(&["taskmanager.memory.procss.size=2g".into()])
+            .is_err());
     }
 
     #[test]
