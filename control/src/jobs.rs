@@ -641,7 +641,17 @@ impl JobSpec {
         if let Some(mode) = self.runtime_mode {
             env.set_runtime_mode(mode);
         }
-        self.declare(&env)?;
+        // A job's builder is user code: its panic is this job's failure, never the
+        // JobManager's or the TaskManager's.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.declare(&env))).map_err(
+            |p| {
+                format!(
+                    "the builder of job '{}' panicked: {}",
+                    self.job,
+                    spate_dataplane::slot::panic_message(&*p)
+                )
+            },
+        )??;
         crate::graph::JobGraph::build(
             env.stream_graph(),
             self.parallelism,
