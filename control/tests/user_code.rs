@@ -32,10 +32,12 @@ fn a_job_builder_that_panics_fails_its_submission_and_the_jobmanager_serves_on()
         let _ = n;
         Ok(())
     });
-    let mut config = Config::default();
-    config.jobmanager_address = "127.0.0.1".into();
-    config.jobmanager_port = 0;
-    config.rest_port = 0;
+    let config = Config {
+        jobmanager_address: "127.0.0.1".into(),
+        jobmanager_port: 0,
+        rest_port: 0,
+        ..Config::default()
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel();
     let s = stop.clone();
