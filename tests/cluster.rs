@@ -924,3 +924,50 @@ fn the_bars_job_runs_on_a_cluster() {
     .unwrap();
     assert_eq!(status, 400, "a zero window is refused: {v}");
 }
+
+/// `spate run -m ... -D key=value` sets the job's own configuration, as Flink's `run
+/// -D` does: here its default parallelism; a bad key refuses the submission.
+#[test]
+fn run_dash_d_on_a_cluster_configures_the_job() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spate("jobmanager", &ports, &[]);
+    let _tm = spate(
+        "taskmanager",
+        &ports,
+        &["-D", "taskmanager.numberOfTaskSlots=2"],
+    );
+    wait_for("the TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let o = spate_cli(&[
+        "run",
+        "-m",
+        &m,
+        "-D",
+        "parallelism.default=2",
+        "--events",
+        "100000",
+        "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id_first_line(&o);
+    let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+    let pars: Vec<u64> = job["vertices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["parallelism"].as_u64().unwrap())
+        .collect();
+    assert!(pars.iter().all(|&p| p == 2), "{pars:?}");
+    let o = spate_cli(&["run", "-m", &m, "-D", "no.such.key=1", "vwap"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no.such.key"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

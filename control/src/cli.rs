@@ -162,6 +162,7 @@ fn spec(a: &JobArgs) -> JobSpec {
         disorder: a.disorder.clone(),
         window: a.window.clone(),
         runtime_mode: None,
+        config: Vec::new(),
     }
 }
 
@@ -423,7 +424,11 @@ pub fn main() {
                 eprintln!("spate: error: --json applies to local runs; a cluster job's figures are on its REST API");
                 std::process::exit(2);
             }
-            client::run(&m, &spec(&job), detached)
+            // -D travels with the job, as with Flink's `run -D`: the JobManager applies
+            // it over its own configuration for this job alone.
+            let mut spec = spec(&job);
+            spec.config = job.defines.clone();
+            client::run(&m, &spec, detached)
         }
         Cmd::Run { job, json, .. } => run(job, json),
         Cmd::List { conf, jobmanager } => conf

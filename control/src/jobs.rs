@@ -497,6 +497,11 @@ pub struct JobSpec {
     /// STREAMING or BATCH (`execution.runtime-mode`; default: the configuration's).
     #[serde(default)]
     pub runtime_mode: Option<crate::api::RuntimeMode>,
+    /// The job's own configuration (`key=value`, as `spate run -m ... -D key=value`):
+    /// applied over the cluster's for this job alone (restart strategy, failover,
+    /// parallelism, chaining, runtime mode).
+    #[serde(default)]
+    pub config: Vec<String>,
 }
 
 fn default_events() -> u64 {
@@ -522,6 +527,7 @@ impl JobSpec {
             disorder: None,
             window: None,
             runtime_mode: None,
+            config: Vec::new(),
         }
     }
 

@@ -190,6 +190,8 @@ pub struct JobEntry {
     /// Regions being restarted, with the time their restart is due (once their tasks
     /// have all ended).
     region_restarts: BTreeMap<usize, Option<Instant>>,
+    /// What its deployments carry: the cluster's configuration with the job's own over it.
+    deploy_settings: DeploySettings,
 }
 
 /// What every deployment carries from the JobManager's configuration.
@@ -587,10 +589,14 @@ impl JobManager {
     }
 
     fn submit(&mut self, mut spec: JobSpec) -> Result<String, (u16, String)> {
+        // The job's own settings over the cluster's (Flink's `run -D`).
+        let mut jc = self.config.clone();
+        jc.apply_overrides(&spec.config)
+            .map_err(|e| (400, format!("the job's configuration: {e}")))?;
         // The job's mode travels with it, so that every TaskManager builds it alike.
-        spec.runtime_mode.get_or_insert(self.config.runtime_mode);
+        spec.runtime_mode.get_or_insert(jc.runtime_mode);
         let graph = spec
-            .job_graph(self.config.default_parallelism, self.config.chaining)
+            .job_graph(jc.default_parallelism, jc.chaining)
             .map_err(|e| (400, e))?;
         let (group_offsets, needed) = graph.group_offsets();
         let free = self.free_slots().len();
@@ -628,7 +634,7 @@ impl JobManager {
             tasks: BTreeMap::new(),
             exceptions: Vec::new(),
             exceptions_truncated: false,
-            strategy: restart::from_config(&self.config),
+            strategy: restart::from_config(&jc),
             strategy_exhausted: false,
             restart_at: None,
             group_offsets,
@@ -647,8 +653,9 @@ impl JobManager {
                     (e.from as u32, e.to as u32, forward)
                 })
                 .collect(),
-            failover: self.config.failover_strategy,
+            failover: jc.failover_strategy,
             region_restarts: BTreeMap::new(),
+            deploy_settings: DeploySettings::of(&jc),
         };
         tracing::info!(job = %id, name = %job.spec.job, slots = needed, "job submitted");
         let mut st = lock(&self.state);
@@ -692,7 +699,10 @@ impl JobManager {
     fn deploy(&mut self, id: &str) -> bool {
         let free = self.free_slots();
         let mut st = lock(&self.state);
-        let settings = DeploySettings::of(&st.config);
+        let settings = st
+            .jobs
+            .get(id)
+            .map_or_else(|| DeploySettings::of(&st.config), |j| j.deploy_settings);
         let peers = peers_of(&st);
         let Some(job) = st.jobs.get_mut(id) else {
             return false;
@@ -982,7 +992,10 @@ impl JobManager {
                 .values()
                 .map(|t| (t.id.clone(), t.conn))
                 .collect();
-            let settings = DeploySettings::of(&st.config);
+            let settings = st
+                .jobs
+                .get(&id)
+                .map_or_else(|| DeploySettings::of(&st.config), |j| j.deploy_settings);
             let peers = peers_of(&st);
             let Some(j) = st.jobs.get_mut(&id) else {
                 continue;
