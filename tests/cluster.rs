@@ -847,6 +847,89 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
     );
     let (_, ex) = http(ports.rest, "GET", &format!("/jobs/{id}/exceptions"), "").unwrap();
     assert!(ex["all-exceptions"].as_array().unwrap().is_empty(), "{ex}");
+
+    // Another peer registers under the real TaskManager's id: refused while the real
+    // one's connection is open, and the real one keeps its registration and its job.
+    let (_, tms) = http(ports.rest, "GET", "/taskmanagers", "").unwrap();
+    let real = tms["taskmanagers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .find(|t| !t.starts_with("rogue"))
+        .unwrap();
+    let thief: Endpoint<JmToTm, TmToJm> = Endpoint::client("thief").unwrap();
+    let tconn = thief.connect(format!("127.0.0.1:{}", ports.rpc).parse().unwrap());
+    let network = NetworkInfo {
+        node: 8,
+        host_key: "y".into(),
+        transport: "epoll".into(),
+    };
+    thief.send(
+        tconn,
+        TmToJm::Register {
+            id: TaskManagerId(real.clone()),
+            host: "y".into(),
+            data_address: "y".into(),
+            slots: vec![],
+            cores: 1,
+            network: network.clone(),
+        },
+    );
+    let mut refused = None;
+    let start = Instant::now();
+    while refused.is_none() && start.elapsed() < Duration::from_secs(10) {
+        match thief.recv_timeout(Duration::from_millis(100)) {
+            Some(Event::Message {
+                msg: JmToTm::Refused { reason },
+                ..
+            }) => refused = Some(reason),
+            Some(Event::Message {
+                msg: JmToTm::Registered { .. },
+                ..
+            }) => panic!("a peer took over a live TaskManager's id"),
+            _ => {}
+        }
+    }
+    let reason = refused.expect("the registration under a live id is refused");
+    assert!(reason.contains("another open connection"), "{reason}");
+    assert_eq!(job_state(ports.rest, &id), "RUNNING");
+
+    // A heartbeat's slot list is bounded and deduplicated like a registration's.
+    let many: Vec<SlotInfo> = (0..100_000u32)
+        .map(|i| SlotInfo {
+            index: i % 50_000,
+            core: None,
+            job: None,
+        })
+        .collect();
+    rogue.send(
+        conn,
+        TmToJm::Heartbeat {
+            slots: many,
+            tasks: vec![],
+            network: Default::default(),
+        },
+    );
+    wait_for("the rogue's heartbeat", Duration::from_secs(10), || {
+        let (_, tms) = http(ports.rest, "GET", "/taskmanagers", "").unwrap();
+        tms["taskmanagers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == "rogue")
+            .is_some_and(|t| t["slotsNumber"].as_u64().unwrap_or(0) > 0)
+    });
+    let (_, tms) = http(ports.rest, "GET", "/taskmanagers", "").unwrap();
+    let slots = tms["taskmanagers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "rogue")
+        .unwrap()["slotsNumber"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(slots, 1024, "bounded to MAX_SLOTS_PER_TASKMANAGER");
 }
 
 /// Regression: about one short job in four stayed RUNNING for good when a source ended

@@ -62,6 +62,15 @@ pub struct ClusterState {
 pub const MAX_EXCEPTIONS: usize = 32;
 /// Slots a TaskManager may register.
 pub const MAX_SLOTS_PER_TASKMANAGER: usize = 1024;
+
+/// A TaskManager's slot list as the JobManager keeps it: one entry per slot index, and
+/// no more than [`MAX_SLOTS_PER_TASKMANAGER`] (a peer's list is not trusted).
+fn bounded_slots(mut slots: Vec<super::SlotInfo>) -> Vec<super::SlotInfo> {
+    slots.sort_by_key(|s| s.index);
+    slots.dedup_by_key(|s| s.index);
+    slots.truncate(MAX_SLOTS_PER_TASKMANAGER);
+    slots
+}
 /// Ended jobs kept for the REST API.
 pub const MAX_ENDED_JOBS: usize = 100;
 
@@ -1105,17 +1114,28 @@ impl JobManager {
                             return;
                         }
                     }
-                    // A TaskManager that registers again (after a reconnect) starts afresh:
-                    // what it ran under its old registration has failed.
+                    // An id registered on another connection that is still open belongs to
+                    // that TaskManager: another peer cannot take it over (the owner, if it
+                    // reconnects, registers again once its old connection is gone).
                     let old = lock(&self.state).taskmanagers.get(&id).map(|e| e.conn);
-                    if old.is_some_and(|old| old != conn) {
+                    if let Some(old) = old.filter(|&old| old != conn) {
+                        if self.conns.get(&old) == Some(&id) {
+                            tracing::warn!(taskmanager = %id, "a peer tried to register under a live TaskManager's id; refused");
+                            self.endpoint.send(
+                                conn,
+                                JmToTm::Refused {
+                                    reason: format!(
+                                        "TaskManager {id} is registered on another open connection"
+                                    ),
+                                },
+                            );
+                            return;
+                        }
+                        // A TaskManager that registers again (after a reconnect) starts
+                        // afresh: what it ran under its old registration has failed.
                         self.lose(&id, "registered again");
                     }
-                    // One entry per slot index, and a sane number of them.
-                    let mut slots = slots;
-                    slots.sort_by_key(|s| s.index);
-                    slots.dedup_by_key(|s| s.index);
-                    slots.truncate(MAX_SLOTS_PER_TASKMANAGER);
+                    let slots = bounded_slots(slots);
                     let (now, jm_id) = {
                         let st = lock(&self.state);
                         (st.now_ms(), st.jobmanager_id.clone())
@@ -1171,7 +1191,7 @@ impl JobManager {
                     let mut st = lock(&self.state);
                     let now = st.now_ms();
                     if let Some(e) = st.taskmanagers.get_mut(&id) {
-                        e.slots = slots;
+                        e.slots = bounded_slots(slots);
                         e.network_report = network;
                         e.last_heartbeat_ms = now;
                     }
