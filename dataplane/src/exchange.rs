@@ -209,7 +209,8 @@ impl<T: Wire + Clone> RingOutput<T> {
             let end = match T::FIXED_LEN {
                 Some(n) => {
                     let per = n + if with_hashes { 8 } else { 0 };
-                    let fit = (limit.saturating_sub(BATCH_HEADER_LEN) / per.max(1)).max(1);
+                    let fit = (limit.saturating_sub(BATCH_HEADER_LEN) / per.max(1))
+                        .clamp(1, frames::MAX_BATCH_RECORDS);
                     count.min(k + fit)
                 }
                 None => {

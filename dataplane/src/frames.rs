@@ -33,6 +33,8 @@ pub const BATCH_HEADER_LEN: usize = 8;
 pub const FLAG_HASHES: u32 = 1;
 /// Flag: records have a fixed size and no length prefixes.
 pub const FLAG_FIXED: u32 = 2;
+/// Most records a batch frame holds (a frame never has more records than bytes).
+pub const MAX_BATCH_RECORDS: usize = 256 << 10;
 /// Largest control event payload.
 pub const MAX_EVENT_LEN: usize = 24;
 
@@ -154,6 +156,11 @@ pub fn decode_batch<T: Wire>(
         return Err(err::<T>(len, "batch frame shorter than its header"));
     };
     let count = count as usize;
+    // No writer puts more records in a frame than it has bytes (zero-sized records
+    // included), so a larger count is forged: refused before any work is done for it.
+    if count > MAX_BATCH_RECORDS {
+        return Err(err::<T>(len, "record count beyond any batch frame"));
+    }
     let with_hashes = flags & FLAG_HASHES != 0;
     if flags & !(FLAG_HASHES | FLAG_FIXED) != 0 {
         return Err(err::<T>(len, "unknown batch flags"));
@@ -361,6 +368,9 @@ mod tests {
         let good = frame(&[1u64, 2, 3], None);
         let mut bad_count = good.clone();
         bad_count[0] = 4;
+        let mut zst_flood = frame(&[(), ()], None);
+        zst_flood[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_batch::<()>(&zst_flood, &mut Vec::new(), &mut hs, &mut scratch).is_err());
         let mut huge_count = good.clone();
         huge_count[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         huge_count[4] = (FLAG_FIXED | FLAG_HASHES) as u8;

@@ -214,12 +214,14 @@ impl<T> Task for SourceTask<T> {
         if self.done {
             return Ok(TaskPoll::Finished);
         }
+        // The chain learns this poll's time before its records: a first batch must not
+        // run at time 0 (processing-time windows, timers and idleness would see it so).
+        self.head.tick(now);
         let status = self.source.poll(&mut self.batch, BATCH, now)?;
         if !self.batch.is_empty() {
             self.head.push(&mut self.batch);
             self.batch.clear();
         }
-        self.head.tick(now);
         let work = match status {
             SourceStatus::Emitted(n) => n,
             SourceStatus::Done => {
@@ -355,7 +357,7 @@ pub struct InputTask<H> {
     /// The barrier being aligned and how many inputs delivered it.
     aligning: Option<(Barrier, usize)>,
     /// The last barrier sent down the chain.
-    last_barrier: u64,
+    last_barrier: Option<u64>,
 }
 
 impl<T: Wire> InputTask<OneInput<T>> {
@@ -419,7 +421,7 @@ impl<H: InputHead> InputTask<H> {
             watermark: NO_WATERMARK,
             idle: false,
             aligning: None,
-            last_barrier: 0,
+            last_barrier: None,
         }
     }
 
@@ -428,6 +430,16 @@ impl<H: InputHead> InputTask<H> {
         let live = self.inputs.iter().filter(|i| !i.ended);
         let all_idle = self.open > 0 && live.clone().all(|i| i.idle);
         if all_idle != self.idle {
+            if all_idle {
+                // As Flink's valve: the highest watermark of the inputs goes out before
+                // the task falls idle, so what it allows fires now, not when traffic
+                // comes back.
+                let max = live.map(|i| i.watermark).max().unwrap_or(NO_WATERMARK);
+                if max > self.watermark {
+                    self.watermark = max;
+                    self.head.event(Event::Watermark(max));
+                }
+            }
             self.idle = all_idle;
             self.head.event(Event::Idle(all_idle));
         }
@@ -450,8 +462,8 @@ impl<H: InputHead> InputTask<H> {
     /// Input `i` delivered barrier `b`.
     fn on_barrier(&mut self, i: usize, b: Barrier) {
         match self.aligning {
-            _ if b.id <= self.last_barrier => return, // a late barrier of a checkpoint done
-            Some((cur, _)) if b.id < cur.id => return, // of a checkpoint given up
+            _ if self.last_barrier.is_some_and(|l| b.id <= l) => return, // of a checkpoint done
+            Some((cur, _)) if b.id < cur.id => return,                   // of a checkpoint given up
             Some((cur, ref mut n)) if b.id == cur.id => {
                 if !self.inputs[i].blocked {
                     self.inputs[i].blocked = true;
@@ -478,7 +490,7 @@ impl<H: InputHead> InputTask<H> {
             return;
         }
         self.aligning = None;
-        self.last_barrier = b.id;
+        self.last_barrier = Some(b.id);
         for input in &mut self.inputs {
             input.blocked = false;
         }
@@ -585,6 +597,8 @@ impl<H: InputHead> Task for InputTask<H> {
         if self.finished {
             return Ok(TaskPoll::Finished);
         }
+        // The chain learns this poll's time before its records (see `SourceTask`).
+        self.head.tick(now);
         let mut work = 0;
         let mut records = 0;
         for i in 0..self.inputs.len() {
@@ -601,7 +615,6 @@ impl<H: InputHead> Task for InputTask<H> {
                 .records_in
                 .fetch_add(records, Ordering::Relaxed);
         }
-        self.head.tick(now);
         if self.open == 0 {
             self.head.event(Event::EndOfInput);
             self.finished = true;
@@ -784,6 +797,70 @@ mod tests {
                 format!("Watermark({END_OF_TIME})"),
                 "EndOfInput".to_string()
             ]
+        );
+    }
+
+    /// Regression (review): when the last active input went idle, only `Idle(true)`
+    /// went out, and windows the idle inputs' watermarks allowed stayed open until
+    /// traffic came back.
+    #[test]
+    fn the_highest_watermark_goes_out_when_every_input_falls_idle() {
+        let (mut a, ca) = Ring::anonymous(4096).unwrap();
+        let (mut b, cb) = Ring::anonymous(4096).unwrap();
+        let seen = Seen::default();
+        let mut t = input_task_with(vec![ca, cb], Box::new(seen.clone()));
+        send_event(&mut a, Event::Watermark(99));
+        send_event(&mut b, Event::Watermark(50));
+        t.poll().unwrap();
+        assert_eq!(seen.take(), ["Watermark(50)"]);
+        send_event(&mut a, Event::Idle(true));
+        t.poll().unwrap();
+        assert!(seen.take().is_empty(), "b still holds the watermark at 50");
+        send_event(&mut b, Event::Idle(true));
+        t.poll().unwrap();
+        assert_eq!(seen.take(), ["Watermark(99)", "Idle(true)"]);
+    }
+
+    /// Regression (review): the first batch ran before the chain's first tick, at
+    /// processing time 0, so a timer set "a minute from now" fired at once.
+    #[test]
+    fn the_first_batch_already_knows_the_processing_time() {
+        use crate::operator::keyed::{Context, KeyedProcess, KeyedProcessFunction};
+        use crate::operator::source::IterSource;
+        use crate::operator::Chained;
+        #[derive(Clone)]
+        struct InAMinute;
+        impl KeyedProcessFunction for InAMinute {
+            type Key = u64;
+            type In = u64;
+            type Out = u64;
+            type State = ();
+            fn process_element(&mut self, v: u64, _: &mut (), ctx: &mut Context<'_, u64, u64>) {
+                assert!(ctx.current_processing_time() > 0);
+                ctx.register_processing_time_timer(ctx.current_processing_time() + 60_000_000_000);
+                let _ = v;
+            }
+            fn on_timer(&mut self, ts: u64, _: &mut (), ctx: &mut Context<'_, u64, u64>) {
+                ctx.collect(ts);
+            }
+        }
+        let seen = Seen::default();
+        let head: BoxEmit<u64> = Box::new(Chained::new(
+            KeyedProcess::new(InAMinute, |v: &u64| *v),
+            Box::new(seen.clone()) as BoxEmit<u64>,
+        ));
+        let mut t = SourceTask::new(
+            "s".into(),
+            Box::new(IterSource::new(0..3u64)),
+            head,
+            Outputs::new(Vec::new(), Rc::new(std::cell::Cell::new(false))),
+        );
+        t.poll().unwrap();
+        t.poll().unwrap();
+        let got = seen.take();
+        assert!(
+            got.iter().all(|e| !e.starts_with('[')),
+            "no timer fired: {got:?}"
         );
     }
 

@@ -177,10 +177,15 @@ where
             let mark = self.timers.mark();
             let (lower, upper) = (self.lower_ns, self.upper_ns);
             while let Some((_, key)) = self.timers.pop_due(watermark, mark) {
-                let (_, b) = self.state.get_or_insert(key_hash(&key), key);
+                let hash = key_hash(&key);
+                let (key, b) = self.state.get_or_insert(hash, key);
                 b.left.retain(|(ta, _)| shift(*ta, upper) > watermark);
                 b.right
                     .retain(|(tb, _)| shift(*tb, lower.saturating_neg()) > watermark);
+                if b.left.is_empty() && b.right.is_empty() {
+                    let key = key.clone();
+                    self.state.remove(hash, &key);
+                }
             }
         }
         out.watermark(watermark);

@@ -147,11 +147,21 @@ impl<K, S> Default for KeyedStates<K, S> {
     }
 }
 
+/// The hash the table probes with: the key hash remixed, because the exchange picks a
+/// key's subtask from the hash's top bits, which are also where the table takes its
+/// 7-bit tags from; without the remix, a subtask's keys would share their tags' top
+/// bits at high parallelism.
+#[inline(always)]
+fn table_hash(hash: u64) -> u64 {
+    (hash ^ (hash >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
 impl<K: Key, S: Default> KeyedStates<K, S> {
     /// The state of `key`, whose hash is `hash` (as [`key_hash`] computes it), created
     /// with `S::default()` on the key's first record.
     #[inline(always)]
     pub fn get_or_insert(&mut self, hash: u64, key: K) -> (&K, &mut S) {
+        let hash = table_hash(hash);
         let entries = &mut self.entries;
         let found = self
             .index
@@ -164,8 +174,9 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
             None => {
                 let i = entries.len();
                 entries.push((key, S::default()));
-                self.index
-                    .insert_unique(hash, i as u32, |&j| key_hash(&entries[j as usize].0));
+                self.index.insert_unique(hash, i as u32, |&j| {
+                    table_hash(key_hash(&entries[j as usize].0))
+                });
                 i
             }
         };
@@ -173,9 +184,33 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
         (k, s)
     }
 
+    /// Removes `key` (whose hash is `hash`) and its state; the last entry moves into
+    /// its place.
+    pub fn remove(&mut self, hash: u64, key: &K) -> Option<S> {
+        let entries = &self.entries;
+        let found = self
+            .index
+            .find_entry(table_hash(hash), |&i| {
+                entries.get(i as usize).is_some_and(|e| &e.0 == key)
+            })
+            .ok()?;
+        let (i, _) = found.remove();
+        let i = i as usize;
+        let last = self.entries.len() - 1;
+        let (_, state) = self.entries.swap_remove(i);
+        if i != last {
+            // The entry that was last now sits at `i`: repoint its index slot.
+            let moved = table_hash(key_hash(&self.entries[i].0));
+            if let Some(slot) = self.index.find_mut(moved, |&j| j as usize == last) {
+                *slot = i as u32;
+            }
+        }
+        Some(state)
+    }
+
     /// The state of `key`, if it has one.
     pub fn get(&self, key: &K) -> Option<&S> {
-        let i = self.index.find(key_hash(key), |&i| {
+        let i = self.index.find(table_hash(key_hash(key)), |&i| {
             self.entries.get(i as usize).is_some_and(|e| &e.0 == key)
         })?;
         self.entries.get(*i as usize).map(|e| &e.1)
@@ -419,11 +454,14 @@ where
         self.f.process_element(record, state, &mut ctx);
     }
 
-    /// Fires the timers of `domain` due at `time`, registered before this call.
+    /// Fires the timers of `domain` due at `time`. In event time, timers registered
+    /// while firing for a time already passed fire too (as in Flink: there may be no
+    /// later watermark, e.g. after the end of time); in processing time they wait for
+    /// the next tick, so a function that re-arms its timer cannot hold the slot.
     fn fire(&mut self, domain: TimeDomain, time: u64, out: &mut Vec<P::Out>) {
         let mark = match domain {
             TimeDomain::ProcessingTime => self.processing.mark(),
-            TimeDomain::EventTime => self.event.mark(),
+            TimeDomain::EventTime => u64::MAX,
         };
         loop {
             let due = match domain {
@@ -649,9 +687,10 @@ where
     }
 
     fn fire(&mut self, domain: TimeDomain, time: u64, out: &mut Vec<P::Out>) {
+        // As `KeyedProcess::fire`: event-time timers registered while firing fire too.
         let mark = match domain {
             TimeDomain::ProcessingTime => self.processing.mark(),
-            TimeDomain::EventTime => self.event.mark(),
+            TimeDomain::EventTime => u64::MAX,
         };
         loop {
             let due = match domain {

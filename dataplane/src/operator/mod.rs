@@ -168,6 +168,7 @@ impl<'a, O> Output<'a, O> {
         self.flush();
         if !batch.is_empty() {
             self.next.push(batch);
+            batch.clear();
         }
     }
 
@@ -186,6 +187,8 @@ impl<'a, O> Output<'a, O> {
     pub fn flush(&mut self) {
         if !self.buf.is_empty() {
             self.next.push(self.buf);
+            // The next link takes every record; should one not, nothing goes twice.
+            self.buf.clear();
         }
     }
 

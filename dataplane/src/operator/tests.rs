@@ -335,3 +335,66 @@ fn a_timer_that_rearms_itself_fires_once_per_tick() {
     op.tick(200);
     assert_eq!(out.take(), [0]);
 }
+
+#[test]
+fn keyed_state_stays_consistent_through_inserts_and_removes() {
+    let mut st: KeyedStates<u64, u64> = KeyedStates::default();
+    for k in 0..1_000u64 {
+        *st.get_or_insert(key_hash(&k), k).1 = k * 10;
+    }
+    for k in (0..1_000u64).filter(|k| k % 3 == 0) {
+        assert_eq!(st.remove(key_hash(&k), &k), Some(k * 10));
+        assert_eq!(st.remove(key_hash(&k), &k), None, "removed once");
+    }
+    assert_eq!(st.len(), 1_000 - 334);
+    for k in 0..1_000u64 {
+        let want = (k % 3 != 0).then_some(k * 10);
+        assert_eq!(st.get(&k).copied(), want, "key {k}");
+    }
+    // Removed keys come back fresh.
+    assert_eq!(*st.get_or_insert(key_hash(&3u64), 3).1, 0);
+}
+
+/// Re-arms an event-time timer for the time that is firing.
+#[derive(Clone)]
+struct RearmEvent;
+
+impl KeyedProcessFunction for RearmEvent {
+    type Key = u32;
+    type In = u32;
+    type Out = u64;
+    type State = ValueState<u32>;
+
+    fn process_element(
+        &mut self,
+        _: u32,
+        _: &mut ValueState<u32>,
+        ctx: &mut Context<'_, u32, u64>,
+    ) {
+        ctx.register_event_time_timer(10);
+    }
+
+    fn on_timer(&mut self, ts: u64, n: &mut ValueState<u32>, ctx: &mut Context<'_, u32, u64>) {
+        ctx.collect(ts);
+        let fired = n.get_or_insert_with(|| 0);
+        *fired += 1;
+        if *fired < 3 {
+            // Due already: in event time it fires within this same watermark.
+            ctx.register_event_time_timer(ts + 1);
+        }
+    }
+}
+
+/// Regression (review): event-time timers registered while timers fired waited for a
+/// later watermark, and after the end of time none came.
+#[test]
+fn event_time_timers_registered_while_firing_fire_within_the_same_watermark() {
+    let out = Out::<u64>::default();
+    let mut op = Chained::new(
+        KeyedProcess::new(RearmEvent, |k: &u32| *k),
+        Box::new(out.clone()),
+    );
+    one(&mut op, 1);
+    op.event(Event::Watermark(u64::MAX));
+    assert_eq!(out.take(), [10, 11, 12]);
+}

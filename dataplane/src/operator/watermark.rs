@@ -141,13 +141,14 @@ impl<T: 'static, F: Fn(&T) -> u64 + 'static> Operator for TimestampsAndWatermark
         let max = batch.iter().map(&self.assigner).max();
         self.max_ts = self.max_ts.max(max);
         self.last_record_ns = Some(self.now_ns);
+        if self.enabled && self.idle {
+            // Active again before its records go out.
+            self.idle = false;
+            out.event(Event::Idle(false));
+        }
         out.forward(batch);
         if !self.enabled {
             return;
-        }
-        if self.idle {
-            self.idle = false;
-            out.event(Event::Idle(false));
         }
         if let Some(m) = self.max_ts {
             let wm = m.saturating_sub(self.bound_ns).saturating_sub(1);
@@ -266,8 +267,8 @@ mod tests {
                 "[50]",
                 "Watermark(49)",
                 "Idle(true)",
-                "[60]",
                 "Idle(false)",
+                "[60]",
                 "Watermark(59)"
             ]
         );

@@ -158,19 +158,22 @@ impl WindowAssigner {
                 end: ts.saturating_add(self.gap_ns),
             });
         }
-        let slide = self.slide_ns;
-        let last_start = ts - (ts.wrapping_sub(self.offset_ns).wrapping_add(slide) % slide);
-        let mut start = last_start;
-        loop {
+        // Signed arithmetic, as Flink's: a window may start before 0 (a timestamp below
+        // the offset); such a start is clamped to 0, its end kept.
+        let (ts_i, slide, size) = (
+            i128::from(ts),
+            i128::from(self.slide_ns),
+            i128::from(self.size_ns),
+        );
+        let mut start = ts_i - (ts_i - i128::from(self.offset_ns) + slide).rem_euclid(slide);
+        // The earliest window containing ts starts after ts − size.
+        while start + size > ts_i {
+            let end = (start + size).min(i128::from(u64::MAX)) as u64;
             f(Window {
-                start,
-                end: start.saturating_add(self.size_ns),
+                start: start.max(0) as u64,
+                end,
             });
-            // The earliest window containing ts starts after ts − size.
-            match start.checked_sub(slide) {
-                Some(s) if s + self.size_ns > ts => start = s,
-                _ => break,
-            }
+            start -= slide;
         }
     }
 }
@@ -439,6 +442,7 @@ where
     #[inline]
     fn add(&mut self, hash: u64, key: K, value: &A::In, ts: u64) {
         let now = self.current_time();
+        let event_time = self.assigner.domain == TimeDomain::EventTime;
         let (agg, timers) = (&self.agg, &mut self.timers);
         let (key, open) = self.windows.get_or_insert(hash, key);
         if self.assigner.is_merging() {
@@ -468,7 +472,7 @@ where
                     i += 1;
                 }
             }
-            if merged.max_timestamp() <= now && now > 0 {
+            if event_time && merged.max_timestamp() <= now && now > 0 {
                 // Late: the session would have fired already. Put back what was taken.
                 if let Some(a) = acc {
                     // Only a session that is not late itself can have been open, so a
@@ -487,8 +491,10 @@ where
         }
         let mut late = true;
         self.assigner.assign(ts, |w| {
-            // Late: the time passed the window's end, so it fired already.
-            if w.max_timestamp() <= now && now > 0 {
+            // Late (event time): the watermark passed the window's end, so it fired
+            // already. Processing time has no late records: each goes to the window of
+            // the time it arrives at.
+            if event_time && w.max_timestamp() <= now && now > 0 {
                 return;
             }
             late = false;
@@ -507,11 +513,13 @@ where
         }
     }
 
-    /// Fires the windows whose timers are due at `time`.
+    /// Fires the windows whose timers are due at `time`; a key left without windows
+    /// leaves the state.
     fn fire(&mut self, time: u64, out: &mut Vec<O>) {
         let mark = self.timers.mark();
         while let Some((at, key)) = self.timers.pop_due(time, mark) {
-            let (key, open) = self.windows.get_or_insert(key_hash(&key), key);
+            let hash = key_hash(&key);
+            let (key, open) = self.windows.get_or_insert(hash, key);
             let mut i = 0;
             while i < open.len() {
                 if open[i].0.max_timestamp() == at {
@@ -522,7 +530,16 @@ where
                     i += 1;
                 }
             }
+            if open.is_empty() {
+                let key = key.clone();
+                self.windows.remove(hash, &key);
+            }
         }
+    }
+
+    /// Keys with open windows.
+    pub fn key_count(&self) -> usize {
+        self.windows.len()
     }
 }
 
@@ -639,14 +656,72 @@ mod tests {
             WindowAssigner::sliding_event_time(Duration::from_nanos(10), Duration::from_nanos(5))
                 .unwrap();
         assert_eq!(windows_of(&s, 12), [(5, 15), (10, 20)]);
-        assert_eq!(windows_of(&s, 3), [(0, 10)], "no window starts before 0");
+        // As Flink's: windows may start before 0 ([-5, 5) here), clamped to 0.
+        assert_eq!(windows_of(&s, 3), [(0, 5), (0, 10)]);
         let sessions = WindowAssigner::event_time_session(Duration::from_nanos(10)).unwrap();
         assert_eq!(windows_of(&sessions, 42), [(42, 52)]);
         assert!(WindowAssigner::event_time_session(Duration::ZERO).is_err());
         let o = t.with_offset(Duration::from_nanos(3)).unwrap();
+        // Regression (review): a timestamp below the offset underflowed.
+        assert_eq!(windows_of(&o, 0), [(0, 3)], "the window [-7, 3), clamped");
+        assert_eq!(windows_of(&o, 2), [(0, 3)]);
+        assert_eq!(
+            windows_of(&s.with_offset(Duration::from_nanos(2)).unwrap(), 1),
+            [(0, 2), (0, 7)]
+        );
         assert_eq!(windows_of(&o, 12), [(3, 13)]);
         assert_eq!(windows_of(&o, 13), [(13, 23)]);
         assert!(WindowAssigner::tumbling_event_time(Duration::ZERO).is_err());
         assert!(t.with_offset(Duration::from_nanos(10)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod operator_tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use crate::operator::{BoxEmit, Chained, Emit, Event};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    struct Sink(std::rc::Rc<std::cell::RefCell<Vec<(u64, u64)>>>);
+    impl Emit<(u64, u64)> for Sink {
+        fn push(&mut self, b: &mut Vec<(u64, u64)>) {
+            self.0.borrow_mut().append(b);
+        }
+        fn event(&mut self, _: Event) {}
+        fn tick(&mut self, _: u64) {}
+    }
+
+    /// Regression (review): a key kept an empty entry for ever after its windows fired,
+    /// so state grew with every key ever seen.
+    #[test]
+    fn keys_leave_the_state_when_their_last_window_fires() {
+        let ts: TimestampsFn<u64> = Arc::new(|b: &[u64], out: &mut Vec<u64>| {
+            out.clear();
+            out.extend_from_slice(b);
+        });
+        let got = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let op = WindowOperator::new(
+            WindowAssigner::tumbling_event_time(Duration::from_nanos(100)).unwrap(),
+            CollectAll::<u64>::default(),
+            |t: &u64| *t,
+            Some(ts),
+            |k: &u64, w: &Window, all: Vec<u64>, out: &mut Vec<(u64, u64)>| {
+                out.push((*k, w.start + all.len() as u64))
+            },
+        );
+        let mut c = Chained::new(op, Box::new(Sink(got.clone())) as BoxEmit<(u64, u64)>);
+        c.push(&mut (0..50u64).collect());
+        assert_eq!(c.operator().key_count(), 50);
+        c.event(Event::Watermark(99));
+        assert_eq!(got.borrow().len(), 50);
+        assert_eq!(
+            c.operator().key_count(),
+            0,
+            "no key keeps state without a window"
+        );
+        c.push(&mut vec![150, 160]);
+        assert_eq!(c.operator().key_count(), 2);
     }
 }
