@@ -4,6 +4,7 @@
 //! quiet machine, and compare variants within one run, as ratios.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+mod bars;
 mod clock;
 mod cluster;
 mod hiccup;
@@ -11,6 +12,7 @@ mod net;
 mod report;
 mod ring;
 mod timely_w1;
+mod timely_w2;
 mod vwap;
 
 use anyhow::{bail, Result};
@@ -60,6 +62,30 @@ enum Cmd {
         /// Write the latency plot (SVG) to this file.
         #[arg(long)]
         plot: Option<PathBuf>,
+    },
+    /// Workload W2 (one-second bars in event time) on the MiniCluster beside timely
+    /// dataflow: throughput at p=1 and p=2 (with W1 at p=1 for reference), firing
+    /// latency at 1 M trades/s, and the targeted figures.
+    Bars {
+        /// Trades per throughput run.
+        #[arg(long, default_value_t = 20_000_000)]
+        events: u64,
+        /// Throughput repetitions (median reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds of each 1 M/s run (one-second windows: a window fires per second).
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// How far a trade's event time may lag its send time, and the watermark bound.
+        #[arg(long, default_value = "5 ms")]
+        disorder: String,
+        /// Window size.
+        #[arg(long, default_value = "1 s")]
+        window: String,
+        /// Write `{"rows": [...], "ratios": {...}, "schedule_wait": [...]}` as JSON to
+        /// this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Control-plane reaction times on a loopback cluster of the real binaries:
     /// submission to first record, TaskManager death to RUNNING again.
@@ -181,6 +207,39 @@ fn main() -> Result<()> {
                 plot,
             })?;
             vwap::print(&report);
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Cmd::Bars {
+            events,
+            reps,
+            seconds,
+            disorder,
+            window,
+            json,
+        } => {
+            let mut spec = spate::jobs::JobSpec::new("bars");
+            spec.disorder = Some(disorder);
+            spec.window = Some(window);
+            let (disorder_ns, window_ns) = spec.bars_times().map_err(anyhow::Error::msg)?;
+            let cores = two_cores()?;
+            eprintln!(
+                "bars: {events} trades per throughput run ({reps} reps), {seconds} s per run at \
+                 1 M/s, disorder {disorder_ns} ns, windows of {window_ns} ns, spate's slots and \
+                 timely's workers pinned to cores {} and {}, busy-spin/busy-poll",
+                cores.0, cores.1
+            );
+            let report = bars::run(&bars::Params {
+                events,
+                reps,
+                seconds,
+                disorder_ns,
+                window_ns,
+                cores,
+            })?;
+            bars::print(&report);
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
                 eprintln!("wrote {}", path.display());

@@ -63,11 +63,11 @@ struct TradeDef {
 
 /// A trade as a timely record.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct Tick(#[serde(with = "TradeDef")] Trade);
+pub(crate) struct Tick(#[serde(with = "TradeDef")] pub(crate) Trade);
 
 /// spate's key hash of a symbol (`key_by` hashes the key with `FxHasher`).
 #[inline(always)]
-fn key_hash(symbol: u32) -> u64 {
+pub(crate) fn key_hash(symbol: u32) -> u64 {
     let mut h = FxHasher::default();
     symbol.hash(&mut h);
     h.finish()

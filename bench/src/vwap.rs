@@ -17,7 +17,7 @@ use spate::api::StreamExecutionEnvironment;
 use spate::config::Config;
 use spate::graph::JobGraph;
 use spate::jobs::{self, VwapParams};
-use spate::minicluster::{JobStatus, MiniCluster};
+use spate::minicluster::{JobResult, JobStatus, MiniCluster};
 use spate_dataplane::idle::IdleStrategyKind;
 use spate_dataplane::operator::source::Pace;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 /// The generator seed of every run, spate's and timely's.
-const SEED: u64 = 42;
+pub(crate) const SEED: u64 = 42;
 /// Unpaced runs measure the latency of one record in this many.
 const UNPACED_SAMPLE: u32 = 16;
 
@@ -47,7 +47,7 @@ pub struct Params {
 /// One result row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// `vwap`.
+    /// `vwap` or `bars`.
     pub workload: String,
     /// `spate` or `timely`.
     #[serde(rename = "impl")]
@@ -72,16 +72,67 @@ pub struct Row {
     pub max_ns: u64,
     /// Latency was measured for one record in this many.
     pub latency_sample: u32,
+    /// W2: bars through the sinks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bars: Option<u64>,
+    /// W2: bars whose firing latency was measured (those whose ready time had passed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bars_measured: Option<u64>,
+    /// W2: mean firing latency, ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_ns: Option<f64>,
+    /// W2 paced: the mean wait, in the offered schedule, from a window's ready time to
+    /// the send time of the first trade whose event time reaches it, over the windows
+    /// this run fired on its watermark (part of the firing latency), ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_wait_ns: Option<f64>,
     #[serde(skip)]
     hist: Option<Histogram<u64>>,
 }
 
-struct Outcome {
-    eps: f64,
-    latency: Histogram<u64>,
+/// What one run measured.
+pub(crate) struct Outcome {
+    /// Events per second.
+    pub eps: f64,
+    /// Latencies, ns.
+    pub latency: Histogram<u64>,
 }
 
-fn run_once(
+/// Runs the job declared on `env` on a MiniCluster as every spate run of these
+/// benchmarks does (parallelism `p`, as many busy-spinning slots pinned to `cores`),
+/// and requires it to finish.
+pub(crate) fn execute(
+    env: &StreamExecutionEnvironment,
+    p: usize,
+    cores: (usize, usize),
+) -> Result<JobResult> {
+    let stream = env.stream_graph();
+    let name = stream.job_name.clone();
+    let graph = JobGraph::build(stream, Some(p), 1, true)?;
+    // As many slots as the job needs: an idle busy-spinning slot would take the core
+    // the rest of the process (and the OS) needs.
+    let config = Config {
+        slots: p,
+        cores: vec![cores.0, cores.1],
+        idle: IdleStrategyKind::BusySpin,
+        ring_size: 1 << 20,
+        ..Config::default()
+    };
+    let mut mc = MiniCluster::start(&config)?;
+    let r = mc.execute(
+        &graph,
+        &AtomicBool::new(false),
+        Duration::from_secs(3600),
+        &mut |_| {},
+    )?;
+    if r.status != JobStatus::Finished {
+        bail!("{name} run ended {:?}", r.status);
+    }
+    Ok(r)
+}
+
+/// W1 on spate at parallelism `p`, measuring one record in `sample`.
+pub(crate) fn run_once(
     p: usize,
     pace: Pace,
     events: u64,
@@ -102,26 +153,7 @@ fn run_once(
     )
     .latency_sink_sampled(|v| v.ts_ns, sample)
     .name("Latency Sink");
-    let graph = JobGraph::build(env.stream_graph(), Some(p), 1, true)?;
-    // As many slots as the job needs: an idle busy-spinning slot would take the core
-    // the rest of the process (and the OS) needs.
-    let config = Config {
-        slots: p,
-        cores: vec![cores.0, cores.1],
-        idle: IdleStrategyKind::BusySpin,
-        ring_size: 1 << 20,
-        ..Config::default()
-    };
-    let mut mc = MiniCluster::start(&config)?;
-    let r = mc.execute(
-        &graph,
-        &AtomicBool::new(false),
-        Duration::from_secs(3600),
-        &mut |_| {},
-    )?;
-    if r.status != JobStatus::Finished {
-        bail!("W1 run ended {:?}", r.status);
-    }
+    let r = execute(&env, p, cores)?;
     Ok(Outcome {
         eps: r.progress.records as f64 / r.progress.elapsed.as_secs_f64().max(1e-9),
         latency: r.progress.latency,
@@ -185,6 +217,19 @@ impl Impl {
 }
 
 fn row(imp: Impl, p: usize, mode: &str, offered: Option<f64>, o: &Outcome, sample: u32) -> Row {
+    make_row("vwap", imp.name(), p, mode, offered, o, sample)
+}
+
+/// A result row of `workload` from an outcome.
+pub(crate) fn make_row(
+    workload: &str,
+    impl_: &str,
+    p: usize,
+    mode: &str,
+    offered: Option<f64>,
+    o: &Outcome,
+    sample: u32,
+) -> Row {
     let h = &o.latency;
     let q = |x| {
         if h.is_empty() {
@@ -194,8 +239,8 @@ fn row(imp: Impl, p: usize, mode: &str, offered: Option<f64>, o: &Outcome, sampl
         }
     };
     Row {
-        workload: "vwap".into(),
-        impl_: imp.name().into(),
+        workload: workload.into(),
+        impl_: impl_.into(),
         parallelism: p,
         mode: mode.into(),
         offered_per_s: offered,
@@ -206,6 +251,10 @@ fn row(imp: Impl, p: usize, mode: &str, offered: Option<f64>, o: &Outcome, sampl
         p9999_ns: q(0.9999),
         max_ns: if h.is_empty() { 0 } else { h.max() },
         latency_sample: sample,
+        bars: None,
+        bars_measured: None,
+        mean_ns: None,
+        schedule_wait_ns: None,
         hist: Some(h.clone()),
     }
 }
@@ -247,8 +296,24 @@ pub struct Report {
     pub ratios: Vec<(String, Ratio)>,
 }
 
-fn in_order<S: serde::Serializer>(v: &[(String, Ratio)], s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn in_order<S: serde::Serializer>(
+    v: &[(String, Ratio)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_map(v.iter().map(|(k, r)| (k, r)))
+}
+
+/// A targeted figure: `value` against `target`, at least (`>=`) or at most (`<=`).
+pub(crate) fn ratio(what: String, value: Option<f64>, at_least: bool, target: f64) -> Ratio {
+    let value = value.filter(|v| v.is_finite());
+    let met = value.is_some_and(|v| if at_least { v >= target } else { v <= target });
+    let target = format!("{} {target}", if at_least { ">=" } else { "<=" });
+    Ratio {
+        what,
+        value,
+        target,
+        met,
+    }
 }
 
 fn find<'a>(
@@ -269,18 +334,7 @@ fn find<'a>(
 pub fn ratios(rows: &[Row]) -> Vec<(String, Ratio)> {
     let mut out = Vec::new();
     let mut put = |key: String, what: String, value: Option<f64>, at_least: bool, target: f64| {
-        let value = value.filter(|v| v.is_finite());
-        let met = value.is_some_and(|v| if at_least { v >= target } else { v <= target });
-        let target = format!("{} {target}", if at_least { ">=" } else { "<=" });
-        out.push((
-            key,
-            Ratio {
-                what,
-                value,
-                target,
-                met,
-            },
-        ));
+        out.push((key, ratio(what, value, at_least, target)));
     };
     let eps = |imp, p| find(rows, imp, p, "unpaced", None).map(|r| r.events_per_s);
     let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
