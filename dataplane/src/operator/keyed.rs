@@ -226,6 +226,12 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
         self.entries.is_empty()
     }
 
+    /// Removes every key, keeping the capacity.
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.entries.clear();
+    }
+
     /// Every key's state, in order of first appearance (for snapshots).
     pub fn iter(&self) -> impl Iterator<Item = (&K, &S)> {
         self.entries.iter().map(|(k, s)| (k, s))

@@ -207,12 +207,9 @@ impl TradeSource {
     #[inline(always)]
     fn delayed(&mut self, mut t: Trade) -> Trade {
         if self.disorder_ns > 0 {
-            let mut x = self.delay_rng;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.delay_rng = x;
-            t.ts_ns = t.ts_ns.saturating_sub(x % (self.disorder_ns + 1));
+            t.ts_ns = t
+                .ts_ns
+                .saturating_sub(next_delay(&mut self.delay_rng, self.disorder_ns));
         }
         t
     }
@@ -237,10 +234,13 @@ impl Source<Trade> for TradeSource {
                 out.extend((0..n).map(|_| gen.next_trade(now_ns)));
             }
             Pace::Unpaced => {
-                for _ in 0..n {
-                    let t = self.gen.next_trade(now_ns);
-                    out.push(self.delayed(t));
-                }
+                // One extend with the delay drawn in the same loop (no push per trade).
+                let (gen, rng, d) = (&mut self.gen, &mut self.delay_rng, self.disorder_ns);
+                out.extend((0..n).map(|_| {
+                    let mut t = gen.next_trade(now_ns);
+                    t.ts_ns = t.ts_ns.saturating_sub(next_delay(rng, d));
+                    t
+                }));
             }
             Pace::Rate(_) => {
                 if self.start_ns == 0 {
@@ -265,6 +265,18 @@ impl Source<Trade> for TradeSource {
         }
         Ok(SourceStatus::Emitted(n))
     }
+}
+
+/// The next delay, uniform in `0..=disorder_ns`, from the delays' xorshift state.
+#[inline(always)]
+fn next_delay(rng: &mut u64, disorder_ns: u64) -> u64 {
+    let mut x = *rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *rng = x;
+    // Multiply-shift into 0..=disorder_ns: no division.
+    ((u128::from(x) * (u128::from(disorder_ns) + 1)) >> 64) as u64
 }
 
 /// Longest line the line sources accept (a peer cannot grow memory without bound).

@@ -165,7 +165,12 @@ impl WindowAssigner {
             i128::from(self.slide_ns),
             i128::from(self.size_ns),
         );
-        let mut start = ts_i - (ts_i - i128::from(self.offset_ns) + slide).rem_euclid(slide);
+        let mut start = if ts >= self.offset_ns {
+            // The common case in 64 bits (a 128-bit remainder costs far more).
+            i128::from(ts - (ts - self.offset_ns) % self.slide_ns)
+        } else {
+            ts_i - (ts_i - i128::from(self.offset_ns) + slide).rem_euclid(slide)
+        };
         // The earliest window containing ts starts after ts − size.
         while start + size > ts_i {
             let end = (start + size).min(i128::from(u64::MAX)) as u64;
@@ -365,6 +370,12 @@ where
     }
 }
 
+/// One window's keys and their accumulators.
+type Pane<K, Acc> = KeyedStates<K, Option<Acc>>;
+
+/// Results a firing window end hands downstream at a time.
+const FIRE_BATCH: usize = 256;
+
 /// Counters of a window operator.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WindowCounts {
@@ -383,9 +394,16 @@ pub struct WindowOperator<K, A: AggregateFunction, KS, WF, O> {
     key: KS,
     timestamps: Option<TimestampsFn<A::In>>,
     result: WF,
-    /// Each key's open windows and their accumulators.
+    /// Sessions (merging windows): each key's open sessions and their accumulators,
+    /// fired by a timer per (key, session end).
     windows: KeyedStates<K, Vec<(Window, A::Acc)>>,
     timers: Timers<K>,
+    /// Tumbling and sliding windows: the open windows (a few at a time), each with its
+    /// keys' accumulators inline in one dense table. A record costs one probe into
+    /// its window's table; a window fires by walking its table, with no per-key timer.
+    panes: Vec<(Window, Pane<K, A::Acc>)>,
+    /// Fired windows' tables, kept for their capacity.
+    spare: Vec<Pane<K, A::Acc>>,
     /// Reused: the timestamps of the batch being processed.
     ts: Vec<u64>,
     watermark: u64,
@@ -418,6 +436,8 @@ where
             result,
             windows: KeyedStates::default(),
             timers: Timers::default(),
+            panes: Vec::new(),
+            spare: Vec::new(),
             ts: Vec::new(),
             watermark: 0,
             now_ns: 0,
@@ -441,6 +461,9 @@ where
 
     #[inline]
     fn add(&mut self, hash: u64, key: K, value: &A::In, ts: u64) {
+        if !self.assigner.is_merging() {
+            return self.add_to_panes(hash, key, value, ts);
+        }
         let now = self.current_time();
         let event_time = self.assigner.domain == TimeDomain::EventTime;
         let (agg, timers) = (&self.agg, &mut self.timers);
@@ -489,6 +512,16 @@ where
             timers.register(key, merged.max_timestamp());
             return;
         }
+        // Non-merging windows went to `add_to_panes` above.
+        let _ = (open, timers);
+    }
+
+    /// A record of a tumbling or sliding window.
+    #[inline]
+    fn add_to_panes(&mut self, hash: u64, key: K, value: &A::In, ts: u64) {
+        let now = self.current_time();
+        let event_time = self.assigner.domain == TimeDomain::EventTime;
+        let (agg, panes, spare) = (&self.agg, &mut self.panes, &mut self.spare);
         let mut late = true;
         self.assigner.assign(ts, |w| {
             // Late (event time): the watermark passed the window's end, so it fired
@@ -498,24 +531,55 @@ where
                 return;
             }
             late = false;
-            match open.iter_mut().find(|(ow, _)| *ow == w) {
-                Some((_, acc)) => agg.add(value, acc),
+            let i = match panes.iter().position(|(pw, _)| *pw == w) {
+                Some(i) => i,
                 None => {
-                    let mut acc = agg.create_accumulator();
-                    agg.add(value, &mut acc);
-                    open.push((w, acc));
-                    timers.register(key, w.max_timestamp());
+                    panes.push((w, spare.pop().unwrap_or_default()));
+                    panes.len() - 1
                 }
-            }
+            };
+            let (_, acc) = panes[i].1.get_or_insert(hash, key.clone());
+            agg.add(value, acc.get_or_insert_with(|| agg.create_accumulator()));
         });
         if late {
             self.counts.late_records += 1;
         }
     }
 
+    /// Fires the tumbling or sliding windows whose last instant is at or before `time`,
+    /// earliest first.
+    fn fire_panes(&mut self, time: u64, out: &mut Output<'_, O>) {
+        loop {
+            let due = self
+                .panes
+                .iter()
+                .enumerate()
+                .filter(|(_, (w, _))| w.max_timestamp() <= time)
+                .min_by_key(|(_, (w, _))| (w.end, w.start))
+                .map(|(i, _)| i);
+            let Some(i) = due else { break };
+            let (w, mut table) = self.panes.swap_remove(i);
+            for (key, acc) in table.iter() {
+                if let Some(acc) = acc {
+                    (self.result)(key, &w, self.agg.get_result(acc), out.buffer());
+                    self.counts.fired += 1;
+                    // A window end fires every key at once: results leave in batches
+                    // as they are made, so the first do not wait for the last.
+                    if out.pending() >= FIRE_BATCH {
+                        out.flush();
+                    }
+                }
+            }
+            table.clear();
+            self.spare.push(table);
+        }
+    }
+
     /// Fires the windows whose timers are due at `time`; a key left without windows
     /// leaves the state.
-    fn fire(&mut self, time: u64, out: &mut Vec<O>) {
+    fn fire(&mut self, time: u64, out: &mut Output<'_, O>) {
+        self.fire_panes(time, out);
+        let out = out.buffer();
         let mark = self.timers.mark();
         while let Some((at, key)) = self.timers.pop_due(time, mark) {
             let hash = key_hash(&key);
@@ -537,9 +601,9 @@ where
         }
     }
 
-    /// Keys with open windows.
+    /// Keys with open windows (counted once per window they are in).
     pub fn key_count(&self) -> usize {
-        self.windows.len()
+        self.windows.len() + self.panes.iter().map(|(_, t)| t.len()).sum::<usize>()
     }
 }
 
@@ -596,7 +660,7 @@ where
         if watermark > self.watermark {
             self.watermark = watermark;
             if self.assigner.domain == TimeDomain::EventTime {
-                self.fire(watermark, out.buffer());
+                self.fire(watermark, out);
             }
         }
         out.watermark(watermark);
@@ -605,9 +669,10 @@ where
     fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, O>) {
         self.now_ns = now_ns;
         if self.assigner.domain == TimeDomain::ProcessingTime
-            && self.timers.next_time().is_some_and(|t| t <= now_ns)
+            && (self.timers.next_time().is_some_and(|t| t <= now_ns)
+                || self.panes.iter().any(|(w, _)| w.max_timestamp() <= now_ns))
         {
-            self.fire(now_ns, out.buffer());
+            self.fire(now_ns, out);
         }
     }
 
@@ -615,7 +680,7 @@ where
         // Processing-time windows still open fire at the end of input, as Flink's do
         // in a bounded job.
         if self.assigner.domain == TimeDomain::ProcessingTime {
-            self.fire(u64::MAX, out.buffer());
+            self.fire(u64::MAX, out);
         }
     }
 }
