@@ -719,10 +719,26 @@ fn region_failover_restarts_only_the_failed_pipeline() {
         let a = subtask_attempts(ports.rest, &id);
         if failover == "region" {
             assert_eq!(a[other].0, 0, "the other pipeline was not restarted: {a:?}");
+            // Regression: the pipeline that kept running reports its older attempt, and
+            // its record counts froze at the failover.
+            let written = || {
+                let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+                job["vertices"][0]["subtasks"][other]["metrics"]["write-records"]
+                    .as_u64()
+                    .unwrap()
+            };
+            let before = written();
+            wait_for(
+                "the running pipeline's count to grow",
+                Duration::from_secs(5),
+                || written() > before,
+            );
         } else {
             assert!(a[other].0 > 0, "full failover restarts every task: {a:?}");
         }
-        assert_eq!(job_state(ports.rest, &id), "RUNNING");
+        wait_for("the job to run again", Duration::from_secs(10), || {
+            job_state(ports.rest, &id) == "RUNNING"
+        });
         let o = cli_of(&bin, &["cancel", "-m", &m, &id]);
         assert!(o.status.success());
         wait_for("CANCELED", Duration::from_secs(15), || {

@@ -58,8 +58,11 @@ fn price_highs(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), S
 /// Forward edges only: every parallel pipeline is its own region (for region failover).
 fn big_trades(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
     let pace = spec.rate.map_or(Pace::Unpaced, Pace::Rate);
+    // The filter starts a chain of its own: each source subtask feeds its filter over a
+    // forward ring, so every subtask pair is a pipelined region of its own.
     env.trades(spec.seed, (spec.events > 0).then_some(spec.events), pace)
         .filter(|t: &Trade| t.qty > 50)
+        .start_new_chain()
         .discard();
     Ok(())
 }

@@ -198,6 +198,7 @@ async fn job(State(st): State<SharedState>, Path(id): Path<String>) -> Response 
                     json!({
                         "subtask": k.1,
                         "attempt": t.attempt,
+                        "metrics": { "read-records": t.records_in, "write-records": t.records_out },
                         "taskmanager-id": t.taskmanager.0,
                         "slot": t.slot,
                         "status": match &t.state {

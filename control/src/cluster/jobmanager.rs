@@ -576,12 +576,13 @@ impl JobManager {
             let Some(j) = st.jobs.get_mut(&r.task.job_id) else {
                 continue;
             };
-            if j.attempt != r.task.attempt {
-                continue;
-            }
+            // Each subtask's own deployment counts: after a region failover the regions
+            // that kept running report an older attempt than the job's latest.
             if let Some(t) = j.tasks.get_mut(&(r.task.vertex, r.task.subtask)) {
-                t.records_in = r.records_in;
-                t.records_out = r.records_out;
+                if t.attempt == r.task.attempt {
+                    t.records_in = r.records_in;
+                    t.records_out = r.records_out;
+                }
             }
         }
     }
