@@ -466,9 +466,16 @@ fn a_killed_taskmanager_restarts_the_job_under_fixed_delay_or_fails_it_under_non
                 job_state(ports.rest, &id) == "RESTARTING"
             });
             let _tm3 = spate("taskmanager", &ports, net);
+            // RESTARTING → RUNNING, as in Flink: a restarted job is not CREATED again.
+            let mut seen = Vec::new();
             wait_for("RUNNING again", Duration::from_secs(20), || {
-                job_state(ports.rest, &id) == "RUNNING"
+                let st = job_state(ports.rest, &id);
+                if seen.last() != Some(&st) {
+                    seen.push(st.clone());
+                }
+                st == "RUNNING"
             });
+            assert!(!seen.iter().any(|s| s == "CREATED"), "{seen:?}");
             let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
             let (_, ex) = http(ports.rest, "GET", &format!("/jobs/{id}/exceptions"), "").unwrap();
             assert_eq!(job["restarts"], 1, "{job}\n{ex}");
@@ -1068,5 +1075,52 @@ fn run_dash_d_on_a_cluster_configures_the_job() {
         String::from_utf8_lossy(&o.stderr).contains("no.such.key"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A restarting job that cannot get its slots fails after `slot.request.timeout`
+/// (Flink's), rather than waiting for ever.
+#[test]
+fn a_restart_without_slots_fails_after_the_slot_request_timeout() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spate(
+        "jobmanager",
+        &ports,
+        &[
+            "-D",
+            "restart-strategy.type=fixed-delay",
+            "-D",
+            "restart-strategy.fixed-delay.attempts=100",
+            "-D",
+            "restart-strategy.fixed-delay.delay=50 ms",
+            "-D",
+            "slot.request.timeout=1 s",
+        ],
+    );
+    let tm = spate("taskmanager", &ports, &[]);
+    wait_for("a TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    let body = r#"{"job": "vwap", "parallelism": 1, "events": 0, "rate": 1000.0}"#;
+    let (status, v) = http(ports.rest, "POST", "/jobs", body).unwrap();
+    assert_eq!(status, 202, "{v}");
+    let id = v["jobid"].as_str().unwrap().to_string();
+    wait_for("RUNNING", Duration::from_secs(15), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    drop(tm); // and no TaskManager comes back
+    wait_for("FAILED", Duration::from_secs(15), || {
+        job_state(ports.rest, &id) == "FAILED"
+    });
+    let (_, ex) = http(ports.rest, "GET", &format!("/jobs/{id}/exceptions"), "").unwrap();
+    assert!(
+        ex["root-exception"]
+            .as_str()
+            .unwrap_or("")
+            .contains("slot.request.timeout"),
+        "{ex}"
     );
 }

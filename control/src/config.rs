@@ -125,6 +125,9 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// `heartbeat.timeout`
     pub heartbeat_timeout: Duration,
+    /// `slot.request.timeout`: how long a restarting job waits for the slots it needs
+    /// before it fails.
+    pub slot_request_timeout: Duration,
     /// `taskmanager.data.port`: where the TaskManager's network agent listens for its
     /// peers (0: any free port).
     pub data_port: u16,
@@ -190,6 +193,7 @@ impl Default for Config {
             failover_strategy: FailoverStrategy::Region,
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(50),
+            slot_request_timeout: Duration::from_secs(300),
             data_port: 0,
             transport: spate_dataplane::net::TransportKind::IoUring,
             agent: AgentMode::Dedicated,
@@ -230,6 +234,7 @@ pub const KEYS: &[&str] = &[
     "jobmanager.execution.failover-strategy",
     "heartbeat.interval",
     "heartbeat.timeout",
+    "slot.request.timeout",
     "taskmanager.data.port",
     "taskmanager.network.transport",
     "taskmanager.network.agent",
@@ -643,6 +648,7 @@ impl Config {
             }
             "heartbeat.interval" => self.heartbeat_interval = duration()?,
             "heartbeat.timeout" => self.heartbeat_timeout = duration()?,
+            "slot.request.timeout" => self.slot_request_timeout = duration()?,
             k if FLINK_KEYS_IGNORED.contains(&k) => self.ignore(k, origin),
             _ => {
                 return Err(ConfigError::UnknownKey {

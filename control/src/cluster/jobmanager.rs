@@ -201,6 +201,8 @@ pub struct JobEntry {
     region_restarts: BTreeMap<usize, Option<Instant>>,
     /// What its deployments carry: the cluster's configuration with the job's own over it.
     deploy_settings: DeploySettings,
+    /// Since when a restart has been waiting for free slots.
+    waiting_for_slots_since: Option<Instant>,
 }
 
 /// What every deployment carries from the JobManager's configuration.
@@ -666,6 +668,7 @@ impl JobManager {
             failover: jc.failover_strategy,
             region_restarts: BTreeMap::new(),
             deploy_settings: DeploySettings::of(&jc),
+            waiting_for_slots_since: None,
         };
         tracing::info!(job = %id, name = %job.spec.job, slots = needed, "job submitted");
         let mut st = lock(&self.state);
@@ -744,7 +747,14 @@ impl JobManager {
             &mut self.next_channel,
             &mut sends,
         );
-        job.state = JobState::Created;
+        // A first deployment is CREATED until every subtask reports; a restarted job goes
+        // RESTARTING → RUNNING, as in Flink.
+        job.state = if job.restarts == 0 {
+            JobState::Created
+        } else {
+            JobState::Running
+        };
+        job.waiting_for_slots_since = None;
         let conns: HashMap<TaskManagerId, ConnId> = st
             .taskmanagers
             .values()
@@ -1080,13 +1090,44 @@ impl JobManager {
                 j.tasks.clear();
             }
             if !self.deploy(&id) {
-                // Not enough slots yet (a TaskManager is being replaced): try again soon.
-                let mut st = lock(&self.state);
-                if let Some(j) = st.jobs.get_mut(&id) {
-                    j.attempt -= 1;
-                    j.restarts -= 1;
-                    j.state = JobState::Restarting;
-                    j.restart_at = Some(Instant::now() + Duration::from_millis(100));
+                // Not enough slots yet (a TaskManager is being replaced): try again soon,
+                // for at most `slot.request.timeout` (then the job fails, as in Flink).
+                let timeout = self.config.slot_request_timeout;
+                let mut failed = false;
+                {
+                    let mut st = lock(&self.state);
+                    if let Some(j) = st.jobs.get_mut(&id) {
+                        j.attempt -= 1;
+                        j.restarts -= 1;
+                        let since = *j.waiting_for_slots_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= timeout {
+                            let message = format!(
+                                "could not get the {} task slots the job needs within \
+                                 slot.request.timeout ({} ms)",
+                                j.slots_needed,
+                                timeout.as_millis()
+                            );
+                            tracing::error!(job = %id, %message, "job failed");
+                            if j.exceptions.len() >= MAX_EXCEPTIONS {
+                                j.exceptions.remove(0);
+                                j.exceptions_truncated = true;
+                            }
+                            j.exceptions.push(ExceptionEntry {
+                                timestamp_ms: epoch_ms(),
+                                task: "JobMaster".into(),
+                                message,
+                            });
+                            j.state = JobState::Failed;
+                            j.end_epoch_ms = Some(epoch_ms());
+                            failed = true;
+                        } else {
+                            j.state = JobState::Restarting;
+                            j.restart_at = Some(Instant::now() + Duration::from_millis(100));
+                        }
+                    }
+                }
+                if failed {
+                    self.job_ended(&id);
                 }
             }
         }
