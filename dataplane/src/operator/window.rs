@@ -404,6 +404,8 @@ pub struct WindowOperator<K, A: AggregateFunction, KS, WF, O> {
     panes: Vec<(Window, Pane<K, A::Acc>)>,
     /// Fired windows' tables, kept for their capacity.
     spare: Vec<Pane<K, A::Acc>>,
+    /// The pane the last record went to (tumbling windows try it first).
+    last_pane: Option<usize>,
     /// Reused: the timestamps of the batch being processed.
     ts: Vec<u64>,
     watermark: u64,
@@ -438,6 +440,7 @@ where
             timers: Timers::default(),
             panes: Vec::new(),
             spare: Vec::new(),
+            last_pane: None,
             ts: Vec::new(),
             watermark: 0,
             now_ns: 0,
@@ -521,6 +524,22 @@ where
     fn add_to_panes(&mut self, hash: u64, key: K, value: &A::In, ts: u64) {
         let now = self.current_time();
         let event_time = self.assigner.domain == TimeDomain::EventTime;
+        // Tumbling windows: a record almost always falls in the window of the one before
+        // it, so that window's pane is tried first (no division, no scan).
+        if let Some(i) = self.last_pane {
+            if let Some((w, pane)) = self.panes.get_mut(i) {
+                if self.assigner.slide_ns == self.assigner.size_ns
+                    && (w.start..w.end).contains(&ts)
+                    && !(event_time && w.max_timestamp() <= now && now > 0)
+                {
+                    let (_, acc) = pane.get_or_insert(hash, key);
+                    let agg = &self.agg;
+                    agg.add(value, acc.get_or_insert_with(|| agg.create_accumulator()));
+                    return;
+                }
+            }
+        }
+        let mut last = None;
         let (agg, panes, spare) = (&self.agg, &mut self.panes, &mut self.spare);
         let mut late = true;
         self.assigner.assign(ts, |w| {
@@ -540,7 +559,9 @@ where
             };
             let (_, acc) = panes[i].1.get_or_insert(hash, key.clone());
             agg.add(value, acc.get_or_insert_with(|| agg.create_accumulator()));
+            last = Some(i);
         });
+        self.last_pane = last;
         if late {
             self.counts.late_records += 1;
         }
@@ -558,6 +579,8 @@ where
                 .min_by_key(|(_, (w, _))| (w.end, w.start))
                 .map(|(i, _)| i);
             let Some(i) = due else { break };
+            // Indices move: the cached pane is looked up again.
+            self.last_pane = None;
             let (w, mut table) = self.panes.swap_remove(i);
             for (key, acc) in table.iter() {
                 if let Some(acc) = acc {
