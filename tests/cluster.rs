@@ -587,6 +587,49 @@ fn an_application_mode_binary_runs_its_own_job_as_every_role() {
         assert!(h.windows(2).all(|w| w[0] < w[1]), "symbol {s}: {h:?}");
         assert_eq!(h.last(), max.get(s), "symbol {s}");
     }
+
+    // The binary's own event-time job on the cluster: every trade is counted in one
+    // window, and each symbol's overall range is the generator's.
+    let out = dir.path().join("ranges");
+    let o = cli_of(
+        &bin,
+        &[
+            "run",
+            "-m",
+            &m,
+            "-p",
+            "2",
+            "--events",
+            &events.to_string(),
+            "--window",
+            "1 ms",
+            "--output",
+            out.to_str().unwrap(),
+            "price-ranges",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut counted = 0u64;
+    let mut highest: std::collections::HashMap<u32, i64> = Default::default();
+    for part in 0..2 {
+        let text = std::fs::read_to_string(format!("{}.{part}", out.display())).unwrap();
+        for line in text.lines() {
+            let f: Vec<i64> = line
+                .trim_matches(|c| c == '(' || c == ')')
+                .split(", ")
+                .map(|x| x.parse().unwrap())
+                .collect();
+            let [symbol, _start, lo, hi, n] = f[..] else {
+                panic!("{line}")
+            };
+            assert!(lo <= hi, "{line}");
+            counted += n as u64;
+            let e = highest.entry(symbol as u32).or_insert(i64::MIN);
+            *e = (*e).max(hi);
+        }
+    }
+    assert_eq!(counted, events, "every trade in exactly one window");
+    assert_eq!(highest, max);
 }
 
 #[test]

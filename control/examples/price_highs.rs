@@ -8,13 +8,73 @@
 //! target/release/examples/price_highs run -m localhost:8081 -p 2 price-highs
 //! ```
 //!
-//! The job: W1's trades, keyed by symbol; a KeyedProcessFunction keeps each symbol's
-//! highest price in ValueState and emits `(symbol, price)` whenever it is beaten.
+//! The jobs:
+//! - `price-highs`: W1's trades, keyed by symbol; a KeyedProcessFunction keeps each
+//!   symbol's highest price in ValueState and emits `(symbol, price)` whenever it is
+//!   beaten.
+//! - `price-ranges`: event time: the trades' timestamps with watermarks 1 ms behind,
+//!   keyed by symbol, a tumbling window of `--window` (default 10 ms) aggregating each
+//!   symbol's lowest and highest price and its trade count, emitted as
+//!   `(symbol, window start, low, high, trades)` when the watermark passes the window.
 
 use spate::api::StreamExecutionEnvironment;
 use spate::dataplane::operator::keyed::{Context, KeyedProcessFunction, ValueState};
 use spate::dataplane::operator::source::{Pace, Trade};
+use spate::dataplane::operator::watermark::WatermarkStrategy;
+use spate::dataplane::operator::window::{AggregateFunction, Window, WindowAssigner};
 use spate::jobs::JobSpec;
+use std::time::Duration;
+
+/// A window's lowest and highest price and its trade count.
+#[derive(Clone)]
+struct Range;
+
+impl AggregateFunction for Range {
+    type In = Trade;
+    type Acc = (i64, i64, u64);
+    type Out = (i64, i64, u64);
+    fn create_accumulator(&self) -> Self::Acc {
+        (i64::MAX, i64::MIN, 0)
+    }
+    fn add(&self, t: &Trade, acc: &mut Self::Acc) {
+        acc.0 = acc.0.min(t.price);
+        acc.1 = acc.1.max(t.price);
+        acc.2 += 1;
+    }
+    fn get_result(&self, acc: &Self::Acc) -> Self::Out {
+        *acc
+    }
+    fn merge(&self, a: Self::Acc, b: Self::Acc) -> Self::Acc {
+        (a.0.min(b.0), a.1.max(b.1), a.2 + b.2)
+    }
+}
+
+fn price_ranges(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
+    let size = match &spec.window {
+        Some(w) => spate::config::parse_duration(w)
+            .ok_or_else(|| format!("--window must be a duration such as '10 ms', not {w:?}"))?,
+        None => Duration::from_millis(10),
+    };
+    let window = WindowAssigner::tumbling_event_time(size).map_err(|e| e.to_string())?;
+    let pace = spec.rate.map_or(Pace::Unpaced, Pace::Rate);
+    let ranges = env
+        .trades(spec.seed, (spec.events > 0).then_some(spec.events), pace)
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_millis(1))
+                .with_timestamp_assigner(|t: &Trade| t.ts_ns),
+        )
+        .key_by(|t: &Trade| t.symbol)
+        .window(window)
+        .aggregate_with(Range, |symbol: &u32, w: &Window, (lo, hi, n)| {
+            Some((*symbol, w.start, lo, hi, n))
+        })
+        .name("Price Ranges");
+    match &spec.output {
+        Some(path) => ranges.write_as_text(path),
+        None => ranges.print(),
+    };
+    Ok(())
+}
 
 #[derive(Clone)]
 struct NewHighs;
@@ -70,5 +130,6 @@ fn big_trades(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), St
 fn main() {
     spate::jobs::register("price-highs", price_highs);
     spate::jobs::register("big-trades", big_trades);
+    spate::jobs::register("price-ranges", price_ranges);
     spate::cli::main();
 }

@@ -491,7 +491,8 @@ pub struct JobSpec {
     /// watermark bound (a duration such as `5 ms`; default 5 ms).
     #[serde(default)]
     pub disorder: Option<String>,
-    /// bars: the window size (a duration such as `1 s`; default 1 s).
+    /// bars (and jobs of ones own that take a window): the window size (a duration
+    /// such as `1 s`; bars: default 1 s).
     #[serde(default)]
     pub window: Option<String>,
     /// STREAMING or BATCH (`execution.runtime-mode`; default: the configuration's).
