@@ -20,6 +20,30 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
 
+thread_local! {
+    /// The side outputs of the operator being built on this slot thread, by tag: each a
+    /// `BoxEmit<S>` into its ring output (set around each operator's builder).
+    static SIDE_OUTPUTS: RefCell<Vec<(String, AnyBox)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Hands the side outputs of the operator about to be built to its builder.
+pub fn set_side_outputs(sides: Vec<(String, AnyBox)>) {
+    SIDE_OUTPUTS.with(|s| *s.borrow_mut() = sides);
+}
+
+/// The side output `tag` of the operator being built (a `BoxEmit<S>`), if a consumer
+/// reads it: for operator builders.
+pub fn take_side_output<S: 'static>(tag: &str) -> Option<spate_dataplane::operator::BoxEmit<S>> {
+    SIDE_OUTPUTS.with(|s| {
+        let mut s = s.borrow_mut();
+        let i = s.iter().position(|(t, _)| t == tag)?;
+        let (_, any) = s.swap_remove(i);
+        any.downcast::<spate_dataplane::operator::BoxEmit<S>>()
+            .ok()
+            .map(|b| *b)
+    })
+}
+
 /// The largest parallelism of an operator.
 pub const MAX_PARALLELISM: usize = 1024;
 
@@ -283,6 +307,8 @@ pub struct Edge {
     pub from: usize,
     /// Partitioning.
     pub partition: EdgePartition,
+    /// The upstream's side output this edge reads (`None`: its main output).
+    pub side: Option<String>,
 }
 
 /// An operator in the stream graph.
@@ -310,6 +336,8 @@ pub struct Node {
     pub input: Option<Arc<TypeOps>>,
     /// Sources: whether the input ends (a bounded source).
     pub bounded: bool,
+    /// The side outputs it produces: tag and record type.
+    pub side_outputs: Vec<(String, Arc<TypeOps>)>,
 }
 
 impl std::fmt::Debug for Node {
@@ -369,6 +397,8 @@ pub struct JobEdge {
     /// Which input of the downstream head operator it feeds (0 for one-input
     /// operators; 0 or 1 for a two-input operator).
     pub input: usize,
+    /// A side output of an operator of the upstream chain (`None`: the chain's output).
+    pub side: Option<String>,
 }
 
 /// The job as it runs: vertices and edges, with parallelism and chaining resolved.
@@ -452,7 +482,10 @@ impl JobGraph {
         let mut outdegree = vec![0usize; nodes.len()];
         for n in nodes {
             for e in &n.inputs {
-                outdegree[e.from] += 1;
+                // Side outputs do not keep a node's main consumer from chaining to it.
+                if e.side.is_none() {
+                    outdegree[e.from] += 1;
+                }
             }
         }
         // Resolve partitions.
@@ -480,6 +513,8 @@ impl JobGraph {
         let mut edges = Vec::new();
         for n in nodes {
             let chained_to = match n.inputs.as_slice() {
+                // A side output's consumer starts a chain of its own.
+                [e] if e.side.is_some() => None,
                 [e] => {
                     let up = &nodes[e.from];
                     let ok = chaining
@@ -518,6 +553,7 @@ impl JobGraph {
                             to: v,
                             partition: resolve(n, e)?,
                             input: if two_input { i } else { 0 },
+                            side: e.side.clone(),
                         });
                     }
                 }

@@ -296,9 +296,11 @@ impl MiniCluster {
                     producers.push(p);
                     ins.entry((e.to, t)).or_default().push((e.input, c));
                 }
-                outs.entry((e.from, s))
-                    .or_default()
-                    .push((e.partition.clone(), producers));
+                outs.entry((e.from, s)).or_default().push((
+                    e.partition.clone(),
+                    e.side.clone(),
+                    producers,
+                ));
             }
         }
         let mut deployments = Vec::new();
@@ -329,7 +331,9 @@ impl MiniCluster {
 }
 
 /// Output rings of a subtask, per out edge.
-pub type EdgeOutputs = Vec<(EdgePartition, Vec<Producer>)>;
+/// Output rings of a subtask, per out edge: its partitioning, the side output it
+/// carries (`None`: the chain's main output), and the rings.
+pub type EdgeOutputs = Vec<(EdgePartition, Option<String>, Vec<Producer>)>;
 
 /// One subtask: its chain of operators and its rings.
 pub struct Deployment {
@@ -374,9 +378,39 @@ impl Deployment {
         let bp: Backpressure = Rc::new(Cell::new(false));
         let mut controls = Vec::new();
         let mut emits = Vec::new();
-        for (partition, producers) in outputs {
-            let ops = tail.out.as_ref().ok_or("internal: a sink with outputs")?;
-            let (emit, ctl) = ops.ring_output(producers, &partition, bp.clone())?;
+        // Side outputs, by the node that produces them.
+        let mut sides: Vec<(usize, String, AnyBox)> = Vec::new();
+        for (partition, side, producers) in outputs {
+            let (emit, ctl) = match &side {
+                None => {
+                    let ops = tail.out.as_ref().ok_or("internal: a sink with outputs")?;
+                    ops.ring_output(producers, &partition, bp.clone())?
+                }
+                Some(tag) => {
+                    let (at, ops) = chain
+                        .iter()
+                        .enumerate()
+                        .find_map(|(i, n)| {
+                            n.side_outputs
+                                .iter()
+                                .find(|(t, _)| t == tag)
+                                .map(|(_, ops)| (i, ops.clone()))
+                        })
+                        .ok_or_else(|| format!("internal: no operator has side output '{tag}'"))?;
+                    let (emit, ctl) = ops.ring_output(producers, &partition, bp.clone())?;
+                    // Several consumers of one side output share it through a tee.
+                    match sides.iter().position(|(_, t, _)| t == tag) {
+                        Some(j) => {
+                            let (_, _, prev) = sides.swap_remove(j);
+                            let both = ops.tee(vec![prev, emit])?;
+                            sides.push((at, tag.clone(), both));
+                        }
+                        None => sides.push((at, tag.clone(), emit)),
+                    }
+                    controls.push(ctl);
+                    continue;
+                }
+            };
             emits.push(emit);
             controls.push(ctl);
         }
@@ -397,7 +431,21 @@ impl Deployment {
                 Build::Sink(_) if i == last => {}
                 Build::Sink(_) => return Err("internal: a sink inside a chain".into()),
                 Build::Operator(b) => {
-                    cur = b(info, cur).map_err(|e| format!("{}: {e}", node.name))?
+                    let mine = sides.iter().filter(|(at, _, _)| *at == i).count();
+                    let mut own = Vec::with_capacity(mine);
+                    let mut k = 0;
+                    while k < sides.len() {
+                        if sides[k].0 == i {
+                            let (_, t, e) = sides.swap_remove(k);
+                            own.push((t, e));
+                        } else {
+                            k += 1;
+                        }
+                    }
+                    crate::graph::set_side_outputs(own);
+                    let built = b(info, cur);
+                    crate::graph::set_side_outputs(Vec::new());
+                    cur = built.map_err(|e| format!("{}: {e}", node.name))?
                 }
                 Build::Union => {}
                 Build::TwoInput { build, task } if i == 0 => {

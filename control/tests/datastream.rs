@@ -1,7 +1,7 @@
 //! The DataStream API on the MiniCluster: results against plain computations.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use spate::api::{RuntimeMode, StreamExecutionEnvironment};
+use spate::api::{OutputTag, RuntimeMode, StreamExecutionEnvironment};
 use spate::config::Config;
 use spate::graph::{GraphError, JobGraph};
 use spate::jobs::{self, Bar, BarAcc, Vwap, VwapParams};
@@ -786,6 +786,63 @@ fn an_interval_join_without_timestamps_is_an_error_when_the_job_is_built() {
         .discard();
     let e = JobGraph::build(env.stream_graph(), None, 1, true).unwrap_err();
     assert!(e.to_string().contains("timestamps"), "{e}");
+}
+
+/// Late records go to the side output the job asked for, never silently dropped: every
+/// record is either in a fired window or in the late stream, at parallelism 1 and 2.
+#[test]
+fn late_records_go_to_the_side_output() {
+    // In order but for a few records far behind, each in a later batch than the
+    // watermark that passed them.
+    let mut input: Vec<(u32, u64, u64)> = (0..2_000u64)
+        .map(|i| ((i % 5) as u32, 1_000 + i * 10, 1))
+        .collect();
+    for (at, ts) in [(600usize, 1_200u64), (1_300, 2_000), (1_900, 5_000)] {
+        input.insert(at, (1, ts, 1_000));
+    }
+    for p in [1usize, 2] {
+        let env = StreamExecutionEnvironment::new("late");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let late = Arc::new(Mutex::new(Vec::new()));
+        let tag = OutputTag::<(u32, u64, u64)>::new("late");
+        let windows = env
+            .from_collection(input.clone())
+            .assign_timestamps_and_watermarks(
+                WatermarkStrategy::for_monotonous_timestamps()
+                    .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1),
+            )
+            .key_by(|r: &(u32, u64, u64)| r.0)
+            .window(WindowAssigner::tumbling_event_time(Duration::from_nanos(100)).unwrap())
+            .side_output_late_data(&tag)
+            .aggregate(SumCount);
+        windows.collect(out.clone());
+        windows.get_side_output(&tag).collect(late.clone());
+        let r = run(&env, Some(p), 2);
+        assert_eq!(r.status, JobStatus::Finished);
+        let late = late.lock().unwrap().clone();
+        assert!(!late.is_empty(), "p={p}: the far-behind records are late");
+        assert!(
+            late.iter().all(|r| r.2 == 1_000),
+            "p={p}: only they: {late:?}"
+        );
+        let in_windows: u64 = out.lock().unwrap().iter().map(|w| w.1).sum();
+        assert_eq!(
+            in_windows + late.len() as u64,
+            input.len() as u64,
+            "p={p}: every record in a window or in the late stream"
+        );
+    }
+}
+
+#[test]
+fn a_side_output_no_operator_declares_is_an_error_when_the_job_is_built() {
+    let env = StreamExecutionEnvironment::new("no side output");
+    let s = env.from_collection(vec![1u64, 2, 3]).map(|x: u64| x + 1);
+    s.discard();
+    s.get_side_output(&OutputTag::<u64>::new("nothing"))
+        .discard();
+    let e = JobGraph::build(env.stream_graph(), None, 1, true).unwrap_err();
+    assert!(e.to_string().contains("no side output 'nothing'"), "{e}");
 }
 
 #[test]

@@ -155,6 +155,7 @@ impl StreamExecutionEnvironment {
             out: None,
             input: None,
             bounded: false,
+            side_outputs: Vec::new(),
         }
     }
 
@@ -248,6 +249,33 @@ impl StreamExecutionEnvironment {
     }
 }
 
+/// Names a side output of type `T` (Flink's `OutputTag`).
+pub struct OutputTag<T> {
+    id: String,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> OutputTag<T> {
+    /// A tag named `id` (unique within the job).
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            _t: PhantomData,
+        }
+    }
+
+    /// Its name.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl<T> Clone for OutputTag<T> {
+    fn clone(&self) -> Self {
+        Self::new(&self.id)
+    }
+}
+
 /// A stream of `T` records.
 pub struct DataStream<T> {
     env: StreamExecutionEnvironment,
@@ -299,6 +327,7 @@ impl<T: Data> DataStream<T> {
 
     fn edge(&self) -> Edge {
         Edge {
+            side: None,
             from: self.node,
             partition: self.partition.clone(),
         }
@@ -429,6 +458,34 @@ impl<T: Data> DataStream<T> {
             hash: EdgePartition::Hash(Arc::new(hash)),
             _k: PhantomData,
         }
+    }
+
+    /// The records this stream's operator sent to the side output `tag` (Flink's
+    /// `getSideOutput`). The operator must declare that side output (e.g. a window
+    /// with `side_output_late_data(&tag)`), with records of type `S`.
+    pub fn get_side_output<S: Data>(&self, tag: &OutputTag<S>) -> DataStream<S> {
+        let declared = self.env.graph.borrow().nodes[self.node]
+            .side_outputs
+            .iter()
+            .any(|(t, ops)| t == &tag.id && ops.name == std::any::type_name::<S>());
+        if !declared {
+            let name = self.env.graph.borrow().nodes[self.node].name.clone();
+            self.env.graph.borrow_mut().errors.push(format!(
+                "'{name}' has no side output '{}' of {}",
+                tag.id,
+                std::any::type_name::<S>()
+            ));
+        }
+        let mut n =
+            StreamExecutionEnvironment::node(&format!("Side Output {}", tag.id), Build::Union);
+        n.inputs = vec![Edge {
+            from: self.node,
+            partition: EdgePartition::Default,
+            side: Some(tag.id.clone()),
+        }];
+        n.input = Some(TypeOps::of::<S>());
+        n.out = Some(TypeOps::of::<S>());
+        DataStream::new(self.env.clone(), self.env.add(n))
     }
 
     /// This stream and `other`, connected for a two-input operator (Flink's `connect`):
@@ -652,6 +709,7 @@ where
                 _k: PhantomData,
             },
             assigner,
+            late_tag: None,
         }
     }
 
@@ -737,12 +795,31 @@ where
 pub struct WindowedStream<T, K, F> {
     keyed: KeyedStream<T, K, F>,
     assigner: WindowAssigner,
+    /// Where late records go, if the job asked (`side_output_late_data`).
+    late_tag: Option<String>,
 }
 
 impl<T: Data, K: Key, F> WindowedStream<T, K, F>
 where
     F: Fn(&T) -> K + Clone + Send + Sync + 'static,
 {
+    /// Sends records that arrive after their windows fired to the side output `tag`
+    /// instead of dropping them (Flink's `sideOutputLateData`); read it with
+    /// `get_side_output(&tag)` on the window's result stream.
+    pub fn side_output_late_data(mut self, tag: &OutputTag<T>) -> Self {
+        self.late_tag = Some(tag.id.clone());
+        self
+    }
+
+    /// Declares the late-data side output on the window's node.
+    fn declare_late(&self, node: usize) {
+        if let Some(tag) = &self.late_tag {
+            self.keyed.stream.env.graph.borrow_mut().nodes[node]
+                .side_outputs
+                .push((tag.clone(), TypeOps::of::<T>()));
+        }
+    }
+
     /// Aggregates each window incrementally with `agg`; emits
     /// `result(key, window, aggregate)` when it fires (Flink's `aggregate` with a
     /// window function); `None` emits nothing.
@@ -763,20 +840,27 @@ where
         }
         let assigner = self.assigner;
         let key = self.keyed.key.clone();
+        let late_tag = self.late_tag.clone();
         let build = Build::Operator(Arc::new(move |_, d| {
             let result = result.clone();
-            chained(
-                WindowOperator::new(
-                    assigner,
-                    agg.clone(),
-                    key.clone(),
-                    timestamps.clone(),
-                    move |k: &K, w: &Window, r, out: &mut Vec<O>| out.extend(result(k, w, r)),
-                ),
-                d,
-            )
+            let op = WindowOperator::new(
+                assigner,
+                agg.clone(),
+                key.clone(),
+                timestamps.clone(),
+                move |k: &K, w: &Window, r, out: &mut Vec<O>| out.extend(result(k, w, r)),
+            );
+            let late = late_tag
+                .as_deref()
+                .and_then(crate::graph::take_side_output::<T>);
+            match late {
+                Some(l) => chained(op.with_late_output(l), d),
+                None => chained(op, d),
+            }
         }));
-        stream.then("Window", build, Some(self.keyed.hash.clone()))
+        let out = stream.then("Window", build, Some(self.keyed.hash.clone()));
+        self.declare_late(out.node);
+        out
     }
 
     /// Aggregates each window with `agg` and emits its result.
@@ -818,20 +902,27 @@ where
         }
         let assigner = self.assigner;
         let key = self.keyed.key.clone();
+        let late_tag = self.late_tag.clone();
         let build = Build::Operator(Arc::new(move |_, d| {
             let f = f.clone();
-            chained(
-                WindowOperator::new(
-                    assigner,
-                    CollectAll::<T>::default(),
-                    key.clone(),
-                    timestamps.clone(),
-                    move |k: &K, w: &Window, all: Vec<T>, out: &mut Vec<O>| f(k, w, all, out),
-                ),
-                d,
-            )
+            let op = WindowOperator::new(
+                assigner,
+                CollectAll::<T>::default(),
+                key.clone(),
+                timestamps.clone(),
+                move |k: &K, w: &Window, all: Vec<T>, out: &mut Vec<O>| f(k, w, all, out),
+            );
+            let late = late_tag
+                .as_deref()
+                .and_then(crate::graph::take_side_output::<T>);
+            match late {
+                Some(l) => chained(op.with_late_output(l), d),
+                None => chained(op, d),
+            }
         }));
-        stream.then("Window", build, Some(self.keyed.hash.clone()))
+        let out = stream.then("Window", build, Some(self.keyed.hash.clone()));
+        self.declare_late(out.node);
+        out
     }
 }
 

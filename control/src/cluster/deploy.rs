@@ -155,7 +155,7 @@ pub fn build(
             for t in targets {
                 producers.push(producer(ei, s, t)?);
             }
-            outputs.push((e.partition.clone(), producers));
+            outputs.push((e.partition.clone(), e.side.clone(), producers));
         }
         if e.to == v {
             let sources: Vec<usize> = match e.partition {

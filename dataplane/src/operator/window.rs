@@ -9,7 +9,7 @@
 
 use super::keyed::{KeyedStates, TimeDomain, Timers};
 use super::watermark::TimestampsFn;
-use super::{key_hash, Operator, Output};
+use super::{key_hash, Barrier, BoxEmit, Event, Operator, Output};
 use crate::record::Key;
 
 /// A window: the event times `start..end` (end exclusive).
@@ -406,6 +406,9 @@ pub struct WindowOperator<K, A: AggregateFunction, KS, WF, O> {
     spare: Vec<Pane<K, A::Acc>>,
     /// The pane the last record went to (tumbling windows try it first).
     last_pane: Option<usize>,
+    /// Where late records go (a side output), if anywhere; and the batch for it.
+    late: Option<BoxEmit<A::In>>,
+    late_buf: Vec<A::In>,
     /// Reused: the timestamps of the batch being processed.
     ts: Vec<u64>,
     watermark: u64,
@@ -418,6 +421,7 @@ impl<K, A, KS, WF, O> WindowOperator<K, A, KS, WF, O>
 where
     K: Key,
     A: AggregateFunction,
+    A::In: Clone,
     KS: Fn(&A::In) -> K + 'static,
     WF: FnMut(&K, &Window, A::Out, &mut Vec<O>) + 'static,
 {
@@ -441,6 +445,8 @@ where
             panes: Vec::new(),
             spare: Vec::new(),
             last_pane: None,
+            late: None,
+            late_buf: Vec::new(),
             ts: Vec::new(),
             watermark: 0,
             now_ns: 0,
@@ -449,9 +455,41 @@ where
         }
     }
 
+    /// Sends late records (behind the watermark when they arrive) to `late` instead of
+    /// dropping them (Flink's `sideOutputLateData`).
+    pub fn with_late_output(mut self, late: BoxEmit<A::In>) -> Self {
+        self.late = Some(late);
+        self
+    }
+
     /// Counters.
     pub fn counts(&self) -> WindowCounts {
         self.counts
+    }
+
+    /// A late record: to the late output if there is one, else only counted.
+    #[inline]
+    fn on_late(&mut self, value: &A::In)
+    where
+        A::In: Clone,
+    {
+        self.counts.late_records += 1;
+        if self.late.is_some() {
+            self.late_buf.push(value.clone());
+        }
+    }
+
+    /// Hands the batch's late records on, and control events after them.
+    fn flush_late(&mut self, event: Option<Event>) {
+        if let Some(late) = &mut self.late {
+            if !self.late_buf.is_empty() {
+                late.push(&mut self.late_buf);
+                self.late_buf.clear();
+            }
+            if let Some(e) = event {
+                late.event(e);
+            }
+        }
     }
 
     /// The current time of the assigner's domain.
@@ -506,7 +544,7 @@ where
                     open.push((merged, a));
                     timers.register(key, merged.max_timestamp());
                 }
-                self.counts.late_records += 1;
+                self.on_late(value);
                 return;
             }
             let mut acc = acc.unwrap_or_else(|| agg.create_accumulator());
@@ -563,7 +601,7 @@ where
         });
         self.last_pane = last;
         if late {
-            self.counts.late_records += 1;
+            self.on_late(value);
         }
     }
 
@@ -634,7 +672,7 @@ impl<K, A, KS, WF, O> Operator for WindowOperator<K, A, KS, WF, O>
 where
     K: Key,
     A: AggregateFunction,
-    A::In: 'static,
+    A::In: Clone + 'static,
     A::Acc: 'static,
     KS: Fn(&A::In) -> K + 'static,
     WF: FnMut(&K, &Window, A::Out, &mut Vec<O>) + 'static,
@@ -654,6 +692,7 @@ where
         ts.clear();
         self.ts = ts;
         batch.clear();
+        self.flush_late(None);
     }
 
     #[inline]
@@ -677,6 +716,7 @@ where
         self.ts = ts;
         batch.clear();
         hashes.clear();
+        self.flush_late(None);
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Output<'_, O>) {
@@ -687,6 +727,17 @@ where
             }
         }
         out.watermark(watermark);
+        self.flush_late(Some(Event::Watermark(watermark)));
+    }
+
+    fn on_idle(&mut self, idle: bool, out: &mut Output<'_, O>) {
+        out.event(Event::Idle(idle));
+        self.flush_late(Some(Event::Idle(idle)));
+    }
+
+    fn on_barrier(&mut self, barrier: Barrier, out: &mut Output<'_, O>) {
+        out.event(Event::Barrier(barrier));
+        self.flush_late(Some(Event::Barrier(barrier)));
     }
 
     fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, O>) {
@@ -705,6 +756,8 @@ where
         if self.assigner.domain == TimeDomain::ProcessingTime {
             self.fire(u64::MAX, out);
         }
+        // The late output is a stream of its own: it ends here too.
+        self.flush_late(Some(Event::EndOfInput));
     }
 }
 
