@@ -998,16 +998,14 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
     assert_eq!(slots, 1024, "bounded to MAX_SLOTS_PER_TASKMANAGER");
 }
 
-/// Regression: about one short job in four stayed RUNNING for good when a source ended
-/// before its consumer had opened their ring (the ring's name went with the producer).
-#[test]
-fn a_hundred_short_jobs_back_to_back_all_finish() {
+/// A JobManager and one TaskManager with two slots, registered.
+fn two_slot_cluster() -> (Ports, Proc, Proc) {
     let ports = Ports {
         rpc: free_port(),
         rest: free_port(),
     };
-    let _jm = spate("jobmanager", &ports, &[]);
-    let _tm = spate(
+    let jm = spate("jobmanager", &ports, &[]);
+    let tm = spate(
         "taskmanager",
         &ports,
         &["-D", "taskmanager.numberOfTaskSlots=2"],
@@ -1015,6 +1013,14 @@ fn a_hundred_short_jobs_back_to_back_all_finish() {
     wait_for("the TaskManager", Duration::from_secs(15), || {
         taskmanager_count(ports.rest) == Some(1)
     });
+    (ports, jm, tm)
+}
+
+/// Regression: about one short job in four stayed RUNNING for good when a source ended
+/// before its consumer had opened their ring (the ring's name went with the producer).
+#[test]
+fn a_hundred_short_jobs_back_to_back_all_finish() {
+    let (ports, _jm, _tm) = two_slot_cluster();
     for n in 0..100 {
         let events = if n % 2 == 0 { 1000 } else { 100_000 };
         let body = format!(r#"{{"job": "vwap", "parallelism": 2, "events": {events}}}"#);
@@ -1044,19 +1050,7 @@ fn a_hundred_short_jobs_back_to_back_all_finish() {
 /// bars job submitted through REST with its own disorder and window finishes.
 #[test]
 fn the_bars_job_runs_on_a_cluster() {
-    let ports = Ports {
-        rpc: free_port(),
-        rest: free_port(),
-    };
-    let _jm = spate("jobmanager", &ports, &[]);
-    let _tm = spate(
-        "taskmanager",
-        &ports,
-        &["-D", "taskmanager.numberOfTaskSlots=2"],
-    );
-    wait_for("the TaskManager", Duration::from_secs(15), || {
-        taskmanager_count(ports.rest) == Some(1)
-    });
+    let (ports, _jm, _tm) = two_slot_cluster();
     let body = r#"{"job": "bars", "parallelism": 2, "events": 300000, "disorder": "1 ms", "window": "10 ms"}"#;
     let (status, v) = http(ports.rest, "POST", "/jobs", body).unwrap();
     assert_eq!(status, 202, "{v}");
@@ -1078,19 +1072,7 @@ fn the_bars_job_runs_on_a_cluster() {
 /// -D` does: here its default parallelism; a bad key refuses the submission.
 #[test]
 fn run_dash_d_on_a_cluster_configures_the_job() {
-    let ports = Ports {
-        rpc: free_port(),
-        rest: free_port(),
-    };
-    let _jm = spate("jobmanager", &ports, &[]);
-    let _tm = spate(
-        "taskmanager",
-        &ports,
-        &["-D", "taskmanager.numberOfTaskSlots=2"],
-    );
-    wait_for("the TaskManager", Duration::from_secs(15), || {
-        taskmanager_count(ports.rest) == Some(1)
-    });
+    let (ports, _jm, _tm) = two_slot_cluster();
     let m = format!("127.0.0.1:{}", ports.rest);
     let o = spate_cli(&[
         "run",

@@ -308,31 +308,47 @@ pub struct TwoInputs<A, B> {
     scratch: Vec<u8>,
 }
 
+/// Decodes a batch frame into `batch` (and `hashes`, which stays empty when the frame
+/// carries none) and hands it to `push`; returns the records.
+#[inline]
+fn decode_into<T: Wire>(
+    payload: &[u8],
+    batch: &mut Vec<T>,
+    hashes: &mut Vec<u64>,
+    scratch: &mut Vec<u8>,
+    push: impl FnOnce(&mut Vec<T>, &mut Vec<u64>),
+) -> Result<u64, crate::record::DecodeError> {
+    let keyed = frames::decode_batch(payload, batch, hashes, scratch)?;
+    let n = batch.len() as u64;
+    if !keyed {
+        hashes.clear();
+    }
+    push(batch, hashes);
+    batch.clear();
+    hashes.clear();
+    Ok(n)
+}
+
 impl<A: Wire, B: Wire> InputHead for TwoInputs<A, B> {
     #[inline]
     fn data(&mut self, side: usize, payload: &[u8]) -> Result<u64, crate::record::DecodeError> {
+        let head = &mut self.head;
         if side == 0 {
-            let keyed =
-                frames::decode_batch(payload, &mut self.a, &mut self.hashes, &mut self.scratch)?;
-            let n = self.a.len() as u64;
-            if !keyed {
-                self.hashes.clear();
-            }
-            self.head.push1(&mut self.a, &mut self.hashes);
-            self.a.clear();
-            self.hashes.clear();
-            Ok(n)
+            decode_into(
+                payload,
+                &mut self.a,
+                &mut self.hashes,
+                &mut self.scratch,
+                |b, h| head.push1(b, h),
+            )
         } else {
-            let keyed =
-                frames::decode_batch(payload, &mut self.b, &mut self.hashes, &mut self.scratch)?;
-            let n = self.b.len() as u64;
-            if !keyed {
-                self.hashes.clear();
-            }
-            self.head.push2(&mut self.b, &mut self.hashes);
-            self.b.clear();
-            self.hashes.clear();
-            Ok(n)
+            decode_into(
+                payload,
+                &mut self.b,
+                &mut self.hashes,
+                &mut self.scratch,
+                |b, h| head.push2(b, h),
+            )
         }
     }
     fn event(&mut self, event: Event) {

@@ -407,15 +407,117 @@ pub trait KeyedProcessFunction: Clone + Send + Sync + 'static {
     }
 }
 
+/// What keyed process operators share: per-key state, timers in both domains, and the
+/// operator's clocks.
+struct KeyedCore<K, S> {
+    states: KeyedStates<K, S>,
+    processing: Timers<K>,
+    event: Timers<K>,
+    now_ns: u64,
+    watermark: u64,
+}
+
+impl<K: Key, S: Default> KeyedCore<K, S> {
+    fn new() -> Self {
+        Self {
+            states: KeyedStates::default(),
+            processing: Timers::default(),
+            event: Timers::default(),
+            now_ns: 0,
+            watermark: 0,
+        }
+    }
+
+    /// Calls `f` with `key`'s state and a context for it.
+    #[inline(always)]
+    fn with_key<O>(
+        &mut self,
+        hash: u64,
+        key: K,
+        out: &mut Vec<O>,
+        f: impl FnOnce(&mut S, &mut Context<'_, K, O>),
+    ) {
+        let (key, state) = self.states.get_or_insert(hash, key);
+        let mut ctx = Context {
+            key,
+            now_ns: self.now_ns,
+            watermark: self.watermark,
+            domain: None,
+            processing: &mut self.processing,
+            event: &mut self.event,
+            out,
+        };
+        f(state, &mut ctx);
+    }
+
+    /// Fires the timers of `domain` due at `time` through `on_timer`. In event time,
+    /// timers registered while firing for a time already passed fire too (as in Flink:
+    /// there may be no later watermark, e.g. after the end of time); in processing time
+    /// they wait for the next tick, so a function that re-arms its timer cannot hold the
+    /// slot.
+    fn fire<O>(
+        &mut self,
+        domain: TimeDomain,
+        time: u64,
+        out: &mut Vec<O>,
+        mut on_timer: impl FnMut(u64, &mut S, &mut Context<'_, K, O>),
+    ) {
+        let mark = match domain {
+            TimeDomain::ProcessingTime => self.processing.mark(),
+            TimeDomain::EventTime => u64::MAX,
+        };
+        loop {
+            let due = match domain {
+                TimeDomain::ProcessingTime => self.processing.pop_due(time, mark),
+                TimeDomain::EventTime => self.event.pop_due(time, mark),
+            };
+            let Some((at, key)) = due else { break };
+            let (key, state) = self.states.get_or_insert(key_hash(&key), key);
+            let mut ctx = Context {
+                key,
+                now_ns: self.now_ns,
+                watermark: self.watermark,
+                domain: Some(domain),
+                processing: &mut self.processing,
+                event: &mut self.event,
+                out,
+            };
+            on_timer(at, state, &mut ctx);
+        }
+    }
+
+    /// The watermark advanced: event-time timers fire (before it goes on).
+    fn advance_watermark<O>(
+        &mut self,
+        watermark: u64,
+        out: &mut Vec<O>,
+        on_timer: impl FnMut(u64, &mut S, &mut Context<'_, K, O>),
+    ) {
+        if watermark > self.watermark {
+            self.watermark = watermark;
+            self.fire(TimeDomain::EventTime, watermark, out, on_timer);
+        }
+    }
+
+    /// Processing time advanced: due processing-time timers fire.
+    fn advance_time<O>(
+        &mut self,
+        now_ns: u64,
+        out: &mut Vec<O>,
+        on_timer: impl FnMut(u64, &mut S, &mut Context<'_, K, O>),
+    ) {
+        self.now_ns = now_ns;
+        if self.processing.next_time().is_some_and(|t| t <= now_ns) {
+            self.fire(TimeDomain::ProcessingTime, now_ns, out, on_timer);
+        }
+    }
+}
+
 /// Runs a [`KeyedProcessFunction`] on records keyed by a key selector `KS`.
 pub struct KeyedProcess<P: KeyedProcessFunction, KS> {
     f: P,
     key: KS,
-    states: KeyedStates<P::Key, P::State>,
-    processing: Timers<P::Key>,
-    event: Timers<P::Key>,
-    now_ns: u64,
-    watermark: u64,
+    core: KeyedCore<P::Key, P::State>,
 }
 
 impl<P: KeyedProcessFunction, KS> KeyedProcess<P, KS>
@@ -427,67 +529,26 @@ where
         Self {
             f,
             key,
-            states: KeyedStates::default(),
-            processing: Timers::default(),
-            event: Timers::default(),
-            now_ns: 0,
-            watermark: 0,
+            core: KeyedCore::new(),
         }
     }
 
     /// Keys with state.
     pub fn key_count(&self) -> usize {
-        self.states.len()
+        self.core.states.len()
     }
 
     /// Pending timers (processing time, event time).
     pub fn timer_count(&self) -> (usize, usize) {
-        (self.processing.len(), self.event.len())
+        (self.core.processing.len(), self.core.event.len())
     }
 
     #[inline(always)]
     fn one(&mut self, hash: u64, key: P::Key, record: P::In, out: &mut Vec<P::Out>) {
-        let (key, state) = self.states.get_or_insert(hash, key);
-        let mut ctx = Context {
-            key,
-            now_ns: self.now_ns,
-            watermark: self.watermark,
-            domain: None,
-            processing: &mut self.processing,
-            event: &mut self.event,
-            out,
-        };
-        self.f.process_element(record, state, &mut ctx);
-    }
-
-    /// Fires the timers of `domain` due at `time`. In event time, timers registered
-    /// while firing for a time already passed fire too (as in Flink: there may be no
-    /// later watermark, e.g. after the end of time); in processing time they wait for
-    /// the next tick, so a function that re-arms its timer cannot hold the slot.
-    fn fire(&mut self, domain: TimeDomain, time: u64, out: &mut Vec<P::Out>) {
-        let mark = match domain {
-            TimeDomain::ProcessingTime => self.processing.mark(),
-            TimeDomain::EventTime => u64::MAX,
-        };
-        loop {
-            let due = match domain {
-                TimeDomain::ProcessingTime => self.processing.pop_due(time, mark),
-                TimeDomain::EventTime => self.event.pop_due(time, mark),
-            };
-            let Some((at, key)) = due else { break };
-            let hash = key_hash(&key);
-            let (key, state) = self.states.get_or_insert(hash, key);
-            let mut ctx = Context {
-                key,
-                now_ns: self.now_ns,
-                watermark: self.watermark,
-                domain: Some(domain),
-                processing: &mut self.processing,
-                event: &mut self.event,
-                out,
-            };
-            self.f.on_timer(at, state, &mut ctx);
-        }
+        let f = &mut self.f;
+        self.core.with_key(hash, key, out, |state, ctx| {
+            f.process_element(record, state, ctx)
+        });
     }
 }
 
@@ -529,19 +590,18 @@ where
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Output<'_, P::Out>) {
-        if watermark > self.watermark {
-            self.watermark = watermark;
-            // Timers up to the watermark fire before it goes on, as in Flink.
-            self.fire(TimeDomain::EventTime, watermark, out.buffer());
-        }
+        let f = &mut self.f;
+        self.core
+            .advance_watermark(watermark, out.buffer(), |at, st, ctx| {
+                f.on_timer(at, st, ctx)
+            });
         out.watermark(watermark);
     }
 
     fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, P::Out>) {
-        self.now_ns = now_ns;
-        if self.processing.next_time().is_some_and(|t| t <= now_ns) {
-            self.fire(TimeDomain::ProcessingTime, now_ns, out.buffer());
-        }
+        let f = &mut self.f;
+        self.core
+            .advance_time(now_ns, out.buffer(), |at, st, ctx| f.on_timer(at, st, ctx));
     }
 }
 
@@ -666,11 +726,7 @@ pub struct KeyedCoProcess<P: KeyedCoProcessFunction, KS1, KS2> {
     f: P,
     key1: KS1,
     key2: KS2,
-    states: KeyedStates<P::Key, P::State>,
-    processing: Timers<P::Key>,
-    event: Timers<P::Key>,
-    now_ns: u64,
-    watermark: u64,
+    core: KeyedCore<P::Key, P::State>,
 }
 
 impl<P: KeyedCoProcessFunction, KS1, KS2> KeyedCoProcess<P, KS1, KS2>
@@ -684,37 +740,7 @@ where
             f,
             key1,
             key2,
-            states: KeyedStates::default(),
-            processing: Timers::default(),
-            event: Timers::default(),
-            now_ns: 0,
-            watermark: 0,
-        }
-    }
-
-    fn fire(&mut self, domain: TimeDomain, time: u64, out: &mut Vec<P::Out>) {
-        // As `KeyedProcess::fire`: event-time timers registered while firing fire too.
-        let mark = match domain {
-            TimeDomain::ProcessingTime => self.processing.mark(),
-            TimeDomain::EventTime => u64::MAX,
-        };
-        loop {
-            let due = match domain {
-                TimeDomain::ProcessingTime => self.processing.pop_due(time, mark),
-                TimeDomain::EventTime => self.event.pop_due(time, mark),
-            };
-            let Some((at, key)) = due else { break };
-            let (key, state) = self.states.get_or_insert(key_hash(&key), key);
-            let mut ctx = Context {
-                key,
-                now_ns: self.now_ns,
-                watermark: self.watermark,
-                domain: Some(domain),
-                processing: &mut self.processing,
-                event: &mut self.event,
-                out,
-            };
-            self.f.on_timer(at, state, &mut ctx);
+            core: KeyedCore::new(),
         }
     }
 }
@@ -753,17 +779,9 @@ where
         for (i, r) in batch.drain(..).enumerate() {
             let key = (self.key1)(&r);
             let hash = hash_at(hashes, i, &key);
-            let (key, state) = self.states.get_or_insert(hash, key);
-            let mut ctx = Context {
-                key,
-                now_ns: self.now_ns,
-                watermark: self.watermark,
-                domain: None,
-                processing: &mut self.processing,
-                event: &mut self.event,
-                out: buf,
-            };
-            self.f.process_element1(r, state, &mut ctx);
+            let f = &mut self.f;
+            self.core
+                .with_key(hash, key, buf, |st, ctx| f.process_element1(r, st, ctx));
         }
         hashes.clear();
     }
@@ -781,33 +799,25 @@ where
         for (i, r) in batch.drain(..).enumerate() {
             let key = (self.key2)(&r);
             let hash = hash_at(hashes, i, &key);
-            let (key, state) = self.states.get_or_insert(hash, key);
-            let mut ctx = Context {
-                key,
-                now_ns: self.now_ns,
-                watermark: self.watermark,
-                domain: None,
-                processing: &mut self.processing,
-                event: &mut self.event,
-                out: buf,
-            };
-            self.f.process_element2(r, state, &mut ctx);
+            let f = &mut self.f;
+            self.core
+                .with_key(hash, key, buf, |st, ctx| f.process_element2(r, st, ctx));
         }
         hashes.clear();
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Output<'_, P::Out>) {
-        if watermark > self.watermark {
-            self.watermark = watermark;
-            self.fire(TimeDomain::EventTime, watermark, out.buffer());
-        }
+        let f = &mut self.f;
+        self.core
+            .advance_watermark(watermark, out.buffer(), |at, st, ctx| {
+                f.on_timer(at, st, ctx)
+            });
         out.watermark(watermark);
     }
 
     fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, P::Out>) {
-        self.now_ns = now_ns;
-        if self.processing.next_time().is_some_and(|t| t <= now_ns) {
-            self.fire(TimeDomain::ProcessingTime, now_ns, out.buffer());
-        }
+        let f = &mut self.f;
+        self.core
+            .advance_time(now_ns, out.buffer(), |at, st, ctx| f.on_timer(at, st, ctx));
     }
 }
