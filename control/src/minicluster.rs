@@ -431,18 +431,12 @@ impl Deployment {
                 Build::Sink(_) if i == last => {}
                 Build::Sink(_) => return Err("internal: a sink inside a chain".into()),
                 Build::Operator(b) => {
-                    let mine = sides.iter().filter(|(at, _, _)| *at == i).count();
-                    let mut own = Vec::with_capacity(mine);
-                    let mut k = 0;
-                    while k < sides.len() {
-                        if sides[k].0 == i {
-                            let (_, t, e) = sides.swap_remove(k);
-                            own.push((t, e));
-                        } else {
-                            k += 1;
-                        }
-                    }
-                    crate::graph::set_side_outputs(own);
+                    let (own, rest): (Vec<_>, Vec<_>) =
+                        sides.drain(..).partition(|(at, _, _)| *at == i);
+                    sides = rest;
+                    crate::graph::set_side_outputs(
+                        own.into_iter().map(|(_, t, e)| (t, e)).collect(),
+                    );
                     let built = b(info, cur);
                     crate::graph::set_side_outputs(Vec::new());
                     cur = built.map_err(|e| format!("{}: {e}", node.name))?

@@ -275,21 +275,20 @@ pub struct OneInput<T> {
 impl<T: Wire> InputHead for OneInput<T> {
     #[inline]
     fn data(&mut self, _side: usize, payload: &[u8]) -> Result<u64, crate::record::DecodeError> {
-        let keyed = frames::decode_batch(
+        let head = &mut self.head;
+        decode_into(
             payload,
             &mut self.batch,
             &mut self.hashes,
             &mut self.scratch,
-        )?;
-        let n = self.batch.len() as u64;
-        if keyed {
-            self.head.push_keyed(&mut self.batch, &mut self.hashes);
-        } else {
-            self.head.push(&mut self.batch);
-        }
-        self.batch.clear();
-        self.hashes.clear();
-        Ok(n)
+            |b, h| {
+                if h.is_empty() {
+                    head.push(b);
+                } else {
+                    head.push_keyed(b, h);
+                }
+            },
+        )
     }
     fn event(&mut self, event: Event) {
         self.head.event(event);

@@ -820,14 +820,14 @@ where
         }
     }
 
-    /// Aggregates each window incrementally with `agg`; emits
-    /// `result(key, window, aggregate)` when it fires (Flink's `aggregate` with a
-    /// window function); `None` emits nothing.
-    pub fn aggregate_with<A, O, R>(&self, agg: A, result: R) -> DataStream<O>
+    /// The window node: `agg` accumulates each window, `result(key, window, aggregate,
+    /// out)` emits when it fires; late records go to the late-data side output if the
+    /// job asked for one.
+    fn window_node<A, O, W>(&self, agg: A, result: W) -> DataStream<O>
     where
         A: AggregateFunction<In = T>,
         O: Data,
-        R: Fn(&K, &Window, A::Out) -> Option<O> + Clone + Send + Sync + 'static,
+        W: Fn(&K, &Window, A::Out, &mut Vec<O>) + Clone + Send + Sync + 'static,
     {
         let stream = &self.keyed.stream;
         let timestamps = stream.timestamps.clone();
@@ -842,13 +842,12 @@ where
         let key = self.keyed.key.clone();
         let late_tag = self.late_tag.clone();
         let build = Build::Operator(Arc::new(move |_, d| {
-            let result = result.clone();
             let op = WindowOperator::new(
                 assigner,
                 agg.clone(),
                 key.clone(),
                 timestamps.clone(),
-                move |k: &K, w: &Window, r, out: &mut Vec<O>| out.extend(result(k, w, r)),
+                result.clone(),
             );
             let late = late_tag
                 .as_deref()
@@ -861,6 +860,20 @@ where
         let out = stream.then("Window", build, Some(self.keyed.hash.clone()));
         self.declare_late(out.node);
         out
+    }
+
+    /// Aggregates each window incrementally with `agg`; emits
+    /// `result(key, window, aggregate)` when it fires (Flink's `aggregate` with a
+    /// window function); `None` emits nothing.
+    pub fn aggregate_with<A, O, R>(&self, agg: A, result: R) -> DataStream<O>
+    where
+        A: AggregateFunction<In = T>,
+        O: Data,
+        R: Fn(&K, &Window, A::Out) -> Option<O> + Clone + Send + Sync + 'static,
+    {
+        self.window_node(agg, move |k: &K, w: &Window, r, out: &mut Vec<O>| {
+            out.extend(result(k, w, r))
+        })
     }
 
     /// Aggregates each window with `agg` and emits its result.
@@ -891,38 +904,7 @@ where
         P: Fn(&K, &Window, Vec<T>, &mut Vec<O>) + Clone + Send + Sync + 'static,
         T: Sync,
     {
-        let stream = &self.keyed.stream;
-        let timestamps = stream.timestamps.clone();
-        if self.assigner.domain() == TimeDomain::EventTime && timestamps.is_none() {
-            stream.env.graph.borrow_mut().errors.push(
-                "an event-time window needs the records' timestamps: call \
-                 assign_timestamps_and_watermarks on the stream before key_by"
-                    .to_string(),
-            );
-        }
-        let assigner = self.assigner;
-        let key = self.keyed.key.clone();
-        let late_tag = self.late_tag.clone();
-        let build = Build::Operator(Arc::new(move |_, d| {
-            let f = f.clone();
-            let op = WindowOperator::new(
-                assigner,
-                CollectAll::<T>::default(),
-                key.clone(),
-                timestamps.clone(),
-                move |k: &K, w: &Window, all: Vec<T>, out: &mut Vec<O>| f(k, w, all, out),
-            );
-            let late = late_tag
-                .as_deref()
-                .and_then(crate::graph::take_side_output::<T>);
-            match late {
-                Some(l) => chained(op.with_late_output(l), d),
-                None => chained(op, d),
-            }
-        }));
-        let out = stream.then("Window", build, Some(self.keyed.hash.clone()));
-        self.declare_late(out.node);
-        out
+        self.window_node(CollectAll::<T>::default(), f)
     }
 }
 

@@ -508,53 +508,49 @@ where
         let now = self.current_time();
         let event_time = self.assigner.domain == TimeDomain::EventTime;
         let (agg, timers) = (&self.agg, &mut self.timers);
+        // Sessions: merge with every open session the record's own window touches.
         let (key, open) = self.windows.get_or_insert(hash, key);
-        if self.assigner.is_merging() {
-            let w = Window {
-                start: ts,
-                end: ts.saturating_add(self.assigner.gap_ns),
-            };
-            // Merge with every open session it overlaps or touches (as Flink's
-            // `TimeWindow.intersects`), folding their accumulators into one.
-            let mut merged = w;
-            let mut acc: Option<A::Acc> = None;
-            let mut i = 0;
-            while i < open.len() {
-                let o = open[i].0;
-                if o.start <= merged.end && o.end >= merged.start {
-                    let (ow, oacc) = open.swap_remove(i);
-                    timers.delete(key, ow.max_timestamp());
-                    merged = Window {
-                        start: merged.start.min(ow.start),
-                        end: merged.end.max(ow.end),
-                    };
-                    acc = Some(match acc {
-                        Some(a) => agg.merge(a, oacc),
-                        None => oacc,
-                    });
-                } else {
-                    i += 1;
-                }
+        let w = Window {
+            start: ts,
+            end: ts.saturating_add(self.assigner.gap_ns),
+        };
+        // Merge with every open session it overlaps or touches (as Flink's
+        // `TimeWindow.intersects`), folding their accumulators into one.
+        let mut merged = w;
+        let mut acc: Option<A::Acc> = None;
+        let mut i = 0;
+        while i < open.len() {
+            let o = open[i].0;
+            if o.start <= merged.end && o.end >= merged.start {
+                let (ow, oacc) = open.swap_remove(i);
+                timers.delete(key, ow.max_timestamp());
+                merged = Window {
+                    start: merged.start.min(ow.start),
+                    end: merged.end.max(ow.end),
+                };
+                acc = Some(match acc {
+                    Some(a) => agg.merge(a, oacc),
+                    None => oacc,
+                });
+            } else {
+                i += 1;
             }
-            if event_time && merged.max_timestamp() <= now && now > 0 {
-                // Late: the session would have fired already. Put back what was taken.
-                if let Some(a) = acc {
-                    // Only a session that is not late itself can have been open, so a
-                    // late merge took nothing; keep whatever it took regardless.
-                    open.push((merged, a));
-                    timers.register(key, merged.max_timestamp());
-                }
-                self.on_late(value);
-                return;
+        }
+        if event_time && merged.max_timestamp() <= now && now > 0 {
+            // Late: the session would have fired already. Put back what was taken.
+            if let Some(a) = acc {
+                // Only a session that is not late itself can have been open, so a
+                // late merge took nothing; keep whatever it took regardless.
+                open.push((merged, a));
+                timers.register(key, merged.max_timestamp());
             }
-            let mut acc = acc.unwrap_or_else(|| agg.create_accumulator());
-            agg.add(value, &mut acc);
-            open.push((merged, acc));
-            timers.register(key, merged.max_timestamp());
+            self.on_late(value);
             return;
         }
-        // Non-merging windows went to `add_to_panes` above.
-        let _ = (open, timers);
+        let mut acc = acc.unwrap_or_else(|| agg.create_accumulator());
+        agg.add(value, &mut acc);
+        open.push((merged, acc));
+        timers.register(key, merged.max_timestamp());
     }
 
     /// A record of a tumbling or sliding window.
