@@ -12,7 +12,7 @@ use spate_dataplane::operator::keyed::{
 };
 use spate_dataplane::operator::source::{Pace, Trade};
 use spate_dataplane::operator::watermark::WatermarkStrategy;
-use spate_dataplane::operator::window::{AggregateFunction, Window, WindowAssigner};
+use spate_dataplane::operator::window::{AggregateFunction, Trigger, Window, WindowAssigner};
 use spate_dataplane::operator::{CoProcessFunction, Operator, Output};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -322,6 +322,102 @@ fn records_behind_the_watermark_miss_their_fired_windows() {
     // Window [1000, 1100) has its ten records, without the late one's 1000.
     assert_eq!(got.iter().find(|w| w.1 < 1_100).map(|w| w.2), Some(10));
     assert_eq!(got.iter().map(|w| w.2).sum::<u64>(), 299);
+}
+
+/// With allowed lateness, the same late record joins its window, which fires again
+/// (Flink's `allowedLateness` under the event-time trigger); nothing is late.
+#[test]
+fn allowed_lateness_fires_a_window_again_for_a_record_within_it() {
+    let mut input: Vec<(u32, u64, u64)> = (0..299).map(|i| (1, 1_000 + i * 10, 1)).collect();
+    input.push((1, 1_005, 1_000));
+    let env = StreamExecutionEnvironment::new("lateness");
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let late_tag = OutputTag::<(u32, u64, u64)>::new("late");
+    let late = Arc::new(Mutex::new(Vec::new()));
+    let windows = env
+        .from_collection(input)
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_monotonous_timestamps()
+                .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1),
+        )
+        .key_by(|r: &(u32, u64, u64)| r.0)
+        .window(WindowAssigner::tumbling_event_time(Duration::from_nanos(100)).unwrap())
+        .allowed_lateness(Duration::from_micros(10))
+        .side_output_late_data(&late_tag)
+        .reduce(|a: (u32, u64, u64), b| (a.0, a.1.min(b.1), a.2 + b.2));
+    windows.collect(out.clone());
+    windows.get_side_output(&late_tag).collect(late.clone());
+    let r = run(&env, None, 1);
+    assert_eq!(r.status, JobStatus::Finished);
+    let got = out.lock().unwrap().clone();
+    let first: Vec<u64> = got.iter().filter(|w| w.1 < 1_100).map(|w| w.2).collect();
+    assert_eq!(
+        first,
+        [10, 1_010],
+        "fired at its end, then again with the late record"
+    );
+    assert!(late.lock().unwrap().is_empty());
+}
+
+/// A purging count trigger on tumbling windows: each key's window fires every three
+/// records and starts afresh; what is left at the window's end is dropped (Flink's
+/// `PurgingTrigger.of(CountTrigger.of(3))`).
+#[test]
+fn a_purging_count_trigger_fires_every_n_records_of_a_window() {
+    // Key k has 10 + k records in each window of 100 ns.
+    let mut input = Vec::new();
+    for w in 0..5u64 {
+        for k in 0..3u32 {
+            for i in 0..(10 + u64::from(k)) {
+                input.push((k, 1_000 + w * 100 + i, 1u64));
+            }
+        }
+    }
+    input.sort_by_key(|r| r.1);
+    let env = StreamExecutionEnvironment::new("count trigger");
+    let out = Arc::new(Mutex::new(Vec::new()));
+    env.from_collection(input)
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_monotonous_timestamps()
+                .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1),
+        )
+        .key_by(|r: &(u32, u64, u64)| r.0)
+        .window(WindowAssigner::tumbling_event_time(Duration::from_nanos(100)).unwrap())
+        .trigger(Trigger::count(3).unwrap().purging())
+        .reduce(|a: (u32, u64, u64), b| (a.0, a.1, a.2 + b.2))
+        .collect(out.clone());
+    let r = run(&env, Some(2), 2);
+    assert_eq!(r.status, JobStatus::Finished);
+    let got = out.lock().unwrap().clone();
+    assert!(
+        got.iter().all(|r| r.2 == 3),
+        "every firing holds three records"
+    );
+    for k in 0..3u32 {
+        let n = got.iter().filter(|r| r.0 == k).count() as u64;
+        assert_eq!(n, 5 * ((10 + u64::from(k)) / 3), "key {k}");
+    }
+}
+
+/// A continuous trigger on a session window is refused when the job is built.
+#[test]
+fn a_trigger_session_windows_cannot_take_is_an_error_when_the_job_is_built() {
+    let env = StreamExecutionEnvironment::new("bad trigger");
+    env.from_collection(vec![(1u32, 1u64, 1u64)])
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_monotonous_timestamps()
+                .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1),
+        )
+        .key_by(|r: &(u32, u64, u64)| r.0)
+        .window(WindowAssigner::event_time_session(Duration::from_nanos(100)).unwrap())
+        .trigger(Trigger::continuous_event_time(Duration::from_nanos(10)).unwrap())
+        .reduce(|a: (u32, u64, u64), _| a)
+        .discard();
+    let err = JobGraph::build(env.stream_graph(), None, 1, true).unwrap_err();
+    assert!(
+        matches!(err, GraphError::Declaration(ref m) if m.contains("trigger")),
+        "{err}"
+    );
 }
 
 #[test]

@@ -22,8 +22,8 @@ use spate_dataplane::operator::source::{
 };
 use spate_dataplane::operator::watermark::{TimestampsFn, WatermarkStrategy};
 use spate_dataplane::operator::window::{
-    AggregateFunction, CollectAll, CountWindowOperator, ReduceAggregate, Window, WindowAssigner,
-    WindowOperator,
+    AggregateFunction, CollectAll, CountWindowOperator, ReduceAggregate, SessionGapFn, Trigger,
+    Window, WindowAssigner, WindowOperator,
 };
 use spate_dataplane::operator::{
     key_hash, BoxEmit, Chained, Chained2, CoProcess, CoProcessFunction, Collector, Emit, Emit2,
@@ -710,6 +710,9 @@ where
             },
             assigner,
             late_tag: None,
+            trigger: Trigger::default(),
+            lateness_ns: 0,
+            gap: None,
         }
     }
 
@@ -797,6 +800,9 @@ pub struct WindowedStream<T, K, F> {
     assigner: WindowAssigner,
     /// Where late records go, if the job asked (`side_output_late_data`).
     late_tag: Option<String>,
+    trigger: Trigger,
+    lateness_ns: u64,
+    gap: Option<SessionGapFn<T>>,
 }
 
 impl<T: Data, K: Key, F> WindowedStream<T, K, F>
@@ -808,6 +814,34 @@ where
     /// `get_side_output(&tag)` on the window's result stream.
     pub fn side_output_late_data(mut self, tag: &OutputTag<T>) -> Self {
         self.late_tag = Some(tag.id.clone());
+        self
+    }
+
+    /// Fires the windows as `trigger` says instead of the assigner's default (Flink's
+    /// `trigger`): count, event or processing time, continuous, and `purging()`
+    /// variants of each.
+    pub fn trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
+    }
+
+    /// Keeps event-time windows open for `lateness` after the watermark passes their
+    /// end (Flink's `allowedLateness`): a record arriving then is added and fires its
+    /// window again (under the event-time trigger); later records are late.
+    pub fn allowed_lateness(mut self, lateness: std::time::Duration) -> Self {
+        self.lateness_ns = u64::try_from(lateness.as_nanos()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Session windows whose gap each record sets (Flink's `withDynamicGap`): a
+    /// record's session closes `gap(record)` after it (a zero gap counts as 1 ns).
+    pub fn with_dynamic_gap<G>(mut self, gap: G) -> Self
+    where
+        G: Fn(&T) -> std::time::Duration + Send + Sync + 'static,
+    {
+        self.gap = Some(Arc::new(move |t: &T| {
+            u64::try_from(gap(t).as_nanos()).unwrap_or(u64::MAX)
+        }));
         self
     }
 
@@ -838,17 +872,33 @@ where
                     .to_string(),
             );
         }
+        if let Err(e) = self.trigger.check(&self.assigner) {
+            stream.env.graph.borrow_mut().errors.push(e);
+        }
+        if self.gap.is_some() && !self.assigner.is_merging() {
+            stream.env.graph.borrow_mut().errors.push(
+                "with_dynamic_gap needs session windows (event_time_session or \
+                 processing_time_session)"
+                    .to_string(),
+            );
+        }
         let assigner = self.assigner;
         let key = self.keyed.key.clone();
         let late_tag = self.late_tag.clone();
+        let (trigger, lateness, gap) = (self.trigger, self.lateness_ns, self.gap.clone());
         let build = Build::Operator(Arc::new(move |_, d| {
-            let op = WindowOperator::new(
+            let mut op = WindowOperator::new(
                 assigner,
                 agg.clone(),
                 key.clone(),
                 timestamps.clone(),
                 result.clone(),
-            );
+            )
+            .with_trigger(trigger)
+            .with_allowed_lateness(lateness);
+            if let Some(g) = &gap {
+                op = op.with_dynamic_gap(g.clone());
+            }
             let late = late_tag
                 .as_deref()
                 .and_then(crate::graph::take_side_output::<T>);

@@ -236,6 +236,11 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
     pub fn iter(&self) -> impl Iterator<Item = (&K, &S)> {
         self.entries.iter().map(|(k, s)| (k, s))
     }
+
+    /// Every key's state, mutable, in order of first appearance.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut S)> {
+        self.entries.iter_mut().map(|(k, s)| (&*k, s))
+    }
 }
 
 /// Timers per key in one time domain: registering the same (key, time) twice keeps

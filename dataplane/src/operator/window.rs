@@ -370,8 +370,177 @@ where
     }
 }
 
-/// One window's keys and their accumulators.
-type Pane<K, Acc> = KeyedStates<K, Option<Acc>>;
+/// When a window emits its result (Flink's `Trigger`s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerKind {
+    /// The assigner's own: event-time windows fire when the watermark passes their
+    /// end, processing-time windows when the clock does.
+    Default,
+    /// When the watermark passes the window's end, and again for each record that
+    /// arrives later but within the allowed lateness (Flink's `EventTimeTrigger`).
+    EventTime,
+    /// When the clock passes the window's end (Flink's `ProcessingTimeTrigger`).
+    ProcessingTime,
+    /// Each time a key's window has gathered this many records since it last fired
+    /// (Flink's `CountTrigger`); the window's end does not fire it.
+    Count(u64),
+    /// Every interval of event time, aligned to multiples of it, from a key's first
+    /// record, and at the window's end (Flink's `ContinuousEventTimeTrigger`).
+    ContinuousEventTime(u64),
+    /// Every interval of processing time, likewise
+    /// (Flink's `ContinuousProcessingTimeTrigger`).
+    ContinuousProcessingTime(u64),
+}
+
+/// A trigger: when a window fires, and whether firing clears its contents
+/// (Flink's `PurgingTrigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trigger {
+    kind: TriggerKind,
+    purging: bool,
+}
+
+impl Default for Trigger {
+    fn default() -> Self {
+        Self {
+            kind: TriggerKind::Default,
+            purging: false,
+        }
+    }
+}
+
+impl Trigger {
+    fn of(kind: TriggerKind) -> Self {
+        Self {
+            kind,
+            purging: false,
+        }
+    }
+    /// Fires when the watermark passes the window's end.
+    pub fn event_time() -> Self {
+        Self::of(TriggerKind::EventTime)
+    }
+    /// Fires when the clock passes the window's end.
+    pub fn processing_time() -> Self {
+        Self::of(TriggerKind::ProcessingTime)
+    }
+    /// Fires a key's window every `n` records.
+    pub fn count(n: u64) -> Result<Self, WindowError> {
+        if n == 0 {
+            return Err(WindowError::NotPositive("trigger count"));
+        }
+        Ok(Self::of(TriggerKind::Count(n)))
+    }
+    /// Fires every `interval` of event time and at the window's end.
+    pub fn continuous_event_time(interval: std::time::Duration) -> Result<Self, WindowError> {
+        match ns(interval) {
+            0 => Err(WindowError::NotPositive("trigger interval")),
+            i => Ok(Self::of(TriggerKind::ContinuousEventTime(i))),
+        }
+    }
+    /// Fires every `interval` of processing time and at the window's end.
+    pub fn continuous_processing_time(interval: std::time::Duration) -> Result<Self, WindowError> {
+        match ns(interval) {
+            0 => Err(WindowError::NotPositive("trigger interval")),
+            i => Ok(Self::of(TriggerKind::ContinuousProcessingTime(i))),
+        }
+    }
+    /// The same trigger, clearing the window's contents each time it fires.
+    pub fn purging(self) -> Self {
+        Self {
+            purging: true,
+            ..self
+        }
+    }
+    /// Its kind.
+    pub fn kind(&self) -> TriggerKind {
+        self.kind
+    }
+    /// Whether firing clears the window.
+    pub fn is_purging(&self) -> bool {
+        self.purging
+    }
+
+    /// The default resolved against `assigner`.
+    fn resolve(self, assigner: &WindowAssigner) -> Self {
+        match (self.kind, assigner.domain) {
+            (TriggerKind::Default, TimeDomain::EventTime) => Self {
+                kind: TriggerKind::EventTime,
+                ..self
+            },
+            (TriggerKind::Default, TimeDomain::ProcessingTime) => Self {
+                kind: TriggerKind::ProcessingTime,
+                ..self
+            },
+            _ => self,
+        }
+    }
+
+    /// Whether spate can run this trigger on `assigner`'s windows: session windows
+    /// take the time triggers of their own domain and count triggers.
+    pub fn check(&self, assigner: &WindowAssigner) -> Result<(), String> {
+        let t = self.resolve(assigner);
+        if !assigner.is_merging() {
+            return Ok(());
+        }
+        match (t.kind, assigner.domain) {
+            (TriggerKind::Count(_), _)
+            | (TriggerKind::EventTime, TimeDomain::EventTime)
+            | (TriggerKind::ProcessingTime, TimeDomain::ProcessingTime) => Ok(()),
+            (kind, domain) => Err(format!(
+                "session windows in {domain:?} do not take the trigger {kind:?} \
+                 (spate's session windows take count triggers and the time trigger \
+                 of their own domain)"
+            )),
+        }
+    }
+
+    /// The clock the trigger follows, and the interval of a continuous one.
+    fn clock(&self) -> Option<(TimeDomain, u64)> {
+        match self.kind {
+            TriggerKind::EventTime => Some((TimeDomain::EventTime, 0)),
+            TriggerKind::ProcessingTime => Some((TimeDomain::ProcessingTime, 0)),
+            TriggerKind::ContinuousEventTime(i) => Some((TimeDomain::EventTime, i)),
+            TriggerKind::ContinuousProcessingTime(i) => Some((TimeDomain::ProcessingTime, i)),
+            TriggerKind::Default | TriggerKind::Count(_) => None,
+        }
+    }
+}
+
+/// A key's contents of one window: its accumulator (none before its first record and
+/// after a purge) and its trigger's state.
+#[derive(Debug)]
+pub struct WindowSlot<Acc> {
+    acc: Option<Acc>,
+    /// Records since the last firing (count triggers).
+    count: u64,
+    /// The next firing of a continuous trigger (0: none registered yet; `u64::MAX`:
+    /// none left).
+    next_fire: u64,
+}
+
+impl<Acc> Default for WindowSlot<Acc> {
+    fn default() -> Self {
+        Self {
+            acc: None,
+            count: 0,
+            next_fire: 0,
+        }
+    }
+}
+
+/// One window's keys and their contents.
+type PaneTable<K, Acc> = KeyedStates<K, WindowSlot<Acc>>;
+
+/// A tumbling or sliding window open in one subtask.
+struct Pane<K, Acc> {
+    window: Window,
+    table: PaneTable<K, Acc>,
+    /// Whether the window's end fired it (it stays open through the allowed lateness).
+    fired: bool,
+    /// The earliest `next_fire` of its keys (continuous triggers).
+    next_fire: u64,
+}
 
 /// Results a firing window end hands downstream at a time.
 const FIRE_BATCH: usize = 256;
@@ -379,31 +548,41 @@ const FIRE_BATCH: usize = 256;
 /// Counters of a window operator.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WindowCounts {
-    /// Records that arrived after their windows fired, dropped.
+    /// Records that arrived after their windows' allowed lateness, not added to any.
     pub late_records: u64,
-    /// Windows fired.
+    /// Results emitted (a window fired for a key).
     pub fired: u64,
 }
 
+/// A key's open sessions and their contents.
+type Sessions<Acc> = Vec<(Window, WindowSlot<Acc>)>;
+
+/// Per-record session gaps (Flink's `withDynamicGap`), in ns.
+pub type SessionGapFn<T> = std::sync::Arc<dyn Fn(&T) -> u64 + Send + Sync>;
+
 /// A keyed window operator: assigns records to windows, aggregates them with `A`, and
-/// when a window fires calls `result(key, window, aggregate, out)`, which emits into
-/// `out`.
+/// when its trigger fires a key's window calls `result(key, window, aggregate, out)`,
+/// which emits into `out`. A window's state is kept until the watermark (or the clock,
+/// for processing-time windows) passes its end plus the allowed lateness.
 pub struct WindowOperator<K, A: AggregateFunction, KS, WF, O> {
     assigner: WindowAssigner,
+    trigger: Trigger,
+    lateness_ns: u64,
     agg: A,
     key: KS,
     timestamps: Option<TimestampsFn<A::In>>,
+    gap: Option<SessionGapFn<A::In>>,
     result: WF,
-    /// Sessions (merging windows): each key's open sessions and their accumulators,
-    /// fired by a timer per (key, session end).
-    windows: KeyedStates<K, Vec<(Window, A::Acc)>>,
+    /// Sessions (merging windows): each key's open sessions and their contents, fired
+    /// and cleaned up by timers per (key, time) in the assigner's domain.
+    windows: KeyedStates<K, Sessions<A::Acc>>,
     timers: Timers<K>,
-    /// Tumbling and sliding windows: the open windows (a few at a time), each with its
-    /// keys' accumulators inline in one dense table. A record costs one probe into
+    /// Tumbling and sliding windows, by end: the open windows (a few at a time), each
+    /// with its keys' contents inline in one dense table. A record costs one probe into
     /// its window's table; a window fires by walking its table, with no per-key timer.
-    panes: Vec<(Window, Pane<K, A::Acc>)>,
-    /// Fired windows' tables, kept for their capacity.
-    spare: Vec<Pane<K, A::Acc>>,
+    panes: Vec<Pane<K, A::Acc>>,
+    /// Closed windows' tables, kept for their capacity.
+    spare: Vec<PaneTable<K, A::Acc>>,
     /// The pane the last record went to (tumbling windows try it first).
     last_pane: Option<usize>,
     /// Where late records go (a side output), if anywhere; and the batch for it.
@@ -415,6 +594,30 @@ pub struct WindowOperator<K, A: AggregateFunction, KS, WF, O> {
     now_ns: u64,
     counts: WindowCounts,
     _o: std::marker::PhantomData<fn() -> O>,
+}
+
+/// Emits `key`'s result for window `w` if it has contents; purges them if asked.
+#[inline]
+// The operator's fields are passed one by one: they are borrowed apart from the table
+// the slot lives in.
+#[allow(clippy::too_many_arguments)]
+fn fire_slot<K, A: AggregateFunction, O>(
+    agg: &A,
+    result: &mut impl FnMut(&K, &Window, A::Out, &mut Vec<O>),
+    counts: &mut WindowCounts,
+    purging: bool,
+    key: &K,
+    w: &Window,
+    slot: &mut WindowSlot<A::Acc>,
+    out: &mut Vec<O>,
+) {
+    if let Some(acc) = &slot.acc {
+        result(key, w, agg.get_result(acc), out);
+        counts.fired += 1;
+        if purging {
+            slot.acc = None;
+        }
+    }
 }
 
 impl<K, A, KS, WF, O> WindowOperator<K, A, KS, WF, O>
@@ -436,9 +639,12 @@ where
     ) -> Self {
         Self {
             assigner,
+            trigger: Trigger::default().resolve(&assigner),
+            lateness_ns: 0,
             agg,
             key,
             timestamps,
+            gap: None,
             result,
             windows: KeyedStates::default(),
             timers: Timers::default(),
@@ -455,8 +661,35 @@ where
         }
     }
 
-    /// Sends late records (behind the watermark when they arrive) to `late` instead of
-    /// dropping them (Flink's `sideOutputLateData`).
+    /// Fires as `trigger` says instead of the assigner's default (see
+    /// [`Trigger::check`] for what session windows take).
+    pub fn with_trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger.resolve(&self.assigner);
+        self
+    }
+
+    /// Keeps event-time windows `lateness_ns` past their end (Flink's
+    /// `allowedLateness`): a record arriving in that time is added and, under the
+    /// event-time trigger, fires its window again.
+    pub fn with_allowed_lateness(mut self, lateness_ns: u64) -> Self {
+        if self.assigner.domain == TimeDomain::EventTime {
+            self.lateness_ns = lateness_ns;
+        }
+        self
+    }
+
+    /// Session windows whose gap each record sets (Flink's `withDynamicGap`); a gap of
+    /// 0 counts as 1 ns.
+    pub fn with_dynamic_gap(mut self, gap: SessionGapFn<A::In>) -> Self {
+        if self.assigner.is_merging() {
+            self.gap = Some(gap);
+        }
+        self
+    }
+
+    /// Sends late records (behind the watermark by more than the allowed lateness
+    /// when they arrive) to `late` instead of dropping them (Flink's
+    /// `sideOutputLateData`).
     pub fn with_late_output(mut self, late: BoxEmit<A::In>) -> Self {
         self.late = Some(late);
         self
@@ -469,10 +702,7 @@ where
 
     /// A late record: to the late output if there is one, else only counted.
     #[inline]
-    fn on_late(&mut self, value: &A::In)
-    where
-        A::In: Clone,
-    {
+    fn on_late(&mut self, value: &A::In) {
         self.counts.late_records += 1;
         if self.late.is_some() {
             self.late_buf.push(value.clone());
@@ -492,161 +722,333 @@ where
         }
     }
 
-    /// The current time of the assigner's domain.
-    fn current_time(&self) -> u64 {
-        match self.assigner.domain {
-            TimeDomain::EventTime => self.watermark,
-            TimeDomain::ProcessingTime => self.now_ns,
-        }
-    }
-
     #[inline]
-    fn add(&mut self, hash: u64, key: K, value: &A::In, ts: u64) {
+    fn add(&mut self, hash: u64, key: K, value: &A::In, ts: u64, out: &mut Vec<O>) {
         if !self.assigner.is_merging() {
-            return self.add_to_panes(hash, key, value, ts);
+            return self.add_to_panes(hash, key, value, ts, out);
         }
-        let now = self.current_time();
-        let event_time = self.assigner.domain == TimeDomain::EventTime;
-        let (agg, timers) = (&self.agg, &mut self.timers);
-        // Sessions: merge with every open session the record's own window touches.
-        let (key, open) = self.windows.get_or_insert(hash, key);
+        let gap = match &self.gap {
+            Some(g) => g(value).max(1),
+            None => self.assigner.gap_ns,
+        };
         let w = Window {
             start: ts,
-            end: ts.saturating_add(self.assigner.gap_ns),
+            end: ts.saturating_add(gap),
         };
-        // Merge with every open session it overlaps or touches (as Flink's
-        // `TimeWindow.intersects`), folding their accumulators into one.
+        let (wm, lateness, trigger) = (self.watermark, self.lateness_ns, self.trigger);
+        let event_time = self.assigner.domain == TimeDomain::EventTime;
+        let late =
+            |w: &Window| event_time && wm > 0 && w.max_timestamp().saturating_add(lateness) <= wm;
+        if late(&w) && self.windows.get(&key).is_none() {
+            return self.on_late(value);
+        }
+        let (agg, timers) = (&self.agg, &mut self.timers);
+        let (key, open) = self.windows.get_or_insert(hash, key);
+        // Merge with every open session the record's window overlaps or touches (as
+        // Flink's `TimeWindow.intersects`), folding their contents into one.
         let mut merged = w;
-        let mut acc: Option<A::Acc> = None;
+        let mut slot = WindowSlot::<A::Acc>::default();
         let mut i = 0;
         while i < open.len() {
             let o = open[i].0;
             if o.start <= merged.end && o.end >= merged.start {
-                let (ow, oacc) = open.swap_remove(i);
-                timers.delete(key, ow.max_timestamp());
+                // Its timers stay: timers are per (key, time), and another session of
+                // the key may share one. One that finds no session due does nothing.
+                let (ow, os) = open.swap_remove(i);
                 merged = Window {
                     start: merged.start.min(ow.start),
                     end: merged.end.max(ow.end),
                 };
-                acc = Some(match acc {
-                    Some(a) => agg.merge(a, oacc),
-                    None => oacc,
-                });
+                slot.count += os.count;
+                slot.acc = match (slot.acc.take(), os.acc) {
+                    (Some(a), Some(b)) => Some(agg.merge(a, b)),
+                    (a, b) => a.or(b),
+                };
             } else {
                 i += 1;
             }
         }
-        if event_time && merged.max_timestamp() <= now && now > 0 {
-            // Late: the session would have fired already. Put back what was taken.
-            if let Some(a) = acc {
-                // Only a session that is not late itself can have been open, so a
-                // late merge took nothing; keep whatever it took regardless.
-                open.push((merged, a));
-                timers.register(key, merged.max_timestamp());
+        let max_ts = merged.max_timestamp();
+        if late(&merged) {
+            // As Flink's: the merged session is late, so the record is. (Its parts
+            // were late too and are dropped at their cleanup time.)
+            if slot.acc.is_some() || slot.count > 0 {
+                timers.register(key, max_ts.saturating_add(lateness));
+                open.push((merged, slot));
+            } else if open.is_empty() {
+                let key = key.clone();
+                self.windows.remove(hash, &key);
             }
-            self.on_late(value);
-            return;
+            return self.on_late(value);
         }
-        let mut acc = acc.unwrap_or_else(|| agg.create_accumulator());
-        agg.add(value, &mut acc);
-        open.push((merged, acc));
-        timers.register(key, merged.max_timestamp());
+        let acc = slot.acc.get_or_insert_with(|| agg.create_accumulator());
+        agg.add(value, acc);
+        slot.count += 1;
+        let mut fire = false;
+        match trigger.kind {
+            TriggerKind::Count(n) if slot.count >= n => {
+                slot.count = 0;
+                fire = true;
+            }
+            // A record within the allowed lateness of a fired session fires it again.
+            TriggerKind::EventTime if event_time && wm > 0 && max_ts <= wm => fire = true,
+            _ => {}
+        }
+        if fire {
+            fire_slot(
+                agg,
+                &mut self.result,
+                &mut self.counts,
+                trigger.purging,
+                key,
+                &merged,
+                &mut slot,
+                out,
+            );
+        }
+        if matches!(
+            trigger.kind,
+            TriggerKind::EventTime | TriggerKind::ProcessingTime
+        ) && !(event_time && wm > 0 && max_ts <= wm)
+        {
+            timers.register(key, max_ts);
+        }
+        timers.register(key, max_ts.saturating_add(lateness));
+        open.push((merged, slot));
     }
 
     /// A record of a tumbling or sliding window.
     #[inline]
-    fn add_to_panes(&mut self, hash: u64, key: K, value: &A::In, ts: u64) {
-        let now = self.current_time();
+    fn add_to_panes(&mut self, hash: u64, key: K, value: &A::In, ts: u64, out: &mut Vec<O>) {
+        let (wm, lateness) = (self.watermark, self.lateness_ns);
         let event_time = self.assigner.domain == TimeDomain::EventTime;
+        let simple = matches!(
+            self.trigger.kind,
+            TriggerKind::EventTime | TriggerKind::ProcessingTime
+        );
         // Tumbling windows: a record almost always falls in the window of the one before
         // it, so that window's pane is tried first (no division, no scan).
         if let Some(i) = self.last_pane {
-            if let Some((w, pane)) = self.panes.get_mut(i) {
-                if self.assigner.slide_ns == self.assigner.size_ns
-                    && (w.start..w.end).contains(&ts)
-                    && !(event_time && w.max_timestamp() <= now && now > 0)
+            if let Some(p) = self.panes.get_mut(i) {
+                if simple
+                    && self.assigner.slide_ns == self.assigner.size_ns
+                    && (p.window.start..p.window.end).contains(&ts)
+                    && !(event_time && wm > 0 && p.window.max_timestamp() <= wm)
                 {
-                    let (_, acc) = pane.get_or_insert(hash, key);
+                    let (_, slot) = p.table.get_or_insert(hash, key);
                     let agg = &self.agg;
-                    agg.add(value, acc.get_or_insert_with(|| agg.create_accumulator()));
+                    agg.add(
+                        value,
+                        slot.acc.get_or_insert_with(|| agg.create_accumulator()),
+                    );
                     return;
                 }
             }
         }
         let mut last = None;
+        let mut assigned = 0;
         let (agg, panes, spare) = (&self.agg, &mut self.panes, &mut self.spare);
+        let (trigger, now) = (self.trigger, self.now_ns);
+        let (result, counts) = (&mut self.result, &mut self.counts);
         let mut late = true;
         self.assigner.assign(ts, |w| {
-            // Late (event time): the watermark passed the window's end, so it fired
-            // already. Processing time has no late records: each goes to the window of
-            // the time it arrives at.
-            if event_time && w.max_timestamp() <= now && now > 0 {
+            // Late (event time): the watermark passed the window's end and its allowed
+            // lateness, so its state is gone. Processing time has no late records: each
+            // goes to the window of the time it arrives at.
+            if event_time && wm > 0 && w.max_timestamp().saturating_add(lateness) <= wm {
                 return;
             }
             late = false;
-            let i = match panes.iter().position(|(pw, _)| *pw == w) {
+            assigned += 1;
+            let i = match panes.iter().position(|p| p.window == w) {
                 Some(i) => i,
                 None => {
-                    panes.push((w, spare.pop().unwrap_or_default()));
-                    panes.len() - 1
+                    // Panes stay ordered by end, so they fire in time order.
+                    let i = panes
+                        .partition_point(|p| (p.window.end, p.window.start) < (w.end, w.start));
+                    panes.insert(
+                        i,
+                        Pane {
+                            window: w,
+                            table: spare.pop().unwrap_or_default(),
+                            // Opened within its allowed lateness: its end has passed,
+                            // and the record fires it (below), not the next watermark.
+                            fired: event_time && wm > 0 && w.max_timestamp() <= wm,
+                            next_fire: u64::MAX,
+                        },
+                    );
+                    i
                 }
             };
-            let (_, acc) = panes[i].1.get_or_insert(hash, key.clone());
-            agg.add(value, acc.get_or_insert_with(|| agg.create_accumulator()));
+            let pane = &mut panes[i];
+            let (key, slot) = pane.table.get_or_insert(hash, key.clone());
+            agg.add(
+                value,
+                slot.acc.get_or_insert_with(|| agg.create_accumulator()),
+            );
+            slot.count += 1;
+            let max_ts = w.max_timestamp();
+            let fire = match trigger.kind {
+                TriggerKind::Count(n) if slot.count >= n => {
+                    slot.count = 0;
+                    true
+                }
+                // Within the allowed lateness of a window that fired: again.
+                TriggerKind::EventTime | TriggerKind::ContinuousEventTime(_)
+                    if wm > 0 && max_ts <= wm =>
+                {
+                    true
+                }
+                TriggerKind::ContinuousEventTime(iv) => {
+                    if slot.next_fire == 0 {
+                        slot.next_fire = (ts - ts % iv).saturating_add(iv).min(max_ts);
+                        pane.next_fire = pane.next_fire.min(slot.next_fire);
+                    }
+                    false
+                }
+                TriggerKind::ContinuousProcessingTime(iv) => {
+                    if slot.next_fire == 0 {
+                        slot.next_fire = (now - now % iv).saturating_add(iv).min(max_ts);
+                        pane.next_fire = pane.next_fire.min(slot.next_fire);
+                    }
+                    false
+                }
+                _ => false,
+            };
+            if fire {
+                fire_slot(agg, result, counts, trigger.purging, key, &w, slot, out);
+            }
             last = Some(i);
         });
-        self.last_pane = last;
+        self.last_pane = if assigned == 1 { last } else { None };
         if late {
             self.on_late(value);
         }
     }
 
-    /// Fires the tumbling or sliding windows whose last instant is at or before `time`,
-    /// earliest first.
-    fn fire_panes(&mut self, time: u64, out: &mut Output<'_, O>) {
-        loop {
-            let due = self
-                .panes
-                .iter()
-                .enumerate()
-                .filter(|(_, (w, _))| w.max_timestamp() <= time)
-                .min_by_key(|(_, (w, _))| (w.end, w.start))
-                .map(|(i, _)| i);
-            let Some(i) = due else { break };
-            // Indices move: the cached pane is looked up again.
-            self.last_pane = None;
-            let (w, mut table) = self.panes.swap_remove(i);
-            for (key, acc) in table.iter() {
-                if let Some(acc) = acc {
-                    (self.result)(key, &w, self.agg.get_result(acc), out.buffer());
-                    self.counts.fired += 1;
-                    // A window end fires every key at once: results leave in batches
-                    // as they are made, so the first do not wait for the last.
-                    if out.pending() >= FIRE_BATCH {
-                        out.flush();
-                    }
-                }
-            }
-            table.clear();
-            self.spare.push(table);
+    /// The clock of `domain` reached `time`: fires what the trigger says is due, and
+    /// drops the windows of that domain past their allowed lateness, earliest first.
+    fn advance(&mut self, domain: TimeDomain, time: u64, out: &mut Output<'_, O>) {
+        self.advance_panes(domain, time, out);
+        if self.assigner.domain == domain && self.assigner.is_merging() {
+            self.fire_sessions(time, out.buffer());
         }
     }
 
-    /// Fires the windows whose timers are due at `time`; a key left without windows
-    /// leaves the state.
-    fn fire(&mut self, time: u64, out: &mut Output<'_, O>) {
-        self.fire_panes(time, out);
-        let out = out.buffer();
+    fn advance_panes(&mut self, domain: TimeDomain, time: u64, out: &mut Output<'_, O>) {
+        let clock = self.trigger.clock().filter(|(d, _)| *d == domain);
+        let cleanup = self.assigner.domain == domain;
+        let purging = self.trigger.purging;
+        let mut i = 0;
+        while i < self.panes.len() {
+            let p = &mut self.panes[i];
+            let w = p.window;
+            let max_ts = w.max_timestamp();
+            match clock {
+                // Continuous: each key fires at its own times (the window's end the last).
+                Some((_, iv)) if iv > 0 && p.next_fire <= time && p.next_fire != u64::MAX => {
+                    let mut next = u64::MAX;
+                    for (key, slot) in p.table.iter_mut() {
+                        while slot.next_fire > 0
+                            && slot.next_fire != u64::MAX
+                            && slot.next_fire <= time
+                        {
+                            fire_slot(
+                                &self.agg,
+                                &mut self.result,
+                                &mut self.counts,
+                                purging,
+                                key,
+                                &w,
+                                slot,
+                                out.buffer(),
+                            );
+                            slot.next_fire = if slot.next_fire >= max_ts {
+                                u64::MAX
+                            } else {
+                                slot.next_fire.saturating_add(iv).min(max_ts)
+                            };
+                        }
+                        if slot.next_fire > 0 {
+                            // (u64::MAX, none left, never comes due.)
+                            next = next.min(slot.next_fire);
+                        }
+                        if out.pending() >= FIRE_BATCH {
+                            out.flush();
+                        }
+                    }
+                    p.next_fire = next;
+                }
+                // The window's end.
+                Some((_, 0)) if !p.fired && max_ts <= time => {
+                    p.fired = true;
+                    for (key, slot) in p.table.iter_mut() {
+                        fire_slot(
+                            &self.agg,
+                            &mut self.result,
+                            &mut self.counts,
+                            purging,
+                            key,
+                            &w,
+                            slot,
+                            out.buffer(),
+                        );
+                        // A window end fires every key at once: results leave in
+                        // batches as they are made, so the first do not wait for the
+                        // last.
+                        if out.pending() >= FIRE_BATCH {
+                            out.flush();
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if cleanup && max_ts.saturating_add(self.lateness_ns) <= time {
+                let mut p = self.panes.remove(i);
+                p.table.clear();
+                self.spare.push(p.table);
+                // Indices moved: the cached pane is looked up again.
+                self.last_pane = None;
+                continue;
+            }
+            if max_ts > time && clock.is_none_or(|(_, iv)| iv == 0) && cleanup {
+                // Later panes end later still: nothing more is due.
+                break;
+            }
+            i += 1;
+        }
+    }
+
+    /// Session timers due at `time`: a session's end fires it (under a time trigger),
+    /// its end plus the allowed lateness drops it; a key left without sessions leaves
+    /// the state.
+    fn fire_sessions(&mut self, time: u64, out: &mut Vec<O>) {
+        let end_fires = matches!(
+            self.trigger.kind,
+            TriggerKind::EventTime | TriggerKind::ProcessingTime
+        );
         let mark = self.timers.mark();
         while let Some((at, key)) = self.timers.pop_due(time, mark) {
             let hash = key_hash(&key);
             let (key, open) = self.windows.get_or_insert(hash, key);
             let mut i = 0;
             while i < open.len() {
-                if open[i].0.max_timestamp() == at {
-                    let (w, acc) = open.swap_remove(i);
-                    (self.result)(key, &w, self.agg.get_result(&acc), out);
-                    self.counts.fired += 1;
+                let max_ts = open[i].0.max_timestamp();
+                if end_fires && max_ts == at {
+                    let (w, slot) = &mut open[i];
+                    fire_slot(
+                        &self.agg,
+                        &mut self.result,
+                        &mut self.counts,
+                        self.trigger.purging,
+                        key,
+                        w,
+                        slot,
+                        out,
+                    );
+                }
+                if max_ts.saturating_add(self.lateness_ns) <= at {
+                    open.swap_remove(i);
                 } else {
                     i += 1;
                 }
@@ -660,7 +1062,7 @@ where
 
     /// Keys with open windows (counted once per window they are in).
     pub fn key_count(&self) -> usize {
-        self.windows.len() + self.panes.iter().map(|(_, t)| t.len()).sum::<usize>()
+        self.windows.len() + self.panes.iter().map(|p| p.table.len()).sum::<usize>()
     }
 }
 
@@ -678,12 +1080,13 @@ where
     type Out = O;
 
     #[inline]
-    fn process(&mut self, batch: &mut Vec<A::In>, _out: &mut Output<'_, O>) {
+    fn process(&mut self, batch: &mut Vec<A::In>, out: &mut Output<'_, O>) {
         self.stamp(batch);
         let mut ts = std::mem::take(&mut self.ts);
+        let buf = out.buffer();
         for (r, &t) in batch.iter().zip(&ts) {
             let key = (self.key)(r);
-            self.add(key_hash(&key), key, r, t);
+            self.add(key_hash(&key), key, r, t, buf);
         }
         ts.clear();
         self.ts = ts;
@@ -704,9 +1107,10 @@ where
         }
         self.stamp(batch);
         let mut ts = std::mem::take(&mut self.ts);
+        let buf = out.buffer();
         for ((r, &t), &h) in batch.iter().zip(&ts).zip(hashes.iter()) {
             let key = (self.key)(r);
-            self.add(h, key, r, t);
+            self.add(h, key, r, t, buf);
         }
         ts.clear();
         self.ts = ts;
@@ -718,9 +1122,7 @@ where
     fn on_watermark(&mut self, watermark: u64, out: &mut Output<'_, O>) {
         if watermark > self.watermark {
             self.watermark = watermark;
-            if self.assigner.domain == TimeDomain::EventTime {
-                self.fire(watermark, out);
-            }
+            self.advance(TimeDomain::EventTime, watermark, out);
         }
         out.watermark(watermark);
         self.flush_late(Some(Event::Watermark(watermark)));
@@ -738,19 +1140,34 @@ where
 
     fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, O>) {
         self.now_ns = now_ns;
-        if self.assigner.domain == TimeDomain::ProcessingTime
-            && (self.timers.next_time().is_some_and(|t| t <= now_ns)
-                || self.panes.iter().any(|(w, _)| w.max_timestamp() <= now_ns))
-        {
-            self.fire(now_ns, out);
+        let by_trigger = self
+            .trigger
+            .clock()
+            .is_some_and(|(d, _)| d == TimeDomain::ProcessingTime);
+        let by_windows = self.assigner.domain == TimeDomain::ProcessingTime;
+        if !by_trigger && !by_windows {
+            return;
+        }
+        let due = by_windows && self.timers.next_time().is_some_and(|t| t <= now_ns)
+            || self.panes.iter().any(|p| {
+                let ended = p.window.max_timestamp() <= now_ns;
+                by_trigger && (p.next_fire <= now_ns || !p.fired && ended) || by_windows && ended
+            });
+        if due {
+            self.advance(TimeDomain::ProcessingTime, now_ns, out);
         }
     }
 
     fn on_end_of_input(&mut self, out: &mut Output<'_, O>) {
         // Processing-time windows still open fire at the end of input, as Flink's do
         // in a bounded job.
-        if self.assigner.domain == TimeDomain::ProcessingTime {
-            self.fire(u64::MAX, out);
+        if self.assigner.domain == TimeDomain::ProcessingTime
+            || self
+                .trigger
+                .clock()
+                .is_some_and(|(d, _)| d == TimeDomain::ProcessingTime)
+        {
+            self.advance(TimeDomain::ProcessingTime, u64::MAX, out);
         }
         // The late output is a stream of its own: it ends here too.
         self.flush_late(Some(Event::EndOfInput));
@@ -860,5 +1277,407 @@ mod operator_tests {
         );
         c.push(&mut vec![150, 160]);
         assert_eq!(c.operator().key_count(), 2);
+    }
+}
+
+/// Triggers, allowed lateness and sessions against plain simulations of Flink's
+/// `WindowOperator` semantics, event by event.
+#[cfg(test)]
+mod trigger_tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use crate::operator::{BoxEmit, Chained, Emit, Event};
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::rc::Rc;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    type Rec = (u32, u64, u64);
+    /// (key, window start, window end, Σvalue, count).
+    type Res = (u32, u64, u64, u64, u64);
+
+    #[derive(Clone)]
+    struct Sum;
+    impl AggregateFunction for Sum {
+        type In = Rec;
+        type Acc = (u64, u64);
+        type Out = (u64, u64);
+        fn create_accumulator(&self) -> (u64, u64) {
+            (0, 0)
+        }
+        fn add(&self, v: &Rec, a: &mut (u64, u64)) {
+            a.0 += v.2;
+            a.1 += 1;
+        }
+        fn get_result(&self, a: &(u64, u64)) -> (u64, u64) {
+            *a
+        }
+        fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+            (a.0 + b.0, a.1 + b.1)
+        }
+    }
+
+    struct Sink(Rc<RefCell<Vec<Res>>>);
+    impl Emit<Res> for Sink {
+        fn push(&mut self, b: &mut Vec<Res>) {
+            self.0.borrow_mut().append(b);
+        }
+        fn event(&mut self, _: Event) {}
+        fn tick(&mut self, _: u64) {}
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Record(Rec),
+        Watermark(u64),
+    }
+
+    /// Records with event times that drift forward, and watermarks that advance by
+    /// steps (some records fall behind them: late, or within the lateness).
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec((0u32..3, 0u64..120, 1u64..5, 0u8..10), 1..160).prop_map(|v| {
+            let (mut t, mut wm) = (10u64, 0u64);
+            let mut out = Vec::new();
+            for (k, back, val, kind) in v {
+                t += 7;
+                if kind == 0 {
+                    wm = wm.max(t.saturating_sub(back)).max(1);
+                    out.push(Step::Watermark(wm));
+                } else {
+                    out.push(Step::Record((k, t.saturating_sub(back), val)));
+                }
+            }
+            out.push(Step::Watermark(u64::MAX));
+            out
+        })
+    }
+
+    fn run_op(
+        assigner: WindowAssigner,
+        trigger: Trigger,
+        lateness: u64,
+        steps: &[Step],
+    ) -> (Vec<Res>, u64) {
+        let ts: TimestampsFn<Rec> = Arc::new(|b: &[Rec], out: &mut Vec<u64>| {
+            out.clear();
+            out.extend(b.iter().map(|r| r.1));
+        });
+        let got = Rc::new(RefCell::new(Vec::new()));
+        let op = WindowOperator::new(
+            assigner,
+            Sum,
+            |r: &Rec| r.0,
+            Some(ts),
+            |k: &u32, w: &Window, (s, n): (u64, u64), out: &mut Vec<Res>| {
+                out.push((*k, w.start, w.end, s, n))
+            },
+        )
+        .with_trigger(trigger)
+        .with_allowed_lateness(lateness);
+        let mut c = Chained::new(op, Box::new(Sink(got.clone())) as BoxEmit<Res>);
+        // Records go in batches of up to three between watermarks.
+        let mut batch = Vec::new();
+        for s in steps {
+            match s {
+                Step::Record(r) => {
+                    batch.push(*r);
+                    if batch.len() == 3 {
+                        c.push(&mut batch);
+                        batch.clear();
+                    }
+                }
+                Step::Watermark(w) => {
+                    if !batch.is_empty() {
+                        c.push(&mut batch);
+                        batch.clear();
+                    }
+                    c.event(Event::Watermark(*w));
+                }
+            }
+        }
+        let late = c.operator().counts().late_records;
+        let mut v = got.borrow().clone();
+        v.sort_unstable();
+        (v, late)
+    }
+
+    #[derive(Default)]
+    struct St {
+        sum: u64,
+        n: u64,
+        count: u64,
+        fire_ts: Option<u64>,
+    }
+
+    /// Flink's semantics, (key, window) by (key, window), with a timer set.
+    fn reference(
+        assigner: &WindowAssigner,
+        trigger: Trigger,
+        lateness: u64,
+        steps: &[Step],
+    ) -> (Vec<Res>, u64) {
+        let mut state: BTreeMap<(u64, u64, u32), St> = BTreeMap::new();
+        let mut timers: BTreeSet<(u64, u64, u64, u32)> = BTreeSet::new();
+        let (mut out, mut late, mut wm) = (Vec::new(), 0u64, None::<u64>);
+        let emit = |st: &mut St, k: u32, w: (u64, u64), out: &mut Vec<Res>| {
+            if st.n > 0 {
+                out.push((k, w.0, w.1, st.sum, st.n));
+                if trigger.is_purging() {
+                    st.sum = 0;
+                    st.n = 0;
+                }
+            }
+        };
+        for s in steps {
+            match *s {
+                Step::Record((k, ts, v)) => {
+                    let mut ws = Vec::new();
+                    assigner.assign(ts, |w| ws.push((w.start, w.end)));
+                    let mut any = false;
+                    for w in ws {
+                        let max_ts = w.1 - 1;
+                        if wm.is_some_and(|wm| max_ts + lateness <= wm) {
+                            continue;
+                        }
+                        any = true;
+                        let st = state.entry((w.0, w.1, k)).or_default();
+                        st.sum += v;
+                        st.n += 1;
+                        timers.insert((max_ts + lateness, w.0, w.1, k));
+                        let passed = wm.is_some_and(|wm| max_ts <= wm);
+                        let fire = match trigger.kind() {
+                            TriggerKind::EventTime if passed => true,
+                            TriggerKind::EventTime => {
+                                timers.insert((max_ts, w.0, w.1, k));
+                                false
+                            }
+                            TriggerKind::Count(c) => {
+                                st.count += 1;
+                                if st.count >= c {
+                                    st.count = 0;
+                                    true
+                                } else {
+                                    false
+                                }
+                            }
+                            TriggerKind::ContinuousEventTime(_) if passed => true,
+                            TriggerKind::ContinuousEventTime(iv) => {
+                                timers.insert((max_ts, w.0, w.1, k));
+                                if st.fire_ts.is_none() {
+                                    let nf = (ts - ts % iv + iv).min(max_ts);
+                                    st.fire_ts = Some(nf);
+                                    timers.insert((nf, w.0, w.1, k));
+                                }
+                                false
+                            }
+                            other => panic!("not simulated: {other:?}"),
+                        };
+                        if fire {
+                            emit(st, k, w, &mut out);
+                        }
+                    }
+                    if !any {
+                        late += 1;
+                    }
+                }
+                Step::Watermark(w) => {
+                    if wm.is_some_and(|wm| w <= wm) {
+                        continue;
+                    }
+                    wm = Some(w);
+                    while let Some(&t) = timers.iter().next().filter(|t| t.0 <= w) {
+                        timers.remove(&t);
+                        let (time, start, end, k) = t;
+                        let max_ts = end - 1;
+                        let Some(st) = state.get_mut(&(start, end, k)) else {
+                            continue;
+                        };
+                        let fire = match trigger.kind() {
+                            TriggerKind::EventTime => time == max_ts,
+                            TriggerKind::ContinuousEventTime(iv) => {
+                                if time == max_ts {
+                                    true
+                                } else if st.fire_ts == Some(time) {
+                                    let nf = (time + iv).min(max_ts);
+                                    st.fire_ts = Some(nf);
+                                    timers.insert((nf, start, end, k));
+                                    true
+                                } else {
+                                    false
+                                }
+                            }
+                            _ => false,
+                        };
+                        if fire {
+                            emit(st, k, (start, end), &mut out);
+                        }
+                        if time == max_ts.saturating_add(lateness) {
+                            state.remove(&(start, end, k));
+                            timers.retain(|t| (t.1, t.2, t.3) != (start, end, k));
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        (out, late)
+    }
+
+    fn trigger_of(i: u8) -> Trigger {
+        match i {
+            0 => Trigger::default(),
+            1 => Trigger::count(3).unwrap(),
+            2 => Trigger::count(2).unwrap().purging(),
+            3 => Trigger::continuous_event_time(Duration::from_nanos(15)).unwrap(),
+            4 => Trigger::event_time().purging(),
+            _ => Trigger::continuous_event_time(Duration::from_nanos(20))
+                .unwrap()
+                .purging(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Tumbling and sliding windows under every trigger, with and without allowed
+        /// lateness, equal the simulation: the same results, as often, and the same
+        /// records counted late.
+        #[test]
+        fn triggers_and_lateness_follow_flinks_semantics(
+            steps in steps(),
+            sliding in any::<bool>(),
+            t in 0u8..6,
+            lateness in prop::sample::select(vec![0u64, 30, 100]),
+        ) {
+            let assigner = if sliding {
+                WindowAssigner::sliding_event_time(Duration::from_nanos(60), Duration::from_nanos(20)).unwrap()
+            } else {
+                WindowAssigner::tumbling_event_time(Duration::from_nanos(50)).unwrap()
+            };
+            let trigger = trigger_of(t);
+            let expected = reference(&assigner, trigger.resolve(&assigner), lateness, &steps);
+            prop_assert_eq!(run_op(assigner, trigger, lateness, &steps), expected);
+        }
+
+        /// Sessions with allowed lateness under the event-time and count triggers equal
+        /// a plain simulation of merging sessions.
+        #[test]
+        fn sessions_with_lateness_and_count_triggers_follow_flinks_semantics(
+            steps in steps(),
+            count in any::<bool>(),
+            purging in any::<bool>(),
+            lateness in prop::sample::select(vec![0u64, 30, 100]),
+        ) {
+            let gap = 25u64;
+            let assigner = WindowAssigner::event_time_session(Duration::from_nanos(gap)).unwrap();
+            let mut trigger = if count { Trigger::count(2).unwrap() } else { Trigger::event_time() };
+            if purging {
+                trigger = trigger.purging();
+            }
+            // (start, end, sum, n, count, end-fire pending).
+            type Session = (u64, u64, u64, u64, u64, bool);
+            let mut open: BTreeMap<u32, Vec<Session>> = BTreeMap::new();
+            let (mut out, mut late, mut wm) = (Vec::<Res>::new(), 0u64, None::<u64>);
+            for s in &steps {
+                match *s {
+                    Step::Record((k, ts, v)) => {
+                        let sessions = open.entry(k).or_default();
+                        let (mut m, mut keep) = ((ts, ts + gap, 0, 0, 0, false), Vec::new());
+                        for o in sessions.drain(..) {
+                            if o.0 <= m.1 && o.1 >= m.0 {
+                                m = (m.0.min(o.0), m.1.max(o.1), m.2 + o.2, m.3 + o.3, m.4 + o.4, false);
+                            } else {
+                                keep.push(o);
+                            }
+                        }
+                        *sessions = keep;
+                        let max_ts = m.1 - 1;
+                        if wm.is_some_and(|wm| max_ts + lateness <= wm) {
+                            late += 1;
+                            continue;
+                        }
+                        m.2 += v;
+                        m.3 += 1;
+                        m.4 += 1;
+                        let passed = wm.is_some_and(|wm| max_ts <= wm);
+                        let fire = if count {
+                            if m.4 >= 2 { m.4 = 0; true } else { false }
+                        } else {
+                            m.5 = !passed;
+                            passed
+                        };
+                        if fire && m.3 > 0 {
+                            out.push((k, m.0, m.1, m.2, m.3));
+                            if purging { m.2 = 0; m.3 = 0; }
+                        }
+                        sessions.push(m);
+                    }
+                    Step::Watermark(w) => {
+                        if wm.is_some_and(|wm| w <= wm) {
+                            continue;
+                        }
+                        wm = Some(w);
+                        for (k, sessions) in open.iter_mut() {
+                            for m in sessions.iter_mut() {
+                                if m.5 && m.1 - 1 <= w {
+                                    m.5 = false;
+                                    if m.3 > 0 {
+                                        out.push((*k, m.0, m.1, m.2, m.3));
+                                        if purging { m.2 = 0; m.3 = 0; }
+                                    }
+                                }
+                            }
+                            sessions.retain(|m| (m.1 - 1).saturating_add(lateness) > w);
+                        }
+                    }
+                }
+            }
+            out.sort_unstable();
+            prop_assert_eq!(run_op(assigner, trigger, lateness, &steps), (out, late));
+        }
+    }
+
+    /// Dynamic gaps: each record's session closes its own gap after it.
+    #[test]
+    fn dynamic_session_gaps_close_each_session_after_its_records_gap() {
+        let ts: TimestampsFn<Rec> = Arc::new(|b: &[Rec], out: &mut Vec<u64>| {
+            out.clear();
+            out.extend(b.iter().map(|r| r.1));
+        });
+        let got = Rc::new(RefCell::new(Vec::new()));
+        let op = WindowOperator::new(
+            WindowAssigner::event_time_session(Duration::from_nanos(10)).unwrap(),
+            Sum,
+            |r: &Rec| r.0,
+            Some(ts),
+            |k: &u32, w: &Window, (s, n): (u64, u64), out: &mut Vec<Res>| {
+                out.push((*k, w.start, w.end, s, n))
+            },
+        )
+        // The value is the gap.
+        .with_dynamic_gap(Arc::new(|r: &Rec| r.2));
+        let mut c = Chained::new(op, Box::new(Sink(got.clone())) as BoxEmit<Res>);
+        // 100 (gap 50) reaches 140 (gap 5): one session [100, 150); 200 (gap 0 → 1 ns).
+        c.push(&mut vec![(1, 100, 50), (1, 140, 5), (1, 200, 0)]);
+        c.event(Event::Watermark(u64::MAX));
+        let mut v = got.borrow().clone();
+        v.sort_unstable();
+        assert_eq!(v, [(1, 100, 150, 55, 2), (1, 200, 201, 0, 1)]);
+    }
+
+    #[test]
+    fn session_windows_refuse_continuous_triggers() {
+        let s = WindowAssigner::event_time_session(Duration::from_nanos(10)).unwrap();
+        assert!(Trigger::continuous_event_time(Duration::from_nanos(5))
+            .unwrap()
+            .check(&s)
+            .is_err());
+        assert!(Trigger::processing_time().check(&s).is_err());
+        assert!(Trigger::count(3).unwrap().check(&s).is_ok());
+        assert!(Trigger::default().purging().check(&s).is_ok());
+        assert!(Trigger::count(0).is_err());
+        assert!(Trigger::continuous_event_time(Duration::ZERO).is_err());
     }
 }
