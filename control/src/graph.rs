@@ -7,6 +7,7 @@
 //! level (`Box<dyn Any>`) and recovered when a chain is built, never per record.
 
 use spate_dataplane::exchange::{Backpressure, OutputControl, Partition, RingOutput};
+use spate_dataplane::operator::side::SideOutputs;
 use spate_dataplane::operator::sink::SinkMetrics;
 use spate_dataplane::operator::source::Source;
 use spate_dataplane::operator::{BoxEmit, SubtaskInfo, Tee};
@@ -23,12 +24,25 @@ use std::sync::Arc;
 thread_local! {
     /// The side outputs of the operator being built on this slot thread, by tag: each a
     /// `BoxEmit<S>` into its ring output (set around each operator's builder).
-    static SIDE_OUTPUTS: RefCell<Vec<(String, AnyBox)>> = const { RefCell::new(Vec::new()) };
+    static SIDE_OUTPUTS: RefCell<Vec<(String, AnyBox, Arc<TypeOps>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Hands the side outputs of the operator about to be built to its builder.
-pub fn set_side_outputs(sides: Vec<(String, AnyBox)>) {
+/// Hands the side outputs of the operator about to be built to its builder: tag, a
+/// `BoxEmit<S>`, and the operations of `S`.
+pub fn set_side_outputs(sides: Vec<(String, AnyBox, Arc<TypeOps>)>) {
     SIDE_OUTPUTS.with(|s| *s.borrow_mut() = sides);
+}
+
+/// Every side output of the operator being built that a consumer reads: for the
+/// builders of process functions, which may send to any tag.
+pub fn take_side_outputs() -> Result<SideOutputs, String> {
+    SIDE_OUTPUTS.with(|s| {
+        let mut sides = SideOutputs::default();
+        for (tag, emit, ops) in s.borrow_mut().drain(..) {
+            (ops.add_side)(&mut sides, &tag, emit)?;
+        }
+        Ok(sides)
+    })
 }
 
 /// The side output `tag` of the operator being built (a `BoxEmit<S>`), if a consumer
@@ -36,8 +50,8 @@ pub fn set_side_outputs(sides: Vec<(String, AnyBox)>) {
 pub fn take_side_output<S: 'static>(tag: &str) -> Option<spate_dataplane::operator::BoxEmit<S>> {
     SIDE_OUTPUTS.with(|s| {
         let mut s = s.borrow_mut();
-        let i = s.iter().position(|(t, _)| t == tag)?;
-        let (_, any) = s.swap_remove(i);
+        let i = s.iter().position(|(t, _, _)| t == tag)?;
+        let (_, any, _) = s.swap_remove(i);
         any.downcast::<spate_dataplane::operator::BoxEmit<S>>()
             .ok()
             .map(|b| *b)
@@ -170,6 +184,7 @@ pub struct TypeOps {
     tee: fn(Vec<AnyBox>) -> Result<AnyBox, String>,
     source_task: SourceTaskFn,
     input_task: InputTaskFn,
+    add_side: fn(&mut SideOutputs, &str, AnyBox) -> Result<(), String>,
 }
 
 impl std::fmt::Debug for TypeOps {
@@ -217,6 +232,11 @@ fn tee<T: Data>(outs: Vec<AnyBox>) -> Result<AnyBox, String> {
     Ok(Box::new(Box::new(Tee::new(v)) as BoxEmit<T>))
 }
 
+fn add_side<T: Data>(sides: &mut SideOutputs, tag: &str, emit: AnyBox) -> Result<(), String> {
+    sides.add(tag, down::<BoxEmit<T>>(emit, "a side output")?);
+    Ok(())
+}
+
 fn source_task<T: Data>(
     name: String,
     src: AnyBox,
@@ -247,6 +267,7 @@ impl TypeOps {
             tee: tee::<T>,
             source_task: source_task::<T>,
             input_task: input_task::<T>,
+            add_side: add_side::<T>,
         })
     }
 
@@ -338,6 +359,9 @@ pub struct Node {
     pub bounded: bool,
     /// The side outputs it produces: tag and record type.
     pub side_outputs: Vec<(String, Arc<TypeOps>)>,
+    /// Whether its function may send to any side output (process functions): then
+    /// `get_side_output` declares the tag it reads.
+    pub open_side_outputs: bool,
 }
 
 impl std::fmt::Debug for Node {

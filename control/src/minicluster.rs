@@ -4,7 +4,7 @@
 //! them with rings, and watches them to the end.
 
 use crate::config::Config;
-use crate::graph::{AnyBox, Build, EdgePartition, JobGraph, Node};
+use crate::graph::{AnyBox, Build, EdgePartition, JobGraph, Node, TypeOps};
 use crate::restart;
 use hdrhistogram::Histogram;
 use spate_dataplane::exchange::Backpressure;
@@ -379,7 +379,7 @@ impl Deployment {
         let mut controls = Vec::new();
         let mut emits = Vec::new();
         // Side outputs, by the node that produces them.
-        let mut sides: Vec<(usize, String, AnyBox)> = Vec::new();
+        let mut sides: Vec<(usize, String, AnyBox, Arc<TypeOps>)> = Vec::new();
         for (partition, side, producers) in outputs {
             let (emit, ctl) = match &side {
                 None => {
@@ -399,13 +399,13 @@ impl Deployment {
                         .ok_or_else(|| format!("internal: no operator has side output '{tag}'"))?;
                     let (emit, ctl) = ops.ring_output(producers, &partition, bp.clone())?;
                     // Several consumers of one side output share it through a tee.
-                    match sides.iter().position(|(_, t, _)| t == tag) {
+                    match sides.iter().position(|(_, t, _, _)| t == tag) {
                         Some(j) => {
-                            let (_, _, prev) = sides.swap_remove(j);
+                            let (_, _, prev, _) = sides.swap_remove(j);
                             let both = ops.tee(vec![prev, emit])?;
-                            sides.push((at, tag.clone(), both));
+                            sides.push((at, tag.clone(), both, ops));
                         }
-                        None => sides.push((at, tag.clone(), emit)),
+                        None => sides.push((at, tag.clone(), emit, ops)),
                     }
                     controls.push(ctl);
                     continue;
@@ -432,10 +432,10 @@ impl Deployment {
                 Build::Sink(_) => return Err("internal: a sink inside a chain".into()),
                 Build::Operator(b) => {
                     let (own, rest): (Vec<_>, Vec<_>) =
-                        sides.drain(..).partition(|(at, _, _)| *at == i);
+                        sides.drain(..).partition(|(at, _, _, _)| *at == i);
                     sides = rest;
                     crate::graph::set_side_outputs(
-                        own.into_iter().map(|(_, t, e)| (t, e)).collect(),
+                        own.into_iter().map(|(_, t, e, o)| (t, e, o)).collect(),
                     );
                     let built = b(info, cur);
                     crate::graph::set_side_outputs(Vec::new());

@@ -1,7 +1,9 @@
 //! The DataStream API on the MiniCluster: results against plain computations.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use spate::api::{OutputTag, RuntimeMode, StreamExecutionEnvironment};
+use spate::api::{
+    OutputTag, ProcessContext, ProcessFunction, RuntimeMode, StreamExecutionEnvironment,
+};
 use spate::config::Config;
 use spate::graph::{GraphError, JobGraph};
 use spate::jobs::{self, Bar, BarAcc, Vwap, VwapParams};
@@ -928,6 +930,103 @@ fn late_records_go_to_the_side_output() {
             "p={p}: every record in a window or in the late stream"
         );
     }
+}
+
+#[derive(Clone)]
+struct SplitBig {
+    big: OutputTag<String>,
+}
+
+impl KeyedProcessFunction for SplitBig {
+    type Key = u64;
+    type In = u64;
+    type Out = u64;
+    type State = ValueState<u64>;
+    fn process_element(
+        &mut self,
+        v: u64,
+        seen: &mut ValueState<u64>,
+        ctx: &mut Context<'_, u64, u64>,
+    ) {
+        *seen.get_or_insert_with(|| 0) += 1;
+        if v >= 900 {
+            ctx.output(&self.big, format!("big {v}"));
+        } else {
+            ctx.collect(v);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct EvenOdd {
+    odd: OutputTag<(u64, bool)>,
+}
+
+impl ProcessFunction for EvenOdd {
+    type In = u64;
+    type Out = u64;
+    fn process_element(&mut self, v: u64, ctx: &mut ProcessContext<'_, u64>) {
+        if v & 1 == 0 {
+            ctx.collect(v);
+        } else {
+            ctx.output(&self.odd, (v, true));
+        }
+    }
+}
+
+/// Process functions send records of another type to side outputs with `ctx.output`
+/// (Flink's `OutputTag`); each record goes exactly once to the main output or to its
+/// side output, keyed across two slots and not keyed.
+#[test]
+fn process_functions_send_records_to_side_outputs() {
+    for p in [1usize, 2] {
+        let env = StreamExecutionEnvironment::new("side outputs");
+        let big = OutputTag::<String>::new("big");
+        let odd = OutputTag::<(u64, bool)>::new("odd");
+        let (main, bigs, odds) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let keyed = env
+            .from_collection((0..1_000u64).collect())
+            .key_by(|v: &u64| v % 10)
+            .process(SplitBig { big: big.clone() });
+        keyed.get_side_output(&big).collect(bigs.clone());
+        let split = keyed.process(EvenOdd { odd: odd.clone() });
+        split.collect(main.clone());
+        split.get_side_output(&odd).collect(odds.clone());
+        let r = run(&env, Some(p), 2);
+        assert_eq!(r.status, JobStatus::Finished, "{:?}", r.status);
+        let mut bigs = bigs.lock().unwrap().clone();
+        bigs.sort_unstable();
+        let mut want: Vec<String> = (900..1_000).map(|v| format!("big {v}")).collect();
+        want.sort_unstable();
+        assert_eq!(bigs, want, "p={p}");
+        let mut main = main.lock().unwrap().clone();
+        main.sort_unstable();
+        assert_eq!(main, (0..900).step_by(2).collect::<Vec<u64>>());
+        let mut odds = odds.lock().unwrap().clone();
+        odds.sort_unstable();
+        assert_eq!(
+            odds,
+            (1..900).step_by(2).map(|v| (v, true)).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn one_tag_read_with_two_types_is_an_error_when_the_job_is_built() {
+    let env = StreamExecutionEnvironment::new("two types");
+    let s = env.from_collection(vec![1u64]).process(EvenOdd {
+        odd: OutputTag::new("odd"),
+    });
+    s.get_side_output(&OutputTag::<(u64, bool)>::new("odd"))
+        .discard();
+    s.get_side_output(&OutputTag::<String>::new("odd"))
+        .discard();
+    let err = JobGraph::build(env.stream_graph(), None, 1, true).unwrap_err();
+    assert!(matches!(err, GraphError::Declaration(_)), "{err}");
 }
 
 #[test]

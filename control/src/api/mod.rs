@@ -16,6 +16,7 @@ use spate_dataplane::operator::keyed::TimeDomain;
 use spate_dataplane::operator::keyed::{
     KeyedCoProcess, KeyedCoProcessFunction, KeyedProcess, KeyedProcessFunction, KeyedReduce,
 };
+use spate_dataplane::operator::process::Process;
 use spate_dataplane::operator::sink::{self, SinkMetrics};
 use spate_dataplane::operator::source::{
     IterSource, LinesSource, Pace, SocketSource, Source, Trade, TradeSource,
@@ -156,6 +157,7 @@ impl StreamExecutionEnvironment {
             input: None,
             bounded: false,
             side_outputs: Vec::new(),
+            open_side_outputs: false,
         }
     }
 
@@ -249,32 +251,8 @@ impl StreamExecutionEnvironment {
     }
 }
 
-/// Names a side output of type `T` (Flink's `OutputTag`).
-pub struct OutputTag<T> {
-    id: String,
-    _t: PhantomData<fn() -> T>,
-}
-
-impl<T> OutputTag<T> {
-    /// A tag named `id` (unique within the job).
-    pub fn new(id: &str) -> Self {
-        Self {
-            id: id.to_string(),
-            _t: PhantomData,
-        }
-    }
-
-    /// Its name.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-impl<T> Clone for OutputTag<T> {
-    fn clone(&self) -> Self {
-        Self::new(&self.id)
-    }
-}
+pub use spate_dataplane::operator::process::{ProcessContext, ProcessFunction};
+pub use spate_dataplane::operator::side::OutputTag;
 
 /// A stream of `T` records.
 pub struct DataStream<T> {
@@ -419,6 +397,22 @@ impl<T: Data> DataStream<T> {
         out
     }
 
+    /// Runs a `ProcessFunction` (Flink's `process` on a stream): any number of records
+    /// out per record, to the main output or, with `ctx.output(&tag, r)`, to side
+    /// outputs read with `get_side_output(&tag)`.
+    pub fn process<P>(&self, f: P) -> DataStream<P::Out>
+    where
+        P: ProcessFunction<In = T>,
+        P::Out: Data,
+    {
+        let build = Build::Operator(Arc::new(move |_, d| {
+            let sides = crate::graph::take_side_outputs()?;
+            chained(Process::new(f.clone()).with_side_outputs(sides), d)
+        }));
+        self.then("Process", build, None)
+            .edit(|n| n.open_side_outputs = true)
+    }
+
     /// Keeps the records for which `f` is true.
     pub fn filter<F>(&self, f: F) -> DataStream<T>
     where
@@ -464,24 +458,35 @@ impl<T: Data> DataStream<T> {
     /// `getSideOutput`). The operator must declare that side output (e.g. a window
     /// with `side_output_late_data(&tag)`), with records of type `S`.
     pub fn get_side_output<S: Data>(&self, tag: &OutputTag<S>) -> DataStream<S> {
-        let declared = self.env.graph.borrow().nodes[self.node]
-            .side_outputs
-            .iter()
-            .any(|(t, ops)| t == &tag.id && ops.name == std::any::type_name::<S>());
-        if !declared {
+        let (declared, open) = {
+            let g = self.env.graph.borrow();
+            let n = &g.nodes[self.node];
+            let declared = n
+                .side_outputs
+                .iter()
+                .any(|(t, ops)| t == tag.id() && ops.name == std::any::type_name::<S>());
+            let taken = n.side_outputs.iter().any(|(t, _)| t == tag.id());
+            (declared, n.open_side_outputs && !taken)
+        };
+        if open {
+            // A process function may send to any tag: reading one declares it.
+            self.env.graph.borrow_mut().nodes[self.node]
+                .side_outputs
+                .push((tag.id().to_string(), TypeOps::of::<S>()));
+        } else if !declared {
             let name = self.env.graph.borrow().nodes[self.node].name.clone();
             self.env.graph.borrow_mut().errors.push(format!(
                 "'{name}' has no side output '{}' of {}",
-                tag.id,
+                tag.id(),
                 std::any::type_name::<S>()
             ));
         }
         let mut n =
-            StreamExecutionEnvironment::node(&format!("Side Output {}", tag.id), Build::Union);
+            StreamExecutionEnvironment::node(&format!("Side Output {}", tag.id()), Build::Union);
         n.inputs = vec![Edge {
             from: self.node,
             partition: EdgePartition::Default,
-            side: Some(tag.id.clone()),
+            side: Some(tag.id().to_string()),
         }];
         n.input = Some(TypeOps::of::<S>());
         n.out = Some(TypeOps::of::<S>());
@@ -668,10 +673,15 @@ where
     {
         let key = self.key.clone();
         let build = Build::Operator(Arc::new(move |_, d| {
-            chained(KeyedProcess::new(f.clone(), key.clone()), d)
+            let sides = crate::graph::take_side_outputs()?;
+            chained(
+                KeyedProcess::new(f.clone(), key.clone()).with_side_outputs(sides),
+                d,
+            )
         }));
         self.stream
             .then("Keyed Process", build, Some(self.hash.clone()))
+            .edit(|n| n.open_side_outputs = true)
     }
 
     /// Joins this keyed stream with `other` in event time (Flink's `intervalJoin`):
@@ -813,7 +823,7 @@ where
     /// instead of dropping them (Flink's `sideOutputLateData`); read it with
     /// `get_side_output(&tag)` on the window's result stream.
     pub fn side_output_late_data(mut self, tag: &OutputTag<T>) -> Self {
-        self.late_tag = Some(tag.id.clone());
+        self.late_tag = Some(tag.id().to_string());
         self
     }
 
@@ -1038,7 +1048,7 @@ impl<A: Data, B: Data> ConnectedStreams<A, B> {
         Op: TwoInputOperator<In1 = A, In2 = B> + Clone + Send + Sync,
         Op::Out: Data,
     {
-        self.two_input(name, None, move || op.clone())
+        self.two_input(name, None, move || Ok(op.clone()))
     }
 
     /// A two-input node whose subtasks each run `make()`.
@@ -1051,11 +1061,11 @@ impl<A: Data, B: Data> ConnectedStreams<A, B> {
     where
         Op: TwoInputOperator<In1 = A, In2 = B>,
         Op::Out: Data,
-        M: Fn() -> Op + Send + Sync + 'static,
+        M: Fn() -> Result<Op, String> + Send + Sync + 'static,
     {
         let build: crate::graph::OperatorBuilder = Arc::new(move |_, d| {
             let next = down::<BoxEmit<Op::Out>>(d)?;
-            let head: Box<dyn Emit2<A, B>> = Box::new(Chained2::new(make(), next));
+            let head: Box<dyn Emit2<A, B>> = Box::new(Chained2::new(make()?, next));
             Ok(Box::new(head) as AnyBox)
         });
         let env = &self.first.env;
@@ -1083,7 +1093,7 @@ impl<A: Data, B: Data> ConnectedStreams<A, B> {
         F: CoProcessFunction<In1 = A, In2 = B>,
         F::Out: Data,
     {
-        self.two_input("Co-Process", None, move || CoProcess(f.clone()))
+        self.two_input("Co-Process", None, move || Ok(CoProcess(f.clone())))
     }
 
     /// Keys both inputs (Flink's `connect(..).keyBy(k1, k2)`): records of either side
@@ -1136,14 +1146,20 @@ where
             out.clear();
             out.extend(batch.iter().map(|t| key_hash(&h2(t))));
         });
-        self.connected.two_input(
-            "Keyed Co-Process",
-            Some((
-                EdgePartition::Hash(Arc::new(hash1)),
-                EdgePartition::Hash(Arc::new(hash2)),
-            )),
-            move || KeyedCoProcess::new(f.clone(), k1.clone(), k2.clone()),
-        )
+        self.connected
+            .two_input(
+                "Keyed Co-Process",
+                Some((
+                    EdgePartition::Hash(Arc::new(hash1)),
+                    EdgePartition::Hash(Arc::new(hash2)),
+                )),
+                move || {
+                    let sides = crate::graph::take_side_outputs()?;
+                    Ok(KeyedCoProcess::new(f.clone(), k1.clone(), k2.clone())
+                        .with_side_outputs(sides))
+                },
+            )
+            .edit(|n| n.open_side_outputs = true)
     }
 }
 
@@ -1230,7 +1246,7 @@ where
             "Interval Join",
             Some((self.left.hash.clone(), self.right.hash.clone())),
             move || {
-                IntervalJoin::new(
+                Ok(IntervalJoin::new(
                     lower,
                     upper,
                     ka.clone(),
@@ -1238,7 +1254,7 @@ where
                     ts_a.clone(),
                     ts_b.clone(),
                     f.clone(),
-                )
+                ))
             },
         )
     }

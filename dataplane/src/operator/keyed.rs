@@ -10,7 +10,8 @@
 //! which a key exchange computed once and carried with the record. Steady state is one
 //! probe per record and no allocation (a new key allocates its slot).
 
-use super::{key_hash, Operator, Output, TwoInputOperator};
+use super::side::{OutputTag, SideOutputs};
+use super::{key_hash, Barrier, Event, Operator, Output, TwoInputOperator};
 use crate::record::Key;
 use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
@@ -338,6 +339,7 @@ pub struct Context<'a, K: Key, O> {
     processing: &'a mut Timers<K>,
     event: &'a mut Timers<K>,
     out: &'a mut Vec<O>,
+    sides: &'a mut SideOutputs,
 }
 
 impl<K: Key, O> Context<'_, K, O> {
@@ -361,6 +363,12 @@ impl<K: Key, O> Context<'_, K, O> {
     #[inline(always)]
     pub fn collect(&mut self, record: O) {
         self.out.push(record)
+    }
+    /// Emits a record to the side output `tag` (Flink's `ctx.output`); read it with
+    /// `get_side_output(&tag)` on this operator's stream.
+    #[inline]
+    pub fn output<S: 'static>(&mut self, tag: &OutputTag<S>, record: S) {
+        self.sides.output(tag, record)
     }
     /// Calls `on_timer` for the current key once processing time reaches `at_ns`.
     pub fn register_processing_time_timer(&mut self, at_ns: u64) {
@@ -420,6 +428,7 @@ struct KeyedCore<K, S> {
     event: Timers<K>,
     now_ns: u64,
     watermark: u64,
+    sides: SideOutputs,
 }
 
 impl<K: Key, S: Default> KeyedCore<K, S> {
@@ -430,6 +439,15 @@ impl<K: Key, S: Default> KeyedCore<K, S> {
             event: Timers::default(),
             now_ns: 0,
             watermark: 0,
+            sides: SideOutputs::default(),
+        }
+    }
+
+    /// Side-output records go out (after a batch), then `event` if any, on each.
+    fn flush_sides(&mut self, event: Option<Event>) {
+        match event {
+            Some(e) => self.sides.event(e),
+            None => self.sides.flush(),
         }
     }
 
@@ -451,6 +469,7 @@ impl<K: Key, S: Default> KeyedCore<K, S> {
             processing: &mut self.processing,
             event: &mut self.event,
             out,
+            sides: &mut self.sides,
         };
         f(state, &mut ctx);
     }
@@ -486,6 +505,7 @@ impl<K: Key, S: Default> KeyedCore<K, S> {
                 processing: &mut self.processing,
                 event: &mut self.event,
                 out,
+                sides: &mut self.sides,
             };
             on_timer(at, state, &mut ctx);
         }
@@ -538,6 +558,12 @@ where
         }
     }
 
+    /// Sends what the function passes to `ctx.output` to these side outputs.
+    pub fn with_side_outputs(mut self, sides: SideOutputs) -> Self {
+        self.core.sides = sides;
+        self
+    }
+
     /// Keys with state.
     pub fn key_count(&self) -> usize {
         self.core.states.len()
@@ -574,6 +600,7 @@ where
             let hash = key_hash(&key);
             self.one(hash, key, record, buf);
         }
+        self.core.flush_sides(None);
     }
 
     #[inline]
@@ -592,6 +619,7 @@ where
             let key = (self.key)(&record);
             self.one(hash, key, record, buf);
         }
+        self.core.flush_sides(None);
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Output<'_, P::Out>) {
@@ -601,12 +629,29 @@ where
                 f.on_timer(at, st, ctx)
             });
         out.watermark(watermark);
+        self.core.flush_sides(Some(Event::Watermark(watermark)));
     }
 
     fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, P::Out>) {
         let f = &mut self.f;
         self.core
             .advance_time(now_ns, out.buffer(), |at, st, ctx| f.on_timer(at, st, ctx));
+        self.core.flush_sides(None);
+    }
+
+    fn on_idle(&mut self, idle: bool, out: &mut Output<'_, P::Out>) {
+        out.event(Event::Idle(idle));
+        self.core.flush_sides(Some(Event::Idle(idle)));
+    }
+
+    fn on_barrier(&mut self, barrier: Barrier, out: &mut Output<'_, P::Out>) {
+        out.event(Event::Barrier(barrier));
+        self.core.flush_sides(Some(Event::Barrier(barrier)));
+    }
+
+    fn on_end_of_input(&mut self, _out: &mut Output<'_, P::Out>) {
+        // Side outputs are streams of their own: they end here too.
+        self.core.flush_sides(Some(Event::EndOfInput));
     }
 }
 
@@ -748,6 +793,12 @@ where
             core: KeyedCore::new(),
         }
     }
+
+    /// Sends what the function passes to `ctx.output` to these side outputs.
+    pub fn with_side_outputs(mut self, sides: SideOutputs) -> Self {
+        self.core.sides = sides;
+        self
+    }
 }
 
 /// The hash of each record's key: the exchange's, when it carried them.
@@ -789,6 +840,7 @@ where
                 .with_key(hash, key, buf, |st, ctx| f.process_element1(r, st, ctx));
         }
         hashes.clear();
+        self.core.flush_sides(None);
     }
 
     fn process2(
@@ -809,6 +861,7 @@ where
                 .with_key(hash, key, buf, |st, ctx| f.process_element2(r, st, ctx));
         }
         hashes.clear();
+        self.core.flush_sides(None);
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Output<'_, P::Out>) {
@@ -818,11 +871,28 @@ where
                 f.on_timer(at, st, ctx)
             });
         out.watermark(watermark);
+        self.core.flush_sides(Some(Event::Watermark(watermark)));
     }
 
     fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, P::Out>) {
         let f = &mut self.f;
         self.core
             .advance_time(now_ns, out.buffer(), |at, st, ctx| f.on_timer(at, st, ctx));
+        self.core.flush_sides(None);
+    }
+
+    fn on_idle(&mut self, idle: bool, out: &mut Output<'_, P::Out>) {
+        out.event(Event::Idle(idle));
+        self.core.flush_sides(Some(Event::Idle(idle)));
+    }
+
+    fn on_barrier(&mut self, barrier: Barrier, out: &mut Output<'_, P::Out>) {
+        out.event(Event::Barrier(barrier));
+        self.core.flush_sides(Some(Event::Barrier(barrier)));
+    }
+
+    fn on_end_of_input(&mut self, _out: &mut Output<'_, P::Out>) {
+        // Side outputs are streams of their own: they end here too.
+        self.core.flush_sides(Some(Event::EndOfInput));
     }
 }

@@ -29,6 +29,7 @@
 
 pub mod join;
 pub mod keyed;
+pub mod process;
 pub mod side;
 pub mod sink;
 pub mod source;
