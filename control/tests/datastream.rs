@@ -2,7 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use spate::api::{
-    OutputTag, ProcessContext, ProcessFunction, RuntimeMode, StreamExecutionEnvironment,
+    BroadcastContext, BroadcastProcessFunction, KeyedBroadcastProcessFunction, OutputTag,
+    ProcessContext, ProcessFunction, RuntimeMode, StreamExecutionEnvironment,
 };
 use spate::config::Config;
 use spate::graph::{GraphError, JobGraph};
@@ -1027,6 +1028,124 @@ fn one_tag_read_with_two_types_is_an_error_when_the_job_is_built() {
         .discard();
     let err = JobGraph::build(env.stream_graph(), None, 1, true).unwrap_err();
     assert!(matches!(err, GraphError::Declaration(_)), "{err}");
+}
+
+/// Main records wait in keyed state until a broadcast rule admits their key; then
+/// they go out, and later ones of that key pass at once.
+#[derive(Clone)]
+struct Admit;
+
+impl KeyedBroadcastProcessFunction for Admit {
+    type Key = u64;
+    type In = u64;
+    type Broadcast = u64;
+    type Out = u64;
+    type State = Vec<u64>;
+    type BroadcastState = std::collections::BTreeSet<u64>;
+    fn process_element(
+        &mut self,
+        v: u64,
+        waiting: &mut Vec<u64>,
+        admitted: &Self::BroadcastState,
+        ctx: &mut Context<'_, u64, u64>,
+    ) {
+        if admitted.contains(ctx.current_key()) {
+            ctx.collect(v);
+        } else {
+            waiting.push(v);
+        }
+    }
+    fn process_broadcast_element(
+        &mut self,
+        key: u64,
+        admitted: &mut Self::BroadcastState,
+        ctx: &mut BroadcastContext<'_, u64, Vec<u64>, u64>,
+    ) {
+        admitted.insert(key);
+        let mut out = Vec::new();
+        ctx.apply_to_keyed_state(|k, waiting| {
+            if *k == key {
+                out.append(waiting);
+            }
+        });
+        for v in out {
+            ctx.collect(v);
+        }
+    }
+}
+
+/// The same without keys: the function holds what waits.
+#[derive(Clone)]
+struct AdmitAll {
+    waiting: Vec<u64>,
+}
+
+impl BroadcastProcessFunction for AdmitAll {
+    type In = u64;
+    type Broadcast = u64;
+    type Out = u64;
+    type State = std::collections::BTreeSet<u64>;
+    fn process_element(
+        &mut self,
+        v: u64,
+        admitted: &Self::State,
+        ctx: &mut ProcessContext<'_, u64>,
+    ) {
+        if admitted.contains(&(v % 10)) {
+            ctx.collect(v);
+        } else {
+            self.waiting.push(v);
+        }
+    }
+    fn process_broadcast_element(
+        &mut self,
+        key: u64,
+        admitted: &mut Self::State,
+        ctx: &mut ProcessContext<'_, u64>,
+    ) {
+        admitted.insert(key);
+        let (now, later): (Vec<u64>, Vec<u64>) = self
+            .waiting
+            .drain(..)
+            .partition(|v| admitted.contains(&(v % 10)));
+        self.waiting = later;
+        for v in now {
+            ctx.collect(v);
+        }
+    }
+}
+
+/// Broadcast state: every subtask of the operator (two slots) sees every broadcast
+/// record, so each admits exactly the main records of the admitted keys, once, in
+/// whichever order the two inputs arrive — keyed and not.
+#[test]
+fn broadcast_state_reaches_every_subtask() {
+    let want: Vec<u64> = (0..2_000u64)
+        .filter(|v| [1, 4, 7].contains(&(v % 10)))
+        .collect();
+    for keyed in [true, false] {
+        let env = StreamExecutionEnvironment::new("broadcast");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let rules = env.from_collection(vec![1u64, 4, 7]).set_parallelism(1);
+        let main = env.from_collection((0..2_000u64).collect());
+        let admitted = if keyed {
+            main.key_by(|v: &u64| v % 10)
+                .connect_broadcast(&rules)
+                .process(Admit)
+        } else {
+            main.rebalance()
+                .connect_broadcast(&rules)
+                .process(AdmitAll {
+                    waiting: Vec::new(),
+                })
+        };
+        admitted.collect(out.clone());
+        let r = run(&env, Some(2), 2);
+        assert_eq!(r.status, JobStatus::Finished);
+        let mut got = out.lock().unwrap().clone();
+        got.sort_unstable();
+        assert_eq!(got, want, "keyed: {keyed}");
+    }
 }
 
 #[test]

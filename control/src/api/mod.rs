@@ -11,6 +11,10 @@
 
 use crate::graph::{AnyBox, Build, Chaining, Edge, EdgePartition, Node, StreamGraph, TypeOps};
 use spate_dataplane::exchange::KeyHashFn;
+pub use spate_dataplane::operator::broadcast::{
+    BroadcastContext, BroadcastProcessFunction, KeyedBroadcastProcessFunction,
+};
+use spate_dataplane::operator::broadcast::{BroadcastProcess, KeyedBroadcastProcess};
 use spate_dataplane::operator::join::IntervalJoin;
 use spate_dataplane::operator::keyed::TimeDomain;
 use spate_dataplane::operator::keyed::{
@@ -503,6 +507,19 @@ impl<T: Data> DataStream<T> {
         }
     }
 
+    /// This stream with `rules` broadcast to every subtask of a two-input operator
+    /// (Flink's `connect(stream.broadcast(descriptor))`): continue with
+    /// `.process(BroadcastProcessFunction)`, whose broadcast state every subtask keeps
+    /// alike.
+    pub fn connect_broadcast<B: Data>(
+        &self,
+        rules: &DataStream<B>,
+    ) -> BroadcastConnectedStreams<T, B> {
+        BroadcastConnectedStreams {
+            connected: self.connect(rules),
+        }
+    }
+
     /// This stream and `others`, merged.
     pub fn union(&self, others: &[DataStream<T>]) -> DataStream<T> {
         let mut n = StreamExecutionEnvironment::node("Union", Build::Union);
@@ -706,6 +723,21 @@ where
                 hash: other.hash.clone(),
                 _k: PhantomData,
             },
+        }
+    }
+
+    /// This keyed stream with `rules` broadcast to every subtask (Flink's
+    /// `keyBy(..).connect(stream.broadcast(descriptor))`): continue with
+    /// `.process(KeyedBroadcastProcessFunction)`.
+    pub fn connect_broadcast<B: Data>(
+        &self,
+        rules: &DataStream<B>,
+    ) -> KeyedBroadcastConnectedStreams<T, B, K, F> {
+        KeyedBroadcastConnectedStreams {
+            connected: self.stream.connect(rules),
+            key: self.key.clone(),
+            hash: self.hash.clone(),
+            _k: PhantomData,
         }
     }
 
@@ -1275,4 +1307,65 @@ impl<A: 'static, B: 'static, O: 'static> CoProcessFunction for NoJoin<A, B, O> {
     type Out = O;
     fn process_element1(&mut self, _: A, _: &mut Vec<O>) {}
     fn process_element2(&mut self, _: B, _: &mut Vec<O>) {}
+}
+
+/// A stream connected with a broadcast stream.
+pub struct BroadcastConnectedStreams<A, B> {
+    connected: ConnectedStreams<A, B>,
+}
+
+impl<A: Data, B: Data> BroadcastConnectedStreams<A, B> {
+    /// Runs a `BroadcastProcessFunction`: main-stream records read the broadcast
+    /// state, broadcast records update it.
+    pub fn process<P>(&self, f: P) -> DataStream<P::Out>
+    where
+        P: BroadcastProcessFunction<In = A, Broadcast = B>,
+        P::Out: Data,
+    {
+        let main = self.connected.first.partition.clone();
+        self.connected
+            .two_input(
+                "Broadcast Process",
+                Some((main, EdgePartition::Broadcast)),
+                move || {
+                    let sides = crate::graph::take_side_outputs()?;
+                    Ok(BroadcastProcess::new(f.clone()).with_side_outputs(sides))
+                },
+            )
+            .edit(|n| n.open_side_outputs = true)
+    }
+}
+
+/// A keyed stream connected with a broadcast stream.
+pub struct KeyedBroadcastConnectedStreams<A, B, K, F> {
+    connected: ConnectedStreams<A, B>,
+    key: F,
+    hash: EdgePartition,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<A: Data, B: Data, K: Key, F> KeyedBroadcastConnectedStreams<A, B, K, F>
+where
+    F: Fn(&A) -> K + Clone + Send + Sync + 'static,
+{
+    /// Runs a `KeyedBroadcastProcessFunction`: main-stream records with their key's
+    /// state and timers read the broadcast state; broadcast records update it and may
+    /// visit every key's state.
+    pub fn process<P>(&self, f: P) -> DataStream<P::Out>
+    where
+        P: KeyedBroadcastProcessFunction<Key = K, In = A, Broadcast = B>,
+        P::Out: Data,
+    {
+        let key = self.key.clone();
+        self.connected
+            .two_input(
+                "Keyed Broadcast Process",
+                Some((self.hash.clone(), EdgePartition::Broadcast)),
+                move || {
+                    let sides = crate::graph::take_side_outputs()?;
+                    Ok(KeyedBroadcastProcess::new(f.clone(), key.clone()).with_side_outputs(sides))
+                },
+            )
+            .edit(|n| n.open_side_outputs = true)
+    }
 }

@@ -422,17 +422,17 @@ pub trait KeyedProcessFunction: Clone + Send + Sync + 'static {
 
 /// What keyed process operators share: per-key state, timers in both domains, and the
 /// operator's clocks.
-struct KeyedCore<K, S> {
-    states: KeyedStates<K, S>,
-    processing: Timers<K>,
-    event: Timers<K>,
-    now_ns: u64,
-    watermark: u64,
-    sides: SideOutputs,
+pub(crate) struct KeyedCore<K, S> {
+    pub(crate) states: KeyedStates<K, S>,
+    pub(crate) processing: Timers<K>,
+    pub(crate) event: Timers<K>,
+    pub(crate) now_ns: u64,
+    pub(crate) watermark: u64,
+    pub(crate) sides: SideOutputs,
 }
 
 impl<K: Key, S: Default> KeyedCore<K, S> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             states: KeyedStates::default(),
             processing: Timers::default(),
@@ -444,7 +444,7 @@ impl<K: Key, S: Default> KeyedCore<K, S> {
     }
 
     /// Side-output records go out (after a batch), then `event` if any, on each.
-    fn flush_sides(&mut self, event: Option<Event>) {
+    pub(crate) fn flush_sides(&mut self, event: Option<Event>) {
         match event {
             Some(e) => self.sides.event(e),
             None => self.sides.flush(),
@@ -453,7 +453,7 @@ impl<K: Key, S: Default> KeyedCore<K, S> {
 
     /// Calls `f` with `key`'s state and a context for it.
     #[inline(always)]
-    fn with_key<O>(
+    pub(crate) fn with_key<O>(
         &mut self,
         hash: u64,
         key: K,
@@ -479,7 +479,7 @@ impl<K: Key, S: Default> KeyedCore<K, S> {
     /// there may be no later watermark, e.g. after the end of time); in processing time
     /// they wait for the next tick, so a function that re-arms its timer cannot hold the
     /// slot.
-    fn fire<O>(
+    pub(crate) fn fire<O>(
         &mut self,
         domain: TimeDomain,
         time: u64,
@@ -512,7 +512,7 @@ impl<K: Key, S: Default> KeyedCore<K, S> {
     }
 
     /// The watermark advanced: event-time timers fire (before it goes on).
-    fn advance_watermark<O>(
+    pub(crate) fn advance_watermark<O>(
         &mut self,
         watermark: u64,
         out: &mut Vec<O>,
@@ -525,7 +525,7 @@ impl<K: Key, S: Default> KeyedCore<K, S> {
     }
 
     /// Processing time advanced: due processing-time timers fire.
-    fn advance_time<O>(
+    pub(crate) fn advance_time<O>(
         &mut self,
         now_ns: u64,
         out: &mut Vec<O>,

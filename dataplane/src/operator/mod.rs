@@ -27,6 +27,7 @@
 //! ([`Emit::push_keyed`]), so a keyed operator after a key exchange looks its state up
 //! with the hash the exchange computed instead of hashing again.
 
+pub mod broadcast;
 pub mod join;
 pub mod keyed;
 pub mod process;

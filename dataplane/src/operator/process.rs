@@ -13,7 +13,20 @@ pub struct ProcessContext<'a, O> {
     sides: &'a mut SideOutputs,
 }
 
-impl<O> ProcessContext<'_, O> {
+impl<'a, O> ProcessContext<'a, O> {
+    pub(crate) fn new(
+        now_ns: u64,
+        watermark: u64,
+        out: &'a mut Vec<O>,
+        sides: &'a mut SideOutputs,
+    ) -> Self {
+        Self {
+            now_ns,
+            watermark,
+            out,
+            sides,
+        }
+    }
     /// Emits a record.
     #[inline(always)]
     pub fn collect(&mut self, record: O) {
