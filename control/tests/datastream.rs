@@ -1148,6 +1148,86 @@ fn broadcast_state_reaches_every_subtask() {
     }
 }
 
+/// Window joins pair exactly the records of equal keys in one window, and co-groups
+/// see each key's records of both streams per window (one side possibly empty), under
+/// disorder within the watermark bound, at parallelism 1 and 2.
+#[test]
+fn window_joins_and_co_groups_equal_a_plain_computation() {
+    let size = 400u64;
+    let a = disordered(3, 1_500, 100);
+    let b: Vec<(u32, u64, u64)> = disordered(9, 700, 100)
+        .into_iter()
+        .map(|(k, t, v)| (k, t, v + 10_000))
+        .collect();
+    let mut pairs = Vec::new();
+    for x in &a {
+        for y in &b {
+            if x.0 == y.0 && x.1 / size == y.1 / size {
+                pairs.push((x.2, y.2));
+            }
+        }
+    }
+    pairs.sort_unstable();
+    let mut groups: std::collections::BTreeMap<(u32, u64), (usize, usize)> = Default::default();
+    for x in &a {
+        groups.entry((x.0, x.1 / size * size)).or_default().0 += 1;
+    }
+    for y in &b {
+        groups.entry((y.0, y.1 / size * size)).or_default().1 += 1;
+    }
+    let groups: Vec<(u32, u64, usize, usize)> = groups
+        .into_iter()
+        .map(|((k, w), (x, y))| (k, w, x, y))
+        .collect();
+    for p in [1usize, 2] {
+        let env = StreamExecutionEnvironment::new("joins");
+        let strategy = || {
+            WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_nanos(100))
+                .with_timestamp_assigner(|r: &(u32, u64, u64)| r.1)
+        };
+        let sa = env
+            .from_collection(a.clone())
+            .assign_timestamps_and_watermarks(strategy());
+        let sb = env
+            .from_collection(b.clone())
+            .assign_timestamps_and_watermarks(strategy());
+        let window = WindowAssigner::tumbling_event_time(Duration::from_nanos(size)).unwrap();
+        let (joined, grouped) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        sa.join(&sb)
+            .where_(|r: &(u32, u64, u64)| r.0)
+            .equal_to(|r: &(u32, u64, u64)| r.0)
+            .window(window)
+            .apply(|x: &(u32, u64, u64), y: &(u32, u64, u64)| (x.2, y.2))
+            .collect(joined.clone());
+        sa.co_group(&sb)
+            .where_(|r: &(u32, u64, u64)| r.0)
+            .equal_to(|r: &(u32, u64, u64)| r.0)
+            .window(window)
+            .apply_co_group(
+                |k: &u32,
+                 w: &Window,
+                 xs: &[(u32, u64, u64)],
+                 ys: &[(u32, u64, u64)],
+                 out: &mut Vec<(u32, u64, usize, usize)>| {
+                    out.push((*k, w.start, xs.len(), ys.len()))
+                },
+            )
+            .collect(grouped.clone());
+        let r = run(&env, Some(p), 2);
+        assert_eq!(r.status, JobStatus::Finished);
+        let mut got = joined.lock().unwrap().clone();
+        got.sort_unstable();
+        assert_eq!(got.len(), pairs.len(), "p={p}");
+        assert_eq!(got, pairs, "p={p}");
+        let mut got = grouped.lock().unwrap().clone();
+        got.sort_unstable();
+        assert_eq!(got, groups, "p={p}");
+    }
+}
+
 #[test]
 fn a_side_output_no_operator_declares_is_an_error_when_the_job_is_built() {
     let env = StreamExecutionEnvironment::new("no side output");

@@ -220,6 +220,44 @@ impl<T: Wire> Wire for Option<T> {
     }
 }
 
+/// A record of one of two types: how two streams of different types travel as one
+/// (window joins and co-groups union their inputs so; Flink's `TaggedUnion`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Either<A, B> {
+    /// A record of the first stream.
+    Left(A),
+    /// A record of the second stream.
+    Right(B),
+}
+
+impl<A: Wire, B: Wire> Wire for Either<A, B> {
+    fn encoded_len(&self) -> usize {
+        1 + match self {
+            Either::Left(a) => a.encoded_len(),
+            Either::Right(b) => b.encoded_len(),
+        }
+    }
+    fn encode(&self, buf: &mut [u8]) {
+        match self {
+            Either::Left(a) => {
+                buf[0] = 0;
+                a.encode(&mut buf[1..]);
+            }
+            Either::Right(b) => {
+                buf[0] = 1;
+                b.encode(&mut buf[1..]);
+            }
+        }
+    }
+    fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        match buf.split_first() {
+            Some((0, rest)) => Ok(Either::Left(A::decode(rest)?)),
+            Some((1, rest)) => Ok(Either::Right(B::decode(rest)?)),
+            _ => Err(DecodeError::new::<Self>(buf.len(), "bad either tag")),
+        }
+    }
+}
+
 fn put_prefixed<'a, T: Wire>(buf: &'a mut [u8], x: &T) -> &'a mut [u8] {
     let n = x.encoded_len();
     let (len, rest) = buf.split_at_mut(4);
@@ -302,6 +340,8 @@ mod tests {
         round((String::from("word"), 3u64));
         round((1u8, String::from("x"), Some(9u32)));
         round(Option::<u64>::None);
+        round(Either::<u64, String>::Left(5));
+        round(Either::<u64, String>::Right(String::from("r")));
     }
 
     #[test]
@@ -312,6 +352,8 @@ mod tests {
         assert!(<(String, u64)>::decode(&[200, 0, 0, 0, 1]).is_err());
         assert!(<(String, u64)>::decode(&[1, 0]).is_err());
         assert!(Vec::<u32>::decode(&[4, 0, 0, 0, 1, 2]).is_err());
+        assert!(Either::<u8, u8>::decode(&[2, 1]).is_err());
+        assert!(Either::<u8, u8>::decode(&[]).is_err());
         let mut ok = to_vec(&(String::from("a"), 1u64));
         ok.push(0);
         assert!(<(String, u64)>::decode(&ok).is_err());

@@ -34,7 +34,7 @@ use spate_dataplane::operator::{
     key_hash, BoxEmit, Chained, Chained2, CoProcess, CoProcessFunction, Collector, Emit, Emit2,
     Filter, FlatMap, Map, Operator, SubtaskInfo, TwoInputOperator,
 };
-use spate_dataplane::record::{Data, Key};
+use spate_dataplane::record::{Data, Either, Key};
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::rc::Rc;
@@ -1367,5 +1367,272 @@ where
                 },
             )
             .edit(|n| n.open_side_outputs = true)
+    }
+}
+
+thread_local! {
+    /// Scratch for reading one record's timestamp through a batch timestamp function.
+    static ONE_TS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The timestamps of a union of two streams' records, from each stream's own.
+fn either_timestamps<A: 'static, B: 'static>(
+    ta: TimestampsFn<A>,
+    tb: TimestampsFn<B>,
+) -> TimestampsFn<Either<A, B>> {
+    Arc::new(move |batch: &[Either<A, B>], out: &mut Vec<u64>| {
+        out.clear();
+        ONE_TS.with(|one| {
+            let mut one = one.borrow_mut();
+            for r in batch {
+                match r {
+                    Either::Left(a) => ta(std::slice::from_ref(a), &mut one),
+                    Either::Right(b) => tb(std::slice::from_ref(b), &mut one),
+                }
+                out.push(one.first().copied().unwrap_or(0));
+            }
+        });
+    })
+}
+
+/// Gathers a window's records of both inputs of a join or co-group.
+struct CoGroupAcc<A, B>(PhantomData<fn(A, B)>);
+
+impl<A, B> Clone for CoGroupAcc<A, B> {
+    fn clone(&self) -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<A: Clone + Send + Sync + 'static, B: Clone + Send + Sync + 'static> AggregateFunction
+    for CoGroupAcc<A, B>
+{
+    type In = Either<A, B>;
+    type Acc = (Vec<A>, Vec<B>);
+    type Out = (Vec<A>, Vec<B>);
+    fn create_accumulator(&self) -> Self::Acc {
+        (Vec::new(), Vec::new())
+    }
+    fn add(&self, value: &Either<A, B>, acc: &mut Self::Acc) {
+        match value {
+            Either::Left(a) => acc.0.push(a.clone()),
+            Either::Right(b) => acc.1.push(b.clone()),
+        }
+    }
+    fn get_result(&self, acc: &Self::Acc) -> Self::Out {
+        acc.clone()
+    }
+    fn merge(&self, mut a: Self::Acc, mut b: Self::Acc) -> Self::Acc {
+        a.0.append(&mut b.0);
+        a.1.append(&mut b.1);
+        a
+    }
+}
+
+/// Two streams about to be joined in windows (Flink's `join`) or co-grouped
+/// (`coGroup`): continue with `.where_(key1).equal_to(key2).window(assigner)`.
+pub struct TwoStreams<A, B> {
+    first: DataStream<A>,
+    second: DataStream<B>,
+    cogroup: bool,
+}
+
+impl<A: Data> DataStream<A> {
+    /// Joins this stream with `other` in windows (Flink's `join`): records of both with
+    /// equal keys in the same window are paired.
+    pub fn join<B: Data>(&self, other: &DataStream<B>) -> TwoStreams<A, B> {
+        TwoStreams {
+            first: self.clone(),
+            second: other.clone(),
+            cogroup: false,
+        }
+    }
+
+    /// Co-groups this stream with `other` in windows (Flink's `coGroup`): a key's
+    /// records of both in a window reach one call.
+    pub fn co_group<B: Data>(&self, other: &DataStream<B>) -> TwoStreams<A, B> {
+        TwoStreams {
+            first: self.clone(),
+            second: other.clone(),
+            cogroup: true,
+        }
+    }
+}
+
+impl<A: Data, B: Data> TwoStreams<A, B> {
+    /// The first stream's key.
+    pub fn where_<K: Key, F1>(&self, key1: F1) -> TwoStreamsWhere<A, B, K, F1>
+    where
+        F1: Fn(&A) -> K + Clone + Send + Sync + 'static,
+    {
+        TwoStreamsWhere {
+            first: self.first.clone(),
+            second: self.second.clone(),
+            cogroup: self.cogroup,
+            key1,
+            _k: PhantomData,
+        }
+    }
+}
+
+/// A join or co-group with its first key.
+pub struct TwoStreamsWhere<A, B, K, F1> {
+    first: DataStream<A>,
+    second: DataStream<B>,
+    cogroup: bool,
+    key1: F1,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<A: Data, B: Data, K: Key, F1> TwoStreamsWhere<A, B, K, F1>
+where
+    F1: Fn(&A) -> K + Clone + Send + Sync + 'static,
+{
+    /// The second stream's key (of the same type).
+    pub fn equal_to<F2>(&self, key2: F2) -> TwoStreamsKeyed<A, B, K, F1, F2>
+    where
+        F2: Fn(&B) -> K + Clone + Send + Sync + 'static,
+    {
+        TwoStreamsKeyed {
+            first: self.first.clone(),
+            second: self.second.clone(),
+            cogroup: self.cogroup,
+            key1: self.key1.clone(),
+            key2,
+            _k: PhantomData,
+        }
+    }
+}
+
+/// A join or co-group with both keys.
+pub struct TwoStreamsKeyed<A, B, K, F1, F2> {
+    first: DataStream<A>,
+    second: DataStream<B>,
+    cogroup: bool,
+    key1: F1,
+    key2: F2,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<A, B, K, F1, F2> TwoStreamsKeyed<A, B, K, F1, F2>
+where
+    A: Data + Sync,
+    B: Data + Sync,
+    K: Key,
+    F1: Fn(&A) -> K + Clone + Send + Sync + 'static,
+    F2: Fn(&B) -> K + Clone + Send + Sync + 'static,
+{
+    /// The windows both streams are cut into.
+    pub fn window(&self, assigner: WindowAssigner) -> JoinWindows<A, B, K, F1, F2> {
+        JoinWindows {
+            first: self.first.clone(),
+            second: self.second.clone(),
+            cogroup: self.cogroup,
+            key1: self.key1.clone(),
+            key2: self.key2.clone(),
+            assigner,
+            trigger: Trigger::default(),
+            lateness_ns: 0,
+            _k: PhantomData,
+        }
+    }
+}
+
+/// A join or co-group in windows: finish with `apply`.
+pub struct JoinWindows<A, B, K, F1, F2> {
+    first: DataStream<A>,
+    second: DataStream<B>,
+    cogroup: bool,
+    key1: F1,
+    key2: F2,
+    assigner: WindowAssigner,
+    trigger: Trigger,
+    lateness_ns: u64,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<A, B, K, F1, F2> JoinWindows<A, B, K, F1, F2>
+where
+    A: Data + Sync,
+    B: Data + Sync,
+    K: Key,
+    F1: Fn(&A) -> K + Clone + Send + Sync + 'static,
+    F2: Fn(&B) -> K + Clone + Send + Sync + 'static,
+{
+    /// Fires the windows as `trigger` says.
+    pub fn trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
+    }
+
+    /// Keeps windows open `lateness` past their end.
+    pub fn allowed_lateness(mut self, lateness: std::time::Duration) -> Self {
+        self.lateness_ns = u64::try_from(lateness.as_nanos()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Both streams as one keyed, windowed stream of `Either`, as Flink builds joins.
+    #[allow(clippy::type_complexity)] // The key selector is a closure: it has no name.
+    fn windowed(
+        &self,
+    ) -> WindowedStream<Either<A, B>, K, impl Fn(&Either<A, B>) -> K + Clone + Send + Sync + 'static>
+    {
+        let name = if self.cogroup { "CoGroup" } else { "Join" };
+        let left = self
+            .first
+            .map(Either::<A, B>::Left)
+            .name(&format!("{name} Left"));
+        let right = self
+            .second
+            .map(Either::<A, B>::Right)
+            .name(&format!("{name} Right"));
+        let mut both = left.union(&[right]);
+        both.timestamps = match (&self.first.timestamps, &self.second.timestamps) {
+            (Some(ta), Some(tb)) => Some(either_timestamps(ta.clone(), tb.clone())),
+            _ => None,
+        };
+        let (k1, k2) = (self.key1.clone(), self.key2.clone());
+        let mut w = both
+            .key_by(move |e: &Either<A, B>| match e {
+                Either::Left(a) => k1(a),
+                Either::Right(b) => k2(b),
+            })
+            .window(self.assigner)
+            .trigger(self.trigger);
+        w.lateness_ns = self.lateness_ns;
+        w
+    }
+
+    /// Co-group: `f(key, window, firsts, seconds, out)` once per key and window with
+    /// records (Flink's `CoGroupFunction`; one side may be empty).
+    pub fn apply_co_group<O, P>(&self, f: P) -> DataStream<O>
+    where
+        O: Data,
+        P: Fn(&K, &Window, &[A], &[B], &mut Vec<O>) + Clone + Send + Sync + 'static,
+    {
+        self.windowed()
+            .window_node(
+                CoGroupAcc::<A, B>(PhantomData),
+                move |k: &K, w: &Window, (xs, ys): (Vec<A>, Vec<B>), out: &mut Vec<O>| {
+                    f(k, w, &xs, &ys, out)
+                },
+            )
+            .name(if self.cogroup { "CoGroup" } else { "Join" })
+    }
+
+    /// Join: `f(first, second)` for every pair of records with equal keys in one window
+    /// (Flink's `JoinFunction`), in each window that fires.
+    pub fn apply<O, P>(&self, f: P) -> DataStream<O>
+    where
+        O: Data,
+        P: Fn(&A, &B) -> O + Clone + Send + Sync + 'static,
+    {
+        self.apply_co_group(move |_, _, xs: &[A], ys: &[B], out: &mut Vec<O>| {
+            for x in xs {
+                for y in ys {
+                    out.push(f(x, y));
+                }
+            }
+        })
     }
 }
