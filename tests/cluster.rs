@@ -1149,3 +1149,180 @@ fn a_restart_without_slots_fails_after_the_slot_request_timeout() {
         "{ex}"
     );
 }
+
+/// (key, event time, value) in arrival order: event times advance by up to 40 ns a
+/// record and arrive up to 150 ns late (within the job's 200 ns watermark bound).
+fn disordered_records(seed: u64, n: usize) -> Vec<(u32, u64, u64)> {
+    let mut x = seed | 1;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut t = 1_000u64;
+    (0..n)
+        .map(|_| {
+            t += rnd() % 40;
+            let late = rnd() % 151;
+            ((rnd() % 7) as u32, t - late, rnd() % 1_000)
+        })
+        .collect()
+}
+
+type WindowRow = (u32, u64, u64, u64, u64);
+
+/// The windows of `kind` (as the example's `windows` job defines them), computed plainly.
+fn windows_reference(kind: &str, input: &[(u32, u64, u64)]) -> Vec<WindowRow> {
+    use std::collections::BTreeMap;
+    let mut out = Vec::new();
+    match kind {
+        "session" => {
+            let mut by_key: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+            for &(k, ts, v) in input {
+                by_key.entry(k).or_default().push((ts, v));
+            }
+            for (k, mut recs) in by_key {
+                recs.sort_unstable();
+                let mut cur: Option<(u64, u64, u64, u64)> = None;
+                for (ts, v) in recs {
+                    cur = match cur {
+                        Some((s, e, sum, n)) if ts <= e => {
+                            Some((s, e.max(ts + 60), sum + v, n + 1))
+                        }
+                        Some((s, e, sum, n)) => {
+                            out.push((k, s, e, sum, n));
+                            Some((ts, ts + 60, v, 1))
+                        }
+                        None => Some((ts, ts + 60, v, 1)),
+                    };
+                }
+                out.extend(cur.map(|(s, e, sum, n)| (k, s, e, sum, n)));
+            }
+        }
+        "tumbling-count" => {
+            // Per key and window, in arrival order: every third record fires and purges.
+            let mut open: BTreeMap<(u32, u64), Vec<u64>> = BTreeMap::new();
+            for &(k, ts, v) in input {
+                let start = ts - ts % 500;
+                let vs = open.entry((k, start)).or_default();
+                vs.push(v);
+                if vs.len() == 3 {
+                    out.push((k, start, start + 500, vs.iter().sum(), 3));
+                    vs.clear();
+                }
+            }
+        }
+        _ => {
+            let (size, slide) = if kind == "sliding" {
+                (1_000, 250)
+            } else {
+                (500, 500)
+            };
+            let mut m: BTreeMap<(u32, u64), (u64, u64)> = BTreeMap::new();
+            for &(k, ts, v) in input {
+                let mut start = (ts - ts % slide) as i64;
+                while start >= 0 && start as u64 + size > ts {
+                    let e = m.entry((k, start as u64)).or_default();
+                    e.0 += v;
+                    e.1 += 1;
+                    start -= slide as i64;
+                }
+            }
+            out.extend(
+                m.into_iter()
+                    .map(|((k, s), (sum, n))| (k, s, s + size, sum, n)),
+            );
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+fn read_rows(path: &std::path::Path) -> Vec<WindowRow> {
+    let mut rows = Vec::new();
+    for part in 0..2 {
+        let Ok(text) = std::fs::read_to_string(format!("{}.{part}", path.display())) else {
+            continue;
+        };
+        for line in text.lines() {
+            let f: Vec<u64> = line
+                .trim_matches(|c| c == '(' || c == ')')
+                .split(", ")
+                .map(|x| x.parse().unwrap())
+                .collect();
+            let [k, s, e, sum, n] = f[..] else {
+                panic!("{line}")
+            };
+            rows.push((k as u32, s, e, sum, n));
+        }
+    }
+    rows.sort_unstable();
+    rows
+}
+
+/// Event-time windows of every kind and function (and a trigger) across two
+/// TaskManagers, at parallelism 2, over random disorder: the results equal a plain
+/// computation, and no record is late.
+#[test]
+fn windows_across_two_taskmanagers_equal_a_plain_computation() {
+    let bin = example_binary();
+    assert!(bin.exists(), "{} (built by cargo test)", bin.display());
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spawn(&bin, "jobmanager", &ports, &[]);
+    let _tm1 = spawn(&bin, "taskmanager", &ports, &[]);
+    let _tm2 = spawn(&bin, "taskmanager", &ports, &[]);
+    wait_for("two TaskManagers", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(2)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let m = format!("127.0.0.1:{}", ports.rest);
+    for seed in [5u64, 17] {
+        let input = disordered_records(seed, 4_000);
+        let path = dir.path().join(format!("input-{seed}"));
+        let text: String = input
+            .iter()
+            .map(|(k, t, v)| format!("{k} {t} {v}\n"))
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        for kind in [
+            "tumbling",
+            "sliding",
+            "session",
+            "tumbling-process",
+            "tumbling-count",
+        ] {
+            let out = dir.path().join(format!("{kind}-{seed}"));
+            let o = cli_of(
+                &bin,
+                &[
+                    "run",
+                    "-m",
+                    &m,
+                    "-p",
+                    "2",
+                    "--output",
+                    out.to_str().unwrap(),
+                    "windows",
+                    kind,
+                    path.to_str().unwrap(),
+                ],
+            );
+            assert!(
+                o.status.success(),
+                "{kind}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(
+                read_rows(&out),
+                windows_reference(kind, &input),
+                "{kind}, seed {seed}"
+            );
+            let late = dir.path().join(format!("{kind}-{seed}-late"));
+            assert!(read_rows(&late).is_empty(), "{kind}: no record is late");
+        }
+    }
+}
