@@ -162,6 +162,7 @@ fn spec(a: &JobArgs) -> JobSpec {
         disorder: a.disorder.clone(),
         window: a.window.clone(),
         runtime_mode: None,
+        auto_watermark_interval_ns: None,
         config: Vec::new(),
     }
 }
@@ -171,10 +172,15 @@ fn prepare(a: &JobArgs) -> Result<(Config, JobGraph)> {
     let config = Config::load(&dir, &a.defines)?;
     let mut spec = spec(a);
     spec.runtime_mode = Some(config.runtime_mode);
+    spec.auto_watermark_interval_ns = Some(interval_ns(&config));
     let graph = spec
         .job_graph(config.default_parallelism, config.chaining)
         .map_err(|e| anyhow::anyhow!(e))?;
     Ok((config, graph))
+}
+
+fn interval_ns(config: &Config) -> u64 {
+    u64::try_from(config.auto_watermark_interval.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn us(ns: u64) -> String {

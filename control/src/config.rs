@@ -96,6 +96,10 @@ pub struct Config {
     /// `taskmanager.ring.peer-timeout` (spate): a task fails when the other side of one
     /// of its rings has not marked itself alive for this long (0: never).
     pub ring_peer_timeout: Duration,
+    /// `pipeline.auto-watermark-interval`: the longest a watermark waits to go out once
+    /// it advanced (spate sends it with the batch that advanced it, so any positive
+    /// value behaves alike); 0 turns watermark generation off, as in Flink.
+    pub auto_watermark_interval: Duration,
     /// `parallelism.default`
     pub default_parallelism: usize,
     /// `execution.runtime-mode`: STREAMING or BATCH.
@@ -179,6 +183,7 @@ impl Default for Config {
             idle: IdleStrategyKind::Backoff,
             ring_size: 1 << 20,
             ring_peer_timeout: Duration::from_secs(30),
+            auto_watermark_interval: Duration::from_millis(200),
             runtime_mode: crate::api::RuntimeMode::Streaming,
             ignored_keys: Vec::new(),
             default_parallelism: 1,
@@ -218,6 +223,7 @@ pub const KEYS: &[&str] = &[
     "taskmanager.ring.peer-timeout",
     "parallelism.default",
     "execution.runtime-mode",
+    "pipeline.auto-watermark-interval",
     "pipeline.operator-chaining.enabled",
     "restart-strategy.type",
     "restart-strategy.fixed-delay.attempts",
@@ -578,6 +584,7 @@ impl Config {
                     .ok_or_else(|| bad("a power of two of at least 4096 bytes, e.g. 1mb"))?
             }
             "taskmanager.ring.peer-timeout" => self.ring_peer_timeout = duration()?,
+            "pipeline.auto-watermark-interval" => self.auto_watermark_interval = duration()?,
             "parallelism.default" => self.default_parallelism = positive()?,
             "execution.runtime-mode" => {
                 self.runtime_mode = v.parse().map_err(|_| bad("STREAMING or BATCH"))?

@@ -498,6 +498,10 @@ pub struct JobSpec {
     /// STREAMING or BATCH (`execution.runtime-mode`; default: the configuration's).
     #[serde(default)]
     pub runtime_mode: Option<crate::api::RuntimeMode>,
+    /// `pipeline.auto-watermark-interval` in ns (0: no watermarks; default: the
+    /// configuration's).
+    #[serde(default)]
+    pub auto_watermark_interval_ns: Option<u64>,
     /// The job's own configuration (`key=value`, as `spate run -m ... -D key=value`):
     /// applied over the cluster's for this job alone (restart strategy, failover,
     /// parallelism, chaining, runtime mode).
@@ -528,6 +532,7 @@ impl JobSpec {
             disorder: None,
             window: None,
             runtime_mode: None,
+            auto_watermark_interval_ns: None,
             config: Vec::new(),
         }
     }
@@ -647,6 +652,9 @@ impl JobSpec {
         let env = StreamExecutionEnvironment::new(&self.job);
         if let Some(mode) = self.runtime_mode {
             env.set_runtime_mode(mode);
+        }
+        if let Some(ns) = self.auto_watermark_interval_ns {
+            env.set_auto_watermark_interval(std::time::Duration::from_nanos(ns));
         }
         // A job's builder is user code: its panic is this job's failure, never the
         // JobManager's or the TaskManager's.

@@ -186,6 +186,39 @@ fn transform_runs_an_operator_of_ones_own_with_its_hooks() {
     assert_eq!(*out.lock().unwrap(), [10, 20, 30, 40, 50, 1_000_001]);
 }
 
+/// `pipeline.auto-watermark-interval` 0 turns watermark generation off, as in Flink:
+/// only the end of input's watermark passes; with the default, watermarks follow the
+/// records.
+#[test]
+fn an_auto_watermark_interval_of_zero_turns_watermarks_off() {
+    for (interval, only_the_end) in [(Duration::ZERO, true), (Duration::from_millis(200), false)] {
+        let env = StreamExecutionEnvironment::new("no watermarks");
+        env.set_auto_watermark_interval(interval);
+        let out = Arc::new(Mutex::new(Vec::new()));
+        env.from_collection((1..=3_000u64).collect())
+            .assign_timestamps_and_watermarks(
+                WatermarkStrategy::for_monotonous_timestamps()
+                    .with_timestamp_assigner(|x: &u64| *x),
+            )
+            .transform(
+                "Count",
+                ScaleAndCount {
+                    factor: 1,
+                    watermarks: 0,
+                },
+            )
+            .collect(out.clone());
+        let r = run(&env, None, 1);
+        assert_eq!(r.status, JobStatus::Finished);
+        let seen = out.lock().unwrap().last().copied().unwrap() - 1_000_000;
+        if only_the_end {
+            assert_eq!(seen, 1, "{interval:?}");
+        } else {
+            assert!(seen > 1, "{interval:?}: {seen}");
+        }
+    }
+}
+
 /// (key, event time, value), in arrival order: event times advance by up to 40 ns a
 /// record and arrive up to `disorder` ns late.
 fn disordered(seed: u64, n: usize, disorder: u64) -> Vec<(u32, u64, u64)> {

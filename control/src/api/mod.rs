@@ -87,6 +87,8 @@ pub struct StreamExecutionEnvironment {
     graph: Rc<RefCell<StreamGraph>>,
     /// BATCH mode, as the operators built on slot threads see it.
     batch: Arc<std::sync::atomic::AtomicBool>,
+    /// Watermark generation turned off (an auto-watermark interval of 0).
+    no_watermarks: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StreamExecutionEnvironment {
@@ -98,7 +100,19 @@ impl StreamExecutionEnvironment {
                 ..StreamGraph::default()
             })),
             batch: Arc::default(),
+            no_watermarks: Arc::default(),
         }
+    }
+
+    /// Flink's `setAutoWatermarkInterval` (`pipeline.auto-watermark-interval`): the
+    /// longest a watermark waits to go out once it advanced. spate sends a watermark
+    /// with the batch that advanced it, well within any positive interval; 0 turns
+    /// watermark generation off (only the end of a bounded input moves event time).
+    pub fn set_auto_watermark_interval(&self, interval: std::time::Duration) -> &Self {
+        // Relaxed: as `batch` below.
+        self.no_watermarks
+            .store(interval.is_zero(), std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// Runs the job in STREAMING or BATCH mode (`env.setRuntimeMode`).
@@ -390,11 +404,12 @@ impl<T: Data> DataStream<T> {
         T: Sync,
     {
         let timestamps = strategy.timestamps_fn();
-        let batch = self.env.batch.clone();
+        let (batch, off) = (self.env.batch.clone(), self.env.no_watermarks.clone());
         let build = Build::Operator(Arc::new(move |_, d| {
-            // BATCH: no watermark until the end of input.
-            let streaming = !batch.load(std::sync::atomic::Ordering::Relaxed);
-            chained(strategy.generator(streaming), d)
+            // BATCH (or watermarks off): no watermark until the end of input.
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            let on = !batch.load(relaxed) && !off.load(relaxed);
+            chained(strategy.generator(on), d)
         }));
         let mut out = self.then("Timestamps/Watermarks", build, None);
         out.timestamps = Some(timestamps);

@@ -607,6 +607,9 @@ impl JobManager {
             .map_err(|e| (400, format!("the job's configuration: {e}")))?;
         // The job's mode travels with it, so that every TaskManager builds it alike.
         spec.runtime_mode.get_or_insert(jc.runtime_mode);
+        spec.auto_watermark_interval_ns.get_or_insert(
+            u64::try_from(jc.auto_watermark_interval.as_nanos()).unwrap_or(u64::MAX),
+        );
         let graph = spec
             .job_graph(jc.default_parallelism, jc.chaining)
             .map_err(|e| (400, e))?;
