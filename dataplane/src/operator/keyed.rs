@@ -162,6 +162,14 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
     /// with `S::default()` on the key's first record.
     #[inline(always)]
     pub fn get_or_insert(&mut self, hash: u64, key: K) -> (&K, &mut S) {
+        let (_, k, s) = self.get_or_insert_at(hash, key);
+        (k, s)
+    }
+
+    /// As [`Self::get_or_insert`], with the entry's index (entries keep their index
+    /// until one is removed; a new key's is the number of keys before it).
+    #[inline(always)]
+    pub fn get_or_insert_at(&mut self, hash: u64, key: K) -> (usize, &K, &mut S) {
         let hash = table_hash(hash);
         let entries = &mut self.entries;
         let found = self
@@ -182,7 +190,7 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
             }
         };
         let (k, s) = &mut self.entries[i];
-        (k, s)
+        (i, k, s)
     }
 
     /// Removes `key` (whose hash is `hash`) and its state; the last entry moves into

@@ -507,16 +507,12 @@ impl Trigger {
     }
 }
 
-/// A key's contents of one window: its accumulator (none before its first record and
-/// after a purge) and its trigger's state.
+/// A key's session: its accumulator (none after a purge) and its count since the last
+/// firing (count triggers).
 #[derive(Debug)]
 pub struct WindowSlot<Acc> {
     acc: Option<Acc>,
-    /// Records since the last firing (count triggers).
     count: u64,
-    /// The next firing of a continuous trigger (0: none registered yet; `u64::MAX`:
-    /// none left).
-    next_fire: u64,
 }
 
 impl<Acc> Default for WindowSlot<Acc> {
@@ -524,22 +520,37 @@ impl<Acc> Default for WindowSlot<Acc> {
         Self {
             acc: None,
             count: 0,
-            next_fire: 0,
         }
     }
 }
 
-/// One window's keys and their contents.
-type PaneTable<K, Acc> = KeyedStates<K, WindowSlot<Acc>>;
+/// One window's keys and their accumulators (none before a key's first record and
+/// after a purge).
+type PaneTable<K, Acc> = KeyedStates<K, Option<Acc>>;
 
 /// A tumbling or sliding window open in one subtask.
 struct Pane<K, Acc> {
     window: Window,
     table: PaneTable<K, Acc>,
+    /// Trigger state per key, by the key's entry index in `table` (both grow together;
+    /// a table's entries leave only all at once): a count trigger's records since the
+    /// last firing, or a continuous trigger's next firing (0: none yet; `u64::MAX`:
+    /// none left). Empty under the default triggers, which keep no state per key, so
+    /// that their entries stay as small as the accumulator.
+    trig: Vec<u64>,
     /// Whether the window's end fired it (it stays open through the allowed lateness).
     fired: bool,
     /// The earliest `next_fire` of its keys (continuous triggers).
     next_fire: u64,
+}
+
+/// The trigger state of the key at entry `i`.
+#[inline]
+fn trig_at(trig: &mut Vec<u64>, i: usize) -> &mut u64 {
+    if trig.len() <= i {
+        trig.resize(i + 1, 0);
+    }
+    &mut trig[i]
 }
 
 /// Results a firing window end hands downstream at a time.
@@ -568,6 +579,8 @@ pub struct WindowOperator<K, A: AggregateFunction, KS, WF, O> {
     assigner: WindowAssigner,
     trigger: Trigger,
     lateness_ns: u64,
+    /// Tumbling windows under a time trigger: records may take the fast path.
+    fast: bool,
     agg: A,
     key: KS,
     timestamps: Option<TimestampsFn<A::In>>,
@@ -608,14 +621,14 @@ fn fire_slot<K, A: AggregateFunction, O>(
     purging: bool,
     key: &K,
     w: &Window,
-    slot: &mut WindowSlot<A::Acc>,
+    acc: &mut Option<A::Acc>,
     out: &mut Vec<O>,
 ) {
-    if let Some(acc) = &slot.acc {
-        result(key, w, agg.get_result(acc), out);
+    if let Some(a) = acc {
+        result(key, w, agg.get_result(a), out);
         counts.fired += 1;
         if purging {
-            slot.acc = None;
+            *acc = None;
         }
     }
 }
@@ -641,6 +654,7 @@ where
             assigner,
             trigger: Trigger::default().resolve(&assigner),
             lateness_ns: 0,
+            fast: !assigner.is_merging() && assigner.slide_ns == assigner.size_ns,
             agg,
             key,
             timestamps,
@@ -665,6 +679,12 @@ where
     /// [`Trigger::check`] for what session windows take).
     pub fn with_trigger(mut self, trigger: Trigger) -> Self {
         self.trigger = trigger.resolve(&self.assigner);
+        self.fast = !self.assigner.is_merging()
+            && self.assigner.slide_ns == self.assigner.size_ns
+            && matches!(
+                self.trigger.kind,
+                TriggerKind::EventTime | TriggerKind::ProcessingTime
+            );
         self
     }
 
@@ -722,8 +742,26 @@ where
         }
     }
 
-    #[inline]
+    /// A record: tumbling windows under a time trigger try the pane of the record
+    /// before (a record almost always falls in the same window: no division, no scan);
+    /// anything else takes the general path.
+    #[inline(always)]
     fn add(&mut self, hash: u64, key: K, value: &A::In, ts: u64, out: &mut Vec<O>) {
+        if self.fast {
+            if let Some(p) = self.last_pane.and_then(|i| self.panes.get_mut(i)) {
+                if (p.window.start..p.window.end).contains(&ts) && !p.fired {
+                    let (_, acc) = p.table.get_or_insert(hash, key);
+                    let agg = &self.agg;
+                    agg.add(value, acc.get_or_insert_with(|| agg.create_accumulator()));
+                    return;
+                }
+            }
+        }
+        self.add_slow(hash, key, value, ts, out)
+    }
+
+    #[inline(never)]
+    fn add_slow(&mut self, hash: u64, key: K, value: &A::In, ts: u64, out: &mut Vec<O>) {
         if !self.assigner.is_merging() {
             return self.add_to_panes(hash, key, value, ts, out);
         }
@@ -802,7 +840,7 @@ where
                 trigger.purging,
                 key,
                 &merged,
-                &mut slot,
+                &mut slot.acc,
                 out,
             );
         }
@@ -818,33 +856,9 @@ where
     }
 
     /// A record of a tumbling or sliding window.
-    #[inline]
     fn add_to_panes(&mut self, hash: u64, key: K, value: &A::In, ts: u64, out: &mut Vec<O>) {
         let (wm, lateness) = (self.watermark, self.lateness_ns);
         let event_time = self.assigner.domain == TimeDomain::EventTime;
-        let simple = matches!(
-            self.trigger.kind,
-            TriggerKind::EventTime | TriggerKind::ProcessingTime
-        );
-        // Tumbling windows: a record almost always falls in the window of the one before
-        // it, so that window's pane is tried first (no division, no scan).
-        if let Some(i) = self.last_pane {
-            if let Some(p) = self.panes.get_mut(i) {
-                if simple
-                    && self.assigner.slide_ns == self.assigner.size_ns
-                    && (p.window.start..p.window.end).contains(&ts)
-                    && !(event_time && wm > 0 && p.window.max_timestamp() <= wm)
-                {
-                    let (_, slot) = p.table.get_or_insert(hash, key);
-                    let agg = &self.agg;
-                    agg.add(
-                        value,
-                        slot.acc.get_or_insert_with(|| agg.create_accumulator()),
-                    );
-                    return;
-                }
-            }
-        }
         let mut last = None;
         let mut assigned = 0;
         let (agg, panes, spare) = (&self.agg, &mut self.panes, &mut self.spare);
@@ -871,6 +885,7 @@ where
                         Pane {
                             window: w,
                             table: spare.pop().unwrap_or_default(),
+                            trig: Vec::new(),
                             // Opened within its allowed lateness: its end has passed,
                             // and the record fires it (below), not the next watermark.
                             fired: event_time && wm > 0 && w.max_timestamp() <= wm,
@@ -881,17 +896,18 @@ where
                 }
             };
             let pane = &mut panes[i];
-            let (key, slot) = pane.table.get_or_insert(hash, key.clone());
-            agg.add(
-                value,
-                slot.acc.get_or_insert_with(|| agg.create_accumulator()),
-            );
-            slot.count += 1;
+            let (at, key, acc) = pane.table.get_or_insert_at(hash, key.clone());
+            agg.add(value, acc.get_or_insert_with(|| agg.create_accumulator()));
             let max_ts = w.max_timestamp();
             let fire = match trigger.kind {
-                TriggerKind::Count(n) if slot.count >= n => {
-                    slot.count = 0;
-                    true
+                TriggerKind::Count(n) => {
+                    let c = trig_at(&mut pane.trig, at);
+                    *c += 1;
+                    let full = *c >= n;
+                    if full {
+                        *c = 0;
+                    }
+                    full
                 }
                 // Within the allowed lateness of a window that fired: again.
                 TriggerKind::EventTime | TriggerKind::ContinuousEventTime(_)
@@ -899,24 +915,23 @@ where
                 {
                     true
                 }
-                TriggerKind::ContinuousEventTime(iv) => {
-                    if slot.next_fire == 0 {
-                        slot.next_fire = (ts - ts % iv).saturating_add(iv).min(max_ts);
-                        pane.next_fire = pane.next_fire.min(slot.next_fire);
-                    }
-                    false
-                }
-                TriggerKind::ContinuousProcessingTime(iv) => {
-                    if slot.next_fire == 0 {
-                        slot.next_fire = (now - now % iv).saturating_add(iv).min(max_ts);
-                        pane.next_fire = pane.next_fire.min(slot.next_fire);
+                TriggerKind::ContinuousEventTime(iv)
+                | TriggerKind::ContinuousProcessingTime(iv) => {
+                    let t = match trigger.kind {
+                        TriggerKind::ContinuousEventTime(_) => ts,
+                        _ => now,
+                    };
+                    let next = trig_at(&mut pane.trig, at);
+                    if *next == 0 {
+                        *next = (t - t % iv).saturating_add(iv).min(max_ts);
+                        pane.next_fire = pane.next_fire.min(*next);
                     }
                     false
                 }
                 _ => false,
             };
             if fire {
-                fire_slot(agg, result, counts, trigger.purging, key, &w, slot, out);
+                fire_slot(agg, result, counts, trigger.purging, key, &w, acc, out);
             }
             last = Some(i);
         });
@@ -948,11 +963,9 @@ where
                 // Continuous: each key fires at its own times (the window's end the last).
                 Some((_, iv)) if iv > 0 && p.next_fire <= time && p.next_fire != u64::MAX => {
                     let mut next = u64::MAX;
-                    for (key, slot) in p.table.iter_mut() {
-                        while slot.next_fire > 0
-                            && slot.next_fire != u64::MAX
-                            && slot.next_fire <= time
-                        {
+                    for (i, (key, acc)) in p.table.iter_mut().enumerate() {
+                        let next_fire = trig_at(&mut p.trig, i);
+                        while *next_fire > 0 && *next_fire != u64::MAX && *next_fire <= time {
                             fire_slot(
                                 &self.agg,
                                 &mut self.result,
@@ -960,18 +973,18 @@ where
                                 purging,
                                 key,
                                 &w,
-                                slot,
+                                acc,
                                 out.buffer(),
                             );
-                            slot.next_fire = if slot.next_fire >= max_ts {
+                            *next_fire = if *next_fire >= max_ts {
                                 u64::MAX
                             } else {
-                                slot.next_fire.saturating_add(iv).min(max_ts)
+                                next_fire.saturating_add(iv).min(max_ts)
                             };
                         }
-                        if slot.next_fire > 0 {
+                        if *next_fire > 0 {
                             // (u64::MAX, none left, never comes due.)
-                            next = next.min(slot.next_fire);
+                            next = next.min(*next_fire);
                         }
                         if out.pending() >= FIRE_BATCH {
                             out.flush();
@@ -982,7 +995,7 @@ where
                 // The window's end.
                 Some((_, 0)) if !p.fired && max_ts <= time => {
                     p.fired = true;
-                    for (key, slot) in p.table.iter_mut() {
+                    for (key, acc) in p.table.iter_mut() {
                         fire_slot(
                             &self.agg,
                             &mut self.result,
@@ -990,7 +1003,7 @@ where
                             purging,
                             key,
                             &w,
-                            slot,
+                            acc,
                             out.buffer(),
                         );
                         // A window end fires every key at once: results leave in
@@ -1043,7 +1056,7 @@ where
                         self.trigger.purging,
                         key,
                         w,
-                        slot,
+                        &mut slot.acc,
                         out,
                     );
                 }
