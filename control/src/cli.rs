@@ -64,6 +64,10 @@ struct JobArgs {
     /// bars: window size (default 1 s).
     #[arg(long, value_name = "DURATION")]
     window: Option<String>,
+    /// Resume from a checkpoint or savepoint: a `chk-N` directory, its `_metadata`
+    /// file, or a job's checkpoint directory (its latest complete checkpoint).
+    #[arg(short = 's', long = "fromSavepoint", value_name = "PATH")]
+    from_savepoint: Option<PathBuf>,
     /// Built-in job: vwap | bars | wordcount FILE.
     job: String,
     /// The job's arguments.
@@ -173,9 +177,10 @@ fn prepare(a: &JobArgs) -> Result<(Config, JobGraph)> {
     let mut spec = spec(a);
     spec.runtime_mode = Some(config.runtime_mode);
     spec.auto_watermark_interval_ns = Some(interval_ns(&config));
-    let graph = spec
+    let mut graph = spec
         .job_graph(config.default_parallelism, config.chaining)
         .map_err(|e| anyhow::anyhow!(e))?;
+    graph.restore_from = a.from_savepoint.clone();
     Ok((config, graph))
 }
 
@@ -286,6 +291,33 @@ fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
             writeln!(out, "failure {}    {e}", i + 1)?;
         }
     }
+    let c = &result.checkpoints;
+    if let Some(id) = c.restored_id {
+        writeln!(out, "restored     from checkpoint {id}")?;
+    }
+    if c.triggered > 0 {
+        writeln!(
+            out,
+            "checkpoints  {} completed, {} failed, {} aborted",
+            c.completed, c.failed, c.aborted
+        )?;
+        if c.completed > 0 {
+            writeln!(
+                out,
+                "last checkpoint  #{}: {} ms, {} bytes, alignment {}, sync {}, {}",
+                c.last_id,
+                c.last_duration_ms,
+                c.last_size,
+                us(c.last_alignment_ns),
+                us(c.last_sync_ns),
+                if c.last_path.is_empty() {
+                    "in memory (set state.checkpoints.dir to keep it)"
+                } else {
+                    c.last_path.as_str()
+                }
+            )?;
+        }
+    }
     writeln!(out, "events       {events}")?;
     if let Some(b) = bars {
         writeln!(out, "bars         {b}")?;
@@ -330,6 +362,14 @@ fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
             "p999_ns": q(0.999),
             "p9999_ns": q(0.9999),
             "max_ns": if h.is_empty() { 0 } else { h.max() },
+            "checkpoints": {
+                "completed": c.completed,
+                "failed": c.failed,
+                "last_duration_ms": c.last_duration_ms,
+                "last_size": c.last_size,
+                "last_alignment_ns": c.last_alignment_ns,
+                "last_sync_ns": c.last_sync_ns,
+            },
         });
         std::fs::write(&path, serde_json::to_string_pretty(&v)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
@@ -428,6 +468,10 @@ pub fn main() {
         } => {
             if json.is_some() {
                 eprintln!("spate: error: --json applies to local runs; a cluster job's figures are on its REST API");
+                std::process::exit(2);
+            }
+            if job.from_savepoint.is_some() {
+                eprintln!("spate: error: -s/--fromSavepoint applies to local runs for now; cluster jobs do not take checkpoints yet");
                 std::process::exit(2);
             }
             // -D travels with the job, as with Flink's `run -D`: the JobManager applies

@@ -149,6 +149,50 @@ pub struct Config {
     /// `taskmanager.network.same-host` (spate): channels between TaskManagers on one
     /// host go through shared memory (`shm`) or through the network agents (`tcp`).
     pub same_host_tcp: bool,
+    /// `execution.checkpointing.*`, `state.checkpoints.*`: checkpoints.
+    pub checkpointing: CheckpointConfig,
+}
+
+/// Checkpointing, with Flink's keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointConfig {
+    /// `execution.checkpointing.interval` (`None`: checkpoints are off, Flink's default).
+    pub interval: Option<Duration>,
+    /// `execution.checkpointing.timeout`: a checkpoint not complete by then is aborted.
+    pub timeout: Duration,
+    /// `execution.checkpointing.min-pause`: the least time from the end of one
+    /// checkpoint to the start of the next.
+    pub min_pause: Duration,
+    /// `execution.checkpointing.max-concurrent-checkpoints`.
+    pub max_concurrent: usize,
+    /// `execution.checkpointing.tolerable-failed-checkpoints`: consecutive failed
+    /// checkpoints the job tolerates before it fails (`None`: any number, as Flink's
+    /// default).
+    pub tolerable_failures: Option<u32>,
+    /// `execution.checkpointing.mode`: exactly-once (aligned barriers) or at-least-once.
+    pub exactly_once: bool,
+    /// `execution.checkpointing.unaligned.enabled`: accepted; only `false` is supported.
+    pub unaligned: bool,
+    /// `state.checkpoints.dir`: where completed checkpoints are written.
+    pub dir: Option<std::path::PathBuf>,
+    /// `state.checkpoints.num-retained`: completed checkpoints kept per job.
+    pub num_retained: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            interval: None,
+            timeout: Duration::from_secs(600),
+            min_pause: Duration::ZERO,
+            max_concurrent: 1,
+            tolerable_failures: None,
+            exactly_once: true,
+            unaligned: false,
+            dir: None,
+            num_retained: 1,
+        }
+    }
 }
 
 /// The agent thread's core (`taskmanager.network.agent-core`).
@@ -206,6 +250,7 @@ impl Default for Config {
             agent_idle: IdleStrategyKind::Backoff,
             uring: spate_dataplane::net::UringOptions::default(),
             same_host_tcp: false,
+            checkpointing: CheckpointConfig::default(),
         }
     }
 }
@@ -249,6 +294,15 @@ pub const KEYS: &[&str] = &[
     "taskmanager.network.io-uring.sqpoll",
     "taskmanager.network.io-uring.multishot",
     "taskmanager.network.same-host",
+    "execution.checkpointing.interval",
+    "execution.checkpointing.timeout",
+    "execution.checkpointing.min-pause",
+    "execution.checkpointing.max-concurrent-checkpoints",
+    "execution.checkpointing.tolerable-failed-checkpoints",
+    "execution.checkpointing.mode",
+    "execution.checkpointing.unaligned.enabled",
+    "state.checkpoints.dir",
+    "state.checkpoints.num-retained",
 ];
 
 fn scalar(y: &Yaml) -> Option<String> {
@@ -585,6 +639,56 @@ impl Config {
             }
             "taskmanager.ring.peer-timeout" => self.ring_peer_timeout = duration()?,
             "pipeline.auto-watermark-interval" => self.auto_watermark_interval = duration()?,
+            "execution.checkpointing.interval" => {
+                let d = duration()?;
+                // Flink refuses intervals under 10 ms; 0 (or none) turns checkpoints off.
+                if !d.is_zero() && d < Duration::from_millis(10) {
+                    return Err(bad("a duration of at least 10 ms, or 0 for no checkpoints"));
+                }
+                self.checkpointing.interval = (!d.is_zero()).then_some(d);
+            }
+            "execution.checkpointing.timeout" => {
+                let d = duration()?;
+                if d.is_zero() {
+                    return Err(bad("a positive duration"));
+                }
+                self.checkpointing.timeout = d;
+            }
+            "execution.checkpointing.min-pause" => self.checkpointing.min_pause = duration()?,
+            "execution.checkpointing.max-concurrent-checkpoints" => {
+                self.checkpointing.max_concurrent = positive()?
+            }
+            "execution.checkpointing.tolerable-failed-checkpoints" => {
+                self.checkpointing.tolerable_failures =
+                    Some(v.parse().map_err(|_| bad("a non-negative integer"))?)
+            }
+            "execution.checkpointing.mode" => {
+                self.checkpointing.exactly_once = match v.to_ascii_uppercase().as_str() {
+                    "EXACTLY_ONCE" => true,
+                    "AT_LEAST_ONCE" => false,
+                    _ => return Err(bad("EXACTLY_ONCE or AT_LEAST_ONCE")),
+                }
+            }
+            "execution.checkpointing.unaligned.enabled" => {
+                self.checkpointing.unaligned = match v {
+                    "false" => false,
+                    "true" => {
+                        return Err(bad("false (unaligned checkpoints are not supported yet)"))
+                    }
+                    _ => return Err(bad("true or false")),
+                }
+            }
+            "state.checkpoints.dir" => {
+                let d = v.strip_prefix("file://").unwrap_or(v);
+                if d.is_empty() {
+                    return Err(bad("a directory path"));
+                }
+                if d.contains("://") {
+                    return Err(bad("a local or shared filesystem path (file:// or none)"));
+                }
+                self.checkpointing.dir = Some(d.into());
+            }
+            "state.checkpoints.num-retained" => self.checkpointing.num_retained = positive()?,
             "parallelism.default" => self.default_parallelism = positive()?,
             "execution.runtime-mode" => {
                 self.runtime_mode = v.parse().map_err(|_| bad("STREAMING or BATCH"))?

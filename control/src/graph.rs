@@ -25,6 +25,19 @@ thread_local! {
     /// The side outputs of the operator being built on this slot thread, by tag: each a
     /// `BoxEmit<S>` into its ring output (set around each operator's builder).
     static SIDE_OUTPUTS: RefCell<Vec<(String, AnyBox, Arc<TypeOps>)>> = const { RefCell::new(Vec::new()) };
+    /// The checkpoint id of the operator being built on this slot thread (its node id).
+    static BUILDING_UID: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Names the operator about to be built (its node id), for [`take_building_uid`].
+pub fn set_building_uid(uid: Option<u32>) {
+    BUILDING_UID.with(|u| u.set(uid));
+}
+
+/// The checkpoint id of the operator being built, taken: the chain link the builder
+/// makes first carries it (a builder that makes two links keeps state in the first).
+pub fn take_building_uid() -> Option<u32> {
+    BUILDING_UID.with(|u| u.take())
 }
 
 /// Hands the side outputs of the operator about to be built to its builder: tag, a
@@ -170,7 +183,7 @@ pub type TaskResult = Result<Box<dyn Task>, String>;
 pub type RingOutputParts = (AnyBox, Rc<RefCell<dyn OutputControl>>);
 type RingOutputFn =
     fn(Vec<Producer>, &EdgePartition, Backpressure) -> Result<RingOutputParts, String>;
-type SourceTaskFn = fn(String, AnyBox, AnyBox, Outputs) -> TaskResult;
+type SourceTaskFn = fn(String, AnyBox, AnyBox, Outputs, u32) -> TaskResult;
 type InputTaskFn = fn(String, Vec<Consumer>, AnyBox, Outputs) -> TaskResult;
 /// Builds a task headed by a two-input operator: its inputs (`(side, ring)`), the
 /// operator (a `Box<dyn Emit2<A, B>>`) and its outputs.
@@ -242,10 +255,14 @@ fn source_task<T: Data>(
     src: AnyBox,
     head: AnyBox,
     outs: Outputs,
+    uid: u32,
 ) -> Result<Box<dyn Task>, String> {
     let src = down::<Box<dyn Source<T>>>(src, "a source")?;
     let head = down::<BoxEmit<T>>(head, "a chain head")?;
-    Ok(Box::new(SourceTask::new(name, src, head, outs)))
+    let task = SourceTask::new(name, src, head, outs)
+        .with_source_uid(uid)
+        .map_err(|e| format!("restoring the source's position: {e}"))?;
+    Ok(Box::new(task))
 }
 
 fn input_task<T: Data>(
@@ -286,15 +303,16 @@ impl TypeOps {
         (self.tee)(outs)
     }
 
-    /// A source task.
+    /// A source task; the source is operator `uid` in checkpoints.
     pub fn source_task(
         &self,
         name: String,
         src: AnyBox,
         head: AnyBox,
         outs: Outputs,
+        uid: u32,
     ) -> Result<Box<dyn Task>, String> {
-        (self.source_task)(name, src, head, outs)
+        (self.source_task)(name, src, head, outs, uid)
     }
 
     /// An input task.
@@ -436,6 +454,8 @@ pub struct JobGraph {
     pub vertices: Vec<JobVertex>,
     /// Edges.
     pub edges: Vec<JobEdge>,
+    /// The checkpoint or savepoint the job resumes from (`spate run -s PATH`).
+    pub restore_from: Option<std::path::PathBuf>,
 }
 
 impl JobGraph {
@@ -588,6 +608,7 @@ impl JobGraph {
             stream,
             vertices,
             edges,
+            restore_from: None,
         })
     }
 

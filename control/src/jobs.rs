@@ -29,7 +29,7 @@ spate_dataplane::pod_wire!(Vwap);
 /// Running sums of one symbol: 24 bytes, 8-byte aligned (Σprice·qty is a 128-bit sum
 /// kept as two words, so that a symbol's entry with its key takes 32 bytes and W1's
 /// 1000 symbols fit in L1).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VwapState {
     /// Σprice·qty, low and high 64 bits of a two's-complement 128-bit sum.
     price_qty: [u64; 2],

@@ -3,10 +3,12 @@
 //! slots (one subtask of each vertex per slot within a slot sharing group), connects
 //! them with rings, and watches them to the end.
 
+use crate::checkpoint::{CheckpointCoordinator, CoordinatorVerdict};
 use crate::config::Config;
 use crate::graph::{AnyBox, Build, EdgePartition, JobGraph, Node, TypeOps};
 use crate::restart;
 use hdrhistogram::Histogram;
+use spate_dataplane::checkpoint::{RestoreScope, TaskCheckpointing};
 use spate_dataplane::exchange::Backpressure;
 use spate_dataplane::operator::SubtaskInfo;
 use spate_dataplane::ring::{Consumer, Producer, Ring, RingError};
@@ -18,7 +20,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +49,9 @@ pub enum ClusterError {
     /// A slot stopped unexpectedly.
     #[error("slot {0} has stopped")]
     SlotGone(usize),
+    /// The checkpoint to resume from cannot be used.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 /// How a job ended.
@@ -82,6 +87,10 @@ pub struct JobResult {
     pub restarts: u32,
     /// The failures, oldest first (the last one ended the job if it failed).
     pub exceptions: Vec<String>,
+    /// Its checkpoints.
+    pub checkpoints: crate::checkpoint::CheckpointStats,
+    /// Its id (names its checkpoint directory).
+    pub job_id: String,
 }
 
 /// Starts `taskmanager.numberOfTaskSlots` slot threads pinned per
@@ -90,6 +99,15 @@ pub fn start_slots(
     config: &Config,
     name: &str,
 ) -> Result<(Vec<Slot>, Receiver<SlotEvent>), ClusterError> {
+    let (slots, _, rx) = start_slots_with_sender(config, name)?;
+    Ok((slots, rx))
+}
+
+type SlotsWithSender = (Vec<Slot>, Sender<SlotEvent>, Receiver<SlotEvent>);
+
+/// As [`start_slots`], also returning a sender into the slots' event channel (for
+/// tasks' checkpoint acknowledgements).
+fn start_slots_with_sender(config: &Config, name: &str) -> Result<SlotsWithSender, ClusterError> {
     let plan = plan_cores(&config.cores, &available_cores(), config.slots);
     for w in &plan.warnings {
         tracing::warn!("{w}");
@@ -109,7 +127,7 @@ pub fn start_slots(
         .map_err(ClusterError::Spawn)?;
         slots.push(slot);
     }
-    Ok((slots, rx))
+    Ok((slots, tx, rx))
 }
 
 /// An embedded cluster.
@@ -118,6 +136,8 @@ pub struct MiniCluster {
     config: Config,
     slots: Vec<Slot>,
     events: Receiver<SlotEvent>,
+    /// Where tasks send checkpoint acknowledgements (into `events`).
+    acks: Sender<SlotEvent>,
     next_task: u64,
 }
 
@@ -125,12 +145,13 @@ impl MiniCluster {
     /// Starts the slots: pinned per `taskmanager.cpu.cores`, idling per
     /// `taskmanager.idle-strategy`.
     pub fn start(config: &Config) -> Result<Self, ClusterError> {
-        let (slots, events) = start_slots(config, "spate-slot")?;
+        let (slots, acks, events) = start_slots_with_sender(config, "spate-slot")?;
         tracing::info!(slots = slots.len(), idle = %config.idle, "MiniCluster started");
         Ok(Self {
             config: config.clone(),
             slots,
             events,
+            acks,
             next_task: 0,
         })
     }
@@ -144,8 +165,9 @@ impl MiniCluster {
     /// `on_progress` is called about every `interval`.
     ///
     /// A failed job restarts as `restart-strategy.*` allows. The MiniCluster restarts
-    /// the whole job (full failover), and until checkpoints exist a restarted job
-    /// replays its sources from the start.
+    /// the whole job (full failover) from its latest completed checkpoint (with
+    /// `execution.checkpointing.interval` set), or from `job.restore_from`, or else
+    /// from the start of its sources.
     pub fn execute(
         &mut self,
         job: &JobGraph,
@@ -161,13 +183,28 @@ impl MiniCluster {
             });
         }
         let mut strategy = restart::from_config(&self.config);
+        let job_id = crate::cluster::new_id();
+        let mut coord = CheckpointCoordinator::new(&self.config.checkpointing, job, &job_id);
+        if let Some(path) = &job.restore_from {
+            let cp = crate::checkpoint::read_checkpoint(path)?;
+            cp.check_compatible(job)?;
+            tracing::info!(path = %path.display(), checkpoint = cp.meta.checkpoint_id, "resuming from a checkpoint");
+            coord.restore_from(Arc::new(cp));
+        }
         let start = Instant::now();
         let mut next_report = Instant::now() + interval;
         let mut exceptions = Vec::new();
         let mut restarts = 0;
         let status = loop {
-            let status =
-                self.run_attempt(job, cancel, start, interval, &mut next_report, on_progress)?;
+            let status = self.run_attempt(
+                job,
+                &mut coord,
+                cancel,
+                start,
+                interval,
+                &mut next_report,
+                on_progress,
+            )?;
             let JobStatus::Failed(message) = &status else {
                 break status;
             };
@@ -200,13 +237,17 @@ impl MiniCluster {
             },
             restarts,
             exceptions,
+            checkpoints: coord.stats().clone(),
+            job_id,
         })
     }
 
     /// Deploys every subtask once and watches them until all have ended.
+    #[allow(clippy::too_many_arguments)]
     fn run_attempt(
         &mut self,
         job: &JobGraph,
+        coord: &mut CheckpointCoordinator,
         cancel: &AtomicBool,
         start: Instant,
         interval: Duration,
@@ -214,8 +255,34 @@ impl MiniCluster {
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<JobStatus, ClusterError> {
         let (groups, _) = job.group_offsets();
-        let deployments = self.connect(job)?;
+        let mut deployments = self.connect(job)?;
+        let restore = coord.latest();
+        coord.start_attempt(
+            deployments
+                .iter()
+                .map(|d| (d.vertex as u32, d.info.index as u32)),
+        );
+        let acks = self.acks.clone();
+        let sink: spate_dataplane::checkpoint::AckSink = Arc::new(move |ack| {
+            // A closed channel means the MiniCluster is gone: nothing to acknowledge to.
+            let _ = acks.send(SlotEvent::Checkpoint(ack));
+        });
+        for d in &mut deployments {
+            let (v, s) = (d.vertex as u32, d.info.index as u32);
+            d.checkpointing = Some(TaskCheckpointing {
+                trigger: coord.trigger(),
+                acks: sink.clone(),
+                vertex: v,
+                subtask: s,
+                exactly_once: coord.exactly_once(),
+                restored_from: restore.as_ref().map_or(0, |c| c.meta.checkpoint_id),
+            });
+            if let Some(cp) = &restore {
+                d.restore = cp.subtask_states(v, s);
+            }
+        }
         let mut names = HashMap::new();
+        let mut task_of: HashMap<TaskId, (u32, u32)> = HashMap::new();
         // Live tasks and the slot each runs in.
         let mut live: HashMap<TaskId, usize> = HashMap::new();
         for d in deployments {
@@ -227,6 +294,7 @@ impl MiniCluster {
             let id = TaskId(self.next_task);
             self.next_task += 1;
             names.insert(id, d.name.clone());
+            task_of.insert(id, (d.vertex as u32, d.info.index as u32));
             if !self.slots[slot].submit(id, d.into_factory()) {
                 self.cancel_all(&mut live);
                 return Err(ClusterError::SlotGone(slot));
@@ -237,9 +305,24 @@ impl MiniCluster {
         let mut status = None;
         let mut cancelling = false;
         while !live.is_empty() {
-            match self.events.recv_timeout(EVENT_WAIT) {
-                Ok(SlotEvent::Finished { task, .. }) | Ok(SlotEvent::Cancelled { task, .. }) => {
+            let wait = coord
+                .next_wakeup(Instant::now())
+                .map_or(EVENT_WAIT, |w| w.min(EVENT_WAIT));
+            let mut verdict = CoordinatorVerdict::Continue;
+            match self.events.recv_timeout(wait) {
+                Ok(SlotEvent::Finished { task, .. }) => {
                     live.remove(&task);
+                    if let Some(&(v, s)) = task_of.get(&task) {
+                        coord.task_finished(v, s);
+                    }
+                }
+                Ok(SlotEvent::Cancelled { task, .. }) => {
+                    live.remove(&task);
+                }
+                Ok(SlotEvent::Checkpoint(ack)) => {
+                    if !cancelling {
+                        verdict = coord.acknowledge(ack);
+                    }
                 }
                 Ok(SlotEvent::Failed { task, message, .. }) => {
                     let was_live = live.remove(&task).is_some();
@@ -254,6 +337,17 @@ impl MiniCluster {
                 Ok(SlotEvent::Running { .. }) => {}
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(ClusterError::SlotGone(0)),
+            }
+            if !cancelling {
+                if verdict == CoordinatorVerdict::Continue {
+                    verdict = coord.poll(Instant::now());
+                }
+                if let CoordinatorVerdict::FailJob(message) = verdict {
+                    tracing::error!(%message, "failing the job");
+                    status = Some(JobStatus::Failed(message));
+                    cancelling = true;
+                    self.cancel_all(&mut live);
+                }
             }
             if !cancelling && cancel.load(Ordering::Relaxed) {
                 cancelling = true;
@@ -323,6 +417,8 @@ impl MiniCluster {
                     inputs: ins.remove(&(v.id, s)).unwrap_or_default(),
                     metrics: Arc::default(),
                     settings: self.config.task_settings(),
+                    checkpointing: None,
+                    restore: HashMap::new(),
                 });
             }
         }
@@ -353,6 +449,10 @@ pub struct Deployment {
     pub metrics: Arc<TaskMetrics>,
     /// How the task runs (from the TaskManager's configuration).
     pub settings: TaskSettings,
+    /// How it takes part in checkpoints (`None`: it does not).
+    pub checkpointing: Option<TaskCheckpointing>,
+    /// The operator states it resumes from, by operator uid (empty: none).
+    pub restore: HashMap<u32, Vec<u8>>,
 }
 
 impl Deployment {
@@ -361,7 +461,22 @@ impl Deployment {
         Box::new(move || self.build().map_err(TaskError))
     }
 
-    fn build(self) -> Result<Box<dyn Task>, String> {
+    fn build(mut self) -> Result<Box<dyn Task>, String> {
+        let restore = std::mem::take(&mut self.restore);
+        let restoring = !restore.is_empty();
+        let scope = RestoreScope::enter(restore);
+        let task = self.build_chain()?;
+        let left = scope.unclaimed();
+        if restoring && !left.is_empty() {
+            return Err(format!(
+                "the checkpoint holds state for operators {left:?} that this task does not \
+                 have (a checkpoint of another program?)"
+            ));
+        }
+        Ok(task)
+    }
+
+    fn build_chain(self) -> Result<Box<dyn Task>, String> {
         let Self {
             name,
             info,
@@ -370,6 +485,7 @@ impl Deployment {
             inputs,
             metrics,
             settings,
+            checkpointing,
             ..
         } = self;
         let (Some(head), Some(tail)) = (chain.first(), chain.last()) else {
@@ -422,9 +538,12 @@ impl Deployment {
                 .ok_or("internal: no output type")?
                 .tee(emits)?,
         };
-        let outputs = Outputs::new(controls, bp)
+        let mut outputs = Outputs::new(controls, bp)
             .with_metrics(metrics)
             .with_settings(settings);
+        if let Some(cp) = checkpointing {
+            outputs = outputs.with_checkpointing(cp);
+        }
         let last = chain.len() - 1;
         for (i, node) in chain.iter().enumerate().rev() {
             match &node.build {
@@ -437,13 +556,18 @@ impl Deployment {
                     crate::graph::set_side_outputs(
                         own.into_iter().map(|(_, t, e, o)| (t, e, o)).collect(),
                     );
+                    crate::graph::set_building_uid(Some(node.id as u32));
                     let built = b(info, cur);
+                    crate::graph::set_building_uid(None);
                     crate::graph::set_side_outputs(Vec::new());
                     cur = built.map_err(|e| format!("{}: {e}", node.name))?
                 }
                 Build::Union => {}
                 Build::TwoInput { build, task } if i == 0 => {
-                    let head = build(info, cur).map_err(|e| format!("{}: {e}", node.name))?;
+                    crate::graph::set_building_uid(Some(node.id as u32));
+                    let head = build(info, cur);
+                    crate::graph::set_building_uid(None);
+                    let head = head.map_err(|e| format!("{}: {e}", node.name))?;
                     return task(name, inputs, head, outputs);
                 }
                 Build::TwoInput { .. } => {
@@ -452,7 +576,7 @@ impl Deployment {
                 Build::Source(b) => {
                     let src = b(info).map_err(|e| format!("{}: {e}", node.name))?;
                     let ops = node.out.as_ref().ok_or("internal: source without a type")?;
-                    return ops.source_task(name, src, cur, outputs);
+                    return ops.source_task(name, src, cur, outputs, node.id as u32);
                 }
             }
         }

@@ -11,6 +11,8 @@
 //! - [`exchange`]: partitioning batches onto the rings of an edge, with backpressure;
 //! - [`frames`]: what a channel's frames carry: batches of records and control events;
 //! - [`task`]: a chain fed by a source or input rings, as a slot's pollable task;
+//! - [`checkpoint`]: barriers entering at the sources, operator states taken as they
+//!   pass, acknowledgements to the coordinator;
 //! - [`clock`]: the TSC-backed nanosecond clock that stamps and ages records.
 //!
 //! The crate knows nothing of the control plane. Unsafe code is fenced: it is denied here
@@ -20,6 +22,7 @@
 // Under `--cfg loom` only the ring's protocol is built (against model-checked memory);
 // the modules that read ring memory in place need the real mapping.
 
+pub mod checkpoint;
 pub mod clock;
 #[cfg(not(loom))]
 pub mod exchange;

@@ -73,9 +73,32 @@ pub trait Wire: Sized + Send + 'static {
 pub trait Data: Wire + Clone + std::fmt::Debug {}
 impl<T: Wire + Clone + std::fmt::Debug> Data for T {}
 
-/// A type streams can be keyed by.
-pub trait Key: Hash + Eq + Clone + Send + std::fmt::Debug + 'static {}
-impl<T: Hash + Eq + Clone + Send + std::fmt::Debug + 'static> Key for T {}
+/// A type streams can be keyed by. Keys are part of keyed state, so checkpoints write
+/// them: they implement serde's `Serialize` and `Deserialize` (as integers, strings and
+/// tuples of them do; derive them for a key type of your own).
+pub trait Key:
+    Hash
+    + Eq
+    + Clone
+    + Send
+    + std::fmt::Debug
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + 'static
+{
+}
+impl<
+        T: Hash
+            + Eq
+            + Clone
+            + Send
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + 'static,
+    > Key for T
+{
+}
 
 /// Implements [`Wire`] for plain-old-data types (which must implement `bytemuck::Pod`):
 /// the record's bytes are the frame.

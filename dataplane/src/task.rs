@@ -13,11 +13,14 @@
 //! delivered barrier `n` is not read again until every open input has, and then the
 //! barrier goes down the chain once (exactly-once alignment, as Flink's).
 
+use crate::checkpoint::{collect_states, put_state, CheckpointAck, TaskCheckpointing};
 use crate::clock;
 use crate::exchange::{Backpressure, OutputControl};
 use crate::frames;
 use crate::operator::source::{Source, SourceStatus};
-use crate::operator::{take_failure, Barrier, BoxEmit, Event, END_OF_TIME, NO_WATERMARK};
+use crate::operator::{
+    report_failure, take_failure, Barrier, BoxEmit, Event, END_OF_TIME, NO_WATERMARK,
+};
 use crate::record::Wire;
 use crate::ring::{Consumer, FrameType, PeerState};
 use crate::slot::{Task, TaskError, TaskPoll};
@@ -83,6 +86,7 @@ pub struct Outputs {
     metrics: Arc<TaskMetrics>,
     settings: TaskSettings,
     next_housekeeping: u64,
+    checkpointing: Option<TaskCheckpointing>,
 }
 
 impl Outputs {
@@ -94,6 +98,29 @@ impl Outputs {
             metrics: Arc::default(),
             settings: TaskSettings::default(),
             next_housekeeping: 0,
+            checkpointing: None,
+        }
+    }
+
+    /// Takes part in checkpoints: a source task injects the barriers `cp.trigger` asks
+    /// for, and every task acknowledges each barrier that left its chain.
+    pub fn with_checkpointing(mut self, cp: TaskCheckpointing) -> Self {
+        self.checkpointing = Some(cp);
+        self
+    }
+
+    /// Sends the acknowledgement of barrier `b`, which just left the chain with
+    /// `states`.
+    fn acknowledge(&self, b: &Barrier, states: Vec<(u32, Vec<u8>)>, align_ns: u64, sync_ns: u64) {
+        if let Some(cp) = &self.checkpointing {
+            (cp.acks)(CheckpointAck {
+                checkpoint_id: b.id,
+                vertex: cp.vertex,
+                subtask: cp.subtask,
+                states,
+                alignment_ns: align_ns,
+                sync_ns,
+            });
         }
     }
 
@@ -179,6 +206,10 @@ pub struct SourceTask<T> {
     outputs: Outputs,
     batch: Vec<T>,
     done: bool,
+    /// The source's id in checkpoints.
+    source_uid: u32,
+    /// The last barrier this task injected.
+    injected: u64,
 }
 
 impl<T> SourceTask<T> {
@@ -189,6 +220,10 @@ impl<T> SourceTask<T> {
         head: BoxEmit<T>,
         outputs: Outputs,
     ) -> Self {
+        let injected = outputs
+            .checkpointing
+            .as_ref()
+            .map_or(0, |cp| cp.restored_from);
         Self {
             name,
             source,
@@ -196,7 +231,37 @@ impl<T> SourceTask<T> {
             outputs,
             batch: Vec::with_capacity(BATCH),
             done: false,
+            source_uid: u32::MAX,
+            injected,
         }
+    }
+
+    /// The source is operator `uid` in checkpoints; if the task being built restores
+    /// a checkpoint holding a position for it, the source resumes from there.
+    pub fn with_source_uid(mut self, uid: u32) -> Result<Self, crate::checkpoint::StateError> {
+        if let Some(pos) = crate::checkpoint::take_restored(uid) {
+            self.source.restore_position(&pos)?;
+        }
+        self.source_uid = uid;
+        Ok(self)
+    }
+
+    /// Sends barrier `b` down the chain, behind every record emitted so far, with the
+    /// source's position and the chain's states taken as it passes.
+    fn inject(&mut self, b: Barrier) {
+        let t0 = clock::now_ns();
+        let (source, head, uid) = (&mut self.source, &mut self.head, self.source_uid);
+        let states = collect_states(|| {
+            match source.snapshot_position() {
+                Ok(Some(p)) => put_state(uid, p),
+                Ok(None) => {}
+                Err(e) => report_failure(format!("checkpoint of the source: {e}")),
+            }
+            head.event(Event::Barrier(b));
+        });
+        self.injected = b.id;
+        let sync = clock::now_ns().saturating_sub(t0);
+        self.outputs.acknowledge(&b, states, 0, sync);
     }
 }
 
@@ -213,6 +278,15 @@ impl<T> Task for SourceTask<T> {
         }
         if self.done {
             return Ok(TaskPoll::Finished);
+        }
+        // One load per poll when no checkpoint is asked for.
+        if let Some(b) = self
+            .outputs
+            .checkpointing
+            .as_ref()
+            .and_then(|cp| cp.trigger.pending(self.injected))
+        {
+            self.inject(b);
         }
         // The chain learns this poll's time before its records: a first batch must not
         // run at time 0 (processing-time windows, timers and idleness would see it so).
@@ -371,6 +445,11 @@ pub struct InputTask<H> {
     idle: bool,
     /// The barrier being aligned and how many inputs delivered it.
     aligning: Option<(Barrier, usize)>,
+    /// When its first input delivered it.
+    aligning_since: u64,
+    /// Exactly-once: an input that delivered the barrier is not read until all have.
+    /// At-least-once: barriers are only counted.
+    align: bool,
     /// The last barrier sent down the chain.
     last_barrier: Option<u64>,
 }
@@ -436,8 +515,20 @@ impl<H: InputHead> InputTask<H> {
             watermark: NO_WATERMARK,
             idle: false,
             aligning: None,
+            aligning_since: 0,
+            align: true,
             last_barrier: None,
         }
+        .with_mode()
+    }
+
+    fn with_mode(mut self) -> Self {
+        self.align = self
+            .outputs
+            .checkpointing
+            .as_ref()
+            .is_none_or(|cp| cp.exactly_once);
+        self
     }
 
     /// Sends the combined watermark and idleness down the chain when they changed.
@@ -492,6 +583,7 @@ impl<H: InputHead> InputTask<H> {
                 }
                 self.inputs[i].blocked = true;
                 self.aligning = Some((b, 1));
+                self.aligning_since = clock::now_ns();
             }
         }
         self.complete_alignment();
@@ -509,14 +601,26 @@ impl<H: InputHead> InputTask<H> {
         for input in &mut self.inputs {
             input.blocked = false;
         }
-        self.head.event(Event::Barrier(b));
+        let t0 = clock::now_ns();
+        let head = &mut self.head;
+        let states = collect_states(|| head.event(Event::Barrier(b)));
+        let t1 = clock::now_ns();
+        self.outputs.acknowledge(
+            &b,
+            states,
+            t0.saturating_sub(self.aligning_since),
+            t1.saturating_sub(t0),
+        );
     }
 
     /// Reads up to [`FRAMES_PER_POLL`] frames of input `i`; returns frames and records.
     fn read_input(&mut self, i: usize) -> Result<(usize, u64), TaskError> {
         let mut frames_read = 0;
         let mut records = 0u64;
-        while frames_read < FRAMES_PER_POLL && !self.outputs.blocked() && !self.inputs[i].blocked {
+        while frames_read < FRAMES_PER_POLL
+            && !self.outputs.blocked()
+            && !(self.align && self.inputs[i].blocked)
+        {
             let input = &mut self.inputs[i];
             let frame = match input.ring.try_read() {
                 Ok(Some(f)) => f,

@@ -51,11 +51,16 @@ fn boxed<T: 'static>(e: impl Emit<T> + 'static) -> AnyBox {
 }
 
 /// An operator chained in front of its downstream `d` (a `BoxEmit<Op::Out>`).
+/// The link takes part in checkpoints under the id of the node being built, and
+/// takes back its state if the task restores one.
 fn chained<Op: Operator>(op: Op, d: AnyBox) -> Result<AnyBox, String> {
-    Ok(boxed::<Op::In>(Chained::new(
-        op,
-        down::<BoxEmit<Op::Out>>(d)?,
-    )))
+    let next = down::<BoxEmit<Op::Out>>(d)?;
+    Ok(boxed::<Op::In>(match crate::graph::take_building_uid() {
+        Some(uid) => {
+            Chained::with_uid(op, next, uid).map_err(|e| format!("restoring its state: {e}"))?
+        }
+        None => Chained::new(op, next),
+    }))
 }
 
 /// How a job runs (Flink's `execution.runtime-mode`).
@@ -1112,7 +1117,14 @@ impl<A: Data, B: Data> ConnectedStreams<A, B> {
     {
         let build: crate::graph::OperatorBuilder = Arc::new(move |_, d| {
             let next = down::<BoxEmit<Op::Out>>(d)?;
-            let head: Box<dyn Emit2<A, B>> = Box::new(Chained2::new(make()?, next));
+            let op = make()?;
+            let head: Box<dyn Emit2<A, B>> = match crate::graph::take_building_uid() {
+                Some(uid) => Box::new(
+                    Chained2::with_uid(op, next, uid)
+                        .map_err(|e| format!("restoring its state: {e}"))?,
+                ),
+                None => Box::new(Chained2::new(op, next)),
+            };
             Ok(Box::new(head) as AnyBox)
         });
         let env = &self.first.env;

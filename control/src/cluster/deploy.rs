@@ -183,6 +183,8 @@ pub fn build(
         inputs,
         metrics: std::sync::Arc::default(),
         settings,
+        checkpointing: None,
+        restore: Default::default(),
     })
 }
 

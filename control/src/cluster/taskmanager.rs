@@ -445,6 +445,8 @@ impl TaskManager {
             SlotEvent::Finished { task, .. } => (task, TaskState::Finished),
             SlotEvent::Failed { task, message, .. } => (task, TaskState::Failed(message)),
             SlotEvent::Cancelled { task, .. } => (task, TaskState::Canceled),
+            // Cluster tasks are deployed without checkpointing: none acknowledges.
+            SlotEvent::Checkpoint(_) => return,
         };
         let Some(key) = self.tasks.get(&id).map(|(k, _)| k.clone()) else {
             return;

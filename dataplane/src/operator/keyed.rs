@@ -12,13 +12,14 @@
 
 use super::side::{OutputTag, SideOutputs};
 use super::{key_hash, Barrier, Event, Operator, Output, TwoInputOperator};
+use crate::checkpoint::{decode_state, encode_state, StateData, StateError};
 use crate::record::Key;
 use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
 /// One value per key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ValueState<V>(Option<V>);
 
 impl<V> Default for ValueState<V> {
@@ -51,7 +52,7 @@ impl<V> ValueState<V> {
 }
 
 /// A list per key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ListState<V>(Vec<V>);
 
 impl<V> Default for ListState<V> {
@@ -80,7 +81,11 @@ impl<V> ListState<V> {
 }
 
 /// A map per key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(bound(
+    serialize = "K: serde::Serialize + Eq + std::hash::Hash, V: serde::Serialize",
+    deserialize = "K: serde::Deserialize<'de> + Eq + std::hash::Hash, V: serde::Deserialize<'de>"
+))]
 pub struct MapState<K, V>(FxHashMap<K, V>);
 
 impl<K, V> Default for MapState<K, V> {
@@ -250,6 +255,22 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut S)> {
         self.entries.iter_mut().map(|(k, s)| (&*k, s))
     }
+
+    /// The entries as they are stored (for snapshots).
+    pub fn entries(&self) -> &[(K, S)] {
+        &self.entries
+    }
+
+    /// Replaces every entry with `entries` (from a snapshot; a key given twice keeps
+    /// its last state).
+    pub fn restore(&mut self, entries: Vec<(K, S)>) {
+        self.clear();
+        self.entries.reserve(entries.len());
+        for (k, st) in entries {
+            let (_, slot) = self.get_or_insert(key_hash(&k), k);
+            *slot = st;
+        }
+    }
 }
 
 /// Timers per key in one time domain: registering the same (key, time) twice keeps
@@ -311,6 +332,19 @@ impl<K: Key> Timers<K> {
         let key = entry.remove();
         self.registered.remove(&(key.clone(), at));
         Some((at, key))
+    }
+
+    /// Every timer as (time, key), in the order they fire (for snapshots).
+    pub fn snapshot(&self) -> Vec<(u64, &K)> {
+        self.queue.iter().map(|((at, _), k)| (*at, k)).collect()
+    }
+
+    /// Replaces every timer with `timers`, registered in their order.
+    pub fn restore(&mut self, timers: Vec<(u64, K)>) {
+        *self = Self::default();
+        for (at, k) in timers {
+            self.register(&k, at);
+        }
     }
 
     /// Time of the earliest timer.
@@ -406,7 +440,7 @@ pub trait KeyedProcessFunction: Clone + Send + Sync + 'static {
     /// Output records.
     type Out;
     /// Per-key state.
-    type State: Default + 'static;
+    type State: Default + StateData;
 
     /// One record of the current key.
     fn process_element(
@@ -449,6 +483,31 @@ impl<K: Key, S: Default> KeyedCore<K, S> {
             watermark: 0,
             sides: SideOutputs::default(),
         }
+    }
+
+    /// The per-key states and timers, encoded for a checkpoint.
+    pub(crate) fn snapshot(&self) -> Result<Vec<u8>, StateError>
+    where
+        S: StateData,
+    {
+        encode_state(&(
+            self.states.entries(),
+            self.processing.snapshot(),
+            self.event.snapshot(),
+        ))
+    }
+
+    /// Takes back what [`Self::snapshot`] wrote.
+    pub(crate) fn restore(&mut self, bytes: &[u8]) -> Result<(), StateError>
+    where
+        S: StateData,
+    {
+        type Snap<K, S> = (Vec<(K, S)>, Vec<(u64, K)>, Vec<(u64, K)>);
+        let (entries, processing, event): Snap<K, S> = decode_state(bytes)?;
+        self.states.restore(entries);
+        self.processing.restore(processing);
+        self.event.restore(event);
+        Ok(())
     }
 
     /// Side-output records go out (after a batch), then `event` if any, on each.
@@ -661,6 +720,14 @@ where
         // Side outputs are streams of their own: they end here too.
         self.core.flush_sides(Some(Event::EndOfInput));
     }
+
+    fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        self.core.snapshot().map(Some)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        self.core.restore(state)
+    }
 }
 
 /// Rolling reduce on a keyed stream: emits the new aggregate after every record.
@@ -700,7 +767,7 @@ impl<T, K: Key, F, KS> KeyedReduce<T, K, F, KS> {
 
 impl<T, K, F, KS> Operator for KeyedReduce<T, K, F, KS>
 where
-    T: Clone + 'static,
+    T: Clone + crate::record::Wire,
     K: Key,
     F: FnMut(T, T) -> T + 'static,
     KS: Fn(&T) -> K + 'static,
@@ -735,6 +802,26 @@ where
             self.one(hash, key, record, buf);
         }
     }
+
+    fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        let entries: Vec<(&K, Option<crate::checkpoint::WireRef<'_, T>>)> = self
+            .acc
+            .iter()
+            .map(|(k, v)| (k, v.as_ref().map(crate::checkpoint::WireRef)))
+            .collect();
+        encode_state(&entries).map(Some)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let entries: Vec<(K, Option<crate::checkpoint::WireState<T>>)> = decode_state(state)?;
+        self.acc.restore(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k, v.map(|w| w.0)))
+                .collect(),
+        );
+        Ok(())
+    }
 }
 
 /// Per-record logic over two connected, keyed streams with per-key state shared by
@@ -750,7 +837,7 @@ pub trait KeyedCoProcessFunction: Clone + Send + Sync + 'static {
     /// Output records.
     type Out;
     /// Per-key state.
-    type State: Default + 'static;
+    type State: Default + StateData;
 
     /// One record of the first input.
     fn process_element1(
@@ -902,5 +989,13 @@ where
     fn on_end_of_input(&mut self, _out: &mut Output<'_, P::Out>) {
         // Side outputs are streams of their own: they end here too.
         self.core.flush_sides(Some(Event::EndOfInput));
+    }
+
+    fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        self.core.snapshot().map(Some)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        self.core.restore(state)
     }
 }

@@ -27,6 +27,8 @@
 //! ([`Emit::push_keyed`]), so a keyed operator after a key exchange looks its state up
 //! with the hash the exchange computed instead of hashing again.
 
+use crate::checkpoint::StateError;
+
 pub mod broadcast;
 pub mod join;
 pub mod keyed;
@@ -270,6 +272,22 @@ pub trait Operator: 'static {
     fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, Self::Out>) {
         let _ = (now_ns, out);
     }
+
+    /// Writes the operator's state for the checkpoint whose barrier reached it, before
+    /// `on_barrier` (`None`: it keeps no state). Encode with
+    /// [`crate::checkpoint::encode_state`].
+    fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(None)
+    }
+
+    /// Takes back a state `snapshot_state` wrote: called once, as the task is built
+    /// to resume from a checkpoint, before any record or event.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let _ = state;
+        Err(StateError::Decode(
+            "the checkpoint holds state for an operator that keeps none".into(),
+        ))
+    }
 }
 
 /// An [`Operator`] as a chain link: it owns the operator's output batch and its
@@ -278,6 +296,8 @@ pub struct Chained<Op: Operator> {
     op: Op,
     buf: Vec<Op::Out>,
     next: BoxEmit<Op::Out>,
+    /// The operator's id in checkpoints (`None`: it takes no part).
+    uid: Option<u32>,
 }
 
 impl<Op: Operator> Chained<Op> {
@@ -287,7 +307,23 @@ impl<Op: Operator> Chained<Op> {
             op,
             buf: Vec::new(),
             next,
+            uid: None,
         }
+    }
+
+    /// `op` as operator `uid` of its job: its state goes into checkpoints under that
+    /// id, and the state a checkpoint holds under it (if the task being built restores
+    /// one, see [`crate::checkpoint::RestoreScope`]) is given back to it now.
+    pub fn with_uid(mut op: Op, next: BoxEmit<Op::Out>, uid: u32) -> Result<Self, StateError> {
+        if let Some(state) = crate::checkpoint::take_restored(uid) {
+            op.restore_state(&state)?;
+        }
+        Ok(Self {
+            op,
+            buf: Vec::new(),
+            next,
+            uid: Some(uid),
+        })
     }
 
     /// The operator.
@@ -316,7 +352,12 @@ impl<Op: Operator> Emit<Op::In> for Chained<Op> {
         match event {
             Event::Watermark(wm) => self.with_out(|op, out| op.on_watermark(wm, out)),
             Event::Idle(idle) => self.with_out(|op, out| op.on_idle(idle, out)),
-            Event::Barrier(b) => self.with_out(|op, out| op.on_barrier(b, out)),
+            Event::Barrier(b) => {
+                if let Some(uid) = self.uid {
+                    snapshot(uid, || self.op.snapshot_state());
+                }
+                self.with_out(|op, out| op.on_barrier(b, out))
+            }
             Event::EndOfInput => {
                 self.with_out(|op, out| op.on_end_of_input(out));
                 self.next.event(Event::EndOfInput);
@@ -387,6 +428,22 @@ pub trait TwoInputOperator: 'static {
     fn on_tick(&mut self, now_ns: u64, out: &mut Output<'_, Self::Out>) {
         let _ = (now_ns, out);
     }
+
+    /// Writes the operator's state for the checkpoint whose barrier reached it, before
+    /// `on_barrier` (`None`: it keeps no state). Encode with
+    /// [`crate::checkpoint::encode_state`].
+    fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(None)
+    }
+
+    /// Takes back a state `snapshot_state` wrote: called once, as the task is built
+    /// to resume from a checkpoint, before any record or event.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let _ = state;
+        Err(StateError::Decode(
+            "the checkpoint holds state for an operator that keeps none".into(),
+        ))
+    }
 }
 
 /// A [`TwoInputOperator`] as the head of a chain.
@@ -394,6 +451,7 @@ pub struct Chained2<Op: TwoInputOperator> {
     op: Op,
     buf: Vec<Op::Out>,
     next: BoxEmit<Op::Out>,
+    uid: Option<u32>,
 }
 
 impl<Op: TwoInputOperator> Chained2<Op> {
@@ -403,7 +461,21 @@ impl<Op: TwoInputOperator> Chained2<Op> {
             op,
             buf: Vec::new(),
             next,
+            uid: None,
         }
+    }
+
+    /// As [`Chained::with_uid`].
+    pub fn with_uid(mut op: Op, next: BoxEmit<Op::Out>, uid: u32) -> Result<Self, StateError> {
+        if let Some(state) = crate::checkpoint::take_restored(uid) {
+            op.restore_state(&state)?;
+        }
+        Ok(Self {
+            op,
+            buf: Vec::new(),
+            next,
+            uid: Some(uid),
+        })
     }
 
     /// The operator.
@@ -432,7 +504,12 @@ impl<Op: TwoInputOperator> Emit2<Op::In1, Op::In2> for Chained2<Op> {
         match event {
             Event::Watermark(wm) => self.with_out(|op, out| op.on_watermark(wm, out)),
             Event::Idle(idle) => self.with_out(|op, out| op.on_idle(idle, out)),
-            Event::Barrier(b) => self.with_out(|op, out| op.on_barrier(b, out)),
+            Event::Barrier(b) => {
+                if let Some(uid) = self.uid {
+                    snapshot(uid, || self.op.snapshot_state());
+                }
+                self.with_out(|op, out| op.on_barrier(b, out))
+            }
             Event::EndOfInput => {
                 self.with_out(|op, out| op.on_end_of_input(out));
                 self.next.event(Event::EndOfInput);
@@ -442,6 +519,19 @@ impl<Op: TwoInputOperator> Emit2<Op::In1, Op::In2> for Chained2<Op> {
     fn tick(&mut self, now_ns: u64) {
         self.with_out(|op, out| op.on_tick(now_ns, out));
         self.next.tick(now_ns);
+    }
+}
+
+/// Takes operator `uid`'s state for the barrier passing now, if states are being
+/// collected; a state that cannot be written fails the task.
+fn snapshot(uid: u32, take: impl FnOnce() -> Result<Option<Vec<u8>>, StateError>) {
+    if !crate::checkpoint::collecting() {
+        return;
+    }
+    match take() {
+        Ok(Some(state)) => crate::checkpoint::put_state(uid, state),
+        Ok(None) => {}
+        Err(e) => report_failure(format!("checkpoint of operator {uid}: {e}")),
     }
 }
 

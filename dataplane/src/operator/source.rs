@@ -1,6 +1,7 @@
 //! Sources: where records enter a pipeline, including the W1 trade generator.
 
 use super::SubtaskInfo;
+use crate::checkpoint::{decode_state, encode_state, StateError};
 use crate::slot::TaskError;
 use std::io::{BufRead, Read};
 
@@ -26,17 +27,38 @@ pub trait Source<T> {
         max: usize,
         now_ns: u64,
     ) -> Result<SourceStatus, TaskError>;
+
+    /// The source's position, for a checkpoint (`None`: it cannot be replayed, as a
+    /// socket cannot; after a restore it starts over). Encode with
+    /// [`crate::checkpoint::encode_state`].
+    fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(None)
+    }
+
+    /// Resumes from a position [`Self::snapshot_position`] wrote: called once, before
+    /// the first poll.
+    fn restore_position(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let _ = state;
+        Err(StateError::Decode(
+            "the checkpoint holds a position for a source that keeps none".into(),
+        ))
+    }
 }
 
 /// Emits the items of an iterator.
+///
+/// Its position is the number of items it emitted: a restored source makes its iterator
+/// anew (from the same collection or generator) and skips that many, so it replays
+/// exactly when the iterator yields the same items each time.
 pub struct IterSource<I> {
     iter: I,
+    emitted: u64,
 }
 
 impl<I> IterSource<I> {
     /// Over `iter`.
     pub fn new(iter: I) -> Self {
-        Self { iter }
+        Self { iter, emitted: 0 }
     }
 }
 
@@ -44,12 +66,32 @@ impl<T, I: Iterator<Item = T>> Source<T> for IterSource<I> {
     fn poll(&mut self, out: &mut Vec<T>, max: usize, _: u64) -> Result<SourceStatus, TaskError> {
         for n in 0..max {
             match self.iter.next() {
-                Some(x) => out.push(x),
+                Some(x) => {
+                    self.emitted += 1;
+                    out.push(x)
+                }
                 None if n == 0 => return Ok(SourceStatus::Done),
                 None => return Ok(SourceStatus::Emitted(n)),
             }
         }
         Ok(SourceStatus::Emitted(max))
+    }
+
+    fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        encode_state(&self.emitted).map(Some)
+    }
+
+    fn restore_position(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let n: u64 = decode_state(state)?;
+        for _ in 0..n {
+            if self.iter.next().is_none() {
+                return Err(StateError::Decode(format!(
+                    "the checkpoint's position ({n} items) is past the source's end"
+                )));
+            }
+        }
+        self.emitted = n;
+        Ok(())
     }
 }
 
@@ -265,6 +307,26 @@ impl Source<Trade> for TradeSource {
         }
         Ok(SourceStatus::Emitted(n))
     }
+
+    fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        encode_state(&(self.gen.state, self.remaining, self.delay_rng)).map(Some)
+    }
+
+    fn restore_position(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let (gen, remaining, delay): (u64, Option<u64>, u64) = decode_state(state)?;
+        if gen == 0 || delay == 0 {
+            return Err(StateError::Decode(
+                "a trade source position with a zero generator".into(),
+            ));
+        }
+        self.gen.state = gen;
+        self.remaining = remaining;
+        self.delay_rng = delay;
+        // Pacing starts over from the first poll after the restore.
+        self.start_ns = 0;
+        self.sent = 0;
+        Ok(())
+    }
 }
 
 /// The next delay, uniform in `0..=disorder_ns`, from the delays' xorshift state.
@@ -283,10 +345,13 @@ fn next_delay(rng: &mut u64, disorder_ns: u64) -> u64 {
 pub const MAX_LINE: usize = 16 << 20;
 
 /// Emits the lines of a reader (a file), without their line endings.
+///
+/// Its position is the byte offset of the next line: a restored source seeks there.
 pub struct LinesSource<R> {
     reader: R,
     line: String,
     what: String,
+    offset: u64,
 }
 
 impl LinesSource<std::io::BufReader<std::fs::File>> {
@@ -297,11 +362,12 @@ impl LinesSource<std::io::BufReader<std::fs::File>> {
             reader: std::io::BufReader::with_capacity(1 << 16, f),
             line: String::new(),
             what: path.display().to_string(),
+            offset: 0,
         })
     }
 }
 
-impl<R: BufRead> Source<String> for LinesSource<R> {
+impl<R: BufRead + std::io::Seek> Source<String> for LinesSource<R> {
     fn poll(
         &mut self,
         out: &mut Vec<String>,
@@ -323,7 +389,8 @@ impl<R: BufRead> Source<String> for LinesSource<R> {
                         self.what
                     )))
                 }
-                Ok(_) => {
+                Ok(k) => {
+                    self.offset += k as u64;
                     let l = self.line.trim_end_matches(['\n', '\r']);
                     out.push(l.to_string());
                 }
@@ -331,6 +398,19 @@ impl<R: BufRead> Source<String> for LinesSource<R> {
             }
         }
         Ok(SourceStatus::Emitted(max))
+    }
+
+    fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        encode_state(&self.offset).map(Some)
+    }
+
+    fn restore_position(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let offset: u64 = decode_state(state)?;
+        self.reader
+            .seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| StateError::Decode(format!("seeking {} to {offset}: {e}", self.what)))?;
+        self.offset = offset;
+        Ok(())
     }
 }
 

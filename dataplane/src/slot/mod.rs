@@ -96,6 +96,9 @@ pub enum SlotEvent {
         /// The task.
         task: TaskId,
     },
+    /// A task acknowledged a checkpoint (sent by the task, not the slot, on runners
+    /// that take checkpoints).
+    Checkpoint(crate::checkpoint::CheckpointAck),
 }
 
 /// How to start a slot.

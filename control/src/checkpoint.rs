@@ -1,0 +1,808 @@
+//! The checkpoint coordinator and checkpoint storage (Flink's `CheckpointCoordinator`
+//! and file-system checkpoint storage).
+//!
+//! The coordinator triggers checkpoint `n` every `execution.checkpointing.interval`
+//! (respecting `min-pause` and `max-concurrent-checkpoints`) through the job's
+//! [`CheckpointTrigger`], which the source tasks read; it collects every task's
+//! [`CheckpointAck`]; when all running tasks acknowledged, the checkpoint is complete
+//! and is written, on the coordinator's thread (never a slot's), under
+//! `state.checkpoints.dir/<job id>/chk-<n>/`: one file per subtask with its operators'
+//! states, then `_metadata`, written last and atomically (a temporary file, synced,
+//! renamed): a directory without `_metadata` is never taken for a checkpoint. Without a
+//! directory, completed checkpoints are kept in memory (as Flink's JobManager storage),
+//! enough to restore after a failure of the same run.
+//!
+//! A checkpoint not complete within `execution.checkpointing.timeout` is aborted; more
+//! than `tolerable-failed-checkpoints` failures in a row fail the job. Once a task has
+//! finished, no checkpoint is triggered any more (a finished source could not resume).
+
+use crate::config::CheckpointConfig;
+use crate::graph::JobGraph;
+use spate_dataplane::checkpoint::{CheckpointAck, CheckpointTrigger, OperatorState};
+use spate_dataplane::operator::BarrierKind;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The name of a checkpoint's metadata file (as Flink's).
+pub const METADATA_FILE: &str = "_metadata";
+/// Format tag in the metadata.
+const FORMAT: &str = "spate-checkpoint-1";
+/// Magic at the head of a subtask's state file.
+const STATE_FILE_MAGIC: &[u8; 8] = b"SPATECK1";
+
+/// Why a checkpoint could not be written, read or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// An I/O error on a path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Not a checkpoint, or a damaged one.
+    #[error("{path}: {why}")]
+    Corrupt {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A checkpoint of another job, or of this job with another shape.
+    #[error("cannot restore {path}: {why}")]
+    Incompatible {
+        /// The checkpoint's path.
+        path: PathBuf,
+        /// What differs.
+        why: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A vertex as a checkpoint records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VertexMeta {
+    /// Vertex id.
+    pub id: u32,
+    /// Its name (the chained operators').
+    pub name: String,
+    /// Its parallelism.
+    pub parallelism: u32,
+}
+
+/// One subtask's state file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateFileMeta {
+    /// Vertex id.
+    pub vertex: u32,
+    /// Subtask index.
+    pub subtask: u32,
+    /// File name in the checkpoint's directory.
+    pub file: String,
+    /// Bytes.
+    pub size: u64,
+    /// CRC-32 of the file.
+    pub crc32: u32,
+}
+
+/// A checkpoint's `_metadata`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointMetadata {
+    /// Format tag.
+    pub format: String,
+    /// The job's name.
+    pub job_name: String,
+    /// The job's id.
+    pub job_id: String,
+    /// Checkpoint id.
+    pub checkpoint_id: u64,
+    /// `CHECKPOINT` or `SAVEPOINT`.
+    pub kind: String,
+    /// When it was triggered (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// Trigger to completion (ms).
+    pub duration_ms: u64,
+    /// The job's vertices.
+    pub vertices: Vec<VertexMeta>,
+    /// State files.
+    pub files: Vec<StateFileMeta>,
+}
+
+/// A completed checkpoint: its metadata and every subtask's operator states.
+#[derive(Debug, Clone)]
+pub struct CompletedCheckpoint {
+    /// Where it is stored (`None`: in memory only).
+    pub path: Option<PathBuf>,
+    /// Its metadata.
+    pub meta: CheckpointMetadata,
+    /// Operator states by (vertex, subtask), then by operator uid.
+    pub states: HashMap<(u32, u32), HashMap<u32, Vec<u8>>>,
+    /// Bytes of state.
+    pub size: u64,
+}
+
+impl CompletedCheckpoint {
+    /// The states of one subtask, by operator uid.
+    pub fn subtask_states(&self, vertex: u32, subtask: u32) -> HashMap<u32, Vec<u8>> {
+        self.states
+            .get(&(vertex, subtask))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Checks that `job` can resume from this checkpoint: the same vertices (by name,
+    /// in order) at the same parallelism.
+    pub fn check_compatible(&self, job: &JobGraph) -> Result<(), CheckpointError> {
+        let path = self.path.clone().unwrap_or_default();
+        let bad = |why: String| CheckpointError::Incompatible {
+            path: path.clone(),
+            why,
+        };
+        let now = vertices_of(job);
+        if self.meta.vertices.len() != now.len()
+            || self
+                .meta
+                .vertices
+                .iter()
+                .zip(&now)
+                .any(|(a, b)| a.name != b.name)
+        {
+            return Err(bad(format!(
+                "it is a checkpoint of job '{}' with operators [{}], not of this job's [{}]",
+                self.meta.job_name,
+                names(&self.meta.vertices),
+                names(&now)
+            )));
+        }
+        for (a, b) in self.meta.vertices.iter().zip(&now) {
+            if a.parallelism != b.parallelism {
+                return Err(bad(format!(
+                    "'{}' ran at parallelism {} in the checkpoint and would now run at {}: \
+                     restoring at another parallelism is not supported yet",
+                    a.name, a.parallelism, b.parallelism
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn names(v: &[VertexMeta]) -> String {
+    v.iter()
+        .map(|v| v.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The job's vertices as a checkpoint records them.
+pub fn vertices_of(job: &JobGraph) -> Vec<VertexMeta> {
+    job.vertices
+        .iter()
+        .map(|v| VertexMeta {
+            id: v.id as u32,
+            name: v.name.clone(),
+            parallelism: v.parallelism as u32,
+        })
+        .collect()
+}
+
+/// Writes a completed checkpoint under `job_dir` (`chk-<id>/`), metadata last.
+pub fn write_checkpoint(
+    job_dir: &Path,
+    meta: &mut CheckpointMetadata,
+    states: &HashMap<(u32, u32), HashMap<u32, Vec<u8>>>,
+) -> Result<PathBuf, CheckpointError> {
+    let dir = job_dir.join(format!("chk-{}", meta.checkpoint_id));
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let mut keys: Vec<&(u32, u32)> = states.keys().collect();
+    keys.sort_unstable();
+    meta.files.clear();
+    for &(v, s) in keys {
+        let mut ops: Vec<(&u32, &Vec<u8>)> = states[&(v, s)].iter().collect();
+        ops.sort_unstable_by_key(|(uid, _)| **uid);
+        let mut bytes = STATE_FILE_MAGIC.to_vec();
+        postcard::to_io(&ops, &mut bytes).map_err(|e| CheckpointError::Corrupt {
+            path: dir.clone(),
+            why: format!("encoding subtask state: {e}"),
+        })?;
+        let file = format!("v{v}-s{s}.state");
+        let path = dir.join(&file);
+        write_synced(&path, &bytes)?;
+        meta.files.push(StateFileMeta {
+            vertex: v,
+            subtask: s,
+            file,
+            size: bytes.len() as u64,
+            crc32: crc32fast::hash(&bytes),
+        });
+    }
+    let json = serde_json::to_vec_pretty(&meta).map_err(|e| CheckpointError::Corrupt {
+        path: dir.clone(),
+        why: e.to_string(),
+    })?;
+    let tmp = dir.join(format!("{METADATA_FILE}.inprogress"));
+    write_synced(&tmp, &json)?;
+    let fin = dir.join(METADATA_FILE);
+    std::fs::rename(&tmp, &fin).map_err(io(&fin))?;
+    // The rename is durable once the directory is synced.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(dir)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// Reads the checkpoint at `path`: a `chk-<n>` directory, its `_metadata` file, or a
+/// job's checkpoint directory (its latest complete checkpoint).
+pub fn read_checkpoint(path: &Path) -> Result<CompletedCheckpoint, CheckpointError> {
+    let meta_path = if path.is_dir() && !path.join(METADATA_FILE).exists() {
+        match latest_in(path)? {
+            Some(p) => p.join(METADATA_FILE),
+            None => {
+                return Err(CheckpointError::Corrupt {
+                    path: path.into(),
+                    why: "no complete checkpoint here (no chk-*/_metadata)".into(),
+                })
+            }
+        }
+    } else if path.is_dir() {
+        path.join(METADATA_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let dir = meta_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let raw = std::fs::read(&meta_path).map_err(io(&meta_path))?;
+    let meta: CheckpointMetadata =
+        serde_json::from_slice(&raw).map_err(|e| CheckpointError::Corrupt {
+            path: meta_path.clone(),
+            why: format!("not a spate checkpoint's metadata: {e}"),
+        })?;
+    if meta.format != FORMAT {
+        return Err(CheckpointError::Corrupt {
+            path: meta_path,
+            why: format!("format '{}', expected '{FORMAT}'", meta.format),
+        });
+    }
+    let mut states = HashMap::new();
+    let mut size = 0;
+    for f in &meta.files {
+        if f.file.contains('/') || f.file.contains("..") {
+            return Err(CheckpointError::Corrupt {
+                path: meta_path,
+                why: format!("state file name '{}' leaves the checkpoint", f.file),
+            });
+        }
+        let p = dir.join(&f.file);
+        let bytes = std::fs::read(&p).map_err(io(&p))?;
+        let corrupt = |why: String| CheckpointError::Corrupt {
+            path: p.clone(),
+            why,
+        };
+        if bytes.len() as u64 != f.size || crc32fast::hash(&bytes) != f.crc32 {
+            return Err(corrupt(format!(
+                "{} bytes with CRC {:08x}; the metadata says {} bytes with CRC {:08x} \
+                 (truncated or damaged)",
+                bytes.len(),
+                crc32fast::hash(&bytes),
+                f.size,
+                f.crc32
+            )));
+        }
+        let body = bytes
+            .strip_prefix(STATE_FILE_MAGIC)
+            .ok_or_else(|| corrupt("not a spate state file".into()))?;
+        let ops: Vec<OperatorState> =
+            postcard::from_bytes(body).map_err(|e| corrupt(format!("decoding: {e}")))?;
+        size += f.size;
+        states.insert((f.vertex, f.subtask), ops.into_iter().collect());
+    }
+    Ok(CompletedCheckpoint {
+        path: Some(dir),
+        meta,
+        states,
+        size,
+    })
+}
+
+/// The `chk-<n>` directories under `job_dir` that have a `_metadata`, highest first.
+fn complete_in(job_dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(job_dir).map_err(io(job_dir))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(n) = name
+            .strip_prefix("chk-")
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if e.path().join(METADATA_FILE).is_file() {
+            found.push((n, e.path()));
+        }
+    }
+    found.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+    Ok(found)
+}
+
+/// The latest complete checkpoint under `job_dir`.
+fn latest_in(job_dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    Ok(complete_in(job_dir)?.into_iter().next().map(|(_, p)| p))
+}
+
+/// Figures of a job's checkpoints (for the summary and the REST API).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Checkpoints triggered.
+    pub triggered: u64,
+    /// Completed.
+    pub completed: u64,
+    /// Failed (timed out, or could not be written).
+    pub failed: u64,
+    /// Aborted without counting as failures (a task finished or the job restarted).
+    pub aborted: u64,
+    /// The last completed checkpoint: id.
+    pub last_id: u64,
+    /// Its duration, trigger to completion (ms).
+    pub last_duration_ms: u64,
+    /// Its size (bytes of state).
+    pub last_size: u64,
+    /// Its longest barrier alignment in a task (ns).
+    pub last_alignment_ns: u64,
+    /// Its longest synchronous part in a task (ns): the states written on a slot.
+    pub last_sync_ns: u64,
+    /// Where it was written (empty: in memory).
+    pub last_path: String,
+    /// The checkpoint the job restored from last, if any.
+    pub restored_id: Option<u64>,
+}
+
+/// A checkpoint in flight.
+#[derive(Debug)]
+struct Pending {
+    kind: BarrierKind,
+    started: Instant,
+    timestamp_ms: u64,
+    awaiting: BTreeSet<(u32, u32)>,
+    states: HashMap<(u32, u32), HashMap<u32, Vec<u8>>>,
+    alignment_ns: u64,
+    sync_ns: u64,
+}
+
+/// What the coordinator asks of the job's runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoordinatorVerdict {
+    /// Go on.
+    Continue,
+    /// Too many checkpoints failed in a row: fail the job with this message.
+    FailJob(String),
+}
+
+/// The checkpoint coordinator of one job.
+pub struct CheckpointCoordinator {
+    cfg: CheckpointConfig,
+    job_name: String,
+    job_id: String,
+    vertices: Vec<VertexMeta>,
+    trigger: Arc<CheckpointTrigger>,
+    next_id: u64,
+    pending: BTreeMap<u64, Pending>,
+    /// The running attempt's tasks.
+    tasks: BTreeSet<(u32, u32)>,
+    any_finished: bool,
+    last_trigger: Option<Instant>,
+    last_completion: Option<Instant>,
+    consecutive_failures: u32,
+    latest: Option<Arc<CompletedCheckpoint>>,
+    stats: CheckpointStats,
+}
+
+impl std::fmt::Debug for CheckpointCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointCoordinator")
+            .field("job_id", &self.job_id)
+            .field("next_id", &self.next_id)
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl CheckpointCoordinator {
+    /// The coordinator of `job` (id `job_id`), under `cfg`.
+    pub fn new(cfg: &CheckpointConfig, job: &JobGraph, job_id: &str) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            job_name: job.job_name.clone(),
+            job_id: job_id.into(),
+            vertices: vertices_of(job),
+            trigger: CheckpointTrigger::new(),
+            next_id: 1,
+            pending: BTreeMap::new(),
+            tasks: BTreeSet::new(),
+            any_finished: false,
+            last_trigger: None,
+            last_completion: None,
+            consecutive_failures: 0,
+            latest: None,
+            stats: CheckpointStats::default(),
+        }
+    }
+
+    /// Whether periodic checkpoints are on.
+    pub fn periodic(&self) -> bool {
+        self.cfg.interval.is_some()
+    }
+
+    /// Whether barriers are aligned (exactly-once).
+    pub fn exactly_once(&self) -> bool {
+        self.cfg.exactly_once
+    }
+
+    /// Where this job's checkpoints go (`None`: memory).
+    pub fn job_dir(&self) -> Option<PathBuf> {
+        self.cfg.dir.as_ref().map(|d| d.join(&self.job_id))
+    }
+
+    /// Resumes from `cp` (a checkpoint or savepoint given by the user, or the latest):
+    /// later ids are above its.
+    pub fn restore_from(&mut self, cp: Arc<CompletedCheckpoint>) {
+        self.next_id = self.next_id.max(cp.meta.checkpoint_id + 1);
+        self.stats.restored_id = Some(cp.meta.checkpoint_id);
+        self.latest = Some(cp);
+    }
+
+    /// The latest completed checkpoint (what a restart restores).
+    pub fn latest(&self) -> Option<Arc<CompletedCheckpoint>> {
+        self.latest.clone()
+    }
+
+    /// A new attempt of the job starts with these tasks: checkpoints in flight are
+    /// aborted, and sources read a fresh trigger.
+    pub fn start_attempt(&mut self, tasks: impl IntoIterator<Item = (u32, u32)>) {
+        self.stats.aborted += self.pending.len() as u64;
+        self.pending.clear();
+        self.tasks = tasks.into_iter().collect();
+        self.any_finished = false;
+        self.trigger = CheckpointTrigger::new();
+        self.last_trigger = Some(Instant::now());
+        if let Some(cp) = &self.latest {
+            self.stats.restored_id = Some(cp.meta.checkpoint_id);
+        }
+    }
+
+    /// The trigger the running attempt's sources read.
+    pub fn trigger(&self) -> Arc<CheckpointTrigger> {
+        self.trigger.clone()
+    }
+
+    /// The figures so far.
+    pub fn stats(&self) -> &CheckpointStats {
+        &self.stats
+    }
+
+    /// How long until the coordinator has something to do (a trigger or a timeout).
+    pub fn next_wakeup(&self, now: Instant) -> Option<Duration> {
+        let mut at: Option<Instant> = self
+            .pending
+            .values()
+            .map(|p| p.started + self.cfg.timeout)
+            .min();
+        if let Some(due) = self.next_trigger_at() {
+            at = Some(at.map_or(due, |a| a.min(due)));
+        }
+        at.map(|a| a.saturating_duration_since(now))
+    }
+
+    fn next_trigger_at(&self) -> Option<Instant> {
+        let interval = self.cfg.interval?;
+        if self.any_finished || self.pending.len() >= self.cfg.max_concurrent {
+            return None;
+        }
+        let mut due = self
+            .last_trigger
+            .map_or_else(Instant::now, |t| t + interval);
+        if let Some(c) = self.last_completion {
+            due = due.max(c + self.cfg.min_pause);
+        }
+        Some(due)
+    }
+
+    /// Triggers a checkpoint when one is due and aborts those that timed out.
+    pub fn poll(&mut self, now: Instant) -> CoordinatorVerdict {
+        let timed_out: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.started) >= self.cfg.timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in timed_out {
+            self.pending.remove(&id);
+            tracing::warn!(
+                checkpoint = id,
+                timeout = ?self.cfg.timeout,
+                "checkpoint expired before completing"
+            );
+            if let CoordinatorVerdict::FailJob(m) = self.failed(id, "it expired") {
+                return CoordinatorVerdict::FailJob(m);
+            }
+        }
+        if self.next_trigger_at().is_some_and(|due| due <= now) {
+            self.trigger_now(BarrierKind::Checkpoint, now);
+        }
+        CoordinatorVerdict::Continue
+    }
+
+    /// Triggers checkpoint (or savepoint) now; returns its id, or `None` when no
+    /// checkpoint can be taken (no running tasks, or one finished).
+    pub fn trigger_now(&mut self, kind: BarrierKind, now: Instant) -> Option<u64> {
+        if self.tasks.is_empty() || self.any_finished {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.last_trigger = Some(now);
+        let ts = epoch_ms();
+        self.pending.insert(
+            id,
+            Pending {
+                kind,
+                started: now,
+                timestamp_ms: ts,
+                awaiting: self.tasks.clone(),
+                states: HashMap::new(),
+                alignment_ns: 0,
+                sync_ns: 0,
+            },
+        );
+        self.stats.triggered += 1;
+        self.trigger.request(id, ts.saturating_mul(1_000_000), kind);
+        tracing::debug!(checkpoint = id, "checkpoint triggered");
+        Some(id)
+    }
+
+    /// A failed checkpoint: counts it, and fails the job past the tolerable number.
+    fn failed(&mut self, id: u64, why: &str) -> CoordinatorVerdict {
+        self.stats.failed += 1;
+        self.consecutive_failures += 1;
+        match self.cfg.tolerable_failures {
+            Some(n) if self.consecutive_failures > n => CoordinatorVerdict::FailJob(format!(
+                "checkpoint {id} failed ({why}): {} checkpoints failed in a row, more than \
+                 execution.checkpointing.tolerable-failed-checkpoints ({n})",
+                self.consecutive_failures
+            )),
+            _ => CoordinatorVerdict::Continue,
+        }
+    }
+
+    /// A task finished: no checkpoint can complete or start from now on.
+    pub fn task_finished(&mut self, vertex: u32, subtask: u32) {
+        if !self.tasks.contains(&(vertex, subtask)) {
+            return;
+        }
+        self.any_finished = true;
+        let n = self.pending.len() as u64;
+        if n > 0 {
+            tracing::debug!(pending = n, "checkpoints aborted: a task finished");
+        }
+        self.stats.aborted += n;
+        self.pending.clear();
+    }
+
+    /// A task acknowledged a checkpoint. Returns the completed checkpoint when this
+    /// was the last acknowledgement it waited for, and any verdict on the job.
+    pub fn acknowledge(&mut self, ack: CheckpointAck) -> CoordinatorVerdict {
+        let task = (ack.vertex, ack.subtask);
+        let Some(p) = self.pending.get_mut(&ack.checkpoint_id) else {
+            return CoordinatorVerdict::Continue; // of an aborted checkpoint
+        };
+        if !p.awaiting.remove(&task) {
+            return CoordinatorVerdict::Continue;
+        }
+        p.alignment_ns = p.alignment_ns.max(ack.alignment_ns);
+        p.sync_ns = p.sync_ns.max(ack.sync_ns);
+        if !ack.states.is_empty() {
+            p.states.insert(task, ack.states.into_iter().collect());
+        }
+        if !p.awaiting.is_empty() {
+            return CoordinatorVerdict::Continue;
+        }
+        let id = ack.checkpoint_id;
+        let Some(p) = self.pending.remove(&id) else {
+            return CoordinatorVerdict::Continue;
+        };
+        self.complete(id, p)
+    }
+
+    fn complete(&mut self, id: u64, p: Pending) -> CoordinatorVerdict {
+        let now = Instant::now();
+        let duration = now.duration_since(p.started);
+        let mut meta = CheckpointMetadata {
+            format: FORMAT.into(),
+            job_name: self.job_name.clone(),
+            job_id: self.job_id.clone(),
+            checkpoint_id: id,
+            kind: match p.kind {
+                BarrierKind::Checkpoint => "CHECKPOINT",
+                BarrierKind::Savepoint => "SAVEPOINT",
+            }
+            .into(),
+            timestamp_ms: p.timestamp_ms,
+            duration_ms: duration.as_millis() as u64,
+            vertices: self.vertices.clone(),
+            files: Vec::new(),
+        };
+        let size: u64 = p
+            .states
+            .values()
+            .flat_map(|m| m.values())
+            .map(|b| b.len() as u64)
+            .sum();
+        let path = match self.job_dir() {
+            Some(dir) => match write_checkpoint(&dir, &mut meta, &p.states) {
+                Ok(path) => {
+                    self.retain(&dir);
+                    Some(path)
+                }
+                Err(e) => {
+                    tracing::warn!(checkpoint = id, error = %e, "checkpoint could not be written");
+                    let _ = std::fs::remove_dir_all(dir.join(format!("chk-{id}")));
+                    return self.failed(id, &e.to_string());
+                }
+            },
+            None => None,
+        };
+        // Older checkpoints still in flight are subsumed.
+        let older: Vec<u64> = self.pending.range(..id).map(|(k, _)| *k).collect();
+        for k in older {
+            self.pending.remove(&k);
+            self.stats.aborted += 1;
+        }
+        self.consecutive_failures = 0;
+        self.last_completion = Some(now);
+        self.stats.completed += 1;
+        self.stats.last_id = id;
+        self.stats.last_duration_ms = duration.as_millis() as u64;
+        self.stats.last_size = size;
+        self.stats.last_alignment_ns = p.alignment_ns;
+        self.stats.last_sync_ns = p.sync_ns;
+        self.stats.last_path = path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        tracing::info!(
+            checkpoint = id,
+            ms = duration.as_millis() as u64,
+            bytes = size,
+            "checkpoint completed"
+        );
+        self.latest = Some(Arc::new(CompletedCheckpoint {
+            path,
+            meta,
+            states: p.states,
+            size,
+        }));
+        CoordinatorVerdict::Continue
+    }
+
+    /// Keeps the `num-retained` newest complete checkpoints of the job, and removes
+    /// incomplete ones older than the newest complete one.
+    fn retain(&self, job_dir: &Path) {
+        let Ok(complete) = complete_in(job_dir) else {
+            return;
+        };
+        let newest = complete.first().map_or(0, |c| c.0);
+        for (_, p) in complete.iter().skip(self.cfg.num_retained) {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        if let Ok(rd) = std::fs::read_dir(job_dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(n) = name
+                    .strip_prefix("chk-")
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    if n < newest && !e.path().join(METADATA_FILE).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn meta(id: u64) -> CheckpointMetadata {
+        CheckpointMetadata {
+            format: FORMAT.into(),
+            job_name: "j".into(),
+            job_id: "x".into(),
+            checkpoint_id: id,
+            kind: "CHECKPOINT".into(),
+            timestamp_ms: 1,
+            duration_ms: 2,
+            vertices: vec![VertexMeta {
+                id: 0,
+                name: "v".into(),
+                parallelism: 1,
+            }],
+            files: vec![],
+        }
+    }
+
+    fn states() -> HashMap<(u32, u32), HashMap<u32, Vec<u8>>> {
+        HashMap::from([((0, 0), HashMap::from([(1, vec![1, 2, 3]), (2, vec![4])]))])
+    }
+
+    #[test]
+    fn a_written_checkpoint_reads_back_and_damage_is_detected() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = meta(3);
+        let dir = write_checkpoint(d.path(), &mut m, &states()).unwrap();
+        let cp = read_checkpoint(&dir).unwrap();
+        assert_eq!(cp.meta, m);
+        assert_eq!(cp.states, states());
+        // The job directory reads as its latest checkpoint.
+        assert_eq!(read_checkpoint(d.path()).unwrap().meta.checkpoint_id, 3);
+        // Truncated state file.
+        let f = dir.join("v0-s0.state");
+        let bytes = std::fs::read(&f).unwrap();
+        std::fs::write(&f, &bytes[..bytes.len() - 1]).unwrap();
+        let e = read_checkpoint(&dir).unwrap_err().to_string();
+        assert!(e.contains("truncated or damaged"), "{e}");
+        // Flipped byte, same length.
+        let mut flipped = bytes.clone();
+        flipped[9] ^= 0xFF;
+        std::fs::write(&f, &flipped).unwrap();
+        assert!(read_checkpoint(&dir).is_err());
+        // Metadata that is not ours.
+        std::fs::write(dir.join(METADATA_FILE), b"{\"hello\": 1}").unwrap();
+        let e = read_checkpoint(&dir).unwrap_err().to_string();
+        assert!(e.contains("not a spate checkpoint"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_without_metadata_is_not_a_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("chk-9")).unwrap();
+        std::fs::write(d.path().join("chk-9/v0-s0.state"), b"x").unwrap();
+        assert!(read_checkpoint(d.path()).is_err());
+        let mut m = meta(4);
+        write_checkpoint(d.path(), &mut m, &states()).unwrap();
+        // chk-9 has no metadata: the latest complete one is 4.
+        assert_eq!(read_checkpoint(d.path()).unwrap().meta.checkpoint_id, 4);
+    }
+
+    #[test]
+    fn a_state_file_name_cannot_leave_the_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = meta(1);
+        let dir = write_checkpoint(d.path(), &mut m, &states()).unwrap();
+        m.files[0].file = "../../etc/passwd".into();
+        std::fs::write(dir.join(METADATA_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = read_checkpoint(&dir).unwrap_err().to_string();
+        assert!(e.contains("leaves the checkpoint"), "{e}");
+    }
+}
