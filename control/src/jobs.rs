@@ -210,7 +210,7 @@ pub struct Bar {
 spate_dataplane::pod_wire!(Bar);
 
 /// A bar being built: the window's trades so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BarAcc {
     open_ts: u64,
     /// Opening price.

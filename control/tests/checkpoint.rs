@@ -115,6 +115,11 @@ fn execute(
     .unwrap()
 }
 
+/// The distinct records in `v`.
+fn set<T: Ord + Copy>(v: &Mutex<Vec<T>>) -> std::collections::BTreeSet<T> {
+    v.lock().unwrap().iter().copied().collect()
+}
+
 /// The last (highest) running sum emitted per key.
 fn finals(out: &Mutex<Vec<(u64, u64)>>) -> HashMap<u64, u64> {
     let mut m = HashMap::new();
@@ -270,4 +275,95 @@ fn at_least_once_mode_resumes_without_losing_records() {
     // Nothing lost; with one source in front of the keyed operator nothing is counted
     // twice either (barriers of one input need no alignment).
     assert_eq!(finals(&out), reference());
+}
+
+/// Window contents are state too: a tumbling event-time window reduce and a sliding
+/// process window (which keeps the records themselves) resume with their open windows'
+/// contents, so that every window's result is exact. Results are recorded as they are
+/// emitted (not at the end of the last attempt), so the failed attempt's results are
+/// there too: the set of distinct results must equal an uninterrupted run's.
+#[test]
+fn window_contents_resume_from_a_checkpoint() {
+    use spate_dataplane::operator::watermark::WatermarkStrategy;
+    use spate_dataplane::operator::window::{Window, WindowAssigner};
+    const N: u64 = 6_000;
+    type R = (u64, u64, u64); // key, event time, value
+    type Seen<T> = Arc<Mutex<Vec<T>>>;
+    type Job = (
+        StreamExecutionEnvironment,
+        Seen<R>,
+        Seen<(u64, u64, u64, u64)>,
+    );
+    let job = |p: usize, fail: bool| -> Job {
+        let input: Vec<R> = (0..N).map(|i| (i % 7, i * 10, i)).collect();
+        let failures = Arc::new(AtomicU32::new(u32::from(!fail)));
+        let env = StreamExecutionEnvironment::new("windows");
+        let timed = env
+            .from_collection(input)
+            .map(move |r: R| {
+                std::thread::sleep(Duration::from_micros(40));
+                if r.2 == N * 3 / 4 && failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                    panic!("injected failure at record {}", r.2);
+                }
+                r
+            })
+            .assign_timestamps_and_watermarks(
+                WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|r: &R| r.1),
+            );
+        let reduced = Arc::new(Mutex::new(Vec::new()));
+        let seen = reduced.clone();
+        timed
+            .key_by(|r: &R| r.0)
+            .window(WindowAssigner::tumbling_event_time(Duration::from_nanos(1_000)).unwrap())
+            .reduce(|a: R, b: R| (a.0, a.1.max(b.1), a.2 + b.2))
+            .set_parallelism(p)
+            .map(move |r: R| {
+                seen.lock().unwrap().push(r);
+                r
+            })
+            .discard();
+        let processed = Arc::new(Mutex::new(Vec::new()));
+        let seen = processed.clone();
+        timed
+            .key_by(|r: &R| r.0)
+            .window(
+                WindowAssigner::sliding_event_time(
+                    Duration::from_nanos(2_000),
+                    Duration::from_nanos(1_000),
+                )
+                .unwrap(),
+            )
+            .process(
+                |k: &u64, w: &Window, rs: Vec<R>, out: &mut Vec<(u64, u64, u64, u64)>| {
+                    out.push((*k, w.start, rs.len() as u64, rs.iter().map(|r| r.2).sum()));
+                },
+            )
+            .set_parallelism(p)
+            .map(move |r| {
+                seen.lock().unwrap().push(r);
+                r
+            })
+            .discard();
+        (env, reduced, processed)
+    };
+    for p in [1, 2] {
+        let (env, want_reduce, want_process) = job(p, false);
+        let r = execute(&env, &config(CheckpointConfig::default()), None);
+        assert_eq!(r.status, JobStatus::Finished, "p={p}: {:?}", r.exceptions);
+        let (env, reduced, processed) = job(p, true);
+        let r = execute(&env, &config(every(20)), None);
+        assert_eq!(r.status, JobStatus::Finished, "p={p}: {:?}", r.exceptions);
+        assert_eq!(r.restarts, 1, "p={p}");
+        assert!(
+            r.checkpoints.restored_id.is_some(),
+            "p={p}: {:?}",
+            r.checkpoints
+        );
+        assert_eq!(set(&reduced), set(&want_reduce), "p={p}: reduce");
+        assert_eq!(set(&processed), set(&want_process), "p={p}: process window");
+        // The sums of the uninterrupted run are right: each key's windows add up to
+        // its records.
+        let total: u64 = set(&want_reduce).iter().map(|r| r.2).sum();
+        assert_eq!(total, (0..N).sum::<u64>());
+    }
 }

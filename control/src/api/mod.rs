@@ -10,6 +10,7 @@
 //! ```
 
 use crate::graph::{AnyBox, Build, Chaining, Edge, EdgePartition, Node, StreamGraph, TypeOps};
+use spate_dataplane::checkpoint::WireState;
 use spate_dataplane::exchange::KeyHashFn;
 pub use spate_dataplane::operator::broadcast::{
     BroadcastContext, BroadcastProcessFunction, KeyedBroadcastProcessFunction,
@@ -1431,23 +1432,25 @@ impl<A, B> Clone for CoGroupAcc<A, B> {
     }
 }
 
-impl<A: Clone + Send + Sync + 'static, B: Clone + Send + Sync + 'static> AggregateFunction
-    for CoGroupAcc<A, B>
-{
+impl<A: Data + Sync, B: Data + Sync> AggregateFunction for CoGroupAcc<A, B> {
     type In = Either<A, B>;
-    type Acc = (Vec<A>, Vec<B>);
+    /// Both sides' records, checkpointed with their wire encoding.
+    type Acc = (Vec<WireState<A>>, Vec<WireState<B>>);
     type Out = (Vec<A>, Vec<B>);
     fn create_accumulator(&self) -> Self::Acc {
         (Vec::new(), Vec::new())
     }
     fn add(&self, value: &Either<A, B>, acc: &mut Self::Acc) {
         match value {
-            Either::Left(a) => acc.0.push(a.clone()),
-            Either::Right(b) => acc.1.push(b.clone()),
+            Either::Left(a) => acc.0.push(WireState(a.clone())),
+            Either::Right(b) => acc.1.push(WireState(b.clone())),
         }
     }
     fn get_result(&self, acc: &Self::Acc) -> Self::Out {
-        acc.clone()
+        (
+            acc.0.iter().map(|w| w.0.clone()).collect(),
+            acc.1.iter().map(|w| w.0.clone()).collect(),
+        )
     }
     fn merge(&self, mut a: Self::Acc, mut b: Self::Acc) -> Self::Acc {
         a.0.append(&mut b.0);

@@ -13,6 +13,7 @@ use super::keyed::{Context, KeyedCore, KeyedStates};
 use super::process::ProcessContext;
 use super::side::{OutputTag, SideOutputs};
 use super::{key_hash, Barrier, Event, Output, TwoInputOperator};
+use crate::checkpoint::{decode_state, encode_state, StateData, StateError};
 use crate::record::Key;
 
 /// Main-stream records with read-only broadcast state, and broadcast records that
@@ -25,7 +26,7 @@ pub trait BroadcastProcessFunction: Clone + Send + Sync + 'static {
     /// Output records.
     type Out;
     /// The broadcast state (the same in every subtask).
-    type State: Default + 'static;
+    type State: Default + StateData;
     /// One main-stream record.
     fn process_element(
         &mut self,
@@ -137,6 +138,16 @@ where
         self.sides.event(Event::EndOfInput);
     }
 
+    /// Every subtask writes its copy of the broadcast state (equal in all of them).
+    fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        encode_state(&self.state).map(Some)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        self.state = decode_state(state)?;
+        Ok(())
+    }
+
     fn on_tick(&mut self, now_ns: u64, _out: &mut Output<'_, P::Out>) {
         self.now_ns = now_ns;
     }
@@ -190,9 +201,9 @@ pub trait KeyedBroadcastProcessFunction: Clone + Send + Sync + 'static {
     /// Output records.
     type Out;
     /// Per-key state.
-    type State: Default + 'static;
+    type State: Default + StateData;
     /// The broadcast state (the same in every subtask).
-    type BroadcastState: Default + 'static;
+    type BroadcastState: Default + StateData;
     /// One main-stream record of the current key.
     fn process_element(
         &mut self,
@@ -334,5 +345,17 @@ where
 
     fn on_end_of_input(&mut self, _out: &mut Output<'_, P::Out>) {
         self.core.flush_sides(Some(Event::EndOfInput));
+    }
+
+    fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        let keyed = self.core.snapshot()?;
+        encode_state(&(keyed, &self.broadcast)).map(Some)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let (keyed, broadcast): (Vec<u8>, P::BroadcastState) = decode_state(state)?;
+        self.core.restore(&keyed)?;
+        self.broadcast = broadcast;
+        Ok(())
     }
 }

@@ -9,7 +9,8 @@
 use super::keyed::{KeyedStates, Timers};
 use super::watermark::TimestampsFn;
 use super::{key_hash, Output, TwoInputOperator};
-use crate::record::Key;
+use crate::checkpoint::{decode_state, encode_state, StateError, WireRef, WireState};
+use crate::record::{Key, Wire};
 
 /// Each key's waiting records of both sides, with their event times.
 struct Buffers<A, B> {
@@ -106,8 +107,8 @@ where
 impl<K, A, B, KA, KB, F, O> TwoInputOperator for IntervalJoin<K, A, B, KA, KB, F, O>
 where
     K: Key,
-    A: Clone + 'static,
-    B: Clone + 'static,
+    A: Clone + Wire,
+    B: Clone + Wire,
     KA: Fn(&A) -> K + 'static,
     KB: Fn(&B) -> K + 'static,
     F: FnMut(&A, &B, &mut Vec<O>) + 'static,
@@ -189,6 +190,42 @@ where
             }
         }
         out.watermark(watermark);
+    }
+
+    fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        type Side<'a, T> = Vec<(u64, WireRef<'a, T>)>;
+        let entries: Vec<(&K, Side<'_, A>, Side<'_, B>)> = self
+            .state
+            .iter()
+            .map(|(k, b)| {
+                (
+                    k,
+                    b.left.iter().map(|(t, a)| (*t, WireRef(a))).collect(),
+                    b.right.iter().map(|(t, r)| (*t, WireRef(r))).collect(),
+                )
+            })
+            .collect();
+        encode_state(&(entries, self.timers.snapshot())).map(Some)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        type Side<T> = Vec<(u64, WireState<T>)>;
+        type Snap<K, A, B> = (Vec<(K, Side<A>, Side<B>)>, Vec<(u64, K)>);
+        let (entries, timers): Snap<K, A, B> = decode_state(state)?;
+        self.state.restore(
+            entries
+                .into_iter()
+                .map(|(k, l, r)| {
+                    let buffers = Buffers {
+                        left: l.into_iter().map(|(t, w)| (t, w.0)).collect(),
+                        right: r.into_iter().map(|(t, w)| (t, w.0)).collect(),
+                    };
+                    (k, buffers)
+                })
+                .collect(),
+        );
+        self.timers.restore(timers);
+        Ok(())
     }
 }
 

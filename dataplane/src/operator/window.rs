@@ -10,10 +10,13 @@
 use super::keyed::{KeyedStates, TimeDomain, Timers};
 use super::watermark::TimestampsFn;
 use super::{key_hash, Barrier, BoxEmit, Event, Operator, Output};
-use crate::record::Key;
+use crate::checkpoint::{decode_state, encode_state, StateData, StateError, WireState};
+use crate::record::{Key, Wire};
 
 /// A window: the event times `start..end` (end exclusive).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Window {
     /// First instant, ns.
     pub start: u64,
@@ -188,8 +191,9 @@ impl WindowAssigner {
 pub trait AggregateFunction: Clone + Send + Sync + 'static {
     /// Input records.
     type In;
-    /// The accumulator.
-    type Acc;
+    /// The accumulator (window contents in checkpoints: derive serde's `Serialize` and
+    /// `Deserialize` for one of your own).
+    type Acc: StateData;
     /// The result.
     type Out;
     /// A new, empty accumulator.
@@ -222,27 +226,28 @@ impl<T, R> ReduceAggregate<T, R> {
 
 impl<T, R> AggregateFunction for ReduceAggregate<T, R>
 where
-    T: Clone + Send + Sync + 'static,
+    T: Clone + Wire + Sync,
     R: Fn(T, T) -> T + Clone + Send + Sync + 'static,
 {
     type In = T;
-    type Acc = Option<T>;
+    /// The record, checkpointed with its wire encoding.
+    type Acc = Option<WireState<T>>;
     type Out = Option<T>;
-    fn create_accumulator(&self) -> Option<T> {
+    fn create_accumulator(&self) -> Self::Acc {
         None
     }
-    fn add(&self, value: &T, acc: &mut Option<T>) {
-        *acc = Some(match acc.take() {
-            Some(a) => (self.reduce)(a, value.clone()),
+    fn add(&self, value: &T, acc: &mut Self::Acc) {
+        *acc = Some(WireState(match acc.take() {
+            Some(a) => (self.reduce)(a.0, value.clone()),
             None => value.clone(),
-        });
+        }));
     }
-    fn get_result(&self, acc: &Option<T>) -> Option<T> {
-        acc.clone()
+    fn get_result(&self, acc: &Self::Acc) -> Option<T> {
+        acc.as_ref().map(|a| a.0.clone())
     }
-    fn merge(&self, a: Option<T>, b: Option<T>) -> Option<T> {
+    fn merge(&self, a: Self::Acc, b: Self::Acc) -> Self::Acc {
         match (a, b) {
-            (Some(a), Some(b)) => Some((self.reduce)(a, b)),
+            (Some(a), Some(b)) => Some(WireState((self.reduce)(a.0, b.0))),
             (a, b) => a.or(b),
         }
     }
@@ -264,20 +269,21 @@ impl<T> Default for CollectAll<T> {
     }
 }
 
-impl<T: Clone + Send + Sync + 'static> AggregateFunction for CollectAll<T> {
+impl<T: Clone + Wire + Sync> AggregateFunction for CollectAll<T> {
     type In = T;
-    type Acc = Vec<T>;
+    /// The records, checkpointed with their wire encoding.
+    type Acc = Vec<WireState<T>>;
     type Out = Vec<T>;
-    fn create_accumulator(&self) -> Vec<T> {
+    fn create_accumulator(&self) -> Self::Acc {
         Vec::new()
     }
-    fn add(&self, value: &T, acc: &mut Vec<T>) {
-        acc.push(value.clone());
+    fn add(&self, value: &T, acc: &mut Self::Acc) {
+        acc.push(WireState(value.clone()));
     }
-    fn get_result(&self, acc: &Vec<T>) -> Vec<T> {
-        acc.clone()
+    fn get_result(&self, acc: &Self::Acc) -> Vec<T> {
+        acc.iter().map(|w| w.0.clone()).collect()
     }
-    fn merge(&self, mut a: Vec<T>, mut b: Vec<T>) -> Vec<T> {
+    fn merge(&self, mut a: Self::Acc, mut b: Self::Acc) -> Self::Acc {
         a.append(&mut b);
         a
     }
@@ -367,6 +373,15 @@ where
             let key = (self.key)(&r);
             self.one(h, key, &r, buf);
         }
+    }
+
+    fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        encode_state(self.states.entries()).map(Some)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        self.states.restore(decode_state(state)?);
+        Ok(())
     }
 }
 
@@ -509,7 +524,7 @@ impl Trigger {
 
 /// A key's session: its accumulator (none after a purge) and its count since the last
 /// firing (count triggers).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct WindowSlot<Acc> {
     acc: Option<Acc>,
     count: u64,
@@ -1184,6 +1199,54 @@ where
         }
         // The late output is a stream of its own: it ends here too.
         self.flush_late(Some(Event::EndOfInput));
+    }
+
+    fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        type PaneRef<'a, K, Acc> = (Window, &'a [(K, Option<Acc>)], &'a [u64], bool, u64);
+        let panes: Vec<PaneRef<'_, K, A::Acc>> = self
+            .panes
+            .iter()
+            .map(|p| {
+                (
+                    p.window,
+                    p.table.entries(),
+                    &p.trig[..],
+                    p.fired,
+                    p.next_fire,
+                )
+            })
+            .collect();
+        encode_state(&(panes, self.windows.entries(), self.timers.snapshot())).map(Some)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        type PaneOwned<K, Acc> = (Window, Vec<(K, Option<Acc>)>, Vec<u64>, bool, u64);
+        type Snap<K, Acc> = (
+            Vec<PaneOwned<K, Acc>>,
+            Vec<(K, Sessions<Acc>)>,
+            Vec<(u64, K)>,
+        );
+        let (panes, sessions, timers): Snap<K, A::Acc> = decode_state(state)?;
+        self.panes = panes
+            .into_iter()
+            .map(|(window, entries, trig, fired, next_fire)| {
+                let mut table = PaneTable::default();
+                table.restore(entries);
+                Pane {
+                    window,
+                    table,
+                    trig,
+                    fired,
+                    next_fire,
+                }
+            })
+            .collect();
+        // Kept in order of their ends, as the operator keeps them.
+        self.panes.sort_by_key(|p| p.window.end);
+        self.last_pane = None;
+        self.windows.restore(sessions);
+        self.timers.restore(timers);
+        Ok(())
     }
 }
 
