@@ -156,6 +156,7 @@ fn run_bars(imp: Impl, p: usize, pace: Pace, events: u64, params: &Params) -> Re
                 o: Outcome {
                     eps: events as f64 / secs,
                     latency: r.progress.latency,
+                    checkpoints: None,
                 },
                 bars: r.progress.records,
                 starts: starts.iter().map(|s| s.load(Ordering::Relaxed)).collect(),
@@ -191,6 +192,7 @@ fn run_bars(imp: Impl, p: usize, pace: Pace, events: u64, params: &Params) -> Re
                 o: Outcome {
                     eps: o.eps,
                     latency: o.latency,
+                    checkpoints: None,
                 },
                 bars: o.bars,
                 starts: o.starts,

@@ -11,6 +11,7 @@ mod hiccup;
 mod net;
 mod report;
 mod ring;
+mod snapshot;
 mod timely_w1;
 mod timely_w2;
 mod vwap;
@@ -62,6 +63,19 @@ enum Cmd {
         /// Write the latency plot (SVG) to this file.
         #[arg(long)]
         plot: Option<PathBuf>,
+    },
+    /// What a checkpoint costs a slot: W1's keyed state of 1 K, 100 K and 1 M symbols
+    /// encoded (snapshot) and decoded (restore), beside a plain copy and serde_json.
+    Snapshot {
+        /// Reps per size (at most 10 for 1 M keys).
+        #[arg(long, default_value_t = 50)]
+        reps: u64,
+        /// Sizes (keys), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+        keys: Vec<u32>,
+        /// Write the rows as a JSON array to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Workload W2 (one-second bars in event time) on the MiniCluster beside timely
     /// dataflow: throughput at p=1 and p=2 (with W1 at p=1 for reference), firing
@@ -209,6 +223,17 @@ fn main() -> Result<()> {
             vwap::print(&report);
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Cmd::Snapshot { reps, keys, json } => {
+            eprintln!(
+                "snapshot: W1's keyed state at {keys:?} keys, {reps} reps (TSC-timed, one thread)"
+            );
+            let rows = snapshot::run(&keys, reps.max(1))?;
+            snapshot::print(&rows);
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")?;
                 eprintln!("wrote {}", path.display());
             }
         }

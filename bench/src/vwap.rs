@@ -86,6 +86,18 @@ pub struct Row {
     /// this run fired on its watermark (part of the firing latency), ns.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule_wait_ns: Option<f64>,
+    /// Rows with checkpoints on: checkpoints completed in the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<u64>,
+    /// The last checkpoint's duration, trigger to completion, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_ms: Option<u64>,
+    /// The last checkpoint's size, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_bytes: Option<u64>,
+    /// The last checkpoint's longest time on a slot (states encoded), ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_sync_ns: Option<u64>,
     #[serde(skip)]
     hist: Option<Histogram<u64>>,
 }
@@ -96,7 +108,14 @@ pub(crate) struct Outcome {
     pub eps: f64,
     /// Latencies, ns.
     pub latency: Histogram<u64>,
+    /// Checkpoints of the run (when they were on).
+    pub checkpoints: Option<spate::checkpoint::CheckpointStats>,
 }
+
+/// Checkpoints in the rows that have them on: every second, kept in memory (the
+/// coordinator's thread writing files is not on the slots' cores' critical path either,
+/// but a disk's speed would make rows incomparable between machines).
+pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the job declared on `env` on a MiniCluster as every spate run of these
 /// benchmarks does (parallelism `p`, as many busy-spinning slots pinned to `cores`),
@@ -105,6 +124,16 @@ pub(crate) fn execute(
     env: &StreamExecutionEnvironment,
     p: usize,
     cores: (usize, usize),
+) -> Result<JobResult> {
+    execute_with(env, p, cores, None)
+}
+
+/// As [`execute`], with checkpoints every `checkpoint` if given.
+pub(crate) fn execute_with(
+    env: &StreamExecutionEnvironment,
+    p: usize,
+    cores: (usize, usize),
+    checkpoint: Option<Duration>,
 ) -> Result<JobResult> {
     let stream = env.stream_graph();
     let name = stream.job_name.clone();
@@ -116,6 +145,10 @@ pub(crate) fn execute(
         cores: vec![cores.0, cores.1],
         idle: IdleStrategyKind::BusySpin,
         ring_size: 1 << 20,
+        checkpointing: spate::config::CheckpointConfig {
+            interval: checkpoint,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let mut mc = MiniCluster::start(&config)?;
@@ -139,6 +172,18 @@ pub(crate) fn run_once(
     sample: u32,
     cores: (usize, usize),
 ) -> Result<Outcome> {
+    run_checkpointed(p, pace, events, sample, cores, None)
+}
+
+/// As [`run_once`], with checkpoints every `checkpoint` if given.
+pub(crate) fn run_checkpointed(
+    p: usize,
+    pace: Pace,
+    events: u64,
+    sample: u32,
+    cores: (usize, usize),
+    checkpoint: Option<Duration>,
+) -> Result<Outcome> {
     let env = StreamExecutionEnvironment::new("vwap");
     // W1 with its latency sink measuring one record in `sample` (`jobs::vwap` measures
     // every record, whatever `latency_sample` says).
@@ -153,10 +198,11 @@ pub(crate) fn run_once(
     )
     .latency_sink_sampled(|v| v.ts_ns, sample)
     .name("Latency Sink");
-    let r = execute(&env, p, cores)?;
+    let r = execute_with(&env, p, cores, checkpoint)?;
     Ok(Outcome {
         eps: r.progress.records as f64 / r.progress.elapsed.as_secs_f64().max(1e-9),
         latency: r.progress.latency,
+        checkpoints: checkpoint.map(|_| r.checkpoints),
     })
 }
 
@@ -209,6 +255,7 @@ impl Impl {
                 let o = Outcome {
                     eps: o.eps,
                     latency: o.latency,
+                    checkpoints: None,
                 };
                 Ok((o, format!("workers on cores {on}")))
             }
@@ -255,6 +302,10 @@ pub(crate) fn make_row(
         bars_measured: None,
         mean_ns: None,
         schedule_wait_ns: None,
+        checkpoints: o.checkpoints.as_ref().map(|c| c.completed),
+        checkpoint_ms: o.checkpoints.as_ref().map(|c| c.last_duration_ms),
+        checkpoint_bytes: o.checkpoints.as_ref().map(|c| c.last_size),
+        checkpoint_sync_ns: o.checkpoints.as_ref().map(|c| c.last_sync_ns),
         hist: Some(h.clone()),
     }
 }
@@ -371,6 +422,32 @@ pub fn ratios(rows: &[Row]) -> Vec<(String, Ratio)> {
             );
         }
     }
+    for p in [1usize, 2] {
+        let with = find(rows, Impl::Spate, p, "unpaced_ckpt", None);
+        let without = find(rows, Impl::Spate, p, "unpaced_long", None);
+        put(
+            format!("checkpointed_p{p}_throughput_over_plain"),
+            format!("unpaced events/s, p={p}: checkpoints every 1 s / none"),
+            div(
+                with.map(|r| r.events_per_s),
+                without.map(|r| r.events_per_s),
+            ),
+            true,
+            0.95,
+        );
+        let with = find(rows, Impl::Spate, p, "rate_ckpt", Some(1e6));
+        let without = find(rows, Impl::Spate, p, "rate", Some(1e6));
+        put(
+            format!("checkpointed_p{p}_p99_at_1m_over_plain"),
+            format!("p99 at 1 M/s, p={p}: checkpoints every 1 s / none"),
+            div(
+                with.map(|r| r.p99_ns as f64),
+                without.map(|r| r.p99_ns as f64),
+            ),
+            false,
+            1.2,
+        );
+    }
     out
 }
 
@@ -436,6 +513,60 @@ pub fn run(params: &Params) -> Result<Report> {
             );
             rows.push(row(imp, p, "rate", Some(rate), &o, 1));
         }
+    }
+    // Checkpoints every second: unpaced runs long enough for several (five times the
+    // throughput runs' trades), each beside a run of the same size without, interleaved;
+    // and 1 M/s with checkpoints, beside the 1 M/s rows above.
+    let long = params.events.saturating_mul(5);
+    for p in [1usize, 2] {
+        let mut with = Vec::new();
+        let mut without = Vec::new();
+        for rep in 0..params.reps.max(1) {
+            for ck in [None, Some(CHECKPOINT_INTERVAL)] {
+                let o = run_checkpointed(p, Pace::Unpaced, long, UNPACED_SAMPLE, params.cores, ck)?;
+                eprintln!(
+                    "spate unpaced p={p} {} rep {}: {:.2}M events/s{}",
+                    if ck.is_some() {
+                        "checkpoints every 1 s"
+                    } else {
+                        "no checkpoints"
+                    },
+                    rep + 1,
+                    o.eps / 1e6,
+                    o.checkpoints.as_ref().map_or(String::new(), |c| format!(
+                        ", {} checkpoints, last {} ms, {} bytes",
+                        c.completed, c.last_duration_ms, c.last_size
+                    ))
+                );
+                if ck.is_some() {
+                    &mut with
+                } else {
+                    &mut without
+                }
+                .push(o);
+            }
+        }
+        for (mode, mut v) in [("unpaced_long", without), ("unpaced_ckpt", with)] {
+            v.sort_by(|a, b| a.eps.total_cmp(&b.eps));
+            let mid = v.len() / 2;
+            let o = v.swap_remove(mid);
+            rows.push(row(Impl::Spate, p, mode, None, &o, UNPACED_SAMPLE));
+        }
+        let events = (1e6 * params.seconds) as u64;
+        let o = run_checkpointed(
+            p,
+            Pace::Rate(1e6),
+            events,
+            1,
+            params.cores,
+            Some(CHECKPOINT_INTERVAL),
+        )?;
+        eprintln!(
+            "spate p={p} at 1000k/s, checkpoints every 1 s: p50 {} ns, p99 {} ns",
+            o.latency.value_at_quantile(0.5),
+            o.latency.value_at_quantile(0.99)
+        );
+        rows.push(row(Impl::Spate, p, "rate_ckpt", Some(1e6), &o, 1));
     }
     // The highest offered rate each parallelism of spate sustains (achieves ≥ 99% of
     // it), by bisection between 1 M/s and its unpaced throughput.

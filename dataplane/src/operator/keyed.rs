@@ -266,6 +266,10 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
     pub fn restore(&mut self, entries: Vec<(K, S)>) {
         self.clear();
         self.entries.reserve(entries.len());
+        let existing = &self.entries;
+        self.index.reserve(entries.len(), |&j| {
+            table_hash(key_hash(&existing[j as usize].0))
+        });
         for (k, st) in entries {
             let (_, slot) = self.get_or_insert(key_hash(&k), k);
             *slot = st;
