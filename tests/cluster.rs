@@ -382,7 +382,7 @@ fn w1_across_two_taskmanagers(extra: &[&str], tcp: bool) {
         "{job}"
     );
     // Results per symbol, in order, equal the plain computation.
-    let got = spate::jobs::read_vwap_output(&out, 2).unwrap();
+    let got = spate::jobs::read_vwap_output(&out).unwrap();
     assert_eq!(got, spate::jobs::vwap_reference(42, events, 2));
     wait_for("the job's rings to be gone", Duration::from_secs(5), || {
         leftover_rings(&id).is_empty()

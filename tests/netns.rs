@@ -138,7 +138,7 @@ fn w1_across_two_hosts_equals_the_single_threaded_computation() {
     let jobs = get(&rest, "/jobs/overview").unwrap();
     assert_eq!(jobs["jobs"][0]["state"], "FINISHED", "{jobs}");
     // Results per symbol, in order, equal the plain computation.
-    let got = spate::jobs::read_vwap_output(&out, 2).unwrap();
+    let got = spate::jobs::read_vwap_output(&out).unwrap();
     assert_eq!(got, spate::jobs::vwap_reference(42, events, 2));
     // Both TaskManagers sent frames over their one connection, on io_uring.
     wait_for("network counters", Duration::from_secs(5), || {

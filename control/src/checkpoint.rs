@@ -607,8 +607,10 @@ impl CheckpointCoordinator {
         self.pending.clear();
     }
 
-    /// A task acknowledged a checkpoint. Returns the completed checkpoint when this
-    /// was the last acknowledgement it waited for, and any verdict on the job.
+    /// A task acknowledged a checkpoint; when it was the last acknowledgement the
+    /// checkpoint waited for, the checkpoint is written and tasks are told it
+    /// completed. Returns the verdict on the job (a failed write counts as a failed
+    /// checkpoint).
     pub fn acknowledge(&mut self, ack: CheckpointAck) -> CoordinatorVerdict {
         let task = (ack.vertex, ack.subtask);
         let Some(p) = self.pending.get_mut(&ack.checkpoint_id) else {
@@ -678,6 +680,8 @@ impl CheckpointCoordinator {
         }
         self.consecutive_failures = 0;
         self.last_completion = Some(now);
+        // Two-phase-commit sinks commit what this checkpoint's barrier closed.
+        self.trigger.complete(id);
         self.stats.completed += 1;
         self.stats.last_id = id;
         self.stats.last_duration_ms = duration.as_millis() as u64;

@@ -146,32 +146,30 @@ pub fn vwap_reference(seed: u64, events: u64, parallelism: usize) -> HashMap<u32
     out
 }
 
-/// Reads what W1 wrote with `output: PATH` at `parallelism` (files `PATH.0`, `PATH.1`,
-/// …, one `(symbol, vwap)` line per result): every symbol's VWAP sequence, in order,
+/// Reads what W1 committed with `output: DIR` (part files of the exactly-once file
+/// sink, one `(symbol, vwap)` line per result): every symbol's VWAP sequence, in order,
 /// comparable with [`vwap_reference`].
-pub fn read_vwap_output(
-    path: &std::path::Path,
-    parallelism: usize,
-) -> std::io::Result<HashMap<u32, Vec<i64>>> {
+pub fn read_vwap_output(dir: &std::path::Path) -> std::io::Result<HashMap<u32, Vec<i64>>> {
     let mut got: HashMap<u32, Vec<i64>> = HashMap::new();
-    for part in 0..parallelism {
-        let file = format!("{}.{part}", path.display());
-        let text = std::fs::read_to_string(&file)?;
-        for (n, line) in text.lines().enumerate() {
-            let bad = || {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{file}:{}: not a (symbol, vwap) line: {line:?}", n + 1),
-                )
-            };
-            let (s, v) = line
-                .trim_matches(|c| c == '(' || c == ')')
-                .split_once(", ")
-                .ok_or_else(bad)?;
-            let s: u32 = s.parse().map_err(|_| bad())?;
-            let v: i64 = v.parse().map_err(|_| bad())?;
-            got.entry(s).or_default().push(v);
-        }
+    let lines = spate_dataplane::operator::file_sink::read_committed(dir)?;
+    for (n, line) in lines.iter().enumerate() {
+        let bad = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: line {}: not a (symbol, vwap) line: {line:?}",
+                    dir.display(),
+                    n + 1
+                ),
+            )
+        };
+        let (s, v) = line
+            .trim_matches(|c| c == '(' || c == ')')
+            .split_once(", ")
+            .ok_or_else(bad)?;
+        let s: u32 = s.parse().map_err(|_| bad())?;
+        let v: i64 = v.parse().map_err(|_| bad())?;
+        got.entry(s).or_default().push(v);
     }
     Ok(got)
 }
@@ -483,8 +481,8 @@ pub struct JobSpec {
     /// vwap: measure one record in this many (default: 1 when paced, 16 unpaced).
     #[serde(default)]
     pub latency_sample: Option<u32>,
-    /// vwap: write `(symbol, vwap)` lines to this path (`path.N` per subtask) instead
-    /// of measuring latency.
+    /// vwap: write `(symbol, vwap)` lines into part files under this directory
+    /// through the exactly-once file sink, instead of measuring latency.
     #[serde(default)]
     pub output: Option<String>,
     /// bars: how far a trade's event time may be behind its send time, and the
@@ -590,7 +588,7 @@ impl JobSpec {
                     Some(path) => {
                         vwap_stream(env, params)
                             .map(|v: Vwap| (v.symbol, v.vwap))
-                            .write_as_text(path);
+                            .sink_to_files(path);
                     }
                     None => {
                         vwap(env, params);

@@ -531,7 +531,12 @@ impl Deployment {
             controls.push(ctl);
         }
         let mut cur: AnyBox = match &tail.build {
-            Build::Sink(b) => b(info).map_err(|e| format!("{}: {e}", tail.name))?,
+            Build::Sink(b) => {
+                crate::graph::set_building_uid(Some(tail.id as u32));
+                let built = b(info);
+                crate::graph::set_building_uid(None);
+                built.map_err(|e| format!("{}: {e}", tail.name))?
+            }
             _ => tail
                 .out
                 .as_ref()

@@ -33,6 +33,8 @@ pub struct CheckpointTrigger {
     requested: AtomicU64,
     /// When it was asked for (ns since the Unix epoch).
     timestamp_ns: AtomicU64,
+    /// The latest checkpoint known complete (0: none).
+    completed: AtomicU64,
 }
 
 impl CheckpointTrigger {
@@ -53,6 +55,21 @@ impl CheckpointTrigger {
             id << 1 | u64::from(kind == BarrierKind::Savepoint),
             Ordering::Release,
         );
+    }
+
+    /// Tells every task that checkpoint `id` (and every one before it) completed.
+    pub fn complete(&self, id: u64) {
+        // Release: a task that reads the id sees what the coordinator did before (it
+        // wrote the checkpoint), though tasks only act on the id itself.
+        self.completed.fetch_max(id, Ordering::Release);
+    }
+
+    /// The latest checkpoint known complete, if above `notified`.
+    #[inline(always)]
+    pub fn completed_since(&self, notified: u64) -> Option<u64> {
+        // Acquire: see `complete`.
+        let c = self.completed.load(Ordering::Acquire);
+        (c > notified).then_some(c)
     }
 
     /// The barrier asked for, if its id is above `injected` (the last one a source
@@ -308,6 +325,11 @@ mod tests {
         t.request(2, 78, BarrierKind::Savepoint);
         assert_eq!(t.pending(1).unwrap().kind, BarrierKind::Savepoint);
         assert_eq!(t.pending(5), None);
+        assert_eq!(t.completed_since(0), None);
+        t.complete(2);
+        t.complete(1);
+        assert_eq!(t.completed_since(0), Some(2));
+        assert_eq!(t.completed_since(2), None);
     }
 
     #[test]

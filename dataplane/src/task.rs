@@ -109,6 +109,14 @@ impl Outputs {
         self
     }
 
+    /// The latest completed checkpoint, if the task has not heard of it yet.
+    #[inline]
+    fn completed_since(&self, notified: u64) -> Option<u64> {
+        self.checkpointing
+            .as_ref()
+            .and_then(|cp| cp.trigger.completed_since(notified))
+    }
+
     /// Sends the acknowledgement of barrier `b`, which just left the chain with
     /// `states`.
     fn acknowledge(&self, b: &Barrier, states: Vec<(u32, Vec<u8>)>, align_ns: u64, sync_ns: u64) {
@@ -210,6 +218,8 @@ pub struct SourceTask<T> {
     source_uid: u32,
     /// The last barrier this task injected.
     injected: u64,
+    /// The last completed checkpoint the chain heard of.
+    notified: u64,
 }
 
 impl<T> SourceTask<T> {
@@ -233,6 +243,7 @@ impl<T> SourceTask<T> {
             done: false,
             source_uid: u32::MAX,
             injected,
+            notified: 0,
         }
     }
 
@@ -288,6 +299,10 @@ impl<T> Task for SourceTask<T> {
         {
             self.inject(b);
         }
+        if let Some(c) = self.outputs.completed_since(self.notified) {
+            self.notified = c;
+            self.head.notify_checkpoint_complete(c);
+        }
         // The chain learns this poll's time before its records: a first batch must not
         // run at time 0 (processing-time windows, timers and idleness would see it so).
         self.head.tick(now);
@@ -335,6 +350,8 @@ pub trait InputHead {
     fn event(&mut self, event: Event);
     /// Processing time advanced.
     fn tick(&mut self, now_ns: u64);
+    /// Checkpoint `id` completed.
+    fn notify_checkpoint_complete(&mut self, id: u64);
 }
 
 /// The head of a one-input chain.
@@ -369,6 +386,9 @@ impl<T: Wire> InputHead for OneInput<T> {
     }
     fn tick(&mut self, now_ns: u64) {
         self.head.tick(now_ns);
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        self.head.notify_checkpoint_complete(id);
     }
 }
 
@@ -430,6 +450,9 @@ impl<A: Wire, B: Wire> InputHead for TwoInputs<A, B> {
     fn tick(&mut self, now_ns: u64) {
         self.head.tick(now_ns);
     }
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        self.head.notify_checkpoint_complete(id);
+    }
 }
 
 /// Input rings and the chain they feed.
@@ -452,6 +475,8 @@ pub struct InputTask<H> {
     align: bool,
     /// The last barrier sent down the chain.
     last_barrier: Option<u64>,
+    /// The last completed checkpoint the chain heard of.
+    notified: u64,
 }
 
 impl<T: Wire> InputTask<OneInput<T>> {
@@ -518,6 +543,7 @@ impl<H: InputHead> InputTask<H> {
             aligning_since: 0,
             align: true,
             last_barrier: None,
+            notified: 0,
         }
         .with_mode()
     }
@@ -718,6 +744,10 @@ impl<H: InputHead> Task for InputTask<H> {
         }
         // The chain learns this poll's time before its records (see `SourceTask`).
         self.head.tick(now);
+        if let Some(c) = self.outputs.completed_since(self.notified) {
+            self.notified = c;
+            self.head.notify_checkpoint_complete(c);
+        }
         let mut work = 0;
         let mut records = 0;
         for i in 0..self.inputs.len() {

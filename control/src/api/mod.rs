@@ -617,6 +617,29 @@ impl<T: Data> DataStream<T> {
         })
     }
 
+    /// Writes records as lines into part files under the directory `dir`, exactly once
+    /// with checkpoints (Flink's `FileSink` with a row format, rolling on every
+    /// checkpoint): subtask `s` writes hidden `.part-s-n.inprogress` files; a part is
+    /// renamed `part-s-n` (committed) once the checkpoint that closed it completed, or at
+    /// the end of input. After a failure the job resumes from its latest checkpoint and
+    /// what the failed attempt wrote after it is discarded, so the committed parts hold
+    /// each record once. Readers ignore hidden files.
+    pub fn sink_to_files(&self, dir: impl Into<std::path::PathBuf>) -> DataStreamSink {
+        let dir = dir.into();
+        self.sink(&format!("File Sink {}", dir.display()), move |info, m| {
+            let uid = crate::graph::take_building_uid();
+            let restored = uid.and_then(spate_dataplane::checkpoint::take_restored);
+            spate_dataplane::operator::file_sink::FileSink::new(
+                &dir,
+                info,
+                uid,
+                restored.as_deref(),
+                m,
+            )
+            .map(boxed::<T>)
+        })
+    }
+
     /// Writes records as lines to a TCP server at `addr`.
     pub fn write_to_socket(&self, addr: &str) -> DataStreamSink {
         let addr = addr.to_string();

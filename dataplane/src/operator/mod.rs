@@ -30,6 +30,7 @@
 use crate::checkpoint::StateError;
 
 pub mod broadcast;
+pub mod file_sink;
 pub mod join;
 pub mod keyed;
 pub mod process;
@@ -100,6 +101,12 @@ pub trait Emit<T> {
     fn event(&mut self, event: Event);
     /// Processing time advanced to `now_ns` (fires timers, flushes periodic state).
     fn tick(&mut self, now_ns: u64);
+    /// Checkpoint `id` completed (and every one before it): two-phase-commit sinks
+    /// commit what its barrier closed. Goes down the chain; ring outputs drop it (every
+    /// task hears it from the coordinator).
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        let _ = id;
+    }
 }
 
 /// A boxed downstream.
@@ -119,6 +126,9 @@ impl<T> Emit<T> for BoxEmit<T> {
     }
     fn tick(&mut self, now_ns: u64) {
         (**self).tick(now_ns)
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        (**self).notify_checkpoint_complete(id)
     }
 }
 
@@ -288,6 +298,11 @@ pub trait Operator: 'static {
             "the checkpoint holds state for an operator that keeps none".into(),
         ))
     }
+    /// Checkpoint `id` completed (and every one before it): a function that keeps
+    /// effects pending on checkpoints (a two-phase commit) makes them final here.
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        let _ = id;
+    }
 }
 
 /// An [`Operator`] as a chain link: it owns the operator's output batch and its
@@ -368,6 +383,10 @@ impl<Op: Operator> Emit<Op::In> for Chained<Op> {
         self.with_out(|op, out| op.on_tick(now_ns, out));
         self.next.tick(now_ns);
     }
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        self.op.notify_checkpoint_complete(id);
+        self.next.notify_checkpoint_complete(id);
+    }
 }
 
 /// The runtime's face of a two-input operator, the head of its task's chain (two-input
@@ -382,6 +401,10 @@ pub trait Emit2<A, B> {
     fn event(&mut self, event: Event);
     /// Processing time advanced to `now_ns`.
     fn tick(&mut self, now_ns: u64);
+    /// Checkpoint `id` completed (see [`Emit::notify_checkpoint_complete`]).
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        let _ = id;
+    }
 }
 
 /// An operator with two inputs of possibly different types (Flink's
@@ -443,6 +466,11 @@ pub trait TwoInputOperator: 'static {
         Err(StateError::Decode(
             "the checkpoint holds state for an operator that keeps none".into(),
         ))
+    }
+    /// Checkpoint `id` completed (and every one before it): a function that keeps
+    /// effects pending on checkpoints (a two-phase commit) makes them final here.
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        let _ = id;
     }
 }
 
@@ -519,6 +547,10 @@ impl<Op: TwoInputOperator> Emit2<Op::In1, Op::In2> for Chained2<Op> {
     fn tick(&mut self, now_ns: u64) {
         self.with_out(|op, out| op.on_tick(now_ns, out));
         self.next.tick(now_ns);
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        self.op.notify_checkpoint_complete(id);
+        self.next.notify_checkpoint_complete(id);
     }
 }
 
@@ -745,6 +777,11 @@ impl<T: Clone> Emit<T> for Tee<T> {
     fn tick(&mut self, now_ns: u64) {
         for o in &mut self.outs {
             o.tick(now_ns);
+        }
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        for o in &mut self.outs {
+            o.notify_checkpoint_complete(id);
         }
     }
 }

@@ -110,14 +110,14 @@ fn new_histogram_empty_shell() -> Histogram<u64> {
 
 /// Counts records and, on a deadline, publishes the count.
 #[derive(Debug)]
-struct Counter {
-    unpublished: u64,
+pub(crate) struct Counter {
+    pub(crate) unpublished: u64,
     next_publish_ns: u64,
     metrics: Arc<SinkMetrics>,
 }
 
 impl Counter {
-    fn new(metrics: Arc<SinkMetrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<SinkMetrics>) -> Self {
         Self {
             unpublished: 0,
             next_publish_ns: 0,
@@ -125,7 +125,7 @@ impl Counter {
         }
     }
 
-    fn due(&mut self, now_ns: u64) -> bool {
+    pub(crate) fn due(&mut self, now_ns: u64) -> bool {
         if now_ns >= self.next_publish_ns {
             self.next_publish_ns = now_ns + PUBLISH_INTERVAL_NS;
             true
@@ -134,7 +134,7 @@ impl Counter {
         }
     }
 
-    fn publish(&mut self, h: Option<&mut Histogram<u64>>, last: bool) {
+    pub(crate) fn publish(&mut self, h: Option<&mut Histogram<u64>>, last: bool) {
         self.metrics
             .add(std::mem::take(&mut self.unpublished), h, last);
     }
