@@ -257,8 +257,8 @@ pub fn run(p: &Params) -> Result<Vec<Row>> {
     let mut detect_hb = Vec::new();
     let out = c.conf.0.join("out");
     for rep in 0..p.reps {
-        // Submission to the first record at the sink (the file sink flushes on its
-        // first poll after a record, so the file's first bytes mark it).
+        // Submission to the first record at the sink: the exactly-once file sink opens
+        // its first (hidden, in-progress) part when its first records arrive.
         let path = out.with_extension(rep.to_string());
         let t0 = Instant::now();
         let id = c.submit(json!({
@@ -266,8 +266,14 @@ pub fn run(p: &Params) -> Result<Vec<Row>> {
             "output": path.display().to_string(),
         }))?;
         wait(Duration::from_secs(20), "the first record", || {
-            Ok((0..2).any(|i| {
-                std::fs::metadata(format!("{}.{i}", path.display())).is_ok_and(|m| m.len() > 0)
+            Ok(std::fs::read_dir(&path).is_ok_and(|mut d| {
+                d.any(|e| {
+                    e.is_ok_and(|e| {
+                        let n = e.file_name();
+                        let n = n.to_string_lossy();
+                        n.starts_with(".part-") || n.starts_with("part-")
+                    })
+                })
             }))
         })?;
         first.push(ms(t0.elapsed()));
