@@ -1326,3 +1326,227 @@ fn windows_across_two_taskmanagers_equal_a_plain_computation() {
         }
     }
 }
+
+/// Whether `ours` has every field of `recorded` (a real Flink response) with the same
+/// nesting and kind of value (a recorded null or "NaN" matches anything).
+fn same_shape(recorded: &Value, ours: &Value, at: &str) -> Result<(), String> {
+    match (recorded, ours) {
+        (Value::Object(r), Value::Object(o)) => {
+            for (k, rv) in r {
+                let ov = o.get(k).ok_or_else(|| format!("{at}.{k} is missing"))?;
+                same_shape(rv, ov, &format!("{at}.{k}"))?;
+            }
+            Ok(())
+        }
+        (Value::Null, _) => Ok(()),
+        (Value::String(s), _) if s == "NaN" => Ok(()),
+        (Value::Array(r), Value::Array(o)) => match (r.first(), o.first()) {
+            (Some(r), Some(o)) => same_shape(r, o, &format!("{at}[0]")),
+            _ => Ok(()),
+        },
+        (r, o) => {
+            let kind = |v: &Value| match v {
+                Value::Bool(_) => "bool",
+                Value::Number(_) => "number",
+                Value::String(_) => "string",
+                Value::Array(_) => "array",
+                Value::Object(_) => "object",
+                Value::Null => "null",
+            };
+            if kind(r) == kind(o) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{at}: Flink has a {}, spate a {}",
+                    kind(r),
+                    kind(o)
+                ))
+            }
+        }
+    }
+}
+
+fn recorded(file: &str) -> Value {
+    // The recorded responses sit beside the repository, in ../shared.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/flink-rest-2.3")
+        .join(file);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// W1 at p=2 on three TaskManagers, writing through the exactly-once file sink with a
+/// checkpoint every 200 ms, while TaskManagers hosting it are SIGKILLed and replaced:
+/// the committed output equals the single-threaded computation (nothing lost, nothing
+/// twice), and the REST API reports the checkpoints as Flink's does.
+#[test]
+fn w1_with_checkpoints_survives_killed_taskmanagers_exactly_once() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("checkpoints");
+    let ckpt_key = format!("state.checkpoints.dir={}", ckpt.display());
+    let _jm = spate(
+        "jobmanager",
+        &ports,
+        &[
+            "-D",
+            "restart-strategy.type=fixed-delay",
+            "-D",
+            "restart-strategy.fixed-delay.attempts=20",
+            "-D",
+            "restart-strategy.fixed-delay.delay=100 ms",
+            "-D",
+            "execution.checkpointing.interval=200 ms",
+            "-D",
+            &ckpt_key,
+        ],
+    );
+    let mut tms: Vec<Proc> = (0..3).map(|_| spate("taskmanager", &ports, &[])).collect();
+    wait_for("three TaskManagers", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(3)
+    });
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let out = dir.path().join("out");
+    let events = 300_000u64;
+    let o = spate_cli(&[
+        "run",
+        "-m",
+        &m,
+        "-d",
+        "-p",
+        "2",
+        "--events",
+        &events.to_string(),
+        "--rate",
+        "40000",
+        "--output",
+        out.to_str().unwrap(),
+        "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    let completed = |rest: u16| {
+        http(rest, "GET", &format!("/jobs/{id}/checkpoints"), "")
+            .map_or(0, |(_, v)| v["counts"]["completed"].as_u64().unwrap_or(0))
+    };
+    // Kill a TaskManager that runs a subtask once a checkpoint has completed since the
+    // last kill, three times; a fresh one takes its place.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 0..3 {
+        let before = completed(ports.rest);
+        wait_for("a completed checkpoint", Duration::from_secs(20), || {
+            job_state(ports.rest, &id) == "RUNNING" && completed(ports.rest) > before
+        });
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(seed % 300));
+        let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+        let victim = job["vertices"][(round % 2) as usize]["subtasks"][0]["taskmanager-id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let pid: u32 = victim
+            .rsplit_once(':')
+            .and_then(|(_, r)| r.split_once('-'))
+            .and_then(|(p, _)| p.parse().ok())
+            .unwrap();
+        let i = tms.iter().position(|p| p.0.id() == pid).unwrap();
+        drop(tms.remove(i)); // SIGKILL
+        tms.push(spate("taskmanager", &ports, &[]));
+    }
+    wait_for("FINISHED", Duration::from_secs(60), || {
+        let s = job_state(ports.rest, &id);
+        assert_ne!(s, "FAILED", "the job failed");
+        s == "FINISHED"
+    });
+    let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+    assert!(job["restarts"].as_u64().unwrap() >= 3, "{job}");
+    let got = spate::jobs::read_vwap_output(&out).unwrap();
+    let want = spate::jobs::vwap_reference(42, events, 2);
+    if got != want {
+        let mut diff = Vec::new();
+        for (sym, w) in &want {
+            let g = got.get(sym).map_or(&[][..], Vec::as_slice);
+            if g != w.as_slice() {
+                let common = g.iter().zip(w).take_while(|(a, b)| a == b).count();
+                diff.push(format!(
+                    "symbol {sym}: {} lines, want {}, equal for the first {common}",
+                    g.len(),
+                    w.len()
+                ));
+            }
+        }
+        let mut files: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        panic!(
+            "committed output after three failures differs from the reference: {} of {} \
+             symbols, e.g. {:?}; files {files:?}",
+            diff.len(),
+            want.len(),
+            &diff[..diff.len().min(5)]
+        );
+    }
+    // It resumed from checkpoints (not from the start of its sources), and says so as
+    // Flink's REST API does.
+    let (status, cps) = http(ports.rest, "GET", &format!("/jobs/{id}/checkpoints"), "").unwrap();
+    assert_eq!(status, 200);
+    same_shape(
+        &recorded("jobs_id_checkpoints.200.json"),
+        &cps,
+        "checkpoints",
+    )
+    .unwrap();
+    assert!(cps["counts"]["completed"].as_u64().unwrap() >= 3, "{cps}");
+    assert_eq!(cps["counts"]["restored"], 1, "{cps}");
+    assert!(
+        cps["latest"]["restored"]["id"].as_u64().unwrap() >= 1,
+        "{cps}"
+    );
+    let last = &cps["latest"]["completed"];
+    assert!(
+        last["external_path"].as_str().unwrap().contains("chk-"),
+        "{cps}"
+    );
+    let cid = last["id"].as_u64().unwrap();
+    let (status, one) = http(
+        ports.rest,
+        "GET",
+        &format!("/jobs/{id}/checkpoints/details/{cid}"),
+        "",
+    )
+    .unwrap();
+    assert_eq!((status, &one["id"]), (200, &last["id"]), "{one}");
+    let (status, cfg) = http(
+        ports.rest,
+        "GET",
+        &format!("/jobs/{id}/checkpoints/config"),
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    same_shape(
+        &recorded("jobs_id_checkpoints_config.200.json"),
+        &cfg,
+        "config",
+    )
+    .unwrap();
+    assert_eq!(cfg["interval"], 200, "{cfg}");
+    assert_eq!(cfg["mode"], "exactly_once", "{cfg}");
+    // Retained checkpoints are on disk under the job's id.
+    assert!(ckpt.join(&id).is_dir());
+    let (status, _) = http(
+        ports.rest,
+        "GET",
+        &format!("/jobs/{id}/checkpoints/details/notanumber"),
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+}

@@ -13,8 +13,14 @@
 //! enough to restore after a failure of the same run.
 //!
 //! A checkpoint not complete within `execution.checkpointing.timeout` is aborted; more
-//! than `tolerable-failed-checkpoints` failures in a row fail the job. Once a task has
-//! finished, no checkpoint is triggered any more (a finished source could not resume).
+//! than `tolerable-failed-checkpoints` failures in a row fail the job.
+//!
+//! With periodic checkpoints, a task whose input ended waits for a final checkpoint
+//! (see `TaskCheckpointing::final_checkpoint`), which the coordinator triggers as soon
+//! as it hears of such a task (not only when the interval is up); once that checkpoint
+//! completed the task finishes, and later checkpoints carry the state it had then
+//! (as Flink's finished operators). Without periodic checkpoints, nothing is triggered
+//! after a task finished (its state at the end is unknown).
 
 use crate::config::CheckpointConfig;
 use crate::graph::JobGraph;
@@ -368,6 +374,28 @@ pub struct CheckpointStats {
     pub last_path: String,
     /// The checkpoint the job restored from last, if any.
     pub restored_id: Option<u64>,
+    /// When it restored from it (ms since the epoch).
+    pub restored_ms: u64,
+    /// The most recent checkpoints, newest first (at most [`HISTORY`]).
+    pub history: Vec<CheckpointRecord>,
+}
+
+impl CheckpointStats {
+    fn record(&mut self, r: CheckpointRecord) {
+        match self.history.iter_mut().find(|h| h.id == r.id) {
+            Some(h) => *h = r,
+            None => {
+                self.history.insert(0, r);
+                self.history.truncate(HISTORY);
+            }
+        }
+    }
+
+    fn update(&mut self, id: u64, f: impl FnOnce(&mut CheckpointRecord)) {
+        if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
+            f(h);
+        }
+    }
 }
 
 /// A checkpoint in flight.
@@ -381,6 +409,58 @@ struct Pending {
     alignment_ns: u64,
     sync_ns: u64,
 }
+
+/// What the coordinator asks to be sent to tasks in other processes (a cluster's
+/// TaskManagers); in one process, tasks read the shared trigger instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoordinatorMessage {
+    /// Sources inject barrier `id`.
+    Trigger {
+        /// Checkpoint id.
+        id: u64,
+        /// Trigger time, ns since the Unix epoch.
+        timestamp_ns: u64,
+        /// Checkpoint or savepoint.
+        kind: BarrierKind,
+    },
+    /// Checkpoint `id` completed (two-phase-commit sinks commit).
+    Completed {
+        /// Checkpoint id.
+        id: u64,
+    },
+}
+
+/// One checkpoint in the history (`/jobs/:id/checkpoints`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    /// Id.
+    pub id: u64,
+    /// `IN_PROGRESS`, `COMPLETED` or `FAILED`.
+    pub status: &'static str,
+    /// A savepoint.
+    pub savepoint: bool,
+    /// Trigger time, ms since the epoch.
+    pub trigger_ms: u64,
+    /// Latest acknowledgement, ms since the epoch (0: none yet).
+    pub latest_ack_ms: u64,
+    /// Bytes of state.
+    pub size: u64,
+    /// Trigger to completion (or failure), ms.
+    pub duration_ms: u64,
+    /// Subtasks of the job.
+    pub num_subtasks: u64,
+    /// Subtasks that acknowledged.
+    pub acknowledged: u64,
+    /// Longest alignment in a task, ns.
+    pub alignment_ns: u64,
+    /// Where it was written.
+    pub path: Option<String>,
+    /// Why it failed.
+    pub failure: Option<String>,
+}
+
+/// Checkpoints kept in the history.
+pub const HISTORY: usize = 10;
 
 /// What the coordinator asks of the job's runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,12 +482,20 @@ pub struct CheckpointCoordinator {
     pending: BTreeMap<u64, Pending>,
     /// The running attempt's tasks.
     tasks: BTreeSet<(u32, u32)>,
+    /// Tasks of the attempt that finished, with their states at the end (carried into
+    /// every later checkpoint).
+    finished: HashMap<(u32, u32), HashMap<u32, Vec<u8>>>,
+    /// Without periodic checkpoints: a task finished, so none can be taken.
     any_finished: bool,
+    /// Tasks that reached their end of input as last seen (see `CheckpointTrigger::ended`).
+    ended_seen: u64,
     last_trigger: Option<Instant>,
     last_completion: Option<Instant>,
     consecutive_failures: u32,
     latest: Option<Arc<CompletedCheckpoint>>,
     stats: CheckpointStats,
+    /// Messages for remote tasks (`None`: every task reads the trigger in-process).
+    outbox: Option<Vec<CoordinatorMessage>>,
 }
 
 impl std::fmt::Debug for CheckpointCoordinator {
@@ -438,13 +526,44 @@ impl CheckpointCoordinator {
             next_id: 1,
             pending: BTreeMap::new(),
             tasks: BTreeSet::new(),
+            finished: HashMap::new(),
             any_finished: false,
+            ended_seen: 0,
             last_trigger: None,
             last_completion: None,
             consecutive_failures: 0,
             latest: None,
             stats: CheckpointStats::default(),
+            outbox: None,
         }
+    }
+
+    /// Keeps what tasks in other processes must hear (triggers and completions) for
+    /// [`Self::take_messages`].
+    pub fn with_remote_tasks(mut self) -> Self {
+        self.outbox = Some(Vec::new());
+        self
+    }
+
+    /// What to send to the tasks since the last call.
+    pub fn take_messages(&mut self) -> Vec<CoordinatorMessage> {
+        self.outbox.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn send(&mut self, m: CoordinatorMessage) {
+        if let Some(o) = self.outbox.as_mut() {
+            o.push(m);
+        }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &CheckpointConfig {
+        &self.cfg
+    }
+
+    /// Checkpoints in flight.
+    pub fn in_progress(&self) -> usize {
+        self.pending.len()
     }
 
     /// Whether periodic checkpoints are on.
@@ -467,6 +586,7 @@ impl CheckpointCoordinator {
     pub fn restore_from(&mut self, cp: Arc<CompletedCheckpoint>) {
         self.next_id = self.next_id.max(cp.meta.checkpoint_id + 1);
         self.stats.restored_id = Some(cp.meta.checkpoint_id);
+        self.stats.restored_ms = epoch_ms();
         self.latest = Some(cp);
     }
 
@@ -478,15 +598,47 @@ impl CheckpointCoordinator {
     /// A new attempt of the job starts with these tasks: checkpoints in flight are
     /// aborted, and sources read a fresh trigger.
     pub fn start_attempt(&mut self, tasks: impl IntoIterator<Item = (u32, u32)>) {
-        self.stats.aborted += self.pending.len() as u64;
-        self.pending.clear();
+        self.abort_pending("the job restarted");
         self.tasks = tasks.into_iter().collect();
+        self.finished.clear();
         self.any_finished = false;
         self.trigger = CheckpointTrigger::new();
+        self.ended_seen = 0;
         self.last_trigger = Some(Instant::now());
         if let Some(cp) = &self.latest {
             self.stats.restored_id = Some(cp.meta.checkpoint_id);
+            self.stats.restored_ms = epoch_ms();
         }
+    }
+
+    /// Aborts the checkpoints in flight (they do not count as failures).
+    pub fn abort_pending(&mut self, why: &str) {
+        self.stats.aborted += self.pending.len() as u64;
+        for (id, p) in std::mem::take(&mut self.pending) {
+            let d = p.started.elapsed().as_millis() as u64;
+            self.stats.update(id, |h| {
+                h.status = "FAILED";
+                h.duration_ms = d;
+                h.failure = Some(format!("aborted: {why}"));
+            });
+        }
+    }
+
+    /// Task `(vertex, subtask)` declined checkpoint `id` (it could not take part):
+    /// the checkpoint fails.
+    pub fn decline(&mut self, id: u64, vertex: u32, subtask: u32, why: &str) -> CoordinatorVerdict {
+        let Some(p) = self.pending.remove(&id) else {
+            return CoordinatorVerdict::Continue;
+        };
+        tracing::warn!(checkpoint = id, vertex, subtask, reason = %why, "checkpoint declined");
+        let d = p.started.elapsed().as_millis() as u64;
+        let why = format!("subtask {subtask} of vertex {vertex} declined: {why}");
+        self.stats.update(id, |h| {
+            h.status = "FAILED";
+            h.duration_ms = d;
+            h.failure = Some(why.clone());
+        });
+        self.failed(id, &why)
     }
 
     /// The trigger the running attempt's sources read.
@@ -520,6 +672,11 @@ impl CheckpointCoordinator {
         let mut due = self
             .last_trigger
             .map_or_else(Instant::now, |t| t + interval);
+        if self.trigger.ended() > self.ended_seen {
+            // A task waits for its final checkpoint: the job's end is not held up by
+            // the interval.
+            due = due.min(Instant::now());
+        }
         if let Some(c) = self.last_completion {
             due = due.max(c + self.cfg.min_pause);
         }
@@ -536,6 +693,12 @@ impl CheckpointCoordinator {
             .collect();
         for id in timed_out {
             self.pending.remove(&id);
+            let d = self.cfg.timeout.as_millis() as u64;
+            self.stats.update(id, |h| {
+                h.status = "FAILED";
+                h.duration_ms = d;
+                h.failure = Some("expired before completing".into());
+            });
             tracing::warn!(
                 checkpoint = id,
                 timeout = ?self.cfg.timeout,
@@ -560,6 +723,7 @@ impl CheckpointCoordinator {
         let id = self.next_id;
         self.next_id += 1;
         self.last_trigger = Some(now);
+        self.ended_seen = self.trigger.ended();
         let ts = epoch_ms();
         self.pending.insert(
             id,
@@ -568,13 +732,33 @@ impl CheckpointCoordinator {
                 started: now,
                 timestamp_ms: ts,
                 awaiting: self.tasks.clone(),
-                states: HashMap::new(),
+                states: self.finished.clone(),
                 alignment_ns: 0,
                 sync_ns: 0,
             },
         );
         self.stats.triggered += 1;
-        self.trigger.request(id, ts.saturating_mul(1_000_000), kind);
+        self.stats.record(CheckpointRecord {
+            id,
+            status: "IN_PROGRESS",
+            savepoint: kind == BarrierKind::Savepoint,
+            trigger_ms: ts,
+            latest_ack_ms: 0,
+            size: 0,
+            duration_ms: 0,
+            num_subtasks: (self.tasks.len() + self.finished.len()) as u64,
+            acknowledged: self.finished.len() as u64,
+            alignment_ns: 0,
+            path: None,
+            failure: None,
+        });
+        let timestamp_ns = ts.saturating_mul(1_000_000);
+        self.trigger.request(id, timestamp_ns, kind);
+        self.send(CoordinatorMessage::Trigger {
+            id,
+            timestamp_ns,
+            kind,
+        });
         tracing::debug!(checkpoint = id, "checkpoint triggered");
         Some(id)
     }
@@ -593,18 +777,59 @@ impl CheckpointCoordinator {
         }
     }
 
-    /// A task finished: no checkpoint can complete or start from now on.
-    pub fn task_finished(&mut self, vertex: u32, subtask: u32) {
-        if !self.tasks.contains(&(vertex, subtask)) {
-            return;
+    /// A task finished. With periodic checkpoints it did so once a checkpoint it took
+    /// after its end of input completed: its state there is its final one, which
+    /// checkpoints in flight and later ones take in place of its acknowledgement.
+    /// Without, no checkpoint can complete or start from now on.
+    pub fn task_finished(&mut self, vertex: u32, subtask: u32) -> CoordinatorVerdict {
+        let task = (vertex, subtask);
+        if !self.tasks.remove(&task) {
+            return CoordinatorVerdict::Continue;
         }
-        self.any_finished = true;
-        let n = self.pending.len() as u64;
-        if n > 0 {
-            tracing::debug!(pending = n, "checkpoints aborted: a task finished");
+        if !self.periodic() {
+            self.any_finished = true;
+            if !self.pending.is_empty() {
+                tracing::debug!(
+                    pending = self.pending.len(),
+                    "checkpoints aborted: a task finished"
+                );
+            }
+            self.abort_pending("a task finished");
+            return CoordinatorVerdict::Continue;
         }
-        self.stats.aborted += n;
-        self.pending.clear();
+        let states = self
+            .latest
+            .as_ref()
+            .and_then(|c| c.states.get(&task).cloned())
+            .unwrap_or_default();
+        let mut done = Vec::new();
+        for (id, p) in &mut self.pending {
+            if p.awaiting.remove(&task) {
+                if !states.is_empty() {
+                    p.states.insert(task, states.clone());
+                }
+                if p.awaiting.is_empty() {
+                    done.push(*id);
+                }
+            }
+        }
+        if !states.is_empty() {
+            self.finished.insert(task, states);
+        }
+        for id in done {
+            if let Some(p) = self.pending.remove(&id) {
+                if let CoordinatorVerdict::FailJob(m) = self.complete(id, p) {
+                    return CoordinatorVerdict::FailJob(m);
+                }
+            }
+        }
+        CoordinatorVerdict::Continue
+    }
+
+    /// A task in another process reached its end of input and waits for its final
+    /// checkpoint (one triggers without waiting for the interval).
+    pub fn task_ended(&self) {
+        self.trigger.task_ended();
     }
 
     /// A task acknowledged a checkpoint; when it was the last acknowledgement the
@@ -621,6 +846,16 @@ impl CheckpointCoordinator {
         }
         p.alignment_ns = p.alignment_ns.max(ack.alignment_ns);
         p.sync_ns = p.sync_ns.max(ack.sync_ns);
+        let (size, alignment) = (
+            ack.states.iter().map(|s| s.1.len() as u64).sum::<u64>(),
+            p.alignment_ns,
+        );
+        self.stats.update(ack.checkpoint_id, |h| {
+            h.acknowledged += 1;
+            h.latest_ack_ms = epoch_ms();
+            h.size += size;
+            h.alignment_ns = alignment;
+        });
         if !ack.states.is_empty() {
             p.states.insert(task, ack.states.into_iter().collect());
         }
@@ -667,7 +902,13 @@ impl CheckpointCoordinator {
                 Err(e) => {
                     tracing::warn!(checkpoint = id, error = %e, "checkpoint could not be written");
                     let _ = std::fs::remove_dir_all(dir.join(format!("chk-{id}")));
-                    return self.failed(id, &e.to_string());
+                    let (d, why) = (duration.as_millis() as u64, e.to_string());
+                    self.stats.update(id, |h| {
+                        h.status = "FAILED";
+                        h.duration_ms = d;
+                        h.failure = Some(why.clone());
+                    });
+                    return self.failed(id, &why);
                 }
             },
             None => None,
@@ -677,11 +918,26 @@ impl CheckpointCoordinator {
         for k in older {
             self.pending.remove(&k);
             self.stats.aborted += 1;
+            self.stats.update(k, |h| {
+                h.status = "FAILED";
+                h.failure = Some(format!("subsumed by checkpoint {id}"));
+            });
         }
         self.consecutive_failures = 0;
         self.last_completion = Some(now);
         // Two-phase-commit sinks commit what this checkpoint's barrier closed.
         self.trigger.complete(id);
+        self.send(CoordinatorMessage::Completed { id });
+        let (d, path_s) = (
+            duration.as_millis() as u64,
+            path.as_ref().map(|p| p.display().to_string()),
+        );
+        self.stats.update(id, |h| {
+            h.status = "COMPLETED";
+            h.duration_ms = d;
+            h.size = size;
+            h.path = path_s;
+        });
         self.stats.completed += 1;
         self.stats.last_id = id;
         self.stats.last_duration_ms = duration.as_millis() as u64;

@@ -168,6 +168,13 @@ fn spec(a: &JobArgs) -> JobSpec {
         runtime_mode: None,
         auto_watermark_interval_ns: None,
         config: Vec::new(),
+        // The JobManager reads it: an absolute path (on a filesystem it shares).
+        savepoint_path: a.from_savepoint.as_ref().map(|p| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string()
+        }),
     }
 }
 
@@ -468,10 +475,6 @@ pub fn main() {
         } => {
             if json.is_some() {
                 eprintln!("spate: error: --json applies to local runs; a cluster job's figures are on its REST API");
-                std::process::exit(2);
-            }
-            if job.from_savepoint.is_some() {
-                eprintln!("spate: error: -s/--fromSavepoint applies to local runs for now; cluster jobs do not take checkpoints yet");
                 std::process::exit(2);
             }
             // -D travels with the job, as with Flink's `run -D`: the JobManager applies

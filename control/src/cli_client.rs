@@ -56,6 +56,9 @@ pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
             eprintln!("job {id}: {state}");
             last = state.clone();
         }
+        if matches!(state.as_str(), "FINISHED" | "CANCELED" | "FAILED") {
+            print_checkpoints(m, &id);
+        }
         match state.as_str() {
             "FINISHED" | "CANCELED" => return Ok(true),
             "FAILED" => {
@@ -74,6 +77,36 @@ pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+/// A line on the job's checkpoints, when it took any.
+fn print_checkpoints(m: &str, id: &str) {
+    let Ok(c) = call(
+        agent().get(&format!("http://{m}/jobs/{id}/checkpoints")),
+        None,
+    ) else {
+        return;
+    };
+    let n = &c["counts"];
+    if n["total"].as_u64().unwrap_or(0) == 0 && n["restored"].as_u64().unwrap_or(0) == 0 {
+        return;
+    }
+    let mut line = format!(
+        "checkpoints: {} completed, {} failed or aborted",
+        n["completed"], n["failed"]
+    );
+    let last = &c["latest"]["completed"];
+    if !last.is_null() {
+        line += &format!(
+            "; last {} ({} bytes, {} ms)",
+            last["id"], last["state_size"], last["end_to_end_duration"]
+        );
+    }
+    let restored = &c["latest"]["restored"];
+    if !restored.is_null() {
+        line += &format!("; restored from {}", restored["id"]);
+    }
+    eprintln!("{line}");
 }
 
 /// Prints the cluster's jobs.

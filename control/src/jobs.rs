@@ -505,6 +505,10 @@ pub struct JobSpec {
     /// parallelism, chaining, runtime mode).
     #[serde(default)]
     pub config: Vec<String>,
+    /// Resume from this checkpoint or savepoint (a `chk-N` directory, its `_metadata`
+    /// file, or a job's checkpoint directory), as `spate run -s PATH`.
+    #[serde(default, alias = "savepointPath")]
+    pub savepoint_path: Option<String>,
 }
 
 fn default_events() -> u64 {
@@ -532,6 +536,7 @@ impl JobSpec {
             runtime_mode: None,
             auto_watermark_interval_ns: None,
             config: Vec::new(),
+            savepoint_path: None,
         }
     }
 

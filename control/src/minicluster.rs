@@ -276,6 +276,7 @@ impl MiniCluster {
                 subtask: s,
                 exactly_once: coord.exactly_once(),
                 restored_from: restore.as_ref().map_or(0, |c| c.meta.checkpoint_id),
+                final_checkpoint: coord.periodic(),
             });
             if let Some(cp) = &restore {
                 d.restore = cp.subtask_states(v, s);
@@ -313,7 +314,9 @@ impl MiniCluster {
                 Ok(SlotEvent::Finished { task, .. }) => {
                     live.remove(&task);
                     if let Some(&(v, s)) = task_of.get(&task) {
-                        coord.task_finished(v, s);
+                        if !cancelling {
+                            verdict = coord.task_finished(v, s);
+                        }
                     }
                 }
                 Ok(SlotEvent::Cancelled { task, .. }) => {

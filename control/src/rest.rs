@@ -53,6 +53,12 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
         .route("/jobs/overview", get(jobs_overview))
         .route("/jobs/{id}", get(job).patch(patch_job))
         .route("/jobs/{id}/exceptions", get(exceptions))
+        .route("/jobs/{id}/checkpoints", get(checkpoints))
+        .route("/jobs/{id}/checkpoints/config", get(checkpoints_config))
+        .route(
+            "/jobs/{id}/checkpoints/details/{cid}",
+            get(checkpoint_details),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(App { state, commands })
@@ -76,7 +82,11 @@ async fn submit(State(app): State<App>, body: Bytes) -> Response {
         }
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if app.commands.send(JmCommand::Submit(spec, tx)).is_err() {
+    if app
+        .commands
+        .send(JmCommand::Submit(Box::new(spec), tx))
+        .is_err()
+    {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the JobManager is shutting down",
@@ -245,6 +255,184 @@ async fn exceptions(State(st): State<SharedState>, Path(id): Path<String>) -> Re
         "truncated": j.exceptions_truncated,
     }))
     .into_response()
+}
+
+/// One checkpoint as Flink's `CheckpointStatistics` names its fields.
+fn checkpoint_json(h: &crate::checkpoint::CheckpointRecord) -> Value {
+    let class = match h.status {
+        "COMPLETED" => ".CompletedCheckpointStatistics",
+        "FAILED" => ".FailedCheckpointStatistics",
+        _ => ".PendingCheckpointStatistics",
+    };
+    let mut v = json!({
+        "className": class,
+        "id": h.id,
+        "status": h.status,
+        "is_savepoint": h.savepoint,
+        "savepointFormat": if h.savepoint { json!("CANONICAL") } else { Value::Null },
+        "trigger_timestamp": h.trigger_ms,
+        "latest_ack_timestamp": if h.latest_ack_ms == 0 { -1i64 } else { h.latest_ack_ms as i64 },
+        "checkpointed_size": h.size,
+        "state_size": h.size,
+        "end_to_end_duration": h.duration_ms,
+        "alignment_buffered": 0,
+        "processed_data": 0,
+        "persisted_data": 0,
+        "num_subtasks": h.num_subtasks,
+        "num_acknowledged_subtasks": h.acknowledged,
+        "checkpoint_type": if h.savepoint { "SAVEPOINT" } else { "CHECKPOINT" },
+        "tasks": {},
+        "alignment_ns": h.alignment_ns,
+    });
+    match h.status {
+        "COMPLETED" => {
+            v["external_path"] = json!(h
+                .path
+                .clone()
+                .unwrap_or_else(|| "<checkpoint-not-externally-addressable>".into()));
+            v["discarded"] = json!(false);
+        }
+        "FAILED" => {
+            v["failure_timestamp"] = json!(h.trigger_ms + h.duration_ms);
+            v["failure_message"] = json!(h.failure);
+        }
+        _ => {}
+    }
+    v
+}
+
+/// Flink's min/max/avg/percentile summary of `xs` (`"NaN"` percentiles when empty).
+fn stats_summary(xs: &[u64]) -> Value {
+    let mut xs = xs.to_vec();
+    xs.sort_unstable();
+    let q = |p: f64| -> Value {
+        if xs.is_empty() {
+            return json!("NaN");
+        }
+        let i = ((p * xs.len() as f64).ceil() as usize).clamp(1, xs.len()) - 1;
+        json!(xs[i] as f64)
+    };
+    let avg = if xs.is_empty() {
+        0
+    } else {
+        xs.iter().sum::<u64>() / xs.len() as u64
+    };
+    json!({
+        "min": xs.first().copied().unwrap_or(0),
+        "max": xs.last().copied().unwrap_or(0),
+        "avg": avg,
+        "p50": q(0.5), "p90": q(0.9), "p95": q(0.95), "p99": q(0.99), "p999": q(0.999),
+    })
+}
+
+async fn checkpoints(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    let st = lock(&st);
+    let Some(j) = st.jobs.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("Job {id} not found"));
+    };
+    let s = j.coord.stats();
+    let done: Vec<&crate::checkpoint::CheckpointRecord> = s
+        .history
+        .iter()
+        .filter(|h| h.status == "COMPLETED")
+        .collect();
+    let sizes: Vec<u64> = done.iter().map(|h| h.size).collect();
+    let durations: Vec<u64> = done.iter().map(|h| h.duration_ms).collect();
+    let zeros: Vec<u64> = done.iter().map(|_| 0).collect();
+    let latest = |f: &dyn Fn(&crate::checkpoint::CheckpointRecord) -> bool| {
+        s.history
+            .iter()
+            .find(|h| f(h))
+            .map_or(Value::Null, checkpoint_json)
+    };
+    let restored = match s.restored_id {
+        Some(rid) => json!({
+            "id": rid,
+            "restore_timestamp": s.restored_ms,
+            "is_savepoint": false,
+            "external_path": j.coord.latest().and_then(|c| c.path.clone()).map(|p| p.display().to_string()),
+        }),
+        None => Value::Null,
+    };
+    Json(json!({
+        "counts": {
+            "restored": u64::from(s.restored_id.is_some()),
+            "total": s.triggered,
+            "in_progress": j.coord.in_progress(),
+            "completed": s.completed,
+            "failed": s.failed + s.aborted,
+        },
+        "summary": {
+            "checkpointed_size": stats_summary(&sizes),
+            "state_size": stats_summary(&sizes),
+            "end_to_end_duration": stats_summary(&durations),
+            "alignment_buffered": stats_summary(&zeros),
+            "processed_data": stats_summary(&zeros),
+            "persisted_data": stats_summary(&zeros),
+        },
+        "latest": {
+            "completed": latest(&|h| h.status == "COMPLETED" && !h.savepoint),
+            "savepoint": latest(&|h| h.status == "COMPLETED" && h.savepoint),
+            "failed": latest(&|h| h.status == "FAILED"),
+            "restored": restored,
+        },
+        "history": s.history.iter().map(checkpoint_json).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+async fn checkpoints_config(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    let st = lock(&st);
+    let Some(j) = st.jobs.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("Job {id} not found"));
+    };
+    let c = j.coord.config();
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Json(json!({
+        "mode": if c.exactly_once { "exactly_once" } else { "at_least_once" },
+        // Flink's value for "periodic checkpoints off".
+        "interval": c.interval.map_or(i64::MAX, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        "timeout": ms(c.timeout),
+        "min_pause": ms(c.min_pause),
+        "max_concurrent": c.max_concurrent,
+        "externalization": {
+            "enabled": c.dir.is_some(),
+            "delete_on_cancellation": false,
+        },
+        "state_backend": "HashMapStateBackend",
+        "checkpoint_storage": if c.dir.is_some() { "FileSystemCheckpointStorage" } else { "JobManagerCheckpointStorage" },
+        "unaligned_checkpoints": c.unaligned,
+        "tolerable_failed_checkpoints": c.tolerable_failures.map_or(i64::from(i32::MAX), i64::from),
+        "aligned_checkpoint_timeout": 0,
+        "checkpoints_after_tasks_finish": false,
+        "state_changelog_enabled": false,
+        "changelog_periodic_materialization_interval": 600000,
+        "changelog_storage": "memory",
+    }))
+    .into_response()
+}
+
+async fn checkpoint_details(
+    State(st): State<SharedState>,
+    Path((id, cid)): Path<(String, String)>,
+) -> Response {
+    let st = lock(&st);
+    let Some(j) = st.jobs.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("Job {id} not found"));
+    };
+    let Ok(cid) = cid.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{cid:?} is not a checkpoint id"),
+        );
+    };
+    match j.coord.stats().history.iter().find(|h| h.id == cid) {
+        Some(h) => Json(checkpoint_json(h)).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("Could not find checkpointing statistics for checkpoint {cid}."),
+        ),
+    }
 }
 
 async fn not_found(uri: Uri) -> Response {

@@ -193,13 +193,34 @@ fn checkpoints_on_disk_are_complete_retained_and_resumable() {
             .to_string()
     );
 
-    // A run of the same job from that checkpoint resumes there: with the state it had,
-    // it emits only for the records after it, and its final sums are exact.
-    let latest = std::path::PathBuf::from(&r.checkpoints.last_path);
+    // The finished job's last checkpoint is its final one, taken after the end of its
+    // input: a run resumed from it has nothing left to do.
+    let last = std::path::PathBuf::from(&r.checkpoints.last_path);
+    let (env3, out3) = job(2, None);
+    let r3 = execute(&env3, &config(CheckpointConfig::default()), Some(&last));
+    assert_eq!(r3.status, JobStatus::Finished, "{:?}", r3.exceptions);
+    assert!(out3.lock().unwrap().is_empty());
+
+    // A job that failed for good leaves its latest checkpoint behind; a run of the same
+    // job from it resumes there: with the state it had, it emits only for the records
+    // after it, and its final sums are exact.
+    let dir2 = tempfile::tempdir().unwrap();
+    let failing = Config {
+        restart_attempts: 0,
+        ..config(CheckpointConfig {
+            dir: Some(dir2.path().to_path_buf()),
+            ..every(20)
+        })
+    };
+    let (envf, _) = job(2, Some(RECORDS / 2));
+    let rf = execute(&envf, &failing, None);
+    assert!(matches!(rf.status, JobStatus::Failed(_)), "{:?}", rf.status);
+    assert!(rf.checkpoints.completed > 0);
+    let latest = std::path::PathBuf::from(&rf.checkpoints.last_path);
     let (env2, out2) = job(2, None);
     let r2 = execute(&env2, &config(CheckpointConfig::default()), Some(&latest));
     assert_eq!(r2.status, JobStatus::Finished, "{:?}", r2.exceptions);
-    assert_eq!(r2.checkpoints.restored_id, Some(r.checkpoints.last_id));
+    assert_eq!(r2.checkpoints.restored_id, Some(rf.checkpoints.last_id));
     assert_eq!(finals(&out2), reference());
     assert!((out2.lock().unwrap().len() as u64) < RECORDS);
 
@@ -460,4 +481,59 @@ fn exactly_once_file_output_survives_repeated_failures() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(hidden.is_empty(), "{hidden:?}");
+}
+
+/// Subtask 0 of a pipeline (source → map → file sink, chained) ends early; subtask 1
+/// fails after that, once. The job resumes from its latest checkpoint, and the records
+/// of the subtask that had ended are in the output once: its sink committed them only
+/// on a checkpoint taken after its end (its final checkpoint), never at the end itself.
+#[test]
+fn a_subtask_that_ended_is_not_written_twice_when_another_fails_after() {
+    use spate_dataplane::operator::file_sink::read_committed;
+    use spate_dataplane::operator::source::IterSource;
+    const SHORT: u64 = 200;
+    const LONG: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let env = StreamExecutionEnvironment::new("uneven");
+    let failed = Arc::new(AtomicU32::new(0));
+    env.add_bounded_source("Uneven Source", false, |info| {
+        let n = if info.index == 0 { SHORT } else { LONG };
+        let base = info.index as u64 * 1_000_000;
+        Ok(IterSource::new(base..base + n))
+    })
+    .map(move |x: u64| {
+        if x >= 1_000_000 {
+            std::thread::sleep(Duration::from_micros(100));
+            // Late in subtask 1's input: subtask 0 ended long before.
+            if x == 1_000_000 + LONG - 100 && failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                panic!("injected failure at {x}");
+            }
+        }
+        x
+    })
+    .sink_to_files(&out);
+    let mut graph = JobGraph::build(env.stream_graph(), Some(2), 1, true).unwrap();
+    graph.restore_from = None;
+    let mut mc = MiniCluster::start(&config(every(20))).unwrap();
+    let r = mc
+        .execute(
+            &graph,
+            &AtomicBool::new(false),
+            Duration::from_secs(60),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(r.status, JobStatus::Finished, "{:?}", r.exceptions);
+    assert_eq!(r.restarts, 1);
+    let mut got: Vec<u64> = read_committed(&out)
+        .unwrap()
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    got.sort_unstable();
+    let mut want: Vec<u64> = (0..SHORT).chain(1_000_000..1_000_000 + LONG).collect();
+    want.sort_unstable();
+    assert_eq!(got.len(), want.len(), "records in the output");
+    assert_eq!(got, want);
 }

@@ -35,6 +35,8 @@ pub struct CheckpointTrigger {
     timestamp_ns: AtomicU64,
     /// The latest checkpoint known complete (0: none).
     completed: AtomicU64,
+    /// Tasks that reached the end of their input and wait for their final checkpoint.
+    ended: AtomicU64,
 }
 
 impl CheckpointTrigger {
@@ -62,6 +64,19 @@ impl CheckpointTrigger {
         // Release: a task that reads the id sees what the coordinator did before (it
         // wrote the checkpoint), though tasks only act on the id itself.
         self.completed.fetch_max(id, Ordering::Release);
+    }
+
+    /// A task reached the end of its input and waits for a checkpoint to complete
+    /// before it finishes (see [`TaskCheckpointing::final_checkpoint`]).
+    pub fn task_ended(&self) {
+        // Relaxed: a counter the coordinator polls to trigger the final checkpoint
+        // early; nothing is published through it.
+        self.ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many tasks reached the end of their input so far.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
     }
 
     /// The latest checkpoint known complete, if above `notified`.
@@ -135,6 +150,13 @@ pub struct TaskCheckpointing {
     /// The last checkpoint the restored state belongs to (0: none): sources resume
     /// their ids above it.
     pub restored_from: u64,
+    /// Flink's final checkpoint (checkpoints are periodic): a task whose input ended
+    /// takes part in one more checkpoint, triggered at it directly, and finishes only
+    /// once a checkpoint it took after its end completed. Two-phase-commit sinks thus
+    /// commit their last records on a completed checkpoint, never at the end of input:
+    /// a failure elsewhere in the job after one sink ended cannot make the restarted job
+    /// write those records twice.
+    pub final_checkpoint: bool,
 }
 
 impl std::fmt::Debug for TaskCheckpointing {
@@ -143,6 +165,7 @@ impl std::fmt::Debug for TaskCheckpointing {
             .field("vertex", &self.vertex)
             .field("subtask", &self.subtask)
             .field("exactly_once", &self.exactly_once)
+            .field("final_checkpoint", &self.final_checkpoint)
             .finish()
     }
 }
@@ -150,6 +173,8 @@ impl std::fmt::Debug for TaskCheckpointing {
 thread_local! {
     /// The states gathered while a barrier passes through the current task's chain.
     static COLLECTING: RefCell<Option<Vec<OperatorState>>> = const { RefCell::new(None) };
+    /// Whether the end of input passing now will be followed by a final checkpoint.
+    static FINAL_FOLLOWS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Restored states of the task being built, by operator uid.
     static RESTORING: RefCell<Option<HashMap<u32, Vec<u8>>>> = const { RefCell::new(None) };
 }
@@ -161,6 +186,21 @@ pub fn collect_states(pass: impl FnOnce()) -> Vec<OperatorState> {
     pass();
     let got = COLLECTING.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
     got.unwrap_or_default()
+}
+
+/// Runs `pass` (which sends the end of input down a chain), telling the chain's
+/// operators through [`final_checkpoint_follows`] whether a final checkpoint follows.
+pub fn end_of_input(final_checkpoint: bool, pass: impl FnOnce()) {
+    let outer = FINAL_FOLLOWS.with(|f| f.replace(final_checkpoint));
+    pass();
+    FINAL_FOLLOWS.with(|f| f.set(outer));
+}
+
+/// Whether the end of input passing now is followed by a checkpoint the task takes
+/// before it finishes: a two-phase-commit sink leaves its last records to that
+/// checkpoint's completion instead of committing them now.
+pub fn final_checkpoint_follows() -> bool {
+    FINAL_FOLLOWS.with(std::cell::Cell::get)
 }
 
 /// Whether a barrier is passing with states being collected (operators outside a

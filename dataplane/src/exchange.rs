@@ -159,6 +159,9 @@ pub struct RingOutput<T> {
     starts: Vec<usize>,
     /// Records written since `take_records`.
     written: u64,
+    /// The end of input went out: what follows it (the barrier of a task's final
+    /// checkpoint, which its consumers take on their own) is not sent.
+    ended: bool,
 }
 
 impl<T: Wire + Clone> RingOutput<T> {
@@ -184,6 +187,7 @@ impl<T: Wire + Clone> RingOutput<T> {
             order: Vec::new(),
             starts: vec![0; n + 1],
             written: 0,
+            ended: false,
         }
     }
 
@@ -330,6 +334,10 @@ impl<T: Wire + Clone> RingOutput<T> {
     }
 
     fn send_event(&mut self, event: &Event) {
+        if self.ended {
+            return;
+        }
+        self.ended = matches!(event, Event::EndOfInput);
         let mut buf = [0u8; MAX_EVENT_LEN];
         let (ty, len) = frames::encode_event(event, &mut buf);
         for ch in 0..self.w.producers.len() {

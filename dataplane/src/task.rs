@@ -109,6 +109,23 @@ impl Outputs {
         self
     }
 
+    /// Whether a task whose input ended waits for a final checkpoint.
+    fn final_checkpoint(&self) -> bool {
+        self.checkpointing
+            .as_ref()
+            .is_some_and(|cp| cp.final_checkpoint)
+    }
+
+    /// Sends the end of input down `head`'s chain, then, when a final checkpoint
+    /// follows, tells the coordinator the task waits for it.
+    fn end_input(&self, pass: impl FnOnce()) {
+        let fin = self.final_checkpoint();
+        crate::checkpoint::end_of_input(fin, pass);
+        if let (true, Some(cp)) = (fin, &self.checkpointing) {
+            cp.trigger.task_ended();
+        }
+    }
+
     /// The latest completed checkpoint, if the task has not heard of it yet.
     #[inline]
     fn completed_since(&self, notified: u64) -> Option<u64> {
@@ -220,6 +237,9 @@ pub struct SourceTask<T> {
     injected: u64,
     /// The last completed checkpoint the chain heard of.
     notified: u64,
+    /// The last barrier injected before the input ended: the task finishes once a
+    /// later checkpoint completed (its final checkpoint), when it waits for one.
+    ended_at: u64,
 }
 
 impl<T> SourceTask<T> {
@@ -244,6 +264,7 @@ impl<T> SourceTask<T> {
             source_uid: u32::MAX,
             injected,
             notified: 0,
+            ended_at: 0,
         }
     }
 
@@ -287,7 +308,8 @@ impl<T> Task for SourceTask<T> {
         if !self.outputs.ready() {
             return Ok(TaskPoll::Worked(0));
         }
-        if self.done {
+        let waiting = self.done && self.outputs.final_checkpoint();
+        if self.done && !waiting {
             return Ok(TaskPoll::Finished);
         }
         // One load per poll when no checkpoint is asked for.
@@ -303,6 +325,15 @@ impl<T> Task for SourceTask<T> {
             self.notified = c;
             self.head.notify_checkpoint_complete(c);
         }
+        if waiting {
+            // The input ended: only the final checkpoint is left to take part in.
+            self.outputs.publish();
+            check_failure()?;
+            if self.notified > self.ended_at {
+                return Ok(TaskPoll::Finished);
+            }
+            return Ok(TaskPoll::Worked(0));
+        }
         // The chain learns this poll's time before its records: a first batch must not
         // run at time 0 (processing-time windows, timers and idleness would see it so).
         self.head.tick(now);
@@ -315,9 +346,13 @@ impl<T> Task for SourceTask<T> {
             SourceStatus::Emitted(n) => n,
             SourceStatus::Done => {
                 // A bounded input ends at the end of time: event-time work completes.
-                self.head.event(Event::Watermark(END_OF_TIME));
-                self.head.event(Event::EndOfInput);
+                let head = &mut self.head;
+                self.outputs.end_input(|| {
+                    head.event(Event::Watermark(END_OF_TIME));
+                    head.event(Event::EndOfInput);
+                });
                 self.done = true;
+                self.ended_at = self.injected;
                 1
             }
         };
@@ -477,6 +512,8 @@ pub struct InputTask<H> {
     last_barrier: Option<u64>,
     /// The last completed checkpoint the chain heard of.
     notified: u64,
+    /// The last checkpoint taken before the input ended (see [`SourceTask`]).
+    ended_at: u64,
 }
 
 impl<T: Wire> InputTask<OneInput<T>> {
@@ -544,6 +581,7 @@ impl<H: InputHead> InputTask<H> {
             align: true,
             last_barrier: None,
             notified: 0,
+            ended_at: 0,
         }
         .with_mode()
     }
@@ -637,6 +675,49 @@ impl<H: InputHead> InputTask<H> {
             t0.saturating_sub(self.aligning_since),
             t1.saturating_sub(t0),
         );
+    }
+
+    /// The last checkpoint this task took part in (or restored).
+    fn taken(&self) -> u64 {
+        self.last_barrier.unwrap_or_else(|| {
+            self.outputs
+                .checkpointing
+                .as_ref()
+                .map_or(0, |cp| cp.restored_from)
+        })
+    }
+
+    /// After the end of input: finished, or (with a final checkpoint) takes the
+    /// checkpoints asked for at the task itself, since no barrier can come through
+    /// its ended inputs, until one of them completed.
+    fn await_final_checkpoint(&mut self) -> Result<TaskPoll, TaskError> {
+        let Some(cp) = self
+            .outputs
+            .checkpointing
+            .as_ref()
+            .filter(|cp| cp.final_checkpoint)
+        else {
+            return Ok(TaskPoll::Finished);
+        };
+        if let Some(b) = cp.trigger.pending(self.taken()) {
+            self.last_barrier = Some(b.id);
+            let t0 = clock::now_ns();
+            let head = &mut self.head;
+            let states = collect_states(|| head.event(Event::Barrier(b)));
+            let sync = clock::now_ns().saturating_sub(t0);
+            self.outputs.acknowledge(&b, states, 0, sync);
+        }
+        if let Some(c) = self.outputs.completed_since(self.notified) {
+            self.notified = c;
+            self.head.notify_checkpoint_complete(c);
+        }
+        self.outputs.publish();
+        check_failure()?;
+        Ok(if self.notified > self.ended_at {
+            TaskPoll::Finished
+        } else {
+            TaskPoll::Worked(0)
+        })
     }
 
     /// Reads up to [`FRAMES_PER_POLL`] frames of input `i`; returns frames and records.
@@ -740,7 +821,7 @@ impl<H: InputHead> Task for InputTask<H> {
             return Ok(TaskPoll::Worked(0));
         }
         if self.finished {
-            return Ok(TaskPoll::Finished);
+            return self.await_final_checkpoint();
         }
         // The chain learns this poll's time before its records (see `SourceTask`).
         self.head.tick(now);
@@ -765,8 +846,10 @@ impl<H: InputHead> Task for InputTask<H> {
                 .fetch_add(records, Ordering::Relaxed);
         }
         if self.open == 0 {
-            self.head.event(Event::EndOfInput);
+            let head = &mut self.head;
+            self.outputs.end_input(|| head.event(Event::EndOfInput));
             self.finished = true;
+            self.ended_at = self.taken();
             work += 1;
         }
         self.outputs.publish();

@@ -6,6 +6,7 @@ use super::{
     JmToTm, NetworkInfo, NetworkReport, RemoteChannel, SlotInfo, TaskDeployment, TaskKey,
     TaskManagerId, TaskRecords, TaskState, TmToJm,
 };
+use crate::checkpoint::{CheckpointCoordinator, CoordinatorMessage, CoordinatorVerdict};
 use crate::config::{Config, FailoverStrategy};
 use crate::jobs::JobSpec;
 use crate::rest::RestServer;
@@ -203,6 +204,8 @@ pub struct JobEntry {
     deploy_settings: DeploySettings,
     /// Since when a restart has been waiting for free slots.
     waiting_for_slots_since: Option<Instant>,
+    /// Its checkpoint coordinator.
+    pub coord: CheckpointCoordinator,
 }
 
 /// What every deployment carries from the JobManager's configuration.
@@ -260,8 +263,43 @@ impl JobEntry {
             default_parallelism: settings.default_parallelism,
             chaining: settings.chaining,
             remote: Vec::new(),
+            checkpointing: self.deploy_checkpointing(k),
         };
         (tm, d)
+    }
+
+    /// What subtask `k` of a new deployment takes part in checkpoints with: the mode,
+    /// and its state from the latest completed checkpoint.
+    fn deploy_checkpointing(&self, k: (u32, u32)) -> Option<super::DeployCheckpointing> {
+        let latest = self.coord.latest();
+        if !self.coord.periodic() && latest.is_none() {
+            return None;
+        }
+        Some(super::DeployCheckpointing {
+            exactly_once: self.coord.exactly_once(),
+            final_checkpoint: self.coord.periodic(),
+            restored_from: latest.as_ref().map_or(0, |c| c.meta.checkpoint_id),
+            restore: latest
+                .map(|c| c.subtask_states(k.0, k.1).into_iter().collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// A new deployment (of the job or of a region) starts: checkpoints in flight are
+    /// aborted, and subtasks that finished stay finished for the coordinator.
+    fn start_checkpoint_attempt(&mut self) {
+        let all: Vec<(u32, u32)> = self
+            .vertices
+            .iter()
+            .flat_map(|v| (0..v.parallelism as u32).map(move |s| (v.id as u32, s)))
+            .collect();
+        self.coord.start_attempt(all);
+        for (k, t) in &self.tasks {
+            if matches!(t.state, Some(TaskState::Finished)) {
+                // Nothing is in flight to complete (the attempt just started).
+                let _ = self.coord.task_finished(k.0, k.1);
+            }
+        }
     }
 
     /// Gives every deployment in `sends` its channels to subtasks on other hosts (or on
@@ -406,12 +444,51 @@ fn epoch_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Why a deployment's restored states cannot be shipped, if one's are too large for an
+/// RPC frame.
+fn oversized_restore(sends: &[(TaskManagerId, TaskDeployment)]) -> Option<String> {
+    let limit = crate::rpc::MAX_FRAME - super::STATE_FRAME_SLACK;
+    sends.iter().find_map(|(_, d)| {
+        let size: usize = d
+            .checkpointing
+            .as_ref()
+            .map_or(0, |c| c.restore.iter().map(|s| s.1.len()).sum());
+        (size > limit).then(|| {
+            format!(
+                "the state of subtask {} of vertex {} is {size} bytes, more than a cluster \
+                 deployment ships ({limit} bytes)",
+                d.task.subtask, d.task.vertex
+            )
+        })
+    })
+}
+
+/// Fails a job for good with `message` (no restart can help).
+fn fail_entry(j: &mut JobEntry, message: String) {
+    tracing::error!(job = %j.id, %message, "job failed");
+    push_exception(j, "JobMaster", message);
+    j.state = JobState::Failed;
+    j.end_epoch_ms = Some(epoch_ms());
+}
+
+fn push_exception(j: &mut JobEntry, task: &str, message: String) {
+    if j.exceptions.len() >= MAX_EXCEPTIONS {
+        j.exceptions.remove(0);
+        j.exceptions_truncated = true;
+    }
+    j.exceptions.push(ExceptionEntry {
+        timestamp_ms: epoch_ms(),
+        task: task.into(),
+        message,
+    });
+}
+
 /// What the REST server asks of the JobManager thread.
 #[derive(Debug)]
 pub enum JmCommand {
     /// Submit a job; the reply is its id or (HTTP status, message).
     Submit(
-        JobSpec,
+        Box<JobSpec>,
         tokio::sync::oneshot::Sender<Result<String, (u16, String)>>,
     ),
     /// Cancel a job.
@@ -520,12 +597,93 @@ impl JobManager {
             }
             self.restart_due_jobs();
             self.restart_due_regions();
+            self.poll_checkpoints();
             if Instant::now() >= next_beat {
                 next_beat = Instant::now() + self.config.heartbeat_interval;
                 for conn in self.conns.keys() {
                     self.endpoint.send(*conn, JmToTm::Heartbeat);
                 }
             }
+        }
+    }
+
+    /// Lets each running job's coordinator trigger checkpoints and expire old ones.
+    fn poll_checkpoints(&mut self) {
+        let due: Vec<String> = lock(&self.state)
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && j.region_restarts.is_empty())
+            .filter(|j| j.coord.periodic() || j.coord.in_progress() > 0)
+            .map(|j| j.id.clone())
+            .collect();
+        let now = Instant::now();
+        for id in due {
+            self.checkpoint_step(&id, |c| c.poll(now));
+        }
+    }
+
+    /// Runs `f` on job `id`'s coordinator, sends what it has for the TaskManagers, and
+    /// fails the job over when it says so.
+    fn checkpoint_step(
+        &mut self,
+        id: &str,
+        f: impl FnOnce(&mut CheckpointCoordinator) -> CoordinatorVerdict,
+    ) {
+        let mut st = lock(&self.state);
+        let Some(j) = st.jobs.get_mut(id) else { return };
+        if j.state.is_terminal() {
+            return;
+        }
+        let verdict = f(&mut j.coord);
+        let messages = j.coord.take_messages();
+        let hosts: std::collections::BTreeSet<TaskManagerId> = j
+            .tasks
+            .values()
+            .filter(|t| !t.state.as_ref().is_some_and(TaskState::is_terminal))
+            .map(|t| t.taskmanager.clone())
+            .collect();
+        let fail = match verdict {
+            CoordinatorVerdict::FailJob(m)
+                if matches!(j.state, JobState::Created | JobState::Running) =>
+            {
+                tracing::error!(job = %id, message = %m, "failing the job over");
+                push_exception(j, "CheckpointCoordinator", m);
+                j.coord.abort_pending("the job failed");
+                j.state = JobState::Failing;
+                j.region_restarts.clear();
+                true
+            }
+            _ => false,
+        };
+        let conns: Vec<ConnId> = hosts
+            .iter()
+            .filter_map(|tm| st.taskmanagers.get(tm).map(|t| t.conn))
+            .collect();
+        drop(st);
+        for m in messages {
+            let msg = match m {
+                CoordinatorMessage::Trigger {
+                    id: checkpoint_id,
+                    timestamp_ns,
+                    kind,
+                } => JmToTm::TriggerCheckpoint {
+                    job_id: id.to_string(),
+                    checkpoint_id,
+                    timestamp_ns,
+                    savepoint: kind == spate_dataplane::operator::BarrierKind::Savepoint,
+                },
+                CoordinatorMessage::Completed { id: checkpoint_id } => JmToTm::CheckpointComplete {
+                    job_id: id.to_string(),
+                    checkpoint_id,
+                },
+            };
+            for c in &conns {
+                self.endpoint.send(*c, msg.clone());
+            }
+        }
+        if fail {
+            self.send_cancel(id, None);
+            self.evaluate(id);
         }
     }
 
@@ -592,7 +750,7 @@ impl JobManager {
     fn on_command(&mut self, cmd: JmCommand) {
         match cmd {
             JmCommand::Submit(spec, reply) => {
-                let _ = reply.send(self.submit(spec));
+                let _ = reply.send(self.submit(*spec));
             }
             JmCommand::Cancel(id, reply) => {
                 let _ = reply.send(self.cancel(&id));
@@ -621,13 +779,23 @@ impl JobManager {
                 format!("the job needs {needed} task slots; {free} are free in the cluster"),
             ));
         }
+        let id = super::new_id();
+        let mut coord =
+            CheckpointCoordinator::new(&jc.checkpointing, &graph, &id).with_remote_tasks();
+        if let Some(path) = &spec.savepoint_path {
+            let cp = crate::checkpoint::read_checkpoint(std::path::Path::new(path))
+                .map_err(|e| (400, e.to_string()))?;
+            cp.check_compatible(&graph)
+                .map_err(|e| (400, e.to_string()))?;
+            tracing::info!(job = %id, %path, checkpoint = cp.meta.checkpoint_id, "resuming from a checkpoint");
+            coord.restore_from(Arc::new(cp));
+        }
         let regions = pipelined_regions(&graph);
         let region_of = regions
             .iter()
             .enumerate()
             .flat_map(|(r, ts)| ts.iter().map(move |t| (*t, r)))
             .collect();
-        let id = super::new_id();
         let job = JobEntry {
             id: id.clone(),
             spec,
@@ -672,6 +840,7 @@ impl JobManager {
             region_restarts: BTreeMap::new(),
             deploy_settings: DeploySettings::of(&jc),
             waiting_for_slots_since: None,
+            coord,
         };
         tracing::info!(job = %id, name = %job.spec.job, slots = needed, "job submitted");
         let mut st = lock(&self.state);
@@ -743,6 +912,13 @@ impl JobManager {
         let attempt = job.attempt;
         for (k, at) in placements {
             sends.push(job.place(k, at, attempt, settings));
+        }
+        job.start_checkpoint_attempt();
+        if let Some(m) = oversized_restore(&sends) {
+            fail_entry(job, m);
+            drop(st);
+            self.job_ended(id);
+            return true;
         }
         job.wire_remote(
             &peers,
@@ -875,6 +1051,13 @@ impl JobManager {
                 });
             }
             t.state = Some(state.clone());
+            if matches!(state, TaskState::Failed(_) | TaskState::Canceled) {
+                j.coord.abort_pending("a subtask failed");
+            }
+        }
+        if state == TaskState::Finished {
+            // Checkpoints in flight take its final state; one may complete now.
+            self.checkpoint_step(job, |c| c.task_finished(v, s));
         }
         if matches!(state, TaskState::Failed(_)) {
             self.on_task_failed(job, v, s);
@@ -1056,6 +1239,14 @@ impl JobManager {
             let mut sends = Vec::new();
             for (k, at) in placement {
                 sends.push(j.place(k, at, attempt, settings));
+            }
+            j.start_checkpoint_attempt();
+            if let Some(m) = oversized_restore(&sends) {
+                fail_entry(j, m);
+                drop(st);
+                self.send_cancel(&id, None);
+                self.job_ended(&id);
+                continue;
             }
             j.wire_remote(
                 &peers,
@@ -1264,6 +1455,61 @@ impl JobManager {
                         task.subtask,
                         state,
                     );
+                }
+                TmToJm::AcknowledgeCheckpoint {
+                    task,
+                    checkpoint_id,
+                    states,
+                    alignment_ns,
+                    sync_ns,
+                } => {
+                    let Some(from) = self.conns.get(&conn).cloned() else {
+                        return;
+                    };
+                    if !self.hosts(&from, &task) {
+                        return; // an ended deployment's, or not its to give
+                    }
+                    let ack = spate_dataplane::checkpoint::CheckpointAck {
+                        checkpoint_id,
+                        vertex: task.vertex,
+                        subtask: task.subtask,
+                        states,
+                        alignment_ns,
+                        sync_ns,
+                    };
+                    self.checkpoint_step(&task.job_id, |c| c.acknowledge(ack));
+                }
+                TmToJm::TasksEnded { job_id, attempt } => {
+                    let Some(from) = self.conns.get(&conn).cloned() else {
+                        return;
+                    };
+                    let ours = lock(&self.state).jobs.get(&job_id).is_some_and(|j| {
+                        j.tasks
+                            .values()
+                            .any(|t| t.taskmanager == from && t.attempt == attempt)
+                    });
+                    if ours {
+                        // The next poll triggers the final checkpoint.
+                        self.checkpoint_step(&job_id, |c| {
+                            c.task_ended();
+                            CoordinatorVerdict::Continue
+                        });
+                    }
+                }
+                TmToJm::DeclineCheckpoint {
+                    task,
+                    checkpoint_id,
+                    reason,
+                } => {
+                    let Some(from) = self.conns.get(&conn).cloned() else {
+                        return;
+                    };
+                    if !self.hosts(&from, &task) {
+                        return;
+                    }
+                    self.checkpoint_step(&task.job_id, |c| {
+                        c.decline(checkpoint_id, task.vertex, task.subtask, &reason)
+                    });
                 }
             },
             Event::Disconnected { conn, reason } => {

@@ -65,7 +65,56 @@ pub enum TmToJm {
         /// Its record counts at that moment.
         records: TaskRecords,
     },
+    /// A subtask took part in a checkpoint: the barrier passed its whole chain, and
+    /// these are its operators' states.
+    AcknowledgeCheckpoint {
+        /// Which subtask.
+        task: TaskKey,
+        /// The checkpoint.
+        checkpoint_id: u64,
+        /// Operator states by uid.
+        states: Vec<(u32, Vec<u8>)>,
+        /// Nanoseconds the barrier waited for alignment.
+        alignment_ns: u64,
+        /// Nanoseconds spent writing the states on the slot.
+        sync_ns: u64,
+    },
+    /// Subtasks of a deployment reached the end of their input and wait for their
+    /// final checkpoint (the JobManager triggers one without waiting for the interval).
+    TasksEnded {
+        /// The job.
+        job_id: String,
+        /// Its attempt.
+        attempt: u32,
+    },
+    /// A subtask could not take part in a checkpoint (its state cannot be shipped).
+    DeclineCheckpoint {
+        /// Which subtask.
+        task: TaskKey,
+        /// The checkpoint.
+        checkpoint_id: u64,
+        /// Why.
+        reason: String,
+    },
 }
+
+/// How a deployed subtask takes part in checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployCheckpointing {
+    /// Barriers aligned (exactly-once) or not (at-least-once).
+    pub exactly_once: bool,
+    /// The checkpoint its state comes from (0: none); its sources inject ids above it.
+    pub restored_from: u64,
+    /// Its operators' states from that checkpoint, by uid.
+    pub restore: Vec<(u32, Vec<u8>)>,
+    /// Checkpoints are periodic: a task whose input ended waits for a final one
+    /// (see `TaskCheckpointing::final_checkpoint`).
+    #[serde(default)]
+    pub final_checkpoint: bool,
+}
+
+/// Room left in an RPC frame beside a subtask's states.
+pub const STATE_FRAME_SLACK: usize = 64 << 10;
 
 /// A TaskManager's network agent, as it registers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +229,8 @@ pub struct TaskDeployment {
     pub chaining: bool,
     /// The subtask's channels to other hosts.
     pub remote: Vec<RemoteChannel>,
+    /// Checkpoints (`None`: the job takes none and restores nothing).
+    pub checkpointing: Option<DeployCheckpointing>,
 }
 
 /// JobManager → TaskManager.
@@ -208,6 +259,24 @@ pub enum JmToTm {
         job_id: String,
         /// The tasks, or every one.
         tasks: Option<Vec<TaskKey>>,
+    },
+    /// Sources of the job inject barrier `checkpoint_id`.
+    TriggerCheckpoint {
+        /// Job id.
+        job_id: String,
+        /// Checkpoint id.
+        checkpoint_id: u64,
+        /// Trigger time, ns since the Unix epoch.
+        timestamp_ns: u64,
+        /// A savepoint rather than a checkpoint.
+        savepoint: bool,
+    },
+    /// Checkpoint `checkpoint_id` of the job completed: sinks commit.
+    CheckpointComplete {
+        /// Job id.
+        job_id: String,
+        /// Checkpoint id.
+        checkpoint_id: u64,
     },
     /// The job is over: remove whatever of it is left (shared-memory rings).
     JobEnded {

@@ -9,13 +9,15 @@ use super::{
 use crate::config::{AgentCore, AgentMode, Config};
 use crate::minicluster::start_slots;
 use crate::rpc::{ConnId, Endpoint, Event};
+use spate_dataplane::checkpoint::{CheckpointAck, CheckpointTrigger, TaskCheckpointing};
 use spate_dataplane::net::{AgentConfig, AgentThread, NetAgent, NetHandle};
+use spate_dataplane::operator::BarrierKind;
 use spate_dataplane::slot::{Slot, SlotEvent, Task, TaskId};
 use spate_dataplane::task::TaskMetrics;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +56,14 @@ pub struct TaskManager {
     data_address: String,
     /// Its thread, when it has one (stopped when the TaskManager is dropped).
     _agent: Option<AgentThread>,
+    /// The checkpoint trigger of each deployment (job, attempt) with tasks here: the
+    /// JobManager's coordinator asks through it, sources read it.
+    triggers: HashMap<(String, u32), Arc<CheckpointTrigger>>,
+    /// Per deployment, how many of its tasks the JobManager heard reached their end.
+    ended_reported: HashMap<(String, u32), u64>,
+    /// Tasks' checkpoint acknowledgements, on their way to the JobManager.
+    acks_tx: Sender<(TaskKey, CheckpointAck)>,
+    acks: Receiver<(TaskKey, CheckpointAck)>,
 }
 
 impl TaskManager {
@@ -155,7 +165,12 @@ impl TaskManager {
             host_key: super::deploy::host_key(),
             transport: config.transport.to_string(),
         };
+        let (acks_tx, acks) = std::sync::mpsc::channel();
         Ok(Self {
+            triggers: HashMap::new(),
+            ended_reported: HashMap::new(),
+            acks_tx,
+            acks,
             id,
             config: config.clone(),
             slots,
@@ -306,6 +321,33 @@ impl TaskManager {
                                     }
                                 }
                             }
+                            JmToTm::TriggerCheckpoint {
+                                job_id,
+                                checkpoint_id,
+                                timestamp_ns,
+                                savepoint,
+                            } => {
+                                let kind = if savepoint {
+                                    BarrierKind::Savepoint
+                                } else {
+                                    BarrierKind::Checkpoint
+                                };
+                                for ((j, _), t) in &self.triggers {
+                                    if *j == job_id {
+                                        t.request(checkpoint_id, timestamp_ns, kind);
+                                    }
+                                }
+                            }
+                            JmToTm::CheckpointComplete {
+                                job_id,
+                                checkpoint_id,
+                            } => {
+                                for ((j, _), t) in &self.triggers {
+                                    if *j == job_id {
+                                        t.complete(checkpoint_id);
+                                    }
+                                }
+                            }
                             JmToTm::JobEnded { job_id } => {
                                 let n = super::deploy::remove_rings(&job_id);
                                 if n > 0 {
@@ -341,6 +383,11 @@ impl TaskManager {
                     }
                 }
             }
+            // Acknowledgements first: a task acknowledges before it can finish.
+            while let Ok((task, ack)) = self.acks.try_recv() {
+                self.send_ack(task, ack);
+            }
+            self.report_ended();
             while let Ok(ev) = self.events.try_recv() {
                 self.on_slot_event(ev);
             }
@@ -373,6 +420,26 @@ impl TaskManager {
             }
         }
         tracing::info!(id = %self.id, "TaskManager stopping");
+    }
+
+    /// Tells the JobManager of deployments whose tasks reached the end of their input
+    /// since last time (they wait for a final checkpoint).
+    fn report_ended(&mut self) {
+        let Some(conn) = self.jm else { return };
+        for (k, t) in &self.triggers {
+            let n = t.ended();
+            let seen = self.ended_reported.entry(k.clone()).or_insert(0);
+            if n > *seen {
+                *seen = n;
+                self.endpoint.send(
+                    conn,
+                    TmToJm::TasksEnded {
+                        job_id: k.0.clone(),
+                        attempt: k.1,
+                    },
+                );
+            }
+        }
     }
 
     fn cancel_all_tasks(&self) {
@@ -411,6 +478,33 @@ impl TaskManager {
         }
     }
 
+    /// Sends a task's acknowledgement, or declines when its states cannot be shipped
+    /// in one RPC frame.
+    fn send_ack(&self, task: TaskKey, ack: CheckpointAck) {
+        let Some(conn) = self.jm else { return };
+        let size: usize = ack.states.iter().map(|s| s.1.len()).sum();
+        let limit = crate::rpc::MAX_FRAME - super::STATE_FRAME_SLACK;
+        let msg = if size > limit {
+            TmToJm::DeclineCheckpoint {
+                task,
+                checkpoint_id: ack.checkpoint_id,
+                reason: format!(
+                    "its state is {size} bytes, more than a cluster checkpoint ships per \
+                     subtask ({limit} bytes)"
+                ),
+            }
+        } else {
+            TmToJm::AcknowledgeCheckpoint {
+                task,
+                checkpoint_id: ack.checkpoint_id,
+                states: ack.states,
+                alignment_ns: ack.alignment_ns,
+                sync_ns: ack.sync_ns,
+            }
+        };
+        self.endpoint.send(conn, msg);
+    }
+
     fn deploy(&mut self, d: &TaskDeployment) {
         let key = d.task.clone();
         let slot = d.slot as usize;
@@ -422,7 +516,29 @@ impl TaskManager {
         let built = super::deploy::job_graph(d)
             .and_then(|g| super::deploy::build(d, &g, &self.net, self.config.task_settings()));
         match built {
-            Ok(deployment) => {
+            Ok(mut deployment) => {
+                if let Some(c) = &d.checkpointing {
+                    let trigger = self
+                        .triggers
+                        .entry((key.job_id.clone(), key.attempt))
+                        .or_default()
+                        .clone();
+                    let (tx, task) = (self.acks_tx.clone(), key.clone());
+                    let acks: spate_dataplane::checkpoint::AckSink = Arc::new(move |ack| {
+                        // A closed channel: the TaskManager is stopping.
+                        let _ = tx.send((task.clone(), ack));
+                    });
+                    deployment.checkpointing = Some(TaskCheckpointing {
+                        trigger,
+                        acks,
+                        vertex: key.vertex,
+                        subtask: key.subtask,
+                        exactly_once: c.exactly_once,
+                        restored_from: c.restored_from,
+                        final_checkpoint: c.final_checkpoint,
+                    });
+                    deployment.restore = c.restore.iter().cloned().collect();
+                }
                 let id = TaskId(self.next_task);
                 self.next_task += 1;
                 tracing::info!(task = %deployment.name, slot, "deploying");
@@ -445,16 +561,25 @@ impl TaskManager {
             SlotEvent::Finished { task, .. } => (task, TaskState::Finished),
             SlotEvent::Failed { task, message, .. } => (task, TaskState::Failed(message)),
             SlotEvent::Cancelled { task, .. } => (task, TaskState::Canceled),
-            // Cluster tasks are deployed without checkpointing: none acknowledges.
+            // Cluster tasks acknowledge through their own channel (with their key).
             SlotEvent::Checkpoint(_) => return,
         };
         let Some(key) = self.tasks.get(&id).map(|(k, _)| k.clone()) else {
             return;
         };
-        self.report(Some(id), key, state.clone());
+        self.report(Some(id), key.clone(), state.clone());
         if state.is_terminal() {
             self.tasks.remove(&id);
             self.metrics.remove(&id);
+            let deployment = (key.job_id.clone(), key.attempt);
+            if !self
+                .tasks
+                .values()
+                .any(|(k, _)| (&k.job_id, k.attempt) == (&deployment.0, deployment.1))
+            {
+                self.triggers.remove(&deployment);
+                self.ended_reported.remove(&deployment);
+            }
         }
     }
 }

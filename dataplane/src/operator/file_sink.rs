@@ -10,7 +10,8 @@
 //! touched again. A subtask that resumes from checkpoint `c` commits the pending parts
 //! its state lists (they belong to a completed checkpoint) and deletes its other hidden
 //! files (written after the checkpoint: their records will be written again). At the
-//! end of input everything is committed.
+//! end of input, with periodic checkpoints, the task takes a final checkpoint whose
+//! completion commits the rest; without checkpoints everything is committed at once.
 //!
 //! So readers of the directory see each record once, whatever failed in between,
 //! provided they ignore hidden files (as Flink's readers do). Without checkpoints,
@@ -184,6 +185,13 @@ impl FileSink {
     }
 
     fn on_end(&mut self) -> Result<(), String> {
+        if crate::checkpoint::final_checkpoint_follows() {
+            // The task takes one more checkpoint: its barrier closes the open part and
+            // its completion commits everything, as for any checkpoint. Committing now
+            // would let a failure elsewhere in the job, before that checkpoint, restart
+            // this subtask from an older one and write these records again.
+            return Ok(());
+        }
         if let Some(part) = self.close_part()? {
             self.commit(part)?;
         }
@@ -357,6 +365,28 @@ mod tests {
         Emit::<u64>::push(&mut s, &mut vec![3, 4]);
         Emit::<u64>::event(&mut s, Event::EndOfInput);
         assert_eq!(read_committed(d.path()).unwrap(), ["1", "2", "3", "4"]);
+    }
+
+    #[test]
+    fn with_a_final_checkpoint_the_end_of_input_commits_nothing_until_it_completes() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = sink(d.path(), None);
+        Emit::<u64>::push(&mut s, &mut vec![1, 2]);
+        let st1 = collect_states(|| Emit::<u64>::event(&mut s, barrier(1)));
+        Emit::<u64>::push(&mut s, &mut vec![3]);
+        crate::checkpoint::end_of_input(true, || Emit::<u64>::event(&mut s, Event::EndOfInput));
+        assert!(read_committed(d.path()).unwrap().is_empty());
+        // Had the job failed here, a restart from checkpoint 1 would write 3 again:
+        // nothing of it may be visible.
+        let mut again = sink(d.path(), Some(&st1[0].1));
+        assert_eq!(read_committed(d.path()).unwrap(), ["1", "2"]);
+        Emit::<u64>::push(&mut again, &mut vec![3]);
+        crate::checkpoint::end_of_input(true, || Emit::<u64>::event(&mut again, Event::EndOfInput));
+        collect_states(|| Emit::<u64>::event(&mut again, barrier(2)));
+        assert_eq!(read_committed(d.path()).unwrap(), ["1", "2"]);
+        Emit::<u64>::notify_checkpoint_complete(&mut again, 2);
+        assert_eq!(read_committed(d.path()).unwrap(), ["1", "2", "3"]);
+        drop(s);
     }
 
     #[test]
