@@ -1550,3 +1550,168 @@ fn w1_with_checkpoints_survives_killed_taskmanagers_exactly_once() {
     .unwrap();
     assert_eq!(status, 400);
 }
+
+/// `spate savepoint` takes a savepoint of a running job (it runs on); `spate stop`
+/// stops it with another (it ends FINISHED); `spate run -s` resumes it from there on
+/// the cluster, and the two runs' committed output is the single-threaded computation
+/// of the whole input, each record once. Savepoint requests that cannot be served get
+/// Flink's error statuses.
+#[test]
+fn stop_with_a_savepoint_and_resume_exactly_once() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let default_dir = dir.path().join("savepoints");
+    let sp_key = format!("state.savepoints.dir={}", default_dir.display());
+    let _jm = spate("jobmanager", &ports, &["-D", &sp_key]);
+    let _tms: Vec<Proc> = (0..2).map(|_| spate("taskmanager", &ports, &[])).collect();
+    wait_for("two TaskManagers", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(2)
+    });
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let out = dir.path().join("out");
+    let events = 200_000u64;
+    let run_args = |extra: &[&str]| {
+        let mut a: Vec<String> = ["run", "-m", &m, "-d", "-p", "2", "--events"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        a.push(events.to_string());
+        a.extend(["--rate", "40000", "--output"].map(String::from));
+        a.push(out.display().to_string());
+        a.extend(extra.iter().map(ToString::to_string));
+        a.push("vwap".into());
+        a
+    };
+    let args = run_args(&[]);
+    let o = spate_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    wait_for("RUNNING", Duration::from_secs(20), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    std::thread::sleep(Duration::from_millis(800));
+
+    // A savepoint into state.savepoints.dir; the job runs on.
+    let o = spate_cli(&["savepoint", "-m", &m, &id]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let first = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Savepoint completed. Path: file:"))
+        .unwrap_or_else(|| panic!("no savepoint path in {text:?}"))
+        .to_string();
+    assert!(first.starts_with(default_dir.to_str().unwrap()), "{first}");
+    assert!(std::path::Path::new(&first).join("_metadata").is_file());
+    assert_eq!(job_state(ports.rest, &id), "RUNNING");
+
+    // Requests that cannot be served.
+    let (s, v) = http(
+        ports.rest,
+        "POST",
+        "/jobs/00000000000000000000000000000000/savepoints",
+        "{}",
+    )
+    .unwrap();
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = http(
+        ports.rest,
+        "POST",
+        &format!("/jobs/{id}/savepoints"),
+        "{\"target-directory\": 7}",
+    )
+    .unwrap();
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["errors"][0].as_str().unwrap().contains("not valid"),
+        "{v}"
+    );
+    let (s, v) = http(
+        ports.rest,
+        "POST",
+        &format!("/jobs/{id}/savepoints"),
+        "{\"target-directory\": \"relative/dir\"}",
+    )
+    .unwrap();
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = http(
+        ports.rest,
+        "GET",
+        &format!("/jobs/{id}/savepoints/nosuchrequest"),
+        "",
+    )
+    .unwrap();
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = http(
+        ports.rest,
+        "POST",
+        &format!("/jobs/{id}/stop"),
+        "{\"drain\": true}",
+    )
+    .unwrap();
+    assert_eq!(s, 400, "{v}");
+
+    // Stop with a savepoint: FINISHED, part of the output written.
+    std::thread::sleep(Duration::from_millis(800));
+    let stop_dir = dir.path().join("stopped");
+    let o = spate_cli(&[
+        "stop",
+        "-m",
+        &m,
+        "--savepointPath",
+        stop_dir.to_str().unwrap(),
+        &id,
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Savepoint completed. Path: "))
+        .unwrap_or_else(|| panic!("no savepoint path in {text:?}"))
+        .to_string();
+    assert!(
+        location.starts_with(&format!("file:{}", stop_dir.display())),
+        "{location}"
+    );
+    assert!(text.contains(&format!("Job {id} is FINISHED.")), "{text}");
+    let partial = spate::jobs::read_vwap_output(&out).unwrap();
+    let want = spate::jobs::vwap_reference(42, events, 2);
+    let (n_partial, n_want) = (
+        partial.values().map(Vec::len).sum::<usize>(),
+        want.values().map(Vec::len).sum::<usize>(),
+    );
+    assert!(
+        n_partial > 0 && n_partial < n_want,
+        "{n_partial} of {n_want}"
+    );
+    let (s, v) = http(ports.rest, "POST", &format!("/jobs/{id}/savepoints"), "{}").unwrap();
+    assert_eq!(s, 409, "a savepoint of a finished job: {v}");
+
+    // Resume from the stop's savepoint (as printed, a file: URI) on the cluster.
+    let args = run_args(&["-s", &location]);
+    let o = spate_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id2 = submitted_id(&o);
+    wait_for("the resumed job FINISHED", Duration::from_secs(60), || {
+        let s = job_state(ports.rest, &id2);
+        assert_ne!(s, "FAILED", "the resumed job failed");
+        s == "FINISHED"
+    });
+    let got = spate::jobs::read_vwap_output(&out).unwrap();
+    assert!(
+        got == want,
+        "the output of the stopped and the resumed run is not the whole computation once"
+    );
+    let (_, cps) = http(ports.rest, "GET", &format!("/jobs/{id2}/checkpoints"), "").unwrap();
+    assert_eq!(cps["counts"]["restored"], 1, "{cps}");
+}

@@ -207,7 +207,21 @@ pub fn write_checkpoint(
     meta: &mut CheckpointMetadata,
     states: &HashMap<(u32, u32), HashMap<u32, Vec<u8>>>,
 ) -> Result<PathBuf, CheckpointError> {
-    let dir = job_dir.join(format!("chk-{}", meta.checkpoint_id));
+    write_snapshot(
+        &job_dir.join(format!("chk-{}", meta.checkpoint_id)),
+        meta,
+        states,
+    )
+}
+
+/// Writes a checkpoint or savepoint into `dir` (created): the subtasks' state files,
+/// then `_metadata`, last and atomically.
+pub fn write_snapshot(
+    dir: &Path,
+    meta: &mut CheckpointMetadata,
+    states: &HashMap<(u32, u32), HashMap<u32, Vec<u8>>>,
+) -> Result<PathBuf, CheckpointError> {
+    let dir = dir.to_path_buf();
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let mut keys: Vec<&(u32, u32)> = states.keys().collect();
     keys.sort_unstable();
@@ -408,6 +422,19 @@ struct Pending {
     states: HashMap<(u32, u32), HashMap<u32, Vec<u8>>>,
     alignment_ns: u64,
     sync_ns: u64,
+    /// A savepoint's target directory.
+    target: Option<PathBuf>,
+}
+
+/// Where a savepoint stands (Flink's asynchronous operation result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavepointStatus {
+    /// Its barrier is on its way.
+    InProgress,
+    /// Written to this directory.
+    Completed(PathBuf),
+    /// It failed, for this reason.
+    Failed(String),
 }
 
 /// What the coordinator asks to be sent to tasks in other processes (a cluster's
@@ -496,6 +523,8 @@ pub struct CheckpointCoordinator {
     stats: CheckpointStats,
     /// Messages for remote tasks (`None`: every task reads the trigger in-process).
     outbox: Option<Vec<CoordinatorMessage>>,
+    /// How savepoints ended: their directory, or why they failed.
+    savepoints: BTreeMap<u64, Result<PathBuf, String>>,
 }
 
 impl std::fmt::Debug for CheckpointCoordinator {
@@ -535,6 +564,7 @@ impl CheckpointCoordinator {
             latest: None,
             stats: CheckpointStats::default(),
             outbox: None,
+            savepoints: BTreeMap::new(),
         }
     }
 
@@ -735,6 +765,7 @@ impl CheckpointCoordinator {
                 states: self.finished.clone(),
                 alignment_ns: 0,
                 sync_ns: 0,
+                target: None,
             },
         );
         self.stats.triggered += 1;
@@ -775,6 +806,51 @@ impl CheckpointCoordinator {
             )),
             _ => CoordinatorVerdict::Continue,
         }
+    }
+
+    /// Triggers a savepoint now, to be written under `target` as
+    /// `savepoint-<job id prefix>-<random>` (as Flink names them); returns its id.
+    pub fn trigger_savepoint(&mut self, target: &Path, now: Instant) -> Result<u64, String> {
+        if !target.is_absolute() {
+            return Err(format!(
+                "the savepoint directory {} is not an absolute path",
+                target.display()
+            ));
+        }
+        if self.any_finished {
+            return Err("a task of the job has finished: no savepoint can be taken".into());
+        }
+        let id = self
+            .trigger_now(BarrierKind::Savepoint, now)
+            .ok_or("the job has no running tasks")?;
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.target = Some(target.to_path_buf());
+        }
+        tracing::info!(savepoint = id, target = %target.display(), "savepoint triggered");
+        Ok(id)
+    }
+
+    /// Where savepoint `id` stands (`None`: no savepoint of that id was triggered).
+    pub fn savepoint_status(&self, id: u64) -> Option<SavepointStatus> {
+        if let Some(p) = self.pending.get(&id) {
+            return (p.kind == BarrierKind::Savepoint).then_some(SavepointStatus::InProgress);
+        }
+        if let Some(r) = self.savepoints.get(&id) {
+            return Some(match r {
+                Ok(p) => SavepointStatus::Completed(p.clone()),
+                Err(e) => SavepointStatus::Failed(e.clone()),
+            });
+        }
+        let h = self
+            .stats
+            .history
+            .iter()
+            .find(|h| h.id == id && h.savepoint)?;
+        Some(SavepointStatus::Failed(
+            h.failure
+                .clone()
+                .unwrap_or_else(|| "the savepoint was aborted".into()),
+        ))
     }
 
     /// A task finished. With periodic checkpoints it did so once a checkpoint it took
@@ -893,25 +969,44 @@ impl CheckpointCoordinator {
             .flat_map(|m| m.values())
             .map(|b| b.len() as u64)
             .sum();
-        let path = match self.job_dir() {
-            Some(dir) => match write_checkpoint(&dir, &mut meta, &p.states) {
-                Ok(path) => {
+        let written = match (&p.target, self.job_dir()) {
+            (Some(target), _) => {
+                let name = format!(
+                    "savepoint-{}-{}",
+                    &self.job_id[..self.job_id.len().min(6)],
+                    &crate::cluster::new_id()[..12]
+                );
+                let dir = target.join(name);
+                let r = write_snapshot(&dir, &mut meta, &p.states);
+                self.savepoints.insert(
+                    id,
+                    r.as_ref().map(Clone::clone).map_err(ToString::to_string),
+                );
+                Some((r, dir))
+            }
+            (None, Some(dir)) => {
+                let r = write_checkpoint(&dir, &mut meta, &p.states);
+                if r.is_ok() {
                     self.retain(&dir);
-                    Some(path)
                 }
-                Err(e) => {
-                    tracing::warn!(checkpoint = id, error = %e, "checkpoint could not be written");
-                    let _ = std::fs::remove_dir_all(dir.join(format!("chk-{id}")));
-                    let (d, why) = (duration.as_millis() as u64, e.to_string());
-                    self.stats.update(id, |h| {
-                        h.status = "FAILED";
-                        h.duration_ms = d;
-                        h.failure = Some(why.clone());
-                    });
-                    return self.failed(id, &why);
-                }
-            },
+                Some((r, dir.join(format!("chk-{id}"))))
+            }
+            (None, None) => None,
+        };
+        let path = match written {
             None => None,
+            Some((Ok(path), _)) => Some(path),
+            Some((Err(e), dir)) => {
+                tracing::warn!(checkpoint = id, error = %e, "checkpoint could not be written");
+                let _ = std::fs::remove_dir_all(&dir);
+                let (d, why) = (duration.as_millis() as u64, e.to_string());
+                self.stats.update(id, |h| {
+                    h.status = "FAILED";
+                    h.duration_ms = d;
+                    h.failure = Some(why.clone());
+                });
+                return self.failed(id, &why);
+            }
         };
         // Older checkpoints still in flight are subsumed.
         let older: Vec<u64> = self.pending.range(..id).map(|(k, _)| *k).collect();

@@ -66,7 +66,7 @@ struct JobArgs {
     window: Option<String>,
     /// Resume from a checkpoint or savepoint: a `chk-N` directory, its `_metadata`
     /// file, or a job's checkpoint directory (its latest complete checkpoint).
-    #[arg(short = 's', long = "fromSavepoint", value_name = "PATH")]
+    #[arg(short = 's', long = "fromSavepoint", value_name = "PATH", value_parser = savepoint_arg)]
     from_savepoint: Option<PathBuf>,
     /// Built-in job: vwap | bars | wordcount FILE.
     job: String,
@@ -146,11 +146,49 @@ enum Cmd {
         /// The job's id.
         id: String,
     },
+    /// Take a savepoint of a running job on the cluster (it runs on).
+    Savepoint {
+        #[command(flatten)]
+        conf: ConfArgs,
+        /// The JobManager's REST address (default: jobmanager.rpc.address:rest.port).
+        #[arg(short = 'm', long = "jobmanager", value_name = "HOST:PORT")]
+        jobmanager: Option<String>,
+        /// The job's id.
+        id: String,
+        /// Where the savepoint goes (default: state.savepoints.dir).
+        target: Option<PathBuf>,
+    },
+    /// Stop a job on the cluster with a savepoint: the job ends FINISHED, and `spate
+    /// run -s <savepoint>` resumes it.
+    Stop {
+        #[command(flatten)]
+        conf: ConfArgs,
+        /// The JobManager's REST address (default: jobmanager.rpc.address:rest.port).
+        #[arg(short = 'm', long = "jobmanager", value_name = "HOST:PORT")]
+        jobmanager: Option<String>,
+        /// Where the savepoint goes (default: state.savepoints.dir).
+        #[arg(short = 'p', long = "savepointPath", value_name = "DIR")]
+        savepoint_path: Option<PathBuf>,
+        /// The job's id.
+        id: String,
+    },
     /// Print a job's graph: vertices, chained operators, parallelism, slot sharing groups, edges.
     Info {
         #[command(flatten)]
         job: JobArgs,
     },
+}
+
+/// A path, or a `file:` URI (as `spate savepoint` prints a savepoint's location).
+fn savepoint_arg(s: &str) -> Result<PathBuf, String> {
+    let p = s
+        .strip_prefix("file://")
+        .or_else(|| s.strip_prefix("file:"))
+        .unwrap_or(s);
+    if p.is_empty() || p.contains("://") {
+        return Err(format!("{s:?} is not a path or a file: URI"));
+    }
+    Ok(PathBuf::from(p))
 }
 
 fn spec(a: &JobArgs) -> JobSpec {
@@ -494,6 +532,22 @@ pub fn main() {
         } => conf
             .load()
             .and_then(|c| client::cancel(&client::address(jobmanager, &c), &id)),
+        Cmd::Savepoint {
+            conf,
+            jobmanager,
+            id,
+            target,
+        } => conf
+            .load()
+            .and_then(|c| client::savepoint(&client::address(jobmanager, &c), &id, target, false)),
+        Cmd::Stop {
+            conf,
+            jobmanager,
+            savepoint_path,
+            id,
+        } => conf.load().and_then(|c| {
+            client::savepoint(&client::address(jobmanager, &c), &id, savepoint_path, true)
+        }),
         Cmd::Info { job } => prepare(&job).map(|(_, g)| {
             print!("{}", g.describe());
             true

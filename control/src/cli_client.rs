@@ -1,5 +1,5 @@
-//! The CLI's side of a cluster: submit, list and cancel jobs through the JobManager's
-//! REST API.
+//! The CLI's side of a cluster: submit, list, cancel, savepoint and stop jobs through
+//! the JobManager's REST API.
 
 use crate::config::Config;
 use crate::jobs::JobSpec;
@@ -135,5 +135,88 @@ pub(crate) fn cancel(m: &str, id: &str) -> Result<bool> {
         None,
     )?;
     println!("Cancelled job {id}.");
+    Ok(true)
+}
+
+/// Takes a savepoint of job `id` (under `target`, made absolute; else the cluster's
+/// `state.savepoints.dir`) and waits for it; with `stop`, the job then ends FINISHED
+/// (Flink's `stop --savepointPath`), and this waits for that too.
+pub(crate) fn savepoint(
+    m: &str,
+    id: &str,
+    target: Option<std::path::PathBuf>,
+    stop: bool,
+) -> Result<bool> {
+    let target = match target {
+        Some(t) if t.is_relative() => Some(std::env::current_dir()?.join(t)),
+        t => t,
+    };
+    let target = target.map(|t| t.display().to_string());
+    let (path, body) = if stop {
+        (
+            "stop",
+            serde_json::json!({ "targetDirectory": target, "drain": false }),
+        )
+    } else {
+        (
+            "savepoints",
+            serde_json::json!({ "target-directory": target, "cancel-job": false }),
+        )
+    };
+    let v = call(
+        agent().post(&format!("http://{m}/jobs/{id}/{path}")),
+        Some(body),
+    )?;
+    let rid = v["request-id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the JobManager returned no request id"))?
+        .to_string();
+    eprintln!(
+        "{} job {id}; waiting for the savepoint (request {rid})",
+        if stop {
+            "Stopping"
+        } else {
+            "Triggering a savepoint of"
+        }
+    );
+    let started = std::time::Instant::now();
+    let location = loop {
+        let v = call(
+            agent().get(&format!("http://{m}/jobs/{id}/savepoints/{rid}")),
+            None,
+        )?;
+        if v["status"]["id"] == "COMPLETED" {
+            let op = &v["operation"];
+            if let Some(l) = op["location"].as_str() {
+                break l.to_string();
+            }
+            eprintln!(
+                "spate: the savepoint failed: {}",
+                op["failure-cause"]["stack-trace"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+            );
+            return Ok(false);
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the savepoint did not complete within 10 minutes (request {rid})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!("Savepoint completed. Path: {location}");
+    if stop {
+        loop {
+            let v = call(agent().get(&format!("http://{m}/jobs/{id}")), None)?;
+            let state = v["state"].as_str().unwrap_or("UNKNOWN").to_string();
+            if matches!(state.as_str(), "FINISHED" | "CANCELED" | "FAILED") {
+                println!("Job {id} is {state}.");
+                return Ok(state != "FAILED");
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("job {id} did not end after its savepoint ({state})");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     Ok(true)
 }

@@ -177,6 +177,8 @@ pub struct CheckpointConfig {
     pub dir: Option<std::path::PathBuf>,
     /// `state.checkpoints.num-retained`: completed checkpoints kept per job.
     pub num_retained: usize,
+    /// `state.savepoints.dir`: where savepoints go when a request names no directory.
+    pub savepoint_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CheckpointConfig {
@@ -191,6 +193,7 @@ impl Default for CheckpointConfig {
             unaligned: false,
             dir: None,
             num_retained: 1,
+            savepoint_dir: None,
         }
     }
 }
@@ -303,6 +306,7 @@ pub const KEYS: &[&str] = &[
     "execution.checkpointing.unaligned.enabled",
     "state.checkpoints.dir",
     "state.checkpoints.num-retained",
+    "state.savepoints.dir",
 ];
 
 fn scalar(y: &Yaml) -> Option<String> {
@@ -687,6 +691,13 @@ impl Config {
                     return Err(bad("a local or shared filesystem path (file:// or none)"));
                 }
                 self.checkpointing.dir = Some(d.into());
+            }
+            "state.savepoints.dir" => {
+                let d = v.strip_prefix("file://").unwrap_or(v);
+                if d.is_empty() || d.contains("://") || !std::path::Path::new(d).is_absolute() {
+                    return Err(bad("an absolute local or shared filesystem path"));
+                }
+                self.checkpointing.savepoint_dir = Some(d.into());
             }
             "state.checkpoints.num-retained" => self.checkpointing.num_retained = positive()?,
             "parallelism.default" => self.default_parallelism = positive()?,

@@ -2,14 +2,17 @@
 //! on its own thread. Malformed requests, unknown paths and wrong methods get a 4xx with
 //! a JSON body `{"errors": [...]}`, as Flink's do.
 
-use crate::cluster::jobmanager::{lock, JmCommand, JobEntry, JobState, SharedState};
+use crate::checkpoint::SavepointStatus;
+use crate::cluster::jobmanager::{
+    lock, JmCommand, JobEntry, JobState, SavepointRequest, SharedState,
+};
 use crate::cluster::{TaskManagerId, TaskState};
 use crate::jobs::JobSpec;
 use axum::body::Bytes;
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -59,6 +62,9 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
             "/jobs/{id}/checkpoints/details/{cid}",
             get(checkpoint_details),
         )
+        .route("/jobs/{id}/savepoints", post(trigger_savepoint))
+        .route("/jobs/{id}/savepoints/{rid}", get(savepoint_status))
+        .route("/jobs/{id}/stop", post(stop_job))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(App { state, commands })
@@ -432,6 +438,142 @@ async fn checkpoint_details(
             StatusCode::NOT_FOUND,
             format!("Could not find checkpointing statistics for checkpoint {cid}."),
         ),
+    }
+}
+
+/// `POST /jobs/:id/savepoints` (Flink's body: `target-directory`, `cancel-job`).
+async fn trigger_savepoint(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(rename = "target-directory")]
+        target: Option<String>,
+        #[serde(rename = "cancel-job", default)]
+        cancel: bool,
+        #[serde(rename = "formatType")]
+        _format: Option<String>,
+        #[serde(rename = "triggerId")]
+        _trigger: Option<String>,
+    }
+    let b: Body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let then = b.cancel.then_some(JobState::Canceled);
+    savepoint_request(&app, id, b.target, then).await
+}
+
+/// `POST /jobs/:id/stop` (Flink's body: `targetDirectory`, `drain`): a savepoint, then
+/// the job ends FINISHED.
+async fn stop_job(State(app): State<App>, Path(id): Path<String>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(rename = "targetDirectory")]
+        target: Option<String>,
+        #[serde(default)]
+        drain: bool,
+        #[serde(rename = "formatType")]
+        _format: Option<String>,
+        #[serde(rename = "triggerId")]
+        _trigger: Option<String>,
+    }
+    let b: Body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if b.drain {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "drain is not supported: a stop takes a savepoint and ends the job without \
+             advancing event time to the end",
+        );
+    }
+    savepoint_request(&app, id, b.target, Some(JobState::Finished)).await
+}
+
+/// An empty body is `{}`; a malformed one is a 400 that says what was expected.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("Request body is not valid: {e}"),
+        ))
+    })
+}
+
+async fn savepoint_request(
+    app: &App,
+    job_id: String,
+    target: Option<String>,
+    then: Option<JobState>,
+) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let req = SavepointRequest {
+        job_id,
+        target,
+        then,
+    };
+    if app.commands.send(JmCommand::Savepoint(req, tx)).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the JobManager is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok(rid)) => (StatusCode::ACCEPTED, Json(json!({ "request-id": rid }))).into_response(),
+        Ok(Err(e)) => reply_error(e),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the JobManager is shutting down",
+        ),
+    }
+}
+
+/// `GET /jobs/:id/savepoints/:request-id`: Flink's asynchronous operation result.
+async fn savepoint_status(
+    State(st): State<SharedState>,
+    Path((id, rid)): Path<(String, String)>,
+) -> Response {
+    let st = lock(&st);
+    let Some(j) = st.jobs.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("Job {id} not found"));
+    };
+    let status = j
+        .savepoint_requests
+        .get(&rid)
+        .and_then(|sid| j.coord.savepoint_status(*sid));
+    match status {
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("There is no savepoint operation with triggerId={rid} for job {id}."),
+        ),
+        Some(SavepointStatus::InProgress) => {
+            Json(json!({ "status": { "id": "IN_PROGRESS" }, "operation": null })).into_response()
+        }
+        Some(SavepointStatus::Completed(path)) => Json(json!({
+            "status": { "id": "COMPLETED" },
+            "operation": { "location": format!("file:{}", path.display()) },
+        }))
+        .into_response(),
+        Some(SavepointStatus::Failed(why)) => Json(json!({
+            "status": { "id": "COMPLETED" },
+            "operation": { "failure-cause": {
+                "class": "spate::checkpoint::SavepointFailed",
+                "stack-trace": why,
+                "serialized-throwable": null,
+            } },
+        }))
+        .into_response(),
     }
 }
 

@@ -302,6 +302,15 @@ impl<T> Task for SourceTask<T> {
         &self.name
     }
 
+    fn close(&mut self) {
+        // A checkpoint that completed before the task was cancelled (a stop with a
+        // savepoint: completion, then cancel) still commits what it closed.
+        if let Some(c) = self.outputs.completed_since(self.notified) {
+            self.notified = c;
+            self.head.notify_checkpoint_complete(c);
+        }
+    }
+
     fn poll(&mut self) -> Result<TaskPoll, TaskError> {
         let now = clock::now_ns();
         self.outputs.housekeeping(now)?;
@@ -810,6 +819,14 @@ fn check_producer(i: usize, input: &Consumer, now: u64, timeout_ns: u64) -> Resu
 impl<H: InputHead> Task for InputTask<H> {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn close(&mut self) {
+        // See `SourceTask::close`.
+        if let Some(c) = self.outputs.completed_since(self.notified) {
+            self.notified = c;
+            self.head.notify_checkpoint_complete(c);
+        }
     }
 
     fn poll(&mut self) -> Result<TaskPoll, TaskError> {

@@ -206,6 +206,13 @@ pub struct JobEntry {
     waiting_for_slots_since: Option<Instant>,
     /// Its checkpoint coordinator.
     pub coord: CheckpointCoordinator,
+    /// Savepoint requests (REST trigger ids) and the savepoints they triggered.
+    pub savepoint_requests: HashMap<String, u64>,
+    /// A stop (or cancel) with a savepoint: the savepoint, and the state the job ends
+    /// in once it completed.
+    stop_with: Option<(u64, JobState)>,
+    /// Cancelling after such a savepoint: the state to end in.
+    end_as: Option<JobState>,
 }
 
 /// What every deployment carries from the JobManager's configuration.
@@ -271,10 +278,8 @@ impl JobEntry {
     /// What subtask `k` of a new deployment takes part in checkpoints with: the mode,
     /// and its state from the latest completed checkpoint.
     fn deploy_checkpointing(&self, k: (u32, u32)) -> Option<super::DeployCheckpointing> {
+        // Always: savepoints are taken whether checkpoints are periodic or not.
         let latest = self.coord.latest();
-        if !self.coord.periodic() && latest.is_none() {
-            return None;
-        }
         Some(super::DeployCheckpointing {
             exactly_once: self.coord.exactly_once(),
             final_checkpoint: self.coord.periodic(),
@@ -496,6 +501,23 @@ pub enum JmCommand {
         String,
         tokio::sync::oneshot::Sender<Result<(), (u16, String)>>,
     ),
+    /// Trigger a savepoint; the reply is the request's id.
+    Savepoint(
+        SavepointRequest,
+        tokio::sync::oneshot::Sender<Result<String, (u16, String)>>,
+    ),
+}
+
+/// A savepoint asked for (REST `POST /jobs/:id/savepoints` or `/stop`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavepointRequest {
+    /// The job.
+    pub job_id: String,
+    /// Where it goes (`None`: `state.savepoints.dir`).
+    pub target: Option<String>,
+    /// Once it completed, the job ends in this state (FINISHED for a stop, CANCELED
+    /// for a cancel with a savepoint); `None`: it runs on.
+    pub then: Option<JobState>,
 }
 
 impl ClusterState {
@@ -655,6 +677,29 @@ impl JobManager {
             }
             _ => false,
         };
+        // A stop with a savepoint: once the savepoint completed, the job's tasks are
+        // cancelled (after they heard of its completion: the messages go first) and the
+        // job ends as asked; a failed savepoint leaves the job running.
+        let mut stop = false;
+        if let Some((sid, end)) = j.stop_with {
+            match j.coord.savepoint_status(sid) {
+                Some(crate::checkpoint::SavepointStatus::InProgress) => {}
+                Some(crate::checkpoint::SavepointStatus::Completed(path)) => {
+                    tracing::info!(job = %id, path = %path.display(), "savepoint taken; stopping the job");
+                    j.stop_with = None;
+                    if matches!(j.state, JobState::Created | JobState::Running) {
+                        j.end_as = Some(end);
+                        j.state = JobState::Cancelling;
+                        j.region_restarts.clear();
+                        stop = true;
+                    }
+                }
+                other => {
+                    tracing::warn!(job = %id, status = ?other, "the savepoint of a stop failed; the job runs on");
+                    j.stop_with = None;
+                }
+            }
+        }
         let conns: Vec<ConnId> = hosts
             .iter()
             .filter_map(|tm| st.taskmanagers.get(tm).map(|t| t.conn))
@@ -681,7 +726,7 @@ impl JobManager {
                 self.endpoint.send(*c, msg.clone());
             }
         }
-        if fail {
+        if fail || stop {
             self.send_cancel(id, None);
             self.evaluate(id);
         }
@@ -754,6 +799,9 @@ impl JobManager {
             }
             JmCommand::Cancel(id, reply) => {
                 let _ = reply.send(self.cancel(&id));
+            }
+            JmCommand::Savepoint(req, reply) => {
+                let _ = reply.send(self.savepoint(req));
             }
         }
     }
@@ -841,6 +889,9 @@ impl JobManager {
             deploy_settings: DeploySettings::of(&jc),
             waiting_for_slots_since: None,
             coord,
+            savepoint_requests: HashMap::new(),
+            stop_with: None,
+            end_as: None,
         };
         tracing::info!(job = %id, name = %job.spec.job, slots = needed, "job submitted");
         let mut st = lock(&self.state);
@@ -970,6 +1021,57 @@ impl JobManager {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Triggers a savepoint of a running job; returns the request's id.
+    fn savepoint(&mut self, req: SavepointRequest) -> Result<String, (u16, String)> {
+        let target = {
+            let st = lock(&self.state);
+            let Some(j) = st.jobs.get(&req.job_id) else {
+                return Err((404, format!("Job {} not found", req.job_id)));
+            };
+            if j.state != JobState::Running || !j.region_restarts.is_empty() {
+                return Err((
+                    409,
+                    format!(
+                        "Job {} is {} (a savepoint needs all its tasks running)",
+                        req.job_id,
+                        j.state.name()
+                    ),
+                ));
+            }
+            if j.stop_with.is_some() {
+                return Err((409, format!("Job {} is being stopped", req.job_id)));
+            }
+            match req.target.as_deref() {
+                Some(t) => std::path::PathBuf::from(t.strip_prefix("file://").unwrap_or(t)),
+                None => j.coord.config().savepoint_dir.clone().ok_or((
+                    400,
+                    "no savepoint directory: give one (target-directory), or set \
+                     state.savepoints.dir"
+                        .to_string(),
+                ))?,
+            }
+        };
+        let mut result = None;
+        self.checkpoint_step(&req.job_id, |c| {
+            result = Some(c.trigger_savepoint(&target, Instant::now()));
+            CoordinatorVerdict::Continue
+        });
+        let sid = match result {
+            Some(Ok(sid)) => sid,
+            Some(Err(e)) => return Err((400, e)),
+            None => return Err((409, format!("Job {} has ended", req.job_id))),
+        };
+        let request = super::new_id();
+        let mut st = lock(&self.state);
+        if let Some(j) = st.jobs.get_mut(&req.job_id) {
+            j.savepoint_requests.insert(request.clone(), sid);
+            if let Some(end) = req.then {
+                j.stop_with = Some((sid, end));
+            }
+        }
+        Ok(request)
     }
 
     /// Cancels the job's tasks in `region` (or all of them), on their TaskManagers.
@@ -1125,7 +1227,8 @@ impl JobManager {
                 }
                 JobState::Created if all(&|s| s.is_some()) => j.state = JobState::Running,
                 JobState::Cancelling if all_terminal => {
-                    j.state = JobState::Canceled;
+                    // A stop with a savepoint ends FINISHED (as Flink's).
+                    j.state = j.end_as.take().unwrap_or(JobState::Canceled);
                     j.end_epoch_ms = Some(epoch_ms());
                     ended = true;
                 }
