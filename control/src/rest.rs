@@ -87,24 +87,32 @@ async fn submit(State(app): State<App>, body: Bytes) -> Response {
             )
         }
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    if app
-        .commands
-        .send(JmCommand::Submit(Box::new(spec), tx))
-        .is_err()
-    {
-        return error(
+    match ask(&app, |tx| JmCommand::Submit(Box::new(spec), tx)).await {
+        Ok(id) => (StatusCode::ACCEPTED, Json(json!({ "jobid": id }))).into_response(),
+        Err(r) => *r,
+    }
+}
+
+/// Sends the JobManager the command `cmd` makes with a reply channel, and awaits the
+/// reply; an error reply or a JobManager that is gone is the response to give.
+async fn ask<T>(
+    app: &App,
+    cmd: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, (u16, String)>>) -> JmCommand,
+) -> Result<T, Box<Response>> {
+    let gone = || {
+        Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the JobManager is shutting down",
-        );
+        ))
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if app.commands.send(cmd(tx)).is_err() {
+        return Err(gone());
     }
     match rx.await {
-        Ok(Ok(id)) => (StatusCode::ACCEPTED, Json(json!({ "jobid": id }))).into_response(),
-        Ok(Err(e)) => reply_error(e),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the JobManager is shutting down",
-        ),
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Box::new(reply_error(e))),
+        Err(_) => Err(gone()),
     }
 }
 
@@ -122,20 +130,9 @@ async fn patch_job(
             )
         }
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    if app.commands.send(JmCommand::Cancel(id, tx)).is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the JobManager is shutting down",
-        );
-    }
-    match rx.await {
-        Ok(Ok(())) => (StatusCode::ACCEPTED, Json(json!({}))).into_response(),
-        Ok(Err(e)) => reply_error(e),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the JobManager is shutting down",
-        ),
+    match ask(&app, |tx| JmCommand::Cancel(id, tx)).await {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({}))).into_response(),
+        Err(r) => *r,
     }
 }
 
@@ -517,25 +514,14 @@ async fn savepoint_request(
     target: Option<String>,
     then: Option<JobState>,
 ) -> Response {
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let req = SavepointRequest {
         job_id,
         target,
         then,
     };
-    if app.commands.send(JmCommand::Savepoint(req, tx)).is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the JobManager is shutting down",
-        );
-    }
-    match rx.await {
-        Ok(Ok(rid)) => (StatusCode::ACCEPTED, Json(json!({ "request-id": rid }))).into_response(),
-        Ok(Err(e)) => reply_error(e),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the JobManager is shutting down",
-        ),
+    match ask(app, |tx| JmCommand::Savepoint(req, tx)).await {
+        Ok(rid) => (StatusCode::ACCEPTED, Json(json!({ "request-id": rid }))).into_response(),
+        Err(r) => *r,
     }
 }
 
