@@ -510,8 +510,8 @@ pub struct InputTask<H> {
     /// The watermark and idleness last sent down the chain.
     watermark: u64,
     idle: bool,
-    /// The barrier being aligned and how many inputs delivered it.
-    aligning: Option<(Barrier, usize)>,
+    /// The barrier being aligned (the inputs that delivered it are `blocked`).
+    aligning: Option<Barrier>,
     /// When its first input delivered it.
     aligning_since: u64,
     /// Exactly-once: an input that delivered the barrier is not read until all have.
@@ -642,20 +642,15 @@ impl<H: InputHead> InputTask<H> {
     fn on_barrier(&mut self, i: usize, b: Barrier) {
         match self.aligning {
             _ if self.last_barrier.is_some_and(|l| b.id <= l) => return, // of a checkpoint done
-            Some((cur, _)) if b.id < cur.id => return,                   // of a checkpoint given up
-            Some((cur, ref mut n)) if b.id == cur.id => {
-                if !self.inputs[i].blocked {
-                    self.inputs[i].blocked = true;
-                    *n += 1;
-                }
-            }
+            Some(cur) if b.id < cur.id => return,                        // of a checkpoint given up
+            Some(cur) if b.id == cur.id => self.inputs[i].blocked = true,
             // None, or a newer checkpoint: the older alignment is given up.
             _ => {
                 for input in &mut self.inputs {
                     input.blocked = false;
                 }
                 self.inputs[i].blocked = true;
-                self.aligning = Some((b, 1));
+                self.aligning = Some(b);
                 self.aligning_since = clock::now_ns();
             }
         }
@@ -664,8 +659,11 @@ impl<H: InputHead> InputTask<H> {
 
     /// Sends the barrier on once every open input delivered it.
     fn complete_alignment(&mut self) {
-        let Some((b, n)) = self.aligning else { return };
-        // Blocked inputs are not read, so they cannot have ended: `open` counts them.
+        let Some(b) = self.aligning else { return };
+        // Only inputs still open count: in at-least-once mode a blocked input is read
+        // on and may end after delivering the barrier; its barrier must not stand in
+        // for one that another open input has yet to deliver.
+        let n = self.inputs.iter().filter(|i| i.blocked && !i.ended).count();
         if n < self.open {
             return;
         }
@@ -1148,6 +1146,37 @@ mod tests {
         send_event(&mut p1, Event::EndOfInput);
         t.poll().unwrap();
         assert!(seen.take().contains(&format!("{:?}", Event::Barrier(b(2)))));
+    }
+
+    /// Regression (review): in at-least-once mode an input that delivered barrier 1
+    /// and then ended still counted, so the barrier went on before the other input
+    /// delivered it, and records that input sent before its barrier were left out
+    /// of checkpoint 1 although its source position was past them.
+    #[test]
+    fn an_ended_input_does_not_stand_in_for_an_open_one_without_alignment() {
+        let (mut p0, c0) = Ring::anonymous(4096).unwrap();
+        let (mut p1, c1) = Ring::anonymous(4096).unwrap();
+        let seen = Seen::default();
+        let mut t = input_task_with(vec![c0, c1], Box::new(seen.clone()));
+        t.align = false;
+        let b1 = Barrier {
+            id: 1,
+            timestamp_ns: 0,
+            kind: BarrierKind::Checkpoint,
+        };
+        send_event(&mut p0, Event::Barrier(b1));
+        send_event(&mut p0, Event::EndOfInput);
+        t.poll().unwrap();
+        t.poll().unwrap();
+        let barrier = format!("{:?}", Event::Barrier(b1));
+        assert!(
+            !seen.take().contains(&barrier),
+            "input 1 has not delivered it"
+        );
+        send(&mut p1, &[5], None);
+        send_event(&mut p1, Event::Barrier(b1));
+        t.poll().unwrap();
+        assert_eq!(seen.take(), ["[5]".to_string(), barrier]);
     }
 
     #[test]
