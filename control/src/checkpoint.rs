@@ -426,6 +426,10 @@ struct Pending {
     target: Option<PathBuf>,
 }
 
+/// Checkpoints that may fail in a row while tasks wait for their final checkpoint,
+/// when `tolerable-failed-checkpoints` is not set.
+pub const FINAL_CHECKPOINT_ATTEMPTS: u32 = 3;
+
 /// Where a savepoint stands (Flink's asynchronous operation result).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SavepointStatus {
@@ -546,11 +550,20 @@ fn epoch_ms() -> u64 {
 impl CheckpointCoordinator {
     /// The coordinator of `job` (id `job_id`), under `cfg`.
     pub fn new(cfg: &CheckpointConfig, job: &JobGraph, job_id: &str) -> Self {
+        Self::of_vertices(cfg, &job.job_name, vertices_of(job), job_id)
+    }
+
+    fn of_vertices(
+        cfg: &CheckpointConfig,
+        job_name: &str,
+        vertices: Vec<VertexMeta>,
+        job_id: &str,
+    ) -> Self {
         Self {
             cfg: cfg.clone(),
-            job_name: job.job_name.clone(),
+            job_name: job_name.into(),
             job_id: job_id.into(),
-            vertices: vertices_of(job),
+            vertices,
             trigger: CheckpointTrigger::new(),
             next_id: 1,
             pending: BTreeMap::new(),
@@ -646,11 +659,15 @@ impl CheckpointCoordinator {
         self.stats.aborted += self.pending.len() as u64;
         for (id, p) in std::mem::take(&mut self.pending) {
             let d = p.started.elapsed().as_millis() as u64;
+            let why = format!("aborted: {why}");
             self.stats.update(id, |h| {
                 h.status = "FAILED";
                 h.duration_ms = d;
-                h.failure = Some(format!("aborted: {why}"));
+                h.failure = Some(why.clone());
             });
+            if p.kind == BarrierKind::Savepoint {
+                self.savepoints.insert(id, Err(why));
+            }
         }
     }
 
@@ -668,7 +685,7 @@ impl CheckpointCoordinator {
             h.duration_ms = d;
             h.failure = Some(why.clone());
         });
-        self.failed(id, &why)
+        self.failed(id, p.kind, &why)
     }
 
     /// The trigger the running attempt's sources read.
@@ -699,6 +716,16 @@ impl CheckpointCoordinator {
         if self.any_finished || self.pending.len() >= self.cfg.max_concurrent {
             return None;
         }
+        // Sources read only the newest request: a checkpoint triggered now would make
+        // those that have not yet injected a savepoint's barrier skip it, and the
+        // savepoint could never complete.
+        if self
+            .pending
+            .values()
+            .any(|p| p.kind == BarrierKind::Savepoint)
+        {
+            return None;
+        }
         let mut due = self
             .last_trigger
             .map_or_else(Instant::now, |t| t + interval);
@@ -722,7 +749,9 @@ impl CheckpointCoordinator {
             .map(|(id, _)| *id)
             .collect();
         for id in timed_out {
-            self.pending.remove(&id);
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
             let d = self.cfg.timeout.as_millis() as u64;
             self.stats.update(id, |h| {
                 h.status = "FAILED";
@@ -734,7 +763,7 @@ impl CheckpointCoordinator {
                 timeout = ?self.cfg.timeout,
                 "checkpoint expired before completing"
             );
-            if let CoordinatorVerdict::FailJob(m) = self.failed(id, "it expired") {
+            if let CoordinatorVerdict::FailJob(m) = self.failed(id, p.kind, "it expired") {
                 return CoordinatorVerdict::FailJob(m);
             }
         }
@@ -795,15 +824,33 @@ impl CheckpointCoordinator {
     }
 
     /// A failed checkpoint: counts it, and fails the job past the tolerable number.
-    fn failed(&mut self, id: u64, why: &str) -> CoordinatorVerdict {
+    /// A failed savepoint is the user's to retry and does not count (as in Flink).
+    /// While tasks wait for their final checkpoint (the job is draining), at most
+    /// [`FINAL_CHECKPOINT_ATTEMPTS`] may fail in a row even when no number is set:
+    /// otherwise a job whose checkpoints cannot succeed would never end.
+    fn failed(&mut self, id: u64, kind: BarrierKind, why: &str) -> CoordinatorVerdict {
         self.stats.failed += 1;
+        if kind == BarrierKind::Savepoint {
+            self.savepoints
+                .entry(id)
+                .or_insert_with(|| Err(why.to_string()));
+            return CoordinatorVerdict::Continue;
+        }
         self.consecutive_failures += 1;
+        let draining = self.periodic() && self.trigger.ended() > 0 && !self.tasks.is_empty();
         match self.cfg.tolerable_failures {
             Some(n) if self.consecutive_failures > n => CoordinatorVerdict::FailJob(format!(
                 "checkpoint {id} failed ({why}): {} checkpoints failed in a row, more than \
                  execution.checkpointing.tolerable-failed-checkpoints ({n})",
                 self.consecutive_failures
             )),
+            None if draining && self.consecutive_failures >= FINAL_CHECKPOINT_ATTEMPTS => {
+                CoordinatorVerdict::FailJob(format!(
+                    "checkpoint {id} failed ({why}): tasks that reached the end of their \
+                     input wait for a final checkpoint, and {} checkpoints failed in a row",
+                    self.consecutive_failures
+                ))
+            }
             _ => CoordinatorVerdict::Continue,
         }
     }
@@ -1005,11 +1052,17 @@ impl CheckpointCoordinator {
                     h.duration_ms = d;
                     h.failure = Some(why.clone());
                 });
-                return self.failed(id, &why);
+                return self.failed(id, p.kind, &why);
             }
         };
-        // Older checkpoints still in flight are subsumed.
-        let older: Vec<u64> = self.pending.range(..id).map(|(k, _)| *k).collect();
+        // Older checkpoints still in flight are subsumed (savepoints are not: the user
+        // waits for each).
+        let older: Vec<u64> = self
+            .pending
+            .range(..id)
+            .filter(|(_, p)| p.kind == BarrierKind::Checkpoint)
+            .map(|(k, _)| *k)
+            .collect();
         for k in older {
             self.pending.remove(&k);
             self.stats.aborted += 1;
@@ -1109,6 +1162,115 @@ mod tests {
 
     fn states() -> HashMap<(u32, u32), HashMap<u32, Vec<u8>>> {
         HashMap::from([((0, 0), HashMap::from([(1, vec![1, 2, 3]), (2, vec![4])]))])
+    }
+
+    fn coordinator(interval_ms: Option<u64>, tolerable: Option<u32>) -> CheckpointCoordinator {
+        let cfg = CheckpointConfig {
+            interval: interval_ms.map(Duration::from_millis),
+            max_concurrent: 2,
+            tolerable_failures: tolerable,
+            ..CheckpointConfig::default()
+        };
+        let v = meta(1).vertices;
+        let mut c = CheckpointCoordinator::of_vertices(&cfg, "j", v, "0123456789abcdef");
+        c.start_attempt([(0, 0), (0, 1)]);
+        c
+    }
+
+    fn ack(id: u64, subtask: u32) -> CheckpointAck {
+        CheckpointAck {
+            checkpoint_id: id,
+            vertex: 0,
+            subtask,
+            states: vec![(1, vec![subtask as u8])],
+            alignment_ns: 0,
+            sync_ns: 0,
+        }
+    }
+
+    /// Regression (review): with two checkpoints allowed in flight, a periodic one
+    /// triggered behind a savepoint made sources skip the savepoint's barrier, and
+    /// its completion then subsumed the savepoint.
+    #[test]
+    fn a_savepoint_is_neither_overtaken_nor_subsumed_by_periodic_checkpoints() {
+        let mut c = coordinator(Some(10), None);
+        let d = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let sp = c.trigger_savepoint(d.path(), t0).unwrap();
+        assert!(
+            c.next_trigger_at().is_none(),
+            "no checkpoint behind a savepoint"
+        );
+        c.poll(t0 + Duration::from_millis(50));
+        assert_eq!(c.in_progress(), 1);
+        assert_eq!(c.trigger.pending(0).unwrap().id, sp);
+        c.acknowledge(ack(sp, 0));
+        c.acknowledge(ack(sp, 1));
+        let Some(SavepointStatus::Completed(path)) = c.savepoint_status(sp) else {
+            panic!("{:?}", c.savepoint_status(sp));
+        };
+        assert!(path.join(METADATA_FILE).exists());
+        // A checkpoint in flight when a savepoint completes is subsumed; a savepoint
+        // in flight when a checkpoint completes is not.
+        let cp = c.trigger_now(BarrierKind::Checkpoint, t0).unwrap();
+        let sp2 = c.trigger_savepoint(d.path(), t0).unwrap();
+        c.acknowledge(ack(sp2, 0));
+        c.acknowledge(ack(sp2, 1));
+        assert!(matches!(
+            c.savepoint_status(sp2),
+            Some(SavepointStatus::Completed(_))
+        ));
+        assert_eq!(c.in_progress(), 0, "checkpoint {cp} subsumed");
+    }
+
+    #[test]
+    fn failed_savepoints_do_not_count_toward_tolerable_failures_and_keep_their_status() {
+        let mut c = coordinator(None, Some(0));
+        let t0 = Instant::now();
+        let sp = c
+            .trigger_savepoint(Path::new("/nonexistent-root/x"), t0)
+            .unwrap();
+        assert_eq!(c.decline(sp, 0, 1, "no"), CoordinatorVerdict::Continue);
+        assert!(matches!(
+            c.savepoint_status(sp),
+            Some(SavepointStatus::Failed(_))
+        ));
+        // A savepoint aborted by a restart reports so even when the history moved on.
+        let sp = c.trigger_savepoint(Path::new("/tmp"), t0).unwrap();
+        c.start_attempt([(0, 0), (0, 1)]);
+        c.stats.history.clear();
+        let Some(SavepointStatus::Failed(why)) = c.savepoint_status(sp) else {
+            panic!("{:?}", c.savepoint_status(sp));
+        };
+        assert!(why.contains("restarted"), "{why}");
+        // A checkpoint's failure does count.
+        let cp = c.trigger_now(BarrierKind::Checkpoint, t0).unwrap();
+        assert!(matches!(
+            c.decline(cp, 0, 0, "no"),
+            CoordinatorVerdict::FailJob(_)
+        ));
+    }
+
+    /// Regression (review): a bounded job whose checkpoints kept failing waited for
+    /// its final checkpoint forever when no tolerable number was set.
+    #[test]
+    fn a_draining_job_whose_checkpoints_keep_failing_fails_instead_of_waiting_forever() {
+        let mut c = coordinator(Some(10), None);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            let cp = c.trigger_now(BarrierKind::Checkpoint, t0).unwrap();
+            assert_eq!(c.decline(cp, 0, 0, "too big"), CoordinatorVerdict::Continue);
+        }
+        c.trigger().task_ended();
+        let mut verdicts = Vec::new();
+        for _ in 0..FINAL_CHECKPOINT_ATTEMPTS {
+            let cp = c.trigger_now(BarrierKind::Checkpoint, t0).unwrap();
+            verdicts.push(c.decline(cp, 0, 0, "too big"));
+        }
+        assert!(
+            matches!(verdicts.last(), Some(CoordinatorVerdict::FailJob(m)) if m.contains("final checkpoint")),
+            "{verdicts:?}"
+        );
     }
 
     #[test]

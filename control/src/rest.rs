@@ -407,7 +407,8 @@ async fn checkpoints_config(State(st): State<SharedState>, Path(id): Path<String
         "unaligned_checkpoints": c.unaligned,
         "tolerable_failed_checkpoints": c.tolerable_failures.map_or(i64::from(i32::MAX), i64::from),
         "aligned_checkpoint_timeout": 0,
-        "checkpoints_after_tasks_finish": false,
+        // Final checkpoints are taken whenever checkpoints are periodic.
+        "checkpoints_after_tasks_finish": c.interval.is_some(),
         "state_changelog_enabled": false,
         "changelog_periodic_materialization_interval": 600000,
         "changelog_storage": "memory",

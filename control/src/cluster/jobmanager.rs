@@ -6,7 +6,9 @@ use super::{
     JmToTm, NetworkInfo, NetworkReport, RemoteChannel, SlotInfo, TaskDeployment, TaskKey,
     TaskManagerId, TaskRecords, TaskState, TmToJm,
 };
-use crate::checkpoint::{CheckpointCoordinator, CoordinatorMessage, CoordinatorVerdict};
+use crate::checkpoint::{
+    CheckpointCoordinator, CoordinatorMessage, CoordinatorVerdict, SavepointStatus,
+};
 use crate::config::{Config, FailoverStrategy};
 use crate::jobs::JobSpec;
 use crate::rest::RestServer;
@@ -683,8 +685,8 @@ impl JobManager {
         let mut stop = false;
         if let Some((sid, end)) = j.stop_with {
             match j.coord.savepoint_status(sid) {
-                Some(crate::checkpoint::SavepointStatus::InProgress) => {}
-                Some(crate::checkpoint::SavepointStatus::Completed(path)) => {
+                Some(SavepointStatus::InProgress) => {}
+                Some(SavepointStatus::Completed(path)) => {
                     tracing::info!(job = %id, path = %path.display(), "savepoint taken; stopping the job");
                     j.stop_with = None;
                     if matches!(j.state, JobState::Created | JobState::Running) {
@@ -1026,8 +1028,8 @@ impl JobManager {
     /// Triggers a savepoint of a running job; returns the request's id.
     fn savepoint(&mut self, req: SavepointRequest) -> Result<String, (u16, String)> {
         let target = {
-            let st = lock(&self.state);
-            let Some(j) = st.jobs.get(&req.job_id) else {
+            let mut st = lock(&self.state);
+            let Some(j) = st.jobs.get_mut(&req.job_id) else {
                 return Err((404, format!("Job {} not found", req.job_id)));
             };
             if j.state != JobState::Running || !j.region_restarts.is_empty() {
@@ -1040,8 +1042,13 @@ impl JobManager {
                     ),
                 ));
             }
-            if j.stop_with.is_some() {
-                return Err((409, format!("Job {} is being stopped", req.job_id)));
+            // A stop whose savepoint ended without completing (aborted by a restart,
+            // say) no longer stands.
+            if let Some((sid, _)) = j.stop_with {
+                if j.coord.savepoint_status(sid) == Some(SavepointStatus::InProgress) {
+                    return Err((409, format!("Job {} is being stopped", req.job_id)));
+                }
+                j.stop_with = None;
             }
             match req.target.as_deref() {
                 Some(t) => std::path::PathBuf::from(t.strip_prefix("file://").unwrap_or(t)),
