@@ -1,7 +1,8 @@
 //! Checkpoints on the MiniCluster: a job that fails resumes from its latest completed
 //! checkpoint with its keyed state and its sources' positions, so that its state is
 //! exactly once; checkpoints on disk are complete or absent; a checkpoint of another
-//! job or a damaged one is refused with a clear error.
+//! job or a damaged one is refused with a clear error; a full disk fails checkpoints
+//! cleanly and keeps the last complete one.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use spate::api::StreamExecutionEnvironment;
@@ -50,6 +51,11 @@ const KEYS: u64 = 40;
 /// Records through a slow map (so that checkpoints complete while the job runs) that
 /// fails once at record `fail_at`, keyed into running sums at parallelism `p`.
 fn job(p: usize, fail_at: Option<u64>) -> (StreamExecutionEnvironment, Out) {
+    job_keys(p, fail_at, KEYS)
+}
+
+/// [`job`] over `keys` keys.
+fn job_keys(p: usize, fail_at: Option<u64>, keys: u64) -> (StreamExecutionEnvironment, Out) {
     let failures = Arc::new(AtomicU32::new(0));
     let env = StreamExecutionEnvironment::new("sums");
     let out = Arc::new(Mutex::new(Vec::new()));
@@ -59,7 +65,7 @@ fn job(p: usize, fail_at: Option<u64>) -> (StreamExecutionEnvironment, Out) {
             if Some(x) == fail_at && failures.fetch_add(1, Ordering::Relaxed) == 0 {
                 panic!("injected failure at record {x}");
             }
-            (x % KEYS, x)
+            (x % keys, x)
         })
         .name("Slow Map")
         .key_by(|r: &(u64, u64)| r.0)
@@ -536,4 +542,92 @@ fn a_subtask_that_ended_is_not_written_twice_when_another_fails_after() {
     want.sort_unstable();
     assert_eq!(got.len(), want.len(), "records in the output");
     assert_eq!(got, want);
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<Self> {
+        let d = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(d.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self(d))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// A full disk: checkpoints that do not fit fail with the file system's error, what
+/// was written of them is removed, the job fails over once more failed in a row than
+/// tolerated, and the latest complete checkpoint stays readable and resumable.
+#[test]
+fn a_full_disk_fails_checkpoints_cleanly_and_keeps_the_last_complete_one() {
+    // Root is needed to mount a tmpfs (CI runs as root).
+    let Some(disk) = SmallDisk::mount("48k") else {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        assert!(!root, "cannot mount a tmpfs as root");
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    const KEYS_BIG: u64 = 6_000;
+    let cfg = Config {
+        restart_attempts: 0,
+        ..config(CheckpointConfig {
+            dir: Some(disk.0.path().to_path_buf()),
+            num_retained: 1,
+            tolerable_failures: Some(2),
+            ..every(20)
+        })
+    };
+    let (env, _) = job_keys(2, None, KEYS_BIG);
+    let r = execute(&env, &cfg, None);
+    let JobStatus::Failed(why) = &r.status else {
+        panic!("the job should fail over on the full disk: {:?}", r.status);
+    };
+    assert!(why.contains("tolerable-failed-checkpoints"), "{why}");
+    assert!(
+        r.exceptions.iter().any(|e| e.contains("No space left")) || why.contains("No space left"),
+        "{why} {:?}",
+        r.exceptions
+    );
+    assert!(r.checkpoints.completed > 0 && r.checkpoints.failed >= 3);
+    // Only complete checkpoints are left: every chk- directory has its metadata.
+    let job_dir = disk.0.path().join(&r.job_id);
+    for e in std::fs::read_dir(&job_dir).unwrap() {
+        let p = e.unwrap().path();
+        assert!(p.join("_metadata").is_file(), "{p:?} is half-written");
+    }
+    let latest = spate::checkpoint::read_checkpoint(&job_dir).unwrap();
+    assert_eq!(latest.meta.checkpoint_id, r.checkpoints.last_id);
+    // Resumed from it (with room to run), the job emits the records after the
+    // checkpoint once each: every key has one record, so each sum is its key.
+    let (env2, out2) = job_keys(2, None, KEYS_BIG);
+    let r2 = execute(&env2, &config(CheckpointConfig::default()), Some(&job_dir));
+    assert_eq!(r2.status, JobStatus::Finished, "{:?}", r2.exceptions);
+    assert_eq!(r2.checkpoints.restored_id, Some(r.checkpoints.last_id));
+    let out2 = out2.lock().unwrap();
+    assert!(
+        !out2.is_empty() && (out2.len() as u64) < RECORDS,
+        "{}",
+        out2.len()
+    );
+    assert!(out2.iter().all(|(k, s)| k == s));
+    let keys: std::collections::BTreeSet<u64> = out2.iter().map(|r| r.0).collect();
+    assert_eq!(keys.len(), out2.len(), "no record twice");
+    // The keys it emitted are exactly those the checkpoint had not seen.
+    assert_eq!(keys.iter().next_back(), Some(&(KEYS_BIG - 1)));
+    drop(disk);
 }
