@@ -121,6 +121,10 @@ pub struct CheckpointMetadata {
     pub vertices: Vec<VertexMeta>,
     /// State files.
     pub files: Vec<StateFileMeta>,
+    /// The job's max parallelism (key groups) when it was taken (0 in checkpoints
+    /// written before it was recorded: the default, 128).
+    #[serde(default)]
+    pub max_parallelism: u32,
 }
 
 /// A completed checkpoint: its metadata and every subtask's operator states.
@@ -137,12 +141,58 @@ pub struct CompletedCheckpoint {
 }
 
 impl CompletedCheckpoint {
-    /// The states of one subtask, by operator uid.
-    pub fn subtask_states(&self, vertex: u32, subtask: u32) -> HashMap<u32, Vec<u8>> {
-        self.states
-            .get(&(vertex, subtask))
-            .cloned()
-            .unwrap_or_default()
+    /// The max parallelism the checkpoint was taken under.
+    pub fn max_parallelism(&self) -> u32 {
+        match self.meta.max_parallelism {
+            0 => spate_dataplane::checkpoint::DEFAULT_MAX_PARALLELISM,
+            m => m,
+        }
+    }
+
+    /// The states of subtask `subtask` of `vertex`, now at parallelism `parallelism`,
+    /// by operator uid. At the checkpoint's parallelism, the subtask's own; at another,
+    /// every old subtask's state of each operator, of which the operator keeps the
+    /// keys of the new subtask's key groups (only keyed state can be redistributed:
+    /// an operator whose state is not keyed refuses it when the task is built).
+    pub fn subtask_states(
+        &self,
+        vertex: u32,
+        subtask: u32,
+        parallelism: u32,
+    ) -> HashMap<u32, Vec<u8>> {
+        let was = self
+            .meta
+            .vertices
+            .iter()
+            .find(|v| v.id == vertex)
+            .map_or(parallelism, |v| v.parallelism);
+        if was == parallelism {
+            return self
+                .states
+                .get(&(vertex, subtask))
+                .cloned()
+                .unwrap_or_default();
+        }
+        let mut parts: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        for old in 0..was {
+            if let Some(states) = self.states.get(&(vertex, old)) {
+                for (uid, bytes) in states {
+                    parts.entry(*uid).or_default().push(bytes.clone());
+                }
+            }
+        }
+        let range = spate_dataplane::checkpoint::KeyGroupRange {
+            subtask,
+            parallelism,
+            max_parallelism: self.max_parallelism(),
+        };
+        parts
+            .into_iter()
+            .map(|(uid, p)| {
+                let state = spate_dataplane::checkpoint::redistributed_state(range, &p);
+                (uid, state)
+            })
+            .collect()
     }
 
     /// Checks that `job` can resume from this checkpoint: the same vertices (by name,
@@ -162,6 +212,20 @@ impl CompletedCheckpoint {
                 .zip(&now)
                 .any(|(a, b)| a.name != b.name)
         {
+            let ops = |v: &[VertexMeta]| -> Vec<String> {
+                v.iter()
+                    .flat_map(|v| v.name.split(" -> ").map(String::from))
+                    .collect()
+            };
+            if ops(&self.meta.vertices) == ops(&now) {
+                return Err(bad(format!(
+                    "its operators are chained as [{}] and this job's as [{}] (at parallelism \
+                     1 keyed operators chain): resume at a parallelism that keeps the chains, \
+                     or disable chaining in both runs",
+                    names(&self.meta.vertices),
+                    names(&now)
+                )));
+            }
             return Err(bad(format!(
                 "it is a checkpoint of job '{}' with operators [{}], not of this job's [{}]",
                 self.meta.job_name,
@@ -169,14 +233,17 @@ impl CompletedCheckpoint {
                 names(&now)
             )));
         }
-        for (a, b) in self.meta.vertices.iter().zip(&now) {
-            if a.parallelism != b.parallelism {
-                return Err(bad(format!(
-                    "'{}' ran at parallelism {} in the checkpoint and would now run at {}: \
-                     restoring at another parallelism is not supported yet",
-                    a.name, a.parallelism, b.parallelism
-                )));
-            }
+        // Keyed state is kept and routed by key group: it redistributes to any
+        // parallelism under the same number of key groups, and to none under another
+        // (keys would reach other subtasks than the ones holding their state).
+        if self.max_parallelism() != job.max_parallelism {
+            return Err(bad(format!(
+                "it was taken with max parallelism {} and the job now has {} (set \
+                 pipeline.max-parallelism to {})",
+                self.max_parallelism(),
+                job.max_parallelism,
+                self.max_parallelism()
+            )));
         }
         Ok(())
     }
@@ -529,6 +596,8 @@ pub struct CheckpointCoordinator {
     outbox: Option<Vec<CoordinatorMessage>>,
     /// How savepoints ended: their directory, or why they failed.
     savepoints: BTreeMap<u64, Result<PathBuf, String>>,
+    /// The job's max parallelism (recorded in every checkpoint).
+    max_parallelism: u32,
 }
 
 impl std::fmt::Debug for CheckpointCoordinator {
@@ -550,7 +619,9 @@ fn epoch_ms() -> u64 {
 impl CheckpointCoordinator {
     /// The coordinator of `job` (id `job_id`), under `cfg`.
     pub fn new(cfg: &CheckpointConfig, job: &JobGraph, job_id: &str) -> Self {
-        Self::of_vertices(cfg, &job.job_name, vertices_of(job), job_id)
+        let mut c = Self::of_vertices(cfg, &job.job_name, vertices_of(job), job_id);
+        c.max_parallelism = job.max_parallelism;
+        c
     }
 
     fn of_vertices(
@@ -578,6 +649,7 @@ impl CheckpointCoordinator {
             stats: CheckpointStats::default(),
             outbox: None,
             savepoints: BTreeMap::new(),
+            max_parallelism: spate_dataplane::checkpoint::DEFAULT_MAX_PARALLELISM,
         }
     }
 
@@ -1009,6 +1081,7 @@ impl CheckpointCoordinator {
             duration_ms: duration.as_millis() as u64,
             vertices: self.vertices.clone(),
             files: Vec::new(),
+            max_parallelism: self.max_parallelism,
         };
         let size: u64 = p
             .states
@@ -1157,6 +1230,7 @@ mod tests {
                 parallelism: 1,
             }],
             files: vec![],
+            max_parallelism: 128,
         }
     }
 

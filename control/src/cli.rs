@@ -205,6 +205,7 @@ fn spec(a: &JobArgs) -> JobSpec {
         window: a.window.clone(),
         runtime_mode: None,
         auto_watermark_interval_ns: None,
+        max_parallelism: None,
         config: Vec::new(),
         // The JobManager reads it: an absolute path (on a filesystem it shares).
         savepoint_path: a.from_savepoint.as_ref().map(|p| {
@@ -222,6 +223,7 @@ fn prepare(a: &JobArgs) -> Result<(Config, JobGraph)> {
     let mut spec = spec(a);
     spec.runtime_mode = Some(config.runtime_mode);
     spec.auto_watermark_interval_ns = Some(interval_ns(&config));
+    spec.max_parallelism = config.max_parallelism;
     let mut graph = spec
         .job_graph(config.default_parallelism, config.chaining)
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -102,6 +102,11 @@ pub struct Config {
     pub auto_watermark_interval: Duration,
     /// `parallelism.default`
     pub default_parallelism: usize,
+    /// `pipeline.max-parallelism`: the number of key groups keyed state is kept in,
+    /// and so the highest parallelism a savepoint of the job can be restored at
+    /// (default: Flink's, 1.5 × the largest parallelism rounded up to a power of two,
+    /// at least 128).
+    pub max_parallelism: Option<u32>,
     /// `execution.runtime-mode`: STREAMING or BATCH.
     pub runtime_mode: crate::api::RuntimeMode,
     /// Keys of Flink's that spate accepts but does not use, each with where it was
@@ -234,6 +239,7 @@ impl Default for Config {
             runtime_mode: crate::api::RuntimeMode::Streaming,
             ignored_keys: Vec::new(),
             default_parallelism: 1,
+            max_parallelism: None,
             chaining: true,
             restart_strategy: RestartStrategyType::None,
             restart_attempts: 1,
@@ -270,6 +276,7 @@ pub const KEYS: &[&str] = &[
     "taskmanager.memory.ring-size",
     "taskmanager.ring.peer-timeout",
     "parallelism.default",
+    "pipeline.max-parallelism",
     "execution.runtime-mode",
     "pipeline.auto-watermark-interval",
     "pipeline.operator-chaining.enabled",
@@ -701,6 +708,14 @@ impl Config {
             }
             "state.checkpoints.num-retained" => self.checkpointing.num_retained = positive()?,
             "parallelism.default" => self.default_parallelism = positive()?,
+            "pipeline.max-parallelism" => {
+                let n = positive()?;
+                let upper = spate_dataplane::checkpoint::UPPER_MAX_PARALLELISM;
+                if n > upper as usize {
+                    return Err(bad(&format!("an integer from 1 to {upper}")));
+                }
+                self.max_parallelism = Some(n as u32);
+            }
             "execution.runtime-mode" => {
                 self.runtime_mode = v.parse().map_err(|_| bad("STREAMING or BATCH"))?
             }

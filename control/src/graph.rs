@@ -182,7 +182,7 @@ pub type TaskResult = Result<Box<dyn Task>, String>;
 /// A ring output as the chain's emit and the task's control.
 pub type RingOutputParts = (AnyBox, Rc<RefCell<dyn OutputControl>>);
 type RingOutputFn =
-    fn(Vec<Producer>, &EdgePartition, Backpressure) -> Result<RingOutputParts, String>;
+    fn(Vec<Producer>, &EdgePartition, Backpressure, u32) -> Result<RingOutputParts, String>;
 type SourceTaskFn = fn(String, AnyBox, AnyBox, Outputs, u32) -> TaskResult;
 type InputTaskFn = fn(String, Vec<Consumer>, AnyBox, Outputs) -> TaskResult;
 /// Builds a task headed by a two-input operator: its inputs (`(side, ring)`), the
@@ -216,6 +216,7 @@ fn ring_output<T: Data>(
     producers: Vec<Producer>,
     p: &EdgePartition,
     bp: Backpressure,
+    max_parallelism: u32,
 ) -> Result<(AnyBox, Rc<RefCell<dyn OutputControl>>), String> {
     let partition = match p {
         EdgePartition::Default | EdgePartition::Forward => Partition::Forward,
@@ -228,7 +229,9 @@ fn ring_output<T: Data>(
                 .ok_or("internal: key hash of the wrong type")?,
         ),
     };
-    let (emit, ctl) = RingOutput::<T>::new(producers, partition, bp).into_shared();
+    let (emit, ctl) = RingOutput::<T>::new(producers, partition, bp)
+        .with_max_parallelism(max_parallelism)
+        .into_shared();
     Ok((Box::new(Box::new(emit) as BoxEmit<T>), ctl))
 }
 
@@ -294,8 +297,9 @@ impl TypeOps {
         producers: Vec<Producer>,
         p: &EdgePartition,
         bp: Backpressure,
+        max_parallelism: u32,
     ) -> Result<(AnyBox, Rc<RefCell<dyn OutputControl>>), String> {
-        (self.ring_output)(producers, p, bp)
+        (self.ring_output)(producers, p, bp, max_parallelism)
     }
 
     /// One emit feeding all of `outs` (each a `BoxEmit<T>`); none drops records.
@@ -410,6 +414,8 @@ pub struct StreamGraph {
     pub errors: Vec<String>,
     /// The job's runtime mode, if it set one (else the configuration's).
     pub runtime_mode: Option<crate::api::RuntimeMode>,
+    /// `pipeline.max-parallelism`, if the job set one.
+    pub max_parallelism: Option<u32>,
 }
 
 /// A chain of operators that runs as one task per subtask.
@@ -456,6 +462,9 @@ pub struct JobGraph {
     pub edges: Vec<JobEdge>,
     /// The checkpoint or savepoint the job resumes from (`spate run -s PATH`).
     pub restore_from: Option<std::path::PathBuf>,
+    /// Key groups (`pipeline.max-parallelism`): keyed edges route keys by them, and
+    /// keyed state is redistributed by them when a job resumes at another parallelism.
+    pub max_parallelism: u32,
 }
 
 impl JobGraph {
@@ -603,12 +612,38 @@ impl JobGraph {
                 }
             }
         }
+        let max_parallelism = match stream.max_parallelism {
+            Some(m) => {
+                let upper = spate_dataplane::checkpoint::UPPER_MAX_PARALLELISM;
+                if m == 0 || m > upper {
+                    return Err(GraphError::Declaration(format!(
+                        "max parallelism {m} is outside 1..={upper} (pipeline.max-parallelism)"
+                    )));
+                }
+                m
+            }
+            None => spate_dataplane::checkpoint::default_max_parallelism(
+                par.iter().copied().max().unwrap_or(1),
+            ),
+        };
+        if let Some((n, p)) = nodes
+            .iter()
+            .zip(&par)
+            .find(|(_, &p)| p > max_parallelism as usize)
+        {
+            return Err(GraphError::Declaration(format!(
+                "'{}': parallelism {p} is above the job's max parallelism {max_parallelism} \
+                 (pipeline.max-parallelism)",
+                n.name
+            )));
+        }
         Ok(Self {
             job_name: stream.job_name.clone(),
             stream,
             vertices,
             edges,
             restore_from: None,
+            max_parallelism,
         })
     }
 

@@ -500,6 +500,9 @@ pub struct JobSpec {
     /// configuration's).
     #[serde(default)]
     pub auto_watermark_interval_ns: Option<u64>,
+    /// `pipeline.max-parallelism` (default: the configuration's, else Flink's rule).
+    #[serde(default)]
+    pub max_parallelism: Option<u32>,
     /// The job's own configuration (`key=value`, as `spate run -m ... -D key=value`):
     /// applied over the cluster's for this job alone (restart strategy, failover,
     /// parallelism, chaining, runtime mode).
@@ -535,6 +538,7 @@ impl JobSpec {
             window: None,
             runtime_mode: None,
             auto_watermark_interval_ns: None,
+            max_parallelism: None,
             config: Vec::new(),
             savepoint_path: None,
         }
@@ -658,6 +662,9 @@ impl JobSpec {
         }
         if let Some(ns) = self.auto_watermark_interval_ns {
             env.set_auto_watermark_interval(std::time::Duration::from_nanos(ns));
+        }
+        if let Some(m) = self.max_parallelism {
+            env.set_max_parallelism(m);
         }
         // A job's builder is user code: its panic is this job's failure, never the
         // JobManager's or the TaskManager's.

@@ -279,7 +279,7 @@ impl MiniCluster {
                 final_checkpoint: coord.periodic(),
             });
             if let Some(cp) = &restore {
-                d.restore = cp.subtask_states(v, s);
+                d.restore = cp.subtask_states(v, s, d.info.parallelism as u32);
             }
         }
         let mut names = HashMap::new();
@@ -422,6 +422,7 @@ impl MiniCluster {
                     settings: self.config.task_settings(),
                     checkpointing: None,
                     restore: HashMap::new(),
+                    max_parallelism: job.max_parallelism,
                 });
             }
         }
@@ -456,6 +457,8 @@ pub struct Deployment {
     pub checkpointing: Option<TaskCheckpointing>,
     /// The operator states it resumes from, by operator uid (empty: none).
     pub restore: HashMap<u32, Vec<u8>>,
+    /// The job's max parallelism (key groups its keyed edges route by).
+    pub max_parallelism: u32,
 }
 
 impl Deployment {
@@ -489,6 +492,7 @@ impl Deployment {
             metrics,
             settings,
             checkpointing,
+            max_parallelism,
             ..
         } = self;
         let (Some(head), Some(tail)) = (chain.first(), chain.last()) else {
@@ -503,7 +507,7 @@ impl Deployment {
             let (emit, ctl) = match &side {
                 None => {
                     let ops = tail.out.as_ref().ok_or("internal: a sink with outputs")?;
-                    ops.ring_output(producers, &partition, bp.clone())?
+                    ops.ring_output(producers, &partition, bp.clone(), max_parallelism)?
                 }
                 Some(tag) => {
                     let (at, ops) = chain
@@ -516,7 +520,8 @@ impl Deployment {
                                 .map(|(_, ops)| (i, ops.clone()))
                         })
                         .ok_or_else(|| format!("internal: no operator has side output '{tag}'"))?;
-                    let (emit, ctl) = ops.ring_output(producers, &partition, bp.clone())?;
+                    let (emit, ctl) =
+                        ops.ring_output(producers, &partition, bp.clone(), max_parallelism)?;
                     // Several consumers of one side output share it through a tee.
                     match sides.iter().position(|(_, t, _, _)| t == tag) {
                         Some(j) => {

@@ -304,6 +304,74 @@ fn at_least_once_mode_resumes_without_losing_records() {
     assert_eq!(finals(&out), reference());
 }
 
+const WINDOWS_N: u64 = 6_000;
+/// key, event time, value
+type WinRec = (u64, u64, u64);
+type Seen<T> = Arc<Mutex<Vec<T>>>;
+type WindowsJob = (
+    StreamExecutionEnvironment,
+    Seen<WinRec>,
+    Seen<(u64, u64, u64, u64)>,
+);
+
+/// Records of 7 keys through a slow map (failing once at 3/4 of the input if `fail`)
+/// into a tumbling event-time window reduce and a sliding process window, at `p`.
+fn windows_job(p: usize, fail: bool) -> WindowsJob {
+    use spate_dataplane::operator::watermark::WatermarkStrategy;
+    use spate_dataplane::operator::window::{Window, WindowAssigner};
+    let input: Vec<WinRec> = (0..WINDOWS_N).map(|i| (i % 7, i * 10, i)).collect();
+    let failures = Arc::new(AtomicU32::new(u32::from(!fail)));
+    let env = StreamExecutionEnvironment::new("windows");
+    let timed = env
+        .from_collection(input)
+        .map(move |r: WinRec| {
+            std::thread::sleep(Duration::from_micros(40));
+            if r.2 == WINDOWS_N * 3 / 4 && failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                panic!("injected failure at record {}", r.2);
+            }
+            r
+        })
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_monotonous_timestamps()
+                .with_timestamp_assigner(|r: &WinRec| r.1),
+        );
+    let reduced = Arc::new(Mutex::new(Vec::new()));
+    let seen = reduced.clone();
+    timed
+        .key_by(|r: &WinRec| r.0)
+        .window(WindowAssigner::tumbling_event_time(Duration::from_nanos(1_000)).unwrap())
+        .reduce(|a: WinRec, b: WinRec| (a.0, a.1.max(b.1), a.2 + b.2))
+        .set_parallelism(p)
+        .map(move |r: WinRec| {
+            seen.lock().unwrap().push(r);
+            r
+        })
+        .discard();
+    let processed = Arc::new(Mutex::new(Vec::new()));
+    let seen = processed.clone();
+    timed
+        .key_by(|r: &WinRec| r.0)
+        .window(
+            WindowAssigner::sliding_event_time(
+                Duration::from_nanos(2_000),
+                Duration::from_nanos(1_000),
+            )
+            .unwrap(),
+        )
+        .process(
+            |k: &u64, w: &Window, rs: Vec<WinRec>, out: &mut Vec<(u64, u64, u64, u64)>| {
+                out.push((*k, w.start, rs.len() as u64, rs.iter().map(|r| r.2).sum()));
+            },
+        )
+        .set_parallelism(p)
+        .map(move |r| {
+            seen.lock().unwrap().push(r);
+            r
+        })
+        .discard();
+    (env, reduced, processed)
+}
+
 /// Window contents are state too: a tumbling event-time window reduce and a sliding
 /// process window (which keeps the records themselves) resume with their open windows'
 /// contents, so that every window's result is exact. Results are recorded as they are
@@ -311,68 +379,8 @@ fn at_least_once_mode_resumes_without_losing_records() {
 /// there too: the set of distinct results must equal an uninterrupted run's.
 #[test]
 fn window_contents_resume_from_a_checkpoint() {
-    use spate_dataplane::operator::watermark::WatermarkStrategy;
-    use spate_dataplane::operator::window::{Window, WindowAssigner};
-    const N: u64 = 6_000;
-    type R = (u64, u64, u64); // key, event time, value
-    type Seen<T> = Arc<Mutex<Vec<T>>>;
-    type Job = (
-        StreamExecutionEnvironment,
-        Seen<R>,
-        Seen<(u64, u64, u64, u64)>,
-    );
-    let job = |p: usize, fail: bool| -> Job {
-        let input: Vec<R> = (0..N).map(|i| (i % 7, i * 10, i)).collect();
-        let failures = Arc::new(AtomicU32::new(u32::from(!fail)));
-        let env = StreamExecutionEnvironment::new("windows");
-        let timed = env
-            .from_collection(input)
-            .map(move |r: R| {
-                std::thread::sleep(Duration::from_micros(40));
-                if r.2 == N * 3 / 4 && failures.fetch_add(1, Ordering::Relaxed) == 0 {
-                    panic!("injected failure at record {}", r.2);
-                }
-                r
-            })
-            .assign_timestamps_and_watermarks(
-                WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|r: &R| r.1),
-            );
-        let reduced = Arc::new(Mutex::new(Vec::new()));
-        let seen = reduced.clone();
-        timed
-            .key_by(|r: &R| r.0)
-            .window(WindowAssigner::tumbling_event_time(Duration::from_nanos(1_000)).unwrap())
-            .reduce(|a: R, b: R| (a.0, a.1.max(b.1), a.2 + b.2))
-            .set_parallelism(p)
-            .map(move |r: R| {
-                seen.lock().unwrap().push(r);
-                r
-            })
-            .discard();
-        let processed = Arc::new(Mutex::new(Vec::new()));
-        let seen = processed.clone();
-        timed
-            .key_by(|r: &R| r.0)
-            .window(
-                WindowAssigner::sliding_event_time(
-                    Duration::from_nanos(2_000),
-                    Duration::from_nanos(1_000),
-                )
-                .unwrap(),
-            )
-            .process(
-                |k: &u64, w: &Window, rs: Vec<R>, out: &mut Vec<(u64, u64, u64, u64)>| {
-                    out.push((*k, w.start, rs.len() as u64, rs.iter().map(|r| r.2).sum()));
-                },
-            )
-            .set_parallelism(p)
-            .map(move |r| {
-                seen.lock().unwrap().push(r);
-                r
-            })
-            .discard();
-        (env, reduced, processed)
-    };
+    let job = windows_job;
+    const N: u64 = WINDOWS_N;
     for p in [1, 2] {
         let (env, want_reduce, want_process) = job(p, false);
         let r = execute(&env, &config(CheckpointConfig::default()), None);
@@ -630,4 +638,80 @@ fn a_full_disk_fails_checkpoints_cleanly_and_keeps_the_last_complete_one() {
     // The keys it emitted are exactly those the checkpoint had not seen.
     assert_eq!(keys.iter().next_back(), Some(&(KEYS_BIG - 1)));
     drop(disk);
+}
+
+/// Rescaling: a checkpoint taken at one parallelism resumes at another, with keyed
+/// state (running sums; open windows' contents) redistributed by key group, so that
+/// results are exact: the sums as in an uninterrupted run, every window's result as
+/// in one.
+#[test]
+fn a_checkpoint_resumes_at_another_parallelism_with_keyed_state_redistributed() {
+    // 2 -> 3 -> 2: a run fails for good at each step and the next resumes from its
+    // latest checkpoint. Each subtask keeps only its key groups' state: a copy of a key
+    // left in the wrong subtask would be stale in the next checkpoint, and the last
+    // step would restore it over the right one.
+    let mut from: Option<std::path::PathBuf> = None;
+    let mut dirs = Vec::new();
+    for (p, fail_at) in [
+        (2, Some(RECORDS / 3)),
+        (3, Some(RECORDS * 2 / 3)),
+        (2, None),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            restart_attempts: 0,
+            slots: 3,
+            ..config(CheckpointConfig {
+                dir: Some(dir.path().to_path_buf()),
+                ..every(20)
+            })
+        };
+        let (env, out) = job(p, fail_at);
+        let r = execute(&env, &cfg, from.as_deref());
+        if fail_at.is_none() {
+            assert_eq!(r.status, JobStatus::Finished, "p={p}: {:?}", r.exceptions);
+            assert_eq!(finals(&out), reference());
+            assert!((out.lock().unwrap().len() as u64) < RECORDS / 2);
+            break;
+        }
+        assert!(matches!(r.status, JobStatus::Failed(_)), "{:?}", r.status);
+        assert!(r.checkpoints.completed > 0);
+        from = Some(std::path::PathBuf::from(&r.checkpoints.last_path));
+        dirs.push(dir);
+    }
+
+    // Windows: a run at p=2 fails for good; resumed at p=3 from its latest checkpoint,
+    // the distinct results of both runs are an uninterrupted run's.
+    let (env, want_reduce, want_process) = windows_job(1, false);
+    let r = execute(&env, &config(CheckpointConfig::default()), None);
+    assert_eq!(r.status, JobStatus::Finished, "{:?}", r.exceptions);
+    let dir = tempfile::tempdir().unwrap();
+    let failing = Config {
+        restart_attempts: 0,
+        slots: 3,
+        ..config(CheckpointConfig {
+            dir: Some(dir.path().to_path_buf()),
+            ..every(20)
+        })
+    };
+    let (env, reduced, processed) = windows_job(2, true);
+    let r = execute(&env, &failing, None);
+    assert!(matches!(r.status, JobStatus::Failed(_)), "{:?}", r.status);
+    let latest = std::path::PathBuf::from(&r.checkpoints.last_path);
+    let (env2, reduced2, processed2) = windows_job(3, false);
+    let resumed = Config {
+        slots: 3,
+        ..config(CheckpointConfig::default())
+    };
+    let r2 = execute(&env2, &resumed, Some(&latest));
+    assert_eq!(r2.status, JobStatus::Finished, "{:?}", r2.exceptions);
+    let both = |a: &Seen<WinRec>, b: &Seen<WinRec>| {
+        let mut s = set(a);
+        s.extend(set(b));
+        s
+    };
+    assert_eq!(both(&reduced, &reduced2), set(&want_reduce), "reduce");
+    let mut p = set(&processed);
+    p.extend(set(&processed2));
+    assert_eq!(p, set(&want_process), "process window");
 }

@@ -177,6 +177,167 @@ thread_local! {
     static FINAL_FOLLOWS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Restored states of the task being built, by operator uid.
     static RESTORING: RefCell<Option<HashMap<u32, Vec<u8>>>> = const { RefCell::new(None) };
+    /// While a redistributed state is restored: the key groups the subtask owns.
+    static KEY_FILTER: std::cell::Cell<Option<KeyGroupRange>> = const { std::cell::Cell::new(None) };
+    /// Whether the operator being restored asked for [`restore_filter`].
+    static FILTER_ASKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `pipeline.max-parallelism` when not set (Flink's lower bound for its default).
+pub const DEFAULT_MAX_PARALLELISM: u32 = 128;
+/// The largest `pipeline.max-parallelism` (Flink's).
+pub const UPPER_MAX_PARALLELISM: u32 = 32_768;
+
+/// Flink's default max parallelism for a job whose largest operator parallelism is
+/// `p`: 1.5 p rounded up to a power of two, within [128, 32768].
+pub fn default_max_parallelism(p: usize) -> u32 {
+    let want = (p + p.div_ceil(2)).next_power_of_two();
+    (want as u32).clamp(DEFAULT_MAX_PARALLELISM, UPPER_MAX_PARALLELISM)
+}
+
+/// The key group of a key hash, of `max` (the max parallelism): keyed state is kept and
+/// redistributed by key group, so that a job can resume at any parallelism up to `max`.
+#[inline(always)]
+pub fn key_group(hash: u64, max: u32) -> u32 {
+    // Multiply-shift: uniform over the hash's high bits, no division.
+    ((u128::from(hash) * u128::from(max)) >> 64) as u32
+}
+
+/// Which of `n` subtasks owns key group `kg` of `max` (Flink's
+/// `computeOperatorIndexForKeyGroup`): contiguous ranges of key groups per subtask.
+#[inline(always)]
+pub fn subtask_of_key_group(kg: u32, n: u32, max: u32) -> u32 {
+    (u64::from(kg) * u64::from(n) / u64::from(max.max(1))) as u32
+}
+
+/// The key groups one subtask of `parallelism` owns, of `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyGroupRange {
+    /// The subtask.
+    pub subtask: u32,
+    /// The operator's parallelism.
+    pub parallelism: u32,
+    /// The max parallelism (number of key groups).
+    pub max_parallelism: u32,
+}
+
+impl KeyGroupRange {
+    /// Whether the subtask owns the key of hash `hash`.
+    #[inline]
+    pub fn owns(&self, hash: u64) -> bool {
+        let kg = key_group(hash, self.max_parallelism);
+        subtask_of_key_group(kg, self.parallelism, self.max_parallelism) == self.subtask
+    }
+}
+
+/// Magic at the head of a redistributed state (see [`redistributed_state`]).
+const REDISTRIBUTED_MAGIC: [u8; 4] = *b"SPR1";
+
+/// The state of one operator for a subtask that resumes at another parallelism than
+/// the checkpoint's: the states every old subtask wrote (`parts`), of which the
+/// operator keeps the keys in `range` (see [`restore_with`]). Laid out as the magic,
+/// the range (three little-endian u32), then each part as a little-endian u64 length
+/// and its bytes.
+pub fn redistributed_state(range: KeyGroupRange, parts: &[Vec<u8>]) -> Vec<u8> {
+    let len = parts.iter().map(|p| p.len() + 8).sum::<usize>();
+    let mut out = Vec::with_capacity(16 + len);
+    out.extend_from_slice(&REDISTRIBUTED_MAGIC);
+    for v in [range.subtask, range.parallelism, range.max_parallelism] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for p in parts {
+        out.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// Whether `state` is a redistributed one (see [`redistributed_state`]).
+pub fn is_redistributed(state: &[u8]) -> bool {
+    state.starts_with(&REDISTRIBUTED_MAGIC)
+}
+
+/// Reads what [`redistributed_state`] wrote (after the magic).
+fn read_redistributed(mut b: &[u8]) -> Result<(KeyGroupRange, Vec<&[u8]>), StateError> {
+    let bad = || StateError::Decode("a redistributed state that is cut short".into());
+    let mut u32s = [0u32; 3];
+    for v in &mut u32s {
+        let (head, rest) = b.split_first_chunk::<4>().ok_or_else(bad)?;
+        *v = u32::from_le_bytes(*head);
+        b = rest;
+    }
+    let range = KeyGroupRange {
+        subtask: u32s[0],
+        parallelism: u32s[1],
+        max_parallelism: u32s[2],
+    };
+    if range.max_parallelism == 0 || range.subtask >= range.parallelism {
+        return Err(StateError::Decode(format!(
+            "a redistributed state for an impossible subtask: {range:?}"
+        )));
+    }
+    let mut parts = Vec::new();
+    while !b.is_empty() {
+        let (head, rest) = b.split_first_chunk::<8>().ok_or_else(bad)?;
+        let n = usize::try_from(u64::from_le_bytes(*head)).map_err(|_| bad())?;
+        if rest.len() < n {
+            return Err(bad());
+        }
+        let (part, rest) = rest.split_at(n);
+        parts.push(part);
+        b = rest;
+    }
+    Ok((range, parts))
+}
+
+/// Restores `state` through `restore` (an operator's `restore_state`): once, or, for a
+/// redistributed state, once per old subtask's part with [`restore_filter`] giving the
+/// key groups to keep. An operator whose state is not keyed (a source's position, a
+/// sink's pending files) cannot be redistributed: that is an error naming why.
+pub fn restore_with(
+    state: &[u8],
+    mut restore: impl FnMut(&[u8]) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    let Some(body) = state.strip_prefix(&REDISTRIBUTED_MAGIC) else {
+        return restore(state);
+    };
+    let (range, parts) = read_redistributed(body)?;
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            KEY_FILTER.with(|f| f.set(None));
+            FILTER_ASKED.with(|f| f.set(false));
+        }
+    }
+    let _reset = Reset;
+    KEY_FILTER.with(|f| f.set(Some(range)));
+    FILTER_ASKED.with(|f| f.set(false));
+    for part in parts {
+        restore(part)?;
+        if !FILTER_ASKED.with(std::cell::Cell::get) {
+            return Err(StateError::Decode(format!(
+                "the operator's state is not keyed, so it cannot be redistributed to \
+                 parallelism {} (only keyed state can be: keep this operator's parallelism)",
+                range.parallelism
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The key groups to keep while a keyed operator restores its state (`None`: all of
+/// them, the state is its own subtask's). Keyed state structures call it; an operator
+/// whose state is the same in every subtask (broadcast state) calls
+/// [`restore_replicated`] instead.
+pub fn restore_filter() -> Option<KeyGroupRange> {
+    FILTER_ASKED.with(|f| f.set(true));
+    KEY_FILTER.with(std::cell::Cell::get)
+}
+
+/// Declares that the state being restored is replicated (equal in every subtask, as
+/// broadcast state is), so that any old subtask's copy serves any new subtask.
+pub fn restore_replicated() {
+    FILTER_ASKED.with(|f| f.set(true));
 }
 
 /// Runs `pass` (which sends a barrier down a chain) and returns the states the chain's
@@ -412,5 +573,67 @@ mod tests {
         let mut longer = b.clone();
         longer.push(0);
         assert!(decode_state::<Vec<(u32, String)>>(&longer).is_err());
+    }
+
+    #[test]
+    fn key_groups_split_into_contiguous_ranges_and_every_key_has_one_owner() {
+        assert_eq!(default_max_parallelism(1), 128);
+        assert_eq!(default_max_parallelism(100), 256);
+        assert_eq!(default_max_parallelism(100_000), UPPER_MAX_PARALLELISM);
+        for n in [1u32, 2, 3, 7, 128] {
+            let owners: Vec<u32> = (0..128)
+                .map(|kg| subtask_of_key_group(kg, n, 128))
+                .collect();
+            assert!(owners.windows(2).all(|w| w[0] <= w[1] && w[1] - w[0] <= 1));
+            assert_eq!((owners[0], owners[127]), (0, n - 1));
+            for h in [0u64, 1, u64::MAX / 3, u64::MAX] {
+                let r = |s| KeyGroupRange {
+                    subtask: s,
+                    parallelism: n,
+                    max_parallelism: 128,
+                };
+                assert_eq!((0..n).filter(|&s| r(s).owns(h)).count(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_redistributed_state_restores_each_part_and_only_keyed_state_may() {
+        let range = KeyGroupRange {
+            subtask: 1,
+            parallelism: 3,
+            max_parallelism: 128,
+        };
+        let state = redistributed_state(range, &[vec![1, 2], vec![], vec![3]]);
+        assert!(is_redistributed(&state));
+        let mut seen = Vec::new();
+        restore_with(&state, |b| {
+            assert_eq!(restore_filter(), Some(range));
+            seen.push(b.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [vec![1, 2], vec![], vec![3]]);
+        assert_eq!(restore_filter(), None, "the filter ends with the restore");
+        // A state that is not keyed (it never asks for the filter) is refused.
+        let e = restore_with(&state, |_| Ok(())).unwrap_err().to_string();
+        assert!(e.contains("not keyed"), "{e}");
+        // A plain state restores once, with no filter.
+        let mut calls = 0;
+        restore_with(&[9, 9], |b| {
+            assert_eq!((b, restore_filter()), (&[9u8, 9][..], None));
+            calls += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls, 1);
+        // Cut short, or for an impossible subtask: an error, not a panic.
+        assert!(restore_with(&state[..state.len() - 1], |_| Ok(())).is_err());
+        let bad = KeyGroupRange {
+            subtask: 3,
+            parallelism: 3,
+            max_parallelism: 128,
+        };
+        assert!(restore_with(&redistributed_state(bad, &[]), |_| Ok(())).is_err());
     }
 }

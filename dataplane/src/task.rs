@@ -272,7 +272,8 @@ impl<T> SourceTask<T> {
     /// a checkpoint holding a position for it, the source resumes from there.
     pub fn with_source_uid(mut self, uid: u32) -> Result<Self, crate::checkpoint::StateError> {
         if let Some(pos) = crate::checkpoint::take_restored(uid) {
-            self.source.restore_position(&pos)?;
+            let source = &mut self.source;
+            crate::checkpoint::restore_with(&pos, |b| source.restore_position(b))?;
         }
         self.source_uid = uid;
         Ok(self)

@@ -144,6 +144,15 @@ impl StreamExecutionEnvironment {
         self
     }
 
+    /// Flink's `setMaxParallelism` (`pipeline.max-parallelism`): the number of key
+    /// groups keyed state is kept in, so the highest parallelism a savepoint of the job
+    /// can be restored at. Keep it across savepoints: a savepoint restores only under
+    /// the max parallelism it was taken with.
+    pub fn set_max_parallelism(&self, max: u32) -> &Self {
+        self.graph.borrow_mut().max_parallelism = Some(max);
+        self
+    }
+
     /// No operator of this job chains with another.
     pub fn disable_operator_chaining(&self) -> &Self {
         self.graph.borrow_mut().chaining_disabled = true;

@@ -185,6 +185,7 @@ pub fn build(
         settings,
         checkpointing: None,
         restore: Default::default(),
+        max_parallelism: graph.max_parallelism,
     })
 }
 

@@ -282,12 +282,21 @@ impl JobEntry {
     fn deploy_checkpointing(&self, k: (u32, u32)) -> Option<super::DeployCheckpointing> {
         // Always: savepoints are taken whether checkpoints are periodic or not.
         let latest = self.coord.latest();
+        let parallelism = self
+            .vertices
+            .iter()
+            .find(|v| v.id == k.0 as usize)
+            .map_or(1, |v| v.parallelism as u32);
         Some(super::DeployCheckpointing {
             exactly_once: self.coord.exactly_once(),
             final_checkpoint: self.coord.periodic(),
             restored_from: latest.as_ref().map_or(0, |c| c.meta.checkpoint_id),
             restore: latest
-                .map(|c| c.subtask_states(k.0, k.1).into_iter().collect())
+                .map(|c| {
+                    c.subtask_states(k.0, k.1, parallelism)
+                        .into_iter()
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
     }
@@ -818,6 +827,9 @@ impl JobManager {
         spec.auto_watermark_interval_ns.get_or_insert(
             u64::try_from(jc.auto_watermark_interval.as_nanos()).unwrap_or(u64::MAX),
         );
+        if spec.max_parallelism.is_none() {
+            spec.max_parallelism = jc.max_parallelism;
+        }
         let graph = spec
             .job_graph(jc.default_parallelism, jc.chaining)
             .map_err(|e| (400, e))?;

@@ -144,6 +144,8 @@ where
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        // Equal in every subtask: any old subtask's copy serves at any parallelism.
+        crate::checkpoint::restore_replicated();
         self.state = decode_state(state)?;
         Ok(())
     }

@@ -62,6 +62,13 @@ impl FileSink {
         restored: Option<&[u8]>,
         metrics: Arc<SinkMetrics>,
     ) -> Result<Self, String> {
+        if restored.is_some_and(crate::checkpoint::is_redistributed) {
+            return Err(format!(
+                "the file sink's pending parts cannot be redistributed to parallelism {} \
+                 (keep the sink's parallelism when resuming)",
+                info.parallelism
+            ));
+        }
         std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
         let mut sink = Self {
             dir: dir.to_path_buf(),

@@ -261,17 +261,22 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
         &self.entries
     }
 
-    /// Replaces every entry with `entries` (from a snapshot; a key given twice keeps
-    /// its last state).
+    /// Adds `entries` from a snapshot (a key given twice keeps its last state); when
+    /// the state is being redistributed to another parallelism, only the keys of this
+    /// subtask's key groups (see [`crate::checkpoint::restore_filter`]).
     pub fn restore(&mut self, entries: Vec<(K, S)>) {
-        self.clear();
+        let keep = crate::checkpoint::restore_filter();
         self.entries.reserve(entries.len());
         let existing = &self.entries;
         self.index.reserve(entries.len(), |&j| {
             table_hash(key_hash(&existing[j as usize].0))
         });
         for (k, st) in entries {
-            let (_, slot) = self.get_or_insert(key_hash(&k), k);
+            let h = key_hash(&k);
+            if keep.is_some_and(|r| !r.owns(h)) {
+                continue;
+            }
+            let (_, slot) = self.get_or_insert(h, k);
             *slot = st;
         }
     }
@@ -343,10 +348,14 @@ impl<K: Key> Timers<K> {
         self.queue.iter().map(|((at, _), k)| (*at, k)).collect()
     }
 
-    /// Replaces every timer with `timers`, registered in their order.
+    /// Registers `timers` from a snapshot, in their order; when the state is being
+    /// redistributed, only those of this subtask's key groups.
     pub fn restore(&mut self, timers: Vec<(u64, K)>) {
-        *self = Self::default();
+        let keep = crate::checkpoint::restore_filter();
         for (at, k) in timers {
+            if keep.is_some_and(|r| !r.owns(key_hash(&k))) {
+                continue;
+            }
             self.register(&k, at);
         }
     }

@@ -331,7 +331,7 @@ impl<Op: Operator> Chained<Op> {
     /// one, see [`crate::checkpoint::RestoreScope`]) is given back to it now.
     pub fn with_uid(mut op: Op, next: BoxEmit<Op::Out>, uid: u32) -> Result<Self, StateError> {
         if let Some(state) = crate::checkpoint::take_restored(uid) {
-            op.restore_state(&state)?;
+            crate::checkpoint::restore_with(&state, |b| op.restore_state(b))?;
         }
         Ok(Self {
             op,
@@ -496,7 +496,7 @@ impl<Op: TwoInputOperator> Chained2<Op> {
     /// As [`Chained::with_uid`].
     pub fn with_uid(mut op: Op, next: BoxEmit<Op::Out>, uid: u32) -> Result<Self, StateError> {
         if let Some(state) = crate::checkpoint::take_restored(uid) {
-            op.restore_state(&state)?;
+            crate::checkpoint::restore_with(&state, |b| op.restore_state(b))?;
         }
         Ok(Self {
             op,

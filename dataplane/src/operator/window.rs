@@ -1227,20 +1227,42 @@ where
             Vec<(u64, K)>,
         );
         let (panes, sessions, timers): Snap<K, A::Acc> = decode_state(state)?;
-        self.panes = panes
-            .into_iter()
-            .map(|(window, entries, trig, fired, next_fire)| {
-                let mut table = PaneTable::default();
-                table.restore(entries);
-                Pane {
-                    window,
-                    table,
-                    trig,
-                    fired,
-                    next_fire,
+        // Panes of one window from several old subtasks (a state redistributed to
+        // another parallelism) merge: each brings the keys of its own.
+        let keep = crate::checkpoint::restore_filter();
+        for (window, entries, trig, fired, next_fire) in panes {
+            let at = match self.panes.iter().position(|p| p.window == window) {
+                Some(i) => {
+                    let p = &mut self.panes[i];
+                    p.fired |= fired;
+                    p.next_fire = p.next_fire.min(next_fire);
+                    i
                 }
-            })
-            .collect();
+                None => {
+                    self.panes.push(Pane {
+                        window,
+                        table: PaneTable::default(),
+                        trig: Vec::new(),
+                        fired,
+                        next_fire,
+                    });
+                    self.panes.len() - 1
+                }
+            };
+            let pane = &mut self.panes[at];
+            for (i, (k, acc)) in entries.into_iter().enumerate() {
+                let h = key_hash(&k);
+                if keep.is_some_and(|r| !r.owns(h)) {
+                    continue;
+                }
+                let (j, _, slot) = pane.table.get_or_insert_at(h, k);
+                *slot = acc;
+                if let Some(&t) = trig.get(i) {
+                    *trig_at(&mut pane.trig, j) = t;
+                }
+            }
+        }
+        self.panes.retain(|p| !p.table.is_empty());
         // Kept in order of their ends, as the operator keeps them.
         self.panes.sort_by_key(|p| p.window.end);
         self.last_pane = None;
