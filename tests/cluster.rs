@@ -3,6 +3,9 @@
 //! JobManager restart; the REST API answers bad requests with JSON errors.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+#[path = "support/s3.rs"]
+mod s3;
+use s3::S3Server;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -1565,7 +1568,20 @@ fn stop_with_a_savepoint_and_resume_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let default_dir = dir.path().join("savepoints");
     let sp_key = format!("state.savepoints.dir={}", default_dir.display());
-    let _jm = spate("jobmanager", &ports, &["-D", &sp_key]);
+    // An S3-compatible store too (moto's server, which .ci/run installs).
+    let s3 = S3Server::start();
+    s3.bucket("spate-sp");
+    let s3_keys = [
+        format!("s3.endpoint={}", s3.endpoint),
+        "s3.access-key=test".to_string(),
+        "s3.secret-key=test".to_string(),
+        "s3.path.style.access=true".to_string(),
+    ];
+    let mut jm_args = vec!["-D", &sp_key];
+    for k in &s3_keys {
+        jm_args.extend(["-D", k.as_str()]);
+    }
+    let _jm = spate("jobmanager", &ports, &jm_args);
     let _tms: Vec<Proc> = (0..2).map(|_| spate("taskmanager", &ports, &[])).collect();
     wait_for("two TaskManagers", Duration::from_secs(15), || {
         taskmanager_count(ports.rest) == Some(2)
@@ -1609,6 +1625,30 @@ fn stop_with_a_savepoint_and_resume_exactly_once() {
         .to_string();
     assert!(first.starts_with(default_dir.to_str().unwrap()), "{first}");
     assert!(std::path::Path::new(&first).join("_metadata").is_file());
+    assert_eq!(job_state(ports.rest, &id), "RUNNING");
+
+    // A savepoint into the object store: its location is the s3:// URL.
+    let o = spate_cli(&["savepoint", "-m", &m, &id, "s3://spate-sp/savepoints"]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let in_s3 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Savepoint completed. Path: "))
+        .unwrap_or_else(|| panic!("no savepoint path in {text:?}"))
+        .to_string();
+    assert!(
+        in_s3.starts_with("s3://spate-sp/savepoints/savepoint-"),
+        "{in_s3}"
+    );
+    let key = in_s3.trim_start_matches("s3://spate-sp/");
+    assert!(
+        s3.holds("spate-sp", &format!("{key}/_metadata")),
+        "the savepoint's _metadata is in the store"
+    );
     assert_eq!(job_state(ports.rest, &id), "RUNNING");
 
     // Requests that cannot be served.

@@ -24,6 +24,7 @@
 
 use crate::config::CheckpointConfig;
 use crate::graph::JobGraph;
+use crate::storage;
 use spate_dataplane::checkpoint::{CheckpointAck, CheckpointTrigger, OperatorState};
 use spate_dataplane::operator::BarrierKind;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -289,7 +290,7 @@ pub fn write_snapshot(
     states: &HashMap<(u32, u32), HashMap<u32, Vec<u8>>>,
 ) -> Result<PathBuf, CheckpointError> {
     let dir = dir.to_path_buf();
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    storage::create_dir_all(&dir).map_err(io(&dir))?;
     let mut keys: Vec<&(u32, u32)> = states.keys().collect();
     keys.sort_unstable();
     meta.files.clear();
@@ -303,7 +304,7 @@ pub fn write_snapshot(
         })?;
         let file = format!("v{v}-s{s}.state");
         let path = dir.join(&file);
-        write_synced(&path, &bytes)?;
+        storage::write(&path, &bytes).map_err(io(&path))?;
         meta.files.push(StateFileMeta {
             vertex: v,
             subtask: s,
@@ -316,28 +317,21 @@ pub fn write_snapshot(
         path: dir.clone(),
         why: e.to_string(),
     })?;
-    let tmp = dir.join(format!("{METADATA_FILE}.inprogress"));
-    write_synced(&tmp, &json)?;
     let fin = dir.join(METADATA_FILE);
-    std::fs::rename(&tmp, &fin).map_err(io(&fin))?;
-    // The rename is durable once the directory is synced.
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
+    storage::write_atomic(&fin, &json).map_err(io(&fin))?;
     Ok(dir)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(io(path))?;
-    f.write_all(bytes).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
 }
 
 /// Reads the checkpoint at `path`: a `chk-<n>` directory, its `_metadata` file, or a
 /// job's checkpoint directory (its latest complete checkpoint).
 pub fn read_checkpoint(path: &Path) -> Result<CompletedCheckpoint, CheckpointError> {
-    let meta_path = if path.is_dir() && !path.join(METADATA_FILE).exists() {
+    let meta_path = if path.file_name().is_some_and(|n| n == METADATA_FILE)
+        || (!storage::is_remote(path) && path.is_file())
+    {
+        path.to_path_buf()
+    } else if storage::exists(&path.join(METADATA_FILE)) {
+        path.join(METADATA_FILE)
+    } else {
         match latest_in(path)? {
             Some(p) => p.join(METADATA_FILE),
             None => {
@@ -347,13 +341,9 @@ pub fn read_checkpoint(path: &Path) -> Result<CompletedCheckpoint, CheckpointErr
                 })
             }
         }
-    } else if path.is_dir() {
-        path.join(METADATA_FILE)
-    } else {
-        path.to_path_buf()
     };
     let dir = meta_path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let raw = std::fs::read(&meta_path).map_err(io(&meta_path))?;
+    let raw = storage::read(&meta_path).map_err(io(&meta_path))?;
     let meta: CheckpointMetadata =
         serde_json::from_slice(&raw).map_err(|e| CheckpointError::Corrupt {
             path: meta_path.clone(),
@@ -375,7 +365,7 @@ pub fn read_checkpoint(path: &Path) -> Result<CompletedCheckpoint, CheckpointErr
             });
         }
         let p = dir.join(&f.file);
-        let bytes = std::fs::read(&p).map_err(io(&p))?;
+        let bytes = storage::read(&p).map_err(io(&p))?;
         let corrupt = |why: String| CheckpointError::Corrupt {
             path: p.clone(),
             why,
@@ -409,16 +399,16 @@ pub fn read_checkpoint(path: &Path) -> Result<CompletedCheckpoint, CheckpointErr
 /// The `chk-<n>` directories under `job_dir` that have a `_metadata`, highest first.
 fn complete_in(job_dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
     let mut found = Vec::new();
-    for e in std::fs::read_dir(job_dir).map_err(io(job_dir))?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+    for name in storage::list(job_dir).map_err(io(job_dir))? {
         let Some(n) = name
             .strip_prefix("chk-")
             .and_then(|n| n.parse::<u64>().ok())
         else {
             continue;
         };
-        if e.path().join(METADATA_FILE).is_file() {
-            found.push((n, e.path()));
+        let p = job_dir.join(&name);
+        if storage::exists(&p.join(METADATA_FILE)) {
+            found.push((n, p));
         }
     }
     found.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
@@ -930,7 +920,7 @@ impl CheckpointCoordinator {
     /// Triggers a savepoint now, to be written under `target` as
     /// `savepoint-<job id prefix>-<random>` (as Flink names them); returns its id.
     pub fn trigger_savepoint(&mut self, target: &Path, now: Instant) -> Result<u64, String> {
-        if !target.is_absolute() {
+        if !storage::is_absolute(target) {
             return Err(format!(
                 "the savepoint directory {} is not an absolute path",
                 target.display()
@@ -1118,7 +1108,7 @@ impl CheckpointCoordinator {
             Some((Ok(path), _)) => Some(path),
             Some((Err(e), dir)) => {
                 tracing::warn!(checkpoint = id, error = %e, "checkpoint could not be written");
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = storage::remove_dir_all(&dir);
                 let (d, why) = (duration.as_millis() as u64, e.to_string());
                 self.stats.update(id, |h| {
                     h.status = "FAILED";
@@ -1192,18 +1182,16 @@ impl CheckpointCoordinator {
         };
         let newest = complete.first().map_or(0, |c| c.0);
         for (_, p) in complete.iter().skip(self.cfg.num_retained) {
-            let _ = std::fs::remove_dir_all(p);
+            let _ = storage::remove_dir_all(p);
         }
-        if let Ok(rd) = std::fs::read_dir(job_dir) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(n) = name
-                    .strip_prefix("chk-")
-                    .and_then(|n| n.parse::<u64>().ok())
-                {
-                    if n < newest && !e.path().join(METADATA_FILE).exists() {
-                        let _ = std::fs::remove_dir_all(e.path());
-                    }
+        for name in storage::list(job_dir).unwrap_or_default() {
+            if let Some(n) = name
+                .strip_prefix("chk-")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                let p = job_dir.join(&name);
+                if n < newest && !storage::exists(&p.join(METADATA_FILE)) {
+                    let _ = storage::remove_dir_all(&p);
                 }
             }
         }

@@ -179,14 +179,20 @@ enum Cmd {
     },
 }
 
-/// A path, or a `file:` URI (as `spate savepoint` prints a savepoint's location).
+/// A path, a `file:` URI (as `spate savepoint` prints a savepoint's location), or an
+/// `s3://` location.
 fn savepoint_arg(s: &str) -> Result<PathBuf, String> {
+    if s.starts_with(crate::storage::S3_SCHEME) {
+        return Ok(PathBuf::from(s));
+    }
     let p = s
         .strip_prefix("file://")
         .or_else(|| s.strip_prefix("file:"))
         .unwrap_or(s);
     if p.is_empty() || p.contains("://") {
-        return Err(format!("{s:?} is not a path or a file: URI"));
+        return Err(format!(
+            "{s:?} is not a path, a file: URI or an s3:// location"
+        ));
     }
     Ok(PathBuf::from(p))
 }
@@ -209,6 +215,9 @@ fn spec(a: &JobArgs) -> JobSpec {
         config: Vec::new(),
         // The JobManager reads it: an absolute path (on a filesystem it shares).
         savepoint_path: a.from_savepoint.as_ref().map(|p| {
+            if crate::storage::is_remote(p) {
+                return p.display().to_string();
+            }
             std::path::absolute(p)
                 .unwrap_or_else(|_| p.clone())
                 .display()

@@ -148,7 +148,7 @@ pub(crate) fn savepoint(
     stop: bool,
 ) -> Result<bool> {
     let target = match target {
-        Some(t) if t.is_relative() => Some(std::env::current_dir()?.join(t)),
+        Some(t) if !crate::storage::is_absolute(&t) => Some(std::env::current_dir()?.join(t)),
         t => t,
     };
     let target = target.map(|t| t.display().to_string());

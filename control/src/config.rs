@@ -156,6 +156,8 @@ pub struct Config {
     pub same_host_tcp: bool,
     /// `execution.checkpointing.*`, `state.checkpoints.*`: checkpoints.
     pub checkpointing: CheckpointConfig,
+    /// `s3.*`: how checkpoints and savepoints under `s3://` reach their store.
+    pub s3: crate::storage::S3Settings,
 }
 
 /// Checkpointing, with Flink's keys.
@@ -260,6 +262,7 @@ impl Default for Config {
             uring: spate_dataplane::net::UringOptions::default(),
             same_host_tcp: false,
             checkpointing: CheckpointConfig::default(),
+            s3: crate::storage::S3Settings::default(),
         }
     }
 }
@@ -314,6 +317,11 @@ pub const KEYS: &[&str] = &[
     "state.checkpoints.dir",
     "state.checkpoints.num-retained",
     "state.savepoints.dir",
+    "s3.endpoint",
+    "s3.access-key",
+    "s3.secret-key",
+    "s3.region",
+    "s3.path.style.access",
 ];
 
 fn scalar(y: &Yaml) -> Option<String> {
@@ -680,6 +688,22 @@ impl Config {
                     _ => return Err(bad("EXACTLY_ONCE or AT_LEAST_ONCE")),
                 }
             }
+            "s3.endpoint" => {
+                if !(v.starts_with("http://") || v.starts_with("https://")) {
+                    return Err(bad("an http:// or https:// URL"));
+                }
+                self.s3.endpoint = Some(v.trim_end_matches('/').to_string());
+            }
+            "s3.access-key" => self.s3.access_key = Some(v.to_string()),
+            "s3.secret-key" => self.s3.secret_key = Some(v.to_string()),
+            "s3.region" => self.s3.region = Some(v.to_string()),
+            "s3.path.style.access" => {
+                self.s3.path_style = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("true or false")),
+                }
+            }
             "execution.checkpointing.unaligned.enabled" => {
                 self.checkpointing.unaligned = match v {
                     "false" => false,
@@ -694,15 +718,20 @@ impl Config {
                 if d.is_empty() {
                     return Err(bad("a directory path"));
                 }
-                if d.contains("://") {
-                    return Err(bad("a local or shared filesystem path (file:// or none)"));
+                if d.contains("://") && !d.starts_with(crate::storage::S3_SCHEME) {
+                    return Err(bad(
+                        "a local or shared filesystem path (file:// or none), or s3://BUCKET/PREFIX",
+                    ));
                 }
                 self.checkpointing.dir = Some(d.into());
             }
             "state.savepoints.dir" => {
                 let d = v.strip_prefix("file://").unwrap_or(v);
-                if d.is_empty() || d.contains("://") || !std::path::Path::new(d).is_absolute() {
-                    return Err(bad("an absolute local or shared filesystem path"));
+                let s3 = d.starts_with(crate::storage::S3_SCHEME);
+                if d.is_empty() || (d.contains("://") && !s3) || !(s3 || d.starts_with('/')) {
+                    return Err(bad(
+                        "an absolute local or shared filesystem path, or s3://BUCKET/PREFIX",
+                    ));
                 }
                 self.checkpointing.savepoint_dir = Some(d.into());
             }

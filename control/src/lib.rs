@@ -16,5 +16,6 @@ pub mod minicluster;
 pub mod rest;
 pub mod restart;
 pub mod rpc;
+pub mod storage;
 
 pub use spate_dataplane as dataplane;

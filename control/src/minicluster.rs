@@ -145,6 +145,7 @@ impl MiniCluster {
     /// Starts the slots: pinned per `taskmanager.cpu.cores`, idling per
     /// `taskmanager.idle-strategy`.
     pub fn start(config: &Config) -> Result<Self, ClusterError> {
+        crate::storage::configure(&config.s3);
         let (slots, acks, events) = start_slots_with_sender(config, "spate-slot")?;
         tracing::info!(slots = slots.len(), idle = %config.idle, "MiniCluster started");
         Ok(Self {

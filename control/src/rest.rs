@@ -549,7 +549,11 @@ async fn savepoint_status(
         }
         Some(SavepointStatus::Completed(path)) => Json(json!({
             "status": { "id": "COMPLETED" },
-            "operation": { "location": format!("file:{}", path.display()) },
+            "operation": { "location": if crate::storage::is_remote(&path) {
+                path.display().to_string()
+            } else {
+                format!("file:{}", path.display())
+            } },
         }))
         .into_response(),
         Some(SavepointStatus::Failed(why)) => Json(json!({

@@ -5,6 +5,9 @@
 //! cleanly and keeps the last complete one.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+#[path = "../../tests/support/s3.rs"]
+mod s3;
+use s3::S3Server;
 use spate::api::StreamExecutionEnvironment;
 use spate::config::{CheckpointConfig, Config, RestartStrategyType};
 use spate::graph::JobGraph;
@@ -714,4 +717,77 @@ fn a_checkpoint_resumes_at_another_parallelism_with_keyed_state_redistributed() 
     let mut p = set(&processed);
     p.extend(set(&processed2));
     assert_eq!(p, set(&want_process), "process window");
+}
+
+/// Checkpoints in an S3-compatible object store (`state.checkpoints.dir: s3://...`,
+/// Flink's `s3.*` keys): a failing job resumes from its latest checkpoint there with
+/// exact state, retention removes older ones, a job resumes from the store's
+/// location, and a damaged object is refused.
+#[test]
+fn checkpoints_in_an_s3_compatible_store_are_complete_retained_and_resumable() {
+    use spate::storage;
+    let s3 = S3Server::start();
+    s3.bucket("spate-ckpt");
+    let mut cfg = config(CheckpointConfig {
+        dir: Some("s3://spate-ckpt/checkpoints".into()),
+        num_retained: 2,
+        ..every(20)
+    });
+    cfg.s3 = storage::S3Settings {
+        endpoint: Some(s3.endpoint.clone()),
+        access_key: Some("test".into()),
+        secret_key: Some("test".into()),
+        region: None,
+        path_style: true,
+    };
+    let (env, out) = job(2, Some(RECORDS / 2));
+    let r = execute(&env, &cfg, None);
+    assert_eq!(r.status, JobStatus::Finished, "{:?}", r.exceptions);
+    assert_eq!(r.restarts, 1);
+    assert!(r.checkpoints.restored_id.is_some(), "{:?}", r.checkpoints);
+    assert_eq!(finals(&out), reference());
+    let job_dir = std::path::PathBuf::from(format!("s3://spate-ckpt/checkpoints/{}", r.job_id));
+    let chks = storage::list(&job_dir).unwrap();
+    assert!(!chks.is_empty() && chks.len() <= 2, "{chks:?}");
+    for c in &chks {
+        // The object is where an S3 client finds it.
+        let key = format!("checkpoints/{}/{c}/_metadata", r.job_id);
+        assert!(s3.holds("spate-ckpt", &key), "{key}");
+    }
+    assert_eq!(
+        r.checkpoints.last_path,
+        job_dir
+            .join(format!("chk-{}", r.checkpoints.last_id))
+            .display()
+            .to_string()
+    );
+
+    // Its final checkpoint, read back from the store: a run resumed from it (by the
+    // job's location) has nothing left to do.
+    let cp = spate::checkpoint::read_checkpoint(&job_dir).unwrap();
+    assert_eq!(cp.meta.checkpoint_id, r.checkpoints.last_id);
+    let (env2, out2) = job(2, None);
+    let plain = Config {
+        s3: cfg.s3.clone(),
+        ..config(CheckpointConfig::default())
+    };
+    let r2 = execute(&env2, &plain, Some(&job_dir));
+    assert_eq!(r2.status, JobStatus::Finished, "{:?}", r2.exceptions);
+    assert_eq!(r2.checkpoints.restored_id, Some(r.checkpoints.last_id));
+    assert!(out2.lock().unwrap().is_empty());
+
+    // A damaged object is refused.
+    let last = job_dir.join(format!("chk-{}", r.checkpoints.last_id));
+    let f = &cp.meta.files[0].file;
+    let bytes = storage::read(&last.join(f)).unwrap();
+    storage::write(&last.join(f), &bytes[..bytes.len() - 1]).unwrap();
+    let e = spate::checkpoint::read_checkpoint(&last)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("truncated or damaged"), "{e}");
+    // So is a location with nothing there.
+    let e = spate::checkpoint::read_checkpoint(std::path::Path::new("s3://spate-ckpt/nothing"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no complete checkpoint"), "{e}");
 }

@@ -575,6 +575,7 @@ fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
 impl JobManager {
     /// Binds the RPC port (`jobmanager.rpc.*`) and the REST port (`rest.port`).
     pub fn start(config: &Config) -> anyhow::Result<Self> {
+        crate::storage::configure(&config.s3);
         let rpc = resolve(&config.jobmanager_address, config.jobmanager_port)?;
         let endpoint = Endpoint::listen(rpc, "jobmanager")
             .map_err(|e| anyhow::anyhow!("cannot listen for RPC on {rpc}: {e}"))?;
