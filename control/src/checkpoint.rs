@@ -510,10 +510,17 @@ pub enum CoordinatorMessage {
         timestamp_ns: u64,
         /// Checkpoint or savepoint.
         kind: BarrierKind,
+        /// The savepoint of a stop: sources emit nothing after its barrier.
+        stop: bool,
     },
     /// Checkpoint `id` completed (two-phase-commit sinks commit).
     Completed {
         /// Checkpoint id.
+        id: u64,
+    },
+    /// The stop savepoint `id` failed: sources go on.
+    StopAborted {
+        /// Savepoint id.
         id: u64,
     },
 }
@@ -588,6 +595,8 @@ pub struct CheckpointCoordinator {
     savepoints: BTreeMap<u64, Result<PathBuf, String>>,
     /// The job's max parallelism (recorded in every checkpoint).
     max_parallelism: u32,
+    /// The savepoint of a stop in flight: its sources emit nothing after its barrier.
+    stop_savepoint: Option<u64>,
 }
 
 impl std::fmt::Debug for CheckpointCoordinator {
@@ -640,6 +649,7 @@ impl CheckpointCoordinator {
             outbox: None,
             savepoints: BTreeMap::new(),
             max_parallelism: spate_dataplane::checkpoint::DEFAULT_MAX_PARALLELISM,
+            stop_savepoint: None,
         }
     }
 
@@ -729,6 +739,7 @@ impl CheckpointCoordinator {
             });
             if p.kind == BarrierKind::Savepoint {
                 self.savepoints.insert(id, Err(why));
+                self.stop_failed(id);
             }
         }
     }
@@ -835,9 +846,22 @@ impl CheckpointCoordinator {
         CoordinatorVerdict::Continue
     }
 
+    /// A stop's savepoint `id` failed: its sources go on.
+    fn stop_failed(&mut self, id: u64) {
+        if self.stop_savepoint == Some(id) {
+            self.stop_savepoint = None;
+            self.trigger.abort_stop(id);
+            self.send(CoordinatorMessage::StopAborted { id });
+        }
+    }
+
     /// Triggers checkpoint (or savepoint) now; returns its id, or `None` when no
     /// checkpoint can be taken (no running tasks, or one finished).
     pub fn trigger_now(&mut self, kind: BarrierKind, now: Instant) -> Option<u64> {
+        self.trigger_with(kind, false, now)
+    }
+
+    fn trigger_with(&mut self, kind: BarrierKind, stop: bool, now: Instant) -> Option<u64> {
         if self.tasks.is_empty() || self.any_finished {
             return None;
         }
@@ -875,11 +899,17 @@ impl CheckpointCoordinator {
             failure: None,
         });
         let timestamp_ns = ts.saturating_mul(1_000_000);
-        self.trigger.request(id, timestamp_ns, kind);
+        if stop {
+            self.stop_savepoint = Some(id);
+            self.trigger.request_stop(id, timestamp_ns);
+        } else {
+            self.trigger.request(id, timestamp_ns, kind);
+        }
         self.send(CoordinatorMessage::Trigger {
             id,
             timestamp_ns,
             kind,
+            stop,
         });
         tracing::debug!(checkpoint = id, "checkpoint triggered");
         Some(id)
@@ -896,6 +926,7 @@ impl CheckpointCoordinator {
             self.savepoints
                 .entry(id)
                 .or_insert_with(|| Err(why.to_string()));
+            self.stop_failed(id);
             return CoordinatorVerdict::Continue;
         }
         self.consecutive_failures += 1;
@@ -919,7 +950,15 @@ impl CheckpointCoordinator {
 
     /// Triggers a savepoint now, to be written under `target` as
     /// `savepoint-<job id prefix>-<random>` (as Flink names them); returns its id.
-    pub fn trigger_savepoint(&mut self, target: &Path, now: Instant) -> Result<u64, String> {
+    /// With `stop` it is a stop's (Flink's synchronous savepoint): the sources emit
+    /// nothing after its barrier, so that cancelling the job once it completed loses
+    /// and repeats nothing; if it fails they go on.
+    pub fn trigger_savepoint(
+        &mut self,
+        target: &Path,
+        stop: bool,
+        now: Instant,
+    ) -> Result<u64, String> {
         if !storage::is_absolute(target) {
             return Err(format!(
                 "the savepoint directory {} is not an absolute path",
@@ -930,7 +969,7 @@ impl CheckpointCoordinator {
             return Err("a task of the job has finished: no savepoint can be taken".into());
         }
         let id = self
-            .trigger_now(BarrierKind::Savepoint, now)
+            .trigger_with(BarrierKind::Savepoint, stop, now)
             .ok_or("the job has no running tasks")?;
         if let Some(p) = self.pending.get_mut(&id) {
             p.target = Some(target.to_path_buf());
@@ -1136,6 +1175,9 @@ impl CheckpointCoordinator {
         }
         self.consecutive_failures = 0;
         self.last_completion = Some(now);
+        if self.stop_savepoint == Some(id) {
+            self.stop_savepoint = None;
+        }
         // Two-phase-commit sinks commit what this checkpoint's barrier closed.
         self.trigger.complete(id);
         self.send(CoordinatorMessage::Completed { id });
@@ -1258,7 +1300,7 @@ mod tests {
         let mut c = coordinator(Some(10), None);
         let d = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
-        let sp = c.trigger_savepoint(d.path(), t0).unwrap();
+        let sp = c.trigger_savepoint(d.path(), false, t0).unwrap();
         assert!(
             c.next_trigger_at().is_none(),
             "no checkpoint behind a savepoint"
@@ -1275,7 +1317,7 @@ mod tests {
         // A checkpoint in flight when a savepoint completes is subsumed; a savepoint
         // in flight when a checkpoint completes is not.
         let cp = c.trigger_now(BarrierKind::Checkpoint, t0).unwrap();
-        let sp2 = c.trigger_savepoint(d.path(), t0).unwrap();
+        let sp2 = c.trigger_savepoint(d.path(), false, t0).unwrap();
         c.acknowledge(ack(sp2, 0));
         c.acknowledge(ack(sp2, 1));
         assert!(matches!(
@@ -1290,7 +1332,7 @@ mod tests {
         let mut c = coordinator(None, Some(0));
         let t0 = Instant::now();
         let sp = c
-            .trigger_savepoint(Path::new("/nonexistent-root/x"), t0)
+            .trigger_savepoint(Path::new("/nonexistent-root/x"), false, t0)
             .unwrap();
         assert_eq!(c.decline(sp, 0, 1, "no"), CoordinatorVerdict::Continue);
         assert!(matches!(
@@ -1298,7 +1340,7 @@ mod tests {
             Some(SavepointStatus::Failed(_))
         ));
         // A savepoint aborted by a restart reports so even when the history moved on.
-        let sp = c.trigger_savepoint(Path::new("/tmp"), t0).unwrap();
+        let sp = c.trigger_savepoint(Path::new("/tmp"), true, t0).unwrap();
         c.start_attempt([(0, 0), (0, 1)]);
         c.stats.history.clear();
         let Some(SavepointStatus::Failed(why)) = c.savepoint_status(sp) else {
@@ -1311,6 +1353,32 @@ mod tests {
             c.decline(cp, 0, 0, "no"),
             CoordinatorVerdict::FailJob(_)
         ));
+    }
+
+    #[test]
+    fn a_failed_stop_savepoint_lets_the_sources_go_on() {
+        let mut c = coordinator(None, None).with_remote_tasks();
+        let t0 = Instant::now();
+        let d = tempfile::tempdir().unwrap();
+        let sp = c.trigger_savepoint(d.path(), true, t0).unwrap();
+        let trigger = c.trigger();
+        assert!(trigger.is_stop(sp) && !trigger.stop_aborted(sp));
+        c.decline(sp, 0, 0, "no");
+        assert!(trigger.stop_aborted(sp));
+        let m = c.take_messages();
+        assert!(
+            m.contains(&CoordinatorMessage::StopAborted { id: sp }),
+            "{m:?}"
+        );
+        // A completed one leaves them stopped (the job is cancelled next).
+        let sp = c.trigger_savepoint(d.path(), true, t0).unwrap();
+        c.acknowledge(ack(sp, 0));
+        c.acknowledge(ack(sp, 1));
+        assert!(matches!(
+            c.savepoint_status(sp),
+            Some(SavepointStatus::Completed(_))
+        ));
+        assert!(!trigger.stop_aborted(sp));
     }
 
     /// Regression (review): a bounded job whose checkpoints kept failing waited for

@@ -28,9 +28,12 @@ use std::sync::Arc;
 /// Where the coordinator asks the sources of a job for a checkpoint.
 #[derive(Debug, Default)]
 pub struct CheckpointTrigger {
-    /// The checkpoint asked for last (0: none yet), with its kind in the low bit:
-    /// `id << 1 | savepoint`.
+    /// The checkpoint asked for last (0: none yet), with its kind in the low bits:
+    /// `id << 2 | stop << 1 | savepoint` (a stop: sources emit nothing after its
+    /// barrier, see [`CheckpointTrigger::request_stop`]).
     requested: AtomicU64,
+    /// The latest stop savepoint that failed: sources stopped for it go on.
+    aborted: AtomicU64,
     /// When it was asked for (ns since the Unix epoch).
     timestamp_ns: AtomicU64,
     /// The latest checkpoint known complete (0: none).
@@ -54,9 +57,38 @@ impl CheckpointTrigger {
         // Release: pairs with the Acquire in `pending`, so that a source which sees the
         // id also sees the timestamp stored before it.
         self.requested.store(
-            id << 1 | u64::from(kind == BarrierKind::Savepoint),
+            id << 2 | u64::from(kind == BarrierKind::Savepoint),
             Ordering::Release,
         );
+    }
+
+    /// Asks every source for the barrier of savepoint `id` of a stop (Flink's
+    /// synchronous savepoint): a source emits nothing after it, so that the savepoint
+    /// holds everything the job's sinks saw when the job is cancelled on its
+    /// completion. If it fails, [`Self::abort_stop`] lets the sources go on.
+    pub fn request_stop(&self, id: u64, timestamp_ns: u64) {
+        // Relaxed and Release: as in `request`.
+        self.timestamp_ns.store(timestamp_ns, Ordering::Relaxed);
+        self.requested.store(id << 2 | 0b11, Ordering::Release);
+    }
+
+    /// Whether barrier `id` (just injected) is the one of a stop.
+    pub fn is_stop(&self, id: u64) -> bool {
+        // Relaxed: read right after `pending` read the same word with Acquire.
+        let r = self.requested.load(Ordering::Relaxed);
+        r >> 2 == id && r & 0b10 != 0
+    }
+
+    /// The stop savepoint `id` failed: sources that stopped for it go on.
+    pub fn abort_stop(&self, id: u64) {
+        // Relaxed: a flag sources poll while stopped; nothing is published with it.
+        self.aborted.fetch_max(id, Ordering::Relaxed);
+    }
+
+    /// Whether sources stopped for stop savepoint `id` go on (it failed).
+    pub fn stop_aborted(&self, id: u64) -> bool {
+        // Relaxed: see `abort_stop`.
+        self.aborted.load(Ordering::Relaxed) >= id
     }
 
     /// Tells every task that checkpoint `id` (and every one before it) completed.
@@ -93,7 +125,7 @@ impl CheckpointTrigger {
     pub fn pending(&self, injected: u64) -> Option<Barrier> {
         // Acquire: see `request`.
         let r = self.requested.load(Ordering::Acquire);
-        let id = r >> 1;
+        let id = r >> 2;
         if id <= injected {
             return None;
         }

@@ -240,6 +240,9 @@ pub struct SourceTask<T> {
     /// The last barrier injected before the input ended: the task finishes once a
     /// later checkpoint completed (its final checkpoint), when it waits for one.
     ended_at: u64,
+    /// The stop savepoint whose barrier it injected last (0: none): it emits nothing
+    /// more unless that savepoint fails.
+    stopped_at: u64,
 }
 
 impl<T> SourceTask<T> {
@@ -265,6 +268,7 @@ impl<T> SourceTask<T> {
             injected,
             notified: 0,
             ended_at: 0,
+            stopped_at: 0,
         }
     }
 
@@ -323,17 +327,33 @@ impl<T> Task for SourceTask<T> {
             return Ok(TaskPoll::Finished);
         }
         // One load per poll when no checkpoint is asked for.
-        if let Some(b) = self
-            .outputs
-            .checkpointing
-            .as_ref()
-            .and_then(|cp| cp.trigger.pending(self.injected))
-        {
+        if let Some((b, stop)) = self.outputs.checkpointing.as_ref().and_then(|cp| {
+            let b = cp.trigger.pending(self.injected)?;
+            Some((b, cp.trigger.is_stop(b.id)))
+        }) {
+            if stop {
+                self.stopped_at = b.id;
+            }
             self.inject(b);
         }
         if let Some(c) = self.outputs.completed_since(self.notified) {
             self.notified = c;
             self.head.notify_checkpoint_complete(c);
+        }
+        if self.stopped_at != 0 {
+            // Stopped with a savepoint: nothing after its barrier, until the job is
+            // cancelled on its completion, or it failed and the job runs on.
+            let aborted = self
+                .outputs
+                .checkpointing
+                .as_ref()
+                .is_none_or(|cp| cp.trigger.stop_aborted(self.stopped_at));
+            if !aborted {
+                self.outputs.publish();
+                check_failure()?;
+                return Ok(TaskPoll::Worked(0));
+            }
+            self.stopped_at = 0;
         }
         if waiting {
             // The input ended: only the final checkpoint is left to take part in.
@@ -1178,6 +1198,62 @@ mod tests {
         send_event(&mut p1, Event::Barrier(b1));
         t.poll().unwrap();
         assert_eq!(seen.take(), ["[5]".to_string(), barrier]);
+    }
+
+    /// A stop with a savepoint (Flink's synchronous savepoint): after the barrier of
+    /// the stop's savepoint the source emits nothing, so that the cancel on its
+    /// completion loses and repeats nothing; if the savepoint fails, it goes on.
+    #[test]
+    fn a_source_emits_nothing_after_a_stop_savepoint_until_it_fails() {
+        use crate::checkpoint::{CheckpointTrigger, TaskCheckpointing};
+        use crate::operator::source::IterSource;
+        let trigger = CheckpointTrigger::new();
+        let acks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = acks.clone();
+        let seen = Seen::default();
+        let outputs = Outputs::new(Vec::new(), Rc::new(std::cell::Cell::new(false)))
+            .with_checkpointing(TaskCheckpointing {
+                trigger: trigger.clone(),
+                acks: Arc::new(move |a: crate::checkpoint::CheckpointAck| {
+                    sink.lock().unwrap().push(a.checkpoint_id);
+                }),
+                vertex: 0,
+                subtask: 0,
+                exactly_once: true,
+                restored_from: 0,
+                final_checkpoint: false,
+            });
+        let mut t = SourceTask::new(
+            "s".into(),
+            Box::new(IterSource::new(0..1_000_000u64)),
+            Box::new(seen.clone()),
+            outputs,
+        );
+        t.poll().unwrap();
+        assert!(!seen.take().is_empty());
+        trigger.request_stop(1, 0);
+        for _ in 0..5 {
+            t.poll().unwrap();
+        }
+        let got = seen.take();
+        assert_eq!(got.len(), 1, "only the barrier after the stop: {got:?}");
+        assert!(got[0].starts_with("Barrier"), "{got:?}");
+        assert_eq!(*acks.lock().unwrap(), [1]);
+        // A plain checkpoint's barrier does not stop it.
+        trigger.abort_stop(1);
+        t.poll().unwrap();
+        assert!(
+            seen.take().iter().any(|e| e.starts_with('[')),
+            "records again"
+        );
+        trigger.request(2, 0, BarrierKind::Checkpoint);
+        t.poll().unwrap();
+        t.poll().unwrap();
+        let got = seen.take();
+        assert!(
+            got.iter().filter(|e| e.starts_with('[')).count() >= 1,
+            "{got:?}"
+        );
     }
 
     #[test]

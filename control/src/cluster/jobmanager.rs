@@ -723,11 +723,17 @@ impl JobManager {
                     id: checkpoint_id,
                     timestamp_ns,
                     kind,
+                    stop,
                 } => JmToTm::TriggerCheckpoint {
                     job_id: id.to_string(),
                     checkpoint_id,
                     timestamp_ns,
                     savepoint: kind == spate_dataplane::operator::BarrierKind::Savepoint,
+                    stop,
+                },
+                CoordinatorMessage::StopAborted { id: checkpoint_id } => JmToTm::StopAborted {
+                    job_id: id.to_string(),
+                    checkpoint_id,
                 },
                 CoordinatorMessage::Completed { id: checkpoint_id } => JmToTm::CheckpointComplete {
                     job_id: id.to_string(),
@@ -1075,7 +1081,7 @@ impl JobManager {
         };
         let mut result = None;
         self.checkpoint_step(&req.job_id, |c| {
-            result = Some(c.trigger_savepoint(&target, Instant::now()));
+            result = Some(c.trigger_savepoint(&target, req.then.is_some(), Instant::now()));
             CoordinatorVerdict::Continue
         });
         let sid = match result {

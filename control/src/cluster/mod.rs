@@ -270,6 +270,16 @@ pub enum JmToTm {
         timestamp_ns: u64,
         /// A savepoint rather than a checkpoint.
         savepoint: bool,
+        /// The savepoint of a stop: sources emit nothing after its barrier.
+        #[serde(default)]
+        stop: bool,
+    },
+    /// The stop savepoint `checkpoint_id` failed: the job's sources go on.
+    StopAborted {
+        /// Job id.
+        job_id: String,
+        /// Savepoint id.
+        checkpoint_id: u64,
     },
     /// Checkpoint `checkpoint_id` of the job completed: sinks commit.
     CheckpointComplete {

@@ -326,6 +326,7 @@ impl TaskManager {
                                 checkpoint_id,
                                 timestamp_ns,
                                 savepoint,
+                                stop,
                             } => {
                                 let kind = if savepoint {
                                     BarrierKind::Savepoint
@@ -334,7 +335,21 @@ impl TaskManager {
                                 };
                                 for ((j, _), t) in &self.triggers {
                                     if *j == job_id {
-                                        t.request(checkpoint_id, timestamp_ns, kind);
+                                        if stop {
+                                            t.request_stop(checkpoint_id, timestamp_ns);
+                                        } else {
+                                            t.request(checkpoint_id, timestamp_ns, kind);
+                                        }
+                                    }
+                                }
+                            }
+                            JmToTm::StopAborted {
+                                job_id,
+                                checkpoint_id,
+                            } => {
+                                for ((j, _), t) in &self.triggers {
+                                    if *j == job_id {
+                                        t.abort_stop(checkpoint_id);
                                     }
                                 }
                             }
