@@ -778,13 +778,15 @@ impl CheckpointCoordinator {
             .values()
             .map(|p| p.started + self.cfg.timeout)
             .min();
-        if let Some(due) = self.next_trigger_at() {
+        if let Some(due) = self.next_trigger_at(now) {
             at = Some(at.map_or(due, |a| a.min(due)));
         }
         at.map(|a| a.saturating_duration_since(now))
     }
 
-    fn next_trigger_at(&self) -> Option<Instant> {
+    /// When the next periodic checkpoint is due, as of `now` (the caller's clock: a
+    /// due time of "now" must compare as due with it).
+    fn next_trigger_at(&self, now: Instant) -> Option<Instant> {
         let interval = self.cfg.interval?;
         if self.any_finished || self.pending.len() >= self.cfg.max_concurrent {
             return None;
@@ -799,13 +801,11 @@ impl CheckpointCoordinator {
         {
             return None;
         }
-        let mut due = self
-            .last_trigger
-            .map_or_else(Instant::now, |t| t + interval);
+        let mut due = self.last_trigger.map_or(now, |t| t + interval);
         if self.trigger.ended() > self.ended_seen {
             // A task waits for its final checkpoint: the job's end is not held up by
             // the interval.
-            due = due.min(Instant::now());
+            due = due.min(now);
         }
         if let Some(c) = self.last_completion {
             due = due.max(c + self.cfg.min_pause);
@@ -840,7 +840,7 @@ impl CheckpointCoordinator {
                 return CoordinatorVerdict::FailJob(m);
             }
         }
-        if self.next_trigger_at().is_some_and(|due| due <= now) {
+        if self.next_trigger_at(now).is_some_and(|due| due <= now) {
             self.trigger_now(BarrierKind::Checkpoint, now);
         }
         CoordinatorVerdict::Continue
@@ -1302,7 +1302,7 @@ mod tests {
         let t0 = Instant::now();
         let sp = c.trigger_savepoint(d.path(), false, t0).unwrap();
         assert!(
-            c.next_trigger_at().is_none(),
+            c.next_trigger_at(t0).is_none(),
             "no checkpoint behind a savepoint"
         );
         c.poll(t0 + Duration::from_millis(50));
@@ -1379,6 +1379,33 @@ mod tests {
             Some(SavepointStatus::Completed(_))
         ));
         assert!(!trigger.stop_aborted(sp));
+    }
+
+    /// Regression: "due now" for a final checkpoint was taken from a clock read after
+    /// the caller's, so it never compared as due, and a bounded job's end waited for
+    /// the next interval (up to `execution.checkpointing.interval`).
+    #[test]
+    fn a_task_that_ended_gets_its_final_checkpoint_without_waiting_for_the_interval() {
+        let mut c = coordinator(Some(60_000), None);
+        let t0 = Instant::now();
+        let first = c.trigger_now(BarrierKind::Checkpoint, t0).unwrap();
+        c.acknowledge(ack(first, 0));
+        c.acknowledge(ack(first, 1));
+        assert_eq!(c.in_progress(), 0);
+        let later = Instant::now();
+        c.poll(later);
+        assert_eq!(c.in_progress(), 0, "the interval is a minute");
+        c.trigger().task_ended();
+        c.poll(Instant::now());
+        assert_eq!(
+            c.in_progress(),
+            1,
+            "triggered at once for the task that ended"
+        );
+        assert_eq!(
+            c.next_wakeup(Instant::now()).map(|d| d.as_secs() > 1),
+            Some(true)
+        );
     }
 
     /// Regression (review): a bounded job whose checkpoints kept failing waited for

@@ -263,6 +263,10 @@ impl MiniCluster {
                 .iter()
                 .map(|d| (d.vertex as u32, d.info.index as u32)),
         );
+        let wake = self.acks.clone();
+        coord.trigger().on_task_ended(move || {
+            let _ = wake.send(SlotEvent::TaskEnded);
+        });
         let acks = self.acks.clone();
         let sink: spate_dataplane::checkpoint::AckSink = Arc::new(move |ack| {
             // A closed channel means the MiniCluster is gone: nothing to acknowledge to.
@@ -338,7 +342,7 @@ impl MiniCluster {
                         self.cancel_all(&mut live);
                     }
                 }
-                Ok(SlotEvent::Running { .. }) => {}
+                Ok(SlotEvent::Running { .. } | SlotEvent::TaskEnded) => {}
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(ClusterError::SlotGone(0)),
             }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Where the coordinator asks the sources of a job for a checkpoint.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CheckpointTrigger {
     /// The checkpoint asked for last (0: none yet), with its kind in the low bits:
     /// `id << 2 | stop << 1 | savepoint` (a stop: sources emit nothing after its
@@ -40,6 +40,18 @@ pub struct CheckpointTrigger {
     completed: AtomicU64,
     /// Tasks that reached the end of their input and wait for their final checkpoint.
     ended: AtomicU64,
+    /// Called when a task reached the end of its input (wakes the coordinator).
+    on_ended: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for CheckpointTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointTrigger")
+            .field("requested", &self.requested)
+            .field("completed", &self.completed)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CheckpointTrigger {
@@ -104,6 +116,17 @@ impl CheckpointTrigger {
         // Relaxed: a counter the coordinator polls to trigger the final checkpoint
         // early; nothing is published through it.
         self.ended.fetch_add(1, Ordering::Relaxed);
+        if let Some(wake) = self.on_ended.get() {
+            wake();
+        }
+    }
+
+    /// Calls `wake` (once set; later calls are ignored) whenever a task reaches the
+    /// end of its input, so that a coordinator asleep until the next interval
+    /// triggers the final checkpoint at once. It runs on the task's thread, once per
+    /// task: it must not block.
+    pub fn on_task_ended(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_ended.set(Box::new(wake));
     }
 
     /// How many tasks reached the end of their input so far.

@@ -576,8 +576,9 @@ impl TaskManager {
             SlotEvent::Finished { task, .. } => (task, TaskState::Finished),
             SlotEvent::Failed { task, message, .. } => (task, TaskState::Failed(message)),
             SlotEvent::Cancelled { task, .. } => (task, TaskState::Canceled),
-            // Cluster tasks acknowledge through their own channel (with their key).
-            SlotEvent::Checkpoint(_) => return,
+            // Cluster tasks acknowledge through their own channel (with their key), and
+            // the TaskManager reports ended tasks from its triggers' counts.
+            SlotEvent::Checkpoint(_) | SlotEvent::TaskEnded => return,
         };
         let Some(key) = self.tasks.get(&id).map(|(k, _)| k.clone()) else {
             return;

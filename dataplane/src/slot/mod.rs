@@ -99,6 +99,10 @@ pub enum SlotEvent {
     /// A task acknowledged a checkpoint (sent by the task, not the slot, on runners
     /// that take checkpoints).
     Checkpoint(crate::checkpoint::CheckpointAck),
+    /// A task reached the end of its input and waits for its final checkpoint (sent
+    /// by the task, through [`crate::checkpoint::CheckpointTrigger::on_task_ended`]):
+    /// the runner triggers it now rather than at the next interval.
+    TaskEnded,
 }
 
 /// How to start a slot.
