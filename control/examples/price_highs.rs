@@ -18,6 +18,11 @@
 //!   `(symbol, window start, low, high, trades)` when the watermark passes the window.
 //! - `windows KIND INPUT`: windows of every kind over records read from a file (the
 //!   cluster tests compare them with a plain computation).
+//! - `rescalable-highs`: `price-highs` with the trade source and the sink at
+//!   parallelism 1 and only the keyed function at the job's: a savepoint of it resumes
+//!   at another parallelism (keyed state is redistributed by key group; a source's
+//!   position or a sink's pending files are not). `--output DIR` writes through the
+//!   exactly-once file sink.
 
 use spate::api::{OutputTag, StreamExecutionEnvironment};
 use spate::dataplane::operator::keyed::{Context, KeyedProcessFunction, ValueState};
@@ -114,6 +119,24 @@ fn price_highs(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), S
     match &spec.output {
         Some(path) => highs.write_as_text(path),
         None => highs.print(),
+    };
+    Ok(())
+}
+
+fn rescalable_highs(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
+    if !spec.args.is_empty() {
+        return Err("rescalable-highs takes no arguments".into());
+    }
+    let pace = spec.rate.map_or(Pace::Unpaced, Pace::Rate);
+    let highs = env
+        .trades(spec.seed, (spec.events > 0).then_some(spec.events), pace)
+        .set_parallelism(1)
+        .key_by(|t: &Trade| t.symbol)
+        .process(NewHighs)
+        .name("New Highs");
+    match &spec.output {
+        Some(dir) => highs.sink_to_files(dir).set_parallelism(1),
+        None => highs.print().set_parallelism(1),
     };
     Ok(())
 }
@@ -231,6 +254,7 @@ fn windows(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), Strin
 fn main() {
     spate::jobs::register("windows", windows);
     spate::jobs::register("price-highs", price_highs);
+    spate::jobs::register("rescalable-highs", rescalable_highs);
     spate::jobs::register("big-trades", big_trades);
     spate::jobs::register("price-ranges", price_ranges);
     spate::cli::main();
