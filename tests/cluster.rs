@@ -1467,35 +1467,7 @@ fn w1_with_checkpoints_survives_killed_taskmanagers_exactly_once() {
     });
     let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
     assert!(job["restarts"].as_u64().unwrap() >= 3, "{job}");
-    let got = spate::jobs::read_vwap_output(&out).unwrap();
-    let want = spate::jobs::vwap_reference(42, events, 2);
-    if got != want {
-        let mut diff = Vec::new();
-        for (sym, w) in &want {
-            let g = got.get(sym).map_or(&[][..], Vec::as_slice);
-            if g != w.as_slice() {
-                let common = g.iter().zip(w).take_while(|(a, b)| a == b).count();
-                diff.push(format!(
-                    "symbol {sym}: {} lines, want {}, equal for the first {common}",
-                    g.len(),
-                    w.len()
-                ));
-            }
-        }
-        let mut files: Vec<String> = std::fs::read_dir(&out)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        files.sort();
-        panic!(
-            "committed output after three failures differs from the reference: {} of {} \
-             symbols, e.g. {:?}; files {files:?}",
-            diff.len(),
-            want.len(),
-            &diff[..diff.len().min(5)]
-        );
-    }
+    assert_exact_vwap(&out, events, "after three failures");
     // It resumed from checkpoints (not from the start of its sources), and says so as
     // Flink's REST API does.
     let (status, cps) = http(ports.rest, "GET", &format!("/jobs/{id}/checkpoints"), "").unwrap();
@@ -1884,5 +1856,199 @@ fn a_savepoint_resumes_at_another_parallelism_on_a_cluster() {
         "stopped at p=2 and resumed at p=3: {} lines, an uninterrupted run has {}",
         got.len(),
         want.len()
+    );
+}
+
+/// The committed W1 output under `out` (p=2, seed 42, `events` trades) equals the
+/// single-threaded computation, symbol by symbol; else a panic says where it differs.
+fn assert_exact_vwap(out: &std::path::Path, events: u64, what: &str) {
+    let got = spate::jobs::read_vwap_output(out).unwrap();
+    let want = spate::jobs::vwap_reference(42, events, 2);
+    if got != want {
+        let mut diff = Vec::new();
+        for (sym, w) in &want {
+            let g = got.get(sym).map_or(&[][..], Vec::as_slice);
+            if g != w.as_slice() {
+                let common = g.iter().zip(w).take_while(|(a, b)| a == b).count();
+                diff.push(format!(
+                    "symbol {sym}: {} lines, want {}, equal for the first {common}",
+                    g.len(),
+                    w.len()
+                ));
+            }
+        }
+        let mut files: Vec<String> = std::fs::read_dir(out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        panic!(
+            "committed output {what} differs from the reference: {} of {} \
+             symbols, e.g. {:?}; files {files:?}",
+            diff.len(),
+            want.len(),
+            &diff[..diff.len().min(5)]
+        );
+    }
+}
+
+/// Chaos: W1 at p=2 over three TaskManagers with region failover, writing through the
+/// exactly-once file sink with a checkpoint every 200 ms, while for 30 s (or
+/// `SPATE_CHAOS_SECS`) a TaskManager running one of its subtasks is SIGKILLed at a
+/// random moment every 0.4–1.6 s and replaced. The job is then cancelled, the
+/// JobManager is restarted, and the job is submitted again from its retained
+/// checkpoints (`-s` with the job's checkpoint directory): it finishes, and the
+/// committed output of both runs is the single-threaded computation exactly.
+#[test]
+fn chaos_w1_survives_random_kills_and_a_jobmanager_restart_exactly_once() {
+    let secs: u64 = std::env::var("SPATE_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("checkpoints");
+    let ckpt_key = format!("state.checkpoints.dir={}", ckpt.display());
+    let jm_args = [
+        "-D",
+        "restart-strategy.type=fixed-delay",
+        "-D",
+        "restart-strategy.fixed-delay.attempts=1000",
+        "-D",
+        "restart-strategy.fixed-delay.delay=100 ms",
+        "-D",
+        "jobmanager.execution.failover-strategy=region",
+        "-D",
+        "execution.checkpointing.interval=200 ms",
+        "-D",
+        &ckpt_key,
+    ];
+    let jm = spate("jobmanager", &ports, &jm_args);
+    let mut tms: Vec<Proc> = (0..3).map(|_| spate("taskmanager", &ports, &[])).collect();
+    wait_for("three TaskManagers", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(3)
+    });
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let out = dir.path().join("out");
+    // Input for the chaos and a few seconds more at 20 k trades/s (restarts replay
+    // from checkpoints, so the job is still running when the chaos ends).
+    let events = 20_000 * (secs + 5);
+    let run_args = |extra: &[&str]| {
+        let mut a: Vec<String> = ["run", "-m", &m, "-d", "-p", "2", "--rate", "20000"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        a.extend(["--events".to_string(), events.to_string()]);
+        a.extend(["--output".to_string(), out.display().to_string()]);
+        a.extend(extra.iter().map(ToString::to_string));
+        a.push("vwap".into());
+        a
+    };
+    let args = run_args(&[]);
+    let o = spate_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    wait_for("RUNNING", Duration::from_secs(20), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    let mut seed: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut kills = 0;
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(400 + rand(1200)));
+        let Some((_, job)) = http(ports.rest, "GET", &format!("/jobs/{id}"), "") else {
+            continue;
+        };
+        assert_ne!(job["state"], "FAILED", "the job failed: {job}");
+        // A TaskManager that runs a subtask now (any, while the job redeploys).
+        let hosts: Vec<u32> = job["vertices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|v| v["subtasks"].as_array().cloned().unwrap_or_default())
+            .filter_map(|s| {
+                s["taskmanager-id"]
+                    .as_str()
+                    .and_then(|t| t.rsplit_once(':'))
+                    .and_then(|(_, r)| r.split_once('-'))
+                    .and_then(|(p, _)| p.parse().ok())
+            })
+            .collect();
+        let victim = if hosts.is_empty() {
+            rand(tms.len() as u64) as usize
+        } else {
+            let pid = hosts[rand(hosts.len() as u64) as usize];
+            match tms.iter().position(|p| p.0.id() == pid) {
+                Some(i) => i,
+                None => continue,
+            }
+        };
+        drop(tms.remove(victim)); // SIGKILL
+        tms.push(spate("taskmanager", &ports, &[]));
+        kills += 1;
+    }
+    assert!(kills >= secs / 2, "{kills} kills in {secs} s");
+    let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+    assert!(job["restarts"].as_u64().unwrap() >= 1, "{job}");
+
+    // Cancel it once it runs again and has checkpointed since; restart the JobManager.
+    let completed = || {
+        http(ports.rest, "GET", &format!("/jobs/{id}/checkpoints"), "")
+            .map_or(0, |(_, v)| v["counts"]["completed"].as_u64().unwrap_or(0))
+    };
+    let before = completed();
+    wait_for(
+        "a checkpoint after the chaos",
+        Duration::from_secs(30),
+        || {
+            let s = job_state(ports.rest, &id);
+            s == "FINISHED" || (s == "RUNNING" && completed() > before)
+        },
+    );
+    if job_state(ports.rest, &id) == "RUNNING" {
+        let o = spate_cli(&["cancel", "-m", &m, &id]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        wait_for("CANCELED", Duration::from_secs(20), || {
+            job_state(ports.rest, &id) == "CANCELED"
+        });
+    }
+    drop(jm);
+    let _jm2 = spate("jobmanager", &ports, &jm_args);
+    wait_for(
+        "the TaskManagers to register with the new JobManager",
+        Duration::from_secs(20),
+        || taskmanager_count(ports.rest) == Some(3),
+    );
+    // Its retained checkpoints survived: the job resumes from the latest of them.
+    let job_dir = ckpt.join(&id);
+    let args = run_args(&["-s", job_dir.to_str().unwrap()]);
+    let o = spate_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id2 = submitted_id(&o);
+    wait_for("the resumed job FINISHED", Duration::from_secs(120), || {
+        let s = job_state(ports.rest, &id2);
+        assert_ne!(s, "FAILED", "the resumed job failed");
+        s == "FINISHED"
+    });
+    let (_, cps) = http(ports.rest, "GET", &format!("/jobs/{id2}/checkpoints"), "").unwrap();
+    assert_eq!(cps["counts"]["restored"], 1, "{cps}");
+    assert_exact_vwap(
+        &out,
+        events,
+        &format!("after {kills} kills in {secs} s, a cancel and a JobManager restart"),
     );
 }
