@@ -1097,6 +1097,43 @@ fn run_dash_d_on_a_cluster_configures_the_job() {
         .map(|v| v["parallelism"].as_u64().unwrap())
         .collect();
     assert!(pars.iter().all(|&p| p == 2), "{pars:?}");
+    // So do the job-level keys of --config-dir's config.yaml (not its cluster keys),
+    // under -D.
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("config.yaml"),
+        "parallelism.default: 2\nrest.port: 1\nexecution:\n  checkpointing:\n    interval: 100 ms\n",
+    )
+    .unwrap();
+    let o = spate_cli(&[
+        "run",
+        "-m",
+        &m,
+        "--config-dir",
+        conf.path().to_str().unwrap(),
+        "--events",
+        "100000",
+        "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id_first_line(&o);
+    let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+    assert!(
+        job["vertices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["parallelism"] == 2),
+        "{job}"
+    );
+    let (_, cfg) = http(
+        ports.rest,
+        "GET",
+        &format!("/jobs/{id}/checkpoints/config"),
+        "",
+    )
+    .unwrap();
+    assert_eq!(cfg["interval"], 100, "{cfg}");
     let o = spate_cli(&["run", "-m", &m, "-D", "no.such.key=1", "vwap"]);
     assert!(!o.status.success());
     assert!(

@@ -527,10 +527,20 @@ pub fn main() {
                 std::process::exit(2);
             }
             // -D travels with the job, as with Flink's `run -D`: the JobManager applies
-            // it over its own configuration for this job alone.
+            // it over its own configuration for this job alone; so do the job-level
+            // keys of --config-dir's config.yaml, under the -D ones.
             let mut spec = spec(&job);
-            spec.config = job.defines.clone();
-            client::run(&m, &spec, detached)
+            let from_dir = match &job.config_dir {
+                Some(d) => Config::load(d, &[]).map(|c| c.job_settings()),
+                None => Ok(Vec::new()),
+            };
+            from_dir
+                .map_err(anyhow::Error::from)
+                .and_then(|mut settings| {
+                    settings.extend(job.defines.iter().cloned());
+                    spec.config = settings;
+                    client::run(&m, &spec, detached)
+                })
         }
         Cmd::Run { job, json, .. } => run(job, json),
         Cmd::List { conf, jobmanager } => conf

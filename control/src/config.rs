@@ -158,6 +158,9 @@ pub struct Config {
     pub checkpointing: CheckpointConfig,
     /// `s3.*`: how checkpoints and savepoints under `s3://` reach their store.
     pub s3: crate::storage::S3Settings,
+    /// The keys the configuration file set, with their values, in order (what
+    /// `spate run -m --config-dir DIR` sends with a job, see [`Self::job_settings`]).
+    pub file_keys: Vec<(String, String)>,
 }
 
 /// Checkpointing, with Flink's keys.
@@ -263,6 +266,7 @@ impl Default for Config {
             same_host_tcp: false,
             checkpointing: CheckpointConfig::default(),
             s3: crate::storage::S3Settings::default(),
+            file_keys: Vec::new(),
         }
     }
 }
@@ -528,7 +532,30 @@ impl Config {
                 expected: "a scalar value".into(),
             })?,
         };
-        self.set(key, &value, origin)
+        self.set(key, &value, origin)?;
+        self.file_keys.push((key.to_string(), value));
+        Ok(())
+    }
+
+    /// The job-level settings the configuration file set (parallelism, pipeline,
+    /// runtime mode, restart and failover strategies, checkpointing and state), as
+    /// `key=value`: what a job submitted with `spate run -m --config-dir DIR` takes
+    /// from `DIR/config.yaml`, as Flink's client applies its configuration to the
+    /// jobs it submits. Cluster keys (ports, slots, cores) stay the cluster's.
+    pub fn job_settings(&self) -> Vec<String> {
+        const JOB_LEVEL: &[&str] = &[
+            "parallelism.",
+            "pipeline.",
+            "execution.",
+            "restart-strategy.",
+            "jobmanager.execution.failover-strategy",
+            "state.",
+        ];
+        self.file_keys
+            .iter()
+            .filter(|(k, _)| JOB_LEVEL.iter().any(|p| k.starts_with(p)))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 
     /// Applies `key=value` overrides.
