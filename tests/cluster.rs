@@ -2089,3 +2089,54 @@ fn chaos_w1_survives_random_kills_and_a_jobmanager_restart_exactly_once() {
         &format!("after {kills} kills in {secs} s, a cancel and a JobManager restart"),
     );
 }
+
+/// Flink's task cancellation watchdog: a task whose user code never returns cannot
+/// be cancelled; `task.cancellation.timeout` after the cancel its TaskManager exits
+/// with an error that says why (so that its slots come back), and the job ends.
+#[test]
+fn a_task_that_does_not_stop_when_cancelled_takes_its_taskmanager_down_after_the_timeout() {
+    let bin = example_binary();
+    assert!(bin.exists(), "{} (built by cargo test)", bin.display());
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spawn(&bin, "jobmanager", &ports, &[]);
+    let mut tm = spawn(
+        &bin,
+        "taskmanager",
+        &ports,
+        &["-D", "task.cancellation.timeout=1 s"],
+    );
+    wait_for("a TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let o = cli_of(&bin, &["run", "-m", &m, "-d", "stuck"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    wait_for("RUNNING", Duration::from_secs(20), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    // Past its 1000th trade (at 10 k/s) the map is stuck.
+    std::thread::sleep(Duration::from_millis(500));
+    let o = cli_of(&bin, &["cancel", "-m", &m, &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cancelled = Instant::now();
+    let status = loop {
+        if let Some(s) = tm.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(15),
+            "the TaskManager still runs 15 s after the cancel"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "it exits with an error: {status}");
+    assert!(cancelled.elapsed() >= Duration::from_millis(900));
+    wait_for("the job to end", Duration::from_secs(20), || {
+        let s = job_state(ports.rest, &id);
+        s == "CANCELED" || s == "FAILED"
+    });
+}

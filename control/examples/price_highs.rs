@@ -18,6 +18,9 @@
 //!   `(symbol, window start, low, high, trades)` when the watermark passes the window.
 //! - `windows KIND INPUT`: windows of every kind over records read from a file (the
 //!   cluster tests compare them with a plain computation).
+//! - `stuck`: a map whose code stops returning after 1000 trades (a user's bug): the
+//!   task cannot be cancelled, and `task.cancellation.timeout` makes its TaskManager
+//!   exit.
 //! - `rescalable-highs`: `price-highs` with the trade source and the sink at
 //!   parallelism 1 and only the keyed function at the job's: a savepoint of it resumes
 //!   at another parallelism (keyed state is redistributed by key group; a source's
@@ -141,6 +144,21 @@ fn rescalable_highs(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<
     Ok(())
 }
 
+fn stuck(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
+    let mut seen = 0u64;
+    env.trades(spec.seed, None, Pace::Rate(10_000.0))
+        .map(move |t: Trade| {
+            seen += 1;
+            while seen > 1000 {
+                // A bug: this never returns (and never looks at cancellation).
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            t
+        })
+        .discard();
+    Ok(())
+}
+
 /// Forward edges only: every parallel pipeline is its own region (for region failover).
 fn big_trades(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
     let pace = spec.rate.map_or(Pace::Unpaced, Pace::Rate);
@@ -255,6 +273,7 @@ fn main() {
     spate::jobs::register("windows", windows);
     spate::jobs::register("price-highs", price_highs);
     spate::jobs::register("rescalable-highs", rescalable_highs);
+    spate::jobs::register("stuck", stuck);
     spate::jobs::register("big-trades", big_trades);
     spate::jobs::register("price-ranges", price_ranges);
     spate::cli::main();

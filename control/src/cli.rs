@@ -477,7 +477,9 @@ fn local(conf: &ConfArgs) -> Result<bool> {
         .name("jobmanager".into())
         .spawn(move || jm.run(&s2))?;
     let mut tm = crate::cluster::taskmanager::TaskManager::start(&config)?;
-    tm.run(&stop);
+    if let Err(why) = tm.run(&stop) {
+        fatal(&why);
+    }
     let _ = jm_thread.join();
     Ok(true)
 }
@@ -494,8 +496,17 @@ fn taskmanager(conf: &ConfArgs) -> Result<bool> {
         config.jobmanager_address,
         config.jobmanager_port
     );
-    tm.run(&stop);
+    if let Err(why) = tm.run(&stop) {
+        fatal(&why);
+    }
     Ok(true)
+}
+
+/// A fatal TaskManager error: exits at once, without waiting for slot threads that
+/// may never return (their tasks are what is stuck), as Flink's TaskManager does.
+fn fatal(why: &str) -> ! {
+    eprintln!("spate: fatal: {why}");
+    std::process::exit(70)
 }
 
 /// Parses the command line and runs the command; exits the process with its code.

@@ -134,6 +134,10 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// `heartbeat.timeout`
     pub heartbeat_timeout: Duration,
+    /// `task.cancellation.timeout`: a task that has not stopped this long after it
+    /// was cancelled (its user code never returns) is a fatal error of its
+    /// TaskManager, which exits so that its slots come back (0: never; Flink's 3 min).
+    pub task_cancellation_timeout: Duration,
     /// `slot.request.timeout`: how long a restarting job waits for the slots it needs
     /// before it fails.
     pub slot_request_timeout: Duration,
@@ -257,6 +261,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(50),
             slot_request_timeout: Duration::from_secs(300),
+            task_cancellation_timeout: Duration::from_secs(180),
             data_port: 0,
             transport: spate_dataplane::net::TransportKind::IoUring,
             agent: AgentMode::Dedicated,
@@ -303,6 +308,7 @@ pub const KEYS: &[&str] = &[
     "heartbeat.interval",
     "heartbeat.timeout",
     "slot.request.timeout",
+    "task.cancellation.timeout",
     "taskmanager.data.port",
     "taskmanager.network.transport",
     "taskmanager.network.agent",
@@ -842,6 +848,7 @@ impl Config {
             "heartbeat.interval" => self.heartbeat_interval = duration()?,
             "heartbeat.timeout" => self.heartbeat_timeout = duration()?,
             "slot.request.timeout" => self.slot_request_timeout = duration()?,
+            "task.cancellation.timeout" => self.task_cancellation_timeout = duration()?,
             k if FLINK_KEYS_IGNORED.contains(&k) => self.ignore(k, origin),
             _ => {
                 return Err(ConfigError::UnknownKey {

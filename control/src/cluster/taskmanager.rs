@@ -61,6 +61,9 @@ pub struct TaskManager {
     triggers: HashMap<(String, u32), Arc<CheckpointTrigger>>,
     /// Per deployment, how many of its tasks the JobManager heard reached their end.
     ended_reported: HashMap<(String, u32), u64>,
+    /// Tasks cancelled and not yet stopped, with when they were first cancelled
+    /// (`task.cancellation.timeout` watches them).
+    cancelled: HashMap<TaskId, Instant>,
     /// Tasks' checkpoint acknowledgements, on their way to the JobManager.
     acks_tx: Sender<(TaskKey, CheckpointAck)>,
     acks: Receiver<(TaskKey, CheckpointAck)>,
@@ -169,6 +172,7 @@ impl TaskManager {
         Ok(Self {
             triggers: HashMap::new(),
             ended_reported: HashMap::new(),
+            cancelled: HashMap::new(),
             acks_tx,
             acks,
             id,
@@ -240,8 +244,10 @@ impl TaskManager {
         }
     }
 
-    /// Runs until `stop` is set.
-    pub fn run(&mut self, stop: &AtomicBool) {
+    /// Runs until `stop` is set; an error when a cancelled task did not stop within
+    /// `task.cancellation.timeout` (a fatal error: the process should exit, as
+    /// Flink's TaskManager does, so that its slots come back).
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), String> {
         let timeout = self.config.heartbeat_timeout.as_millis() as u64;
         let interval = self.config.heartbeat_interval;
         let start = Instant::now();
@@ -297,9 +303,7 @@ impl TaskManager {
                                     .as_ref()
                                     .is_some_and(|j| *j != jobmanager_id)
                                 {
-                                    for (id, (_, slot)) in &self.tasks {
-                                        self.slots[*slot].cancel(*id);
-                                    }
+                                    self.cancel_all_tasks();
                                 }
                                 self.last_jobmanager = Some(jobmanager_id.clone());
                                 link = Link::Registered {
@@ -318,6 +322,7 @@ impl TaskManager {
                                     let named = tasks.as_ref().is_none_or(|t| t.contains(k));
                                     if k.job_id == job_id && named {
                                         self.slots[*slot].cancel(*id);
+                                        self.cancelled.entry(*id).or_insert_with(Instant::now);
                                     }
                                 }
                             }
@@ -406,6 +411,10 @@ impl TaskManager {
             while let Ok(ev) = self.events.try_recv() {
                 self.on_slot_event(ev);
             }
+            if let Some(why) = self.stuck_task() {
+                tracing::error!(%why, "fatal: a cancelled task does not stop");
+                return Err(why);
+            }
             for conn in jm_monitor.expire(now_ms()) {
                 tracing::warn!("JobManager heartbeat timed out; reconnecting");
                 self.endpoint.close(conn);
@@ -435,6 +444,7 @@ impl TaskManager {
             }
         }
         tracing::info!(id = %self.id, "TaskManager stopping");
+        Ok(())
     }
 
     /// Tells the JobManager of deployments whose tasks reached the end of their input
@@ -457,10 +467,39 @@ impl TaskManager {
         }
     }
 
-    fn cancel_all_tasks(&self) {
+    fn cancel_all_tasks(&mut self) {
         for (id, (_, slot)) in &self.tasks {
             self.slots[*slot].cancel(*id);
+            self.cancelled.entry(*id).or_insert_with(Instant::now);
         }
+    }
+
+    /// Flink's task cancellation watchdog: a task still there
+    /// `task.cancellation.timeout` after it was cancelled (user code that never
+    /// returns to the slot) holds its slot for good; the TaskManager gives up (its
+    /// caller exits the process, and the JobManager reschedules elsewhere).
+    fn stuck_task(&mut self) -> Option<String> {
+        let timeout = self.config.task_cancellation_timeout;
+        self.cancelled.retain(|id, _| self.tasks.contains_key(id));
+        if timeout.is_zero() {
+            return None;
+        }
+        let (id, since) = self
+            .cancelled
+            .iter()
+            .find(|(_, t)| t.elapsed() >= timeout)?;
+        let (key, slot) = self.tasks.get(id)?;
+        Some(format!(
+            "task {} (subtask {} of vertex {} of job {}) in slot {slot} has not stopped {:?} \
+             after it was cancelled (task.cancellation.timeout {:?}): its code does not \
+             return; the TaskManager exits so that its slots come back",
+            id.0,
+            key.subtask,
+            key.vertex,
+            key.job_id,
+            since.elapsed(),
+            timeout
+        ))
     }
 
     fn records(&self, id: TaskId, task: TaskKey) -> TaskRecords {
