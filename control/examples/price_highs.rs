@@ -149,9 +149,11 @@ fn stuck(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String>
     env.trades(spec.seed, None, Pace::Rate(10_000.0))
         .map(move |t: Trade| {
             seen += 1;
-            while seen > 1000 {
+            if seen > 1000 {
                 // A bug: this never returns (and never looks at cancellation).
-                std::thread::sleep(Duration::from_millis(50));
+                loop {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
             t
         })
