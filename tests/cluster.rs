@@ -810,6 +810,11 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
         rpc: free_port(),
         rest: free_port(),
     };
+    // The stock binary's build, which the JobManager requires of a TaskManager.
+    let exe = std::fs::metadata(env!("CARGO_BIN_EXE_spate"))
+        .unwrap()
+        .len();
+    let build = spate::jobs::fingerprint_of(exe, &[]);
     let _jm = spate("jobmanager", &ports, &[]);
     let _tm1 = spate("taskmanager", &ports, &[]);
     wait_for("a TaskManager", Duration::from_secs(15), || {
@@ -853,6 +858,8 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
                 host_key: "x".into(),
                 transport: "epoll".into(),
             },
+            build: build.clone(),
+            jobs: vec![],
         },
     );
     let task = TaskKey {
@@ -890,13 +897,15 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
                 host_key: "x".into(),
                 transport: "epoll".into(),
             },
+            build: build.clone(),
+            jobs: vec![],
         },
     );
     let mut refused = false;
     let start = Instant::now();
     while !refused && start.elapsed() < Duration::from_secs(10) {
         if let Some(Event::Message {
-            msg: JmToTm::Refused { reason },
+            msg: JmToTm::Refused { reason, .. },
             ..
         }) = rogue.recv_timeout(Duration::from_millis(100))
         {
@@ -943,6 +952,8 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
             slots: vec![],
             cores: 1,
             network: network.clone(),
+            build: build.clone(),
+            jobs: vec![],
         },
     );
     let mut refused = None;
@@ -950,7 +961,7 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
     while refused.is_none() && start.elapsed() < Duration::from_secs(10) {
         match thief.recv_timeout(Duration::from_millis(100)) {
             Some(Event::Message {
-                msg: JmToTm::Refused { reason },
+                msg: JmToTm::Refused { reason, .. },
                 ..
             }) => refused = Some(reason),
             Some(Event::Message {
@@ -2139,4 +2150,41 @@ fn a_task_that_does_not_stop_when_cancelled_takes_its_taskmanager_down_after_the
         let s = job_state(ports.rest, &id);
         s == "CANCELED" || s == "FAILED"
     });
+}
+
+/// A TaskManager built from another binary (here the example application, whose job
+/// registry differs from the stock binary's) is refused by the JobManager with a
+/// message that says so, and stops rather than retrying for ever.
+#[test]
+fn a_taskmanager_of_another_build_is_refused_and_says_why() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spate("jobmanager", &ports, &[]);
+    wait_for("the JobManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(0)
+    });
+    let conf = tempfile::tempdir().unwrap();
+    let o = cli_of(
+        &example_binary(),
+        &[
+            "taskmanager",
+            "--config-dir",
+            conf.path().to_str().unwrap(),
+            "-D",
+            "jobmanager.rpc.address=127.0.0.1",
+            "-D",
+            &format!("jobmanager.rpc.port={}", ports.rpc),
+            "-D",
+            "taskmanager.idle-strategy=park",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("another binary or job registry") && err.contains("price-highs"),
+        "{err}"
+    );
+    assert_eq!(taskmanager_count(ports.rest), Some(0));
 }

@@ -450,7 +450,30 @@ fn registered(name: &str) -> Option<JobBuilder> {
     }
 }
 
-fn registered_names() -> Vec<String> {
+/// What identifies the build a process runs, for the JobManager and its TaskManagers
+/// to refuse each other when they differ (a TaskManager of the stock `spate` binary
+/// cannot run an application binary's jobs, nor one of another version run the
+/// messages and jobs of this one): spate's version, the jobs the binary registered,
+/// and the size of the executable.
+pub fn build_fingerprint() -> String {
+    let exe_len = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map_or(0, |m| m.len());
+    fingerprint_of(exe_len, &registered_names())
+}
+
+/// The build fingerprint of an executable of `exe_len` bytes that registered `jobs`
+/// (sorted), as [`build_fingerprint`] computes it for the running one.
+pub fn fingerprint_of(exe_len: u64, jobs: &[String]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    jobs.hash(&mut h);
+    exe_len.hash(&mut h);
+    format!("{}-{:016x}", env!("CARGO_PKG_VERSION"), h.finish())
+}
+
+/// The names of the jobs this binary registered (application mode), sorted.
+pub fn registered_names() -> Vec<String> {
     match registry().read() {
         Ok(r) => r.keys().cloned().collect(),
         Err(p) => p.into_inner().keys().cloned().collect(),

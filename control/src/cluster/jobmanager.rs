@@ -1467,13 +1467,34 @@ impl JobManager {
                     slots,
                     cores,
                     network,
+                    build,
+                    jobs,
                 } => {
+                    let ours = crate::jobs::build_fingerprint();
+                    if build != ours {
+                        tracing::error!(taskmanager = %id, theirs = %build, %ours, "a TaskManager of another build tried to register; refused");
+                        self.endpoint.send(
+                            conn,
+                            JmToTm::Refused {
+                                reason: format!(
+                                    "it was built from another binary or job registry than \
+                                     the JobManager (build {build}, jobs {jobs:?}; the \
+                                     JobManager's build {ours}, jobs {:?}): start both from \
+                                     the same binary",
+                                    crate::jobs::registered_names()
+                                ),
+                                fatal: true,
+                            },
+                        );
+                        return;
+                    }
                     if let Some(other) = self.conns.get(&conn) {
                         if *other != id {
                             self.endpoint.send(
                                 conn,
                                 JmToTm::Refused {
                                     reason: format!("this connection is registered as {other}"),
+                                    fatal: false,
                                 },
                             );
                             return;
@@ -1492,6 +1513,7 @@ impl JobManager {
                                     reason: format!(
                                         "TaskManager {id} is registered on another open connection"
                                     ),
+                                    fatal: false,
                                 },
                             );
                             return;
@@ -1548,6 +1570,7 @@ impl JobManager {
                             conn,
                             JmToTm::Refused {
                                 reason: "heartbeat before registration".into(),
+                                fatal: false,
                             },
                         );
                         self.endpoint.close(conn);

@@ -46,6 +46,13 @@ pub enum TmToJm {
         cores: u32,
         /// Its network agent.
         network: NetworkInfo,
+        /// Its build ([`crate::jobs::build_fingerprint`]): the JobManager refuses a
+        /// TaskManager of another build.
+        #[serde(default)]
+        build: String,
+        /// The jobs its binary registered (for the refusal's message).
+        #[serde(default)]
+        jobs: Vec<String>,
     },
     /// Periodic, with the slot report and the running tasks' record counts.
     Heartbeat {
@@ -247,6 +254,9 @@ pub enum JmToTm {
     Refused {
         /// Why.
         reason: String,
+        /// Retrying cannot help (another build): the TaskManager stops.
+        #[serde(default)]
+        fatal: bool,
     },
     /// Periodic: the JobManager is alive.
     Heartbeat,

@@ -288,6 +288,8 @@ impl TaskManager {
                                 slots: self.slot_report(),
                                 cores: spate_dataplane::slot::available_cores().len() as u32,
                                 network: self.network.clone(),
+                                build: crate::jobs::build_fingerprint(),
+                                jobs: crate::jobs::registered_names(),
                             },
                         );
                     }
@@ -311,9 +313,14 @@ impl TaskManager {
                                     jobmanager_id,
                                 };
                             }
-                            JmToTm::Refused { reason } => {
+                            JmToTm::Refused { reason, fatal } => {
                                 tracing::error!(%reason, "the JobManager refused registration");
                                 self.endpoint.close(conn);
+                                if fatal {
+                                    return Err(format!(
+                                        "the JobManager refused this TaskManager: {reason}"
+                                    ));
+                                }
                             }
                             JmToTm::Heartbeat => {}
                             JmToTm::Deploy(d) => self.deploy(&d),
