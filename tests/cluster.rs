@@ -1720,25 +1720,8 @@ fn stop_with_a_savepoint_and_resume_exactly_once() {
     // Stop with a savepoint: FINISHED, part of the output written.
     std::thread::sleep(Duration::from_millis(800));
     let stop_dir = dir.path().join("stopped");
-    let o = spate_cli(&[
-        "stop",
-        "-m",
-        &m,
-        "--savepointPath",
-        stop_dir.to_str().unwrap(),
-        &id,
-    ]);
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        o.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let location = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Savepoint completed. Path: "))
-        .unwrap_or_else(|| panic!("no savepoint path in {text:?}"))
-        .to_string();
+    let (location, text) =
+        stop_with_savepoint(env!("CARGO_BIN_EXE_spate").as_ref(), &m, &stop_dir, &id);
     assert!(
         location.starts_with(&format!("file:{}", stop_dir.display())),
         "{location}"
@@ -1853,28 +1836,7 @@ fn a_savepoint_resumes_at_another_parallelism_on_a_cluster() {
     });
     std::thread::sleep(Duration::from_millis(1500));
     let sp_dir = dir.path().join("sp");
-    let o = cli_of(
-        &bin,
-        &[
-            "stop",
-            "-m",
-            &m,
-            "--savepointPath",
-            sp_dir.to_str().unwrap(),
-            &id,
-        ],
-    );
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        o.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let location = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Savepoint completed. Path: "))
-        .unwrap_or_else(|| panic!("no savepoint path in {text:?}"))
-        .to_string();
+    let (location, _) = stop_with_savepoint(&bin, &m, &sp_dir, &id);
     let partial = committed_lines(&out);
     assert!(
         !partial.is_empty() && partial.len() < want.len(),
@@ -2187,4 +2149,37 @@ fn a_taskmanager_of_another_build_is_refused_and_says_why() {
         "{err}"
     );
     assert_eq!(taskmanager_count(ports.rest), Some(0));
+}
+
+/// `stop --savepointPath DIR ID` with `bin` against `m`: the savepoint's location as
+/// printed, and all the command printed.
+fn stop_with_savepoint(
+    bin: &std::path::Path,
+    m: &str,
+    dir: &std::path::Path,
+    id: &str,
+) -> (String, String) {
+    let o = cli_of(
+        bin,
+        &[
+            "stop",
+            "-m",
+            m,
+            "--savepointPath",
+            dir.to_str().unwrap(),
+            id,
+        ],
+    );
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Savepoint completed. Path: "))
+        .unwrap_or_else(|| panic!("no savepoint path in {text:?}"))
+        .to_string();
+    (location, text)
 }
