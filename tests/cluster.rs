@@ -220,6 +220,23 @@ fn bad_requests_get_json_errors_and_garbage_rpc_is_shrugged_off() {
         .unwrap();
     let mut s2 = TcpStream::connect(("127.0.0.1", ports.rpc)).unwrap();
     s2.write_all(b"SPRC\x63\x00\x01\x00").unwrap();
+    // A peer that completes the handshake and then says nothing is closed once
+    // heartbeat.timeout (1 s here) has passed.
+    let mut s3 = TcpStream::connect(("127.0.0.1", ports.rpc)).unwrap();
+    s3.write_all(&spate::rpc::handshake_hello()).unwrap();
+    s3.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut ack = [0u8; 8];
+    s3.read_exact(&mut ack).unwrap();
+    assert_eq!(&ack[..4], b"SPRC");
+    let t0 = Instant::now();
+    let mut rest = Vec::new();
+    let n = s3.read_to_end(&mut rest);
+    assert!(
+        n.is_ok() && t0.elapsed() >= Duration::from_millis(800),
+        "{n:?} after {:?}",
+        t0.elapsed()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
     // Still serving, and TaskManagers still register.
     let _tm = spate("taskmanager", &ports, &[]);
     wait_for("a TaskManager", Duration::from_secs(15), || {

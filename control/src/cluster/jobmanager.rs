@@ -558,6 +558,9 @@ pub struct JobManager {
     rest: RestServer,
     monitor: HeartbeatMonitor<TaskManagerId>,
     conns: HashMap<ConnId, TaskManagerId>,
+    /// Connections that finished the handshake and have not registered yet, with when
+    /// they came up: closed after `heartbeat.timeout` of silence.
+    unregistered: HashMap<ConnId, Instant>,
     commands: Receiver<JmCommand>,
     /// The last channel id given to a channel between TaskManagers: the high half is
     /// random per JobManager session, so that ids never repeat on connections that
@@ -600,6 +603,7 @@ impl JobManager {
             rest,
             monitor: HeartbeatMonitor::new(config.heartbeat_timeout.as_millis() as u64),
             conns: HashMap::new(),
+            unregistered: HashMap::new(),
             commands,
             next_channel: u64::from_str_radix(&super::new_id()[..8], 16).unwrap_or(1) << 32,
         })
@@ -629,6 +633,7 @@ impl JobManager {
             for id in self.monitor.expire(now) {
                 self.lose(&id, "heartbeat timed out");
             }
+            self.close_silent_connections();
             self.restart_due_jobs();
             self.restart_due_regions();
             self.poll_checkpoints();
@@ -1456,9 +1461,35 @@ impl JobManager {
         }
     }
 
+    /// Closes connections that completed the handshake but have not registered within
+    /// `heartbeat.timeout` (a peer that holds a connection open and says nothing).
+    fn close_silent_connections(&mut self) {
+        let timeout = self.config.heartbeat_timeout;
+        let silent: Vec<ConnId> = self
+            .unregistered
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= timeout)
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in silent {
+            self.unregistered.remove(&conn);
+            tracing::warn!(
+                ?conn,
+                ?timeout,
+                "a peer connected and did not register in time; closed"
+            );
+            self.endpoint.close(conn);
+        }
+    }
+
     fn on_event(&mut self, ev: Event<TmToJm>) {
+        if let Event::Disconnected { conn, .. } = &ev {
+            self.unregistered.remove(conn);
+        }
         match ev {
-            Event::Connected { .. } => {}
+            Event::Connected { conn, .. } => {
+                self.unregistered.insert(conn, Instant::now());
+            }
             Event::Message { conn, msg } => match msg {
                 TmToJm::Register {
                     id,
@@ -1543,6 +1574,7 @@ impl JobManager {
                         },
                     );
                     self.monitor.heard(id.clone(), now);
+                    self.unregistered.remove(&conn);
                     self.conns.insert(conn, id);
                     self.endpoint.send(
                         conn,

@@ -65,6 +65,12 @@ pub enum ProtocolError {
     Truncated(usize),
 }
 
+/// The hello a connecting peer sends (for tools and tests that speak the protocol by
+/// hand).
+pub fn handshake_hello() -> [u8; HANDSHAKE_LEN] {
+    handshake(KIND_HELLO, STATUS_OK)
+}
+
 fn handshake(kind: u8, status: u8) -> [u8; HANDSHAKE_LEN] {
     let v = PROTOCOL_VERSION.to_le_bytes();
     [
