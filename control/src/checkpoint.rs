@@ -174,12 +174,17 @@ impl CompletedCheckpoint {
                 .cloned()
                 .unwrap_or_default();
         }
+        // The old subtasks' states, in subtask order (only those the checkpoint holds).
+        let old: BTreeMap<u32, &HashMap<u32, Vec<u8>>> = self
+            .states
+            .iter()
+            .filter(|((v, _), _)| *v == vertex)
+            .map(|((_, s), states)| (*s, states))
+            .collect();
         let mut parts: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
-        for old in 0..was {
-            if let Some(states) = self.states.get(&(vertex, old)) {
-                for (uid, bytes) in states {
-                    parts.entry(*uid).or_default().push(bytes.clone());
-                }
+        for states in old.values() {
+            for (uid, bytes) in *states {
+                parts.entry(*uid).or_default().push(bytes.clone());
             }
         }
         let range = spate_dataplane::checkpoint::KeyGroupRange {
@@ -738,8 +743,7 @@ impl CheckpointCoordinator {
                 h.failure = Some(why.clone());
             });
             if p.kind == BarrierKind::Savepoint {
-                self.savepoints.insert(id, Err(why));
-                self.stop_failed(id);
+                self.savepoint_failed(id, why);
             }
         }
     }
@@ -846,8 +850,10 @@ impl CheckpointCoordinator {
         CoordinatorVerdict::Continue
     }
 
-    /// A stop's savepoint `id` failed: its sources go on.
-    fn stop_failed(&mut self, id: u64) {
+    /// Savepoint `id` failed (its first reason is kept for its status); if it was a
+    /// stop's, the sources go on.
+    fn savepoint_failed(&mut self, id: u64, why: String) {
+        self.savepoints.entry(id).or_insert(Err(why));
         if self.stop_savepoint == Some(id) {
             self.stop_savepoint = None;
             self.trigger.abort_stop(id);
@@ -923,10 +929,7 @@ impl CheckpointCoordinator {
     fn failed(&mut self, id: u64, kind: BarrierKind, why: &str) -> CoordinatorVerdict {
         self.stats.failed += 1;
         if kind == BarrierKind::Savepoint {
-            self.savepoints
-                .entry(id)
-                .or_insert_with(|| Err(why.to_string()));
-            self.stop_failed(id);
+            self.savepoint_failed(id, why.to_string());
             return CoordinatorVerdict::Continue;
         }
         self.consecutive_failures += 1;

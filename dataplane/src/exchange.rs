@@ -68,14 +68,6 @@ impl<T> std::fmt::Debug for Partition<T> {
     }
 }
 
-/// Which of `n` subtasks owns a key hash, by its key group of `max` (the job's max
-/// parallelism): the routing that keyed state is kept and redistributed by.
-#[inline]
-pub fn channel_for_key_hash(hash: u64, n: usize, max: u32) -> usize {
-    use crate::checkpoint::{key_group, subtask_of_key_group};
-    subtask_of_key_group(key_group(hash, max), n as u32, max) as usize
-}
-
 /// Which of `n` channels a hash picks, uniformly (multiply-shift).
 #[inline(always)]
 pub fn channel_for_hash(hash: u64, n: usize) -> usize {
@@ -161,9 +153,8 @@ pub struct RingOutput<T> {
     rng: u64,
     /// Per record of the batch being written: its key hash, its channel.
     hashes: Vec<u64>,
-    /// The job's max parallelism (number of key groups), and the channel of each key
-    /// group (one multiply and one load per record).
-    max_parallelism: u32,
+    /// The channel of each key group of the job's max parallelism (its length): one
+    /// multiply and one load per record.
     key_group_channel: Vec<u32>,
     chan: Vec<u32>,
     /// Record indices grouped by channel, and where each channel's group starts.
@@ -195,7 +186,6 @@ impl<T: Wire + Clone> RingOutput<T> {
             next: 0,
             rng: 0x9E37_79B9_7F4A_7C15,
             hashes: Vec::new(),
-            max_parallelism: 0,
             key_group_channel: Vec::new(),
             chan: Vec::new(),
             order: Vec::new(),
@@ -212,7 +202,6 @@ impl<T: Wire + Clone> RingOutput<T> {
     pub fn with_max_parallelism(mut self, max: u32) -> Self {
         let n = self.w.producers.len();
         let max = max.max(1);
-        self.max_parallelism = max;
         self.key_group_channel = (0..max)
             .map(|kg| crate::checkpoint::subtask_of_key_group(kg, n as u32, max))
             .collect();
@@ -302,7 +291,8 @@ impl<T: Wire + Clone> RingOutput<T> {
                     batch.clear();
                     return;
                 }
-                let (max, table) = (self.max_parallelism, &self.key_group_channel);
+                let table = &self.key_group_channel;
+                let max = table.len() as u32;
                 self.chan.clear();
                 self.chan.extend(self.hashes.iter().map(|&h| {
                     // In range: key_group(h, max) < max = table.len().
@@ -533,11 +523,12 @@ mod tests {
         for (ch, recs) in got.iter().enumerate() {
             for &(x, h) in recs {
                 assert_eq!(h, key_hash(&(x % 10)), "the hash travels with its record");
-                assert_eq!(
-                    channel_for_key_hash(h, n, 128),
-                    ch,
-                    "a key goes to its channel"
-                );
+                let owner = crate::checkpoint::KeyGroupRange {
+                    subtask: ch as u32,
+                    parallelism: n as u32,
+                    max_parallelism: 128,
+                };
+                assert!(owner.owns(h), "a key goes to its channel");
             }
             // In order within the channel.
             assert!(recs.windows(2).all(|w| w[0].0 < w[1].0));
