@@ -145,7 +145,11 @@ impl MiniCluster {
     /// Starts the slots: pinned per `taskmanager.cpu.cores`, idling per
     /// `taskmanager.idle-strategy`.
     pub fn start(config: &Config) -> Result<Self, ClusterError> {
-        crate::storage::configure(&config.s3);
+        // The store's settings are the process's: a MiniCluster whose configuration
+        // names none (e.g. one of several in a test process) leaves those of another.
+        if config.s3.is_set() {
+            crate::storage::configure(&config.s3);
+        }
         let (slots, acks, events) = start_slots_with_sender(config, "spate-slot")?;
         tracing::info!(slots = slots.len(), idle = %config.idle, "MiniCluster started");
         Ok(Self {
