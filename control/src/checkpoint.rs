@@ -444,8 +444,12 @@ pub struct CheckpointStats {
     pub last_size: u64,
     /// Its longest barrier alignment in a task (ns).
     pub last_alignment_ns: u64,
-    /// Its longest synchronous part in a task (ns): the states written on a slot.
+    /// Its longest synchronous part in a task (ns): the states taken on a slot
+    /// (written, or frozen for keyed state).
     pub last_sync_ns: u64,
+    /// Its longest asynchronous part in a task (ns): frozen states encoded by the
+    /// snapshot writer, off the slots' cores.
+    pub last_async_ns: u64,
     /// Where it was written (empty: in memory).
     pub last_path: String,
     /// The checkpoint the job restored from last, if any.
@@ -484,6 +488,7 @@ struct Pending {
     states: HashMap<(u32, u32), HashMap<u32, Vec<u8>>>,
     alignment_ns: u64,
     sync_ns: u64,
+    async_ns: u64,
     /// A savepoint's target directory.
     target: Option<PathBuf>,
 }
@@ -886,6 +891,7 @@ impl CheckpointCoordinator {
                 states: self.finished.clone(),
                 alignment_ns: 0,
                 sync_ns: 0,
+                async_ns: 0,
                 target: None,
             },
         );
@@ -1065,6 +1071,9 @@ impl CheckpointCoordinator {
     /// checkpoint).
     pub fn acknowledge(&mut self, ack: CheckpointAck) -> CoordinatorVerdict {
         let task = (ack.vertex, ack.subtask);
+        if let Some(why) = &ack.declined {
+            return self.decline(ack.checkpoint_id, ack.vertex, ack.subtask, why);
+        }
         let Some(p) = self.pending.get_mut(&ack.checkpoint_id) else {
             return CoordinatorVerdict::Continue; // of an aborted checkpoint
         };
@@ -1073,6 +1082,7 @@ impl CheckpointCoordinator {
         }
         p.alignment_ns = p.alignment_ns.max(ack.alignment_ns);
         p.sync_ns = p.sync_ns.max(ack.sync_ns);
+        p.async_ns = p.async_ns.max(ack.async_ns);
         let (size, alignment) = (
             ack.states.iter().map(|s| s.1.len() as u64).sum::<u64>(),
             p.alignment_ns,
@@ -1200,6 +1210,7 @@ impl CheckpointCoordinator {
         self.stats.last_size = size;
         self.stats.last_alignment_ns = p.alignment_ns;
         self.stats.last_sync_ns = p.sync_ns;
+        self.stats.last_async_ns = p.async_ns;
         self.stats.last_path = path
             .as_ref()
             .map(|p| p.display().to_string())
@@ -1292,6 +1303,8 @@ mod tests {
             states: vec![(1, vec![subtask as u8])],
             alignment_ns: 0,
             sync_ns: 0,
+            async_ns: 0,
+            declined: None,
         }
     }
 

@@ -360,12 +360,13 @@ fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
         if c.completed > 0 {
             writeln!(
                 out,
-                "last checkpoint  #{}: {} ms, {} bytes, alignment {}, sync {}, {}",
+                "last checkpoint  #{}: {} ms, {} bytes, alignment {}, sync {}, async {}, {}",
                 c.last_id,
                 c.last_duration_ms,
                 c.last_size,
                 us(c.last_alignment_ns),
                 us(c.last_sync_ns),
+                us(c.last_async_ns),
                 if c.last_path.is_empty() {
                     "in memory (set state.checkpoints.dir to keep it)"
                 } else {
@@ -425,6 +426,7 @@ fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
                 "last_size": c.last_size,
                 "last_alignment_ns": c.last_alignment_ns,
                 "last_sync_ns": c.last_sync_ns,
+                "last_async_ns": c.last_async_ns,
             },
         });
         std::fs::write(&path, serde_json::to_string_pretty(&v)? + "\n")

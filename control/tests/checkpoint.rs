@@ -23,7 +23,7 @@ use std::time::Duration;
 #[derive(Clone)]
 struct RunningSum;
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Sum {
     total: ValueState<u64>,
 }

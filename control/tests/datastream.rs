@@ -718,7 +718,7 @@ fn connected_streams_of_two_types_meet_in_one_operator() {
 #[derive(Clone)]
 struct SumBoth;
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Sums {
     first: ValueState<u64>,
     second: ValueState<u64>,

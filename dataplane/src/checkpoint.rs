@@ -167,6 +167,85 @@ impl CheckpointTrigger {
 /// The state one operator wrote for a checkpoint: its uid and its bytes.
 pub type OperatorState = (u32, Vec<u8>);
 
+/// An operator's state for one checkpoint as the barrier leaves it: written already,
+/// or frozen (a copy-on-write view, see [`crate::operator::keyed::KeyedStates::freeze`])
+/// and encoded later by the snapshot writer thread, off the slot's core.
+pub enum StateSnapshot {
+    /// The encoded state.
+    Written(Vec<u8>),
+    /// Encodes the frozen state.
+    Frozen(Box<dyn FnOnce() -> Result<Vec<u8>, StateError> + Send>),
+}
+
+impl StateSnapshot {
+    /// A state frozen at the barrier, encoded by `encode` off the slot.
+    pub fn frozen(encode: impl FnOnce() -> Result<Vec<u8>, StateError> + Send + 'static) -> Self {
+        Self::Frozen(Box::new(encode))
+    }
+    /// The encoded state (encoding a frozen one now).
+    pub fn finish(self) -> Result<Vec<u8>, StateError> {
+        match self {
+            Self::Written(b) => Ok(b),
+            Self::Frozen(f) => f(),
+        }
+    }
+    /// Whether it is encoded already.
+    pub fn is_written(&self) -> bool {
+        matches!(self, Self::Written(_))
+    }
+}
+
+impl std::fmt::Debug for StateSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Written(b) => write!(f, "Written({} bytes)", b.len()),
+            Self::Frozen(_) => f.write_str("Frozen"),
+        }
+    }
+}
+
+/// A state taken as a barrier passed: the operator's uid and its snapshot.
+pub type TakenState = (u32, StateSnapshot);
+
+/// Encodes the frozen ones of `states` now (on the calling thread).
+pub fn finish_states(states: Vec<TakenState>) -> Result<Vec<OperatorState>, StateError> {
+    states
+        .into_iter()
+        .map(|(uid, s)| Ok((uid, s.finish()?)))
+        .collect()
+}
+
+/// Runs `job` on the snapshot writer: one thread per process, not pinned, that encodes
+/// frozen states (see [`StateSnapshot::Frozen`]) so that the slots' cores do not.
+/// Jobs run in the order they were given.
+pub fn on_snapshot_writer(job: impl FnOnce() + Send + 'static) {
+    type Job = Box<dyn FnOnce() + Send>;
+    static WRITER: std::sync::OnceLock<std::sync::mpsc::Sender<Job>> = std::sync::OnceLock::new();
+    let tx = WRITER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name("spate-snapshot".into())
+            .spawn(move || {
+                if let Err(e) = crate::sys::unpin_current() {
+                    tracing::warn!(error = %e, "snapshot writer could not unpin itself");
+                }
+                for job in rx {
+                    job();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "no snapshot writer thread; states are encoded in place");
+        }
+        tx
+    });
+    // One send per acknowledgement with frozen states (not per record).
+    let sent = tx.send(Box::new(job));
+    // No writer thread (it could not be spawned): run here rather than lose the ack.
+    if let Err(std::sync::mpsc::SendError(job)) = sent {
+        job();
+    }
+}
+
 /// A task's acknowledgement of a checkpoint: the barrier went through its whole chain,
 /// and these are the states of its operators at that point.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,8 +260,15 @@ pub struct CheckpointAck {
     pub states: Vec<OperatorState>,
     /// Nanoseconds the barrier waited for alignment in this task (0 for sources).
     pub alignment_ns: u64,
-    /// Nanoseconds the task spent writing its operators' states.
+    /// Nanoseconds the task spent taking its operators' states at the barrier (the
+    /// synchronous part: writing small states, freezing keyed ones).
     pub sync_ns: u64,
+    /// Nanoseconds the snapshot writer spent encoding the frozen states (the
+    /// asynchronous part, off the slot's core).
+    pub async_ns: u64,
+    /// Why the task could not take part (a state that failed to encode): the
+    /// coordinator declines the checkpoint instead of completing it.
+    pub declined: Option<String>,
 }
 
 /// Where a task sends its acknowledgements (a channel to the coordinator).
@@ -227,7 +313,7 @@ impl std::fmt::Debug for TaskCheckpointing {
 
 thread_local! {
     /// The states gathered while a barrier passes through the current task's chain.
-    static COLLECTING: RefCell<Option<Vec<OperatorState>>> = const { RefCell::new(None) };
+    static COLLECTING: RefCell<Option<Vec<TakenState>>> = const { RefCell::new(None) };
     /// Whether the end of input passing now will be followed by a final checkpoint.
     static FINAL_FOLLOWS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Restored states of the task being built, by operator uid.
@@ -397,7 +483,7 @@ pub fn restore_replicated() {
 
 /// Runs `pass` (which sends a barrier down a chain) and returns the states the chain's
 /// operators wrote meanwhile with [`put_state`].
-pub fn collect_states(pass: impl FnOnce()) -> Vec<OperatorState> {
+pub fn collect_states(pass: impl FnOnce()) -> Vec<TakenState> {
     let outer = COLLECTING.with(|c| c.borrow_mut().replace(Vec::new()));
     pass();
     let got = COLLECTING.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
@@ -428,9 +514,14 @@ pub fn collecting() -> bool {
 /// Records the state of operator `uid` for the barrier passing now (see
 /// [`collect_states`]); ignored when no states are being collected.
 pub fn put_state(uid: u32, bytes: Vec<u8>) {
+    put_snapshot(uid, StateSnapshot::Written(bytes));
+}
+
+/// As [`put_state`], with a state that may be frozen for encoding later.
+pub fn put_snapshot(uid: u32, state: StateSnapshot) {
     COLLECTING.with(|c| {
         if let Some(v) = c.borrow_mut().as_mut() {
-            v.push((uid, bytes));
+            v.push((uid, state));
         }
     });
 }
@@ -477,8 +568,14 @@ pub fn take_restored(uid: u32) -> Option<Vec<u8>> {
 /// `Serialize` and `Deserialize`). Keys and per-key states of keyed functions are
 /// `StateData`; records kept in state (windows, reduce) go through their
 /// [`crate::record::Wire`] encoding instead, with [`WireState`].
-pub trait StateData: serde::Serialize + serde::de::DeserializeOwned + 'static {}
-impl<T: serde::Serialize + serde::de::DeserializeOwned + 'static> StateData for T {}
+pub trait StateData:
+    serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static> StateData
+    for T
+{
+}
 
 /// A record held in state, written with its [`crate::record::Wire`] encoding (so that
 /// records need no serde of their own).
@@ -597,7 +694,10 @@ mod tests {
             put_state(1, vec![1, 2]);
             put_state(2, vec![3]);
         });
-        assert_eq!(got, vec![(1, vec![1, 2]), (2, vec![3])]);
+        assert_eq!(
+            finish_states(got).unwrap(),
+            vec![(1, vec![1, 2]), (2, vec![3])]
+        );
         assert!(collect_states(|| {}).is_empty());
     }
 

@@ -33,7 +33,7 @@ impl DecodeError {
 ///
 /// Performance contract: for POD types (`pod_wire!`), `encode` and `decode` are one
 /// unaligned copy of `size_of::<T>()` bytes and allocate nothing.
-pub trait Wire: Sized + Send + 'static {
+pub trait Wire: Sized + Send + Sync + 'static {
     /// `Some(n)` when every record encodes to exactly `n` bytes and every `n`-byte
     /// pattern decodes (plain old data): batches of such records are laid out back to
     /// back and decoded with one copy, straight from the ring. `None` (the default):
@@ -81,6 +81,7 @@ pub trait Key:
     + Eq
     + Clone
     + Send
+    + Sync
     + std::fmt::Debug
     + serde::Serialize
     + serde::de::DeserializeOwned
@@ -92,6 +93,7 @@ impl<
             + Eq
             + Clone
             + Send
+            + Sync
             + std::fmt::Debug
             + serde::Serialize
             + serde::de::DeserializeOwned

@@ -21,6 +21,24 @@ pub fn current_cpu() -> Option<usize> {
     usize::try_from(cpu).ok()
 }
 
+/// Lets the calling thread run on every CPU the process's main thread may use (undoing
+/// the pin a thread inherits when a pinned slot thread spawned it).
+pub fn unpin_current() -> std::io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty CPU set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is a writable cpu_set_t of `size` bytes; getpid() names the main
+    // thread, whose mask the kernel copies into it.
+    if unsafe { libc::sched_getaffinity(libc::getpid(), size, &mut set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `set` was filled by the kernel above; 0 names the calling thread.
+    if unsafe { libc::sched_setaffinity(0, size, &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The timer slack for threads that park between duty cycles: 1 ns, the least the kernel
 /// takes (0 would mean "back to the default").
 pub const PARKING_TIMER_SLACK_NS: u64 = 1;

@@ -13,7 +13,7 @@
 //! delivered barrier `n` is not read again until every open input has, and then the
 //! barrier goes down the chain once (exactly-once alignment, as Flink's).
 
-use crate::checkpoint::{collect_states, put_state, CheckpointAck, TaskCheckpointing};
+use crate::checkpoint::{collect_states, put_state, CheckpointAck, TakenState, TaskCheckpointing};
 use crate::clock;
 use crate::exchange::{Backpressure, OutputControl};
 use crate::frames;
@@ -135,18 +135,40 @@ impl Outputs {
     }
 
     /// Sends the acknowledgement of barrier `b`, which just left the chain with
-    /// `states`.
-    fn acknowledge(&self, b: &Barrier, states: Vec<(u32, Vec<u8>)>, align_ns: u64, sync_ns: u64) {
-        if let Some(cp) = &self.checkpointing {
-            (cp.acks)(CheckpointAck {
-                checkpoint_id: b.id,
-                vertex: cp.vertex,
-                subtask: cp.subtask,
-                states,
-                alignment_ns: align_ns,
-                sync_ns,
-            });
+    /// `states`: at once when they are all written, else from the snapshot writer
+    /// thread once it encoded the frozen ones (off the slot's core).
+    fn acknowledge(&self, b: &Barrier, states: Vec<TakenState>, align_ns: u64, sync_ns: u64) {
+        let Some(cp) = &self.checkpointing else {
+            return;
+        };
+        let ack = CheckpointAck {
+            checkpoint_id: b.id,
+            vertex: cp.vertex,
+            subtask: cp.subtask,
+            states: Vec::new(),
+            alignment_ns: align_ns,
+            sync_ns,
+            async_ns: 0,
+            declined: None,
+        };
+        let written = states.iter().all(|s| s.1.is_written());
+        let finish = move |mut ack: CheckpointAck| {
+            match crate::checkpoint::finish_states(states) {
+                Ok(states) => ack.states = states,
+                Err(e) => ack.declined = Some(format!("a state could not be written: {e}")),
+            }
+            ack
+        };
+        if written {
+            return (cp.acks)(finish(ack));
         }
+        let acks = cp.acks.clone();
+        crate::checkpoint::on_snapshot_writer(move || {
+            let t0 = clock::now_ns();
+            let mut ack = finish(ack);
+            ack.async_ns = clock::now_ns().saturating_sub(t0);
+            acks(ack);
+        });
     }
 
     /// Counts into `metrics`.

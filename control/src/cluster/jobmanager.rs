@@ -1646,6 +1646,7 @@ impl JobManager {
                     states,
                     alignment_ns,
                     sync_ns,
+                    async_ns,
                 } => {
                     let Some(from) = self.conns.get(&conn).cloned() else {
                         return;
@@ -1660,6 +1661,8 @@ impl JobManager {
                         states,
                         alignment_ns,
                         sync_ns,
+                        async_ns,
+                        declined: None,
                     };
                     self.checkpoint_step(&task.job_id, |c| c.acknowledge(ack));
                 }

@@ -83,8 +83,10 @@ pub enum TmToJm {
         states: Vec<(u32, Vec<u8>)>,
         /// Nanoseconds the barrier waited for alignment.
         alignment_ns: u64,
-        /// Nanoseconds spent writing the states on the slot.
+        /// Nanoseconds spent taking the states on the slot.
         sync_ns: u64,
+        /// Nanoseconds spent encoding the frozen states off the slot.
+        async_ns: u64,
     },
     /// Subtasks of a deployment reached the end of their input and wait for their
     /// final checkpoint (the JobManager triggers one without waiting for the interval).

@@ -539,13 +539,19 @@ impl TaskManager {
         }
     }
 
-    /// Sends a task's acknowledgement, or declines when its states cannot be shipped
-    /// in one RPC frame.
+    /// Sends a task's acknowledgement, or declines when a state could not be encoded
+    /// or the states cannot be shipped in one RPC frame.
     fn send_ack(&self, task: TaskKey, ack: CheckpointAck) {
         let Some(conn) = self.jm else { return };
         let size: usize = ack.states.iter().map(|s| s.1.len()).sum();
         let limit = crate::rpc::MAX_FRAME - super::STATE_FRAME_SLACK;
-        let msg = if size > limit {
+        let msg = if let Some(reason) = ack.declined {
+            TmToJm::DeclineCheckpoint {
+                task,
+                checkpoint_id: ack.checkpoint_id,
+                reason,
+            }
+        } else if size > limit {
             TmToJm::DeclineCheckpoint {
                 task,
                 checkpoint_id: ack.checkpoint_id,
@@ -561,6 +567,7 @@ impl TaskManager {
                 states: ack.states,
                 alignment_ns: ack.alignment_ns,
                 sync_ns: ack.sync_ns,
+                async_ns: ack.async_ns,
             }
         };
         self.endpoint.send(conn, msg);

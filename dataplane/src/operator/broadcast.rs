@@ -13,7 +13,7 @@ use super::keyed::{Context, KeyedCore, KeyedStates};
 use super::process::ProcessContext;
 use super::side::{OutputTag, SideOutputs};
 use super::{key_hash, Barrier, Event, Output, TwoInputOperator};
-use crate::checkpoint::{decode_state, encode_state, StateData, StateError};
+use crate::checkpoint::{decode_state, encode_state, StateData, StateError, StateSnapshot};
 use crate::record::Key;
 
 /// Main-stream records with read-only broadcast state, and broadcast records that
@@ -165,7 +165,7 @@ pub struct BroadcastContext<'a, K, S, O> {
     sides: &'a mut SideOutputs,
 }
 
-impl<K: Key, S: Default, O> BroadcastContext<'_, K, S, O> {
+impl<K: Key, S: Default + Clone, O> BroadcastContext<'_, K, S, O> {
     /// Emits a record.
     #[inline]
     pub fn collect(&mut self, record: O) {
@@ -350,8 +350,17 @@ where
     }
 
     fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
-        let keyed = self.core.snapshot()?;
-        encode_state(&(keyed, &self.broadcast)).map(Some)
+        self.freeze_state()?.map(StateSnapshot::finish).transpose()
+    }
+
+    fn freeze_state(&mut self) -> Result<Option<StateSnapshot>, StateError> {
+        // The keyed state freezes in O(chunks); the broadcast state (small, by
+        // design: every subtask holds all of it) is copied.
+        let keyed = self.core.freeze();
+        let broadcast = self.broadcast.clone();
+        Ok(Some(StateSnapshot::frozen(move || {
+            encode_state(&(keyed.finish()?, broadcast))
+        })))
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {

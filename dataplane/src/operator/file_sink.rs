@@ -305,7 +305,7 @@ pub fn read_committed(dir: &Path) -> std::io::Result<Vec<String>> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::checkpoint::collect_states;
+    use crate::checkpoint::{collect_states, finish_states};
     use crate::operator::{Barrier, BarrierKind};
 
     fn info() -> SubtaskInfo {
@@ -342,7 +342,7 @@ mod tests {
         let mut s = sink(d.path(), None);
         Emit::<u64>::push(&mut s, &mut vec![1, 2]);
         assert_eq!(files(d.path()), [".part-0-0.inprogress"]);
-        let st = collect_states(|| Emit::<u64>::event(&mut s, barrier(1)));
+        let st = finish_states(collect_states(|| Emit::<u64>::event(&mut s, barrier(1)))).unwrap();
         assert_eq!(st.len(), 1);
         assert_eq!(files(d.path()), [".part-0-0.pending"]);
         assert!(read_committed(d.path()).unwrap().is_empty());
@@ -359,7 +359,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut s = sink(d.path(), None);
         Emit::<u64>::push(&mut s, &mut vec![1, 2]);
-        let st = collect_states(|| Emit::<u64>::event(&mut s, barrier(1)));
+        let st = finish_states(collect_states(|| Emit::<u64>::event(&mut s, barrier(1)))).unwrap();
         // After barrier 1, before its completion is known, more records, and a
         // second barrier whose checkpoint never completes; then the task dies.
         Emit::<u64>::push(&mut s, &mut vec![3]);
@@ -379,7 +379,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut s = sink(d.path(), None);
         Emit::<u64>::push(&mut s, &mut vec![1, 2]);
-        let st1 = collect_states(|| Emit::<u64>::event(&mut s, barrier(1)));
+        let st1 = finish_states(collect_states(|| Emit::<u64>::event(&mut s, barrier(1)))).unwrap();
         Emit::<u64>::push(&mut s, &mut vec![3]);
         crate::checkpoint::end_of_input(true, || Emit::<u64>::event(&mut s, Event::EndOfInput));
         assert!(read_committed(d.path()).unwrap().is_empty());

@@ -6,13 +6,16 @@
 //! until the watermark says no partner can come any more (an event-time timer per key
 //! sweeps them), and records behind the watermark are dropped as late.
 
-use super::keyed::{KeyedStates, Timers};
+use super::keyed::{FrozenEntries, KeyedStates, Timers};
 use super::watermark::TimestampsFn;
 use super::{key_hash, Output, TwoInputOperator};
-use crate::checkpoint::{decode_state, encode_state, StateError, WireRef, WireState};
+use crate::checkpoint::{
+    decode_state, encode_state, StateError, StateSnapshot, WireRef, WireState,
+};
 use crate::record::{Key, Wire};
 
 /// Each key's waiting records of both sides, with their event times.
+#[derive(Clone)]
 struct Buffers<A, B> {
     left: Vec<(u64, A)>,
     right: Vec<(u64, B)>,
@@ -193,19 +196,31 @@ where
     }
 
     fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
-        type Side<'a, T> = Vec<(u64, WireRef<'a, T>)>;
-        let entries: Vec<(&K, Side<'_, A>, Side<'_, B>)> = self
-            .state
-            .iter()
-            .map(|(k, b)| {
-                (
-                    k,
-                    b.left.iter().map(|(t, a)| (*t, WireRef(a))).collect(),
-                    b.right.iter().map(|(t, r)| (*t, WireRef(r))).collect(),
-                )
-            })
-            .collect();
-        encode_state(&(entries, self.timers.snapshot())).map(Some)
+        self.freeze_state()?.map(StateSnapshot::finish).transpose()
+    }
+
+    fn freeze_state(&mut self) -> Result<Option<StateSnapshot>, StateError> {
+        /// The buffered records through their wire encoding.
+        struct Wired<K, A, B>(FrozenEntries<K, Buffers<A, B>>);
+        impl<K: serde::Serialize, A: Wire, B: Wire> serde::Serialize for Wired<K, A, B> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                type Side<'a, T> = Vec<(u64, WireRef<'a, T>)>;
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for (k, b) in self.0.iter() {
+                    let left: Side<'_, A> = b.left.iter().map(|(t, a)| (*t, WireRef(a))).collect();
+                    let right: Side<'_, B> =
+                        b.right.iter().map(|(t, r)| (*t, WireRef(r))).collect();
+                    seq.serialize_element(&(k, left, right))?;
+                }
+                seq.end()
+            }
+        }
+        let entries = Wired(self.state.freeze());
+        let timers = self.timers.to_vec();
+        Ok(Some(StateSnapshot::frozen(move || {
+            encode_state(&(entries, timers))
+        })))
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {

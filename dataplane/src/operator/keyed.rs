@@ -10,9 +10,10 @@
 //! which a key exchange computed once and carried with the record. Steady state is one
 //! probe per record and no allocation (a new key allocates its slot).
 
+use super::cow::{Chunks, Frozen};
 use super::side::{OutputTag, SideOutputs};
 use super::{key_hash, Barrier, Event, Operator, Output, TwoInputOperator};
-use crate::checkpoint::{decode_state, encode_state, StateData, StateError};
+use crate::checkpoint::{decode_state, encode_state, StateData, StateError, StateSnapshot};
 use crate::record::Key;
 use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
@@ -134,21 +135,26 @@ impl<K: std::hash::Hash + Eq, V> MapState<K, V> {
 }
 
 /// Per-key state of one operator subtask: entries `(key, state)` stored densely, in
-/// order of first appearance, and a table of their indices probed by key hash.
+/// order of first appearance, in chunks of [`CHUNK`], and a table of their indices
+/// probed by key hash.
+///
+/// A checkpoint freezes the state in O(chunks) ([`KeyedStates::freeze`]: one reference
+/// per 1024 keys): the snapshot shares the chunks, the first write to a chunk after
+/// the freeze copies it, and the snapshot is encoded off the slot's core.
 ///
 /// W1's 1000 symbols with 24-byte states take 32 KiB of entries and 8 KiB of index
 /// table, so they stay in a 48 KiB L1 data cache.
 #[derive(Debug)]
 pub struct KeyedStates<K, S> {
     index: HashTable<u32>,
-    entries: Vec<(K, S)>,
+    entries: Chunks<(K, S)>,
 }
 
 impl<K, S> Default for KeyedStates<K, S> {
     fn default() -> Self {
         Self {
             index: HashTable::new(),
-            entries: Vec::new(),
+            entries: Chunks::default(),
         }
     }
 }
@@ -162,7 +168,7 @@ fn table_hash(hash: u64) -> u64 {
     (hash ^ (hash >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9)
 }
 
-impl<K: Key, S: Default> KeyedStates<K, S> {
+impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
     /// The state of `key`, whose hash is `hash` (as [`key_hash`] computes it), created
     /// with `S::default()` on the key's first record.
     #[inline(always)]
@@ -189,13 +195,16 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
                 let i = entries.len();
                 entries.push((key, S::default()));
                 self.index.insert_unique(hash, i as u32, |&j| {
-                    table_hash(key_hash(&entries[j as usize].0))
+                    entries
+                        .get(j as usize)
+                        .map_or(0, |e| table_hash(key_hash(&e.0)))
                 });
                 i
             }
         };
+        // The index holds only indices of entries.
         let (k, s) = &mut self.entries[i];
-        (i, k, s)
+        (i, &*k, s)
     }
 
     /// Removes `key` (whose hash is `hash`) and its state; the last entry moves into
@@ -211,13 +220,15 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
         let (i, _) = found.remove();
         let i = i as usize;
         let last = self.entries.len() - 1;
-        let (_, state) = self.entries.swap_remove(i);
-        if i != last {
-            // The entry that was last now sits at `i`: repoint its index slot.
-            let moved = table_hash(key_hash(&self.entries[i].0));
-            if let Some(slot) = self.index.find_mut(moved, |&j| j as usize == last) {
-                *slot = i as u32;
-            }
+        let tail = self.entries.pop()?;
+        if i == last {
+            return Some(tail.1);
+        }
+        // The entry that was last now sits at `i`: repoint its index slot.
+        let moved = table_hash(key_hash(&tail.0));
+        let (_, state) = std::mem::replace(self.entries.get_mut(i)?, tail);
+        if let Some(slot) = self.index.find_mut(moved, |&j| j as usize == last) {
+            *slot = i as u32;
         }
         Some(state)
     }
@@ -240,25 +251,28 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
         self.entries.is_empty()
     }
 
-    /// Removes every key, keeping the capacity.
+    /// Removes every key, keeping the capacity (of the first 1024 entries, unless a
+    /// snapshot holds them).
     pub fn clear(&mut self) {
         self.index.clear();
         self.entries.clear();
     }
 
-    /// Every key's state, in order of first appearance (for snapshots).
+    /// Every key's state, in order of first appearance.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &S)> {
         self.entries.iter().map(|(k, s)| (k, s))
     }
 
-    /// Every key's state, mutable, in order of first appearance.
+    /// Every key's state, mutable, in order of first appearance (copying the chunks a
+    /// snapshot holds).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut S)> {
         self.entries.iter_mut().map(|(k, s)| (&*k, s))
     }
 
-    /// The entries as they are stored (for snapshots).
-    pub fn entries(&self) -> &[(K, S)] {
-        &self.entries
+    /// The entries as they are now, frozen for a snapshot in O(keys / 1024): later
+    /// writes copy the chunks they touch instead of changing the snapshot's.
+    pub fn freeze(&mut self) -> FrozenEntries<K, S> {
+        self.entries.freeze()
     }
 
     /// Adds `entries` from a snapshot (a key given twice keeps its last state); when
@@ -266,10 +280,11 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
     /// subtask's key groups (see [`crate::checkpoint::restore_filter`]).
     pub fn restore(&mut self, entries: Vec<(K, S)>) {
         let keep = crate::checkpoint::restore_filter();
-        self.entries.reserve(entries.len());
         let existing = &self.entries;
         self.index.reserve(entries.len(), |&j| {
-            table_hash(key_hash(&existing[j as usize].0))
+            existing
+                .get(j as usize)
+                .map_or(0, |e| table_hash(key_hash(&e.0)))
         });
         for (k, st) in entries {
             let h = key_hash(&k);
@@ -281,6 +296,11 @@ impl<K: Key, S: Default> KeyedStates<K, S> {
         }
     }
 }
+
+/// A [`KeyedStates`]' entries as they were at a freeze, shared with the table until
+/// it writes them; encoded (as a sequence of `(key, state)`, as a slice of the entries
+/// would be) off the slot's core.
+pub type FrozenEntries<K, S> = Frozen<(K, S)>;
 
 /// Timers per key in one time domain: registering the same (key, time) twice keeps
 /// one; timers fire in order of their time, and timers of equal time in the order
@@ -346,6 +366,14 @@ impl<K: Key> Timers<K> {
     /// Every timer as (time, key), in the order they fire (for snapshots).
     pub fn snapshot(&self) -> Vec<(u64, &K)> {
         self.queue.iter().map(|((at, _), k)| (*at, k)).collect()
+    }
+
+    /// As [`Self::snapshot`], with the keys copied (for a snapshot encoded later).
+    pub fn to_vec(&self) -> Vec<(u64, K)> {
+        self.queue
+            .iter()
+            .map(|((at, _), k)| (*at, k.clone()))
+            .collect()
     }
 
     /// Registers `timers` from a snapshot, in their order; when the state is being
@@ -486,7 +514,7 @@ pub(crate) struct KeyedCore<K, S> {
     pub(crate) sides: SideOutputs,
 }
 
-impl<K: Key, S: Default> KeyedCore<K, S> {
+impl<K: Key, S: Default + Clone> KeyedCore<K, S> {
     pub(crate) fn new() -> Self {
         Self {
             states: KeyedStates::default(),
@@ -498,16 +526,16 @@ impl<K: Key, S: Default> KeyedCore<K, S> {
         }
     }
 
-    /// The per-key states and timers, encoded for a checkpoint.
-    pub(crate) fn snapshot(&self) -> Result<Vec<u8>, StateError>
+    /// The per-key states and timers, frozen for a checkpoint (the states in
+    /// O(chunks), the timers copied) and encoded later by the snapshot writer.
+    pub(crate) fn freeze(&mut self) -> StateSnapshot
     where
         S: StateData,
     {
-        encode_state(&(
-            self.states.entries(),
-            self.processing.snapshot(),
-            self.event.snapshot(),
-        ))
+        let entries = self.states.freeze();
+        let processing = self.processing.to_vec();
+        let event = self.event.to_vec();
+        StateSnapshot::frozen(move || encode_state(&(entries, processing, event)))
     }
 
     /// Takes back what [`Self::snapshot`] wrote.
@@ -735,7 +763,11 @@ where
     }
 
     fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
-        self.core.snapshot().map(Some)
+        self.core.freeze().finish().map(Some)
+    }
+
+    fn freeze_state(&mut self) -> Result<Option<StateSnapshot>, StateError> {
+        Ok(Some(self.core.freeze()))
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
@@ -817,12 +849,24 @@ where
     }
 
     fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
-        let entries: Vec<(&K, Option<crate::checkpoint::WireRef<'_, T>>)> = self
-            .acc
-            .iter()
-            .map(|(k, v)| (k, v.as_ref().map(crate::checkpoint::WireRef)))
-            .collect();
-        encode_state(&entries).map(Some)
+        self.freeze_state()?.map(StateSnapshot::finish).transpose()
+    }
+
+    fn freeze_state(&mut self) -> Result<Option<StateSnapshot>, StateError> {
+        /// The aggregates through their wire encoding (as records are kept in state).
+        struct Wired<K, T>(FrozenEntries<K, Option<T>>);
+        impl<K: serde::Serialize, T: crate::record::Wire> serde::Serialize for Wired<K, T> {
+            fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+                use serde::ser::SerializeSeq;
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for (k, v) in self.0.iter() {
+                    seq.serialize_element(&(k, v.as_ref().map(crate::checkpoint::WireRef)))?;
+                }
+                seq.end()
+            }
+        }
+        let frozen = Wired(self.acc.freeze());
+        Ok(Some(StateSnapshot::frozen(move || encode_state(&frozen))))
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
@@ -1005,10 +1049,218 @@ where
     }
 
     fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
-        self.core.snapshot().map(Some)
+        self.core.freeze().finish().map(Some)
+    }
+
+    fn freeze_state(&mut self) -> Result<Option<StateSnapshot>, StateError> {
+        Ok(Some(self.core.freeze()))
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
         self.core.restore(state)
+    }
+}
+
+#[cfg(test)]
+mod cow_tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    type Table = KeyedStates<u64, Vec<u64>>;
+    type Model = BTreeMap<u64, Vec<u64>>;
+    /// A snapshot and the state it must hold.
+    type Held = (FrozenEntries<u64, Vec<u64>>, Model);
+
+    fn put(t: &mut Table, k: u64, v: u64) {
+        t.get_or_insert(key_hash(&k), k).1.push(v);
+    }
+
+    fn decoded(f: &FrozenEntries<u64, Vec<u64>>) -> BTreeMap<u64, Vec<u64>> {
+        let bytes = encode_state(f).unwrap();
+        let v: Vec<(u64, Vec<u64>)> = decode_state(&bytes).unwrap();
+        assert_eq!(v.len(), f.len());
+        v.into_iter().collect()
+    }
+
+    fn live(t: &Table) -> BTreeMap<u64, Vec<u64>> {
+        t.iter().map(|(k, s)| (*k, s.clone())).collect()
+    }
+
+    #[test]
+    fn a_frozen_state_stays_as_it_was_while_the_table_moves_on() {
+        let mut t = Table::default();
+        for k in 0..3000 {
+            put(&mut t, k, k);
+        }
+        let before = live(&t);
+        let frozen = t.freeze();
+        // Writes to every chunk, new keys (a new chunk), removals (entries move).
+        for k in (0..3000).step_by(7) {
+            put(&mut t, k, 1);
+        }
+        for k in 3000..4100 {
+            put(&mut t, k, k);
+        }
+        for k in (0..4100).step_by(3) {
+            t.remove(key_hash(&k), &k);
+        }
+        let second = t.freeze();
+        put(&mut t, 1, 99);
+        assert_eq!(decoded(&frozen), before);
+        let mut expected = before.clone();
+        for k in (0..3000).step_by(7) {
+            expected.get_mut(&k).unwrap().push(1);
+        }
+        for k in 3000..4100 {
+            expected.insert(k, vec![k]);
+        }
+        for k in (0..4100).step_by(3) {
+            expected.remove(&k);
+        }
+        assert_eq!(decoded(&second), expected);
+        expected.get_mut(&1).unwrap().push(99);
+        assert_eq!(live(&t), expected);
+        for (k, v) in &expected {
+            assert_eq!(t.get(k), Some(v));
+        }
+    }
+
+    #[test]
+    fn the_encoding_of_a_frozen_state_is_that_of_its_entries() {
+        let mut t = Table::default();
+        for k in 0..1500 {
+            put(&mut t, k * 31, k);
+        }
+        let entries: Vec<(u64, Vec<u64>)> = t.iter().map(|(k, s)| (*k, s.clone())).collect();
+        let frozen = t.freeze();
+        assert_eq!(
+            encode_state(&frozen).unwrap(),
+            encode_state(&entries).unwrap()
+        );
+    }
+
+    #[test]
+    fn clear_drops_only_what_no_snapshot_holds() {
+        let mut t = Table::default();
+        for k in 0..2000 {
+            put(&mut t, k, k);
+        }
+        let frozen = t.freeze();
+        t.clear();
+        assert!(t.is_empty());
+        put(&mut t, 5, 5);
+        assert_eq!(live(&t), BTreeMap::from([(5, vec![5])]));
+        assert_eq!(decoded(&frozen).len(), 2000);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(u64, u64),
+        Remove(u64),
+        Freeze,
+        Drop,
+        Clear,
+        TouchAll,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            20 => (0u64..3000, any::<u64>()).prop_map(|(k, v)| Op::Put(k, v)),
+            6 => (0u64..3000).prop_map(Op::Remove),
+            2 => Just(Op::Freeze),
+            1 => Just(Op::Drop),
+            1 => Just(Op::TouchAll),
+            1 => Just(Op::Clear),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Against a plain map: every snapshot equals the map at its freeze, however
+        /// the table changed after it, and the table equals the map at the end.
+        #[test]
+        fn snapshots_match_a_reference_map(ops in proptest::collection::vec(op(), 1..3000)) {
+            let mut t = Table::default();
+            let mut model: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+            let mut held: Vec<Held> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => {
+                        put(&mut t, k, v);
+                        model.entry(k).or_default().push(v);
+                    }
+                    Op::Remove(k) => {
+                        prop_assert_eq!(t.remove(key_hash(&k), &k), model.remove(&k));
+                    }
+                    Op::Freeze => held.push((t.freeze(), model.clone())),
+                    Op::Drop => {
+                        if let Some((f, m)) = held.pop() {
+                            prop_assert_eq!(decoded(&f), m);
+                        }
+                    }
+                    Op::Clear => {
+                        t.clear();
+                        model.clear();
+                    }
+                    Op::TouchAll => {
+                        for (_, s) in t.iter_mut() {
+                            s.push(0);
+                        }
+                        for s in model.values_mut() {
+                            s.push(0);
+                        }
+                    }
+                }
+            }
+            for (f, m) in &held {
+                prop_assert_eq!(&decoded(f), m);
+            }
+            prop_assert_eq!(live(&t), model.clone());
+            prop_assert_eq!(t.len(), model.len());
+        }
+    }
+
+    /// Across threads: one thread writes the table and freezes it now and then, as a
+    /// slot does; another encodes each snapshot while the writes go on, as the
+    /// snapshot writer does. Each snapshot must equal the state at its freeze.
+    #[test]
+    fn snapshots_encoded_on_another_thread_while_the_table_changes() {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Held>(4);
+        let checker = std::thread::spawn(move || {
+            let mut n = 0;
+            for (frozen, expected) in rx {
+                assert_eq!(decoded(&frozen), expected);
+                n += 1;
+            }
+            n
+        });
+        let mut t = Table::default();
+        let mut model: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for round in 0..200u64 {
+            for _ in 0..2000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let k = x % 5000;
+                if x.is_multiple_of(11) {
+                    assert_eq!(t.remove(key_hash(&k), &k), model.remove(&k));
+                } else {
+                    put(&mut t, k, round);
+                    let s = model.entry(k).or_default();
+                    s.push(round);
+                    // Keep states short: the test is about sharing, not size.
+                    if s.len() > 4 {
+                        s.remove(0);
+                        t.get_or_insert(key_hash(&k), k).1.remove(0);
+                    }
+                }
+            }
+            tx.send((t.freeze(), model.clone())).unwrap();
+        }
+        drop(tx);
+        assert_eq!(checker.join().unwrap(), 200);
     }
 }

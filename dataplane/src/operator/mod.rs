@@ -27,9 +27,10 @@
 //! ([`Emit::push_keyed`]), so a keyed operator after a key exchange looks its state up
 //! with the hash the exchange computed instead of hashing again.
 
-use crate::checkpoint::StateError;
+use crate::checkpoint::{StateError, StateSnapshot};
 
 pub mod broadcast;
+pub mod cow;
 pub mod file_sink;
 pub mod join;
 pub mod keyed;
@@ -290,6 +291,15 @@ pub trait Operator: 'static {
         Ok(None)
     }
 
+    /// Takes the operator's state for the checkpoint whose barrier reached it, as the
+    /// runtime calls it: keyed operators freeze their state here in O(chunks) and leave
+    /// its encoding to the snapshot writer thread
+    /// ([`crate::checkpoint::StateSnapshot::frozen`]); the default writes it now with
+    /// [`Self::snapshot_state`].
+    fn freeze_state(&mut self) -> Result<Option<StateSnapshot>, StateError> {
+        Ok(self.snapshot_state()?.map(StateSnapshot::Written))
+    }
+
     /// Takes back a state `snapshot_state` wrote: called once, as the task is built
     /// to resume from a checkpoint, before any record or event.
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
@@ -369,7 +379,7 @@ impl<Op: Operator> Emit<Op::In> for Chained<Op> {
             Event::Idle(idle) => self.with_out(|op, out| op.on_idle(idle, out)),
             Event::Barrier(b) => {
                 if let Some(uid) = self.uid {
-                    snapshot(uid, || self.op.snapshot_state());
+                    snapshot(uid, || self.op.freeze_state());
                 }
                 self.with_out(|op, out| op.on_barrier(b, out))
             }
@@ -459,6 +469,15 @@ pub trait TwoInputOperator: 'static {
         Ok(None)
     }
 
+    /// Takes the operator's state for the checkpoint whose barrier reached it, as the
+    /// runtime calls it: keyed operators freeze their state here in O(chunks) and leave
+    /// its encoding to the snapshot writer thread
+    /// ([`crate::checkpoint::StateSnapshot::frozen`]); the default writes it now with
+    /// [`Self::snapshot_state`].
+    fn freeze_state(&mut self) -> Result<Option<StateSnapshot>, StateError> {
+        Ok(self.snapshot_state()?.map(StateSnapshot::Written))
+    }
+
     /// Takes back a state `snapshot_state` wrote: called once, as the task is built
     /// to resume from a checkpoint, before any record or event.
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
@@ -534,7 +553,7 @@ impl<Op: TwoInputOperator> Emit2<Op::In1, Op::In2> for Chained2<Op> {
             Event::Idle(idle) => self.with_out(|op, out| op.on_idle(idle, out)),
             Event::Barrier(b) => {
                 if let Some(uid) = self.uid {
-                    snapshot(uid, || self.op.snapshot_state());
+                    snapshot(uid, || self.op.freeze_state());
                 }
                 self.with_out(|op, out| op.on_barrier(b, out))
             }
@@ -556,12 +575,12 @@ impl<Op: TwoInputOperator> Emit2<Op::In1, Op::In2> for Chained2<Op> {
 
 /// Takes operator `uid`'s state for the barrier passing now, if states are being
 /// collected; a state that cannot be written fails the task.
-fn snapshot(uid: u32, take: impl FnOnce() -> Result<Option<Vec<u8>>, StateError>) {
+fn snapshot(uid: u32, take: impl FnOnce() -> Result<Option<StateSnapshot>, StateError>) {
     if !crate::checkpoint::collecting() {
         return;
     }
     match take() {
-        Ok(Some(state)) => crate::checkpoint::put_state(uid, state),
+        Ok(Some(state)) => crate::checkpoint::put_snapshot(uid, state),
         Ok(None) => {}
         Err(e) => report_failure(format!("checkpoint of operator {uid}: {e}")),
     }

@@ -42,7 +42,7 @@ fn one<T>(e: &mut impl Emit<T>, r: T) {
 #[derive(Clone)]
 struct Session;
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 struct SessionState {
     count: ValueState<u64>,
     seen: ListState<i64>,

@@ -10,7 +10,9 @@
 use super::keyed::{KeyedStates, TimeDomain, Timers};
 use super::watermark::TimestampsFn;
 use super::{key_hash, Barrier, BoxEmit, Event, Operator, Output};
-use crate::checkpoint::{decode_state, encode_state, StateData, StateError, WireState};
+use crate::checkpoint::{
+    decode_state, encode_state, StateData, StateError, StateSnapshot, WireState,
+};
 use crate::record::{Key, Wire};
 
 /// A window: the event times `start..end` (end exclusive).
@@ -376,7 +378,12 @@ where
     }
 
     fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
-        encode_state(self.states.entries()).map(Some)
+        self.freeze_state()?.map(StateSnapshot::finish).transpose()
+    }
+
+    fn freeze_state(&mut self) -> Result<Option<StateSnapshot>, StateError> {
+        let frozen = self.states.freeze();
+        Ok(Some(StateSnapshot::frozen(move || encode_state(&frozen))))
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
@@ -524,7 +531,7 @@ impl Trigger {
 
 /// A key's session: its accumulator (none after a purge) and its count since the last
 /// firing (count triggers).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WindowSlot<Acc> {
     acc: Option<Acc>,
     count: u64,
@@ -1202,21 +1209,25 @@ where
     }
 
     fn snapshot_state(&mut self) -> Result<Option<Vec<u8>>, StateError> {
-        type PaneRef<'a, K, Acc> = (Window, &'a [(K, Option<Acc>)], &'a [u64], bool, u64);
-        let panes: Vec<PaneRef<'_, K, A::Acc>> = self
+        self.freeze_state()?.map(StateSnapshot::finish).transpose()
+    }
+
+    fn freeze_state(&mut self) -> Result<Option<StateSnapshot>, StateError> {
+        // Each pane's table and the sessions freeze in O(chunks); per-key trigger
+        // state (count and continuous triggers only) and the timers are copied.
+        let panes: Vec<_> = self
             .panes
-            .iter()
+            .iter_mut()
             .map(|p| {
-                (
-                    p.window,
-                    p.table.entries(),
-                    &p.trig[..],
-                    p.fired,
-                    p.next_fire,
-                )
+                let table = p.table.freeze();
+                (p.window, table, p.trig.clone(), p.fired, p.next_fire)
             })
             .collect();
-        encode_state(&(panes, self.windows.entries(), self.timers.snapshot())).map(Some)
+        let sessions = self.windows.freeze();
+        let timers = self.timers.to_vec();
+        Ok(Some(StateSnapshot::frozen(move || {
+            encode_state(&(panes, sessions, timers))
+        })))
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
