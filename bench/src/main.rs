@@ -64,8 +64,9 @@ enum Cmd {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
-    /// What a checkpoint costs a slot: W1's keyed state of 1 K, 100 K and 1 M symbols
-    /// encoded (snapshot) and decoded (restore), beside a plain copy and serde_json.
+    /// What a checkpoint costs: W1's keyed state of 1 K, 100 K and 1 M symbols frozen
+    /// on the slot, encoded by the snapshot writer, written after the freeze (chunks
+    /// copied) and restored, beside a copy at the barrier and serde_json.
     Snapshot {
         /// Reps per size (at most 10 for 1 M keys).
         #[arg(long, default_value_t = 50)]
