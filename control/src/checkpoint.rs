@@ -1072,6 +1072,13 @@ impl CheckpointCoordinator {
     pub fn acknowledge(&mut self, ack: CheckpointAck) -> CoordinatorVerdict {
         let task = (ack.vertex, ack.subtask);
         if let Some(why) = &ack.declined {
+            let awaited = self
+                .pending
+                .get(&ack.checkpoint_id)
+                .is_some_and(|p| p.awaiting.contains(&task));
+            if !awaited {
+                return CoordinatorVerdict::Continue; // of an aborted checkpoint
+            }
             return self.decline(ack.checkpoint_id, ack.vertex, ack.subtask, why);
         }
         let Some(p) = self.pending.get_mut(&ack.checkpoint_id) else {

@@ -150,6 +150,7 @@ impl MiniCluster {
         if config.s3.is_set() {
             crate::storage::configure(&config.s3);
         }
+        spate_dataplane::checkpoint::start_snapshot_writer();
         let (slots, acks, events) = start_slots_with_sender(config, "spate-slot")?;
         tracing::info!(slots = slots.len(), idle = %config.idle, "MiniCluster started");
         Ok(Self {
@@ -164,6 +165,16 @@ impl MiniCluster {
     /// The core each slot is pinned to.
     pub fn slot_cores(&self) -> Vec<Option<usize>> {
         self.slots.iter().map(Slot::core).collect()
+    }
+
+    /// Drops what an earlier job's tasks left: acknowledgements the snapshot writer
+    /// still held when that job ended (its tasks were cancelled or failed), which would
+    /// otherwise count toward this job's checkpoints of the same ids.
+    fn drop_stale_acknowledgements(&mut self) {
+        if !spate_dataplane::checkpoint::flush_snapshot_writer(Duration::from_secs(60)) {
+            tracing::warn!("the snapshot writer did not drain within 60 s");
+        }
+        while self.events.try_recv().is_ok() {}
     }
 
     /// Runs `job` to its end: finished, failed, or cancelled when `cancel` is set.
@@ -187,6 +198,7 @@ impl MiniCluster {
                 available: self.slots.len(),
             });
         }
+        self.drop_stale_acknowledgements();
         let mut strategy = restart::from_config(&self.config);
         let job_id = crate::cluster::new_id();
         let mut coord = CheckpointCoordinator::new(&self.config.checkpointing, job, &job_id);

@@ -215,35 +215,61 @@ pub fn finish_states(states: Vec<TakenState>) -> Result<Vec<OperatorState>, Stat
         .collect()
 }
 
-/// Runs `job` on the snapshot writer: one thread per process, not pinned, that encodes
-/// frozen states (see [`StateSnapshot::Frozen`]) so that the slots' cores do not.
-/// Jobs run in the order they were given.
-pub fn on_snapshot_writer(job: impl FnOnce() + Send + 'static) {
-    type Job = Box<dyn FnOnce() + Send>;
-    static WRITER: std::sync::OnceLock<std::sync::mpsc::Sender<Job>> = std::sync::OnceLock::new();
-    let tx = WRITER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+type WriterJob = Box<dyn FnOnce() + Send>;
+
+/// The snapshot writer's queue, started on first use.
+fn snapshot_writer() -> &'static std::sync::mpsc::Sender<WriterJob> {
+    static WRITER: std::sync::OnceLock<std::sync::mpsc::Sender<WriterJob>> =
+        std::sync::OnceLock::new();
+    WRITER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<WriterJob>();
         let spawned = std::thread::Builder::new()
             .name("spate-snapshot".into())
             .spawn(move || {
+                // A thread spawned from a pinned slot thread inherits its pin.
                 if let Err(e) = crate::sys::unpin_current() {
                     tracing::warn!(error = %e, "snapshot writer could not unpin itself");
                 }
                 for job in rx {
-                    job();
+                    // A job catches its own panics (see `Outputs::acknowledge`); this
+                    // keeps the writer alive for the others should one escape.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "no snapshot writer thread; states are encoded in place");
         }
         tx
-    });
+    })
+}
+
+/// Starts the snapshot writer (one thread per process, not pinned) if it is not
+/// running: MiniClusters and TaskManagers start it before their slots, so that no slot
+/// pays for the spawn at its first barrier.
+pub fn start_snapshot_writer() {
+    snapshot_writer();
+}
+
+/// Runs `job` on the snapshot writer, which encodes frozen states (see
+/// [`StateSnapshot::Frozen`]) so that the slots' cores do not. Jobs run in the order
+/// they were given.
+pub fn on_snapshot_writer(job: impl FnOnce() + Send + 'static) {
     // One send per acknowledgement with frozen states (not per record).
-    let sent = tx.send(Box::new(job));
+    let sent = snapshot_writer().send(Box::new(job));
     // No writer thread (it could not be spawned): run here rather than lose the ack.
     if let Err(std::sync::mpsc::SendError(job)) = sent {
         job();
     }
+}
+
+/// Waits until the snapshot writer ran every job given to it so far (at most
+/// `timeout`): their acknowledgements have then been sent.
+pub fn flush_snapshot_writer(timeout: std::time::Duration) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    on_snapshot_writer(move || {
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(timeout).is_ok()
 }
 
 /// A task's acknowledgement of a checkpoint: the barrier went through its whole chain,

@@ -87,6 +87,10 @@ pub struct Outputs {
     settings: TaskSettings,
     next_housekeeping: u64,
     checkpointing: Option<TaskCheckpointing>,
+    /// Acknowledgements handed to the snapshot writer and not sent yet: the task does
+    /// not finish before they are, so that its acknowledgement reaches the
+    /// coordinator before its end does.
+    acks_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Outputs {
@@ -99,6 +103,7 @@ impl Outputs {
             settings: TaskSettings::default(),
             next_housekeeping: 0,
             checkpointing: None,
+            acks_in_flight: Arc::default(),
         }
     }
 
@@ -163,12 +168,47 @@ impl Outputs {
             return (cp.acks)(finish(ack));
         }
         let acks = cp.acks.clone();
+        let in_flight = self.acks_in_flight.clone();
+        // Relaxed: the count is only read back by this task's thread (see `finished`),
+        // which orders itself with the decrement below.
+        in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         crate::checkpoint::on_snapshot_writer(move || {
             let t0 = clock::now_ns();
-            let mut ack = finish(ack);
+            let (id, vertex, subtask) = (ack.checkpoint_id, ack.vertex, ack.subtask);
+            // A state whose encoding panics (user serde code) declines the checkpoint.
+            let mut ack = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish(ack)))
+                .unwrap_or_else(|_| CheckpointAck {
+                    checkpoint_id: id,
+                    vertex,
+                    subtask,
+                    states: Vec::new(),
+                    alignment_ns: 0,
+                    sync_ns: 0,
+                    async_ns: 0,
+                    declined: Some("encoding a state panicked".into()),
+                });
             ack.async_ns = clock::now_ns().saturating_sub(t0);
             acks(ack);
+            // Release: the acknowledgement was sent before the count drops; the task's
+            // Acquire load in `finished` then orders its end after it.
+            in_flight.fetch_sub(1, std::sync::atomic::Ordering::Release);
         });
+    }
+
+    /// `Finished`, once every acknowledgement handed to the snapshot writer was sent;
+    /// until then the task waits (a finished task's end must not overtake its
+    /// acknowledgement on the way to the coordinator).
+    fn finished(&self) -> TaskPoll {
+        // Acquire: pairs with the writer's Release decrement.
+        if self
+            .acks_in_flight
+            .load(std::sync::atomic::Ordering::Acquire)
+            == 0
+        {
+            TaskPoll::Finished
+        } else {
+            TaskPoll::Worked(0)
+        }
     }
 
     /// Counts into `metrics`.
@@ -346,7 +386,7 @@ impl<T> Task for SourceTask<T> {
         }
         let waiting = self.done && self.outputs.final_checkpoint();
         if self.done && !waiting {
-            return Ok(TaskPoll::Finished);
+            return Ok(self.outputs.finished());
         }
         // One load per poll when no checkpoint is asked for.
         if let Some((b, stop)) = self.outputs.checkpointing.as_ref().and_then(|cp| {
@@ -382,7 +422,7 @@ impl<T> Task for SourceTask<T> {
             self.outputs.publish();
             check_failure()?;
             if self.notified > self.ended_at {
-                return Ok(TaskPoll::Finished);
+                return Ok(self.outputs.finished());
             }
             return Ok(TaskPoll::Worked(0));
         }
@@ -747,7 +787,7 @@ impl<H: InputHead> InputTask<H> {
             .as_ref()
             .filter(|cp| cp.final_checkpoint)
         else {
-            return Ok(TaskPoll::Finished);
+            return Ok(self.outputs.finished());
         };
         if let Some(b) = cp.trigger.pending(self.taken()) {
             self.last_barrier = Some(b.id);
@@ -764,7 +804,7 @@ impl<H: InputHead> InputTask<H> {
         self.outputs.publish();
         check_failure()?;
         Ok(if self.notified > self.ended_at {
-            TaskPoll::Finished
+            self.outputs.finished()
         } else {
             TaskPoll::Worked(0)
         })
@@ -1220,6 +1260,106 @@ mod tests {
         send_event(&mut p1, Event::Barrier(b1));
         t.poll().unwrap();
         assert_eq!(seen.take(), ["[5]".to_string(), barrier]);
+    }
+
+    /// Frozen states are encoded by the snapshot writer: the task acknowledges from
+    /// there, does not finish before its acknowledgement went out, and a state whose
+    /// encoding panics declines the checkpoint instead of losing the acknowledgement.
+    #[test]
+    fn frozen_states_are_acknowledged_from_the_writer_before_the_task_finishes() {
+        use crate::checkpoint::{
+            CheckpointAck, CheckpointTrigger, StateSnapshot, TaskCheckpointing,
+        };
+        use crate::operator::source::IterSource;
+        use crate::operator::{Chained, Operator, Output};
+        /// Passes records on; its state's encoding waits for `gate`, then panics on
+        /// checkpoint 1 and writes `[id]` otherwise.
+        struct Slow(Arc<std::sync::Barrier>, u64);
+        impl Operator for Slow {
+            type In = u64;
+            type Out = u64;
+            fn process(&mut self, batch: &mut Vec<u64>, out: &mut Output<'_, u64>) {
+                for v in batch.drain(..) {
+                    out.buffer().push(v);
+                }
+            }
+            fn freeze_state(
+                &mut self,
+            ) -> Result<Option<StateSnapshot>, crate::checkpoint::StateError> {
+                self.1 += 1;
+                let (gate, id) = (self.0.clone(), self.1);
+                Ok(Some(StateSnapshot::frozen(move || {
+                    gate.wait();
+                    assert!(id != 1, "a serializer that panics");
+                    Ok(vec![id as u8])
+                })))
+            }
+        }
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let trigger = CheckpointTrigger::new();
+        let acks: Arc<std::sync::Mutex<Vec<CheckpointAck>>> = Arc::default();
+        let sink = acks.clone();
+        let outputs = Outputs::new(Vec::new(), Rc::new(std::cell::Cell::new(false)))
+            .with_checkpointing(TaskCheckpointing {
+                trigger: trigger.clone(),
+                acks: Arc::new(move |a: CheckpointAck| sink.lock().unwrap().push(a)),
+                vertex: 0,
+                subtask: 0,
+                exactly_once: true,
+                restored_from: 0,
+                final_checkpoint: false,
+            });
+        let seen = Seen::default();
+        let head: BoxEmit<u64> = Box::new(
+            Chained::with_uid(
+                Slow(gate.clone(), 0),
+                Box::new(seen.clone()) as BoxEmit<u64>,
+                7,
+            )
+            .unwrap(),
+        );
+        let mut t = SourceTask::new(
+            "s".into(),
+            Box::new(IterSource::new(0..10u64)),
+            head,
+            outputs,
+        );
+        let poll_until_ended = |t: &mut SourceTask<u64>| {
+            for _ in 0..100 {
+                if t.poll().unwrap() == TaskPoll::Finished {
+                    return true;
+                }
+            }
+            false
+        };
+        trigger.request(1, 0, BarrierKind::Checkpoint);
+        // The source ends in its first polls; the writer still waits at the gate.
+        assert!(
+            !poll_until_ended(&mut t),
+            "finished before its acknowledgement"
+        );
+        assert!(acks.lock().unwrap().is_empty());
+        gate.wait();
+        let mut ended = false;
+        for _ in 0..2000 {
+            if t.poll().unwrap() == TaskPoll::Finished {
+                ended = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(ended, "the task finishes once the acknowledgement went out");
+        let got = acks.lock().unwrap().clone();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].checkpoint_id, 1);
+        assert!(
+            got[0]
+                .declined
+                .as_deref()
+                .is_some_and(|d| d.contains("panicked")),
+            "{got:?}"
+        );
+        assert!(got[0].states.is_empty());
     }
 
     /// A stop with a savepoint (Flink's synchronous savepoint): after the barrier of

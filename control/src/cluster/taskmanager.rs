@@ -72,6 +72,7 @@ pub struct TaskManager {
 impl TaskManager {
     /// Starts the slots and the RPC client.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
+        spate_dataplane::checkpoint::start_snapshot_writer();
         // Rings left in /dev/shm by TaskManagers that died (SIGKILL leaves them behind).
         let swept = spate_dataplane::ring::sweep_dead_rings(
             std::path::Path::new(spate_dataplane::ring::SHM_DIR),
@@ -410,12 +411,17 @@ impl TaskManager {
                     }
                 }
             }
-            // Acknowledgements first: a task acknowledges before it can finish.
+            // Acknowledgements first: a task's acknowledgement is sent (by its slot or
+            // the snapshot writer) before it can finish, so draining them before each
+            // slot event keeps that order on the way to the JobManager.
             while let Ok((task, ack)) = self.acks.try_recv() {
                 self.send_ack(task, ack);
             }
             self.report_ended();
             while let Ok(ev) = self.events.try_recv() {
+                while let Ok((task, ack)) = self.acks.try_recv() {
+                    self.send_ack(task, ack);
+                }
                 self.on_slot_event(ev);
             }
             if let Some(why) = self.stuck_task() {

@@ -57,7 +57,13 @@ impl<T: Clone> Chunk<T> {
     #[inline(never)]
     fn thaw(&mut self) {
         if let Some(f) = self.frozen.take() {
-            self.own = Arc::try_unwrap(f).unwrap_or_else(|shared| (*shared).clone());
+            self.own = Arc::try_unwrap(f).unwrap_or_else(|shared| {
+                // Keep the capacity: a chunk still filling up must not reallocate on
+                // its next key.
+                let mut own = Vec::with_capacity(shared.capacity());
+                own.extend_from_slice(&shared);
+                own
+            });
         }
     }
 
@@ -139,7 +145,11 @@ impl<T: Clone> Chunks<T> {
     pub fn push(&mut self, v: T) {
         let c = self.len >> CHUNK_BITS;
         if c > self.rest.len() {
-            self.rest.push(Chunk::default());
+            // Past the first chunk a table is big: its chunks fill up whole.
+            self.rest.push(Chunk {
+                own: Vec::with_capacity(CHUNK),
+                frozen: None,
+            });
         }
         if let Some(chunk) = self.chunk_mut(c) {
             chunk.get_mut().push(v);
@@ -163,10 +173,12 @@ impl<T: Clone> Chunks<T> {
     /// holds it.
     pub fn clear(&mut self) {
         self.rest.clear();
-        match self.first.frozen {
-            Some(_) => self.first = Chunk::default(),
-            None => self.first.own.clear(),
+        if let Some(f) = self.first.frozen.take() {
+            // Taken back if the snapshot is done with it (window panes are recycled
+            // through `clear`: they keep their capacity), else left to the snapshot.
+            self.first.own = Arc::try_unwrap(f).unwrap_or_default();
         }
+        self.first.own.clear();
         self.len = 0;
     }
 
