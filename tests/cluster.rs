@@ -207,8 +207,9 @@ fn bad_requests_get_json_errors_and_garbage_rpc_is_shrugged_off() {
     let (status, v) = http(ports.rest, "GET", "/no/such/path", "").unwrap();
     assert_eq!(status, 404);
     assert!(v["errors"][0].as_str().unwrap().contains("/no/such/path"));
+    // Flink answers an unknown TaskManager with 500 (as recorded).
     let (status, v) = http(ports.rest, "GET", "/taskmanagers/nobody", "").unwrap();
-    assert_eq!(status, 404);
+    assert_eq!(status, 500);
     assert!(v["errors"][0].as_str().unwrap().contains("nobody"));
     let (status, v) = http(ports.rest, "DELETE", "/overview", "").unwrap();
     assert_eq!(status, 405);
@@ -1432,6 +1433,164 @@ fn same_shape(recorded: &Value, ours: &Value, at: &str) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Every endpoint Flink 2.3 serves whose concept spate has answers in the shape of the
+/// recorded response (field names, kinds of values, nesting), bare and under `/v1` as
+/// Flink's clients call them; error codes are Flink's.
+#[test]
+fn rest_responses_take_the_shapes_of_flinks_and_are_served_under_v1() {
+    let (ports, _jm, _tm) = two_slot_cluster();
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let o = spate_cli(&[
+        "run", "-m", &m, "-d", "-p", "2", "--events", "0", "--rate", "10000", "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    wait_for("RUNNING", Duration::from_secs(15), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    let get = |path: &str| {
+        let (status, bare) = http(ports.rest, "GET", path, "").unwrap();
+        let (v1_status, v1) = http(ports.rest, "GET", &format!("/v1{path}"), "").unwrap();
+        assert_eq!((status, v1_status), (200, 200), "{path}: {bare}");
+        assert_eq!(
+            bare.as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+            v1.as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+            "{path} under /v1"
+        );
+        bare
+    };
+    let job = get(&format!("/jobs/{id}"));
+    let vid = job["vertices"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(vid.len(), 32, "{vid}");
+    assert!(
+        job["vertices"][0]["tasks"]["RUNNING"].as_u64().unwrap() >= 1,
+        "{job}"
+    );
+    let plan_nodes = job["plan"]["nodes"].as_array().unwrap();
+    assert_eq!(plan_nodes.len(), job["vertices"].as_array().unwrap().len());
+    let second = plan_nodes
+        .iter()
+        .find(|n| n["id"] == job["vertices"][1]["id"])
+        .unwrap();
+    assert!(
+        second["inputs"][0]["id"] == job["vertices"][0]["id"],
+        "the plan links the vertices: {job}"
+    );
+    assert!(job["timestamps"]["RUNNING"].as_u64().unwrap() >= job["start-time"].as_u64().unwrap());
+    let tm = get("/taskmanagers")["taskmanagers"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let checks: Vec<(&str, String)> = vec![
+        ("overview.200.json", "/overview".into()),
+        ("config.200.json", "/config".into()),
+        ("jobs.200.json", "/jobs".into()),
+        ("jobs_overview.running.200.json", "/jobs/overview".into()),
+        ("jobs_id.running.200.json", format!("/jobs/{id}")),
+        (
+            "jobs_id_status.running.200.json",
+            format!("/jobs/{id}/status"),
+        ),
+        ("jobs_id_plan.200.json", format!("/jobs/{id}/plan")),
+        ("jobs_id_config.200.json", format!("/jobs/{id}/config")),
+        (
+            "jobs_id_exceptions.empty.200.json",
+            format!("/jobs/{id}/exceptions"),
+        ),
+        (
+            "jobs_id_execution_result.200.json",
+            format!("/jobs/{id}/execution-result"),
+        ),
+        (
+            "jobs_id_vertices_vid0.200.json",
+            format!("/jobs/{id}/vertices/{vid}"),
+        ),
+        (
+            "jobs_id_checkpoints_config.200.json",
+            format!("/jobs/{id}/checkpoints/config"),
+        ),
+        (
+            "applications_overview.200.json",
+            "/applications/overview".into(),
+        ),
+        ("jobmanager_config.200.json", "/jobmanager/config".into()),
+        (
+            "jobmanager_environment.200.json",
+            "/jobmanager/environment".into(),
+        ),
+        ("taskmanagers.200.json", "/taskmanagers".into()),
+    ];
+    for (file, path) in &checks {
+        let ours = get(path);
+        if let Err(e) = same_shape(&recorded(file), &ours, path) {
+            panic!("{e}\n{ours:#}");
+        }
+    }
+    // A TaskManager's details: Flink's, but for the JVM metrics spate has no
+    // concept of (heap, GC, Netty buffers).
+    let mut flink_tm = recorded("taskmanagers_id.200.json");
+    flink_tm.as_object_mut().unwrap().remove("metrics");
+    same_shape(
+        &flink_tm,
+        &get(&format!("/taskmanagers/{tm}")),
+        "/taskmanagers/:id",
+    )
+    .unwrap();
+
+    // Errors as Flink's: a malformed job id is 400, an unknown one 404, an unknown
+    // vertex 404, an unknown TaskManager 500, an unknown path 404 (bare or /v1).
+    for (path, code) in [
+        ("/jobs/notanid".to_string(), 400),
+        ("/jobs/00000000000000000000000000000000".into(), 404),
+        (
+            format!("/jobs/{id}/vertices/00000000000000000000000000000000"),
+            404,
+        ),
+        ("/taskmanagers/no-such-tm".into(), 500),
+        ("/nonexistent".into(), 404),
+        ("/v1/nonexistent".into(), 404),
+        ("/v1/jobs/notanid".into(), 400),
+    ] {
+        let (status, v) = http(ports.rest, "GET", &path, "").unwrap();
+        assert_eq!(status, code, "{path}: {v}");
+        same_shape(&recorded("err_nonexistent.404.json"), &v, &path).unwrap();
+    }
+
+    // Cancelled through /v1, as Flink's CLI does it.
+    let (status, v) = http(
+        ports.rest,
+        "PATCH",
+        &format!("/v1/jobs/{id}?mode=cancel"),
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 202, "{v}");
+    wait_for("CANCELED", Duration::from_secs(15), || {
+        job_state(ports.rest, &id) == "CANCELED"
+    });
+    for (file, path) in [
+        ("jobs_id.canceled.200.json", format!("/jobs/{id}")),
+        (
+            "jobs_overview.after_cancel.200.json",
+            "/jobs/overview".into(),
+        ),
+        ("overview.after_cancel.200.json", "/overview".into()),
+    ] {
+        same_shape(&recorded(file), &get(&path), &path).unwrap();
+    }
+    let job = get(&format!("/jobs/{id}"));
+    assert!(job["timestamps"]["CANCELED"].as_u64().unwrap() > 0, "{job}");
+    assert!(job["end-time"].as_i64().unwrap() > 0, "{job}");
+    let result = get(&format!("/jobs/{id}/execution-result"));
+    assert_eq!(result["status"]["id"], "COMPLETED", "{result}");
+    assert_eq!(
+        result["job-execution-result"]["application-status"],
+        "CANCELED"
+    );
 }
 
 fn recorded(file: &str) -> Value {

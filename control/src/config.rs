@@ -165,6 +165,9 @@ pub struct Config {
     /// The keys the configuration file set, with their values, in order (what
     /// `spate run -m --config-dir DIR` sends with a job, see [`Self::job_settings`]).
     pub file_keys: Vec<(String, String)>,
+    /// Every key set (file, `-D`), with its value as given: what the REST API's
+    /// `/jobmanager/config` shows.
+    pub applied: std::collections::BTreeMap<String, String>,
 }
 
 /// Checkpointing, with Flink's keys.
@@ -272,6 +275,7 @@ impl Default for Config {
             checkpointing: CheckpointConfig::default(),
             s3: crate::storage::S3Settings::default(),
             file_keys: Vec::new(),
+            applied: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -582,6 +586,26 @@ impl Config {
 
     /// Sets one key from its textual value.
     pub fn set(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
+        self.set_typed(key, value, origin)?;
+        self.applied
+            .insert(key.trim().to_string(), value.trim().to_string());
+        Ok(())
+    }
+
+    /// The keys set, with values of sensitive keys (secrets, passwords, tokens)
+    /// masked as Flink masks them.
+    pub fn shown(&self) -> Vec<(String, String)> {
+        const SENSITIVE: &[&str] = &["password", "secret", "token", "apikey", "auth"];
+        self.applied
+            .iter()
+            .map(|(k, v)| {
+                let hide = SENSITIVE.iter().any(|s| k.to_ascii_lowercase().contains(s));
+                (k.clone(), if hide { "******".into() } else { v.clone() })
+            })
+            .collect()
+    }
+
+    fn set_typed(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
         let bad = |expected: &str| ConfigError::BadValue {
             origin: origin.into(),
             key: key.into(),

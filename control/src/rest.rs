@@ -4,7 +4,8 @@
 
 use crate::checkpoint::SavepointStatus;
 use crate::cluster::jobmanager::{
-    lock, JmCommand, JobEntry, JobState, SavepointRequest, SharedState,
+    epoch_ms, lock, JmCommand, JobEntry, JobState, SavepointRequest, SharedState, TaskSlot,
+    VertexInfo,
 };
 use crate::cluster::{TaskManagerId, TaskState};
 use crate::jobs::JobSpec;
@@ -15,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
@@ -47,15 +48,23 @@ impl FromRef<App> for SharedState {
 }
 
 fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/overview", get(overview))
         .route("/config", get(config))
+        .route("/applications/overview", get(applications_overview))
+        .route("/jobmanager/config", get(jobmanager_config))
+        .route("/jobmanager/environment", get(jobmanager_environment))
         .route("/taskmanagers", get(taskmanagers))
         .route("/taskmanagers/{id}", get(taskmanager))
         .route("/jobs", get(jobs).post(submit))
         .route("/jobs/overview", get(jobs_overview))
         .route("/jobs/{id}", get(job).patch(patch_job))
+        .route("/jobs/{id}/status", get(job_status))
+        .route("/jobs/{id}/plan", get(job_plan))
+        .route("/jobs/{id}/config", get(job_config))
+        .route("/jobs/{id}/execution-result", get(execution_result))
         .route("/jobs/{id}/exceptions", get(exceptions))
+        .route("/jobs/{id}/vertices/{vid}", get(vertex))
         .route("/jobs/{id}/checkpoints", get(checkpoints))
         .route("/jobs/{id}/checkpoints/config", get(checkpoints_config))
         .route(
@@ -64,7 +73,11 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
         )
         .route("/jobs/{id}/savepoints", post(trigger_savepoint))
         .route("/jobs/{id}/savepoints/{rid}", get(savepoint_status))
-        .route("/jobs/{id}/stop", post(stop_job))
+        .route("/jobs/{id}/stop", post(stop_job));
+    // Flink's clients call every path under /v1; its dashboard calls them bare.
+    Router::new()
+        .merge(api.clone())
+        .nest("/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(App { state, commands })
@@ -145,28 +158,6 @@ fn duration(j: &JobEntry) -> u64 {
     end.saturating_sub(j.start_epoch_ms)
 }
 
-fn task_counts(j: &JobEntry) -> Value {
-    let mut c: HashMap<&str, usize> = HashMap::new();
-    for t in j.tasks.values() {
-        let k = match &t.state {
-            None => "deploying",
-            Some(TaskState::Running) => "running",
-            Some(TaskState::Finished) => "finished",
-            Some(TaskState::Failed(_)) => "failed",
-            Some(TaskState::Canceled) => "canceled",
-        };
-        *c.entry(k).or_default() += 1;
-    }
-    json!({
-        "total": j.tasks.len(),
-        "deploying": c.get("deploying").copied().unwrap_or(0),
-        "running": c.get("running").copied().unwrap_or(0),
-        "finished": c.get("finished").copied().unwrap_or(0),
-        "canceled": c.get("canceled").copied().unwrap_or(0),
-        "failed": c.get("failed").copied().unwrap_or(0),
-    })
-}
-
 async fn jobs(State(st): State<SharedState>) -> Json<Value> {
     let st = lock(&st);
     Json(json!({
@@ -174,90 +165,9 @@ async fn jobs(State(st): State<SharedState>) -> Json<Value> {
     }))
 }
 
-fn job_summary(j: &JobEntry) -> Value {
-    json!({
-        "jid": j.id,
-        "name": j.spec.job,
-        "state": j.state.name(),
-        "start-time": j.start_epoch_ms,
-        "end-time": j.end_epoch_ms.map_or(-1, |e| e as i64),
-        "duration": duration(j),
-        "tasks": task_counts(j),
-    })
-}
-
 async fn jobs_overview(State(st): State<SharedState>) -> Json<Value> {
     let st = lock(&st);
     Json(json!({ "jobs": st.jobs.values().map(job_summary).collect::<Vec<_>>() }))
-}
-
-async fn job(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
-    let st = lock(&st);
-    let Some(j) = st.jobs.get(&id) else {
-        return error(StatusCode::NOT_FOUND, format!("Job {id} not found"));
-    };
-    let mut v = job_summary(j);
-    v["restarts"] = json!(j.restarts);
-    v["attempt"] = json!(j.attempt);
-    v["vertices"] = json!(j
-        .vertices
-        .iter()
-        .map(|x| {
-            let sub: Vec<Value> = j
-                .tasks
-                .iter()
-                .filter(|(k, _)| k.0 as usize == x.id)
-                .map(|(k, t)| {
-                    json!({
-                        "subtask": k.1,
-                        "attempt": t.attempt,
-                        "metrics": { "read-records": t.records_in, "write-records": t.records_out },
-                        "taskmanager-id": t.taskmanager.0,
-                        "slot": t.slot,
-                        "status": match &t.state {
-                            None => "DEPLOYING",
-                            Some(TaskState::Running) => "RUNNING",
-                            Some(TaskState::Finished) => "FINISHED",
-                            Some(TaskState::Failed(_)) => "FAILED",
-                            Some(TaskState::Canceled) => "CANCELED",
-                        },
-                    })
-                })
-                .collect();
-            let (rin, rout) = j
-                .tasks
-                .iter()
-                .filter(|(k, _)| k.0 as usize == x.id)
-                .fold((0u64, 0u64), |a, (_, t)| {
-                    (a.0 + t.records_in, a.1 + t.records_out)
-                });
-            json!({
-                "id": x.id.to_string(),
-                "name": x.name,
-                "parallelism": x.parallelism,
-                "metrics": { "read-records": rin, "write-records": rout },
-                "subtasks": sub,
-            })
-        })
-        .collect::<Vec<_>>());
-    Json(v).into_response()
-}
-
-async fn exceptions(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
-    let st = lock(&st);
-    let Some(j) = st.jobs.get(&id) else {
-        return error(StatusCode::NOT_FOUND, format!("Job {id} not found"));
-    };
-    let root = j.exceptions.last();
-    Json(json!({
-        "root-exception": root.map(|e| e.message.clone()),
-        "timestamp": root.map(|e| e.timestamp_ms),
-        "all-exceptions": j.exceptions.iter().map(|e| json!({
-            "exception": e.message, "task": e.task, "timestamp": e.timestamp_ms,
-        })).collect::<Vec<_>>(),
-        "truncated": j.exceptions_truncated,
-    }))
-    .into_response()
 }
 
 /// One checkpoint as Flink's `CheckpointStatistics` names its fields.
@@ -579,6 +489,569 @@ async fn method_not_allowed(uri: Uri) -> Response {
     )
 }
 
+/// Whether `id` is a job id as Flink writes them (32 hex digits).
+fn is_flink_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The job `id`, or the response Flink gives: 400 for what is not a job id, 404 for
+/// an unknown one.
+fn find_job<'a>(
+    st: &'a crate::cluster::jobmanager::ClusterState,
+    id: &str,
+) -> Result<&'a JobEntry, Box<Response>> {
+    if !is_flink_id(id) {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Bad request, could not parse parameters: Cannot resolve path parameter \
+                 (jobid) from value \"{id}\"."
+            ),
+        )));
+    }
+    st.jobs
+        .get(id)
+        .ok_or_else(|| Box::new(error(StatusCode::NOT_FOUND, format!("Job {id} not found"))))
+}
+
+/// A 32-hex-digit id derived from `parts` (vertex and slot sharing group ids, stable
+/// for a job).
+fn derived_id(parts: &[&str]) -> String {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        // SipHash with fixed keys: the same id for the same parts, run after run.
+        let mut h = std::hash::DefaultHasher::new();
+        salt.hash(&mut h);
+        parts.hash(&mut h);
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(1), half(2))
+}
+
+/// Vertex `v` of job `jid` as Flink names vertices (32 hex digits).
+fn vertex_id(jid: &str, v: usize) -> String {
+    derived_id(&[jid, "vertex", &v.to_string()])
+}
+
+/// The vertex whose id is `vid` (its Flink id, or its index).
+fn find_vertex<'a>(j: &'a JobEntry, vid: &str) -> Option<&'a VertexInfo> {
+    j.vertices
+        .iter()
+        .find(|x| vertex_id(&j.id, x.id) == vid || x.id.to_string() == vid)
+}
+
+/// Flink's ExecutionState name of a subtask.
+fn task_status(t: &TaskSlot) -> &'static str {
+    match &t.state {
+        None => "DEPLOYING",
+        Some(TaskState::Running) => "RUNNING",
+        Some(TaskState::Finished) => "FINISHED",
+        Some(TaskState::Failed(_)) => "FAILED",
+        Some(TaskState::Canceled) => "CANCELED",
+    }
+}
+
+/// Every ExecutionState Flink counts.
+const EXECUTION_STATES: [&str; 10] = [
+    "CREATED",
+    "SCHEDULED",
+    "DEPLOYING",
+    "INITIALIZING",
+    "RUNNING",
+    "FINISHED",
+    "CANCELING",
+    "CANCELED",
+    "FAILED",
+    "RECONCILING",
+];
+
+/// Subtasks per ExecutionState (upper case, as `status-counts` and a vertex's
+/// `tasks`; lower case, as `/jobs/overview`'s `tasks`, with `total`).
+fn state_counts<'a>(tasks: impl Iterator<Item = &'a TaskSlot>, lower: bool) -> Value {
+    let mut counts: BTreeMap<&str, usize> = EXECUTION_STATES.iter().map(|s| (*s, 0)).collect();
+    let mut total = 0;
+    for t in tasks {
+        *counts.entry(task_status(t)).or_default() += 1;
+        total += 1;
+    }
+    let mut v = serde_json::Map::new();
+    for (k, n) in counts {
+        let k = if lower {
+            k.to_ascii_lowercase()
+        } else {
+            k.to_string()
+        };
+        v.insert(k, json!(n));
+    }
+    if lower {
+        v.insert("total".into(), json!(total));
+    }
+    Value::Object(v)
+}
+
+fn tasks_of(j: &JobEntry, v: usize) -> impl Iterator<Item = (&(u32, u32), &TaskSlot)> + Clone {
+    j.tasks.iter().filter(move |(k, _)| k.0 as usize == v)
+}
+
+/// Flink's I/O metrics of a vertex or subtask. spate counts records, not bytes nor
+/// busy and back-pressured time (yet): those read 0, with bytes marked incomplete.
+fn io_metrics(records_in: u64, records_out: u64) -> Value {
+    json!({
+        "read-bytes": 0,
+        "read-bytes-complete": false,
+        "write-bytes": 0,
+        "write-bytes-complete": false,
+        "read-records": records_in,
+        "read-records-complete": true,
+        "write-records": records_out,
+        "write-records-complete": true,
+        "accumulated-backpressured-time": 0,
+        "accumulated-idle-time": 0,
+        "accumulated-busy-time": 0.0,
+    })
+}
+
+/// A vertex's status from its subtasks' (Flink's aggregation: any failed, else any
+/// running, else all finished or canceled).
+fn vertex_status<'a>(tasks: impl Iterator<Item = &'a TaskSlot>) -> &'static str {
+    let states: Vec<&str> = tasks.map(task_status).collect();
+    let any = |s: &str| states.contains(&s);
+    if states.is_empty() {
+        "CREATED"
+    } else if any("FAILED") {
+        "FAILED"
+    } else if any("RUNNING") {
+        "RUNNING"
+    } else if any("DEPLOYING") {
+        "DEPLOYING"
+    } else if any("CANCELED") {
+        "CANCELED"
+    } else {
+        "FINISHED"
+    }
+}
+
+/// Start, end (-1 while running) and duration of a vertex's or subtask's execution.
+fn times<'a>(tasks: impl Iterator<Item = &'a TaskSlot> + Clone, now: u64) -> (u64, i64, u64) {
+    let start = tasks.clone().map(|t| t.deployed_ms).min().unwrap_or(now);
+    let ended = tasks
+        .clone()
+        .all(|t| t.state.as_ref().is_some_and(TaskState::is_terminal));
+    let end = tasks.map(|t| t.state_since_ms).max().filter(|_| ended);
+    let duration = end.unwrap_or(now).saturating_sub(start);
+    (start, end.map_or(-1, |e| e as i64), duration)
+}
+
+fn job_summary(j: &JobEntry) -> Value {
+    json!({
+        "jid": j.id,
+        "name": j.spec.job,
+        "jobType": "STREAMING",
+        "schedulerType": "Default",
+        "state": j.state.name(),
+        "start-time": j.start_epoch_ms,
+        "end-time": j.end_epoch_ms.map_or(-1, |e| e as i64),
+        "duration": duration(j),
+        "last-modification": j.last_modification_ms(),
+        "tasks": state_counts(j.tasks.values(), true),
+        "pending-operators": 0,
+    })
+}
+
+/// The job's dataflow plan as Flink's `plan`: a node per vertex with its inputs
+/// (none for sources), sinks first as Flink lists them.
+fn plan(j: &JobEntry) -> Value {
+    let nodes: Vec<Value> = j
+        .vertices
+        .iter()
+        .rev()
+        .map(|x| {
+            let inputs: Vec<Value> = j
+                .plan_edges
+                .iter()
+                .filter(|e| e.1 == x.id)
+                .enumerate()
+                .map(|(num, e)| {
+                    json!({
+                        "num": num,
+                        "id": vertex_id(&j.id, e.0),
+                        "ship_strategy": e.2,
+                        "exchange": "pipelined_bounded",
+                    })
+                })
+                .collect();
+            let mut node = json!({
+                "id": vertex_id(&j.id, x.id),
+                "parallelism": x.parallelism,
+                "operator": "",
+                "operator_strategy": "",
+                "description": x.name,
+                "optimizer_properties": {},
+            });
+            if !inputs.is_empty() {
+                node["inputs"] = json!(inputs);
+            }
+            node
+        })
+        .collect();
+    json!({ "jid": j.id, "name": j.spec.job, "type": "STREAMING", "nodes": nodes })
+}
+
+fn subtask_json(k: &(u32, u32), t: &TaskSlot, now: u64) -> Value {
+    let (start, end, duration) = times(std::iter::once(t), now);
+    let mut status_duration = serde_json::Map::new();
+    for s in [
+        "CREATED",
+        "SCHEDULED",
+        "DEPLOYING",
+        "INITIALIZING",
+        "RUNNING",
+    ] {
+        status_duration.insert(s.into(), json!(0));
+    }
+    status_duration.insert(
+        task_status(t).into(),
+        json!(now.saturating_sub(t.state_since_ms)),
+    );
+    json!({
+        "subtask": k.1,
+        "status": task_status(t),
+        "attempt": t.attempt,
+        "endpoint": t.taskmanager.0,
+        "start-time": start,
+        "start_time": start,
+        "end-time": end,
+        "duration": duration,
+        "metrics": io_metrics(t.records_in, t.records_out),
+        "taskmanager-id": t.taskmanager.0,
+        "slot": t.slot,
+        "status-duration": status_duration,
+    })
+}
+
+async fn job(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let now = epoch_ms();
+    let mut v = job_summary(j);
+    let o = v.as_object_mut().map(std::mem::take).unwrap_or_default();
+    let mut v = serde_json::Map::new();
+    for (k, x) in o {
+        // Flink's details name the job type `job-type`, its overview `jobType`.
+        let k = if k == "jobType" { "job-type".into() } else { k };
+        v.insert(k, x);
+    }
+    let mut v = Value::Object(v);
+    v["application-id"] = json!(j.id);
+    v["isStoppable"] = json!(false);
+    v["maxParallelism"] = json!(j.max_parallelism);
+    v["now"] = json!(now);
+    let mut stamps = serde_json::Map::new();
+    for s in [
+        "INITIALIZING",
+        "CREATED",
+        "RUNNING",
+        "FAILING",
+        "CANCELLING",
+        "CANCELED",
+        "FAILED",
+        "FINISHED",
+        "RESTARTING",
+        "SUSPENDED",
+        "RECONCILING",
+    ] {
+        let at = match s {
+            "INITIALIZING" => Some(j.start_epoch_ms),
+            _ => j.timestamps.get(s).copied(),
+        };
+        stamps.insert(s.into(), json!(at.unwrap_or(0)));
+    }
+    v["timestamps"] = Value::Object(stamps);
+    v["status-counts"] = state_counts(j.tasks.values(), false);
+    v["plan"] = plan(j);
+    v["restarts"] = json!(j.restarts);
+    v["attempt"] = json!(j.attempt);
+    v["vertices"] = json!(j
+        .vertices
+        .iter()
+        .map(|x| {
+            let tasks = tasks_of(j, x.id).map(|(_, t)| t);
+            let (rin, rout) = tasks.clone().fold((0u64, 0u64), |a, t| {
+                (a.0 + t.records_in, a.1 + t.records_out)
+            });
+            let (start, end, duration) = times(tasks.clone(), now);
+            let subtasks: Vec<Value> = tasks_of(j, x.id)
+                .map(|(k, t)| subtask_json(k, t, now))
+                .collect();
+            json!({
+                "id": vertex_id(&j.id, x.id),
+                "index": x.id,
+                "slotSharingGroupId": derived_id(&[&j.id, "group", j.slot_sharing_group(x.id)]),
+                "name": x.name,
+                "maxParallelism": j.max_parallelism,
+                "parallelism": x.parallelism,
+                "status": vertex_status(tasks.clone()),
+                "start-time": start,
+                "end-time": end,
+                "duration": duration,
+                "tasks": state_counts(tasks, false),
+                "metrics": io_metrics(rin, rout),
+                "subtasks": subtasks,
+            })
+        })
+        .collect::<Vec<_>>());
+    Json(v).into_response()
+}
+
+/// Min, max, sum, average and percentiles of `values` (Flink's `aggregated`).
+fn aggregate(mut values: Vec<u64>) -> Value {
+    values.sort_unstable();
+    let at = |q: f64| {
+        values
+            .get(((values.len().saturating_sub(1)) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let sum: u64 = values.iter().sum();
+    json!({
+        "min": values.first().copied().unwrap_or(0),
+        "max": values.last().copied().unwrap_or(0),
+        "sum": sum,
+        "avg": if values.is_empty() { 0 } else { sum / values.len() as u64 },
+        "median": at(0.5),
+        "p25": at(0.25),
+        "p75": at(0.75),
+        "p95": at(0.95),
+    })
+}
+
+/// `GET /jobs/:id/vertices/:vid`: a vertex with its subtasks (Flink's
+/// JobVertexDetailsInfo).
+async fn vertex(
+    State(st): State<SharedState>,
+    Path((id, vid)): Path<(String, String)>,
+) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let Some(x) = find_vertex(j, &vid) else {
+        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
+    };
+    let now = epoch_ms();
+    let subtasks: Vec<Value> = tasks_of(j, x.id)
+        .map(|(k, t)| subtask_json(k, t, now))
+        .collect();
+    let of =
+        |f: &dyn Fn(&TaskSlot) -> u64| aggregate(tasks_of(j, x.id).map(|(_, t)| f(t)).collect());
+    let zero = |_: &TaskSlot| 0;
+    let mut status_duration = serde_json::Map::new();
+    for s in [
+        "CREATED",
+        "SCHEDULED",
+        "DEPLOYING",
+        "INITIALIZING",
+        "RUNNING",
+    ] {
+        let d = |t: &TaskSlot| {
+            if task_status(t) == s {
+                now.saturating_sub(t.state_since_ms)
+            } else {
+                0
+            }
+        };
+        status_duration.insert(s.into(), of(&d));
+    }
+    Json(json!({
+        "id": vertex_id(&j.id, x.id),
+        "name": x.name,
+        "parallelism": x.parallelism,
+        "maxParallelism": j.max_parallelism,
+        "now": now,
+        "subtasks": subtasks,
+        "aggregated": {
+            "metrics": {
+                "read-records": of(&|t| t.records_in),
+                "write-records": of(&|t| t.records_out),
+                "read-bytes": of(&zero),
+                "write-bytes": of(&zero),
+                "accumulated-backpressured-time": of(&zero),
+                "accumulated-idle-time": of(&zero),
+                "accumulated-busy-time": of(&zero),
+            },
+            "status-duration": status_duration,
+        },
+    }))
+    .into_response()
+}
+
+async fn job_status(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    let st = lock(&st);
+    match find_job(&st, &id) {
+        Ok(j) => Json(json!({ "status": j.state.name() })).into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn job_plan(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    let st = lock(&st);
+    match find_job(&st, &id) {
+        Ok(j) => Json(json!({ "plan": plan(j) })).into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn job_config(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let user: serde_json::Map<String, Value> = j
+        .spec
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("arg{i}"), json!(a)))
+        .collect();
+    Json(json!({
+        "jid": j.id,
+        "name": j.spec.job,
+        "execution-config": {
+            "restart-strategy": "Cluster level default restart strategy",
+            "job-parallelism": j.vertices.iter().map(|v| v.parallelism).max().unwrap_or(1),
+            "object-reuse-mode": false,
+            "user-config": user,
+        },
+    }))
+    .into_response()
+}
+
+/// `GET /jobs/:id/execution-result`: IN_PROGRESS until the job ended, then its
+/// result (Flink's JobExecutionResultResponseBody).
+async fn execution_result(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    if !j.state.is_terminal() {
+        return Json(json!({ "status": { "id": "IN_PROGRESS" } })).into_response();
+    }
+    let mut result = json!({
+        "id": j.id,
+        "application-status": j.state.name(),
+        "accumulator-results": {},
+        "net-runtime": duration(j),
+    });
+    if j.state == JobState::Failed {
+        let why = j
+            .exceptions
+            .last()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
+        result["failure-cause"] = json!({
+            "class": "spate::JobFailed",
+            "stack-trace": why,
+            "serialized-throwable": null,
+        });
+    }
+    Json(json!({ "status": { "id": "COMPLETED" }, "job-execution-result": result })).into_response()
+}
+
+async fn exceptions(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let root = j.exceptions.last();
+    // Newest first, as Flink's exception history lists them.
+    let entries: Vec<Value> = j
+        .exceptions
+        .iter()
+        .rev()
+        .map(|e| {
+            let (name, tm) = e.subtask.clone().unzip();
+            json!({
+                "exceptionName": "spate::TaskFailure",
+                "stacktrace": e.message,
+                "timestamp": e.timestamp_ms,
+                "failureLabels": {},
+                "taskName": name.unwrap_or_else(|| e.task.clone()),
+                "endpoint": tm.clone(),
+                "taskManagerId": tm,
+                "concurrentExceptions": [],
+            })
+        })
+        .collect();
+    Json(json!({
+        "exceptionHistory": { "entries": entries, "truncated": j.exceptions_truncated },
+        "root-exception": root.map(|e| e.message.clone()),
+        "timestamp": root.map(|e| e.timestamp_ms),
+        "all-exceptions": j.exceptions.iter().map(|e| json!({
+            "exception": e.message, "task": e.task, "timestamp": e.timestamp_ms,
+        })).collect::<Vec<_>>(),
+        "truncated": j.exceptions_truncated,
+    }))
+    .into_response()
+}
+
+/// `GET /applications/overview`: each job is an application of its own (as a job
+/// submitted to a Flink 2.3 session cluster is).
+async fn applications_overview(State(st): State<SharedState>) -> Json<Value> {
+    let st = lock(&st);
+    let apps: Vec<Value> = st
+        .jobs
+        .values()
+        .map(|j| {
+            json!({
+                "id": j.id,
+                "name": j.spec.job,
+                "start-time": j.start_epoch_ms,
+                "end-time": j.end_epoch_ms.map_or(-1, |e| e as i64),
+                "duration": duration(j),
+                "status": j.state.name(),
+                "jobs": { j.state.name(): 1 },
+            })
+        })
+        .collect();
+    Json(json!({ "applications": apps }))
+}
+
+/// `GET /jobmanager/config`: the keys set (configuration file and `-D`), sensitive
+/// values masked.
+async fn jobmanager_config(State(st): State<SharedState>) -> Json<Value> {
+    let st = lock(&st);
+    let mut keys: BTreeMap<String, String> = st.config.shown().into_iter().collect();
+    // The ports it serves on, whether set or taken by default.
+    keys.entry("rest.port".into())
+        .or_insert_with(|| st.config.rest_port.to_string());
+    keys.entry("jobmanager.rpc.port".into())
+        .or_insert_with(|| st.config.jobmanager_port.to_string());
+    Json(json!(keys
+        .into_iter()
+        .map(|(k, v)| json!({ "key": k, "value": v }))
+        .collect::<Vec<_>>()))
+}
+
+/// `GET /jobmanager/environment`: Flink shows its JVM; spate shows its build, the
+/// machine's architecture and the JobManager's command line.
+async fn jobmanager_environment() -> Json<Value> {
+    Json(json!({
+        "jvm": {
+            "version": version(),
+            "arch": std::env::consts::ARCH,
+            "options": std::env::args().collect::<Vec<_>>(),
+        },
+        "classpath": [],
+    }))
+}
+
 fn version() -> String {
     format!("spate {}", env!("CARGO_PKG_VERSION"))
 }
@@ -614,21 +1087,65 @@ async fn config(State(st): State<SharedState>) -> Json<Value> {
         "timezone-offset": 0,
         "flink-version": version(),
         "flink-revision": "",
-        "features": { "web-submit": false, "web-cancel": true },
+        "features": {
+            "web-submit": false,
+            "web-cancel": true,
+            "web-rescale": false,
+            "web-history": false,
+        },
         "jobmanager-id": st.jobmanager_id,
     }))
 }
 
-fn tm_json(t: &crate::cluster::jobmanager::TaskManagerEntry, now_ms: u64) -> Value {
+/// A TaskManager as Flink's TaskManagerInfo, with spate's own fields beside Flink's:
+/// each slot's core and job, and the network agent's counters. Memory figures Flink
+/// takes from its JVM and memory model spate has none of (-1), nor a JMX port (-1).
+fn tm_json(
+    t: &crate::cluster::jobmanager::TaskManagerEntry,
+    now_ms: u64,
+    now_epoch_ms: u64,
+    detail: bool,
+) -> Value {
     let free = t.slots.iter().filter(|s| s.job.is_none()).count();
-    json!({
+    let resource = |slots: usize| {
+        json!({
+            "cpuCores": slots as f64,
+            "taskHeapMemory": -1,
+            "taskOffHeapMemory": -1,
+            "managedMemory": -1,
+            "networkMemory": -1,
+            "extendedResources": {},
+        })
+    };
+    let data_port = t
+        .data_address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .map_or(-1, i64::from);
+    let mut v = json!({
         "id": t.id.0,
         "path": format!("spate://{}/{}", t.host, t.id.0),
-        "dataAddress": t.data_address,
-        "timeSinceLastHeartbeat": now_ms.saturating_sub(t.last_heartbeat_ms),
+        "dataPort": data_port,
+        "jmxPort": -1,
+        // Flink's name, but an epoch time: when the last heartbeat came.
+        "timeSinceLastHeartbeat": now_epoch_ms.saturating_sub(now_ms.saturating_sub(t.last_heartbeat_ms)),
         "slotsNumber": t.slots.len(),
         "freeSlots": free,
-        "hardware": { "cpuCores": t.cores },
+        "assignedTasks": t.slots.len() - free,
+        "totalResource": resource(t.slots.len()),
+        "freeResource": resource(free),
+        "hardware": {
+            "cpuCores": t.cores,
+            "physicalMemory": -1,
+            "freeMemory": -1,
+            "managedMemory": -1,
+        },
+        "memoryConfiguration": {
+            "frameworkHeap": -1, "taskHeap": -1, "frameworkOffHeap": -1, "taskOffHeap": -1,
+            "networkMemory": -1, "managedMemory": -1, "jvmMetaspace": -1, "jvmOverhead": -1,
+            "totalFlinkMemory": -1, "totalProcessMemory": -1,
+        },
+        "dataAddress": t.data_address,
         "slots": t.slots.iter().map(|s| json!({
             "index": s.index, "core": s.core, "job": s.job,
         })).collect::<Vec<_>>(),
@@ -643,14 +1160,28 @@ fn tm_json(t: &crate::cluster::jobmanager::TaskManagerEntry, now_ms: u64) -> Val
             "failures": t.network_report.failures,
             "fallbacks": t.network_report.fallbacks,
         },
-    })
+    });
+    if detail {
+        let mut jobs: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &t.slots {
+            if let Some(j) = &s.job {
+                *jobs.entry(j.as_str()).or_default() += 1;
+            }
+        }
+        v["allocatedSlots"] = json!(jobs
+            .into_iter()
+            .map(|(j, n)| json!({ "jobId": j, "resource": resource(n), "assignedTasks": n }))
+            .collect::<Vec<_>>());
+    }
+    v
 }
 
 async fn taskmanagers(State(st): State<SharedState>) -> Json<Value> {
     let st = lock(&st);
     let now = st.now_ms();
+    let epoch = epoch_ms();
     Json(json!({
-        "taskmanagers": st.taskmanagers.values().map(|t| tm_json(t, now)).collect::<Vec<_>>(),
+        "taskmanagers": st.taskmanagers.values().map(|t| tm_json(t, now, epoch, false)).collect::<Vec<_>>(),
     }))
 }
 
@@ -658,9 +1189,10 @@ async fn taskmanager(State(st): State<SharedState>, Path(id): Path<String>) -> R
     let st = lock(&st);
     let now = st.now_ms();
     match st.taskmanagers.get(&TaskManagerId(id.clone())) {
-        Some(t) => Json(tm_json(t, now)).into_response(),
+        Some(t) => Json(tm_json(t, now, epoch_ms(), true)).into_response(),
+        // Flink answers an unknown TaskManager with 500.
         None => error(
-            StatusCode::NOT_FOUND,
+            StatusCode::INTERNAL_SERVER_ERROR,
             format!("TaskManager {id} does not exist"),
         ),
     }

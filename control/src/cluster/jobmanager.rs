@@ -145,6 +145,10 @@ pub struct TaskSlot {
     pub records_in: u64,
     /// Records written to its output rings, as last reported.
     pub records_out: u64,
+    /// When it was deployed (ms since the epoch).
+    pub deployed_ms: u64,
+    /// When its state last changed (ms since the epoch).
+    pub state_since_ms: u64,
 }
 
 /// A failure, for `/jobs/:id/exceptions`.
@@ -156,6 +160,8 @@ pub struct ExceptionEntry {
     pub task: String,
     /// Why.
     pub message: String,
+    /// The failed subtask's name and the TaskManager it ran on, when a subtask failed.
+    pub subtask: Option<(String, String)>,
 }
 
 /// A submitted job and its JobMaster's bookkeeping.
@@ -215,6 +221,36 @@ pub struct JobEntry {
     stop_with: Option<(u64, JobState)>,
     /// Cancelling after such a savepoint: the state to end in.
     end_as: Option<JobState>,
+    /// When the job last entered each state (Flink's `timestamps`, ms since the epoch).
+    pub timestamps: BTreeMap<&'static str, u64>,
+    /// The state `timestamps` last saw.
+    stamped: Option<JobState>,
+    /// Key groups (`pipeline.max-parallelism`).
+    pub max_parallelism: u32,
+    /// Edges as the plan shows them: (from vertex, to vertex, Flink's ship strategy).
+    pub plan_edges: Vec<(usize, usize, &'static str)>,
+}
+
+impl JobEntry {
+    /// The slot sharing group of vertex `v`.
+    pub fn slot_sharing_group(&self, v: usize) -> &str {
+        self.vertex_groups.get(v).map_or("default", String::as_str)
+    }
+
+    /// Notes the time the job entered its current state, if it changed.
+    fn stamp(&mut self, now_ms: u64) {
+        if self.stamped != Some(self.state) {
+            self.stamped = Some(self.state);
+            self.timestamps.insert(self.state.name(), now_ms);
+        }
+    }
+
+    /// When anything about the job last changed (ms since the epoch).
+    pub fn last_modification_ms(&self) -> u64 {
+        let tasks = self.tasks.values().map(|t| t.state_since_ms);
+        let states = self.timestamps.values().copied();
+        tasks.chain(states).max().unwrap_or(self.start_epoch_ms)
+    }
 }
 
 /// What every deployment carries from the JobManager's configuration.
@@ -257,6 +293,8 @@ impl JobEntry {
                 attempt,
                 records_in: 0,
                 records_out: 0,
+                deployed_ms: epoch_ms(),
+                state_since_ms: epoch_ms(),
             },
         );
         let d = TaskDeployment {
@@ -454,7 +492,8 @@ pub fn pipelined_regions(graph: &crate::graph::JobGraph) -> Vec<Vec<(u32, u32)>>
     groups.into_values().collect()
 }
 
-fn epoch_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn epoch_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -496,6 +535,7 @@ fn push_exception(j: &mut JobEntry, task: &str, message: String) {
         timestamp_ms: epoch_ms(),
         task: task.into(),
         message,
+        subtask: None,
     });
 }
 
@@ -637,12 +677,21 @@ impl JobManager {
             self.restart_due_jobs();
             self.restart_due_regions();
             self.poll_checkpoints();
+            self.stamp_jobs();
             if Instant::now() >= next_beat {
                 next_beat = Instant::now() + self.config.heartbeat_interval;
                 for conn in self.conns.keys() {
                     self.endpoint.send(*conn, JmToTm::Heartbeat);
                 }
             }
+        }
+    }
+
+    /// Notes when jobs entered their states (for the REST API's `timestamps`).
+    fn stamp_jobs(&mut self) {
+        let now = epoch_ms();
+        for j in lock(&self.state).jobs.values_mut() {
+            j.stamp(now);
         }
     }
 
@@ -918,6 +967,14 @@ impl JobManager {
             savepoint_requests: HashMap::new(),
             stop_with: None,
             end_as: None,
+            timestamps: BTreeMap::new(),
+            stamped: None,
+            max_parallelism: graph.max_parallelism,
+            plan_edges: graph
+                .edges
+                .iter()
+                .map(|e| (e.from, e.to, e.partition.name()))
+                .collect(),
         };
         tracing::info!(job = %id, name = %job.spec.job, slots = needed, "job submitted");
         let mut st = lock(&self.state);
@@ -1181,7 +1238,11 @@ impl JobManager {
                     timestamp_ms: epoch_ms(),
                     task: format!("{name} on {}", t.taskmanager),
                     message: m.clone(),
+                    subtask: Some((name.clone(), t.taskmanager.0.clone())),
                 });
+            }
+            if t.state.as_ref() != Some(&state) {
+                t.state_since_ms = epoch_ms();
             }
             t.state = Some(state.clone());
             if matches!(state, TaskState::Failed(_) | TaskState::Canceled) {
@@ -1444,6 +1505,7 @@ impl JobManager {
                                 timestamp_ms: epoch_ms(),
                                 task: "JobMaster".into(),
                                 message,
+                                subtask: None,
                             });
                             j.state = JobState::Failed;
                             j.end_epoch_ms = Some(epoch_ms());
