@@ -1593,6 +1593,162 @@ fn rest_responses_take_the_shapes_of_flinks_and_are_served_under_v1() {
     );
 }
 
+/// A GET whose body is text: (status, content type, body).
+fn http_text(port: u16, path: &str) -> Option<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status: u16 = text.split(' ').nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    Some((status, ctype, body.to_string()))
+}
+
+/// The value of the first sample of `name` whose labels contain every one of `with`.
+fn sample(text: &str, name: &str, with: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| with.iter().all(|w| l.contains(w)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// `promtool check metrics` on `text`: what it found to say (empty: nothing).
+fn promtool_check(text: &str) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool is required (Debian's prometheus package; .ci/run installs it): {e}")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        said.trim().to_string()
+    } else {
+        format!("promtool failed: {said}")
+    }
+}
+
+/// Prometheus's text format at /metrics on the JobManager (REST port) and on a
+/// TaskManager (`metrics.reporter.prom.port`): the cluster, the job and each subtask's
+/// records, accepted by promtool without a remark.
+#[test]
+fn prometheus_metrics_on_the_jobmanager_and_a_taskmanager_pass_promtool() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let prom = free_port();
+    let _jm = spate("jobmanager", &ports, &[]);
+    let prom_arg = format!("metrics.reporter.prom.port={prom}");
+    let _tm = spate(
+        "taskmanager",
+        &ports,
+        &["-D", "taskmanager.numberOfTaskSlots=2", "-D", &prom_arg],
+    );
+    wait_for("the TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let o = spate_cli(&[
+        "run", "-m", &m, "-d", "-p", "2", "--events", "0", "--rate", "20000", "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    let job_label = format!("job_id=\"{id}\"");
+    wait_for("RUNNING", Duration::from_secs(15), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    let mut jm_text = String::new();
+    wait_for(
+        "records in the JobManager's metrics",
+        Duration::from_secs(20),
+        || {
+            jm_text = http_text(ports.rest, "/metrics")
+                .map(|r| r.2)
+                .unwrap_or_default();
+            sample(&jm_text, "spate_task_records_out_total", &[&job_label]).is_some_and(|v| v > 0.0)
+                && sample(&jm_text, "spate_jobmanager_task_slots_available", &[]) == Some(0.0)
+        },
+    );
+    let mut tm_text = String::new();
+    wait_for(
+        "records in the TaskManager's metrics",
+        Duration::from_secs(20),
+        || {
+            tm_text = http_text(prom, "/metrics").map(|r| r.2).unwrap_or_default();
+            sample(&tm_text, "spate_task_records_out_total", &[&job_label]).is_some_and(|v| v > 0.0)
+        },
+    );
+    let (status, ctype, _) = http_text(ports.rest, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    assert_eq!(
+        sample(&jm_text, "spate_jobmanager_taskmanagers", &[]),
+        Some(1.0),
+        "{jm_text}"
+    );
+    assert_eq!(
+        sample(&jm_text, "spate_jobmanager_task_slots", &[]),
+        Some(2.0),
+        "{jm_text}"
+    );
+    assert_eq!(
+        sample(&jm_text, "spate_jobmanager_jobs", &["state=\"RUNNING\""]),
+        Some(1.0),
+        "{jm_text}"
+    );
+    assert!(
+        sample(&jm_text, "spate_job_restarts_total", &[&job_label]).is_some(),
+        "{jm_text}"
+    );
+    assert_eq!(
+        sample(&tm_text, "spate_taskmanager_task_slots", &[]),
+        Some(2.0),
+        "{tm_text}"
+    );
+    assert_eq!(
+        sample(&tm_text, "spate_taskmanager_task_slots_busy", &[]),
+        Some(2.0),
+        "{tm_text}"
+    );
+    for (who, text) in [("JobManager", &jm_text), ("TaskManager", &tm_text)] {
+        let said = promtool_check(text);
+        assert!(
+            said.is_empty(),
+            "promtool on the {who}'s metrics: {said}\n{text}"
+        );
+    }
+    let (status, _) = http(ports.rest, "PATCH", &format!("/jobs/{id}?mode=cancel"), "").unwrap();
+    assert_eq!(status, 202);
+}
+
 fn recorded(file: &str) -> Value {
     // The recorded responses sit beside the repository, in ../shared.
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -498,6 +498,9 @@ fn taskmanager(conf: &ConfArgs) -> Result<bool> {
         config.jobmanager_address,
         config.jobmanager_port
     );
+    if let Some(addr) = tm.metrics_addr() {
+        eprintln!("spate: metrics at http://{addr}/metrics");
+    }
     if let Err(why) = tm.run(&stop) {
         fatal(&why);
     }

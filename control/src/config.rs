@@ -83,6 +83,9 @@ pub struct Config {
     pub jobmanager_port: u16,
     /// `rest.port`
     pub rest_port: u16,
+    /// `metrics.reporter.prom.port`: where a TaskManager serves its metrics (a port,
+    /// or the first free one of a range); unset, it serves none.
+    pub prom_ports: Option<Vec<u16>>,
     /// `taskmanager.host`: how other processes reach this TaskManager.
     pub taskmanager_host: String,
     /// `taskmanager.numberOfTaskSlots`
@@ -274,6 +277,7 @@ impl Default for Config {
             same_host_tcp: false,
             checkpointing: CheckpointConfig::default(),
             s3: crate::storage::S3Settings::default(),
+            prom_ports: None,
             file_keys: Vec::new(),
             applied: std::collections::BTreeMap::new(),
         }
@@ -285,6 +289,7 @@ pub const KEYS: &[&str] = &[
     "jobmanager.rpc.address",
     "jobmanager.rpc.port",
     "rest.port",
+    "metrics.reporter.prom.port",
     "taskmanager.host",
     "taskmanager.numberOfTaskSlots",
     "taskmanager.cpu.cores",
@@ -631,6 +636,12 @@ impl Config {
             }
             "jobmanager.rpc.port" => self.jobmanager_port = port()?,
             "rest.port" => self.rest_port = port()?,
+            "metrics.reporter.prom.port" => {
+                self.prom_ports = Some(
+                    crate::metrics::parse_ports(v)
+                        .ok_or_else(|| bad("a port or a range of ports such as 9249-9260"))?,
+                )
+            }
             "taskmanager.host" => {
                 if v.is_empty() {
                     return Err(bad("a host name or address"));

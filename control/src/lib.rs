@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod graph;
 pub mod jobs;
+pub mod metrics;
 pub mod minicluster;
 pub mod rest;
 pub mod restart;

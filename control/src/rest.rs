@@ -76,6 +76,7 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
         .route("/jobs/{id}/stop", post(stop_job));
     // Flink's clients call every path under /v1; its dashboard calls them bare.
     Router::new()
+        .route("/metrics", get(prometheus))
         .merge(api.clone())
         .nest("/v1", api)
         .fallback(not_found)
@@ -1052,6 +1053,174 @@ async fn jobmanager_environment() -> Json<Value> {
     }))
 }
 
+/// `GET /metrics`: the cluster's metrics in Prometheus's text format (see
+/// [`crate::metrics`]): TaskManagers and slots, jobs by state, and per job its
+/// restarts, checkpoints and each subtask's records; per TaskManager its network
+/// agent's counters and heartbeat age.
+async fn prometheus(State(st): State<SharedState>) -> Response {
+    use crate::metrics::Exposition;
+    let st = lock(&st);
+    let mut e = Exposition::new();
+    let now = st.now_ms();
+    let slots: usize = st.taskmanagers.values().map(|t| t.slots.len()).sum();
+    let free: usize = st
+        .taskmanagers
+        .values()
+        .flat_map(|t| &t.slots)
+        .filter(|s| s.job.is_none())
+        .count();
+    e.gauge(
+        "spate_jobmanager_taskmanagers",
+        "TaskManagers registered.",
+        &[],
+        st.taskmanagers.len() as f64,
+    );
+    e.gauge(
+        "spate_jobmanager_task_slots",
+        "Task slots registered.",
+        &[],
+        slots as f64,
+    );
+    e.gauge(
+        "spate_jobmanager_task_slots_available",
+        "Task slots free.",
+        &[],
+        free as f64,
+    );
+    for s in [
+        JobState::Created,
+        JobState::Running,
+        JobState::Failing,
+        JobState::Restarting,
+        JobState::Cancelling,
+        JobState::Canceled,
+        JobState::Failed,
+        JobState::Finished,
+    ] {
+        let n = st.jobs.values().filter(|j| j.state == s).count();
+        e.gauge(
+            "spate_jobmanager_jobs",
+            "Jobs by state.",
+            &[("state", s.name())],
+            n as f64,
+        );
+    }
+    for t in st.taskmanagers.values() {
+        let tm = [("taskmanager", t.id.0.as_str())];
+        let r = &t.network_report;
+        e.gauge(
+            "spate_taskmanager_heartbeat_age_seconds",
+            "Time since the TaskManager's last heartbeat.",
+            &tm,
+            now.saturating_sub(t.last_heartbeat_ms) as f64 / 1e3,
+        );
+        e.gauge(
+            "spate_taskmanager_network_connections",
+            "Connections of the network agent to other TaskManagers.",
+            &tm,
+            r.connections as f64,
+        );
+        for (name, help, v) in [
+            (
+                "spate_taskmanager_network_received_bytes_total",
+                "Bytes the network agent received.",
+                r.bytes_in,
+            ),
+            (
+                "spate_taskmanager_network_sent_bytes_total",
+                "Bytes the network agent sent.",
+                r.bytes_out,
+            ),
+            (
+                "spate_taskmanager_network_received_frames_total",
+                "Ring frames the network agent received.",
+                r.frames_in,
+            ),
+            (
+                "spate_taskmanager_network_sent_frames_total",
+                "Ring frames the network agent sent.",
+                r.frames_out,
+            ),
+            (
+                "spate_taskmanager_network_failures_total",
+                "Connections lost or peers given up.",
+                r.failures,
+            ),
+        ] {
+            e.counter(name, help, &tm, v);
+        }
+    }
+    for j in st.jobs.values() {
+        let job = [("job_id", j.id.as_str()), ("job_name", j.spec.job.as_str())];
+        e.counter(
+            "spate_job_restarts_total",
+            "Restarts of the job.",
+            &job,
+            u64::from(j.restarts),
+        );
+        let c = j.coord.stats();
+        for (result, n) in [
+            ("completed", c.completed),
+            ("failed", c.failed),
+            ("aborted", c.aborted),
+        ] {
+            let mut l = job.to_vec();
+            l.push(("result", result));
+            e.counter(
+                "spate_job_checkpoints_total",
+                "Checkpoints by how they ended.",
+                &l,
+                n,
+            );
+        }
+        e.gauge(
+            "spate_job_last_checkpoint_duration_seconds",
+            "Trigger to completion of the last completed checkpoint.",
+            &job,
+            c.last_duration_ms as f64 / 1e3,
+        );
+        e.gauge(
+            "spate_job_last_checkpoint_size_bytes",
+            "State size of the last completed checkpoint.",
+            &job,
+            c.last_size as f64,
+        );
+        for ((v, s), t) in &j.tasks {
+            let vertex = j.vertices.get(*v as usize);
+            let vid = vertex_id(&j.id, *v as usize);
+            let sub = s.to_string();
+            let l = [
+                ("job_id", j.id.as_str()),
+                ("job_name", j.spec.job.as_str()),
+                ("vertex_id", vid.as_str()),
+                ("vertex_name", vertex.map_or("", |x| x.name.as_str())),
+                ("subtask", sub.as_str()),
+                ("taskmanager", t.taskmanager.0.as_str()),
+            ];
+            e.counter(
+                "spate_task_records_in_total",
+                "Records a subtask read from its input rings (as last reported).",
+                &l,
+                t.records_in,
+            );
+            e.counter(
+                "spate_task_records_out_total",
+                "Records a subtask wrote to its output rings (as last reported).",
+                &l,
+                t.records_out,
+            );
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        e.render(),
+    )
+        .into_response()
+}
+
 fn version() -> String {
     format!("spate {}", env!("CARGO_PKG_VERSION"))
 }
@@ -1205,13 +1374,18 @@ impl RestServer {
         state: SharedState,
         commands: Sender<JmCommand>,
     ) -> anyhow::Result<Self> {
+        Self::serve(addr, router(state, commands), "jobmanager-rest")
+    }
+
+    /// Serves `router` on `addr` from a thread named `name` with a runtime of its own.
+    pub fn serve(addr: SocketAddr, router: Router, name: &str) -> anyhow::Result<Self> {
         let listener = std::net::TcpListener::bind(addr)
-            .map_err(|e| anyhow::anyhow!("cannot listen for REST on {addr}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
         listener.set_nonblocking(true)?;
         let local = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
-            .name("jobmanager-rest".into())
+            .name(name.into())
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -1219,7 +1393,7 @@ impl RestServer {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot start the REST runtime");
+                        tracing::error!(error = %e, "cannot start the HTTP runtime");
                         return;
                     }
                 };
@@ -1227,16 +1401,15 @@ impl RestServer {
                     let listener = match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => l,
                         Err(e) => {
-                            tracing::error!(error = %e, "cannot serve REST");
+                            tracing::error!(error = %e, "cannot serve HTTP");
                             return;
                         }
                     };
-                    let serve = axum::serve(listener, router(state, commands))
-                        .with_graceful_shutdown(async {
-                            let _ = rx.await;
-                        });
+                    let serve = axum::serve(listener, router).with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    });
                     if let Err(e) = serve.await {
-                        tracing::error!(error = %e, "REST server stopped");
+                        tracing::error!(error = %e, "HTTP server stopped");
                     }
                 });
             })?;

@@ -26,6 +26,8 @@ const AGENT_TASK: TaskId = TaskId(u64::MAX);
 
 /// How long to wait before connecting again after losing the JobManager.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// How often the Prometheus endpoint's text is rewritten.
+const METRICS_REFRESH: Duration = Duration::from_millis(500);
 
 enum Link {
     Down { retry_at: Instant },
@@ -45,6 +47,12 @@ pub struct TaskManager {
     tasks: HashMap<TaskId, (TaskKey, usize)>,
     /// Their record counters.
     metrics: HashMap<TaskId, Arc<TaskMetrics>>,
+    /// Task names, for the metrics' labels.
+    task_names: HashMap<TaskId, String>,
+    /// The Prometheus endpoint (`metrics.reporter.prom.port`) and the text it serves,
+    /// rewritten every [`METRICS_REFRESH`].
+    prom: Option<(crate::rest::RestServer, Arc<std::sync::Mutex<String>>)>,
+    next_metrics: Instant,
     next_task: u64,
     /// The JobManager connection state reports go to.
     jm: Option<ConnId>,
@@ -170,7 +178,19 @@ impl TaskManager {
             transport: config.transport.to_string(),
         };
         let (acks_tx, acks) = std::sync::mpsc::channel();
+        let prom = match &config.prom_ports {
+            None => None,
+            Some(ports) => {
+                let text = Arc::new(std::sync::Mutex::new(String::new()));
+                let server = crate::metrics::serve("0.0.0.0", ports, text.clone())?;
+                tracing::info!(addr = %server.local_addr(), "metrics at /metrics");
+                Some((server, text))
+            }
+        };
         Ok(Self {
+            task_names: HashMap::new(),
+            prom,
+            next_metrics: Instant::now(),
             triggers: HashMap::new(),
             ended_reported: HashMap::new(),
             cancelled: HashMap::new(),
@@ -196,6 +216,121 @@ impl TaskManager {
     /// Where its network agent listens (`host:port`).
     pub fn data_address(&self) -> &str {
         &self.data_address
+    }
+
+    /// Where its Prometheus endpoint listens, if it serves one.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.prom.as_ref().map(|(s, _)| s.local_addr())
+    }
+
+    /// Rewrites the text of the Prometheus endpoint: slots, each task's records, the
+    /// network agent's counters.
+    fn refresh_metrics(&self) {
+        let Some((_, text)) = &self.prom else {
+            return;
+        };
+        let mut e = crate::metrics::Exposition::new();
+        let tm = [("taskmanager", self.id.0.as_str())];
+        let busy = self
+            .tasks
+            .values()
+            .map(|(_, slot)| *slot)
+            .collect::<std::collections::BTreeSet<_>>();
+        e.gauge(
+            "spate_taskmanager_task_slots",
+            "Task slots.",
+            &tm,
+            self.slots.len() as f64,
+        );
+        e.gauge(
+            "spate_taskmanager_task_slots_busy",
+            "Task slots running at least one task.",
+            &tm,
+            busy.len() as f64,
+        );
+        let r = self.network_report();
+        e.gauge(
+            "spate_taskmanager_network_connections",
+            "Connections of the network agent to other TaskManagers.",
+            &tm,
+            r.connections as f64,
+        );
+        for (name, help, v) in [
+            (
+                "spate_taskmanager_network_received_bytes_total",
+                "Bytes the network agent received.",
+                r.bytes_in,
+            ),
+            (
+                "spate_taskmanager_network_sent_bytes_total",
+                "Bytes the network agent sent.",
+                r.bytes_out,
+            ),
+            (
+                "spate_taskmanager_network_received_frames_total",
+                "Ring frames the network agent received.",
+                r.frames_in,
+            ),
+            (
+                "spate_taskmanager_network_sent_frames_total",
+                "Ring frames the network agent sent.",
+                r.frames_out,
+            ),
+            (
+                "spate_taskmanager_network_failures_total",
+                "Connections lost or peers given up.",
+                r.failures,
+            ),
+        ] {
+            e.counter(name, help, &tm, v);
+        }
+        let mut tasks: Vec<_> = self.tasks.iter().collect();
+        tasks.sort_by(|a, b| {
+            (&a.1 .0.job_id, a.1 .0.vertex, a.1 .0.subtask).cmp(&(
+                &b.1 .0.job_id,
+                b.1 .0.vertex,
+                b.1 .0.subtask,
+            ))
+        });
+        for (id, (key, slot)) in tasks {
+            let Some(m) = self.metrics.get(id) else {
+                continue;
+            };
+            let (vertex, subtask, attempt, slot) = (
+                key.vertex.to_string(),
+                key.subtask.to_string(),
+                key.attempt.to_string(),
+                slot.to_string(),
+            );
+            let l = [
+                ("taskmanager", self.id.0.as_str()),
+                ("job_id", key.job_id.as_str()),
+                ("vertex", vertex.as_str()),
+                (
+                    "task_name",
+                    self.task_names.get(id).map_or("", String::as_str),
+                ),
+                ("subtask", subtask.as_str()),
+                ("attempt", attempt.as_str()),
+                ("slot", slot.as_str()),
+            ];
+            e.counter(
+                "spate_task_records_in_total",
+                "Records a subtask read from its input rings.",
+                &l,
+                m.records_in(),
+            );
+            e.counter(
+                "spate_task_records_out_total",
+                "Records a subtask wrote to its output rings.",
+                &l,
+                m.records_out(),
+            );
+        }
+        let rendered = e.render();
+        if let Ok(mut t) = text.lock() {
+            *t = rendered;
+        }
     }
 
     fn network_report(&self) -> NetworkReport {
@@ -424,6 +559,10 @@ impl TaskManager {
                 }
                 self.on_slot_event(ev);
             }
+            if Instant::now() >= self.next_metrics {
+                self.next_metrics = Instant::now() + METRICS_REFRESH;
+                self.refresh_metrics();
+            }
             if let Some(why) = self.stuck_task() {
                 tracing::error!(%why, "fatal: a cancelled task does not stop");
                 return Err(why);
@@ -618,9 +757,11 @@ impl TaskManager {
                 tracing::info!(task = %deployment.name, slot, "deploying");
                 self.tasks.insert(id, (key.clone(), slot));
                 self.metrics.insert(id, deployment.metrics.clone());
+                self.task_names.insert(id, deployment.name.clone());
                 if !self.slots[slot].submit(id, deployment.into_factory()) {
                     self.tasks.remove(&id);
                     self.metrics.remove(&id);
+                    self.task_names.remove(&id);
                     let failed = TaskState::Failed(format!("slot {slot} has stopped"));
                     self.report(None, key, failed);
                 }
@@ -646,6 +787,7 @@ impl TaskManager {
         if state.is_terminal() {
             self.tasks.remove(&id);
             self.metrics.remove(&id);
+            self.task_names.remove(&id);
             let deployment = (key.job_id.clone(), key.attempt);
             if !self
                 .tasks

@@ -1,0 +1,185 @@
+//! Metrics in the Prometheus text exposition format (version 0.0.4): what the
+//! JobManager serves at `/metrics` on its REST port, and every TaskManager on a port
+//! of its own (`metrics.reporter.prom.port`, Flink's key; a port or a range such as
+//! `9249-9260`, of which the first free one is taken).
+//!
+//! Names are spate's, in Prometheus's conventions (snake case, counters ending in
+//! `_total`, units in the name), so that `promtool check metrics` finds nothing to
+//! say; the labels carry what Flink's reporter puts in its scope (job id and name,
+//! vertex, subtask, TaskManager).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// Metric families being written, in the order they were first given.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    order: Vec<String>,
+    families: BTreeMap<String, Family>,
+}
+
+#[derive(Debug)]
+struct Family {
+    help: String,
+    kind: &'static str,
+    samples: Vec<(String, String)>,
+}
+
+/// Escapes a label value (backslash, double quote, line feed), as the format asks.
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl Exposition {
+    /// An empty exposition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn sample(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &'static str,
+        labels: &[(&str, &str)],
+        value: String,
+    ) {
+        if !self.families.contains_key(name) {
+            self.order.push(name.to_string());
+        }
+        let family = self
+            .families
+            .entry(name.to_string())
+            .or_insert_with(|| Family {
+                help: help.to_string(),
+                kind,
+                samples: Vec::new(),
+            });
+        let labels = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect::<Vec<_>>()
+            .join(",");
+        family.samples.push((labels, value));
+    }
+
+    /// A counter sample (`name` ends in `_total`).
+    pub fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample(name, help, "counter", labels, value.to_string());
+    }
+
+    /// A gauge sample.
+    pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        let v = if value.is_finite() {
+            format!("{value}")
+        } else {
+            "NaN".to_string()
+        };
+        self.sample(name, help, "gauge", labels, v);
+    }
+
+    /// The text, each family with its `# HELP` and `# TYPE` lines.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for name in &self.order {
+            let Some(f) = self.families.get(name) else {
+                continue;
+            };
+            let help = f.help.replace('\\', "\\\\").replace('\n', "\\n");
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {}", f.kind);
+            for (labels, v) in &f.samples {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {v}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The content type of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Ports to try for `metrics.reporter.prom.port`: `9249` or a range `9249-9260`.
+pub fn parse_ports(v: &str) -> Option<Vec<u16>> {
+    let v = v.trim();
+    match v.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+            (a <= b).then(|| (a..=b).collect())
+        }
+        None => Some(vec![v.parse::<u16>().ok()?]),
+    }
+}
+
+/// Serves `/metrics` from `text` (kept current by its owner) on the first of `ports`
+/// that is free, on `host`.
+pub fn serve(
+    host: &str,
+    ports: &[u16],
+    text: Arc<Mutex<String>>,
+) -> anyhow::Result<crate::rest::RestServer> {
+    use axum::routing::get;
+    let mut last = None;
+    for &port in ports {
+        let addr: SocketAddr = match format!("{host}:{port}").parse() {
+            Ok(a) => a,
+            Err(e) => anyhow::bail!("metrics.reporter.prom.host {host}: {e}"),
+        };
+        let text = text.clone();
+        let router = axum::Router::new().route(
+            "/metrics",
+            get(move || {
+                let body = text.lock().map(|t| t.clone()).unwrap_or_default();
+                async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body) }
+            }),
+        );
+        match crate::rest::RestServer::serve(addr, router, "taskmanager-metrics") {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("metrics.reporter.prom.port names no port")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn families_are_grouped_with_help_and_type_and_labels_escaped() {
+        let mut e = Exposition::new();
+        e.counter("x_total", "X.", &[("a", "1")], 3);
+        e.gauge("y", "Y.", &[], 0.5);
+        e.counter("x_total", "X.", &[("a", "q\"\\\n")], 4);
+        let text = e.render();
+        assert_eq!(
+            text,
+            "# HELP x_total X.\n# TYPE x_total counter\nx_total{a=\"1\"} 3\n\
+             x_total{a=\"q\\\"\\\\\\n\"} 4\n# HELP y Y.\n# TYPE y gauge\ny 0.5\n"
+        );
+    }
+
+    #[test]
+    fn ports_are_one_or_a_range() {
+        assert_eq!(parse_ports("9249"), Some(vec![9249]));
+        assert_eq!(parse_ports("9249-9251"), Some(vec![9249, 9250, 9251]));
+        assert_eq!(parse_ports("9251-9249"), None);
+        assert_eq!(parse_ports("x"), None);
+    }
+}
