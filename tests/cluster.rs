@@ -1523,6 +1523,36 @@ fn rest_responses_take_the_shapes_of_flinks_and_are_served_under_v1() {
             "/jobmanager/environment".into(),
         ),
         ("taskmanagers.200.json", "/taskmanagers".into()),
+        (
+            "jobs_id_accumulators.200.json",
+            format!("/jobs/{id}/accumulators"),
+        ),
+        (
+            "jobs_id_vertices_vid0_subtasktimes.200.json",
+            format!("/jobs/{id}/vertices/{vid}/subtasktimes"),
+        ),
+        (
+            "jobs_id_vertices_vid0_taskmanagers.200.json",
+            format!("/jobs/{id}/vertices/{vid}/taskmanagers"),
+        ),
+        (
+            "jobs_id_vertices_vid0_metrics.200.json",
+            format!("/jobs/{id}/vertices/{vid}/metrics"),
+        ),
+        (
+            "jobs_id_vertices_vid1_subtasks_metrics.200.json",
+            format!("/jobs/{id}/vertices/{vid}/subtasks/metrics"),
+        ),
+        ("jobmanager_metrics.200.json", "/jobmanager/metrics".into()),
+        ("jobs_metrics.200.json", "/jobs/metrics".into()),
+        (
+            "taskmanagers_metrics.200.json",
+            "/taskmanagers/metrics".into(),
+        ),
+        (
+            "taskmanagers_id_metrics.200.json",
+            format!("/taskmanagers/{tm}/metrics"),
+        ),
     ];
     for (file, path) in &checks {
         let ours = get(path);
@@ -1530,6 +1560,41 @@ fn rest_responses_take_the_shapes_of_flinks_and_are_served_under_v1() {
             panic!("{e}\n{ours:#}");
         }
     }
+    // Metric values as Flink's dashboard asks for them.
+    wait_for(
+        "records in the vertex metrics",
+        Duration::from_secs(15),
+        || {
+            let v = get(&format!(
+                "/jobs/{id}/vertices/{vid}/metrics?get=0.numRecordsOut,1.numRecordsOut"
+            ));
+            v.as_array().is_some_and(|a| {
+                a.len() == 2
+                    && a.iter().all(|m| {
+                        m["value"]
+                            .as_str()
+                            .and_then(|s| s.parse::<f64>().ok())
+                            .is_some_and(|x| x > 0.0)
+                    })
+            })
+        },
+    );
+    let agg = get(&format!(
+        "/jobs/{id}/vertices/{vid}/subtasks/metrics?get=numRecordsOut"
+    ));
+    assert!(
+        agg[0]["sum"].as_f64().unwrap() >= agg[0]["max"].as_f64().unwrap(),
+        "{agg}"
+    );
+    assert!(agg[0]["min"].as_f64().unwrap() > 0.0, "{agg}");
+    let jm = get("/jobmanager/metrics?get=taskSlotsTotal,numRegisteredTaskManagers");
+    assert_eq!(
+        jm,
+        serde_json::json!([
+            {"id": "numRegisteredTaskManagers", "value": "1"},
+            {"id": "taskSlotsTotal", "value": "2"},
+        ])
+    );
     // A TaskManager's details: Flink's, but for the JVM metrics spate has no
     // concept of (heap, GC, Netty buffers).
     let mut flink_tm = recorded("taskmanagers_id.200.json");

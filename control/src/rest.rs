@@ -54,8 +54,12 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
         .route("/applications/overview", get(applications_overview))
         .route("/jobmanager/config", get(jobmanager_config))
         .route("/jobmanager/environment", get(jobmanager_environment))
+        .route("/jobmanager/metrics", get(jobmanager_metrics))
         .route("/taskmanagers", get(taskmanagers))
+        .route("/taskmanagers/metrics", get(taskmanagers_metrics))
         .route("/taskmanagers/{id}", get(taskmanager))
+        .route("/taskmanagers/{id}/metrics", get(taskmanager_metrics))
+        .route("/jobs/metrics", get(jobs_metrics))
         .route("/jobs", get(jobs).post(submit))
         .route("/jobs/overview", get(jobs_overview))
         .route("/jobs/{id}", get(job).patch(patch_job))
@@ -64,7 +68,18 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
         .route("/jobs/{id}/config", get(job_config))
         .route("/jobs/{id}/execution-result", get(execution_result))
         .route("/jobs/{id}/exceptions", get(exceptions))
+        .route("/jobs/{id}/accumulators", get(accumulators))
         .route("/jobs/{id}/vertices/{vid}", get(vertex))
+        .route("/jobs/{id}/vertices/{vid}/metrics", get(vertex_metrics))
+        .route(
+            "/jobs/{id}/vertices/{vid}/subtasks/metrics",
+            get(subtasks_metrics),
+        )
+        .route("/jobs/{id}/vertices/{vid}/subtasktimes", get(subtask_times))
+        .route(
+            "/jobs/{id}/vertices/{vid}/taskmanagers",
+            get(vertex_taskmanagers),
+        )
         .route("/jobs/{id}/checkpoints", get(checkpoints))
         .route("/jobs/{id}/checkpoints/config", get(checkpoints_config))
         .route(
@@ -829,26 +844,10 @@ fn aggregate(mut values: Vec<u64>) -> Value {
     })
 }
 
-/// `GET /jobs/:id/vertices/:vid`: a vertex with its subtasks (Flink's
-/// JobVertexDetailsInfo).
-async fn vertex(
-    State(st): State<SharedState>,
-    Path((id, vid)): Path<(String, String)>,
-) -> Response {
-    let st = lock(&st);
-    let j = match find_job(&st, &id) {
-        Ok(j) => j,
-        Err(r) => return *r,
-    };
-    let Some(x) = find_vertex(j, &vid) else {
-        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
-    };
-    let now = epoch_ms();
-    let subtasks: Vec<Value> = tasks_of(j, x.id)
-        .map(|(k, t)| subtask_json(k, t, now))
-        .collect();
-    let of =
-        |f: &dyn Fn(&TaskSlot) -> u64| aggregate(tasks_of(j, x.id).map(|(_, t)| f(t)).collect());
+/// Flink's `aggregated` block: the subtasks' I/O metrics and time in each state, as
+/// statistics over `tasks`.
+fn aggregated_of(tasks: &[&TaskSlot], now: u64) -> Value {
+    let of = |f: &dyn Fn(&TaskSlot) -> u64| aggregate(tasks.iter().map(|t| f(t)).collect());
     let zero = |_: &TaskSlot| 0;
     let mut status_duration = serde_json::Map::new();
     for s in [
@@ -867,6 +866,38 @@ async fn vertex(
         };
         status_duration.insert(s.into(), of(&d));
     }
+    json!({
+        "metrics": {
+            "read-records": of(&|t| t.records_in),
+            "write-records": of(&|t| t.records_out),
+            "read-bytes": of(&zero),
+            "write-bytes": of(&zero),
+            "accumulated-backpressured-time": of(&zero),
+            "accumulated-idle-time": of(&zero),
+            "accumulated-busy-time": of(&zero),
+        },
+        "status-duration": status_duration,
+    })
+}
+
+/// `GET /jobs/:id/vertices/:vid`: a vertex with its subtasks (Flink's
+/// JobVertexDetailsInfo).
+async fn vertex(
+    State(st): State<SharedState>,
+    Path((id, vid)): Path<(String, String)>,
+) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let Some(x) = find_vertex(j, &vid) else {
+        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
+    };
+    let now = epoch_ms();
+    let subtasks: Vec<Value> = tasks_of(j, x.id)
+        .map(|(k, t)| subtask_json(k, t, now))
+        .collect();
     Json(json!({
         "id": vertex_id(&j.id, x.id),
         "name": x.name,
@@ -874,18 +905,7 @@ async fn vertex(
         "maxParallelism": j.max_parallelism,
         "now": now,
         "subtasks": subtasks,
-        "aggregated": {
-            "metrics": {
-                "read-records": of(&|t| t.records_in),
-                "write-records": of(&|t| t.records_out),
-                "read-bytes": of(&zero),
-                "write-bytes": of(&zero),
-                "accumulated-backpressured-time": of(&zero),
-                "accumulated-idle-time": of(&zero),
-                "accumulated-busy-time": of(&zero),
-            },
-            "status-duration": status_duration,
-        },
+        "aggregated": aggregated_of(&tasks_of(j, x.id).map(|(_, t)| t).collect::<Vec<_>>(), now),
     }))
     .into_response()
 }
@@ -1219,6 +1239,379 @@ async fn prometheus(State(st): State<SharedState>) -> Response {
         e.render(),
     )
         .into_response()
+}
+
+/// Flink's metric lists: without `get`, the ids there are (`[{"id": ..}]`); with
+/// `get=a,b`, those of them that exist with their values as strings.
+fn metric_reply(q: &HashMap<String, String>, available: Vec<(String, f64)>) -> Value {
+    match q.get("get") {
+        None => json!(available
+            .iter()
+            .map(|(id, _)| json!({ "id": id }))
+            .collect::<Vec<_>>()),
+        Some(want) => {
+            let want: Vec<&str> = want.split(',').map(str::trim).collect();
+            json!(available
+                .iter()
+                .filter(|(id, _)| want.contains(&id.as_str()))
+                .map(|(id, v)| json!({ "id": id, "value": v.to_string() }))
+                .collect::<Vec<_>>())
+        }
+    }
+}
+
+/// Flink's aggregated metrics (over subtasks, jobs or TaskManagers): without `get`
+/// the ids, with `get` each as min, max, avg, sum and skew (`agg` picks some).
+fn aggregated_reply(q: &HashMap<String, String>, available: Vec<(String, Vec<f64>)>) -> Value {
+    let Some(want) = q.get("get") else {
+        return json!(available
+            .iter()
+            .map(|(id, _)| json!({ "id": id }))
+            .collect::<Vec<_>>());
+    };
+    let want: Vec<&str> = want.split(',').map(str::trim).collect();
+    let aggs: Vec<String> = q
+        .get("agg")
+        .map(|a| a.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_else(|| {
+            ["min", "max", "avg", "sum", "skew"]
+                .map(String::from)
+                .to_vec()
+        });
+    json!(available
+        .iter()
+        .filter(|(id, _)| want.contains(&id.as_str()))
+        .map(|(id, vs)| {
+            let n = vs.len().max(1) as f64;
+            let sum: f64 = vs.iter().sum();
+            let min = vs.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = vs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let avg = sum / n;
+            let mut o = serde_json::Map::new();
+            o.insert("id".into(), json!(id));
+            for a in &aggs {
+                let v = match a.as_str() {
+                    "min" if !vs.is_empty() => min,
+                    "max" if !vs.is_empty() => max,
+                    "avg" => avg,
+                    "sum" => sum,
+                    // Flink's skew: how far the largest is above the average, in %.
+                    "skew" if avg > 0.0 => (max - avg) / avg * 100.0,
+                    "skew" | "min" | "max" => 0.0,
+                    _ => continue,
+                };
+                o.insert(a.clone(), json!(v));
+            }
+            Value::Object(o)
+        })
+        .collect::<Vec<_>>())
+}
+
+fn vertex_records(j: &JobEntry, v: usize) -> Vec<(u32, u64, u64)> {
+    tasks_of(j, v)
+        .map(|(k, t)| (k.1, t.records_in, t.records_out))
+        .collect()
+}
+
+/// `GET /jobs/:id/vertices/:vid/metrics`: per subtask `N.numRecordsIn` and
+/// `N.numRecordsOut` (as Flink names them).
+async fn vertex_metrics(
+    State(st): State<SharedState>,
+    Path((id, vid)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let Some(x) = find_vertex(j, &vid) else {
+        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
+    };
+    let mut available = Vec::new();
+    for (s, rin, rout) in vertex_records(j, x.id) {
+        available.push((format!("{s}.numRecordsIn"), rin as f64));
+        available.push((format!("{s}.numRecordsOut"), rout as f64));
+    }
+    Json(metric_reply(&q, available)).into_response()
+}
+
+/// `GET /jobs/:id/vertices/:vid/subtasks/metrics`: `numRecordsIn` and
+/// `numRecordsOut` aggregated over the vertex's subtasks.
+async fn subtasks_metrics(
+    State(st): State<SharedState>,
+    Path((id, vid)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let Some(x) = find_vertex(j, &vid) else {
+        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
+    };
+    let recs = vertex_records(j, x.id);
+    let available = vec![
+        (
+            "numRecordsIn".to_string(),
+            recs.iter().map(|r| r.1 as f64).collect(),
+        ),
+        (
+            "numRecordsOut".to_string(),
+            recs.iter().map(|r| r.2 as f64).collect(),
+        ),
+    ];
+    Json(aggregated_reply(&q, available)).into_response()
+}
+
+/// `GET /jobs/:id/vertices/:vid/subtasktimes`: when each subtask entered its states
+/// (spate knows its deployment and its last change).
+async fn subtask_times(
+    State(st): State<SharedState>,
+    Path((id, vid)): Path<(String, String)>,
+) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let Some(x) = find_vertex(j, &vid) else {
+        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
+    };
+    let now = epoch_ms();
+    let subtasks: Vec<Value> = tasks_of(j, x.id)
+        .map(|(k, t)| {
+            let mut stamps: serde_json::Map<String, Value> = EXECUTION_STATES
+                .iter()
+                .map(|s| (s.to_string(), json!(0)))
+                .collect();
+            stamps.insert("DEPLOYING".into(), json!(t.deployed_ms));
+            stamps.insert(task_status(t).into(), json!(t.state_since_ms));
+            json!({
+                "subtask": k.1,
+                "endpoint": t.taskmanager.0,
+                "duration": times(std::iter::once(t), now).2,
+                "timestamps": stamps,
+            })
+        })
+        .collect();
+    Json(json!({ "id": vertex_id(&j.id, x.id), "name": x.name, "now": now, "subtasks": subtasks }))
+        .into_response()
+}
+
+/// `GET /jobs/:id/vertices/:vid/taskmanagers`: the vertex's subtasks grouped by the
+/// TaskManager they run on.
+async fn vertex_taskmanagers(
+    State(st): State<SharedState>,
+    Path((id, vid)): Path<(String, String)>,
+) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let Some(x) = find_vertex(j, &vid) else {
+        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
+    };
+    let now = epoch_ms();
+    let mut by_tm: BTreeMap<&str, Vec<&TaskSlot>> = BTreeMap::new();
+    for (_, t) in tasks_of(j, x.id) {
+        by_tm.entry(t.taskmanager.0.as_str()).or_default().push(t);
+    }
+    let tms: Vec<Value> = by_tm
+        .into_iter()
+        .map(|(tm, ts)| {
+            let (start, end, duration) = times(ts.iter().copied(), now);
+            let (rin, rout) = ts
+                .iter()
+                .fold((0, 0), |a, t| (a.0 + t.records_in, a.1 + t.records_out));
+            let endpoint = st
+                .taskmanagers
+                .get(&crate::cluster::TaskManagerId(tm.to_string()))
+                .map_or(tm.to_string(), |e| e.data_address.clone());
+            json!({
+                "endpoint": endpoint,
+                "status": vertex_status(ts.iter().copied()),
+                "start-time": start,
+                "end-time": end,
+                "duration": duration,
+                "metrics": io_metrics(rin, rout),
+                "status-counts": state_counts(ts.iter().copied(), false),
+                "taskmanager-id": tm,
+                "aggregated": aggregated_of(&ts, now),
+            })
+        })
+        .collect();
+    Json(json!({ "id": vertex_id(&j.id, x.id), "name": x.name, "now": now, "taskmanagers": tms }))
+        .into_response()
+}
+
+/// `GET /jobs/:id/accumulators`: spate has no user accumulators; the lists are empty.
+async fn accumulators(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    let st = lock(&st);
+    match find_job(&st, &id) {
+        Ok(_) => Json(json!({
+            "job-accumulators": [],
+            "user-task-accumulators": [],
+            "serialized-user-task-accumulators": {},
+        }))
+        .into_response(),
+        Err(r) => *r,
+    }
+}
+
+/// `GET /jobmanager/metrics`: the cluster's counts, as Flink names them.
+async fn jobmanager_metrics(
+    State(st): State<SharedState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let st = lock(&st);
+    let total: usize = st.taskmanagers.values().map(|t| t.slots.len()).sum();
+    let free = st
+        .taskmanagers
+        .values()
+        .flat_map(|t| &t.slots)
+        .filter(|s| s.job.is_none())
+        .count();
+    let running = st
+        .jobs
+        .values()
+        .filter(|j| j.state == JobState::Running)
+        .count();
+    Json(metric_reply(
+        &q,
+        vec![
+            (
+                "numRegisteredTaskManagers".into(),
+                st.taskmanagers.len() as f64,
+            ),
+            ("taskSlotsTotal".into(), total as f64),
+            ("taskSlotsAvailable".into(), free as f64),
+            ("numRunningJobs".into(), running as f64),
+        ],
+    ))
+}
+
+/// Per-job metrics as Flink names them.
+fn job_metric_values(j: &JobEntry) -> Vec<(String, f64)> {
+    let c = j.coord.stats();
+    vec![
+        ("numRestarts".into(), f64::from(j.restarts)),
+        ("numberOfCompletedCheckpoints".into(), c.completed as f64),
+        ("numberOfFailedCheckpoints".into(), c.failed as f64),
+        ("totalNumberOfCheckpoints".into(), c.triggered as f64),
+        ("lastCompletedCheckpointId".into(), c.last_id as f64),
+        ("lastCheckpointDuration".into(), c.last_duration_ms as f64),
+        ("lastCheckpointSize".into(), c.last_size as f64),
+        ("uptime".into(), duration(j) as f64),
+    ]
+}
+
+/// `GET /jobs/metrics`: job metrics aggregated over the jobs (`jobs=a,b` picks them).
+async fn jobs_metrics(
+    State(st): State<SharedState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let st = lock(&st);
+    let pick: Option<Vec<&str>> = q.get("jobs").map(|s| s.split(',').map(str::trim).collect());
+    let jobs: Vec<&JobEntry> = st
+        .jobs
+        .values()
+        .filter(|j| pick.as_ref().is_none_or(|p| p.contains(&j.id.as_str())))
+        .collect();
+    let mut by_id: Vec<(String, Vec<f64>)> = Vec::new();
+    for j in &jobs {
+        for (id, v) in job_metric_values(j) {
+            match by_id.iter_mut().find(|e| e.0 == id) {
+                Some(e) => e.1.push(v),
+                None => by_id.push((id, vec![v])),
+            }
+        }
+    }
+    if by_id.is_empty() {
+        by_id = job_metric_values_names()
+            .into_iter()
+            .map(|n| (n, Vec::new()))
+            .collect();
+    }
+    Json(aggregated_reply(&q, by_id))
+}
+
+fn job_metric_values_names() -> Vec<String> {
+    [
+        "numRestarts",
+        "numberOfCompletedCheckpoints",
+        "numberOfFailedCheckpoints",
+        "totalNumberOfCheckpoints",
+        "lastCompletedCheckpointId",
+        "lastCheckpointDuration",
+        "lastCheckpointSize",
+        "uptime",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A TaskManager's metrics: slots and its network agent's counters.
+fn tm_metric_values(t: &crate::cluster::jobmanager::TaskManagerEntry) -> Vec<(String, f64)> {
+    let r = &t.network_report;
+    let busy = t.slots.iter().filter(|s| s.job.is_some()).count();
+    vec![
+        ("Status.Slots.Total".into(), t.slots.len() as f64),
+        ("Status.Slots.Busy".into(), busy as f64),
+        ("Status.Network.Connections".into(), r.connections as f64),
+        ("Status.Network.BytesReceived".into(), r.bytes_in as f64),
+        ("Status.Network.BytesSent".into(), r.bytes_out as f64),
+        ("Status.Network.FramesReceived".into(), r.frames_in as f64),
+        ("Status.Network.FramesSent".into(), r.frames_out as f64),
+        ("Status.Network.Failures".into(), r.failures as f64),
+    ]
+}
+
+/// `GET /taskmanagers/metrics`: TaskManager metrics aggregated over them
+/// (`taskmanagers=a,b` picks them).
+async fn taskmanagers_metrics(
+    State(st): State<SharedState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let st = lock(&st);
+    let pick: Option<Vec<&str>> = q
+        .get("taskmanagers")
+        .map(|s| s.split(',').map(str::trim).collect());
+    let mut by_id: Vec<(String, Vec<f64>)> = Vec::new();
+    for t in st
+        .taskmanagers
+        .values()
+        .filter(|t| pick.as_ref().is_none_or(|p| p.contains(&t.id.0.as_str())))
+    {
+        for (id, v) in tm_metric_values(t) {
+            match by_id.iter_mut().find(|e| e.0 == id) {
+                Some(e) => e.1.push(v),
+                None => by_id.push((id, vec![v])),
+            }
+        }
+    }
+    Json(aggregated_reply(&q, by_id))
+}
+
+/// `GET /taskmanagers/:id/metrics`.
+async fn taskmanager_metrics(
+    State(st): State<SharedState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let st = lock(&st);
+    match st
+        .taskmanagers
+        .get(&crate::cluster::TaskManagerId(id.clone()))
+    {
+        Some(t) => Json(metric_reply(&q, tm_metric_values(t))).into_response(),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("TaskManager {id} does not exist"),
+        ),
+    }
 }
 
 fn version() -> String {
