@@ -895,6 +895,8 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
                 task,
                 records_in: 7,
                 records_out: 7,
+                watermark: 0,
+                backpressure: (0, 0),
             },
         },
     );
@@ -1090,6 +1092,28 @@ fn the_bars_job_runs_on_a_cluster() {
     wait_for("the bars job to finish", Duration::from_secs(30), || {
         job_state(ports.rest, &id) == "FINISHED"
     });
+    // The windows' input watermark reached the end of time (Flink's Long.MAX_VALUE),
+    // reported as Flink's currentInputWatermark.
+    let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+    let last = job["vertices"].as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, wms) = http(
+        ports.rest,
+        "GET",
+        &format!("/jobs/{id}/vertices/{last}/watermarks"),
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{wms}");
+    let end_of_time = i64::MAX.to_string();
+    let wms = wms.as_array().unwrap();
+    assert_eq!(wms.len(), 2, "one per subtask: {wms:?}");
+    assert!(
+        wms.iter().all(|w| w["value"] == end_of_time.as_str()),
+        "{wms:?}"
+    );
     let (status, v) = http(
         ports.rest,
         "POST",
@@ -1540,6 +1564,10 @@ fn rest_responses_take_the_shapes_of_flinks_and_are_served_under_v1() {
             format!("/jobs/{id}/vertices/{vid}/metrics"),
         ),
         (
+            "jobs_id_vertices_vid0_watermarks.200.json",
+            format!("/jobs/{id}/vertices/{vid}/watermarks"),
+        ),
+        (
             "jobs_id_vertices_vid1_subtasks_metrics.200.json",
             format!("/jobs/{id}/vertices/{vid}/subtasks/metrics"),
         ),
@@ -1587,6 +1615,20 @@ fn rest_responses_take_the_shapes_of_flinks_and_are_served_under_v1() {
         "{agg}"
     );
     assert!(agg[0]["min"].as_f64().unwrap() > 0.0, "{agg}");
+    let wms = get(&format!("/jobs/{id}/vertices/{vid}/watermarks"));
+    let wms = wms.as_array().unwrap();
+    assert_eq!(wms.len(), 2, "one per subtask: {wms:?}");
+    assert_eq!(wms[0]["id"], "0.currentInputWatermark");
+    // The sources have no input: Flink's Long.MIN_VALUE.
+    assert_eq!(wms[0]["value"], i64::MIN.to_string());
+    let bp = get(&format!("/jobs/{id}/vertices/{vid}/backpressure"));
+    assert_eq!(bp["status"], "ok", "{bp}");
+    assert_eq!(bp["subtasks"].as_array().unwrap().len(), 2, "{bp}");
+    for s in bp["subtasks"].as_array().unwrap() {
+        let r = s["ratio"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&r), "{bp}");
+        assert!(["ok", "low", "high"].contains(&s["backpressure-level"].as_str().unwrap()));
+    }
     let jm = get("/jobmanager/metrics?get=taskSlotsTotal,numRegisteredTaskManagers");
     assert_eq!(
         jm,

@@ -76,6 +76,8 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
             get(subtasks_metrics),
         )
         .route("/jobs/{id}/vertices/{vid}/subtasktimes", get(subtask_times))
+        .route("/jobs/{id}/vertices/{vid}/watermarks", get(watermarks))
+        .route("/jobs/{id}/vertices/{vid}/backpressure", get(backpressure))
         .route(
             "/jobs/{id}/vertices/{vid}/taskmanagers",
             get(vertex_taskmanagers),
@@ -1229,6 +1231,20 @@ async fn prometheus(State(st): State<SharedState>) -> Response {
                 &l,
                 t.records_out,
             );
+            e.gauge(
+                "spate_task_backpressure_ratio",
+                "Share of samples with the subtask's output rings full, between its last two reports.",
+                &l,
+                t.backpressure_ratio,
+            );
+            if t.watermark != 0 && t.watermark != spate_dataplane::operator::END_OF_TIME {
+                e.gauge(
+                    "spate_task_input_watermark_seconds",
+                    "The subtask's inputs' combined watermark (event time).",
+                    &l,
+                    t.watermark as f64 / 1e9,
+                );
+            }
         }
     }
     (
@@ -1612,6 +1628,91 @@ async fn taskmanager_metrics(
             format!("TaskManager {id} does not exist"),
         ),
     }
+}
+
+/// Flink's watermark value: milliseconds, `Long.MIN_VALUE` before the first (and for
+/// sources, which have no input), `Long.MAX_VALUE` at the end of input.
+fn flink_watermark(ns: u64) -> i64 {
+    match ns {
+        0 => i64::MIN,
+        spate_dataplane::operator::END_OF_TIME => i64::MAX,
+        ns => (ns / 1_000_000) as i64,
+    }
+}
+
+/// `GET /jobs/:id/vertices/:vid/watermarks`: each subtask's input watermark, as
+/// Flink's `N.currentInputWatermark` metrics (milliseconds).
+async fn watermarks(
+    State(st): State<SharedState>,
+    Path((id, vid)): Path<(String, String)>,
+) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let Some(x) = find_vertex(j, &vid) else {
+        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
+    };
+    Json(json!(tasks_of(j, x.id)
+        .map(|(k, t)| json!({
+            "id": format!("{}.currentInputWatermark", k.1),
+            "value": flink_watermark(t.watermark).to_string(),
+        }))
+        .collect::<Vec<_>>()))
+    .into_response()
+}
+
+/// Flink's back-pressure level of a ratio: at most 10 % ok, at most 50 % low, else high.
+fn backpressure_level(ratio: f64) -> &'static str {
+    if ratio <= 0.10 {
+        "ok"
+    } else if ratio <= 0.5 {
+        "low"
+    } else {
+        "high"
+    }
+}
+
+/// `GET /jobs/:id/vertices/:vid/backpressure`: per subtask, the share of the time
+/// its output rings were full between its last two reports (sampled every 10 ms on
+/// the slot, off the per-record path), and Flink's level of it.
+async fn backpressure(
+    State(st): State<SharedState>,
+    Path((id, vid)): Path<(String, String)>,
+) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let Some(x) = find_vertex(j, &vid) else {
+        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
+    };
+    let subtasks: Vec<Value> = tasks_of(j, x.id)
+        .map(|(k, t)| {
+            json!({
+                "subtask": k.1,
+                "attempt-number": t.attempt,
+                "backpressure-level": backpressure_level(t.backpressure_ratio),
+                "ratio": t.backpressure_ratio,
+            })
+        })
+        .collect();
+    let worst = tasks_of(j, x.id)
+        .map(|(_, t)| t.backpressure_ratio)
+        .fold(0.0, f64::max);
+    let end = tasks_of(j, x.id)
+        .map(|(_, t)| t.backpressure_at_ms)
+        .max()
+        .unwrap_or(0);
+    Json(json!({
+        "status": "ok",
+        "backpressure-level": backpressure_level(worst),
+        "end-timestamp": end,
+        "subtasks": subtasks,
+    }))
+    .into_response()
 }
 
 fn version() -> String {

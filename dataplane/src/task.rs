@@ -64,6 +64,12 @@ impl Default for TaskSettings {
 pub struct TaskMetrics {
     records_in: AtomicU64,
     records_out: AtomicU64,
+    /// The watermark the task's inputs combine to (ns; 0: none yet).
+    input_watermark: AtomicU64,
+    /// Housekeeping rounds (every [`HOUSEKEEPING_NS`]) and those that found the task's
+    /// outputs full: the back-pressure ratio, sampled.
+    samples: AtomicU64,
+    backpressured: AtomicU64,
 }
 
 impl TaskMetrics {
@@ -76,6 +82,22 @@ impl TaskMetrics {
     /// Records written to the task's output rings.
     pub fn records_out(&self) -> u64 {
         self.records_out.load(Ordering::Relaxed)
+    }
+
+    /// The watermark of the task's inputs combined (event time, ns; 0 before the
+    /// first, [`crate::operator::END_OF_TIME`] at the end of input; source tasks
+    /// have none).
+    pub fn input_watermark(&self) -> u64 {
+        self.input_watermark.load(Ordering::Relaxed)
+    }
+
+    /// Back-pressure samples so far: (rounds, rounds that found the outputs full).
+    /// Taken every [`HOUSEKEEPING_NS`], off the per-record path.
+    pub fn backpressure_samples(&self) -> (u64, u64) {
+        (
+            self.samples.load(Ordering::Relaxed),
+            self.backpressured.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -251,6 +273,12 @@ impl Outputs {
         self.backpressure.get()
     }
 
+    /// The task's inputs combined to watermark `wm` (for reports; once per watermark).
+    fn note_watermark(&self, wm: u64) {
+        // Relaxed: a value for reports, read alone.
+        self.metrics.input_watermark.store(wm, Ordering::Relaxed);
+    }
+
     fn publish(&mut self) {
         let mut out = 0;
         for o in &self.outputs {
@@ -269,6 +297,11 @@ impl Outputs {
             return Ok(false);
         }
         self.next_housekeeping = now + HOUSEKEEPING_NS;
+        // Relaxed: counters for reports (single writer: this task's thread).
+        self.metrics.samples.fetch_add(1, Ordering::Relaxed);
+        if self.backpressure.get() {
+            self.metrics.backpressured.fetch_add(1, Ordering::Relaxed);
+        }
         for o in &self.outputs {
             o.borrow_mut()
                 .housekeeping(now, self.settings.peer_timeout_ns)
@@ -699,6 +732,7 @@ impl<H: InputHead> InputTask<H> {
                 let max = live.map(|i| i.watermark).max().unwrap_or(NO_WATERMARK);
                 if max > self.watermark {
                     self.watermark = max;
+                    self.outputs.note_watermark(max);
                     self.head.event(Event::Watermark(max));
                 }
             }
@@ -717,6 +751,7 @@ impl<H: InputHead> InputTask<H> {
             .unwrap_or(END_OF_TIME);
         if wm > self.watermark {
             self.watermark = wm;
+            self.outputs.note_watermark(wm);
             self.head.event(Event::Watermark(wm));
         }
     }
@@ -1260,6 +1295,26 @@ mod tests {
         send_event(&mut p1, Event::Barrier(b1));
         t.poll().unwrap();
         assert_eq!(seen.take(), ["[5]".to_string(), barrier]);
+    }
+
+    /// Back pressure is sampled at housekeeping (every 10 ms), not per record: the
+    /// share of rounds that found the outputs full.
+    #[test]
+    fn backpressure_is_sampled_at_housekeeping() {
+        let flag = Rc::new(std::cell::Cell::new(false));
+        let metrics = Arc::new(TaskMetrics::default());
+        let mut o = Outputs::new(Vec::new(), flag.clone()).with_metrics(metrics.clone());
+        let mut now = 0;
+        for i in 0..10 {
+            flag.set(i % 4 == 0);
+            assert!(o.housekeeping(now).unwrap());
+            // Not due again within the period.
+            assert!(!o.housekeeping(now + 1).unwrap());
+            now += HOUSEKEEPING_NS;
+        }
+        assert_eq!(metrics.backpressure_samples(), (10, 3));
+        o.note_watermark(42);
+        assert_eq!(metrics.input_watermark(), 42);
     }
 
     /// Frozen states are encoded by the snapshot writer: the task acknowledges from

@@ -149,6 +149,14 @@ pub struct TaskSlot {
     pub deployed_ms: u64,
     /// When its state last changed (ms since the epoch).
     pub state_since_ms: u64,
+    /// Its inputs' combined watermark, as last reported (ns; 0: none).
+    pub watermark: u64,
+    /// Back-pressure samples as last reported: (rounds, rounds with outputs full).
+    pub backpressure_samples: (u64, u64),
+    /// Share of the samples between the last two reports with its outputs full.
+    pub backpressure_ratio: f64,
+    /// When that ratio was computed (ms since the epoch; 0: not yet).
+    pub backpressure_at_ms: u64,
 }
 
 /// A failure, for `/jobs/:id/exceptions`.
@@ -295,6 +303,10 @@ impl JobEntry {
                 records_out: 0,
                 deployed_ms: epoch_ms(),
                 state_since_ms: epoch_ms(),
+                watermark: 0,
+                backpressure_samples: (0, 0),
+                backpressure_ratio: 0.0,
+                backpressure_at_ms: 0,
             },
         );
         let d = TaskDeployment {
@@ -859,6 +871,18 @@ impl JobManager {
                 if t.attempt == r.task.attempt {
                     t.records_in = r.records_in;
                     t.records_out = r.records_out;
+                    t.watermark = r.watermark;
+                    // The ratio over the samples since the last report.
+                    let (n, hits) = r.backpressure;
+                    let (dn, dh) = (
+                        n.saturating_sub(t.backpressure_samples.0),
+                        hits.saturating_sub(t.backpressure_samples.1),
+                    );
+                    if dn > 0 {
+                        t.backpressure_ratio = dh as f64 / dn as f64;
+                        t.backpressure_at_ms = epoch_ms();
+                    }
+                    t.backpressure_samples = (n, hits);
                 }
             }
         }

@@ -198,6 +198,12 @@ pub struct TaskRecords {
     pub records_in: u64,
     /// Records written to its output rings.
     pub records_out: u64,
+    /// Its inputs' combined watermark (event time, ns; 0: none).
+    #[serde(default)]
+    pub watermark: u64,
+    /// Back-pressure samples: (rounds, rounds with the outputs full).
+    #[serde(default)]
+    pub backpressure: (u64, u64),
 }
 
 /// A subtask's state (Flink's ExecutionState, reduced).

@@ -660,6 +660,8 @@ impl TaskManager {
             task,
             records_in: m.map_or(0, |m| m.records_in()),
             records_out: m.map_or(0, |m| m.records_out()),
+            watermark: m.map_or(0, |m| m.input_watermark()),
+            backpressure: m.map_or((0, 0), |m| m.backpressure_samples()),
         }
     }
 
@@ -671,6 +673,8 @@ impl TaskManager {
                     task: task.clone(),
                     records_in: 0,
                     records_out: 0,
+                    watermark: 0,
+                    backpressure: (0, 0),
                 },
             };
             self.endpoint.send(
