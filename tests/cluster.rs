@@ -2622,3 +2622,138 @@ fn stop_with_savepoint(
         .to_string();
     (location, text)
 }
+
+/// Runs a script of `scripts/` with the deployment environment of `dir`.
+fn script(name: &str, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::process::Command::new("bash")
+        .arg(root.join("scripts").join(name))
+        .args(args)
+        .env("SPATE_HOME", &root)
+        .env("SPATE_BIN", env!("CARGO_BIN_EXE_spate"))
+        .env("SPATE_CONF_DIR", dir.join("conf"))
+        .env("SPATE_LOG_DIR", dir.join("log"))
+        .env("SPATE_PID_DIR", dir.join("pid"))
+        .output()
+        .unwrap()
+}
+
+/// Stops what the scripts started, whatever happened to the test.
+struct ScriptCluster(std::path::PathBuf);
+
+impl Drop for ScriptCluster {
+    fn drop(&mut self) {
+        let _ = script("stop-cluster.sh", &self.0, &[]);
+    }
+}
+
+/// Bare-metal deployment as Flink's: start-cluster.sh reads conf/masters and
+/// conf/workers and starts a JobManager and two TaskManagers (localhost twice) with
+/// logs and pid files; a job runs on them; taskmanager.sh reports them; stop-cluster.sh
+/// stops them all. tune-host.sh --check reports on the slot cores, and the systemd
+/// units carry CPUAffinity= from taskmanager.cpu.cores.
+#[test]
+fn cluster_scripts_start_a_cluster_from_conf_and_stop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let (rpc, rest) = (free_port(), free_port());
+    std::fs::write(
+        conf.join("config.yaml"),
+        format!(
+            "jobmanager.rpc.address: 127.0.0.1\njobmanager.rpc.port: {rpc}\nrest.port: {rest}\n\
+             taskmanager.numberOfTaskSlots: 1\ntaskmanager.idle-strategy: park\n\
+             taskmanager.cpu.cores: [0]\nheartbeat.interval: 200 ms\nheartbeat.timeout: 2 s\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(conf.join("masters"), format!("localhost:{rest}\n")).unwrap();
+    std::fs::write(
+        conf.join("workers"),
+        "# two TaskManagers here\nlocalhost\nlocalhost\n",
+    )
+    .unwrap();
+    let _cluster = ScriptCluster(dir.path().to_path_buf());
+    let o = script("start-cluster.sh", dir.path(), &[]);
+    let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{said}");
+    assert_eq!(said.matches("started taskmanager").count(), 2, "{said}");
+    wait_for("two TaskManagers", Duration::from_secs(20), || {
+        taskmanager_count(rest) == Some(2)
+    });
+    let o = script("taskmanager.sh", dir.path(), &["status"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .matches("taskmanager running")
+            .count(),
+        2
+    );
+    let logs: Vec<_> = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(logs.len(), 3, "{logs:?}");
+    let m = format!("127.0.0.1:{rest}");
+    let o = spate_cli(&["run", "-m", &m, "-p", "2", "--events", "100000", "vwap"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(job_state(rest, &submitted_id_first_line(&o)), "FINISHED");
+
+    let o = script("stop-cluster.sh", dir.path(), &[]);
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{said}");
+    assert_eq!(said.matches("stopped taskmanager").count(), 2, "{said}");
+    assert_eq!(said.matches("stopped jobmanager").count(), 1, "{said}");
+    assert!(
+        http(rest, "GET", "/overview", "").is_none(),
+        "the JobManager is gone"
+    );
+    assert!(!dir
+        .path()
+        .join("pid")
+        .join(format!("spate-{}-taskmanager.pid", whoami()))
+        .exists());
+    let o = script("taskmanager.sh", dir.path(), &["status"]);
+    assert_eq!(o.status.code(), Some(3), "none left");
+
+    // The host report names the slot cores and what to change.
+    let o = script("tune-host.sh", dir.path(), &["--check"]);
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{said}");
+    assert!(
+        said.contains("slot cores: 0") && said.contains("core 0 "),
+        "{said}"
+    );
+
+    // systemd units with the slot cores (and a control core) as CPUAffinity.
+    let units = dir.path().join("units");
+    let o = script("systemd-units.sh", dir.path(), &[units.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tm = std::fs::read_to_string(units.join("spate-taskmanager.service")).unwrap();
+    assert!(tm.contains("CPUAffinity=0"), "{tm}");
+    assert!(
+        tm.contains(&format!("--config-dir {}", conf.display())),
+        "{tm}"
+    );
+    if let Ok(v) = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(units.join("spate-taskmanager.service"))
+        .arg(units.join("spate-jobmanager.service"))
+        .output()
+    {
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    }
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| {
+        String::from_utf8_lossy(
+            &std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .trim()
+        .to_string()
+    })
+}

@@ -178,6 +178,18 @@ impl TaskManager {
             transport: config.transport.to_string(),
         };
         let (acks_tx, acks) = std::sync::mpsc::channel();
+        let pinned: Vec<usize> = slots.iter().filter_map(|s| s.core()).collect();
+        let open = spate_dataplane::slot::not_isolated(
+            &pinned,
+            &spate_dataplane::slot::isolated_cores().unwrap_or_default(),
+        );
+        if !open.is_empty() {
+            tracing::warn!(
+                cores = ?open,
+                "slot cores are not isolated (isolcpus=): other threads and IRQs may run \
+                 there; scripts/tune-host.sh --check says what to change"
+            );
+        }
         let prom = match &config.prom_ports {
             None => None,
             Some(ports) => {

@@ -11,7 +11,9 @@
 
 mod pinning;
 
-pub use pinning::{available_cores, plan_cores, CorePlan};
+pub use pinning::{
+    available_cores, isolated_cores, not_isolated, parse_cpu_list, plan_cores, CorePlan,
+};
 
 use crate::idle::IdleStrategyKind;
 use std::any::Any;

@@ -15,6 +15,42 @@ pub fn available_cores() -> Vec<usize> {
     ids
 }
 
+/// A kernel CPU list such as `2-5,8` (as in `/sys/devices/system/cpu/isolated`).
+pub fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?);
+                if a > b {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+/// The cores the kernel keeps other threads off (`isolcpus=`), if it says.
+pub fn isolated_cores() -> Option<Vec<usize>> {
+    parse_cpu_list(&std::fs::read_to_string("/sys/devices/system/cpu/isolated").ok()?)
+}
+
+/// Of the slots' `cores`, those the kernel does not isolate: a busy-spinning slot
+/// there shares its core with whatever the scheduler puts on it.
+pub fn not_isolated(cores: &[usize], isolated: &[usize]) -> Vec<usize> {
+    let mut v: Vec<usize> = cores
+        .iter()
+        .copied()
+        .filter(|c| !isolated.contains(c))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// The core of each slot, and what had to be given up to get there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorePlan {
@@ -119,6 +155,15 @@ mod tests {
             "{:?}",
             p.warnings
         );
+    }
+
+    #[test]
+    fn kernel_cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("2-4,8\n"), Some(vec![2, 3, 4, 8]));
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        assert_eq!(parse_cpu_list("4-2"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(not_isolated(&[1, 2, 3, 2], &[2]), vec![1, 3]);
     }
 
     #[test]
