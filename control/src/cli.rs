@@ -340,6 +340,14 @@ fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "job          {}", a.job)?;
     writeln!(out, "status       {:?}", result.status)?;
+    if let Some(sp) = &result.savepoint {
+        writeln!(
+            out,
+            "savepoint    {} (resume with: spate run -s {} ...)",
+            sp.display(),
+            sp.display()
+        )?;
+    }
     writeln!(out, "parallelism  {parallelism}")?;
     if result.restarts > 0 {
         writeln!(out, "restarts     {}", result.restarts)?;

@@ -3,7 +3,7 @@
 //! slots (one subtask of each vertex per slot within a slot sharing group), connects
 //! them with rings, and watches them to the end.
 
-use crate::checkpoint::{CheckpointCoordinator, CoordinatorVerdict};
+use crate::checkpoint::{CheckpointCoordinator, CoordinatorVerdict, SavepointStatus};
 use crate::config::Config;
 use crate::graph::{AnyBox, Build, EdgePartition, JobGraph, Node, TypeOps};
 use crate::restart;
@@ -91,6 +91,8 @@ pub struct JobResult {
     pub checkpoints: crate::checkpoint::CheckpointStats,
     /// Its id (names its checkpoint directory).
     pub job_id: String,
+    /// The savepoint it was stopped with (cancelled with `state.savepoints.dir` set).
+    pub savepoint: Option<std::path::PathBuf>,
 }
 
 /// Starts `taskmanager.numberOfTaskSlots` slot threads pinned per
@@ -139,6 +141,8 @@ pub struct MiniCluster {
     /// Where tasks send checkpoint acknowledgements (into `events`).
     acks: Sender<SlotEvent>,
     next_task: u64,
+    /// The savepoint the running job was stopped with.
+    stopped_with: Option<std::path::PathBuf>,
 }
 
 impl MiniCluster {
@@ -156,6 +160,7 @@ impl MiniCluster {
         Ok(Self {
             config: config.clone(),
             slots,
+            stopped_with: None,
             events,
             acks,
             next_task: 0,
@@ -179,6 +184,12 @@ impl MiniCluster {
 
     /// Runs `job` to its end: finished, failed, or cancelled when `cancel` is set.
     /// `on_progress` is called about every `interval`.
+    ///
+    /// With `state.savepoints.dir` set, `cancel` stops the job with a savepoint there
+    /// instead (Flink's `stop --savepointPath`): the sources emit nothing after its
+    /// barrier, the job ends FINISHED once it completed, and `JobResult::savepoint`
+    /// says where it is (`spate run -s PATH` resumes from it). If the savepoint
+    /// fails, the job is cancelled.
     ///
     /// A failed job restarts as `restart-strategy.*` allows. The MiniCluster restarts
     /// the whole job (full failover) from its latest completed checkpoint (with
@@ -256,6 +267,7 @@ impl MiniCluster {
             exceptions,
             checkpoints: coord.stats().clone(),
             job_id,
+            savepoint: self.stopped_with.take(),
         })
     }
 
@@ -326,6 +338,8 @@ impl MiniCluster {
         let metrics = job.stream.metrics.clone();
         let mut status = None;
         let mut cancelling = false;
+        // A stop with a savepoint in flight (cancel with state.savepoints.dir set).
+        let mut stopping: Option<u64> = None;
         while !live.is_empty() {
             let wait = coord
                 .next_wakeup(Instant::now())
@@ -373,10 +387,45 @@ impl MiniCluster {
                     self.cancel_all(&mut live);
                 }
             }
-            if !cancelling && cancel.load(Ordering::Relaxed) {
-                cancelling = true;
-                status = Some(JobStatus::Canceled);
-                self.cancel_all(&mut live);
+            if let Some(sid) = stopping {
+                match coord.savepoint_status(sid) {
+                    Some(SavepointStatus::InProgress) => {}
+                    Some(SavepointStatus::Completed(path)) => {
+                        tracing::info!(path = %path.display(), "savepoint taken; stopping the job");
+                        self.stopped_with = Some(path);
+                        stopping = None;
+                        cancelling = true;
+                        status = Some(JobStatus::Finished);
+                        self.cancel_all(&mut live);
+                    }
+                    other => {
+                        tracing::warn!(status = ?other, "the stop's savepoint failed; cancelling");
+                        stopping = None;
+                        cancelling = true;
+                        status = Some(JobStatus::Canceled);
+                        self.cancel_all(&mut live);
+                    }
+                }
+            }
+            if !cancelling && stopping.is_none() && cancel.load(Ordering::Relaxed) {
+                let dir = self.config.checkpointing.savepoint_dir.clone();
+                let stop = dir
+                    .as_deref()
+                    .map(|d| coord.trigger_savepoint(d, true, Instant::now()));
+                match stop {
+                    Some(Ok(sid)) => {
+                        tracing::info!(savepoint = sid, "stopping the job with a savepoint");
+                        stopping = Some(sid);
+                    }
+                    other => {
+                        if let Some(Err(why)) = other {
+                            tracing::warn!(%why, "no savepoint for the stop; cancelling");
+                        }
+                        cancelling = true;
+                        status = Some(JobStatus::Canceled);
+                        self.cancel_all(&mut live);
+                    }
+                }
             }
             if Instant::now() >= *next_report {
                 *next_report += interval;

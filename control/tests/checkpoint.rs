@@ -153,10 +153,12 @@ fn a_failed_job_resumes_from_its_latest_checkpoint_with_exactly_once_state() {
         // ...with each key's sum as it was then, and the source where it was then:
         // replayed records count once, so every final sum is exact.
         assert_eq!(finals(&out), reference(), "p={p}");
-        // The collecting sink keeps what the last attempt emitted: only the records
-        // after the checkpoint, not a full replay.
+        // The collecting sink commits on completed checkpoints: what the failed
+        // attempt emitted before the restored checkpoint stays, what came after it is
+        // dropped with the attempt and emitted again: every running sum exactly once.
         let n = out.lock().unwrap().len() as u64;
-        assert!(n > 0 && n < RECORDS, "p={p}: {n} outputs");
+        assert_eq!(n, RECORDS, "p={p}");
+        assert_eq!(set(&out).len() as u64, RECORDS, "p={p}: no duplicates");
     }
 }
 
@@ -790,4 +792,62 @@ fn failing_for_good(dir: &std::path::Path) -> Config {
             ..every(20)
         })
     }
+}
+
+/// A local run cancelled with `state.savepoints.dir` set stops with a savepoint there
+/// (the sources emit nothing after its barrier) and ends FINISHED; resumed from it, the
+/// job goes on where it stopped: together both runs emit every running sum exactly once.
+#[test]
+fn a_cancelled_local_run_stops_with_a_savepoint_and_resumes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(CheckpointConfig {
+        savepoint_dir: Some(dir.path().to_path_buf()),
+        ..CheckpointConfig::default()
+    });
+    let (env, out1) = job(2, None);
+    let graph = JobGraph::build(env.stream_graph(), None, 1, true).unwrap();
+    let mut mc = MiniCluster::start(&cfg).unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c2 = cancel.clone();
+    let stopper = std::thread::spawn(move || {
+        // The slow map takes about 240 ms for all records: stop about a third in.
+        std::thread::sleep(Duration::from_millis(80));
+        c2.store(true, Ordering::Relaxed);
+    });
+    let r = mc
+        .execute(&graph, &cancel, Duration::from_secs(60), &mut |_| {})
+        .unwrap();
+    stopper.join().unwrap();
+    assert_eq!(r.status, JobStatus::Finished, "{:?}", r.exceptions);
+    let savepoint = r.savepoint.clone().unwrap_or_else(|| {
+        panic!(
+            "no savepoint: {:?} {:?}",
+            r.checkpoints,
+            out1.lock().unwrap().len()
+        )
+    });
+    assert!(
+        savepoint.join("_metadata").exists(),
+        "{}",
+        savepoint.display()
+    );
+    assert!(savepoint.starts_with(dir.path()));
+    let first = out1.lock().unwrap().len();
+    assert!(
+        first > 0 && first < RECORDS as usize,
+        "stopped in the middle, with what the savepoint holds committed: {first}"
+    );
+
+    let (env2, out2) = job(2, None);
+    let r2 = execute(&env2, &cfg, Some(&savepoint));
+    assert_eq!(r2.status, JobStatus::Finished, "{:?}", r2.exceptions);
+    assert!(r2.savepoint.is_none());
+    let (a, b) = (set(&out1), set(&out2));
+    assert!(a.is_disjoint(&b), "records emitted twice across the stop");
+    assert_eq!(
+        a.len() + b.len(),
+        RECORDS as usize,
+        "records lost across the stop"
+    );
+    assert_eq!(finals(&out2), reference());
 }

@@ -353,9 +353,15 @@ impl<T: Debug, W: Write> Emit<T> for WriterSink<W> {
     }
 }
 
-/// Collects records into a shared vector at end of input (tests, small results).
+/// Collects records into a shared vector (tests, small results): at end of input,
+/// and, with checkpoints, those before a checkpoint's barrier once it completed (a
+/// two-phase commit: a failed attempt's uncommitted records are dropped with it and
+/// come again from the checkpoint, so each shows once; a job stopped with a savepoint
+/// shows exactly what the savepoint holds).
 pub struct CollectSink<T> {
     local: Vec<T>,
+    /// Records closed by a barrier, waiting for its checkpoint to complete.
+    pending: Vec<(u64, Vec<T>)>,
     shared: Arc<Mutex<Vec<T>>>,
     counter: Counter,
 }
@@ -365,6 +371,7 @@ impl<T> CollectSink<T> {
     pub fn new(shared: Arc<Mutex<Vec<T>>>, metrics: Arc<SinkMetrics>) -> Self {
         Self {
             local: Vec::new(),
+            pending: Vec::new(),
             shared,
             counter: Counter::new(metrics),
         }
@@ -377,18 +384,40 @@ impl<T> Emit<T> for CollectSink<T> {
         self.local.append(batch);
     }
     fn event(&mut self, event: Event) {
-        if event == Event::EndOfInput {
-            let mut s = match self.shared.lock() {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
-            s.append(&mut self.local);
-            self.counter.publish(None, false);
+        match event {
+            Event::Barrier(b) if !self.local.is_empty() => {
+                self.pending.push((b.id, std::mem::take(&mut self.local)));
+            }
+            Event::EndOfInput => {
+                let mut s = match self.shared.lock() {
+                    Ok(s) => s,
+                    Err(p) => p.into_inner(),
+                };
+                for (_, mut part) in self.pending.drain(..) {
+                    s.append(&mut part);
+                }
+                s.append(&mut self.local);
+                self.counter.publish(None, false);
+            }
+            _ => {}
         }
     }
     fn tick(&mut self, now_ns: u64) {
         if self.counter.due(now_ns) {
             self.counter.publish(None, false);
+        }
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        if self.pending.first().is_none_or(|p| p.0 > id) {
+            return;
+        }
+        let mut s = match self.shared.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        let done = self.pending.iter().take_while(|p| p.0 <= id).count();
+        for (_, mut part) in self.pending.drain(..done) {
+            s.append(&mut part);
         }
     }
 }
