@@ -300,3 +300,53 @@ fn ctrl_c_cancels_an_unbounded_job_and_still_prints_the_summary() {
     assert!(out.contains("p99.99"), "{out}");
     assert!(err.contains("events"), "live progress on stderr: {err}");
 }
+
+/// `--hlog FILE` writes the latency as an HdrHistogram interval log: one histogram per
+/// second, read back here with the HdrHistogram crate's own log reader; together they
+/// hold every record's latency (a paced run measures each one).
+#[test]
+fn hlog_writes_an_interval_log_that_hdrhistogram_reads() {
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use hdrhistogram::serialization::Deserializer;
+    let conf = conf_dir(TEST_CONF);
+    let log = conf.path().join("latency.hlog");
+    let o = spate(
+        &[
+            "run",
+            "--rate",
+            "1000000",
+            "--events",
+            "2500000",
+            "--hlog",
+            log.to_str().unwrap(),
+            "vwap",
+        ],
+        conf.path(),
+    );
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("latency interval log in"), "{err}");
+    let bytes = std::fs::read(&log).unwrap();
+    let mut intervals = 0;
+    let mut total = 0u64;
+    let mut last_start = -1.0;
+    for entry in IntervalLogIterator::new(&bytes) {
+        if let LogEntry::Interval(h) = entry.unwrap() {
+            assert_eq!(h.tag().map(|t| t.as_str()), Some("latency"));
+            let start = h.start_timestamp().as_secs_f64();
+            assert!(start > last_start, "intervals in order");
+            last_start = start;
+            use base64::Engine as _;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(h.encoded_histogram())
+                .unwrap();
+            let hist: hdrhistogram::Histogram<u64> = Deserializer::new()
+                .deserialize(&mut raw.as_slice())
+                .unwrap();
+            total += hist.len();
+            intervals += 1;
+        }
+    }
+    assert!(intervals >= 2, "{intervals} intervals in a 2.5 s run");
+    assert_eq!(total, 2_500_000, "every record's latency, once");
+}

@@ -127,6 +127,11 @@ enum Cmd {
         /// Also write the summary as a JSON object to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Write the latency as an HdrHistogram interval log (one histogram per second,
+        /// in ns) to this file: HdrHistogram's own tools read it (HistogramLogProcessor,
+        /// HdrHistogram's log analyzers).
+        #[arg(long, value_name = "FILE")]
+        hlog: Option<PathBuf>,
     },
     /// List the cluster's jobs.
     List {
@@ -262,7 +267,7 @@ fn rate(x: f64) -> String {
     }
 }
 
-fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
+fn run(a: JobArgs, json: Option<PathBuf>, hlog: Option<PathBuf>) -> Result<bool> {
     let (config, graph) = prepare(&a)?;
     spate_dataplane::clock::init();
     let mut cluster = MiniCluster::start(&config)?;
@@ -291,7 +296,50 @@ fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
         .context("installing the Ctrl-C handler")?;
     let tty = std::io::stderr().is_terminal();
     let mut last = (Duration::ZERO, 0u64);
+    // The interval log: each progress report writes the latencies recorded since the
+    // previous one (the sinks' histogram is cumulative).
+    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    let mut hlog_file = match &hlog {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let mut serializer = V2DeflateSerializer::new();
+    let started = std::time::SystemTime::now();
+    let mut log = match hlog_file.as_mut() {
+        Some(f) => Some(
+            IntervalLogWriterBuilder::new()
+                .add_comment(&format!("spate run {} (latency in ns)", a.job))
+                .with_start_time(started)
+                .with_base_time(started)
+                .with_max_value_divisor(1e6)
+                .begin_log_with(f, &mut serializer)
+                .context("writing the interval log")?,
+        ),
+        None => None,
+    };
+    let mut logged: Option<hdrhistogram::Histogram<u64>> = None;
+    let mut logged_at = Duration::ZERO;
+    let mut write_interval = |latency: &hdrhistogram::Histogram<u64>, at: Duration| {
+        let Some(log) = log.as_mut() else { return };
+        let mut interval = latency.clone();
+        if let Some(prev) = &logged {
+            if interval.subtract(prev).is_err() {
+                return;
+            }
+        }
+        let tag = Tag::new("latency");
+        if let Err(e) = log.write_histogram(&interval, logged_at, at.saturating_sub(logged_at), tag)
+        {
+            tracing::warn!(error = %e, "could not write the interval log");
+        }
+        logged = Some(latency.clone());
+        logged_at = at;
+    };
     let mut on_progress = |p: &Progress| {
+        write_interval(&p.latency, p.elapsed);
         let dt = (p.elapsed - last.0).as_secs_f64().max(1e-9);
         let r = (p.records - last.1) as f64 / dt;
         last = (p.elapsed, p.records);
@@ -316,6 +364,14 @@ fn run(a: JobArgs, json: Option<PathBuf>) -> Result<bool> {
     let result = cluster.execute(&graph, &cancel, Duration::from_secs(1), &mut on_progress)?;
     if tty {
         eprintln!();
+    }
+    write_interval(&result.progress.latency, result.progress.elapsed);
+    drop(log);
+    if let (Some(mut f), Some(path)) = (hlog_file, &hlog) {
+        use std::io::Write as _;
+        f.flush()
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("spate: latency interval log in {}", path.display());
     }
     let p = &result.progress;
     let secs = p.elapsed.as_secs_f64();
@@ -545,9 +601,10 @@ pub fn main() {
             json,
             jobmanager: Some(m),
             detached,
+            hlog,
         } => {
-            if json.is_some() {
-                eprintln!("spate: error: --json applies to local runs; a cluster job's figures are on its REST API");
+            if json.is_some() || hlog.is_some() {
+                eprintln!("spate: error: --json and --hlog apply to local runs; a cluster job's figures are on its REST API");
                 std::process::exit(2);
             }
             // -D travels with the job, as with Flink's `run -D`: the JobManager applies
@@ -566,7 +623,9 @@ pub fn main() {
                     client::run(&m, &spec, detached)
                 })
         }
-        Cmd::Run { job, json, .. } => run(job, json),
+        Cmd::Run {
+            job, json, hlog, ..
+        } => run(job, json, hlog),
         Cmd::List { conf, jobmanager } => conf
             .load()
             .and_then(|c| client::list(&client::address(jobmanager, &c))),
