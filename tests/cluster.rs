@@ -1845,6 +1845,15 @@ fn prometheus_metrics_on_the_jobmanager_and_a_taskmanager_pass_promtool() {
         Some(2.0),
         "{tm_text}"
     );
+    assert!(
+        sample(
+            &tm_text,
+            "spate_task_backpressure_samples_total",
+            &[&job_label]
+        )
+        .is_some_and(|v| v > 0.0),
+        "{tm_text}"
+    );
     for (who, text) in [("JobManager", &jm_text), ("TaskManager", &tm_text)] {
         let said = promtool_check(text);
         assert!(

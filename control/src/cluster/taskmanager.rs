@@ -338,6 +338,28 @@ impl TaskManager {
                 &l,
                 m.records_out(),
             );
+            let (samples, full) = m.backpressure_samples();
+            e.counter(
+                "spate_task_backpressure_samples_total",
+                "Back-pressure samples taken (every 10 ms).",
+                &l,
+                samples,
+            );
+            e.counter(
+                "spate_task_backpressured_samples_total",
+                "Samples that found the subtask's output rings full.",
+                &l,
+                full,
+            );
+            let wm = m.input_watermark();
+            if wm != 0 && wm != spate_dataplane::operator::END_OF_TIME {
+                e.gauge(
+                    "spate_task_input_watermark_seconds",
+                    "The subtask's inputs' combined watermark (event time).",
+                    &l,
+                    wm as f64 / 1e9,
+                );
+            }
         }
         let rendered = e.render();
         if let Ok(mut t) = text.lock() {
