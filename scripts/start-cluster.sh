@@ -11,7 +11,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 while read -r host port; do
   args=()
   [ -n "$port" ] && args=(-D "rest.port=$port")
-  on_host "$host" jobmanager.sh start "${args[@]}" "$@"
+  on_host "$host" jobmanager.sh start ${args[@]+"${args[@]}"} "$@"
 done < <(masters)
 while read -r host; do
   on_host "$host" taskmanager.sh start "$@"

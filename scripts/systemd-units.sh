@@ -13,8 +13,8 @@ SPATE_CONF_DIR=${SPATE_CONF_DIR:-$SPATE_HOME/conf}
 SPATE_BIN=${SPATE_BIN:-$SPATE_HOME/target/release/spate}
 out=${1:-systemd}
 conf=$SPATE_CONF_DIR/config.yaml
-slots=""
-[ -f "$conf" ] && slots=$(sed -n 's/^taskmanager\.cpu\.cores:[[:space:]]*\[\(.*\)\].*/\1/p' "$conf" | tr -d ' ' | tr , ' ')
+. "$here/slot-cores.sh"
+slots=$(slot_cores "$conf" | tr , ' ')
 ncpu=$(nproc --all)
 if [ -z "${SPATE_CONTROL_CORES:-}" ]; then
   SPATE_CONTROL_CORES=""

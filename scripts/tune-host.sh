@@ -16,9 +16,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 conf=${SPATE_CONF_DIR:-conf}/config.yaml
-if [ -z "$cores" ] && [ -f "$conf" ]; then
-  cores=$(sed -n 's/^taskmanager\.cpu\.cores:[[:space:]]*\[\(.*\)\].*/\1/p' "$conf" | tr -d ' ')
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/slot-cores.sh"
+[ -n "$cores" ] || cores=$(slot_cores "$conf")
 
 say() { printf '%-44s %s\n' "$1" "$2"; }
 advice=()
@@ -34,7 +33,7 @@ set_file() { # path value description
 in_list() {
   local cpu=$1 list=$2 part
   IFS=, read -ra parts <<< "$list"
-  for part in "${parts[@]}"; do
+  for part in ${parts[@]+"${parts[@]}"}; do
     case "$part" in
       *-*) [ "$cpu" -ge "${part%-*}" ] && [ "$cpu" -le "${part#*-}" ] && return 0 ;;
       "") ;;

@@ -2732,6 +2732,15 @@ fn cluster_scripts_start_a_cluster_from_conf_and_stop_it() {
         said.contains("slot cores: 0") && said.contains("core 0 "),
         "{said}"
     );
+    // The nested form of the configuration (Flink 2's layout) names the same cores.
+    std::fs::write(
+        conf.join("config.yaml"),
+        "taskmanager:\n  numberOfTaskSlots: 1\n  cpu.cores: [0]\n",
+    )
+    .unwrap();
+    let said = String::from_utf8_lossy(&script("tune-host.sh", dir.path(), &["--check"]).stdout)
+        .to_string();
+    assert!(said.contains("slot cores: 0"), "{said}");
 
     // systemd units with the slot cores (and a control core) as CPUAffinity.
     let units = dir.path().join("units");

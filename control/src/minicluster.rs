@@ -387,6 +387,13 @@ impl MiniCluster {
                     self.cancel_all(&mut live);
                 }
             }
+            if stopping.is_some() && cancel.load(Ordering::Relaxed) {
+                tracing::warn!("cancelled again: the job is cancelled without its savepoint");
+                stopping = None;
+                cancelling = true;
+                status = Some(JobStatus::Canceled);
+                self.cancel_all(&mut live);
+            }
             if let Some(sid) = stopping {
                 match coord.savepoint_status(sid) {
                     Some(SavepointStatus::InProgress) => {}
@@ -416,6 +423,8 @@ impl MiniCluster {
                     Some(Ok(sid)) => {
                         tracing::info!(savepoint = sid, "stopping the job with a savepoint");
                         stopping = Some(sid);
+                        // A second cancel (Ctrl-C again) gives up the savepoint.
+                        cancel.store(false, Ordering::Relaxed);
                     }
                     other => {
                         if let Some(Err(why)) = other {
@@ -428,7 +437,9 @@ impl MiniCluster {
                 }
             }
             if Instant::now() >= *next_report {
-                *next_report += interval;
+                // One report per interval; after a stall (a restart's backoff), the
+                // next a full interval on, not a burst catching up.
+                *next_report = (*next_report + interval).max(Instant::now() + interval / 2);
                 on_progress(&Progress {
                     elapsed: start.elapsed(),
                     records: metrics.records(),

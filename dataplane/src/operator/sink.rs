@@ -356,8 +356,10 @@ impl<T: Debug, W: Write> Emit<T> for WriterSink<W> {
 /// Collects records into a shared vector (tests, small results): at end of input,
 /// and, with checkpoints, those before a checkpoint's barrier once it completed (a
 /// two-phase commit: a failed attempt's uncommitted records are dropped with it and
-/// come again from the checkpoint, so each shows once; a job stopped with a savepoint
-/// shows exactly what the savepoint holds).
+/// come again from the checkpoint, so each shows once in exactly-once mode; a job
+/// stopped with a savepoint shows exactly what the savepoint holds). With a final
+/// checkpoint, the last records wait for it too. In at-least-once mode a record may
+/// show twice after a restore, as the mode allows.
 pub struct CollectSink<T> {
     local: Vec<T>,
     /// Records closed by a barrier, waiting for its checkpoint to complete.
@@ -387,6 +389,12 @@ impl<T> Emit<T> for CollectSink<T> {
         match event {
             Event::Barrier(b) if !self.local.is_empty() => {
                 self.pending.push((b.id, std::mem::take(&mut self.local)));
+            }
+            // With a final checkpoint to come, the last records wait for it (its
+            // barrier files them, its completion publishes them): a failure elsewhere
+            // before it completes restores a checkpoint that does not hold them.
+            Event::EndOfInput if crate::checkpoint::final_checkpoint_follows() => {
+                self.counter.publish(None, false);
             }
             Event::EndOfInput => {
                 let mut s = match self.shared.lock() {
