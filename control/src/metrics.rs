@@ -111,6 +111,46 @@ impl Exposition {
     }
 }
 
+/// A network agent's counters (`r`), labelled `labels`: what the JobManager (as last
+/// reported) and a TaskManager (its own) both expose.
+pub fn network(e: &mut Exposition, labels: &[(&str, &str)], r: &crate::cluster::NetworkReport) {
+    e.gauge(
+        "spate_taskmanager_network_connections",
+        "Connections of the network agent to other TaskManagers.",
+        labels,
+        r.connections as f64,
+    );
+    for (name, help, v) in [
+        (
+            "spate_taskmanager_network_received_bytes_total",
+            "Bytes the network agent received.",
+            r.bytes_in,
+        ),
+        (
+            "spate_taskmanager_network_sent_bytes_total",
+            "Bytes the network agent sent.",
+            r.bytes_out,
+        ),
+        (
+            "spate_taskmanager_network_received_frames_total",
+            "Ring frames the network agent received.",
+            r.frames_in,
+        ),
+        (
+            "spate_taskmanager_network_sent_frames_total",
+            "Ring frames the network agent sent.",
+            r.frames_out,
+        ),
+        (
+            "spate_taskmanager_network_failures_total",
+            "Connections lost or peers given up.",
+            r.failures,
+        ),
+    ] {
+        e.counter(name, help, labels, v);
+    }
+}
+
 /// The content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 

@@ -551,6 +551,23 @@ fn vertex_id(jid: &str, v: usize) -> String {
     derived_id(&[jid, "vertex", &v.to_string()])
 }
 
+/// Job `id` and its vertex `vid`, or the response Flink gives (see [`find_job`]; 404
+/// for an unknown vertex).
+fn job_vertex<'a>(
+    st: &'a crate::cluster::jobmanager::ClusterState,
+    id: &str,
+    vid: &str,
+) -> Result<(&'a JobEntry, &'a VertexInfo), Box<Response>> {
+    let j = find_job(st, id)?;
+    let x = find_vertex(j, vid).ok_or_else(|| {
+        Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("JobVertex {vid} not found"),
+        ))
+    })?;
+    Ok((j, x))
+}
+
 /// The vertex whose id is `vid` (its Flink id, or its index).
 fn find_vertex<'a>(j: &'a JobEntry, vid: &str) -> Option<&'a VertexInfo> {
     j.vertices
@@ -889,12 +906,9 @@ async fn vertex(
     Path((id, vid)): Path<(String, String)>,
 ) -> Response {
     let st = lock(&st);
-    let j = match find_job(&st, &id) {
-        Ok(j) => j,
+    let (j, x) = match job_vertex(&st, &id, &vid) {
+        Ok(v) => v,
         Err(r) => return *r,
-    };
-    let Some(x) = find_vertex(j, &vid) else {
-        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
     };
     let now = epoch_ms();
     let subtasks: Vec<Value> = tasks_of(j, x.id)
@@ -1136,41 +1150,7 @@ async fn prometheus(State(st): State<SharedState>) -> Response {
             &tm,
             now.saturating_sub(t.last_heartbeat_ms) as f64 / 1e3,
         );
-        e.gauge(
-            "spate_taskmanager_network_connections",
-            "Connections of the network agent to other TaskManagers.",
-            &tm,
-            r.connections as f64,
-        );
-        for (name, help, v) in [
-            (
-                "spate_taskmanager_network_received_bytes_total",
-                "Bytes the network agent received.",
-                r.bytes_in,
-            ),
-            (
-                "spate_taskmanager_network_sent_bytes_total",
-                "Bytes the network agent sent.",
-                r.bytes_out,
-            ),
-            (
-                "spate_taskmanager_network_received_frames_total",
-                "Ring frames the network agent received.",
-                r.frames_in,
-            ),
-            (
-                "spate_taskmanager_network_sent_frames_total",
-                "Ring frames the network agent sent.",
-                r.frames_out,
-            ),
-            (
-                "spate_taskmanager_network_failures_total",
-                "Connections lost or peers given up.",
-                r.failures,
-            ),
-        ] {
-            e.counter(name, help, &tm, v);
-        }
+        crate::metrics::network(&mut e, &tm, r);
     }
     for j in st.jobs.values() {
         let job = [("job_id", j.id.as_str()), ("job_name", j.spec.job.as_str())];
@@ -1337,12 +1317,9 @@ async fn vertex_metrics(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let st = lock(&st);
-    let j = match find_job(&st, &id) {
-        Ok(j) => j,
+    let (j, x) = match job_vertex(&st, &id, &vid) {
+        Ok(v) => v,
         Err(r) => return *r,
-    };
-    let Some(x) = find_vertex(j, &vid) else {
-        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
     };
     let mut available = Vec::new();
     for (s, rin, rout) in vertex_records(j, x.id) {
@@ -1360,12 +1337,9 @@ async fn subtasks_metrics(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let st = lock(&st);
-    let j = match find_job(&st, &id) {
-        Ok(j) => j,
+    let (j, x) = match job_vertex(&st, &id, &vid) {
+        Ok(v) => v,
         Err(r) => return *r,
-    };
-    let Some(x) = find_vertex(j, &vid) else {
-        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
     };
     let recs = vertex_records(j, x.id);
     let available = vec![
@@ -1388,12 +1362,9 @@ async fn subtask_times(
     Path((id, vid)): Path<(String, String)>,
 ) -> Response {
     let st = lock(&st);
-    let j = match find_job(&st, &id) {
-        Ok(j) => j,
+    let (j, x) = match job_vertex(&st, &id, &vid) {
+        Ok(v) => v,
         Err(r) => return *r,
-    };
-    let Some(x) = find_vertex(j, &vid) else {
-        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
     };
     let now = epoch_ms();
     let subtasks: Vec<Value> = tasks_of(j, x.id)
@@ -1423,12 +1394,9 @@ async fn vertex_taskmanagers(
     Path((id, vid)): Path<(String, String)>,
 ) -> Response {
     let st = lock(&st);
-    let j = match find_job(&st, &id) {
-        Ok(j) => j,
+    let (j, x) = match job_vertex(&st, &id, &vid) {
+        Ok(v) => v,
         Err(r) => return *r,
-    };
-    let Some(x) = find_vertex(j, &vid) else {
-        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
     };
     let now = epoch_ms();
     let mut by_tm: BTreeMap<&str, Vec<&TaskSlot>> = BTreeMap::new();
@@ -1647,12 +1615,9 @@ async fn watermarks(
     Path((id, vid)): Path<(String, String)>,
 ) -> Response {
     let st = lock(&st);
-    let j = match find_job(&st, &id) {
-        Ok(j) => j,
+    let (j, x) = match job_vertex(&st, &id, &vid) {
+        Ok(v) => v,
         Err(r) => return *r,
-    };
-    let Some(x) = find_vertex(j, &vid) else {
-        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
     };
     Json(json!(tasks_of(j, x.id)
         .map(|(k, t)| json!({
@@ -1682,12 +1647,9 @@ async fn backpressure(
     Path((id, vid)): Path<(String, String)>,
 ) -> Response {
     let st = lock(&st);
-    let j = match find_job(&st, &id) {
-        Ok(j) => j,
+    let (j, x) = match job_vertex(&st, &id, &vid) {
+        Ok(v) => v,
         Err(r) => return *r,
-    };
-    let Some(x) = find_vertex(j, &vid) else {
-        return error(StatusCode::NOT_FOUND, format!("JobVertex {vid} not found"));
     };
     let subtasks: Vec<Value> = tasks_of(j, x.id)
         .map(|(k, t)| {

@@ -27,8 +27,8 @@ pub fn unpin_current() -> std::io::Result<()> {
     // SAFETY: an all-zero cpu_set_t is a valid, empty CPU set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `set` is a writable cpu_set_t of `size` bytes; getpid() names the main
-    // thread, whose mask the kernel copies into it.
+    // The main thread's mask (getpid() names it), copied by the kernel into `set`.
+    // SAFETY: `set` is a writable cpu_set_t of `size` bytes.
     if unsafe { libc::sched_getaffinity(libc::getpid(), size, &mut set) } != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -261,41 +261,7 @@ impl TaskManager {
             busy.len() as f64,
         );
         let r = self.network_report();
-        e.gauge(
-            "spate_taskmanager_network_connections",
-            "Connections of the network agent to other TaskManagers.",
-            &tm,
-            r.connections as f64,
-        );
-        for (name, help, v) in [
-            (
-                "spate_taskmanager_network_received_bytes_total",
-                "Bytes the network agent received.",
-                r.bytes_in,
-            ),
-            (
-                "spate_taskmanager_network_sent_bytes_total",
-                "Bytes the network agent sent.",
-                r.bytes_out,
-            ),
-            (
-                "spate_taskmanager_network_received_frames_total",
-                "Ring frames the network agent received.",
-                r.frames_in,
-            ),
-            (
-                "spate_taskmanager_network_sent_frames_total",
-                "Ring frames the network agent sent.",
-                r.frames_out,
-            ),
-            (
-                "spate_taskmanager_network_failures_total",
-                "Connections lost or peers given up.",
-                r.failures,
-            ),
-        ] {
-            e.counter(name, help, &tm, v);
-        }
+        crate::metrics::network(&mut e, &tm, &r);
         let mut tasks: Vec<_> = self.tasks.iter().collect();
         tasks.sort_by(|a, b| {
             (&a.1 .0.job_id, a.1 .0.vertex, a.1 .0.subtask).cmp(&(
