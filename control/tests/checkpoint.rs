@@ -453,8 +453,13 @@ fn exactly_once_file_output_survives_repeated_failures() {
     .map(move |v: Vwap| {
         let n = seen.fetch_add(1, Ordering::Relaxed);
         let k = next.load(Ordering::Relaxed) as usize;
-        if thresholds.get(k).is_some_and(|&t| n >= t) {
-            next.fetch_add(1, Ordering::Relaxed);
+        // One subtask claims each failure: both subtasks can pass a threshold at
+        // once, and two failures in one attempt are one restart.
+        if thresholds.get(k).is_some_and(|&t| n >= t)
+            && next
+                .compare_exchange(k as u64, k as u64 + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             panic!("injected failure {} after {n} results", k + 1);
         }
         (v.symbol, v.vwap)
