@@ -668,6 +668,33 @@ fn spate_local_is_a_whole_cluster_in_one_process() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let id = submitted_id_first_line(&o);
     assert_eq!(job_state(ports.rest, &id), "FINISHED");
+    // The summary gives the events and the latency the cluster's sinks measured, as a
+    // MiniCluster run does; the job's metrics hold the same histogram.
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("events       100000"), "{out}");
+    assert!(out.contains("latency      p50 "), "{out}");
+    let (status, v) = http(
+        ports.rest,
+        "GET",
+        &format!("/jobs/{id}/metrics?get=latency_count,latency_p50,latency_p99,latency_max"),
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let metric = |name: &str| -> f64 {
+        v.as_array()
+            .and_then(|a| a.iter().find(|x| x["id"] == name))
+            .and_then(|x| x["value"].as_str())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {v}"))
+    };
+    // vwap samples one record in 16 for latency.
+    assert!(metric("latency_count") > 1000.0, "{v}");
+    assert!(metric("latency_p50") > 0.0, "{v}");
+    assert!(metric("latency_p50") <= metric("latency_p99"), "{v}");
+    assert!(metric("latency_p99") <= metric("latency_max"), "{v}");
+    let (_, ids) = http(ports.rest, "GET", &format!("/v1/jobs/{id}/metrics"), "").unwrap();
+    assert!(ids.to_string().contains("\"latency_p9999\""), "{ids}");
     // An unbounded job, cancelled from the CLI.
     let o = spate_cli(&[
         "run", "-m", &m, "-d", "--events", "0", "--rate", "10000", "vwap",
@@ -897,6 +924,7 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
                 records_out: 7,
                 watermark: 0,
                 backpressure: (0, 0),
+                latency: None,
             },
         },
     );
@@ -1802,6 +1830,8 @@ fn prometheus_metrics_on_the_jobmanager_and_a_taskmanager_pass_promtool() {
                 .unwrap_or_default();
             sample(&jm_text, "spate_task_records_out_total", &[&job_label]).is_some_and(|v| v > 0.0)
                 && sample(&jm_text, "spate_jobmanager_task_slots_available", &[]) == Some(0.0)
+                && sample(&jm_text, "spate_job_latency_seconds_count", &[&job_label])
+                    .is_some_and(|v| v > 0.0)
         },
     );
     let mut tm_text = String::new();
@@ -1811,6 +1841,8 @@ fn prometheus_metrics_on_the_jobmanager_and_a_taskmanager_pass_promtool() {
         || {
             tm_text = http_text(prom, "/metrics").map(|r| r.2).unwrap_or_default();
             sample(&tm_text, "spate_task_records_out_total", &[&job_label]).is_some_and(|v| v > 0.0)
+                && sample(&tm_text, "spate_task_latency_seconds_count", &[&job_label])
+                    .is_some_and(|v| v > 0.0)
         },
     );
     let (status, ctype, _) = http_text(ports.rest, "/metrics").unwrap();
@@ -1854,6 +1886,26 @@ fn prometheus_metrics_on_the_jobmanager_and_a_taskmanager_pass_promtool() {
         .is_some_and(|v| v > 0.0),
         "{tm_text}"
     );
+    // The job's latency as a summary: quantiles in order, within what was observed.
+    let q = |text: &str, name: &str, quantile: &str| {
+        sample(
+            text,
+            name,
+            &[&job_label, &format!("quantile=\"{quantile}\"")],
+        )
+        .unwrap()
+    };
+    for (text, name) in [
+        (&jm_text, "spate_job_latency_seconds"),
+        (&tm_text, "spate_task_latency_seconds"),
+    ] {
+        let (p50, p99, p9999) = (
+            q(text, name, "0.5"),
+            q(text, name, "0.99"),
+            q(text, name, "0.9999"),
+        );
+        assert!(p50 > 0.0 && p50 <= p99 && p99 <= p9999, "{name}: {text}");
+    }
     for (who, text) in [("JobManager", &jm_text), ("TaskManager", &tm_text)] {
         let said = promtool_check(text);
         assert!(

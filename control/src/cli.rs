@@ -249,7 +249,7 @@ fn interval_ns(config: &Config) -> u64 {
     u64::try_from(config.auto_watermark_interval.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn us(ns: u64) -> String {
+pub(crate) fn us(ns: u64) -> String {
     if ns >= 1_000_000 {
         format!("{:.2} ms", ns as f64 / 1e6)
     } else {
@@ -257,7 +257,7 @@ fn us(ns: u64) -> String {
     }
 }
 
-fn rate(x: f64) -> String {
+pub(crate) fn rate(x: f64) -> String {
     if x >= 1e6 {
         format!("{:.2}M", x / 1e6)
     } else if x >= 1e3 {

@@ -5,7 +5,8 @@ use crate::config::Config;
 use crate::jobs::JobSpec;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
-use std::time::Duration;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
 /// `-m`, or the configuration's `jobmanager.rpc.address:rest.port`.
 pub(crate) fn address(m: Option<String>, c: &Config) -> String {
@@ -49,14 +50,47 @@ pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
         return Ok(true);
     }
     let mut last = String::new();
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut next_progress = started + PROGRESS_EVERY;
+    let mut prev = (started, 0u64);
     loop {
         let v = call(agent().get(&format!("http://{m}/jobs/{id}")), None)?;
         let state = v["state"].as_str().unwrap_or("UNKNOWN").to_string();
         if state != last {
+            if tty && !last.is_empty() {
+                eprintln!();
+            }
             eprintln!("job {id}: {state}");
             last = state.clone();
         }
-        if matches!(state.as_str(), "FINISHED" | "CANCELED" | "FAILED") {
+        let ended = matches!(state.as_str(), "FINISHED" | "CANCELED" | "FAILED");
+        if state == "RUNNING" && Instant::now() >= next_progress {
+            next_progress += PROGRESS_EVERY;
+            let events = source_records(&v);
+            let now = Instant::now();
+            let r = (events - prev.1.min(events)) as f64
+                / now.duration_since(prev.0).as_secs_f64().max(1e-9);
+            prev = (now, events);
+            let p99 = latency(m, &id)
+                .filter(|l| l.count > 0)
+                .map_or("-".into(), |l| crate::cli::us(l.p99 as u64));
+            let line = format!(
+                "[{:6.1}s] events {events:>10}  rate {:>8}/s  p99 {p99}",
+                started.elapsed().as_secs_f64(),
+                crate::cli::rate(r),
+            );
+            if tty {
+                eprint!("\r{line}   ");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+        if ended {
+            if tty {
+                eprintln!();
+            }
+            print_summary(m, &id, &v);
             print_checkpoints(m, &id);
         }
         match state.as_str() {
@@ -76,6 +110,95 @@ pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
             }
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
+    }
+}
+
+/// How often a followed job's progress is shown.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Records the job's sources wrote (its vertices with no inputs in the plan).
+fn source_records(job: &Value) -> u64 {
+    let sources: Vec<&str> = job["plan"]["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| n["inputs"].as_array().is_none_or(Vec::is_empty))
+                .filter_map(|n| n["id"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    job["vertices"]
+        .as_array()
+        .map(|vs| {
+            vs.iter()
+                .filter(|v| v["id"].as_str().is_some_and(|id| sources.contains(&id)))
+                .filter_map(|v| v["metrics"]["write-records"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A job's end-to-end latency as its metrics give it (ns).
+struct Latency {
+    count: u64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    p9999: f64,
+    max: f64,
+}
+
+fn latency(m: &str, id: &str) -> Option<Latency> {
+    let v = call(
+        agent().get(&format!(
+            "http://{m}/jobs/{id}/metrics?get=latency_count,latency_p50,latency_p99,latency_p999,latency_p9999,latency_max"
+        )),
+        None,
+    )
+    .ok()?;
+    let get = |name: &str| -> f64 {
+        v.as_array()
+            .and_then(|a| a.iter().find(|x| x["id"] == name))
+            .and_then(|x| x["value"].as_str())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Some(Latency {
+        count: get("latency_count") as u64,
+        p50: get("latency_p50"),
+        p99: get("latency_p99"),
+        p999: get("latency_p999"),
+        p9999: get("latency_p9999"),
+        max: get("latency_max"),
+    })
+}
+
+/// The summary of a job that ended: events, time, rate and the latency its sinks
+/// measured, as `spate run` prints for a MiniCluster job.
+fn print_summary(m: &str, id: &str, job: &Value) {
+    let events = source_records(job);
+    let secs = job["duration"].as_u64().unwrap_or(0) as f64 / 1e3;
+    println!("events       {events}");
+    println!("seconds      {secs:.3}");
+    println!(
+        "events/s     {}",
+        crate::cli::rate(events as f64 / secs.max(1e-9))
+    );
+    if let Some(l) = latency(m, id).filter(|l| l.count > 0) {
+        let us = |x: f64| crate::cli::us(x as u64);
+        println!(
+            "latency of   {} sampled records, from the event timestamp to the sink",
+            l.count
+        );
+        println!(
+            "latency      p50 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+            us(l.p50),
+            us(l.p99),
+            us(l.p999),
+            us(l.p9999),
+            us(l.max)
+        );
     }
 }
 

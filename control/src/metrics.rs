@@ -24,7 +24,8 @@ pub struct Exposition {
 struct Family {
     help: String,
     kind: &'static str,
-    samples: Vec<(String, String)>,
+    /// (name suffix, labels, value).
+    samples: Vec<(&'static str, String, String)>,
 }
 
 /// Escapes a label value (backslash, double quote, line feed), as the format asks.
@@ -55,6 +56,18 @@ impl Exposition {
         labels: &[(&str, &str)],
         value: String,
     ) {
+        self.sample_suffixed(name, "", help, kind, labels, value);
+    }
+
+    fn sample_suffixed(
+        &mut self,
+        name: &str,
+        suffix: &'static str,
+        help: &str,
+        kind: &'static str,
+        labels: &[(&str, &str)],
+        value: String,
+    ) {
         if !self.families.contains_key(name) {
             self.order.push(name.to_string());
         }
@@ -71,7 +84,7 @@ impl Exposition {
             .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
             .collect::<Vec<_>>()
             .join(",");
-        family.samples.push((labels, value));
+        family.samples.push((suffix, labels, value));
     }
 
     /// A counter sample (`name` ends in `_total`).
@@ -81,12 +94,28 @@ impl Exposition {
 
     /// A gauge sample.
     pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
-        let v = if value.is_finite() {
-            format!("{value}")
-        } else {
-            "NaN".to_string()
-        };
-        self.sample(name, help, "gauge", labels, v);
+        self.sample(name, help, "gauge", labels, float(value));
+    }
+
+    /// A summary: quantiles (`quantile`, value) with the sum and count of what was
+    /// observed.
+    pub fn summary(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        quantiles: &[(f64, f64)],
+        sum: f64,
+        count: u64,
+    ) {
+        for (q, v) in quantiles {
+            let q = q.to_string();
+            let mut l = labels.to_vec();
+            l.push(("quantile", q.as_str()));
+            self.sample_suffixed(name, "", help, "summary", &l, float(*v));
+        }
+        self.sample_suffixed(name, "_sum", help, "summary", labels, float(sum));
+        self.sample_suffixed(name, "_count", help, "summary", labels, count.to_string());
     }
 
     /// The text, each family with its `# HELP` and `# TYPE` lines.
@@ -99,15 +128,38 @@ impl Exposition {
             let help = f.help.replace('\\', "\\\\").replace('\n', "\\n");
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {}", f.kind);
-            for (labels, v) in &f.samples {
+            for (suffix, labels, v) in &f.samples {
                 if labels.is_empty() {
-                    let _ = writeln!(out, "{name} {v}");
+                    let _ = writeln!(out, "{name}{suffix} {v}");
                 } else {
-                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                    let _ = writeln!(out, "{name}{suffix}{{{labels}}} {v}");
                 }
             }
         }
         out
+    }
+}
+
+/// A latency histogram (ns) as the summary `spate_..._latency_seconds`: p50, p99,
+/// p99.9 and p99.99, with the sum and count.
+pub fn latency_summary(
+    e: &mut Exposition,
+    name: &str,
+    help: &str,
+    labels: &[(&str, &str)],
+    h: &hdrhistogram::Histogram<u64>,
+) {
+    let quantiles = [0.5, 0.99, 0.999, 0.9999].map(|q| (q, h.value_at_quantile(q) as f64 / 1e9));
+    let sum = h.mean() * h.len() as f64 / 1e9;
+    e.summary(name, help, labels, &quantiles, sum, h.len());
+}
+
+/// A sample value as the format writes it.
+fn float(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value}")
+    } else {
+        "NaN".to_string()
     }
 }
 

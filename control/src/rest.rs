@@ -64,6 +64,7 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
         .route("/jobs/overview", get(jobs_overview))
         .route("/jobs/{id}", get(job).patch(patch_job))
         .route("/jobs/{id}/status", get(job_status))
+        .route("/jobs/{id}/metrics", get(job_metrics))
         .route("/jobs/{id}/plan", get(job_plan))
         .route("/jobs/{id}/config", get(job_config))
         .route("/jobs/{id}/execution-result", get(execution_result))
@@ -1187,6 +1188,15 @@ async fn prometheus(State(st): State<SharedState>) -> Response {
             &job,
             c.last_size as f64,
         );
+        if let Some(h) = j.latency() {
+            crate::metrics::latency_summary(
+                &mut e,
+                "spate_job_latency_seconds",
+                "End-to-end latency the job's latency sinks measured (source stamp to sink), over its life.",
+                &job,
+                &h,
+            );
+        }
         for ((v, s), t) in &j.tasks {
             let vertex = j.vertices.get(*v as usize);
             let vid = vertex_id(&j.id, *v as usize);
@@ -1325,6 +1335,9 @@ async fn vertex_metrics(
     for (s, rin, rout) in vertex_records(j, x.id) {
         available.push((format!("{s}.numRecordsIn"), rin as f64));
         available.push((format!("{s}.numRecordsOut"), rout as f64));
+    }
+    if let Some(h) = j.vertex_latency(Some(x.id as u32)) {
+        available.extend(latency_values(Some(&h)));
     }
     Json(metric_reply(&q, available)).into_response()
 }
@@ -1490,6 +1503,56 @@ fn job_metric_values(j: &JobEntry) -> Vec<(String, f64)> {
         ("lastCheckpointSize".into(), c.last_size as f64),
         ("uptime".into(), duration(j) as f64),
     ]
+    .into_iter()
+    .chain(latency_values(j.latency().as_ref()))
+    .collect()
+}
+
+/// The quantiles a latency histogram is shown by, with the suffixes Flink gives a
+/// histogram metric's values.
+const LATENCY_QUANTILES: [(&str, f64); 4] = [
+    ("p50", 0.5),
+    ("p99", 0.99),
+    ("p999", 0.999),
+    ("p9999", 0.9999),
+];
+
+/// A latency histogram as metric values (ns), named as Flink names a histogram's
+/// (`latency_p99`, ...); zeros while there is none.
+fn latency_values(h: Option<&hdrhistogram::Histogram<u64>>) -> Vec<(String, f64)> {
+    let count = h.map_or(0, hdrhistogram::Histogram::len);
+    let pick = |f: &dyn Fn(&hdrhistogram::Histogram<u64>) -> f64| match h {
+        Some(h) if count > 0 => f(h),
+        _ => 0.0,
+    };
+    let mut out = vec![
+        ("latency_count".to_string(), count as f64),
+        ("latency_min".to_string(), pick(&|h| h.min() as f64)),
+        ("latency_mean".to_string(), pick(&|h| h.mean())),
+    ];
+    for (name, q) in LATENCY_QUANTILES {
+        out.push((
+            format!("latency_{name}"),
+            pick(&|h| h.value_at_quantile(q) as f64),
+        ));
+    }
+    out.push(("latency_max".to_string(), pick(&|h| h.max() as f64)));
+    out
+}
+
+/// `GET /jobs/:id/metrics`: the job's metrics (restarts, checkpoints, uptime and the
+/// end-to-end latency its sinks measured, in ns).
+async fn job_metrics(
+    State(st): State<SharedState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    Json(metric_reply(&q, job_metric_values(j))).into_response()
 }
 
 /// `GET /jobs/metrics`: job metrics aggregated over the jobs (`jobs=a,b` picks them).
@@ -1534,7 +1597,9 @@ fn job_metric_values_names() -> Vec<String> {
         "uptime",
     ]
     .map(String::from)
-    .to_vec()
+    .into_iter()
+    .chain(latency_values(None).into_iter().map(|(n, _)| n))
+    .collect()
 }
 
 /// A TaskManager's metrics: slots and its network agent's counters.

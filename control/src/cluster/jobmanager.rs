@@ -157,6 +157,8 @@ pub struct TaskSlot {
     pub backpressure_ratio: f64,
     /// When that ratio was computed (ms since the epoch; 0: not yet).
     pub backpressure_at_ms: u64,
+    /// The end-to-end latencies its latency sinks recorded, as last reported.
+    pub latency: Option<hdrhistogram::Histogram<u64>>,
 }
 
 /// A failure, for `/jobs/:id/exceptions`.
@@ -237,9 +239,41 @@ pub struct JobEntry {
     pub max_parallelism: u32,
     /// Edges as the plan shows them: (from vertex, to vertex, Flink's ship strategy).
     pub plan_edges: Vec<(usize, usize, &'static str)>,
+    /// Latencies recorded by deployments since replaced (restarts).
+    past_latency: Option<hdrhistogram::Histogram<u64>>,
 }
 
 impl JobEntry {
+    /// The end-to-end latencies the job's sinks recorded, over all its deployments
+    /// (`None`: none yet, or the job has no latency sink).
+    pub fn latency(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        self.vertex_latency(None)
+    }
+
+    /// The latencies recorded by the subtasks of vertex `v` (all vertices: `None`),
+    /// including, for the whole job, those of deployments since replaced.
+    pub fn vertex_latency(&self, v: Option<u32>) -> Option<hdrhistogram::Histogram<u64>> {
+        let mut out = if v.is_none() {
+            self.past_latency.clone()
+        } else {
+            None
+        };
+        for ((vertex, _), t) in &self.tasks {
+            if v.is_some_and(|v| v != *vertex) {
+                continue;
+            }
+            if let Some(h) = &t.latency {
+                match &mut out {
+                    Some(o) => {
+                        let _ = o.add(h);
+                    }
+                    None => out = Some(h.clone()),
+                }
+            }
+        }
+        out
+    }
+
     /// The slot sharing group of vertex `v`.
     pub fn slot_sharing_group(&self, v: usize) -> &str {
         self.vertex_groups.get(v).map_or("default", String::as_str)
@@ -292,6 +326,15 @@ impl JobEntry {
         settings: DeploySettings,
     ) -> (TaskManagerId, TaskDeployment) {
         let (tm, slot) = at;
+        // The latencies of a deployment being replaced stay in the job's.
+        if let Some(h) = self.tasks.get(&k).and_then(|t| t.latency.as_ref()) {
+            match &mut self.past_latency {
+                Some(p) => {
+                    let _ = p.add(h);
+                }
+                None => self.past_latency = Some(h.clone()),
+            }
+        }
         self.tasks.insert(
             k,
             TaskSlot {
@@ -307,6 +350,7 @@ impl JobEntry {
                 backpressure_samples: (0, 0),
                 backpressure_ratio: 0.0,
                 backpressure_at_ms: 0,
+                latency: None,
             },
         );
         let d = TaskDeployment {
@@ -883,6 +927,15 @@ impl JobManager {
                         t.backpressure_at_ms = epoch_ms();
                     }
                     t.backpressure_samples = (n, hits);
+                    if let Some(bytes) = &r.latency {
+                        match super::decode_latency(bytes) {
+                            Ok(h) => t.latency = Some(h),
+                            Err(e) => tracing::warn!(
+                                task = ?r.task,
+                                "ignoring a latency report: {e}"
+                            ),
+                        }
+                    }
                 }
             }
         }
@@ -962,6 +1015,7 @@ impl JobManager {
                 .collect(),
             slots_needed: needed,
             tasks: BTreeMap::new(),
+            past_latency: None,
             exceptions: Vec::new(),
             exceptions_truncated: false,
             strategy: restart::from_config(&jc),

@@ -204,6 +204,62 @@ pub struct TaskRecords {
     /// Back-pressure samples: (rounds, rounds with the outputs full).
     #[serde(default)]
     pub backpressure: (u64, u64),
+    /// The end-to-end latencies its latency sinks recorded since it started (an
+    /// HdrHistogram in the V2 encoding; `None`: it has recorded none).
+    #[serde(default)]
+    pub latency: Option<Vec<u8>>,
+}
+
+/// The V2 cookie of an uncompressed HdrHistogram encoding.
+const HISTOGRAM_V2_COOKIE: u32 = 0x1c84_9313;
+
+/// Encodes a latency histogram for a report (`None` when it is empty).
+pub fn encode_latency(h: &hdrhistogram::Histogram<u64>) -> Option<Vec<u8>> {
+    if h.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    hdrhistogram::serialization::Serializer::serialize(
+        &mut hdrhistogram::serialization::V2Serializer::new(),
+        h,
+        &mut out,
+    )
+    .ok()?;
+    Some(out)
+}
+
+/// Decodes a latency histogram from a peer's report, refusing (with the reason) what
+/// a latency sink cannot have sent: another encoding, a payload length that is not
+/// the frame's, or bounds beyond the data plane's histograms, any of which could make
+/// the decoder allocate without limit.
+pub fn decode_latency(bytes: &[u8]) -> Result<hdrhistogram::Histogram<u64>, String> {
+    const HEADER: usize = 40;
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    let long = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    };
+    if word(0) != Some(HISTOGRAM_V2_COOKIE) {
+        return Err("not an uncompressed V2 HdrHistogram".into());
+    }
+    let payload = word(4).ok_or("truncated histogram header")? as usize;
+    if Some(payload) != bytes.len().checked_sub(HEADER) {
+        return Err(format!(
+            "histogram payload of {payload} bytes in {} bytes",
+            bytes.len()
+        ));
+    }
+    let digits = word(12).ok_or("truncated histogram header")?;
+    let high = long(24).ok_or("truncated histogram header")?;
+    if digits > 5 || high > 1 << 48 {
+        return Err(format!(
+            "histogram bounds beyond a latency's ({digits} digits, up to {high})"
+        ));
+    }
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut std::io::Cursor::new(bytes))
+        .map_err(|e| format!("malformed histogram: {e:?}"))
 }
 
 /// A subtask's state (Flink's ExecutionState, reduced).
@@ -322,4 +378,37 @@ pub fn new_id() -> String {
     let a = h.finish();
     h.write_u64(a);
     format!("{:016x}{:016x}", a, h.finish())
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::{decode_latency, encode_latency};
+
+    #[test]
+    fn latency_histograms_round_trip_and_foreign_bytes_are_refused() {
+        let mut h = spate_dataplane::operator::sink::new_histogram();
+        assert_eq!(encode_latency(&h), None, "an empty histogram is not sent");
+        for v in [1_000u64, 2_000, 3_000, 1_000_000] {
+            h.record(v).unwrap();
+        }
+        let bytes = encode_latency(&h).unwrap();
+        let back = decode_latency(&bytes).unwrap();
+        assert_eq!(back.len(), 4);
+        assert_eq!(back.value_at_quantile(0.99), h.value_at_quantile(0.99));
+        assert!(decode_latency(b"not a histogram at all, not even close.....").is_err());
+        assert!(
+            decode_latency(&bytes[..bytes.len() - 1]).is_err(),
+            "truncated"
+        );
+        let mut long = bytes.clone();
+        long[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(
+            decode_latency(&long).is_err(),
+            "a payload length beyond the frame"
+        );
+        let mut wide = bytes.clone();
+        wide[24..32].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert!(decode_latency(&wide).is_err(), "bounds beyond a latency's");
+        assert!(decode_latency(&[]).is_err());
+    }
 }

@@ -47,6 +47,8 @@ pub struct TaskManager {
     tasks: HashMap<TaskId, (TaskKey, usize)>,
     /// Their record counters.
     metrics: HashMap<TaskId, Arc<TaskMetrics>>,
+    /// What their sinks publish (records, latency histograms).
+    sinks: HashMap<TaskId, Arc<spate_dataplane::operator::sink::SinkMetrics>>,
     /// Task names, for the metrics' labels.
     task_names: HashMap<TaskId, String>,
     /// The Prometheus endpoint (`metrics.reporter.prom.port`) and the text it serves,
@@ -215,6 +217,7 @@ impl TaskManager {
             endpoint,
             tasks: HashMap::new(),
             metrics: HashMap::new(),
+            sinks: HashMap::new(),
             next_task: 0,
             jm: None,
             last_jobmanager: None,
@@ -325,6 +328,17 @@ impl TaskManager {
                     &l,
                     wm as f64 / 1e9,
                 );
+            }
+            if let Some(h) = self.sinks.get(id).map(|s| s.latency()) {
+                if !h.is_empty() {
+                    crate::metrics::latency_summary(
+                        &mut e,
+                        "spate_task_latency_seconds",
+                        "End-to-end latency the subtask's latency sinks measured (source stamp to sink).",
+                        &l,
+                        &h,
+                    );
+                }
             }
         }
         let rendered = e.render();
@@ -662,6 +676,10 @@ impl TaskManager {
             records_out: m.map_or(0, |m| m.records_out()),
             watermark: m.map_or(0, |m| m.input_watermark()),
             backpressure: m.map_or((0, 0), |m| m.backpressure_samples()),
+            latency: self
+                .sinks
+                .get(&id)
+                .and_then(|s| super::encode_latency(&s.latency())),
         }
     }
 
@@ -675,6 +693,7 @@ impl TaskManager {
                     records_out: 0,
                     watermark: 0,
                     backpressure: (0, 0),
+                    latency: None,
                 },
             };
             self.endpoint.send(
@@ -730,10 +749,13 @@ impl TaskManager {
             self.report(None, key, failed);
             return;
         }
-        let built = super::deploy::job_graph(d)
-            .and_then(|g| super::deploy::build(d, &g, &self.net, self.config.task_settings()));
+        let built = super::deploy::job_graph(d).and_then(|g| {
+            let sinks = g.stream.metrics.clone();
+            super::deploy::build(d, &g, &self.net, self.config.task_settings())
+                .map(|deployment| (deployment, sinks))
+        });
         match built {
-            Ok(mut deployment) => {
+            Ok((mut deployment, sinks)) => {
                 if let Some(c) = &d.checkpointing {
                     let trigger = self
                         .triggers
@@ -761,10 +783,12 @@ impl TaskManager {
                 tracing::info!(task = %deployment.name, slot, "deploying");
                 self.tasks.insert(id, (key.clone(), slot));
                 self.metrics.insert(id, deployment.metrics.clone());
+                self.sinks.insert(id, sinks);
                 self.task_names.insert(id, deployment.name.clone());
                 if !self.slots[slot].submit(id, deployment.into_factory()) {
                     self.tasks.remove(&id);
                     self.metrics.remove(&id);
+                    self.sinks.remove(&id);
                     self.task_names.remove(&id);
                     let failed = TaskState::Failed(format!("slot {slot} has stopped"));
                     self.report(None, key, failed);
@@ -791,6 +815,7 @@ impl TaskManager {
         if state.is_terminal() {
             self.tasks.remove(&id);
             self.metrics.remove(&id);
+            self.sinks.remove(&id);
             self.task_names.remove(&id);
             let deployment = (key.job_id.clone(), key.attempt);
             if !self
