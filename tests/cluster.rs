@@ -5,6 +5,8 @@
 
 #[path = "support/s3.rs"]
 mod s3;
+#[path = "support/webdriver.rs"]
+mod webdriver;
 use s3::S3Server;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -286,10 +288,12 @@ fn leftover_rings(id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The job id `spate run -m` printed ("Job has been submitted with JobID ...").
 fn submitted_id(out: &std::process::Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .last()
+    text.lines()
+        .find(|l| l.contains("JobID"))
+        .and_then(|l| l.split_whitespace().last())
         .unwrap_or_else(|| panic!("no job id in {text:?}"))
         .to_string()
 }
@@ -378,11 +382,7 @@ fn w1_across_two_taskmanagers(extra: &[&str], tcp: bool) {
         "vwap",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let id = String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let id = submitted_id(&o);
     assert_eq!(job_state(ports.rest, &id), "FINISHED");
     // The two subtasks of each vertex ran on the two TaskManagers.
     let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
@@ -666,7 +666,7 @@ fn spate_local_is_a_whole_cluster_in_one_process() {
     let m = format!("127.0.0.1:{}", ports.rest);
     let o = spate_cli(&["run", "-m", &m, "-p", "2", "--events", "100000", "vwap"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let id = submitted_id_first_line(&o);
+    let id = submitted_id(&o);
     assert_eq!(job_state(ports.rest, &id), "FINISHED");
     // The summary gives the events and the latency the cluster's sinks measured, as a
     // MiniCluster run does; the job's metrics hold the same histogram.
@@ -714,15 +714,6 @@ fn spate_local_is_a_whole_cluster_in_one_process() {
     wait_for("the job's rings to be gone", Duration::from_secs(5), || {
         leftover_rings(&id).is_empty()
     });
-}
-
-fn submitted_id_first_line(o: &std::process::Output) -> String {
-    let text = String::from_utf8_lossy(&o.stdout);
-    text.lines()
-        .next()
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap_or_else(|| panic!("no job id in {text:?}"))
-        .to_string()
 }
 
 fn subtask_attempts(rest: u16, id: &str) -> Vec<(u64, String)> {
@@ -1169,7 +1160,7 @@ fn run_dash_d_on_a_cluster_configures_the_job() {
         "vwap",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let id = submitted_id_first_line(&o);
+    let id = submitted_id(&o);
     let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
     let pars: Vec<u64> = job["vertices"]
         .as_array()
@@ -1197,7 +1188,7 @@ fn run_dash_d_on_a_cluster_configures_the_job() {
         "vwap",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let id = submitted_id_first_line(&o);
+    let id = submitted_id(&o);
     let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
     assert!(
         job["vertices"]
@@ -2757,7 +2748,7 @@ fn cluster_scripts_start_a_cluster_from_conf_and_stop_it() {
     let m = format!("127.0.0.1:{rest}");
     let o = spate_cli(&["run", "-m", &m, "-p", "2", "--events", "100000", "vwap"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(job_state(rest, &submitted_id_first_line(&o)), "FINISHED");
+    assert_eq!(job_state(rest, &submitted_id(&o)), "FINISHED");
 
     let o = script("stop-cluster.sh", dir.path(), &[]);
     let said = String::from_utf8_lossy(&o.stdout).to_string();
@@ -2826,4 +2817,237 @@ fn whoami() -> String {
         .trim()
         .to_string()
     })
+}
+
+/// The web dashboard in a real headless browser against a running cluster: the
+/// overview, the TaskManagers with the core of each slot, a job's graph with live
+/// records, back-pressure and latency, its checkpoints, a graph of dozens of vertices
+/// laid out without overlaps, and cancelling the job from the page.
+#[test]
+fn web_dashboard_in_a_headless_browser_follows_a_job_and_cancels_it() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spate("jobmanager", &ports, &[]);
+    let _tm = spate(
+        "taskmanager",
+        &ports,
+        &["-D", "taskmanager.numberOfTaskSlots=2"],
+    );
+    wait_for("the TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    let chk = tempfile::tempdir().unwrap();
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let chk_arg = format!("state.checkpoints.dir={}", chk.path().display());
+    let o = spate_cli(&[
+        "run",
+        "-m",
+        &m,
+        "-d",
+        "-p",
+        "2",
+        "--events",
+        "0",
+        "--rate",
+        "20000",
+        "-D",
+        "execution.checkpointing.interval=300 ms",
+        "-D",
+        &chk_arg,
+        "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    wait_for("RUNNING", Duration::from_secs(15), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    let (_, tms) = http(ports.rest, "GET", "/taskmanagers", "").unwrap();
+    let tm_id = tms["taskmanagers"][0]["id"].as_str().unwrap().to_string();
+    let base = format!("http://127.0.0.1:{}", ports.rest);
+    let b = webdriver::Browser::start();
+    let long = Duration::from_secs(20);
+
+    // The overview: one TaskManager, two slots, the job among the running ones.
+    b.goto(&format!("{base}/"));
+    b.wait_js(
+        "the overview",
+        long,
+        "const c = document.querySelector('#card-taskmanagers .value'); \
+         const r = document.querySelector('#running-jobs'); \
+         return c && c.innerText === '1' && r && r.innerText.includes('vwap');",
+    );
+    assert_eq!(b.text("#card-slots .value").as_deref(), Some("2"));
+    let row = b
+        .text(&format!("#running-jobs tr[data-job='{id}']"))
+        .unwrap();
+    assert!(row.contains("RUNNING"), "{row}");
+
+    // TaskManagers, and one TaskManager's slots with their cores and the job on them.
+    b.goto(&format!("{base}/#/taskmanagers"));
+    let listed = b.wait_js(
+        "the TaskManagers",
+        long,
+        "const t = document.querySelector('#taskmanagers'); return t && t.innerText;",
+    );
+    let listed = listed.as_str().unwrap();
+    assert!(listed.contains(&tm_id), "{listed}");
+    assert!(
+        listed.contains("core ") || listed.contains("unpinned"),
+        "{listed}"
+    );
+    b.click(&format!("tr[data-tm='{tm_id}'] a"));
+    b.wait_js(
+        "the TaskManager's slots",
+        long,
+        "return document.querySelectorAll('#slots tr[data-slot]').length === 2 \
+         && document.querySelectorAll('#slots a[href^=\"#/jobs/\"]').length > 0;",
+    );
+
+    // The job: its graph (a box per vertex, named as the REST API names them), live
+    // record counts and rates, back-pressure and the sinks' latency.
+    let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+    let vertices: Vec<(String, String)> = job["vertices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    b.goto(&format!("{base}/#/jobs/{id}"));
+    b.wait_js(
+        "the job graph",
+        long,
+        &format!(
+            "return document.querySelectorAll('#job-graph .vertex').length === {};",
+            vertices.len()
+        ),
+    );
+    let graph = b.text("#job-graph").unwrap_or_default();
+    for (vid, name) in &vertices {
+        let title = b
+            .js(&format!(
+                "const g = document.querySelector('#job-graph .vertex[data-vertex=\"{vid}\"]'); \
+                 return g && g.querySelector('title').textContent;"
+            ))
+            .as_str()
+            .map(str::to_string);
+        assert_eq!(title.as_deref(), Some(name.as_str()), "{graph}");
+    }
+    let source = &vertices[0].0;
+    let records_out = |b: &webdriver::Browser| -> f64 {
+        let t = b
+            .text(&format!(
+                "#vertices tr[data-vertex='{source}'] td[data-f=out]"
+            ))
+            .unwrap_or_default();
+        let (n, mult) = match t.chars().last() {
+            Some('k') => (&t[..t.len() - 1], 1e3),
+            Some('M') => (&t[..t.len() - 1], 1e6),
+            Some('G') => (&t[..t.len() - 1], 1e9),
+            _ => (t.as_str(), 1.0),
+        };
+        n.parse::<f64>().map_or(-1.0, |x| x * mult)
+    };
+    wait_for("records in the page", long, || records_out(&b) > 0.0);
+    let first = records_out(&b);
+    wait_for("the page's records to grow", long, || {
+        records_out(&b) > first
+    });
+    b.wait_js(
+        "the job's latency",
+        long,
+        "const l = document.querySelector('#job-latency'); \
+         return l && l.innerText.includes('p99.99');",
+    );
+    b.wait_js(
+        "back-pressure and the sink's latency in the vertex table",
+        long,
+        "const rows = [...document.querySelectorAll('#vertices tr[data-vertex]')]; \
+         return rows.length > 0 \
+           && rows.every(r => /ok|low|high/.test(r.querySelector('td[data-f=backpressure]').innerText)) \
+           && rows.some(r => /[µm]?s$/.test(r.querySelector('td[data-f=latency]').innerText));",
+    );
+    // A vertex's subtasks, chosen from the graph.
+    b.click(&format!("#job-graph .vertex[data-vertex='{source}']"));
+    b.wait_js(
+        "the vertex's subtasks",
+        long,
+        "return document.querySelectorAll('#subtask-table tbody tr').length === 2;",
+    );
+
+    // Checkpoints: completed ones counted, the latest shown.
+    b.click("a[data-tab='checkpoints']");
+    b.wait_js(
+        "completed checkpoints",
+        long,
+        "const c = document.querySelector('#checkpoints-completed'); \
+         return c && Number(c.innerText) > 0 && !!document.querySelector('#checkpoint-latest');",
+    );
+    b.click("a[data-tab='exceptions']");
+    b.wait_js(
+        "no exceptions",
+        long,
+        "const e = document.querySelector('#exceptions'); \
+         return e && e.innerText.includes('No exceptions');",
+    );
+
+    // A job of dozens of vertices (a chain with fan-outs and a join): every vertex gets
+    // a box, no two boxes overlap, and every edge is drawn.
+    let laid_out = b.js(
+        "const nodes = []; \
+         for (let i = 0; i < 40; i++) { \
+           const inputs = i === 0 ? [] : [{ id: 'v' + Math.floor((i - 1) / 2), ship_strategy: 'HASH' }]; \
+           if (i === 39) inputs.push({ id: 'v38', ship_strategy: 'FORWARD' }); \
+           nodes.push({ id: 'v' + i, description: 'Operator number ' + i, parallelism: 2, inputs }); \
+         } \
+         const box = document.createElement('div'); box.className = 'graph'; \
+         box.innerHTML = graphSvg({ nodes }); document.body.appendChild(box); \
+         const rects = [...box.querySelectorAll('.vertex')].map(g => g.getBoundingClientRect()); \
+         let overlaps = 0; \
+         for (let a = 0; a < rects.length; a++) for (let c = a + 1; c < rects.length; c++) { \
+           const p = rects[a], q = rects[c]; \
+           if (p.left < q.right && q.left < p.right && p.top < q.bottom && q.top < p.bottom) overlaps++; \
+         } \
+         const svg = box.querySelector('svg').getBoundingClientRect(); \
+         const inside = rects.every(r => r.left >= svg.left && r.right <= svg.right + 0.5 \
+           && r.top >= svg.top && r.bottom <= svg.bottom + 0.5); \
+         const edges = box.querySelectorAll('path.edge').length; \
+         box.remove(); \
+         return { boxes: rects.length, overlaps, inside, edges };",
+    );
+    assert_eq!(laid_out["boxes"], 40, "{laid_out}");
+    assert_eq!(laid_out["overlaps"], 0, "{laid_out}");
+    assert_eq!(laid_out["inside"], true, "{laid_out}");
+    assert_eq!(laid_out["edges"], 40, "{laid_out}");
+
+    // Cancel from the page: the first click arms the button, the second cancels.
+    b.click("a[data-tab='overview']");
+    b.wait_js(
+        "the cancel button",
+        long,
+        "return !!document.querySelector('#cancel-btn');",
+    );
+    b.click("#cancel-btn");
+    assert_eq!(job_state(ports.rest, &id), "RUNNING", "one click only arms");
+    b.click("#cancel-btn");
+    wait_for("CANCELED", long, || {
+        job_state(ports.rest, &id) == "CANCELED"
+    });
+    b.wait_js(
+        "the page to show the job CANCELED",
+        long,
+        "const s = document.querySelector('#job-state'); return s && s.innerText === 'CANCELED';",
+    );
+    b.goto(&format!("{base}/#/jobs/completed"));
+    b.wait_js(
+        "the job among the completed ones",
+        long,
+        &format!("return !!document.querySelector(\"#completed-jobs tr[data-job='{id}']\");"),
+    );
 }

@@ -135,6 +135,10 @@ pub struct Config {
     pub failover_strategy: FailoverStrategy,
     /// `heartbeat.interval`
     pub heartbeat_interval: Duration,
+    /// `metrics.fetcher.update-interval`: how often a TaskManager reports its tasks'
+    /// metrics (records, back-pressure, watermarks, latency) to the JobManager, for the
+    /// REST API and the web UI (at least once per heartbeat).
+    pub metrics_update_interval: Duration,
     /// `heartbeat.timeout`
     pub heartbeat_timeout: Duration,
     /// `task.cancellation.timeout`: a task that has not stopped this long after it
@@ -265,6 +269,7 @@ impl Default for Config {
             exponential_delay: crate::restart::ExponentialDelayParams::default(),
             failover_strategy: FailoverStrategy::Region,
             heartbeat_interval: Duration::from_secs(10),
+            metrics_update_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(50),
             slot_request_timeout: Duration::from_secs(300),
             task_cancellation_timeout: Duration::from_secs(180),
@@ -316,6 +321,7 @@ pub const KEYS: &[&str] = &[
     "jobmanager.execution.failover-strategy",
     "heartbeat.interval",
     "heartbeat.timeout",
+    "metrics.fetcher.update-interval",
     "slot.request.timeout",
     "task.cancellation.timeout",
     "taskmanager.data.port",
@@ -882,6 +888,13 @@ impl Config {
             }
             "heartbeat.interval" => self.heartbeat_interval = duration()?,
             "heartbeat.timeout" => self.heartbeat_timeout = duration()?,
+            "metrics.fetcher.update-interval" => {
+                let d = duration()?;
+                if d.is_zero() {
+                    return Err(bad("a positive duration"));
+                }
+                self.metrics_update_interval = d;
+            }
             "slot.request.timeout" => self.slot_request_timeout = duration()?,
             "task.cancellation.timeout" => self.task_cancellation_timeout = duration()?,
             k if FLINK_KEYS_IGNORED.contains(&k) => self.ignore(k, origin),
@@ -991,6 +1004,15 @@ rest:
         assert_eq!(cfg.idle, IdleStrategyKind::BusySpin);
         assert_eq!(cfg.cores, vec![1]);
         assert_eq!(cfg.ring_size, 65536);
+        assert_eq!(cfg.metrics_update_interval, Duration::from_secs(1));
+        cfg.apply_overrides(&["metrics.fetcher.update-interval=250 ms".into()])
+            .unwrap();
+        assert_eq!(cfg.metrics_update_interval, Duration::from_millis(250));
+        let e = cfg
+            .apply_overrides(&["metrics.fetcher.update-interval=0 s".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.fetcher.update-interval"), "{e}");
     }
 
     #[test]

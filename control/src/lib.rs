@@ -18,5 +18,6 @@ pub mod rest;
 pub mod restart;
 pub mod rpc;
 pub mod storage;
+pub mod web;
 
 pub use spate_dataplane as dataplane;

@@ -95,6 +95,7 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
     // Flink's clients call every path under /v1; its dashboard calls them bare.
     Router::new()
         .route("/metrics", get(prometheus))
+        .merge(crate::web::routes())
         .merge(api.clone())
         .nest("/v1", api)
         .fallback(not_found)

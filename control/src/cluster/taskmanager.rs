@@ -399,7 +399,13 @@ impl TaskManager {
     /// Flink's TaskManager does, so that its slots come back).
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), String> {
         let timeout = self.config.heartbeat_timeout.as_millis() as u64;
-        let interval = self.config.heartbeat_interval;
+        // Heartbeats carry the tasks' metrics: they go at least every
+        // `metrics.fetcher.update-interval`, so that the REST API and the web UI follow a
+        // running job live (an earlier heartbeat is harmless to the JobManager's monitor).
+        let interval = self
+            .config
+            .heartbeat_interval
+            .min(self.config.metrics_update_interval);
         let start = Instant::now();
         let now_ms = || start.elapsed().as_millis() as u64;
         let mut jm_monitor: HeartbeatMonitor<ConnId> = HeartbeatMonitor::new(timeout);
