@@ -3026,13 +3026,35 @@ fn web_dashboard_in_a_headless_browser_follows_a_job_and_cancels_it() {
     assert_eq!(laid_out["inside"], true, "{laid_out}");
     assert_eq!(laid_out["edges"], 40, "{laid_out}");
 
-    // Cancel from the page: the first click arms the button, the second cancels.
+    // A savepoint from the page, into the directory typed beside the button.
     b.click("a[data-tab='overview']");
     b.wait_js(
         "the cancel button",
         long,
         "return !!document.querySelector('#cancel-btn');",
     );
+    let sp = tempfile::tempdir().unwrap();
+    let sp_dir = serde_json::to_string(&sp.path().display().to_string()).unwrap();
+    b.js(&format!(
+        "document.querySelector('#savepoint-dir').value = {sp_dir};"
+    ));
+    b.click("#savepoint-btn");
+    let said = b.wait_js(
+        "the savepoint's location",
+        Duration::from_secs(30),
+        "const r = document.querySelector('#action-result');          return r && r.innerText.startsWith('Savepoint at') && r.innerText;",
+    );
+    let said = said.as_str().unwrap();
+    assert!(said.contains(&sp.path().display().to_string()), "{said}");
+    let written = std::fs::read_dir(sp.path()).unwrap().count();
+    assert_eq!(
+        written,
+        1,
+        "one savepoint directory in {}",
+        sp.path().display()
+    );
+
+    // Cancel from the page: the first click arms the button, the second cancels.
     b.click("#cancel-btn");
     assert_eq!(job_state(ports.rest, &id), "RUNNING", "one click only arms");
     b.click("#cancel-btn");

@@ -97,6 +97,7 @@ function route() {
   for (const a of $$('#side a')) a.classList.toggle('active', a.dataset.nav === page.name);
   current = page;
   $('#page').innerHTML = '';
+  $('#page')._html = '';
   tick(generation);
 }
 
@@ -109,6 +110,15 @@ async function tick(gen) {
     if (gen === generation) setStatus(e.message);
   }
   if (gen === generation) timer = setTimeout(() => tick(gen), REFRESH_MS);
+}
+
+// Replaces an element's content only when it changed, so that what a user is
+// pointing at or clicking survives the refresh when nothing on it moved.
+function setHTML(el, html) {
+  if (el && el._html !== html) {
+    el.innerHTML = html;
+    el._html = html;
+  }
 }
 
 function setStatus(msg) {
@@ -145,7 +155,7 @@ function overviewPage() {
       const running = jobs.jobs.filter(j => !ENDED.includes(j.state));
       const ended = jobs.jobs.filter(j => ENDED.includes(j.state));
       const card = (label, value, id) => `<div class="card" id="${id}"><div class="label">${label}</div><div class="value">${esc(value)}</div></div>`;
-      $('#page').innerHTML = `<h1>Overview</h1>
+      setHTML($('#page'), `<h1>Overview</h1>
         <div class="cards">
           ${card('Task Managers', o.taskmanagers, 'card-taskmanagers')}
           ${card('Task Slots', o['slots-total'], 'card-slots')}
@@ -156,7 +166,7 @@ function overviewPage() {
           ${card('Failed', o['jobs-failed'], 'card-failed')}
         </div>
         <h2>Running Jobs</h2>${jobsTable(running, 'running-jobs')}
-        <h2>Completed Jobs</h2>${jobsTable(ended, 'completed-jobs')}`;
+        <h2>Completed Jobs</h2>${jobsTable(ended, 'completed-jobs')}`);
     },
   };
 }
@@ -168,7 +178,7 @@ function jobsPage(which) {
       const jobs = (await api('/jobs/overview')).jobs;
       const pick = jobs.filter(j => (which === 'running') !== ENDED.includes(j.state));
       pick.sort((a, b) => b['start-time'] - a['start-time']);
-      $('#page').innerHTML = `<h1>${which === 'running' ? 'Running' : 'Completed'} Jobs</h1>${jobsTable(pick, which + '-jobs')}`;
+      setHTML($('#page'), `<h1>${which === 'running' ? 'Running' : 'Completed'} Jobs</h1>${jobsTable(pick, which + '-jobs')}`);
     },
   };
 }
@@ -187,9 +197,9 @@ function taskManagersPage() {
         <td>${(t.slots || []).map(s => s.core === null || s.core === undefined ? 'unpinned' : 'core ' + s.core).join(', ')}</td>
         <td class="num">${ms(Math.max(0, now - t.timeSinceLastHeartbeat))}</td>
         <td>${esc(t.network ? t.network.transport : '')}</td></tr>`).join('');
-      $('#page').innerHTML = `<h1>Task Managers</h1>` + (tms.length
+      setHTML($('#page'), `<h1>Task Managers</h1>` + (tms.length
         ? `<table id="taskmanagers"><thead><tr><th>Id</th><th>Data address</th><th class="num">Slots</th><th class="num">Free</th><th>Slot cores</th><th class="num">Last heartbeat</th><th>Transport</th></tr></thead><tbody>${rows}</tbody></table>`
-        : `<div class="empty" id="taskmanagers">No TaskManager has registered.</div>`);
+        : `<div class="empty" id="taskmanagers">No TaskManager has registered.</div>`));
     },
   };
 }
@@ -217,9 +227,9 @@ function taskManagerPage(id) {
         ['Frames in / out', `${num(n.framesIn)} / ${num(n.framesOut)}`],
         ['Network failures', n.failures],
       ].map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(v)}</td></tr>`).join('');
-      $('#page').innerHTML = `<h1>Task Manager <span class="muted">${esc(t.id)}</span></h1>
+      setHTML($('#page'), `<h1>Task Manager <span class="muted">${esc(t.id)}</span></h1>
         <h2>Slots</h2><table id="slots"><thead><tr><th class="num">Slot</th><th>Pinned to</th><th>Job</th></tr></thead><tbody>${slots}</tbody></table>
-        <h2>Details</h2><table class="kv" id="tm-details"><tbody>${kv}</tbody></table>`;
+        <h2>Details</h2><table class="kv" id="tm-details"><tbody>${kv}</tbody></table>`);
     },
   };
 }
@@ -337,21 +347,20 @@ function jobPage(jid, tab) {
     const latency = l.latency_count > 0
       ? `<div class="latency" id="job-latency"><span>latency p50 <b>${ns(l.latency_p50)}</b></span><span>p99 <b>${ns(l.latency_p99)}</b></span><span>p99.9 <b>${ns(l.latency_p999)}</b></span><span>p99.99 <b>${ns(l.latency_p9999)}</b></span><span>max <b>${ns(l.latency_max)}</b></span><span class="muted">${num(l.latency_count)} samples</span></div>`
       : `<div class="latency muted" id="job-latency">no latency measured</div>`;
-    return `<div class="jobhead"><h1 id="job-name">${esc(j.name)}</h1><span id="job-state">${badge(j.state)}</span>
+    const title = `<div class="jobhead"><h1 id="job-name">${esc(j.name)}</h1><span id="job-state">${badge(j.state)}</span>
       <span class="muted">${esc(j.jid)}</span>
       <div class="actions">${ended ? '' : `
         <input type="text" id="savepoint-dir" placeholder="savepoint directory (default: state.savepoints.dir)">
         <button id="savepoint-btn" onclick="jobAction('savepoint')">Savepoint</button>
         <button id="stop-btn" onclick="jobAction('stop')">Stop with savepoint</button>
-        <button id="cancel-btn" class="danger" onclick="jobAction('cancel')">Cancel job</button>`}</div></div>
-      <div class="cards">
+        <button id="cancel-btn" class="danger" onclick="jobAction('cancel')">Cancel job</button>`}</div></div>`;
+    const stats = `<div class="cards">
         <div class="card"><div class="label">Started</div><div class="value" style="font-size:15px">${time(j['start-time'])}</div></div>
         <div class="card"><div class="label">Duration</div><div class="value" id="job-duration">${ms(j.duration)}</div></div>
         <div class="card"><div class="label">Restarts</div><div class="value" id="job-restarts">${j.restarts ?? 0}</div></div>
         <div class="card"><div class="label">Tasks</div><div class="value">${j.tasks ? `${j.tasks.running}/${j.tasks.total}` : '-'}</div></div>
-      </div>${latency}<div id="action-result" class="muted"></div>
-      <div class="tabs">${['overview', 'exceptions', 'checkpoints', 'configuration'].map(t =>
-        `<a href="#/jobs/${esc(jid)}/${t}" class="${t === tab ? 'active' : ''}" data-tab="${t}">${t[0].toUpperCase() + t.slice(1)}</a>`).join('')}</div>`;
+      </div>${latency}`;
+    return { title, stats };
   };
 
   const vertexRows = j => j.vertices.map(v => {
@@ -421,13 +430,13 @@ function jobPage(jid, tab) {
   page.subtasks = async () => {
     const box = $('#subtasks');
     if (!box) return;
-    if (!selectedVertex) { box.innerHTML = ''; return; }
+    if (!selectedVertex) { setHTML(box, ''); return; }
     const v = await api(`/jobs/${jid}/vertices/${selectedVertex}`);
     const rows = (v.subtasks || []).map(s => `<tr><td class="num">${s.subtask}</td><td>${badge(s.status)}</td>
       <td class="num">${s.attempt}</td><td>${esc(s['taskmanager-id'] || s.endpoint || '')}</td>
       <td class="num">${num(s.metrics['read-records'])}</td><td class="num">${num(s.metrics['write-records'])}</td>
       <td class="num">${ms(s.duration)}</td></tr>`).join('');
-    box.innerHTML = `<h2>Subtasks of ${esc(v.name)}</h2><table id="subtask-table"><thead><tr><th class="num">#</th><th>Status</th><th class="num">Attempt</th><th>Task Manager</th><th class="num">Records in</th><th class="num">Records out</th><th class="num">Duration</th></tr></thead><tbody>${rows}</tbody></table>`;
+    setHTML(box, `<h2>Subtasks of ${esc(v.name)}</h2><table id="subtask-table"><thead><tr><th class="num">#</th><th>Status</th><th class="num">Attempt</th><th>Task Manager</th><th class="num">Records in</th><th class="num">Records out</th><th class="num">Duration</th></tr></thead><tbody>${rows}</tbody></table>`);
   };
 
   const overviewTab = async j => {
@@ -449,7 +458,7 @@ function jobPage(jid, tab) {
         <h2>Vertices</h2><table id="vertices"><thead><tr><th>Name</th><th>Status</th><th class="num">Parallelism</th><th class="num">Records in</th><th class="num">Rate in</th><th class="num">Records out</th><th class="num">Rate out</th><th>Backpressure</th><th>Watermark</th><th class="num">Latency p99</th></tr></thead><tbody></tbody></table>
         <div id="subtasks"></div>`;
     }
-    $('#vertices tbody').innerHTML = vertexRows(j);
+    setHTML($('#vertices tbody'), vertexRows(j));
     updateGraph(j);
     for (const g of $$('.graph .vertex')) g.classList.toggle('selected', g.dataset.vertex === selectedVertex);
     await page.subtasks();
@@ -458,11 +467,11 @@ function jobPage(jid, tab) {
   const exceptionsTab = async () => {
     const e = await api(`/jobs/${jid}/exceptions`);
     const entries = (e.exceptionHistory && e.exceptionHistory.entries) || [];
-    $('#tab').innerHTML = entries.length
+    setHTML($('#tab'), entries.length
       ? `<div id="exceptions">${entries.map(x => `<div class="exception"><h2>${time(x.timestamp)} · ${esc(x.taskName || 'job')}</h2>
           <div class="muted">${esc(x.exceptionName)}${x.taskManagerId ? ' on ' + esc(x.taskManagerId) : ''}</div>
           <pre>${esc(x.stacktrace)}</pre></div>`).join('')}</div>`
-      : `<div class="empty" id="exceptions">No exceptions.</div>`;
+      : `<div class="empty" id="exceptions">No exceptions.</div>`);
   };
 
   const checkpointsTab = async () => {
@@ -482,7 +491,7 @@ function jobPage(jid, tab) {
       ['Minimum pause', ms(conf.min_pause)], ['Max concurrent', conf.max_concurrent],
       ['Tolerable failures', conf.tolerable_failed_checkpoints],
     ].map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(v)}</td></tr>`).join('') : '';
-    $('#tab').innerHTML = `<div class="cards" id="checkpoint-counts">
+    setHTML($('#tab'), `<div class="cards" id="checkpoint-counts">
         <div class="card"><div class="label">Triggered</div><div class="value">${n.total ?? 0}</div></div>
         <div class="card"><div class="label">In progress</div><div class="value">${n.in_progress ?? 0}</div></div>
         <div class="card"><div class="label">Completed</div><div class="value" id="checkpoints-completed">${n.completed ?? 0}</div></div>
@@ -494,7 +503,7 @@ function jobPage(jid, tab) {
         <tr><td>Path</td><td>${esc(last.external_path)}</td></tr></tbody></table>` : ''}
       ${restored ? `<p>Restored from ${restored.id} (${esc(restored.external_path)}).</p>` : ''}
       <h2>History</h2>${hist ? `<table id="checkpoint-history"><thead><tr><th class="num">Id</th><th>Status</th><th>Type</th><th>Triggered</th><th class="num">Duration</th><th class="num">Size</th><th class="num">Acknowledged</th></tr></thead><tbody>${hist}</tbody></table>` : '<div class="empty">No checkpoints.</div>'}
-      ${cf ? `<h2>Configuration</h2><table class="kv"><tbody>${cf}</tbody></table>` : ''}`;
+      ${cf ? `<h2>Configuration</h2><table class="kv"><tbody>${cf}</tbody></table>` : ''}`);
   };
 
   const configurationTab = async () => {
@@ -513,15 +522,25 @@ function jobPage(jid, tab) {
       api(`/jobs/${jid}/metrics?get=latency_count,latency_p50,latency_p99,latency_p999,latency_p9999,latency_max`).catch(() => null),
     ]);
     job = j;
+    if (!$('#job-title')) {
+      $('#page')._html = null;
+      $('#page').innerHTML = `<div id="job-title"></div><div id="job-stats"></div>
+        <div id="action-result" class="muted"></div>
+        <div class="tabs">${['overview', 'exceptions', 'checkpoints', 'configuration'].map(t =>
+          `<a href="#/jobs/${esc(jid)}/${t}" class="${t === tab ? 'active' : ''}" data-tab="${t}">${t[0].toUpperCase() + t.slice(1)}</a>`).join('')}</div>
+        <div id="tab"></div>`;
+    }
+    const head = header(j, metricMap(lat));
+    // The title (name, state, buttons) changes with the job's state only: redrawn
+    // then, keeping what the user typed.
     const keep = $('#savepoint-dir') ? $('#savepoint-dir').value : '';
     const focused = document.activeElement && document.activeElement.id === 'savepoint-dir';
-    const result = $('#action-result') ? $('#action-result').innerHTML : '';
-    if (!$('#job-head')) $('#page').innerHTML = `<div id="job-head"></div><div id="tab"></div>`;
-    const armed = $('#cancel-btn') && $('#cancel-btn').classList.contains('armed');
-    $('#job-head').innerHTML = header(j, metricMap(lat));
-    if ($('#savepoint-dir')) { $('#savepoint-dir').value = keep; if (focused) $('#savepoint-dir').focus(); }
-    $('#action-result').innerHTML = result;
-    if (armed && $('#cancel-btn')) { $('#cancel-btn').classList.add('armed'); $('#cancel-btn').textContent = 'Confirm cancel'; }
+    setHTML($('#job-title'), head.title);
+    if ($('#savepoint-dir') && $('#savepoint-dir').value !== keep) {
+      $('#savepoint-dir').value = keep;
+      if (focused) $('#savepoint-dir').focus();
+    }
+    setHTML($('#job-stats'), head.stats);
     if (tab === 'exceptions') await exceptionsTab();
     else if (tab === 'checkpoints') await checkpointsTab();
     else if (tab === 'configuration') await configurationTab();

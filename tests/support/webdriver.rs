@@ -142,20 +142,38 @@ impl Browser {
         .map(str::to_string)
     }
 
-    /// Clicks the first element `css` selects, as a user would.
+    /// Clicks the first element `css` selects, as a user would. The dashboard redraws
+    /// live parts of its pages every second: an element replaced between finding and
+    /// clicking it (a stale reference) is found again.
     pub fn click(&self, css: &str) {
-        let e = self.session_call(
-            "POST",
-            "/element",
-            Some(json!({ "using": "css selector", "value": css })),
-        );
-        let id = e
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no element {css}: {e}"))
-            .to_string();
-        self.session_call("POST", &format!("/element/{id}/click"), Some(json!({})));
+        for _ in 0..20 {
+            let e = self.session_call(
+                "POST",
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            );
+            let id = e
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("no element {css}: {e}"))
+                .to_string();
+            let url = format!("{}/session/{}/element/{id}/click", self.base, self.session);
+            match ureq::post(&url)
+                .timeout(Duration::from_secs(60))
+                .send_json(json!({}))
+            {
+                Ok(_) => return,
+                Err(ureq::Error::Status(_, resp)) => {
+                    let v: Value = resp.into_json().unwrap_or(Value::Null);
+                    if v["value"]["error"] != "stale element reference" {
+                        panic!("clicking {css}: {v}");
+                    }
+                }
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
+        panic!("{css} kept being replaced before it could be clicked");
     }
 
     /// Waits until `script` returns something other than null/false, and returns it.
