@@ -929,6 +929,7 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
                 index: 0,
                 core: None,
                 job: None,
+                times: (0, 0),
             }],
             cores: 1,
             network: NetworkInfo {
@@ -1020,6 +1021,7 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
             index: i % 50_000,
             core: None,
             job: None,
+            times: (0, 0),
         })
         .collect();
     rogue.send(
@@ -1897,6 +1899,24 @@ fn prometheus_metrics_on_the_jobmanager_and_a_taskmanager_pass_promtool() {
         );
         assert!(p50 > 0.0 && p50 <= p99 && p99 <= p9999, "{name}: {text}");
     }
+    // Slots' busy time: counters on the TaskManager (busy within the total), a ratio
+    // between reports on the JobManager.
+    let slot0 = "slot=\"0\"";
+    let total = sample(&tm_text, "spate_taskmanager_slot_seconds_total", &[slot0]).unwrap();
+    let busy = sample(
+        &tm_text,
+        "spate_taskmanager_slot_busy_seconds_total",
+        &[slot0],
+    )
+    .unwrap();
+    assert!(total > 0.0 && busy > 0.0 && busy <= total, "{tm_text}");
+    wait_for("slot busy ratios", Duration::from_secs(20), || {
+        jm_text = http_text(ports.rest, "/metrics")
+            .map(|r| r.2)
+            .unwrap_or_default();
+        sample(&jm_text, "spate_taskmanager_slot_busy_ratio", &[slot0])
+            .is_some_and(|r| (0.0..=1.0).contains(&r))
+    });
     for (who, text) in [("JobManager", &jm_text), ("TaskManager", &tm_text)] {
         let said = promtool_check(text);
         assert!(
@@ -2902,7 +2922,8 @@ fn web_dashboard_in_a_headless_browser_follows_a_job_and_cancels_it() {
         "the TaskManager's slots",
         long,
         "return document.querySelectorAll('#slots tr[data-slot]').length === 2 \
-         && document.querySelectorAll('#slots a[href^=\"#/jobs/\"]').length > 0;",
+         && document.querySelectorAll('#slots a[href^=\"#/jobs/\"]').length > 0 \
+         && [...document.querySelectorAll('#slots td[data-f=busy]')].every(t => /^\\d+%$/.test(t.innerText));",
     );
 
     // The job: its graph (a box per vertex, named as the REST API names them), live

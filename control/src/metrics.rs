@@ -92,6 +92,11 @@ impl Exposition {
         self.sample(name, help, "counter", labels, value.to_string());
     }
 
+    /// A counter sample of a quantity that is not a count (seconds).
+    pub fn counter_f64(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.sample(name, help, "counter", labels, float(value));
+    }
+
     /// A gauge sample.
     pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
         self.sample(name, help, "gauge", labels, float(value));

@@ -1153,6 +1153,15 @@ async fn prometheus(State(st): State<SharedState>) -> Response {
             now.saturating_sub(t.last_heartbeat_ms) as f64 / 1e3,
         );
         crate::metrics::network(&mut e, &tm, r);
+        for (slot, ratio) in &t.slot_busy {
+            let slot = slot.to_string();
+            e.gauge(
+                "spate_taskmanager_slot_busy_ratio",
+                "Share of time the slot's thread was working, between the TaskManager's last two reports.",
+                &[("taskmanager", t.id.0.as_str()), ("slot", slot.as_str())],
+                *ratio,
+            );
+        }
     }
     for j in st.jobs.values() {
         let job = [("job_id", j.id.as_str()), ("job_name", j.spec.job.as_str())];
@@ -1839,6 +1848,7 @@ fn tm_json(
         "dataAddress": t.data_address,
         "slots": t.slots.iter().map(|s| json!({
             "index": s.index, "core": s.core, "job": s.job,
+            "busyRatio": t.slot_busy.get(&s.index).copied(),
         })).collect::<Vec<_>>(),
         "network": {
             "node": t.network.node.to_string(),

@@ -185,6 +185,11 @@ function jobsPage(which) {
 
 // ---- task managers ----
 
+// A slot's busy ratio between its TaskManager's last two reports, as " (35% busy)".
+function busy(slot) {
+  return slot.busyRatio === null || slot.busyRatio === undefined ? '' : ` (${(slot.busyRatio * 100).toFixed(0)}% busy)`;
+}
+
 function taskManagersPage() {
   return {
     name: 'taskmanagers',
@@ -194,7 +199,7 @@ function taskManagersPage() {
       const rows = tms.map(t => `<tr class="clickable" data-tm="${esc(t.id)}" onclick="location.hash='#/taskmanagers/${encodeURIComponent(t.id)}'">
         <td><a href="#/taskmanagers/${encodeURIComponent(t.id)}">${esc(t.id)}</a></td><td>${esc(t.dataAddress || '')}</td>
         <td class="num">${t.slotsNumber}</td><td class="num">${t.freeSlots}</td>
-        <td>${(t.slots || []).map(s => s.core === null || s.core === undefined ? 'unpinned' : 'core ' + s.core).join(', ')}</td>
+        <td>${(t.slots || []).map(s => (s.core === null || s.core === undefined ? 'unpinned' : 'core ' + s.core) + busy(s)).join(', ')}</td>
         <td class="num">${ms(Math.max(0, now - t.timeSinceLastHeartbeat))}</td>
         <td>${esc(t.network ? t.network.transport : '')}</td></tr>`).join('');
       setHTML($('#page'), `<h1>Task Managers</h1>` + (tms.length
@@ -216,6 +221,7 @@ function taskManagerPage(id) {
       for (const j of jobs.jobs) names[j.jid] = j.name;
       const slots = (t.slots || []).map(s => `<tr data-slot="${s.index}"><td class="num">${s.index}</td>
         <td>${s.core === null || s.core === undefined ? 'unpinned' : 'core ' + s.core}</td>
+        <td class="num" data-f="busy">${s.busyRatio === null || s.busyRatio === undefined ? '-' : (s.busyRatio * 100).toFixed(0) + '%'}</td>
         <td>${s.job ? `<a href="#/jobs/${esc(s.job)}">${esc(names[s.job] || s.job)}</a>` : '<span class="muted">free</span>'}</td></tr>`).join('');
       const n = t.network || {};
       const kv = [
@@ -228,7 +234,7 @@ function taskManagerPage(id) {
         ['Network failures', n.failures],
       ].map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(v)}</td></tr>`).join('');
       setHTML($('#page'), `<h1>Task Manager <span class="muted">${esc(t.id)}</span></h1>
-        <h2>Slots</h2><table id="slots"><thead><tr><th class="num">Slot</th><th>Pinned to</th><th>Job</th></tr></thead><tbody>${slots}</tbody></table>
+        <h2>Slots</h2><table id="slots"><thead><tr><th class="num">Slot</th><th>Pinned to</th><th class="num">Busy</th><th>Job</th></tr></thead><tbody>${slots}</tbody></table>
         <h2>Details</h2><table class="kv" id="tm-details"><tbody>${kv}</tbody></table>`);
     },
   };

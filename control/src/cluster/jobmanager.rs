@@ -42,6 +42,8 @@ pub struct TaskManagerEntry {
     pub conn: ConnId,
     /// When it was last heard from (ms since the JobManager started).
     pub last_heartbeat_ms: u64,
+    /// Each slot's busy ratio between its last two reports, by slot index.
+    pub slot_busy: BTreeMap<u32, f64>,
 }
 
 /// What the JobManager knows, shared with the REST server.
@@ -1711,6 +1713,7 @@ impl JobManager {
                             network_report: NetworkReport::default(),
                             conn,
                             last_heartbeat_ms: now,
+                            slot_busy: BTreeMap::new(),
                         },
                     );
                     self.monitor.heard(id.clone(), now);
@@ -1751,7 +1754,18 @@ impl JobManager {
                     let mut st = lock(&self.state);
                     let now = st.now_ms();
                     if let Some(e) = st.taskmanagers.get_mut(&id) {
-                        e.slots = bounded_slots(slots);
+                        let slots = bounded_slots(slots);
+                        for s in &slots {
+                            if let Some(old) = e.slots.iter().find(|o| o.index == s.index) {
+                                let total = s.times.0.saturating_sub(old.times.0);
+                                let busy = s.times.1.saturating_sub(old.times.1);
+                                if total > 0 {
+                                    let ratio = (busy as f64 / total as f64).clamp(0.0, 1.0);
+                                    e.slot_busy.insert(s.index, ratio);
+                                }
+                            }
+                        }
+                        e.slots = slots;
                         e.network_report = network;
                         e.last_heartbeat_ms = now;
                     }

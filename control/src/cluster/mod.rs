@@ -27,6 +27,10 @@ pub struct SlotInfo {
     pub core: Option<u32>,
     /// The job whose subtasks it holds, if any.
     pub job: Option<String>,
+    /// Time since its thread started, and of that the time it was working (ns): its
+    /// busy ratio between two reports.
+    #[serde(default)]
+    pub times: (u64, u64),
 }
 
 /// TaskManager → JobManager.

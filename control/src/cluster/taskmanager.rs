@@ -263,6 +263,31 @@ impl TaskManager {
             &tm,
             busy.len() as f64,
         );
+        let now = spate_dataplane::clock::now_ns();
+        for s in &self.slots {
+            let (total, idle) = s.load().times(now);
+            let (index, core) = (
+                s.index().to_string(),
+                s.core().map_or("none".to_string(), |c| c.to_string()),
+            );
+            let l = [
+                ("taskmanager", self.id.0.as_str()),
+                ("slot", index.as_str()),
+                ("core", core.as_str()),
+            ];
+            e.counter_f64(
+                "spate_taskmanager_slot_seconds_total",
+                "Time since the slot's thread started.",
+                &l,
+                total as f64 / 1e9,
+            );
+            e.counter_f64(
+                "spate_taskmanager_slot_busy_seconds_total",
+                "Time the slot's thread spent in rounds in which a task did work (rate() over the slot's seconds is its busy ratio).",
+                &l,
+                (total - idle) as f64 / 1e9,
+            );
+        }
         let r = self.network_report();
         crate::metrics::network(&mut e, &tm, &r);
         let mut tasks: Vec<_> = self.tasks.iter().collect();
@@ -366,9 +391,14 @@ impl TaskManager {
     }
 
     fn slot_report(&self) -> Vec<SlotInfo> {
+        let now = spate_dataplane::clock::now_ns();
         self.slots
             .iter()
             .map(|s| SlotInfo {
+                times: {
+                    let (total, idle) = s.load().times(now);
+                    (total, total - idle)
+                },
                 index: s.index() as u32,
                 core: s.core().map(|c| c as u32),
                 job: self

@@ -19,10 +19,58 @@ use crate::idle::IdleStrategyKind;
 use std::any::Any;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+/// How busy a slot's thread is: the time it spent idle (rounds in which no task did
+/// work), for its busy ratio. The slot thread reads the clock only when it goes from
+/// working to idle and back, after the round's work is done: never on a record's way.
+#[derive(Debug)]
+pub struct SlotLoad {
+    /// When the slot started (ns, the data plane's clock).
+    started_ns: u64,
+    /// Idle time of the idle spells that ended (ns).
+    idle_ns: AtomicU64,
+    /// When the current idle spell began (ns; 0: the slot is working).
+    idle_since_ns: AtomicU64,
+}
+
+impl SlotLoad {
+    fn new() -> Self {
+        Self {
+            started_ns: crate::clock::now_ns(),
+            idle_ns: AtomicU64::new(0),
+            idle_since_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// (time since the slot started, of which idle) as of `now_ns`.
+    ///
+    /// Ordering: Relaxed. The two counters are written by the slot thread alone and
+    /// read here for a metric: a reader that sees a spell's end before its total was
+    /// added (or the reverse) is off by that one spell, and the ratio is clamped.
+    pub fn times(&self, now_ns: u64) -> (u64, u64) {
+        let since = self.idle_since_ns.load(Ordering::Relaxed);
+        let mut idle = self.idle_ns.load(Ordering::Relaxed);
+        if since != 0 {
+            idle += now_ns.saturating_sub(since);
+        }
+        let total = now_ns.saturating_sub(self.started_ns);
+        (total, idle.min(total))
+    }
+
+    /// The share of time between two readings of [`Self::times`] the slot was working.
+    pub fn busy_ratio(before: (u64, u64), after: (u64, u64)) -> f64 {
+        let total = after.0.saturating_sub(before.0);
+        if total == 0 {
+            return 0.0;
+        }
+        let idle = after.1.saturating_sub(before.1);
+        (1.0 - idle as f64 / total as f64).clamp(0.0, 1.0)
+    }
+}
 
 /// Identifies a task within a TaskManager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,6 +181,7 @@ pub struct Slot {
     /// Commands sent and not yet taken; lets the duty cycle skip the channel when zero.
     pending: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    load: Arc<SlotLoad>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -151,7 +200,8 @@ impl Slot {
         let (tx, rx) = std::sync::mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (pending.clone(), stop.clone());
+        let load = Arc::new(SlotLoad::new());
+        let (p, s, l) = (pending.clone(), stop.clone(), load.clone());
         let (index, core, idle) = (config.index, config.core, config.idle);
         let thread = std::thread::Builder::new()
             .name(format!("{}-{}", config.name, config.index))
@@ -166,6 +216,9 @@ impl Slot {
                     stop: s,
                     events,
                     tasks: Vec::new(),
+                    load: l,
+                    idle_since: 0,
+                    idle_total: 0,
                 }
                 .run()
             })?;
@@ -175,6 +228,7 @@ impl Slot {
             commands: tx,
             pending,
             stop,
+            load,
             thread: Some(thread),
         })
     }
@@ -187,6 +241,11 @@ impl Slot {
     /// The core the slot is pinned to.
     pub fn core(&self) -> Option<usize> {
         self.core
+    }
+
+    /// How busy the slot's thread is.
+    pub fn load(&self) -> &SlotLoad {
+        &self.load
     }
 
     fn send(&self, cmd: Command) -> bool {
@@ -249,6 +308,11 @@ struct Runner {
     events: Sender<SlotEvent>,
     /// Only touched by the slot thread.
     tasks: Vec<Entry>,
+    load: Arc<SlotLoad>,
+    /// When the current idle spell began (0: working); the slot thread's own copies
+    /// of what it publishes in `load`.
+    idle_since: u64,
+    idle_total: u64,
 }
 
 /// The message of a panic payload.
@@ -281,6 +345,7 @@ impl Runner {
                 self.take_commands();
             }
             let work = self.poll_tasks();
+            self.account(work);
             idle.idle(work);
         }
         for mut e in std::mem::take(&mut self.tasks) {
@@ -289,6 +354,27 @@ impl Runner {
                 slot: self.index,
                 task: e.id,
             });
+        }
+    }
+
+    /// Idle time: the clock is read when the slot goes idle and when it works again,
+    /// after that round's work (so not on any record's way), never while it stays
+    /// working or stays idle.
+    #[inline]
+    fn account(&mut self, work: usize) {
+        if work == 0 {
+            if self.idle_since == 0 {
+                self.idle_since = crate::clock::now_ns().max(1);
+                self.load
+                    .idle_since_ns
+                    .store(self.idle_since, Ordering::Relaxed);
+            }
+        } else if self.idle_since != 0 {
+            let now = crate::clock::now_ns();
+            self.idle_total += now.saturating_sub(self.idle_since);
+            self.idle_since = 0;
+            self.load.idle_ns.store(self.idle_total, Ordering::Relaxed);
+            self.load.idle_since_ns.store(0, Ordering::Relaxed);
         }
     }
 

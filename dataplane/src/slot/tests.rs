@@ -265,3 +265,68 @@ fn slot_threads_run_with_the_least_timer_slack() {
     assert_eq!(slack, Ok(crate::sys::PARKING_TIMER_SLACK_NS));
     s.stop();
 }
+
+/// Works (spins) for as long as its flag is up, then finishes.
+struct Busy {
+    on: Arc<AtomicBool>,
+}
+
+impl Task for Busy {
+    fn name(&self) -> &str {
+        "busy"
+    }
+    fn poll(&mut self) -> Result<TaskPoll, TaskError> {
+        if !self.on.load(Ordering::Relaxed) {
+            return Ok(TaskPoll::Finished);
+        }
+        let until = crate::clock::now_ns() + 20_000;
+        while crate::clock::now_ns() < until {
+            std::hint::spin_loop();
+        }
+        Ok(TaskPoll::Worked(1))
+    }
+}
+
+#[test]
+fn a_slot_counts_its_busy_and_idle_time() {
+    crate::clock::init();
+    let (tx, rx) = channel();
+    let s = Slot::spawn(
+        SlotConfig {
+            index: 0,
+            core: None,
+            idle: IdleStrategyKind::Park(Duration::from_micros(50)),
+            name: "test-slot".into(),
+        },
+        tx,
+    )
+    .unwrap();
+    // Idle: no task at all.
+    let t0 = s.load().times(crate::clock::now_ns());
+    std::thread::sleep(Duration::from_millis(100));
+    let t1 = s.load().times(crate::clock::now_ns());
+    let idle = SlotLoad::busy_ratio(t0, t1);
+    assert!(idle < 0.2, "an empty slot is idle: busy {idle}");
+    // Working: a task that always has work.
+    let on = Arc::new(AtomicBool::new(true));
+    let on2 = on.clone();
+    s.submit(
+        TaskId(1),
+        Box::new(move || Ok(Box::new(Busy { on: on2 }) as Box<dyn Task>)),
+    );
+    assert!(matches!(next(&rx), SlotEvent::Running { .. }));
+    let t2 = s.load().times(crate::clock::now_ns());
+    std::thread::sleep(Duration::from_millis(100));
+    let t3 = s.load().times(crate::clock::now_ns());
+    let busy = SlotLoad::busy_ratio(t2, t3);
+    assert!(busy > 0.8, "a slot whose task always works is busy: {busy}");
+    on.store(false, Ordering::Relaxed);
+    assert!(matches!(next(&rx), SlotEvent::Finished { .. }));
+    // Idle again once the task is done; the totals only grow.
+    let t4 = s.load().times(crate::clock::now_ns());
+    std::thread::sleep(Duration::from_millis(100));
+    let t5 = s.load().times(crate::clock::now_ns());
+    assert!(SlotLoad::busy_ratio(t4, t5) < 0.2);
+    assert!(t5.0 >= t3.0 && t5.1 >= t3.1 && t5.1 <= t5.0);
+    s.stop();
+}
