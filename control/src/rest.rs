@@ -1235,7 +1235,7 @@ async fn prometheus(State(st): State<SharedState>) -> Response {
                 "spate_task_backpressure_ratio",
                 "Share of samples with the subtask's output rings full, between its last two reports.",
                 &l,
-                t.backpressure_ratio,
+                t.current_backpressure(),
             );
             if t.watermark != 0 && t.watermark != spate_dataplane::operator::END_OF_TIME {
                 e.gauge(
@@ -1731,13 +1731,13 @@ async fn backpressure(
             json!({
                 "subtask": k.1,
                 "attempt-number": t.attempt,
-                "backpressure-level": backpressure_level(t.backpressure_ratio),
-                "ratio": t.backpressure_ratio,
+                "backpressure-level": backpressure_level(t.current_backpressure()),
+                "ratio": t.current_backpressure(),
             })
         })
         .collect();
     let worst = tasks_of(j, x.id)
-        .map(|(_, t)| t.backpressure_ratio)
+        .map(|(_, t)| t.current_backpressure())
         .fold(0.0, f64::max);
     let end = tasks_of(j, x.id)
         .map(|(_, t)| t.backpressure_at_ms)

@@ -163,6 +163,17 @@ pub struct TaskSlot {
     pub latency: Option<hdrhistogram::Histogram<u64>>,
 }
 
+impl TaskSlot {
+    /// Its back-pressure ratio now: as last computed while it runs; none once it has
+    /// ended (its outputs no longer fill).
+    pub fn current_backpressure(&self) -> f64 {
+        match &self.state {
+            Some(s) if s.is_terminal() => 0.0,
+            _ => self.backpressure_ratio,
+        }
+    }
+}
+
 /// A failure, for `/jobs/:id/exceptions`.
 #[derive(Debug, Clone)]
 pub struct ExceptionEntry {
@@ -1858,6 +1869,39 @@ impl JobManager {
                     self.lose(&id, &format!("connection closed ({reason})"));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ended_task_is_not_back_pressured() {
+        let mut t = TaskSlot {
+            taskmanager: TaskManagerId("tm".into()),
+            slot: 0,
+            state: Some(TaskState::Running),
+            attempt: 0,
+            records_in: 0,
+            records_out: 0,
+            deployed_ms: 0,
+            state_since_ms: 0,
+            watermark: 0,
+            backpressure_samples: (100, 90),
+            backpressure_ratio: 0.9,
+            backpressure_at_ms: 1,
+            latency: None,
+        };
+        assert_eq!(t.current_backpressure(), 0.9);
+        for ended in [
+            TaskState::Finished,
+            TaskState::Canceled,
+            TaskState::Failed("x".into()),
+        ] {
+            t.state = Some(ended);
+            assert_eq!(t.current_backpressure(), 0.0);
         }
     }
 }
