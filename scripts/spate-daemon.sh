@@ -30,7 +30,16 @@ fi
 user=${USER:-$(id -un)}
 pidfile=$SPATE_PID_DIR/spate-$user-$role.pid
 
-alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+# A pid is ours when it is alive and runs `... ROLE ...` (the spate binary, or an
+# application binary, with the role as its command): a pid the kernel gave to another
+# program since is not, and is never signalled.
+alive() {
+  { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; } || return 1
+  local args
+  if [ -r "/proc/$1/cmdline" ]; then args=$(tr '\0' ' ' < "/proc/$1/cmdline")
+  else args=$(ps -p "$1" -o args= 2>/dev/null || true); fi
+  case " $args " in *" $role "*) return 0 ;; *) return 1 ;; esac
+}
 
 # Keeps only the pids of live processes in the pid file.
 prune() {
@@ -42,6 +51,12 @@ prune() {
 
 stop_pid() {
   local p=$1 waited=0
+  if ! alive "$p"; then
+    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+      echo "pid $p in $pidfile is no longer a spate $role (the pid was reused); not signalled" >&2
+    fi
+    return 0
+  fi
   kill -TERM "$p" 2>/dev/null || return 0
   while alive "$p" && [ "$waited" -lt $((SPATE_STOP_TIMEOUT * 10)) ]; do sleep 0.1; waited=$((waited + 1)); done
   if alive "$p"; then

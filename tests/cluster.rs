@@ -2786,6 +2786,28 @@ fn cluster_scripts_start_a_cluster_from_conf_and_stop_it() {
         .exists());
     let o = script("taskmanager.sh", dir.path(), &["status"]);
     assert_eq!(o.status.code(), Some(3), "none left");
+    // A pid file whose pid now belongs to another program (the kernel reused it):
+    // stop leaves that program alone, status counts it out.
+    let mut other = Proc(Command::new("sleep").arg("60").spawn().unwrap());
+    std::fs::write(
+        dir.path()
+            .join("pid")
+            .join(format!("spate-{}-taskmanager.pid", whoami())),
+        format!("{}\n", other.0.id()),
+    )
+    .unwrap();
+    let o = script("taskmanager.sh", dir.path(), &["stop"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        other.0.try_wait().unwrap().is_none(),
+        "a reused pid was signalled: {o:?}"
+    );
+    let o = script("taskmanager.sh", dir.path(), &["status"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "a reused pid is not a TaskManager"
+    );
 
     // The host report names the slot cores and what to change.
     let o = script("tune-host.sh", dir.path(), &["--check"]);
