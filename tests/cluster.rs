@@ -3116,3 +3116,76 @@ fn web_dashboard_in_a_headless_browser_follows_a_job_and_cancels_it() {
         &format!("return !!document.querySelector(\"#completed-jobs tr[data-job='{id}']\");"),
     );
 }
+
+/// A job whose builder (user code) is slow is built off the JobManager's event loop:
+/// while it is being declared, the JobManager cancels another job at once; the slow
+/// one is then refused with its builder's message.
+#[test]
+fn a_slow_job_builder_stalls_nothing_on_the_jobmanager() {
+    let bin = example_binary();
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spawn(&bin, "jobmanager", &ports, &[]);
+    let _tm = spawn(
+        &bin,
+        "taskmanager",
+        &ports,
+        &["-D", "taskmanager.numberOfTaskSlots=2"],
+    );
+    wait_for("the TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let o = cli_of(
+        &bin,
+        &[
+            "run",
+            "-m",
+            &m,
+            "-d",
+            "--events",
+            "0",
+            "--rate",
+            "10000",
+            "big-trades",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    wait_for("RUNNING", Duration::from_secs(15), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a2 = answered.clone();
+    let rest = ports.rest;
+    let slow = std::thread::spawn(move || {
+        let r = http(
+            rest,
+            "POST",
+            "/jobs",
+            r#"{"job": "slow-refusal", "window": "3 s"}"#,
+        );
+        a2.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _) = http(ports.rest, "PATCH", &format!("/jobs/{id}?mode=cancel"), "").unwrap();
+    assert_eq!(status, 202);
+    wait_for("CANCELED", Duration::from_secs(10), || {
+        job_state(ports.rest, &id) == "CANCELED"
+    });
+    assert!(
+        !answered.load(std::sync::atomic::Ordering::SeqCst),
+        "the cancel waited for the slow builder"
+    );
+    let (status, v) = slow.join().unwrap().unwrap();
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("slow-refusal thought for"), "{v}");
+    assert_eq!(
+        taskmanager_count(ports.rest),
+        Some(1),
+        "the TaskManager stayed"
+    );
+}

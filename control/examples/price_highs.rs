@@ -161,6 +161,19 @@ fn stuck(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String>
     Ok(())
 }
 
+/// A builder that thinks for `--window` (default 2 s) and then refuses: a job whose
+/// declaration is slow must not stall the JobManager (it builds jobs off its event loop).
+fn slow_refusal(_env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
+    let (_, think) = spec.bars_times()?;
+    let think = if spec.window.is_some() {
+        Duration::from_nanos(think)
+    } else {
+        Duration::from_secs(2)
+    };
+    std::thread::sleep(think);
+    Err(format!("slow-refusal thought for {think:?} and refuses"))
+}
+
 /// Forward edges only: every parallel pipeline is its own region (for region failover).
 fn big_trades(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
     let pace = spec.rate.map_or(Pace::Unpaced, Pace::Rate);
@@ -276,6 +289,7 @@ fn main() {
     spate::jobs::register("price-highs", price_highs);
     spate::jobs::register("rescalable-highs", rescalable_highs);
     spate::jobs::register("stuck", stuck);
+    spate::jobs::register("slow-refusal", slow_refusal);
     spate::jobs::register("big-trades", big_trades);
     spate::jobs::register("price-ranges", price_ranges);
     spate::cli::main();

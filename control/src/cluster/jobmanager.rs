@@ -10,6 +10,7 @@ use crate::checkpoint::{
     CheckpointCoordinator, CoordinatorMessage, CoordinatorVerdict, SavepointStatus,
 };
 use crate::config::{Config, FailoverStrategy};
+use crate::graph::JobGraph;
 use crate::jobs::JobSpec;
 use crate::rest::RestServer;
 use crate::restart::{self, RestartBackoffTimeStrategy};
@@ -626,6 +627,50 @@ pub enum JmCommand {
         SavepointRequest,
         tokio::sync::oneshot::Sender<Result<String, (u16, String)>>,
     ),
+    /// A submission whose job graph was built off the event loop (sent by the
+    /// JobManager's builder threads to itself).
+    Built(Box<BuiltSubmission>),
+}
+
+/// A job's graph (and the checkpoint it resumes from), built on a thread of its own:
+/// the builder is user code, whose slowness must not stall the JobManager's event loop
+/// (heartbeats, other jobs, REST answers).
+pub struct BuiltSubmission {
+    spec: JobSpec,
+    config: Config,
+    built: Result<(JobGraph, Option<crate::checkpoint::CompletedCheckpoint>), (u16, String)>,
+    reply: tokio::sync::oneshot::Sender<Result<String, (u16, String)>>,
+}
+
+impl std::fmt::Debug for BuiltSubmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltSubmission")
+            .field("job", &self.spec.job)
+            .field("ok", &self.built.is_ok())
+            .finish()
+    }
+}
+
+/// Builds a submitted job's graph and reads the checkpoint it resumes from (on a
+/// builder thread).
+fn build_submission(
+    spec: &JobSpec,
+    jc: &Config,
+) -> Result<(JobGraph, Option<crate::checkpoint::CompletedCheckpoint>), (u16, String)> {
+    let graph = spec
+        .job_graph(jc.default_parallelism, jc.chaining)
+        .map_err(|e| (400, e))?;
+    let restore = match &spec.savepoint_path {
+        Some(path) => {
+            let cp = crate::checkpoint::read_checkpoint(std::path::Path::new(path))
+                .map_err(|e| (400, e.to_string()))?;
+            cp.check_compatible(&graph)
+                .map_err(|e| (400, e.to_string()))?;
+            Some(cp)
+        }
+        None => None,
+    };
+    Ok((graph, restore))
 }
 
 /// A savepoint asked for (REST `POST /jobs/:id/savepoints` or `/stop`).
@@ -671,6 +716,8 @@ pub struct JobManager {
     /// they came up: closed after `heartbeat.timeout` of silence.
     unregistered: HashMap<ConnId, Instant>,
     commands: Receiver<JmCommand>,
+    /// Where builder threads send what they built.
+    own_commands: std::sync::mpsc::Sender<JmCommand>,
     /// The last channel id given to a channel between TaskManagers: the high half is
     /// random per JobManager session, so that ids never repeat on connections that
     /// outlive a JobManager restart.
@@ -703,6 +750,7 @@ impl JobManager {
         }));
         let rest_addr = resolve(&config.jobmanager_address, config.rest_port)?;
         let (tx, commands) = channel();
+        let own_commands = tx.clone();
         let rest = RestServer::start(rest_addr, state.clone(), tx)?;
         tracing::info!(rpc = ?endpoint.local_addr(), rest = %rest.local_addr(), "JobManager started");
         Ok(Self {
@@ -714,6 +762,7 @@ impl JobManager {
             conns: HashMap::new(),
             unregistered: HashMap::new(),
             commands,
+            own_commands,
             next_channel: u64::from_str_radix(&super::new_id()[..8], 16).unwrap_or(1) << 32,
         })
     }
@@ -956,8 +1005,17 @@ impl JobManager {
 
     fn on_command(&mut self, cmd: JmCommand) {
         match cmd {
-            JmCommand::Submit(spec, reply) => {
-                let _ = reply.send(self.submit(*spec));
+            JmCommand::Submit(spec, reply) => self.submit(*spec, reply),
+            JmCommand::Built(b) => {
+                let BuiltSubmission {
+                    spec,
+                    config,
+                    built,
+                    reply,
+                } = *b;
+                let result =
+                    built.and_then(|(graph, restore)| self.admit(spec, &config, graph, restore));
+                let _ = reply.send(result);
             }
             JmCommand::Cancel(id, reply) => {
                 let _ = reply.send(self.cancel(&id));
@@ -968,11 +1026,19 @@ impl JobManager {
         }
     }
 
-    fn submit(&mut self, mut spec: JobSpec) -> Result<String, (u16, String)> {
+    /// Takes a submission: checks its configuration here, builds its graph on a thread
+    /// of its own, and admits it when that is done ([`JmCommand::Built`]).
+    fn submit(
+        &mut self,
+        mut spec: JobSpec,
+        reply: tokio::sync::oneshot::Sender<Result<String, (u16, String)>>,
+    ) {
         // The job's own settings over the cluster's (Flink's `run -D`).
         let mut jc = self.config.clone();
-        jc.apply_overrides(&spec.config)
-            .map_err(|e| (400, format!("the job's configuration: {e}")))?;
+        if let Err(e) = jc.apply_overrides(&spec.config) {
+            let _ = reply.send(Err((400, format!("the job's configuration: {e}"))));
+            return;
+        }
         // The job's mode travels with it, so that every TaskManager builds it alike.
         spec.runtime_mode.get_or_insert(jc.runtime_mode);
         spec.auto_watermark_interval_ns.get_or_insert(
@@ -981,9 +1047,34 @@ impl JobManager {
         if spec.max_parallelism.is_none() {
             spec.max_parallelism = jc.max_parallelism;
         }
-        let graph = spec
-            .job_graph(jc.default_parallelism, jc.chaining)
-            .map_err(|e| (400, e))?;
+        let tx = self.own_commands.clone();
+        let spawned = std::thread::Builder::new()
+            .name("job-builder".into())
+            .spawn(move || {
+                let built = build_submission(&spec, &jc);
+                // A closed channel: the JobManager is stopping.
+                let _ = tx.send(JmCommand::Built(Box::new(BuiltSubmission {
+                    spec,
+                    config: jc,
+                    built,
+                    reply,
+                })));
+            });
+        if let Err(e) = spawned {
+            // The closure (and the reply in it) is gone: the REST request sees the
+            // JobManager unable to answer, and the log says why.
+            tracing::error!(error = %e, "cannot start a job builder thread");
+        }
+    }
+
+    /// Admits a job whose graph was built: places it, or says why not.
+    fn admit(
+        &mut self,
+        spec: JobSpec,
+        jc: &Config,
+        graph: JobGraph,
+        restore: Option<crate::checkpoint::CompletedCheckpoint>,
+    ) -> Result<String, (u16, String)> {
         let (group_offsets, needed) = graph.group_offsets();
         let free = self.free_slots().len();
         if needed > free {
@@ -995,11 +1086,8 @@ impl JobManager {
         let id = super::new_id();
         let mut coord =
             CheckpointCoordinator::new(&jc.checkpointing, &graph, &id).with_remote_tasks();
-        if let Some(path) = &spec.savepoint_path {
-            let cp = crate::checkpoint::read_checkpoint(std::path::Path::new(path))
-                .map_err(|e| (400, e.to_string()))?;
-            cp.check_compatible(&graph)
-                .map_err(|e| (400, e.to_string()))?;
+        if let Some(cp) = restore {
+            let path = spec.savepoint_path.as_deref().unwrap_or("");
             tracing::info!(job = %id, %path, checkpoint = cp.meta.checkpoint_id, "resuming from a checkpoint");
             coord.restore_from(Arc::new(cp));
         }
@@ -1031,7 +1119,7 @@ impl JobManager {
             past_latency: None,
             exceptions: Vec::new(),
             exceptions_truncated: false,
-            strategy: restart::from_config(&jc),
+            strategy: restart::from_config(jc),
             strategy_exhausted: false,
             restart_at: None,
             group_offsets,
@@ -1052,7 +1140,7 @@ impl JobManager {
                 .collect(),
             failover: jc.failover_strategy,
             region_restarts: BTreeMap::new(),
-            deploy_settings: DeploySettings::of(&jc),
+            deploy_settings: DeploySettings::of(jc),
             waiting_for_slots_since: None,
             coord,
             savepoint_requests: HashMap::new(),
