@@ -916,6 +916,7 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
                 watermark: 0,
                 backpressure: (0, 0),
                 latency: None,
+                markers: None,
             },
         },
     );
@@ -1798,7 +1799,14 @@ fn prometheus_metrics_on_the_jobmanager_and_a_taskmanager_pass_promtool() {
     let _tm = spate(
         "taskmanager",
         &ports,
-        &["-D", "taskmanager.numberOfTaskSlots=2", "-D", &prom_arg],
+        &[
+            "-D",
+            "taskmanager.numberOfTaskSlots=2",
+            "-D",
+            &prom_arg,
+            "-D",
+            "metrics.latency.interval=20 ms",
+        ],
     );
     wait_for("the TaskManager", Duration::from_secs(15), || {
         taskmanager_count(ports.rest) == Some(1)
@@ -1836,6 +1844,12 @@ fn prometheus_metrics_on_the_jobmanager_and_a_taskmanager_pass_promtool() {
             sample(&tm_text, "spate_task_records_out_total", &[&job_label]).is_some_and(|v| v > 0.0)
                 && sample(&tm_text, "spate_task_latency_seconds_count", &[&job_label])
                     .is_some_and(|v| v > 0.0)
+                && sample(
+                    &tm_text,
+                    "spate_task_marker_latency_seconds_count",
+                    &[&job_label],
+                )
+                .is_some_and(|v| v > 0.0)
         },
     );
     let (status, ctype, _) = http_text(ports.rest, "/metrics").unwrap();
@@ -2875,7 +2889,12 @@ fn web_dashboard_in_a_headless_browser_follows_a_job_and_cancels_it() {
     let _tm = spate(
         "taskmanager",
         &ports,
-        &["-D", "taskmanager.numberOfTaskSlots=2"],
+        &[
+            "-D",
+            "taskmanager.numberOfTaskSlots=2",
+            "-D",
+            "metrics.latency.interval=20 ms",
+        ],
     );
     wait_for("the TaskManager", Duration::from_secs(15), || {
         taskmanager_count(ports.rest) == Some(1)
@@ -3016,6 +3035,31 @@ fn web_dashboard_in_a_headless_browser_follows_a_job_and_cancels_it() {
            && rows.every(r => /ok|low|high/.test(r.querySelector('td[data-f=backpressure]').innerText)) \
            && rows.some(r => /[µm]?s$/.test(r.querySelector('td[data-f=latency]').innerText));",
     );
+    // Latency markers: how long after their emission they reached each vertex past
+    // the sources, in the vertex table and the vertex's metrics.
+    b.wait_js(
+        "latency markers in the vertex table",
+        long,
+        "const rows = [...document.querySelectorAll('#vertices tr[data-vertex]')]; \
+         return rows.length > 1 && rows.slice(1).every(r => / \\/ .*s$/.test(r.querySelector('td[data-f=from-source]').innerText));",
+    );
+    let sink = &vertices[vertices.len() - 1].0;
+    let (_, m) = http(
+        ports.rest,
+        "GET",
+        &format!(
+            "/jobs/{id}/vertices/{sink}/metrics?get=latencyFromSource_count,latencyFromSource_p99"
+        ),
+        "",
+    )
+    .unwrap();
+    let count = m
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["id"] == "latencyFromSource_count"))
+        .and_then(|x| x["value"].as_str())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(count > 0.0, "{m}");
     // A vertex's subtasks, chosen from the graph.
     b.click(&format!("#job-graph .vertex[data-vertex='{source}']"));
     b.wait_js(

@@ -471,6 +471,30 @@ fn run(a: JobArgs, json: Option<PathBuf>, hlog: Option<PathBuf>) -> Result<bool>
             us(h.max())
         )?;
     }
+    if !result.from_source.is_empty() {
+        writeln!(
+            out,
+            "per hop      latency markers (every {:?}): how long after its source emitted one it reached each vertex",
+            config.latency_interval
+        )?;
+        let width = result
+            .from_source
+            .iter()
+            .map(|(n, _)| n.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (name, m) in &result.from_source {
+            writeln!(
+                out,
+                "  {name:<width$}  p50 {}  p99 {}  p99.9 {}  max {}  ({} markers)",
+                us(m.value_at_quantile(0.5)),
+                us(m.value_at_quantile(0.99)),
+                us(m.value_at_quantile(0.999)),
+                us(m.max()),
+                m.len()
+            )?;
+        }
+    }
     if let Some(path) = json {
         let v = serde_json::json!({
             "job": a.job,

@@ -139,6 +139,9 @@ pub struct Config {
     /// metrics (records, back-pressure, watermarks, latency) to the JobManager, for the
     /// REST API and the web UI (at least once per heartbeat).
     pub metrics_update_interval: Duration,
+    /// `metrics.latency.interval`: how often sources send latency markers, which
+    /// measure how long records take to reach each task (zero: off, Flink's default).
+    pub latency_interval: Duration,
     /// `heartbeat.timeout`
     pub heartbeat_timeout: Duration,
     /// `task.cancellation.timeout`: a task that has not stopped this long after it
@@ -270,6 +273,7 @@ impl Default for Config {
             failover_strategy: FailoverStrategy::Region,
             heartbeat_interval: Duration::from_secs(10),
             metrics_update_interval: Duration::from_secs(1),
+            latency_interval: Duration::ZERO,
             heartbeat_timeout: Duration::from_secs(50),
             slot_request_timeout: Duration::from_secs(300),
             task_cancellation_timeout: Duration::from_secs(180),
@@ -322,6 +326,7 @@ pub const KEYS: &[&str] = &[
     "heartbeat.interval",
     "heartbeat.timeout",
     "metrics.fetcher.update-interval",
+    "metrics.latency.interval",
     "slot.request.timeout",
     "task.cancellation.timeout",
     "taskmanager.data.port",
@@ -439,6 +444,8 @@ impl Config {
     pub fn task_settings(&self) -> spate_dataplane::task::TaskSettings {
         spate_dataplane::task::TaskSettings {
             peer_timeout_ns: u64::try_from(self.ring_peer_timeout.as_nanos()).unwrap_or(u64::MAX),
+            latency_interval_ns: u64::try_from(self.latency_interval.as_nanos())
+                .unwrap_or(u64::MAX),
         }
     }
 
@@ -888,6 +895,7 @@ impl Config {
             }
             "heartbeat.interval" => self.heartbeat_interval = duration()?,
             "heartbeat.timeout" => self.heartbeat_timeout = duration()?,
+            "metrics.latency.interval" => self.latency_interval = duration()?,
             "metrics.fetcher.update-interval" => {
                 let d = duration()?;
                 if d.is_zero() {

@@ -93,6 +93,9 @@ pub struct JobResult {
     pub job_id: String,
     /// The savepoint it was stopped with (cancelled with `state.savepoints.dir` set).
     pub savepoint: Option<std::path::PathBuf>,
+    /// Per vertex that latency markers reached (`metrics.latency.interval`), in the
+    /// job graph's order: its name and how long after their emission they got there.
+    pub from_source: Vec<(String, Histogram<u64>)>,
 }
 
 /// Starts `taskmanager.numberOfTaskSlots` slot threads pinned per
@@ -143,6 +146,9 @@ pub struct MiniCluster {
     next_task: u64,
     /// The savepoint the running job was stopped with.
     stopped_with: Option<std::path::PathBuf>,
+    /// The running job's tasks' metrics (every attempt's), by vertex: their latency
+    /// markers' ages for the summary.
+    task_metrics: Vec<(usize, Arc<TaskMetrics>)>,
 }
 
 impl MiniCluster {
@@ -161,6 +167,7 @@ impl MiniCluster {
             config: config.clone(),
             slots,
             stopped_with: None,
+            task_metrics: Vec::new(),
             events,
             acks,
             next_task: 0,
@@ -210,6 +217,7 @@ impl MiniCluster {
             });
         }
         self.drop_stale_acknowledgements();
+        self.task_metrics.clear();
         let mut strategy = restart::from_config(&self.config);
         let job_id = crate::cluster::new_id();
         let mut coord = CheckpointCoordinator::new(&self.config.checkpointing, job, &job_id);
@@ -256,6 +264,24 @@ impl MiniCluster {
             restarts += 1;
         };
         let metrics = &job.stream.metrics;
+        let mut from_source: Vec<(String, Histogram<u64>)> = Vec::new();
+        for v in &job.vertices {
+            let mut merged: Option<Histogram<u64>> = None;
+            for (_, m) in self.task_metrics.iter().filter(|(id, _)| *id == v.id) {
+                if let Some(h) = m.marker_latency() {
+                    match &mut merged {
+                        Some(x) => {
+                            let _ = x.add(&h);
+                        }
+                        None => merged = Some(h),
+                    }
+                }
+            }
+            if let Some(h) = merged {
+                from_source.push((v.name.clone(), h));
+            }
+        }
+        self.task_metrics.clear();
         Ok(JobResult {
             status,
             progress: Progress {
@@ -268,6 +294,7 @@ impl MiniCluster {
             checkpoints: coord.stats().clone(),
             job_id,
             savepoint: self.stopped_with.take(),
+            from_source,
         })
     }
 
@@ -329,6 +356,7 @@ impl MiniCluster {
             self.next_task += 1;
             names.insert(id, d.name.clone());
             task_of.insert(id, (d.vertex as u32, d.info.index as u32));
+            self.task_metrics.push((d.vertex, d.metrics.clone()));
             if !self.slots[slot].submit(id, d.into_factory()) {
                 self.cancel_all(&mut live);
                 return Err(ClusterError::SlotGone(slot));

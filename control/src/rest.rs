@@ -1237,6 +1237,15 @@ async fn prometheus(State(st): State<SharedState>) -> Response {
                 &l,
                 t.current_backpressure(),
             );
+            if let Some(h) = &t.markers {
+                crate::metrics::latency_summary(
+                    &mut e,
+                    "spate_task_marker_latency_seconds",
+                    "How long after their sources emitted them latency markers reached the subtask (as last reported).",
+                    &l,
+                    h,
+                );
+            }
             if t.watermark != 0 && t.watermark != spate_dataplane::operator::END_OF_TIME {
                 e.gauge(
                     "spate_task_input_watermark_seconds",
@@ -1348,6 +1357,13 @@ async fn vertex_metrics(
     }
     if let Some(h) = j.vertex_latency(Some(x.id as u32)) {
         available.extend(latency_values(Some(&h)));
+    }
+    if let Some(h) = j.vertex_marker_latency(x.id as u32) {
+        available.extend(
+            latency_values(Some(&h))
+                .into_iter()
+                .map(|(n, v)| (n.replacen("latency_", "latencyFromSource_", 1), v)),
+        );
     }
     Json(metric_reply(&q, available)).into_response()
 }

@@ -99,6 +99,71 @@ fn w1_measures_the_latency_of_one_record_in_latency_sample() {
     }
 }
 
+/// Latency markers (`metrics.latency.interval`) go from the sources through every
+/// ring of W1 with chaining off (source, filter, VWAP, sink: three hops) at p=2 and
+/// back: every marker that reached the first hop reaches each later one (one marker
+/// stays one across key exchanges), each vertex has their ages, and the records are
+/// untouched by them.
+#[test]
+fn latency_markers_reach_every_vertex_once_each_beside_the_records() {
+    let events = 400_000u64;
+    let env = StreamExecutionEnvironment::new("vwap");
+    let out = Arc::new(Mutex::new(Vec::<Vwap>::new()));
+    let params = VwapParams {
+        seed: 11,
+        events: Some(events),
+        pace: Pace::Rate(400_000.0),
+        latency_sample: 1,
+    };
+    jobs::vwap_stream(&env, params).collect(out.clone());
+    let graph = JobGraph::build(env.stream_graph(), Some(2), 1, false).unwrap();
+    let cfg = Config {
+        latency_interval: Duration::from_millis(1),
+        ..config(2)
+    };
+    let mut mc = MiniCluster::start(&cfg).unwrap();
+    let r = mc
+        .execute(
+            &graph,
+            &AtomicBool::new(false),
+            Duration::from_secs(60),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(r.status, JobStatus::Finished);
+    let names: Vec<&str> = r.from_source.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 3, "every vertex but the sources: {names:?}");
+    let counts: Vec<u64> = r.from_source.iter().map(|(_, h)| h.len()).collect();
+    assert!(
+        counts[0] > 10,
+        "markers every ms for about a second: {counts:?}"
+    );
+    assert!(
+        counts.iter().all(|&c| c == counts[0]),
+        "each marker reaches every hop once: {counts:?}"
+    );
+    // The records are the computation's, markers or not.
+    let mut got: HashMap<u32, Vec<i64>> = HashMap::new();
+    for v in out.lock().unwrap().iter() {
+        got.entry(v.symbol).or_default().push(v.vwap);
+    }
+    assert_eq!(got, jobs::vwap_reference(11, events, 2));
+    // Off by default: no markers, nothing reported.
+    let env = StreamExecutionEnvironment::new("vwap");
+    jobs::vwap_stream(
+        &env,
+        VwapParams {
+            seed: 11,
+            events: Some(10_000),
+            pace: Pace::Unpaced,
+            latency_sample: 1,
+        },
+    )
+    .discard();
+    let r = run(&env, Some(2), 2);
+    assert!(r.from_source.is_empty());
+}
+
 /// Registers an event-time timer at each record's value and emits it when it fires.
 #[derive(Clone)]
 struct FireAt;

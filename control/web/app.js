@@ -261,7 +261,7 @@ function jobManagerPage() {
 // Layers the job graph (longest path from the sources), orders each layer by its
 // inputs' positions, and places the vertices in columns, sources on the left.
 function layout(nodes) {
-  const W = 236, H = 96, GX = 70, GY = 22, PAD = 16;
+  const W = 236, H = 112, GX = 70, GY = 22, PAD = 16;
   const byId = {};
   nodes.forEach(n => { byId[n.id] = n; });
   const level = {};
@@ -323,6 +323,7 @@ function graphSvg(plan) {
       <text x="10" y="52" data-f="records">in - · out -</text>
       <text x="10" y="69" data-f="rates">-</text>
       <text class="sub" x="10" y="86" data-f="extra"></text>
+      <text class="sub" x="10" y="103" data-f="hop"></text>
     </g>`;
   }).join('');
   return `<svg id="job-graph" width="${L.width}" height="${L.height}" viewBox="0 0 ${L.width} ${L.height}">
@@ -344,7 +345,7 @@ function jobPage(jid, tab) {
   let graphFor = null;      // the plan the graph was drawn for
   let prev = null;          // { at, records: {vid: [in, out]} } for rates
   let rates = {};
-  let slow = { at: 0, bp: {}, wm: {}, lat: {} };
+  let slow = { at: 0, bp: {}, wm: {}, lat: {}, hop: {} };
   let job = null;
 
   const header = (j, lat) => {
@@ -381,6 +382,7 @@ function jobPage(jid, tab) {
       <td class="num" data-f="out">${num(m['write-records'])}</td><td class="num">${rate(r[1])}</td>
       <td data-f="backpressure">${bp ? `<span class="bp-${esc(bp.level)}">${esc(bp.level)} ${(bp.ratio * 100).toFixed(0)}%</span>` : '-'}</td>
       <td data-f="watermark">${wm === undefined ? '-' : esc(watermark(wm))}</td>
+      <td class="num" data-f="from-source">${slow.hop[v.id] ? ns(slow.hop[v.id].latencyFromSource_p50) + ' / ' + ns(slow.hop[v.id].latencyFromSource_p99) : '-'}</td>
       <td class="num" data-f="latency">${lat ? ns(lat.latency_p99) : '-'}</td></tr>`;
   }).join('');
 
@@ -401,8 +403,12 @@ function jobPage(jid, tab) {
       const extra = [];
       if (bp) extra.push(`backpressure ${bp.level} ${(bp.ratio * 100).toFixed(0)}%`);
       if (wm !== undefined && wm > LONG_MIN) extra.push(`wm ${watermark(wm).slice(11)}`);
-      if (lat) extra.push(`p99 ${ns(lat.latency_p99)}`);
+      const hop = slow.hop[v.id];
+      const more = [];
+      if (hop) more.push(`from source p50 ${ns(hop.latencyFromSource_p50)} p99 ${ns(hop.latencyFromSource_p99)}`);
+      if (lat) more.push(`e2e p99 ${ns(lat.latency_p99)}`);
       $('[data-f=extra]', g).textContent = extra.join(' · ');
+      $('[data-f=hop]', g).textContent = more.join(' · ');
     }
   };
 
@@ -418,7 +424,7 @@ function jobPage(jid, tab) {
       const [bp, wm, lat] = await Promise.all([
         api(base + v.id + '/backpressure').catch(() => null),
         api(base + v.id + '/watermarks').catch(() => null),
-        hasOutputs.has(v.id) ? null : api(base + v.id + '/metrics?get=latency_count,latency_p50,latency_p99,latency_max').catch(() => null),
+        api(base + v.id + '/metrics?get=latency_count,latency_p50,latency_p99,latency_max,latencyFromSource_count,latencyFromSource_p50,latencyFromSource_p99').catch(() => null),
       ]);
       if (bp && bp.subtasks && bp.subtasks.length) {
         const ratio = Math.max(...bp.subtasks.map(s => s.ratio || 0));
@@ -429,7 +435,8 @@ function jobPage(jid, tab) {
         slow.wm[v.id] = Math.min(...vals);
       }
       const lm = metricMap(lat);
-      if (lm.latency_count > 0) slow.lat[v.id] = lm;
+      if (lm.latency_count > 0 && !hasOutputs.has(v.id)) slow.lat[v.id] = lm;
+      if (lm.latencyFromSource_count > 0) slow.hop[v.id] = lm;
     }));
   };
 
@@ -461,7 +468,7 @@ function jobPage(jid, tab) {
     if (graphFor !== JSON.stringify(j.plan) || !$('#job-graph')) {
       graphFor = JSON.stringify(j.plan);
       $('#tab').innerHTML = `<div class="graph">${graphSvg(j.plan)}</div>
-        <h2>Vertices</h2><table id="vertices"><thead><tr><th>Name</th><th>Status</th><th class="num">Parallelism</th><th class="num">Records in</th><th class="num">Rate in</th><th class="num">Records out</th><th class="num">Rate out</th><th>Backpressure</th><th>Watermark</th><th class="num">Latency p99</th></tr></thead><tbody></tbody></table>
+        <h2>Vertices</h2><table id="vertices"><thead><tr><th>Name</th><th>Status</th><th class="num">Parallelism</th><th class="num">Records in</th><th class="num">Rate in</th><th class="num">Records out</th><th class="num">Rate out</th><th>Backpressure</th><th>Watermark</th><th class="num" title="How long after their sources emitted them latency markers reached the vertex (metrics.latency.interval)">From source p50 / p99</th><th class="num">Latency p99</th></tr></thead><tbody></tbody></table>
         <div id="subtasks"></div>`;
     }
     setHTML($('#vertices tbody'), vertexRows(j));

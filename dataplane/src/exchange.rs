@@ -87,6 +87,9 @@ pub trait OutputControl {
     /// while frames wait, checks that the consumers they wait for are still there
     /// (failing after `peer_timeout_ns` without a sign of life; 0: never).
     fn housekeeping(&mut self, now_ns: u64, peer_timeout_ns: u64) -> Result<(), String>;
+    /// Sends a latency marker (emitted at `emitted_ns`) down one of the edge's
+    /// channels, the next in turn, behind everything written to it so far.
+    fn send_latency_marker(&mut self, emitted_ns: u64);
 }
 
 /// Shared flag: some output of this task has frames waiting.
@@ -165,6 +168,9 @@ pub struct RingOutput<T> {
     /// The end of input went out: what follows it (the barrier of a task's final
     /// checkpoint, which its consumers take on their own) is not sent.
     ended: bool,
+    /// The channel the next latency marker takes (round robin: one marker stays one,
+    /// however many channels it crosses).
+    next_marker: usize,
 }
 
 impl<T: Wire + Clone> RingOutput<T> {
@@ -192,6 +198,7 @@ impl<T: Wire + Clone> RingOutput<T> {
             starts: vec![0; n + 1],
             written: 0,
             ended: false,
+            next_marker: 0,
         }
         .with_max_parallelism(crate::checkpoint::DEFAULT_MAX_PARALLELISM)
     }
@@ -404,6 +411,19 @@ impl<T: Wire + Clone> OutputControl for RingOutput<T> {
         std::mem::take(&mut self.written)
     }
 
+    fn send_latency_marker(&mut self, emitted_ns: u64) {
+        let n = self.w.producers.len();
+        if self.ended || n == 0 {
+            return;
+        }
+        let ch = self.next_marker % n;
+        self.next_marker = self.next_marker.wrapping_add(1);
+        let mut buf = [0u8; MAX_EVENT_LEN];
+        let (ty, len) = frames::encode_latency_marker(emitted_ns, &mut buf);
+        self.w
+            .write_frame(ch, ty, len, |dst| dst.copy_from_slice(&buf[..len]));
+    }
+
     fn housekeeping(&mut self, now_ns: u64, peer_timeout_ns: u64) -> Result<(), String> {
         for p in &self.w.producers {
             p.heartbeat(now_ns);
@@ -579,6 +599,42 @@ mod tests {
                 &["[2]", "Watermark", "[4]"]
             };
             assert_eq!(kinds, expect, "channel {ch}");
+        }
+    }
+
+    #[test]
+    fn latency_markers_take_one_channel_each_in_turn_behind_the_records() {
+        let (producers, mut consumers): (Vec<_>, Vec<_>) =
+            (0..3).map(|_| Ring::anonymous(1 << 16).unwrap()).unzip();
+        let bp: Backpressure = Rc::new(Cell::new(false));
+        let (mut emit, ctl) =
+            RingOutput::<u64>::new(producers, Partition::Rebalance, bp).into_shared();
+        emit.push(&mut vec![1, 2, 3]);
+        for t in [100, 101, 102, 103] {
+            ctl.borrow_mut().send_latency_marker(t);
+        }
+        let mut seen = Vec::new();
+        for (ch, c) in consumers.iter_mut().enumerate() {
+            let mut data_first = false;
+            while let Some(f) = c.try_read().unwrap() {
+                match frames::latency_marker(f.frame_type(), f.payload()) {
+                    Some(t) => {
+                        assert!(data_first, "a marker overtook channel {ch}'s records");
+                        seen.push((ch, t));
+                    }
+                    None => data_first = true,
+                }
+            }
+        }
+        seen.sort_by_key(|&(_, t)| t);
+        assert_eq!(seen, vec![(0, 100), (1, 101), (2, 102), (0, 103)]);
+        // After the end of input, none.
+        emit.event(Event::EndOfInput);
+        ctl.borrow_mut().send_latency_marker(104);
+        for c in &mut consumers {
+            while let Some(f) = c.try_read().unwrap() {
+                assert_eq!(frames::latency_marker(f.frame_type(), f.payload()), None);
+            }
         }
     }
 }

@@ -15,7 +15,8 @@
 //!                8-byte aligned when the record's size is a multiple of 8)
 //!   otherwise each record is [u32 length][bytes], back to back.
 //!
-//! Watermark: [u64 event time ns][u64 kind: 0 watermark, 1 idle, 2 active]
+//! Watermark: [u64 event time ns][u64 kind: 0 watermark, 1 idle, 2 active,
+//!            3 latency marker (the time is when its source emitted it)]
 //! Barrier:   [u64 checkpoint id][u64 timestamp ns][u64 kind: 0 checkpoint, 1 savepoint]
 //! EndOfStream: empty
 //! ```
@@ -250,7 +251,29 @@ pub fn encode_event(event: &Event, buf: &mut [u8; MAX_EVENT_LEN]) -> (FrameType,
     }
 }
 
-/// The control event a frame carries (`None` for data and padding frames).
+/// Watermark-frame kind of a latency marker.
+const KIND_LATENCY_MARKER: u64 = 3;
+
+/// A latency marker's frame: it carries when its source emitted it (ns, the source
+/// host's data-plane clock). Markers go from task to task beside the records, not
+/// through operators; each task notes how long after its emission one reached it.
+pub fn encode_latency_marker(emitted_ns: u64, buf: &mut [u8; MAX_EVENT_LEN]) -> (FrameType, usize) {
+    buf[0..8].copy_from_slice(&emitted_ns.to_le_bytes());
+    buf[8..16].copy_from_slice(&KIND_LATENCY_MARKER.to_le_bytes());
+    (FrameType::Watermark, 16)
+}
+
+/// The emission time of the latency marker a frame carries, if it is one.
+#[inline]
+pub fn latency_marker(ty: FrameType, payload: &[u8]) -> Option<u64> {
+    if ty != FrameType::Watermark || payload.len() != 16 {
+        return None;
+    }
+    (u64_at(payload, 8)? == KIND_LATENCY_MARKER).then(|| u64_at(payload, 0))?
+}
+
+/// The control event a frame carries (`None` for data and padding frames, and for
+/// latency markers, which [`latency_marker`] reads).
 pub fn decode_event(ty: FrameType, payload: &[u8]) -> Result<Option<Event>, DecodeError> {
     let bad = |reason| DecodeError {
         ty: "control event",
@@ -270,6 +293,7 @@ pub fn decode_event(ty: FrameType, payload: &[u8]) -> Result<Option<Event>, Deco
                 0 => Event::Watermark(t),
                 1 => Event::Idle(true),
                 2 => Event::Idle(false),
+                KIND_LATENCY_MARKER => return Ok(None),
                 _ => return Err(bad("unknown watermark kind")),
             }
         }
@@ -413,5 +437,19 @@ mod tests {
         assert!(decode_event(FrameType::Barrier, &[0; 16]).is_err());
         assert!(decode_event(FrameType::EndOfStream, &[0]).is_err());
         assert_eq!(decode_event(FrameType::Data, &[]).unwrap(), None);
+    }
+
+    #[test]
+    fn latency_markers_are_watermark_frames_no_event_decoder_mistakes() {
+        let mut buf = [0u8; MAX_EVENT_LEN];
+        let (ty, n) = encode_latency_marker(12_345, &mut buf);
+        assert_eq!(latency_marker(ty, &buf[..n]), Some(12_345));
+        // Not a watermark, an idleness change or an error to the event decoder.
+        assert_eq!(decode_event(ty, &buf[..n]).unwrap(), None);
+        // Watermarks are not markers, nor are frames of other types or lengths.
+        let (ty, n) = encode_event(&Event::Watermark(12_345), &mut buf);
+        assert_eq!(latency_marker(ty, &buf[..n]), None);
+        assert_eq!(latency_marker(FrameType::Barrier, &[3; 16]), None);
+        assert_eq!(latency_marker(FrameType::Watermark, &[3; 8]), None);
     }
 }

@@ -48,12 +48,16 @@ pub struct TaskSettings {
     /// process, or one in another pid namespace whose pid cannot be checked) fails the
     /// task. 0: never.
     pub peer_timeout_ns: u64,
+    /// How often a source task sends a latency marker down its outputs (ns; 0: never;
+    /// Flink's `metrics.latency.interval`).
+    pub latency_interval_ns: u64,
 }
 
 impl Default for TaskSettings {
     fn default() -> Self {
         Self {
             peer_timeout_ns: DEFAULT_PEER_TIMEOUT_NS,
+            latency_interval_ns: 0,
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct TaskMetrics {
     /// outputs full: the back-pressure ratio, sampled.
     samples: AtomicU64,
     backpressured: AtomicU64,
+    /// How long after their emission latency markers reached the task's inputs.
+    markers: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
 }
 
 impl TaskMetrics {
@@ -89,6 +95,24 @@ impl TaskMetrics {
     /// have none).
     pub fn input_watermark(&self) -> u64 {
         self.input_watermark.load(Ordering::Relaxed)
+    }
+
+    /// How long after their sources emitted them latency markers reached this task
+    /// (`None`: none has; markers are off unless `metrics.latency.interval` is set).
+    pub fn marker_latency(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        match self.markers.lock() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Notes a marker's age on arrival. On the slot thread, a few times a second: it
+    /// never waits for a reader (a sample that meets one is dropped).
+    fn note_marker(&self, age_ns: u64) {
+        if let Ok(mut m) = self.markers.try_lock() {
+            let h = m.get_or_insert_with(crate::operator::sink::new_histogram);
+            let _ = h.record(age_ns.max(1));
+        }
     }
 
     /// Back-pressure samples so far: (rounds, rounds that found the outputs full).
@@ -245,6 +269,14 @@ impl Outputs {
         self
     }
 
+    /// Sends a latency marker emitted at `emitted_ns` down one channel of every out
+    /// edge, behind what the task wrote so far.
+    fn forward_latency_marker(&self, emitted_ns: u64) {
+        for o in &self.outputs {
+            o.borrow_mut().send_latency_marker(emitted_ns);
+        }
+    }
+
     /// Drains waiting frames; true if the task may take input.
     fn drain(&mut self) -> bool {
         if !self.backpressure.get() {
@@ -338,6 +370,8 @@ pub struct SourceTask<T> {
     /// The stop savepoint whose barrier it injected last (0: none): it emits nothing
     /// more unless that savepoint fails.
     stopped_at: u64,
+    /// When the next latency marker is due (ns; with markers on).
+    next_marker_ns: u64,
 }
 
 impl<T> SourceTask<T> {
@@ -364,6 +398,7 @@ impl<T> SourceTask<T> {
             notified: 0,
             ended_at: 0,
             stopped_at: 0,
+            next_marker_ns: 0,
         }
     }
 
@@ -466,6 +501,12 @@ impl<T> Task for SourceTask<T> {
         if !self.batch.is_empty() {
             self.head.push(&mut self.batch);
             self.batch.clear();
+        }
+        let every = self.outputs.settings.latency_interval_ns;
+        if every != 0 && now >= self.next_marker_ns {
+            // Behind this poll's records: a marker waits where they wait.
+            self.next_marker_ns = now + every;
+            self.outputs.forward_latency_marker(now);
         }
         let work = match status {
             SourceStatus::Emitted(n) => n,
@@ -866,6 +907,13 @@ impl<H: InputHead> InputTask<H> {
                     .head
                     .data(input.side, frame.payload())
                     .map_err(|e| TaskError(format!("input {i}: {e}")))?;
+                continue;
+            }
+            if let Some(emitted) = frames::latency_marker(ty, frame.payload()) {
+                // Its age here, then on to one downstream channel per out edge.
+                let age = clock::now_ns().saturating_sub(emitted);
+                self.outputs.metrics.note_marker(age);
+                self.outputs.forward_latency_marker(emitted);
                 continue;
             }
             let event = frames::decode_event(ty, frame.payload())

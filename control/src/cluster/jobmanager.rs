@@ -162,6 +162,8 @@ pub struct TaskSlot {
     pub backpressure_at_ms: u64,
     /// The end-to-end latencies its latency sinks recorded, as last reported.
     pub latency: Option<hdrhistogram::Histogram<u64>>,
+    /// How long after their emission latency markers reached it, as last reported.
+    pub markers: Option<hdrhistogram::Histogram<u64>>,
 }
 
 impl TaskSlot {
@@ -288,6 +290,25 @@ impl JobEntry {
         out
     }
 
+    /// How long after their emission latency markers reached vertex `v`'s subtasks.
+    pub fn vertex_marker_latency(&self, v: u32) -> Option<hdrhistogram::Histogram<u64>> {
+        let mut out: Option<hdrhistogram::Histogram<u64>> = None;
+        for t in self
+            .tasks
+            .iter()
+            .filter(|((vertex, _), _)| *vertex == v)
+            .filter_map(|(_, t)| t.markers.as_ref())
+        {
+            match &mut out {
+                Some(o) => {
+                    let _ = o.add(t);
+                }
+                None => out = Some(t.clone()),
+            }
+        }
+        out
+    }
+
     /// The slot sharing group of vertex `v`.
     pub fn slot_sharing_group(&self, v: usize) -> &str {
         self.vertex_groups.get(v).map_or("default", String::as_str)
@@ -365,6 +386,7 @@ impl JobEntry {
                 backpressure_ratio: 0.0,
                 backpressure_at_ms: 0,
                 latency: None,
+                markers: None,
             },
         );
         let d = TaskDeployment {
@@ -989,6 +1011,15 @@ impl JobManager {
                         t.backpressure_at_ms = epoch_ms();
                     }
                     t.backpressure_samples = (n, hits);
+                    if let Some(bytes) = &r.markers {
+                        match super::decode_latency(bytes) {
+                            Ok(h) => t.markers = Some(h),
+                            Err(e) => tracing::warn!(
+                                task = ?r.task,
+                                "ignoring a latency marker report: {e}"
+                            ),
+                        }
+                    }
                     if let Some(bytes) = &r.latency {
                         match super::decode_latency(bytes) {
                             Ok(h) => t.latency = Some(h),
@@ -1981,6 +2012,7 @@ mod tests {
             backpressure_ratio: 0.9,
             backpressure_at_ms: 1,
             latency: None,
+            markers: None,
         };
         assert_eq!(t.current_backpressure(), 0.9);
         for ended in [

@@ -212,6 +212,10 @@ pub struct TaskRecords {
     /// HdrHistogram in the V2 encoding; `None`: it has recorded none).
     #[serde(default)]
     pub latency: Option<Vec<u8>>,
+    /// How long after their sources emitted them latency markers reached it (the same
+    /// encoding; `None`: none has).
+    #[serde(default)]
+    pub markers: Option<Vec<u8>>,
 }
 
 /// The V2 cookie of an uncompressed HdrHistogram encoding.

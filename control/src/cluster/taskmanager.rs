@@ -354,6 +354,15 @@ impl TaskManager {
                     wm as f64 / 1e9,
                 );
             }
+            if let Some(h) = m.marker_latency() {
+                crate::metrics::latency_summary(
+                    &mut e,
+                    "spate_task_marker_latency_seconds",
+                    "How long after their sources emitted them latency markers reached the subtask (metrics.latency.interval).",
+                    &l,
+                    &h,
+                );
+            }
             if let Some(h) = self.sinks.get(id).map(|s| s.latency()) {
                 if !h.is_empty() {
                     crate::metrics::latency_summary(
@@ -716,6 +725,9 @@ impl TaskManager {
                 .sinks
                 .get(&id)
                 .and_then(|s| super::encode_latency(&s.latency())),
+            markers: m
+                .and_then(|m| m.marker_latency())
+                .and_then(|h| super::encode_latency(&h)),
         }
     }
 
@@ -730,6 +742,7 @@ impl TaskManager {
                     watermark: 0,
                     backpressure: (0, 0),
                     latency: None,
+                    markers: None,
                 },
             };
             self.endpoint.send(
