@@ -30,15 +30,15 @@ fi
 user=${USER:-$(id -un)}
 pidfile=$SPATE_PID_DIR/spate-$user-$role.pid
 
-# A pid is ours when it is alive and runs `... ROLE ...` (the spate binary, or an
+# A pid is ours when it is alive and runs `BINARY ROLE ...` (the spate binary, or an
 # application binary, with the role as its command): a pid the kernel gave to another
 # program since is not, and is never signalled.
 alive() {
   { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; } || return 1
-  local args
-  if [ -r "/proc/$1/cmdline" ]; then args=$(tr '\0' ' ' < "/proc/$1/cmdline")
-  else args=$(ps -p "$1" -o args= 2>/dev/null || true); fi
-  case " $args " in *" $role "*) return 0 ;; *) return 1 ;; esac
+  local command
+  if [ -r "/proc/$1/cmdline" ]; then command=$(tr '\0' '\n' < "/proc/$1/cmdline" | sed -n 2p)
+  else command=$(ps -p "$1" -o args= 2>/dev/null | awk '{print $2}'); fi
+  [ "$command" = "$role" ]
 }
 
 # Keeps only the pids of live processes in the pid file.

@@ -3143,6 +3143,12 @@ fn web_dashboard_in_a_headless_browser_follows_a_job_and_cancels_it() {
 
     // Cancel from the page: the first click arms the button, the second cancels.
     b.click("#cancel-btn");
+    b.wait_js(
+        "the armed cancel button",
+        long,
+        "return document.querySelector('#cancel-btn').innerText === 'Confirm cancel';",
+    );
+    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(job_state(ports.rest, &id), "RUNNING", "one click only arms");
     b.click("#cancel-btn");
     wait_for("CANCELED", long, || {

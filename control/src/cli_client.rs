@@ -66,7 +66,7 @@ pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
         }
         let ended = matches!(state.as_str(), "FINISHED" | "CANCELED" | "FAILED");
         if state == "RUNNING" && Instant::now() >= next_progress {
-            next_progress += PROGRESS_EVERY;
+            next_progress = Instant::now() + PROGRESS_EVERY;
             let events = source_records(&v);
             let now = Instant::now();
             let r = (events - prev.1.min(events)) as f64

@@ -93,7 +93,7 @@ function route() {
   else if (parts[0] === 'taskmanagers' && parts[1]) page = taskManagerPage(decodeURIComponent(parts[1]));
   else if (parts[0] === 'taskmanagers') page = taskManagersPage();
   else if (parts[0] === 'jobmanager') page = jobManagerPage();
-  else page = { name: '', refresh: async () => { $('#page').innerHTML = `<h1>Not found</h1><p>No page ${esc(h)}.</p>`; } };
+  else page = { name: '', refresh: async live => { $('#page').innerHTML = `<h1>Not found</h1><p>No page ${esc(h)}.</p>`; } };
   for (const a of $$('#side a')) a.classList.toggle('active', a.dataset.nav === page.name);
   current = page;
   $('#page').innerHTML = '';
@@ -104,7 +104,7 @@ function route() {
 async function tick(gen) {
   if (gen !== generation) return;
   try {
-    await current.refresh();
+    await current.refresh(() => gen === generation);
     if (gen === generation) setStatus('');
   } catch (e) {
     if (gen === generation) setStatus(e.message);
@@ -127,6 +127,20 @@ function setStatus(msg) {
   s.className = msg ? 'status error' : 'status';
 }
 
+// Clicks on rows and graph boxes, by their data attributes (no inline handlers: ids
+// come from peers and are never run as code).
+document.addEventListener('click', e => {
+  const t = e.target;
+  if (!(t instanceof Element)) return;
+  const vertex = t.closest('[data-vertex]');
+  if (vertex && (vertex.closest('.graph') || vertex.closest('#vertices'))) {
+    selectVertex(vertex.dataset.vertex);
+    return;
+  }
+  const row = t.closest('[data-href]');
+  if (row && !t.closest('a')) location.hash = row.dataset.href;
+});
+
 window.addEventListener('hashchange', route);
 window.addEventListener('DOMContentLoaded', () => {
   api('/config').then(c => { $('#version').textContent = c['flink-version'] || ''; }).catch(() => {});
@@ -137,8 +151,8 @@ window.addEventListener('DOMContentLoaded', () => {
 
 function jobsTable(jobs, id) {
   if (!jobs.length) return `<div class="empty" id="${id}">No jobs.</div>`;
-  const rows = jobs.map(j => `<tr class="clickable" data-job="${esc(j.jid)}" onclick="location.hash='#/jobs/${esc(j.jid)}'">
-    <td><a href="#/jobs/${esc(j.jid)}">${esc(j.name)}</a><div class="muted">${esc(j.jid)}</div></td>
+  const rows = jobs.map(j => `<tr class="clickable" data-job="${esc(j.jid)}" data-href="#/jobs/${esc(encodeURIComponent(j.jid))}">
+    <td><a href="#/jobs/${esc(encodeURIComponent(j.jid))}">${esc(j.name)}</a><div class="muted">${esc(j.jid)}</div></td>
     <td>${time(j['start-time'])}</td><td class="num">${ms(j.duration)}</td>
     <td>${time(j['end-time'])}</td><td class="num">${j.tasks ? j.tasks.total : '-'}</td>
     <td>${badge(j.state)}</td></tr>`).join('');
@@ -150,8 +164,9 @@ const ENDED = ['FINISHED', 'CANCELED', 'FAILED'];
 function overviewPage() {
   return {
     name: 'overview',
-    refresh: async () => {
+    refresh: async live => {
       const [o, jobs] = await Promise.all([api('/overview'), api('/jobs/overview')]);
+      if (!live()) return;
       const running = jobs.jobs.filter(j => !ENDED.includes(j.state));
       const ended = jobs.jobs.filter(j => ENDED.includes(j.state));
       const card = (label, value, id) => `<div class="card" id="${id}"><div class="label">${label}</div><div class="value">${esc(value)}</div></div>`;
@@ -174,8 +189,9 @@ function overviewPage() {
 function jobsPage(which) {
   return {
     name: which,
-    refresh: async () => {
+    refresh: async live => {
       const jobs = (await api('/jobs/overview')).jobs;
+      if (!live()) return;
       const pick = jobs.filter(j => (which === 'running') !== ENDED.includes(j.state));
       pick.sort((a, b) => b['start-time'] - a['start-time']);
       setHTML($('#page'), `<h1>${which === 'running' ? 'Running' : 'Completed'} Jobs</h1>${jobsTable(pick, which + '-jobs')}`);
@@ -193,11 +209,12 @@ function busy(slot) {
 function taskManagersPage() {
   return {
     name: 'taskmanagers',
-    refresh: async () => {
+    refresh: async live => {
       const tms = (await api('/taskmanagers')).taskmanagers;
+      if (!live()) return;
       const now = Date.now();
-      const rows = tms.map(t => `<tr class="clickable" data-tm="${esc(t.id)}" onclick="location.hash='#/taskmanagers/${encodeURIComponent(t.id)}'">
-        <td><a href="#/taskmanagers/${encodeURIComponent(t.id)}">${esc(t.id)}</a></td><td>${esc(t.dataAddress || '')}</td>
+      const rows = tms.map(t => `<tr class="clickable" data-tm="${esc(t.id)}" data-href="#/taskmanagers/${esc(encodeURIComponent(t.id))}">
+        <td><a href="#/taskmanagers/${esc(encodeURIComponent(t.id))}">${esc(t.id)}</a></td><td>${esc(t.dataAddress || '')}</td>
         <td class="num">${t.slotsNumber}</td><td class="num">${t.freeSlots}</td>
         <td>${(t.slots || []).map(s => (s.core === null || s.core === undefined ? 'unpinned' : 'core ' + s.core) + busy(s)).join(', ')}</td>
         <td class="num">${ms(Math.max(0, now - t.timeSinceLastHeartbeat))}</td>
@@ -212,17 +229,18 @@ function taskManagersPage() {
 function taskManagerPage(id) {
   return {
     name: 'taskmanagers',
-    refresh: async () => {
+    refresh: async live => {
       const [t, jobs] = await Promise.all([
         api('/taskmanagers/' + encodeURIComponent(id)),
         api('/jobs/overview'),
       ]);
+      if (!live()) return;
       const names = {};
       for (const j of jobs.jobs) names[j.jid] = j.name;
       const slots = (t.slots || []).map(s => `<tr data-slot="${s.index}"><td class="num">${s.index}</td>
         <td>${s.core === null || s.core === undefined ? 'unpinned' : 'core ' + s.core}</td>
         <td class="num" data-f="busy">${s.busyRatio === null || s.busyRatio === undefined ? '-' : (s.busyRatio * 100).toFixed(0) + '%'}</td>
-        <td>${s.job ? `<a href="#/jobs/${esc(s.job)}">${esc(names[s.job] || s.job)}</a>` : '<span class="muted">free</span>'}</td></tr>`).join('');
+        <td>${s.job ? `<a href="#/jobs/${esc(encodeURIComponent(s.job))}">${esc(names[s.job] || s.job)}</a>` : '<span class="muted">free</span>'}</td></tr>`).join('');
       const n = t.network || {};
       const kv = [
         ['Data address', t.dataAddress], ['Slots', t.slotsNumber], ['Free slots', t.freeSlots],
@@ -243,9 +261,10 @@ function taskManagerPage(id) {
 function jobManagerPage() {
   return {
     name: 'jobmanager',
-    refresh: async () => {
+    refresh: async live => {
       if ($('#jm-config')) return; // static while on view
       const [conf, env] = await Promise.all([api('/jobmanager/config'), api('/jobmanager/environment')]);
+      if (!live()) return;
       const rows = conf.map(c => `<tr><td>${esc(c.key)}</td><td>${esc(c.value)}</td></tr>`).join('');
       const envRows = (env.classpath || []).map(c => `<tr><td colspan="2">${esc(c)}</td></tr>`).join('');
       const jvm = env.jvm || {};
@@ -315,7 +334,7 @@ function graphSvg(plan) {
     const p = L.pos[n.id];
     const name = n.description || n.id;
     const short = name.length > 34 ? name.slice(0, 33) + '…' : name;
-    return `<g class="vertex" data-vertex="${esc(n.id)}" transform="translate(${p.x},${p.y})" onclick="selectVertex('${esc(n.id)}')">
+    return `<g class="vertex" data-vertex="${esc(n.id)}" transform="translate(${p.x},${p.y})">
       <title>${esc(name)}</title>
       <rect width="${L.W}" height="${L.H}"></rect>
       <text class="title" x="10" y="18">${esc(short)}</text>
@@ -336,12 +355,13 @@ function selectVertex(id) {
   selectedVertex = selectedVertex === id ? null : id;
   for (const g of $$('.graph .vertex')) g.classList.toggle('selected', g.dataset.vertex === selectedVertex);
   for (const tr of $$('#vertices tr[data-vertex]')) tr.classList.toggle('selected', tr.dataset.vertex === selectedVertex);
-  if (current && current.subtasks) current.subtasks();
+  if (current && current.subtasks) current.subtasks().catch(e => setStatus(e.message));
 }
 window.selectVertex = selectVertex;
 
 function jobPage(jid, tab) {
   const page = { name: '', jid };
+  selectedVertex = null;
   let graphFor = null;      // the plan the graph was drawn for
   let prev = null;          // { at, records: {vid: [in, out]} } for rates
   let rates = {};
@@ -376,7 +396,7 @@ function jobPage(jid, tab) {
     const bp = slow.bp[v.id];
     const wm = slow.wm[v.id];
     const lat = slow.lat[v.id];
-    return `<tr class="clickable${v.id === selectedVertex ? ' selected' : ''}" data-vertex="${esc(v.id)}" onclick="selectVertex('${esc(v.id)}')">
+    return `<tr class="clickable${v.id === selectedVertex ? ' selected' : ''}" data-vertex="${esc(v.id)}">
       <td>${esc(v.name)}</td><td>${badge(v.status)}</td><td class="num">${v.parallelism}</td>
       <td class="num" data-f="in">${num(m['read-records'])}</td><td class="num">${rate(r[0])}</td>
       <td class="num" data-f="out">${num(m['write-records'])}</td><td class="num">${rate(r[1])}</td>
@@ -402,7 +422,7 @@ function jobPage(jid, tab) {
       $('[data-f=rates]', g).textContent = `${rate(r[0])} in · ${rate(r[1])} out`;
       const extra = [];
       if (bp) extra.push(`backpressure ${bp.level} ${(bp.ratio * 100).toFixed(0)}%`);
-      if (wm !== undefined && wm > LONG_MIN) extra.push(`wm ${watermark(wm).slice(11)}`);
+      if (wm !== undefined && wm > LONG_MIN) extra.push(wm >= LONG_MAX ? 'wm end of input' : `wm ${watermark(wm).slice(11)}`);
       const hop = slow.hop[v.id];
       const more = [];
       if (hop) more.push(`from source p50 ${ns(hop.latencyFromSource_p50)} p99 ${ns(hop.latencyFromSource_p99)}`);
@@ -444,7 +464,9 @@ function jobPage(jid, tab) {
     const box = $('#subtasks');
     if (!box) return;
     if (!selectedVertex) { setHTML(box, ''); return; }
-    const v = await api(`/jobs/${jid}/vertices/${selectedVertex}`);
+    const want = selectedVertex;
+    const v = await api(`/jobs/${jid}/vertices/${want}`);
+    if (selectedVertex !== want || !document.body.contains(box)) return;
     const rows = (v.subtasks || []).map(s => `<tr><td class="num">${s.subtask}</td><td>${badge(s.status)}</td>
       <td class="num">${s.attempt}</td><td>${esc(s['taskmanager-id'] || s.endpoint || '')}</td>
       <td class="num">${num(s.metrics['read-records'])}</td><td class="num">${num(s.metrics['write-records'])}</td>
@@ -452,7 +474,7 @@ function jobPage(jid, tab) {
     setHTML(box, `<h2>Subtasks of ${esc(v.name)}</h2><table id="subtask-table"><thead><tr><th class="num">#</th><th>Status</th><th class="num">Attempt</th><th>Task Manager</th><th class="num">Records in</th><th class="num">Records out</th><th class="num">Duration</th></tr></thead><tbody>${rows}</tbody></table>`);
   };
 
-  const overviewTab = async j => {
+  const overviewTab = async (j, live) => {
     const now = Date.now();
     const recs = {};
     for (const v of j.vertices) recs[v.id] = [v.metrics['read-records'], v.metrics['write-records']];
@@ -465,6 +487,7 @@ function jobPage(jid, tab) {
     }
     prev = { at: now, records: recs };
     await refreshSlow(j);
+    if (!live()) return;
     if (graphFor !== JSON.stringify(j.plan) || !$('#job-graph')) {
       graphFor = JSON.stringify(j.plan);
       $('#tab').innerHTML = `<div class="graph">${graphSvg(j.plan)}</div>
@@ -477,8 +500,9 @@ function jobPage(jid, tab) {
     await page.subtasks();
   };
 
-  const exceptionsTab = async () => {
+  const exceptionsTab = async live => {
     const e = await api(`/jobs/${jid}/exceptions`);
+    if (!live()) return;
     const entries = (e.exceptionHistory && e.exceptionHistory.entries) || [];
     setHTML($('#tab'), entries.length
       ? `<div id="exceptions">${entries.map(x => `<div class="exception"><h2>${time(x.timestamp)} · ${esc(x.taskName || 'job')}</h2>
@@ -487,11 +511,12 @@ function jobPage(jid, tab) {
       : `<div class="empty" id="exceptions">No exceptions.</div>`);
   };
 
-  const checkpointsTab = async () => {
+  const checkpointsTab = async live => {
     const [c, conf] = await Promise.all([
       api(`/jobs/${jid}/checkpoints`),
       api(`/jobs/${jid}/checkpoints/config`).catch(() => null),
     ]);
+    if (!live()) return;
     const n = c.counts || {};
     const last = c.latest && c.latest.completed;
     const restored = c.latest && c.latest.restored;
@@ -519,9 +544,10 @@ function jobPage(jid, tab) {
       ${cf ? `<h2>Configuration</h2><table class="kv"><tbody>${cf}</tbody></table>` : ''}`);
   };
 
-  const configurationTab = async () => {
+  const configurationTab = async live => {
     if ($('#job-config')) return;
     const c = await api(`/jobs/${jid}/config`);
+    if (!live()) return;
     const ec = c['execution-config'] || {};
     const rows = Object.entries(ec).filter(([k]) => k !== 'user-config')
       .concat(Object.entries(ec['user-config'] || {}))
@@ -529,11 +555,13 @@ function jobPage(jid, tab) {
     $('#tab').innerHTML = `<table class="kv" id="job-config"><tbody>${rows}</tbody></table>`;
   };
 
-  page.refresh = async () => {
+  page.refresh = async live => {
     const [j, lat] = await Promise.all([
       api(`/jobs/${jid}`),
       api(`/jobs/${jid}/metrics?get=latency_count,latency_p50,latency_p99,latency_p999,latency_p9999,latency_max`).catch(() => null),
     ]);
+    // The user went elsewhere while this was in flight: draw nothing.
+    if (!live()) return;
     job = j;
     if (!$('#job-title')) {
       $('#page')._html = null;
@@ -554,10 +582,10 @@ function jobPage(jid, tab) {
       if (focused) $('#savepoint-dir').focus();
     }
     setHTML($('#job-stats'), head.stats);
-    if (tab === 'exceptions') await exceptionsTab();
-    else if (tab === 'checkpoints') await checkpointsTab();
-    else if (tab === 'configuration') await configurationTab();
-    else await overviewTab(j);
+    if (tab === 'exceptions') await exceptionsTab(live);
+    else if (tab === 'checkpoints') await checkpointsTab(live);
+    else if (tab === 'configuration') await configurationTab(live);
+    else await overviewTab(j, live);
   };
   page.job = () => job;
   return page;

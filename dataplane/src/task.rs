@@ -505,7 +505,7 @@ impl<T> Task for SourceTask<T> {
         let every = self.outputs.settings.latency_interval_ns;
         if every != 0 && now >= self.next_marker_ns {
             // Behind this poll's records: a marker waits where they wait.
-            self.next_marker_ns = now + every;
+            self.next_marker_ns = now.saturating_add(every);
             self.outputs.forward_latency_marker(now);
         }
         let work = match status {

@@ -176,12 +176,13 @@ impl Browser {
         panic!("{css} kept being replaced before it could be clicked");
     }
 
-    /// Waits until `script` returns something other than null/false, and returns it.
+    /// Waits until `script` returns something other than null, false or an empty
+    /// string, and returns it.
     pub fn wait_js(&self, what: &str, timeout: Duration, script: &str) -> Value {
         let start = Instant::now();
         loop {
             let v = self.js(script);
-            if !v.is_null() && v != Value::Bool(false) {
+            if !v.is_null() && v != Value::Bool(false) && v != Value::String(String::new()) {
                 return v;
             }
             if start.elapsed() > timeout {

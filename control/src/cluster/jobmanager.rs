@@ -351,6 +351,26 @@ impl DeploySettings {
 }
 
 impl JobEntry {
+    /// Keeps the end-to-end latencies a subtask's deployment recorded in the job's,
+    /// before that deployment is dropped (a restart).
+    fn keep_latency(&mut self, t: &TaskSlot) {
+        if let Some(h) = t.latency.as_ref() {
+            match &mut self.past_latency {
+                Some(p) => {
+                    let _ = p.add(h);
+                }
+                None => self.past_latency = Some(h.clone()),
+            }
+        }
+    }
+
+    /// Drops every subtask's deployment (a full restart), keeping their latencies.
+    fn clear_tasks(&mut self) {
+        for t in std::mem::take(&mut self.tasks).into_values() {
+            self.keep_latency(&t);
+        }
+    }
+
     /// Places subtask `k` of deployment `attempt` on `at` (TaskManager, slot): records
     /// it as deploying and returns the deployment to send there.
     fn place(
@@ -362,13 +382,8 @@ impl JobEntry {
     ) -> (TaskManagerId, TaskDeployment) {
         let (tm, slot) = at;
         // The latencies of a deployment being replaced stay in the job's.
-        if let Some(h) = self.tasks.get(&k).and_then(|t| t.latency.as_ref()) {
-            match &mut self.past_latency {
-                Some(p) => {
-                    let _ = p.add(h);
-                }
-                None => self.past_latency = Some(h.clone()),
-            }
+        if let Some(old) = self.tasks.remove(&k) {
+            self.keep_latency(&old);
         }
         self.tasks.insert(
             k,
@@ -1239,7 +1254,7 @@ impl JobManager {
         if free.len() < job.slots_needed {
             return false;
         }
-        job.tasks.clear();
+        job.clear_tasks();
         let mut sends = Vec::new();
         let mut placements = Vec::new();
         for v in &job.vertices {
@@ -1686,7 +1701,7 @@ impl JobManager {
                 };
                 j.attempt += 1;
                 j.restarts += 1;
-                j.tasks.clear();
+                j.clear_tasks();
             }
             if !self.deploy(&id) {
                 // Not enough slots yet (a TaskManager is being replaced): try again soon,

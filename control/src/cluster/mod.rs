@@ -258,16 +258,30 @@ pub fn decode_latency(bytes: &[u8]) -> Result<hdrhistogram::Histogram<u64>, Stri
             bytes.len()
         ));
     }
+    // Exactly the data plane's latency histograms (1 ns to 1000 s, 3 digits): what a
+    // TaskManager sends, and a bounded size for what a peer can make us allocate.
+    let template = spate_dataplane::operator::sink::new_histogram();
     let digits = word(12).ok_or("truncated histogram header")?;
-    let high = long(24).ok_or("truncated histogram header")?;
-    if digits > 5 || high > 1 << 48 {
+    let (low, high) = (
+        long(16).ok_or("truncated histogram header")?,
+        long(24).ok_or("truncated histogram header")?,
+    );
+    if u64::from(digits) != u64::from(template.sigfig())
+        || low != template.low()
+        || high != template.high()
+    {
         return Err(format!(
-            "histogram bounds beyond a latency's ({digits} digits, up to {high})"
+            "histogram bounds are not a latency histogram's ({digits} digits, {low} to {high})"
         ));
     }
-    hdrhistogram::serialization::Deserializer::new()
-        .deserialize(&mut std::io::Cursor::new(bytes))
-        .map_err(|e| format!("malformed histogram: {e:?}"))
+    // The decoder trusts its counts (a count that decodes to i64::MIN overflows in a
+    // debug build): a peer's bytes must not take the process down.
+    std::panic::catch_unwind(|| {
+        hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut std::io::Cursor::new(bytes))
+    })
+    .map_err(|_| "malformed histogram (the decoder gave up)".to_string())?
+    .map_err(|e| format!("malformed histogram: {e:?}"))
 }
 
 /// A subtask's state (Flink's ExecutionState, reduced).

@@ -263,9 +263,8 @@ impl TaskManager {
             &tm,
             busy.len() as f64,
         );
-        let now = spate_dataplane::clock::now_ns();
         for s in &self.slots {
-            let (total, idle) = s.load().times(now);
+            let (total, idle) = s.load().times();
             let (index, core) = (
                 s.index().to_string(),
                 s.core().map_or("none".to_string(), |c| c.to_string()),
@@ -400,12 +399,11 @@ impl TaskManager {
     }
 
     fn slot_report(&self) -> Vec<SlotInfo> {
-        let now = spate_dataplane::clock::now_ns();
         self.slots
             .iter()
             .map(|s| SlotInfo {
                 times: {
-                    let (total, idle) = s.load().times(now);
+                    let (total, idle) = s.load().times();
                     (total, total - idle)
                 },
                 index: s.index() as u32,

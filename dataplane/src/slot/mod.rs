@@ -31,34 +31,71 @@ use std::thread::JoinHandle;
 pub struct SlotLoad {
     /// When the slot started (ns, the data plane's clock).
     started_ns: u64,
+    /// A sequence lock over the two fields below: odd while the slot thread writes
+    /// them, so that a reader takes the pair from one moment (and busy time, total
+    /// minus idle, never goes backwards between readings).
+    seq: AtomicU64,
     /// Idle time of the idle spells that ended (ns).
     idle_ns: AtomicU64,
     /// When the current idle spell began (ns; 0: the slot is working).
     idle_since_ns: AtomicU64,
+    /// The most busy time a reader has been given.
+    busy_seen: AtomicU64,
 }
 
 impl SlotLoad {
     fn new() -> Self {
         Self {
             started_ns: crate::clock::now_ns(),
+            seq: AtomicU64::new(0),
             idle_ns: AtomicU64::new(0),
             idle_since_ns: AtomicU64::new(0),
+            busy_seen: AtomicU64::new(0),
         }
     }
 
-    /// (time since the slot started, of which idle) as of `now_ns`.
-    ///
-    /// Ordering: Relaxed. The two counters are written by the slot thread alone and
-    /// read here for a metric: a reader that sees a spell's end before its total was
-    /// added (or the reverse) is off by that one spell, and the ratio is clamped.
-    pub fn times(&self, now_ns: u64) -> (u64, u64) {
-        let since = self.idle_since_ns.load(Ordering::Relaxed);
-        let mut idle = self.idle_ns.load(Ordering::Relaxed);
+    /// Publishes (idle total, current spell's start). Slot thread only.
+    fn publish(&self, idle_ns: u64, idle_since_ns: u64) {
+        // Ordering: the sequence goes odd (Relaxed), then a Release fence keeps the
+        // field stores after it; the final Release store of the even sequence keeps
+        // them before it. A reader that sees the same even sequence before (Acquire)
+        // and after (behind an Acquire fence) its field loads saw no write between.
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        self.idle_ns.store(idle_ns, Ordering::Relaxed);
+        self.idle_since_ns.store(idle_since_ns, Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(2), Ordering::Release);
+    }
+
+    /// (time since the slot started, of which idle), now. The clock is read after the
+    /// snapshot, so a spell the snapshot saw end never ends after "now".
+    pub fn times(&self) -> (u64, u64) {
+        let (since, mut idle) = loop {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let since = self.idle_since_ns.load(Ordering::Relaxed);
+            let idle = self.idle_ns.load(Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == s1 {
+                break (since, idle);
+            }
+        };
+        let now_ns = crate::clock::now_ns();
         if since != 0 {
             idle += now_ns.saturating_sub(since);
         }
         let total = now_ns.saturating_sub(self.started_ns);
-        (total, idle.min(total))
+        let busy = total - idle.min(total);
+        // Clocks of two cores can differ by a little (the host moves vCPUs): a spell
+        // the slot thread ended "later" than a reader's now would make busy time step
+        // back by that much. Readers see the most busy time any reader saw (Relaxed:
+        // a maximum of figures, nothing else is read through it).
+        let busy = self.busy_seen.fetch_max(busy, Ordering::Relaxed).max(busy);
+        (total.max(busy), total.max(busy) - busy)
     }
 
     /// The share of time between two readings of [`Self::times`] the slot was working.
@@ -365,16 +402,13 @@ impl Runner {
         if work == 0 {
             if self.idle_since == 0 {
                 self.idle_since = crate::clock::now_ns().max(1);
-                self.load
-                    .idle_since_ns
-                    .store(self.idle_since, Ordering::Relaxed);
+                self.load.publish(self.idle_total, self.idle_since);
             }
         } else if self.idle_since != 0 {
             let now = crate::clock::now_ns();
             self.idle_total += now.saturating_sub(self.idle_since);
             self.idle_since = 0;
-            self.load.idle_ns.store(self.idle_total, Ordering::Relaxed);
-            self.load.idle_since_ns.store(0, Ordering::Relaxed);
+            self.load.publish(self.idle_total, 0);
         }
     }
 

@@ -302,9 +302,9 @@ fn a_slot_counts_its_busy_and_idle_time() {
     )
     .unwrap();
     // Idle: no task at all.
-    let t0 = s.load().times(crate::clock::now_ns());
+    let t0 = s.load().times();
     std::thread::sleep(Duration::from_millis(100));
-    let t1 = s.load().times(crate::clock::now_ns());
+    let t1 = s.load().times();
     let idle = SlotLoad::busy_ratio(t0, t1);
     assert!(idle < 0.2, "an empty slot is idle: busy {idle}");
     // Working: a task that always has work.
@@ -315,18 +315,61 @@ fn a_slot_counts_its_busy_and_idle_time() {
         Box::new(move || Ok(Box::new(Busy { on: on2 }) as Box<dyn Task>)),
     );
     assert!(matches!(next(&rx), SlotEvent::Running { .. }));
-    let t2 = s.load().times(crate::clock::now_ns());
+    let t2 = s.load().times();
     std::thread::sleep(Duration::from_millis(100));
-    let t3 = s.load().times(crate::clock::now_ns());
+    let t3 = s.load().times();
     let busy = SlotLoad::busy_ratio(t2, t3);
     assert!(busy > 0.8, "a slot whose task always works is busy: {busy}");
     on.store(false, Ordering::Relaxed);
     assert!(matches!(next(&rx), SlotEvent::Finished { .. }));
     // Idle again once the task is done; the totals only grow.
-    let t4 = s.load().times(crate::clock::now_ns());
+    let t4 = s.load().times();
     std::thread::sleep(Duration::from_millis(100));
-    let t5 = s.load().times(crate::clock::now_ns());
+    let t5 = s.load().times();
     assert!(SlotLoad::busy_ratio(t4, t5) < 0.2);
     assert!(t5.0 >= t3.0 && t5.1 >= t3.1 && t5.1 <= t5.0);
     s.stop();
+}
+
+/// The busy time a reader computes (total minus idle) never goes backwards, however
+/// the slot thread's updates interleave with the reads.
+#[test]
+fn slot_busy_time_read_across_threads_never_goes_backwards() {
+    crate::clock::init();
+    let load = Arc::new(SlotLoad::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (l2, s2) = (load.clone(), stop.clone());
+    let writer = std::thread::spawn(move || {
+        let (mut total, mut since) = (0u64, 0u64);
+        let mut n = 0u64;
+        while !s2.load(Ordering::Relaxed) {
+            let now = crate::clock::now_ns();
+            if since == 0 {
+                since = now.max(1);
+                l2.publish(total, since);
+            } else {
+                total += now.saturating_sub(since);
+                since = 0;
+                l2.publish(total, 0);
+            }
+            n += 1;
+            if n.is_multiple_of(64) {
+                std::thread::yield_now();
+            }
+        }
+    });
+    let mut last_busy = 0u64;
+    let start = std::time::Instant::now();
+    let mut reads = 0u64;
+    while start.elapsed() < Duration::from_millis(300) {
+        let (total, idle) = load.times();
+        assert!(idle <= total);
+        let busy = total - idle;
+        assert!(busy >= last_busy, "busy went from {last_busy} to {busy}");
+        last_busy = busy;
+        reads += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(reads > 1000);
 }
