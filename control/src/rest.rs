@@ -1237,13 +1237,17 @@ async fn prometheus(State(st): State<SharedState>) -> Response {
                 &l,
                 t.current_backpressure(),
             );
-            if let Some(h) = &t.markers {
+            if let Some(h) = t
+                .markers
+                .as_ref()
+                .and_then(|b| crate::cluster::decode_latency(b).ok())
+            {
                 crate::metrics::latency_summary(
                     &mut e,
                     "spate_task_marker_latency_seconds",
                     "How long after their sources emitted them latency markers reached the subtask (as last reported).",
                     &l,
-                    h,
+                    &h,
                 );
             }
             if t.watermark != 0 && t.watermark != spate_dataplane::operator::END_OF_TIME {

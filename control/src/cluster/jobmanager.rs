@@ -160,10 +160,12 @@ pub struct TaskSlot {
     pub backpressure_ratio: f64,
     /// When that ratio was computed (ms since the epoch; 0: not yet).
     pub backpressure_at_ms: u64,
-    /// The end-to-end latencies its latency sinks recorded, as last reported.
-    pub latency: Option<hdrhistogram::Histogram<u64>>,
-    /// How long after their emission latency markers reached it, as last reported.
-    pub markers: Option<hdrhistogram::Histogram<u64>>,
+    /// The end-to-end latencies its latency sinks recorded, as last reported (kept
+    /// encoded: a few KiB where a decoded histogram takes hundreds).
+    pub latency: Option<Vec<u8>>,
+    /// How long after their emission latency markers reached it, as last reported
+    /// (encoded).
+    pub markers: Option<Vec<u8>>,
 }
 
 impl TaskSlot {
@@ -256,7 +258,7 @@ pub struct JobEntry {
     /// Edges as the plan shows them: (from vertex, to vertex, Flink's ship strategy).
     pub plan_edges: Vec<(usize, usize, &'static str)>,
     /// Latencies recorded by deployments since replaced (restarts).
-    past_latency: Option<hdrhistogram::Histogram<u64>>,
+    past_latency: Option<Vec<u8>>,
 }
 
 impl JobEntry {
@@ -269,44 +271,23 @@ impl JobEntry {
     /// The latencies recorded by the subtasks of vertex `v` (all vertices: `None`),
     /// including, for the whole job, those of deployments since replaced.
     pub fn vertex_latency(&self, v: Option<u32>) -> Option<hdrhistogram::Histogram<u64>> {
-        let mut out = if v.is_none() {
-            self.past_latency.clone()
-        } else {
-            None
-        };
-        for ((vertex, _), t) in &self.tasks {
-            if v.is_some_and(|v| v != *vertex) {
-                continue;
-            }
-            if let Some(h) = &t.latency {
-                match &mut out {
-                    Some(o) => {
-                        let _ = o.add(h);
-                    }
-                    None => out = Some(h.clone()),
-                }
-            }
-        }
-        out
+        let past = self.past_latency.iter().filter(|_| v.is_none());
+        let live = self
+            .tasks
+            .iter()
+            .filter(|((vertex, _), _)| v.is_none_or(|v| v == *vertex))
+            .filter_map(|(_, t)| t.latency.as_ref());
+        super::merge_latency(past.chain(live))
     }
 
     /// How long after their emission latency markers reached vertex `v`'s subtasks.
     pub fn vertex_marker_latency(&self, v: u32) -> Option<hdrhistogram::Histogram<u64>> {
-        let mut out: Option<hdrhistogram::Histogram<u64>> = None;
-        for t in self
-            .tasks
-            .iter()
-            .filter(|((vertex, _), _)| *vertex == v)
-            .filter_map(|(_, t)| t.markers.as_ref())
-        {
-            match &mut out {
-                Some(o) => {
-                    let _ = o.add(t);
-                }
-                None => out = Some(t.clone()),
-            }
-        }
-        out
+        super::merge_latency(
+            self.tasks
+                .iter()
+                .filter(|((vertex, _), _)| *vertex == v)
+                .filter_map(|(_, t)| t.markers.as_ref()),
+        )
     }
 
     /// The slot sharing group of vertex `v`.
@@ -355,12 +336,8 @@ impl JobEntry {
     /// before that deployment is dropped (a restart).
     fn keep_latency(&mut self, t: &TaskSlot) {
         if let Some(h) = t.latency.as_ref() {
-            match &mut self.past_latency {
-                Some(p) => {
-                    let _ = p.add(h);
-                }
-                None => self.past_latency = Some(h.clone()),
-            }
+            let merged = super::merge_latency(self.past_latency.iter().chain(Some(h)));
+            self.past_latency = merged.as_ref().and_then(super::encode_latency);
         }
     }
 
@@ -1028,7 +1005,7 @@ impl JobManager {
                     t.backpressure_samples = (n, hits);
                     if let Some(bytes) = &r.markers {
                         match super::decode_latency(bytes) {
-                            Ok(h) => t.markers = Some(h),
+                            Ok(_) => t.markers = Some(bytes.clone()),
                             Err(e) => tracing::warn!(
                                 task = ?r.task,
                                 "ignoring a latency marker report: {e}"
@@ -1037,7 +1014,7 @@ impl JobManager {
                     }
                     if let Some(bytes) = &r.latency {
                         match super::decode_latency(bytes) {
-                            Ok(h) => t.latency = Some(h),
+                            Ok(_) => t.latency = Some(bytes.clone()),
                             Err(e) => tracing::warn!(
                                 task = ?r.task,
                                 "ignoring a latency report: {e}"

@@ -402,6 +402,23 @@ pub fn new_id() -> String {
     format!("{:016x}{:016x}", a, h.finish())
 }
 
+/// Merges encoded latency histograms (each already checked by [`decode_latency`] when
+/// it arrived); `None` when there are none.
+pub fn merge_latency<'a>(
+    encoded: impl Iterator<Item = &'a Vec<u8>>,
+) -> Option<hdrhistogram::Histogram<u64>> {
+    let mut out: Option<hdrhistogram::Histogram<u64>> = None;
+    for h in encoded.filter_map(|b| decode_latency(b).ok()) {
+        match &mut out {
+            Some(o) => {
+                let _ = o.add(&h);
+            }
+            None => out = Some(h),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod latency_tests {
     use super::{decode_latency, encode_latency};
