@@ -290,8 +290,11 @@ pub fn run(p: &Params) -> Result<Vec<Row>> {
             let pid = c.hosting_pid(&id)?;
             let t0 = Instant::now();
             signal(pid, sig)?;
+            // Detected: the job left RUNNING, or already restarted (a restart without
+            // delay can go RESTARTING → RUNNING between two polls of a loaded host).
             wait(Duration::from_secs(30), "the failure", || {
-                Ok(c.state(&id)?.0 != "RUNNING")
+                let (s, r) = c.state(&id)?;
+                Ok(s != "RUNNING" || r > restarts)
             })?;
             detect.push(ms(t0.elapsed()));
             wait(Duration::from_secs(30), "RUNNING again", || {
