@@ -160,9 +160,13 @@ fn taskmanagers_register_die_time_out_and_come_back() {
         Duration::from_secs(10),
         || taskmanager_count(ports.rest) == Some(0),
     );
+    // The timeout runs from the last heartbeat, which a loaded host may have sent a
+    // little more than one interval before the stop: "not at once" is what tells a
+    // timeout from a closed connection (which drops it within milliseconds).
     assert!(
-        stopped_at.elapsed() >= Duration::from_millis(900),
-        "not before the timeout"
+        stopped_at.elapsed() >= Duration::from_millis(500),
+        "not before the timeout: {:?}",
+        stopped_at.elapsed()
     );
     signal(&tm2, "-CONT");
     wait_for(

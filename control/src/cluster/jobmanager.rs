@@ -646,6 +646,20 @@ pub enum JmCommand {
     Built(Box<BuiltSubmission>),
 }
 
+/// The longest TaskManager id taken.
+const MAX_TASKMANAGER_ID: usize = 256;
+
+/// Whether a TaskManager's id is one a TaskManager makes (`HOST:PID-SUFFIX`, the host
+/// a name or an address): ids end up in logs, metrics labels, URLs and the web UI, so
+/// a peer's id is held to that alphabet.
+fn valid_taskmanager_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_TASKMANAGER_ID
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".:-_[]".contains(c))
+}
+
 /// A job's graph (and the checkpoint it resumes from), built on a thread of its own:
 /// the builder is user code, whose slowness must not stall the JobManager's event loop
 /// (heartbeats, other jobs, REST answers).
@@ -1765,6 +1779,22 @@ impl JobManager {
                     build,
                     jobs,
                 } => {
+                    if !valid_taskmanager_id(&id.0) {
+                        tracing::error!(taskmanager = ?id.0, "a TaskManager with a malformed id tried to register; refused");
+                        self.endpoint.send(
+                            conn,
+                            JmToTm::Refused {
+                                reason: format!(
+                                    "malformed TaskManager id {:?}: at most {MAX_TASKMANAGER_ID} \
+                                     characters among letters, digits and . : - _ [ ] \
+                                     (check taskmanager.host)",
+                                    id.0.chars().take(MAX_TASKMANAGER_ID).collect::<String>()
+                                ),
+                                fatal: true,
+                            },
+                        );
+                        return;
+                    }
                     let ours = crate::jobs::build_fingerprint();
                     if build != ours {
                         tracing::error!(taskmanager = %id, theirs = %build, %ours, "a TaskManager of another build tried to register; refused");
@@ -1987,6 +2017,29 @@ impl JobManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn taskmanager_ids_are_held_to_what_taskmanagers_make() {
+        for ok in [
+            "localhost:7249-cd8bde",
+            "10.0.0.2:1234-ab",
+            "[::1]:99-x",
+            "rogue-2",
+        ] {
+            assert!(valid_taskmanager_id(ok), "{ok}");
+        }
+        let long = "a".repeat(MAX_TASKMANAGER_ID + 1);
+        for bad in [
+            "",
+            "x'onclick=alert(1)",
+            "a b",
+            "<script>",
+            "tm\n2",
+            long.as_str(),
+        ] {
+            assert!(!valid_taskmanager_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn an_ended_task_is_not_back_pressured() {
