@@ -266,17 +266,12 @@ impl MiniCluster {
         let metrics = &job.stream.metrics;
         let mut from_source: Vec<(String, Histogram<u64>)> = Vec::new();
         for v in &job.vertices {
-            let mut merged: Option<Histogram<u64>> = None;
-            for (_, m) in self.task_metrics.iter().filter(|(id, _)| *id == v.id) {
-                if let Some(h) = m.marker_latency() {
-                    match &mut merged {
-                        Some(x) => {
-                            let _ = x.add(&h);
-                        }
-                        None => merged = Some(h),
-                    }
-                }
-            }
+            let merged = crate::cluster::merge_histograms(
+                self.task_metrics
+                    .iter()
+                    .filter(|(id, _)| *id == v.id)
+                    .filter_map(|(_, m)| m.marker_latency()),
+            );
             if let Some(h) = merged {
                 from_source.push((v.name.clone(), h));
             }

@@ -33,9 +33,14 @@ fn config(slots: usize) -> Config {
 
 fn run(env: &StreamExecutionEnvironment, p: Option<usize>, slots: usize) -> JobResult {
     let graph = JobGraph::build(env.stream_graph(), p, 1, true).unwrap();
-    let mut mc = MiniCluster::start(&config(slots)).unwrap();
+    execute(&graph, &config(slots))
+}
+
+/// Runs `graph` to its end on a MiniCluster configured by `cfg`.
+fn execute(graph: &JobGraph, cfg: &Config) -> JobResult {
+    let mut mc = MiniCluster::start(cfg).unwrap();
     mc.execute(
-        &graph,
+        graph,
         &AtomicBool::new(false),
         Duration::from_secs(60),
         &mut |_| {},
@@ -121,15 +126,7 @@ fn latency_markers_reach_every_vertex_once_each_beside_the_records() {
         latency_interval: Duration::from_millis(1),
         ..config(2)
     };
-    let mut mc = MiniCluster::start(&cfg).unwrap();
-    let r = mc
-        .execute(
-            &graph,
-            &AtomicBool::new(false),
-            Duration::from_secs(60),
-            &mut |_| {},
-        )
-        .unwrap();
+    let r = execute(&graph, &cfg);
     assert_eq!(r.status, JobStatus::Finished);
     let names: Vec<&str> = r.from_source.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.len(), 3, "every vertex but the sources: {names:?}");

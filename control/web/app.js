@@ -366,7 +366,6 @@ function jobPage(jid, tab) {
   let prev = null;          // { at, records: {vid: [in, out]} } for rates
   let rates = {};
   let slow = { at: 0, bp: {}, wm: {}, lat: {}, hop: {} };
-  let job = null;
 
   const header = (j, lat) => {
     const ended = ENDED.includes(j.state);
@@ -562,7 +561,6 @@ function jobPage(jid, tab) {
     ]);
     // The user went elsewhere while this was in flight: draw nothing.
     if (!live()) return;
-    job = j;
     if (!$('#job-title')) {
       $('#page')._html = null;
       $('#page').innerHTML = `<div id="job-title"></div><div id="job-stats"></div>
@@ -587,7 +585,6 @@ function jobPage(jid, tab) {
     else if (tab === 'configuration') await configurationTab(live);
     else await overviewTab(j, live);
   };
-  page.job = () => job;
   return page;
 }
 

@@ -15,6 +15,7 @@ use crate::jobs::JobSpec;
 use crate::rest::RestServer;
 use crate::restart::{self, RestartBackoffTimeStrategy};
 use crate::rpc::{ConnId, Endpoint, Event};
+use spate_dataplane::slot::SlotLoad;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1017,22 +1018,17 @@ impl JobManager {
                         t.backpressure_at_ms = epoch_ms();
                     }
                     t.backpressure_samples = (n, hits);
-                    if let Some(bytes) = &r.markers {
+                    // Kept encoded, once checked; a bad one leaves the last good one.
+                    for (field, bytes, what) in [
+                        (&mut t.markers, &r.markers, "latency marker"),
+                        (&mut t.latency, &r.latency, "latency"),
+                    ] {
+                        let Some(bytes) = bytes else { continue };
                         match super::decode_latency(bytes) {
-                            Ok(_) => t.markers = Some(bytes.clone()),
-                            Err(e) => tracing::warn!(
-                                task = ?r.task,
-                                "ignoring a latency marker report: {e}"
-                            ),
-                        }
-                    }
-                    if let Some(bytes) = &r.latency {
-                        match super::decode_latency(bytes) {
-                            Ok(_) => t.latency = Some(bytes.clone()),
-                            Err(e) => tracing::warn!(
-                                task = ?r.task,
-                                "ignoring a latency report: {e}"
-                            ),
+                            Ok(_) => *field = Some(bytes.clone()),
+                            Err(e) => {
+                                tracing::warn!(task = ?r.task, "ignoring a {what} report: {e}")
+                            }
                         }
                     }
                 }
@@ -1909,10 +1905,8 @@ impl JobManager {
                         let slots = bounded_slots(slots);
                         for s in &slots {
                             if let Some(old) = e.slots.iter().find(|o| o.index == s.index) {
-                                let total = s.times.0.saturating_sub(old.times.0);
-                                let busy = s.times.1.saturating_sub(old.times.1);
-                                if total > 0 {
-                                    let ratio = (busy as f64 / total as f64).clamp(0.0, 1.0);
+                                if s.times.0 > old.times.0 {
+                                    let ratio = SlotLoad::busy_ratio(old.times, s.times);
                                     e.slot_busy.insert(s.index, ratio);
                                 }
                             }

@@ -264,7 +264,7 @@ impl TaskManager {
             busy.len() as f64,
         );
         for s in &self.slots {
-            let (total, idle) = s.load().times();
+            let (total, busy) = s.load().times();
             let (index, core) = (
                 s.index().to_string(),
                 s.core().map_or("none".to_string(), |c| c.to_string()),
@@ -284,7 +284,7 @@ impl TaskManager {
                 "spate_taskmanager_slot_busy_seconds_total",
                 "Time the slot's thread spent in rounds in which a task did work (rate() over the slot's seconds is its busy ratio).",
                 &l,
-                (total - idle) as f64 / 1e9,
+                busy as f64 / 1e9,
             );
         }
         let r = self.network_report();
@@ -402,10 +402,7 @@ impl TaskManager {
         self.slots
             .iter()
             .map(|s| SlotInfo {
-                times: {
-                    let (total, idle) = s.load().times();
-                    (total, total - idle)
-                },
+                times: s.load().times(),
                 index: s.index() as u32,
                 core: s.core().map(|c| c as u32),
                 job: self

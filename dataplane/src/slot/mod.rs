@@ -68,7 +68,7 @@ impl SlotLoad {
         self.seq.store(s.wrapping_add(2), Ordering::Release);
     }
 
-    /// (time since the slot started, of which idle), now. The clock is read after the
+    /// (time since the slot started, of which busy), now. The clock is read after the
     /// snapshot, so a spell the snapshot saw end never ends after "now".
     pub fn times(&self) -> (u64, u64) {
         let (since, mut idle) = loop {
@@ -95,17 +95,18 @@ impl SlotLoad {
         // back by that much. Readers see the most busy time any reader saw (Relaxed:
         // a maximum of figures, nothing else is read through it).
         let busy = self.busy_seen.fetch_max(busy, Ordering::Relaxed).max(busy);
-        (total.max(busy), total.max(busy) - busy)
+        (total.max(busy), busy)
     }
 
-    /// The share of time between two readings of [`Self::times`] the slot was working.
+    /// The share of time between two readings of [`Self::times`] (total, busy) the
+    /// slot was working (0 when no time passed).
     pub fn busy_ratio(before: (u64, u64), after: (u64, u64)) -> f64 {
         let total = after.0.saturating_sub(before.0);
         if total == 0 {
             return 0.0;
         }
-        let idle = after.1.saturating_sub(before.1);
-        (1.0 - idle as f64 / total as f64).clamp(0.0, 1.0)
+        let busy = after.1.saturating_sub(before.1);
+        (busy as f64 / total as f64).clamp(0.0, 1.0)
     }
 }
 
