@@ -270,6 +270,7 @@ fn every_command_has_help() {
         vec!["--help"],
         vec!["run", "--help"],
         vec!["info", "--help"],
+        vec!["sql", "--help"],
     ] {
         let o = spate(&args, conf.path());
         assert!(o.status.success());
@@ -349,4 +350,117 @@ fn hlog_writes_an_interval_log_that_hdrhistogram_reads() {
     }
     assert!(intervals >= 2, "{intervals} intervals in a 2.5 s run");
     assert_eq!(total, 2_500_000, "every record's latency, once");
+}
+
+const SQL_DDL: &str = "CREATE TABLE bids (
+  auction BIGINT,
+  price   BIGINT,
+  ts      TIMESTAMP(3),
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
+) WITH (
+  'connector' = 'datagen',
+  'rows-per-second' = '0',
+  'number-of-rows' = '1000',
+  'fields.auction.min' = '1', 'fields.auction.max' = '4',
+  'fields.price.min' = '1', 'fields.price.max' = '100',
+  'fields.ts.start' = '2024-01-01 00:00:00'
+);
+";
+
+#[test]
+fn sql_client_runs_a_script_and_shows_tableau_results() {
+    let conf = conf_dir(TEST_CONF);
+    let file = conf.path().join("script.sql");
+    std::fs::write(
+        &file,
+        format!(
+            "{SQL_DDL}SHOW TABLES;
+SELECT window_start, auction, COUNT(*) AS n
+FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+GROUP BY window_start, window_end, auction;
+SELECT auction, COUNT(*) AS n FROM bids WHERE auction = 2 GROUP BY auction;
+"
+        ),
+    )
+    .unwrap();
+    let o = spate(&["sql", "-f", file.to_str().unwrap()], conf.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("[INFO] Execute statement succeeded."), "{out}");
+    assert!(out.contains("|       bids |"), "{out}");
+    // 1000 rows, 1 ms apart: one window per auction, counting all of its rows.
+    assert!(
+        out.contains(
+            "| op |            window_start |              auction |                    n |"
+        ),
+        "{out}"
+    );
+    let window_rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("| +I | 2024-01-01 00:00:00.000 |"))
+        .collect();
+    assert_eq!(window_rows.len(), 4, "{out}");
+    let total: u64 = window_rows
+        .iter()
+        .map(|l| l.rsplit('|').nth(1).unwrap().trim().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 1000, "{out}");
+    // The unbounded GROUP BY: +I, then -U/+U pairs, ending at the same count as the
+    // window's for auction 2.
+    assert!(
+        out.contains("| +I |                    2 |                    1 |"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| -U |                    2 |                    1 |"),
+        "{out}"
+    );
+    assert!(out.contains("Received a total of 4 rows"), "{out}");
+}
+
+#[test]
+fn run_f_runs_a_sql_file_as_a_job_and_bad_sql_is_a_positioned_error() {
+    let conf = conf_dir(TEST_CONF);
+    let file = conf.path().join("q.sql");
+    std::fs::write(
+        &file,
+        format!("{SQL_DDL}SELECT auction, price FROM bids WHERE price > 98;\n"),
+    )
+    .unwrap();
+    let o = spate(
+        &["run", "-p", "2", "-f", file.to_str().unwrap()],
+        conf.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("job          sql"), "{out}");
+    // Print rows, prefixed by the subtask at parallelism 2.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("1> +I[") || l.starts_with("2> +I[")),
+        "{out}"
+    );
+    // Errors: a typo in a column, a bad option; the client reports and exits 1.
+    std::fs::write(
+        &file,
+        format!("{SQL_DDL}SELECT auction, prize FROM bids;\n"),
+    )
+    .unwrap();
+    let o = spate(&["sql", "-f", file.to_str().unwrap()], conf.path());
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("[ERROR] Could not execute SQL statement."),
+        "{out}"
+    );
+    assert!(out.contains("Column 'prize' not found"), "{out}");
+    assert!(out.contains("(at line 14, column 17)"), "{out}");
+    let o = spate(&["run", "-f", file.to_str().unwrap()], conf.path());
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("Column 'prize' not found"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let o = spate(&["run", "-f", "/nonexistent/q.sql"], conf.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("reading /nonexistent/q.sql"));
 }

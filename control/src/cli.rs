@@ -68,10 +68,43 @@ struct JobArgs {
     /// file, or a job's checkpoint directory (its latest complete checkpoint).
     #[arg(short = 's', long = "fromSavepoint", value_name = "PATH", value_parser = savepoint_arg)]
     from_savepoint: Option<PathBuf>,
-    /// Built-in job: vwap | bars | wordcount FILE.
-    job: String,
+    /// Run the SQL statements of this file as one job: its INSERTs with their sinks,
+    /// its SELECTs printed (instead of a built-in JOB).
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "SQL_FILE",
+        conflicts_with = "job_name"
+    )]
+    file: Option<PathBuf>,
+    /// Built-in job: vwap | bars | wordcount FILE (or -f SQL_FILE).
+    #[arg(id = "job_name", value_name = "JOB", required_unless_present = "file")]
+    job_name: Option<String>,
     /// The job's arguments.
     args: Vec<String>,
+    /// The job to run (JOB, or `sql` for -f).
+    #[arg(skip)]
+    job: String,
+}
+
+impl JobArgs {
+    /// Resolves JOB or -f into the job and its arguments (a SQL file's text is the
+    /// `sql` job's argument, so that a cluster declares the same job from it).
+    fn resolve(mut self) -> Result<Self> {
+        match &self.file {
+            Some(path) => {
+                if !self.args.is_empty() {
+                    anyhow::bail!("-f takes no job arguments (got {:?})", self.args);
+                }
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                self.job = "sql".into();
+                self.args = vec![text];
+            }
+            None => self.job = self.job_name.clone().unwrap_or_default(),
+        }
+        Ok(self)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -177,6 +210,10 @@ enum Cmd {
         /// The job's id.
         id: String,
     },
+    /// The SQL client: runs the statements of -f FILE, or of standard input (an
+    /// interactive session on a terminal), on an embedded MiniCluster or with -m on a
+    /// cluster.
+    Sql(crate::sql_client::SqlArgs),
     /// Print a job's graph: vertices, chained operators, parallelism, slot sharing groups, edges.
     Info {
         #[command(flatten)]
@@ -626,7 +663,7 @@ pub fn main() {
             jobmanager: Some(m),
             detached,
             hlog,
-        } => {
+        } => job.resolve().and_then(|job| {
             if json.is_some() || hlog.is_some() {
                 eprintln!("spate: error: --json and --hlog apply to local runs; a cluster job's figures are on its REST API");
                 std::process::exit(2);
@@ -646,10 +683,11 @@ pub fn main() {
                     spec.config = settings;
                     client::run(&m, &spec, detached)
                 })
-        }
+        }),
         Cmd::Run {
             job, json, hlog, ..
-        } => run(job, json, hlog),
+        } => job.resolve().and_then(|job| run(job, json, hlog)),
+        Cmd::Sql(a) => crate::sql_client::main(a),
         Cmd::List { conf, jobmanager } => conf
             .load()
             .and_then(|c| client::list(&client::address(jobmanager, &c))),
@@ -676,10 +714,13 @@ pub fn main() {
         } => conf.load().and_then(|c| {
             client::savepoint(&client::address(jobmanager, &c), &id, savepoint_path, true)
         }),
-        Cmd::Info { job } => prepare(&job).map(|(_, g)| {
-            print!("{}", g.describe());
-            true
-        }),
+        Cmd::Info { job } => job
+            .resolve()
+            .and_then(|job| prepare(&job))
+            .map(|(_, g)| {
+                print!("{}", g.describe());
+                true
+            }),
     };
     match r {
         Ok(true) => {}

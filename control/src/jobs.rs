@@ -651,6 +651,14 @@ impl JobSpec {
                 std::fs::metadata(&path).map_err(|e| format!("cannot read {file}: {e}"))?;
                 wordcount(env, &path, None);
             }
+            "sql" => {
+                let [script] = self.args.as_slice() else {
+                    return Err("the sql job takes one argument: the SQL script".into());
+                };
+                crate::sql::Session::new()
+                    .declare_script(env, script)
+                    .map_err(|e| e.to_string())?;
+            }
             other => match registered(other) {
                 Some(build) => build(env, self)?,
                 None => {

@@ -17,6 +17,8 @@ pub mod minicluster;
 pub mod rest;
 pub mod restart;
 pub mod rpc;
+pub mod sql;
+pub mod sql_client;
 pub mod storage;
 pub mod web;
 

@@ -447,6 +447,21 @@ impl<T: Data> DataStream<T> {
             .edit(|n| n.open_side_outputs = true)
     }
 
+    /// The same stream, with each record's event time read by `f` (for operators
+    /// downstream of the watermark generator whose records changed shape, as SQL's
+    /// projections do).
+    pub(crate) fn with_event_time<F>(&self, f: F) -> DataStream<T>
+    where
+        F: Fn(&T) -> u64 + Send + Sync + 'static,
+    {
+        let mut s = self.clone();
+        s.timestamps = Some(Arc::new(move |batch: &[T], out: &mut Vec<u64>| {
+            out.clear();
+            out.extend(batch.iter().map(&f));
+        }));
+        s
+    }
+
     /// Keeps the records for which `f` is true.
     pub fn filter<F>(&self, f: F) -> DataStream<T>
     where

@@ -1,0 +1,700 @@
+//! Table connectors (`'connector' = '...'`): `datagen` reads, `print`, `blackhole` and
+//! `filesystem` write. Each checks its options when the table is created: an unknown
+//! option or a bad value is an error that names it.
+
+use super::plan::{PlanNode, Rel};
+use super::types::{format_double, format_timestamp, parse_timestamp, DataType, Row, Value};
+use super::{Column, SqlError, TableDef};
+use crate::api::{DataStream, StreamExecutionEnvironment};
+use spate_dataplane::checkpoint::{decode_state, encode_state, StateError};
+use spate_dataplane::operator::source::{Source, SourceStatus};
+use spate_dataplane::operator::SubtaskInfo;
+use spate_dataplane::record::{DecodeError, Wire};
+use spate_dataplane::slot::TaskError;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const CONNECTORS: &str = "datagen, print, blackhole, filesystem";
+
+fn connector(def: &TableDef) -> Result<&str, SqlError> {
+    def.options
+        .get("connector")
+        .map(String::as_str)
+        .ok_or_else(|| {
+            SqlError::new(format!(
+                "table '{}' has no 'connector' option (one of {CONNECTORS})",
+                def.name
+            ))
+        })
+}
+
+fn unknown_option(def: &TableDef, key: &str, takes: &str) -> SqlError {
+    SqlError::new(format!(
+        "table '{}': unknown option '{key}' for connector '{}' (it takes {takes})",
+        def.name,
+        def.options.get("connector").map_or("", String::as_str)
+    ))
+}
+
+/// Checks a table's connector and options.
+pub fn validate(def: &TableDef) -> Result<(), SqlError> {
+    match connector(def)? {
+        "datagen" => Datagen::from_table(def).map(|_| ()),
+        "print" | "blackhole" => {
+            for k in def.options.keys() {
+                if k != "connector" {
+                    return Err(unknown_option(def, k, "no options"));
+                }
+            }
+            Ok(())
+        }
+        "filesystem" => FileFormat::from_table(def).map(|_| ()),
+        other => Err(SqlError::new(format!(
+            "table '{}': unknown connector '{other}' (spate has {CONNECTORS})",
+            def.name
+        ))),
+    }
+}
+
+/// The rows of a source table.
+pub fn source(
+    env: &StreamExecutionEnvironment,
+    def: &TableDef,
+    _config: &BTreeMap<String, String>,
+) -> Result<DataStream<Row>, SqlError> {
+    match connector(def)? {
+        "datagen" => {
+            let gen = Arc::new(Datagen::from_table(def)?);
+            let name = format!("Source: {}", def.name);
+            let bounded = gen.rows.is_some();
+            let g = gen.clone();
+            let make = move |info: SubtaskInfo| Ok(DatagenSource::new(g.clone(), info));
+            Ok(if bounded {
+                env.add_bounded_source(&name, false, make)
+            } else {
+                env.add_source(&name, false, make)
+            })
+        }
+        other => Err(SqlError::new(format!(
+            "table '{}': connector '{other}' is a sink only; it cannot be read",
+            def.name
+        ))),
+    }
+}
+
+/// Sends `rel` into the table `def`.
+pub fn sink(rel: &Rel, def: &TableDef) -> Result<PlanNode, SqlError> {
+    let c = connector(def)?;
+    let label = format!("Sink(table=[[{}]], connector=[{c}])", def.name);
+    let name = format!("Sink: {}", def.name);
+    match c {
+        "print" => {
+            rel.stream.print().name(&name);
+        }
+        "blackhole" => {
+            rel.stream.discard().name(&name);
+        }
+        "filesystem" => {
+            if !rel.append_only {
+                return Err(SqlError::new(format!(
+                    "table '{}': the filesystem sink takes only insertions, and the query produces updates (an unbounded GROUP BY): write it to 'print' or 'blackhole', or use a window aggregate",
+                    def.name
+                )));
+            }
+            let format = FileFormat::from_table(def)?;
+            let cols = def.physical.clone();
+            let path = format.path.clone();
+            rel.stream
+                .map(move |r: Row| Line(format.line(&cols, &r)))
+                .name("Format")
+                .sink_to_files(path)
+                .name(&name);
+        }
+        other => {
+            return Err(SqlError::new(format!(
+                "table '{}': connector '{other}' is a source only; it cannot be written",
+                def.name
+            )))
+        }
+    }
+    Ok(PlanNode {
+        label,
+        inputs: vec![rel.plan.clone()],
+    })
+}
+
+/// Prints a query's changelog (a `SELECT` in a script run as a job).
+pub fn print_rel(rel: &Rel) {
+    rel.stream.print().name("Sink: print");
+}
+
+/// A formatted output line (written as is).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Line(pub String);
+
+impl std::fmt::Debug for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Wire for Line {
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+    fn encode(&self, buf: &mut [u8]) {
+        buf.copy_from_slice(self.0.as_bytes());
+    }
+    fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        std::str::from_utf8(buf)
+            .map(|s| Line(s.to_owned()))
+            .map_err(|_| DecodeError {
+                ty: "Line",
+                len: buf.len(),
+                reason: "invalid UTF-8",
+            })
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// filesystem
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Format {
+    Csv,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+struct FileFormat {
+    path: String,
+    format: Format,
+}
+
+impl FileFormat {
+    fn from_table(def: &TableDef) -> Result<Self, SqlError> {
+        for k in def.options.keys() {
+            if !matches!(k.as_str(), "connector" | "path" | "format") {
+                return Err(unknown_option(def, k, "'path' and 'format'"));
+            }
+        }
+        let path = def
+            .options
+            .get("path")
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                SqlError::new(format!(
+                    "table '{}': the filesystem connector needs a 'path' (a directory)",
+                    def.name
+                ))
+            })?;
+        let path = path.strip_prefix("file://").unwrap_or(path).to_string();
+        let format = match def.options.get("format").map(String::as_str) {
+            Some("csv") => Format::Csv,
+            Some("json") => Format::Json,
+            Some(f) => {
+                return Err(SqlError::new(format!(
+                    "table '{}': unknown format '{f}' (csv or json)",
+                    def.name
+                )))
+            }
+            None => {
+                return Err(SqlError::new(format!(
+                    "table '{}': the filesystem connector needs a 'format' (csv or json)",
+                    def.name
+                )))
+            }
+        };
+        Ok(Self { path, format })
+    }
+
+    fn line(&self, cols: &[Column], r: &Row) -> String {
+        let mut s = String::new();
+        match self.format {
+            Format::Csv => {
+                for (i, v) in r.values.iter().enumerate() {
+                    if i > 0 {
+                        s.push(',');
+                    }
+                    match v {
+                        Value::Null => {}
+                        Value::Str(x) if x.contains([',', '"', '\n', '\r']) => {
+                            s.push('"');
+                            s.push_str(&x.replace('"', "\"\""));
+                            s.push('"');
+                        }
+                        v => s.push_str(&plain(v)),
+                    }
+                }
+            }
+            Format::Json => {
+                s.push('{');
+                for (i, (c, v)) in cols.iter().zip(&r.values).enumerate() {
+                    if i > 0 {
+                        s.push(',');
+                    }
+                    s.push_str(&json_string(&c.name));
+                    s.push(':');
+                    match v {
+                        Value::Null => s.push_str("null"),
+                        Value::Str(x) => s.push_str(&json_string(x)),
+                        Value::Ts(_) => s.push_str(&json_string(&plain(v))),
+                        Value::Double(d) if !d.is_finite() => s.push_str("null"),
+                        v => s.push_str(&plain(v)),
+                    }
+                }
+                s.push('}');
+            }
+        }
+        s
+    }
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Double(d) => format_double(*d),
+        Value::Str(s) => s.to_string(),
+        Value::Ts(ms) => format_timestamp(*ms),
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+// ---------------------------------------------------------------------------------
+// datagen
+
+#[derive(Clone, Debug)]
+enum Gen {
+    Sequence {
+        start: i64,
+    },
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Double {
+        min: f64,
+        max: f64,
+    },
+    Str {
+        length: usize,
+    },
+    Bool,
+    Timestamp {
+        start_ms: Option<i64>,
+        max_past_ms: i64,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Field {
+    ty: DataType,
+    gen: Gen,
+    null_rate: f64,
+}
+
+/// Flink's `datagen` connector, deterministic: row `i` (counted over all subtasks) is
+/// a function of the seed and `i` alone, so a replay, a restore or a reference
+/// computation sees the same rows.
+///
+/// Options: `rows-per-second` (default 10000; `0`: as fast as possible),
+/// `number-of-rows` (default: unbounded), `seed` (spate's, default 0), and per field
+/// `fields.F.kind` (`random` or `sequence`), `.min`, `.max` (random numbers),
+/// `.start`, `.end` (sequences; for a TIMESTAMP, `.start` is its first value),
+/// `.length` (random strings, default 100), `.max-past` (how far a random TIMESTAMP
+/// may lag the row's scheduled time), `.null-rate`.
+///
+/// Subtask `s` of `p` generates rows `s, s + p, s + 2p, …`. A sequence field is
+/// `start + i`; the source ends when a sequence does, or after `number-of-rows`. A
+/// TIMESTAMP field is the row's scheduled time, `start + i / rows-per-second` (one row
+/// per millisecond when unpaced; `start` defaults to the wall clock when the job
+/// starts), minus a random lag up to `max-past`.
+#[derive(Clone, Debug)]
+pub struct Datagen {
+    fields: Vec<Field>,
+    /// Rows in all (`None`: unbounded).
+    pub rows: Option<u64>,
+    rows_per_second: f64,
+    seed: u64,
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn unit(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Datagen {
+    /// The generator a `datagen` table declares.
+    pub fn from_table(def: &TableDef) -> Result<Self, SqlError> {
+        let err = |m: String| SqlError::new(format!("table '{}': {m}", def.name));
+        let opt = |k: &str| def.options.get(k).map(String::as_str);
+        let num = |k: &str, v: &str| -> Result<f64, SqlError> {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| err(format!("option '{k}' takes a number, not '{v}'")))
+        };
+        let int = |k: &str, v: &str| -> Result<i64, SqlError> {
+            v.trim()
+                .parse::<i64>()
+                .map_err(|_| err(format!("option '{k}' takes an integer, not '{v}'")))
+        };
+        for k in def.options.keys() {
+            let ok = match k.as_str() {
+                "connector" | "rows-per-second" | "number-of-rows" | "seed" => true,
+                _ => match k.strip_prefix("fields.").and_then(|r| r.rsplit_once('.')) {
+                    Some((field, attr)) => {
+                        if !def.physical.iter().any(|c| c.name == field) {
+                            return Err(err(format!(
+                                "option '{k}': the table has no column '{field}'"
+                            )));
+                        }
+                        matches!(
+                            attr,
+                            "kind"
+                                | "min"
+                                | "max"
+                                | "start"
+                                | "end"
+                                | "length"
+                                | "max-past"
+                                | "null-rate"
+                        )
+                    }
+                    None => false,
+                },
+            };
+            if !ok {
+                return Err(unknown_option(
+                    def,
+                    k,
+                    "'rows-per-second', 'number-of-rows', 'seed' and 'fields.<column>.{kind, min, max, start, end, length, max-past, null-rate}'",
+                ));
+            }
+        }
+        let rows_per_second = match opt("rows-per-second") {
+            Some(v) => {
+                let r = num("rows-per-second", v)?;
+                if r < 0.0 {
+                    return Err(err("'rows-per-second' cannot be negative".into()));
+                }
+                r
+            }
+            None => 10_000.0,
+        };
+        let mut rows = match opt("number-of-rows") {
+            Some(v) => Some(
+                u64::try_from(int("number-of-rows", v)?)
+                    .map_err(|_| err("'number-of-rows' cannot be negative".into()))?,
+            ),
+            None => None,
+        };
+        let seed = match opt("seed") {
+            Some(v) => int("seed", v)? as u64,
+            None => 0,
+        };
+        let mut fields = Vec::new();
+        for c in &def.physical {
+            let f = |a: &str| {
+                def.options
+                    .get(&format!("fields.{}.{a}", c.name))
+                    .map(String::as_str)
+            };
+            let key = |a: &str| format!("fields.{}.{a}", c.name);
+            let kind = f("kind").unwrap_or("random");
+            let gen = match (kind, c.ty) {
+                ("sequence", t) if t.is_integer() || t == DataType::String => {
+                    let (Some(s), Some(e)) = (f("start"), f("end")) else {
+                        return Err(err(format!(
+                            "a sequence field needs '{}' and '{}'",
+                            key("start"),
+                            key("end")
+                        )));
+                    };
+                    let (start, end) = (int(&key("start"), s)?, int(&key("end"), e)?);
+                    if end < start {
+                        return Err(err(format!("'{}' is below '{}'", key("end"), key("start"))));
+                    }
+                    let n =
+                        u64::try_from(i128::from(end) - i128::from(start) + 1).unwrap_or(u64::MAX);
+                    rows = Some(rows.map_or(n, |r| r.min(n)));
+                    Gen::Sequence { start }
+                }
+                ("sequence", t) => {
+                    return Err(err(format!(
+                        "column '{}': a sequence is of an integer type or STRING, not {t}",
+                        c.name
+                    )))
+                }
+                ("random", t) if t.is_integer() => {
+                    let (lo, hi) = match t {
+                        DataType::TinyInt => (i64::from(i8::MIN), i64::from(i8::MAX)),
+                        DataType::SmallInt => (i64::from(i16::MIN), i64::from(i16::MAX)),
+                        DataType::Int => (i64::from(i32::MIN), i64::from(i32::MAX)),
+                        _ => (i64::MIN, i64::MAX),
+                    };
+                    let min = f("min")
+                        .map(|v| int(&key("min"), v))
+                        .transpose()?
+                        .unwrap_or(lo);
+                    let max = f("max")
+                        .map(|v| int(&key("max"), v))
+                        .transpose()?
+                        .unwrap_or(hi);
+                    if max < min || min < lo || max > hi {
+                        return Err(err(format!(
+                            "column '{}': need {lo} <= min <= max <= {hi}",
+                            c.name
+                        )));
+                    }
+                    Gen::Int { min, max }
+                }
+                ("random", DataType::Float | DataType::Double) => {
+                    let min = f("min")
+                        .map(|v| num(&key("min"), v))
+                        .transpose()?
+                        .unwrap_or(0.0);
+                    let max = f("max")
+                        .map(|v| num(&key("max"), v))
+                        .transpose()?
+                        .unwrap_or(1.0);
+                    if max < min {
+                        return Err(err(format!("column '{}': max is below min", c.name)));
+                    }
+                    Gen::Double { min, max }
+                }
+                ("random", DataType::String) => {
+                    let length = match f("length") {
+                        Some(v) => usize::try_from(int(&key("length"), v)?)
+                            .ok()
+                            .filter(|l| *l <= 1 << 20)
+                            .ok_or_else(|| err(format!("'{}' is out of range", key("length"))))?,
+                        None => 100,
+                    };
+                    Gen::Str { length }
+                }
+                ("random", DataType::Boolean) => Gen::Bool,
+                ("random", t) if t.is_timestamp() => {
+                    let start_ms = match f("start") {
+                        Some(v) => Some(parse_timestamp(v).ok_or_else(|| {
+                            err(format!(
+                                "'{}' takes a timestamp as '2024-01-01 00:00:00', not '{v}'",
+                                key("start")
+                            ))
+                        })?),
+                        None => None,
+                    };
+                    let max_past_ms = match f("max-past") {
+                        Some(v) => {
+                            let d = crate::config::parse_duration(v).ok_or_else(|| {
+                                err(format!("'{}': '{v}' is not a duration", key("max-past")))
+                            })?;
+                            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+                        }
+                        None => 0,
+                    };
+                    Gen::Timestamp {
+                        start_ms,
+                        max_past_ms,
+                    }
+                }
+                ("random", t) => {
+                    return Err(err(format!(
+                        "column '{}': datagen cannot generate {t}",
+                        c.name
+                    )))
+                }
+                (k, _) => {
+                    return Err(err(format!(
+                        "'{}' is 'random' or 'sequence', not '{k}'",
+                        key("kind")
+                    )))
+                }
+            };
+            let null_rate = match f("null-rate") {
+                Some(v) => {
+                    let r = num(&key("null-rate"), v)?;
+                    if !(0.0..=1.0).contains(&r) {
+                        return Err(err(format!("'{}' is between 0 and 1", key("null-rate"))));
+                    }
+                    r
+                }
+                None => 0.0,
+            };
+            fields.push(Field {
+                ty: c.ty,
+                gen,
+                null_rate,
+            });
+        }
+        Ok(Self {
+            fields,
+            rows,
+            rows_per_second,
+            seed,
+        })
+    }
+
+    /// Row `i`, with `now_ms` as the start of TIMESTAMP fields that declare none.
+    pub fn row(&self, i: u64, now_ms: i64) -> Row {
+        let mut values = Vec::with_capacity(self.fields.len());
+        for (k, f) in self.fields.iter().enumerate() {
+            let h = splitmix(
+                self.seed
+                    ^ (k as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)
+                    ^ i.wrapping_mul(0x9FB2_1C65_1E98_DF25),
+            );
+            if f.null_rate > 0.0 && unit(splitmix(h ^ 0x5555)) < f.null_rate {
+                values.push(Value::Null);
+                continue;
+            }
+            values.push(match &f.gen {
+                Gen::Sequence { start, .. } => {
+                    let v = start.saturating_add(i64::try_from(i).unwrap_or(i64::MAX));
+                    if f.ty == DataType::String {
+                        Value::Str(v.to_string().into())
+                    } else {
+                        Value::Int(v)
+                    }
+                }
+                Gen::Int { min, max } => {
+                    let span = (i128::from(*max) - i128::from(*min) + 1) as u128;
+                    let off = u128::from(h) % span;
+                    Value::Int((i128::from(*min) + off as i128) as i64)
+                }
+                Gen::Double { min, max } => {
+                    let d = min + unit(h) * (max - min);
+                    Value::Double(if f.ty == DataType::Float {
+                        f64::from(d as f32)
+                    } else {
+                        d
+                    })
+                }
+                Gen::Str { length } => {
+                    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+                    let mut s = String::with_capacity(*length);
+                    let mut x = h;
+                    for n in 0..*length {
+                        if n % 8 == 0 && n > 0 {
+                            x = splitmix(x);
+                        }
+                        s.push(ALPHABET[(x % 36) as usize] as char);
+                        x /= 36;
+                    }
+                    Value::Str(s.into())
+                }
+                Gen::Bool => Value::Bool(h & 1 == 1),
+                Gen::Timestamp {
+                    start_ms,
+                    max_past_ms,
+                } => {
+                    let rate = if self.rows_per_second > 0.0 {
+                        self.rows_per_second
+                    } else {
+                        1000.0
+                    };
+                    let at = (i as f64 * 1000.0 / rate) as i64;
+                    let lag = if *max_past_ms > 0 {
+                        (h % (*max_past_ms as u64 + 1)) as i64
+                    } else {
+                        0
+                    };
+                    Value::Ts(start_ms.unwrap_or(now_ms).saturating_add(at) - lag)
+                }
+            });
+        }
+        Row::insert(values)
+    }
+}
+
+/// One subtask's share of a datagen table, paced at its share of `rows-per-second`.
+struct DatagenSource {
+    gen: Arc<Datagen>,
+    index: u64,
+    parallelism: u64,
+    /// Rows this subtask emitted.
+    emitted: u64,
+    /// When pacing started (ns, the task clock), set by the first poll.
+    started_ns: Option<u64>,
+    start_ms: i64,
+}
+
+impl DatagenSource {
+    fn new(gen: Arc<Datagen>, info: SubtaskInfo) -> Self {
+        let start_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Self {
+            gen,
+            index: info.index as u64,
+            parallelism: info.parallelism.max(1) as u64,
+            emitted: 0,
+            started_ns: None,
+            start_ms,
+        }
+    }
+
+    /// The global index of this subtask's next row.
+    fn next_index(&self) -> u64 {
+        self.index + self.emitted * self.parallelism
+    }
+}
+
+impl Source<Row> for DatagenSource {
+    fn poll(
+        &mut self,
+        out: &mut Vec<Row>,
+        max: usize,
+        now_ns: u64,
+    ) -> Result<SourceStatus, TaskError> {
+        let mut n = max as u64;
+        if self.gen.rows_per_second > 0.0 {
+            let rate = self.gen.rows_per_second / self.parallelism as f64;
+            let started = *self.started_ns.get_or_insert_with(|| {
+                now_ns.saturating_sub((self.emitted as f64 / rate * 1e9) as u64)
+            });
+            let due = (now_ns.saturating_sub(started) as f64 * rate / 1e9) as u64 + 1;
+            n = n.min(due.saturating_sub(self.emitted));
+        }
+        let mut k = 0;
+        while k < n {
+            let i = self.next_index();
+            if self.gen.rows.is_some_and(|r| i >= r) {
+                return Ok(if k == 0 {
+                    SourceStatus::Done
+                } else {
+                    SourceStatus::Emitted(k as usize)
+                });
+            }
+            out.push(self.gen.row(i, self.start_ms));
+            self.emitted += 1;
+            k += 1;
+        }
+        Ok(SourceStatus::Emitted(k as usize))
+    }
+
+    fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        encode_state(&(self.emitted, self.start_ms)).map(Some)
+    }
+
+    fn restore_position(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let (emitted, start_ms): (u64, i64) = decode_state(state)?;
+        self.emitted = emitted;
+        self.start_ms = start_ms;
+        self.started_ns = None;
+        Ok(())
+    }
+}

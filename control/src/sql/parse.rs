@@ -1,0 +1,452 @@
+//! Splits a SQL script into statements and parses each with sqlparser, after taking
+//! out the parts of Flink SQL that its dialect does not know:
+//!
+//! - `WATERMARK FOR col AS expr` and computed columns (`name AS expr`) in `CREATE
+//!   TABLE`: each is cut out of the column list and its expression parsed on its own;
+//! - the `TABLE` keyword before a window table function's input
+//!   (`TUMBLE(TABLE bids, ...)`);
+//! - `EXECUTE STATEMENT SET BEGIN ... END;` and `BEGIN STATEMENT SET; ... END;`, which
+//!   group the INSERTs between them into one job.
+//!
+//! Everything is cut by blanking characters with spaces (newlines stay), and each
+//! statement is parsed from a copy of the whole script in which everything else is
+//! blank: every position sqlparser reports is the position in the script the user wrote.
+
+use super::SqlError;
+use sqlparser::ast::{Expr, Statement};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+
+/// One statement of a script.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The statement, as sqlparser read it.
+    pub statement: Statement,
+    /// What a `CREATE TABLE` declared that sqlparser does not know.
+    pub extras: TableExtras,
+    /// The statement set it belongs to (statements of one set share the number).
+    pub statement_set: Option<usize>,
+    /// Its text as written.
+    pub text: String,
+    /// Its first line (1-based).
+    pub line: u64,
+}
+
+/// Flink's parts of a `CREATE TABLE` column list.
+#[derive(Debug, Default, Clone)]
+pub struct TableExtras {
+    /// Computed columns: (position among the columns, name, expression).
+    pub computed: Vec<(usize, String, Expr)>,
+    /// `WATERMARK FOR column AS expression`.
+    pub watermark: Option<(String, Expr)>,
+}
+
+impl From<ParserError> for SqlError {
+    fn from(e: ParserError) -> Self {
+        let msg = match e {
+            ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
+            ParserError::RecursionLimitExceeded => {
+                return SqlError::new("the statement nests too deeply")
+            }
+        };
+        from_message(&msg)
+    }
+}
+
+/// An error from sqlparser's message, whose position it appends as
+/// "at Line: L, Column: C".
+fn from_message(msg: &str) -> SqlError {
+    if let Some(i) = msg.rfind(" at Line: ") {
+        let tail = &msg[i + " at Line: ".len()..];
+        if let Some((l, c)) = tail.split_once(", Column: ") {
+            if let (Ok(l), Ok(c)) = (l.trim().parse(), c.trim().parse()) {
+                return SqlError::at(format!("SQL parse error: {}", &msg[..i]), l, c);
+            }
+        }
+    }
+    SqlError::new(format!("SQL parse error: {msg}"))
+}
+
+struct Text {
+    chars: Vec<char>,
+    /// The char index each line starts at.
+    lines: Vec<usize>,
+}
+
+impl Text {
+    fn new(s: &str) -> Self {
+        let chars: Vec<char> = s.chars().collect();
+        let mut lines = vec![0];
+        for (i, c) in chars.iter().enumerate() {
+            if *c == '\n' {
+                lines.push(i + 1);
+            }
+        }
+        Self { chars, lines }
+    }
+
+    /// The char index of a 1-based (line, column).
+    fn index(&self, line: u64, column: u64) -> usize {
+        let l = usize::try_from(line.max(1) - 1).unwrap_or(usize::MAX);
+        let start = self.lines.get(l).copied().unwrap_or(self.chars.len());
+        let c = usize::try_from(column.max(1) - 1).unwrap_or(usize::MAX);
+        start.saturating_add(c).min(self.chars.len())
+    }
+
+    fn start(&self, t: &TokenWithSpan) -> usize {
+        self.index(t.span.start.line, t.span.start.column)
+    }
+
+    fn end(&self, t: &TokenWithSpan) -> usize {
+        self.index(t.span.end.line, t.span.end.column)
+    }
+
+    /// The script with only `keep` (char ranges) left, minus `blank`.
+    fn masked(&self, keep: (usize, usize), blank: &[(usize, usize)]) -> String {
+        self.chars
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let kept = i >= keep.0 && i < keep.1 && !blank.iter().any(|b| i >= b.0 && i < b.1);
+                if kept || c == '\n' {
+                    c
+                } else {
+                    ' '
+                }
+            })
+            .collect()
+    }
+}
+
+fn is_word(t: &Token, kw: &str) -> bool {
+    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw))
+}
+
+/// Parses a script into its statements.
+pub fn script(sql: &str) -> Result<Vec<Parsed>, SqlError> {
+    let dialect = GenericDialect {};
+    let text = Text::new(sql);
+    let tokens: Vec<TokenWithSpan> = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| {
+            SqlError::at(
+                format!("SQL parse error: {}", e.message),
+                e.location.line,
+                e.location.column,
+            )
+        })?
+        .into_iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+        .collect();
+    let mut out = Vec::new();
+    let mut set: Option<usize> = None;
+    let mut sets = 0usize;
+    let mut i = 0;
+    while i < tokens.len() {
+        let mut j = i;
+        let mut depth = 0i32;
+        while j < tokens.len() {
+            match tokens[j].token {
+                Token::LParen => depth += 1,
+                Token::RParen => depth -= 1,
+                Token::SemiColon if depth <= 0 => break,
+                _ => {}
+            }
+            j += 1;
+        }
+        let seg = &tokens[i..j];
+        i = j + 1;
+        if seg.is_empty() {
+            continue;
+        }
+        let words: Vec<&Token> = seg.iter().take(4).map(|t| &t.token).collect();
+        let mut body = seg;
+        // Statement sets.
+        if words.len() >= 4
+            && is_word(words[0], "EXECUTE")
+            && is_word(words[1], "STATEMENT")
+            && is_word(words[2], "SET")
+            && is_word(words[3], "BEGIN")
+        {
+            if set.is_some() {
+                return Err(pos(&seg[0], "a statement set cannot hold another"));
+            }
+            sets += 1;
+            set = Some(sets);
+            body = &seg[4..];
+        } else if words.len() == 3
+            && is_word(words[0], "BEGIN")
+            && is_word(words[1], "STATEMENT")
+            && is_word(words[2], "SET")
+        {
+            if set.is_some() {
+                return Err(pos(&seg[0], "a statement set cannot hold another"));
+            }
+            sets += 1;
+            set = Some(sets);
+            continue;
+        } else if words.len() == 1 && is_word(words[0], "END") {
+            if set.take().is_none() {
+                return Err(pos(&seg[0], "END without a statement set to end"));
+            }
+            continue;
+        }
+        let Some(first) = body.first() else {
+            return Err(pos(&seg[0], "an empty statement set"));
+        };
+        let Some(last) = body.last() else {
+            continue;
+        };
+        let keep = (text.start(first), text.end(last));
+        let (blank, extras) = rewrite(body, &text)?;
+        let masked = text.masked(keep, &blank);
+        let mut parser = Parser::new(&dialect).try_with_sql(&masked)?;
+        let statement = parser
+            .parse_statement()
+            .map_err(|e| at_end_if_unplaced(e.into(), last))?;
+        let next = parser.peek_token();
+        if next.token != Token::EOF && next.token != Token::SemiColon {
+            return Err(pos(
+                &next,
+                format!(
+                    "SQL parse error: unexpected {} after the statement",
+                    next.token
+                ),
+            ));
+        }
+        if set.is_some() && !matches!(statement, Statement::Insert(_)) {
+            return Err(pos(first, "a statement set holds only INSERT statements"));
+        }
+        out.push(Parsed {
+            statement,
+            extras,
+            statement_set: set,
+            text: text.chars[keep.0..keep.1].iter().collect(),
+            line: first.span.start.line,
+        });
+    }
+    if let (Some(_), Some(t)) = (set, tokens.last()) {
+        return Err(pos(t, "the statement set has no END"));
+    }
+    Ok(out)
+}
+
+/// An error sqlparser gave no position (it ran out of input) is placed at the end of
+/// the last token.
+fn at_end_if_unplaced(e: SqlError, last: &TokenWithSpan) -> SqlError {
+    if e.line > 0 {
+        return e;
+    }
+    SqlError::at(e.message, last.span.end.line, last.span.end.column)
+}
+
+fn pos(t: &TokenWithSpan, msg: impl Into<String>) -> SqlError {
+    SqlError::at(msg, t.span.start.line, t.span.start.column)
+}
+
+/// The ranges to blank in a statement, and Flink's column-list parts it declared.
+fn rewrite(
+    seg: &[TokenWithSpan],
+    text: &Text,
+) -> Result<(Vec<(usize, usize)>, TableExtras), SqlError> {
+    let mut blank = Vec::new();
+    let mut extras = TableExtras::default();
+    // `TABLE` before a window function's input.
+    for k in 2..seg.len() {
+        if is_word(&seg[k].token, "TABLE")
+            && seg[k - 1].token == Token::LParen
+            && ["TUMBLE", "HOP", "CUMULATE", "SESSION"]
+                .iter()
+                .any(|f| is_word(&seg[k - 2].token, f))
+        {
+            blank.push((text.start(&seg[k]), text.end(&seg[k])));
+        }
+    }
+    // CREATE [TEMPORARY] TABLE name ( elements ) ...
+    let is_create = seg.first().is_some_and(|t| is_word(&t.token, "CREATE"));
+    let table_at = seg
+        .iter()
+        .take(4)
+        .position(|t| matches!(&t.token, Token::Word(w) if w.keyword == Keyword::TABLE));
+    let (true, Some(table_at)) = (is_create, table_at) else {
+        return Ok((blank, extras));
+    };
+    let Some(open) = seg[table_at..]
+        .iter()
+        .position(|t| t.token == Token::LParen)
+        .map(|p| p + table_at)
+    else {
+        return Ok((blank, extras));
+    };
+    // The elements: token ranges between depth-1 commas.
+    let mut elements: Vec<(usize, usize)> = Vec::new();
+    let mut depth = 0;
+    let mut start = open + 1;
+    let mut close = None;
+    for (k, t) in seg.iter().enumerate().skip(open) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    elements.push((start, k));
+                    close = Some(k);
+                    break;
+                }
+            }
+            Token::Comma if depth == 1 => {
+                elements.push((start, k));
+                start = k + 1;
+            }
+            _ => {}
+        }
+    }
+    if close.is_none() {
+        return Ok((blank, extras));
+    }
+    let mut column_index = 0usize;
+    let mut cut: Vec<usize> = Vec::new();
+    for (e, &(a, b)) in elements.iter().enumerate() {
+        if a >= b {
+            continue;
+        }
+        let el = &seg[a..b];
+        let expr_of = |from: usize| -> Result<Expr, SqlError> {
+            let Some(first) = el.get(from) else {
+                return Err(pos(&el[el.len() - 1], "an expression is missing after AS"));
+            };
+            let keep = (text.start(first), text.end(&el[el.len() - 1]));
+            let masked = text.masked(keep, &[]);
+            let dialect = GenericDialect {};
+            let mut p = Parser::new(&dialect).try_with_sql(&masked)?;
+            let expr = p
+                .parse_expr()
+                .map_err(|e| at_end_if_unplaced(e.into(), &el[el.len() - 1]))?;
+            let next = p.peek_token();
+            if next.token != Token::EOF {
+                return Err(pos(
+                    &next,
+                    format!(
+                        "SQL parse error: unexpected {} in the expression",
+                        next.token
+                    ),
+                ));
+            }
+            Ok(expr)
+        };
+        if is_word(&el[0].token, "WATERMARK") && el.len() > 1 && is_word(&el[1].token, "FOR") {
+            let (
+                Some(TokenWithSpan {
+                    token: Token::Word(col),
+                    ..
+                }),
+                Some(as_),
+            ) = (el.get(2), el.get(3))
+            else {
+                return Err(pos(&el[0], "expected WATERMARK FOR column AS expression"));
+            };
+            if !is_word(&as_.token, "AS") {
+                return Err(pos(as_, "expected AS after WATERMARK FOR column"));
+            }
+            if extras.watermark.is_some() {
+                return Err(pos(&el[0], "a table has at most one WATERMARK"));
+            }
+            extras.watermark = Some((col.value.clone(), expr_of(4)?));
+            cut.push(e);
+        } else if el.len() > 2
+            && matches!(&el[0].token, Token::Word(_))
+            && is_word(&el[1].token, "AS")
+        {
+            let Token::Word(name) = &el[0].token else {
+                continue;
+            };
+            extras
+                .computed
+                .push((column_index, name.value.clone(), expr_of(2)?));
+            cut.push(e);
+            column_index += 1;
+        } else if !(is_word(&el[0].token, "PRIMARY") || is_word(&el[0].token, "CONSTRAINT")) {
+            column_index += 1;
+        }
+    }
+    // Blank the cut elements and every comma but one between consecutive kept
+    // elements, so that what stays is still a valid list.
+    let kept: Vec<usize> = (0..elements.len()).filter(|e| !cut.contains(e)).collect();
+    if kept.is_empty() && !cut.is_empty() {
+        return Err(pos(
+            &seg[open],
+            "a table needs at least one physical column",
+        ));
+    }
+    for &e in &cut {
+        let (a, b) = elements[e];
+        if a < b {
+            blank.push((text.start(&seg[a]), text.end(&seg[b - 1])));
+        }
+    }
+    for (e, &(_, b)) in elements.iter().enumerate() {
+        // Element e's comma follows it at token b (the last element ends at `)`).
+        let comma_kept = kept.contains(&e) && kept.iter().any(|&k| k > e);
+        if seg[b].token == Token::Comma && !comma_kept {
+            blank.push((text.start(&seg[b]), text.end(&seg[b])));
+        }
+    }
+    Ok((blank, extras))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn flink_ddl_parses_with_watermark_and_computed_columns() {
+        let sql = "CREATE TABLE bids (\n  price BIGINT,\n  net AS price * 2,\n  ts TIMESTAMP(3),\n  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND\n) WITH ('connector' = 'datagen');\nSELECT * FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND));";
+        let s = script(sql).unwrap();
+        assert_eq!(s.len(), 2);
+        let Statement::CreateTable(ct) = &s[0].statement else {
+            panic!("{:?}", s[0].statement)
+        };
+        let names: Vec<_> = ct.columns.iter().map(|c| c.name.value.clone()).collect();
+        assert_eq!(names, ["price", "ts"]);
+        assert_eq!(s[0].extras.computed.len(), 1);
+        assert_eq!(s[0].extras.computed[0].0, 1);
+        assert_eq!(s[0].extras.computed[0].2.to_string(), "price * 2");
+        let (col, wm) = s[0].extras.watermark.as_ref().unwrap();
+        assert_eq!(col, "ts");
+        assert_eq!(wm.to_string(), "ts - INTERVAL '5' SECOND");
+        assert_eq!(s[1].line, 7);
+        // The first column computed, the watermark right after it.
+        let s = script("CREATE TABLE t (a AS 1, WATERMARK FOR b AS b, b TIMESTAMP(3))").unwrap();
+        let Statement::CreateTable(ct) = &s[0].statement else {
+            panic!()
+        };
+        assert_eq!(ct.columns.len(), 1);
+        assert_eq!(s[0].extras.computed[0].0, 0);
+    }
+
+    #[test]
+    fn errors_carry_the_script_position() {
+        let e = script("SET 'a' = 'b';\n\nSELECT a FROM WHERE x").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.column > 0, "{e}");
+        // Where the expression ran out.
+        let e = script("CREATE TABLE t (\n a INT,\n b AS a +\n) WITH ()").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 10), "{e}");
+        let e = script("SELECT 'unterminated").unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn statement_sets_group_inserts() {
+        let sql = "EXECUTE STATEMENT SET BEGIN\nINSERT INTO a SELECT * FROM s;\nINSERT INTO b SELECT * FROM s;\nEND;\nINSERT INTO c SELECT * FROM s;\nBEGIN STATEMENT SET;\nINSERT INTO d SELECT * FROM s;\nEND;";
+        let s = script(sql).unwrap();
+        let sets: Vec<_> = s.iter().map(|p| p.statement_set).collect();
+        assert_eq!(sets, [Some(1), Some(1), None, Some(2)]);
+        assert!(script("EXECUTE STATEMENT SET BEGIN INSERT INTO a SELECT 1;").is_err());
+        assert!(script("BEGIN STATEMENT SET; SELECT 1; END;").is_err());
+        assert!(script("END;").is_err());
+    }
+}

@@ -1,0 +1,1600 @@
+//! The planner: queries to operators.
+//!
+//! A query is type-checked against the catalog and lowered bottom-up into a [`Rel`]: a
+//! stream of rows, its schema, which column (if any) is its event time, and whether it
+//! only inserts. Each `SELECT` becomes a filter and a map whose expressions were
+//! compiled once ([`super::expr`]); a window aggregate over `TUMBLE` or `HOP` becomes
+//! the DataStream API's keyed event-time window with an incremental aggregate; an
+//! unbounded `GROUP BY` becomes a keyed process function that emits a changelog
+//! (`+I`, then `-U`/`+U` pairs as a group's result changes, `-D` when `HAVING` drops it).
+
+use super::connector;
+use super::expr::{self, err_at, Compiled, Eval, Scope, AGGREGATES};
+use super::types::{DataType, Row, RowKind, Value};
+use super::{Catalog, Column, SqlError, TableDef};
+use crate::api::{DataStream, StreamExecutionEnvironment};
+use spate_dataplane::operator::keyed::{Context, KeyedProcessFunction};
+use spate_dataplane::operator::watermark::WatermarkStrategy;
+use spate_dataplane::operator::window::{AggregateFunction, Window, WindowAssigner};
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Insert, Query, Select,
+    SelectItem, SetExpr, TableFactor, TableObject,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// A node of a query plan, for `EXPLAIN`.
+#[derive(Debug, Clone)]
+pub struct PlanNode {
+    /// The operator and its parameters.
+    pub label: String,
+    /// Its inputs.
+    pub inputs: Vec<PlanNode>,
+}
+
+impl PlanNode {
+    fn new(label: impl Into<String>, inputs: Vec<PlanNode>) -> Self {
+        Self {
+            label: label.into(),
+            inputs,
+        }
+    }
+
+    /// The plan as an indented tree (Flink's `+-` style).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.render_into(&mut out, "", "");
+        out
+    }
+
+    fn render_into(&self, out: &mut String, first: &str, rest: &str) {
+        out.push_str(first);
+        out.push_str(&self.label);
+        out.push('\n');
+        for (i, c) in self.inputs.iter().enumerate() {
+            let last = i + 1 == self.inputs.len();
+            let (f, r) = if last { ("+- ", "   ") } else { (":- ", ":  ") };
+            c.render_into(out, &format!("{rest}{f}"), &format!("{rest}{r}"));
+        }
+    }
+}
+
+/// A planned relation: a stream of rows and what it holds.
+#[derive(Clone)]
+pub struct Rel {
+    /// The rows.
+    pub stream: DataStream<Row>,
+    /// The columns.
+    pub schema: Vec<Column>,
+    /// The event-time column, if the rows have one (with watermarks).
+    pub rowtime: Option<usize>,
+    /// Whether the rows are all insertions (else a changelog with updates).
+    pub append_only: bool,
+    /// How it was computed.
+    pub plan: PlanNode,
+    /// A window table function not applied yet: its columns are the last three of
+    /// `schema`, which the rows do not hold until the windows are materialized or
+    /// aggregated.
+    window: Option<WindowTvf>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum WindowTvf {
+    Tumble { size_ms: i64 },
+    Hop { slide_ms: i64, size_ms: i64 },
+}
+
+impl WindowTvf {
+    fn assigner(self) -> Result<WindowAssigner, String> {
+        let d = |ms: i64| std::time::Duration::from_millis(ms.max(0) as u64);
+        match self {
+            Self::Tumble { size_ms } => WindowAssigner::tumbling_event_time(d(size_ms)),
+            Self::Hop { slide_ms, size_ms } => {
+                WindowAssigner::sliding_event_time(d(size_ms), d(slide_ms))
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// An event-time value (ms) as the engine's timestamps (ns since the epoch).
+pub fn ts_ns(v: &Value) -> u64 {
+    match v {
+        Value::Ts(ms) => u64::try_from(*ms).unwrap_or(0).saturating_mul(1_000_000),
+        _ => 0,
+    }
+}
+
+fn ms(ns: u64) -> Value {
+    Value::Ts(i64::try_from(ns / 1_000_000).unwrap_or(i64::MAX))
+}
+
+/// A table's full schema: physical and computed columns, and its event time.
+pub struct TableSchema {
+    /// All columns, in declaration order.
+    pub columns: Vec<Column>,
+    /// The computed columns: (index in `columns`, compiled over the physical columns).
+    pub computed: Vec<(usize, Compiled)>,
+    /// The rowtime column and the watermark's delay behind it (ms).
+    pub watermark: Option<(usize, i64)>,
+}
+
+/// Type-checks a table's computed columns and watermark.
+pub fn table_schema(def: &TableDef) -> Result<TableSchema, SqlError> {
+    let mut columns = def.physical.clone();
+    let mut computed = Vec::new();
+    for (at, name, e) in &def.extras.computed {
+        let c = expr::compile(e, &Scope::new(&def.physical))?;
+        let at = (*at).min(columns.len());
+        if columns.iter().any(|x| x.name == *name) {
+            return Err(err_at(e, format!("the column '{name}' is declared twice")));
+        }
+        columns.insert(at, Column::new(name.clone(), c.ty));
+        computed.push((name.clone(), c));
+    }
+    let computed = computed
+        .into_iter()
+        .filter_map(|(n, c)| columns.iter().position(|x| x.name == n).map(|i| (i, c)))
+        .collect();
+    let watermark = match &def.extras.watermark {
+        None => None,
+        Some((col, e)) => {
+            let i = Scope::new(&columns).lookup(col).ok_or_else(|| {
+                err_at(
+                    e,
+                    format!("WATERMARK FOR '{col}': the table has no such column"),
+                )
+            })?;
+            if !columns[i].ty.is_timestamp() {
+                return Err(err_at(
+                    e,
+                    format!(
+                        "WATERMARK FOR '{col}': a rowtime column is a TIMESTAMP(3) or TIMESTAMP_LTZ(3), not {}",
+                        columns[i].ty
+                    ),
+                ));
+            }
+            Some((i, watermark_delay(e, &columns[i].name)?))
+        }
+    };
+    Ok(TableSchema {
+        columns,
+        computed,
+        watermark,
+    })
+}
+
+/// The delay of a watermark expression `col` or `col - INTERVAL ...`.
+fn watermark_delay(e: &Expr, col: &str) -> Result<i64, SqlError> {
+    let is_col = |x: &Expr| match x {
+        Expr::Identifier(i) => i.value.eq_ignore_ascii_case(col),
+        Expr::Nested(n) => {
+            matches!(n.as_ref(), Expr::Identifier(i) if i.value.eq_ignore_ascii_case(col))
+        }
+        _ => false,
+    };
+    if is_col(e) {
+        return Ok(0);
+    }
+    if let Expr::BinaryOp { left, op, right } = e {
+        if *op == sqlparser::ast::BinaryOperator::Minus && is_col(left) {
+            if let Expr::Interval(iv) = right.as_ref() {
+                let d = expr::interval_ms(iv, right)?;
+                if d < 0 {
+                    return Err(err_at(
+                        right.as_ref(),
+                        "a watermark delay cannot be negative",
+                    ));
+                }
+                return Ok(d);
+            }
+        }
+    }
+    Err(err_at(
+        e,
+        format!(
+            "unsupported watermark expression: spate takes `{col}` or `{col} - INTERVAL 'n' UNIT`"
+        ),
+    ))
+}
+
+/// Plans queries against a catalog.
+pub struct Planner<'a> {
+    catalog: &'a Catalog,
+    config: &'a BTreeMap<String, String>,
+    /// `WITH` queries in scope, innermost last.
+    ctes: Vec<(String, Query)>,
+}
+
+impl<'a> Planner<'a> {
+    /// A planner over `catalog`, with the session's options.
+    pub fn new(catalog: &'a Catalog, config: &'a BTreeMap<String, String>) -> Self {
+        Self {
+            catalog,
+            config,
+            ctes: Vec::new(),
+        }
+    }
+
+    /// Declares `INSERT INTO table query` on `env`: the query, its sink, and returns
+    /// the sink table's name and the plan.
+    pub fn insert(
+        &self,
+        env: &StreamExecutionEnvironment,
+        ins: &Insert,
+    ) -> Result<(String, PlanNode), SqlError> {
+        let TableObject::TableName(name) = &ins.table else {
+            return Err(err_at(&ins.table, "INSERT INTO takes a table name"));
+        };
+        let n = super::object_name(name);
+        let key = self
+            .catalog
+            .resolve(&n)
+            .ok_or_else(|| err_at(name, format!("no table '{n}' to insert into")))?;
+        let Some(def) = self.catalog.tables.get(&key) else {
+            return Err(err_at(
+                name,
+                format!("'{n}' is a view: INSERT INTO takes a table"),
+            ));
+        };
+        let Some(source) = &ins.source else {
+            return Err(err_at(name, "INSERT INTO needs a query"));
+        };
+        if !ins.columns.is_empty() {
+            return Err(err_at(
+                name,
+                "INSERT INTO with a column list is not supported: select the sink's columns in order",
+            ));
+        }
+        let rel = self.query(env, source)?;
+        let sink_cols = &def.physical;
+        if rel.schema.len() != sink_cols.len() {
+            return Err(err_at(
+                name,
+                format!(
+                    "the query has {} columns, the sink '{}' has {} ({})",
+                    rel.schema.len(),
+                    def.name,
+                    sink_cols.len(),
+                    describe_columns(sink_cols)
+                ),
+            ));
+        }
+        let mut conversions = Vec::new();
+        for (i, (q, s)) in rel.schema.iter().zip(sink_cols).enumerate() {
+            if q.ty == s.ty || q.ty == DataType::Null {
+                continue;
+            }
+            let ok = (q.ty.is_numeric() && s.ty.is_numeric())
+                || (q.ty.is_timestamp() && s.ty.is_timestamp());
+            if !ok {
+                return Err(err_at(
+                    name,
+                    format!(
+                        "column {} of the query ('{}', {}) does not fit the sink's column '{}' ({})",
+                        i + 1,
+                        q.name,
+                        q.ty,
+                        s.name,
+                        s.ty
+                    ),
+                ));
+            }
+            conversions.push((i, q.ty, s.ty));
+        }
+        let mut rel = rel;
+        if !conversions.is_empty() {
+            let conv = Arc::new(conversions);
+            rel.stream = rel
+                .stream
+                .map(move |mut r: Row| {
+                    for &(i, from, to) in conv.iter() {
+                        if let Some(v) = r.values.get_mut(i) {
+                            *v = expr::convert(std::mem::take(v), from, to);
+                        }
+                    }
+                    r
+                })
+                .name("Calc(cast to the sink's types)");
+        }
+        let plan = connector::sink(&rel, def)?;
+        Ok((def.name.clone(), plan))
+    }
+
+    /// Plans a query on `env`.
+    pub fn query(&self, env: &StreamExecutionEnvironment, q: &Query) -> Result<Rel, SqlError> {
+        let mut scoped;
+        let planner = match &q.with {
+            Some(with) => {
+                scoped = Planner {
+                    catalog: self.catalog,
+                    config: self.config,
+                    ctes: self.ctes.clone(),
+                };
+                for cte in &with.cte_tables {
+                    scoped
+                        .ctes
+                        .push((cte.alias.name.value.clone(), (*cte.query).clone()));
+                }
+                &scoped
+            }
+            None => self,
+        };
+        if let Some(ob) = &q.order_by {
+            return Err(err_at(
+                ob,
+                "unsupported: ORDER BY on a stream (Top-N with ROW_NUMBER() is open work)",
+            ));
+        }
+        if q.limit_clause.is_some() {
+            return Err(err_at(q, "unsupported: LIMIT on a stream"));
+        }
+        match q.body.as_ref() {
+            SetExpr::Select(s) => planner.select(env, s),
+            SetExpr::Query(inner) => planner.query(env, inner),
+            SetExpr::SetOperation {
+                op,
+                left,
+                right,
+                set_quantifier,
+                ..
+            } => {
+                use sqlparser::ast::{SetOperator, SetQuantifier};
+                if *op != SetOperator::Union || *set_quantifier != SetQuantifier::All {
+                    return Err(err_at(
+                        q,
+                        format!("unsupported: {op} {set_quantifier} (spate runs UNION ALL)"),
+                    ));
+                }
+                let sub = |b: &SetExpr| -> Result<Rel, SqlError> {
+                    match b {
+                        SetExpr::Select(s) => planner.select(env, s),
+                        SetExpr::Query(q) => planner.query(env, q),
+                        other => Err(err_at(other, "unsupported query in a UNION ALL")),
+                    }
+                };
+                let (l, r) = (sub(left)?.materialize()?, sub(right)?.materialize()?);
+                if l.schema.len() != r.schema.len()
+                    || l.schema
+                        .iter()
+                        .zip(&r.schema)
+                        .any(|(a, b)| a.ty != b.ty && !(a.ty.is_numeric() && b.ty.is_numeric()))
+                {
+                    return Err(err_at(
+                        q,
+                        format!(
+                            "UNION ALL of different columns: ({}) and ({})",
+                            describe_columns(&l.schema),
+                            describe_columns(&r.schema)
+                        ),
+                    ));
+                }
+                let rowtime = l.rowtime.filter(|t| r.rowtime == Some(*t));
+                let mut stream = l.stream.union(std::slice::from_ref(&r.stream));
+                if let Some(t) = rowtime {
+                    stream = stream.with_event_time(move |r: &Row| ts_ns(r.get(t)));
+                }
+                Ok(Rel {
+                    stream,
+                    schema: l.schema.clone(),
+                    rowtime,
+                    append_only: l.append_only && r.append_only,
+                    plan: PlanNode::new("Union(all=[true])", vec![l.plan, r.plan]),
+                    window: None,
+                })
+            }
+            other => Err(err_at(other, "unsupported query form")),
+        }
+    }
+
+    /// A table, view or `WITH` query by name.
+    fn scan(
+        &self,
+        env: &StreamExecutionEnvironment,
+        name: &sqlparser::ast::ObjectName,
+    ) -> Result<Rel, SqlError> {
+        let n = super::object_name(name);
+        if let Some((_, q)) = self
+            .ctes
+            .iter()
+            .rev()
+            .find(|(c, _)| c.eq_ignore_ascii_case(&n))
+        {
+            let inner = Planner {
+                catalog: self.catalog,
+                config: self.config,
+                ctes: self
+                    .ctes
+                    .iter()
+                    .take_while(|(c, _)| !c.eq_ignore_ascii_case(&n))
+                    .cloned()
+                    .collect(),
+            };
+            return inner.query(env, q);
+        }
+        let key = self.catalog.resolve(&n).ok_or_else(|| {
+            let known: Vec<&String> = self
+                .catalog
+                .tables
+                .keys()
+                .chain(self.catalog.views.keys())
+                .collect();
+            err_at(
+                name,
+                if known.is_empty() {
+                    format!("unknown table '{n}': no table is declared (CREATE TABLE first)")
+                } else {
+                    format!(
+                        "unknown table '{n}' (the catalog has {})",
+                        known
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+            )
+        })?;
+        if let Some(v) = self.catalog.views.get(&key) {
+            let inner = Planner::new(self.catalog, self.config);
+            return inner.query(env, &v.query);
+        }
+        let def = &self.catalog.tables[&key];
+        let schema = table_schema(def)?;
+        let mut stream = connector::source(env, def, self.config)?;
+        let mut label = format!(
+            "TableSourceScan(table=[[{}]], fields=[{}])",
+            def.name,
+            def.physical
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if !schema.computed.is_empty() {
+            let computed: Vec<(usize, Eval)> = schema
+                .computed
+                .iter()
+                .map(|(i, c)| (*i, c.eval.clone()))
+                .collect();
+            stream = stream
+                .map(move |mut r: Row| {
+                    for (i, e) in &computed {
+                        let v = e(&r);
+                        r.values.insert((*i).min(r.values.len()), v);
+                    }
+                    r
+                })
+                .name("Calc(computed columns)");
+            label = format!("Calc(computed columns)\n   +- {label}");
+        }
+        let mut rowtime = None;
+        if let Some((col, delay_ms)) = schema.watermark {
+            let mut strategy = WatermarkStrategy::for_bounded_out_of_orderness(
+                std::time::Duration::from_millis(delay_ms.max(0) as u64),
+            )
+            .with_timestamp_assigner(move |r: &Row| ts_ns(r.get(col)));
+            if let Some(idle) = self.config.get("table.exec.source.idle-timeout") {
+                let d = crate::config::parse_duration(idle).ok_or_else(|| {
+                    SqlError::new(format!(
+                        "'table.exec.source.idle-timeout': '{idle}' is not a duration"
+                    ))
+                })?;
+                if !d.is_zero() {
+                    strategy = strategy.with_idleness(d);
+                }
+            }
+            stream = stream
+                .assign_timestamps_and_watermarks(strategy)
+                .name("WatermarkAssigner");
+            label = format!(
+                "WatermarkAssigner(rowtime=[{}], watermark=[{} - {delay_ms} ms])\n   +- {label}",
+                schema.columns[col].name, schema.columns[col].name
+            );
+            rowtime = Some(col);
+        }
+        // A multi-line label nests: split it into a chain of nodes.
+        let mut lines: Vec<&str> = label.lines().collect();
+        let leaf = lines
+            .pop()
+            .unwrap_or_default()
+            .trim_start_matches(['+', '-', ' ']);
+        let mut node = PlanNode::new(leaf, vec![]);
+        while let Some(l) = lines.pop() {
+            node = PlanNode::new(l.trim_start_matches(['+', '-', ' ']), vec![node]);
+        }
+        Ok(Rel {
+            stream,
+            schema: schema.columns,
+            rowtime,
+            append_only: true,
+            plan: node,
+            window: None,
+        })
+    }
+
+    fn from(&self, env: &StreamExecutionEnvironment, s: &Select) -> Result<Rel, SqlError> {
+        let [twj] = s.from.as_slice() else {
+            return match s.from.len() {
+                0 => Err(err_at(s, "a streaming SELECT needs a FROM clause")),
+                _ => Err(err_at(
+                    &s.from[1],
+                    "unsupported: several tables in FROM (joins are open work)",
+                )),
+            };
+        };
+        if let Some(j) = twj.joins.first() {
+            return Err(err_at(
+                &j.relation,
+                "unsupported: JOIN (regular, interval and window joins are open work)",
+            ));
+        }
+        match &twj.relation {
+            TableFactor::Table { name, args, .. } => {
+                if args.is_some() {
+                    return Err(err_at(name, "unsupported: a table function call in FROM"));
+                }
+                self.scan(env, name)
+            }
+            TableFactor::Derived { subquery, .. } => self.query(env, subquery),
+            TableFactor::TableFunction { expr, .. } => self.window_tvf(env, expr),
+            other => Err(err_at(other, "unsupported FROM item")),
+        }
+    }
+
+    /// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size))` or `HOP(..., slide, size)`.
+    fn window_tvf(&self, env: &StreamExecutionEnvironment, e: &Expr) -> Result<Rel, SqlError> {
+        let Expr::Function(f) = e else {
+            return Err(err_at(
+                e,
+                "TABLE(...) takes a window function: TUMBLE or HOP",
+            ));
+        };
+        let fname = expr::function_name(f);
+        let args = expr::function_args(f)?;
+        let usage = match fname.as_str() {
+            "TUMBLE" => "TUMBLE(TABLE t, DESCRIPTOR(time_col), size)",
+            "HOP" => "HOP(TABLE t, DESCRIPTOR(time_col), slide, size)",
+            "CUMULATE" | "SESSION" => {
+                return Err(err_at(
+                    e,
+                    format!("unsupported window function {fname} (spate runs TUMBLE and HOP)"),
+                ))
+            }
+            _ => {
+                return Err(err_at(
+                    e,
+                    format!("unknown table function {fname} (spate runs TUMBLE and HOP)"),
+                ))
+            }
+        };
+        let want = if fname == "TUMBLE" { 3 } else { 4 };
+        if args.len() != want || args.iter().any(Option::is_none) {
+            return Err(err_at(e, format!("expected {usage}")));
+        }
+        let args: Vec<&Expr> = args.into_iter().flatten().collect();
+        let table = match args[0] {
+            Expr::Identifier(i) => sqlparser::ast::ObjectName::from(vec![i.clone()]),
+            Expr::CompoundIdentifier(p) => sqlparser::ast::ObjectName::from(p.clone()),
+            other => return Err(err_at(other, format!("expected {usage}"))),
+        };
+        let input = self.scan(env, &table)?.materialize()?;
+        let col = match args[1] {
+            Expr::Function(d) if expr::function_name(d) == "DESCRIPTOR" => {
+                match expr::function_args(d)?.as_slice() {
+                    [Some(Expr::Identifier(c))] => c.clone(),
+                    _ => return Err(err_at(args[1], "DESCRIPTOR takes one column name")),
+                }
+            }
+            other => return Err(err_at(other, format!("expected {usage}"))),
+        };
+        let idx = Scope::new(&input.schema)
+            .lookup(&col.value)
+            .ok_or_else(|| expr::err_ident(&col, format!("unknown column '{}'", col.value)))?;
+        if input.rowtime != Some(idx) {
+            return Err(expr::err_ident(
+                &col,
+                format!(
+                    "'{}' is not an event-time attribute: declare WATERMARK FOR {} AS ... on its table (processing-time windows are not supported)",
+                    col.value, col.value
+                ),
+            ));
+        }
+        let dur = |x: &Expr| -> Result<i64, SqlError> {
+            match x {
+                Expr::Interval(iv) => {
+                    let ms = expr::interval_ms(iv, x)?;
+                    if ms <= 0 {
+                        return Err(err_at(x, "a window size must be positive"));
+                    }
+                    Ok(ms)
+                }
+                other => Err(err_at(other, "expected an INTERVAL")),
+            }
+        };
+        let (tvf, label) = if fname == "TUMBLE" {
+            let size_ms = dur(args[2])?;
+            (
+                WindowTvf::Tumble { size_ms },
+                format!(
+                    "WindowTableFunction(window=[TUMBLE(time_col=[{}], size=[{size_ms} ms])])",
+                    col.value
+                ),
+            )
+        } else {
+            let (slide_ms, size_ms) = (dur(args[2])?, dur(args[3])?);
+            (
+                WindowTvf::Hop { slide_ms, size_ms },
+                format!(
+                    "WindowTableFunction(window=[HOP(time_col=[{}], slide=[{slide_ms} ms], size=[{size_ms} ms])])",
+                    col.value
+                ),
+            )
+        };
+        tvf.assigner().map_err(|m| err_at(e, m))?;
+        let mut schema = input.schema.clone();
+        schema.push(Column::new("window_start", DataType::Timestamp));
+        schema.push(Column::new("window_end", DataType::Timestamp));
+        schema.push(Column::new("window_time", DataType::Timestamp));
+        Ok(Rel {
+            stream: input.stream,
+            schema,
+            rowtime: input.rowtime,
+            append_only: true,
+            plan: PlanNode::new(label, vec![input.plan]),
+            window: Some(tvf),
+        })
+    }
+
+    fn select(&self, env: &StreamExecutionEnvironment, s: &Select) -> Result<Rel, SqlError> {
+        if let Some(d) = &s.distinct {
+            return Err(err_at(
+                &s.projection[0],
+                format!("unsupported: SELECT {d} (use GROUP BY)"),
+            ));
+        }
+        let input = self.from(env, s)?;
+        let group_by: &[Expr] = match &s.group_by {
+            GroupByExpr::Expressions(e, mods) => {
+                if !mods.is_empty() {
+                    return Err(err_at(s, "unsupported: GROUP BY modifiers"));
+                }
+                e
+            }
+            GroupByExpr::All(_) => return Err(err_at(s, "unsupported: GROUP BY ALL")),
+        };
+        let mut aggs: Vec<&sqlparser::ast::Function> = Vec::new();
+        for item in &s.projection {
+            if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+                collect_aggregates(e, &mut aggs);
+            }
+        }
+        if let Some(h) = &s.having {
+            collect_aggregates(h, &mut aggs);
+        }
+        if let Some(w) = &s.selection {
+            let mut in_where = Vec::new();
+            collect_aggregates(w, &mut in_where);
+            if let Some(f) = in_where.first() {
+                return Err(err_at(
+                    *f,
+                    "aggregate functions are not allowed in WHERE (use HAVING)",
+                ));
+            }
+        }
+        // WHERE applies before any windowing or grouping: over the input's own columns.
+        let input = match &s.selection {
+            Some(w) => input.filter(w)?,
+            None => input,
+        };
+        if group_by.is_empty() && aggs.is_empty() {
+            if s.having.is_some() {
+                return Err(err_at(s, "HAVING needs GROUP BY or an aggregate"));
+            }
+            let input = input.materialize()?;
+            return input.project(&s.projection);
+        }
+        if !input.append_only {
+            return Err(err_at(
+                s,
+                "unsupported: an aggregate over an updating input (a changelog with retractions)",
+            ));
+        }
+        self.aggregate(input, group_by, &aggs, s)
+    }
+
+    fn aggregate(
+        &self,
+        input: Rel,
+        group_by: &[Expr],
+        aggs: &[&sqlparser::ast::Function],
+        s: &Select,
+    ) -> Result<Rel, SqlError> {
+        let n_in = input.schema.len();
+        let windowed = input.window.is_some() && {
+            let names: Vec<String> = group_by
+                .iter()
+                .filter_map(|g| match g {
+                    Expr::Identifier(i) => Some(i.value.to_ascii_lowercase()),
+                    Expr::CompoundIdentifier(p) => p.last().map(|i| i.value.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect();
+            names.iter().any(|n| n == "window_start") && names.iter().any(|n| n == "window_end")
+        };
+        let input = if windowed {
+            input
+        } else {
+            input.materialize()?
+        };
+        // The window columns (the last three of a windowed input) come from the window.
+        let is_window_col = |g: &Expr| -> bool {
+            windowed
+                && match g {
+                    Expr::Identifier(i) => Scope::new(&input.schema)
+                        .lookup(&i.value)
+                        .is_some_and(|k| k + 3 >= n_in),
+                    Expr::CompoundIdentifier(p) => p
+                        .last()
+                        .and_then(|i| Scope::new(&input.schema).lookup(&i.value))
+                        .is_some_and(|k| k + 3 >= n_in),
+                    _ => false,
+                }
+        };
+        let key_scope_cols: &[Column] = if windowed {
+            &input.schema[..n_in - 3]
+        } else {
+            &input.schema
+        };
+        let mut keys: Vec<Compiled> = Vec::new();
+        let mut columns: Vec<Column> = Vec::new();
+        let mut computed: HashMap<String, usize> = HashMap::new();
+        for g in group_by {
+            if is_window_col(g) {
+                continue;
+            }
+            let c = expr::compile(g, &Scope::new(key_scope_cols)).map_err(|e| {
+                if windowed && Scope::new(&input.schema).lookup(&g.to_string()).is_some() {
+                    err_at(
+                        g,
+                        "window_time cannot be grouped by; group by window_start and window_end",
+                    )
+                } else {
+                    e
+                }
+            })?;
+            computed.insert(g.to_string(), columns.len());
+            columns.push(Column::new(output_name(g, columns.len()), c.ty));
+            keys.push(c);
+        }
+        let n_keys = keys.len();
+        if windowed {
+            for w in ["window_start", "window_end", "window_time"] {
+                computed.insert(w.to_string(), columns.len());
+                columns.push(Column::new(w, DataType::Timestamp));
+            }
+        }
+        let mut calls: Vec<AggCall> = Vec::new();
+        for f in aggs {
+            let text = Expr::Function((*f).clone()).to_string();
+            if computed.contains_key(&text) {
+                continue;
+            }
+            let call = AggCall::compile(f, key_scope_cols)?;
+            computed.insert(text.clone(), columns.len());
+            columns.push(Column::new(text, call.out_ty));
+            calls.push(call);
+        }
+        // HAVING and the projection, over [keys, window columns, aggregates].
+        let scope = Scope {
+            columns: &columns,
+            computed: Some(&computed),
+        };
+        let grouped_hint = |e: SqlError, x: &Expr| -> SqlError {
+            if e.message.starts_with("Column '") {
+                let mut names = Vec::new();
+                column_names(x, &mut names);
+                for n in names {
+                    if Scope::new(&input.schema).lookup(&n).is_some() && scope.lookup(&n).is_none()
+                    {
+                        return SqlError {
+                            message: format!(
+                                "column '{n}' is neither grouped nor aggregated: add it to GROUP BY or use it in an aggregate function"
+                            ),
+                            ..e
+                        };
+                    }
+                }
+            }
+            e
+        };
+        let having = match &s.having {
+            Some(h) => {
+                let c = expr::compile(h, &scope).map_err(|e| grouped_hint(e, h))?;
+                if !matches!(c.ty, DataType::Boolean | DataType::Null) {
+                    return Err(err_at(h, format!("HAVING must be a BOOLEAN, not {}", c.ty)));
+                }
+                Some(c.eval)
+            }
+            None => None,
+        };
+        let mut outs: Vec<Eval> = Vec::new();
+        let mut schema: Vec<Column> = Vec::new();
+        let mut rowtime = None;
+        for (k, item) in s.projection.iter().enumerate() {
+            let (e, alias) = match item {
+                SelectItem::UnnamedExpr(e) => (e, None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+                other => {
+                    return Err(err_at(
+                        other,
+                        "SELECT * is not allowed with GROUP BY: name the columns",
+                    ))
+                }
+            };
+            let c = expr::compile(e, &scope).map_err(|err| grouped_hint(err, e))?;
+            if windowed && computed.get(&e.to_string()) == Some(&(n_keys + 2)) {
+                rowtime = Some(schema.len());
+            }
+            schema.push(Column::new(
+                alias.unwrap_or_else(|| output_name(e, k)),
+                c.ty,
+            ));
+            outs.push(c.eval);
+        }
+        let finish: Finish = Arc::new(move |row: &Row| -> Option<Vec<Value>> {
+            if let Some(h) = &having {
+                if h(row) != Value::Bool(true) {
+                    return None;
+                }
+            }
+            Some(outs.iter().map(|o| o(row)).collect())
+        });
+        let calls = Arc::new(calls);
+        let key_evals: Arc<Vec<Eval>> = Arc::new(keys.iter().map(|k| k.eval.clone()).collect());
+        let key_fn = move |r: &Row| -> Vec<Value> { key_evals.iter().map(|k| k(r)).collect() };
+        let agg_label = calls
+            .iter()
+            .map(|c| c.text.clone())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let group_label = group_by
+            .iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let keyed = input.stream.key_by(key_fn);
+        if windowed {
+            let Some(tvf) = input.window else {
+                return Err(SqlError::new(
+                    "internal: a window aggregate without a window",
+                ));
+            };
+            let assigner = tvf.assigner().map_err(SqlError::new)?;
+            let agg = SqlAggregate {
+                calls: calls.clone(),
+            };
+            let stream = keyed
+                .window(assigner)
+                .aggregate_with(
+                    agg,
+                    move |key: &Vec<Value>, w: &Window, results: Vec<Value>| {
+                        let mut values = key.clone();
+                        values.push(ms(w.start));
+                        values.push(ms(w.end));
+                        values.push(ms(w.end.saturating_sub(1_000_000)));
+                        values.extend(results);
+                        finish(&Row::insert(values)).map(Row::insert)
+                    },
+                )
+                .name("WindowAggregate");
+            let stream = match rowtime {
+                Some(t) => stream.with_event_time(move |r: &Row| ts_ns(r.get(t))),
+                None => stream,
+            };
+            return Ok(Rel {
+                stream,
+                schema,
+                rowtime,
+                append_only: true,
+                plan: PlanNode::new(
+                    format!("WindowAggregate(groupBy=[{group_label}], select=[{agg_label}])"),
+                    vec![input.plan],
+                ),
+                window: None,
+            });
+        }
+        if group_by.iter().any(|g| {
+            let mut n = Vec::new();
+            column_names(g, &mut n);
+            n.iter().any(|x| {
+                ["window_start", "window_end", "window_time"]
+                    .contains(&x.to_ascii_lowercase().as_str())
+            })
+        }) {
+            return Err(err_at(
+                s,
+                "a window aggregate groups by both window_start and window_end of a window table function",
+            ));
+        }
+        let stream = keyed
+            .process(GroupAggregate { calls, finish })
+            .name("GroupAggregate");
+        Ok(Rel {
+            stream,
+            schema,
+            rowtime: None,
+            append_only: false,
+            plan: PlanNode::new(
+                format!("GroupAggregate(groupBy=[{group_label}], select=[{agg_label}])"),
+                vec![input.plan],
+            ),
+            window: None,
+        })
+    }
+}
+
+/// The column names an expression refers to.
+fn column_names(e: &Expr, out: &mut Vec<String>) {
+    match e {
+        Expr::Identifier(i) => out.push(i.value.clone()),
+        Expr::CompoundIdentifier(p) => out.extend(p.last().map(|i| i.value.clone())),
+        Expr::BinaryOp { left, right, .. } => {
+            column_names(left, out);
+            column_names(right, out);
+        }
+        Expr::UnaryOp { expr, .. }
+        | Expr::Nested(expr)
+        | Expr::Cast { expr, .. }
+        | Expr::IsNull(expr)
+        | Expr::IsNotNull(expr)
+        | Expr::IsTrue(expr)
+        | Expr::IsFalse(expr) => column_names(expr, out),
+        Expr::Function(f) => {
+            if let FunctionArguments::List(l) = &f.args {
+                for a in &l.args {
+                    if let FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) = a {
+                        column_names(x, out);
+                    }
+                }
+            }
+        }
+        Expr::Case {
+            operand,
+            conditions,
+            else_result,
+            ..
+        } => {
+            if let Some(o) = operand {
+                column_names(o, out);
+            }
+            for c in conditions {
+                column_names(&c.condition, out);
+                column_names(&c.result, out);
+            }
+            if let Some(x) = else_result {
+                column_names(x, out);
+            }
+        }
+        Expr::Between {
+            expr, low, high, ..
+        } => {
+            column_names(expr, out);
+            column_names(low, out);
+            column_names(high, out);
+        }
+        Expr::In {
+            expr,
+            target: sqlparser::ast::InTarget::List(list),
+            ..
+        } => {
+            column_names(expr, out);
+            for x in list {
+                column_names(x, out);
+            }
+        }
+        Expr::Like { expr, pattern, .. } => {
+            column_names(expr, out);
+            column_names(pattern, out);
+        }
+        _ => {}
+    }
+}
+
+/// The aggregate calls in `e` (not inside another aggregate).
+fn collect_aggregates<'e>(e: &'e Expr, out: &mut Vec<&'e sqlparser::ast::Function>) {
+    match e {
+        Expr::Function(f) if AGGREGATES.contains(&expr::function_name(f).as_str()) => out.push(f),
+        Expr::Function(f) => {
+            if let FunctionArguments::List(l) = &f.args {
+                for a in &l.args {
+                    if let FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) = a {
+                        collect_aggregates(x, out);
+                    }
+                }
+            }
+        }
+        Expr::BinaryOp { left, right, .. } => {
+            collect_aggregates(left, out);
+            collect_aggregates(right, out);
+        }
+        Expr::UnaryOp { expr, .. }
+        | Expr::Nested(expr)
+        | Expr::Cast { expr, .. }
+        | Expr::IsNull(expr)
+        | Expr::IsNotNull(expr)
+        | Expr::IsTrue(expr)
+        | Expr::IsFalse(expr) => collect_aggregates(expr, out),
+        Expr::Case {
+            operand,
+            conditions,
+            else_result,
+            ..
+        } => {
+            if let Some(o) = operand {
+                collect_aggregates(o, out);
+            }
+            for c in conditions {
+                collect_aggregates(&c.condition, out);
+                collect_aggregates(&c.result, out);
+            }
+            if let Some(x) = else_result {
+                collect_aggregates(x, out);
+            }
+        }
+        Expr::Between {
+            expr, low, high, ..
+        } => {
+            collect_aggregates(expr, out);
+            collect_aggregates(low, out);
+            collect_aggregates(high, out);
+        }
+        Expr::In {
+            expr,
+            target: sqlparser::ast::InTarget::List(list),
+            ..
+        } => {
+            collect_aggregates(expr, out);
+            for x in list {
+                collect_aggregates(x, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A projected expression's name when it has no alias: a column keeps its name,
+/// anything else is `EXPR$n` (as Flink names them).
+fn output_name(e: &Expr, n: usize) -> String {
+    match e {
+        Expr::Identifier(i) => i.value.clone(),
+        Expr::CompoundIdentifier(p) => p.last().map(|i| i.value.clone()).unwrap_or_default(),
+        Expr::Nested(x) => output_name(x, n),
+        _ => format!("EXPR${n}"),
+    }
+}
+
+fn describe_columns(cols: &[Column]) -> String {
+    cols.iter()
+        .map(|c| format!("{} {}", c.name, c.ty))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Rel {
+    /// Applies a pending window table function without aggregating it: each row once
+    /// per window it falls in, with the window's columns appended.
+    fn materialize(self) -> Result<Rel, SqlError> {
+        let Some(tvf) = self.window else {
+            return Ok(self);
+        };
+        let Some(t) = self.rowtime else {
+            return Err(SqlError::new(
+                "internal: a window table function without event time",
+            ));
+        };
+        let assigner = tvf.assigner().map_err(SqlError::new)?;
+        let stream = self
+            .stream
+            .flat_map(
+                move |r: Row, out: &mut spate_dataplane::operator::Collector<'_, '_, Row>| {
+                    let ts = ts_ns(r.get(t));
+                    let mut windows: smallvec_like::Windows = Default::default();
+                    assigner.assign(ts, |w| windows.push(w));
+                    for w in windows.iter().rev() {
+                        let mut row = r.clone();
+                        row.values.push(ms(w.start));
+                        row.values.push(ms(w.end));
+                        row.values.push(ms(w.end.saturating_sub(1_000_000)));
+                        out.collect(row);
+                    }
+                },
+            )
+            .name("WindowTableFunction")
+            .with_event_time(move |r: &Row| ts_ns(r.get(t)));
+        Ok(Rel {
+            stream,
+            window: None,
+            ..self
+        })
+    }
+
+    /// Keeps the rows for which `predicate` is true.
+    fn filter(self, predicate: &Expr) -> Result<Rel, SqlError> {
+        // Over a pending window, WHERE sees only the input's own columns.
+        let cols = if self.window.is_some() {
+            &self.schema[..self.schema.len() - 3]
+        } else {
+            &self.schema[..]
+        };
+        let c = expr::compile(predicate, &Scope::new(cols))?;
+        if !matches!(c.ty, DataType::Boolean | DataType::Null) {
+            return Err(err_at(
+                predicate,
+                format!("WHERE must be a BOOLEAN, not {}", c.ty),
+            ));
+        }
+        let eval = c.eval;
+        let stream = self
+            .stream
+            .filter(move |r: &Row| eval(r) == Value::Bool(true))
+            .name("Calc(where)");
+        Ok(Rel {
+            stream,
+            plan: PlanNode::new(format!("Calc(where=[{predicate}])"), vec![self.plan]),
+            ..self
+        })
+    }
+
+    /// `SELECT items` over this relation's columns.
+    fn project(self, items: &[SelectItem]) -> Result<Rel, SqlError> {
+        let scope = Scope::new(&self.schema);
+        let mut evals: Vec<Eval> = Vec::new();
+        let mut schema = Vec::new();
+        let mut rowtime = None;
+        let mut identity = true;
+        for item in items {
+            match item {
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                    for (i, c) in self.schema.iter().enumerate() {
+                        if self.rowtime == Some(i) {
+                            rowtime = Some(schema.len());
+                        }
+                        identity &= schema.len() == i;
+                        schema.push(c.clone());
+                        evals.push(Arc::new(move |r: &Row| r.get(i).clone()));
+                    }
+                }
+                SelectItem::ExprWithAliases { expr: e, .. } => {
+                    return Err(err_at(e, "unsupported: several aliases for one expression"));
+                }
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    let alias = match item {
+                        SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+                        _ => None,
+                    };
+                    let c = expr::compile(e, &scope)?;
+                    let col = match e {
+                        Expr::Identifier(i) => scope.lookup(&i.value),
+                        Expr::CompoundIdentifier(p) => {
+                            p.last().and_then(|i| scope.lookup(&i.value))
+                        }
+                        _ => None,
+                    };
+                    if col.is_some() && col == self.rowtime {
+                        rowtime = Some(schema.len());
+                    }
+                    identity &= col == Some(schema.len());
+                    schema.push(Column::new(
+                        alias.unwrap_or_else(|| output_name(e, schema.len())),
+                        c.ty,
+                    ));
+                    evals.push(c.eval);
+                }
+            }
+        }
+        if identity && schema.len() == self.schema.len() {
+            return Ok(Rel { schema, ..self });
+        }
+        let evals = Arc::new(evals);
+        let mut stream = self
+            .stream
+            .map(move |r: Row| Row {
+                kind: r.kind,
+                values: evals.iter().map(|e| e(&r)).collect(),
+            })
+            .name("Calc(select)");
+        if let Some(t) = rowtime {
+            stream = stream.with_event_time(move |r: &Row| ts_ns(r.get(t)));
+        }
+        let label = format!(
+            "Calc(select=[{}])",
+            items
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(Rel {
+            stream,
+            schema,
+            rowtime,
+            append_only: self.append_only,
+            plan: PlanNode::new(label, vec![self.plan]),
+            window: None,
+        })
+    }
+}
+
+mod smallvec_like {
+    /// The windows of one record (a sliding window's count is small): a fixed array
+    /// before it spills to the heap.
+    #[derive(Default)]
+    pub struct Windows {
+        inline: [Option<spate_dataplane::operator::window::Window>; 8],
+        n: usize,
+        more: Vec<spate_dataplane::operator::window::Window>,
+    }
+    impl Windows {
+        pub fn push(&mut self, w: spate_dataplane::operator::window::Window) {
+            if self.n < self.inline.len() {
+                self.inline[self.n] = Some(w);
+                self.n += 1;
+            } else {
+                self.more.push(w);
+            }
+        }
+        pub fn iter(
+            &self,
+        ) -> impl DoubleEndedIterator<Item = &spate_dataplane::operator::window::Window> {
+            self.inline[..self.n]
+                .iter()
+                .flatten()
+                .chain(self.more.iter())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Aggregates
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AggKind {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+}
+
+/// One aggregate call, compiled.
+#[derive(Clone)]
+struct AggCall {
+    kind: AggKind,
+    /// `None` for `COUNT(*)`.
+    arg: Option<Eval>,
+    filter: Option<Eval>,
+    distinct: bool,
+    /// Sums and averages in floating point.
+    double: bool,
+    out_ty: DataType,
+    text: String,
+}
+
+impl AggCall {
+    fn compile(f: &sqlparser::ast::Function, cols: &[Column]) -> Result<Self, SqlError> {
+        let name = expr::function_name(f);
+        let kind = match name.as_str() {
+            "COUNT" => AggKind::Count,
+            "SUM" => AggKind::Sum,
+            "MIN" => AggKind::Min,
+            "MAX" => AggKind::Max,
+            "AVG" => AggKind::Avg,
+            _ => return Err(err_at(&f.name, format!("unknown aggregate {name}"))),
+        };
+        if f.over.is_some() {
+            return Err(err_at(
+                &f.name,
+                format!("unsupported: {name}(...) OVER (...) (OVER aggregates are open work)"),
+            ));
+        }
+        let distinct = matches!(
+            &f.args,
+            FunctionArguments::List(l)
+                if matches!(l.duplicate_treatment, Some(sqlparser::ast::DuplicateTreatment::Distinct))
+        );
+        let args = expr::function_args(f)?;
+        let scope = Scope::new(cols);
+        let arg = match args.as_slice() {
+            [None] if kind == AggKind::Count && !distinct => None,
+            [Some(a)] => {
+                let mut inner = Vec::new();
+                collect_aggregates(a, &mut inner);
+                if let Some(x) = inner.first() {
+                    return Err(err_at(*x, "aggregate calls cannot nest"));
+                }
+                Some(expr::compile(a, &scope)?)
+            }
+            _ => return Err(err_at(&f.name, format!("{name} takes one argument"))),
+        };
+        let in_ty = arg.as_ref().map_or(DataType::BigInt, |c| c.ty);
+        if matches!(kind, AggKind::Sum | AggKind::Avg)
+            && !in_ty.is_numeric()
+            && in_ty != DataType::Null
+        {
+            return Err(err_at(
+                f,
+                format!("{name} takes a numeric argument, not {in_ty}"),
+            ));
+        }
+        let out_ty = match kind {
+            AggKind::Count => DataType::BigInt,
+            _ => in_ty,
+        };
+        let filter = match &f.filter {
+            Some(x) => {
+                let c = expr::compile(x, &scope)?;
+                if !matches!(c.ty, DataType::Boolean | DataType::Null) {
+                    return Err(err_at(x.as_ref(), "FILTER (WHERE ...) must be a BOOLEAN"));
+                }
+                Some(c.eval)
+            }
+            None => None,
+        };
+        Ok(Self {
+            kind,
+            arg: arg.map(|c| c.eval),
+            filter,
+            distinct,
+            double: matches!(in_ty, DataType::Float | DataType::Double),
+            out_ty,
+            text: Expr::Function(f.clone()).to_string(),
+        })
+    }
+
+    fn fresh(&self) -> Acc {
+        if self.distinct {
+            return Acc::Distinct(HashSet::new());
+        }
+        match self.kind {
+            AggKind::Count => Acc::Count(0),
+            AggKind::Sum | AggKind::Avg => Acc::Sum {
+                int: 0,
+                double: 0.0,
+                n: 0,
+            },
+            AggKind::Min | AggKind::Max => Acc::Best(Value::Null),
+        }
+    }
+
+    /// Adds a row's value (nothing if the filter rejects it or the value is NULL).
+    fn add(&self, row: &Row, acc: &mut Acc) {
+        if let Some(f) = &self.filter {
+            if f(row) != Value::Bool(true) {
+                return;
+            }
+        }
+        let v = match &self.arg {
+            None => Value::Int(1),
+            Some(a) => a(row),
+        };
+        if v.is_null() {
+            return;
+        }
+        self.add_value(v, acc);
+    }
+
+    fn add_value(&self, v: Value, acc: &mut Acc) {
+        match acc {
+            Acc::Count(n) => *n += 1,
+            Acc::Sum { int, double, n } => {
+                match v {
+                    Value::Int(i) => *int = int.wrapping_add(i),
+                    Value::Double(d) => *double += d,
+                    _ => {}
+                }
+                *n += 1;
+            }
+            Acc::Best(b) => {
+                let better = match v.sql_cmp(b) {
+                    _ if b.is_null() => true,
+                    Some(o) => {
+                        (self.kind == AggKind::Min && o.is_lt())
+                            || (self.kind == AggKind::Max && o.is_gt())
+                    }
+                    None => false,
+                };
+                if better {
+                    *b = v;
+                }
+            }
+            Acc::Distinct(set) => {
+                set.insert(v);
+            }
+        }
+    }
+
+    fn result(&self, acc: &Acc) -> Value {
+        match acc {
+            Acc::Count(n) => Value::Int(*n),
+            Acc::Sum { int, double, n } => {
+                if *n == 0 {
+                    return Value::Null;
+                }
+                match (self.kind, self.double) {
+                    (AggKind::Sum, true) => Value::Double(*double),
+                    (AggKind::Sum, false) => Value::Int(*int),
+                    (_, true) => Value::Double(*double / *n as f64),
+                    // Flink's AVG of an integer type is of that type (it truncates).
+                    (_, false) => Value::Int(*int / *n),
+                }
+            }
+            Acc::Best(b) => b.clone(),
+            Acc::Distinct(set) => {
+                let inner = AggCall {
+                    distinct: false,
+                    filter: None,
+                    ..self.clone()
+                };
+                let mut a = inner.fresh();
+                for v in set {
+                    inner.add_value(v.clone(), &mut a);
+                }
+                inner.result(&a)
+            }
+        }
+    }
+}
+
+/// An aggregate's accumulator (part of keyed state: checkpoints write it).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum Acc {
+    /// `COUNT`.
+    Count(i64),
+    /// `SUM` and `AVG`: integer and floating sums and the count of values.
+    Sum {
+        /// Integer sum.
+        int: i64,
+        /// Floating sum.
+        double: f64,
+        /// Values added.
+        n: i64,
+    },
+    /// `MIN` or `MAX` so far.
+    Best(Value),
+    /// The distinct values of a `DISTINCT` aggregate.
+    Distinct(HashSet<Value>),
+}
+
+fn merge(call: &AggCall, a: Acc, b: Acc) -> Acc {
+    match (a, b) {
+        (Acc::Count(x), Acc::Count(y)) => Acc::Count(x + y),
+        (
+            Acc::Sum {
+                int: i1,
+                double: d1,
+                n: n1,
+            },
+            Acc::Sum {
+                int: i2,
+                double: d2,
+                n: n2,
+            },
+        ) => Acc::Sum {
+            int: i1.wrapping_add(i2),
+            double: d1 + d2,
+            n: n1 + n2,
+        },
+        (Acc::Best(x), Acc::Best(y)) => {
+            let mut acc = Acc::Best(x);
+            if !y.is_null() {
+                call.add_value(y, &mut acc);
+            }
+            acc
+        }
+        (Acc::Distinct(mut x), Acc::Distinct(y)) => {
+            x.extend(y);
+            Acc::Distinct(x)
+        }
+        (a, _) => a,
+    }
+}
+
+/// The window aggregate: every call's accumulator per key and window.
+#[derive(Clone)]
+struct SqlAggregate {
+    calls: Arc<Vec<AggCall>>,
+}
+
+impl AggregateFunction for SqlAggregate {
+    type In = Row;
+    type Acc = Vec<Acc>;
+    type Out = Vec<Value>;
+
+    fn create_accumulator(&self) -> Vec<Acc> {
+        self.calls.iter().map(AggCall::fresh).collect()
+    }
+
+    fn add(&self, value: &Row, acc: &mut Vec<Acc>) {
+        for (c, a) in self.calls.iter().zip(acc.iter_mut()) {
+            c.add(value, a);
+        }
+    }
+
+    fn get_result(&self, acc: &Vec<Acc>) -> Vec<Value> {
+        self.calls
+            .iter()
+            .zip(acc)
+            .map(|(c, a)| c.result(a))
+            .collect()
+    }
+
+    fn merge(&self, a: Vec<Acc>, b: Vec<Acc>) -> Vec<Acc> {
+        self.calls
+            .iter()
+            .zip(a.into_iter().zip(b))
+            .map(|(c, (x, y))| merge(c, x, y))
+            .collect()
+    }
+}
+
+/// From a grouped row `[keys, window columns, aggregates]` to the projected values
+/// (`None` when HAVING rejects it).
+type Finish = Arc<dyn Fn(&Row) -> Option<Vec<Value>> + Send + Sync>;
+
+/// The unbounded `GROUP BY`: per key, the accumulators and the last row it emitted.
+#[derive(Clone)]
+struct GroupAggregate {
+    calls: Arc<Vec<AggCall>>,
+    finish: Finish,
+}
+
+/// Per-key state of [`GroupAggregate`].
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct GroupState {
+    accs: Vec<Acc>,
+    last: Option<Vec<Value>>,
+}
+
+impl KeyedProcessFunction for GroupAggregate {
+    type Key = Vec<Value>;
+    type In = Row;
+    type Out = Row;
+    type State = GroupState;
+
+    fn process_element(
+        &mut self,
+        value: Row,
+        state: &mut GroupState,
+        ctx: &mut Context<'_, Vec<Value>, Row>,
+    ) {
+        if state.accs.len() != self.calls.len() {
+            state.accs = self.calls.iter().map(AggCall::fresh).collect();
+        }
+        for (c, a) in self.calls.iter().zip(state.accs.iter_mut()) {
+            c.add(&value, a);
+        }
+        let mut values = ctx.current_key().clone();
+        values.extend(self.calls.iter().zip(&state.accs).map(|(c, a)| c.result(a)));
+        let out = (self.finish)(&Row::insert(values));
+        match (state.last.take(), &out) {
+            (None, Some(o)) => ctx.collect(Row::insert(o.clone())),
+            (Some(l), Some(o)) if l != *o => {
+                ctx.collect(Row {
+                    kind: RowKind::UpdateBefore,
+                    values: l,
+                });
+                ctx.collect(Row {
+                    kind: RowKind::UpdateAfter,
+                    values: o.clone(),
+                });
+            }
+            (Some(l), None) => ctx.collect(Row {
+                kind: RowKind::Delete,
+                values: l,
+            }),
+            _ => {}
+        }
+        state.last = out;
+    }
+}

@@ -1,0 +1,278 @@
+//! `spate sql`: the SQL client. Runs a script (`-f FILE`, or standard input), or an
+//! interactive session on a terminal: DDL and `SET` change the session, `SHOW
+//! TABLES`, `DESCRIBE` and `EXPLAIN` print, and each `SELECT`, `INSERT` or statement
+//! set runs as a job, on an embedded MiniCluster or (with `-m`) on a cluster.
+//!
+//! A job is the `sql` built-in job whose argument is the session's DDL and `SET`s
+//! followed by the statement: what a cluster's TaskManagers declare is what the client
+//! checked.
+
+use crate::config::Config;
+use crate::jobs::JobSpec;
+use crate::minicluster::MiniCluster;
+use crate::sql::parse::{self, Parsed};
+use crate::sql::{self, Outcome, Session, SqlError};
+use anyhow::{Context, Result};
+use sqlparser::ast::Statement;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `spate sql`'s options.
+#[derive(clap::Args, Debug)]
+pub struct SqlArgs {
+    /// Run the statements of this file (stops at the first error).
+    #[arg(short = 'f', long = "file", value_name = "SQL_FILE")]
+    file: Option<PathBuf>,
+    /// Submit jobs to the JobManager's REST API at HOST:PORT (INSERTs detached)
+    /// instead of running them on an embedded MiniCluster.
+    #[arg(short = 'm', long = "jobmanager", value_name = "HOST:PORT")]
+    jobmanager: Option<String>,
+    /// Parallelism of the jobs (below `SET 'parallelism.default'`).
+    #[arg(short = 'p', long)]
+    parallelism: Option<usize>,
+    /// Override a configuration key (repeatable).
+    #[arg(short = 'D', value_name = "KEY=VALUE")]
+    defines: Vec<String>,
+    /// Configuration directory (default: $SPATE_CONF_DIR, else ./conf).
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+}
+
+struct Client {
+    args: SqlArgs,
+    config: Config,
+    session: Session,
+    /// The DDL and `SET` statements that built the session, replayed before each job.
+    history: Vec<String>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// Runs the SQL client; `Ok(false)` when a statement of a script failed.
+pub fn main(args: SqlArgs) -> Result<bool> {
+    let config = Config::load(&Config::dir(args.config_dir.as_deref()), &args.defines)?;
+    spate_dataplane::clock::init();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c2 = cancel.clone();
+    ctrlc::set_handler(move || c2.store(true, Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    let mut client = Client {
+        args,
+        config,
+        session: Session::new(),
+        history: vec![format!("SET '{}' = 'tableau'", sql::RESULT_MODE)],
+        cancel,
+    };
+    client
+        .session
+        .config
+        .insert(sql::RESULT_MODE.into(), "tableau".into());
+    if let Some(path) = client.args.file.clone() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return client.script(&text);
+    }
+    if !std::io::stdin().is_terminal() {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading standard input")?;
+        return client.script(&text);
+    }
+    client.interactive()
+}
+
+fn print_error(e: &SqlError) {
+    println!("[ERROR] Could not execute SQL statement. Reason:\n{e}\n");
+}
+
+impl Client {
+    fn script(&mut self, text: &str) -> Result<bool> {
+        let statements = match parse::script(text) {
+            Ok(s) => s,
+            Err(e) => {
+                print_error(&e);
+                return Ok(false);
+            }
+        };
+        self.run_all(statements)
+    }
+
+    /// Runs parsed statements in order (a statement set's INSERTs as one job); stops
+    /// at the first error.
+    fn run_all(&mut self, statements: Vec<Parsed>) -> Result<bool> {
+        let mut i = 0;
+        while i < statements.len() {
+            let set = statements[i].statement_set;
+            let mut j = i + 1;
+            if set.is_some() {
+                while j < statements.len() && statements[j].statement_set == set {
+                    j += 1;
+                }
+            }
+            let ok = match self.run(&statements[i..j]) {
+                Ok(()) => true,
+                Err(e) => {
+                    print_error(&e);
+                    false
+                }
+            };
+            if !ok {
+                return Ok(false);
+            }
+            i = j;
+        }
+        Ok(true)
+    }
+
+    fn interactive(&mut self) -> Result<bool> {
+        eprintln!("spate SQL client: end statements with ';', quit with QUIT; or Ctrl-D.");
+        let stdin = std::io::stdin();
+        let mut buf = String::new();
+        loop {
+            eprint!("{}", if buf.is_empty() { "spate SQL> " } else { "> " });
+            std::io::stderr().flush().ok();
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line)? == 0 {
+                eprintln!();
+                return Ok(true);
+            }
+            buf.push_str(&line);
+            let t = buf.trim();
+            if t.is_empty() {
+                buf.clear();
+                continue;
+            }
+            if !t.ends_with(';') {
+                continue;
+            }
+            let stmt = std::mem::take(&mut buf);
+            let upper = stmt
+                .trim()
+                .trim_end_matches(';')
+                .trim()
+                .to_ascii_uppercase();
+            if upper == "QUIT" || upper == "EXIT" {
+                return Ok(true);
+            }
+            match parse::script(&stmt) {
+                Ok(s) if s.iter().any(|p| p.statement_set.is_some()) && !upper.ends_with("END") => {
+                    // A statement set goes on until its END.
+                    buf = stmt;
+                }
+                Ok(s) => {
+                    self.cancel.store(false, Ordering::Relaxed);
+                    self.run_all(s)?;
+                }
+                Err(e) if e.message.contains("no END") => buf = stmt,
+                Err(e) => print_error(&e),
+            }
+        }
+    }
+
+    /// Runs one statement, or the INSERTs of one statement set.
+    fn run(&mut self, group: &[Parsed]) -> Result<(), SqlError> {
+        let Some(first) = group.first() else {
+            return Ok(());
+        };
+        // Check it (and learn its shape) on a scratch environment.
+        let scratch = crate::api::StreamExecutionEnvironment::new("check");
+        let mut outcomes = Vec::new();
+        for p in group {
+            outcomes.push(self.session.execute(&scratch, p)?);
+        }
+        match outcomes.remove(0) {
+            Outcome::Done(msg) => {
+                if matches!(
+                    first.statement,
+                    Statement::Set(sqlparser::ast::Set::SingleAssignment { .. })
+                        | Statement::CreateTable(_)
+                        | Statement::CreateView(_)
+                        | Statement::Drop { .. }
+                ) {
+                    self.history.push(first.text.clone());
+                }
+                println!("{msg}\n");
+            }
+            Outcome::Table { header, rows } => println!("{}", sql::format_table(&header, &rows)),
+            Outcome::Explain(text) => println!("{text}"),
+            Outcome::Query(rel) => {
+                let widths = sql::tableau_widths(&rel.schema);
+                let tableau = self
+                    .session
+                    .config
+                    .get(sql::RESULT_MODE)
+                    .map(String::as_str)
+                    == Some("tableau");
+                if tableau && self.args.jobmanager.is_none() {
+                    println!("{}", sql::tableau_header(&rel.schema, &widths));
+                }
+                let rows = self.job(&first.text, None)?;
+                if tableau && self.args.jobmanager.is_none() {
+                    println!("{}", sql::tableau_footer(&widths));
+                    if let Some(n) = rows {
+                        println!(
+                            "Received a total of {n} row{}\n",
+                            if n == 1 { "" } else { "s" }
+                        );
+                    }
+                }
+            }
+            Outcome::Insert { .. } => {
+                let body = if group.len() > 1 || first.statement_set.is_some() {
+                    let inner: Vec<&str> = group.iter().map(|p| p.text.as_str()).collect();
+                    format!("EXECUTE STATEMENT SET BEGIN\n{};\nEND", inner.join(";\n"))
+                } else {
+                    first.text.clone()
+                };
+                println!("[INFO] Submitting SQL update statement to the cluster...");
+                if let Some(n) = self.job(&body, Some(()))? {
+                    println!("[INFO] SQL update statement finished: {n} rows written.\n");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a job of the session's history and `statement`; the rows its sinks took
+    /// when it ran locally.
+    fn job(&mut self, statement: &str, insert: Option<()>) -> Result<Option<u64>, SqlError> {
+        let mut script = self.history.join(";\n");
+        script.push_str(";\n");
+        script.push_str(statement);
+        script.push_str(";\n");
+        let fail = |e: String| SqlError::new(e);
+        let mut spec = JobSpec::new("sql");
+        spec.args = vec![script];
+        spec.parallelism = self.args.parallelism;
+        if let Some(m) = &self.args.jobmanager {
+            spec.config = self.args.defines.clone();
+            if insert.is_none() {
+                println!(
+                    "[INFO] A SELECT on a cluster prints its rows on the TaskManagers' standard output."
+                );
+            }
+            crate::cli_client::run(m, &spec, insert.is_some())
+                .map_err(|e| fail(format!("{e:#}")))?;
+            return Ok(None);
+        }
+        spec.runtime_mode = Some(self.config.runtime_mode);
+        spec.auto_watermark_interval_ns =
+            Some(u64::try_from(self.config.auto_watermark_interval.as_nanos()).unwrap_or(u64::MAX));
+        spec.max_parallelism = self.config.max_parallelism;
+        let graph = spec
+            .job_graph(self.config.default_parallelism, self.config.chaining)
+            .map_err(fail)?;
+        let mut cluster = MiniCluster::start(&self.config).map_err(|e| fail(e.to_string()))?;
+        self.cancel.store(false, Ordering::Relaxed);
+        let result = cluster
+            .execute(&graph, &self.cancel, Duration::from_secs(1), &mut |_| {})
+            .map_err(|e| fail(e.to_string()))?;
+        std::io::stdout().flush().ok();
+        if let crate::minicluster::JobStatus::Failed(why) = &result.status {
+            return Err(fail(format!("the job failed: {why}")));
+        }
+        Ok(Some(result.progress.records))
+    }
+}

@@ -1,0 +1,417 @@
+//! SQL on the MiniCluster: each query class against a reference computation over the
+//! same generated rows, at parallelism 1 and 2; errors name the problem and where.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use spate::api::StreamExecutionEnvironment;
+use spate::config::Config;
+use spate::graph::JobGraph;
+use spate::jobs::JobSpec;
+use spate::minicluster::{JobStatus, MiniCluster};
+use spate::sql::connector::Datagen;
+use spate::sql::types::{Row, RowKind, Value};
+use spate::sql::{parse, Outcome, Session, SqlError};
+use spate_dataplane::idle::IdleStrategyKind;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const ROWS: u64 = 20_000;
+const START_MS: i64 = 1_704_067_200_000; // 2024-01-01 00:00:00
+
+fn config() -> Config {
+    Config {
+        slots: 2,
+        idle: IdleStrategyKind::Backoff,
+        ring_size: 1 << 16,
+        ..Config::default()
+    }
+}
+
+/// `bids`: auction 1..=20, price 1..=1000, a bidder name, and an event time 1 ms per
+/// row, up to 30 ms early (the watermark allows 50 ms).
+fn ddl() -> String {
+    format!(
+        "CREATE TABLE bids (
+           auction BIGINT,
+           price   BIGINT,
+           bidder  STRING,
+           ts      TIMESTAMP(3),
+           WATERMARK FOR ts AS ts - INTERVAL '50' MILLISECOND
+         ) WITH (
+           'connector' = 'datagen',
+           'rows-per-second' = '0',
+           'number-of-rows' = '{ROWS}',
+           'seed' = '7',
+           'fields.auction.min' = '1', 'fields.auction.max' = '20',
+           'fields.price.min' = '1', 'fields.price.max' = '1000',
+           'fields.bidder.length' = '3',
+           'fields.ts.start' = '2024-01-01 00:00:00',
+           'fields.ts.max-past' = '30ms'
+         );"
+    )
+}
+
+/// The rows the `bids` table generates, as a reference computation sees them.
+fn reference_rows(session: &Session) -> Vec<Row> {
+    let gen = Datagen::from_table(&session.catalog.tables["bids"]).unwrap();
+    (0..ROWS).map(|i| gen.row(i, 0)).collect()
+}
+
+/// Runs `query` (after the DDL) at parallelism `p` and returns its rows.
+fn run_query(query: &str, p: usize) -> (Vec<Row>, Session) {
+    let env = StreamExecutionEnvironment::new("sql");
+    env.set_parallelism(p);
+    let mut session = Session::new();
+    let mut rel = None;
+    for s in parse::script(&(ddl() + query)).unwrap() {
+        if let Outcome::Query(r) = session.execute(&env, &s).unwrap() {
+            rel = Some(r);
+        }
+    }
+    let out = Arc::new(Mutex::new(Vec::new()));
+    rel.unwrap().stream.collect(out.clone());
+    let graph = JobGraph::build(env.stream_graph(), None, 1, true).unwrap();
+    let mut mc = MiniCluster::start(&config()).unwrap();
+    let r = mc
+        .execute(
+            &graph,
+            &AtomicBool::new(false),
+            Duration::from_secs(60),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(r.status, JobStatus::Finished);
+    let rows = out.lock().unwrap().clone();
+    (rows, session)
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(i) | Value::Ts(i) => *i,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+fn sorted(mut v: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
+    v.sort_by_key(|r| format!("{r:?}"));
+    v
+}
+
+#[test]
+fn projection_and_filter_equal_the_reference() {
+    for p in [1, 2] {
+        let (rows, session) = run_query(
+            "SELECT auction, price * 2 AS doubled, UPPER(bidder) AS who, \
+                    CASE WHEN price > 900 THEN 'high' ELSE 'low' END AS band \
+             FROM bids WHERE price > 500 AND auction <> 3;",
+            p,
+        );
+        let want: Vec<Vec<Value>> = reference_rows(&session)
+            .into_iter()
+            .filter(|r| int(&r.values[1]) > 500 && int(&r.values[0]) != 3)
+            .map(|r| {
+                let price = int(&r.values[1]);
+                let Value::Str(b) = &r.values[2] else {
+                    panic!()
+                };
+                vec![
+                    r.values[0].clone(),
+                    Value::Int(price * 2),
+                    Value::Str(b.to_uppercase().into()),
+                    Value::Str(if price > 900 { "high" } else { "low" }.into()),
+                ]
+            })
+            .collect();
+        assert!(!want.is_empty());
+        assert!(rows.iter().all(|r| r.kind == RowKind::Insert));
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "parallelism {p}");
+    }
+}
+
+/// Per (window start, auction): count, sum, min, max, avg, distinct bidders, and the
+/// count of prices above 500.
+fn window_reference(session: &Session, size_ms: i64, slide_ms: i64) -> Vec<Vec<Value>> {
+    type Acc = (i64, i64, i64, i64, HashSet<String>, i64);
+    let mut groups: BTreeMap<(i64, i64), Acc> = BTreeMap::new();
+    for r in reference_rows(session) {
+        let (auction, price, ts) = (int(&r.values[0]), int(&r.values[1]), int(&r.values[3]));
+        let Value::Str(bidder) = &r.values[2] else {
+            panic!()
+        };
+        // Every window [s, s + size) with s a multiple of the slide that holds ts.
+        let last = ts - ts.rem_euclid(slide_ms);
+        let mut s = last;
+        while s > ts - size_ms {
+            let e =
+                groups
+                    .entry((s, auction))
+                    .or_insert((0, 0, i64::MAX, i64::MIN, HashSet::new(), 0));
+            e.0 += 1;
+            e.1 += price;
+            e.2 = e.2.min(price);
+            e.3 = e.3.max(price);
+            e.4.insert(bidder.to_string());
+            e.5 += i64::from(price > 500);
+            s -= slide_ms;
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((s, auction), (n, sum, min, max, bidders, high))| {
+            vec![
+                Value::Ts(s),
+                Value::Ts(s + size_ms),
+                Value::Int(auction),
+                Value::Int(n),
+                Value::Int(sum),
+                Value::Int(min),
+                Value::Int(max),
+                Value::Int(sum / n),
+                Value::Int(bidders.len() as i64),
+                Value::Int(high),
+            ]
+        })
+        .collect()
+}
+
+const WINDOW_SELECT: &str = "SELECT window_start, window_end, auction, COUNT(*), SUM(price), \
+     MIN(price), MAX(price), AVG(price), COUNT(DISTINCT bidder), \
+     COUNT(*) FILTER (WHERE price > 500)";
+
+#[test]
+fn tumbling_window_aggregates_equal_the_reference() {
+    for p in [1, 2] {
+        let (rows, session) = run_query(
+            &format!(
+                "{WINDOW_SELECT} FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '1' SECOND)) \
+                 GROUP BY window_start, window_end, auction;"
+            ),
+            p,
+        );
+        let want = window_reference(&session, 1000, 1000);
+        assert!(want.len() > 100, "{}", want.len());
+        // 'fields.ts.start' places the first rows in the first second of 2024.
+        assert_eq!(want.iter().map(|r| int(&r[0])).min(), Some(START_MS - 1000));
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "parallelism {p}");
+    }
+}
+
+#[test]
+fn hopping_window_aggregates_equal_the_reference() {
+    for p in [1, 2] {
+        let (rows, session) = run_query(
+            &format!(
+                "{WINDOW_SELECT} FROM TABLE(HOP(TABLE bids, DESCRIPTOR(ts), INTERVAL '500' MILLISECOND, INTERVAL '2' SECOND)) \
+                 GROUP BY window_start, window_end, auction HAVING COUNT(*) > 10;"
+            ),
+            p,
+        );
+        let want: Vec<Vec<Value>> = window_reference(&session, 2000, 500)
+            .into_iter()
+            // Windows before the first row's time still hold rows: keep all.
+            .filter(|r| int(&r[3]) > 10)
+            .collect();
+        assert!(want.len() > 100, "{}", want.len());
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "parallelism {p}");
+    }
+}
+
+#[test]
+fn unbounded_group_by_emits_a_changelog_that_ends_at_the_reference() {
+    for p in [1, 2] {
+        let (rows, session) = run_query(
+            "SELECT auction, COUNT(*) AS n, SUM(price) AS total FROM bids GROUP BY auction;",
+            p,
+        );
+        // Apply the changelog: each key's -U must retract exactly the row before.
+        let mut table: HashMap<Value, Vec<Value>> = HashMap::new();
+        for r in &rows {
+            let key = r.values[0].clone();
+            match r.kind {
+                RowKind::Insert => assert!(table.insert(key, r.values.clone()).is_none()),
+                RowKind::UpdateBefore => assert_eq!(table.remove(&key).as_ref(), Some(&r.values)),
+                RowKind::UpdateAfter => assert!(table.insert(key, r.values.clone()).is_none()),
+                RowKind::Delete => panic!("no HAVING: nothing is deleted"),
+            }
+        }
+        let mut want: HashMap<Value, (i64, i64)> = HashMap::new();
+        for r in reference_rows(&session) {
+            let e = want.entry(r.values[0].clone()).or_default();
+            e.0 += 1;
+            e.1 += int(&r.values[1]);
+        }
+        assert_eq!(table.len(), want.len(), "parallelism {p}");
+        for (k, (n, total)) in want {
+            assert_eq!(table[&k], vec![k.clone(), Value::Int(n), Value::Int(total)]);
+        }
+        // One +I per key, then a -U/+U pair per further row.
+        assert_eq!(rows.len() as u64, 20 + 2 * (ROWS - 20), "parallelism {p}");
+    }
+}
+
+#[test]
+fn a_script_job_writes_its_statement_set_to_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let script = format!(
+        "{}\nCREATE TABLE cheap (auction BIGINT, price BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv');\n\
+         CREATE TABLE dear (auction BIGINT, bidder STRING) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');\n\
+         EXECUTE STATEMENT SET BEGIN\n\
+           INSERT INTO cheap SELECT auction, price FROM bids WHERE price < 10;\n\
+           INSERT INTO dear SELECT auction, bidder FROM bids WHERE price > 995;\n\
+         END;",
+        ddl(),
+        a.display(),
+        b.display()
+    );
+    let mut spec = JobSpec::new("sql");
+    spec.args = vec![script];
+    spec.parallelism = Some(2);
+    let graph = spec.job_graph(1, true).unwrap();
+    let mut mc = MiniCluster::start(&config()).unwrap();
+    let r = mc
+        .execute(
+            &graph,
+            &AtomicBool::new(false),
+            Duration::from_secs(60),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(r.status, JobStatus::Finished);
+    let read = |d: &std::path::Path| -> Vec<String> {
+        let mut lines = Vec::new();
+        for f in std::fs::read_dir(d).unwrap() {
+            let f = f.unwrap().path();
+            if !f.file_name().unwrap().to_string_lossy().starts_with('.') {
+                lines.extend(
+                    std::fs::read_to_string(f)
+                        .unwrap()
+                        .lines()
+                        .map(String::from),
+                );
+            }
+        }
+        lines.sort();
+        lines
+    };
+    let mut session = Session::new();
+    session
+        .execute(
+            &StreamExecutionEnvironment::new("x"),
+            &parse::script(&ddl()).unwrap()[0],
+        )
+        .unwrap();
+    let rows = reference_rows(&session);
+    let mut want_a: Vec<String> = rows
+        .iter()
+        .filter(|r| int(&r.values[1]) < 10)
+        .map(|r| format!("{},{}", int(&r.values[0]), int(&r.values[1])))
+        .collect();
+    want_a.sort();
+    let mut want_b: Vec<String> = rows
+        .iter()
+        .filter(|r| int(&r.values[1]) > 995)
+        .map(|r| {
+            let Value::Str(s) = &r.values[2] else {
+                panic!()
+            };
+            format!("{{\"auction\":{},\"bidder\":\"{s}\"}}", int(&r.values[0]))
+        })
+        .collect();
+    want_b.sort();
+    assert!(!want_a.is_empty() && !want_b.is_empty());
+    assert_eq!(read(&a), want_a);
+    assert_eq!(read(&b), want_b);
+}
+
+/// The error a statement gives after the DDL (whose 14 lines come first).
+fn error_of(sql: &str) -> SqlError {
+    let env = StreamExecutionEnvironment::new("sql");
+    let mut session = Session::new();
+    let script = ddl() + "\n" + sql;
+    let statements = match parse::script(&script) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    for s in statements {
+        if let Err(e) = session.execute(&env, &s) {
+            return e;
+        }
+    }
+    panic!("no error from {sql}");
+}
+
+#[test]
+fn errors_name_the_problem_and_its_position() {
+    let ddl_lines = ddl().lines().count() as u64;
+    let cases: &[(&str, &str, u64)] = &[
+        ("SELECT price FROM bidz;", "unknown table 'bidz'", 19),
+        ("SELECT pryce FROM bids;", "Column 'pryce' not found", 8),
+        ("SELECT FOO(price) FROM bids;", "FOO", 8),
+        ("SELECT price FROM bids WHERE bidder > 3;", "", 30),
+        ("SELECT price FROM bids WHERE price + 1;", "WHERE must be a BOOLEAN", 30),
+        ("SELECT price FROM bids WHERE price >;", "SQL parse error", 0),
+        (
+            "SELECT b.price FROM bids b JOIN bids c ON b.auction = c.auction;",
+            "unsupported: JOIN",
+            0,
+        ),
+        (
+            "SELECT auction, price FROM bids GROUP BY auction;",
+            "column 'price' is neither grouped nor aggregated",
+            17,
+        ),
+        (
+            "SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(price), INTERVAL '1' SECOND)) GROUP BY window_start, window_end;",
+            "not an event-time attribute",
+            72,
+        ),
+    ];
+    for (sql, want, column) in cases {
+        let e = error_of(sql);
+        assert!(e.message.contains(want), "{sql}: {e}");
+        assert_eq!(e.line, ddl_lines + 1, "{sql}: {e}");
+        if *column > 0 {
+            assert_eq!(e.column, *column, "{sql}: {e}");
+        }
+    }
+    // Bad connector options name the option.
+    for (opts, want) in [
+        (
+            "'connector' = 'datagen', 'rows-per-secnd' = '5'",
+            "unknown option 'rows-per-secnd'",
+        ),
+        (
+            "'connector' = 'datagen', 'fields.nope.min' = '1'",
+            "no column 'nope'",
+        ),
+        (
+            "'connector' = 'datagen', 'number-of-rows' = 'many'",
+            "'number-of-rows' takes an integer",
+        ),
+        ("'connector' = 'kafka'", "unknown connector 'kafka'"),
+        (
+            "'connector' = 'filesystem', 'path' = '/tmp/x'",
+            "needs a 'format'",
+        ),
+    ] {
+        let e = error_of(&format!("CREATE TABLE t (a BIGINT) WITH ({opts});"));
+        assert!(e.message.contains(want), "{opts}: {e}");
+        assert_eq!(e.line, ddl_lines + 1, "{opts}: {e}");
+    }
+    // A sink of another shape.
+    let e = error_of(
+        "CREATE TABLE s (a BIGINT) WITH ('connector' = 'blackhole');\nINSERT INTO s SELECT auction, price FROM bids;",
+    );
+    assert!(e.message.contains("the query has 2 columns"), "{e}");
+    assert_eq!(e.line, ddl_lines + 2, "{e}");
+    // Updates into a file are refused.
+    let e = error_of(
+        "CREATE TABLE s (a BIGINT, n BIGINT) WITH ('connector' = 'filesystem', 'path' = '/tmp/never', 'format' = 'csv');\nINSERT INTO s SELECT auction, COUNT(*) FROM bids GROUP BY auction;",
+    );
+    assert!(e.message.contains("only insertions"), "{e}");
+}
