@@ -77,6 +77,10 @@ struct JobArgs {
         conflicts_with = "job_name"
     )]
     file: Option<PathBuf>,
+    /// With -f: SQL files to run first, in the same session (table and view
+    /// definitions), as the SQL client's -i.
+    #[arg(short = 'i', long = "init", value_name = "SQL_FILE", requires = "file")]
+    init: Vec<PathBuf>,
     /// Built-in job: vwap | bars | wordcount FILE (or -f SQL_FILE).
     #[arg(id = "job_name", value_name = "JOB", required_unless_present = "file")]
     job_name: Option<String>,
@@ -96,10 +100,24 @@ impl JobArgs {
                 if !self.args.is_empty() {
                     anyhow::bail!("-f takes no job arguments (got {:?})", self.args);
                 }
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
+                // Check each file here, so that an error names its file.
+                let env = crate::api::StreamExecutionEnvironment::new("check");
+                let mut session = crate::sql::Session::new();
+                let mut texts = Vec::new();
+                for p in self.init.iter().chain(std::iter::once(path)) {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    let statements = crate::sql::parse::script(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                    for s in &statements {
+                        session
+                            .execute(&env, s)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                    }
+                    texts.push(text);
+                }
                 self.job = "sql".into();
-                self.args = vec![text];
+                self.args = texts;
             }
             None => self.job = self.job_name.clone().unwrap_or_default(),
         }
@@ -641,6 +659,7 @@ fn fatal(why: &str) -> ! {
 
 /// Parses the command line and runs the command; exits the process with its code.
 pub fn main() {
+    crate::sql::nexmark::register_functions();
     let cli = Cli::parse();
     // Daemons log their lifecycle; a client run logs only what went wrong.
     let default_level = match cli.cmd {

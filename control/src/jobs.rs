@@ -652,11 +652,12 @@ impl JobSpec {
                 wordcount(env, &path, None);
             }
             "sql" => {
-                let [script] = self.args.as_slice() else {
-                    return Err("the sql job takes one argument: the SQL script".into());
-                };
+                if self.args.is_empty() {
+                    return Err("the sql job takes its SQL scripts as arguments".into());
+                }
+                let scripts: Vec<&str> = self.args.iter().map(String::as_str).collect();
                 crate::sql::Session::new()
-                    .declare_script(env, script)
+                    .declare_scripts(env, &scripts)
                     .map_err(|e| e.to_string())?;
             }
             other => match registered(other) {

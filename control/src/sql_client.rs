@@ -26,6 +26,9 @@ pub struct SqlArgs {
     /// Run the statements of this file (stops at the first error).
     #[arg(short = 'f', long = "file", value_name = "SQL_FILE")]
     file: Option<PathBuf>,
+    /// Run these SQL files first (table and view definitions), then the session.
+    #[arg(short = 'i', long = "init", value_name = "SQL_FILE")]
+    init: Vec<PathBuf>,
     /// Submit jobs to the JobManager's REST API at HOST:PORT (INSERTs detached)
     /// instead of running them on an embedded MiniCluster.
     #[arg(short = 'm', long = "jobmanager", value_name = "HOST:PORT")]
@@ -69,6 +72,13 @@ pub fn main(args: SqlArgs) -> Result<bool> {
         .session
         .config
         .insert(sql::RESULT_MODE.into(), "tableau".into());
+    for path in client.args.init.clone() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if !client.script(&text)? {
+            return Ok(false);
+        }
+    }
     if let Some(path) = client.args.file.clone() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;

@@ -60,11 +60,16 @@ fn reference_rows(session: &Session) -> Vec<Row> {
 
 /// Runs `query` (after the DDL) at parallelism `p` and returns its rows.
 fn run_query(query: &str, p: usize) -> (Vec<Row>, Session) {
+    run_with(&ddl(), query, p)
+}
+
+/// Runs `query` after `ddl` at parallelism `p` and returns its rows.
+fn run_with(ddl: &str, query: &str, p: usize) -> (Vec<Row>, Session) {
     let env = StreamExecutionEnvironment::new("sql");
     env.set_parallelism(p);
     let mut session = Session::new();
     let mut rel = None;
-    for s in parse::script(&(ddl() + query)).unwrap() {
+    for s in parse::script(&format!("{ddl}\n{query}")).unwrap() {
         if let Outcome::Query(r) = session.execute(&env, &s).unwrap() {
             rel = Some(r);
         }
@@ -414,4 +419,311 @@ fn errors_name_the_problem_and_its_position() {
         "CREATE TABLE s (a BIGINT, n BIGINT) WITH ('connector' = 'filesystem', 'path' = '/tmp/never', 'format' = 'csv');\nINSERT INTO s SELECT auction, COUNT(*) FROM bids GROUP BY auction;",
     );
     assert!(e.message.contains("only insertions"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------
+// Nexmark: the suite's query files against reference computations over the same events.
+
+const NEXMARK_EVENTS: u64 = 30_000;
+
+/// The suite's DDL, with fewer events, 1000 per second of event time from 23:59:50 (so
+/// that the days of queries 15–17 change midway), and a fixed base time.
+fn nexmark_ddl() -> String {
+    let ddl = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../nexmark/ddl.sql"))
+        .unwrap();
+    let ddl = ddl
+        .replace(
+            "'events.num' = '10000000'",
+            &format!("'events.num' = '{NEXMARK_EVENTS}'"),
+        )
+        .replace(
+            "'next-event.rate' = '10000000'",
+            "'next-event.rate' = '1000'",
+        )
+        .replace(
+            "'bid.proportion' = '46'",
+            "'bid.proportion' = '46', 'base-time' = '2024-01-01 23:59:50'",
+        );
+    assert!(ddl.contains("'base-time'") && ddl.contains(&NEXMARK_EVENTS.to_string()));
+    ddl
+}
+
+/// A query file's SELECT (its INSERT INTO discard_sink, without the INSERT).
+fn nexmark_select(q: &str) -> String {
+    let text =
+        std::fs::read_to_string(format!("{}/../nexmark/{q}.sql", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    let at = text.find("INSERT INTO discard_sink").unwrap();
+    text[at + "INSERT INTO discard_sink".len()..].to_string()
+}
+
+/// The bids, as the `bid` view has them: auction, bidder, price, channel, url,
+/// dateTime, extra.
+fn nexmark_bids(session: &Session) -> Vec<Vec<Value>> {
+    let gen = spate::sql::nexmark::Nexmark::from_table(&session.catalog.tables["nexmark"]).unwrap();
+    let table = &session.catalog.tables["nexmark"];
+    let col = |n: &str| table.physical.iter().position(|c| c.name == n).unwrap();
+    let cols = [
+        "bid.auction",
+        "bid.bidder",
+        "bid.price",
+        "bid.channel",
+        "bid.url",
+        "bid.dateTime",
+        "bid.extra",
+    ]
+    .map(col);
+    (0..NEXMARK_EVENTS)
+        .filter(|n| gen.kind(*n) == 2)
+        .map(|n| {
+            let r = gen.row(n, 0);
+            cols.iter().map(|&i| r.values[i].clone()).collect()
+        })
+        .collect()
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.to_string(),
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+/// Applies a changelog; the final table, keyed by the first `key` columns.
+fn apply(rows: &[Row], key: usize) -> HashMap<Vec<Value>, Vec<Value>> {
+    let mut table = HashMap::new();
+    for r in rows {
+        let k = r.values[..key].to_vec();
+        match r.kind {
+            RowKind::Insert | RowKind::UpdateAfter => {
+                assert!(table.insert(k, r.values.clone()).is_none(), "{r:?}")
+            }
+            RowKind::UpdateBefore | RowKind::Delete => {
+                assert_eq!(table.remove(&k).as_ref(), Some(&r.values))
+            }
+        }
+    }
+    table
+}
+
+#[test]
+fn nexmark_stateless_queries_equal_the_reference() {
+    spate::sql::nexmark::register_functions();
+    for p in [1, 2] {
+        let ddl = nexmark_ddl();
+        // q0: every bid, as it is.
+        let (rows, session) = run_with(&ddl, &nexmark_select("q0"), p);
+        let bids = nexmark_bids(&session);
+        assert_eq!(bids.len() as u64, NEXMARK_EVENTS / 50 * 46);
+        let want: Vec<Vec<Value>> = bids
+            .iter()
+            .map(|b| {
+                vec![
+                    b[0].clone(),
+                    b[1].clone(),
+                    b[2].clone(),
+                    b[5].clone(),
+                    b[6].clone(),
+                ]
+            })
+            .collect();
+        let got = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "q0 p={p}");
+        // q1: prices in euros.
+        let (rows, _) = run_with(&ddl, &nexmark_select("q1"), p);
+        let want: Vec<Vec<Value>> = bids
+            .iter()
+            .map(|b| {
+                let euros = 0.908 * int(&b[2]) as f64;
+                vec![
+                    b[0].clone(),
+                    b[1].clone(),
+                    Value::Double(euros),
+                    b[5].clone(),
+                    b[6].clone(),
+                ]
+            })
+            .collect();
+        let got = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "q1 p={p}");
+        // q2: the bids on auctions whose id is a multiple of 123.
+        let (rows, _) = run_with(&ddl, &nexmark_select("q2"), p);
+        let want: Vec<Vec<Value>> = bids
+            .iter()
+            .filter(|b| int(&b[0]) % 123 == 0)
+            .map(|b| vec![b[0].clone(), b[2].clone()])
+            .collect();
+        assert!(!want.is_empty());
+        let got = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "q2 p={p}");
+        // q14: a price band, the time of day, and the user function.
+        let (rows, _) = run_with(&ddl, &nexmark_select("q14"), p);
+        let want: Vec<Vec<Value>> = bids
+            .iter()
+            .filter(|b| {
+                let e = 0.908 * int(&b[2]) as f64;
+                e > 1_000_000.0 && e < 50_000_000.0
+            })
+            .map(|b| {
+                let hour = int(&b[5]).div_euclid(3_600_000).rem_euclid(24);
+                let band = if (8..=18).contains(&hour) {
+                    "dayTime"
+                } else if hour <= 6 || hour >= 20 {
+                    "nightTime"
+                } else {
+                    "otherTime"
+                };
+                let extra = text_of(&b[6]);
+                vec![
+                    b[0].clone(),
+                    b[1].clone(),
+                    Value::Double(0.908 * int(&b[2]) as f64),
+                    Value::Str(band.into()),
+                    b[5].clone(),
+                    b[6].clone(),
+                    Value::Int(extra.matches('c').count() as i64),
+                ]
+            })
+            .collect();
+        assert!(!want.is_empty());
+        let got = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "q14 p={p}");
+        // q21: the channel id from the name, else from the URL.
+        let (rows, _) = run_with(&ddl, &nexmark_select("q21"), p);
+        let want: Vec<Vec<Value>> = bids
+            .iter()
+            .filter_map(|b| {
+                let channel = text_of(&b[3]);
+                let url = text_of(&b[4]);
+                let from_url = url
+                    .split(['&', '?'])
+                    .find_map(|kv| kv.strip_prefix("channel_id="))
+                    .map(String::from);
+                let id = match channel.to_lowercase().as_str() {
+                    "apple" => Some("0".to_string()),
+                    "google" => Some("1".to_string()),
+                    "facebook" => Some("2".to_string()),
+                    "baidu" => Some("3".to_string()),
+                    _ => from_url,
+                }?;
+                Some(vec![
+                    b[0].clone(),
+                    b[1].clone(),
+                    b[2].clone(),
+                    b[3].clone(),
+                    Value::Str(id.into()),
+                ])
+            })
+            .collect();
+        assert!(want.len() > bids.len() / 2);
+        let got = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "q21 p={p}");
+        // q22: URL directories.
+        let (rows, _) = run_with(&ddl, &nexmark_select("q22"), p);
+        let want: Vec<Vec<Value>> = bids
+            .iter()
+            .map(|b| {
+                let url = text_of(&b[4]);
+                let parts: Vec<&str> = url.split('/').collect();
+                let dir = |i: usize| {
+                    parts
+                        .get(i)
+                        .map_or(Value::Null, |s| Value::Str((*s).into()))
+                };
+                vec![
+                    b[0].clone(),
+                    b[1].clone(),
+                    b[2].clone(),
+                    b[3].clone(),
+                    dir(3),
+                    dir(4),
+                    dir(5),
+                ]
+            })
+            .collect();
+        let got = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "q22 p={p}");
+    }
+}
+
+#[test]
+fn nexmark_aggregating_queries_end_at_the_reference() {
+    for p in [1, 2] {
+        let ddl = nexmark_ddl();
+        let (rows, session) = run_with(&ddl, &nexmark_select("q17"), p);
+        let bids = nexmark_bids(&session);
+        let day = |b: &[Value]| {
+            let ms = int(&b[5]);
+            if ms < 1_704_153_600_000 {
+                "2024-01-01"
+            } else {
+                "2024-01-02"
+            }
+        };
+        // q17: per auction and day.
+        type Stats = (i64, i64, i64, i64, i64, i64, i64);
+        let mut want: HashMap<(i64, &str), Stats> = HashMap::new();
+        for b in &bids {
+            let price = int(&b[2]);
+            let e = want
+                .entry((int(&b[0]), day(b)))
+                .or_insert((0, 0, 0, 0, i64::MAX, i64::MIN, 0));
+            e.0 += 1;
+            e.1 += i64::from(price < 10_000);
+            e.2 += i64::from((10_000..1_000_000).contains(&price));
+            e.3 += i64::from(price >= 1_000_000);
+            e.4 = e.4.min(price);
+            e.5 = e.5.max(price);
+            e.6 += price;
+        }
+        let got = apply(&rows, 2);
+        assert_eq!(got.len(), want.len(), "q17 p={p}");
+        assert!(
+            want.keys().any(|k| k.1 == "2024-01-02"),
+            "the day changes midway"
+        );
+        for ((auction, d), (n, r1, r2, r3, min, max, sum)) in want {
+            let k = vec![Value::Int(auction), Value::Str(d.into())];
+            let expect: Vec<Value> = [auction, 0, n, r1, r2, r3, min, max, sum / n, sum]
+                .iter()
+                .map(|v| Value::Int(*v))
+                .collect();
+            let mut expect = expect;
+            expect[1] = Value::Str(d.into());
+            assert_eq!(got[&k], expect, "q17 p={p}");
+        }
+        // q15: per day, distinct bidders and auctions at each price level.
+        let (rows, _) = run_with(&ddl, &nexmark_select("q15"), p);
+        let got = apply(&rows, 1);
+        assert_eq!(got.len(), 2, "q15 p={p}");
+        for d in ["2024-01-01", "2024-01-02"] {
+            let of_day: Vec<&Vec<Value>> = bids.iter().filter(|b| day(b) == d).collect();
+            let level = |b: &Vec<Value>, l: usize| {
+                let p = int(&b[2]);
+                match l {
+                    0 => true,
+                    1 => p < 10_000,
+                    2 => (10_000..1_000_000).contains(&p),
+                    _ => p >= 1_000_000,
+                }
+            };
+            let mut expect = vec![Value::Str(d.into())];
+            for l in 0..4 {
+                expect.push(Value::Int(
+                    of_day.iter().filter(|b| level(b, l)).count() as i64
+                ));
+            }
+            for col in [1, 0] {
+                for l in 0..4 {
+                    let distinct: HashSet<i64> = of_day
+                        .iter()
+                        .filter(|b| level(b, l))
+                        .map(|b| int(&b[col]))
+                        .collect();
+                    expect.push(Value::Int(distinct.len() as i64));
+                }
+            }
+            assert_eq!(got[&vec![Value::Str(d.into())]], expect, "q15 p={p}");
+        }
+    }
 }

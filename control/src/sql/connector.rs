@@ -14,7 +14,7 @@ use spate_dataplane::slot::TaskError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-const CONNECTORS: &str = "datagen, print, blackhole, filesystem";
+const CONNECTORS: &str = "datagen, nexmark, print, blackhole, filesystem";
 
 fn connector(def: &TableDef) -> Result<&str, SqlError> {
     def.options
@@ -28,7 +28,7 @@ fn connector(def: &TableDef) -> Result<&str, SqlError> {
         })
 }
 
-fn unknown_option(def: &TableDef, key: &str, takes: &str) -> SqlError {
+pub(crate) fn unknown_option(def: &TableDef, key: &str, takes: &str) -> SqlError {
     SqlError::new(format!(
         "table '{}': unknown option '{key}' for connector '{}' (it takes {takes})",
         def.name,
@@ -40,6 +40,7 @@ fn unknown_option(def: &TableDef, key: &str, takes: &str) -> SqlError {
 pub fn validate(def: &TableDef) -> Result<(), SqlError> {
     match connector(def)? {
         "datagen" => Datagen::from_table(def).map(|_| ()),
+        "nexmark" => super::nexmark::Nexmark::from_table(def).map(|_| ()),
         "print" | "blackhole" => {
             for k in def.options.keys() {
                 if k != "connector" {
@@ -70,6 +71,18 @@ pub fn source(
             let g = gen.clone();
             let make = move |info: SubtaskInfo| Ok(DatagenSource::new(g.clone(), info));
             Ok(if bounded {
+                env.add_bounded_source(&name, false, make)
+            } else {
+                env.add_source(&name, false, make)
+            })
+        }
+        "nexmark" => {
+            let gen = Arc::new(super::nexmark::Nexmark::from_table(def)?);
+            let name = format!("Source: {}", def.name);
+            let g = gen.clone();
+            let make =
+                move |info: SubtaskInfo| Ok(super::nexmark::NexmarkSource::new(g.clone(), info));
+            Ok(if gen.events.is_some() {
                 env.add_bounded_source(&name, false, make)
             } else {
                 env.add_source(&name, false, make)

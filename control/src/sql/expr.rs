@@ -204,8 +204,11 @@ pub fn compile(e: &Expr, scope: &Scope<'_>) -> Result<Compiled, SqlError> {
             let Some(last) = parts.last() else {
                 return Err(err_at(e, "an empty name"));
             };
+            // A ROW's field (`bid.price`, a flattened column), else a qualified column.
+            let full: Vec<&str> = parts.iter().map(|p| p.value.as_str()).collect();
             let i = scope
-                .lookup(&last.value)
+                .lookup(&full.join("."))
+                .or_else(|| scope.lookup(&last.value))
                 .ok_or_else(|| unknown_column(e, &e.to_string(), scope))?;
             Ok(column_ref(i, scope.columns[i].ty))
         }
@@ -1297,10 +1300,102 @@ fn function(
                 }),
             })
         }
-        _ => Err(err_at(
-            &f.name,
-            format!("No match found for function signature {name}(...): the function is unknown"),
-        )),
+        "REGEXP_EXTRACT" | "REGEXP" => {
+            if name == "REGEXP" {
+                arity(2..=2)?;
+            } else {
+                arity(2..=3)?;
+            }
+            expect_string(&args[0].0, args[0].1)?;
+            let Some(pattern) = super::string_literal(args[1].1) else {
+                return Err(err_at(
+                    args[1].1,
+                    format!("{name} takes its pattern as a string literal"),
+                ));
+            };
+            let re = regex::Regex::new(&pattern)
+                .map_err(|e| err_at(args[1].1, format!("a bad regular expression: {e}")))?;
+            let s = args[0].0.eval.clone();
+            if name == "REGEXP" {
+                return Ok(Compiled {
+                    ty: DataType::Boolean,
+                    eval: Arc::new(move |r| match s(r) {
+                        Value::Str(x) => Value::Bool(re.is_match(&x)),
+                        _ => Value::Null,
+                    }),
+                });
+            }
+            let group = match args.get(2) {
+                Some((c, at)) => expect_int(c.clone(), at)?,
+                None => Arc::new(|_: &Row| Value::Int(0)),
+            };
+            Ok(Compiled {
+                ty: DataType::String,
+                eval: Arc::new(move |r| {
+                    let (Value::Str(x), Some(g)) = (s(r), group(r).as_i64()) else {
+                        return Value::Null;
+                    };
+                    let Ok(g) = usize::try_from(g) else {
+                        return Value::Null;
+                    };
+                    re.captures(&x)
+                        .and_then(|c| c.get(g))
+                        .map_or(Value::Null, |m| Value::Str(m.as_str().into()))
+                }),
+            })
+        }
+        "HOUR" | "MINUTE" | "SECOND" => {
+            arity(1..=1)?;
+            if !args[0].0.ty.is_timestamp() {
+                return Err(err_at(args[0].1, format!("{name} takes a timestamp")));
+            }
+            let (t, unit, modulo) = match name.as_str() {
+                "HOUR" => (args[0].0.eval.clone(), 3_600_000, 24),
+                "MINUTE" => (args[0].0.eval.clone(), 60_000, 60),
+                _ => (args[0].0.eval.clone(), 1000, 60),
+            };
+            Ok(Compiled {
+                ty: DataType::BigInt,
+                eval: Arc::new(move |r| match t(r) {
+                    Value::Ts(ms) => Value::Int(ms.div_euclid(unit).rem_euclid(modulo)),
+                    _ => Value::Null,
+                }),
+            })
+        }
+        _ => match super::functions::lookup(&name) {
+            Some(udf) => {
+                if let Some(n) = udf.arity {
+                    arity(n..=n)?;
+                }
+                if args.len() > super::functions::MAX_ARGS {
+                    return Err(err_at(
+                        e,
+                        format!(
+                            "{name} takes at most {} arguments",
+                            super::functions::MAX_ARGS
+                        ),
+                    ));
+                }
+                let evals: Vec<Eval> = args.iter().map(|(c, _)| c.eval.clone()).collect();
+                let call = udf.call.clone();
+                Ok(Compiled {
+                    ty: udf.returns,
+                    eval: Arc::new(move |r| {
+                        let mut vals: [Value; super::functions::MAX_ARGS] = Default::default();
+                        for (v, a) in vals.iter_mut().zip(&evals) {
+                            *v = a(r);
+                        }
+                        call(&vals[..evals.len()])
+                    }),
+                })
+            }
+            None => Err(err_at(
+                &f.name,
+                format!(
+                    "No match found for function signature {name}(...): the function is unknown"
+                ),
+            )),
+        },
     }
 }
 

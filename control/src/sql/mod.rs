@@ -23,6 +23,8 @@
 
 pub mod connector;
 pub mod expr;
+pub mod functions;
+pub mod nexmark;
 pub mod parse;
 pub mod plan;
 pub mod types;
@@ -209,8 +211,25 @@ impl Session {
         env: &StreamExecutionEnvironment,
         script: &str,
     ) -> Result<(), SqlError> {
+        self.declare_scripts(env, &[script])
+    }
+
+    /// [`Self::declare_script`] over several scripts in order (initialization scripts
+    /// first, as `spate run -i init.sql -f query.sql` gives them), in one session and
+    /// one job.
+    pub fn declare_scripts(
+        &mut self,
+        env: &StreamExecutionEnvironment,
+        scripts: &[&str],
+    ) -> Result<(), SqlError> {
         let mut queries = 0;
-        for p in parse::script(script)? {
+        for p in scripts
+            .iter()
+            .map(|s| parse::script(s))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+        {
             match self.execute(env, &p)? {
                 Outcome::Query(rel) => {
                     let mode = self.config.get(RESULT_MODE).map(String::as_str);
@@ -233,7 +252,7 @@ impl Session {
         }
         if queries == 0 {
             return Err(SqlError::new(
-                "the script has no INSERT or SELECT statement: nothing to run",
+                "the SQL has no INSERT or SELECT statement: nothing to run",
             ));
         }
         Ok(())
@@ -283,6 +302,7 @@ impl Session {
         p: &Parsed,
     ) -> Result<Outcome, SqlError> {
         let at = |msg: String| SqlError::at(msg, p.line, 1);
+        let at_stmt = |msg: String| SqlError::at(msg, p.line, 1);
         match &p.statement {
             Statement::Set(set) => {
                 use sqlparser::ast::Set;
@@ -330,24 +350,48 @@ impl Session {
                         "CREATE TABLE ... AS SELECT is not supported: create the table, then INSERT INTO it",
                     ));
                 }
-                let mut physical = Vec::new();
-                for c in &ct.columns {
-                    let ty = expr::data_type(&c.data_type).ok_or_else(|| {
-                        expr::err_ident(
-                            &c.name,
-                            format!(
-                                "column '{}': the type {} is not supported (BOOLEAN, TINYINT, SMALLINT, INT, BIGINT, FLOAT, DOUBLE, DECIMAL, STRING/VARCHAR, TIMESTAMP(3), TIMESTAMP_LTZ(3))",
-                                c.name.value, c.data_type
-                            ),
-                        )
-                    })?;
-                    if physical.iter().any(|x: &Column| x.name == c.name.value) {
-                        return Err(expr::err_ident(
-                            &c.name,
-                            format!("the column '{}' is declared twice", c.name.value),
+                // The columns in declaration order: sqlparser's, ROW columns flattened
+                // into `row.field` columns, and computed columns' final positions.
+                let unsupported = |name: &str, t: &sqlparser::ast::DataType| {
+                    format!(
+                        "column '{name}': the type {t} is not supported (BOOLEAN, TINYINT, SMALLINT, INT, BIGINT, FLOAT, DOUBLE, DECIMAL, STRING/VARCHAR, TIMESTAMP(3), TIMESTAMP_LTZ(3), ROW<...> of those)"
+                    )
+                };
+                let mut extras = p.extras.clone();
+                let computed_at: Vec<usize> = extras.computed.iter().map(|c| c.0).collect();
+                let elements = ct.columns.len() + computed_at.len() + extras.rows.len();
+                let mut sql_columns = ct.columns.iter();
+                let mut physical: Vec<Column> = Vec::new();
+                let mut next = 0usize;
+                for k in 0..elements {
+                    if let Some(i) = computed_at.iter().position(|&c| c == k) {
+                        extras.computed[i].0 = next;
+                        next += 1;
+                    } else if let Some((_, name, fields)) =
+                        p.extras.rows.iter().find(|(r, _, _)| *r == k)
+                    {
+                        for (f, t) in fields {
+                            let full = format!("{name}.{f}");
+                            let ty =
+                                expr::data_type(t).ok_or_else(|| at_stmt(unsupported(&full, t)))?;
+                            physical.push(Column::new(full, ty));
+                            next += 1;
+                        }
+                    } else if let Some(c) = sql_columns.next() {
+                        let ty = expr::data_type(&c.data_type).ok_or_else(|| {
+                            expr::err_ident(&c.name, unsupported(&c.name.value, &c.data_type))
+                        })?;
+                        physical.push(Column::new(c.name.value.clone(), ty));
+                        next += 1;
+                    }
+                }
+                for (i, c) in physical.iter().enumerate() {
+                    if physical[..i].iter().any(|x| x.name == c.name) {
+                        return Err(expr::err_at(
+                            &ct.name,
+                            format!("the column '{}' is declared twice", c.name),
                         ));
                     }
-                    physical.push(Column::new(c.name.value.clone(), ty));
                 }
                 let mut options = BTreeMap::new();
                 if let CreateTableOptions::With(opts) = &ct.table_options {
@@ -366,7 +410,7 @@ impl Session {
                 let def = TableDef {
                     name: name.clone(),
                     physical,
-                    extras: p.extras.clone(),
+                    extras,
                     options,
                     temporary: ct.temporary,
                 };

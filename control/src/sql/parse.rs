@@ -34,6 +34,9 @@ pub struct Parsed {
     pub line: u64,
 }
 
+/// A `ROW` column's fields: names and types.
+pub type RowFields = Vec<(String, sqlparser::ast::DataType)>;
+
 /// Flink's parts of a `CREATE TABLE` column list.
 #[derive(Debug, Default, Clone)]
 pub struct TableExtras {
@@ -41,6 +44,9 @@ pub struct TableExtras {
     pub computed: Vec<(usize, String, Expr)>,
     /// `WATERMARK FOR column AS expression`.
     pub watermark: Option<(String, Expr)>,
+    /// `ROW<field TYPE, ...>` columns: (position among the columns, name, fields). A
+    /// table holds them flattened, as columns named `name.field`.
+    pub rows: Vec<(usize, String, RowFields)>,
 }
 
 impl From<ParserError> for SqlError {
@@ -233,6 +239,71 @@ pub fn script(sql: &str) -> Result<Vec<Parsed>, SqlError> {
     Ok(out)
 }
 
+/// The fields of `ROW<name TYPE, ...>` or `ROW(name TYPE, ...)` (from the `<` or `(`).
+fn row_fields(el: &[TokenWithSpan], text: &Text) -> Result<RowFields, SqlError> {
+    let angle = el[0].token == Token::Lt;
+    let mut fields = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 1;
+    let mut end = None;
+    for (k, t) in el.iter().enumerate().skip(1) {
+        let closes = match t.token {
+            Token::Gt if angle && depth == 0 => true,
+            Token::RParen if !angle && depth == 0 => true,
+            Token::ShiftRight if angle => {
+                return Err(pos(t, "unsupported: a ROW inside a ROW"));
+            }
+            Token::Lt if angle => return Err(pos(t, "unsupported: a ROW inside a ROW")),
+            Token::LParen => {
+                depth += 1;
+                false
+            }
+            Token::RParen => {
+                depth -= 1;
+                false
+            }
+            _ => false,
+        };
+        if closes || (t.token == Token::Comma && depth == 0) {
+            let f = &el[start..k];
+            let (
+                Some(TokenWithSpan {
+                    token: Token::Word(n),
+                    ..
+                }),
+                Some(ty_first),
+            ) = (f.first(), f.get(1))
+            else {
+                return Err(pos(t, "expected a ROW field: name TYPE"));
+            };
+            let keep = (text.start(ty_first), text.end(&f[f.len() - 1]));
+            let dialect = GenericDialect {};
+            let mut p = Parser::new(&dialect).try_with_sql(&text.masked(keep, &[]))?;
+            let ty = p
+                .parse_data_type()
+                .map_err(|e| at_end_if_unplaced(e.into(), &f[f.len() - 1]))?;
+            let next = p.peek_token();
+            if next.token != Token::EOF {
+                return Err(pos(
+                    &next,
+                    format!("unexpected {} in a ROW field's type", next.token),
+                ));
+            }
+            fields.push((n.value.clone(), ty));
+            start = k + 1;
+        }
+        if closes {
+            end = Some(k);
+            break;
+        }
+    }
+    match end {
+        Some(k) if k + 1 == el.len() => Ok(fields),
+        Some(k) => Err(pos(&el[k + 1], "unexpected text after a ROW type")),
+        None => Err(pos(&el[0], "a ROW type that does not close")),
+    }
+}
+
 /// An error sqlparser gave no position (it ran out of input) is placed at the end of
 /// the last token.
 fn at_end_if_unplaced(e: SqlError, last: &TokenWithSpan) -> SqlError {
@@ -283,10 +354,16 @@ fn rewrite(
     // The elements: token ranges between depth-1 commas.
     let mut elements: Vec<(usize, usize)> = Vec::new();
     let mut depth = 0;
+    // Inside `ROW<...>`: its commas separate fields, not columns.
+    let mut angle = 0i32;
     let mut start = open + 1;
     let mut close = None;
     for (k, t) in seg.iter().enumerate().skip(open) {
         match t.token {
+            Token::Lt if angle > 0 || (k > 0 && is_word(&seg[k - 1].token, "ROW")) => angle += 1,
+            Token::Gt if angle > 0 => angle -= 1,
+            Token::ShiftRight if angle > 0 => angle -= 2,
+            _ if angle > 0 => {}
             Token::LParen => depth += 1,
             Token::RParen => {
                 depth -= 1;
@@ -367,6 +444,18 @@ fn rewrite(
                 .push((column_index, name.value.clone(), expr_of(2)?));
             cut.push(e);
             column_index += 1;
+        } else if el.len() > 2
+            && matches!(&el[0].token, Token::Word(_))
+            && is_word(&el[1].token, "ROW")
+            && matches!(el[2].token, Token::Lt | Token::LParen)
+        {
+            let Token::Word(name) = &el[0].token else {
+                continue;
+            };
+            let fields = row_fields(&el[2..], text)?;
+            extras.rows.push((column_index, name.value.clone(), fields));
+            cut.push(e);
+            column_index += 1;
         } else if !(is_word(&el[0].token, "PRIMARY") || is_word(&el[0].token, "CONSTRAINT")) {
             column_index += 1;
         }
@@ -425,6 +514,29 @@ mod tests {
         };
         assert_eq!(ct.columns.len(), 1);
         assert_eq!(s[0].extras.computed[0].0, 0);
+    }
+
+    #[test]
+    fn row_columns_are_cut_out_with_their_fields() {
+        let sql = "CREATE TABLE n (\n event_type INT,\n bid ROW<auction BIGINT, url VARCHAR, dateTime TIMESTAMP(3)>,\n p ROW(id BIGINT),\n dateTime AS bid.dateTime\n) WITH ()";
+        let s = script(sql).unwrap();
+        let Statement::CreateTable(ct) = &s[0].statement else {
+            panic!()
+        };
+        assert_eq!(ct.columns.len(), 1);
+        let rows = &s[0].extras.rows;
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].0, rows[0].1.as_str()), (1, "bid"));
+        let names: Vec<_> = rows[0].2.iter().map(|(n, t)| format!("{n} {t}")).collect();
+        assert_eq!(
+            names,
+            ["auction BIGINT", "url VARCHAR", "dateTime TIMESTAMP(3)"]
+        );
+        assert_eq!((rows[1].0, rows[1].2.len()), (2, 1));
+        assert_eq!(s[0].extras.computed[0].0, 3);
+        let e = script("CREATE TABLE n (r ROW<a ROW<b INT>>) WITH ()").unwrap_err();
+        assert!(e.message.contains("ROW inside a ROW"), "{e}");
+        assert!(script("CREATE TABLE n (r ROW<a>) WITH ()").is_err());
     }
 
     #[test]

@@ -1352,9 +1352,22 @@ impl AggCall {
         })
     }
 
+    /// The same call without DISTINCT and FILTER (what a DISTINCT call feeds its new
+    /// values to).
+    fn plain(&self) -> AggCall {
+        AggCall {
+            distinct: false,
+            filter: None,
+            ..self.clone()
+        }
+    }
+
     fn fresh(&self) -> Acc {
         if self.distinct {
-            return Acc::Distinct(HashSet::new());
+            return Acc::Distinct {
+                seen: HashSet::new(),
+                inner: Box::new(self.plain().fresh()),
+            };
         }
         match self.kind {
             AggKind::Count => Acc::Count(0),
@@ -1408,8 +1421,11 @@ impl AggCall {
                     *b = v;
                 }
             }
-            Acc::Distinct(set) => {
-                set.insert(v);
+            Acc::Distinct { seen, inner } => {
+                if !seen.contains(&v) {
+                    seen.insert(v.clone());
+                    self.plain().add_value(v, inner);
+                }
             }
         }
     }
@@ -1430,18 +1446,7 @@ impl AggCall {
                 }
             }
             Acc::Best(b) => b.clone(),
-            Acc::Distinct(set) => {
-                let inner = AggCall {
-                    distinct: false,
-                    filter: None,
-                    ..self.clone()
-                };
-                let mut a = inner.fresh();
-                for v in set {
-                    inner.add_value(v.clone(), &mut a);
-                }
-                inner.result(&a)
-            }
+            Acc::Distinct { inner, .. } => self.plain().result(inner),
         }
     }
 }
@@ -1462,8 +1467,13 @@ pub enum Acc {
     },
     /// `MIN` or `MAX` so far.
     Best(Value),
-    /// The distinct values of a `DISTINCT` aggregate.
-    Distinct(HashSet<Value>),
+    /// A `DISTINCT` aggregate: the values seen, and the aggregate of each once.
+    Distinct {
+        /// The distinct values.
+        seen: HashSet<Value>,
+        /// The plain aggregate over them.
+        inner: Box<Acc>,
+    },
 }
 
 fn merge(call: &AggCall, a: Acc, b: Acc) -> Acc {
@@ -1492,9 +1502,17 @@ fn merge(call: &AggCall, a: Acc, b: Acc) -> Acc {
             }
             acc
         }
-        (Acc::Distinct(mut x), Acc::Distinct(y)) => {
+        (Acc::Distinct { seen: mut x, .. }, Acc::Distinct { seen: y, .. }) => {
             x.extend(y);
-            Acc::Distinct(x)
+            let plain = call.plain();
+            let mut inner = plain.fresh();
+            for v in &x {
+                plain.add_value(v.clone(), &mut inner);
+            }
+            Acc::Distinct {
+                seen: x,
+                inner: Box::new(inner),
+            }
         }
         (a, _) => a,
     }

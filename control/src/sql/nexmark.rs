@@ -1,0 +1,717 @@
+//! The `nexmark` connector: the Nexmark benchmark's event generator (people, auctions
+//! and bids of an online auction), with the schema of Flink's Nexmark suite:
+//!
+//! ```sql
+//! CREATE TABLE nexmark (
+//!   event_type INT,
+//!   person  ROW<id BIGINT, name VARCHAR, emailAddress VARCHAR, creditCard VARCHAR,
+//!               city VARCHAR, state VARCHAR, dateTime TIMESTAMP(3), extra VARCHAR>,
+//!   auction ROW<id BIGINT, itemName VARCHAR, description VARCHAR, initialBid BIGINT,
+//!               reserve BIGINT, dateTime TIMESTAMP(3), expires TIMESTAMP(3),
+//!               seller BIGINT, category BIGINT, extra VARCHAR>,
+//!   bid     ROW<auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR,
+//!               url VARCHAR, dateTime TIMESTAMP(3), extra VARCHAR>,
+//!   dateTime AS CASE WHEN event_type = 0 THEN person.dateTime
+//!                    WHEN event_type = 1 THEN auction.dateTime
+//!                    ELSE bid.dateTime END,
+//!   WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND
+//! ) WITH ('connector' = 'nexmark', 'events.num' = '10000000');
+//! ```
+//!
+//! Event `n` is a function of the seed and `n` alone (the generator of the Nexmark
+//! suite's model: of every `person + auction + bid` proportion events, the first are
+//! people, then auctions, then bids; bids go mostly to hot auctions and come mostly
+//! from hot bidders; prices are log-uniform), so a replay, a restore and a reference
+//! computation see the same events. Event times advance by `1 / next-event.rate`
+//! seconds per event from `base-time`. A table may declare any subset of the columns:
+//! the generator makes only those.
+
+use super::types::{parse_timestamp, DataType, Row, Value};
+use super::{SqlError, TableDef};
+use spate_dataplane::checkpoint::{decode_state, encode_state, StateError};
+use spate_dataplane::operator::source::{Source, SourceStatus};
+use spate_dataplane::operator::SubtaskInfo;
+use spate_dataplane::slot::TaskError;
+use std::sync::Arc;
+
+const FIRST_PERSON_ID: i64 = 1000;
+const FIRST_AUCTION_ID: i64 = 1000;
+const FIRST_CATEGORY_ID: i64 = 10;
+const NUM_CATEGORIES: u64 = 5;
+const HOT_AUCTION_RATIO: u64 = 2;
+const HOT_SELLER_RATIO: u64 = 4;
+const HOT_BIDDER_RATIO: u64 = 4;
+const HOT_CHANNELS_RATIO: u64 = 2;
+const NUM_IN_FLIGHT_AUCTIONS: u64 = 100;
+const NUM_ACTIVE_PEOPLE: u64 = 1000;
+const PERSON_ID_LEAD: u64 = 10;
+const AUCTION_ID_LEAD: u64 = 10;
+const CHANNELS: u64 = 10_000;
+const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+const FIRST_NAMES: [&str; 11] = [
+    "Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter",
+];
+const LAST_NAMES: [&str; 9] = [
+    "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
+];
+const CITIES: [&str; 10] = [
+    "Phoenix",
+    "Los Angeles",
+    "San Francisco",
+    "Boise",
+    "Portland",
+    "Bend",
+    "Redmond",
+    "Seattle",
+    "Kent",
+    "Cheyenne",
+];
+const STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
+/// Average sizes of the events (bytes), which `extra` pads to.
+const PERSON_SIZE: usize = 200;
+const AUCTION_SIZE: usize = 500;
+const BID_SIZE: usize = 100;
+
+/// One of the generator's fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    EventType,
+    PersonId,
+    PersonName,
+    PersonEmail,
+    PersonCard,
+    PersonCity,
+    PersonState,
+    PersonTime,
+    PersonExtra,
+    AuctionId,
+    AuctionItem,
+    AuctionDescription,
+    AuctionInitialBid,
+    AuctionReserve,
+    AuctionTime,
+    AuctionExpires,
+    AuctionSeller,
+    AuctionCategory,
+    AuctionExtra,
+    BidAuction,
+    BidBidder,
+    BidPrice,
+    BidChannel,
+    BidUrl,
+    BidTime,
+    BidExtra,
+}
+
+/// (column name, field, type class: 'i' integer, 's' string, 't' timestamp).
+const COLUMNS: &[(&str, Field, char)] = &[
+    ("event_type", Field::EventType, 'i'),
+    ("person.id", Field::PersonId, 'i'),
+    ("person.name", Field::PersonName, 's'),
+    ("person.emailAddress", Field::PersonEmail, 's'),
+    ("person.creditCard", Field::PersonCard, 's'),
+    ("person.city", Field::PersonCity, 's'),
+    ("person.state", Field::PersonState, 's'),
+    ("person.dateTime", Field::PersonTime, 't'),
+    ("person.extra", Field::PersonExtra, 's'),
+    ("auction.id", Field::AuctionId, 'i'),
+    ("auction.itemName", Field::AuctionItem, 's'),
+    ("auction.description", Field::AuctionDescription, 's'),
+    ("auction.initialBid", Field::AuctionInitialBid, 'i'),
+    ("auction.reserve", Field::AuctionReserve, 'i'),
+    ("auction.dateTime", Field::AuctionTime, 't'),
+    ("auction.expires", Field::AuctionExpires, 't'),
+    ("auction.seller", Field::AuctionSeller, 'i'),
+    ("auction.category", Field::AuctionCategory, 'i'),
+    ("auction.extra", Field::AuctionExtra, 's'),
+    ("bid.auction", Field::BidAuction, 'i'),
+    ("bid.bidder", Field::BidBidder, 'i'),
+    ("bid.price", Field::BidPrice, 'i'),
+    ("bid.channel", Field::BidChannel, 's'),
+    ("bid.url", Field::BidUrl, 's'),
+    ("bid.dateTime", Field::BidTime, 't'),
+    ("bid.extra", Field::BidExtra, 's'),
+];
+
+/// The generator a `nexmark` table declares.
+#[derive(Clone, Debug)]
+pub struct Nexmark {
+    fields: Vec<Field>,
+    /// Events in all (`None`: unbounded).
+    pub events: Option<u64>,
+    /// Events per second of event time (and of real time when rate-limited).
+    pub rate: f64,
+    rate_limited: bool,
+    proportions: [u64; 3],
+    seed: u64,
+    base_ms: Option<i64>,
+}
+
+/// Which event kinds a table's columns need: (person, auction, bid).
+impl Nexmark {
+    /// Reads a table's options and maps its columns onto the generator's fields.
+    pub fn from_table(def: &TableDef) -> Result<Self, SqlError> {
+        let err = |m: String| SqlError::new(format!("table '{}': {m}", def.name));
+        let opt = |k: &str| def.options.get(k).map(String::as_str);
+        for k in def.options.keys() {
+            if !matches!(
+                k.as_str(),
+                "connector"
+                    | "events.num"
+                    | "first-event.rate"
+                    | "next-event.rate"
+                    | "person.proportion"
+                    | "auction.proportion"
+                    | "bid.proportion"
+                    | "seed"
+                    | "base-time"
+                    | "rate-limited"
+            ) {
+                return Err(super::connector::unknown_option(
+                    def,
+                    k,
+                    "'events.num', 'first-event.rate', 'next-event.rate', 'person.proportion', 'auction.proportion', 'bid.proportion', 'seed', 'base-time' and 'rate-limited'",
+                ));
+            }
+        }
+        let int = |k: &str, default: u64| -> Result<u64, SqlError> {
+            match opt(k) {
+                None => Ok(default),
+                Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                    err(format!(
+                        "option '{k}' takes a non-negative integer, not '{v}'"
+                    ))
+                }),
+            }
+        };
+        let events = int("events.num", 0)?;
+        let rate = int("next-event.rate", int("first-event.rate", 10_000_000)?)?;
+        if rate == 0 {
+            return Err(err("'next-event.rate' must be positive".into()));
+        }
+        let proportions = [
+            int("person.proportion", 1)?,
+            int("auction.proportion", 3)?,
+            int("bid.proportion", 46)?,
+        ];
+        if proportions.iter().sum::<u64>() == 0 || proportions.iter().any(|p| *p > 1_000_000) {
+            return Err(err(
+                "the proportions must be at most 1000000 and not all 0".into()
+            ));
+        }
+        let seed = int("seed", 0)?;
+        let base_ms = match opt("base-time") {
+            Some(v) => Some(parse_timestamp(v).ok_or_else(|| {
+                err(format!(
+                    "'base-time' takes a timestamp as '2024-01-01 00:00:00', not '{v}'"
+                ))
+            })?),
+            None => None,
+        };
+        let rate_limited = match opt("rate-limited") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => return Err(err(format!("'rate-limited' is true or false, not '{v}'"))),
+        };
+        let mut fields = Vec::new();
+        for c in &def.physical {
+            let Some((_, f, class)) = COLUMNS.iter().find(|(n, _, _)| *n == c.name) else {
+                return Err(err(format!(
+                    "the nexmark connector has no column '{}' (it has {})",
+                    c.name,
+                    COLUMNS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+                )));
+            };
+            let ok = match class {
+                'i' => c.ty.is_integer(),
+                's' => c.ty == DataType::String,
+                _ => c.ty.is_timestamp(),
+            };
+            if !ok {
+                return Err(err(format!(
+                    "column '{}' is {}, not {}",
+                    c.name,
+                    match class {
+                        'i' => "an integer (BIGINT)",
+                        's' => "a STRING/VARCHAR",
+                        _ => "a TIMESTAMP(3)",
+                    },
+                    c.ty
+                )));
+            }
+            fields.push(*f);
+        }
+        Ok(Self {
+            fields,
+            events: (events > 0).then_some(events),
+            rate: rate as f64,
+            rate_limited,
+            proportions,
+            seed,
+            base_ms,
+        })
+    }
+
+    fn total(&self) -> u64 {
+        self.proportions.iter().sum()
+    }
+
+    /// The kind of event `n`: 0 person, 1 auction, 2 bid.
+    pub fn kind(&self, n: u64) -> u8 {
+        let o = n % self.total();
+        if o < self.proportions[0] {
+            0
+        } else if o < self.proportions[0] + self.proportions[1] {
+            1
+        } else {
+            2
+        }
+    }
+
+    fn last_base0_person(&self, n: u64) -> u64 {
+        let (epoch, offset) = (n / self.total(), n % self.total());
+        let p = self.proportions[0].max(1);
+        epoch * p + offset.min(p - 1)
+    }
+
+    fn last_base0_auction(&self, n: u64) -> u64 {
+        let (mut epoch, mut offset) = (n / self.total(), n % self.total());
+        let (pp, ap) = (self.proportions[0], self.proportions[1].max(1));
+        if offset < pp {
+            if epoch == 0 {
+                return 0;
+            }
+            epoch -= 1;
+            offset = ap - 1;
+        } else if offset >= pp + ap {
+            offset = ap - 1;
+        } else {
+            offset -= pp;
+        }
+        epoch * ap + offset
+    }
+
+    fn next_base0_person(&self, n: u64, rng: &mut Rng) -> u64 {
+        let people = self.last_base0_person(n) + 1;
+        let active = people.min(NUM_ACTIVE_PEOPLE);
+        let k = rng.below(active + PERSON_ID_LEAD);
+        (people - active + k).min(people.saturating_sub(1) + PERSON_ID_LEAD)
+    }
+
+    fn next_base0_auction(&self, n: u64, rng: &mut Rng) -> u64 {
+        let max = self.last_base0_auction(n);
+        let min = max.saturating_sub(NUM_IN_FLIGHT_AUCTIONS);
+        min + rng.below(max - min + 1 + AUCTION_ID_LEAD)
+    }
+
+    /// Event `n`'s time (ms).
+    pub fn time_ms(&self, n: u64, base_ms: i64) -> i64 {
+        base_ms.saturating_add((n as f64 * 1000.0 / self.rate) as i64)
+    }
+
+    /// Event `n` as a row of the table's columns (the other kinds' columns NULL).
+    pub fn row(&self, n: u64, base_ms: i64) -> Row {
+        let base_ms = self.base_ms.unwrap_or(base_ms);
+        let kind = self.kind(n);
+        let mut rng = Rng::new(self.seed, n);
+        let ts = Value::Ts(self.time_ms(n, base_ms));
+        let mut values = Vec::with_capacity(self.fields.len());
+        // The draws in a fixed order per kind, whichever columns are declared, so that
+        // a table of fewer columns sees the same values.
+        let mut person = None;
+        let mut auction = None;
+        let mut bid = None;
+        match kind {
+            0 => person = Some(self.person(n, &mut rng)),
+            1 => auction = Some(self.auction(n, &mut rng, &ts)),
+            _ => bid = Some(self.bid(n, &mut rng)),
+        }
+        for f in &self.fields {
+            use Field::*;
+            let v = match (f, &person, &auction, &bid) {
+                (EventType, ..) => Value::Int(i64::from(kind)),
+                (PersonId, Some(p), ..) => Value::Int(p.id),
+                (PersonName, Some(p), ..) => Value::Str(p.name.clone()),
+                (PersonEmail, Some(p), ..) => Value::Str(p.email.clone()),
+                (PersonCard, Some(p), ..) => Value::Str(p.card.clone()),
+                (PersonCity, Some(p), ..) => Value::Str(p.city.into()),
+                (PersonState, Some(p), ..) => Value::Str(p.state.into()),
+                (PersonTime, Some(_), ..) => ts.clone(),
+                (PersonExtra, Some(p), ..) => Value::Str(p.extra.clone()),
+                (AuctionId, _, Some(a), _) => Value::Int(a.id),
+                (AuctionItem, _, Some(a), _) => Value::Str(a.item.clone()),
+                (AuctionDescription, _, Some(a), _) => Value::Str(a.description.clone()),
+                (AuctionInitialBid, _, Some(a), _) => Value::Int(a.initial_bid),
+                (AuctionReserve, _, Some(a), _) => Value::Int(a.reserve),
+                (AuctionTime, _, Some(_), _) => ts.clone(),
+                (AuctionExpires, _, Some(a), _) => a.expires.clone(),
+                (AuctionSeller, _, Some(a), _) => Value::Int(a.seller),
+                (AuctionCategory, _, Some(a), _) => Value::Int(a.category),
+                (AuctionExtra, _, Some(a), _) => Value::Str(a.extra.clone()),
+                (BidAuction, _, _, Some(b)) => Value::Int(b.auction),
+                (BidBidder, _, _, Some(b)) => Value::Int(b.bidder),
+                (BidPrice, _, _, Some(b)) => Value::Int(b.price),
+                (BidChannel, _, _, Some(b)) => Value::Str(b.channel.clone()),
+                (BidUrl, _, _, Some(b)) => Value::Str(b.url.clone()),
+                (BidTime, _, _, Some(_)) => ts.clone(),
+                (BidExtra, _, _, Some(b)) => Value::Str(b.extra.clone()),
+                _ => Value::Null,
+            };
+            values.push(v);
+        }
+        Row::insert(values)
+    }
+
+    fn person(&self, n: u64, rng: &mut Rng) -> Person {
+        let id = self.last_base0_person(n) as i64 + FIRST_PERSON_ID;
+        let name = format!(
+            "{} {}",
+            FIRST_NAMES[rng.below(FIRST_NAMES.len() as u64) as usize],
+            LAST_NAMES[rng.below(LAST_NAMES.len() as u64) as usize]
+        );
+        let email = format!("{}@{}.com", rng.string(7), rng.string(5));
+        let card = format!(
+            "{:04} {:04} {:04} {:04}",
+            rng.below(10_000),
+            rng.below(10_000),
+            rng.below(10_000),
+            rng.below(10_000)
+        );
+        let city = CITIES[rng.below(CITIES.len() as u64) as usize];
+        let state = STATES[rng.below(STATES.len() as u64) as usize];
+        let size = 8 + name.len() + email.len() + card.len() + city.len() + state.len() + 8;
+        let extra = rng.extra(size, PERSON_SIZE);
+        Person {
+            id,
+            name: name.into(),
+            email: email.into(),
+            card: card.into(),
+            city,
+            state,
+            extra: extra.into(),
+        }
+    }
+
+    fn auction(&self, n: u64, rng: &mut Rng, ts: &Value) -> Auction {
+        let id = self.last_base0_auction(n) as i64 + FIRST_AUCTION_ID;
+        let seller = if rng.below(HOT_SELLER_RATIO) > 0 {
+            (self.last_base0_person(n) / HOT_SELLER_RATIO) * HOT_SELLER_RATIO
+        } else {
+            self.next_base0_person(n, rng)
+        } as i64
+            + FIRST_PERSON_ID;
+        let category = FIRST_CATEGORY_ID + rng.below(NUM_CATEGORIES) as i64;
+        let initial_bid = rng.price();
+        let reserve = initial_bid + rng.price();
+        let item = rng.string(20);
+        let description = rng.string(100);
+        let length_ms = 10_000 + rng.below(10_000) as i64;
+        let expires = match ts {
+            Value::Ts(t) => Value::Ts(t + length_ms),
+            _ => Value::Null,
+        };
+        let size = 8 + item.len() + description.len() + 8 + 8 + 8 + 8 + 8 + 8;
+        let extra = rng.extra(size, AUCTION_SIZE);
+        Auction {
+            id,
+            item: item.into(),
+            description: description.into(),
+            initial_bid,
+            reserve,
+            expires,
+            seller,
+            category,
+            extra: extra.into(),
+        }
+    }
+
+    fn bid(&self, n: u64, rng: &mut Rng) -> Bid {
+        let auction = if rng.below(HOT_AUCTION_RATIO) > 0 {
+            (self.last_base0_auction(n) / HOT_AUCTION_RATIO) * HOT_AUCTION_RATIO
+        } else {
+            self.next_base0_auction(n, rng)
+        } as i64
+            + FIRST_AUCTION_ID;
+        let bidder = if rng.below(HOT_BIDDER_RATIO) > 0 {
+            (self.last_base0_person(n) / HOT_BIDDER_RATIO) * HOT_BIDDER_RATIO + 1
+        } else {
+            self.next_base0_person(n, rng)
+        } as i64
+            + FIRST_PERSON_ID;
+        let price = rng.price();
+        let (channel, url): (Arc<str>, Arc<str>) = if rng.below(HOT_CHANNELS_RATIO) > 0 {
+            let i = rng.below(HOT_CHANNELS.len() as u64) as usize;
+            (HOT_CHANNELS[i].into(), hot_url(i).into())
+        } else {
+            let c = rng.below(CHANNELS);
+            let url = format!("{}&channel_id={c}", base_url(rng));
+            (format!("channel-{c}").into(), url.into())
+        };
+        let size = 8 + 8 + 8 + channel.len() + url.len() + 8;
+        let extra = rng.extra(size, BID_SIZE);
+        Bid {
+            auction,
+            bidder,
+            price,
+            channel,
+            url,
+            extra: extra.into(),
+        }
+    }
+}
+
+struct Person {
+    id: i64,
+    name: Arc<str>,
+    email: Arc<str>,
+    card: Arc<str>,
+    city: &'static str,
+    state: &'static str,
+    extra: Arc<str>,
+}
+
+struct Auction {
+    id: i64,
+    item: Arc<str>,
+    description: Arc<str>,
+    initial_bid: i64,
+    reserve: i64,
+    expires: Value,
+    seller: i64,
+    category: i64,
+    extra: Arc<str>,
+}
+
+struct Bid {
+    auction: i64,
+    bidder: i64,
+    price: i64,
+    channel: Arc<str>,
+    url: Arc<str>,
+    extra: Arc<str>,
+}
+
+/// A hot channel's URL (fixed per channel: it carries no `channel_id`).
+fn hot_url(i: usize) -> String {
+    base_url(&mut Rng::new(0x5eed, i as u64))
+}
+
+fn base_url(rng: &mut Rng) -> String {
+    format!(
+        "https://www.nexmark.com/{}/{}/{}/item.htm?query=1",
+        rng.string(5),
+        rng.string(5),
+        rng.string(5)
+    )
+}
+
+/// A small, fast, seeded generator (SplitMix64), one stream per event.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64, n: u64) -> Self {
+        Rng(seed ^ n.wrapping_mul(0x9FB2_1C65_1E98_DF25) ^ 0xA24B_AED4_963E_E407)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n` > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n.max(1))) >> 64) as u64
+    }
+
+    /// Log-uniform from 1 to 10^8 cents, as Nexmark's prices.
+    fn price(&mut self) -> i64 {
+        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        (10f64.powf(u * 6.0) * 100.0).round() as i64
+    }
+
+    fn string(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+        let mut s = String::with_capacity(len);
+        let mut x = self.next();
+        for k in 0..len {
+            if k % 12 == 11 {
+                x = self.next();
+            }
+            s.push(ALPHABET[(x % 26) as usize] as char);
+            x /= 26;
+        }
+        s
+    }
+
+    /// Padding that brings an event of `size` bytes to about `average`.
+    fn extra(&mut self, size: usize, average: usize) -> String {
+        if size >= average {
+            return String::new();
+        }
+        let want = average - size;
+        let delta = want / 5;
+        let len = want - delta + self.below(2 * delta as u64 + 1) as usize;
+        self.string(len)
+    }
+}
+
+/// Registers the Nexmark suite's user function `count_char(s, c)`: how many times the
+/// character `c` occurs in `s` (query 14 calls it).
+pub fn register_functions() {
+    super::functions::register("count_char", Some(2), DataType::BigInt, |args| {
+        match (&args[0], &args[1]) {
+            (Value::Str(s), Value::Str(c)) => match c.chars().next() {
+                Some(c) => Value::Int(s.chars().filter(|x| *x == c).count() as i64),
+                None => Value::Int(0),
+            },
+            _ => Value::Null,
+        }
+    });
+}
+
+/// One subtask's share of the events: `index, index + p, ...`.
+pub(crate) struct NexmarkSource {
+    gen: Arc<Nexmark>,
+    index: u64,
+    parallelism: u64,
+    emitted: u64,
+    started_ns: Option<u64>,
+    base_ms: i64,
+}
+
+impl NexmarkSource {
+    pub(crate) fn new(gen: Arc<Nexmark>, info: SubtaskInfo) -> Self {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Self {
+            base_ms: gen.base_ms.unwrap_or(now_ms),
+            gen,
+            index: info.index as u64,
+            parallelism: info.parallelism.max(1) as u64,
+            emitted: 0,
+            started_ns: None,
+        }
+    }
+}
+
+impl Source<Row> for NexmarkSource {
+    fn poll(
+        &mut self,
+        out: &mut Vec<Row>,
+        max: usize,
+        now_ns: u64,
+    ) -> Result<SourceStatus, TaskError> {
+        let mut n = max as u64;
+        if self.gen.rate_limited {
+            let rate = self.gen.rate / self.parallelism as f64;
+            let started = *self.started_ns.get_or_insert_with(|| {
+                now_ns.saturating_sub((self.emitted as f64 / rate * 1e9) as u64)
+            });
+            let due = (now_ns.saturating_sub(started) as f64 * rate / 1e9) as u64 + 1;
+            n = n.min(due.saturating_sub(self.emitted));
+        }
+        for k in 0..n {
+            let i = self.index + self.emitted * self.parallelism;
+            if self.gen.events.is_some_and(|e| i >= e) {
+                return Ok(if k == 0 {
+                    SourceStatus::Done
+                } else {
+                    SourceStatus::Emitted(k as usize)
+                });
+            }
+            out.push(self.gen.row(i, self.base_ms));
+            self.emitted += 1;
+        }
+        Ok(SourceStatus::Emitted(n as usize))
+    }
+
+    fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        encode_state(&(self.emitted, self.base_ms)).map(Some)
+    }
+
+    fn restore_position(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let (emitted, base_ms): (u64, i64) = decode_state(state)?;
+        self.emitted = emitted;
+        self.base_ms = base_ms;
+        self.started_ns = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use crate::sql::Column;
+
+    fn table(cols: &[(&str, DataType)]) -> TableDef {
+        TableDef {
+            name: "nexmark".into(),
+            physical: cols.iter().map(|(n, t)| Column::new(*n, *t)).collect(),
+            extras: Default::default(),
+            options: [("connector".to_string(), "nexmark".to_string())].into(),
+            temporary: false,
+        }
+    }
+
+    #[test]
+    fn events_follow_the_proportions_and_ids_stay_in_flight() {
+        let g = Nexmark::from_table(&table(&[
+            ("event_type", DataType::Int),
+            ("bid.auction", DataType::BigInt),
+            ("bid.price", DataType::BigInt),
+            ("auction.id", DataType::BigInt),
+        ]))
+        .unwrap();
+        let mut kinds = [0u64; 3];
+        let mut max_auction = 0;
+        for n in 0..50_000 {
+            let r = g.row(n, 0);
+            let k = g.kind(n);
+            kinds[k as usize] += 1;
+            assert_eq!(r.values[0], Value::Int(i64::from(k)));
+            match k {
+                1 => {
+                    let Value::Int(id) = r.values[3] else {
+                        panic!()
+                    };
+                    assert!(id >= max_auction, "auction ids grow");
+                    max_auction = id;
+                    assert_eq!(r.values[1], Value::Null);
+                }
+                2 => {
+                    let (Value::Int(a), Value::Int(p)) = (&r.values[1], &r.values[2]) else {
+                        panic!()
+                    };
+                    // Bids go to auctions that exist or are about to.
+                    assert!(
+                        *a <= max_auction + AUCTION_ID_LEAD as i64 + 1,
+                        "{a} {max_auction}"
+                    );
+                    assert!((100..=100_000_000).contains(p));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(kinds, [1000, 3000, 46_000]);
+        // The same event, the same values; another seed, other values.
+        assert_eq!(g.row(12_345, 0), g.row(12_345, 0));
+    }
+
+    #[test]
+    fn bad_columns_and_options_are_named() {
+        let e = Nexmark::from_table(&table(&[("bid.pryce", DataType::BigInt)])).unwrap_err();
+        assert!(e.message.contains("no column 'bid.pryce'"), "{e}");
+        let e = Nexmark::from_table(&table(&[("bid.price", DataType::String)])).unwrap_err();
+        assert!(e.message.contains("bid.price"), "{e}");
+        let mut t = table(&[("bid.price", DataType::BigInt)]);
+        t.options.insert("events.nm".into(), "5".into());
+        let e = Nexmark::from_table(&t).unwrap_err();
+        assert!(e.message.contains("unknown option 'events.nm'"), "{e}");
+    }
+}
