@@ -27,4 +27,5 @@ cargo build --release --locked -p bench -p spate
 ./target/release/bench net --round-trips 2000 --frames 100000
 ./target/release/bench vwap --events 200000 --reps 1 --seconds 0.2 --json target/bench-vwap-smoke.json
 ./target/release/bench bars --events 200000 --reps 1 --seconds 0.2 --json target/bench-bars-smoke.json
+./target/release/bench nexmark --events 100000 --latency-rate 20000 --latency-seconds 0.2 --json target/bench-nexmark-smoke.json
 ./target/release/spate run --events 100000 vwap

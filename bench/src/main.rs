@@ -9,6 +9,7 @@ mod clock;
 mod cluster;
 mod hiccup;
 mod net;
+mod nexmark;
 mod report;
 mod ring;
 mod snapshot;
@@ -99,6 +100,28 @@ enum Cmd {
         window: String,
         /// Write `{"rows": [...], "ratios": {...}, "schedule_wait": [...]}` as JSON to
         /// this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The Nexmark queries spate runs (nexmark/q*.sql), per parallelism: events/s and
+    /// events/s per core as fast as possible, and marker latency at a paced rate.
+    Nexmark {
+        /// Events per throughput run.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Queries (default: every one that runs).
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<String>,
+        /// Parallelisms.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        parallelism: Vec<usize>,
+        /// Offered rate of the latency runs, events/s.
+        #[arg(long, default_value_t = 200_000)]
+        latency_rate: u64,
+        /// Seconds of each latency run.
+        #[arg(long, default_value_t = 3.0)]
+        latency_seconds: f64,
+        /// Write the rows as a JSON array to this file.
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -268,6 +291,41 @@ fn main() -> Result<()> {
             bars::print(&report);
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Cmd::Nexmark {
+            events,
+            queries,
+            parallelism,
+            latency_rate,
+            latency_seconds,
+            json,
+        } => {
+            let cores = two_cores()?;
+            let queries = if queries.is_empty() {
+                nexmark::QUERIES.iter().map(|q| q.to_string()).collect()
+            } else {
+                queries
+            };
+            if parallelism.iter().any(|p| *p == 0 || *p > 2) {
+                bail!("--parallelism takes 1 or 2 (one pinned slot per core)");
+            }
+            eprintln!(
+                "nexmark: {events} events per throughput run, latency at {latency_rate} events/s                  for {latency_seconds} s, slots pinned to cores {} and {}, busy-spin",
+                cores.0, cores.1
+            );
+            let rows = nexmark::run_all(&nexmark::Params {
+                events,
+                queries,
+                parallelism,
+                latency_rate,
+                latency_seconds,
+                cores,
+            })?;
+            nexmark::print(&rows);
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")?;
                 eprintln!("wrote {}", path.display());
             }
         }
