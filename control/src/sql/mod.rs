@@ -27,6 +27,7 @@ pub mod functions;
 pub mod nexmark;
 pub mod parse;
 pub mod plan;
+pub mod table;
 pub mod types;
 
 use crate::api::{RuntimeMode, StreamExecutionEnvironment};
@@ -119,6 +120,26 @@ pub struct ViewDef {
     pub temporary: bool,
 }
 
+/// A `DataStream<Row>` registered as a table (the Table API's `from_data_stream`).
+#[derive(Clone)]
+pub struct StreamTable {
+    /// The rows.
+    pub stream: crate::api::DataStream<types::Row>,
+    /// Their columns.
+    pub schema: Vec<Column>,
+    /// The event-time column.
+    pub rowtime: Option<usize>,
+}
+
+impl std::fmt::Debug for StreamTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamTable")
+            .field("schema", &self.schema)
+            .field("rowtime", &self.rowtime)
+            .finish()
+    }
+}
+
 /// Tables and views by name.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -126,13 +147,20 @@ pub struct Catalog {
     pub tables: BTreeMap<String, TableDef>,
     /// Views.
     pub views: BTreeMap<String, ViewDef>,
+    /// Streams registered as tables.
+    pub streams: BTreeMap<String, StreamTable>,
 }
 
 impl Catalog {
     /// The name under which `name` is registered: exact, else the only
     /// case-insensitive match.
     pub fn resolve(&self, name: &str) -> Option<String> {
-        let all = || self.tables.keys().chain(self.views.keys());
+        let all = || {
+            self.tables
+                .keys()
+                .chain(self.views.keys())
+                .chain(self.streams.keys())
+        };
         if all().any(|k| k == name) {
             return Some(name.to_string());
         }

@@ -435,6 +435,20 @@ impl<'a> Planner<'a> {
                 },
             )
         })?;
+        if let Some(t) = self.catalog.streams.get(&key) {
+            let mut stream = t.stream.clone();
+            if let Some(c) = t.rowtime {
+                stream = stream.with_event_time(move |r: &Row| ts_ns(r.get(c)));
+            }
+            return Ok(Rel {
+                stream,
+                schema: t.schema.clone(),
+                rowtime: t.rowtime,
+                append_only: true,
+                plan: PlanNode::new(format!("DataStreamScan(table=[[{key}]])"), vec![]),
+                window: None,
+            });
+        }
         if let Some(v) = self.catalog.views.get(&key) {
             let inner = Planner::new(self.catalog, self.config);
             return inner.query(env, &v.query);
