@@ -121,6 +121,10 @@ enum Cmd {
         /// Seconds of each latency run.
         #[arg(long, default_value_t = 3.0)]
         latency_seconds: f64,
+        /// The latency runs' offered rate as a fraction of the query's measured
+        /// throughput (capped by --latency-rate).
+        #[arg(long, default_value_t = 0.5)]
+        latency_load: f64,
         /// Write the rows as a JSON array to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -300,6 +304,7 @@ fn main() -> Result<()> {
             parallelism,
             latency_rate,
             latency_seconds,
+            latency_load,
             json,
         } => {
             let cores = two_cores()?;
@@ -312,7 +317,9 @@ fn main() -> Result<()> {
                 bail!("--parallelism takes 1 or 2 (one pinned slot per core)");
             }
             eprintln!(
-                "nexmark: {events} events per throughput run, latency at {latency_rate} events/s                  for {latency_seconds} s, slots pinned to cores {} and {}, busy-spin",
+                "nexmark: {events} events per throughput run; latency runs of {latency_seconds} s at \
+                 {latency_load} of each query's throughput (at most {latency_rate} events/s); \
+                 slots pinned to cores {} and {}, busy-spin",
                 cores.0, cores.1
             );
             let rows = nexmark::run_all(&nexmark::Params {
@@ -321,6 +328,7 @@ fn main() -> Result<()> {
                 parallelism,
                 latency_rate,
                 latency_seconds,
+                latency_load,
                 cores,
             })?;
             nexmark::print(&rows);

@@ -7,7 +7,8 @@
 //! - throughput: `events` events generated as fast as the query takes them; events/s
 //!   is the generated events (all three kinds, as Nexmark counts them) over the job's
 //!   wall time, and per core divides by the parallelism (one pinned slot per subtask);
-//! - latency: the source paced at `latency_rate` events/s for `latency_seconds`, with
+//! - latency: the source paced at `latency_load` of the throughput run's rate (at most
+//!   `latency_rate` events/s) for `latency_seconds`, with
 //!   operator chaining off so that the sink is a vertex of its own, and latency markers
 //!   every millisecond: a marker's time from leaving its source to reaching the sink
 //!   (it waits in every queue a record waits in). Percentiles over all markers.
@@ -36,6 +37,9 @@ pub struct Params {
     pub latency_rate: u64,
     /// Seconds of each latency run.
     pub latency_seconds: f64,
+    /// The latency runs' rate as a fraction of the throughput run's (at most
+    /// `latency_rate`).
+    pub latency_load: f64,
     /// Cores to pin the slots to.
     pub cores: (usize, usize),
 }
@@ -120,9 +124,37 @@ fn run(
     Ok(r)
 }
 
+/// The generator alone, on this thread: ns per event (all kinds, every column of the
+/// suite's table), timed with the clock around `events` calls.
+pub fn generator_ns(events: u64) -> Result<f64> {
+    let env = spate::api::StreamExecutionEnvironment::new("generator");
+    let mut session = spate::sql::Session::new();
+    for s in spate::sql::parse::script(&ddl(events, ", 'base-time' = '2024-01-01 00:00:00'")?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        session
+            .execute(&env, &s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let gen = spate::sql::nexmark::Nexmark::from_table(&session.catalog.tables["nexmark"])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let start = std::time::Instant::now();
+    let mut sum = 0usize;
+    for n in 0..events {
+        sum += std::hint::black_box(gen.row(n, 0)).values.len();
+    }
+    std::hint::black_box(sum);
+    Ok(start.elapsed().as_nanos() as f64 / events as f64)
+}
+
 /// Runs every query at every parallelism.
 pub fn run_all(params: &Params) -> Result<Vec<Row>> {
     spate::sql::nexmark::register_functions();
+    let g = generator_ns(params.events.min(2_000_000))?;
+    eprintln!(
+        "the generator alone: {g:.0} ns per event ({:.2} M events/s on one core)",
+        1e3 / g
+    );
     let mut rows = Vec::new();
     for q in &params.queries {
         let query = nexmark_file(q)?;
@@ -137,11 +169,13 @@ pub fn run_all(params: &Params) -> Result<Vec<Row>> {
             .with_context(|| format!("{q} at parallelism {p}"))?;
             let seconds = r.progress.elapsed.as_secs_f64();
             let eps = params.events as f64 / seconds.max(1e-9);
-            let latency_events = (params.latency_rate as f64 * params.latency_seconds) as u64;
-            let paced = format!(
-                ", 'rate-limited' = 'true', 'next-event.rate' = '{}'",
-                params.latency_rate
-            );
+            // Paced below what the query sustains, so that the latency is the engine's
+            // and not a backlog's.
+            let rate = (params.latency_rate as f64)
+                .min(eps * params.latency_load)
+                .max(1000.0) as u64;
+            let latency_events = (rate as f64 * params.latency_seconds) as u64;
+            let paced = format!(", 'rate-limited' = 'true', 'next-event.rate' = '{rate}'");
             let d = ddl(latency_events, &paced)?.replace("'next-event.rate' = '10000000',", "");
             let l = run(vec![d, query.clone()], p, false, true, params.cores)
                 .with_context(|| format!("{q} at parallelism {p}, paced"))?;
@@ -168,7 +202,7 @@ pub fn run_all(params: &Params) -> Result<Vec<Row>> {
                 seconds,
                 events_per_s: eps,
                 events_per_s_per_core: eps / p as f64,
-                latency_rate: params.latency_rate,
+                latency_rate: rate,
                 p50_ns: q_(0.5),
                 p99_ns: q_(0.99),
                 p999_ns: q_(0.999),
@@ -181,7 +215,7 @@ pub fn run_all(params: &Params) -> Result<Vec<Row>> {
                 p,
                 eps / 1e6,
                 row.events_per_s_per_core / 1e6,
-                params.latency_rate,
+                rate,
                 us(row.p50_ns),
                 us(row.p99_ns),
                 us(row.p999_ns),

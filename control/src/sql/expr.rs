@@ -35,6 +35,10 @@ pub struct Scope<'a> {
     /// Expressions (by their SQL text) that an aggregation already computed: after a
     /// GROUP BY, grouping expressions and aggregate calls are columns of its output.
     pub computed: Option<&'a HashMap<String, usize>>,
+    /// How each column is computed from the rows the expression will really see (a
+    /// projection not applied yet, which this expression fuses with): column `i` is
+    /// `bindings[i]` of the row instead of the row's value `i`.
+    pub bindings: Option<&'a [Eval]>,
 }
 
 impl<'a> Scope<'a> {
@@ -43,6 +47,18 @@ impl<'a> Scope<'a> {
         Self {
             columns,
             computed: None,
+            bindings: None,
+        }
+    }
+
+    /// A reference to column `i`.
+    fn column(&self, i: usize) -> Compiled {
+        match self.bindings.and_then(|b| b.get(i)) {
+            Some(e) => Compiled {
+                ty: self.columns[i].ty,
+                eval: e.clone(),
+            },
+            None => column_ref(i, self.columns[i].ty),
         }
     }
 
@@ -190,7 +206,7 @@ pub fn function_args(f: &sqlparser::ast::Function) -> Result<Vec<Option<&Expr>>,
 pub fn compile(e: &Expr, scope: &Scope<'_>) -> Result<Compiled, SqlError> {
     if let Some(computed) = scope.computed {
         if let Some(&i) = computed.get(&e.to_string()) {
-            return Ok(column_ref(i, scope.columns[i].ty));
+            return Ok(scope.column(i));
         }
     }
     match e {
@@ -198,7 +214,7 @@ pub fn compile(e: &Expr, scope: &Scope<'_>) -> Result<Compiled, SqlError> {
             let i = scope
                 .lookup(&id.value)
                 .ok_or_else(|| unknown_column(e, &id.value, scope))?;
-            Ok(column_ref(i, scope.columns[i].ty))
+            Ok(scope.column(i))
         }
         Expr::CompoundIdentifier(parts) => {
             let Some(last) = parts.last() else {
@@ -210,7 +226,7 @@ pub fn compile(e: &Expr, scope: &Scope<'_>) -> Result<Compiled, SqlError> {
                 .lookup(&full.join("."))
                 .or_else(|| scope.lookup(&last.value))
                 .ok_or_else(|| unknown_column(e, &e.to_string(), scope))?;
-            Ok(column_ref(i, scope.columns[i].ty))
+            Ok(scope.column(i))
         }
         Expr::Nested(inner) => compile(inner, scope),
         Expr::Value(v) => literal(&v.value, e),

@@ -364,31 +364,32 @@ impl Nexmark {
 
     fn person(&self, n: u64, rng: &mut Rng) -> Person {
         let id = self.last_base0_person(n) as i64 + FIRST_PERSON_ID;
-        let name = format!(
+        let name = arc_fmt(format_args!(
             "{} {}",
             FIRST_NAMES[rng.below(FIRST_NAMES.len() as u64) as usize],
             LAST_NAMES[rng.below(LAST_NAMES.len() as u64) as usize]
-        );
-        let email = format!("{}@{}.com", rng.string(7), rng.string(5));
-        let card = format!(
+        ));
+        let (user, domain) = (rng.string(7), rng.string(5));
+        let email = arc_fmt(format_args!("{user}@{domain}.com"));
+        let card = arc_fmt(format_args!(
             "{:04} {:04} {:04} {:04}",
             rng.below(10_000),
             rng.below(10_000),
             rng.below(10_000),
             rng.below(10_000)
-        );
+        ));
         let city = CITIES[rng.below(CITIES.len() as u64) as usize];
         let state = STATES[rng.below(STATES.len() as u64) as usize];
         let size = 8 + name.len() + email.len() + card.len() + city.len() + state.len() + 8;
         let extra = rng.extra(size, PERSON_SIZE);
         Person {
             id,
-            name: name.into(),
-            email: email.into(),
-            card: card.into(),
+            name,
+            email,
+            card,
             city,
             state,
-            extra: extra.into(),
+            extra,
         }
     }
 
@@ -403,8 +404,8 @@ impl Nexmark {
         let category = FIRST_CATEGORY_ID + rng.below(NUM_CATEGORIES) as i64;
         let initial_bid = rng.price();
         let reserve = initial_bid + rng.price();
-        let item = rng.string(20);
-        let description = rng.string(100);
+        let item = rng.arc_string(20);
+        let description = rng.arc_string(100);
         let length_ms = 10_000 + rng.below(10_000) as i64;
         let expires = match ts {
             Value::Ts(t) => Value::Ts(t + length_ms),
@@ -414,14 +415,14 @@ impl Nexmark {
         let extra = rng.extra(size, AUCTION_SIZE);
         Auction {
             id,
-            item: item.into(),
-            description: description.into(),
+            item,
+            description,
             initial_bid,
             reserve,
             expires,
             seller,
             category,
-            extra: extra.into(),
+            extra,
         }
     }
 
@@ -441,11 +442,14 @@ impl Nexmark {
         let price = rng.price();
         let (channel, url): (Arc<str>, Arc<str>) = if rng.below(HOT_CHANNELS_RATIO) > 0 {
             let i = rng.below(HOT_CHANNELS.len() as u64) as usize;
-            (HOT_CHANNELS[i].into(), hot_url(i).into())
+            hot_channels()[i].clone()
         } else {
             let c = rng.below(CHANNELS);
-            let url = format!("{}&channel_id={c}", base_url(rng));
-            (format!("channel-{c}").into(), url.into())
+            let (a, b, d) = (rng.string(5), rng.string(5), rng.string(5));
+            let url = arc_fmt(format_args!(
+                "https://www.nexmark.com/{a}/{b}/{d}/item.htm?query=1&channel_id={c}"
+            ));
+            (arc_fmt(format_args!("channel-{c}")), url)
         };
         let size = 8 + 8 + 8 + channel.len() + url.len() + 8;
         let extra = rng.extra(size, BID_SIZE);
@@ -455,7 +459,7 @@ impl Nexmark {
             price,
             channel,
             url,
-            extra: extra.into(),
+            extra,
         }
     }
 }
@@ -505,6 +509,26 @@ fn base_url(rng: &mut Rng) -> String {
     )
 }
 
+/// `format!` into a reused buffer, then one allocation for the shared string.
+fn arc_fmt(args: std::fmt::Arguments<'_>) -> Arc<str> {
+    use std::fmt::Write as _;
+    thread_local! {
+        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        let _ = b.write_fmt(args);
+        Arc::from(b.as_str())
+    })
+}
+
+/// The hot channels and their URLs, made once.
+fn hot_channels() -> &'static [(Arc<str>, Arc<str>); 4] {
+    static HOT: std::sync::OnceLock<[(Arc<str>, Arc<str>); 4]> = std::sync::OnceLock::new();
+    HOT.get_or_init(|| std::array::from_fn(|i| (HOT_CHANNELS[i].into(), hot_url(i).into())))
+}
+
 /// A small, fast, seeded generator (SplitMix64), one stream per event.
 struct Rng(u64);
 
@@ -533,8 +557,13 @@ impl Rng {
     }
 
     fn string(&mut self, len: usize) -> String {
-        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
         let mut s = String::with_capacity(len);
+        self.push_letters(&mut s, len);
+        s
+    }
+
+    fn push_letters(&mut self, s: &mut String, len: usize) {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
         let mut x = self.next();
         for k in 0..len {
             if k % 12 == 11 {
@@ -543,18 +572,30 @@ impl Rng {
             s.push(ALPHABET[(x % 26) as usize] as char);
             x /= 26;
         }
-        s
+    }
+
+    /// Random letters as a shared string (one allocation).
+    fn arc_string(&mut self, len: usize) -> Arc<str> {
+        thread_local! {
+            static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            b.clear();
+            self.push_letters(&mut b, len);
+            Arc::from(b.as_str())
+        })
     }
 
     /// Padding that brings an event of `size` bytes to about `average`.
-    fn extra(&mut self, size: usize, average: usize) -> String {
+    fn extra(&mut self, size: usize, average: usize) -> Arc<str> {
         if size >= average {
-            return String::new();
+            return Arc::from("");
         }
         let want = average - size;
         let delta = want / 5;
         let len = want - delta + self.below(2 * delta as u64 + 1) as usize;
-        self.string(len)
+        self.arc_string(len)
     }
 }
 

@@ -76,6 +76,19 @@ pub struct Rel {
     /// `schema`, which the rows do not hold until the windows are materialized or
     /// aggregated.
     window: Option<WindowTvf>,
+    /// Filters and a projection not applied yet: consecutive `WHERE`s and `SELECT`s
+    /// (through views and subqueries) fuse into one operator, whose filters run on
+    /// the input rows before any projected row is built.
+    calc: Option<Calc>,
+}
+
+/// A pending calculation over a relation's input rows.
+#[derive(Clone, Default)]
+struct Calc {
+    /// Predicates over the input rows: all must be true.
+    filters: Vec<Eval>,
+    /// The relation's columns from an input row (`None`: the input's own).
+    project: Option<Arc<Vec<Eval>>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -303,6 +316,11 @@ impl<'a> Planner<'a> {
 
     /// Plans a query on `env`.
     pub fn query(&self, env: &StreamExecutionEnvironment, q: &Query) -> Result<Rel, SqlError> {
+        Ok(self.query_inner(env, q)?.materialize()?.flush())
+    }
+
+    /// A query, with its last calculation left pending (for fusion with what reads it).
+    fn query_inner(&self, env: &StreamExecutionEnvironment, q: &Query) -> Result<Rel, SqlError> {
         let mut scoped;
         let planner = match &q.with {
             Some(with) => {
@@ -331,7 +349,7 @@ impl<'a> Planner<'a> {
         }
         match q.body.as_ref() {
             SetExpr::Select(s) => planner.select(env, s),
-            SetExpr::Query(inner) => planner.query(env, inner),
+            SetExpr::Query(inner) => planner.query_inner(env, inner),
             SetExpr::SetOperation {
                 op,
                 left,
@@ -381,6 +399,7 @@ impl<'a> Planner<'a> {
                     append_only: l.append_only && r.append_only,
                     plan: PlanNode::new("Union(all=[true])", vec![l.plan, r.plan]),
                     window: None,
+                    calc: None,
                 })
             }
             other => Err(err_at(other, "unsupported query form")),
@@ -410,7 +429,7 @@ impl<'a> Planner<'a> {
                     .cloned()
                     .collect(),
             };
-            return inner.query(env, q);
+            return inner.query_inner(env, q);
         }
         let key = self.catalog.resolve(&n).ok_or_else(|| {
             let known: Vec<&String> = self
@@ -447,11 +466,12 @@ impl<'a> Planner<'a> {
                 append_only: true,
                 plan: PlanNode::new(format!("DataStreamScan(table=[[{key}]])"), vec![]),
                 window: None,
+                calc: None,
             });
         }
         if let Some(v) = self.catalog.views.get(&key) {
             let inner = Planner::new(self.catalog, self.config);
-            return inner.query(env, &v.query);
+            return inner.query_inner(env, &v.query);
         }
         let def = &self.catalog.tables[&key];
         let schema = table_schema(def)?;
@@ -524,6 +544,7 @@ impl<'a> Planner<'a> {
             append_only: true,
             plan: node,
             window: None,
+            calc: None,
         })
     }
 
@@ -550,7 +571,7 @@ impl<'a> Planner<'a> {
                 }
                 self.scan(env, name)
             }
-            TableFactor::Derived { subquery, .. } => self.query(env, subquery),
+            TableFactor::Derived { subquery, .. } => self.query_inner(env, subquery),
             TableFactor::TableFunction { expr, .. } => self.window_tvf(env, expr),
             other => Err(err_at(other, "unsupported FROM item")),
         }
@@ -657,6 +678,7 @@ impl<'a> Planner<'a> {
             append_only: true,
             plan: PlanNode::new(label, vec![input.plan]),
             window: Some(tvf),
+            calc: None,
         })
     }
 
@@ -737,7 +759,7 @@ impl<'a> Planner<'a> {
             names.iter().any(|n| n == "window_start") && names.iter().any(|n| n == "window_end")
         };
         let input = if windowed {
-            input
+            input.flush()
         } else {
             input.materialize()?
         };
@@ -803,6 +825,7 @@ impl<'a> Planner<'a> {
         let scope = Scope {
             columns: &columns,
             computed: Some(&computed),
+            bindings: None,
         };
         let grouped_hint = |e: SqlError, x: &Expr| -> SqlError {
             if e.message.starts_with("Column '") {
@@ -916,6 +939,7 @@ impl<'a> Planner<'a> {
                     vec![input.plan],
                 ),
                 window: None,
+                calc: None,
             });
         }
         if group_by.iter().any(|g| {
@@ -944,6 +968,7 @@ impl<'a> Planner<'a> {
                 vec![input.plan],
             ),
             window: None,
+            calc: None,
         })
     }
 }
@@ -1099,16 +1124,18 @@ impl Rel {
     /// Applies a pending window table function without aggregating it: each row once
     /// per window it falls in, with the window's columns appended.
     fn materialize(self) -> Result<Rel, SqlError> {
-        let Some(tvf) = self.window else {
-            return Ok(self);
+        let this = self.flush();
+        let Some(tvf) = this.window else {
+            return Ok(this);
         };
-        let Some(t) = self.rowtime else {
+        let s = this;
+        let Some(t) = s.rowtime else {
             return Err(SqlError::new(
                 "internal: a window table function without event time",
             ));
         };
         let assigner = tvf.assigner().map_err(SqlError::new)?;
-        let stream = self
+        let stream = s
             .stream
             .flat_map(
                 move |r: Row, out: &mut spate_dataplane::operator::Collector<'_, '_, Row>| {
@@ -1129,8 +1156,46 @@ impl Rel {
         Ok(Rel {
             stream,
             window: None,
-            ..self
+            ..s
         })
+    }
+
+    /// Applies the pending calculation: one operator that filters the input rows and
+    /// projects those that pass.
+    pub(crate) fn flush(self) -> Rel {
+        let Some(calc) = self.calc else {
+            return self;
+        };
+        let filters = calc.filters;
+        let mut stream = match calc.project {
+            None => {
+                let all = filters.clone();
+                self.stream
+                    .filter(move |r: &Row| all.iter().all(|f| f(r) == Value::Bool(true)))
+                    .name("Calc")
+            }
+            Some(project) => self
+                .stream
+                .flat_map(
+                    move |r: Row, out: &mut spate_dataplane::operator::Collector<'_, '_, Row>| {
+                        if filters.iter().all(|f| f(&r) == Value::Bool(true)) {
+                            out.collect(Row {
+                                kind: r.kind,
+                                values: project.iter().map(|e| e(&r)).collect(),
+                            });
+                        }
+                    },
+                )
+                .name("Calc"),
+        };
+        if let Some(t) = self.rowtime {
+            stream = stream.with_event_time(move |r: &Row| ts_ns(r.get(t)));
+        }
+        Rel {
+            stream,
+            calc: None,
+            ..self
+        }
     }
 
     /// Keeps the rows for which `predicate` is true.
@@ -1141,28 +1206,43 @@ impl Rel {
         } else {
             &self.schema[..]
         };
-        let c = expr::compile(predicate, &Scope::new(cols))?;
+        let bindings = self.calc.as_ref().and_then(|c| c.project.clone());
+        let scope = Scope {
+            bindings: bindings.as_deref().map(|b| &b[..]),
+            ..Scope::new(cols)
+        };
+        let c = expr::compile(predicate, &scope)?;
         if !matches!(c.ty, DataType::Boolean | DataType::Null) {
             return Err(err_at(
                 predicate,
                 format!("WHERE must be a BOOLEAN, not {}", c.ty),
             ));
         }
-        let eval = c.eval;
-        let stream = self
-            .stream
-            .filter(move |r: &Row| eval(r) == Value::Bool(true))
-            .name("Calc(where)");
+        let mut calc = self.calc.clone().unwrap_or_default();
+        calc.filters.push(c.eval);
         Ok(Rel {
-            stream,
-            plan: PlanNode::new(format!("Calc(where=[{predicate}])"), vec![self.plan]),
+            plan: PlanNode::new(
+                format!("Calc(where=[{predicate}])"),
+                vec![self.plan.clone()],
+            ),
+            calc: Some(calc),
             ..self
         })
     }
 
     /// `SELECT items` over this relation's columns.
     fn project(self, items: &[SelectItem]) -> Result<Rel, SqlError> {
-        let scope = Scope::new(&self.schema);
+        let bindings = self.calc.as_ref().and_then(|c| c.project.clone());
+        let scope = Scope {
+            bindings: bindings.as_deref().map(|b| &b[..]),
+            ..Scope::new(&self.schema)
+        };
+        let binding = |i: usize| -> Eval {
+            match bindings.as_deref().and_then(|b| b.get(i)) {
+                Some(e) => e.clone(),
+                None => Arc::new(move |r: &Row| r.get(i).clone()),
+            }
+        };
         let mut evals: Vec<Eval> = Vec::new();
         let mut schema = Vec::new();
         let mut rowtime = None;
@@ -1176,7 +1256,7 @@ impl Rel {
                         }
                         identity &= schema.len() == i;
                         schema.push(c.clone());
-                        evals.push(Arc::new(move |r: &Row| r.get(i).clone()));
+                        evals.push(binding(i));
                     }
                 }
                 SelectItem::ExprWithAliases { expr: e, .. } => {
@@ -1210,17 +1290,8 @@ impl Rel {
         if identity && schema.len() == self.schema.len() {
             return Ok(Rel { schema, ..self });
         }
-        let evals = Arc::new(evals);
-        let mut stream = self
-            .stream
-            .map(move |r: Row| Row {
-                kind: r.kind,
-                values: evals.iter().map(|e| e(&r)).collect(),
-            })
-            .name("Calc(select)");
-        if let Some(t) = rowtime {
-            stream = stream.with_event_time(move |r: &Row| ts_ns(r.get(t)));
-        }
+        let mut calc = self.calc.clone().unwrap_or_default();
+        calc.project = Some(Arc::new(evals));
         let label = format!(
             "Calc(select=[{}])",
             items
@@ -1230,12 +1301,13 @@ impl Rel {
                 .join(", ")
         );
         Ok(Rel {
-            stream,
+            stream: self.stream,
             schema,
             rowtime,
             append_only: self.append_only,
             plan: PlanNode::new(label, vec![self.plan]),
             window: None,
+            calc: Some(calc),
         })
     }
 }
