@@ -73,6 +73,19 @@ impl<'a> Scope<'a> {
             .enumerate()
             .filter(|(_, c)| c.name.eq_ignore_ascii_case(name));
         match (it.next(), it.next()) {
+            (Some((i, _)), None) => return Some(i),
+            (Some(_), Some(_)) => return None,
+            _ => {}
+        }
+        // A join's columns are qualified (`A.id`): an unqualified name is the only
+        // column it qualifies.
+        let suffix = format!(".{}", name.to_ascii_lowercase());
+        let mut it = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.name.to_ascii_lowercase().ends_with(&suffix));
+        match (it.next(), it.next()) {
             (Some((i, _)), None) => Some(i),
             _ => None,
         }

@@ -558,23 +558,71 @@ impl<'a> Planner<'a> {
                 )),
             };
         };
-        if let Some(j) = twj.joins.first() {
-            return Err(err_at(
-                &j.relation,
-                "unsupported: JOIN (regular, interval and window joins are open work)",
-            ));
+        if !twj.joins.is_empty() {
+            let (left, q) = self.factor(env, &twj.relation)?;
+            let mut left = qualify(left.materialize()?, q);
+            for j in &twj.joins {
+                use sqlparser::ast::{JoinConstraint, JoinOperator};
+                let on = match &j.join_operator {
+                    JoinOperator::Join(JoinConstraint::On(e))
+                    | JoinOperator::Inner(JoinConstraint::On(e)) => e,
+                    JoinOperator::Join(_) | JoinOperator::Inner(_) => {
+                        return Err(err_at(
+                            &j.relation,
+                            "unsupported: a join without ON (spate runs INNER JOIN ... ON)",
+                        ))
+                    }
+                    _ => {
+                        return Err(err_at(
+                            &j.relation,
+                            "unsupported: outer, cross, semi and lateral joins (spate runs INNER JOIN ... ON; interval and window joins are open work)",
+                        ))
+                    }
+                };
+                let (right, q) = self.factor(env, &j.relation)?;
+                let right = qualify(right.materialize()?, q);
+                left = join(left, right, on)?;
+            }
+            return Ok(left);
         }
-        match &twj.relation {
-            TableFactor::Table { name, args, .. } => {
+        Ok(self.factor(env, &twj.relation)?.0)
+    }
+
+    /// One FROM item and the name that qualifies its columns (its alias, else its
+    /// table's name).
+    fn factor(
+        &self,
+        env: &StreamExecutionEnvironment,
+        relation: &TableFactor,
+    ) -> Result<(Rel, Option<String>), SqlError> {
+        let alias =
+            |a: &Option<sqlparser::ast::TableAlias>| a.as_ref().map(|a| a.name.value.clone());
+        Ok(match relation {
+            TableFactor::Table {
+                name,
+                args,
+                alias: a,
+                ..
+            } => {
                 if args.is_some() {
                     return Err(err_at(name, "unsupported: a table function call in FROM"));
                 }
-                self.scan(env, name)
+                let q = alias(a).or_else(|| {
+                    name.0
+                        .last()
+                        .and_then(|p| p.as_ident())
+                        .map(|i| i.value.clone())
+                });
+                (self.scan(env, name)?, q)
             }
-            TableFactor::Derived { subquery, .. } => self.query_inner(env, subquery),
-            TableFactor::TableFunction { expr, .. } => self.window_tvf(env, expr),
-            other => Err(err_at(other, "unsupported FROM item")),
-        }
+            TableFactor::Derived {
+                subquery, alias: a, ..
+            } => (self.query_inner(env, subquery)?, alias(a)),
+            TableFactor::TableFunction { expr, alias: a } => {
+                (self.window_tvf(env, expr)?, alias(a))
+            }
+            other => return Err(err_at(other, "unsupported FROM item")),
+        })
     }
 
     /// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size))` or `HOP(..., slide, size)`.
@@ -970,6 +1018,190 @@ impl<'a> Planner<'a> {
             window: None,
             calc: None,
         })
+    }
+}
+
+/// A FROM item's columns named `q.column` (for a join's ON and its SELECT).
+fn qualify(mut rel: Rel, q: Option<String>) -> Rel {
+    if let Some(q) = q {
+        for c in &mut rel.schema {
+            c.name = format!("{q}.{}", c.name);
+        }
+    }
+    rel
+}
+
+/// The conjuncts of `e` (`a AND b AND c`).
+fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: sqlparser::ast::BinaryOperator::And,
+            right,
+        } => {
+            conjuncts(left, out);
+            conjuncts(right, out);
+        }
+        Expr::Nested(x) => conjuncts(x, out),
+        other => out.push(other),
+    }
+}
+
+/// An inner join of two insert-only relations on the equalities of `on` between their
+/// columns (and any other conditions of `on` over the joined row): per key, each side
+/// keeps its rows, and a row joins every row of the other side seen so far.
+fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
+    if !left.append_only || !right.append_only {
+        return Err(err_at(
+            on,
+            "unsupported: a join of an updating input (a changelog with retractions)",
+        ));
+    }
+    let mut parts = Vec::new();
+    conjuncts(on, &mut parts);
+    let (ls, rs) = (Scope::new(&left.schema), Scope::new(&right.schema));
+    let mut lkeys: Vec<Eval> = Vec::new();
+    let mut rkeys: Vec<Eval> = Vec::new();
+    let mut residual: Vec<&Expr> = Vec::new();
+    for c in parts {
+        let pair = match c {
+            Expr::BinaryOp {
+                left: a,
+                op: sqlparser::ast::BinaryOperator::Eq,
+                right: b,
+            } => match (expr::compile(a, &ls), expr::compile(b, &rs)) {
+                (Ok(x), Ok(y)) => Some((x, y, b)),
+                _ => match (expr::compile(b, &ls), expr::compile(a, &rs)) {
+                    (Ok(x), Ok(y)) => Some((x, y, a)),
+                    _ => None,
+                },
+            },
+            _ => None,
+        };
+        match pair {
+            Some((x, y, at)) => {
+                let same = x.ty == y.ty
+                    || (x.ty.is_integer() && y.ty.is_integer())
+                    || (x.ty.is_timestamp() && y.ty.is_timestamp());
+                if !same {
+                    return Err(err_at(
+                        at.as_ref(),
+                        format!("join keys of different types: {} and {}", x.ty, y.ty),
+                    ));
+                }
+                lkeys.push(x.eval);
+                rkeys.push(y.eval);
+            }
+            None => residual.push(c),
+        }
+    }
+    if lkeys.is_empty() {
+        return Err(err_at(
+            on,
+            "unsupported: a join needs an equality between a column of each side in ON",
+        ));
+    }
+    let mut schema = left.schema.clone();
+    schema.extend(right.schema.iter().cloned());
+    let mut checks: Vec<Eval> = Vec::new();
+    for r in &residual {
+        let c = expr::compile(r, &Scope::new(&schema))?;
+        if !matches!(c.ty, DataType::Boolean | DataType::Null) {
+            return Err(err_at(
+                *r,
+                format!("a join condition is a BOOLEAN, not {}", c.ty),
+            ));
+        }
+        checks.push(c.eval);
+    }
+    let (lk, rk) = (Arc::new(lkeys), Arc::new(rkeys));
+    let stream = left
+        .stream
+        .connect(&right.stream)
+        .key_by(
+            move |r: &Row| lk.iter().map(|k| k(r)).collect::<Vec<Value>>(),
+            move |r: &Row| rk.iter().map(|k| k(r)).collect::<Vec<Value>>(),
+        )
+        .process(RegularJoin {
+            checks: Arc::new(checks),
+        })
+        .name("Join");
+    Ok(Rel {
+        stream,
+        schema,
+        rowtime: None,
+        append_only: true,
+        plan: PlanNode::new(
+            format!("Join(joinType=[InnerJoin], where=[{on}])"),
+            vec![left.plan, right.plan],
+        ),
+        window: None,
+        calc: None,
+    })
+}
+
+/// The regular inner join's operator.
+#[derive(Clone)]
+struct RegularJoin {
+    /// Conditions of ON besides the key equalities, over the joined row.
+    checks: Arc<Vec<Eval>>,
+}
+
+/// Per key: the rows of each side so far (keyed state: checkpoints write it).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct JoinState {
+    left: Vec<Row>,
+    right: Vec<Row>,
+}
+
+impl RegularJoin {
+    fn emit(&self, l: &Row, r: &Row, ctx: &mut Context<'_, Vec<Value>, Row>) {
+        let mut values = Vec::with_capacity(l.values.len() + r.values.len());
+        values.extend(l.values.iter().cloned());
+        values.extend(r.values.iter().cloned());
+        let row = Row::insert(values);
+        if self.checks.iter().all(|c| c(&row) == Value::Bool(true)) {
+            ctx.collect(row);
+        }
+    }
+}
+
+impl spate_dataplane::operator::keyed::KeyedCoProcessFunction for RegularJoin {
+    type Key = Vec<Value>;
+    type In1 = Row;
+    type In2 = Row;
+    type Out = Row;
+    type State = JoinState;
+
+    fn process_element1(
+        &mut self,
+        value: Row,
+        state: &mut JoinState,
+        ctx: &mut Context<'_, Vec<Value>, Row>,
+    ) {
+        // NULL equals nothing: such a row joins no row.
+        if ctx.current_key().iter().any(Value::is_null) {
+            return;
+        }
+        for r in &state.right {
+            self.emit(&value, r, ctx);
+        }
+        state.left.push(value);
+    }
+
+    fn process_element2(
+        &mut self,
+        value: Row,
+        state: &mut JoinState,
+        ctx: &mut Context<'_, Vec<Value>, Row>,
+    ) {
+        if ctx.current_key().iter().any(Value::is_null) {
+            return;
+        }
+        for l in &state.left {
+            self.emit(l, &value, ctx);
+        }
+        state.right.push(value);
     }
 }
 
