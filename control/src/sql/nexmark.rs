@@ -445,11 +445,20 @@ impl Nexmark {
             hot_channels()[i].clone()
         } else {
             let c = rng.below(CHANNELS);
-            let (a, b, d) = (rng.string(5), rng.string(5), rng.string(5));
-            let url = arc_fmt(format_args!(
-                "https://www.nexmark.com/{a}/{b}/{d}/item.htm?query=1&channel_id={c}"
-            ));
-            (arc_fmt(format_args!("channel-{c}")), url)
+            let url = arc_with(|s| {
+                s.push_str("https://www.nexmark.com/");
+                for _ in 0..3 {
+                    rng.push_letters(s, 5);
+                    s.push('/');
+                }
+                s.push_str("item.htm?query=1&channel_id=");
+                push_u64(s, c);
+            });
+            let channel = arc_with(|s| {
+                s.push_str("channel-");
+                push_u64(s, c);
+            });
+            (channel, url)
         };
         let size = 8 + 8 + 8 + channel.len() + url.len() + 8;
         let extra = rng.extra(size, BID_SIZE);
@@ -509,18 +518,50 @@ fn base_url(rng: &mut Rng) -> String {
     )
 }
 
-/// `format!` into a reused buffer, then one allocation for the shared string.
-fn arc_fmt(args: std::fmt::Arguments<'_>) -> Arc<str> {
-    use std::fmt::Write as _;
-    thread_local! {
-        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-    }
+thread_local! {
+    /// The buffer strings are built in before their one allocation.
+    static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// A string built by `f` in a reused buffer, then allocated once.
+fn arc_with(f: impl FnOnce(&mut String)) -> Arc<str> {
     BUF.with(|b| {
         let mut b = b.borrow_mut();
         b.clear();
-        let _ = b.write_fmt(args);
+        f(&mut b);
         Arc::from(b.as_str())
     })
+}
+
+/// `format!` into a reused buffer, then one allocation for the shared string.
+fn arc_fmt(args: std::fmt::Arguments<'_>) -> Arc<str> {
+    use std::fmt::Write as _;
+    arc_with(|b| {
+        let _ = b.write_fmt(args);
+    })
+}
+
+/// Appends `n` in decimal.
+fn push_u64(b: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut k = digits.len();
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[k..] {
+        b.push(char::from(d));
+    }
+}
+
+/// The empty string, shared.
+fn empty() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
 }
 
 /// The hot channels and their URLs, made once.
@@ -576,21 +617,13 @@ impl Rng {
 
     /// Random letters as a shared string (one allocation).
     fn arc_string(&mut self, len: usize) -> Arc<str> {
-        thread_local! {
-            static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-        }
-        BUF.with(|b| {
-            let mut b = b.borrow_mut();
-            b.clear();
-            self.push_letters(&mut b, len);
-            Arc::from(b.as_str())
-        })
+        arc_with(|b| self.push_letters(b, len))
     }
 
     /// Padding that brings an event of `size` bytes to about `average`.
     fn extra(&mut self, size: usize, average: usize) -> Arc<str> {
         if size >= average {
-            return Arc::from("");
+            return empty();
         }
         let want = average - size;
         let delta = want / 5;
