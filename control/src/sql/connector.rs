@@ -624,7 +624,12 @@ impl Datagen {
                     } else {
                         0
                     };
-                    Value::Ts(start_ms.unwrap_or(now_ms).saturating_add(at) - lag)
+                    Value::Ts(
+                        start_ms
+                            .unwrap_or(now_ms)
+                            .saturating_add(at)
+                            .saturating_sub(lag),
+                    )
                 }
             });
         }

@@ -39,6 +39,8 @@ pub struct Scope<'a> {
     /// projection not applied yet, which this expression fuses with): column `i` is
     /// `bindings[i]` of the row instead of the row's value `i`.
     pub bindings: Option<&'a [Eval]>,
+    /// The columns are qualified (`A.id`, a join's): a qualified name must match one.
+    pub qualified: bool,
 }
 
 impl<'a> Scope<'a> {
@@ -48,6 +50,7 @@ impl<'a> Scope<'a> {
             columns,
             computed: None,
             bindings: None,
+            qualified: false,
         }
     }
 
@@ -59,6 +62,42 @@ impl<'a> Scope<'a> {
                 eval: e.clone(),
             },
             None => column_ref(i, self.columns[i].ty),
+        }
+    }
+
+    /// The column a name refers to: `name`, or `q.name` — a ROW's field (`bid.price`,
+    /// a flattened column) or a qualified column. Where the scope's columns are
+    /// qualified (a join's), `q.name` must name one of them; elsewhere a qualifier
+    /// the columns do not carry is the table's alias, and `name` alone decides.
+    pub fn resolve(&self, e: &Expr) -> Option<usize> {
+        match e {
+            Expr::Identifier(id) => self.lookup(&id.value),
+            Expr::CompoundIdentifier(parts) => {
+                let full: Vec<&str> = parts.iter().map(|p| p.value.as_str()).collect();
+                let exact = self.lookup_exact(&full.join("."));
+                if exact.is_some() || self.qualified {
+                    return exact;
+                }
+                parts.last().and_then(|l| self.lookup(&l.value))
+            }
+            Expr::Nested(x) => self.resolve(x),
+            _ => None,
+        }
+    }
+
+    /// The column named `name`, exactly, else the only case-insensitive match.
+    pub fn lookup_exact(&self, name: &str) -> Option<usize> {
+        if let Some(i) = self.columns.iter().position(|c| c.name == name) {
+            return Some(i);
+        }
+        let mut it = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.name.eq_ignore_ascii_case(name));
+        match (it.next(), it.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
         }
     }
 
@@ -230,14 +269,11 @@ pub fn compile(e: &Expr, scope: &Scope<'_>) -> Result<Compiled, SqlError> {
             Ok(scope.column(i))
         }
         Expr::CompoundIdentifier(parts) => {
-            let Some(last) = parts.last() else {
+            if parts.is_empty() {
                 return Err(err_at(e, "an empty name"));
-            };
-            // A ROW's field (`bid.price`, a flattened column), else a qualified column.
-            let full: Vec<&str> = parts.iter().map(|p| p.value.as_str()).collect();
+            }
             let i = scope
-                .lookup(&full.join("."))
-                .or_else(|| scope.lookup(&last.value))
+                .resolve(e)
                 .ok_or_else(|| unknown_column(e, &e.to_string(), scope))?;
             Ok(scope.column(i))
         }
@@ -926,11 +962,11 @@ pub fn like(s: &str, pat: &str) -> bool {
     let (mut i, mut j) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while i < s.len() {
-        if j < p.len() && (p[j] == '_' || p[j] == s[i]) {
-            i += 1;
-            j += 1;
-        } else if j < p.len() && p[j] == '%' {
+        if j < p.len() && p[j] == '%' {
             star = Some((j, i));
+            j += 1;
+        } else if j < p.len() && (p[j] == '_' || p[j] == s[i]) {
+            i += 1;
             j += 1;
         } else if let Some((sj, si)) = star {
             j = sj + 1;
@@ -1221,7 +1257,7 @@ fn function(
             for (c, x) in &args {
                 ty = unify(ty, c.ty, x)?;
             }
-            let double = ty == DataType::Double;
+            let double = matches!(ty, DataType::Double | DataType::Float);
             let fs: Vec<Eval> = args.iter().map(|(c, _)| c.eval.clone()).collect();
             Ok(Compiled {
                 ty,
@@ -1237,7 +1273,7 @@ fn function(
             arity(3..=3)?;
             expect_bool(&args[0].0, args[0].1)?;
             let ty = unify(args[1].0.ty, args[2].0.ty, args[2].1)?;
-            let double = ty == DataType::Double;
+            let double = matches!(ty, DataType::Double | DataType::Float);
             let (c, a, b) = (
                 args[0].0.eval.clone(),
                 args[1].0.eval.clone(),
@@ -1336,7 +1372,14 @@ fn function(
                 arity(2..=3)?;
             }
             expect_string(&args[0].0, args[0].1)?;
-            let Some(pattern) = super::string_literal(args[1].1) else {
+            let pattern = match args[1].1 {
+                Expr::Value(v) => match &v.value {
+                    SqlValue::SingleQuotedString(p) => Some(p.clone()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(pattern) = pattern else {
                 return Err(err_at(
                     args[1].1,
                     format!("{name} takes its pattern as a string literal"),
@@ -1439,6 +1482,11 @@ mod tests {
         assert!(like("hello", "%"));
         assert!(!like("hello", "h_lo"));
         assert!(like("", "%"));
+        assert!(
+            like("%ab", "%b"),
+            "a % in the text is matched by the pattern's %"
+        );
+        assert!(like("a%b", "a\u{25}b"));
         assert!(like("a%b", "a%b"));
         assert!(!like("abc", "abd%"));
     }

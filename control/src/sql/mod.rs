@@ -329,8 +329,8 @@ impl Session {
         env: &StreamExecutionEnvironment,
         p: &Parsed,
     ) -> Result<Outcome, SqlError> {
-        let at = |msg: String| SqlError::at(msg, p.line, 1);
-        let at_stmt = |msg: String| SqlError::at(msg, p.line, 1);
+        let at = |msg: String| SqlError::at(msg, p.line, p.column);
+        let at_stmt = |msg: String| SqlError::at(msg, p.line, p.column);
         match &p.statement {
             Statement::Set(set) => {
                 use sqlparser::ast::Set;
@@ -345,7 +345,8 @@ impl Session {
                         };
                         let value = string_literal(value)
                             .ok_or_else(|| at("SET takes a literal value".into()))?;
-                        self.apply_setting(env, &key, &value)?;
+                        self.apply_setting(env, &key, &value)
+                            .map_err(|e| SqlError::at(e.message, p.line, p.column))?;
                         Ok(Outcome::Done("[INFO] Execute statement succeeded.".into()))
                     }
                     _ => {
@@ -476,14 +477,41 @@ impl Session {
                 Ok(Outcome::Done("[INFO] Execute statement succeeded.".into()))
             }
             Statement::Drop {
-                names, if_exists, ..
+                names,
+                if_exists,
+                object_type,
+                ..
             } => {
+                use sqlparser::ast::ObjectType;
                 for n in names {
                     let name = object_name(n);
                     match self.catalog.resolve(&name) {
                         Some(k) => {
+                            let is_view = self.catalog.views.contains_key(&k);
+                            match object_type {
+                                ObjectType::View if !is_view => {
+                                    return Err(expr::err_at(
+                                        n,
+                                        format!("'{name}' is a table: DROP TABLE it"),
+                                    ))
+                                }
+                                ObjectType::Table if is_view => {
+                                    return Err(expr::err_at(
+                                        n,
+                                        format!("'{name}' is a view: DROP VIEW it"),
+                                    ))
+                                }
+                                ObjectType::Table | ObjectType::View => {}
+                                other => {
+                                    return Err(expr::err_at(
+                                        n,
+                                        format!("unsupported: DROP {other}"),
+                                    ))
+                                }
+                            }
                             self.catalog.tables.remove(&k);
                             self.catalog.views.remove(&k);
+                            self.catalog.streams.remove(&k);
                         }
                         None if *if_exists => {}
                         None => return Err(expr::err_at(n, format!("no table or view '{name}'"))),
@@ -498,6 +526,7 @@ impl Session {
                     .tables
                     .keys()
                     .chain(self.catalog.views.keys())
+                    .chain(self.catalog.streams.keys())
                     .map(|k| vec![k.clone()])
                     .collect(),
             }),
@@ -574,11 +603,17 @@ impl Session {
                 })
                 .collect()
         } else {
-            let scratch = StreamExecutionEnvironment::new("describe");
-            let view = &self.catalog.views[&key];
-            let rel =
-                plan::Planner::new(&self.catalog, &self.config).query(&scratch, &view.query)?;
-            rel.schema
+            let schema = match (self.catalog.views.get(&key), self.catalog.streams.get(&key)) {
+                (Some(view), _) => {
+                    let scratch = StreamExecutionEnvironment::new("describe");
+                    plan::Planner::new(&self.catalog, &self.config)
+                        .query(&scratch, &view.query)?
+                        .schema
+                }
+                (None, Some(stream)) => stream.schema.clone(),
+                (None, None) => return Err(expr::err_at(name, format!("no table or view '{n}'"))),
+            };
+            schema
                 .iter()
                 .map(|c| {
                     vec![

@@ -408,7 +408,7 @@ impl Nexmark {
         let description = rng.arc_string(100);
         let length_ms = 10_000 + rng.below(10_000) as i64;
         let expires = match ts {
-            Value::Ts(t) => Value::Ts(t + length_ms),
+            Value::Ts(t) => Value::Ts(t.saturating_add(length_ms)),
             _ => Value::Null,
         };
         let size = 8 + item.len() + description.len() + 8 + 8 + 8 + 8 + 8 + 8;

@@ -32,6 +32,8 @@ pub struct Parsed {
     pub text: String,
     /// Its first line (1-based).
     pub line: u64,
+    /// Its first column (1-based).
+    pub column: u64,
 }
 
 /// A `ROW` column's fields: names and types.
@@ -231,6 +233,7 @@ pub fn script(sql: &str) -> Result<Vec<Parsed>, SqlError> {
             statement_set: set,
             text: text.chars[keep.0..keep.1].iter().collect(),
             line: first.span.start.line,
+            column: first.span.start.column,
         });
     }
     if let (Some(_), Some(t)) = (set, tokens.last()) {
@@ -456,7 +459,10 @@ fn rewrite(
             extras.rows.push((column_index, name.value.clone(), fields));
             cut.push(e);
             column_index += 1;
-        } else if !(is_word(&el[0].token, "PRIMARY") || is_word(&el[0].token, "CONSTRAINT")) {
+        } else if !["PRIMARY", "CONSTRAINT", "UNIQUE", "CHECK", "FOREIGN"]
+            .iter()
+            .any(|w| is_word(&el[0].token, w))
+        {
             column_index += 1;
         }
     }

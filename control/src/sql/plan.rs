@@ -388,13 +388,45 @@ impl<'a> Planner<'a> {
                     ));
                 }
                 let rowtime = l.rowtime.filter(|t| r.rowtime == Some(*t));
-                let mut stream = l.stream.union(std::slice::from_ref(&r.stream));
+                // Numeric columns of different types meet in the wider one.
+                let mut schema = l.schema.clone();
+                let mut conv_l = Vec::new();
+                let mut conv_r = Vec::new();
+                for (i, (a, b)) in l.schema.iter().zip(&r.schema).enumerate() {
+                    if a.ty != b.ty && a.ty.is_numeric() && b.ty.is_numeric() {
+                        let to = DataType::wider(a.ty, b.ty);
+                        schema[i].ty = to;
+                        if a.ty != to {
+                            conv_l.push((i, a.ty, to));
+                        }
+                        if b.ty != to {
+                            conv_r.push((i, b.ty, to));
+                        }
+                    }
+                }
+                let cast = |stream: &DataStream<Row>, conv: Vec<(usize, DataType, DataType)>| {
+                    if conv.is_empty() {
+                        return stream.clone();
+                    }
+                    stream
+                        .map(move |mut r: Row| {
+                            for &(i, from, to) in &conv {
+                                if let Some(v) = r.values.get_mut(i) {
+                                    *v = expr::convert(std::mem::take(v), from, to);
+                                }
+                            }
+                            r
+                        })
+                        .name("Calc(cast)")
+                };
+                let (ls, rs) = (cast(&l.stream, conv_l), cast(&r.stream, conv_r));
+                let mut stream = ls.union(std::slice::from_ref(&rs));
                 if let Some(t) = rowtime {
                     stream = stream.with_event_time(move |r: &Row| ts_ns(r.get(t)));
                 }
                 Ok(Rel {
                     stream,
-                    schema: l.schema.clone(),
+                    schema,
                     rowtime,
                     append_only: l.append_only && r.append_only,
                     plan: PlanNode::new("Union(all=[true])", vec![l.plan, r.plan]),
@@ -493,8 +525,10 @@ impl<'a> Planner<'a> {
                 .collect();
             stream = stream
                 .map(move |mut r: Row| {
-                    for (i, e) in &computed {
-                        let v = e(&r);
+                    // Every expression reads the physical row; then the values go to
+                    // their positions (in increasing order).
+                    let values: Vec<Value> = computed.iter().map(|(_, e)| e(&r)).collect();
+                    for ((i, _), v) in computed.iter().zip(values) {
                         r.values.insert((*i).min(r.values.len()), v);
                     }
                     r
@@ -706,6 +740,16 @@ impl<'a> Planner<'a> {
             )
         } else {
             let (slide_ms, size_ms) = (dur(args[2])?, dur(args[3])?);
+            // Each row goes to size / slide windows: as Flink, the slide divides the
+            // size, and a row belongs to at most 10000 windows.
+            if size_ms % slide_ms != 0 || size_ms / slide_ms > 10_000 {
+                return Err(err_at(
+                    e,
+                    format!(
+                        "HOP's size ({size_ms} ms) must be a multiple of its slide ({slide_ms} ms), at most 10000 times it"
+                    ),
+                ));
+            }
             (
                 WindowTvf::Hop { slide_ms, size_ms },
                 format!(
@@ -732,10 +776,10 @@ impl<'a> Planner<'a> {
 
     fn select(&self, env: &StreamExecutionEnvironment, s: &Select) -> Result<Rel, SqlError> {
         if let Some(d) = &s.distinct {
-            return Err(err_at(
-                &s.projection[0],
-                format!("unsupported: SELECT {d} (use GROUP BY)"),
-            ));
+            return Err(err_at(s, format!("unsupported: SELECT {d} (use GROUP BY)")));
+        }
+        if s.projection.is_empty() {
+            return Err(err_at(s, "SELECT needs at least one column"));
         }
         let input = self.from(env, s)?;
         let group_by: &[Expr] = match &s.group_by {
@@ -874,6 +918,7 @@ impl<'a> Planner<'a> {
             columns: &columns,
             computed: Some(&computed),
             bindings: None,
+            qualified: false,
         };
         let grouped_hint = |e: SqlError, x: &Expr| -> SqlError {
             if e.message.starts_with("Column '") {
@@ -1059,7 +1104,16 @@ fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
     }
     let mut parts = Vec::new();
     conjuncts(on, &mut parts);
-    let (ls, rs) = (Scope::new(&left.schema), Scope::new(&right.schema));
+    let (ls, rs) = (
+        Scope {
+            qualified: true,
+            ..Scope::new(&left.schema)
+        },
+        Scope {
+            qualified: true,
+            ..Scope::new(&right.schema)
+        },
+    );
     let mut lkeys: Vec<Eval> = Vec::new();
     let mut rkeys: Vec<Eval> = Vec::new();
     let mut residual: Vec<&Expr> = Vec::new();
@@ -1105,7 +1159,11 @@ fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
     schema.extend(right.schema.iter().cloned());
     let mut checks: Vec<Eval> = Vec::new();
     for r in &residual {
-        let c = expr::compile(r, &Scope::new(&schema))?;
+        let joined = Scope {
+            qualified: true,
+            ..Scope::new(&schema)
+        };
+        let c = expr::compile(r, &joined)?;
         if !matches!(c.ty, DataType::Boolean | DataType::Null) {
             return Err(err_at(
                 *r,
@@ -1500,13 +1558,7 @@ impl Rel {
                         _ => None,
                     };
                     let c = expr::compile(e, &scope)?;
-                    let col = match e {
-                        Expr::Identifier(i) => scope.lookup(&i.value),
-                        Expr::CompoundIdentifier(p) => {
-                            p.last().and_then(|i| scope.lookup(&i.value))
-                        }
-                        _ => None,
-                    };
+                    let col = scope.resolve(e);
                     if col.is_some() && col == self.rowtime {
                         rowtime = Some(schema.len());
                     }
@@ -1720,9 +1772,12 @@ impl AggCall {
             Acc::Count(n) => *n += 1,
             Acc::Sum { int, double, n } => {
                 match v {
-                    Value::Int(i) => *int = int.wrapping_add(i),
+                    Value::Int(i) => {
+                        *int = int.wrapping_add(i);
+                        *double += i as f64;
+                    }
                     Value::Double(d) => *double += d,
-                    _ => {}
+                    _ => return,
                 }
                 *n += 1;
             }

@@ -76,7 +76,7 @@ impl TableEnvironment {
                 return Err(SqlError::at(
                     "execute_sql runs statements: a query is a Table, from sql_query",
                     p.line,
-                    1,
+                    p.column,
                 ));
             }
         }
@@ -90,7 +90,7 @@ impl TableEnvironment {
             return Err(SqlError::new("sql_query takes one query"));
         };
         if !matches!(p.statement, sqlparser::ast::Statement::Query(_)) {
-            return Err(SqlError::at("sql_query takes a SELECT", p.line, 1));
+            return Err(SqlError::at("sql_query takes a SELECT", p.line, p.column));
         }
         let t = Table {
             tenv: self.clone(),
@@ -144,6 +144,18 @@ impl TableEnvironment {
             },
         );
         Ok(self.from_path(&name))
+    }
+
+    /// The names of the tables, views and registered streams (Flink's `listTables`).
+    pub fn list_tables(&self) -> Vec<String> {
+        let session = self.inner.session.borrow();
+        let c = &session.catalog;
+        c.tables
+            .keys()
+            .chain(c.views.keys())
+            .chain(c.streams.keys())
+            .cloned()
+            .collect()
     }
 
     /// Registers `table` as a temporary view named `name`.

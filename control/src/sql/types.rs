@@ -267,7 +267,12 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     let y: i64 = dp.next()?.parse().ok()?;
     let m: u32 = dp.next()?.parse().ok()?;
     let d: u32 = dp.next()?.parse().ok()?;
-    if dp.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    // Years 0000-9999 (as SQL's TIMESTAMP): nothing a user types overflows below.
+    if dp.next().is_some()
+        || !(0..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+    {
         return None;
     }
     let mut ms = days_from_civil(y, m, d) * 86_400_000;
@@ -283,7 +288,11 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
             Some(x) => x.parse().ok()?,
             None => 0,
         };
-        if tp.next().is_some() || h > 23 || mi > 59 || sec > 59 {
+        if tp.next().is_some()
+            || !(0..=23).contains(&h)
+            || !(0..=59).contains(&mi)
+            || !(0..=59).contains(&sec)
+        {
             return None;
         }
         ms += (h * 3600 + mi * 60 + sec) * 1000;
