@@ -464,3 +464,63 @@ fn run_f_runs_a_sql_file_as_a_job_and_bad_sql_is_a_positioned_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("reading /nonexistent/q.sql"));
 }
+
+/// The interactive client on a terminal (a pseudo-terminal from `script`): line
+/// editing reads statements over several lines, runs them, reports an error and goes
+/// on, and keeps the history in ~/.spate_sql_history.
+#[test]
+fn the_interactive_sql_client_runs_statements_typed_on_a_terminal() {
+    let conf = conf_dir(TEST_CONF);
+    let home = tempfile::tempdir().unwrap();
+    let typed = [
+        "CREATE TABLE t (x BIGINT) WITH ('connector' = 'datagen', 'rows-per-second' = '0',",
+        " 'number-of-rows' = '3', 'fields.x.kind' = 'sequence', 'fields.x.start' = '1', 'fields.x.end' = '3');",
+        "SELECT x * 2 AS y FROM t;",
+        "SELECT nope FROM t;",
+        "QUIT;",
+    ];
+    let mut child = std::process::Command::new("script")
+        .args([
+            "-qfc",
+            &format!("{} sql", env!("CARGO_BIN_EXE_spate")),
+            "/dev/null",
+        ])
+        .env("HOME", home.path())
+        .env("SPATE_CONF_DIR", conf.path())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        for line in typed {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            stdin.write_all(line.as_bytes()).unwrap();
+            stdin.write_all(b"\r").unwrap();
+            stdin.flush().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    }
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the client did not quit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("[INFO] Execute statement succeeded."),
+        "{text}"
+    );
+    assert!(text.contains("|                    6 |"), "{text}");
+    assert!(text.contains("Received a total of 3 rows"), "{text}");
+    assert!(text.contains("Column 'nope' not found"), "{text}");
+    let history = std::fs::read_to_string(home.path().join(".spate_sql_history")).unwrap();
+    assert!(history.contains("SELECT x * 2 AS y FROM t;"), "{history}");
+}

@@ -137,17 +137,46 @@ impl Client {
     }
 
     fn interactive(&mut self) -> Result<bool> {
-        eprintln!("spate SQL client: end statements with ';', quit with QUIT; or Ctrl-D.");
+        eprintln!(
+            "spate SQL client: end statements with ';' (they may span lines), quit with QUIT; or Ctrl-D; Ctrl-C clears the line or cancels a running job."
+        );
+        // Line editing and history (kept in ~/.spate_sql_history) where the terminal
+        // allows it, else plain lines from standard input.
+        let mut editor = rustyline::DefaultEditor::new().ok();
+        let history = std::env::var_os("HOME")
+            .map(|h| std::path::PathBuf::from(h).join(".spate_sql_history"));
+        if let (Some(ed), Some(h)) = (editor.as_mut(), &history) {
+            let _ = ed.load_history(h);
+        }
         let stdin = std::io::stdin();
         let mut buf = String::new();
         loop {
-            eprint!("{}", if buf.is_empty() { "spate SQL> " } else { "> " });
-            std::io::stderr().flush().ok();
-            let mut line = String::new();
-            if stdin.lock().read_line(&mut line)? == 0 {
-                eprintln!();
-                return Ok(true);
-            }
+            let prompt = if buf.is_empty() { "spate SQL> " } else { "> " };
+            let line = match editor.as_mut() {
+                Some(ed) => match ed.readline(prompt) {
+                    Ok(l) => {
+                        if !l.trim().is_empty() {
+                            let _ = ed.add_history_entry(l.as_str());
+                        }
+                        l + "\n"
+                    }
+                    Err(rustyline::error::ReadlineError::Interrupted) => {
+                        buf.clear();
+                        continue;
+                    }
+                    Err(rustyline::error::ReadlineError::Eof) => break,
+                    Err(e) => return Err(anyhow::anyhow!("reading the terminal: {e}")),
+                },
+                None => {
+                    eprint!("{prompt}");
+                    std::io::stderr().flush().ok();
+                    let mut l = String::new();
+                    if stdin.lock().read_line(&mut l)? == 0 {
+                        break;
+                    }
+                    l
+                }
+            };
             buf.push_str(&line);
             let t = buf.trim();
             if t.is_empty() {
@@ -164,7 +193,7 @@ impl Client {
                 .trim()
                 .to_ascii_uppercase();
             if upper == "QUIT" || upper == "EXIT" {
-                return Ok(true);
+                break;
             }
             match parse::script(&stmt) {
                 Ok(s) if s.iter().any(|p| p.statement_set.is_some()) && !upper.ends_with("END") => {
@@ -179,6 +208,11 @@ impl Client {
                 Err(e) => print_error(&e),
             }
         }
+        if let (Some(ed), Some(h)) = (editor.as_mut(), &history) {
+            let _ = ed.save_history(h);
+        }
+        eprintln!();
+        Ok(true)
     }
 
     /// Runs one statement, or the INSERTs of one statement set.
