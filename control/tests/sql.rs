@@ -967,6 +967,14 @@ fn what_a_user_types_gives_errors_not_panics_and_right_results() {
         ),
         ("SELECT REGEXP(bidder, bidder) FROM bids;", "string literal"),
         ("DROP VIEW bids;", "is a table"),
+        (
+            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price) AS rn FROM bids) WHERE price > 3;",
+            "must bound it",
+        ),
+        (
+            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY auction) AS rn FROM bids) WHERE rn <= 3;",
+            "needs ORDER BY",
+        ),
     ] {
         let env = StreamExecutionEnvironment::new("sql");
         let mut session = Session::new();
@@ -1016,4 +1024,57 @@ fn what_a_user_types_gives_errors_not_panics_and_right_results() {
     assert!(!want.is_empty());
     let got = rows.into_iter().map(|r| r.values).collect();
     assert_eq!(sorted(got), sorted(want));
+}
+
+#[test]
+fn nexmark_top_n_and_deduplication_end_at_the_reference() {
+    for p in [1, 2] {
+        let ddl = nexmark_ddl();
+        // q18: the last bid of each bidder on each auction.
+        let (rows, session) = run_with(&ddl, &nexmark_select("q18"), p);
+        let bids = nexmark_bids(&session);
+        let mut want: HashMap<Vec<Value>, Vec<Value>> = HashMap::new();
+        for b in &bids {
+            let key = vec![b[0].clone(), b[1].clone()];
+            let newer = want.get(&key).is_none_or(|w| int(&w[5]) < int(&b[5]));
+            if newer {
+                want.insert(key, b.clone());
+            }
+        }
+        let got = apply(&rows, 2);
+        assert_eq!(got, want, "q18 p={p}");
+        // q19: the ten highest prices of each auction, by rank.
+        let (rows, _) = run_with(&ddl, &nexmark_select("q19"), p);
+        let mut table: HashMap<(Value, Value), Vec<Value>> = HashMap::new();
+        for r in &rows {
+            let k = (r.values[0].clone(), r.values[7].clone());
+            match r.kind {
+                RowKind::Insert | RowKind::UpdateAfter => {
+                    assert!(table.insert(k, r.values.clone()).is_none(), "{r:?}")
+                }
+                RowKind::UpdateBefore | RowKind::Delete => {
+                    assert_eq!(table.remove(&k).as_ref(), Some(&r.values), "{r:?}")
+                }
+            }
+        }
+        let mut prices: HashMap<Value, Vec<i64>> = HashMap::new();
+        for b in &bids {
+            prices.entry(b[0].clone()).or_default().push(int(&b[2]));
+        }
+        let mut n = 0;
+        for (auction, mut ps) in prices {
+            ps.sort_unstable_by(|a, b| b.cmp(a));
+            for (i, price) in ps.iter().take(10).enumerate() {
+                let row = &table[&(auction.clone(), Value::Int(i as i64 + 1))];
+                assert_eq!(
+                    int(&row[2]),
+                    *price,
+                    "q19 p={p} auction {auction:?} rank {}",
+                    i + 1
+                );
+                n += 1;
+            }
+        }
+        assert_eq!(table.len(), n, "q19 p={p}");
+    }
 }

@@ -781,7 +781,10 @@ impl<'a> Planner<'a> {
         if s.projection.is_empty() {
             return Err(err_at(s, "SELECT needs at least one column"));
         }
-        let input = self.from(env, s)?;
+        let input = match self.top_n(env, s)? {
+            Some(rel) => rel,
+            None => self.from(env, s)?,
+        };
         let group_by: &[Expr] = match &s.group_by {
             GroupByExpr::Expressions(e, mods) => {
                 if !mods.is_empty() {
@@ -829,6 +832,179 @@ impl<'a> Planner<'a> {
             ));
         }
         self.aggregate(input, group_by, &aggs, s)
+    }
+
+    /// Flink's Top-N (and deduplication, its N = 1): `FROM (SELECT ..., ROW_NUMBER()
+    /// OVER (PARTITION BY p ORDER BY o) AS rn FROM t) WHERE rn <= N` (or `rn < N`,
+    /// `rn = 1`). The FROM item becomes a keyed operator that keeps each partition's
+    /// first N rows in order and emits the changes: a row that enters the top N is
+    /// inserted (`+I`), one pushed out deleted (`-D`), and rows whose rank changed are
+    /// updated (`-U`/`+U`); with N = 1 the replaced row and its replacement are an
+    /// update pair. `None` when `s` is not of that shape.
+    fn top_n(&self, env: &StreamExecutionEnvironment, s: &Select) -> Result<Option<Rel>, SqlError> {
+        let ([twj], Some(selection)) = (s.from.as_slice(), &s.selection) else {
+            return Ok(None);
+        };
+        let TableFactor::Derived { subquery, .. } = &twj.relation else {
+            return Ok(None);
+        };
+        if !twj.joins.is_empty() {
+            return Ok(None);
+        }
+        let SetExpr::Select(inner) = subquery.body.as_ref() else {
+            return Ok(None);
+        };
+        // The ROW_NUMBER() item of the inner projection.
+        let mut found = None;
+        for (k, item) in inner.projection.iter().enumerate() {
+            let (e, alias) = match item {
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias)),
+                SelectItem::UnnamedExpr(e) => (e, None),
+                _ => continue,
+            };
+            if let Expr::Function(f) = e {
+                if let Some(over) = &f.over {
+                    if expr::function_name(f) != "ROW_NUMBER" {
+                        return Err(err_at(
+                            e,
+                            "unsupported: OVER aggregates (spate runs ROW_NUMBER() for Top-N and deduplication)",
+                        ));
+                    }
+                    let Some(alias) = alias else {
+                        return Err(err_at(
+                            e,
+                            "ROW_NUMBER() needs a name: ROW_NUMBER() OVER (...) AS rn",
+                        ));
+                    };
+                    found = Some((k, alias.value.clone(), over, e));
+                }
+            }
+        }
+        let Some((k, rn, over, at)) = found else {
+            return Ok(None);
+        };
+        let sqlparser::ast::WindowType::WindowSpec(spec) = over else {
+            return Err(err_at(at, "unsupported: a named window"));
+        };
+        if spec.window_frame.is_some() {
+            return Err(err_at(at, "unsupported: ROW_NUMBER() with a window frame"));
+        }
+        if spec.order_by.is_empty() {
+            return Err(err_at(at, "ROW_NUMBER() needs ORDER BY in its OVER clause"));
+        }
+        // The rank condition of the outer WHERE.
+        let mut parts = Vec::new();
+        conjuncts(selection, &mut parts);
+        let is_rn =
+            |e: &Expr| matches!(e, Expr::Identifier(i) if i.value.eq_ignore_ascii_case(&rn));
+        let number = |e: &Expr| match e {
+            Expr::Value(v) => match &v.value {
+                sqlparser::ast::Value::Number(n, _) => n.parse::<i64>().ok(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let mut limit: Option<i64> = None;
+        for c in &parts {
+            use sqlparser::ast::BinaryOperator as B;
+            if let Expr::BinaryOp { left, op, right } = c {
+                let n = match (is_rn(left), op, number(right)) {
+                    (true, B::LtEq, Some(n)) => Some(n),
+                    (true, B::Lt, Some(n)) => Some(n - 1),
+                    (true, B::Eq, Some(1)) => Some(1),
+                    _ => match (number(left), op, is_rn(right)) {
+                        (Some(n), B::GtEq, true) => Some(n),
+                        (Some(n), B::Gt, true) => Some(n - 1),
+                        _ => None,
+                    },
+                };
+                if let Some(n) = n {
+                    limit = Some(limit.map_or(n, |l| l.min(n)));
+                }
+            }
+        }
+        let Some(n) = limit else {
+            return Err(err_at(
+                selection,
+                format!("ROW_NUMBER() runs as Top-N: the outer WHERE must bound it ({rn} <= N)"),
+            ));
+        };
+        if !(1..=100_000).contains(&n) {
+            return Err(err_at(
+                selection,
+                "a Top-N keeps 1 to 100000 rows per partition",
+            ));
+        }
+        // The inner query without its ROW_NUMBER() item.
+        let mut plain = inner.as_ref().clone();
+        plain.projection.remove(k);
+        if plain.projection.is_empty() {
+            return Err(err_at(
+                at,
+                "the Top-N query selects nothing besides ROW_NUMBER()",
+            ));
+        }
+        let input = self.select(env, &plain)?.materialize()?.flush();
+        if !input.append_only {
+            return Err(err_at(at, "unsupported: Top-N of an updating input"));
+        }
+        let scope = Scope::new(&input.schema);
+        let partition: Vec<Eval> = spec
+            .partition_by
+            .iter()
+            .map(|e| expr::compile(e, &scope).map(|c| c.eval))
+            .collect::<Result<_, _>>()?;
+        let mut order: Vec<(Eval, bool)> = Vec::new();
+        for o in &spec.order_by {
+            let c = expr::compile(&o.expr, &scope)?;
+            let desc = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
+            order.push((c.eval, desc));
+        }
+        // The rank column goes where ROW_NUMBER() was: after the columns of the items
+        // before it (a `*` stands for many).
+        let at_rank = if k == 0 {
+            0
+        } else {
+            let mut head = inner.as_ref().clone();
+            head.projection.truncate(k);
+            let scratch = StreamExecutionEnvironment::new("rank");
+            self.select(&scratch, &head)?.schema.len()
+        };
+        let mut schema = input.schema.clone();
+        let at_rank = at_rank.min(schema.len());
+        schema.insert(at_rank, Column::new(rn.clone(), DataType::BigInt));
+        let partition = Arc::new(partition);
+        let stream = input
+            .stream
+            .key_by(move |r: &Row| partition.iter().map(|p| p(r)).collect::<Vec<Value>>())
+            .process(TopN {
+                n: n as usize,
+                order: Arc::new(order),
+                rank_at: at_rank,
+            })
+            .name("Rank");
+        let label = format!(
+            "Rank(rankRange=[rankStart=1, rankEnd={n}], partitionBy=[{}], orderBy=[{}])",
+            spec.partition_by
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            spec.order_by
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(Some(Rel {
+            stream,
+            schema,
+            rowtime: None,
+            append_only: false,
+            plan: PlanNode::new(label, vec![input.plan]),
+            window: None,
+            calc: None,
+        }))
     }
 
     fn aggregate(
@@ -1196,6 +1372,102 @@ fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
         window: None,
         calc: None,
     })
+}
+
+/// The Top-N operator: per partition, its first `n` rows by `order`.
+#[derive(Clone)]
+struct TopN {
+    n: usize,
+    /// Order keys, and whether each is descending.
+    order: Arc<Vec<(Eval, bool)>>,
+    /// Where the rank column goes in an output row.
+    rank_at: usize,
+}
+
+/// Per partition: its top rows, in order (keyed state: checkpoints write it).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct TopNState {
+    rows: Vec<Row>,
+}
+
+impl TopN {
+    /// Whether `a` comes before `b`. Ties keep arrival order (a later row goes after).
+    fn before(&self, a: &Row, b: &Row) -> bool {
+        for (key, desc) in self.order.iter() {
+            let (x, y) = (key(a), key(b));
+            // NULLs last, whichever the direction.
+            let o = match (x.is_null(), y.is_null()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => return false,
+                (false, true) => return true,
+                _ => x.sql_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
+            };
+            let o = if *desc { o.reverse() } else { o };
+            match o {
+                std::cmp::Ordering::Less => return true,
+                std::cmp::Ordering::Greater => return false,
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+        false
+    }
+
+    fn ranked(&self, r: &Row, rank: usize, kind: RowKind) -> Row {
+        let mut values = r.values.clone();
+        values.insert(self.rank_at.min(values.len()), Value::Int(rank as i64));
+        Row { kind, values }
+    }
+}
+
+impl KeyedProcessFunction for TopN {
+    type Key = Vec<Value>;
+    type In = Row;
+    type Out = Row;
+    type State = TopNState;
+
+    fn process_element(
+        &mut self,
+        value: Row,
+        state: &mut TopNState,
+        ctx: &mut Context<'_, Vec<Value>, Row>,
+    ) {
+        let pos = state
+            .rows
+            .iter()
+            .position(|r| self.before(&value, r))
+            .unwrap_or(state.rows.len());
+        if pos >= self.n {
+            return;
+        }
+        state.rows.insert(pos, value);
+        let evicted = if state.rows.len() > self.n {
+            state.rows.pop()
+        } else {
+            None
+        };
+        if self.n == 1 {
+            // Deduplication: the kept row replaced.
+            if let Some(old) = &evicted {
+                ctx.collect(self.ranked(old, 1, RowKind::UpdateBefore));
+                ctx.collect(self.ranked(&state.rows[0], 1, RowKind::UpdateAfter));
+            } else {
+                ctx.collect(self.ranked(&state.rows[0], 1, RowKind::Insert));
+            }
+            return;
+        }
+        if let Some(old) = &evicted {
+            ctx.collect(self.ranked(old, self.n, RowKind::Delete));
+        }
+        // Rows after the new one moved down a rank (the evicted one is gone), from
+        // the last up, so that a consumer keyed by rank finds each rank free.
+        let last = state.rows.len();
+        for k in (pos + 1..last).rev() {
+            let r = &state.rows[k];
+            ctx.collect(self.ranked(r, k, RowKind::UpdateBefore));
+            ctx.collect(self.ranked(r, k + 1, RowKind::UpdateAfter));
+        }
+        ctx.collect(self.ranked(&state.rows[pos], pos + 1, RowKind::Insert));
+    }
 }
 
 /// The regular inner join's operator.
