@@ -252,7 +252,7 @@ impl Client {
                 if tableau && self.args.jobmanager.is_none() {
                     println!("{}", sql::tableau_header(&rel.schema, &widths));
                 }
-                let rows = self.job(&first.text, None)?;
+                let rows = self.job(&first.text, false)?;
                 if tableau && self.args.jobmanager.is_none() {
                     println!("{}", sql::tableau_footer(&widths));
                     if let Some(n) = rows {
@@ -271,7 +271,7 @@ impl Client {
                     first.text.clone()
                 };
                 println!("[INFO] Submitting SQL update statement to the cluster...");
-                if let Some(n) = self.job(&body, Some(()))? {
+                if let Some(n) = self.job(&body, true)? {
                     println!("[INFO] SQL update statement finished: {n} rows written.\n");
                 }
             }
@@ -279,9 +279,9 @@ impl Client {
         Ok(())
     }
 
-    /// Runs a job of the session's history and `statement`; the rows its sinks took
-    /// when it ran locally.
-    fn job(&mut self, statement: &str, insert: Option<()>) -> Result<Option<u64>, SqlError> {
+    /// Runs a job of the session's history and `statement` (an `insert` is submitted
+    /// to a cluster detached); the rows its sinks took when it ran locally.
+    fn job(&mut self, statement: &str, insert: bool) -> Result<Option<u64>, SqlError> {
         let mut script = self.history.join(";\n");
         script.push_str(";\n");
         script.push_str(statement);
@@ -292,13 +292,12 @@ impl Client {
         spec.parallelism = self.args.parallelism;
         if let Some(m) = &self.args.jobmanager {
             spec.config = self.args.defines.clone();
-            if insert.is_none() {
+            if !insert {
                 println!(
                     "[INFO] A SELECT on a cluster prints its rows on the TaskManagers' standard output."
                 );
             }
-            crate::cli_client::run(m, &spec, insert.is_some())
-                .map_err(|e| fail(format!("{e:#}")))?;
+            crate::cli_client::run(m, &spec, insert).map_err(|e| fail(format!("{e:#}")))?;
             return Ok(None);
         }
         spec.runtime_mode = Some(self.config.runtime_mode);

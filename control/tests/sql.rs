@@ -76,19 +76,28 @@ fn run_with(ddl: &str, query: &str, p: usize) -> (Vec<Row>, Session) {
     }
     let out = Arc::new(Mutex::new(Vec::new()));
     rel.unwrap().stream.collect(out.clone());
-    let graph = JobGraph::build(env.stream_graph(), None, 1, true).unwrap();
+    run_env(&env);
+    let rows = out.lock().unwrap().clone();
+    (rows, session)
+}
+
+/// Runs the job declared on `env` to its end.
+fn run_env(env: &StreamExecutionEnvironment) {
+    execute(&JobGraph::build(env.stream_graph(), None, 1, true).unwrap());
+}
+
+/// Runs `graph` on a MiniCluster; it must finish.
+fn execute(graph: &JobGraph) {
     let mut mc = MiniCluster::start(&config()).unwrap();
     let r = mc
         .execute(
-            &graph,
+            graph,
             &AtomicBool::new(false),
             Duration::from_secs(60),
             &mut |_| {},
         )
         .unwrap();
     assert_eq!(r.status, JobStatus::Finished);
-    let rows = out.lock().unwrap().clone();
-    (rows, session)
 }
 
 fn int(v: &Value) -> i64 {
@@ -276,17 +285,7 @@ fn a_script_job_writes_its_statement_set_to_files() {
     let mut spec = JobSpec::new("sql");
     spec.args = vec![script];
     spec.parallelism = Some(2);
-    let graph = spec.job_graph(1, true).unwrap();
-    let mut mc = MiniCluster::start(&config()).unwrap();
-    let r = mc
-        .execute(
-            &graph,
-            &AtomicBool::new(false),
-            Duration::from_secs(60),
-            &mut |_| {},
-        )
-        .unwrap();
-    assert_eq!(r.status, JobStatus::Finished);
+    execute(&spec.job_graph(1, true).unwrap());
     let read = |d: &std::path::Path| -> Vec<String> {
         let mut lines = Vec::new();
         for f in std::fs::read_dir(d).unwrap() {
@@ -735,21 +734,6 @@ fn nexmark_aggregating_queries_end_at_the_reference() {
 
 // ---------------------------------------------------------------------------------
 // The Table API
-
-/// Runs the job declared on `env` to its end.
-fn run_env(env: &StreamExecutionEnvironment) {
-    let graph = JobGraph::build(env.stream_graph(), None, 1, true).unwrap();
-    let mut mc = MiniCluster::start(&config()).unwrap();
-    let r = mc
-        .execute(
-            &graph,
-            &AtomicBool::new(false),
-            Duration::from_secs(60),
-            &mut |_| {},
-        )
-        .unwrap();
-    assert_eq!(r.status, JobStatus::Finished);
-}
 
 #[test]
 fn the_table_api_plans_as_sql_does_and_converts_to_and_from_streams() {

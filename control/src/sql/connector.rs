@@ -64,30 +64,12 @@ pub fn source(
     _config: &BTreeMap<String, String>,
 ) -> Result<DataStream<Row>, SqlError> {
     match connector(def)? {
-        "datagen" => {
-            let gen = Arc::new(Datagen::from_table(def)?);
-            let name = format!("Source: {}", def.name);
-            let bounded = gen.rows.is_some();
-            let g = gen.clone();
-            let make = move |info: SubtaskInfo| Ok(DatagenSource::new(g.clone(), info));
-            Ok(if bounded {
-                env.add_bounded_source(&name, false, make)
-            } else {
-                env.add_source(&name, false, make)
-            })
-        }
-        "nexmark" => {
-            let gen = Arc::new(super::nexmark::Nexmark::from_table(def)?);
-            let name = format!("Source: {}", def.name);
-            let g = gen.clone();
-            let make =
-                move |info: SubtaskInfo| Ok(super::nexmark::NexmarkSource::new(g.clone(), info));
-            Ok(if gen.events.is_some() {
-                env.add_bounded_source(&name, false, make)
-            } else {
-                env.add_source(&name, false, make)
-            })
-        }
+        "datagen" => Ok(indexed_source(env, def, Datagen::from_table(def)?)),
+        "nexmark" => Ok(indexed_source(
+            env,
+            def,
+            super::nexmark::Nexmark::from_table(def)?,
+        )),
         other => Err(SqlError::new(format!(
             "table '{}': connector '{other}' is a sink only; it cannot be read",
             def.name
@@ -637,20 +619,63 @@ impl Datagen {
     }
 }
 
-/// One subtask's share of a datagen table, paced at its share of `rows-per-second`.
-struct DatagenSource {
-    gen: Arc<Datagen>,
+/// A table whose row `i` (counted over all subtasks) is a function of `i`: `datagen`
+/// and `nexmark`.
+pub(crate) trait IndexedRows: Send + Sync + 'static {
+    /// Rows in all (`None`: unbounded).
+    fn total(&self) -> Option<u64>;
+    /// Rows per second over all subtasks to pace at (`None`: as fast as taken).
+    fn pace(&self) -> Option<f64>;
+    /// Row `i`; `now_ms` is when the source started, for event times of tables that
+    /// declare no start of their own.
+    fn row(&self, i: u64, now_ms: i64) -> Row;
+}
+
+impl IndexedRows for Datagen {
+    fn total(&self) -> Option<u64> {
+        self.rows
+    }
+    fn pace(&self) -> Option<f64> {
+        (self.rows_per_second > 0.0).then_some(self.rows_per_second)
+    }
+    fn row(&self, i: u64, now_ms: i64) -> Row {
+        Datagen::row(self, i, now_ms)
+    }
+}
+
+/// The source of an [`IndexedRows`] table (parallel; bounded when the table is).
+pub(crate) fn indexed_source<G: IndexedRows>(
+    env: &StreamExecutionEnvironment,
+    def: &TableDef,
+    gen: G,
+) -> DataStream<Row> {
+    let name = format!("Source: {}", def.name);
+    let bounded = gen.total().is_some();
+    let gen = Arc::new(gen);
+    let make = move |info: SubtaskInfo| Ok(IndexedSource::new(gen.clone(), info));
+    if bounded {
+        env.add_bounded_source(&name, false, make)
+    } else {
+        env.add_source(&name, false, make)
+    }
+}
+
+/// One subtask's share of an [`IndexedRows`] table: rows `s, s + p, s + 2p, ...`,
+/// paced at its share of the table's rate. Its position is the rows it emitted.
+struct IndexedSource<G> {
+    gen: Arc<G>,
     index: u64,
     parallelism: u64,
     /// Rows this subtask emitted.
     emitted: u64,
     /// When pacing started (ns, the task clock), set by the first poll.
     started_ns: Option<u64>,
+    /// When the source first started (wall clock, ms), kept across restores.
     start_ms: i64,
 }
 
-impl DatagenSource {
-    fn new(gen: Arc<Datagen>, info: SubtaskInfo) -> Self {
+impl<G> IndexedSource<G> {
+    fn new(gen: Arc<G>, info: SubtaskInfo) -> Self {
         let start_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -664,14 +689,9 @@ impl DatagenSource {
             start_ms,
         }
     }
-
-    /// The global index of this subtask's next row.
-    fn next_index(&self) -> u64 {
-        self.index + self.emitted * self.parallelism
-    }
 }
 
-impl Source<Row> for DatagenSource {
+impl<G: IndexedRows> Source<Row> for IndexedSource<G> {
     fn poll(
         &mut self,
         out: &mut Vec<Row>,
@@ -679,18 +699,17 @@ impl Source<Row> for DatagenSource {
         now_ns: u64,
     ) -> Result<SourceStatus, TaskError> {
         let mut n = max as u64;
-        if self.gen.rows_per_second > 0.0 {
-            let rate = self.gen.rows_per_second / self.parallelism as f64;
+        if let Some(total_rate) = self.gen.pace() {
+            let rate = total_rate / self.parallelism as f64;
             let started = *self.started_ns.get_or_insert_with(|| {
                 now_ns.saturating_sub((self.emitted as f64 / rate * 1e9) as u64)
             });
             let due = (now_ns.saturating_sub(started) as f64 * rate / 1e9) as u64 + 1;
             n = n.min(due.saturating_sub(self.emitted));
         }
-        let mut k = 0;
-        while k < n {
-            let i = self.next_index();
-            if self.gen.rows.is_some_and(|r| i >= r) {
+        for k in 0..n {
+            let i = self.index + self.emitted * self.parallelism;
+            if self.gen.total().is_some_and(|t| i >= t) {
                 return Ok(if k == 0 {
                     SourceStatus::Done
                 } else {
@@ -699,9 +718,8 @@ impl Source<Row> for DatagenSource {
             }
             out.push(self.gen.row(i, self.start_ms));
             self.emitted += 1;
-            k += 1;
         }
-        Ok(SourceStatus::Emitted(k as usize))
+        Ok(SourceStatus::Emitted(n as usize))
     }
 
     fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, StateError> {

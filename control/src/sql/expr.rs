@@ -87,47 +87,57 @@ impl<'a> Scope<'a> {
 
     /// The column named `name`, exactly, else the only case-insensitive match.
     pub fn lookup_exact(&self, name: &str) -> Option<usize> {
-        if let Some(i) = self.columns.iter().position(|c| c.name == name) {
-            return Some(i);
-        }
-        let mut it = self
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.name.eq_ignore_ascii_case(name));
-        match (it.next(), it.next()) {
-            (Some((i, _)), None) => Some(i),
-            _ => None,
+        match self.case_insensitive(name) {
+            Match::One(i) => Some(i),
+            Match::None | Match::Many => None,
         }
     }
 
-    /// The index of the column `name` (exact, else the only case-insensitive match).
-    pub fn lookup(&self, name: &str) -> Option<usize> {
+    fn case_insensitive(&self, name: &str) -> Match {
         if let Some(i) = self.columns.iter().position(|c| c.name == name) {
-            return Some(i);
+            return Match::One(i);
         }
-        let mut it = self
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.name.eq_ignore_ascii_case(name));
-        match (it.next(), it.next()) {
-            (Some((i, _)), None) => return Some(i),
-            (Some(_), Some(_)) => return None,
-            _ => {}
+        only(
+            self.columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.name.eq_ignore_ascii_case(name)),
+        )
+    }
+
+    /// The index of the column `name`: as [`Self::lookup_exact`], else — a join's
+    /// columns are qualified (`A.id`) — the only column `name` qualifies.
+    pub fn lookup(&self, name: &str) -> Option<usize> {
+        match self.case_insensitive(name) {
+            Match::One(i) => return Some(i),
+            Match::Many => return None,
+            Match::None => {}
         }
-        // A join's columns are qualified (`A.id`): an unqualified name is the only
-        // column it qualifies.
         let suffix = format!(".{}", name.to_ascii_lowercase());
-        let mut it = self
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.name.to_ascii_lowercase().ends_with(&suffix));
-        match (it.next(), it.next()) {
-            (Some((i, _)), None) => Some(i),
-            _ => None,
+        match only(
+            self.columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.name.to_ascii_lowercase().ends_with(&suffix)),
+        ) {
+            Match::One(i) => Some(i),
+            Match::None | Match::Many => None,
         }
+    }
+}
+
+/// How many columns a name matched.
+enum Match {
+    None,
+    One(usize),
+    Many,
+}
+
+fn only<'c>(mut it: impl Iterator<Item = (usize, &'c Column)>) -> Match {
+    match (it.next(), it.next()) {
+        (None, _) => Match::None,
+        (Some((i, _)), None) => Match::One(i),
+        (Some(_), Some(_)) => Match::Many,
     }
 }
 

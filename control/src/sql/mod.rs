@@ -330,7 +330,6 @@ impl Session {
         p: &Parsed,
     ) -> Result<Outcome, SqlError> {
         let at = |msg: String| SqlError::at(msg, p.line, p.column);
-        let at_stmt = |msg: String| SqlError::at(msg, p.line, p.column);
         match &p.statement {
             Statement::Set(set) => {
                 use sqlparser::ast::Set;
@@ -401,8 +400,7 @@ impl Session {
                     {
                         for (f, t) in fields {
                             let full = format!("{name}.{f}");
-                            let ty =
-                                expr::data_type(t).ok_or_else(|| at_stmt(unsupported(&full, t)))?;
+                            let ty = expr::data_type(t).ok_or_else(|| at(unsupported(&full, t)))?;
                             physical.push(Column::new(full, ty));
                             next += 1;
                         }

@@ -28,10 +28,6 @@
 
 use super::types::{parse_timestamp, DataType, Row, Value};
 use super::{SqlError, TableDef};
-use spate_dataplane::checkpoint::{decode_state, encode_state, StateError};
-use spate_dataplane::operator::source::{Source, SourceStatus};
-use spate_dataplane::operator::SubtaskInfo;
-use spate_dataplane::slot::TaskError;
 use std::sync::Arc;
 
 const FIRST_PERSON_ID: i64 = 1000;
@@ -646,74 +642,15 @@ pub fn register_functions() {
     });
 }
 
-/// One subtask's share of the events: `index, index + p, ...`.
-pub(crate) struct NexmarkSource {
-    gen: Arc<Nexmark>,
-    index: u64,
-    parallelism: u64,
-    emitted: u64,
-    started_ns: Option<u64>,
-    base_ms: i64,
-}
-
-impl NexmarkSource {
-    pub(crate) fn new(gen: Arc<Nexmark>, info: SubtaskInfo) -> Self {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        Self {
-            base_ms: gen.base_ms.unwrap_or(now_ms),
-            gen,
-            index: info.index as u64,
-            parallelism: info.parallelism.max(1) as u64,
-            emitted: 0,
-            started_ns: None,
-        }
+impl super::connector::IndexedRows for Nexmark {
+    fn total(&self) -> Option<u64> {
+        self.events
     }
-}
-
-impl Source<Row> for NexmarkSource {
-    fn poll(
-        &mut self,
-        out: &mut Vec<Row>,
-        max: usize,
-        now_ns: u64,
-    ) -> Result<SourceStatus, TaskError> {
-        let mut n = max as u64;
-        if self.gen.rate_limited {
-            let rate = self.gen.rate / self.parallelism as f64;
-            let started = *self.started_ns.get_or_insert_with(|| {
-                now_ns.saturating_sub((self.emitted as f64 / rate * 1e9) as u64)
-            });
-            let due = (now_ns.saturating_sub(started) as f64 * rate / 1e9) as u64 + 1;
-            n = n.min(due.saturating_sub(self.emitted));
-        }
-        for k in 0..n {
-            let i = self.index + self.emitted * self.parallelism;
-            if self.gen.events.is_some_and(|e| i >= e) {
-                return Ok(if k == 0 {
-                    SourceStatus::Done
-                } else {
-                    SourceStatus::Emitted(k as usize)
-                });
-            }
-            out.push(self.gen.row(i, self.base_ms));
-            self.emitted += 1;
-        }
-        Ok(SourceStatus::Emitted(n as usize))
+    fn pace(&self) -> Option<f64> {
+        self.rate_limited.then_some(self.rate)
     }
-
-    fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, StateError> {
-        encode_state(&(self.emitted, self.base_ms)).map(Some)
-    }
-
-    fn restore_position(&mut self, state: &[u8]) -> Result<(), StateError> {
-        let (emitted, base_ms): (u64, i64) = decode_state(state)?;
-        self.emitted = emitted;
-        self.base_ms = base_ms;
-        self.started_ns = None;
-        Ok(())
+    fn row(&self, i: u64, now_ms: i64) -> Row {
+        Nexmark::row(self, i, now_ms)
     }
 }
 

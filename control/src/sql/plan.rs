@@ -296,20 +296,7 @@ impl<'a> Planner<'a> {
             conversions.push((i, q.ty, s.ty));
         }
         let mut rel = rel;
-        if !conversions.is_empty() {
-            let conv = Arc::new(conversions);
-            rel.stream = rel
-                .stream
-                .map(move |mut r: Row| {
-                    for &(i, from, to) in conv.iter() {
-                        if let Some(v) = r.values.get_mut(i) {
-                            *v = expr::convert(std::mem::take(v), from, to);
-                        }
-                    }
-                    r
-                })
-                .name("Calc(cast to the sink's types)");
-        }
+        rel.stream = cast_columns(&rel.stream, conversions);
         let plan = connector::sink(&rel, def)?;
         Ok((def.name.clone(), plan))
     }
@@ -404,22 +391,10 @@ impl<'a> Planner<'a> {
                         }
                     }
                 }
-                let cast = |stream: &DataStream<Row>, conv: Vec<(usize, DataType, DataType)>| {
-                    if conv.is_empty() {
-                        return stream.clone();
-                    }
-                    stream
-                        .map(move |mut r: Row| {
-                            for &(i, from, to) in &conv {
-                                if let Some(v) = r.values.get_mut(i) {
-                                    *v = expr::convert(std::mem::take(v), from, to);
-                                }
-                            }
-                            r
-                        })
-                        .name("Calc(cast)")
-                };
-                let (ls, rs) = (cast(&l.stream, conv_l), cast(&r.stream, conv_r));
+                let (ls, rs) = (
+                    cast_columns(&l.stream, conv_l),
+                    cast_columns(&r.stream, conv_r),
+                );
                 let mut stream = ls.union(std::slice::from_ref(&rs));
                 if let Some(t) = rowtime {
                     stream = stream.with_event_time(move |r: &Row| ts_ns(r.get(t)));
@@ -1242,6 +1217,27 @@ impl<'a> Planner<'a> {
     }
 }
 
+/// The rows with columns converted: `(index, from, to)` (the stream itself when
+/// there is nothing to convert).
+fn cast_columns(
+    stream: &DataStream<Row>,
+    conversions: Vec<(usize, DataType, DataType)>,
+) -> DataStream<Row> {
+    if conversions.is_empty() {
+        return stream.clone();
+    }
+    stream
+        .map(move |mut r: Row| {
+            for &(i, from, to) in &conversions {
+                if let Some(v) = r.values.get_mut(i) {
+                    *v = expr::convert(std::mem::take(v), from, to);
+                }
+            }
+            r
+        })
+        .name("Calc(cast)")
+}
+
 /// A FROM item's columns named `q.column` (for a join's ON and its SELECT).
 fn qualify(mut rel: Rel, q: Option<String>) -> Rel {
     if let Some(q) = q {
@@ -1535,14 +1531,22 @@ impl spate_dataplane::operator::keyed::KeyedCoProcessFunction for RegularJoin {
     }
 }
 
-/// The column names an expression refers to.
-fn column_names(e: &Expr, out: &mut Vec<String>) {
+/// Calls `f` with each operand of `e` that the planner looks into (function
+/// arguments, operands of operators, CASE, BETWEEN, IN lists, LIKE).
+fn for_each_operand<'e>(e: &'e Expr, mut f: impl FnMut(&'e Expr)) {
     match e {
-        Expr::Identifier(i) => out.push(i.value.clone()),
-        Expr::CompoundIdentifier(p) => out.extend(p.last().map(|i| i.value.clone())),
+        Expr::Function(func) => {
+            if let FunctionArguments::List(l) = &func.args {
+                for a in &l.args {
+                    if let FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) = a {
+                        f(x);
+                    }
+                }
+            }
+        }
         Expr::BinaryOp { left, right, .. } => {
-            column_names(left, out);
-            column_names(right, out);
+            f(left);
+            f(right);
         }
         Expr::UnaryOp { expr, .. }
         | Expr::Nested(expr)
@@ -1550,16 +1554,7 @@ fn column_names(e: &Expr, out: &mut Vec<String>) {
         | Expr::IsNull(expr)
         | Expr::IsNotNull(expr)
         | Expr::IsTrue(expr)
-        | Expr::IsFalse(expr) => column_names(expr, out),
-        Expr::Function(f) => {
-            if let FunctionArguments::List(l) = &f.args {
-                for a in &l.args {
-                    if let FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) = a {
-                        column_names(x, out);
-                    }
-                }
-            }
-        }
+        | Expr::IsFalse(expr) => f(expr),
         Expr::Case {
             operand,
             conditions,
@@ -1567,38 +1562,45 @@ fn column_names(e: &Expr, out: &mut Vec<String>) {
             ..
         } => {
             if let Some(o) = operand {
-                column_names(o, out);
+                f(o);
             }
             for c in conditions {
-                column_names(&c.condition, out);
-                column_names(&c.result, out);
+                f(&c.condition);
+                f(&c.result);
             }
             if let Some(x) = else_result {
-                column_names(x, out);
+                f(x);
             }
         }
         Expr::Between {
             expr, low, high, ..
         } => {
-            column_names(expr, out);
-            column_names(low, out);
-            column_names(high, out);
+            f(expr);
+            f(low);
+            f(high);
         }
         Expr::In {
             expr,
             target: sqlparser::ast::InTarget::List(list),
             ..
         } => {
-            column_names(expr, out);
-            for x in list {
-                column_names(x, out);
-            }
+            f(expr);
+            list.iter().for_each(f);
         }
         Expr::Like { expr, pattern, .. } => {
-            column_names(expr, out);
-            column_names(pattern, out);
+            f(expr);
+            f(pattern);
         }
         _ => {}
+    }
+}
+
+/// The column names an expression refers to.
+fn column_names(e: &Expr, out: &mut Vec<String>) {
+    match e {
+        Expr::Identifier(i) => out.push(i.value.clone()),
+        Expr::CompoundIdentifier(p) => out.extend(p.last().map(|i| i.value.clone())),
+        other => for_each_operand(other, |x| column_names(x, out)),
     }
 }
 
@@ -1606,61 +1608,7 @@ fn column_names(e: &Expr, out: &mut Vec<String>) {
 fn collect_aggregates<'e>(e: &'e Expr, out: &mut Vec<&'e sqlparser::ast::Function>) {
     match e {
         Expr::Function(f) if AGGREGATES.contains(&expr::function_name(f).as_str()) => out.push(f),
-        Expr::Function(f) => {
-            if let FunctionArguments::List(l) = &f.args {
-                for a in &l.args {
-                    if let FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) = a {
-                        collect_aggregates(x, out);
-                    }
-                }
-            }
-        }
-        Expr::BinaryOp { left, right, .. } => {
-            collect_aggregates(left, out);
-            collect_aggregates(right, out);
-        }
-        Expr::UnaryOp { expr, .. }
-        | Expr::Nested(expr)
-        | Expr::Cast { expr, .. }
-        | Expr::IsNull(expr)
-        | Expr::IsNotNull(expr)
-        | Expr::IsTrue(expr)
-        | Expr::IsFalse(expr) => collect_aggregates(expr, out),
-        Expr::Case {
-            operand,
-            conditions,
-            else_result,
-            ..
-        } => {
-            if let Some(o) = operand {
-                collect_aggregates(o, out);
-            }
-            for c in conditions {
-                collect_aggregates(&c.condition, out);
-                collect_aggregates(&c.result, out);
-            }
-            if let Some(x) = else_result {
-                collect_aggregates(x, out);
-            }
-        }
-        Expr::Between {
-            expr, low, high, ..
-        } => {
-            collect_aggregates(expr, out);
-            collect_aggregates(low, out);
-            collect_aggregates(high, out);
-        }
-        Expr::In {
-            expr,
-            target: sqlparser::ast::InTarget::List(list),
-            ..
-        } => {
-            collect_aggregates(expr, out);
-            for x in list {
-                collect_aggregates(x, out);
-            }
-        }
-        _ => {}
+        other => for_each_operand(other, |x| collect_aggregates(x, out)),
     }
 }
 

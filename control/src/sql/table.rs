@@ -253,41 +253,33 @@ impl Table {
         })
     }
 
-    fn plan(&self) -> Result<Rel, SqlError> {
+    /// The table planned on `env`.
+    fn plan_on(&self, env: &StreamExecutionEnvironment) -> Result<Rel, SqlError> {
         let statements = parse::script(&self.to_sql())?;
         let Some(sqlparser::ast::Statement::Query(q)) = statements.first().map(|p| &p.statement)
         else {
             return Err(SqlError::new("internal: a table that is not a query"));
         };
         let session = self.tenv.inner.session.borrow();
-        Planner::new(&session.catalog, &session.config).query(&self.tenv.inner.env, q)
+        Planner::new(&session.catalog, &session.config).query(env, q)
+    }
+
+    /// The table planned on its environment (its operators join the job).
+    fn plan(&self) -> Result<Rel, SqlError> {
+        self.plan_on(&self.tenv.inner.env)
     }
 
     /// The columns of the table.
     pub fn schema(&self) -> Result<Vec<Column>, SqlError> {
-        let scratch = StreamExecutionEnvironment::new("schema");
-        let statements = parse::script(&self.to_sql())?;
-        let Some(sqlparser::ast::Statement::Query(q)) = statements.first().map(|p| &p.statement)
-        else {
-            return Err(SqlError::new("internal: a table that is not a query"));
-        };
-        let session = self.tenv.inner.session.borrow();
-        Ok(Planner::new(&session.catalog, &session.config)
-            .query(&scratch, q)?
+        Ok(self
+            .plan_on(&StreamExecutionEnvironment::new("schema"))?
             .schema)
     }
 
     /// The plan, as `EXPLAIN` shows it.
     pub fn explain(&self) -> Result<String, SqlError> {
-        let scratch = StreamExecutionEnvironment::new("explain");
-        let statements = parse::script(&self.to_sql())?;
-        let Some(sqlparser::ast::Statement::Query(q)) = statements.first().map(|p| &p.statement)
-        else {
-            return Err(SqlError::new("internal: a table that is not a query"));
-        };
-        let session = self.tenv.inner.session.borrow();
-        Ok(Planner::new(&session.catalog, &session.config)
-            .query(&scratch, q)?
+        Ok(self
+            .plan_on(&StreamExecutionEnvironment::new("explain"))?
             .plan
             .render())
     }
