@@ -145,38 +145,55 @@ fn projection_and_filter_equal_the_reference() {
 }
 
 /// Per (window start, auction): count, sum, min, max, avg, distinct bidders, and the
-/// count of prices above 500.
+/// count of prices above 500, over windows of `size_ms` starting every `slide_ms`.
 fn window_reference(session: &Session, size_ms: i64, slide_ms: i64) -> Vec<Vec<Value>> {
+    windows_reference(session, |ts| {
+        // Every window [s, s + size) with s a multiple of the slide that holds ts.
+        let mut out = Vec::new();
+        let mut s = ts - ts.rem_euclid(slide_ms);
+        while s > ts - size_ms {
+            out.push((s, s + size_ms));
+            s -= slide_ms;
+        }
+        out
+    })
+}
+
+/// As `window_reference`, over the windows `windows(ts)` gives a row's time.
+fn windows_reference(
+    session: &Session,
+    windows: impl Fn(i64) -> Vec<(i64, i64)>,
+) -> Vec<Vec<Value>> {
     type Acc = (i64, i64, i64, i64, HashSet<String>, i64);
-    let mut groups: BTreeMap<(i64, i64), Acc> = BTreeMap::new();
+    let mut groups: BTreeMap<(i64, i64, i64), Acc> = BTreeMap::new();
     for r in reference_rows(session) {
         let (auction, price, ts) = (int(&r.values[0]), int(&r.values[1]), int(&r.values[3]));
         let Value::Str(bidder) = &r.values[2] else {
             panic!()
         };
-        // Every window [s, s + size) with s a multiple of the slide that holds ts.
-        let last = ts - ts.rem_euclid(slide_ms);
-        let mut s = last;
-        while s > ts - size_ms {
-            let e =
-                groups
-                    .entry((s, auction))
-                    .or_insert((0, 0, i64::MAX, i64::MIN, HashSet::new(), 0));
-            e.0 += 1;
-            e.1 += price;
-            e.2 = e.2.min(price);
-            e.3 = e.3.max(price);
-            e.4.insert(bidder.to_string());
-            e.5 += i64::from(price > 500);
-            s -= slide_ms;
+        for (s, e) in windows(ts) {
+            let g = groups.entry((s, e, auction)).or_insert((
+                0,
+                0,
+                i64::MAX,
+                i64::MIN,
+                HashSet::new(),
+                0,
+            ));
+            g.0 += 1;
+            g.1 += price;
+            g.2 = g.2.min(price);
+            g.3 = g.3.max(price);
+            g.4.insert(bidder.to_string());
+            g.5 += i64::from(price > 500);
         }
     }
     groups
         .into_iter()
-        .map(|((s, auction), (n, sum, min, max, bidders, high))| {
+        .map(|((s, e, auction), (n, sum, min, max, bidders, high))| {
             vec![
                 Value::Ts(s),
-                Value::Ts(s + size_ms),
+                Value::Ts(e),
                 Value::Int(auction),
                 Value::Int(n),
                 Value::Int(sum),
@@ -231,6 +248,107 @@ fn hopping_window_aggregates_equal_the_reference() {
         assert!(want.len() > 100, "{}", want.len());
         let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
         assert_eq!(sorted(got), sorted(want), "parallelism {p}");
+    }
+}
+
+#[test]
+fn cumulating_windows_and_legacy_group_windows_equal_the_reference() {
+    for p in [1, 2] {
+        let (rows, session) = run_query(
+            &format!(
+                "{WINDOW_SELECT} FROM TABLE(CUMULATE(TABLE bids, DESCRIPTOR(ts), INTERVAL '250' MILLISECOND, INTERVAL '1' SECOND)) \
+                 GROUP BY window_start, window_end, auction;"
+            ),
+            p,
+        );
+        let want = windows_reference(&session, |ts| {
+            let s = ts - ts.rem_euclid(1000);
+            (1..=4)
+                .map(|k| (s, s + 250 * k))
+                .filter(|&(_, e)| e > ts)
+                .collect()
+        });
+        assert!(want.len() > 400, "{}", want.len());
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "CUMULATE, parallelism {p}");
+        // The legacy group window: GROUP BY TUMBLE(...) and TUMBLE_START/TUMBLE_END.
+        let (rows, session) = run_query(
+            "SELECT TUMBLE_START(ts, INTERVAL '1' SECOND), TUMBLE_END(ts, INTERVAL '1' SECOND), \
+               auction, COUNT(*), SUM(price), MIN(price), MAX(price), AVG(price), \
+               COUNT(DISTINCT bidder), COUNT(*) FILTER (WHERE price > 500) \
+             FROM bids GROUP BY auction, TUMBLE(ts, INTERVAL '1' SECOND);",
+            p,
+        );
+        let want = window_reference(&session, 1000, 1000);
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "legacy TUMBLE, parallelism {p}");
+    }
+}
+
+/// Per key, the sessions of its times with `gap`: (start, end, the indices).
+fn sessions<K: Ord + Clone>(rows: &[(K, i64)], gap: i64) -> Vec<(K, i64, i64, Vec<usize>)> {
+    let mut by_key: BTreeMap<K, Vec<(i64, usize)>> = BTreeMap::new();
+    for (i, (k, ts)) in rows.iter().enumerate() {
+        by_key.entry(k.clone()).or_default().push((*ts, i));
+    }
+    let mut out = Vec::new();
+    for (k, mut times) in by_key {
+        times.sort_unstable();
+        let mut cur: Option<(i64, i64, Vec<usize>)> = None;
+        for (ts, i) in times {
+            // A row's window [ts, ts + gap) merges with a session it overlaps or
+            // touches (as Flink's TimeWindow.intersects).
+            match &mut cur {
+                Some((_, end, members)) if ts <= *end => {
+                    *end = (*end).max(ts + gap);
+                    members.push(i);
+                }
+                _ => {
+                    if let Some((s, e, m)) = cur.take() {
+                        out.push((k.clone(), s, e, m));
+                    }
+                    cur = Some((ts, ts + gap, vec![i]));
+                }
+            }
+        }
+        if let Some((s, e, m)) = cur {
+            out.push((k.clone(), s, e, m));
+        }
+    }
+    out
+}
+
+#[test]
+fn session_windows_equal_the_reference() {
+    for p in [1, 2] {
+        let (rows, session) = run_query(
+            "SELECT auction, window_start, window_end, COUNT(*), SUM(price) \
+             FROM TABLE(SESSION(TABLE bids PARTITION BY auction, DESCRIPTOR(ts), INTERVAL '60' MILLISECOND)) \
+             GROUP BY auction, window_start, window_end;",
+            p,
+        );
+        let all = reference_rows(&session);
+        let keyed: Vec<(i64, i64)> = all
+            .iter()
+            .map(|r| (int(&r.values[0]), int(&r.values[3])))
+            .collect();
+        let want: Vec<Vec<Value>> = sessions(&keyed, 60)
+            .into_iter()
+            .map(|(auction, s, e, members)| {
+                let sum: i64 = members.iter().map(|&i| int(&all[i].values[1])).sum();
+                vec![
+                    Value::Int(auction),
+                    Value::Ts(s),
+                    Value::Ts(e),
+                    Value::Int(members.len() as i64),
+                    Value::Int(sum),
+                ]
+            })
+            .collect();
+        // Sessions of several rows, and more than one per auction.
+        assert!(want.len() > 40 && want.len() < 10_000, "{}", want.len());
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "SESSION, parallelism {p}");
     }
 }
 
@@ -376,8 +494,33 @@ fn errors_name_the_problem_and_its_position() {
         ),
         (
             "SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(price), INTERVAL '1' SECOND)) GROUP BY window_start, window_end;",
-            "not an event-time attribute",
+            "not a time attribute",
             72,
+        ),
+        (
+            "SELECT * FROM TABLE(SESSION(TABLE bids PARTITION BY auction, DESCRIPTOR(ts), INTERVAL '1' SECOND));",
+            "SESSION windows without an aggregate",
+            0,
+        ),
+        (
+            "SELECT price, window_start, COUNT(*) FROM TABLE(SESSION(TABLE bids PARTITION BY auction, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY price, window_start, window_end;",
+            "groups by its PARTITION BY columns (auction)",
+            1,
+        ),
+        (
+            "SELECT window_start, COUNT(*) FROM TABLE(CUMULATE(TABLE bids, DESCRIPTOR(ts), INTERVAL '3' SECOND, INTERVAL '10' SECOND)) GROUP BY window_start, window_end;",
+            "must be a multiple of its step",
+            0,
+        ),
+        (
+            "SELECT TUMBLE_START(ts, INTERVAL '2' SECOND), COUNT(*) FROM bids GROUP BY TUMBLE(ts, INTERVAL '1' SECOND);",
+            "must name the GROUP BY's window: TUMBLE(ts, INTERVAL '1' SECOND)",
+            8,
+        ),
+        (
+            "SELECT COUNT(*) FROM bids GROUP BY HOP(ts, INTERVAL '1' SECOND);",
+            "HOP takes 2 interval(s)",
+            0,
         ),
     ];
     for (sql, want, column) in cases {
@@ -729,6 +872,68 @@ fn nexmark_aggregating_queries_end_at_the_reference() {
             }
             assert_eq!(got[&vec![Value::Str(d.into())]], expect, "q15 p={p}");
         }
+    }
+}
+
+/// A query file as a script: its statements, the INSERT's SELECT run as a query.
+fn nexmark_script(q: &str) -> String {
+    std::fs::read_to_string(format!("{}/../nexmark/{q}.sql", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
+        .replace("INSERT INTO discard_sink", "")
+}
+
+#[test]
+fn nexmark_session_and_processing_time_windows_equal_the_reference() {
+    for p in [1, 2] {
+        let ddl = nexmark_ddl();
+        // q11: per bidder, sessions with a 10-second gap.
+        let (rows, session) = run_with(&ddl, &nexmark_script("q11"), p);
+        let bids = nexmark_bids(&session);
+        let keyed: Vec<(i64, i64)> = bids.iter().map(|b| (int(&b[1]), int(&b[5]))).collect();
+        let want: Vec<Vec<Value>> = sessions(&keyed, 10_000)
+            .into_iter()
+            .map(|(bidder, s, e, members)| {
+                vec![
+                    Value::Int(bidder),
+                    Value::Int(members.len() as i64),
+                    Value::Ts(s),
+                    Value::Ts(e),
+                ]
+            })
+            .collect();
+        assert!(want.len() > 10, "{}", want.len());
+        assert!(rows.iter().all(|r| r.kind == RowKind::Insert));
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "q11 p={p}");
+        // q12: per bidder, tumbling windows of 10 s on the wall clock. Which window a
+        // bid falls in depends on when it ran; each bidder's counts add up to its
+        // bids, in aligned windows of 10 s, each once.
+        let before = spate::sql::expr::now_ms();
+        let (rows, _) = run_with(&ddl, &nexmark_script("q12"), p);
+        let after = spate::sql::expr::now_ms();
+        let mut per_bidder: HashMap<i64, i64> = HashMap::new();
+        let mut seen = HashSet::new();
+        for r in &rows {
+            assert_eq!(r.kind, RowKind::Insert);
+            let (bidder, n, s, e) = (
+                int(&r.values[0]),
+                int(&r.values[1]),
+                int(&r.values[2]),
+                int(&r.values[3]),
+            );
+            assert_eq!((s % 10_000, e - s), (0, 10_000), "{r:?}");
+            assert!(
+                s <= after && e > before - 10_000,
+                "{r:?} ran in [{before}, {after}]"
+            );
+            assert!(seen.insert((bidder, s)), "{r:?} twice");
+            *per_bidder.entry(bidder).or_default() += n;
+        }
+        let mut want: HashMap<i64, i64> = HashMap::new();
+        for b in &bids {
+            *want.entry(int(&b[1])).or_default() += 1;
+        }
+        assert_eq!(per_bidder, want, "q12 p={p}");
     }
 }
 

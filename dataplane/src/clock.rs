@@ -82,9 +82,42 @@ pub fn now_ns() -> u64 {
     }
 }
 
+static WALL_OFFSET: OnceLock<u64> = OnceLock::new();
+
+/// What to add to a [`now_ns`] reading for the wall clock (ns since the Unix epoch),
+/// read once per process.
+fn wall_offset() -> u64 {
+    *WALL_OFFSET.get_or_init(|| {
+        let mono = now_ns();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        wall.saturating_sub(mono)
+    })
+}
+
+/// A [`now_ns`] reading as processing time: ns since the Unix epoch, as Flink's
+/// processing time is (so that processing-time windows align to the wall clock and
+/// their bounds read as dates). Steps of the wall clock after the first call do not
+/// move it: it advances with the monotonic clock.
+#[inline]
+pub fn processing_time(now: u64) -> u64 {
+    now.saturating_add(wall_offset())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processing_time_reads_as_the_wall_clock() {
+        let p = processing_time(now_ns());
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        assert!(p.abs_diff(wall) < 1_000_000_000, "{p} {wall}");
+    }
 
     #[test]
     fn tracks_the_monotonic_clock() {

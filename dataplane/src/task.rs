@@ -496,7 +496,7 @@ impl<T> Task for SourceTask<T> {
         }
         // The chain learns this poll's time before its records: a first batch must not
         // run at time 0 (processing-time windows, timers and idleness would see it so).
-        self.head.tick(now);
+        self.head.tick(clock::processing_time(now));
         let status = self.source.poll(&mut self.batch, BATCH, now)?;
         if !self.batch.is_empty() {
             self.head.push(&mut self.batch);
@@ -1005,7 +1005,7 @@ impl<H: InputHead> Task for InputTask<H> {
             return self.await_final_checkpoint();
         }
         // The chain learns this poll's time before its records (see `SourceTask`).
-        self.head.tick(now);
+        self.head.tick(clock::processing_time(now));
         if let Some(c) = self.outputs.completed_since(self.notified) {
             self.notified = c;
             self.head.notify_checkpoint_complete(c);

@@ -236,6 +236,22 @@ pub fn interval_ms(iv: &sqlparser::ast::Interval, at: &Expr) -> Result<i64, SqlE
     Ok(ms.round() as i64)
 }
 
+/// The wall clock in ms since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Whether `e` is `PROCTIME()`.
+pub fn is_proctime_call(e: &Expr) -> bool {
+    match e {
+        Expr::Function(f) => function_name(f) == "PROCTIME",
+        Expr::Nested(x) => is_proctime_call(x),
+        _ => false,
+    }
+}
+
 /// The plain name of a function call (upper case).
 pub fn function_name(f: &sqlparser::ast::Function) -> String {
     f.name.to_string().to_ascii_uppercase()
@@ -1424,6 +1440,15 @@ fn function(
                         .and_then(|c| c.get(g))
                         .map_or(Value::Null, |m| Value::Str(m.as_str().into()))
                 }),
+            })
+        }
+        "PROCTIME" | "NOW" | "CURRENT_TIMESTAMP" | "LOCALTIMESTAMP" => {
+            // The wall clock when the row is computed (PROCTIME() marks the column a
+            // processing-time attribute: see `Column::proctime`).
+            arity(0..=0)?;
+            Ok(Compiled {
+                ty: DataType::Timestamp,
+                eval: Arc::new(|_| Value::Ts(now_ms())),
             })
         }
         "HOUR" | "MINUTE" | "SECOND" => {

@@ -82,6 +82,9 @@ pub struct Column {
     pub name: String,
     /// Its type.
     pub ty: DataType,
+    /// Whether it is a processing-time attribute (`PROCTIME()`, or a column that
+    /// passes one on): windows over it follow the wall clock, not event time.
+    pub proctime: bool,
 }
 
 impl Column {
@@ -90,6 +93,15 @@ impl Column {
         Self {
             name: name.into(),
             ty,
+            proctime: false,
+        }
+    }
+
+    /// A processing-time attribute column.
+    pub fn proctime(name: impl Into<String>) -> Self {
+        Self {
+            proctime: true,
+            ..Self::new(name, DataType::Timestamp)
         }
     }
 }
@@ -593,8 +605,14 @@ impl Session {
                         Some((col, e)) if *col == c.name => format!("{e}"),
                         _ => String::new(),
                     };
+                    let proctime = t
+                        .extras
+                        .computed
+                        .iter()
+                        .any(|(_, n, e)| *n == c.name && expr::is_proctime_call(e));
                     let ty = match (&t.extras.watermark, c.ty) {
                         (Some((col, _)), ty) if *col == c.name => format!("{ty} *ROWTIME*"),
+                        _ if proctime => "TIMESTAMP_LTZ(3) *PROCTIME*".to_string(),
                         (_, ty) => ty.to_string(),
                     };
                     vec![c.name.clone(), ty, "TRUE".into(), String::new(), extras, wm]
@@ -616,7 +634,11 @@ impl Session {
                 .map(|c| {
                     vec![
                         c.name.clone(),
-                        c.ty.to_string(),
+                        if c.proctime {
+                            "TIMESTAMP_LTZ(3) *PROCTIME*".to_string()
+                        } else {
+                            c.ty.to_string()
+                        },
                         "TRUE".into(),
                         String::new(),
                         String::new(),

@@ -209,7 +209,18 @@ pub fn script(sql: &str) -> Result<Vec<Parsed>, SqlError> {
         };
         let keep = (text.start(first), text.end(last));
         let (blank, extras) = rewrite(body, &text)?;
-        let masked = text.masked(keep, &blank);
+        let mut masked: Vec<char> = text.masked(keep, &blank).chars().collect();
+        for (start, end, with) in session_partitions(body, &text)? {
+            // Over the range's own characters (newlines kept, so later lines keep
+            // their numbers); the replacement is never longer than what it replaces.
+            let mut with = with.chars();
+            for c in masked.iter_mut().take(end).skip(start) {
+                if *c != '\n' {
+                    *c = with.next().unwrap_or(' ');
+                }
+            }
+        }
+        let masked: String = masked.into_iter().collect();
         let mut parser = Parser::new(&dialect).try_with_sql(&masked)?;
         let statement = parser
             .parse_statement()
@@ -318,6 +329,85 @@ fn at_end_if_unplaced(e: SqlError, last: &TokenWithSpan) -> SqlError {
 
 fn pos(t: &TokenWithSpan, msg: impl Into<String>) -> SqlError {
     SqlError::at(msg, t.span.start.line, t.span.start.column)
+}
+
+/// `SESSION(TABLE t PARTITION BY k1, k2, DESCRIPTOR(...), ...)` (or `PARTITION BY
+/// (k1, k2)`): sqlparser cannot read the partition clause, so `TABLE t PARTITION BY
+/// k1, k2` is handed over as `t,PARTITION_BY(k1, k2)`, an argument the planner reads.
+/// Each is a char range of the script and its replacement.
+fn session_partitions(
+    seg: &[TokenWithSpan],
+    text: &Text,
+) -> Result<Vec<(usize, usize, String)>, SqlError> {
+    let mut out = Vec::new();
+    let slice = |a: &TokenWithSpan, b: &TokenWithSpan| -> String {
+        text.chars[text.start(a)..text.end(b)].iter().collect()
+    };
+    for k in 2..seg.len() {
+        if !(is_word(&seg[k].token, "TABLE")
+            && seg[k - 1].token == Token::LParen
+            && is_word(&seg[k - 2].token, "SESSION"))
+        {
+            continue;
+        }
+        // The table's name runs up to PARTITION (or the argument's end).
+        let Some(p) = (k + 1..seg.len())
+            .take_while(|&j| seg[j].token != Token::Comma && seg[j].token != Token::RParen)
+            .find(|&j| is_word(&seg[j].token, "PARTITION"))
+        else {
+            continue;
+        };
+        if p == k + 1 {
+            return Err(pos(
+                &seg[p],
+                "SESSION: expected a table before PARTITION BY",
+            ));
+        }
+        if !seg.get(p + 1).is_some_and(|t| is_word(&t.token, "BY")) {
+            return Err(pos(&seg[p], "SESSION: expected PARTITION BY"));
+        }
+        // The columns: `(a, b)`, or `a, b` up to the comma before DESCRIPTOR.
+        let first = p + 2;
+        let (cols_from, cols_to, last) = if seg.get(first).map(|t| &t.token) == Some(&Token::LParen)
+        {
+            let Some(close) = (first..seg.len()).find(|&j| seg[j].token == Token::RParen) else {
+                return Err(pos(&seg[first], "SESSION: PARTITION BY ( has no )"));
+            };
+            if close == first + 1 {
+                return Err(pos(&seg[first], "SESSION: PARTITION BY names no column"));
+            }
+            (first + 1, close - 1, close)
+        } else {
+            let mut j = first;
+            loop {
+                if !seg
+                    .get(j)
+                    .is_some_and(|t| matches!(t.token, Token::Word(_)))
+                {
+                    return Err(pos(
+                        seg.get(j).unwrap_or(&seg[p]),
+                        "SESSION: PARTITION BY takes column names",
+                    ));
+                }
+                let more = seg.get(j + 1).is_some_and(|t| t.token == Token::Comma)
+                    && seg
+                        .get(j + 2)
+                        .is_some_and(|t| !is_word(&t.token, "DESCRIPTOR"));
+                if !more {
+                    break;
+                }
+                j += 2;
+            }
+            (first, j, j)
+        };
+        let with = format!(
+            "{},PARTITION_BY({})",
+            slice(&seg[k + 1], &seg[p - 1]),
+            slice(&seg[cols_from], &seg[cols_to])
+        );
+        out.push((text.start(&seg[k]), text.end(&seg[last]), with));
+    }
+    Ok(out)
 }
 
 /// The ranges to blank in a statement, and Flink's column-list parts it declared.
@@ -555,6 +645,26 @@ mod tests {
         assert_eq!((e.line, e.column), (3, 10), "{e}");
         let e = script("SELECT 'unterminated").unwrap_err();
         assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn session_partition_by_is_handed_over_as_an_argument() {
+        for sql in [
+            "SELECT * FROM TABLE(SESSION(TABLE bids PARTITION BY a, b, DESCRIPTOR(ts), INTERVAL '1' SECOND))",
+            "SELECT * FROM TABLE(SESSION(TABLE bids PARTITION BY (a, b), DESCRIPTOR(ts), INTERVAL '1' SECOND))",
+        ] {
+            let s = script(sql).unwrap();
+            let text = s[0].statement.to_string();
+            assert!(
+                text.contains("SESSION(bids, PARTITION_BY(a, b), DESCRIPTOR(ts)"),
+                "{text}"
+            );
+        }
+        // Positions after the clause are kept.
+        let e = script("SELECT * FROM TABLE(SESSION(TABLE bids PARTITION BY a,\n DESCRIPTOR(ts), INTERVAL '1' SECOND)) WHERE x = = 1")
+            .unwrap_err();
+        assert_eq!((e.line, e.column), (2, 50), "{e}");
+        assert!(script("SELECT * FROM TABLE(SESSION(TABLE bids PARTITION a, DESCRIPTOR(ts), INTERVAL '1' SECOND))").is_err());
     }
 
     #[test]

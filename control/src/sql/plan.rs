@@ -75,7 +75,7 @@ pub struct Rel {
     /// A window table function not applied yet: its columns are the last three of
     /// `schema`, which the rows do not hold until the windows are materialized or
     /// aggregated.
-    window: Option<WindowTvf>,
+    window: Option<Arc<WindowTvf>>,
     /// Filters and a projection not applied yet: consecutive `WHERE`s and `SELECT`s
     /// (through views and subqueries) fuse into one operator, whose filters run on
     /// the input rows before any projected row is built.
@@ -92,21 +92,77 @@ struct Calc {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum WindowTvf {
+enum WindowKind {
     Tumble { size_ms: i64 },
     Hop { slide_ms: i64, size_ms: i64 },
+    Cumulate { step_ms: i64, size_ms: i64 },
+    Session { gap_ms: i64 },
+}
+
+/// A window table function (or a legacy group window) over a relation.
+#[derive(Clone, Debug)]
+struct WindowTvf {
+    kind: WindowKind,
+    /// The time column, of the input's columns.
+    time_col: usize,
+    /// Whether that column is a processing-time attribute (windows follow the clock).
+    processing: bool,
+    /// Which rows a session window takes: those of a `PARTITION BY` (column names),
+    /// of the aggregation's group keys (a legacy `GROUP BY k, SESSION(...)`), or all
+    /// rows (`None`, `false`).
+    partition: Option<Vec<String>>,
+    by_group_keys: bool,
 }
 
 impl WindowTvf {
-    fn assigner(self) -> Result<WindowAssigner, String> {
+    fn assigner(&self) -> Result<WindowAssigner, String> {
         let d = |ms: i64| std::time::Duration::from_millis(ms.max(0) as u64);
-        match self {
-            Self::Tumble { size_ms } => WindowAssigner::tumbling_event_time(d(size_ms)),
-            Self::Hop { slide_ms, size_ms } => {
+        let p = self.processing;
+        match self.kind {
+            WindowKind::Tumble { size_ms } if p => {
+                WindowAssigner::tumbling_processing_time(d(size_ms))
+            }
+            WindowKind::Tumble { size_ms } => WindowAssigner::tumbling_event_time(d(size_ms)),
+            WindowKind::Hop { slide_ms, size_ms } if p => {
+                WindowAssigner::sliding_processing_time(d(size_ms), d(slide_ms))
+            }
+            WindowKind::Hop { slide_ms, size_ms } => {
                 WindowAssigner::sliding_event_time(d(size_ms), d(slide_ms))
             }
+            WindowKind::Cumulate { step_ms, size_ms } if p => {
+                WindowAssigner::cumulative_processing_time(d(size_ms), d(step_ms))
+            }
+            WindowKind::Cumulate { step_ms, size_ms } => {
+                WindowAssigner::cumulative_event_time(d(size_ms), d(step_ms))
+            }
+            WindowKind::Session { gap_ms } if p => {
+                WindowAssigner::processing_time_session(d(gap_ms))
+            }
+            WindowKind::Session { gap_ms } => WindowAssigner::event_time_session(d(gap_ms)),
         }
         .map_err(|e| e.to_string())
+    }
+
+    /// The plan's description of the window.
+    fn describe(&self, col: &str) -> String {
+        match self.kind {
+            WindowKind::Tumble { size_ms } => {
+                format!("TUMBLE(time_col=[{col}], size=[{size_ms} ms])")
+            }
+            WindowKind::Hop { slide_ms, size_ms } => {
+                format!("HOP(time_col=[{col}], slide=[{slide_ms} ms], size=[{size_ms} ms])")
+            }
+            WindowKind::Cumulate { step_ms, size_ms } => {
+                format!("CUMULATE(time_col=[{col}], max_size=[{size_ms} ms], step=[{step_ms} ms])")
+            }
+            WindowKind::Session { gap_ms } => match &self.partition {
+                Some(p) => format!(
+                    "SESSION(time_col=[{col}], gap=[{gap_ms} ms], partition keys=[{}])",
+                    p.join(", ")
+                ),
+                None => format!("SESSION(time_col=[{col}], gap=[{gap_ms} ms])"),
+            },
+        }
     }
 }
 
@@ -142,7 +198,12 @@ pub fn table_schema(def: &TableDef) -> Result<TableSchema, SqlError> {
         if columns.iter().any(|x| x.name == *name) {
             return Err(err_at(e, format!("the column '{name}' is declared twice")));
         }
-        columns.insert(at, Column::new(name.clone(), c.ty));
+        let column = if expr::is_proctime_call(e) {
+            Column::proctime(name.clone())
+        } else {
+            Column::new(name.clone(), c.ty)
+        };
+        columns.insert(at, column);
         computed.push((name.clone(), c));
     }
     let computed = computed
@@ -303,7 +364,11 @@ impl<'a> Planner<'a> {
 
     /// Plans a query on `env`.
     pub fn query(&self, env: &StreamExecutionEnvironment, q: &Query) -> Result<Rel, SqlError> {
-        Ok(self.query_inner(env, q)?.materialize()?.flush())
+        Ok(self
+            .query_inner(env, q)?
+            .materialize()
+            .map_err(|e| placed(e, q))?
+            .flush())
     }
 
     /// A query, with its last calculation left pending (for fusion with what reads it).
@@ -358,7 +423,14 @@ impl<'a> Planner<'a> {
                         other => Err(err_at(other, "unsupported query in a UNION ALL")),
                     }
                 };
-                let (l, r) = (sub(left)?.materialize()?, sub(right)?.materialize()?);
+                let (l, r) = (
+                    sub(left)?
+                        .materialize()
+                        .map_err(|e| placed(e, left.as_ref()))?,
+                    sub(right)?
+                        .materialize()
+                        .map_err(|e| placed(e, right.as_ref()))?,
+                );
                 if l.schema.len() != r.schema.len()
                     || l.schema
                         .iter()
@@ -569,7 +641,7 @@ impl<'a> Planner<'a> {
         };
         if !twj.joins.is_empty() {
             let (left, q) = self.factor(env, &twj.relation)?;
-            let mut left = qualify(left.materialize()?, q);
+            let mut left = qualify(left.materialize().map_err(|e| placed(e, &twj.relation))?, q);
             for j in &twj.joins {
                 use sqlparser::ast::{JoinConstraint, JoinOperator};
                 let on = match &j.join_operator {
@@ -589,7 +661,7 @@ impl<'a> Planner<'a> {
                     }
                 };
                 let (right, q) = self.factor(env, &j.relation)?;
-                let right = qualify(right.materialize()?, q);
+                let right = qualify(right.materialize().map_err(|e| placed(e, &j.relation))?, q);
                 left = join(left, right, on)?;
             }
             return Ok(left);
@@ -634,12 +706,15 @@ impl<'a> Planner<'a> {
         })
     }
 
-    /// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size))` or `HOP(..., slide, size)`.
+    /// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size))`, `HOP(..., slide, size)`,
+    /// `CUMULATE(..., step, size)` or `SESSION(TABLE t [PARTITION BY k, ...],
+    /// DESCRIPTOR(ts), gap)`.
     fn window_tvf(&self, env: &StreamExecutionEnvironment, e: &Expr) -> Result<Rel, SqlError> {
+        const KNOWN: &str = "TUMBLE, HOP, CUMULATE and SESSION";
         let Expr::Function(f) = e else {
             return Err(err_at(
                 e,
-                "TABLE(...) takes a window function: TUMBLE or HOP",
+                format!("TABLE(...) takes a window function: {KNOWN}"),
             ));
         };
         let fname = expr::function_name(f);
@@ -647,24 +722,48 @@ impl<'a> Planner<'a> {
         let usage = match fname.as_str() {
             "TUMBLE" => "TUMBLE(TABLE t, DESCRIPTOR(time_col), size)",
             "HOP" => "HOP(TABLE t, DESCRIPTOR(time_col), slide, size)",
-            "CUMULATE" | "SESSION" => {
-                return Err(err_at(
-                    e,
-                    format!("unsupported window function {fname} (spate runs TUMBLE and HOP)"),
-                ))
-            }
+            "CUMULATE" => "CUMULATE(TABLE t, DESCRIPTOR(time_col), step, size)",
+            "SESSION" => "SESSION(TABLE t [PARTITION BY k, ...], DESCRIPTOR(time_col), gap)",
             _ => {
                 return Err(err_at(
                     e,
-                    format!("unknown table function {fname} (spate runs TUMBLE and HOP)"),
+                    format!("unknown table function {fname} (spate runs {KNOWN})"),
                 ))
             }
         };
-        let want = if fname == "TUMBLE" { 3 } else { 4 };
-        if args.len() != want || args.iter().any(Option::is_none) {
+        let mut args: Vec<&Expr> = args
+            .into_iter()
+            .map(|a| a.ok_or_else(|| err_at(e, format!("expected {usage}"))))
+            .collect::<Result<_, _>>()?;
+        // SESSION's PARTITION BY (the parser hands it over as PARTITION_BY(k, ...)).
+        let mut partition = None;
+        if let Some(Expr::Function(p)) = args.get(1) {
+            if expr::function_name(p) == "PARTITION_BY" {
+                if fname != "SESSION" {
+                    return Err(err_at(args[1], "only SESSION takes PARTITION BY"));
+                }
+                let mut cols = Vec::new();
+                for a in expr::function_args(p)? {
+                    match a {
+                        Some(Expr::Identifier(i)) => cols.push(i.value.clone()),
+                        Some(Expr::CompoundIdentifier(parts)) => {
+                            cols.extend(parts.last().map(|i| i.value.clone()))
+                        }
+                        _ => return Err(err_at(args[1], "PARTITION BY takes column names")),
+                    }
+                }
+                partition = Some(cols);
+                args.remove(1);
+            }
+        }
+        let want = if matches!(fname.as_str(), "TUMBLE" | "SESSION") {
+            3
+        } else {
+            4
+        };
+        if args.len() != want {
             return Err(err_at(e, format!("expected {usage}")));
         }
-        let args: Vec<&Expr> = args.into_iter().flatten().collect();
         let table = match args[0] {
             Expr::Identifier(i) => sqlparser::ast::ObjectName::from(vec![i.clone()]),
             Expr::CompoundIdentifier(p) => sqlparser::ast::ObjectName::from(p.clone()),
@@ -674,79 +773,23 @@ impl<'a> Planner<'a> {
         let col = match args[1] {
             Expr::Function(d) if expr::function_name(d) == "DESCRIPTOR" => {
                 match expr::function_args(d)?.as_slice() {
-                    [Some(Expr::Identifier(c))] => c.clone(),
+                    [Some(c @ Expr::Identifier(_))] => *c,
                     _ => return Err(err_at(args[1], "DESCRIPTOR takes one column name")),
                 }
             }
             other => return Err(err_at(other, format!("expected {usage}"))),
         };
-        let idx = Scope::new(&input.schema)
-            .lookup(&col.value)
-            .ok_or_else(|| expr::err_ident(&col, format!("unknown column '{}'", col.value)))?;
-        if input.rowtime != Some(idx) {
-            return Err(expr::err_ident(
-                &col,
-                format!(
-                    "'{}' is not an event-time attribute: declare WATERMARK FOR {} AS ... on its table (processing-time windows are not supported)",
-                    col.value, col.value
-                ),
-            ));
-        }
-        let dur = |x: &Expr| -> Result<i64, SqlError> {
-            match x {
-                Expr::Interval(iv) => {
-                    let ms = expr::interval_ms(iv, x)?;
-                    if ms <= 0 {
-                        return Err(err_at(x, "a window size must be positive"));
-                    }
-                    Ok(ms)
+        if let Some(p) = &partition {
+            for c in p {
+                if Scope::new(&input.schema).lookup(c).is_none() {
+                    return Err(err_at(
+                        args[0],
+                        format!("PARTITION BY: unknown column '{c}'"),
+                    ));
                 }
-                other => Err(err_at(other, "expected an INTERVAL")),
             }
-        };
-        let (tvf, label) = if fname == "TUMBLE" {
-            let size_ms = dur(args[2])?;
-            (
-                WindowTvf::Tumble { size_ms },
-                format!(
-                    "WindowTableFunction(window=[TUMBLE(time_col=[{}], size=[{size_ms} ms])])",
-                    col.value
-                ),
-            )
-        } else {
-            let (slide_ms, size_ms) = (dur(args[2])?, dur(args[3])?);
-            // Each row goes to size / slide windows: as Flink, the slide divides the
-            // size, and a row belongs to at most 10000 windows.
-            if size_ms % slide_ms != 0 || size_ms / slide_ms > 10_000 {
-                return Err(err_at(
-                    e,
-                    format!(
-                        "HOP's size ({size_ms} ms) must be a multiple of its slide ({slide_ms} ms), at most 10000 times it"
-                    ),
-                ));
-            }
-            (
-                WindowTvf::Hop { slide_ms, size_ms },
-                format!(
-                    "WindowTableFunction(window=[HOP(time_col=[{}], slide=[{slide_ms} ms], size=[{size_ms} ms])])",
-                    col.value
-                ),
-            )
-        };
-        tvf.assigner().map_err(|m| err_at(e, m))?;
-        let mut schema = input.schema.clone();
-        schema.push(Column::new("window_start", DataType::Timestamp));
-        schema.push(Column::new("window_end", DataType::Timestamp));
-        schema.push(Column::new("window_time", DataType::Timestamp));
-        Ok(Rel {
-            stream: input.stream,
-            schema,
-            rowtime: input.rowtime,
-            append_only: true,
-            plan: PlanNode::new(label, vec![input.plan]),
-            window: Some(tvf),
-            calc: None,
-        })
+        }
+        window_over(input, &fname, col, &args[2..], partition, false, e)
     }
 
     fn select(&self, env: &StreamExecutionEnvironment, s: &Select) -> Result<Rel, SqlError> {
@@ -797,7 +840,7 @@ impl<'a> Planner<'a> {
             if s.having.is_some() {
                 return Err(err_at(s, "HAVING needs GROUP BY or an aggregate"));
             }
-            let input = input.materialize()?;
+            let input = input.materialize().map_err(|e| placed(e, s))?;
             return input.project(&s.projection);
         }
         if !input.append_only {
@@ -806,7 +849,100 @@ impl<'a> Planner<'a> {
                 "unsupported: an aggregate over an updating input (a changelog with retractions)",
             ));
         }
-        self.aggregate(input, group_by, &aggs, s)
+        // A legacy group window: `GROUP BY k, TUMBLE(ts, size)` (or HOP, SESSION)
+        // with TUMBLE_START(ts, size) and the like in the projection.
+        let mut legacy = None;
+        for (k, g) in group_by.iter().enumerate() {
+            if let Expr::Function(f) = g {
+                if matches!(
+                    expr::function_name(f).as_str(),
+                    "TUMBLE" | "HOP" | "SESSION"
+                ) {
+                    if legacy.is_some() {
+                        return Err(err_at(g, "GROUP BY takes one group window"));
+                    }
+                    legacy = Some((k, f));
+                }
+            }
+        }
+        let Some((k, f)) = legacy else {
+            return self.aggregate(input, group_by, &aggs, s, &[]);
+        };
+        let fname = expr::function_name(f);
+        let args: Vec<&Expr> = expr::function_args(f)?
+            .into_iter()
+            .map(|a| a.ok_or_else(|| err_at(&group_by[k], format!("{fname}(*) is not a window"))))
+            .collect::<Result<_, _>>()?;
+        let Some((col, durations)) = args.split_first() else {
+            return Err(err_at(
+                &group_by[k],
+                format!("{fname} takes a time column and its intervals"),
+            ));
+        };
+        let input = window_over(input, &fname, col, durations, None, true, &group_by[k])?;
+        let mut keys: Vec<Expr> = group_by.to_vec();
+        keys.remove(k);
+        keys.push(Expr::Identifier(sqlparser::ast::Ident::new("window_start")));
+        keys.push(Expr::Identifier(sqlparser::ast::Ident::new("window_end")));
+        // The auxiliary functions, by their SQL text: each must repeat the window's
+        // arguments.
+        let window_args = args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let mut aux: Vec<(String, usize)> = Vec::new();
+        let mut bad: Option<SqlError> = None;
+        let mut visit = |e: &Expr| {
+            fn walk(
+                e: &Expr,
+                fname: &str,
+                want: &[String],
+                aux: &mut Vec<(String, usize)>,
+                bad: &mut Option<SqlError>,
+            ) {
+                if let Expr::Function(g) = e {
+                    let name = expr::function_name(g);
+                    let off =
+                        ["_START", "_END", "_ROWTIME", "_PROCTIME"]
+                            .iter()
+                            .position(|suffix| {
+                                name.strip_suffix(suffix)
+                                    .is_some_and(|w| matches!(w, "TUMBLE" | "HOP" | "SESSION"))
+                            });
+                    if let Some(off) = off {
+                        let same = name.starts_with(fname)
+                            && expr::function_args(g).is_ok_and(|a| {
+                                a.iter()
+                                    .map(|x| x.map(|x| x.to_string()).unwrap_or_default())
+                                    .collect::<Vec<_>>()
+                                    == want
+                            });
+                        if !same && bad.is_none() {
+                            *bad = Some(err_at(
+                                e,
+                                format!(
+                                    "{name} must name the GROUP BY's window: {fname}({})",
+                                    want.join(", ")
+                                ),
+                            ));
+                        }
+                        aux.push((e.to_string(), off.min(2)));
+                        return;
+                    }
+                }
+                for_each_operand(e, |x| walk(x, fname, want, aux, bad));
+            }
+            walk(e, &fname, &window_args, &mut aux, &mut bad);
+        };
+        for item in &s.projection {
+            if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+                visit(e);
+            }
+        }
+        if let Some(h) = &s.having {
+            visit(h);
+        }
+        if let Some(b) = bad {
+            return Err(b);
+        }
+        self.aggregate(input, &keys, &aggs, s, &aux)
     }
 
     /// Flink's Top-N (and deduplication, its N = 1): `FROM (SELECT ..., ROW_NUMBER()
@@ -988,6 +1124,7 @@ impl<'a> Planner<'a> {
         group_by: &[Expr],
         aggs: &[&sqlparser::ast::Function],
         s: &Select,
+        aux: &[(String, usize)],
     ) -> Result<Rel, SqlError> {
         let n_in = input.schema.len();
         let windowed = input.window.is_some() && {
@@ -1051,6 +1188,41 @@ impl<'a> Planner<'a> {
             for w in ["window_start", "window_end", "window_time"] {
                 computed.insert(w.to_string(), columns.len());
                 columns.push(Column::new(w, DataType::Timestamp));
+            }
+            // A legacy group window's TUMBLE_START(...) and the like.
+            for (text, off) in aux {
+                computed.insert(text.clone(), n_keys + off);
+            }
+            // Sessions are per partition: the rows a window aggregate groups.
+            if let Some(tvf) = input.window.as_ref().filter(|t| !t.by_group_keys) {
+                if matches!(tvf.kind, WindowKind::Session { .. }) {
+                    let mut keys: Vec<String> = Vec::new();
+                    for g in group_by.iter().filter(|g| !is_window_col(g)) {
+                        let mut n = Vec::new();
+                        column_names(g, &mut n);
+                        keys.extend(n.into_iter().map(|x| x.to_ascii_lowercase()));
+                    }
+                    let mut parts: Vec<String> = tvf
+                        .partition
+                        .iter()
+                        .flatten()
+                        .map(|x| x.to_ascii_lowercase())
+                        .collect();
+                    keys.sort();
+                    keys.dedup();
+                    parts.sort();
+                    parts.dedup();
+                    if keys != parts {
+                        return Err(err_at(
+                            s,
+                            format!(
+                                "unsupported: a SESSION window aggregate groups by its PARTITION BY columns ({}), not by ({})",
+                                parts.join(", "),
+                                keys.join(", ")
+                            ),
+                        ));
+                    }
+                }
             }
         }
         let mut calls: Vec<AggCall> = Vec::new();
@@ -1152,6 +1324,8 @@ impl<'a> Planner<'a> {
                 ));
             };
             let assigner = tvf.assigner().map_err(SqlError::new)?;
+            // Processing-time windows give rows without event time.
+            let rowtime = rowtime.filter(|_| !tvf.processing);
             let agg = SqlAggregate {
                 calls: calls.clone(),
             };
@@ -1214,6 +1388,137 @@ impl<'a> Planner<'a> {
             window: None,
             calc: None,
         })
+    }
+}
+
+/// A window (`fname`: TUMBLE, HOP, CUMULATE or SESSION, with its `durations` as
+/// SQL writes them) over `input`'s time column `col`, not applied yet: the window
+/// columns are appended to the schema, and a window aggregate or `materialize`
+/// applies it.
+fn window_over(
+    input: Rel,
+    fname: &str,
+    col: &Expr,
+    durations: &[&Expr],
+    partition: Option<Vec<String>>,
+    by_group_keys: bool,
+    at: &Expr,
+) -> Result<Rel, SqlError> {
+    let input = input.materialize()?;
+    let name = match col {
+        Expr::Identifier(i) => i.value.clone(),
+        Expr::CompoundIdentifier(p) => p.last().map(|i| i.value.clone()).unwrap_or_default(),
+        other => return Err(err_at(other, "a window's time column is a column name")),
+    };
+    let idx = Scope::new(&input.schema)
+        .resolve(col)
+        .ok_or_else(|| err_at(col, format!("unknown column '{name}'")))?;
+    let processing = input.schema[idx].proctime;
+    if input.rowtime != Some(idx) && !processing {
+        return Err(err_at(
+            col,
+            format!(
+                "'{name}' is not a time attribute: declare WATERMARK FOR {name} AS ... on its table (event time), or use a PROCTIME() column (processing time)"
+            ),
+        ));
+    }
+    let dur = |x: &Expr| -> Result<i64, SqlError> {
+        match x {
+            Expr::Interval(iv) => {
+                let ms = expr::interval_ms(iv, x)?;
+                if ms <= 0 {
+                    return Err(err_at(
+                        x,
+                        "a window's size, slide, step or gap must be positive",
+                    ));
+                }
+                Ok(ms)
+            }
+            other => Err(err_at(other, "expected an INTERVAL")),
+        }
+    };
+    let want = if matches!(fname, "TUMBLE" | "SESSION") {
+        1
+    } else {
+        2
+    };
+    if durations.len() != want {
+        return Err(err_at(
+            at,
+            format!("{fname} takes {want} interval(s) after its time column"),
+        ));
+    }
+    let kind = match fname {
+        "TUMBLE" => WindowKind::Tumble {
+            size_ms: dur(durations[0])?,
+        },
+        "SESSION" => WindowKind::Session {
+            gap_ms: dur(durations[0])?,
+        },
+        "HOP" | "CUMULATE" => {
+            let (step, size) = (dur(durations[0])?, dur(durations[1])?);
+            // As Flink: the slide (step) divides the size, and a row belongs to at
+            // most 10000 windows.
+            if size % step != 0 || size / step > 10_000 {
+                return Err(err_at(
+                    at,
+                    format!(
+                        "{fname}'s size ({size} ms) must be a multiple of its {} ({step} ms), at most 10000 times it",
+                        if fname == "HOP" { "slide" } else { "step" }
+                    ),
+                ));
+            }
+            if fname == "HOP" {
+                WindowKind::Hop {
+                    slide_ms: step,
+                    size_ms: size,
+                }
+            } else {
+                WindowKind::Cumulate {
+                    step_ms: step,
+                    size_ms: size,
+                }
+            }
+        }
+        other => return Err(err_at(at, format!("unknown window function {other}"))),
+    };
+    let tvf = WindowTvf {
+        kind,
+        time_col: idx,
+        processing,
+        partition,
+        by_group_keys,
+    };
+    tvf.assigner().map_err(|m| err_at(at, m))?;
+    let label = format!(
+        "WindowTableFunction(window=[{}])",
+        tvf.describe(&input.schema[idx].name)
+    );
+    let mut schema = input.schema.clone();
+    schema.push(Column::new("window_start", DataType::Timestamp));
+    schema.push(Column::new("window_end", DataType::Timestamp));
+    schema.push(if processing {
+        Column::proctime("window_time")
+    } else {
+        Column::new("window_time", DataType::Timestamp)
+    });
+    Ok(Rel {
+        stream: input.stream,
+        schema,
+        rowtime: input.rowtime,
+        append_only: true,
+        plan: PlanNode::new(label, vec![input.plan]),
+        window: Some(Arc::new(tvf)),
+        calc: None,
+    })
+}
+
+/// An error without a position placed at `at`.
+fn placed(e: SqlError, at: &impl sqlparser::ast::Spanned) -> SqlError {
+    if e.line == 0 {
+        err_at(at, e.message)
+    } else {
+        e
     }
 }
 
@@ -1635,15 +1940,16 @@ impl Rel {
     /// per window it falls in, with the window's columns appended.
     fn materialize(self) -> Result<Rel, SqlError> {
         let this = self.flush();
-        let Some(tvf) = this.window else {
+        let Some(tvf) = this.window.clone() else {
             return Ok(this);
         };
         let s = this;
-        let Some(t) = s.rowtime else {
+        if matches!(tvf.kind, WindowKind::Session { .. }) {
             return Err(SqlError::new(
-                "internal: a window table function without event time",
+                "unsupported: SESSION windows without an aggregate (spate runs them in a window aggregate: GROUP BY window_start, window_end)",
             ));
-        };
+        }
+        let t = tvf.time_col;
         let assigner = tvf.assigner().map_err(SqlError::new)?;
         let stream = s
             .stream
@@ -1661,8 +1967,11 @@ impl Rel {
                     }
                 },
             )
-            .name("WindowTableFunction")
-            .with_event_time(move |r: &Row| ts_ns(r.get(t)));
+            .name("WindowTableFunction");
+        let stream = match s.rowtime {
+            Some(rt) => stream.with_event_time(move |r: &Row| ts_ns(r.get(rt))),
+            None => stream,
+        };
         Ok(Rel {
             stream,
             window: None,
@@ -1783,10 +2092,14 @@ impl Rel {
                         rowtime = Some(schema.len());
                     }
                     identity &= col == Some(schema.len());
-                    schema.push(Column::new(
-                        alias.unwrap_or_else(|| output_name(e, schema.len())),
-                        c.ty,
-                    ));
+                    let name = alias.unwrap_or_else(|| output_name(e, schema.len()));
+                    let proctime = expr::is_proctime_call(e)
+                        || col.is_some_and(|i| self.schema.get(i).is_some_and(|c| c.proctime));
+                    schema.push(if proctime {
+                        Column::proctime(name)
+                    } else {
+                        Column::new(name, c.ty)
+                    });
                     evals.push(c.eval);
                 }
             }

@@ -39,6 +39,14 @@ pub enum WindowError {
     /// A size or slide of zero.
     #[error("a window's {0} must be positive")]
     NotPositive(&'static str),
+    /// A cumulating window whose step does not divide its size.
+    #[error("a cumulating window's step ({step} ns) must divide its size ({size} ns)")]
+    Step {
+        /// The size.
+        size: u64,
+        /// The step.
+        step: u64,
+    },
     /// An offset not smaller than the slide.
     #[error("a window's offset ({offset} ns) must be smaller than its slide ({slide} ns)")]
     Offset {
@@ -57,6 +65,9 @@ pub struct WindowAssigner {
     offset_ns: u64,
     /// Session windows: the gap that closes a session (0: not sessions).
     gap_ns: u64,
+    /// Cumulating windows (Flink SQL's `CUMULATE`): windows of `size_ns` start
+    /// every `size_ns`, and each grows by `slide_ns` steps, one window per step.
+    cumulative: bool,
     domain: TimeDomain,
 }
 
@@ -80,8 +91,40 @@ impl WindowAssigner {
             slide_ns: slide,
             offset_ns: offset,
             gap_ns: 0,
+            cumulative: false,
             domain,
         })
+    }
+
+    fn cumulate(size: u64, step: u64, domain: TimeDomain) -> Result<Self, WindowError> {
+        if step == 0 {
+            return Err(WindowError::NotPositive("step"));
+        }
+        if !size.is_multiple_of(step) {
+            return Err(WindowError::Step { size, step });
+        }
+        let mut a = Self::new(size, size, 0, domain)?;
+        a.slide_ns = step;
+        a.cumulative = step != size;
+        Ok(a)
+    }
+
+    /// Cumulating event-time windows (Flink SQL's `CUMULATE`): a window of `size`
+    /// starts every `size`; within it, windows `[start, start + k * step)` for k = 1 ..
+    /// size / step fire as each step ends (`step` divides `size`).
+    pub fn cumulative_event_time(
+        size: std::time::Duration,
+        step: std::time::Duration,
+    ) -> Result<Self, WindowError> {
+        Self::cumulate(ns(size), ns(step), TimeDomain::EventTime)
+    }
+
+    /// Cumulating processing-time windows.
+    pub fn cumulative_processing_time(
+        size: std::time::Duration,
+        step: std::time::Duration,
+    ) -> Result<Self, WindowError> {
+        Self::cumulate(ns(size), ns(step), TimeDomain::ProcessingTime)
     }
 
     fn session(gap: std::time::Duration, domain: TimeDomain) -> Result<Self, WindowError> {
@@ -94,6 +137,7 @@ impl WindowAssigner {
             slide_ns: gap,
             offset_ns: 0,
             gap_ns: gap,
+            cumulative: false,
             domain,
         })
     }
@@ -145,6 +189,19 @@ impl WindowAssigner {
         if self.is_merging() {
             return Ok(self);
         }
+        if self.cumulative {
+            let offset = ns(offset);
+            if offset >= self.size_ns {
+                return Err(WindowError::Offset {
+                    offset,
+                    slide: self.size_ns,
+                });
+            }
+            return Ok(Self {
+                offset_ns: offset,
+                ..self
+            });
+        }
         Self::new(self.size_ns, self.slide_ns, ns(offset), self.domain)
     }
 
@@ -162,6 +219,22 @@ impl WindowAssigner {
                 start: ts,
                 end: ts.saturating_add(self.gap_ns),
             });
+        }
+        if self.cumulative {
+            // The window of `size` holding ts, then its steps that end after ts,
+            // latest end first.
+            let (size, step) = (i128::from(self.size_ns), i128::from(self.slide_ns));
+            let ts_i = i128::from(ts);
+            let start = ts_i - (ts_i - i128::from(self.offset_ns)).rem_euclid(size);
+            let mut end = start + size;
+            while end > ts_i {
+                f(Window {
+                    start: start.max(0) as u64,
+                    end: end.min(i128::from(u64::MAX)) as u64,
+                });
+                end -= step;
+            }
+            return;
         }
         // Signed arithmetic, as Flink's: a window may start before 0 (a timestamp below
         // the offset); such a start is clamped to 0, its end kept.
@@ -1307,6 +1380,31 @@ mod tests {
         a.assign(ts, |w| v.push((w.start, w.end)));
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn cumulating_windows_grow_by_steps_within_their_size() {
+        let c = WindowAssigner::cumulative_event_time(
+            Duration::from_nanos(10),
+            Duration::from_nanos(2),
+        )
+        .unwrap();
+        assert_eq!(windows_of(&c, 0), [(0, 2), (0, 4), (0, 6), (0, 8), (0, 10)]);
+        assert_eq!(windows_of(&c, 5), [(0, 6), (0, 8), (0, 10)]);
+        assert_eq!(windows_of(&c, 9), [(0, 10)]);
+        assert_eq!(windows_of(&c, 13), [(10, 14), (10, 16), (10, 18), (10, 20)]);
+        assert!(WindowAssigner::cumulative_event_time(
+            Duration::from_nanos(10),
+            Duration::from_nanos(3)
+        )
+        .is_err());
+        // A step equal to the size is a tumbling window.
+        let t = WindowAssigner::cumulative_event_time(
+            Duration::from_nanos(10),
+            Duration::from_nanos(10),
+        )
+        .unwrap();
+        assert_eq!(windows_of(&t, 13), [(10, 20)]);
     }
 
     #[test]
