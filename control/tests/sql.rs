@@ -353,6 +353,36 @@ fn session_windows_equal_the_reference() {
 }
 
 #[test]
+fn aggregates_of_a_changelog_take_its_retractions() {
+    for p in [1, 2] {
+        // Per auction a count, updated with each bid; over those counts, MIN and MAX
+        // (a retracted value leaves), COUNT(DISTINCT), SUM and COUNT(*).
+        let (rows, session) = run_query(
+            "SELECT MIN(n), MAX(n), COUNT(DISTINCT n), SUM(n), COUNT(*) \
+             FROM (SELECT auction, COUNT(*) AS n FROM bids GROUP BY auction);",
+            p,
+        );
+        let mut counts: HashMap<i64, i64> = HashMap::new();
+        for r in reference_rows(&session) {
+            *counts.entry(int(&r.values[0])).or_default() += 1;
+        }
+        let n: Vec<i64> = counts.values().copied().collect();
+        let distinct: HashSet<i64> = n.iter().copied().collect();
+        let want = vec![
+            Value::Int(*n.iter().min().unwrap()),
+            Value::Int(*n.iter().max().unwrap()),
+            Value::Int(distinct.len() as i64),
+            Value::Int(ROWS as i64),
+            Value::Int(20),
+        ];
+        let got = apply(&rows, 0);
+        assert_eq!(got.len(), 1, "p={p}");
+        assert_eq!(got[&vec![]], want, "p={p}");
+        assert!(rows.iter().any(|r| r.kind == RowKind::UpdateBefore));
+    }
+}
+
+#[test]
 fn unbounded_group_by_emits_a_changelog_that_ends_at_the_reference() {
     for p in [1, 2] {
         let (rows, session) = run_query(
@@ -872,6 +902,79 @@ fn nexmark_aggregating_queries_end_at_the_reference() {
             }
             assert_eq!(got[&vec![Value::Str(d.into())]], expect, "q15 p={p}");
         }
+    }
+}
+
+#[test]
+fn nexmark_aggregates_and_top_n_of_joins_end_at_the_reference() {
+    const AUCTION: [&str; 10] = [
+        "auction.id",
+        "auction.itemName",
+        "auction.description",
+        "auction.initialBid",
+        "auction.reserve",
+        "auction.dateTime",
+        "auction.expires",
+        "auction.seller",
+        "auction.category",
+        "auction.extra",
+    ];
+    for p in [1, 2] {
+        let ddl = nexmark_ddl();
+        // q4: per category, the average of its auctions' highest bids in their
+        // lifetimes (an aggregate of an aggregate's changelog).
+        let (rows, session) = run_with(&ddl, &nexmark_select("q4"), p);
+        let auctions = nexmark_events(&session, 1, &AUCTION);
+        let bids = nexmark_bids(&session);
+        let mut by_auction: HashMap<i64, Vec<&Vec<Value>>> = HashMap::new();
+        for b in &bids {
+            by_auction.entry(int(&b[0])).or_default().push(b);
+        }
+        // Each auction's winning bid: the highest, the earliest of equal ones.
+        let mut winners: Vec<(&Vec<Value>, &Vec<Value>)> = Vec::new();
+        for a in &auctions {
+            let (start, end) = (int(&a[5]), int(&a[6]));
+            let best = by_auction
+                .get(&int(&a[0]))
+                .into_iter()
+                .flatten()
+                .filter(|b| (start..=end).contains(&int(&b[5])))
+                .min_by_key(|b| (-int(&b[2]), int(&b[5])));
+            if let Some(b) = best {
+                winners.push((a, b));
+            }
+        }
+        assert!(winners.len() > 10, "{}", winners.len());
+        let mut per_category: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        for (a, b) in &winners {
+            let e = per_category.entry(int(&a[8])).or_default();
+            e.0 += int(&b[2]);
+            e.1 += 1;
+        }
+        let got = apply(&rows, 1);
+        let want: HashMap<Vec<Value>, Vec<Value>> = per_category
+            .into_iter()
+            .map(|(c, (sum, n))| {
+                (
+                    vec![Value::Int(c)],
+                    vec![Value::Int(c), Value::Int(sum / n)],
+                )
+            })
+            .collect();
+        assert!(rows.iter().any(|r| r.kind == RowKind::UpdateBefore));
+        assert_eq!(got, want, "q4 p={p}");
+        // q9: each auction with its winning bid.
+        let (rows, _) = run_with(&ddl, &nexmark_select("q9"), p);
+        let got = apply(&rows, 1);
+        let want: HashMap<Vec<Value>, Vec<Value>> = winners
+            .iter()
+            .map(|(a, b)| {
+                let mut row = a.to_vec();
+                row.extend([&b[0], &b[1], &b[2], &b[5], &b[6]].map(|v| v.clone()));
+                (vec![a[0].clone()], row)
+            })
+            .collect();
+        assert_eq!(got, want, "q9 p={p}");
     }
 }
 

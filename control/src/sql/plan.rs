@@ -630,14 +630,11 @@ impl<'a> Planner<'a> {
     }
 
     fn from(&self, env: &StreamExecutionEnvironment, s: &Select) -> Result<Rel, SqlError> {
+        if s.from.len() > 1 {
+            return self.comma_join(env, s);
+        }
         let [twj] = s.from.as_slice() else {
-            return match s.from.len() {
-                0 => Err(err_at(s, "a streaming SELECT needs a FROM clause")),
-                _ => Err(err_at(
-                    &s.from[1],
-                    "unsupported: several tables in FROM (joins are open work)",
-                )),
-            };
+            return Err(err_at(s, "a streaming SELECT needs a FROM clause"));
         };
         if !twj.joins.is_empty() {
             let (left, q) = self.factor(env, &twj.relation)?;
@@ -667,6 +664,90 @@ impl<'a> Planner<'a> {
             return Ok(left);
         }
         Ok(self.factor(env, &twj.relation)?.0)
+    }
+
+    /// `FROM a, b, ... WHERE ...`: inner joins on the WHERE's conditions. Each
+    /// condition over one side only filters that side before the join; the others
+    /// are the join's (its key equalities, and the rest checked on joined rows).
+    fn comma_join(&self, env: &StreamExecutionEnvironment, s: &Select) -> Result<Rel, SqlError> {
+        if let Some(t) = s.from.iter().find(|t| !t.joins.is_empty()) {
+            return Err(err_at(
+                &t.relation,
+                "unsupported: JOIN inside a comma-separated FROM list (write all as JOIN ... ON)",
+            ));
+        }
+        let Some(w) = &s.selection else {
+            return Err(err_at(
+                &s.from[1].relation,
+                "unsupported: a cross join (FROM a, b needs a WHERE that relates them)",
+            ));
+        };
+        let mut parts = Vec::new();
+        conjuncts(w, &mut parts);
+        let over = |schema: &[Column], c: &Expr| {
+            expr::compile(
+                c,
+                &Scope {
+                    qualified: true,
+                    ..Scope::new(schema)
+                },
+            )
+            .is_ok()
+        };
+        let side = |t: &sqlparser::ast::TableWithJoins| -> Result<Rel, SqlError> {
+            let (rel, q) = self.factor(env, &t.relation)?;
+            Ok(qualify(
+                rel.materialize().map_err(|e| placed(e, &t.relation))?,
+                q,
+            ))
+        };
+        let and = |cs: &[&Expr]| -> Option<Expr> {
+            cs.iter()
+                .map(|c| (*c).clone())
+                .reduce(|a, b| Expr::BinaryOp {
+                    left: Box::new(a),
+                    op: sqlparser::ast::BinaryOperator::And,
+                    right: Box::new(b),
+                })
+        };
+        let mut left = side(&s.from[0])?;
+        for t in &s.from[1..] {
+            let mut right = side(t)?;
+            let mut joined = left.schema.clone();
+            joined.extend(right.schema.iter().cloned());
+            let (mut on, mut lf, mut rf, mut rest) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for c in parts {
+                if over(&left.schema, c) {
+                    lf.push(c);
+                } else if over(&right.schema, c) {
+                    rf.push(c);
+                } else if over(&joined, c) {
+                    on.push(c);
+                } else {
+                    rest.push(c);
+                }
+            }
+            if let Some(f) = and(&lf) {
+                left = left.filter(&f)?.flush();
+            }
+            if let Some(f) = and(&rf) {
+                right = right.filter(&f)?.flush();
+            }
+            let Some(cond) = and(&on) else {
+                return Err(err_at(
+                    &t.relation,
+                    "unsupported: a cross join (the WHERE relates no column of this table to the tables before it)",
+                ));
+            };
+            left = join(left, right, &cond)?;
+            parts = rest;
+        }
+        // What no table could take names a column none has: its error.
+        if let Some(f) = and(&parts) {
+            return left.filter(&f);
+        }
+        Ok(left)
     }
 
     /// One FROM item and the name that qualifies its columns (its alias, else its
@@ -831,10 +912,11 @@ impl<'a> Planner<'a> {
                 ));
             }
         }
-        // WHERE applies before any windowing or grouping: over the input's own columns.
+        // WHERE applies before any windowing or grouping: over the input's own columns
+        // (a comma join took it as its conditions).
         let input = match &s.selection {
-            Some(w) => input.filter(w)?,
-            None => input,
+            Some(w) if s.from.len() < 2 => input.filter(w)?,
+            _ => input,
         };
         if group_by.is_empty() && aggs.is_empty() {
             if s.having.is_some() {
@@ -842,12 +924,6 @@ impl<'a> Planner<'a> {
             }
             let input = input.materialize().map_err(|e| placed(e, s))?;
             return input.project(&s.projection);
-        }
-        if !input.append_only {
-            return Err(err_at(
-                s,
-                "unsupported: an aggregate over an updating input (a changelog with retractions)",
-            ));
         }
         // A legacy group window: `GROUP BY k, TUMBLE(ts, size)` (or HOP, SESSION)
         // with TUMBLE_START(ts, size) and the like in the projection.
@@ -1231,7 +1307,8 @@ impl<'a> Planner<'a> {
             if computed.contains_key(&text) {
                 continue;
             }
-            let call = AggCall::compile(f, key_scope_cols)?;
+            let mut call = AggCall::compile(f, key_scope_cols)?;
+            call.retracting = !input.append_only;
             computed.insert(text.clone(), columns.len());
             columns.push(Column::new(text, call.out_ty));
             calls.push(call);
@@ -1405,6 +1482,12 @@ fn window_over(
     at: &Expr,
 ) -> Result<Rel, SqlError> {
     let input = input.materialize()?;
+    if !input.append_only {
+        return Err(err_at(
+            at,
+            "unsupported: a window over an updating input (a changelog with retractions)",
+        ));
+    }
     let name = match col {
         Expr::Identifier(i) => i.value.clone(),
         Expr::CompoundIdentifier(p) => p.last().map(|i| i.value.clone()).unwrap_or_default(),
@@ -2068,7 +2151,38 @@ impl Rel {
         let mut identity = true;
         for item in items {
             match item {
-                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                SelectItem::QualifiedWildcard(kind, _) => {
+                    // `q.*`: the columns of the FROM item `q` (of a join), by their
+                    // own names.
+                    // (`kind` shows as `q.*`.)
+                    let q = format!("{kind}").trim_end_matches('*').to_ascii_lowercase();
+                    let before = schema.len();
+                    for (i, c) in self.schema.iter().enumerate() {
+                        if !c.name.to_ascii_lowercase().starts_with(&q) {
+                            continue;
+                        }
+                        if self.rowtime == Some(i) {
+                            rowtime = Some(schema.len());
+                        }
+                        identity = false;
+                        let mut c = c.clone();
+                        c.name = c.name[q.len()..].to_string();
+                        schema.push(c);
+                        evals.push(binding(i));
+                    }
+                    if schema.len() == before {
+                        // The only FROM item's alias (its columns are not qualified).
+                        for (i, c) in self.schema.iter().enumerate() {
+                            if self.rowtime == Some(i) {
+                                rowtime = Some(schema.len());
+                            }
+                            identity &= schema.len() == i;
+                            schema.push(c.clone());
+                            evals.push(binding(i));
+                        }
+                    }
+                }
+                SelectItem::Wildcard(_) => {
                     for (i, c) in self.schema.iter().enumerate() {
                         if self.rowtime == Some(i) {
                             rowtime = Some(schema.len());
@@ -2180,6 +2294,9 @@ struct AggCall {
     distinct: bool,
     /// Sums and averages in floating point.
     double: bool,
+    /// The input retracts rows (a changelog): MIN, MAX and DISTINCT keep counts of
+    /// their values, so that a retracted value leaves.
+    retracting: bool,
     out_ty: DataType,
     text: String,
 }
@@ -2250,6 +2367,7 @@ impl AggCall {
             filter,
             distinct,
             double: matches!(in_ty, DataType::Float | DataType::Double),
+            retracting: false,
             out_ty,
             text: Expr::Function(f.clone()).to_string(),
         })
@@ -2267,6 +2385,12 @@ impl AggCall {
 
     fn fresh(&self) -> Acc {
         if self.distinct {
+            if self.retracting {
+                return Acc::DistinctCounted {
+                    counts: HashMap::new(),
+                    inner: Box::new(self.plain().fresh()),
+                };
+            }
             return Acc::Distinct {
                 seen: HashSet::new(),
                 inner: Box::new(self.plain().fresh()),
@@ -2279,25 +2403,51 @@ impl AggCall {
                 double: 0.0,
                 n: 0,
             },
+            AggKind::Min | AggKind::Max if self.retracting => Acc::Counted {
+                counts: HashMap::new(),
+                best: Value::Null,
+            },
             AggKind::Min | AggKind::Max => Acc::Best(Value::Null),
         }
     }
 
     /// Adds a row's value (nothing if the filter rejects it or the value is NULL).
     fn add(&self, row: &Row, acc: &mut Acc) {
+        if let Some(v) = self.value_of(row) {
+            self.add_value(v, acc);
+        }
+    }
+
+    /// Takes a retracted row's value back out.
+    fn retract(&self, row: &Row, acc: &mut Acc) {
+        if let Some(v) = self.value_of(row) {
+            self.retract_value(v, acc);
+        }
+    }
+
+    /// The value a row gives the call (`None`: filtered out, or NULL).
+    fn value_of(&self, row: &Row) -> Option<Value> {
         if let Some(f) = &self.filter {
             if f(row) != Value::Bool(true) {
-                return;
+                return None;
             }
         }
         let v = match &self.arg {
             None => Value::Int(1),
             Some(a) => a(row),
         };
-        if v.is_null() {
-            return;
+        (!v.is_null()).then_some(v)
+    }
+
+    /// Whether `v` should replace `best` (MIN or MAX).
+    fn better(&self, v: &Value, best: &Value) -> bool {
+        match v.sql_cmp(best) {
+            _ if best.is_null() => true,
+            Some(o) => {
+                (self.kind == AggKind::Min && o.is_lt()) || (self.kind == AggKind::Max && o.is_gt())
+            }
+            None => false,
         }
-        self.add_value(v, acc);
     }
 
     fn add_value(&self, v: Value, acc: &mut Acc) {
@@ -2315,22 +2465,80 @@ impl AggCall {
                 *n += 1;
             }
             Acc::Best(b) => {
-                let better = match v.sql_cmp(b) {
-                    _ if b.is_null() => true,
-                    Some(o) => {
-                        (self.kind == AggKind::Min && o.is_lt())
-                            || (self.kind == AggKind::Max && o.is_gt())
-                    }
-                    None => false,
-                };
-                if better {
+                if self.better(&v, b) {
                     *b = v;
                 }
+            }
+            Acc::Counted { counts, best } => {
+                if self.better(&v, best) {
+                    *best = v.clone();
+                }
+                *counts.entry(v).or_insert(0) += 1;
             }
             Acc::Distinct { seen, inner } => {
                 if !seen.contains(&v) {
                     seen.insert(v.clone());
                     self.plain().add_value(v, inner);
+                }
+            }
+            Acc::DistinctCounted { counts, inner } => {
+                let n = counts.entry(v.clone()).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    self.plain().add_value(v, inner);
+                }
+            }
+        }
+    }
+
+    fn retract_value(&self, v: Value, acc: &mut Acc) {
+        match acc {
+            Acc::Count(n) => *n -= 1,
+            Acc::Sum { int, double, n } => {
+                match v {
+                    Value::Int(i) => {
+                        *int = int.wrapping_sub(i);
+                        *double -= i as f64;
+                    }
+                    Value::Double(d) => *double -= d,
+                    _ => return,
+                }
+                *n -= 1;
+            }
+            // Only a retracting call's accumulators see retractions.
+            Acc::Best(_) | Acc::Distinct { .. } => {}
+            Acc::Counted { counts, best } => {
+                let gone = match counts.get_mut(&v) {
+                    Some(n) => {
+                        *n -= 1;
+                        *n <= 0
+                    }
+                    None => false,
+                };
+                if gone {
+                    counts.remove(&v);
+                    if v == *best {
+                        // The best left: the next best of what is still counted.
+                        *best = Value::Null;
+                        for k in counts.keys() {
+                            if self.better(k, best) {
+                                *best = k.clone();
+                            }
+                        }
+                    }
+                }
+            }
+            Acc::DistinctCounted { counts, inner } => {
+                let gone = match counts.get_mut(&v) {
+                    Some(n) => {
+                        *n -= 1;
+                        *n <= 0
+                    }
+                    None => false,
+                };
+                if gone {
+                    counts.remove(&v);
+                    self.plain().retract_value(v, inner);
                 }
             }
         }
@@ -2351,8 +2559,10 @@ impl AggCall {
                     (_, false) => Value::Int(*int / *n),
                 }
             }
-            Acc::Best(b) => b.clone(),
-            Acc::Distinct { inner, .. } => self.plain().result(inner),
+            Acc::Best(b) | Acc::Counted { best: b, .. } => b.clone(),
+            Acc::Distinct { inner, .. } | Acc::DistinctCounted { inner, .. } => {
+                self.plain().result(inner)
+            }
         }
     }
 }
@@ -2378,6 +2588,20 @@ pub enum Acc {
         /// The distinct values.
         seen: HashSet<Value>,
         /// The plain aggregate over them.
+        inner: Box<Acc>,
+    },
+    /// `MIN` or `MAX` of a changelog: how often each value is in, and the best.
+    Counted {
+        /// Each value's count.
+        counts: HashMap<Value, i64>,
+        /// The best of them.
+        best: Value,
+    },
+    /// A `DISTINCT` aggregate of a changelog: how often each value is in.
+    DistinctCounted {
+        /// Each value's count.
+        counts: HashMap<Value, i64>,
+        /// The plain aggregate over the values counted.
         inner: Box<Acc>,
     },
 }
@@ -2478,6 +2702,8 @@ struct GroupAggregate {
 pub struct GroupState {
     accs: Vec<Acc>,
     last: Option<Vec<Value>>,
+    /// Rows in the group (insertions less retractions).
+    rows: i64,
 }
 
 impl KeyedProcessFunction for GroupAggregate {
@@ -2495,12 +2721,27 @@ impl KeyedProcessFunction for GroupAggregate {
         if state.accs.len() != self.calls.len() {
             state.accs = self.calls.iter().map(AggCall::fresh).collect();
         }
-        for (c, a) in self.calls.iter().zip(state.accs.iter_mut()) {
-            c.add(&value, a);
+        let retract = matches!(value.kind, RowKind::UpdateBefore | RowKind::Delete);
+        if retract {
+            for (c, a) in self.calls.iter().zip(state.accs.iter_mut()) {
+                c.retract(&value, a);
+            }
+            state.rows -= 1;
+        } else {
+            for (c, a) in self.calls.iter().zip(state.accs.iter_mut()) {
+                c.add(&value, a);
+            }
+            state.rows += 1;
         }
-        let mut values = ctx.current_key().clone();
-        values.extend(self.calls.iter().zip(&state.accs).map(|(c, a)| c.result(a)));
-        let out = (self.finish)(&Row::insert(values));
+        let out = if state.rows > 0 {
+            let mut values = ctx.current_key().clone();
+            values.extend(self.calls.iter().zip(&state.accs).map(|(c, a)| c.result(a)));
+            (self.finish)(&Row::insert(values))
+        } else {
+            // The group's last row was retracted: the group is gone.
+            state.accs.clear();
+            None
+        };
         match (state.last.take(), &out) {
             (None, Some(o)) => ctx.collect(Row::insert(o.clone())),
             (Some(l), Some(o)) if l != *o => {
