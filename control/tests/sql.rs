@@ -383,6 +383,100 @@ fn aggregates_of_a_changelog_take_its_retractions() {
 }
 
 #[test]
+fn interval_joins_equal_the_reference() {
+    for p in [1, 2] {
+        let (rows, session) = run_query(
+            "SELECT a.auction, a.price, b.price, b.ts FROM bids a JOIN bids b ON a.auction = b.auction \
+               AND b.ts >= a.ts - INTERVAL '5' MILLISECOND AND a.ts > b.ts - INTERVAL '11' MILLISECOND \
+             WHERE a.price > 500;",
+            p,
+        );
+        let all = reference_rows(&session);
+        let mut by_auction: HashMap<i64, Vec<&Row>> = HashMap::new();
+        for r in &all {
+            by_auction.entry(int(&r.values[0])).or_default().push(r);
+        }
+        let mut want = Vec::new();
+        for a in all.iter().filter(|a| int(&a.values[1]) > 500) {
+            for b in &by_auction[&int(&a.values[0])] {
+                let d = int(&b.values[3]) - int(&a.values[3]);
+                if (-5..=10).contains(&d) {
+                    want.push(vec![
+                        a.values[0].clone(),
+                        a.values[1].clone(),
+                        b.values[1].clone(),
+                        b.values[3].clone(),
+                    ]);
+                }
+            }
+        }
+        assert!(want.len() > 1000, "{}", want.len());
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "p={p}");
+    }
+    // The plan says which join runs.
+    let env = StreamExecutionEnvironment::new("explain");
+    let mut session = Session::new();
+    let mut plan = String::new();
+    for s in parse::script(&format!(
+        "{}\nEXPLAIN SELECT 1 FROM bids a, bids b WHERE a.auction = b.auction \
+           AND b.ts BETWEEN a.ts - INTERVAL '5' MILLISECOND AND a.ts + INTERVAL '10' MILLISECOND;",
+        ddl()
+    ))
+    .unwrap()
+    {
+        if let Outcome::Explain(text) = session.execute(&env, &s).unwrap() {
+            plan = text;
+        }
+    }
+    assert!(
+        plan.contains("IntervalJoin") && plan.contains("[-5 ms, 10 ms]"),
+        "{plan}"
+    );
+}
+
+#[test]
+fn window_joins_of_window_table_functions_equal_the_reference() {
+    for p in [1, 2] {
+        let tvf =
+            "SELECT * FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '100' MILLISECOND))";
+        let (rows, session) = run_query(
+            &format!(
+                "SELECT L.auction, L.window_start, COUNT(*) FROM ({tvf}) L JOIN ({tvf}) R \
+                 ON L.auction = R.auction AND L.window_start = R.window_start AND L.window_end = R.window_end \
+                 WHERE L.price > R.price \
+                 GROUP BY L.auction, L.window_start, L.window_end;"
+            ),
+            p,
+        );
+        // Per auction and window: the pairs of its rows with the left price higher.
+        let mut groups: BTreeMap<(i64, i64), Vec<i64>> = BTreeMap::new();
+        for r in reference_rows(&session) {
+            let ts = int(&r.values[3]);
+            groups
+                .entry((int(&r.values[0]), ts - ts.rem_euclid(100)))
+                .or_default()
+                .push(int(&r.values[1]));
+        }
+        let want: Vec<Vec<Value>> = groups
+            .into_iter()
+            .filter_map(|((a, s), prices)| {
+                let n = prices
+                    .iter()
+                    .map(|x| prices.iter().filter(|y| x > y).count() as i64)
+                    .sum::<i64>();
+                (n > 0).then(|| vec![Value::Int(a), Value::Ts(s), Value::Int(n)])
+            })
+            .collect();
+        assert!(want.len() > 1000, "{}", want.len());
+        // The join runs per window, and so does the aggregate of its rows.
+        assert!(rows.iter().all(|r| r.kind == RowKind::Insert));
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "p={p}");
+    }
+}
+
+#[test]
 fn unbounded_group_by_emits_a_changelog_that_ends_at_the_reference() {
     for p in [1, 2] {
         let (rows, session) = run_query(
@@ -975,6 +1069,90 @@ fn nexmark_aggregates_and_top_n_of_joins_end_at_the_reference() {
             })
             .collect();
         assert_eq!(got, want, "q9 p={p}");
+    }
+}
+
+#[test]
+fn nexmark_window_joins_and_window_aggregates_of_windows_equal_the_reference() {
+    for p in [1, 2] {
+        let ddl = nexmark_ddl();
+        // q5: per sliding window (10 s, every 2 s), the auctions with the most bids.
+        let (rows, session) = run_with(&ddl, &nexmark_select("q5"), p);
+        let bids = nexmark_bids(&session);
+        let mut counts: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+        for b in &bids {
+            let ts = int(&b[5]);
+            let mut s = ts - ts.rem_euclid(2000);
+            while s > ts - 10_000 {
+                *counts.entry((s, int(&b[0]))).or_default() += 1;
+                s -= 2000;
+            }
+        }
+        let mut most: BTreeMap<i64, i64> = BTreeMap::new();
+        for ((s, _), n) in &counts {
+            let m = most.entry(*s).or_default();
+            *m = (*m).max(*n);
+        }
+        let want: Vec<Vec<Value>> = counts
+            .iter()
+            .filter(|((s, _), n)| **n >= most[s])
+            .map(|((_, a), n)| vec![Value::Int(*a), Value::Int(*n)])
+            .collect();
+        assert!(want.len() >= most.len(), "{}", want.len());
+        assert!(rows.iter().all(|r| r.kind == RowKind::Insert));
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "q5 p={p}");
+        // q7: the bids at a 10-second window's highest price, within the window
+        // (its end included).
+        let (rows, _) = run_with(&ddl, &nexmark_select("q7"), p);
+        let mut highest: BTreeMap<i64, i64> = BTreeMap::new();
+        for b in &bids {
+            let ts = int(&b[5]);
+            let end = ts - ts.rem_euclid(10_000) + 10_000;
+            let m = highest.entry(end).or_insert(i64::MIN);
+            *m = (*m).max(int(&b[2]));
+        }
+        let mut want = Vec::new();
+        for (end, price) in &highest {
+            for b in bids
+                .iter()
+                .filter(|b| int(&b[2]) == *price && (end - 10_000..=*end).contains(&int(&b[5])))
+            {
+                want.push(vec![
+                    b[0].clone(),
+                    b[2].clone(),
+                    b[1].clone(),
+                    b[5].clone(),
+                    b[6].clone(),
+                ]);
+            }
+        }
+        assert!(want.len() >= highest.len(), "{}", want.len());
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "q7 p={p}");
+        // q8: people who opened an auction in the 10-second window they joined in.
+        let (rows, session) = run_with(&ddl, &nexmark_select("q8"), p);
+        let window = |ts: i64| ts - ts.rem_euclid(10_000);
+        let sellers: HashSet<(i64, i64)> =
+            nexmark_events(&session, 1, &["auction.seller", "auction.dateTime"])
+                .iter()
+                .map(|a| (int(&a[0]), window(int(&a[1]))))
+                .collect();
+        let people: HashSet<Vec<Value>> = nexmark_events(
+            &session,
+            0,
+            &["person.id", "person.name", "person.dateTime"],
+        )
+        .into_iter()
+        .map(|p| vec![p[0].clone(), p[1].clone(), Value::Ts(window(int(&p[2])))])
+        .collect();
+        let want: Vec<Vec<Value>> = people
+            .into_iter()
+            .filter(|p| sellers.contains(&(int(&p[0]), int(&p[2]))))
+            .collect();
+        assert!(want.len() > 5, "{}", want.len());
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "q8 p={p}");
     }
 }
 

@@ -85,6 +85,20 @@ pub struct Column {
     /// Whether it is a processing-time attribute (`PROCTIME()`, or a column that
     /// passes one on): windows over it follow the wall clock, not event time.
     pub proctime: bool,
+    /// Which bound of an event-time window it holds, under whatever name (a window
+    /// table function's or window aggregate's `window_start` or `window_end`): a
+    /// join or an aggregate on a window's end runs per window, and drops the
+    /// window's state as the watermark passes its end.
+    pub bound: Option<WindowBound>,
+}
+
+/// A bound of a window (see [`Column::bound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowBound {
+    /// `window_start`.
+    Start,
+    /// `window_end`.
+    End,
 }
 
 impl Column {
@@ -94,7 +108,13 @@ impl Column {
             name: name.into(),
             ty,
             proctime: false,
+            bound: None,
         }
+    }
+
+    /// The column holding a bound of its windows.
+    pub fn with_bound(self, bound: Option<WindowBound>) -> Self {
+        Self { bound, ..self }
     }
 
     /// A processing-time attribute column.

@@ -11,7 +11,7 @@
 use super::connector;
 use super::expr::{self, err_at, Compiled, Eval, Scope, AGGREGATES};
 use super::types::{DataType, Row, RowKind, Value};
-use super::{Catalog, Column, SqlError, TableDef};
+use super::{Catalog, Column, SqlError, TableDef, WindowBound};
 use crate::api::{DataStream, StreamExecutionEnvironment};
 use spate_dataplane::operator::keyed::{Context, KeyedProcessFunction};
 use spate_dataplane::operator::watermark::WatermarkStrategy;
@@ -1256,14 +1256,34 @@ impl<'a> Planner<'a> {
                 }
             })?;
             computed.insert(g.to_string(), columns.len());
-            columns.push(Column::new(output_name(g, columns.len()), c.ty));
+            let bound = Scope::new(key_scope_cols)
+                .resolve(g)
+                .and_then(|i| key_scope_cols[i].bound);
+            columns.push(Column::new(output_name(g, columns.len()), c.ty).with_bound(bound));
             keys.push(c);
         }
+        // Grouped by a window's end (of rows a window table function or aggregate
+        // gave): a window aggregate of those rows, each group final when the
+        // watermark passes its window's end.
+        let end_key = (!windowed && input.append_only)
+            .then(|| {
+                columns
+                    .iter()
+                    .position(|c| c.bound == Some(WindowBound::End))
+            })
+            .flatten();
         let n_keys = keys.len();
         if windowed {
-            for w in ["window_start", "window_end", "window_time"] {
+            let processing = input.window.as_ref().is_some_and(|t| t.processing);
+            for (w, b) in [
+                ("window_start", Some(WindowBound::Start)),
+                ("window_end", Some(WindowBound::End)),
+                ("window_time", None),
+            ] {
                 computed.insert(w.to_string(), columns.len());
-                columns.push(Column::new(w, DataType::Timestamp));
+                columns.push(
+                    Column::new(w, DataType::Timestamp).with_bound(b.filter(|_| !processing)),
+                );
             }
             // A legacy group window's TUMBLE_START(...) and the like.
             for (text, off) in aux {
@@ -1366,10 +1386,15 @@ impl<'a> Planner<'a> {
             if windowed && computed.get(&e.to_string()) == Some(&(n_keys + 2)) {
                 rowtime = Some(schema.len());
             }
-            schema.push(Column::new(
-                alias.unwrap_or_else(|| output_name(e, k)),
-                c.ty,
-            ));
+            let bound = computed
+                .get(&e.to_string())
+                .copied()
+                .or_else(|| scope.resolve(e))
+                .and_then(|i| columns.get(i))
+                .and_then(|c| c.bound);
+            schema.push(
+                Column::new(alias.unwrap_or_else(|| output_name(e, k)), c.ty).with_bound(bound),
+            );
             outs.push(c.eval);
         }
         let finish: Finish = Arc::new(move |row: &Row| -> Option<Vec<Value>> {
@@ -1437,14 +1462,35 @@ impl<'a> Planner<'a> {
                 calc: None,
             });
         }
-        if group_by.iter().any(|g| {
-            let mut n = Vec::new();
-            column_names(g, &mut n);
-            n.iter().any(|x| {
-                ["window_start", "window_end", "window_time"]
-                    .contains(&x.to_ascii_lowercase().as_str())
+        if let Some(end) = end_key {
+            let stream = keyed
+                .process(WindowGroupAggregate { calls, finish, end })
+                .name("WindowAggregate");
+            return Ok(Rel {
+                stream,
+                schema,
+                rowtime: None,
+                append_only: true,
+                plan: PlanNode::new(
+                    format!(
+                        "WindowAggregate(groupBy=[{group_label}], window=[the input's windows], select=[{agg_label}])"
+                    ),
+                    vec![input.plan],
+                ),
+                window: None,
+                calc: None,
+            });
+        }
+        if input.window.is_some()
+            && group_by.iter().any(|g| {
+                let mut n = Vec::new();
+                column_names(g, &mut n);
+                n.iter().any(|x| {
+                    ["window_start", "window_end", "window_time"]
+                        .contains(&x.to_ascii_lowercase().as_str())
+                })
             })
-        }) {
+        {
             return Err(err_at(
                 s,
                 "a window aggregate groups by both window_start and window_end of a window table function",
@@ -1578,8 +1624,11 @@ fn window_over(
         tvf.describe(&input.schema[idx].name)
     );
     let mut schema = input.schema.clone();
-    schema.push(Column::new("window_start", DataType::Timestamp));
-    schema.push(Column::new("window_end", DataType::Timestamp));
+    let bound = |b| (!processing).then_some(b);
+    schema.push(
+        Column::new("window_start", DataType::Timestamp).with_bound(bound(WindowBound::Start)),
+    );
+    schema.push(Column::new("window_end", DataType::Timestamp).with_bound(bound(WindowBound::End)));
     schema.push(if processing {
         Column::proctime("window_time")
     } else {
@@ -1677,6 +1726,7 @@ fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
     let mut lkeys: Vec<Eval> = Vec::new();
     let mut rkeys: Vec<Eval> = Vec::new();
     let mut residual: Vec<&Expr> = Vec::new();
+    let mut window_ends: Option<(usize, usize)> = None;
     for c in parts {
         let pair = match c {
             Expr::BinaryOp {
@@ -1684,16 +1734,26 @@ fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
                 op: sqlparser::ast::BinaryOperator::Eq,
                 right: b,
             } => match (expr::compile(a, &ls), expr::compile(b, &rs)) {
-                (Ok(x), Ok(y)) => Some((x, y, b)),
+                (Ok(x), Ok(y)) => Some((x, y, b, a.as_ref(), b.as_ref())),
                 _ => match (expr::compile(b, &ls), expr::compile(a, &rs)) {
-                    (Ok(x), Ok(y)) => Some((x, y, a)),
+                    (Ok(x), Ok(y)) => Some((x, y, a, b.as_ref(), a.as_ref())),
                     _ => None,
                 },
             },
             _ => None,
         };
+        if let Some((_, _, _, l, r)) = &pair {
+            // The columns an equality pairs (for a window join: both windows' ends).
+            if let (Some(li), Some(ri)) = (ls.resolve(l), rs.resolve(r)) {
+                if left.schema[li].bound == Some(WindowBound::End)
+                    && right.schema[ri].bound == Some(WindowBound::End)
+                {
+                    window_ends = Some((li, ri));
+                }
+            }
+        }
         match pair {
-            Some((x, y, at)) => {
+            Some((x, y, at, _, _)) => {
                 let same = x.ty == y.ty
                     || (x.ty.is_integer() && y.ty.is_integer())
                     || (x.ty.is_timestamp() && y.ty.is_timestamp());
@@ -1715,6 +1775,34 @@ fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
             "unsupported: a join needs an equality between a column of each side in ON",
         ));
     }
+    // An interval join: conditions that bound one side's event time by the other's
+    // (`l.ts BETWEEN r.ts - INTERVAL .. AND r.ts + INTERVAL ..`, or `>=`/`<=` pairs).
+    let mut interval: (Option<i64>, Option<i64>) = (None, None);
+    if window_ends.is_none() {
+        if let (Some(lt), Some(rt)) = (left.rowtime, right.rowtime) {
+            let mut rest = Vec::new();
+            for c in residual {
+                match time_bounds(c, &ls, &rs, lt, rt) {
+                    Some(bounds) => {
+                        for (lower, ms) in bounds {
+                            let slot = if lower {
+                                &mut interval.0
+                            } else {
+                                &mut interval.1
+                            };
+                            *slot = Some(match (*slot, lower) {
+                                (Some(x), true) => x.max(ms),
+                                (Some(x), false) => x.min(ms),
+                                (None, _) => ms,
+                            });
+                        }
+                    }
+                    None => rest.push(c),
+                }
+            }
+            residual = rest;
+        }
+    }
     let mut schema = left.schema.clone();
     schema.extend(right.schema.iter().cloned());
     let mut checks: Vec<Eval> = Vec::new();
@@ -1733,29 +1821,167 @@ fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
         checks.push(c.eval);
     }
     let (lk, rk) = (Arc::new(lkeys), Arc::new(rkeys));
-    let stream = left
-        .stream
-        .connect(&right.stream)
-        .key_by(
-            move |r: &Row| lk.iter().map(|k| k(r)).collect::<Vec<Value>>(),
-            move |r: &Row| rk.iter().map(|k| k(r)).collect::<Vec<Value>>(),
-        )
-        .process(RegularJoin {
-            checks: Arc::new(checks),
-        })
-        .name("Join");
+    let lkey = move |r: &Row| lk.iter().map(|k| k(r)).collect::<Vec<Value>>();
+    let rkey = move |r: &Row| rk.iter().map(|k| k(r)).collect::<Vec<Value>>();
+    let checks = Arc::new(checks);
+    let (stream, label) = match interval {
+        (Some(lower), Some(upper)) => {
+            if lower > upper {
+                return Err(err_at(
+                    on,
+                    format!(
+                        "the interval join's bounds are empty: the other side's time from {lower} ms to {upper} ms"
+                    ),
+                ));
+            }
+            let (lkey2, checks2) = (lkey.clone(), checks.clone());
+            let stream = left
+                .stream
+                .key_by(lkey)
+                .interval_join(&right.stream.key_by(rkey))
+                .between(
+                    lower.saturating_mul(1_000_000),
+                    upper.saturating_mul(1_000_000),
+                )
+                .process(move |l: &Row, r: &Row, out: &mut Vec<Row>| {
+                    // NULL equals nothing: such a row joins no row.
+                    if lkey2(l).iter().any(Value::is_null) {
+                        return;
+                    }
+                    if let Some(row) = joined_row(l, r, &checks2) {
+                        out.push(row);
+                    }
+                })
+                .name("IntervalJoin");
+            (
+                stream,
+                format!(
+                    "IntervalJoin(joinType=[InnerJoin], windowBounds=[rightTime - leftTime in [{lower} ms, {upper} ms]], where=[{on}])"
+                ),
+            )
+        }
+        _ => {
+            let stream = left
+                .stream
+                .connect(&right.stream)
+                .key_by(lkey, rkey)
+                .process(RegularJoin {
+                    checks,
+                    ends: window_ends,
+                })
+                .name(if window_ends.is_some() {
+                    "WindowJoin"
+                } else {
+                    "Join"
+                });
+            let label = if window_ends.is_some() {
+                format!("WindowJoin(joinType=[InnerJoin], where=[{on}])")
+            } else {
+                format!("Join(joinType=[InnerJoin], where=[{on}])")
+            };
+            (stream, label)
+        }
+    };
     Ok(Rel {
         stream,
         schema,
         rowtime: None,
         append_only: true,
-        plan: PlanNode::new(
-            format!("Join(joinType=[InnerJoin], where=[{on}])"),
-            vec![left.plan, right.plan],
-        ),
+        plan: PlanNode::new(label, vec![left.plan, right.plan]),
         window: None,
         calc: None,
     })
+}
+
+/// The time bounds a join condition puts on `r.ts - l.ts` (ms; `true`: a lower
+/// bound), when it compares the two sides' event times (`lt`, `rt`), each plus or
+/// minus an interval; `None` when it is not such a condition.
+fn time_bounds(
+    c: &Expr,
+    ls: &Scope<'_>,
+    rs: &Scope<'_>,
+    lt: usize,
+    rt: usize,
+) -> Option<Vec<(bool, i64)>> {
+    use sqlparser::ast::BinaryOperator as B;
+    // `side.ts + offset`: (whether it is the right side, the offset in ms).
+    fn term(e: &Expr, ls: &Scope<'_>, rs: &Scope<'_>, lt: usize, rt: usize) -> Option<(bool, i64)> {
+        match e {
+            Expr::Nested(x) => term(x, ls, rs, lt, rt),
+            Expr::BinaryOp {
+                left,
+                op: op @ (B::Plus | B::Minus),
+                right,
+            } => {
+                let Expr::Interval(iv) = right.as_ref() else {
+                    return None;
+                };
+                let ms = expr::interval_ms(iv, right).ok()?;
+                let (side, o) = term(left, ls, rs, lt, rt)?;
+                Some((side, if *op == B::Plus { o + ms } else { o - ms }))
+            }
+            _ => match (ls.resolve(e) == Some(lt), rs.resolve(e) == Some(rt)) {
+                (true, false) => Some((false, 0)),
+                (false, true) => Some((true, 0)),
+                _ => None,
+            },
+        }
+    }
+    // `a op b` as bounds on d = r.ts - l.ts.
+    let compare = |a: &Expr, op: &B, b: &Expr| -> Option<(bool, i64)> {
+        let ((ra, oa), (rb, ob)) = (term(a, ls, rs, lt, rt)?, term(b, ls, rs, lt, rt)?);
+        if ra == rb {
+            return None;
+        }
+        // With a on the right: r + oa op l + ob, i.e. d op ob - oa; else the mirror.
+        let (op, v) = if ra {
+            (op.clone(), ob - oa)
+        } else {
+            let flipped = match op {
+                B::Gt => B::Lt,
+                B::GtEq => B::LtEq,
+                B::Lt => B::Gt,
+                B::LtEq => B::GtEq,
+                other => other.clone(),
+            };
+            (flipped, oa - ob)
+        };
+        match op {
+            B::GtEq => Some((true, v)),
+            B::Gt => Some((true, v + 1)),
+            B::LtEq => Some((false, v)),
+            B::Lt => Some((false, v - 1)),
+            _ => None,
+        }
+    };
+    match c {
+        Expr::Nested(x) => time_bounds(x, ls, rs, lt, rt),
+        Expr::BinaryOp { left, op, right } if matches!(op, B::Gt | B::GtEq | B::Lt | B::LtEq) => {
+            compare(left, op, right).map(|b| vec![b])
+        }
+        Expr::Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        } => Some(vec![
+            compare(expr, &B::GtEq, low)?,
+            compare(expr, &B::LtEq, high)?,
+        ]),
+        _ => None,
+    }
+}
+
+/// `l` and `r` as one row, if the join's other conditions hold for it.
+fn joined_row(l: &Row, r: &Row, checks: &[Eval]) -> Option<Row> {
+    let mut values = Vec::with_capacity(l.values.len() + r.values.len());
+    values.extend(l.values.iter().cloned());
+    values.extend(r.values.iter().cloned());
+    let row = Row::insert(values);
+    checks
+        .iter()
+        .all(|c| c(&row) == Value::Bool(true))
+        .then_some(row)
 }
 
 /// The Top-N operator: per partition, its first `n` rows by `order`.
@@ -1854,11 +2080,14 @@ impl KeyedProcessFunction for TopN {
     }
 }
 
-/// The regular inner join's operator.
+/// The regular inner join's operator; as a window join (`ends`: where each side's
+/// rows hold their window's end, which the key includes), a key's rows are dropped
+/// when the watermark passes the window's end.
 #[derive(Clone)]
 struct RegularJoin {
     /// Conditions of ON besides the key equalities, over the joined row.
     checks: Arc<Vec<Eval>>,
+    ends: Option<(usize, usize)>,
 }
 
 /// Per key: the rows of each side so far (keyed state: checkpoints write it).
@@ -1869,13 +2098,16 @@ pub struct JoinState {
 }
 
 impl RegularJoin {
-    fn emit(&self, l: &Row, r: &Row, ctx: &mut Context<'_, Vec<Value>, Row>) {
-        let mut values = Vec::with_capacity(l.values.len() + r.values.len());
-        values.extend(l.values.iter().cloned());
-        values.extend(r.values.iter().cloned());
-        let row = Row::insert(values);
-        if self.checks.iter().all(|c| c(&row) == Value::Bool(true)) {
-            ctx.collect(row);
+    /// A window join's first row of a key: its state goes at the window's end.
+    fn expire(
+        &self,
+        state: &JoinState,
+        row: &Row,
+        end_col: usize,
+        ctx: &mut Context<'_, Vec<Value>, Row>,
+    ) {
+        if state.left.is_empty() && state.right.is_empty() {
+            ctx.register_event_time_timer(ts_ns(row.get(end_col)).saturating_sub(1));
         }
     }
 }
@@ -1897,8 +2129,13 @@ impl spate_dataplane::operator::keyed::KeyedCoProcessFunction for RegularJoin {
         if ctx.current_key().iter().any(Value::is_null) {
             return;
         }
+        if let Some((l, _)) = self.ends {
+            self.expire(state, &value, l, ctx);
+        }
         for r in &state.right {
-            self.emit(&value, r, ctx);
+            if let Some(row) = joined_row(&value, r, &self.checks) {
+                ctx.collect(row);
+            }
         }
         state.left.push(value);
     }
@@ -1912,10 +2149,19 @@ impl spate_dataplane::operator::keyed::KeyedCoProcessFunction for RegularJoin {
         if ctx.current_key().iter().any(Value::is_null) {
             return;
         }
+        if let Some((_, r)) = self.ends {
+            self.expire(state, &value, r, ctx);
+        }
         for l in &state.left {
-            self.emit(l, &value, ctx);
+            if let Some(row) = joined_row(l, &value, &self.checks) {
+                ctx.collect(row);
+            }
         }
         state.right.push(value);
+    }
+
+    fn on_timer(&mut self, _: u64, _: &mut JoinState, ctx: &mut Context<'_, Vec<Value>, Row>) {
+        ctx.clear_state();
     }
 }
 
@@ -2207,12 +2453,12 @@ impl Rel {
                     }
                     identity &= col == Some(schema.len());
                     let name = alias.unwrap_or_else(|| output_name(e, schema.len()));
-                    let proctime = expr::is_proctime_call(e)
-                        || col.is_some_and(|i| self.schema.get(i).is_some_and(|c| c.proctime));
+                    let source = col.and_then(|i| self.schema.get(i));
+                    let proctime = expr::is_proctime_call(e) || source.is_some_and(|c| c.proctime);
                     schema.push(if proctime {
                         Column::proctime(name)
                     } else {
-                        Column::new(name, c.ty)
+                        Column::new(name, c.ty).with_bound(source.and_then(|c| c.bound))
                     });
                     evals.push(c.eval);
                 }
@@ -2695,6 +2941,52 @@ type Finish = Arc<dyn Fn(&Row) -> Option<Vec<Value>> + Send + Sync>;
 struct GroupAggregate {
     calls: Arc<Vec<AggCall>>,
     finish: Finish,
+}
+
+/// A `GROUP BY` that includes a window's end (rows of windows already assigned):
+/// per group, the accumulators until the watermark passes the window's end; then
+/// the group's one row, and its state is dropped.
+#[derive(Clone)]
+struct WindowGroupAggregate {
+    calls: Arc<Vec<AggCall>>,
+    finish: Finish,
+    /// Where the window's end is in the key.
+    end: usize,
+}
+
+impl KeyedProcessFunction for WindowGroupAggregate {
+    type Key = Vec<Value>;
+    type In = Row;
+    type Out = Row;
+    type State = Vec<Acc>;
+
+    fn process_element(
+        &mut self,
+        value: Row,
+        accs: &mut Vec<Acc>,
+        ctx: &mut Context<'_, Vec<Value>, Row>,
+    ) {
+        if accs.len() != self.calls.len() {
+            *accs = self.calls.iter().map(AggCall::fresh).collect();
+            // The window's last instant: all its rows are in by then.
+            let end = ts_ns(&ctx.current_key()[self.end]);
+            ctx.register_event_time_timer(end.saturating_sub(1));
+        }
+        for (c, a) in self.calls.iter().zip(accs.iter_mut()) {
+            c.add(&value, a);
+        }
+    }
+
+    fn on_timer(&mut self, _: u64, accs: &mut Vec<Acc>, ctx: &mut Context<'_, Vec<Value>, Row>) {
+        if accs.len() == self.calls.len() {
+            let mut values = ctx.current_key().clone();
+            values.extend(self.calls.iter().zip(accs.iter()).map(|(c, a)| c.result(a)));
+            if let Some(o) = (self.finish)(&Row::insert(values)) {
+                ctx.collect(Row::insert(o));
+            }
+        }
+        ctx.clear_state();
+    }
 }
 
 /// Per-key state of [`GroupAggregate`].

@@ -423,6 +423,7 @@ pub struct Context<'a, K: Key, O> {
     event: &'a mut Timers<K>,
     out: &'a mut Vec<O>,
     sides: &'a mut SideOutputs,
+    clear: bool,
 }
 
 impl<K: Key, O> Context<'_, K, O> {
@@ -468,6 +469,12 @@ impl<K: Key, O> Context<'_, K, O> {
     /// Deletes an event-time timer of the current key registered for `at_ns`.
     pub fn delete_event_time_timer(&mut self, at_ns: u64) {
         self.event.delete(self.key, at_ns);
+    }
+    /// Drops the current key's state once this call returns (Flink's
+    /// `state.clear()`): the key holds no memory until it is seen again. Its timers
+    /// stay registered.
+    pub fn clear_state(&mut self) {
+        self.clear = true;
     }
 }
 
@@ -578,8 +585,13 @@ impl<K: Key, S: Default + Clone> KeyedCore<K, S> {
             event: &mut self.event,
             out,
             sides: &mut self.sides,
+            clear: false,
         };
         f(state, &mut ctx);
+        if ctx.clear {
+            let key = key.clone();
+            self.states.remove(hash, &key);
+        }
     }
 
     /// Fires the timers of `domain` due at `time` through `on_timer`. In event time,
@@ -604,7 +616,8 @@ impl<K: Key, S: Default + Clone> KeyedCore<K, S> {
                 TimeDomain::EventTime => self.event.pop_due(time, mark),
             };
             let Some((at, key)) = due else { break };
-            let (key, state) = self.states.get_or_insert(key_hash(&key), key);
+            let hash = key_hash(&key);
+            let (key, state) = self.states.get_or_insert(hash, key);
             let mut ctx = Context {
                 key,
                 now_ns: self.now_ns,
@@ -614,8 +627,13 @@ impl<K: Key, S: Default + Clone> KeyedCore<K, S> {
                 event: &mut self.event,
                 out,
                 sides: &mut self.sides,
+                clear: false,
             };
             on_timer(at, state, &mut ctx);
+            if ctx.clear {
+                let key = key.clone();
+                self.states.remove(hash, &key);
+            }
         }
     }
 

@@ -146,6 +146,62 @@ fn process_function_state_and_timers_per_key() {
     );
 }
 
+/// Sums per key until its timer, then emits the sum and drops the key's state.
+#[derive(Clone)]
+struct SumUntil;
+
+impl KeyedProcessFunction for SumUntil {
+    type Key = u32;
+    type In = (u32, i64);
+    type Out = (u32, i64);
+    type State = i64;
+
+    fn process_element(
+        &mut self,
+        (_, v): (u32, i64),
+        st: &mut i64,
+        ctx: &mut Context<'_, u32, (u32, i64)>,
+    ) {
+        *st += v;
+        let at = ctx.current_processing_time() + 100;
+        ctx.register_processing_time_timer(at);
+        if v < 0 {
+            // Cleared from a record too.
+            ctx.clear_state();
+        }
+    }
+
+    fn on_timer(&mut self, _: u64, st: &mut i64, ctx: &mut Context<'_, u32, (u32, i64)>) {
+        let k = *ctx.current_key();
+        ctx.collect((k, *st));
+        ctx.clear_state();
+    }
+}
+
+#[test]
+fn cleared_state_leaves_the_key() {
+    let out = Out::<(u32, i64)>::default();
+    let mut op = Chained::new(
+        KeyedProcess::new(SumUntil, |r: &(u32, i64)| r.0),
+        Box::new(out.clone()),
+    );
+    op.tick(1_000);
+    op.push(&mut vec![(1, 1), (2, 2), (1, 3), (3, -1)]);
+    assert_eq!(op.operator().key_count(), 2, "key 3 cleared as it came");
+    op.tick(1_100);
+    let mut fired = out.take();
+    fired.sort();
+    assert_eq!(fired, [(1, 4), (2, 2), (3, 0)]);
+    assert_eq!(
+        op.operator().key_count(),
+        0,
+        "every key cleared on its timer"
+    );
+    op.push(&mut vec![(1, 5)]);
+    op.tick(1_300);
+    assert_eq!(out.take(), [(1, 5)], "a cleared key starts afresh");
+}
+
 #[test]
 fn rolling_reduce_keeps_one_aggregate_per_key() {
     let out = Out::<(u32, u64)>::default();
