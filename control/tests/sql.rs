@@ -575,6 +575,86 @@ fn a_script_job_writes_its_statement_set_to_files() {
 }
 
 /// The error a statement gives after the DDL (whose 14 lines come first).
+#[test]
+fn filesystem_tables_are_read_back_as_they_were_written() {
+    let dir = tempfile::tempdir().unwrap();
+    for (format, sub) in [("csv", "c"), ("json", "j")] {
+        let path = dir.path().join(sub);
+        // Written by one job (every column, a timestamp among them) ...
+        let script = format!(
+            "{}\nCREATE TABLE out (auction BIGINT, price BIGINT, bidder STRING, ts TIMESTAMP(3)) \
+             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = '{format}');\n\
+             INSERT INTO out SELECT auction, price, bidder, ts FROM bids;",
+            ddl(),
+            path.display()
+        );
+        let mut spec = JobSpec::new("sql");
+        spec.args = vec![script];
+        spec.parallelism = Some(2);
+        execute(&spec.job_graph(1, true).unwrap());
+        // ... and read by another, at parallelism 1 and 2.
+        for p in [1, 2] {
+            let table = format!(
+                "CREATE TABLE back (auction BIGINT, price BIGINT, bidder STRING, ts TIMESTAMP(3)) \
+                 WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = '{format}');",
+                path.display()
+            );
+            let (rows, session) =
+                run_with(&format!("{}\n{table}", ddl()), "SELECT * FROM back;", p);
+            let want: Vec<Vec<Value>> = reference_rows(&session)
+                .into_iter()
+                .map(|r| r.values)
+                .collect();
+            let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+            assert_eq!(got.len(), ROWS as usize, "{format} p={p}");
+            assert_eq!(sorted(got), sorted(want), "{format} p={p}");
+        }
+    }
+    // Quoted fields, NULLs, and a JSON file's missing keys.
+    let f = dir.path().join("odd.csv");
+    std::fs::write(
+        &f,
+        "1,\"a, \"\"quoted\"\" one\",2024-01-01 00:00:01.5\n\n2,,\n",
+    )
+    .unwrap();
+    let table = format!(
+        "CREATE TABLE odd (id INT, s STRING, t TIMESTAMP(3)) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv');",
+        f.display()
+    );
+    let (rows, _) = run_with(&table, "SELECT * FROM odd;", 1);
+    let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+    assert_eq!(
+        sorted(got),
+        sorted(vec![
+            vec![
+                Value::Int(1),
+                Value::Str("a, \"quoted\" one".into()),
+                Value::Ts(START_MS + 1500)
+            ],
+            vec![Value::Int(2), Value::Null, Value::Null],
+        ])
+    );
+    let f = dir.path().join("odd.json");
+    std::fs::write(
+        &f,
+        "{\"id\": 3, \"s\": \"x\"}\n{\"id\": 4.0, \"t\": \"2024-01-01 00:00:00\"}\n",
+    )
+    .unwrap();
+    let table = format!(
+        "CREATE TABLE odd (id BIGINT, s STRING, t TIMESTAMP(3)) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');",
+        f.display()
+    );
+    let (rows, _) = run_with(&table, "SELECT * FROM odd;", 1);
+    let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+    assert_eq!(
+        sorted(got),
+        sorted(vec![
+            vec![Value::Int(3), Value::Str("x".into()), Value::Null],
+            vec![Value::Int(4), Value::Null, Value::Ts(START_MS)],
+        ])
+    );
+}
+
 fn error_of(sql: &str) -> SqlError {
     let env = StreamExecutionEnvironment::new("sql");
     let mut session = Session::new();
@@ -644,6 +724,16 @@ fn errors_name_the_problem_and_its_position() {
         (
             "SELECT COUNT(*) FROM bids GROUP BY HOP(ts, INTERVAL '1' SECOND);",
             "HOP takes 2 interval(s)",
+            0,
+        ),
+        (
+            "SELECT b.price FROM bids b JOIN bids FOR SYSTEM_TIME AS OF b.ts AS s ON b.auction = s.auction;",
+            "unsupported: a temporal join in event time",
+            60,
+        ),
+        (
+            "SELECT b.price FROM (SELECT *, PROCTIME() AS p FROM bids) b JOIN bids FOR SYSTEM_TIME AS OF b.p AS s ON b.auction = s.auction;",
+            "only a 'filesystem' table can be looked up",
             0,
         ),
     ];
@@ -1069,6 +1159,32 @@ fn nexmark_aggregates_and_top_n_of_joins_end_at_the_reference() {
             })
             .collect();
         assert_eq!(got, want, "q9 p={p}");
+    }
+}
+
+#[test]
+fn nexmark_lookup_join_equals_the_reference() {
+    let side = concat!(env!("CARGO_MANIFEST_DIR"), "/../nexmark/side_input.txt");
+    for p in [1, 2] {
+        let script =
+            nexmark_script("q13").replace("'nexmark/side_input.txt'", &format!("'{side}'"));
+        let (rows, session) = run_with(&nexmark_ddl(), &script, p);
+        // q13: every bid, with the side input's value for its auction mod 10000.
+        let want: Vec<Vec<Value>> = nexmark_bids(&session)
+            .into_iter()
+            .map(|b| {
+                let v = (int(&b[0]) % 10_000).to_string();
+                vec![
+                    b[0].clone(),
+                    b[1].clone(),
+                    b[2].clone(),
+                    b[5].clone(),
+                    Value::Str(v.into()),
+                ]
+            })
+            .collect();
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "q13 p={p}");
     }
 }
 

@@ -1,5 +1,5 @@
-//! Table connectors (`'connector' = '...'`): `datagen` reads, `print`, `blackhole` and
-//! `filesystem` write. Each checks its options when the table is created: an unknown
+//! Table connectors (`'connector' = '...'`): `datagen` and `nexmark` generate,
+//! `filesystem` reads and writes, `print` and `blackhole` write. Each checks its options when the table is created: an unknown
 //! option or a bad value is an error that names it.
 
 use super::plan::{PlanNode, Rel};
@@ -70,11 +70,28 @@ pub fn source(
             def,
             super::nexmark::Nexmark::from_table(def)?,
         )),
+        "filesystem" => {
+            let format = FileFormat::from_table(def)?;
+            let cols = Arc::new(def.physical.clone());
+            let name = format!("Source: {}", def.name);
+            Ok(
+                env.add_bounded_source(&name, false, move |info: SubtaskInfo| {
+                    Ok(FileSource::new(format.clone(), cols.clone(), info))
+                }),
+            )
+        }
         other => Err(SqlError::new(format!(
             "table '{}': connector '{other}' is a sink only; it cannot be read",
             def.name
         ))),
     }
+}
+
+/// The rows of a lookup table (a `filesystem` table, read whole).
+pub fn lookup_rows(def: &TableDef) -> Result<Vec<Row>, SqlError> {
+    FileFormat::from_table(def)?
+        .read_all(&def.physical)
+        .map_err(|e| SqlError::new(format!("lookup table '{}': {e}", def.name)))
 }
 
 /// Sends `rel` into the table `def`.
@@ -242,6 +259,280 @@ impl FileFormat {
             }
         }
         s
+    }
+}
+
+/// The files of a filesystem table: the file at `path`, or the files of the
+/// directory at `path` in name order (hidden files and files in progress, whose names
+/// start with `.` or `_`, skipped; subdirectories read in turn).
+fn files_of(path: &str) -> Result<Vec<std::path::PathBuf>, String> {
+    let p = std::path::Path::new(path);
+    let meta = std::fs::metadata(p).map_err(|e| format!("cannot read '{path}': {e}"))?;
+    if meta.is_file() {
+        return Ok(vec![p.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut dirs = vec![p.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&d)
+            .map_err(|e| format!("cannot list '{}': {e}", d.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|e| {
+                e.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with('.') && !n.starts_with('_'))
+            })
+            .collect();
+        entries.sort();
+        for e in entries.into_iter().rev() {
+            if e.is_dir() {
+                dirs.push(e);
+            } else {
+                out.push(e);
+            }
+        }
+    }
+    // The stack took directories last-first: restore name order overall.
+    out.sort();
+    Ok(out)
+}
+
+/// The fields of a CSV line: `None` for an empty unquoted field (NULL); quoted fields
+/// may hold commas and doubled quotes.
+fn csv_fields(line: &str) -> Result<Vec<Option<String>>, String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut f = String::new();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        f.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => f.push(c),
+                    None => return Err("a quoted field has no closing quote".into()),
+                }
+            }
+            out.push(Some(f));
+            match chars.next() {
+                None => return Ok(out),
+                Some(',') => {}
+                Some(c) => return Err(format!("'{c}' after a quoted field")),
+            }
+        } else {
+            let mut f = String::new();
+            let mut end = true;
+            for c in chars.by_ref() {
+                if c == ',' {
+                    end = false;
+                    break;
+                }
+                f.push(c);
+            }
+            out.push((!f.is_empty()).then_some(f));
+            if end {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// A field's text as a value of `ty`.
+fn parse_field(text: &str, ty: DataType) -> Result<Value, String> {
+    let v = super::expr::convert(Value::Str(text.into()), DataType::String, ty);
+    if v.is_null() {
+        return Err(format!("'{text}' is not a valid {ty}"));
+    }
+    Ok(v)
+}
+
+impl FileFormat {
+    /// A line of a file as a row of `cols`.
+    fn parse(&self, cols: &[Column], line: &str) -> Result<Row, String> {
+        let mut values = Vec::with_capacity(cols.len());
+        match self.format {
+            Format::Csv => {
+                let fields = csv_fields(line)?;
+                if fields.len() != cols.len() {
+                    return Err(format!(
+                        "{} fields, and the table has {} columns",
+                        fields.len(),
+                        cols.len()
+                    ));
+                }
+                for (f, c) in fields.iter().zip(cols) {
+                    values.push(match f {
+                        None => Value::Null,
+                        Some(t) if c.ty == DataType::String => Value::Str(t.as_str().into()),
+                        Some(t) => parse_field(t, c.ty).map_err(|e| format!("{}: {e}", c.name))?,
+                    });
+                }
+            }
+            Format::Json => {
+                let obj: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+                for c in cols {
+                    values.push(match obj.get(&c.name) {
+                        None | Some(serde_json::Value::Null) => Value::Null,
+                        Some(serde_json::Value::String(t)) if c.ty == DataType::String => {
+                            Value::Str(t.as_str().into())
+                        }
+                        Some(serde_json::Value::String(t)) => {
+                            parse_field(t, c.ty).map_err(|e| format!("{}: {e}", c.name))?
+                        }
+                        Some(serde_json::Value::Bool(b)) if c.ty == DataType::Boolean => {
+                            Value::Bool(*b)
+                        }
+                        Some(serde_json::Value::Number(n)) if !c.ty.is_timestamp() => {
+                            let v = match (n.as_i64(), n.as_f64()) {
+                                (Some(i), _) => Value::Int(i),
+                                (None, Some(d)) => Value::Double(d),
+                                _ => Value::Null,
+                            };
+                            let from = if matches!(v, Value::Int(_)) {
+                                DataType::BigInt
+                            } else {
+                                DataType::Double
+                            };
+                            let v = super::expr::convert(v, from, c.ty);
+                            if v.is_null() || c.ty == DataType::Boolean {
+                                return Err(format!("{}: {n} is not a {}", c.name, c.ty));
+                            }
+                            v
+                        }
+                        Some(other) => {
+                            return Err(format!("{}: {other} is not a {}", c.name, c.ty));
+                        }
+                    });
+                }
+            }
+        }
+        Ok(Row::insert(values))
+    }
+
+    /// Every row of the table's files (a lookup table's contents).
+    pub(crate) fn read_all(&self, cols: &[Column]) -> Result<Vec<Row>, String> {
+        let mut rows = Vec::new();
+        for f in files_of(&self.path)? {
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| format!("cannot read '{}': {e}", f.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                rows.push(
+                    self.parse(cols, line)
+                        .map_err(|e| format!("{}, line {}: {e}", f.display(), n + 1))?,
+                );
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// One subtask's share of a filesystem table: of all its files' lines (in name
+/// order), those whose number is its index modulo the parallelism. Its position is
+/// the lines read.
+struct FileSource {
+    format: FileFormat,
+    cols: Arc<Vec<Column>>,
+    index: u64,
+    parallelism: u64,
+    /// The files, listed at the first poll.
+    files: Option<Vec<std::path::PathBuf>>,
+    /// The file being read (its position in `files`) and its reader.
+    open: Option<(usize, std::io::BufReader<std::fs::File>, u64)>,
+    next_file: usize,
+    /// Lines read, over all files.
+    lines: u64,
+    /// Lines to read past before emitting (after a restore).
+    skip_to: u64,
+    buf: String,
+}
+
+impl FileSource {
+    fn new(format: FileFormat, cols: Arc<Vec<Column>>, info: SubtaskInfo) -> Self {
+        Self {
+            format,
+            cols,
+            index: info.index as u64,
+            parallelism: info.parallelism.max(1) as u64,
+            files: None,
+            open: None,
+            next_file: 0,
+            lines: 0,
+            skip_to: 0,
+            buf: String::new(),
+        }
+    }
+}
+
+impl Source<Row> for FileSource {
+    fn poll(&mut self, out: &mut Vec<Row>, max: usize, _: u64) -> Result<SourceStatus, TaskError> {
+        use std::io::BufRead;
+        if self.files.is_none() {
+            self.files = Some(files_of(&self.format.path).map_err(TaskError)?);
+        }
+        let files = self.files.as_deref().unwrap_or_default();
+        let mut emitted = 0;
+        while emitted < max {
+            if self.open.is_none() {
+                let Some(f) = files.get(self.next_file) else {
+                    return Ok(if emitted == 0 {
+                        SourceStatus::Done
+                    } else {
+                        SourceStatus::Emitted(emitted)
+                    });
+                };
+                let file = std::fs::File::open(f)
+                    .map_err(|e| TaskError(format!("cannot read '{}': {e}", f.display())))?;
+                self.open = Some((self.next_file, std::io::BufReader::new(file), 0));
+                self.next_file += 1;
+            }
+            let Some((k, reader, line_no)) = self.open.as_mut() else {
+                continue;
+            };
+            self.buf.clear();
+            let n = reader
+                .read_line(&mut self.buf)
+                .map_err(|e| TaskError(format!("cannot read '{}': {e}", files[*k].display())))?;
+            if n == 0 {
+                self.open = None;
+                continue;
+            }
+            *line_no += 1;
+            let line = self.buf.trim_end_matches(['\n', '\r']);
+            if line.trim().is_empty() {
+                continue;
+            }
+            let mine = self.lines % self.parallelism == self.index;
+            self.lines += 1;
+            if !mine || self.lines <= self.skip_to {
+                continue;
+            }
+            let row = self.format.parse(&self.cols, line).map_err(|e| {
+                TaskError(format!("{}, line {}: {e}", files[*k].display(), line_no))
+            })?;
+            out.push(row);
+            emitted += 1;
+        }
+        Ok(SourceStatus::Emitted(emitted))
+    }
+
+    fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, StateError> {
+        encode_state(&self.lines).map(Some)
+    }
+
+    fn restore_position(&mut self, state: &[u8]) -> Result<(), StateError> {
+        self.skip_to = decode_state(state)?;
+        self.lines = 0;
+        self.open = None;
+        self.next_file = 0;
+        Ok(())
     }
 }
 
@@ -732,5 +1023,22 @@ impl<G: IndexedRows> Source<Row> for IndexedSource<G> {
         self.start_ms = start_ms;
         self.started_ns = None;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn csv_fields_take_quotes_and_nulls() {
+        let f = |l: &str| csv_fields(l).unwrap();
+        assert_eq!(f("1,,x"), [Some("1".into()), None, Some("x".into())]);
+        assert_eq!(f("\"a,b\",\"\""), [Some("a,b".into()), Some(String::new())]);
+        assert_eq!(f("\"say \"\"hi\"\"\""), [Some("say \"hi\"".into())]);
+        assert_eq!(f(""), [None]);
+        assert!(csv_fields("\"open").is_err());
+        assert!(csv_fields("\"a\"b").is_err());
     }
 }

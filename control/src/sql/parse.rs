@@ -210,7 +210,9 @@ pub fn script(sql: &str) -> Result<Vec<Parsed>, SqlError> {
         let keep = (text.start(first), text.end(last));
         let (blank, extras) = rewrite(body, &text)?;
         let mut masked: Vec<char> = text.masked(keep, &blank).chars().collect();
-        for (start, end, with) in session_partitions(body, &text)? {
+        let mut replacements = session_partitions(body, &text)?;
+        replacements.extend(lookups(body, &text)?);
+        for (start, end, with) in replacements {
             // Over the range's own characters (newlines kept, so later lines keep
             // their numbers); the replacement is never longer than what it replaces.
             let mut with = with.chars();
@@ -406,6 +408,81 @@ fn session_partitions(
             slice(&seg[cols_from], &seg[cols_to])
         );
         out.push((text.start(&seg[k]), text.end(&seg[last]), with));
+    }
+    Ok(out)
+}
+
+/// `JOIN t FOR SYSTEM_TIME AS OF e` (a lookup join): sqlparser's dialect does not
+/// take the clause, so `t FOR SYSTEM_TIME AS OF e` is handed over as
+/// `SYSTEM_TIME_AS_OF(t, e)`, a FROM item the planner reads.
+fn lookups(seg: &[TokenWithSpan], text: &Text) -> Result<Vec<(usize, usize, String)>, SqlError> {
+    let mut out = Vec::new();
+    let slice = |a: &TokenWithSpan, b: &TokenWithSpan| -> String {
+        text.chars[text.start(a)..text.end(b)].iter().collect()
+    };
+    for k in 1..seg.len() {
+        let clause = ["FOR", "SYSTEM_TIME", "AS", "OF"];
+        if !(0..4).all(|d| seg.get(k + d).is_some_and(|t| is_word(&t.token, clause[d]))) {
+            continue;
+        }
+        // The table's name: `a` or `a.b` before FOR.
+        let mut first = k - 1;
+        while first >= 2
+            && seg[first - 1].token == Token::Period
+            && matches!(seg[first - 2].token, Token::Word(_))
+        {
+            first -= 2;
+        }
+        if !matches!(seg[first].token, Token::Word(_)) {
+            return Err(pos(&seg[k], "FOR SYSTEM_TIME AS OF follows a table's name"));
+        }
+        // The time expression: up to the alias, ON, or the end of the FROM item.
+        let from = k + 4;
+        let mut depth = 0i32;
+        let mut end = from;
+        while end < seg.len() {
+            let t = &seg[end].token;
+            match t {
+                Token::LParen => depth += 1,
+                Token::RParen if depth == 0 => break,
+                Token::RParen => depth -= 1,
+                Token::Comma | Token::SemiColon if depth == 0 => break,
+                _ if depth == 0
+                    && [
+                        "AS", "ON", "JOIN", "WHERE", "INNER", "LEFT", "RIGHT", "FULL", "CROSS",
+                        "GROUP", "ORDER", "UNION", "HAVING", "LIMIT", "USING",
+                    ]
+                    .iter()
+                    .any(|w| is_word(t, w)) =>
+                {
+                    break
+                }
+                _ => {}
+            }
+            end += 1;
+        }
+        if end == from {
+            return Err(pos(&seg[k + 3], "FOR SYSTEM_TIME AS OF needs a time"));
+        }
+        let (start, expr_at, expr_end) = (
+            text.start(&seg[first]),
+            text.start(&seg[from]),
+            text.end(&seg[end - 1]),
+        );
+        let prefix = format!("SYSTEM_TIME_AS_OF({},", slice(&seg[first], &seg[k - 1]));
+        let expr = slice(&seg[from], &seg[end - 1]);
+        // The time expression stays where it was (so errors in it keep their column)
+        // when the clause is on one line and a blank follows it for the `)`.
+        let gap = expr_at - start;
+        let aligned = !text.chars[start..expr_at].contains(&'\n')
+            && gap > prefix.chars().count()
+            && matches!(text.chars.get(expr_end), Some(' ' | '\t'));
+        if aligned {
+            let with = format!("{prefix:<gap$}{expr})");
+            out.push((start, expr_end + 1, with));
+        } else {
+            out.push((start, expr_end, format!("{prefix} {expr})")));
+        }
     }
     Ok(out)
 }

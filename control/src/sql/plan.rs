@@ -657,6 +657,10 @@ impl<'a> Planner<'a> {
                         ))
                     }
                 };
+                if let Some((table, time, q)) = lookup_of(&j.relation)? {
+                    left = self.lookup_join(left, &table, time, q, on)?;
+                    continue;
+                }
                 let (right, q) = self.factor(env, &j.relation)?;
                 let right = qualify(right.materialize().map_err(|e| placed(e, &j.relation))?, q);
                 left = join(left, right, on)?;
@@ -750,6 +754,183 @@ impl<'a> Planner<'a> {
         Ok(left)
     }
 
+    /// A lookup join (`JOIN t FOR SYSTEM_TIME AS OF left.proctime AS q ON ...`): the
+    /// table's rows are read when the job is planned (in each process that runs it),
+    /// held in a hash table by the ON equalities' columns, and each left row meets
+    /// the rows of its key, as of processing time.
+    fn lookup_join(
+        &self,
+        left: Rel,
+        table: &sqlparser::ast::ObjectName,
+        time: &Expr,
+        q: Option<String>,
+        on: &Expr,
+    ) -> Result<Rel, SqlError> {
+        let left = left.materialize()?;
+        let ls = Scope {
+            qualified: true,
+            ..Scope::new(&left.schema)
+        };
+        if !ls.resolve(time).is_some_and(|i| left.schema[i].proctime) {
+            return Err(err_at(
+                time,
+                "unsupported: a temporal join in event time; spate looks a table up as of processing time (FOR SYSTEM_TIME AS OF a PROCTIME() column)",
+            ));
+        }
+        let n = super::object_name(table);
+        let Some(def) = self
+            .catalog
+            .resolve(&n)
+            .and_then(|k| self.catalog.tables.get(&k))
+        else {
+            return Err(err_at(time, format!("unknown lookup table '{n}'")));
+        };
+        let key = def.name.clone();
+        if def.options.get("connector").map(String::as_str) != Some("filesystem") {
+            return Err(err_at(
+                time,
+                format!("table '{key}': only a 'filesystem' table can be looked up"),
+            ));
+        }
+        let rows = connector::lookup_rows(def).map_err(|e| placed(e, time))?;
+        let q = q.or_else(|| {
+            table
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(|i| i.value.clone())
+        });
+        let mut right_cols = def.physical.clone();
+        if let Some(q) = &q {
+            for c in &mut right_cols {
+                c.name = format!("{q}.{}", c.name);
+            }
+        }
+        let rs = Scope {
+            qualified: true,
+            ..Scope::new(&right_cols)
+        };
+        let mut parts = Vec::new();
+        conjuncts(on, &mut parts);
+        let (mut lkeys, mut rkeys, mut residual) = (Vec::new(), Vec::new(), Vec::new());
+        for c in parts {
+            let pair = match c {
+                Expr::BinaryOp {
+                    left: a,
+                    op: sqlparser::ast::BinaryOperator::Eq,
+                    right: b,
+                } => match (expr::compile(a, &ls), expr::compile(b, &rs)) {
+                    (Ok(x), Ok(y)) => Some((x, y)),
+                    _ => match (expr::compile(b, &ls), expr::compile(a, &rs)) {
+                        (Ok(x), Ok(y)) => Some((x, y)),
+                        _ => None,
+                    },
+                },
+                _ => None,
+            };
+            match pair {
+                Some((x, y)) => {
+                    lkeys.push((x.eval, x.ty));
+                    rkeys.push((y.eval, y.ty));
+                }
+                None => residual.push(c),
+            }
+        }
+        if lkeys.is_empty() {
+            return Err(err_at(
+                on,
+                "a lookup join needs an equality between the lookup table's columns and the other side's in ON",
+            ));
+        }
+        // Keys meet in one type: numbers as the wider, so that 7 finds 7.0.
+        let types: Vec<DataType> = lkeys
+            .iter()
+            .zip(&rkeys)
+            .map(|((_, a), (_, b))| {
+                if a.is_numeric() && b.is_numeric() {
+                    DataType::wider(*a, *b)
+                } else {
+                    *a
+                }
+            })
+            .collect();
+        let mut schema = left.schema.clone();
+        schema.extend(right_cols.iter().cloned());
+        let joined = Scope {
+            qualified: true,
+            ..Scope::new(&schema)
+        };
+        let mut checks: Vec<Eval> = Vec::new();
+        for r in &residual {
+            let c = expr::compile(r, &joined)?;
+            if !matches!(c.ty, DataType::Boolean | DataType::Null) {
+                return Err(err_at(
+                    *r,
+                    format!("a join condition is a BOOLEAN, not {}", c.ty),
+                ));
+            }
+            checks.push(c.eval);
+        }
+        let mut index: HashMap<Vec<Value>, Vec<Row>> = HashMap::new();
+        for r in rows {
+            let k: Vec<Value> = rkeys
+                .iter()
+                .zip(&types)
+                .map(|((e, ty), to)| expr::convert(e(&r), *ty, *to))
+                .collect();
+            if !k.iter().any(Value::is_null) {
+                index.entry(k).or_default().push(r);
+            }
+        }
+        let index = Arc::new(index);
+        let lkeys: Arc<Vec<(Eval, DataType, DataType)>> = Arc::new(
+            lkeys
+                .into_iter()
+                .zip(&types)
+                .map(|((e, ty), to)| (e, ty, *to))
+                .collect(),
+        );
+        let checks = Arc::new(checks);
+        let stream = left
+            .stream
+            .flat_map(
+                move |r: Row, out: &mut spate_dataplane::operator::Collector<'_, '_, Row>| {
+                    let k: Vec<Value> = lkeys
+                        .iter()
+                        .map(|(e, ty, to)| expr::convert(e(&r), *ty, *to))
+                        .collect();
+                    if let Some(found) = index.get(&k) {
+                        for other in found {
+                            if let Some(mut row) = joined_row(&r, other, &checks) {
+                                row.kind = r.kind;
+                                out.collect(row);
+                            }
+                        }
+                    }
+                },
+            )
+            .name("LookupJoin");
+        let stream = match left.rowtime {
+            Some(t) => stream.with_event_time(move |r: &Row| ts_ns(r.get(t))),
+            None => stream,
+        };
+        Ok(Rel {
+            stream,
+            schema,
+            rowtime: left.rowtime,
+            append_only: left.append_only,
+            plan: PlanNode::new(
+                format!(
+                    "LookupJoin(table=[[{key}]], joinType=[InnerJoin], lookup=[{}], where=[{on}])",
+                    describe_columns(&def.physical)
+                ),
+                vec![left.plan],
+            ),
+            window: None,
+            calc: None,
+        })
+    }
+
     /// One FROM item and the name that qualifies its columns (its alias, else its
     /// table's name).
     fn factor(
@@ -767,6 +948,12 @@ impl<'a> Planner<'a> {
                 ..
             } => {
                 if args.is_some() {
+                    if super::object_name(name).eq_ignore_ascii_case("SYSTEM_TIME_AS_OF") {
+                        return Err(err_at(
+                            name,
+                            "a lookup table (FOR SYSTEM_TIME AS OF) is joined with JOIN ... ON",
+                        ));
+                    }
                     return Err(err_at(name, "unsupported: a table function call in FROM"));
                 }
                 let q = alias(a).or_else(|| {
@@ -1643,6 +1830,53 @@ fn window_over(
         window: Some(Arc::new(tvf)),
         calc: None,
     })
+}
+
+/// A lookup table's name, the time it is looked up as of, and its qualifier.
+type Lookup<'e> = (sqlparser::ast::ObjectName, &'e Expr, Option<String>);
+
+/// A join's FROM item that is a lookup (`t FOR SYSTEM_TIME AS OF e [AS q]`, which
+/// the parser hands over as `SYSTEM_TIME_AS_OF(t, e)`): the table, the time and the
+/// qualifier.
+fn lookup_of(
+    f: &TableFactor,
+) -> Result<Option<Lookup<'_>>, SqlError> {
+    let TableFactor::Table {
+        name,
+        args: Some(args),
+        alias,
+        ..
+    } = f
+    else {
+        return Ok(None);
+    };
+    if !super::object_name(name).eq_ignore_ascii_case("SYSTEM_TIME_AS_OF") {
+        return Ok(None);
+    }
+    let plain: Vec<&Expr> = args
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => Some(x),
+            _ => None,
+        })
+        .collect();
+    let [table, time] = plain.as_slice() else {
+        return Err(err_at(name, "expected t FOR SYSTEM_TIME AS OF time"));
+    };
+    let table = match table {
+        Expr::Identifier(i) => i,
+        Expr::CompoundIdentifier(p) => match p.last() {
+            Some(i) => i,
+            None => return Err(err_at(*table, "expected a table's name")),
+        },
+        other => return Err(err_at(*other, "expected a table's name")),
+    };
+    Ok(Some((
+        sqlparser::ast::ObjectName::from(vec![table.clone()]),
+        time,
+        alias.as_ref().map(|a| a.name.value.clone()),
+    )))
 }
 
 /// An error without a position placed at `at`.
