@@ -477,6 +477,63 @@ fn window_joins_of_window_table_functions_equal_the_reference() {
 }
 
 #[test]
+fn order_by_and_limit_run_as_on_a_stream() {
+    for p in [1, 2] {
+        // By event time (then price, descending): every row, in order.
+        let (rows, session) = run_query(
+            "SELECT ts, price, auction FROM bids ORDER BY ts, price DESC;",
+            p,
+        );
+        let mut want: Vec<(i64, i64)> = reference_rows(&session)
+            .iter()
+            .map(|r| (int(&r.values[3]), -int(&r.values[1])))
+            .collect();
+        want.sort();
+        let got: Vec<(i64, i64)> = rows
+            .iter()
+            .map(|r| (int(&r.values[0]), -int(&r.values[1])))
+            .collect();
+        assert_eq!(got, want, "ORDER BY ts, p={p}");
+        // The first rows by price: a changelog that ends at the top three.
+        let (rows, session) = run_query(
+            "SELECT auction, price FROM bids ORDER BY price DESC LIMIT 3;",
+            p,
+        );
+        let mut prices: Vec<i64> = reference_rows(&session)
+            .iter()
+            .map(|r| int(&r.values[1]))
+            .collect();
+        prices.sort_unstable_by(|a, b| b.cmp(a));
+        let mut live: Vec<i64> = Vec::new();
+        for r in &rows {
+            let price = int(&r.values[1]);
+            match r.kind {
+                RowKind::Insert | RowKind::UpdateAfter => live.push(price),
+                RowKind::UpdateBefore | RowKind::Delete => {
+                    let at = live.iter().position(|x| *x == price).unwrap();
+                    live.remove(at);
+                }
+            }
+        }
+        live.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(live, prices[..3], "ORDER BY price DESC LIMIT 3, p={p}");
+        // LIMIT alone: the first rows that come.
+        let (rows, session) = run_query(
+            "SELECT auction, price, bidder FROM bids WHERE price > 900 LIMIT 7;",
+            p,
+        );
+        let all: HashSet<Vec<Value>> = reference_rows(&session)
+            .into_iter()
+            .map(|r| r.values[..3].to_vec())
+            .collect();
+        assert_eq!(rows.len(), 7, "LIMIT 7, p={p}");
+        assert!(rows
+            .iter()
+            .all(|r| all.contains(&r.values) && int(&r.values[1]) > 900));
+    }
+}
+
+#[test]
 fn unbounded_group_by_emits_a_changelog_that_ends_at_the_reference() {
     for p in [1, 2] {
         let (rows, session) = run_query(
@@ -724,6 +781,11 @@ fn errors_name_the_problem_and_its_position() {
         (
             "SELECT COUNT(*) FROM bids GROUP BY HOP(ts, INTERVAL '1' SECOND);",
             "HOP takes 2 interval(s)",
+            0,
+        ),
+        (
+            "SELECT price FROM bids ORDER BY price;",
+            "without LIMIT sorts by the event-time column",
             0,
         ),
         (

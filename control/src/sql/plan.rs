@@ -390,14 +390,14 @@ impl<'a> Planner<'a> {
             }
             None => self,
         };
-        if let Some(ob) = &q.order_by {
-            return Err(err_at(
-                ob,
-                "unsupported: ORDER BY on a stream (Top-N with ROW_NUMBER() is open work)",
-            ));
-        }
-        if q.limit_clause.is_some() {
-            return Err(err_at(q, "unsupported: LIMIT on a stream"));
+        if q.order_by.is_some() || q.limit_clause.is_some() {
+            let body = Query {
+                order_by: None,
+                limit_clause: None,
+                ..q.clone()
+            };
+            let rel = planner.query_inner(env, &body)?;
+            return order_and_limit(rel, q);
         }
         match q.body.as_ref() {
             SetExpr::Select(s) => planner.select(env, s),
@@ -1354,7 +1354,7 @@ impl<'a> Planner<'a> {
             .process(TopN {
                 n: n as usize,
                 order: Arc::new(order),
-                rank_at: at_rank,
+                rank_at: Some(at_rank),
             })
             .name("Rank");
         let label = format!(
@@ -1832,15 +1832,231 @@ fn window_over(
     })
 }
 
+/// `ORDER BY` and `LIMIT` over a query's rows, as Flink runs them on a stream: `ORDER
+/// BY` the event-time column ascending (then any keys) sorts by the watermark; `ORDER
+/// BY keys LIMIT n` keeps the first n rows (a Top-N over all rows, a changelog);
+/// `LIMIT n` alone passes the first n rows.
+fn order_and_limit(rel: Rel, q: &Query) -> Result<Rel, SqlError> {
+    use sqlparser::ast::{LimitClause, OrderByKind};
+    let rel = rel.materialize().map_err(|e| placed(e, q))?.flush();
+    let limit = match &q.limit_clause {
+        None => None,
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) => {
+            if offset.is_some() || !limit_by.is_empty() {
+                return Err(err_at(q, "unsupported: OFFSET and LIMIT BY on a stream"));
+            }
+            match limit {
+                None => None,
+                Some(Expr::Value(v)) => match &v.value {
+                    sqlparser::ast::Value::Number(n, _) => match n.parse::<usize>() {
+                        Ok(n) if (1..=100_000).contains(&n) => Some(n),
+                        _ => return Err(err_at(q, "LIMIT takes 1 to 100000 rows")),
+                    },
+                    _ => return Err(err_at(q, "LIMIT takes a number")),
+                },
+                Some(other) => return Err(err_at(other, "LIMIT takes a number")),
+            }
+        }
+        Some(LimitClause::OffsetCommaLimit { .. }) => {
+            return Err(err_at(q, "unsupported: LIMIT offset, n (write LIMIT n)"))
+        }
+    };
+    let scope = Scope::new(&rel.schema);
+    let mut order: Vec<(Eval, bool)> = Vec::new();
+    let mut by_time = false;
+    if let Some(ob) = &q.order_by {
+        let OrderByKind::Expressions(items) = &ob.kind else {
+            return Err(err_at(ob, "unsupported: ORDER BY ALL"));
+        };
+        for (k, o) in items.iter().enumerate() {
+            let desc = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
+            if k == 0 && !desc && rel.rowtime.is_some() && scope.resolve(&o.expr) == rel.rowtime {
+                by_time = true;
+                continue;
+            }
+            order.push((expr::compile(&o.expr, &scope)?.eval, desc));
+        }
+    }
+    let keyed = |rel: &Rel| rel.stream.key_by(|_: &Row| Vec::<Value>::new());
+    let text = |x: &dyn std::fmt::Display| x.to_string();
+    match (q.order_by.as_ref(), by_time, limit) {
+        // Sorted by event time: rows wait for the watermark to pass them.
+        (Some(ob), true, limit) => {
+            let Some(t) = rel.rowtime else {
+                return Err(SqlError::new("internal: a time sort without event time"));
+            };
+            let stream = keyed(&rel)
+                .process(TimeSort {
+                    time: t,
+                    order: Arc::new(order),
+                    limit,
+                })
+                .name("TemporalSort")
+                .with_event_time(move |r: &Row| ts_ns(r.get(t)));
+            Ok(Rel {
+                stream,
+                plan: PlanNode::new(
+                    format!("TemporalSort(orderBy=[{}], limit=[{limit:?}])", text(ob)),
+                    vec![rel.plan.clone()],
+                ),
+                ..rel
+            })
+        }
+        (Some(ob), false, Some(n)) => {
+            let stream = keyed(&rel)
+                .process(TopN {
+                    n,
+                    order: Arc::new(order),
+                    rank_at: None,
+                })
+                .name("SortLimit");
+            Ok(Rel {
+                stream,
+                rowtime: None,
+                append_only: false,
+                plan: PlanNode::new(
+                    format!("SortLimit({}, fetch=[{n}])", text(ob)),
+                    vec![rel.plan.clone()],
+                ),
+                ..rel
+            })
+        }
+        (Some(ob), false, None) => Err(err_at(
+            ob,
+            "unsupported: ORDER BY on a stream without LIMIT sorts by the event-time column, ascending, first",
+        )),
+        (None, _, Some(n)) => {
+            let stream = keyed(&rel)
+                .process(Limit { n })
+                .name("Limit");
+            let stream = match rel.rowtime {
+                Some(t) => stream.with_event_time(move |r: &Row| ts_ns(r.get(t))),
+                None => stream,
+            };
+            Ok(Rel {
+                stream,
+                plan: PlanNode::new(format!("Limit(fetch=[{n}])"), vec![rel.plan.clone()]),
+                ..rel
+            })
+        }
+        (None, _, None) => Ok(rel),
+    }
+}
+
+/// `LIMIT n`: the first n rows (of an insert-only input; a changelog's rows pass
+/// while fewer than n rows are in).
+#[derive(Clone)]
+struct Limit {
+    n: usize,
+}
+
+impl KeyedProcessFunction for Limit {
+    type Key = Vec<Value>;
+    type In = Row;
+    type Out = Row;
+    type State = i64;
+
+    fn process_element(
+        &mut self,
+        value: Row,
+        seen: &mut i64,
+        ctx: &mut Context<'_, Vec<Value>, Row>,
+    ) {
+        let n = self.n as i64;
+        match value.kind {
+            RowKind::Insert | RowKind::UpdateAfter if *seen < n => {
+                *seen += 1;
+                ctx.collect(value);
+            }
+            RowKind::UpdateBefore | RowKind::Delete if *seen > 0 && *seen <= n => {
+                *seen -= 1;
+                ctx.collect(value);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `ORDER BY time [, keys] [LIMIT n]`: rows wait until the watermark passes their
+/// time, then go out in order; rows behind the watermark when they come are late
+/// and dropped (as Flink's temporal sort drops them).
+#[derive(Clone)]
+struct TimeSort {
+    time: usize,
+    order: Arc<Vec<(Eval, bool)>>,
+    limit: Option<usize>,
+}
+
+/// The rows waiting for the watermark, and how many went out.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct SortState {
+    rows: Vec<Row>,
+    emitted: u64,
+}
+
+impl KeyedProcessFunction for TimeSort {
+    type Key = Vec<Value>;
+    type In = Row;
+    type Out = Row;
+    type State = SortState;
+
+    fn process_element(
+        &mut self,
+        value: Row,
+        st: &mut SortState,
+        ctx: &mut Context<'_, Vec<Value>, Row>,
+    ) {
+        let ts = ts_ns(value.get(self.time));
+        if ts <= ctx.current_watermark() && ctx.current_watermark() > 0 {
+            return;
+        }
+        ctx.register_event_time_timer(ts);
+        st.rows.push(value);
+    }
+
+    fn on_timer(&mut self, at: u64, st: &mut SortState, ctx: &mut Context<'_, Vec<Value>, Row>) {
+        let t = self.time;
+        let (mut due, rest): (Vec<Row>, Vec<Row>) = std::mem::take(&mut st.rows)
+            .into_iter()
+            .partition(|r| ts_ns(r.get(t)) <= at);
+        st.rows = rest;
+        let top = TopN {
+            n: 0,
+            order: self.order.clone(),
+            rank_at: None,
+        };
+        due.sort_by(|a, b| {
+            ts_ns(a.get(t)).cmp(&ts_ns(b.get(t))).then_with(|| {
+                if top.before(a, b) {
+                    std::cmp::Ordering::Less
+                } else if top.before(b, a) {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+        });
+        for r in due {
+            if self.limit.is_some_and(|n| st.emitted >= n as u64) {
+                break;
+            }
+            st.emitted += 1;
+            ctx.collect(r);
+        }
+    }
+}
+
 /// A lookup table's name, the time it is looked up as of, and its qualifier.
 type Lookup<'e> = (sqlparser::ast::ObjectName, &'e Expr, Option<String>);
 
 /// A join's FROM item that is a lookup (`t FOR SYSTEM_TIME AS OF e [AS q]`, which
 /// the parser hands over as `SYSTEM_TIME_AS_OF(t, e)`): the table, the time and the
 /// qualifier.
-fn lookup_of(
-    f: &TableFactor,
-) -> Result<Option<Lookup<'_>>, SqlError> {
+fn lookup_of(f: &TableFactor) -> Result<Option<Lookup<'_>>, SqlError> {
     let TableFactor::Table {
         name,
         args: Some(args),
@@ -2224,8 +2440,9 @@ struct TopN {
     n: usize,
     /// Order keys, and whether each is descending.
     order: Arc<Vec<(Eval, bool)>>,
-    /// Where the rank column goes in an output row.
-    rank_at: usize,
+    /// Where the rank column goes in an output row (`None`: no rank column, as for
+    /// `ORDER BY ... LIMIT n`).
+    rank_at: Option<usize>,
 }
 
 /// Per partition: its top rows, in order (keyed state: checkpoints write it).
@@ -2258,7 +2475,9 @@ impl TopN {
 
     fn ranked(&self, r: &Row, rank: usize, kind: RowKind) -> Row {
         let mut values = r.values.clone();
-        values.insert(self.rank_at.min(values.len()), Value::Int(rank as i64));
+        if let Some(at) = self.rank_at {
+            values.insert(at.min(values.len()), Value::Int(rank as i64));
+        }
         Row { kind, values }
     }
 }
@@ -2304,7 +2523,12 @@ impl KeyedProcessFunction for TopN {
         }
         // Rows after the new one moved down a rank (the evicted one is gone), from
         // the last up, so that a consumer keyed by rank finds each rank free.
-        let last = state.rows.len();
+        // Without a rank column they are unchanged.
+        let last = if self.rank_at.is_some() {
+            state.rows.len()
+        } else {
+            0
+        };
         for k in (pos + 1..last).rev() {
             let r = &state.rows[k];
             ctx.collect(self.ranked(r, k, RowKind::UpdateBefore));
