@@ -712,6 +712,60 @@ fn filesystem_tables_are_read_back_as_they_were_written() {
     );
 }
 
+#[test]
+fn a_socket_table_reads_what_its_server_sends() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut conn, _) = listener.accept().unwrap();
+        // Records split across writes, a blank one, and a last one without its
+        // delimiter.
+        conn.write_all(b"1,alpha\n2,be").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        conn.write_all(b"ta\n\n3,\"gam,ma\"\n4,delta").unwrap();
+    });
+    let table = format!(
+        "CREATE TABLE s (id BIGINT, name STRING) WITH ('connector' = 'socket', 'hostname' = '127.0.0.1', 'port' = '{port}', 'format' = 'csv');"
+    );
+    let (rows, _) = run_with(&table, "SELECT id * 10, UPPER(name) FROM s;", 2);
+    server.join().unwrap();
+    let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+    let want: Vec<Vec<Value>> = [(10, "ALPHA"), (20, "BETA"), (30, "GAM,MA"), (40, "DELTA")]
+        .iter()
+        .map(|(i, s)| vec![Value::Int(*i), Value::Str((*s).into())])
+        .collect();
+    // (At parallelism 2 the rows spread over two subtasks after the source.)
+    assert_eq!(sorted(got), sorted(want));
+    // Bad options are named.
+    let mut session = Session::new();
+    let env = StreamExecutionEnvironment::new("x");
+    for (opts, want) in [
+        (
+            "'hostname' = 'localhost', 'format' = 'csv'",
+            "needs a 'port'",
+        ),
+        (
+            "'hostname' = 'localhost', 'port' = '70000', 'format' = 'csv'",
+            "is not a port",
+        ),
+        (
+            "'hostname' = 'localhost', 'port' = '9', 'format' = 'xml'",
+            "unknown format 'xml'",
+        ),
+        (
+            "'hostname' = 'localhost', 'port' = '9', 'format' = 'csv', 'delim' = ','",
+            "unknown option 'delim'",
+        ),
+    ] {
+        let sql = format!("CREATE TABLE bad (a INT) WITH ('connector' = 'socket', {opts});");
+        let Err(e) = session.execute(&env, &parse::script(&sql).unwrap()[0]) else {
+            panic!("{opts}: accepted");
+        };
+        assert!(e.message.contains(want), "{opts}: {e}");
+    }
+}
+
 fn error_of(sql: &str) -> SqlError {
     let env = StreamExecutionEnvironment::new("sql");
     let mut session = Session::new();

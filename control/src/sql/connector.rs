@@ -14,7 +14,7 @@ use spate_dataplane::slot::TaskError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-const CONNECTORS: &str = "datagen, nexmark, print, blackhole, filesystem";
+const CONNECTORS: &str = "datagen, nexmark, print, blackhole, filesystem, socket";
 
 fn connector(def: &TableDef) -> Result<&str, SqlError> {
     def.options
@@ -50,6 +50,7 @@ pub fn validate(def: &TableDef) -> Result<(), SqlError> {
             Ok(())
         }
         "filesystem" => FileFormat::from_table(def).map(|_| ()),
+        "socket" => SocketOptions::from_table(def).map(|_| ()),
         other => Err(SqlError::new(format!(
             "table '{}': unknown connector '{other}' (spate has {CONNECTORS})",
             def.name
@@ -70,6 +71,21 @@ pub fn source(
             def,
             super::nexmark::Nexmark::from_table(def)?,
         )),
+        "socket" => {
+            let opts = SocketOptions::from_table(def)?;
+            let cols = Arc::new(def.physical.clone());
+            let name = format!("Source: {}", def.name);
+            Ok(env.add_source(&name, true, move |_| {
+                Ok(SocketSource {
+                    opts: opts.clone(),
+                    cols: cols.clone(),
+                    stream: None,
+                    pending: Vec::new(),
+                    line: 0,
+                    ended: false,
+                })
+            }))
+        }
         "filesystem" => {
             let format = FileFormat::from_table(def)?;
             let cols = Arc::new(def.physical.clone());
@@ -533,6 +549,185 @@ impl Source<Row> for FileSource {
         self.open = None;
         self.next_file = 0;
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// socket
+
+/// The `socket` connector's options (Flink's: `hostname`, `port`, `byte-delimiter`,
+/// `format`).
+#[derive(Clone, Debug)]
+struct SocketOptions {
+    host: String,
+    port: u16,
+    delimiter: u8,
+    format: FileFormat,
+}
+
+impl SocketOptions {
+    fn from_table(def: &TableDef) -> Result<Self, SqlError> {
+        for k in def.options.keys() {
+            if !matches!(
+                k.as_str(),
+                "connector" | "hostname" | "port" | "byte-delimiter" | "format"
+            ) {
+                return Err(unknown_option(
+                    def,
+                    k,
+                    "'hostname', 'port', 'byte-delimiter' and 'format'",
+                ));
+            }
+        }
+        let bad = |m: String| SqlError::new(format!("table '{}': {m}", def.name));
+        let host = def
+            .options
+            .get("hostname")
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("the socket connector needs a 'hostname'".into()))?
+            .clone();
+        let port = def
+            .options
+            .get("port")
+            .ok_or_else(|| bad("the socket connector needs a 'port'".into()))?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad(format!("'port': '{port}' is not a port (1 to 65535)")))?;
+        let delimiter = match def.options.get("byte-delimiter") {
+            None => b'\n',
+            Some(d) => d
+                .parse::<u8>()
+                .map_err(|_| bad(format!("'byte-delimiter': '{d}' is not a byte (0 to 255)")))?,
+        };
+        let format = match def.options.get("format").map(String::as_str) {
+            Some("csv") => Format::Csv,
+            Some("json") => Format::Json,
+            Some(f) => return Err(bad(format!("unknown format '{f}' (csv or json)"))),
+            None => {
+                return Err(bad(
+                    "the socket connector needs a 'format' (csv or json)".into()
+                ))
+            }
+        };
+        Ok(Self {
+            host,
+            port,
+            delimiter,
+            format: FileFormat {
+                path: String::new(),
+                format,
+            },
+        })
+    }
+}
+
+/// Reads delimited records from a TCP server (as Flink's socket source: one
+/// subtask, and its position is not checkpointed, so a restore reads on from where
+/// the connection is then). The input ends when the server closes the connection.
+struct SocketSource {
+    opts: SocketOptions,
+    cols: Arc<Vec<Column>>,
+    stream: Option<std::net::TcpStream>,
+    /// Bytes read and not yet a whole record.
+    pending: Vec<u8>,
+    /// Records read (for error messages).
+    line: u64,
+    /// The server closed the connection: the input ended.
+    ended: bool,
+}
+
+impl SocketSource {
+    fn connect(&self) -> Result<std::net::TcpStream, TaskError> {
+        use std::net::ToSocketAddrs;
+        let (host, port) = (&self.opts.host, self.opts.port);
+        let fail = |e: std::io::Error| TaskError(format!("socket source {host}:{port}: {e}"));
+        let mut last = None;
+        for addr in (host.as_str(), port).to_socket_addrs().map_err(fail)? {
+            match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10)) {
+                Ok(s) => {
+                    s.set_nonblocking(true).map_err(fail)?;
+                    return Ok(s);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(fail(last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address")
+        })))
+    }
+
+    /// Parses the whole records in `pending` (and, at the end, the rest).
+    fn records(&mut self, out: &mut Vec<Row>, end: bool) -> Result<usize, TaskError> {
+        let d = self.opts.delimiter;
+        let mut n = 0;
+        let mut start = 0;
+        while let Some(k) = self.pending[start..].iter().position(|b| *b == d) {
+            n += self.record(start, start + k, out)?;
+            start += k + 1;
+        }
+        if end && start < self.pending.len() {
+            n += self.record(start, self.pending.len(), out)?;
+            start = self.pending.len();
+        }
+        self.pending.drain(..start);
+        Ok(n)
+    }
+
+    fn record(&mut self, from: usize, to: usize, out: &mut Vec<Row>) -> Result<usize, TaskError> {
+        self.line += 1;
+        let text = String::from_utf8_lossy(&self.pending[from..to]);
+        let text = text.trim_end_matches('\r');
+        if text.trim().is_empty() {
+            return Ok(0);
+        }
+        let row = self.opts.format.parse(&self.cols, text).map_err(|e| {
+            TaskError(format!(
+                "socket source {}:{}, record {}: {e}",
+                self.opts.host, self.opts.port, self.line
+            ))
+        })?;
+        out.push(row);
+        Ok(1)
+    }
+}
+
+impl Source<Row> for SocketSource {
+    fn poll(&mut self, out: &mut Vec<Row>, _max: usize, _: u64) -> Result<SourceStatus, TaskError> {
+        use std::io::Read;
+        if self.ended {
+            return Ok(SourceStatus::Done);
+        }
+        if self.stream.is_none() {
+            self.stream = Some(self.connect()?);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(SourceStatus::Emitted(0));
+        };
+        let mut buf = [0u8; 16 * 1024];
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                let n = self.records(out, true)?;
+                self.stream = None;
+                self.ended = true;
+                Ok(if n == 0 {
+                    SourceStatus::Done
+                } else {
+                    SourceStatus::Emitted(n)
+                })
+            }
+            Ok(k) => {
+                self.pending.extend_from_slice(&buf[..k]);
+                Ok(SourceStatus::Emitted(self.records(out, false)?))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(SourceStatus::Emitted(0)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(SourceStatus::Emitted(0)),
+            Err(e) => Err(TaskError(format!(
+                "socket source {}:{}: {e}",
+                self.opts.host, self.opts.port
+            ))),
+        }
     }
 }
 
