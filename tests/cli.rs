@@ -419,6 +419,46 @@ SELECT auction, COUNT(*) AS n FROM bids WHERE auction = 2 GROUP BY auction;
 }
 
 #[test]
+fn sql_client_table_mode_shows_the_result_the_changelog_leaves() {
+    let conf = conf_dir(TEST_CONF);
+    let file = conf.path().join("table.sql");
+    std::fs::write(
+        &file,
+        format!(
+            "{SQL_DDL}SET 'sql-client.execution.result-mode' = 'table';
+SELECT auction, COUNT(*) AS n FROM bids GROUP BY auction;
+"
+        ),
+    )
+    .unwrap();
+    let o = spate(&["sql", "-f", file.to_str().unwrap()], conf.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    // One row per auction (no -U/+U history), the counts adding up to every row.
+    assert!(out.contains("| auction |   n |"), "{out}");
+    let rows: Vec<(u64, u64)> = out
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').map(str::trim).collect();
+            match f.as_slice() {
+                ["", a, n, ""] => Some((a.parse().ok()?, n.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut auctions: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    auctions.sort_unstable();
+    assert_eq!(auctions, [1, 2, 3, 4], "{out}");
+    assert_eq!(rows.iter().map(|r| r.1).sum::<u64>(), 1000, "{out}");
+    assert!(out.contains("4 rows in the result"), "{out}");
+    // A mode that does not exist is named.
+    std::fs::write(&file, "SET 'sql-client.execution.result-mode' = 'tabel';\n").unwrap();
+    let o = spate(&["sql", "-f", file.to_str().unwrap()], conf.path());
+    let (out, _) = text(&o);
+    assert!(out.contains("'tabel' is not a result mode"), "{out}");
+}
+
+#[test]
 fn run_f_runs_a_sql_file_as_a_job_and_bad_sql_is_a_positioned_error() {
     let conf = conf_dir(TEST_CONF);
     let file = conf.path().join("q.sql");

@@ -243,12 +243,15 @@ impl Client {
             Outcome::Explain(text) => println!("{text}"),
             Outcome::Query(rel) => {
                 let widths = sql::tableau_widths(&rel.schema);
-                let tableau = self
+                let mode = self
                     .session
                     .config
                     .get(sql::RESULT_MODE)
-                    .map(String::as_str)
-                    == Some("tableau");
+                    .map(String::as_str);
+                let tableau = mode == Some("tableau");
+                if mode == Some("table") && self.args.jobmanager.is_none() {
+                    return self.table_result(&first.text, &rel.schema);
+                }
                 if tableau && self.args.jobmanager.is_none() {
                     println!("{}", sql::tableau_header(&rel.schema, &widths));
                 }
@@ -279,9 +282,43 @@ impl Client {
         Ok(())
     }
 
+    /// A `SELECT` in `table` result mode: the result kept as a table (the changelog
+    /// applied), redrawn on a terminal as rows come, shown whole at the end.
+    fn table_result(&mut self, statement: &str, schema: &[sql::Column]) -> Result<(), SqlError> {
+        let buf: sql::TableBuffer = Arc::default();
+        sql::set_table_sink(Some(buf.clone()));
+        let mut view = TableView {
+            schema: schema.to_vec(),
+            rows: Vec::new(),
+            live: std::io::stdout().is_terminal(),
+            started: std::time::Instant::now(),
+        };
+        let result = self.job_with(statement, false, Duration::from_millis(200), &mut |_| {
+            view.take(&buf);
+            if view.live {
+                view.draw(false);
+            }
+        });
+        sql::set_table_sink(None);
+        view.take(&buf);
+        view.draw(true);
+        result.map(|_| ())
+    }
+
     /// Runs a job of the session's history and `statement` (an `insert` is submitted
     /// to a cluster detached); the rows its sinks took when it ran locally.
     fn job(&mut self, statement: &str, insert: bool) -> Result<Option<u64>, SqlError> {
+        self.job_with(statement, insert, Duration::from_secs(1), &mut |_| {})
+    }
+
+    /// As [`Self::job`], calling `on_progress` every `interval` while it runs.
+    fn job_with(
+        &mut self,
+        statement: &str,
+        insert: bool,
+        interval: Duration,
+        on_progress: &mut dyn FnMut(&crate::minicluster::Progress),
+    ) -> Result<Option<u64>, SqlError> {
         let mut script = self.history.join(";\n");
         script.push_str(";\n");
         script.push_str(statement);
@@ -310,12 +347,93 @@ impl Client {
         let mut cluster = MiniCluster::start(&self.config).map_err(|e| fail(e.to_string()))?;
         self.cancel.store(false, Ordering::Relaxed);
         let result = cluster
-            .execute(&graph, &self.cancel, Duration::from_secs(1), &mut |_| {})
+            .execute(&graph, &self.cancel, interval, on_progress)
             .map_err(|e| fail(e.to_string()))?;
         std::io::stdout().flush().ok();
         if let crate::minicluster::JobStatus::Failed(why) = &result.status {
             return Err(fail(format!("the job failed: {why}")));
         }
         Ok(Some(result.progress.records))
+    }
+}
+
+/// A `table` result: the rows a changelog leaves.
+struct TableView {
+    schema: Vec<sql::Column>,
+    rows: Vec<Vec<sql::types::Value>>,
+    /// Redrawn in place on a terminal.
+    live: bool,
+    started: std::time::Instant,
+}
+
+impl TableView {
+    /// Applies the changes that came since the last call.
+    fn take(&mut self, buf: &sql::TableBuffer) {
+        use sql::types::RowKind;
+        let changes = match buf.lock() {
+            Ok(mut b) => std::mem::take(&mut *b),
+            Err(_) => return,
+        };
+        for r in changes {
+            match r.kind {
+                RowKind::Insert | RowKind::UpdateAfter => self.rows.push(r.values),
+                RowKind::UpdateBefore | RowKind::Delete => {
+                    if let Some(i) = self.rows.iter().position(|x| *x == r.values) {
+                        self.rows.remove(i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Shows the table (on a terminal, over the last drawing; `last`: all of it).
+    fn draw(&self, last: bool) {
+        const SHOWN: usize = 40;
+        let header: Vec<String> = self.schema.iter().map(|c| c.name.clone()).collect();
+        let limit = if last { usize::MAX } else { SHOWN };
+        let cells: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .take(limit)
+            .map(|r| {
+                r.iter()
+                    .zip(&self.schema)
+                    .map(|(v, c)| {
+                        if v.is_null() {
+                            "<NULL>".to_string()
+                        } else {
+                            v.display(c.ty)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut out = String::new();
+        if self.live {
+            // Home and clear: the table replaces the last drawing.
+            out.push_str("\x1b[H\x1b[2J");
+        }
+        out.push_str(&sql::format_table(&header, &cells));
+        out.push('\n');
+        if self.rows.len() > cells.len() {
+            out.push_str(&format!(
+                "... and {} more rows\n",
+                self.rows.len() - cells.len()
+            ));
+        }
+        let n = self.rows.len();
+        if last {
+            out.push_str(&format!(
+                "{n} row{} in the result\n\n",
+                if n == 1 { "" } else { "s" }
+            ));
+        } else {
+            out.push_str(&format!(
+                "Refresh: 200 ms   Rows: {n}   Running: {:.1} s   (Ctrl-C stops the query)\n",
+                self.started.elapsed().as_secs_f64()
+            ));
+        }
+        print!("{out}");
+        std::io::stdout().flush().ok();
     }
 }

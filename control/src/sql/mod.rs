@@ -301,6 +301,8 @@ impl Session {
                             .print()
                             .name("Sink: tableau")
                             .set_parallelism(1);
+                    } else if let Some(buf) = mode.filter(|m| *m == "table").and(table_sink()) {
+                        rel.stream.collect(buf).name("Sink: table result");
                     } else {
                         connector::print_rel(&rel);
                     }
@@ -326,6 +328,11 @@ impl Session {
         value: &str,
     ) -> Result<(), SqlError> {
         match key {
+            RESULT_MODE if !matches!(value, "table" | "tableau" | "changelog") => {
+                return Err(SqlError::new(format!(
+                    "'{RESULT_MODE}': '{value}' is not a result mode (table, tableau or changelog)"
+                )));
+            }
             "parallelism.default" => {
                 let p: usize = value.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
                     SqlError::new(format!("'{key}' takes a positive integer, not '{value}'"))
@@ -672,8 +679,27 @@ impl Session {
 }
 
 /// The option that picks how a script's `SELECT` results show: `tableau` as the SQL
-/// client's tables, else as Flink's `print` rows (`+I[...]`).
+/// client's tables, `changelog` as Flink's `print` rows (`+I[...]`), `table` as a
+/// table the SQL client keeps up to date (elsewhere, as `changelog`).
 pub const RESULT_MODE: &str = "sql-client.execution.result-mode";
+
+/// Where a `SELECT` in `table` result mode sends its rows: the SQL client installs a
+/// buffer before it runs the job in its own process, and shows the table from it.
+static TABLE_SINK: std::sync::Mutex<Option<TableBuffer>> = std::sync::Mutex::new(None);
+
+/// A `table` result's rows as they come (a changelog).
+pub type TableBuffer = std::sync::Arc<std::sync::Mutex<Vec<types::Row>>>;
+
+/// Installs (or removes) the buffer `table` results go to in this process.
+pub fn set_table_sink(buf: Option<TableBuffer>) {
+    if let Ok(mut s) = TABLE_SINK.lock() {
+        *s = buf;
+    }
+}
+
+fn table_sink() -> Option<TableBuffer> {
+    TABLE_SINK.lock().ok().and_then(|s| s.clone())
+}
 
 /// The width of each column of a tableau result (after the `op` column), by type.
 pub fn tableau_widths(schema: &[Column]) -> Vec<usize> {
