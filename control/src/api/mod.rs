@@ -664,6 +664,30 @@ impl<T: Data> DataStream<T> {
         })
     }
 
+    /// As [`Self::sink_to_files`], each record into the bucket `bucket_of` names: a
+    /// directory under `dir` (as `dt=2024-01-01/hm=10:00`), its parts committed with
+    /// checkpoints as the others.
+    pub fn sink_to_bucketed_files(
+        &self,
+        dir: impl Into<std::path::PathBuf>,
+        bucket_of: impl Fn(&T) -> String + Clone + Send + Sync + 'static,
+    ) -> DataStreamSink {
+        let dir = dir.into();
+        self.sink(&format!("File Sink {}", dir.display()), move |info, m| {
+            let uid = crate::graph::take_building_uid();
+            let restored = uid.and_then(spate_dataplane::checkpoint::take_restored);
+            spate_dataplane::operator::file_sink::FileSink::with_buckets(
+                &dir,
+                info,
+                uid,
+                restored.as_deref(),
+                m,
+                Some(Box::new(bucket_of.clone())),
+            )
+            .map(boxed::<T>)
+        })
+    }
+
     /// Writes records as lines to a TCP server at `addr`.
     pub fn write_to_socket(&self, addr: &str) -> DataStreamSink {
         let addr = addr.to_string();

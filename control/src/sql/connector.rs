@@ -87,12 +87,11 @@ pub fn source(
             }))
         }
         "filesystem" => {
-            let format = FileFormat::from_table(def)?;
-            let cols = Arc::new(def.physical.clone());
+            let table = Arc::new(FileTable::of(def)?);
             let name = format!("Source: {}", def.name);
             Ok(
                 env.add_bounded_source(&name, false, move |info: SubtaskInfo| {
-                    Ok(FileSource::new(format.clone(), cols.clone(), info))
+                    Ok(FileSource::new(table.clone(), info))
                 }),
             )
         }
@@ -105,8 +104,8 @@ pub fn source(
 
 /// The rows of a lookup table (a `filesystem` table, read whole).
 pub fn lookup_rows(def: &TableDef) -> Result<Vec<Row>, SqlError> {
-    FileFormat::from_table(def)?
-        .read_all(&def.physical)
+    FileTable::of(def)?
+        .read_all()
         .map_err(|e| SqlError::new(format!("lookup table '{}': {e}", def.name)))
 }
 
@@ -130,13 +129,46 @@ pub fn sink(rel: &Rel, def: &TableDef) -> Result<PlanNode, SqlError> {
                 )));
             }
             let format = FileFormat::from_table(def)?;
-            let cols = def.physical.clone();
             let path = format.path.clone();
-            rel.stream
-                .map(move |r: Row| Line(format.line(&cols, &r)))
-                .name("Format")
-                .sink_to_files(path)
-                .name(&name);
+            if def.partition_keys.is_empty() {
+                let cols = def.physical.clone();
+                rel.stream
+                    .map(move |r: Row| Line(format.line(&cols, &r)))
+                    .name("Format")
+                    .sink_to_files(path)
+                    .name(&name);
+            } else {
+                // Each row into its partition's directory, without the partition
+                // columns (their values name the directory).
+                let table = FileTable::of(def)?;
+                let keys = table.keys.clone();
+                let names: Vec<String> = keys.iter().map(|&k| table.cols[k].name.clone()).collect();
+                let data = table.data.clone();
+                rel.stream
+                    .map(move |mut r: Row| {
+                        let mut dir = String::new();
+                        for (n, &k) in names.iter().zip(&keys) {
+                            if !dir.is_empty() {
+                                dir.push('/');
+                            }
+                            dir.push_str(n);
+                            dir.push('=');
+                            match r.values.get(k) {
+                                None | Some(Value::Null) => dir.push_str(DEFAULT_PARTITION),
+                                Some(v) => dir.push_str(&escape_partition(&plain(v))),
+                            }
+                        }
+                        let mut i = 0;
+                        r.values.retain(|_| {
+                            i += 1;
+                            !keys.contains(&(i - 1))
+                        });
+                        PartitionLine(format!("{dir}\n{}", format.line(&data, &r)))
+                    })
+                    .name("Format")
+                    .sink_to_bucketed_files(path, |l: &PartitionLine| l.dir().to_string())
+                    .name(&name);
+            }
         }
         other => {
             return Err(SqlError::new(format!(
@@ -181,6 +213,35 @@ impl Wire for Line {
                 len: buf.len(),
                 reason: "invalid UTF-8",
             })
+    }
+}
+
+/// A formatted line and its partition's directory (`dir\nline`): written as the
+/// line, into the directory.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PartitionLine(pub String);
+
+impl PartitionLine {
+    fn dir(&self) -> &str {
+        self.0.split_once('\n').map_or("", |(d, _)| d)
+    }
+}
+
+impl std::fmt::Debug for PartitionLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.split_once('\n').map_or(&self.0[..], |(_, l)| l))
+    }
+}
+
+impl Wire for PartitionLine {
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+    fn encode(&self, buf: &mut [u8]) {
+        buf.copy_from_slice(self.0.as_bytes());
+    }
+    fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        Line::decode(buf).map(|l| PartitionLine(l.0))
     }
 }
 
@@ -245,8 +306,9 @@ impl FileFormat {
                         s.push(',');
                     }
                     match v {
+                        // NULL is an empty field; an empty string is quoted ("").
                         Value::Null => {}
-                        Value::Str(x) if x.contains([',', '"', '\n', '\r']) => {
+                        Value::Str(x) if x.is_empty() || x.contains([',', '"', '\n', '\r']) => {
                             s.push('"');
                             s.push_str(&x.replace('"', "\"\""));
                             s.push('"');
@@ -429,11 +491,92 @@ impl FileFormat {
         }
         Ok(Row::insert(values))
     }
+}
+
+/// A filesystem table as read: its format, columns, and partition columns (whose
+/// values come from the directories, `k=v/...`, not the lines).
+#[derive(Debug)]
+struct FileTable {
+    format: FileFormat,
+    cols: Vec<Column>,
+    /// The columns the lines hold (all but the partition columns).
+    data: Vec<Column>,
+    /// The partition columns' positions.
+    keys: Vec<usize>,
+}
+
+impl FileTable {
+    fn of(def: &TableDef) -> Result<Self, SqlError> {
+        let keys: Vec<usize> = def
+            .partition_keys
+            .iter()
+            .filter_map(|k| def.physical.iter().position(|c| c.name == *k))
+            .collect();
+        Ok(Self {
+            format: FileFormat::from_table(def)?,
+            cols: def.physical.clone(),
+            data: def
+                .physical
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !keys.contains(i))
+                .map(|(_, c)| c.clone())
+                .collect(),
+            keys,
+        })
+    }
+
+    /// The partition values of a file (from the `k=v` directories it is under).
+    fn partition_values(&self, file: &std::path::Path) -> Result<Vec<Value>, String> {
+        let mut out = Vec::with_capacity(self.keys.len());
+        for &k in &self.keys {
+            let c = &self.cols[k];
+            let seg = file
+                .parent()
+                .into_iter()
+                .flat_map(|p| p.components())
+                .filter_map(|x| x.as_os_str().to_str())
+                .filter_map(|x| x.split_once('='))
+                .filter(|(n, _)| *n == c.name)
+                .map(|(_, v)| v)
+                .next_back();
+            out.push(match seg {
+                None | Some(DEFAULT_PARTITION) => Value::Null,
+                Some(v) => {
+                    let v = unescape_partition(v);
+                    if c.ty == DataType::String {
+                        Value::Str(v.as_str().into())
+                    } else {
+                        parse_field(&v, c.ty)
+                            .map_err(|e| format!("{}: partition {}: {e}", file.display(), c.name))?
+                    }
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// A line of a file whose partition values are `parts`, as a row.
+    fn row(&self, line: &str, parts: &[Value]) -> Result<Row, String> {
+        let data = self.format.parse(&self.data, line)?;
+        if self.keys.is_empty() {
+            return Ok(data);
+        }
+        let mut data = data.values.into_iter();
+        let values = (0..self.cols.len())
+            .map(|i| match self.keys.iter().position(|&k| k == i) {
+                Some(p) => parts[p].clone(),
+                None => data.next().unwrap_or(Value::Null),
+            })
+            .collect();
+        Ok(Row::insert(values))
+    }
 
     /// Every row of the table's files (a lookup table's contents).
-    pub(crate) fn read_all(&self, cols: &[Column]) -> Result<Vec<Row>, String> {
+    fn read_all(&self) -> Result<Vec<Row>, String> {
         let mut rows = Vec::new();
-        for f in files_of(&self.path)? {
+        for f in files_of(&self.format.path)? {
+            let parts = self.partition_values(&f)?;
             let text = std::fs::read_to_string(&f)
                 .map_err(|e| format!("cannot read '{}': {e}", f.display()))?;
             for (n, line) in text.lines().enumerate() {
@@ -441,7 +584,7 @@ impl FileFormat {
                     continue;
                 }
                 rows.push(
-                    self.parse(cols, line)
+                    self.row(line, &parts)
                         .map_err(|e| format!("{}, line {}: {e}", f.display(), n + 1))?,
                 );
             }
@@ -450,18 +593,62 @@ impl FileFormat {
     }
 }
 
+/// A NULL partition value's directory name (Flink's and Hive's).
+const DEFAULT_PARTITION: &str = "__DEFAULT_PARTITION__";
+
+/// A partition value as a directory name: characters a path cannot hold (and `%`)
+/// as `%XX`, as Flink's `PartitionPathUtils.escapePathName` writes them.
+pub(crate) fn escape_partition(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if c.is_control()
+            || matches!(
+                c,
+                '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '{' | '[' | ']' | '^'
+            )
+        {
+            let mut b = [0u8; 4];
+            for byte in c.encode_utf8(&mut b).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn unescape_partition(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// One subtask's share of a filesystem table: of all its files' lines (in name
 /// order), those whose number is its index modulo the parallelism. Its position is
 /// the lines read.
 struct FileSource {
-    format: FileFormat,
-    cols: Arc<Vec<Column>>,
+    table: Arc<FileTable>,
     index: u64,
     parallelism: u64,
     /// The files, listed at the first poll.
     files: Option<Vec<std::path::PathBuf>>,
-    /// The file being read (its position in `files`) and its reader.
-    open: Option<(usize, std::io::BufReader<std::fs::File>, u64)>,
+    /// The file being read (its position in `files`), its reader, the lines read
+    /// from it, and its partition values.
+    open: Option<(usize, std::io::BufReader<std::fs::File>, u64, Vec<Value>)>,
     next_file: usize,
     /// Lines read, over all files.
     lines: u64,
@@ -471,10 +658,9 @@ struct FileSource {
 }
 
 impl FileSource {
-    fn new(format: FileFormat, cols: Arc<Vec<Column>>, info: SubtaskInfo) -> Self {
+    fn new(table: Arc<FileTable>, info: SubtaskInfo) -> Self {
         Self {
-            format,
-            cols,
+            table,
             index: info.index as u64,
             parallelism: info.parallelism.max(1) as u64,
             files: None,
@@ -491,7 +677,7 @@ impl Source<Row> for FileSource {
     fn poll(&mut self, out: &mut Vec<Row>, max: usize, _: u64) -> Result<SourceStatus, TaskError> {
         use std::io::BufRead;
         if self.files.is_none() {
-            self.files = Some(files_of(&self.format.path).map_err(TaskError)?);
+            self.files = Some(files_of(&self.table.format.path).map_err(TaskError)?);
         }
         let files = self.files.as_deref().unwrap_or_default();
         let mut emitted = 0;
@@ -506,10 +692,11 @@ impl Source<Row> for FileSource {
                 };
                 let file = std::fs::File::open(f)
                     .map_err(|e| TaskError(format!("cannot read '{}': {e}", f.display())))?;
-                self.open = Some((self.next_file, std::io::BufReader::new(file), 0));
+                let parts = self.table.partition_values(f).map_err(TaskError)?;
+                self.open = Some((self.next_file, std::io::BufReader::new(file), 0, parts));
                 self.next_file += 1;
             }
-            let Some((k, reader, line_no)) = self.open.as_mut() else {
+            let Some((k, reader, line_no, parts)) = self.open.as_mut() else {
                 continue;
             };
             self.buf.clear();
@@ -530,7 +717,7 @@ impl Source<Row> for FileSource {
             if !mine || self.lines <= self.skip_to {
                 continue;
             }
-            let row = self.format.parse(&self.cols, line).map_err(|e| {
+            let row = self.table.row(line, parts).map_err(|e| {
                 TaskError(format!("{}, line {}: {e}", files[*k].display(), line_no))
             })?;
             out.push(row);

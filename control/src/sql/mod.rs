@@ -139,6 +139,9 @@ pub struct TableDef {
     pub options: BTreeMap<String, String>,
     /// `CREATE TEMPORARY TABLE`.
     pub temporary: bool,
+    /// `PARTITIONED BY (...)`: a filesystem table's partition columns, whose values
+    /// name its directories (`k=v/...`) instead of being written in its files.
+    pub partition_keys: Vec<String>,
 }
 
 /// A view of the catalog (`CREATE VIEW`).
@@ -473,12 +476,42 @@ impl Session {
                         options.insert(k, v);
                     }
                 }
+                let mut partition_keys = Vec::new();
+                if let sqlparser::ast::HiveDistributionStyle::PARTITIONED { columns } =
+                    &ct.hive_distribution
+                {
+                    if options.get("connector").map(String::as_str) != Some("filesystem") {
+                        return Err(expr::err_at(
+                            &ct.name,
+                            "PARTITIONED BY is for 'filesystem' tables",
+                        ));
+                    }
+                    for c in columns {
+                        if !physical.iter().any(|p| p.name == c.name.value) {
+                            return Err(expr::err_ident(
+                                &c.name,
+                                format!(
+                                    "PARTITIONED BY: the table has no column '{}'",
+                                    c.name.value
+                                ),
+                            ));
+                        }
+                        partition_keys.push(c.name.value.clone());
+                    }
+                    if partition_keys.len() >= physical.len() {
+                        return Err(expr::err_at(
+                            &ct.name,
+                            "PARTITIONED BY takes some of the columns, not all",
+                        ));
+                    }
+                }
                 let def = TableDef {
                     name: name.clone(),
                     physical,
                     extras,
                     options,
                     temporary: ct.temporary,
+                    partition_keys,
                 };
                 // Type-check computed columns and the watermark now.
                 plan::table_schema(&def)?;

@@ -667,6 +667,7 @@ mod tests {
             extras: Default::default(),
             options: [("connector".to_string(), "nexmark".to_string())].into(),
             temporary: false,
+            partition_keys: Vec::new(),
         }
     }
 

@@ -26,32 +26,43 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What a file sink subtask keeps in checkpoints: the next part's number, and the parts
-/// closed by checkpoints not yet known to be complete, as (checkpoint, part).
+/// closed by checkpoints not yet known to be complete, as (checkpoint, bucket, part).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct SinkState {
     next_part: u64,
-    pending: Vec<(u64, u64)>,
+    pending: Vec<(u64, String, u64)>,
+}
+
+/// Which bucket (a directory under the sink's, as `dt=2024-01-01/hm=10:00`) a
+/// record goes to (Flink's `BucketAssigner`).
+pub type BucketFn<T> = Box<dyn Fn(&T) -> String + Send>;
+
+/// A part being written: its bucket, number and writer.
+struct OpenPart {
+    bucket: String,
+    part: u64,
+    w: std::io::BufWriter<std::fs::File>,
 }
 
 /// The exactly-once file sink of one subtask.
-pub struct FileSink {
+pub struct FileSink<T> {
     dir: PathBuf,
     subtask: usize,
     uid: Option<u32>,
-    w: Option<std::io::BufWriter<std::fs::File>>,
-    /// Lines in the open part.
-    lines: u64,
+    /// The open parts, one per bucket written since the last checkpoint.
+    open: Vec<OpenPart>,
     state: SinkState,
     counter: Counter,
     failed: bool,
     line: String,
+    bucket_of: Option<BucketFn<T>>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> String {
     format!("{what} {}: {e}", path.display())
 }
 
-impl FileSink {
+impl<T> FileSink<T> {
     /// The sink of subtask `info.index` writing under `dir` (created if missing). With
     /// `uid`, it takes part in checkpoints as that operator, resuming from `restored`
     /// (its state in the checkpoint being restored) if given.
@@ -61,6 +72,19 @@ impl FileSink {
         uid: Option<u32>,
         restored: Option<&[u8]>,
         metrics: Arc<SinkMetrics>,
+    ) -> Result<Self, String> {
+        Self::with_buckets(dir, info, uid, restored, metrics, None)
+    }
+
+    /// As [`Self::new`], each record written into the bucket `bucket_of` names (a
+    /// relative directory under `dir`; `None`: all in `dir`).
+    pub fn with_buckets(
+        dir: &Path,
+        info: SubtaskInfo,
+        uid: Option<u32>,
+        restored: Option<&[u8]>,
+        metrics: Arc<SinkMetrics>,
+        bucket_of: Option<BucketFn<T>>,
     ) -> Result<Self, String> {
         if restored.is_some_and(crate::checkpoint::is_redistributed) {
             return Err(format!(
@@ -74,53 +98,62 @@ impl FileSink {
             dir: dir.to_path_buf(),
             subtask: info.index,
             uid,
-            w: None,
-            lines: 0,
+            open: Vec::new(),
             state: SinkState::default(),
             counter: Counter::new(metrics),
             failed: false,
             line: String::new(),
+            bucket_of,
         };
         if let Some(bytes) = restored {
             sink.state = decode_state(bytes).map_err(|e: StateError| e.to_string())?;
             // The restored checkpoint completed: its pending parts are committed now
             // (a part already committed before the failure stays as it is).
             let pending = std::mem::take(&mut sink.state.pending);
-            for (_, part) in pending {
-                sink.commit(part)?;
+            for (_, bucket, part) in pending {
+                sink.commit(&bucket, part)?;
             }
         }
         // Hidden files of this subtask not in the restored state were written after the
         // checkpoint (or by a run that never checkpointed): their records come again.
-        sink.remove_hidden()?;
+        sink.remove_hidden(&sink.dir)?;
         Ok(sink)
     }
 
-    fn name(&self, part: u64, suffix: &str) -> PathBuf {
-        if suffix.is_empty() {
-            self.dir.join(format!("part-{}-{part}", self.subtask))
+    fn name(&self, bucket: &str, part: u64, suffix: &str) -> PathBuf {
+        let dir = if bucket.is_empty() {
+            self.dir.clone()
         } else {
-            self.dir
-                .join(format!(".part-{}-{part}.{suffix}", self.subtask))
+            self.dir.join(bucket)
+        };
+        if suffix.is_empty() {
+            dir.join(format!("part-{}-{part}", self.subtask))
+        } else {
+            dir.join(format!(".part-{}-{part}.{suffix}", self.subtask))
         }
     }
 
-    fn remove_hidden(&self) -> Result<(), String> {
+    /// Removes this subtask's hidden parts under `dir` and its bucket directories.
+    fn remove_hidden(&self, dir: &Path) -> Result<(), String> {
         let prefix = format!(".part-{}-", self.subtask);
-        let rd = std::fs::read_dir(&self.dir).map_err(|e| io_err("listing", &self.dir, e))?;
+        let rd = std::fs::read_dir(dir).map_err(|e| io_err("listing", dir, e))?;
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(&prefix) && (n.ends_with(".inprogress") || n.ends_with(".pending")) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                self.remove_hidden(&e.path())?;
+            } else if n.starts_with(&prefix)
+                && (n.ends_with(".inprogress") || n.ends_with(".pending"))
+            {
                 std::fs::remove_file(e.path()).map_err(|er| io_err("removing", &e.path(), er))?;
             }
         }
         Ok(())
     }
 
-    /// Makes pending part `part` visible.
-    fn commit(&self, part: u64) -> Result<(), String> {
-        let from = self.name(part, "pending");
-        let to = self.name(part, "");
+    /// Makes pending part `part` of `bucket` visible.
+    fn commit(&self, bucket: &str, part: u64) -> Result<(), String> {
+        let from = self.name(bucket, part, "pending");
+        let to = self.name(bucket, part, "");
         match std::fs::rename(&from, &to) {
             Ok(()) => Ok(()),
             // Committed before a failure (the rename happened, the state did not learn).
@@ -129,35 +162,45 @@ impl FileSink {
         }
     }
 
-    fn open(&mut self) -> Result<(), String> {
+    /// Opens a part in `bucket`; its position in `open`.
+    fn open(&mut self, bucket: String) -> Result<usize, String> {
+        let dir = self.name(&bucket, 0, "");
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_err("creating", parent, e))?;
+        }
         // A number no committed part of an earlier run has (a run restored from an
         // older checkpoint must not overwrite what a later one committed).
-        while self.name(self.state.next_part, "").exists() {
+        while self.name(&bucket, self.state.next_part, "").exists() {
             self.state.next_part += 1;
         }
-        let path = self.name(self.state.next_part, "inprogress");
+        let part = self.state.next_part;
+        self.state.next_part += 1;
+        let path = self.name(&bucket, part, "inprogress");
         let f = std::fs::File::create(&path).map_err(|e| io_err("creating", &path, e))?;
-        self.w = Some(std::io::BufWriter::with_capacity(1 << 16, f));
-        self.lines = 0;
-        Ok(())
+        self.open.push(OpenPart {
+            bucket,
+            part,
+            w: std::io::BufWriter::with_capacity(1 << 16, f),
+        });
+        Ok(self.open.len() - 1)
     }
 
-    /// Flushes and syncs the open part and renames it `pending`; returns its number.
-    fn close_part(&mut self) -> Result<Option<u64>, String> {
-        let Some(w) = self.w.take() else {
-            return Ok(None);
-        };
-        let part = self.state.next_part;
-        let path = self.name(part, "inprogress");
-        let f = w
-            .into_inner()
-            .map_err(|e| io_err("writing", &path, e.into_error()))?;
-        f.sync_data().map_err(|e| io_err("syncing", &path, e))?;
-        drop(f);
-        let pending = self.name(part, "pending");
-        std::fs::rename(&path, &pending).map_err(|e| io_err("renaming", &path, e))?;
-        self.state.next_part += 1;
-        Ok(Some(part))
+    /// Flushes and syncs the open parts and renames them `pending`; returns their
+    /// buckets and numbers.
+    fn close_parts(&mut self) -> Result<Vec<(String, u64)>, String> {
+        let mut closed = Vec::new();
+        for OpenPart { bucket, part, w } in std::mem::take(&mut self.open) {
+            let path = self.name(&bucket, part, "inprogress");
+            let f = w
+                .into_inner()
+                .map_err(|e| io_err("writing", &path, e.into_error()))?;
+            f.sync_data().map_err(|e| io_err("syncing", &path, e))?;
+            drop(f);
+            let pending = self.name(&bucket, part, "pending");
+            std::fs::rename(&path, &pending).map_err(|e| io_err("renaming", &path, e))?;
+            closed.push((bucket, part));
+        }
+        Ok(closed)
     }
 
     fn fail(&mut self, m: String) {
@@ -167,10 +210,10 @@ impl FileSink {
         }
     }
 
-    /// Barrier `id`: the open part is closed and pending on the checkpoint.
+    /// Barrier `id`: the open parts are closed and pending on the checkpoint.
     fn on_barrier(&mut self, id: u64) -> Result<(), String> {
-        if let Some(part) = self.close_part()? {
-            self.state.pending.push((id, part));
+        for (bucket, part) in self.close_parts()? {
+            self.state.pending.push((id, bucket, part));
         }
         if let Some(uid) = self.uid {
             let bytes = encode_state(&self.state).map_err(|e| e.to_string())?;
@@ -183,63 +226,78 @@ impl FileSink {
     fn on_complete(&mut self, id: u64) -> Result<(), String> {
         let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.pending)
             .into_iter()
-            .partition(|&(c, _)| c <= id);
+            .partition(|(c, _, _)| *c <= id);
         self.state.pending = keep;
-        for (_, part) in done {
-            self.commit(part)?;
+        for (_, bucket, part) in done {
+            self.commit(&bucket, part)?;
         }
         Ok(())
     }
 
     fn on_end(&mut self) -> Result<(), String> {
         if crate::checkpoint::final_checkpoint_follows() {
-            // The task takes one more checkpoint: its barrier closes the open part and
+            // The task takes one more checkpoint: its barrier closes the open parts and
             // its completion commits everything, as for any checkpoint. Committing now
             // would let a failure elsewhere in the job, before that checkpoint, restart
             // this subtask from an older one and write these records again.
             return Ok(());
         }
-        if let Some(part) = self.close_part()? {
-            self.commit(part)?;
+        for (bucket, part) in self.close_parts()? {
+            self.commit(&bucket, part)?;
         }
-        for (_, part) in std::mem::take(&mut self.state.pending) {
-            self.commit(part)?;
+        for (_, bucket, part) in std::mem::take(&mut self.state.pending) {
+            self.commit(&bucket, part)?;
         }
         Ok(())
     }
 }
 
-impl<T: Debug> Emit<T> for FileSink {
+impl<T: Debug> Emit<T> for FileSink<T> {
     fn push(&mut self, batch: &mut Vec<T>) {
         self.counter.unpublished += batch.len() as u64;
         if self.failed {
             batch.clear();
             return;
         }
-        if self.w.is_none() {
-            if let Err(e) = self.open() {
-                self.fail(e);
-                batch.clear();
-                return;
-            }
-        }
         let mut err = None;
-        if let Some(w) = self.w.as_mut() {
-            for record in batch.drain(..) {
-                use std::fmt::Write as _;
-                self.line.clear();
-                let _ = writeln!(self.line, "{record:?}");
-                if let Err(e) = w.write_all(self.line.as_bytes()) {
-                    err = Some(e);
-                    break;
-                }
-                self.lines += 1;
+        // The part written last (records of one bucket tend to come together).
+        let mut at: Option<usize> = None;
+        for record in batch.drain(..) {
+            let bucket = match &self.bucket_of {
+                Some(f) => f(&record),
+                None => String::new(),
+            };
+            let found = match at.filter(|&i| self.open[i].bucket == bucket) {
+                Some(i) => Some(i),
+                None => self.open.iter().position(|p| p.bucket == bucket),
+            };
+            let i = match found {
+                Some(i) => i,
+                None => match self.open(bucket) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                },
+            };
+            at = Some(i);
+            use std::fmt::Write as _;
+            self.line.clear();
+            let _ = writeln!(self.line, "{record:?}");
+            if let Err(e) = self.open[i].w.write_all(self.line.as_bytes()) {
+                let p = &self.open[i];
+                err = Some(io_err(
+                    "writing",
+                    &self.name(&p.bucket, p.part, "inprogress"),
+                    e,
+                ));
+                break;
             }
         }
         batch.clear();
         if let Some(e) = err {
-            let path = self.name(self.state.next_part, "inprogress");
-            self.fail(io_err("writing", &path, e));
+            self.fail(e);
         }
     }
 
@@ -323,7 +381,7 @@ mod tests {
         })
     }
 
-    fn sink(dir: &Path, restored: Option<&[u8]>) -> FileSink {
+    fn sink(dir: &Path, restored: Option<&[u8]>) -> FileSink<u64> {
         FileSink::new(dir, info(), Some(7), restored, Arc::default()).unwrap()
     }
 
@@ -397,8 +455,63 @@ mod tests {
     }
 
     #[test]
+    fn records_go_to_their_buckets_each_committed_with_its_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let bucket: BucketFn<u64> = Box::new(|x: &u64| format!("even={}", x.is_multiple_of(2)));
+        let mut s = FileSink::with_buckets(
+            d.path(),
+            info(),
+            Some(7),
+            None,
+            Arc::default(),
+            Some(bucket),
+        )
+        .unwrap();
+        Emit::<u64>::push(&mut s, &mut vec![1, 2, 3, 4]);
+        let st = finish_states(collect_states(|| Emit::<u64>::event(&mut s, barrier(1)))).unwrap();
+        assert!(read_committed(&d.path().join("even=true"))
+            .unwrap()
+            .is_empty());
+        Emit::<u64>::notify_checkpoint_complete(&mut s, 1);
+        assert_eq!(
+            read_committed(&d.path().join("even=false")).unwrap(),
+            ["1", "3"]
+        );
+        assert_eq!(
+            read_committed(&d.path().join("even=true")).unwrap(),
+            ["2", "4"]
+        );
+        // Written after checkpoint 1, then lost: a restore drops it from every bucket.
+        Emit::<u64>::push(&mut s, &mut vec![5, 6]);
+        drop(s);
+        let bucket: BucketFn<u64> = Box::new(|x: &u64| format!("even={}", x.is_multiple_of(2)));
+        let mut s = FileSink::with_buckets(
+            d.path(),
+            info(),
+            Some(7),
+            Some(&st[0].1),
+            Arc::default(),
+            Some(bucket),
+        )
+        .unwrap();
+        assert_eq!(files(&d.path().join("even=true")), ["part-0-1"]);
+        Emit::<u64>::push(&mut s, &mut vec![6]);
+        Emit::<u64>::event(&mut s, Event::EndOfInput);
+        assert_eq!(
+            read_committed(&d.path().join("even=true")).unwrap(),
+            ["2", "4", "6"]
+        );
+        assert_eq!(
+            read_committed(&d.path().join("even=false")).unwrap(),
+            ["1", "3"]
+        );
+    }
+
+    #[test]
     fn a_foreign_state_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        assert!(FileSink::new(d.path(), info(), Some(1), Some(b"nope"), Arc::default()).is_err());
+        assert!(
+            FileSink::<u64>::new(d.path(), info(), Some(1), Some(b"nope"), Arc::default()).is_err()
+        );
     }
 }
