@@ -1725,6 +1725,39 @@ fn what_a_user_types_gives_errors_not_panics_and_right_results() {
             "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY auction) AS rn FROM bids) WHERE rn <= 3;",
             "needs ORDER BY",
         ),
+        (
+            "SELECT * FROM TABLE(SESSION(TABLE bids PARTITION BY, DESCRIPTOR(ts), INTERVAL '1' SECOND));",
+            "PARTITION BY takes column names",
+        ),
+        (
+            "SELECT * FROM TABLE(SESSION(TABLE bids PARTITION BY nope, DESCRIPTOR(ts), INTERVAL '1' SECOND));",
+            "unknown column 'nope'",
+        ),
+        (
+            "SELECT * FROM bids b JOIN bids FOR SYSTEM_TIME AS OF AS s ON b.auction = s.auction;",
+            "needs a time",
+        ),
+        ("SELECT * FROM SYSTEM_TIME_AS_OF(bids, ts);", "joined with JOIN"),
+        ("SELECT * FROM bids LIMIT 0;", "1 to 100000"),
+        ("SELECT * FROM bids LIMIT 5 OFFSET 2;", "OFFSET"),
+        ("SELECT * FROM bids ORDER BY ts DESC;", "event-time column, ascending"),
+        ("SELECT TUMBLE_END(ts) FROM bids GROUP BY TUMBLE(ts);", "takes 1 interval"),
+        ("SELECT COUNT(*) FROM bids GROUP BY TUMBLE(price, INTERVAL '1' SECOND);", "not a time attribute"),
+        ("SELECT COUNT(*) FROM bids GROUP BY SESSION(ts, INTERVAL '0' SECOND);", "must be positive"),
+        (
+            "SELECT a.price FROM bids a, bids b WHERE a.ts BETWEEN b.ts + INTERVAL '1' SECOND AND b.ts - INTERVAL '1' SECOND AND a.auction = b.auction;",
+            "bounds are empty",
+        ),
+        ("SELECT a.price FROM bids a, bids b;", "cross join"),
+        (
+            "CREATE TABLE p (a INT, b INT) PARTITIONED BY (a) WITH ('connector' = 'blackhole');",
+            "PARTITIONED BY is for 'filesystem' tables",
+        ),
+        (
+            "CREATE TABLE p (a INT, b INT) PARTITIONED BY (c) WITH ('connector' = 'filesystem', 'path' = '/tmp/x', 'format' = 'csv');",
+            "no column 'c'",
+        ),
+        ("SET 'sql-client.execution.result-mode' = 'tables';", "not a result mode"),
     ] {
         let env = StreamExecutionEnvironment::new("sql");
         let mut session = Session::new();
