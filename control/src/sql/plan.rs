@@ -631,11 +631,39 @@ impl<'a> Planner<'a> {
 
     fn from(&self, env: &StreamExecutionEnvironment, s: &Select) -> Result<Rel, SqlError> {
         if s.from.len() > 1 {
-            return self.comma_join(env, s);
+            if let Some(t) = s.from.iter().find(|t| !t.joins.is_empty()) {
+                return Err(err_at(
+                    &t.relation,
+                    "unsupported: JOIN inside a comma-separated FROM list (write all as JOIN ... ON)",
+                ));
+            }
+            let Some(w) = &s.selection else {
+                return Err(err_at(
+                    &s.from[1].relation,
+                    "unsupported: a cross join (FROM a, b needs a WHERE that relates them)",
+                ));
+            };
+            let mut conds = Vec::new();
+            conjuncts(w, &mut conds);
+            let items: Vec<&TableFactor> = s.from.iter().map(|t| &t.relation).collect();
+            return self.inner_joins(env, &items, conds);
         }
         let [twj] = s.from.as_slice() else {
             return Err(err_at(s, "a streaming SELECT needs a FROM clause"));
         };
+        if let Some(ons) = pooled_joins(s) {
+            // Inner joins: the ON and WHERE conditions, each placed where it can act.
+            let mut conds = Vec::new();
+            for on in ons {
+                conjuncts(on, &mut conds);
+            }
+            if let Some(w) = &s.selection {
+                conjuncts(w, &mut conds);
+            }
+            let mut items = vec![&twj.relation];
+            items.extend(twj.joins.iter().map(|j| &j.relation));
+            return self.inner_joins(env, &items, conds);
+        }
         if !twj.joins.is_empty() {
             let (left, q) = self.factor(env, &twj.relation)?;
             let mut left = qualify(left.materialize().map_err(|e| placed(e, &twj.relation))?, q);
@@ -670,24 +698,16 @@ impl<'a> Planner<'a> {
         Ok(self.factor(env, &twj.relation)?.0)
     }
 
-    /// `FROM a, b, ... WHERE ...`: inner joins on the WHERE's conditions. Each
-    /// condition over one side only filters that side before the join; the others
-    /// are the join's (its key equalities, and the rest checked on joined rows).
-    fn comma_join(&self, env: &StreamExecutionEnvironment, s: &Select) -> Result<Rel, SqlError> {
-        if let Some(t) = s.from.iter().find(|t| !t.joins.is_empty()) {
-            return Err(err_at(
-                &t.relation,
-                "unsupported: JOIN inside a comma-separated FROM list (write all as JOIN ... ON)",
-            ));
-        }
-        let Some(w) = &s.selection else {
-            return Err(err_at(
-                &s.from[1].relation,
-                "unsupported: a cross join (FROM a, b needs a WHERE that relates them)",
-            ));
-        };
-        let mut parts = Vec::new();
-        conjuncts(w, &mut parts);
+    /// Inner joins of `items`, left to right, on `parts` (the conjuncts of their ON
+    /// and WHERE conditions): a condition over one side only filters that side
+    /// before the join; the others are the join's (its key equalities, and the rest
+    /// checked on joined rows).
+    fn inner_joins(
+        &self,
+        env: &StreamExecutionEnvironment,
+        items: &[&TableFactor],
+        mut parts: Vec<&Expr>,
+    ) -> Result<Rel, SqlError> {
         let over = |schema: &[Column], c: &Expr| {
             expr::compile(
                 c,
@@ -698,12 +718,15 @@ impl<'a> Planner<'a> {
             )
             .is_ok()
         };
-        let side = |t: &sqlparser::ast::TableWithJoins| -> Result<Rel, SqlError> {
-            let (rel, q) = self.factor(env, &t.relation)?;
-            Ok(qualify(
-                rel.materialize().map_err(|e| placed(e, &t.relation))?,
-                q,
-            ))
+        let side = |t: &TableFactor| -> Result<Rel, SqlError> {
+            let (rel, q) = self.factor(env, t)?;
+            // A pending calculation stays pending: the side's filters fuse into it.
+            let rel = if rel.window.is_some() {
+                rel.materialize().map_err(|e| placed(e, t))?
+            } else {
+                rel
+            };
+            Ok(qualify(rel, q))
         };
         let and = |cs: &[&Expr]| -> Option<Expr> {
             cs.iter()
@@ -714,8 +737,11 @@ impl<'a> Planner<'a> {
                     right: Box::new(b),
                 })
         };
-        let mut left = side(&s.from[0])?;
-        for t in &s.from[1..] {
+        let Some((first, rest)) = items.split_first() else {
+            return Err(SqlError::new("internal: a join of nothing"));
+        };
+        let mut left = side(first)?;
+        for t in rest {
             let mut right = side(t)?;
             let mut joined = left.schema.clone();
             joined.extend(right.schema.iter().cloned());
@@ -733,15 +759,15 @@ impl<'a> Planner<'a> {
                 }
             }
             if let Some(f) = and(&lf) {
-                left = left.filter(&f)?.flush();
+                left = left.filter(&f)?;
             }
             if let Some(f) = and(&rf) {
-                right = right.filter(&f)?.flush();
+                right = right.filter(&f)?;
             }
             let Some(cond) = and(&on) else {
                 return Err(err_at(
-                    &t.relation,
-                    "unsupported: a cross join (the WHERE relates no column of this table to the tables before it)",
+                    *t,
+                    "unsupported: a cross join (no condition relates a column of this table to the tables before it)",
                 ));
             };
             left = join(left, right, &cond)?;
@@ -1102,7 +1128,7 @@ impl<'a> Planner<'a> {
         // WHERE applies before any windowing or grouping: over the input's own columns
         // (a comma join took it as its conditions).
         let input = match &s.selection {
-            Some(w) if s.from.len() < 2 => input.filter(w)?,
+            Some(w) if !where_in_joins(s) => input.filter(w)?,
             _ => input,
         };
         if group_by.is_empty() && aggs.is_empty() {
@@ -2050,6 +2076,35 @@ impl KeyedProcessFunction for TimeSort {
     }
 }
 
+/// The ON conditions of a FROM item's joins when they are all inner joins with ON
+/// and none is a lookup (their conditions and the WHERE's then pool).
+fn pooled_joins(s: &Select) -> Option<Vec<&Expr>> {
+    use sqlparser::ast::{JoinConstraint, JoinOperator};
+    let [twj] = s.from.as_slice() else {
+        return None;
+    };
+    if twj.joins.is_empty() {
+        return None;
+    }
+    twj.joins
+        .iter()
+        .map(|j| match &j.join_operator {
+            JoinOperator::Join(JoinConstraint::On(e))
+            | JoinOperator::Inner(JoinConstraint::On(e))
+                if matches!(lookup_of(&j.relation), Ok(None)) =>
+            {
+                Some(e)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether the FROM clause took the WHERE as its joins' conditions.
+fn where_in_joins(s: &Select) -> bool {
+    s.from.len() > 1 || pooled_joins(s).is_some()
+}
+
 /// A lookup table's name, the time it is looked up as of, and its qualifier.
 type Lookup<'e> = (sqlparser::ast::ObjectName, &'e Expr, Option<String>);
 
@@ -2155,6 +2210,7 @@ fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
 /// columns (and any other conditions of `on` over the joined row): per key, each side
 /// keeps its rows, and a row joins every row of the other side seen so far.
 fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
+    let (left, right) = (left.flush(), right.flush());
     if !left.append_only || !right.append_only {
         return Err(err_at(
             on,
