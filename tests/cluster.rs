@@ -3249,6 +3249,78 @@ fn a_slow_job_builder_stalls_nothing_on_the_jobmanager() {
 /// text; a window aggregate at parallelism 2 writes CSV files whose rows equal a
 /// reference computation over the same generated rows.
 #[test]
+fn a_select_on_a_cluster_shows_its_rows_in_the_client() {
+    let (ports, _jm, _tm) = two_slot_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let ddl = "CREATE TABLE bids (auction BIGINT, price BIGINT)
+WITH ('connector' = 'datagen', 'rows-per-second' = '0', 'number-of-rows' = '300',
+  'fields.auction.min' = '1', 'fields.auction.max' = '5',
+  'fields.price.min' = '1', 'fields.price.max' = '100');";
+    let m = format!("127.0.0.1:{}", ports.rest);
+    // `spate sql -m`: the tableau rows, through the JobManager, in the client (few:
+    // the output is read once the client ends).
+    let file = dir.path().join("q.sql");
+    std::fs::write(
+        &file,
+        format!("{ddl}\nSELECT auction, COUNT(*) AS n FROM bids GROUP BY auction;\n"),
+    )
+    .unwrap();
+    let o = spate_cli(&["sql", "-m", &m, "-p", "2", "-f", file.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let text = out.clone() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        out.contains("| op |              auction |                    n |"),
+        "{text}"
+    );
+    // The changelog ends at each auction's count; the counts add up to every row.
+    let mut last: std::collections::BTreeMap<i64, i64> = Default::default();
+    for l in out.lines() {
+        let f: Vec<&str> = l.split('|').map(str::trim).collect();
+        if let ["", op, a, n, ""] = f.as_slice() {
+            let (Ok(a), Ok(n)) = (a.parse::<i64>(), n.parse::<i64>()) else {
+                continue;
+            };
+            match *op {
+                "+I" | "+U" => {
+                    last.insert(a, n);
+                }
+                "-U" | "-D" => {
+                    assert_eq!(last.remove(&a), Some(n), "{l}");
+                }
+                other => panic!("op {other} in {l}"),
+            }
+        }
+    }
+    assert_eq!(last.len(), 5, "{text}");
+    assert_eq!(last.values().sum::<i64>(), 300, "{text}");
+    assert!(out.contains("Received a total of"), "{text}");
+    // `spate run -m -f`: Flink's print rows.
+    std::fs::write(
+        &file,
+        format!("{ddl}\nSELECT price * 10 AS p FROM bids WHERE price < 20;\n"),
+    )
+    .unwrap();
+    let o = spate_cli(&["run", "-m", &m, "-p", "2", "-f", file.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("+I[")).collect();
+    assert!(!rows.is_empty(), "{out}");
+
+    // The reference: as many as the generator makes at price 7.
+    let mut session = spate::sql::Session::new();
+    let env = spate::api::StreamExecutionEnvironment::new("reference");
+    for s in spate::sql::parse::script(ddl).unwrap() {
+        session.execute(&env, &s).unwrap();
+    }
+    let gen = spate::sql::connector::Datagen::from_table(&session.catalog.tables["bids"]).unwrap();
+    let want = (0..300)
+        .filter(|i| gen.row(*i, 0).values[1].as_i64().is_some_and(|p| p < 20))
+        .count();
+    assert_eq!(rows.len(), want, "{out}");
+}
+
+#[test]
 fn a_sql_file_runs_on_a_cluster_and_equals_the_reference() {
     let (ports, _jm, _tm) = two_slot_cluster();
     let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@ use crate::jobs::JobSpec;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use std::io::IsTerminal;
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 /// `-m`, or the configuration's `jobmanager.rpc.address:rest.port`.
@@ -37,8 +38,41 @@ fn call(req: ureq::Request, body: Option<Value>) -> Result<Value> {
     }
 }
 
-/// Submits `spec`; without `detached`, follows the job to its end.
+/// Submits `spec`; without `detached`, follows the job to its end, printing the rows
+/// its `SELECT`s produce as they come.
 pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
+    run_counting(m, spec, detached).map(|(ok, _)| ok)
+}
+
+/// Prints the job's `SELECT` rows from number `*next` on; true when it has them all
+/// (as far as the JobManager holds them now).
+fn print_results(m: &str, id: &str, next: &mut u64, rows: &mut u64) -> Result<bool> {
+    let v = call(
+        agent().get(&format!("http://{m}/jobs/{id}/results?from={next}")),
+        None,
+    )?;
+    let from = v["from"].as_u64().unwrap_or(*next);
+    if from > *next {
+        eprintln!(
+            "spate: {} result rows were dropped (the JobManager holds the last {})",
+            from - *next,
+            crate::sql::results::HELD
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    if let Some(lines) = v["lines"].as_array() {
+        for l in lines {
+            let _ = writeln!(out, "{}", l.as_str().unwrap_or_default());
+            *rows += 1;
+        }
+    }
+    let _ = out.flush();
+    *next = v["next"].as_u64().unwrap_or(from);
+    Ok(*next >= v["end"].as_u64().unwrap_or(0))
+}
+
+/// As [`run`]; also the number of result rows printed.
+pub(crate) fn run_counting(m: &str, spec: &JobSpec, detached: bool) -> Result<(bool, u64)> {
     let body = serde_json::to_value(spec)?;
     let v = call(agent().post(&format!("http://{m}/jobs")), Some(body))?;
     let id = v["jobid"]
@@ -47,8 +81,9 @@ pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
         .to_string();
     println!("Job has been submitted with JobID {id}");
     if detached {
-        return Ok(true);
+        return Ok((true, 0));
     }
+    let (mut next_row, mut rows) = (0u64, 0u64);
     let mut last = String::new();
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -65,6 +100,8 @@ pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
             last = state.clone();
         }
         let ended = matches!(state.as_str(), "FINISHED" | "CANCELED" | "FAILED");
+        // The rows so far; once it ended, all of them.
+        while !print_results(m, &id, &mut next_row, &mut rows)? && ended {}
         if state == "RUNNING" && Instant::now() >= next_progress {
             next_progress = Instant::now() + PROGRESS_EVERY;
             let events = source_records(&v);
@@ -94,7 +131,7 @@ pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
             print_checkpoints(m, &id);
         }
         match state.as_str() {
-            "FINISHED" | "CANCELED" => return Ok(true),
+            "FINISHED" | "CANCELED" => return Ok((true, rows)),
             "FAILED" => {
                 let e = call(
                     agent().get(&format!("http://{m}/jobs/{id}/exceptions")),
@@ -106,7 +143,7 @@ pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
                         .as_str()
                         .unwrap_or("no exception recorded")
                 );
-                return Ok(false);
+                return Ok((false, rows));
             }
             _ => std::thread::sleep(Duration::from_millis(200)),
         }

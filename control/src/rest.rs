@@ -64,6 +64,7 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
         .route("/jobs/overview", get(jobs_overview))
         .route("/jobs/{id}", get(job).patch(patch_job))
         .route("/jobs/{id}/status", get(job_status))
+        .route("/jobs/{id}/results", get(job_results))
         .route("/jobs/{id}/metrics", get(job_metrics))
         .route("/jobs/{id}/plan", get(job_plan))
         .route("/jobs/{id}/config", get(job_config))
@@ -934,6 +935,49 @@ async fn job_status(State(st): State<SharedState>, Path(id): Path<String>) -> Re
         Ok(j) => Json(json!({ "status": j.state.name() })).into_response(),
         Err(r) => *r,
     }
+}
+
+/// A job's `SELECT` rows from number `from` on (spate's own endpoint: what `spate
+/// run` and `spate sql` show of a query on a cluster): at most 10 000 per answer,
+/// with the number to ask from next and how many rows the JobManager no longer holds.
+async fn job_results(
+    State(st): State<SharedState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let from = match q.get("from").map(|f| f.parse::<u64>()) {
+        None => 0,
+        Some(Ok(f)) => f,
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "'from' takes a row number (0 or more)".to_string(),
+            )
+        }
+    };
+    let st = lock(&st);
+    let j = match find_job(&st, &id) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let first = j.results_dropped;
+    let end = first + j.results.len() as u64;
+    let start = from.clamp(first, end);
+    let lines: Vec<&String> = j
+        .results
+        .iter()
+        .skip((start - first) as usize)
+        .take(10_000)
+        .collect();
+    let next = start + lines.len() as u64;
+    Json(json!({
+        "from": start,
+        "next": next,
+        "dropped": first,
+        "end": end,
+        "lines": lines,
+    }))
+    .into_response()
 }
 
 async fn job_plan(State(st): State<SharedState>, Path(id): Path<String>) -> Response {

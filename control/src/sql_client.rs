@@ -252,11 +252,11 @@ impl Client {
                 if mode == Some("table") && self.args.jobmanager.is_none() {
                     return self.table_result(&first.text, &rel.schema);
                 }
-                if tableau && self.args.jobmanager.is_none() {
+                if tableau {
                     println!("{}", sql::tableau_header(&rel.schema, &widths));
                 }
                 let rows = self.job(&first.text, false)?;
-                if tableau && self.args.jobmanager.is_none() {
+                if tableau {
                     println!("{}", sql::tableau_footer(&widths));
                     if let Some(n) = rows {
                         println!(
@@ -329,13 +329,13 @@ impl Client {
         spec.parallelism = self.args.parallelism;
         if let Some(m) = &self.args.jobmanager {
             spec.config = self.args.defines.clone();
-            if !insert {
-                println!(
-                    "[INFO] A SELECT on a cluster prints its rows on the TaskManagers' standard output."
-                );
+            // A SELECT's rows come back through the JobManager as the job runs.
+            let (ok, rows) = crate::cli_client::run_counting(m, &spec, insert)
+                .map_err(|e| fail(format!("{e:#}")))?;
+            if !ok {
+                return Err(fail("the job failed".into()));
             }
-            crate::cli_client::run(m, &spec, insert).map_err(|e| fail(format!("{e:#}")))?;
-            return Ok(None);
+            return Ok((!insert).then_some(rows));
         }
         spec.runtime_mode = Some(self.config.runtime_mode);
         spec.auto_watermark_interval_ns =

@@ -220,6 +220,11 @@ pub struct JobEntry {
     pub exceptions: Vec<ExceptionEntry>,
     /// Whether older failures were dropped.
     pub exceptions_truncated: bool,
+    /// Rows its `SELECT`s produced, for the client (the last
+    /// [`crate::sql::results::HELD`]), and how many came before them.
+    pub results: std::collections::VecDeque<String>,
+    /// Rows dropped from the front of `results`.
+    pub results_dropped: u64,
     strategy: Box<dyn RestartBackoffTimeStrategy>,
     /// The strategy already refused (a region failure): fail when the tasks have ended.
     strategy_exhausted: bool,
@@ -1152,6 +1157,8 @@ impl JobManager {
             past_latency: None,
             exceptions: Vec::new(),
             exceptions_truncated: false,
+            results: std::collections::VecDeque::new(),
+            results_dropped: 0,
             strategy: restart::from_config(jc),
             strategy_exhausted: false,
             restart_at: None,
@@ -1981,6 +1988,20 @@ impl JobManager {
                             c.task_ended();
                             CoordinatorVerdict::Continue
                         });
+                    }
+                }
+                TmToJm::Results { job_id, lines } => {
+                    // Only a registered TaskManager's; kept with the job.
+                    if !self.conns.contains_key(&conn) {
+                        return;
+                    }
+                    let mut st = lock(&self.state);
+                    if let Some(j) = st.jobs.get_mut(&job_id) {
+                        j.results.extend(lines);
+                        while j.results.len() > crate::sql::results::HELD {
+                            j.results.pop_front();
+                            j.results_dropped += 1;
+                        }
                     }
                 }
                 TmToJm::DeclineCheckpoint {

@@ -100,6 +100,13 @@ pub enum TmToJm {
         /// Its attempt.
         attempt: u32,
     },
+    /// Rows a job's `SELECT` sinks wrote here, formatted, for the client.
+    Results {
+        /// The job.
+        job_id: String,
+        /// The rows, in the order written.
+        lines: Vec<String>,
+    },
     /// A subtask could not take part in a checkpoint (its state cannot be shipped).
     DeclineCheckpoint {
         /// Which subtask.

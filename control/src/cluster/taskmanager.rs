@@ -631,6 +631,7 @@ impl TaskManager {
                 };
             }
             if let Link::Registered { conn, .. } = &link {
+                self.send_results();
                 if Instant::now() >= next_beat {
                     next_beat = Instant::now() + interval;
                     let tasks = self
@@ -726,7 +727,25 @@ impl TaskManager {
         }
     }
 
+    /// Sends the rows `SELECT` sinks wrote since last time (before a task's state:
+    /// the JobManager has a finished job's rows when it learns it finished).
+    fn send_results(&self) {
+        let Some(conn) = self.jm else { return };
+        for (job_id, lines) in crate::sql::results::take() {
+            for chunk in lines.chunks(4096) {
+                self.endpoint.send(
+                    conn,
+                    TmToJm::Results {
+                        job_id: job_id.clone(),
+                        lines: chunk.to_vec(),
+                    },
+                );
+            }
+        }
+    }
+
     fn report(&self, id: Option<TaskId>, task: TaskKey, state: TaskState) {
+        self.send_results();
         if let Some(conn) = self.jm {
             let records = match id {
                 Some(id) => self.records(id, task.clone()),
@@ -793,11 +812,14 @@ impl TaskManager {
             self.report(None, key, failed);
             return;
         }
+        // A SELECT's sink keeps its rows for the client, by job.
+        crate::sql::results::declaring_for(Some(key.job_id.clone()));
         let built = super::deploy::job_graph(d).and_then(|g| {
             let sinks = g.stream.metrics.clone();
             super::deploy::build(d, &g, &self.net, self.config.task_settings())
                 .map(|deployment| (deployment, sinks))
         });
+        crate::sql::results::declaring_for(None);
         match built {
             Ok((mut deployment, sinks)) => {
                 if let Some(c) = &d.checkpointing {

@@ -296,18 +296,38 @@ impl Session {
             match self.execute(env, &p)? {
                 Outcome::Query(rel) => {
                     let mode = self.config.get(RESULT_MODE).map(String::as_str);
-                    if mode == Some("tableau") {
-                        let widths = tableau_widths(&rel.schema);
-                        rel.stream
-                            .map(move |r: types::Row| connector::Line(tableau_row(&widths, &r)))
-                            .name("Format")
-                            .print()
-                            .name("Sink: tableau")
-                            .set_parallelism(1);
-                    } else if let Some(buf) = mode.filter(|m| *m == "table").and(table_sink()) {
+                    if let Some(buf) = mode.filter(|m| *m == "table").and(table_sink()) {
+                        // The SQL client's own process: it shows the table.
                         rel.stream.collect(buf).name("Sink: table result");
                     } else {
-                        connector::print_rel(&rel);
+                        // Rows as the client shows them. The JobManager and the
+                        // TaskManagers declare the same graph; on a TaskManager the rows
+                        // go to the client through the JobManager, elsewhere to the
+                        // standard output.
+                        let tableau = mode == Some("tableau");
+                        let widths = tableau_widths(&rel.schema);
+                        let lines = rel
+                            .stream
+                            .map(move |r: types::Row| {
+                                connector::Line(if tableau {
+                                    tableau_row(&widths, &r)
+                                } else {
+                                    format!("{r:?}")
+                                })
+                            })
+                            .name("Format");
+                        let name = if tableau {
+                            "Sink: tableau"
+                        } else {
+                            "Sink: print"
+                        };
+                        let sink = match results::declaring() {
+                            Some(job) => lines.collect(results::buffer(&job)).name(name),
+                            None => lines.print().name(name),
+                        };
+                        if tableau {
+                            sink.set_parallelism(1);
+                        }
                     }
                     queries += 1;
                 }
@@ -715,6 +735,63 @@ impl Session {
 /// client's tables, `changelog` as Flink's `print` rows (`+I[...]`), `table` as a
 /// table the SQL client keeps up to date (elsewhere, as `changelog`).
 pub const RESULT_MODE: &str = "sql-client.execution.result-mode";
+
+/// The rows of `SELECT`s that run on a cluster, on their way to the client: the
+/// TaskManager declares a deployment's job with [`results::declaring_for`] set, the
+/// job's `SELECT` sinks append formatted rows to the job's buffer, and the
+/// TaskManager [`results::take`]s them to the JobManager, which serves them to the
+/// client (`GET /jobs/:id/results`).
+pub mod results {
+    use super::connector::Line;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    /// Rows a TaskManager holds for one job at most (older ones are dropped when the
+    /// JobManager cannot take them).
+    pub const HELD: usize = 100_000;
+
+    thread_local! {
+        static DECLARING: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+
+    type Buffer = Arc<Mutex<Vec<Line>>>;
+    static BUFFERS: Mutex<BTreeMap<String, Buffer>> = Mutex::new(BTreeMap::new());
+
+    /// Marks the jobs this thread declares as job `job`'s (`None`: no job's).
+    pub fn declaring_for(job: Option<String>) {
+        DECLARING.with(|d| *d.borrow_mut() = job);
+    }
+
+    pub(super) fn declaring() -> Option<String> {
+        DECLARING.with(|d| d.borrow().clone())
+    }
+
+    pub(super) fn buffer(job: &str) -> Buffer {
+        let mut b = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+        b.entry(job.to_string()).or_default().clone()
+    }
+
+    /// The rows each job's sinks wrote since the last call, by job; buffers no sink
+    /// holds any more are dropped once empty.
+    pub fn take() -> Vec<(String, Vec<String>)> {
+        let mut b = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        b.retain(|job, buf| {
+            let mut rows = buf.lock().unwrap_or_else(|e| e.into_inner());
+            if !rows.is_empty() {
+                let skip = rows.len().saturating_sub(HELD);
+                out.push((
+                    job.clone(),
+                    rows.drain(..).skip(skip).map(|l| l.0).collect(),
+                ));
+            }
+            drop(rows);
+            Arc::strong_count(buf) > 1
+        });
+        out
+    }
+}
 
 /// Where a `SELECT` in `table` result mode sends its rows: the SQL client installs a
 /// buffer before it runs the job in its own process, and shows the table from it.
