@@ -669,29 +669,47 @@ impl<'a> Planner<'a> {
             let mut left = qualify(left.materialize().map_err(|e| placed(e, &twj.relation))?, q);
             for j in &twj.joins {
                 use sqlparser::ast::{JoinConstraint, JoinOperator};
-                let on = match &j.join_operator {
+                // (The ON condition, and which sides keep their unmatched rows.)
+                let (on, outer) = match &j.join_operator {
                     JoinOperator::Join(JoinConstraint::On(e))
-                    | JoinOperator::Inner(JoinConstraint::On(e)) => e,
-                    JoinOperator::Join(_) | JoinOperator::Inner(_) => {
+                    | JoinOperator::Inner(JoinConstraint::On(e)) => (e, (false, false)),
+                    JoinOperator::Left(JoinConstraint::On(e))
+                    | JoinOperator::LeftOuter(JoinConstraint::On(e)) => (e, (true, false)),
+                    JoinOperator::Right(JoinConstraint::On(e))
+                    | JoinOperator::RightOuter(JoinConstraint::On(e)) => (e, (false, true)),
+                    JoinOperator::FullOuter(JoinConstraint::On(e)) => (e, (true, true)),
+                    JoinOperator::Join(_)
+                    | JoinOperator::Inner(_)
+                    | JoinOperator::Left(_)
+                    | JoinOperator::LeftOuter(_)
+                    | JoinOperator::Right(_)
+                    | JoinOperator::RightOuter(_)
+                    | JoinOperator::FullOuter(_) => {
                         return Err(err_at(
                             &j.relation,
-                            "unsupported: a join without ON (spate runs INNER JOIN ... ON)",
+                            "unsupported: a join without ON (spate runs [INNER | LEFT | RIGHT | FULL] JOIN ... ON)",
                         ))
                     }
                     _ => {
                         return Err(err_at(
                             &j.relation,
-                            "unsupported: outer, cross, semi and lateral joins (spate runs INNER JOIN ... ON; interval and window joins are open work)",
+                            "unsupported: cross, semi, anti and lateral joins (spate runs [INNER | LEFT | RIGHT | FULL] JOIN ... ON)",
                         ))
                     }
                 };
                 if let Some((table, time, q)) = lookup_of(&j.relation)? {
+                    if outer != (false, false) {
+                        return Err(err_at(
+                            &j.relation,
+                            "unsupported: an outer lookup join (spate runs JOIN t FOR SYSTEM_TIME AS OF ...)",
+                        ));
+                    }
                     left = self.lookup_join(left, &table, time, q, on)?;
                     continue;
                 }
                 let (right, q) = self.factor(env, &j.relation)?;
                 let right = qualify(right.materialize().map_err(|e| placed(e, &j.relation))?, q);
-                left = join(left, right, on)?;
+                left = join_kind(left, right, on, outer)?;
             }
             return Ok(left);
         }
@@ -2210,7 +2228,15 @@ fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
 /// columns (and any other conditions of `on` over the joined row): per key, each side
 /// keeps its rows, and a row joins every row of the other side seen so far.
 fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
+    join_kind(left, right, on, (false, false))
+}
+
+/// As [`join`]; `outer` says which sides keep their unmatched rows (LEFT, RIGHT,
+/// FULL): such a row goes out with NULLs for the other side, and is retracted when a
+/// partner comes (so an outer join's rows are a changelog).
+fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Rel, SqlError> {
     let (left, right) = (left.flush(), right.flush());
+    let arity = (left.schema.len(), right.schema.len());
     if !left.append_only || !right.append_only {
         return Err(err_at(
             on,
@@ -2284,7 +2310,10 @@ fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
     // An interval join: conditions that bound one side's event time by the other's
     // (`l.ts BETWEEN r.ts - INTERVAL .. AND r.ts + INTERVAL ..`, or `>=`/`<=` pairs).
     let mut interval: (Option<i64>, Option<i64>) = (None, None);
-    if window_ends.is_none() {
+    if outer != (false, false) {
+        // An outer join runs as a regular join (it keeps every row).
+        window_ends = None;
+    } else if window_ends.is_none() {
         if let (Some(lt), Some(rt)) = (left.rowtime, right.rowtime) {
             let mut rest = Vec::new();
             for c in residual {
@@ -2374,16 +2403,24 @@ fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
                 .process(RegularJoin {
                     checks,
                     ends: window_ends,
+                    outer,
+                    arity,
                 })
                 .name(if window_ends.is_some() {
                     "WindowJoin"
                 } else {
                     "Join"
                 });
+            let kind = match outer {
+                (false, false) => "InnerJoin",
+                (true, false) => "LeftOuterJoin",
+                (false, true) => "RightOuterJoin",
+                (true, true) => "FullOuterJoin",
+            };
             let label = if window_ends.is_some() {
-                format!("WindowJoin(joinType=[InnerJoin], where=[{on}])")
+                format!("WindowJoin(joinType=[{kind}], where=[{on}])")
             } else {
-                format!("Join(joinType=[InnerJoin], where=[{on}])")
+                format!("Join(joinType=[{kind}], where=[{on}])")
             };
             (stream, label)
         }
@@ -2392,7 +2429,7 @@ fn join(left: Rel, right: Rel, on: &Expr) -> Result<Rel, SqlError> {
         stream,
         schema,
         rowtime: None,
-        append_only: true,
+        append_only: outer == (false, false),
         plan: PlanNode::new(label, vec![left.plan, right.plan]),
         window: None,
         calc: None,
@@ -2602,13 +2639,33 @@ struct RegularJoin {
     /// Conditions of ON besides the key equalities, over the joined row.
     checks: Arc<Vec<Eval>>,
     ends: Option<(usize, usize)>,
+    /// Whether the left and the right side keep their unmatched rows.
+    outer: (bool, bool),
+    /// Columns of each side (for the NULLs of an unmatched row's other side).
+    arity: (usize, usize),
 }
 
-/// Per key: the rows of each side so far (keyed state: checkpoints write it).
+/// Per key: the rows of each side so far, and (for outer joins) how many partners
+/// each has (keyed state: checkpoints write it).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct JoinState {
     left: Vec<Row>,
     right: Vec<Row>,
+    left_matches: Vec<u32>,
+    right_matches: Vec<u32>,
+}
+
+/// `row` with NULLs for the other side's `n` columns (after it, or before it).
+fn padded(row: &Row, n: usize, before: bool, kind: RowKind) -> Row {
+    let mut values = Vec::with_capacity(row.values.len() + n);
+    if before {
+        values.extend(std::iter::repeat_n(Value::Null, n));
+        values.extend(row.values.iter().cloned());
+    } else {
+        values.extend(row.values.iter().cloned());
+        values.extend(std::iter::repeat_n(Value::Null, n));
+    }
+    Row { kind, values }
 }
 
 impl RegularJoin {
@@ -2639,19 +2696,37 @@ impl spate_dataplane::operator::keyed::KeyedCoProcessFunction for RegularJoin {
         state: &mut JoinState,
         ctx: &mut Context<'_, Vec<Value>, Row>,
     ) {
-        // NULL equals nothing: such a row joins no row.
+        // NULL equals nothing: such a row joins no row (an outer side keeps it).
         if ctx.current_key().iter().any(Value::is_null) {
+            if self.outer.0 {
+                ctx.collect(padded(&value, self.arity.1, false, RowKind::Insert));
+            }
             return;
         }
         if let Some((l, _)) = self.ends {
             self.expire(state, &value, l, ctx);
         }
-        for r in &state.right {
+        let mut matches = 0u32;
+        for (k, r) in state.right.iter().enumerate() {
             if let Some(row) = joined_row(&value, r, &self.checks) {
+                if self.outer.1 && state.right_matches.get(k) == Some(&0) {
+                    // The right row had no partner: its NULL-padded row goes.
+                    ctx.collect(padded(r, self.arity.0, true, RowKind::Delete));
+                }
+                if let Some(m) = state.right_matches.get_mut(k) {
+                    *m += 1;
+                }
+                matches += 1;
                 ctx.collect(row);
             }
         }
+        if self.outer.0 && matches == 0 {
+            ctx.collect(padded(&value, self.arity.1, false, RowKind::Insert));
+        }
         state.left.push(value);
+        if self.outer != (false, false) {
+            state.left_matches.push(matches);
+        }
     }
 
     fn process_element2(
@@ -2661,17 +2736,34 @@ impl spate_dataplane::operator::keyed::KeyedCoProcessFunction for RegularJoin {
         ctx: &mut Context<'_, Vec<Value>, Row>,
     ) {
         if ctx.current_key().iter().any(Value::is_null) {
+            if self.outer.1 {
+                ctx.collect(padded(&value, self.arity.0, true, RowKind::Insert));
+            }
             return;
         }
         if let Some((_, r)) = self.ends {
             self.expire(state, &value, r, ctx);
         }
-        for l in &state.left {
+        let mut matches = 0u32;
+        for (k, l) in state.left.iter().enumerate() {
             if let Some(row) = joined_row(l, &value, &self.checks) {
+                if self.outer.0 && state.left_matches.get(k) == Some(&0) {
+                    ctx.collect(padded(l, self.arity.1, false, RowKind::Delete));
+                }
+                if let Some(m) = state.left_matches.get_mut(k) {
+                    *m += 1;
+                }
+                matches += 1;
                 ctx.collect(row);
             }
         }
+        if self.outer.1 && matches == 0 {
+            ctx.collect(padded(&value, self.arity.0, true, RowKind::Insert));
+        }
         state.right.push(value);
+        if self.outer != (false, false) {
+            state.right_matches.push(matches);
+        }
     }
 
     fn on_timer(&mut self, _: u64, _: &mut JoinState, ctx: &mut Context<'_, Vec<Value>, Row>) {
