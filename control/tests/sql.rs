@@ -603,6 +603,75 @@ fn outer_joins_end_at_the_reference() {
 }
 
 #[test]
+fn over_aggregates_equal_the_reference() {
+    for p in [1, 2] {
+        let (rows, session) = run_query(
+            "SELECT auction, ts, price, \
+               SUM(price) OVER w10 AS s, MAX(price) OVER w10 AS m, COUNT(*) OVER w10 AS n \
+             FROM bids WINDOW w10 AS (PARTITION BY auction ORDER BY ts RANGE BETWEEN INTERVAL '10' MILLISECOND PRECEDING AND CURRENT ROW);",
+            p,
+        );
+        let all = reference_rows(&session);
+        let mut by_auction: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for r in &all {
+            by_auction
+                .entry(int(&r.values[0]))
+                .or_default()
+                .push((int(&r.values[3]), int(&r.values[1])));
+        }
+        let mut want = Vec::new();
+        for (a, rows) in &by_auction {
+            for (ts, price) in rows {
+                let frame: Vec<i64> = rows
+                    .iter()
+                    .filter(|(t, _)| *t >= ts - 10 && *t <= *ts)
+                    .map(|(_, p)| *p)
+                    .collect();
+                want.push(vec![
+                    Value::Int(*a),
+                    Value::Ts(*ts),
+                    Value::Int(*price),
+                    Value::Int(frame.iter().sum()),
+                    Value::Int(*frame.iter().max().unwrap()),
+                    Value::Int(frame.len() as i64),
+                ]);
+            }
+        }
+        assert!(rows.iter().all(|r| r.kind == RowKind::Insert));
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(got.len(), ROWS as usize, "p={p}");
+        assert_eq!(sorted(got), sorted(want), "RANGE, p={p}");
+        // ROWS: the row and the two before it in time (no ties at one auction's
+        // times here: each auction's rows keep their times apart).
+        let (rows, session) = run_query(
+            "SELECT auction, ts, AVG(price) OVER (PARTITION BY auction ORDER BY ts ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) \
+             FROM bids WHERE auction = 3;",
+            p,
+        );
+        let mut mine: Vec<(i64, i64)> = reference_rows(&session)
+            .iter()
+            .filter(|r| int(&r.values[0]) == 3)
+            .map(|r| (int(&r.values[3]), int(&r.values[1])))
+            .collect();
+        mine.sort();
+        let distinct: HashSet<i64> = mine.iter().map(|m| m.0).collect();
+        if distinct.len() == mine.len() {
+            let want: Vec<Vec<Value>> = (0..mine.len())
+                .map(|i| {
+                    let frame = &mine[i.saturating_sub(2)..=i];
+                    let avg = frame.iter().map(|m| m.1).sum::<i64>() / frame.len() as i64;
+                    vec![Value::Int(3), Value::Ts(mine[i].0), Value::Int(avg)]
+                })
+                .collect();
+            let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+            assert_eq!(sorted(got), sorted(want), "ROWS, p={p}");
+        } else {
+            assert_eq!(rows.len(), mine.len(), "ROWS, p={p}");
+        }
+    }
+}
+
+#[test]
 fn unbounded_group_by_emits_a_changelog_that_ends_at_the_reference() {
     for p in [1, 2] {
         let (rows, session) = run_query(
@@ -1827,6 +1896,23 @@ fn what_a_user_types_gives_errors_not_panics_and_right_results() {
             "no column 'c'",
         ),
         ("SET 'sql-client.execution.result-mode' = 'tables';", "not a result mode"),
+        (
+            "SELECT SUM(price) OVER (PARTITION BY auction ORDER BY price) FROM bids;",
+            "ordered by a time attribute",
+        ),
+        (
+            "SELECT SUM(price) OVER (ORDER BY ts), COUNT(*) OVER (PARTITION BY auction ORDER BY ts) FROM bids;",
+            "different windows",
+        ),
+        (
+            "SELECT SUM(price) OVER (ORDER BY ts ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) FROM bids;",
+            "ends after CURRENT ROW",
+        ),
+        ("SELECT SUM(price) OVER w FROM bids;", "no window 'w'"),
+        (
+            "SELECT auction, SUM(price) OVER (ORDER BY ts) FROM bids GROUP BY auction;",
+            "beside GROUP BY",
+        ),
     ] {
         let env = StreamExecutionEnvironment::new("sql");
         let mut session = Session::new();

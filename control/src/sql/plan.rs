@@ -1149,6 +1149,22 @@ impl<'a> Planner<'a> {
             Some(w) if !where_in_joins(s) => input.filter(w)?,
             _ => input,
         };
+        let mut overs: Vec<&sqlparser::ast::Function> = Vec::new();
+        for item in &s.projection {
+            if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+                collect_over(e, &mut overs);
+            }
+        }
+        if let Some(f) = overs.first() {
+            if !group_by.is_empty() || !aggs.is_empty() || s.having.is_some() {
+                return Err(err_at(
+                    *f,
+                    "unsupported: OVER aggregates beside GROUP BY or other aggregates",
+                ));
+            }
+            let input = input.materialize().map_err(|e| placed(e, s))?;
+            return over_aggregate(input, &overs, s);
+        }
         if group_by.is_empty() && aggs.is_empty() {
             if s.having.is_some() {
                 return Err(err_at(s, "HAVING needs GROUP BY or an aggregate"));
@@ -1283,10 +1299,8 @@ impl<'a> Planner<'a> {
             if let Expr::Function(f) = e {
                 if let Some(over) = &f.over {
                     if expr::function_name(f) != "ROW_NUMBER" {
-                        return Err(err_at(
-                            e,
-                            "unsupported: OVER aggregates (spate runs ROW_NUMBER() for Top-N and deduplication)",
-                        ));
+                        // An OVER aggregate: the subquery plans it.
+                        continue;
                     }
                     let Some(alias) = alias else {
                         return Err(err_at(
@@ -2123,6 +2137,372 @@ fn where_in_joins(s: &Select) -> bool {
     s.from.len() > 1 || pooled_joins(s).is_some()
 }
 
+/// An OVER window's frame.
+#[derive(Clone, Copy, Debug)]
+enum Frame {
+    /// `ROWS BETWEEN n PRECEDING AND CURRENT ROW`.
+    Rows(usize),
+    /// `RANGE BETWEEN INTERVAL ... PRECEDING AND CURRENT ROW` (ms).
+    Range(i64),
+    /// `... UNBOUNDED PRECEDING AND CURRENT ROW`.
+    Unbounded,
+}
+
+/// `agg(x) OVER (PARTITION BY k ORDER BY time [frame])` (Flink's OVER aggregates: every
+/// call of the query over one window, ordered by a time attribute): each row goes out
+/// with the aggregates over the rows of its partition in its frame, in time order (in
+/// event time, once the watermark passes the row).
+fn over_aggregate(
+    input: Rel,
+    overs: &[&sqlparser::ast::Function],
+    s: &Select,
+) -> Result<Rel, SqlError> {
+    use sqlparser::ast::{WindowFrameBound, WindowFrameUnits, WindowType};
+    let spec_of = |f: &sqlparser::ast::Function| match &f.over {
+        Some(WindowType::WindowSpec(spec)) => Ok(spec.clone()),
+        // `OVER w` with `WINDOW w AS (...)`.
+        Some(WindowType::NamedWindow(name)) => s
+            .named_window
+            .iter()
+            .find(|d| d.0.value.eq_ignore_ascii_case(&name.value))
+            .and_then(|d| match &d.1 {
+                sqlparser::ast::NamedWindowExpr::WindowSpec(spec) => Some(spec.clone()),
+                sqlparser::ast::NamedWindowExpr::NamedWindow(_) => None,
+            })
+            .ok_or_else(|| {
+                err_at(
+                    f,
+                    format!(
+                        "no window '{}' (declare it: WINDOW {} AS (PARTITION BY ... ORDER BY ...))",
+                        name.value, name.value
+                    ),
+                )
+            }),
+        None => Err(err_at(f, "an OVER aggregate needs its window")),
+    };
+    let spec = spec_of(overs[0])?;
+    for f in &overs[1..] {
+        if spec_of(f)?.to_string() != spec.to_string() {
+            return Err(err_at(
+                *f,
+                "unsupported: OVER aggregates over different windows in one query",
+            ));
+        }
+    }
+    let scope = Scope::new(&input.schema);
+    let [order] = spec.order_by.as_slice() else {
+        return Err(err_at(
+            overs[0],
+            "an OVER window is ordered by one time attribute: ORDER BY ts",
+        ));
+    };
+    let time = scope.resolve(&order.expr);
+    let processing = time.is_some_and(|t| input.schema[t].proctime);
+    let time = match time {
+        Some(t)
+            if (input.rowtime == Some(t) || processing)
+                && !matches!(order.options.sort, Some(sqlparser::ast::OrderBySort::Desc)) =>
+        {
+            t
+        }
+        _ => {
+            return Err(err_at(
+                &order.expr,
+                "an OVER window is ordered by a time attribute (a WATERMARK or PROCTIME() column), ascending",
+            ))
+        }
+    };
+    let frame = match &spec.window_frame {
+        None => Frame::Unbounded,
+        Some(f) => {
+            if !matches!(f.end_bound, None | Some(WindowFrameBound::CurrentRow)) {
+                return Err(err_at(
+                    overs[0],
+                    "unsupported: an OVER frame that ends after CURRENT ROW",
+                ));
+            }
+            match (&f.units, &f.start_bound) {
+                (_, WindowFrameBound::Preceding(None)) => Frame::Unbounded,
+                (WindowFrameUnits::Rows, WindowFrameBound::Preceding(Some(n))) => {
+                    let n = match n.as_ref() {
+                        Expr::Value(v) => match &v.value {
+                            sqlparser::ast::Value::Number(n, _) => n.parse::<usize>().ok(),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    match n {
+                        Some(n) if n <= 100_000 => Frame::Rows(n),
+                        _ => {
+                            return Err(err_at(
+                                overs[0],
+                                "ROWS BETWEEN n PRECEDING takes n from 0 to 100000",
+                            ))
+                        }
+                    }
+                }
+                (WindowFrameUnits::Rows, WindowFrameBound::CurrentRow) => Frame::Rows(0),
+                (WindowFrameUnits::Range, WindowFrameBound::Preceding(Some(x))) => {
+                    match x.as_ref() {
+                        Expr::Interval(iv) => Frame::Range(expr::interval_ms(iv, x)?.max(0)),
+                        other => {
+                            return Err(err_at(
+                                other,
+                                "RANGE BETWEEN takes an INTERVAL ... PRECEDING",
+                            ))
+                        }
+                    }
+                }
+                (WindowFrameUnits::Range, WindowFrameBound::CurrentRow) => Frame::Range(0),
+                _ => {
+                    return Err(err_at(
+                        overs[0],
+                        "unsupported: this OVER frame (spate runs ROWS or RANGE ... PRECEDING AND CURRENT ROW)",
+                    ))
+                }
+            }
+        }
+    };
+    let bounded = !matches!(frame, Frame::Unbounded);
+    let mut calls = Vec::new();
+    let mut computed: HashMap<String, usize> = HashMap::new();
+    let mut columns = input.schema.clone();
+    for f in overs {
+        let text = Expr::Function((*f).clone()).to_string();
+        if computed.contains_key(&text) {
+            continue;
+        }
+        let mut plain = (*f).clone();
+        plain.over = None;
+        let mut call = AggCall::compile(&plain, &input.schema)?;
+        call.retracting = bounded;
+        computed.insert(text.clone(), columns.len());
+        columns.push(Column::new(text, call.out_ty));
+        calls.push(call);
+    }
+    let out_scope = Scope {
+        columns: &columns,
+        computed: Some(&computed),
+        bindings: None,
+        qualified: false,
+    };
+    let mut outs: Vec<Eval> = Vec::new();
+    let mut schema = Vec::new();
+    let mut rowtime = None;
+    for (k, item) in s.projection.iter().enumerate() {
+        match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                let c = expr::compile(e, &out_scope)?;
+                let col = out_scope.resolve(e);
+                if col.is_some() && col == input.rowtime {
+                    rowtime = Some(schema.len());
+                }
+                let name = match item {
+                    SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
+                    _ => output_name(e, k),
+                };
+                schema.push(Column::new(name, c.ty));
+                outs.push(c.eval);
+            }
+            SelectItem::Wildcard(_) => {
+                for (i, c) in input.schema.iter().enumerate() {
+                    if input.rowtime == Some(i) {
+                        rowtime = Some(schema.len());
+                    }
+                    schema.push(c.clone());
+                    outs.push(Arc::new(move |r: &Row| r.get(i).clone()));
+                }
+            }
+            other => return Err(err_at(other, "unsupported in a SELECT with OVER")),
+        }
+    }
+    let partition: Vec<Eval> = spec
+        .partition_by
+        .iter()
+        .map(|e| expr::compile(e, &scope).map(|c| c.eval))
+        .collect::<Result<_, _>>()?;
+    let partition = Arc::new(partition);
+    let outs = Arc::new(outs);
+    let stream = input
+        .stream
+        .key_by(move |r: &Row| partition.iter().map(|p| p(r)).collect::<Vec<Value>>())
+        .process(OverAggregate {
+            calls: Arc::new(calls),
+            time,
+            processing,
+            frame,
+        })
+        .name("OverAggregate")
+        .map(move |r: Row| Row {
+            kind: r.kind,
+            values: outs.iter().map(|o| o(&r)).collect(),
+        })
+        .name("Calc");
+    let stream = match rowtime {
+        Some(t) => stream.with_event_time(move |r: &Row| ts_ns(r.get(t))),
+        None => stream,
+    };
+    Ok(Rel {
+        stream,
+        schema,
+        rowtime,
+        append_only: true,
+        plan: PlanNode::new(
+            format!(
+                "OverAggregate(window=[{spec}], select=[{}])",
+                overs
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            vec![input.plan],
+        ),
+        window: None,
+        calc: None,
+    })
+}
+
+/// The OVER aggregate's operator (per partition).
+#[derive(Clone)]
+struct OverAggregate {
+    calls: Arc<Vec<AggCall>>,
+    /// The time column.
+    time: usize,
+    processing: bool,
+    frame: Frame,
+}
+
+/// Per partition: rows waiting for the watermark, the rows in the frame, and the
+/// aggregates over them.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct OverState {
+    pending: Vec<Row>,
+    frame: std::collections::VecDeque<Row>,
+    accs: Vec<Acc>,
+}
+
+impl OverAggregate {
+    fn ts(&self, r: &Row) -> i64 {
+        match r.get(self.time) {
+            Value::Ts(ms) => *ms,
+            _ => 0,
+        }
+    }
+
+    /// `rows` (of one time, in order) enter the frame and go out with the aggregates.
+    fn emit(&self, rows: Vec<Row>, st: &mut OverState, ctx: &mut Context<'_, Vec<Value>, Row>) {
+        if st.accs.len() != self.calls.len() {
+            st.accs = self.calls.iter().map(AggCall::fresh).collect();
+        }
+        let results = |st: &OverState| -> Vec<Value> {
+            self.calls
+                .iter()
+                .zip(&st.accs)
+                .map(|(c, a)| c.result(a))
+                .collect()
+        };
+        match self.frame {
+            Frame::Rows(n) => {
+                // Each row sees the n rows before it.
+                for r in rows {
+                    for (c, a) in self.calls.iter().zip(st.accs.iter_mut()) {
+                        c.add(&r, a);
+                    }
+                    st.frame.push_back(r.clone());
+                    while st.frame.len() > n + 1 {
+                        if let Some(old) = st.frame.pop_front() {
+                            for (c, a) in self.calls.iter().zip(st.accs.iter_mut()) {
+                                c.retract(&old, a);
+                            }
+                        }
+                    }
+                    let mut values = r.values;
+                    values.extend(results(st));
+                    ctx.collect(Row::insert(values));
+                }
+            }
+            Frame::Range(_) | Frame::Unbounded => {
+                // Rows of one time are peers: each sees them all.
+                let Some(t) = rows.first().map(|r| self.ts(r)) else {
+                    return;
+                };
+                for r in &rows {
+                    for (c, a) in self.calls.iter().zip(st.accs.iter_mut()) {
+                        c.add(r, a);
+                    }
+                }
+                if let Frame::Range(ms) = self.frame {
+                    st.frame.extend(rows.iter().cloned());
+                    while st
+                        .frame
+                        .front()
+                        .is_some_and(|o| self.ts(o) < t.saturating_sub(ms))
+                    {
+                        if let Some(old) = st.frame.pop_front() {
+                            for (c, a) in self.calls.iter().zip(st.accs.iter_mut()) {
+                                c.retract(&old, a);
+                            }
+                        }
+                    }
+                }
+                let out = results(st);
+                for r in rows {
+                    let mut values = r.values;
+                    values.extend(out.iter().cloned());
+                    ctx.collect(Row::insert(values));
+                }
+            }
+        }
+    }
+}
+
+impl KeyedProcessFunction for OverAggregate {
+    type Key = Vec<Value>;
+    type In = Row;
+    type Out = Row;
+    type State = OverState;
+
+    fn process_element(
+        &mut self,
+        value: Row,
+        st: &mut OverState,
+        ctx: &mut Context<'_, Vec<Value>, Row>,
+    ) {
+        if self.processing {
+            // In arrival order, as processing time has it.
+            self.emit(vec![value], st, ctx);
+            return;
+        }
+        let ts = ts_ns(value.get(self.time));
+        if ts <= ctx.current_watermark() && ctx.current_watermark() > 0 {
+            // Late: its frame has gone out already (Flink drops it too).
+            return;
+        }
+        ctx.register_event_time_timer(ts);
+        st.pending.push(value);
+    }
+
+    fn on_timer(&mut self, at: u64, st: &mut OverState, ctx: &mut Context<'_, Vec<Value>, Row>) {
+        let t = self.time;
+        let (mut due, rest): (Vec<Row>, Vec<Row>) = std::mem::take(&mut st.pending)
+            .into_iter()
+            .partition(|r| ts_ns(r.get(t)) <= at);
+        st.pending = rest;
+        due.sort_by_key(|r| ts_ns(r.get(t)));
+        let mut group: Vec<Row> = Vec::new();
+        for r in due {
+            if group.first().is_some_and(|g| self.ts(g) != self.ts(&r)) {
+                self.emit(std::mem::take(&mut group), st, ctx);
+            }
+            group.push(r);
+        }
+        if !group.is_empty() {
+            self.emit(group, st, ctx);
+        }
+    }
+}
+
 /// A lookup table's name, the time it is looked up as of, and its qualifier.
 type Lookup<'e> = (sqlparser::ast::ObjectName, &'e Expr, Option<String>);
 
@@ -2847,8 +3227,24 @@ fn column_names(e: &Expr, out: &mut Vec<String>) {
 /// The aggregate calls in `e` (not inside another aggregate).
 fn collect_aggregates<'e>(e: &'e Expr, out: &mut Vec<&'e sqlparser::ast::Function>) {
     match e {
-        Expr::Function(f) if AGGREGATES.contains(&expr::function_name(f).as_str()) => out.push(f),
+        Expr::Function(f)
+            if f.over.is_none() && AGGREGATES.contains(&expr::function_name(f).as_str()) =>
+        {
+            out.push(f)
+        }
         other => for_each_operand(other, |x| collect_aggregates(x, out)),
+    }
+}
+
+/// The aggregate calls with OVER in `e`.
+fn collect_over<'e>(e: &'e Expr, out: &mut Vec<&'e sqlparser::ast::Function>) {
+    match e {
+        Expr::Function(f)
+            if f.over.is_some() && AGGREGATES.contains(&expr::function_name(f).as_str()) =>
+        {
+            out.push(f)
+        }
+        other => for_each_operand(other, |x| collect_over(x, out)),
     }
 }
 
