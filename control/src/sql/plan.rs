@@ -1939,6 +1939,12 @@ fn order_and_limit(rel: Rel, q: &Query) -> Result<Rel, SqlError> {
             order.push((expr::compile(&o.expr, &scope)?.eval, desc));
         }
     }
+    if q.order_by.is_some() && !rel.append_only {
+        return Err(err_at(
+            q,
+            "unsupported: ORDER BY of an updating input (a changelog with retractions)",
+        ));
+    }
     let keyed = |rel: &Rel| rel.stream.key_by(|_: &Row| Vec::<Value>::new());
     let text = |x: &dyn std::fmt::Display| x.to_string();
     match (q.order_by.as_ref(), by_time, limit) {
@@ -2158,6 +2164,12 @@ fn over_aggregate(
     s: &Select,
 ) -> Result<Rel, SqlError> {
     use sqlparser::ast::{WindowFrameBound, WindowFrameUnits, WindowType};
+    if !input.append_only {
+        return Err(err_at(
+            overs[0],
+            "unsupported: an OVER aggregate of an updating input (a changelog with retractions)",
+        ));
+    }
     let spec_of = |f: &sqlparser::ast::Function| match &f.over {
         Some(WindowType::WindowSpec(spec)) => Ok(spec.clone()),
         // `OVER w` with `WINDOW w AS (...)`.
