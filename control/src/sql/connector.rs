@@ -531,8 +531,12 @@ impl FileTable {
         let mut out = Vec::with_capacity(self.keys.len());
         for &k in &self.keys {
             let c = &self.cols[k];
-            let seg = file
-                .parent()
+            // Only the directories under the table's own path name partitions.
+            let under = file
+                .strip_prefix(&self.format.path)
+                .unwrap_or(file)
+                .parent();
+            let seg = under
                 .into_iter()
                 .flat_map(|p| p.components())
                 .filter_map(|x| x.as_os_str().to_str())
