@@ -225,6 +225,8 @@ pub struct JobEntry {
     pub results: std::collections::VecDeque<String>,
     /// Rows dropped from the front of `results`.
     pub results_dropped: u64,
+    /// Bytes of `results`.
+    pub results_bytes: usize,
     strategy: Box<dyn RestartBackoffTimeStrategy>,
     /// The strategy already refused (a region failure): fail when the tasks have ended.
     strategy_exhausted: bool,
@@ -1159,6 +1161,7 @@ impl JobManager {
             exceptions_truncated: false,
             results: std::collections::VecDeque::new(),
             results_dropped: 0,
+            results_bytes: 0,
             strategy: restart::from_config(jc),
             strategy_exhausted: false,
             restart_at: None,
@@ -1997,9 +2000,18 @@ impl JobManager {
                     }
                     let mut st = lock(&self.state);
                     if let Some(j) = st.jobs.get_mut(&job_id) {
-                        j.results.extend(lines);
-                        while j.results.len() > crate::sql::results::HELD {
-                            j.results.pop_front();
+                        for l in lines {
+                            j.results_bytes += l.len();
+                            j.results.push_back(l);
+                        }
+                        // The last rows, as many as fit in the count and the bytes.
+                        while j.results.len() > crate::sql::results::HELD
+                            || j.results_bytes > crate::sql::results::HELD_BYTES
+                        {
+                            let Some(old) = j.results.pop_front() else {
+                                break;
+                            };
+                            j.results_bytes -= old.len();
                             j.results_dropped += 1;
                         }
                     }

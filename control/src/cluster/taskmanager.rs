@@ -731,13 +731,41 @@ impl TaskManager {
     /// the JobManager has a finished job's rows when it learns it finished).
     fn send_results(&self) {
         let Some(conn) = self.jm else { return };
+        // Messages of at most about 1 MiB of rows (frames have a size limit), each row
+        // at most 64 KiB (longer ones are cut, marked with an ellipsis).
+        const CHUNK: usize = 1 << 20;
+        const ROW: usize = 64 << 10;
         for (job_id, lines) in crate::sql::results::take() {
-            for chunk in lines.chunks(4096) {
+            let mut chunk: Vec<String> = Vec::new();
+            let mut bytes = 0;
+            for mut l in lines {
+                if l.len() > ROW {
+                    let mut cut = ROW;
+                    while !l.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    l.truncate(cut);
+                    l.push('…');
+                }
+                if bytes + l.len() > CHUNK && !chunk.is_empty() {
+                    self.endpoint.send(
+                        conn,
+                        TmToJm::Results {
+                            job_id: job_id.clone(),
+                            lines: std::mem::take(&mut chunk),
+                        },
+                    );
+                    bytes = 0;
+                }
+                bytes += l.len();
+                chunk.push(l);
+            }
+            if !chunk.is_empty() {
                 self.endpoint.send(
                     conn,
                     TmToJm::Results {
-                        job_id: job_id.clone(),
-                        lines: chunk.to_vec(),
+                        job_id,
+                        lines: chunk,
                     },
                 );
             }

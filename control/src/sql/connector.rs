@@ -576,6 +576,21 @@ impl FileTable {
         Ok(Row::insert(values))
     }
 
+    /// Whether a CSV record read so far ends inside a quoted field (an odd number of
+    /// quotes: its line break is the field's).
+    fn continues(&self, record: &str) -> bool {
+        self.format.format == Format::Csv && record.matches('"').count() % 2 == 1
+    }
+
+    /// Whether a line holds no record: blank JSON, or an empty CSV line of a table with
+    /// several data columns (with one, it is a row whose value is NULL).
+    fn blank(&self, line: &str) -> bool {
+        match self.format.format {
+            Format::Json => line.trim().is_empty(),
+            Format::Csv => line.is_empty() && self.data.len() > 1,
+        }
+    }
+
     /// Every row of the table's files (a lookup table's contents).
     fn read_all(&self) -> Result<Vec<Row>, String> {
         let mut rows = Vec::new();
@@ -583,12 +598,24 @@ impl FileTable {
             let parts = self.partition_values(&f)?;
             let text = std::fs::read_to_string(&f)
                 .map_err(|e| format!("cannot read '{}': {e}", f.display()))?;
-            for (n, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
+            let mut lines = text.lines().enumerate();
+            while let Some((n, first)) = lines.next() {
+                // A quoted CSV field may hold line breaks: the record goes on.
+                let mut record = first.to_string();
+                while self.continues(&record) {
+                    match lines.next() {
+                        Some((_, more)) => {
+                            record.push('\n');
+                            record.push_str(more);
+                        }
+                        None => break,
+                    }
+                }
+                if self.blank(&record) {
                     continue;
                 }
                 rows.push(
-                    self.row(line, &parts)
+                    self.row(&record, &parts)
                         .map_err(|e| format!("{}, line {}: {e}", f.display(), n + 1))?,
                 );
             }
@@ -712,8 +739,23 @@ impl Source<Row> for FileSource {
                 continue;
             }
             *line_no += 1;
+            let first_line = *line_no;
+            // A quoted CSV field may hold line breaks: the record goes on.
+            while self
+                .table
+                .continues(self.buf.trim_end_matches(['\n', '\r']))
+            {
+                let more = reader.read_line(&mut self.buf).map_err(|e| {
+                    TaskError(format!("cannot read '{}': {e}", files[*k].display()))
+                })?;
+                if more == 0 {
+                    break;
+                }
+                *line_no += 1;
+            }
+            let line_no = first_line;
             let line = self.buf.trim_end_matches(['\n', '\r']);
-            if line.trim().is_empty() {
+            if self.table.blank(line) {
                 continue;
             }
             let mine = self.lines % self.parallelism == self.index;

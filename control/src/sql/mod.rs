@@ -747,9 +747,12 @@ pub mod results {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
-    /// Rows a TaskManager holds for one job at most (older ones are dropped when the
-    /// JobManager cannot take them).
+    /// Rows held for one job at most, on a TaskManager and on the JobManager (older
+    /// ones are dropped).
     pub const HELD: usize = 100_000;
+
+    /// Bytes of rows the JobManager holds for one job at most.
+    pub const HELD_BYTES: usize = 32 << 20;
 
     thread_local! {
         static DECLARING: RefCell<Option<String>> = const { RefCell::new(None) };

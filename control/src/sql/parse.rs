@@ -213,13 +213,24 @@ pub fn script(sql: &str) -> Result<Vec<Parsed>, SqlError> {
         let mut replacements = session_partitions(body, &text)?;
         replacements.extend(lookups(body, &text)?);
         for (start, end, with) in replacements {
-            // Over the range's own characters (newlines kept, so later lines keep
-            // their numbers); the replacement is never longer than what it replaces.
-            let mut with = with.chars();
-            for c in masked.iter_mut().take(end).skip(start) {
-                if *c != '\n' {
-                    *c = with.next().unwrap_or(' ');
-                }
+            // The replacement in one piece, then the range's newlines at its end (so
+            // that later lines keep their numbers, as far as the range has room).
+            let end = end.min(masked.len());
+            let Some(range) = masked.get_mut(start..end) else {
+                continue;
+            };
+            let newlines = range.iter().filter(|c| **c == '\n').count();
+            let with: Vec<char> = with.chars().collect();
+            let room = range.len();
+            let keep = newlines.min(room.saturating_sub(with.len()));
+            for (k, c) in range.iter_mut().enumerate() {
+                *c = if k < with.len() {
+                    with[k]
+                } else if k >= room - keep {
+                    '\n'
+                } else {
+                    ' '
+                };
             }
         }
         let masked: String = masked.into_iter().collect();
@@ -737,6 +748,17 @@ mod tests {
                 "{text}"
             );
         }
+        // A clause over several lines.
+        let s = script("SELECT * FROM TABLE(SESSION(TABLE bids\n  PARTITION BY\n a, DESCRIPTOR(ts), INTERVAL '1' SECOND))").unwrap();
+        let text = s[0].statement.to_string();
+        assert!(
+            text.contains("SESSION(bids, PARTITION_BY(a), DESCRIPTOR(ts)"),
+            "{text}"
+        );
+        let s = script("SELECT * FROM t JOIN dim\n  FOR SYSTEM_TIME AS OF\n t.p AS d ON t.k = d.k")
+            .unwrap();
+        let text = s[0].statement.to_string();
+        assert!(text.contains("SYSTEM_TIME_AS_OF(dim, t.p)"), "{text}");
         // Positions after the clause are kept.
         let e = script("SELECT * FROM TABLE(SESSION(TABLE bids PARTITION BY a,\n DESCRIPTOR(ts), INTERVAL '1' SECOND)) WHERE x = = 1")
             .unwrap_err();

@@ -1939,10 +1939,10 @@ fn order_and_limit(rel: Rel, q: &Query) -> Result<Rel, SqlError> {
             order.push((expr::compile(&o.expr, &scope)?.eval, desc));
         }
     }
-    if q.order_by.is_some() && !rel.append_only {
+    if !rel.append_only {
         return Err(err_at(
             q,
-            "unsupported: ORDER BY of an updating input (a changelog with retractions)",
+            "unsupported: ORDER BY or LIMIT of an updating input (a changelog with retractions)",
         ));
     }
     let keyed = |rel: &Rel| rel.stream.key_by(|_: &Row| Vec::<Value>::new());
@@ -2708,7 +2708,7 @@ fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Re
     } else if window_ends.is_none() {
         if let (Some(lt), Some(rt)) = (left.rowtime, right.rowtime) {
             let mut rest = Vec::new();
-            for c in residual {
+            for &c in &residual {
                 match time_bounds(c, &ls, &rs, lt, rt) {
                     Some(bounds) => {
                         for (lower, ms) in bounds {
@@ -2727,11 +2727,23 @@ fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Re
                     None => rest.push(c),
                 }
             }
-            residual = rest;
+            // Only both bounds make an interval join; else the conditions stay checks.
+            if interval.0.is_some() && interval.1.is_some() {
+                residual = rest;
+            } else {
+                interval = (None, None);
+            }
         }
     }
     let mut schema = left.schema.clone();
     schema.extend(right.schema.iter().cloned());
+    if window_ends.is_none() {
+        // Rows of a regular or interval join may come after their window ended: the
+        // window bounds they carry no longer tell when their window is complete.
+        for c in &mut schema {
+            c.bound = None;
+        }
+    }
     let mut checks: Vec<Eval> = Vec::new();
     for r in &residual {
         let joined = Scope {
@@ -3430,6 +3442,14 @@ impl Rel {
                         schema.push(c);
                         evals.push(binding(i));
                     }
+                    if schema.len() == before
+                        && self.schema.iter().any(|c| {
+                            c.name.contains('.') && !c.name.to_ascii_lowercase().starts_with(&q)
+                        })
+                        && self.schema.iter().all(|c| c.name.contains('.'))
+                    {
+                        return Err(err_at(item, format!("{kind} names no table of FROM")));
+                    }
                     if schema.len() == before {
                         // The only FROM item's alias (its columns are not qualified).
                         for (i, c) in self.schema.iter().enumerate() {
@@ -3981,10 +4001,15 @@ impl KeyedProcessFunction for WindowGroupAggregate {
         ctx: &mut Context<'_, Vec<Value>, Row>,
     ) {
         if accs.len() != self.calls.len() {
-            *accs = self.calls.iter().map(AggCall::fresh).collect();
             // The window's last instant: all its rows are in by then.
-            let end = ts_ns(&ctx.current_key()[self.end]);
-            ctx.register_event_time_timer(end.saturating_sub(1));
+            let end = ts_ns(&ctx.current_key()[self.end]).saturating_sub(1);
+            if end <= ctx.current_watermark() {
+                // Late: the window's row went out already (Flink drops it too).
+                ctx.clear_state();
+                return;
+            }
+            *accs = self.calls.iter().map(AggCall::fresh).collect();
+            ctx.register_event_time_timer(end);
         }
         for (c, a) in self.calls.iter().zip(accs.iter_mut()) {
             c.add(&value, a);
@@ -4044,8 +4069,9 @@ impl KeyedProcessFunction for GroupAggregate {
             values.extend(self.calls.iter().zip(&state.accs).map(|(c, a)| c.result(a)));
             (self.finish)(&Row::insert(values))
         } else {
-            // The group's last row was retracted: the group is gone.
-            state.accs.clear();
+            // The group's last row was retracted: the group is gone (its state too,
+            // once its deletion went out).
+            ctx.clear_state();
             None
         };
         match (state.last.take(), &out) {
