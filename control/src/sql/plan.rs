@@ -2058,8 +2058,15 @@ struct TimeSort {
 /// The rows waiting for the watermark, and how many went out.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SortState {
-    rows: Vec<Row>,
+    /// By time (ns), in arrival order within a time.
+    rows: BTreeMap<u64, Vec<Row>>,
     emitted: u64,
+}
+
+/// The rows of `pending` at times up to `at` (in time order), taken out of it.
+fn take_due(pending: &mut BTreeMap<u64, Vec<Row>>, at: u64) -> Vec<Vec<Row>> {
+    let later = pending.split_off(&at.saturating_add(1));
+    std::mem::replace(pending, later).into_values().collect()
 }
 
 impl KeyedProcessFunction for TimeSort {
@@ -2079,22 +2086,18 @@ impl KeyedProcessFunction for TimeSort {
             return;
         }
         ctx.register_event_time_timer(ts);
-        st.rows.push(value);
+        st.rows.entry(ts).or_default().push(value);
     }
 
     fn on_timer(&mut self, at: u64, st: &mut SortState, ctx: &mut Context<'_, Vec<Value>, Row>) {
-        let t = self.time;
-        let (mut due, rest): (Vec<Row>, Vec<Row>) = std::mem::take(&mut st.rows)
-            .into_iter()
-            .partition(|r| ts_ns(r.get(t)) <= at);
-        st.rows = rest;
         let top = TopN {
             n: 0,
             order: self.order.clone(),
             rank_at: None,
         };
-        due.sort_by(|a, b| {
-            ts_ns(a.get(t)).cmp(&ts_ns(b.get(t))).then_with(|| {
+        for mut same_time in take_due(&mut st.rows, at) {
+            // Rows of one time by the other ORDER BY keys (stable: ties keep arrival).
+            same_time.sort_by(|a, b| {
                 if top.before(a, b) {
                     std::cmp::Ordering::Less
                 } else if top.before(b, a) {
@@ -2102,14 +2105,14 @@ impl KeyedProcessFunction for TimeSort {
                 } else {
                     std::cmp::Ordering::Equal
                 }
-            })
-        });
-        for r in due {
-            if self.limit.is_some_and(|n| st.emitted >= n as u64) {
-                break;
+            });
+            for r in same_time {
+                if self.limit.is_some_and(|n| st.emitted >= n as u64) {
+                    return;
+                }
+                st.emitted += 1;
+                ctx.collect(r);
             }
-            st.emitted += 1;
-            ctx.collect(r);
         }
     }
 }
@@ -2389,7 +2392,8 @@ struct OverAggregate {
 /// aggregates over them.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct OverState {
-    pending: Vec<Row>,
+    /// By time (ns), in arrival order within a time.
+    pending: BTreeMap<u64, Vec<Row>>,
     frame: std::collections::VecDeque<Row>,
     accs: Vec<Acc>,
 }
@@ -2492,25 +2496,13 @@ impl KeyedProcessFunction for OverAggregate {
             return;
         }
         ctx.register_event_time_timer(ts);
-        st.pending.push(value);
+        st.pending.entry(ts).or_default().push(value);
     }
 
     fn on_timer(&mut self, at: u64, st: &mut OverState, ctx: &mut Context<'_, Vec<Value>, Row>) {
-        let t = self.time;
-        let (mut due, rest): (Vec<Row>, Vec<Row>) = std::mem::take(&mut st.pending)
-            .into_iter()
-            .partition(|r| ts_ns(r.get(t)) <= at);
-        st.pending = rest;
-        due.sort_by_key(|r| ts_ns(r.get(t)));
-        let mut group: Vec<Row> = Vec::new();
-        for r in due {
-            if group.first().is_some_and(|g| self.ts(g) != self.ts(&r)) {
-                self.emit(std::mem::take(&mut group), st, ctx);
-            }
-            group.push(r);
-        }
-        if !group.is_empty() {
-            self.emit(group, st, ctx);
+        // Each time's rows together (peers of a RANGE frame), in time order.
+        for same_time in take_due(&mut st.pending, at) {
+            self.emit(same_time, st, ctx);
         }
     }
 }
