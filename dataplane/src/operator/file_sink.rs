@@ -37,6 +37,10 @@ struct SinkState {
 /// record goes to (Flink's `BucketAssigner`).
 pub type BucketFn<T> = Box<dyn Fn(&T) -> String + Send>;
 
+/// Parts (files, with their buffers) a sink subtask keeps open at most: writing to
+/// more buckets between two checkpoints closes the part opened longest ago.
+pub const MAX_OPEN_PARTS: usize = 64;
+
 /// A part being written: its bucket, number and writer.
 struct OpenPart {
     bucket: String,
@@ -49,8 +53,12 @@ pub struct FileSink<T> {
     dir: PathBuf,
     subtask: usize,
     uid: Option<u32>,
-    /// The open parts, one per bucket written since the last checkpoint.
+    /// The open parts, one per bucket written since the last checkpoint (at most
+    /// [`MAX_OPEN_PARTS`]), the most recently opened last.
     open: Vec<OpenPart>,
+    /// Parts closed before the next barrier to stay under [`MAX_OPEN_PARTS`]: pending
+    /// on that barrier's checkpoint.
+    closed_early: Vec<(String, u64)>,
     state: SinkState,
     counter: Counter,
     failed: bool,
@@ -99,6 +107,7 @@ impl<T> FileSink<T> {
             subtask: info.index,
             uid,
             open: Vec::new(),
+            closed_early: Vec::new(),
             state: SinkState::default(),
             counter: Counter::new(metrics),
             failed: false,
@@ -164,6 +173,11 @@ impl<T> FileSink<T> {
 
     /// Opens a part in `bucket`; its position in `open`.
     fn open(&mut self, bucket: String) -> Result<usize, String> {
+        if self.open.len() >= MAX_OPEN_PARTS {
+            let oldest = self.open.remove(0);
+            let closed = self.close(oldest)?;
+            self.closed_early.push(closed);
+        }
         let dir = self.name(&bucket, 0, "");
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent).map_err(|e| io_err("creating", parent, e))?;
@@ -185,20 +199,26 @@ impl<T> FileSink<T> {
         Ok(self.open.len() - 1)
     }
 
-    /// Flushes and syncs the open parts and renames them `pending`; returns their
+    /// Flushes and syncs a part and renames it `pending`; its bucket and number.
+    fn close(&self, p: OpenPart) -> Result<(String, u64), String> {
+        let OpenPart { bucket, part, w } = p;
+        let path = self.name(&bucket, part, "inprogress");
+        let f = w
+            .into_inner()
+            .map_err(|e| io_err("writing", &path, e.into_error()))?;
+        f.sync_data().map_err(|e| io_err("syncing", &path, e))?;
+        drop(f);
+        let pending = self.name(&bucket, part, "pending");
+        std::fs::rename(&path, &pending).map_err(|e| io_err("renaming", &path, e))?;
+        Ok((bucket, part))
+    }
+
+    /// Closes the open parts (see [`Self::close`]); with those closed early, their
     /// buckets and numbers.
     fn close_parts(&mut self) -> Result<Vec<(String, u64)>, String> {
-        let mut closed = Vec::new();
-        for OpenPart { bucket, part, w } in std::mem::take(&mut self.open) {
-            let path = self.name(&bucket, part, "inprogress");
-            let f = w
-                .into_inner()
-                .map_err(|e| io_err("writing", &path, e.into_error()))?;
-            f.sync_data().map_err(|e| io_err("syncing", &path, e))?;
-            drop(f);
-            let pending = self.name(&bucket, part, "pending");
-            std::fs::rename(&path, &pending).map_err(|e| io_err("renaming", &path, e))?;
-            closed.push((bucket, part));
+        let mut closed = std::mem::take(&mut self.closed_early);
+        for p in std::mem::take(&mut self.open) {
+            closed.push(self.close(p)?);
         }
         Ok(closed)
     }
@@ -267,7 +287,7 @@ impl<T: Debug> Emit<T> for FileSink<T> {
                 Some(f) => f(&record),
                 None => String::new(),
             };
-            let found = match at.filter(|&i| self.open[i].bucket == bucket) {
+            let found = match at.filter(|&i| self.open.get(i).is_some_and(|p| p.bucket == bucket)) {
                 Some(i) => Some(i),
                 None => self.open.iter().position(|p| p.bucket == bucket),
             };
@@ -505,6 +525,34 @@ mod tests {
             read_committed(&d.path().join("even=false")).unwrap(),
             ["1", "3"]
         );
+    }
+
+    #[test]
+    fn a_sink_keeps_a_bounded_number_of_parts_open() {
+        let d = tempfile::tempdir().unwrap();
+        let n = MAX_OPEN_PARTS as u64 + 10;
+        let bucket: BucketFn<u64> = Box::new(|x: &u64| format!("b={x}"));
+        let mut s = FileSink::with_buckets(
+            d.path(),
+            info(),
+            Some(7),
+            None,
+            Arc::default(),
+            Some(bucket),
+        )
+        .unwrap();
+        Emit::<u64>::push(&mut s, &mut (0..n).collect());
+        assert_eq!(s.open.len(), MAX_OPEN_PARTS);
+        // Parts closed early are pending on the next checkpoint, as the others.
+        finish_states(collect_states(|| Emit::<u64>::event(&mut s, barrier(1)))).unwrap();
+        assert_eq!(s.state.pending.len(), n as usize);
+        Emit::<u64>::notify_checkpoint_complete(&mut s, 1);
+        for x in 0..n {
+            assert_eq!(
+                read_committed(&d.path().join(format!("b={x}"))).unwrap(),
+                [x.to_string()]
+            );
+        }
     }
 
     #[test]
