@@ -1395,10 +1395,7 @@ struct IndexedSource<G> {
 
 impl<G> IndexedSource<G> {
     fn new(gen: Arc<G>, info: SubtaskInfo) -> Self {
-        let start_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let start_ms = super::expr::now_ms();
         Self {
             gen,
             index: info.index as u64,

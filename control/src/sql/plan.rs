@@ -858,22 +858,8 @@ impl<'a> Planner<'a> {
         conjuncts(on, &mut parts);
         let (mut lkeys, mut rkeys, mut residual) = (Vec::new(), Vec::new(), Vec::new());
         for c in parts {
-            let pair = match c {
-                Expr::BinaryOp {
-                    left: a,
-                    op: sqlparser::ast::BinaryOperator::Eq,
-                    right: b,
-                } => match (expr::compile(a, &ls), expr::compile(b, &rs)) {
-                    (Ok(x), Ok(y)) => Some((x, y)),
-                    _ => match (expr::compile(b, &ls), expr::compile(a, &rs)) {
-                        (Ok(x), Ok(y)) => Some((x, y)),
-                        _ => None,
-                    },
-                },
-                _ => None,
-            };
-            match pair {
-                Some((x, y)) => {
+            match equality_pair(c, &ls, &rs) {
+                Some(((x, _), (y, _))) => {
                     lkeys.push((x.eval, x.ty));
                     rkeys.push((y.eval, y.ty));
                 }
@@ -900,21 +886,7 @@ impl<'a> Planner<'a> {
             .collect();
         let mut schema = left.schema.clone();
         schema.extend(right_cols.iter().cloned());
-        let joined = Scope {
-            qualified: true,
-            ..Scope::new(&schema)
-        };
-        let mut checks: Vec<Eval> = Vec::new();
-        for r in &residual {
-            let c = expr::compile(r, &joined)?;
-            if !matches!(c.ty, DataType::Boolean | DataType::Null) {
-                return Err(err_at(
-                    *r,
-                    format!("a join condition is a BOOLEAN, not {}", c.ty),
-                ));
-            }
-            checks.push(c.eval);
-        }
+        let checks = join_checks(&residual, &schema)?;
         let mut index: HashMap<Vec<Value>, Vec<Row>> = HashMap::new();
         for r in rows {
             let k: Vec<Value> = rkeys
@@ -934,7 +906,6 @@ impl<'a> Planner<'a> {
                 .map(|((e, ty), to)| (e, ty, *to))
                 .collect(),
         );
-        let checks = Arc::new(checks);
         let stream = left
             .stream
             .flat_map(
@@ -954,10 +925,7 @@ impl<'a> Planner<'a> {
                 },
             )
             .name("LookupJoin");
-        let stream = match left.rowtime {
-            Some(t) => stream.with_event_time(move |r: &Row| ts_ns(r.get(t))),
-            None => stream,
-        };
+        let stream = stamped(stream, left.rowtime);
         Ok(Rel {
             stream,
             schema,
@@ -1329,22 +1297,15 @@ impl<'a> Planner<'a> {
         conjuncts(selection, &mut parts);
         let is_rn =
             |e: &Expr| matches!(e, Expr::Identifier(i) if i.value.eq_ignore_ascii_case(&rn));
-        let number = |e: &Expr| match e {
-            Expr::Value(v) => match &v.value {
-                sqlparser::ast::Value::Number(n, _) => n.parse::<i64>().ok(),
-                _ => None,
-            },
-            _ => None,
-        };
         let mut limit: Option<i64> = None;
         for c in &parts {
             use sqlparser::ast::BinaryOperator as B;
             if let Expr::BinaryOp { left, op, right } = c {
-                let n = match (is_rn(left), op, number(right)) {
+                let n = match (is_rn(left), op, int_literal(right)) {
                     (true, B::LtEq, Some(n)) => Some(n),
                     (true, B::Lt, Some(n)) => Some(n - 1),
                     (true, B::Eq, Some(1)) => Some(1),
-                    _ => match (number(left), op, is_rn(right)) {
+                    _ => match (int_literal(left), op, is_rn(right)) {
                         (Some(n), B::GtEq, true) => Some(n),
                         (Some(n), B::Gt, true) => Some(n - 1),
                         _ => None,
@@ -1690,10 +1651,7 @@ impl<'a> Planner<'a> {
                     },
                 )
                 .name("WindowAggregate");
-            let stream = match rowtime {
-                Some(t) => stream.with_event_time(move |r: &Row| ts_ns(r.get(t))),
-                None => stream,
-            };
+            let stream = stamped(stream, rowtime);
             return Ok(Rel {
                 stream,
                 schema,
@@ -1909,14 +1867,11 @@ fn order_and_limit(rel: Rel, q: &Query) -> Result<Rel, SqlError> {
             }
             match limit {
                 None => None,
-                Some(Expr::Value(v)) => match &v.value {
-                    sqlparser::ast::Value::Number(n, _) => match n.parse::<usize>() {
-                        Ok(n) if (1..=100_000).contains(&n) => Some(n),
-                        _ => return Err(err_at(q, "LIMIT takes 1 to 100000 rows")),
-                    },
-                    _ => return Err(err_at(q, "LIMIT takes a number")),
+                Some(e) => match int_literal(e) {
+                    Some(n) if (1..=100_000).contains(&n) => Some(n as usize),
+                    Some(_) => return Err(err_at(q, "LIMIT takes 1 to 100000 rows")),
+                    None => return Err(err_at(e, "LIMIT takes a number")),
                 },
-                Some(other) => return Err(err_at(other, "LIMIT takes a number")),
             }
         }
         Some(LimitClause::OffsetCommaLimit { .. }) => {
@@ -1997,10 +1952,7 @@ fn order_and_limit(rel: Rel, q: &Query) -> Result<Rel, SqlError> {
             let stream = keyed(&rel)
                 .process(Limit { n })
                 .name("Limit");
-            let stream = match rel.rowtime {
-                Some(t) => stream.with_event_time(move |r: &Row| ts_ns(r.get(t))),
-                None => stream,
-            };
+            let stream = stamped(stream, rel.rowtime);
             Ok(Rel {
                 stream,
                 plan: PlanNode::new(format!("Limit(fetch=[{n}])"), vec![rel.plan.clone()]),
@@ -2011,8 +1963,8 @@ fn order_and_limit(rel: Rel, q: &Query) -> Result<Rel, SqlError> {
     }
 }
 
-/// `LIMIT n`: the first n rows (of an insert-only input; a changelog's rows pass
-/// while fewer than n rows are in).
+/// `LIMIT n`: the first n rows (of an insert-only input: `order_and_limit` refuses
+/// a changelog).
 #[derive(Clone)]
 struct Limit {
     n: usize,
@@ -2022,25 +1974,17 @@ impl KeyedProcessFunction for Limit {
     type Key = Vec<Value>;
     type In = Row;
     type Out = Row;
-    type State = i64;
+    type State = u64;
 
     fn process_element(
         &mut self,
         value: Row,
-        seen: &mut i64,
+        seen: &mut u64,
         ctx: &mut Context<'_, Vec<Value>, Row>,
     ) {
-        let n = self.n as i64;
-        match value.kind {
-            RowKind::Insert | RowKind::UpdateAfter if *seen < n => {
-                *seen += 1;
-                ctx.collect(value);
-            }
-            RowKind::UpdateBefore | RowKind::Delete if *seen > 0 && *seen <= n => {
-                *seen -= 1;
-                ctx.collect(value);
-            }
-            _ => {}
+        if *seen < self.n as u64 {
+            *seen += 1;
+            ctx.collect(value);
         }
     }
 }
@@ -2090,22 +2034,9 @@ impl KeyedProcessFunction for TimeSort {
     }
 
     fn on_timer(&mut self, at: u64, st: &mut SortState, ctx: &mut Context<'_, Vec<Value>, Row>) {
-        let top = TopN {
-            n: 0,
-            order: self.order.clone(),
-            rank_at: None,
-        };
         for mut same_time in take_due(&mut st.rows, at) {
             // Rows of one time by the other ORDER BY keys (stable: ties keep arrival).
-            same_time.sort_by(|a, b| {
-                if top.before(a, b) {
-                    std::cmp::Ordering::Less
-                } else if top.before(b, a) {
-                    std::cmp::Ordering::Greater
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            });
+            same_time.sort_by(|a, b| order_cmp(&self.order, a, b));
             for r in same_time {
                 if self.limit.is_some_and(|n| st.emitted >= n as u64) {
                     return;
@@ -2239,15 +2170,8 @@ fn over_aggregate(
             match (&f.units, &f.start_bound) {
                 (_, WindowFrameBound::Preceding(None)) => Frame::Unbounded,
                 (WindowFrameUnits::Rows, WindowFrameBound::Preceding(Some(n))) => {
-                    let n = match n.as_ref() {
-                        Expr::Value(v) => match &v.value {
-                            sqlparser::ast::Value::Number(n, _) => n.parse::<usize>().ok(),
-                            _ => None,
-                        },
-                        _ => None,
-                    };
-                    match n {
-                        Some(n) if n <= 100_000 => Frame::Rows(n),
+                    match int_literal(n) {
+                        Some(n) if (0..=100_000).contains(&n) => Frame::Rows(n as usize),
                         _ => {
                             return Err(err_at(
                                 overs[0],
@@ -2353,10 +2277,7 @@ fn over_aggregate(
             values: outs.iter().map(|o| o(&r)).collect(),
         })
         .name("Calc");
-    let stream = match rowtime {
-        Some(t) => stream.with_event_time(move |r: &Row| ts_ns(r.get(t))),
-        None => stream,
-    };
+    let stream = stamped(stream, rowtime);
     Ok(Rel {
         stream,
         schema,
@@ -2644,46 +2565,29 @@ fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Re
     let mut residual: Vec<&Expr> = Vec::new();
     let mut window_ends: Option<(usize, usize)> = None;
     for c in parts {
-        let pair = match c {
-            Expr::BinaryOp {
-                left: a,
-                op: sqlparser::ast::BinaryOperator::Eq,
-                right: b,
-            } => match (expr::compile(a, &ls), expr::compile(b, &rs)) {
-                (Ok(x), Ok(y)) => Some((x, y, b, a.as_ref(), b.as_ref())),
-                _ => match (expr::compile(b, &ls), expr::compile(a, &rs)) {
-                    (Ok(x), Ok(y)) => Some((x, y, a, b.as_ref(), a.as_ref())),
-                    _ => None,
-                },
-            },
-            _ => None,
+        let Some(((x, l), (y, r))) = equality_pair(c, &ls, &rs) else {
+            residual.push(c);
+            continue;
         };
-        if let Some((_, _, _, l, r)) = &pair {
-            // The columns an equality pairs (for a window join: both windows' ends).
-            if let (Some(li), Some(ri)) = (ls.resolve(l), rs.resolve(r)) {
-                if left.schema[li].bound == Some(WindowBound::End)
-                    && right.schema[ri].bound == Some(WindowBound::End)
-                {
-                    window_ends = Some((li, ri));
-                }
+        // The columns an equality pairs (for a window join: both windows' ends).
+        if let (Some(li), Some(ri)) = (ls.resolve(l), rs.resolve(r)) {
+            if left.schema[li].bound == Some(WindowBound::End)
+                && right.schema[ri].bound == Some(WindowBound::End)
+            {
+                window_ends = Some((li, ri));
             }
         }
-        match pair {
-            Some((x, y, at, _, _)) => {
-                let same = x.ty == y.ty
-                    || (x.ty.is_integer() && y.ty.is_integer())
-                    || (x.ty.is_timestamp() && y.ty.is_timestamp());
-                if !same {
-                    return Err(err_at(
-                        at.as_ref(),
-                        format!("join keys of different types: {} and {}", x.ty, y.ty),
-                    ));
-                }
-                lkeys.push(x.eval);
-                rkeys.push(y.eval);
-            }
-            None => residual.push(c),
+        let same = x.ty == y.ty
+            || (x.ty.is_integer() && y.ty.is_integer())
+            || (x.ty.is_timestamp() && y.ty.is_timestamp());
+        if !same {
+            return Err(err_at(
+                r,
+                format!("join keys of different types: {} and {}", x.ty, y.ty),
+            ));
         }
+        lkeys.push(x.eval);
+        rkeys.push(y.eval);
     }
     if lkeys.is_empty() {
         return Err(err_at(
@@ -2736,25 +2640,10 @@ fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Re
             c.bound = None;
         }
     }
-    let mut checks: Vec<Eval> = Vec::new();
-    for r in &residual {
-        let joined = Scope {
-            qualified: true,
-            ..Scope::new(&schema)
-        };
-        let c = expr::compile(r, &joined)?;
-        if !matches!(c.ty, DataType::Boolean | DataType::Null) {
-            return Err(err_at(
-                *r,
-                format!("a join condition is a BOOLEAN, not {}", c.ty),
-            ));
-        }
-        checks.push(c.eval);
-    }
+    let checks = join_checks(&residual, &schema)?;
     let (lk, rk) = (Arc::new(lkeys), Arc::new(rkeys));
     let lkey = move |r: &Row| lk.iter().map(|k| k(r)).collect::<Vec<Value>>();
     let rkey = move |r: &Row| rk.iter().map(|k| k(r)).collect::<Vec<Value>>();
-    let checks = Arc::new(checks);
     let (stream, label) = match interval {
         (Some(lower), Some(upper)) => {
             if lower > upper {
@@ -2830,6 +2719,50 @@ fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Re
         window: None,
         calc: None,
     })
+}
+
+/// One side of a join key: compiled, and its expression.
+type Side<'e> = (Compiled, &'e Expr);
+
+/// An equality `a = b` of an ON condition between an expression over the left side
+/// and one over the right (either way round): each compiled, with its expression.
+fn equality_pair<'e>(c: &'e Expr, ls: &Scope<'_>, rs: &Scope<'_>) -> Option<(Side<'e>, Side<'e>)> {
+    let Expr::BinaryOp {
+        left: a,
+        op: sqlparser::ast::BinaryOperator::Eq,
+        right: b,
+    } = c
+    else {
+        return None;
+    };
+    let (a, b) = (a.as_ref(), b.as_ref());
+    match (expr::compile(a, ls), expr::compile(b, rs)) {
+        (Ok(x), Ok(y)) => Some(((x, a), (y, b))),
+        _ => match (expr::compile(b, ls), expr::compile(a, rs)) {
+            (Ok(x), Ok(y)) => Some(((x, b), (y, a))),
+            _ => None,
+        },
+    }
+}
+
+/// A join's other conditions, over its joined rows (`schema`), compiled.
+fn join_checks(residual: &[&Expr], schema: &[Column]) -> Result<Arc<Vec<Eval>>, SqlError> {
+    let joined = Scope {
+        qualified: true,
+        ..Scope::new(schema)
+    };
+    let mut checks = Vec::new();
+    for r in residual {
+        let c = expr::compile(r, &joined)?;
+        if !matches!(c.ty, DataType::Boolean | DataType::Null) {
+            return Err(err_at(
+                *r,
+                format!("a join condition is a BOOLEAN, not {}", c.ty),
+            ));
+        }
+        checks.push(c.eval);
+    }
+    Ok(Arc::new(checks))
 }
 
 /// The time bounds a join condition puts on `r.ts - l.ts` (ms; `true`: a lower
@@ -2923,6 +2856,51 @@ fn joined_row(l: &Row, r: &Row, checks: &[Eval]) -> Option<Row> {
         .then_some(row)
 }
 
+/// `stream` with its rows' event time from column `rowtime`, if there is one.
+fn stamped(stream: DataStream<Row>, rowtime: Option<usize>) -> DataStream<Row> {
+    match rowtime {
+        Some(t) => stream.with_event_time(move |r: &Row| ts_ns(r.get(t))),
+        None => stream,
+    }
+}
+
+/// An integer literal's value.
+fn int_literal(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::Number(n, _) => n.parse::<i64>().ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// How `a` and `b` compare by ORDER BY keys (and whether each is descending); NULLs
+/// last, whichever the direction.
+fn order_cmp(order: &[(Eval, bool)], a: &Row, b: &Row) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    for (key, desc) in order {
+        let (x, y) = (key(a), key(b));
+        let o = match (x.is_null(), y.is_null()) {
+            (true, true) => Ordering::Equal,
+            (true, false) => return Ordering::Greater,
+            (false, true) => return Ordering::Less,
+            _ => {
+                let o = x.sql_cmp(&y).unwrap_or(Ordering::Equal);
+                if *desc {
+                    o.reverse()
+                } else {
+                    o
+                }
+            }
+        };
+        if o.is_ne() {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
 /// The Top-N operator: per partition, its first `n` rows by `order`.
 #[derive(Clone)]
 struct TopN {
@@ -2943,23 +2921,7 @@ pub struct TopNState {
 impl TopN {
     /// Whether `a` comes before `b`. Ties keep arrival order (a later row goes after).
     fn before(&self, a: &Row, b: &Row) -> bool {
-        for (key, desc) in self.order.iter() {
-            let (x, y) = (key(a), key(b));
-            // NULLs last, whichever the direction.
-            let o = match (x.is_null(), y.is_null()) {
-                (true, true) => std::cmp::Ordering::Equal,
-                (true, false) => return false,
-                (false, true) => return true,
-                _ => x.sql_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
-            };
-            let o = if *desc { o.reverse() } else { o };
-            match o {
-                std::cmp::Ordering::Less => return true,
-                std::cmp::Ordering::Greater => return false,
-                std::cmp::Ordering::Equal => {}
-            }
-        }
-        false
+        order_cmp(&self.order, a, b).is_lt()
     }
 
     fn ranked(&self, r: &Row, rank: usize, kind: RowKind) -> Row {
@@ -3315,10 +3277,7 @@ impl Rel {
                 },
             )
             .name("WindowTableFunction");
-        let stream = match s.rowtime {
-            Some(rt) => stream.with_event_time(move |r: &Row| ts_ns(r.get(rt))),
-            None => stream,
-        };
+        let stream = stamped(stream, s.rowtime);
         Ok(Rel {
             stream,
             window: None,
