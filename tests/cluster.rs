@@ -3396,3 +3396,325 @@ GROUP BY window_start, window_end, auction;
     assert!(want.len() > 50);
     assert_eq!(got, want);
 }
+
+/// A real etcd server (Debian's `etcd-server`) on loopback ports of its own, with its
+/// data in a temporary directory; it can be restarted on the same data.
+struct EtcdServer {
+    proc: Option<Proc>,
+    dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
+}
+
+impl EtcdServer {
+    fn start() -> Self {
+        let mut e = Self {
+            proc: None,
+            dir: tempfile::tempdir().unwrap(),
+            client: free_port(),
+            peer: free_port(),
+        };
+        e.spawn();
+        e
+    }
+
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let child = Command::new("etcd")
+            .args([
+                "--name",
+                "spate-test",
+                "--data-dir",
+                self.dir.path().join("data").to_str().unwrap(),
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("spate-test={peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server package) must be installed");
+        self.proc = Some(Proc(child));
+        wait_for("etcd to serve", Duration::from_secs(20), || {
+            http(self.client, "POST", "/v3/kv/range", r#"{"key":"AA=="}"#)
+                .is_some_and(|(s, _)| s == 200)
+        });
+    }
+
+    /// Stops etcd (SIGKILL) and starts it again on the same data.
+    fn restart(&mut self) {
+        drop(self.proc.take());
+        self.spawn();
+    }
+
+    /// The keys of one cluster id, for a JobManager or a TaskManager.
+    fn ha_args(&self, storage: &std::path::Path) -> Vec<String> {
+        [
+            "high-availability.type=etcd".to_string(),
+            format!("high-availability.etcd.endpoints=127.0.0.1:{}", self.client),
+            "high-availability.cluster-id=ha-test".into(),
+            format!("high-availability.storageDir={}", storage.display()),
+            "high-availability.etcd.lease-duration=3 s".into(),
+        ]
+        .into_iter()
+        .flat_map(|kv| ["-D".to_string(), kv])
+        .collect()
+    }
+
+    /// Keys under `prefix`, with their values.
+    fn list(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::STANDARD;
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().unwrap() += 1;
+        let body = format!(
+            r#"{{"key":"{}","range_end":"{}"}}"#,
+            b.encode(prefix),
+            b.encode(&end)
+        );
+        let Some((200, v)) = http(self.client, "POST", "/v3/kv/range", &body) else {
+            return Vec::new();
+        };
+        v["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| {
+                        let key = b.decode(kv["key"].as_str().unwrap()).unwrap();
+                        let value = b.decode(kv["value"].as_str().unwrap_or("")).unwrap();
+                        (String::from_utf8(key).unwrap(), value)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The REST port of the JobManager etcd names as the leader.
+    fn leader_rest_port(&self) -> Option<u16> {
+        let (_, v) = self.list("/spate/ha-test/leader").into_iter().next()?;
+        let rec: Value = serde_json::from_slice(&v).ok()?;
+        rec["rest"].as_str()?.rsplit(':').next()?.parse().ok()
+    }
+}
+
+/// Two JobManagers and a two-slot TaskManager with `high-availability.type: etcd`:
+/// the first leads; the second stands by (TaskManagers and submissions are sent on).
+struct HaCluster {
+    jm1: Option<Proc>,
+    _jm2: Proc,
+    _tm: Proc,
+    p1: Ports,
+    p2: Ports,
+    dir: tempfile::TempDir,
+}
+
+fn ha_cluster(etcd: &EtcdServer) -> HaCluster {
+    let dir = tempfile::tempdir().unwrap();
+    let ha = etcd.ha_args(&dir.path().join("ha"));
+    let mut jm: Vec<String> = ha.clone();
+    for kv in [
+        "restart-strategy.type=fixed-delay".to_string(),
+        "restart-strategy.fixed-delay.attempts=20".into(),
+        "restart-strategy.fixed-delay.delay=100 ms".into(),
+        "execution.checkpointing.interval=200 ms".into(),
+        format!(
+            "state.checkpoints.dir={}",
+            dir.path().join("checkpoints").display()
+        ),
+    ] {
+        jm.push("-D".into());
+        jm.push(kv);
+    }
+    let jm: Vec<&str> = jm.iter().map(String::as_str).collect();
+    let (p1, p2) = (
+        Ports {
+            rpc: free_port(),
+            rest: free_port(),
+        },
+        Ports {
+            rpc: free_port(),
+            rest: free_port(),
+        },
+    );
+    let jm1 = spate("jobmanager", &p1, &jm);
+    wait_for(
+        "the first JobManager to lead",
+        Duration::from_secs(20),
+        || etcd.leader_rest_port() == Some(p1.rest),
+    );
+    let jm2 = spate("jobmanager", &p2, &jm);
+    let mut tm: Vec<&str> = ha.iter().map(String::as_str).collect();
+    tm.extend(["-D", "taskmanager.numberOfTaskSlots=2"]);
+    // The TaskManager is told no JobManager address: it finds the leader in etcd.
+    let tm = spate("taskmanager", &Ports { rpc: 1, rest: 1 }, &tm);
+    wait_for(
+        "the TaskManager at the leader",
+        Duration::from_secs(20),
+        || taskmanager_count(p1.rest) == Some(1),
+    );
+    HaCluster {
+        jm1: Some(jm1),
+        _jm2: jm2,
+        _tm: tm,
+        p1,
+        p2,
+        dir,
+    }
+}
+
+fn submit_vwap(rest: u16, out: &std::path::Path, events: u64) -> String {
+    let o = spate_cli(&[
+        "run",
+        "-m",
+        &format!("127.0.0.1:{rest}"),
+        "-d",
+        "-p",
+        "2",
+        "--events",
+        &events.to_string(),
+        "--rate",
+        "40000",
+        "--output",
+        out.to_str().unwrap(),
+        "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    submitted_id(&o)
+}
+
+fn completed_checkpoints(rest: u16, id: &str) -> u64 {
+    http(rest, "GET", &format!("/jobs/{id}/checkpoints"), "")
+        .map_or(0, |(_, v)| v["counts"]["completed"].as_u64().unwrap_or(0))
+}
+
+/// etcd high availability: the leading JobManager is SIGKILLed while W1 runs with
+/// checkpoints into the exactly-once file sink; the standby takes over through etcd,
+/// the TaskManager finds and registers with it, the job (same id) resumes from the
+/// latest completed checkpoint etcd points to and finishes, and the committed output
+/// is the single-threaded computation exactly. A standby refuses submissions and
+/// names the leader; the CLI finds the leader through etcd; an ended job leaves the
+/// job store.
+#[test]
+fn etcd_ha_a_standby_takes_over_from_a_killed_leader_exactly_once() {
+    let etcd = EtcdServer::start();
+    let mut c = ha_cluster(&etcd);
+    // The standby has no TaskManager and sends submissions to the leader.
+    assert_eq!(taskmanager_count(c.p2.rest), Some(0));
+    let (status, v) = http(c.p2.rest, "POST", "/jobs", r#"{"job": "vwap"}"#).unwrap();
+    assert_eq!(status, 503, "{v}");
+    assert!(
+        v.to_string().contains(&format!("127.0.0.1:{}", c.p1.rest)),
+        "{v}"
+    );
+    let out = c.dir.path().join("out");
+    let events = 200_000u64;
+    let id = submit_vwap(c.p1.rest, &out, events);
+    assert_eq!(
+        etcd.list("/spate/ha-test/jobgraphs/").len(),
+        1,
+        "the job is stored"
+    );
+    wait_for("a completed checkpoint", Duration::from_secs(30), || {
+        completed_checkpoints(c.p1.rest, &id) >= 2
+    });
+    drop(c.jm1.take()); // SIGKILL the leader
+    wait_for("the standby to lead", Duration::from_secs(20), || {
+        etcd.leader_rest_port() == Some(c.p2.rest)
+    });
+    wait_for(
+        "the job FINISHED on the new leader",
+        Duration::from_secs(90),
+        || {
+            let s = job_state(c.p2.rest, &id);
+            assert_ne!(s, "FAILED", "the job failed");
+            s == "FINISHED"
+        },
+    );
+    assert_exact_vwap(&out, events, "after the leader was killed");
+    let (_, cps) = http(c.p2.rest, "GET", &format!("/jobs/{id}/checkpoints"), "").unwrap();
+    assert_eq!(
+        cps["counts"]["restored"], 1,
+        "resumed from a checkpoint: {cps}"
+    );
+    wait_for("the job store to be empty", Duration::from_secs(5), || {
+        etcd.list("/spate/ha-test/jobgraphs/").is_empty()
+            && etcd.list("/spate/ha-test/checkpoints/").is_empty()
+    });
+    // The CLI, given the configuration and no -m, finds the leader through etcd.
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("config.yaml"),
+        format!(
+            "high-availability.type: etcd\nhigh-availability.etcd.endpoints: 127.0.0.1:{}\nhigh-availability.cluster-id: ha-test\n",
+            etcd.client
+        ),
+    )
+    .unwrap();
+    let o = spate_cli(&["list", "--config-dir", conf.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&id));
+}
+
+/// Fencing: the leading JobManager is paused (SIGSTOP) while W1 runs; its lease
+/// lapses and the standby takes the job over. When the old leader wakes, it stops
+/// acting at once (no jobs, no TaskManagers, submissions refused) instead of going on
+/// with the job beside the new leader. Then etcd itself restarts (SIGKILL, same data).
+/// The job finishes once, exactly.
+#[test]
+fn etcd_ha_a_paused_leader_that_wakes_is_fenced_and_etcd_can_restart() {
+    let mut etcd = EtcdServer::start();
+    let c = ha_cluster(&etcd);
+    let out = c.dir.path().join("out");
+    let events = 200_000u64;
+    let id = submit_vwap(c.p1.rest, &out, events);
+    wait_for("a completed checkpoint", Duration::from_secs(30), || {
+        completed_checkpoints(c.p1.rest, &id) >= 2
+    });
+    let jm1 = c.jm1.as_ref().unwrap();
+    signal(jm1, "-STOP");
+    wait_for("the standby to lead", Duration::from_secs(20), || {
+        etcd.leader_rest_port() == Some(c.p2.rest)
+    });
+    wait_for(
+        "the job running on the new leader",
+        Duration::from_secs(30),
+        || job_state(c.p2.rest, &id) == "RUNNING",
+    );
+    signal(jm1, "-CONT");
+    wait_for(
+        "the woken leader to stand down",
+        Duration::from_secs(10),
+        || {
+            http(c.p1.rest, "GET", "/jobs/overview", "")
+                .is_some_and(|(_, v)| v["jobs"].as_array().is_some_and(Vec::is_empty))
+                && taskmanager_count(c.p1.rest) == Some(0)
+        },
+    );
+    let (status, _) = http(c.p1.rest, "POST", "/jobs", r#"{"job": "vwap"}"#).unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(etcd.leader_rest_port(), Some(c.p2.rest));
+    etcd.restart();
+    // Whoever leads after etcd's restart (the lease survives a short outage), the job
+    // finishes there.
+    wait_for("the job FINISHED", Duration::from_secs(90), || {
+        let Some(rest) = etcd.leader_rest_port() else {
+            return false;
+        };
+        let s = job_state(rest, &id);
+        assert_ne!(s, "FAILED", "the job failed");
+        s == "FINISHED"
+    });
+    assert_exact_vwap(
+        &out,
+        events,
+        "after a pause of the leader and an etcd restart",
+    );
+}

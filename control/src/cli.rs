@@ -709,14 +709,14 @@ pub fn main() {
         Cmd::Sql(a) => crate::sql_client::main(a),
         Cmd::List { conf, jobmanager } => conf
             .load()
-            .and_then(|c| client::list(&client::address(jobmanager, &c))),
+            .and_then(|c| client::list(&client::address(jobmanager, &c)?)),
         Cmd::Cancel {
             conf,
             jobmanager,
             id,
         } => conf
             .load()
-            .and_then(|c| client::cancel(&client::address(jobmanager, &c), &id)),
+            .and_then(|c| client::cancel(&client::address(jobmanager, &c)?, &id)),
         Cmd::Savepoint {
             conf,
             jobmanager,
@@ -724,14 +724,14 @@ pub fn main() {
             target,
         } => conf
             .load()
-            .and_then(|c| client::savepoint(&client::address(jobmanager, &c), &id, target, false)),
+            .and_then(|c| client::savepoint(&client::address(jobmanager, &c)?, &id, target, false)),
         Cmd::Stop {
             conf,
             jobmanager,
             savepoint_path,
             id,
         } => conf.load().and_then(|c| {
-            client::savepoint(&client::address(jobmanager, &c), &id, savepoint_path, true)
+            client::savepoint(&client::address(jobmanager, &c)?, &id, savepoint_path, true)
         }),
         Cmd::Info { job } => job
             .resolve()

@@ -9,9 +9,18 @@ use std::io::IsTerminal;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-/// `-m`, or the configuration's `jobmanager.rpc.address:rest.port`.
-pub(crate) fn address(m: Option<String>, c: &Config) -> String {
-    m.unwrap_or_else(|| format!("{}:{}", c.jobmanager_address, c.rest_port))
+/// `-m`; or with `high-availability.type: etcd`, the leader's REST address as etcd
+/// names it; or the configuration's `jobmanager.rpc.address:rest.port`.
+pub(crate) fn address(m: Option<String>, c: &Config) -> Result<String> {
+    if let Some(m) = m {
+        return Ok(m);
+    }
+    if c.ha.etcd {
+        return crate::ha::current_leader(&c.ha)
+            .map(|l| l.rest)
+            .map_err(|e| anyhow!("cannot find the leading JobManager: {e}"));
+    }
+    Ok(format!("{}:{}", c.jobmanager_address, c.rest_port))
 }
 
 fn agent() -> ureq::Agent {

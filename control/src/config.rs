@@ -172,12 +172,46 @@ pub struct Config {
     pub checkpointing: CheckpointConfig,
     /// `s3.*`: how checkpoints and savepoints under `s3://` reach their store.
     pub s3: crate::storage::S3Settings,
+    /// `high-availability.*`: leader election and the job store (off by default).
+    pub ha: HaConfig,
     /// The keys the configuration file set, with their values, in order (what
     /// `spate run -m --config-dir DIR` sends with a job, see [`Self::job_settings`]).
     pub file_keys: Vec<(String, String)>,
     /// Every key set (file, `-D`), with its value as given: what the REST API's
     /// `/jobmanager/config` shows.
     pub applied: std::collections::BTreeMap<String, String>,
+}
+
+/// High availability, with Flink's keys where Flink has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaConfig {
+    /// `high-availability.type`: `none` (Flink's `NONE`) or `etcd` (spate's analogue of
+    /// Flink's `zookeeper` and `kubernetes` types).
+    pub etcd: bool,
+    /// `high-availability.etcd.endpoints`: etcd's client URLs (`http://host:port` or
+    /// `host:port`), comma-separated.
+    pub endpoints: Vec<String>,
+    /// `high-availability.cluster-id`: the cluster's keys in etcd and its directory in
+    /// the storage directory (several clusters can share one etcd).
+    pub cluster_id: String,
+    /// `high-availability.storageDir`: where submitted jobs are written (etcd holds
+    /// pointers to them).
+    pub storage_dir: Option<PathBuf>,
+    /// `high-availability.etcd.lease-duration` (spate): the leader's lease; a standby
+    /// takes over this long after the leader stopped renewing it (whole seconds).
+    pub lease_duration: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            etcd: false,
+            endpoints: Vec::new(),
+            cluster_id: "default".into(),
+            storage_dir: None,
+            lease_duration: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Checkpointing, with Flink's keys.
@@ -286,6 +320,7 @@ impl Default for Config {
             same_host_tcp: false,
             checkpointing: CheckpointConfig::default(),
             s3: crate::storage::S3Settings::default(),
+            ha: HaConfig::default(),
             prom_ports: None,
             file_keys: Vec::new(),
             applied: std::collections::BTreeMap::new(),
@@ -352,6 +387,11 @@ pub const KEYS: &[&str] = &[
     "s3.secret-key",
     "s3.region",
     "s3.path.style.access",
+    "high-availability.type",
+    "high-availability.etcd.endpoints",
+    "high-availability.cluster-id",
+    "high-availability.storageDir",
+    "high-availability.etcd.lease-duration",
 ];
 
 fn scalar(y: &Yaml) -> Option<String> {
@@ -904,6 +944,62 @@ impl Config {
                 self.metrics_update_interval = d;
             }
             "slot.request.timeout" => self.slot_request_timeout = duration()?,
+            "high-availability.type" => {
+                self.ha.etcd = match v.to_ascii_lowercase().as_str() {
+                    "none" => false,
+                    "etcd" => true,
+                    _ => return Err(bad("NONE or etcd")),
+                }
+            }
+            "high-availability.etcd.endpoints" => {
+                let eps: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if eps.is_empty()
+                    || eps.iter().any(|e| {
+                        e.starts_with("https://")
+                            || e.contains(char::is_whitespace)
+                            || !e.trim_start_matches("http://").contains(':')
+                    })
+                {
+                    return Err(bad(
+                        "etcd client addresses such as 'http://10.0.0.1:2379,10.0.0.2:2379' \
+                         (host:port, plain HTTP)",
+                    ));
+                }
+                self.ha.endpoints = eps;
+            }
+            "high-availability.cluster-id" => {
+                let id = v.trim_matches('/');
+                if id.is_empty()
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(bad("a name of letters, digits, '-', '_' and '.'"));
+                }
+                self.ha.cluster_id = id.into();
+            }
+            "high-availability.storageDir" => {
+                let d = v.strip_prefix("file://").unwrap_or(v);
+                let s3 = d.starts_with(crate::storage::S3_SCHEME);
+                if d.is_empty() || (d.contains("://") && !s3) || !(s3 || d.starts_with('/')) {
+                    return Err(bad(
+                        "an absolute path on a filesystem every JobManager shares, or s3://BUCKET/PREFIX",
+                    ));
+                }
+                self.ha.storage_dir = Some(d.into());
+            }
+            "high-availability.etcd.lease-duration" => {
+                let d = duration()?;
+                if d < Duration::from_secs(2) {
+                    return Err(bad("at least 2 s (etcd's leases take whole seconds)"));
+                }
+                self.ha.lease_duration = Duration::from_secs(d.as_secs_f64().ceil() as u64);
+            }
             "task.cancellation.timeout" => self.task_cancellation_timeout = duration()?,
             k if FLINK_KEYS_IGNORED.contains(&k) => self.ignore(k, origin),
             _ => {
@@ -921,6 +1017,42 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn high_availability_keys_parse_and_bad_values_are_named() {
+        let mut c = Config::default();
+        for (k, v) in [
+            ("high-availability.type", "etcd"),
+            (
+                "high-availability.etcd.endpoints",
+                "http://10.0.0.1:2379, 10.0.0.2:2379",
+            ),
+            ("high-availability.cluster-id", "/prod-1"),
+            ("high-availability.storageDir", "file:///shared/ha"),
+            ("high-availability.etcd.lease-duration", "2500 ms"),
+        ] {
+            c.set(k, v, "-D").unwrap();
+        }
+        assert!(c.ha.etcd);
+        assert_eq!(c.ha.endpoints, ["http://10.0.0.1:2379", "10.0.0.2:2379"]);
+        assert_eq!(c.ha.cluster_id, "prod-1");
+        assert_eq!(c.ha.storage_dir.as_deref(), Some(Path::new("/shared/ha")));
+        assert_eq!(c.ha.lease_duration, Duration::from_secs(3), "whole seconds");
+        c.set("high-availability.type", "NONE", "-D").unwrap();
+        assert!(!c.ha.etcd);
+        for (k, v) in [
+            ("high-availability.type", "zookeeper"),
+            ("high-availability.etcd.endpoints", "https://10.0.0.1:2379"),
+            ("high-availability.etcd.endpoints", "etcd-without-port"),
+            ("high-availability.etcd.endpoints", " , "),
+            ("high-availability.cluster-id", "a/b"),
+            ("high-availability.storageDir", "relative/dir"),
+            ("high-availability.etcd.lease-duration", "1 s"),
+        ] {
+            let e = c.set(k, v, "-D").unwrap_err().to_string();
+            assert!(e.contains(k) && e.contains(v.trim()), "{e}");
+        }
+    }
 
     #[test]
     fn the_shipped_config_parses() {

@@ -11,6 +11,7 @@ mod cli_client;
 pub mod cluster;
 pub mod config;
 pub mod graph;
+pub mod ha;
 pub mod jobs;
 pub mod metrics;
 pub mod minicluster;

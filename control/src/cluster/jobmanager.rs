@@ -674,6 +674,7 @@ fn valid_taskmanager_id(id: &str) -> bool {
 pub struct BuiltSubmission {
     spec: JobSpec,
     config: Config,
+    recovery: Option<Recovery>,
     built: Result<(JobGraph, Option<crate::checkpoint::CompletedCheckpoint>), (u16, String)>,
     reply: tokio::sync::oneshot::Sender<Result<String, (u16, String)>>,
 }
@@ -685,6 +686,15 @@ impl std::fmt::Debug for BuiltSubmission {
             .field("ok", &self.built.is_ok())
             .finish()
     }
+}
+
+/// A job a new leader recovers from the job store: its id stays, and its deployments
+/// count on from `attempt` (above any its old leader can have made, so that no ring
+/// of those is taken for one of these).
+#[derive(Debug, Clone)]
+struct Recovery {
+    id: String,
+    attempt: u32,
 }
 
 /// Builds a submitted job's graph and reads the checkpoint it resumes from (on a
@@ -758,6 +768,10 @@ pub struct JobManager {
     /// random per JobManager session, so that ids never repeat on connections that
     /// outlive a JobManager restart.
     next_channel: u64,
+    /// `high-availability.type: etcd`: this JobManager's part in the election.
+    ha: Option<crate::ha::LeaderElection>,
+    /// The fencing token while it leads (always `Some(0)` without high availability).
+    leading: Option<u64>,
 }
 
 fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
@@ -789,6 +803,29 @@ impl JobManager {
         let own_commands = tx.clone();
         let rest = RestServer::start(rest_addr, state.clone(), tx)?;
         tracing::info!(rpc = ?endpoint.local_addr(), rest = %rest.local_addr(), "JobManager started");
+        let ha = if config.ha.etcd {
+            if config.ha.endpoints.is_empty() {
+                anyhow::bail!(
+                    "high-availability.type is etcd: set high-availability.etcd.endpoints"
+                );
+            }
+            if config.ha.storage_dir.is_none() {
+                anyhow::bail!("high-availability.type is etcd: set high-availability.storageDir (a directory every JobManager shares)");
+            }
+            let rpc_port = endpoint
+                .local_addr()
+                .map_or(config.jobmanager_port, |a| a.port());
+            let me = crate::ha::LeaderRecord {
+                id: lock(&state).jobmanager_id.clone(),
+                rpc: format!("{}:{rpc_port}", config.jobmanager_address),
+                rest: format!("{}:{}", config.jobmanager_address, rest.local_addr().port()),
+                token: 0,
+            };
+            tracing::info!(cluster = %config.ha.cluster_id, endpoints = ?config.ha.endpoints, "high availability through etcd: joining the leader election");
+            Some(crate::ha::LeaderElection::start(&config.ha, me)?)
+        } else {
+            None
+        };
         Ok(Self {
             config: config.clone(),
             endpoint,
@@ -800,6 +837,8 @@ impl JobManager {
             commands,
             own_commands,
             next_channel: u64::from_str_radix(&super::new_id()[..8], 16).unwrap_or(1) << 32,
+            leading: if ha.is_some() { None } else { Some(0) },
+            ha,
         })
     }
 
@@ -817,6 +856,11 @@ impl JobManager {
     pub fn run(&mut self, stop: &AtomicBool) {
         let mut next_beat = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            self.follow_leadership();
+            if self.leading.is_none() {
+                self.standby();
+                continue;
+            }
             if let Some(ev) = self.endpoint.recv_timeout(Duration::from_millis(20)) {
                 self.on_event(ev);
             }
@@ -837,6 +881,215 @@ impl JobManager {
                 for conn in self.conns.keys() {
                     self.endpoint.send(*conn, JmToTm::Heartbeat);
                 }
+            }
+        }
+    }
+
+    /// Follows the election: a JobManager that became the leader recovers the stored
+    /// jobs; one that lost leadership stops acting at once.
+    fn follow_leadership(&mut self) {
+        let Some(ha) = &self.ha else { return };
+        let now = ha.leading();
+        if now == self.leading {
+            return;
+        }
+        if self.leading.is_some() {
+            self.step_down();
+        }
+        if let Some(token) = now {
+            self.leading = Some(token);
+            self.recover_jobs(token);
+        }
+    }
+
+    /// Leadership is lost: drop the cluster's view (TaskManagers, jobs) and every
+    /// connection; the new leader recovers the jobs, and this JobManager waits as a
+    /// standby.
+    fn step_down(&mut self) {
+        tracing::error!(
+            "this JobManager no longer leads the cluster; it stops acting and stands by"
+        );
+        self.leading = None;
+        for conn in self.conns.keys().chain(self.unregistered.keys()) {
+            self.endpoint.close(*conn);
+        }
+        self.conns.clear();
+        self.unregistered.clear();
+        self.monitor = HeartbeatMonitor::new(self.config.heartbeat_timeout.as_millis() as u64);
+        let mut st = lock(&self.state);
+        st.jobs.clear();
+        st.taskmanagers.clear();
+    }
+
+    /// A standby's round: TaskManagers are sent to the leader, REST actions refused.
+    fn standby(&mut self) {
+        let leader = self.ha.as_ref().and_then(crate::ha::LeaderElection::leader);
+        let why = match &leader {
+            Some(l) => format!(
+                "this JobManager is a standby; the leader's REST address is {}",
+                l.rest
+            ),
+            None => "this JobManager is a standby; no JobManager leads the cluster now".into(),
+        };
+        if let Some(Event::Message {
+            conn,
+            msg: TmToJm::Register { .. },
+        }) = self.endpoint.recv_timeout(Duration::from_millis(20))
+        {
+            self.endpoint.send(
+                conn,
+                JmToTm::Refused {
+                    reason: why.clone(),
+                    fatal: false,
+                },
+            );
+        }
+        while let Ok(cmd) = self.commands.try_recv() {
+            let refused = Err((503, why.clone()));
+            match cmd {
+                JmCommand::Submit(_, reply) | JmCommand::Savepoint(_, reply) => {
+                    let _ = reply.send(refused);
+                }
+                JmCommand::Cancel(_, reply) => {
+                    let _ = reply.send(Err((503, why.clone())));
+                }
+                JmCommand::Built(b) => {
+                    let _ = b.reply.send(refused);
+                }
+            }
+        }
+    }
+
+    /// A new leader takes the stored jobs up again, each from its latest completed
+    /// checkpoint.
+    fn recover_jobs(&mut self, token: u64) {
+        let Some(ha) = &self.ha else { return };
+        let stored = match ha.list(&ha.keys().jobgraphs()) {
+            Ok(kvs) => kvs,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the job store; giving leadership up");
+                ha.resign();
+                return;
+            }
+        };
+        let mut recovered = Vec::new();
+        for kv in stored {
+            let id = kv.key.rsplit('/').next().unwrap_or_default().to_string();
+            let entry: crate::ha::StoredJob = match serde_json::from_slice(&kv.value) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "a malformed job store entry; skipped");
+                    continue;
+                }
+            };
+            let mut spec = match crate::ha::read_job(std::path::Path::new(&entry.path)) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "cannot read a stored job; skipped");
+                    continue;
+                }
+            };
+            let pointer = match ha.get(&ha.keys().checkpoint(&id)) {
+                Ok(kv) => kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the job store; giving leadership up");
+                    ha.resign();
+                    return;
+                }
+            };
+            let next = crate::ha::StoredJob {
+                path: entry.path.clone(),
+                recoveries: entry.recoveries + 1,
+            };
+            let put = crate::ha::Op::Put(
+                kv.key.clone(),
+                serde_json::to_vec(&next).unwrap_or_default(),
+            );
+            if let Err(e) = ha.write(token, &[put]) {
+                tracing::error!(error = %e, "cannot update the job store; giving leadership up");
+                return;
+            }
+            if let Some(p) = pointer {
+                tracing::info!(job = %id, checkpoint = %p, "recovering the job from its latest completed checkpoint");
+                spec.savepoint_path = Some(p);
+            } else {
+                tracing::info!(job = %id, "recovering the job (no completed checkpoint: from its start)");
+            }
+            // 65 536 deployments per leader before attempts could meet an older one's.
+            let attempt = next.recoveries.saturating_mul(1 << 16);
+            recovered.push((spec, Recovery { id, attempt }));
+        }
+        for (spec, recovery) in recovered {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            self.submit_as(spec, reply, Some(recovery));
+        }
+    }
+
+    /// Stores a submitted job (with high availability) before it is deployed: its
+    /// spec in the storage directory, a pointer in etcd.
+    fn store_job(&self, id: &str, spec: &JobSpec) -> Result<(), (u16, String)> {
+        let (Some(ha), Some(token), Some(dir)) =
+            (&self.ha, self.leading, &self.config.ha.storage_dir)
+        else {
+            return Ok(());
+        };
+        let path = crate::ha::job_file(dir, &self.config.ha.cluster_id, id);
+        let unavailable =
+            |e: crate::ha::HaError| (503, format!("cannot store the job for recovery: {e}"));
+        crate::ha::write_job(&path, spec).map_err(unavailable)?;
+        let entry = crate::ha::StoredJob {
+            path: path.display().to_string(),
+            recoveries: 0,
+        };
+        let key = format!("{}{id}", ha.keys().jobgraphs());
+        ha.write(
+            token,
+            &[crate::ha::Op::Put(
+                key,
+                serde_json::to_vec(&entry).unwrap_or_default(),
+            )],
+        )
+        .map_err(unavailable)
+    }
+
+    /// Records a job's latest completed checkpoint in etcd (with high availability);
+    /// false when it could not be: its sinks must not commit what a new leader would
+    /// not restore.
+    fn store_checkpoint(&self, id: &str, path: &std::path::Path) -> bool {
+        let (Some(ha), Some(token)) = (&self.ha, self.leading) else {
+            return true;
+        };
+        let put = crate::ha::Op::Put(
+            ha.keys().checkpoint(id),
+            path.display().to_string().into_bytes(),
+        );
+        match ha.write(token, &[put]) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "cannot record the completed checkpoint in etcd; its sinks do not commit");
+                false
+            }
+        }
+    }
+
+    /// Removes an ended job from the job store (with high availability).
+    fn unstore_job(&self, id: &str) {
+        let (Some(ha), Some(token), Some(dir)) =
+            (&self.ha, self.leading, &self.config.ha.storage_dir)
+        else {
+            return;
+        };
+        let ops = [
+            crate::ha::Op::Delete(format!("{}{id}", ha.keys().jobgraphs())),
+            crate::ha::Op::Delete(ha.keys().checkpoint(id)),
+        ];
+        match ha.write(token, &ops) {
+            Ok(()) => {
+                let path = crate::ha::job_file(dir, &self.config.ha.cluster_id, id);
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "cannot remove the ended job from the job store")
             }
         }
     }
@@ -920,12 +1173,23 @@ impl JobManager {
                 }
             }
         }
+        let latest = j
+            .coord
+            .latest()
+            .and_then(|cp| Some((cp.meta.checkpoint_id, cp.path.clone()?)));
         let conns: Vec<ConnId> = hosts
             .iter()
             .filter_map(|tm| st.taskmanagers.get(tm).map(|t| t.conn))
             .collect();
         drop(st);
         for m in messages {
+            if let CoordinatorMessage::Completed { id: done } = &m {
+                if let Some((_, path)) = latest.as_ref().filter(|(l, _)| l == done) {
+                    if !self.store_checkpoint(id, path) {
+                        continue;
+                    }
+                }
+            }
             let msg = match m {
                 CoordinatorMessage::Trigger {
                     id: checkpoint_id,
@@ -1050,11 +1314,17 @@ impl JobManager {
                 let BuiltSubmission {
                     spec,
                     config,
+                    recovery,
                     built,
                     reply,
                 } = *b;
-                let result =
-                    built.and_then(|(graph, restore)| self.admit(spec, &config, graph, restore));
+                let recovered = recovery.as_ref().map(|r| r.id.clone());
+                let result = built.and_then(|(graph, restore)| {
+                    self.admit(spec, &config, graph, restore, recovery)
+                });
+                if let (Some(id), Err((_, why))) = (recovered, &result) {
+                    tracing::error!(job = %id, %why, "cannot recover the job; it stays in the job store");
+                }
                 let _ = reply.send(result);
             }
             JmCommand::Cancel(id, reply) => {
@@ -1070,8 +1340,18 @@ impl JobManager {
     /// of its own, and admits it when that is done ([`JmCommand::Built`]).
     fn submit(
         &mut self,
+        spec: JobSpec,
+        reply: tokio::sync::oneshot::Sender<Result<String, (u16, String)>>,
+    ) {
+        self.submit_as(spec, reply, None);
+    }
+
+    /// [`Self::submit`], or the recovery of a stored job.
+    fn submit_as(
+        &mut self,
         mut spec: JobSpec,
         reply: tokio::sync::oneshot::Sender<Result<String, (u16, String)>>,
+        recovery: Option<Recovery>,
     ) {
         // The job's own settings over the cluster's (Flink's `run -D`).
         let mut jc = self.config.clone();
@@ -1096,6 +1376,7 @@ impl JobManager {
                 let _ = tx.send(JmCommand::Built(Box::new(BuiltSubmission {
                     spec,
                     config: jc,
+                    recovery,
                     built,
                     reply,
                 })));
@@ -1114,16 +1395,23 @@ impl JobManager {
         jc: &Config,
         graph: JobGraph,
         restore: Option<crate::checkpoint::CompletedCheckpoint>,
+        recovery: Option<Recovery>,
     ) -> Result<String, (u16, String)> {
         let (group_offsets, needed) = graph.group_offsets();
         let free = self.free_slots().len();
-        if needed > free {
+        if needed > free && recovery.is_none() {
             return Err((
                 400,
                 format!("the job needs {needed} task slots; {free} are free in the cluster"),
             ));
         }
-        let id = super::new_id();
+        let id = match &recovery {
+            Some(r) => r.id.clone(),
+            None => super::new_id(),
+        };
+        if recovery.is_none() {
+            self.store_job(&id, &spec)?;
+        }
         let mut coord =
             CheckpointCoordinator::new(&jc.checkpointing, &graph, &id).with_remote_tasks();
         if let Some(cp) = restore {
@@ -1198,7 +1486,20 @@ impl JobManager {
                 .map(|e| (e.from, e.to, e.partition.name()))
                 .collect(),
         };
-        tracing::info!(job = %id, name = %job.spec.job, slots = needed, "job submitted");
+        let mut job = job;
+        if let Some(r) = &recovery {
+            tracing::info!(job = %id, name = %job.spec.job, attempt = r.attempt, "job recovered from the job store");
+            job.attempt = r.attempt;
+            if needed > free {
+                // The TaskManagers have not all registered with this leader yet: wait
+                // for slots as a restart does (at most `slot.request.timeout`).
+                job.attempt = r.attempt - 1;
+                job.state = JobState::Restarting;
+                job.restart_at = Some(Instant::now());
+            }
+        } else {
+            tracing::info!(job = %id, name = %job.spec.job, slots = needed, "job submitted");
+        }
         let mut st = lock(&self.state);
         let mut ended: Vec<(u64, String)> = st
             .jobs
@@ -1212,9 +1513,10 @@ impl JobManager {
                 st.jobs.remove(old);
             }
         }
+        let waits = job.state == JobState::Restarting;
         st.jobs.insert(id.clone(), job);
         drop(st);
-        if !self.deploy(&id) {
+        if !waits && !self.deploy(&id) {
             return Err((500, "could not deploy the job".into()));
         }
         Ok(id)
@@ -1414,6 +1716,7 @@ impl JobManager {
     }
 
     fn job_ended(&self, id: &str) {
+        self.unstore_job(id);
         let st = lock(&self.state);
         if let Some(job) = st.jobs.get(id) {
             tracing::info!(job = %id, state = job.state.name(), restarts = job.restarts, "job ended");
@@ -1883,6 +2186,7 @@ impl JobManager {
                             jobmanager_id: jm_id,
                             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis()
                                 as u64,
+                            fencing_token: self.leading.unwrap_or(0),
                         },
                     );
                 }

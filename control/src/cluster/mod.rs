@@ -342,6 +342,10 @@ pub enum JmToTm {
         jobmanager_id: String,
         /// How often to heartbeat, ms.
         heartbeat_interval_ms: u64,
+        /// With high availability, the leader's fencing token (0: none): a TaskManager
+        /// stays only with the JobManager whose token the leader key carries.
+        #[serde(default)]
+        fencing_token: u64,
     },
     /// Registration refused (the reason says why).
     Refused {

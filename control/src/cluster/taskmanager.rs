@@ -60,6 +60,10 @@ pub struct TaskManager {
     jm: Option<ConnId>,
     /// The session id of the JobManager last registered with.
     last_jobmanager: Option<String>,
+    /// With high availability: the leader as etcd names it (where to register).
+    leader: Option<crate::ha::LeaderRetrieval>,
+    /// The fencing token of the JobManager registered with (0: none, or no HA).
+    jm_token: u64,
     /// The network agent (channels to TaskManagers on other hosts).
     net: NetHandle,
     network: NetworkInfo,
@@ -221,6 +225,15 @@ impl TaskManager {
             next_task: 0,
             jm: None,
             last_jobmanager: None,
+            leader: if config.ha.etcd {
+                Some(crate::ha::LeaderRetrieval::start(
+                    &config.ha,
+                    (config.ha.lease_duration / 4).max(Duration::from_millis(200)),
+                )?)
+            } else {
+                None
+            },
+            jm_token: 0,
             net,
             network,
             data_address,
@@ -415,6 +428,17 @@ impl TaskManager {
     }
 
     fn jobmanager_addr(&self) -> Option<SocketAddr> {
+        if let Some(retrieval) = &self.leader {
+            // With high availability, the leader etcd names, and no other.
+            let leader = retrieval.leader()?;
+            return match leader.rpc.to_socket_addrs() {
+                Ok(mut addrs) => addrs.next(),
+                Err(e) => {
+                    tracing::warn!(address = %leader.rpc, error = %e, "cannot resolve the leading JobManager");
+                    None
+                }
+            };
+        }
         let target = (
             self.config.jobmanager_address.as_str(),
             self.config.jobmanager_port,
@@ -486,8 +510,29 @@ impl TaskManager {
                     Event::Message { conn, msg } => {
                         jm_monitor.heard(conn, now_ms());
                         match msg {
-                            JmToTm::Registered { jobmanager_id, .. } => {
-                                tracing::info!(%jobmanager_id, "registered with the JobManager");
+                            JmToTm::Registered {
+                                jobmanager_id,
+                                fencing_token,
+                                ..
+                            } => {
+                                // Fencing: only the JobManager that holds the leader
+                                // key now (a deposed one may still answer).
+                                let expected = self
+                                    .leader
+                                    .as_ref()
+                                    .map(|l| l.leader().map_or(0, |r| r.token));
+                                if let Some(expected) = expected {
+                                    if fencing_token != expected || fencing_token == 0 {
+                                        tracing::warn!(%jobmanager_id, fencing_token, expected, "a JobManager that does not lead the cluster accepted the registration; leaving it");
+                                        self.endpoint.close(conn);
+                                        link = Link::Down {
+                                            retry_at: Instant::now() + RECONNECT_DELAY,
+                                        };
+                                        continue;
+                                    }
+                                }
+                                self.jm_token = fencing_token;
+                                tracing::info!(%jobmanager_id, fencing_token, "registered with the JobManager");
                                 self.jm = Some(conn);
                                 // A new JobManager knows nothing of the old one's jobs.
                                 if self
@@ -629,6 +674,20 @@ impl TaskManager {
                 link = Link::Down {
                     retry_at: Instant::now() + RECONNECT_DELAY,
                 };
+            }
+            // With high availability, a new leader in etcd ends the old leader's
+            // session at once (it may be paused, or deposed and not know it yet).
+            if let (Link::Registered { conn, .. }, Some(l)) = (&link, &self.leader) {
+                if let Some(now) = l.leader().filter(|r| r.token != self.jm_token) {
+                    tracing::warn!(leader = %now.id, token = now.token, "another JobManager leads the cluster now; registering with it");
+                    self.endpoint.close(*conn);
+                    jm_monitor.remove(conn);
+                    self.jm = None;
+                    self.cancel_all_tasks();
+                    link = Link::Down {
+                        retry_at: Instant::now(),
+                    };
+                }
             }
             if let Link::Registered { conn, .. } = &link {
                 self.send_results();
