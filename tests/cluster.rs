@@ -3644,6 +3644,16 @@ fn etcd_ha_a_standby_takes_over_from_a_killed_leader_exactly_once() {
         cps["counts"]["restored"], 1,
         "resumed from a checkpoint: {cps}"
     );
+    // At least the second: the leader completed two before it was killed.
+    let restored = &cps["latest"]["restored"];
+    assert!(restored["id"].as_u64().unwrap() >= 2, "{cps}");
+    assert!(
+        restored["external_path"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{id}/chk-")),
+        "{cps}"
+    );
     wait_for("the job store to be empty", Duration::from_secs(5), || {
         etcd.list("/spate/ha-test/jobgraphs/").is_empty()
             && etcd.list("/spate/ha-test/checkpoints/").is_empty()
@@ -3717,4 +3727,74 @@ fn etcd_ha_a_paused_leader_that_wakes_is_fenced_and_etcd_can_restart() {
         events,
         "after a pause of the leader and an etcd restart",
     );
+}
+
+/// The election and fencing against a real etcd, through the library: one of two
+/// candidates leads and writes under its token; when its leader key is deleted behind
+/// its back (as when its lease lapsed unseen), the other leads with a larger token, and
+/// the deposed leader's next write is refused by etcd's transaction and makes it give
+/// leadership up, though its local lease clock had not run out.
+#[test]
+fn etcd_ha_a_deposed_leaders_writes_are_refused_by_etcd() {
+    use spate::ha::{HaError, LeaderElection, LeaderRecord, Op};
+    let etcd = EtcdServer::start();
+    let mut cfg = spate::config::Config::default();
+    for (k, v) in [
+        ("high-availability.type", "etcd".to_string()),
+        (
+            "high-availability.etcd.endpoints",
+            format!("127.0.0.1:{}", etcd.client),
+        ),
+        ("high-availability.cluster-id", "ha-test".into()),
+        ("high-availability.etcd.lease-duration", "30 s".into()),
+    ] {
+        cfg.set(k, &v, "-D").unwrap();
+    }
+    let record = |id: &str, port: u16| LeaderRecord {
+        id: id.into(),
+        rpc: format!("127.0.0.1:{port}"),
+        rest: format!("127.0.0.1:{port}"),
+        token: 0,
+    };
+    let a = LeaderElection::start(&cfg.ha, record("a", 1)).unwrap();
+    wait_for("a to lead", Duration::from_secs(20), || {
+        a.leading().is_some()
+    });
+    let b = LeaderElection::start(&cfg.ha, record("b", 2)).unwrap();
+    let ta = a.leading().unwrap();
+    a.write(
+        ta,
+        &[Op::Put("/spate/ha-test/x".into(), b"from a".to_vec())],
+    )
+    .unwrap();
+    wait_for("b to see a lead", Duration::from_secs(20), || {
+        b.leader().is_some_and(|l| l.id == "a" && l.token == ta)
+    });
+    assert_eq!(b.leading(), None);
+    // Delete the leader key (its lease lives on: a still believes it leads).
+    http(
+        etcd.client,
+        "POST",
+        "/v3/kv/deleterange",
+        r#"{"key":"L3NwYXRlL2hhLXRlc3QvbGVhZGVy"}"#,
+    )
+    .unwrap();
+    wait_for("b to lead", Duration::from_secs(30), || {
+        b.leading().is_some()
+    });
+    let tb = b.leading().unwrap();
+    assert!(tb > ta, "tokens grow: {tb} after {ta}");
+    assert_eq!(a.leading(), Some(ta), "a's own clock says it still leads");
+    match a.write(ta, &[Op::Put("/spate/ha-test/x".into(), b"stale".to_vec())]) {
+        Err(HaError::NotLeader) => {}
+        other => panic!("a deposed leader's write went through: {other:?}"),
+    }
+    assert_eq!(a.leading(), None, "a refused write deposes at once");
+    let x = etcd.list("/spate/ha-test/x");
+    assert_eq!(x[0].1, b"from a", "the stale write left nothing");
+    b.write(
+        tb,
+        &[Op::Put("/spate/ha-test/x".into(), b"from b".to_vec())],
+    )
+    .unwrap();
 }

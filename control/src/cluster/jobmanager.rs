@@ -63,6 +63,8 @@ pub struct ClusterState {
     pub config: Config,
     /// Jobs, by id.
     pub jobs: BTreeMap<String, JobEntry>,
+    /// Ended jobs not yet removed from the job store (high availability): retried.
+    pub unstore_pending: Vec<String>,
 }
 
 /// Failures kept per job (`/jobs/:id/exceptions`).
@@ -695,6 +697,9 @@ impl std::fmt::Debug for BuiltSubmission {
 struct Recovery {
     id: String,
     attempt: u32,
+    /// The leader term (fencing token) that recovers it: a build that completes in a
+    /// later term is dropped (that term recovers the job itself).
+    token: u64,
 }
 
 /// Builds a submitted job's graph and reads the checkpoint it resumes from (on a
@@ -772,6 +777,8 @@ pub struct JobManager {
     ha: Option<crate::ha::LeaderElection>,
     /// The fencing token while it leads (always `Some(0)` without high availability).
     leading: Option<u64>,
+    /// When ended jobs whose removal from the job store failed are tried again.
+    next_unstore_retry: Instant,
 }
 
 fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
@@ -797,6 +804,7 @@ impl JobManager {
             taskmanagers: BTreeMap::new(),
             config: config.clone(),
             jobs: BTreeMap::new(),
+            unstore_pending: Vec::new(),
         }));
         let rest_addr = resolve(&config.jobmanager_address, config.rest_port)?;
         let (tx, commands) = channel();
@@ -838,6 +846,7 @@ impl JobManager {
             own_commands,
             next_channel: u64::from_str_radix(&super::new_id()[..8], 16).unwrap_or(1) << 32,
             leading: if ha.is_some() { None } else { Some(0) },
+            next_unstore_retry: Instant::now(),
             ha,
         })
     }
@@ -876,6 +885,7 @@ impl JobManager {
             self.restart_due_regions();
             self.poll_checkpoints();
             self.stamp_jobs();
+            self.retry_unstore();
             if Instant::now() >= next_beat {
                 next_beat = Instant::now() + self.config.heartbeat_interval;
                 for conn in self.conns.keys() {
@@ -919,6 +929,7 @@ impl JobManager {
         let mut st = lock(&self.state);
         st.jobs.clear();
         st.taskmanagers.clear();
+        st.unstore_pending.clear();
     }
 
     /// A standby's round: TaskManagers are sent to the leader, REST actions refused.
@@ -997,9 +1008,13 @@ impl JobManager {
                     return;
                 }
             };
+            let Some(recoveries) = entry.recoveries.checked_add(1).filter(|r| *r < 1 << 16) else {
+                tracing::error!(job = %id, recoveries = entry.recoveries, "a job store entry recovered too often; skipped");
+                continue;
+            };
             let next = crate::ha::StoredJob {
                 path: entry.path.clone(),
-                recoveries: entry.recoveries + 1,
+                recoveries,
             };
             let put = crate::ha::Op::Put(
                 kv.key.clone(),
@@ -1007,6 +1022,7 @@ impl JobManager {
             );
             if let Err(e) = ha.write(token, &[put]) {
                 tracing::error!(error = %e, "cannot update the job store; giving leadership up");
+                ha.resign();
                 return;
             }
             if let Some(p) = pointer {
@@ -1017,7 +1033,7 @@ impl JobManager {
             }
             // 65 536 deployments per leader before attempts could meet an older one's.
             let attempt = next.recoveries.saturating_mul(1 << 16);
-            recovered.push((spec, Recovery { id, attempt }));
+            recovered.push((spec, Recovery { id, attempt, token }));
         }
         for (spec, recovery) in recovered {
             let (reply, _) = tokio::sync::oneshot::channel();
@@ -1066,7 +1082,10 @@ impl JobManager {
         match ha.write(token, &[put]) {
             Ok(()) => true,
             Err(e) => {
-                tracing::error!(job = %id, error = %e, "cannot record the completed checkpoint in etcd; its sinks do not commit");
+                // The sinks must not commit it, and no restart of ours may restore it
+                // (a later leader would restore an older one): give leadership up.
+                tracing::error!(job = %id, error = %e, "cannot record the completed checkpoint in etcd; its sinks do not commit, and this JobManager gives leadership up");
+                ha.resign();
                 false
             }
         }
@@ -1089,8 +1108,21 @@ impl JobManager {
                 let _ = std::fs::remove_file(path);
             }
             Err(e) => {
-                tracing::error!(job = %id, error = %e, "cannot remove the ended job from the job store")
+                tracing::error!(job = %id, error = %e, "cannot remove the ended job from the job store; retrying");
+                lock(&self.state).unstore_pending.push(id.to_string());
             }
+        }
+    }
+
+    /// Retries removing ended jobs from the job store (at most once a second).
+    fn retry_unstore(&mut self) {
+        if self.next_unstore_retry > Instant::now() {
+            return;
+        }
+        self.next_unstore_retry = Instant::now() + Duration::from_secs(1);
+        let pending = std::mem::take(&mut lock(&self.state).unstore_pending);
+        for id in pending {
+            self.unstore_job(&id);
         }
     }
 
@@ -1182,6 +1214,9 @@ impl JobManager {
             .filter_map(|tm| st.taskmanagers.get(tm).map(|t| t.conn))
             .collect();
         drop(st);
+        if !self.still_leading() {
+            return;
+        }
         for m in messages {
             if let CoordinatorMessage::Completed { id: done } = &m {
                 if let Some((_, path)) = latest.as_ref().filter(|(l, _)| l == done) {
@@ -1318,6 +1353,13 @@ impl JobManager {
                     built,
                     reply,
                 } = *b;
+                if recovery
+                    .as_ref()
+                    .is_some_and(|r| Some(r.token) != self.leading)
+                {
+                    // Built for an earlier term of leadership: that term is over.
+                    return;
+                }
                 let recovered = recovery.as_ref().map(|r| r.id.clone());
                 let result = built.and_then(|(graph, restore)| {
                     self.admit(spec, &config, graph, restore, recovery)
@@ -1371,7 +1413,18 @@ impl JobManager {
         let spawned = std::thread::Builder::new()
             .name("job-builder".into())
             .spawn(move || {
-                let built = build_submission(&spec, &jc);
+                let mut built = build_submission(&spec, &jc);
+                if let (Err((_, why)), Some(r)) = (&built, &recovery) {
+                    // The checkpoint etcd points to may be gone (retention removed it
+                    // after a newer one completed, and the leader died before it moved
+                    // the pointer): the newest complete checkpoint of the job's
+                    // directory is as good (its sinks committed no further).
+                    if let Some(dir) = jc.checkpointing.dir.as_ref().map(|d| d.join(&r.id)) {
+                        tracing::warn!(job = %r.id, %why, dir = %dir.display(), "resuming from the newest complete checkpoint of the job's directory instead");
+                        spec.savepoint_path = Some(dir.display().to_string());
+                        built = build_submission(&spec, &jc);
+                    }
+                }
                 // A closed channel: the JobManager is stopping.
                 let _ = tx.send(JmCommand::Built(Box::new(BuiltSubmission {
                     spec,
@@ -1410,6 +1463,17 @@ impl JobManager {
             None => super::new_id(),
         };
         if recovery.is_none() {
+            if self.ha.is_some()
+                && jc.checkpointing.interval.is_some()
+                && jc.checkpointing.dir.is_none()
+            {
+                return Err((
+                    400,
+                    "with high availability, a job's checkpoints must outlive its \
+                     JobManager: set state.checkpoints.dir"
+                        .into(),
+                ));
+            }
             self.store_job(&id, &spec)?;
         }
         let mut coord =
@@ -1540,6 +1604,9 @@ impl JobManager {
 
     /// Deploys the job's current attempt; false if there are not enough slots.
     fn deploy(&mut self, id: &str) -> bool {
+        if !self.still_leading() {
+            return false;
+        }
         let free = self.free_slots();
         let mut st = lock(&self.state);
         let settings = st
@@ -2069,7 +2136,16 @@ impl JobManager {
         }
     }
 
+    /// Whether this JobManager still leads, by the election's clock now (between two
+    /// rounds of the loop, a paused leader may have woken with its lease over).
+    fn still_leading(&self) -> bool {
+        self.ha.as_ref().is_none_or(|h| h.leading() == self.leading)
+    }
+
     fn on_event(&mut self, ev: Event<TmToJm>) {
+        if !self.still_leading() {
+            return;
+        }
         if let Event::Disconnected { conn, .. } = &ev {
             self.unregistered.remove(conn);
         }

@@ -64,6 +64,8 @@ pub struct TaskManager {
     leader: Option<crate::ha::LeaderRetrieval>,
     /// The fencing token of the JobManager registered with (0: none, or no HA).
     jm_token: u64,
+    /// The token of the leader etcd named when the current connection was dialed.
+    dialed_token: u64,
     /// The network agent (channels to TaskManagers on other hosts).
     net: NetHandle,
     network: NetworkInfo,
@@ -234,6 +236,7 @@ impl TaskManager {
                 None
             },
             jm_token: 0,
+            dialed_token: 0,
             net,
             network,
             data_address,
@@ -427,10 +430,11 @@ impl TaskManager {
             .collect()
     }
 
-    fn jobmanager_addr(&self) -> Option<SocketAddr> {
+    fn jobmanager_addr(&mut self) -> Option<SocketAddr> {
         if let Some(retrieval) = &self.leader {
             // With high availability, the leader etcd names, and no other.
             let leader = retrieval.leader()?;
+            self.dialed_token = leader.token;
             return match leader.rpc.to_socket_addrs() {
                 Ok(mut addrs) => addrs.next(),
                 Err(e) => {
@@ -508,6 +512,15 @@ impl TaskManager {
                         );
                     }
                     Event::Message { conn, msg } => {
+                        // Only the JobManager connection of now speaks: messages still
+                        // queued from one this TaskManager left are dropped.
+                        let current = match &link {
+                            Link::Connecting(c) | Link::Registered { conn: c, .. } => *c == conn,
+                            Link::Down { .. } => false,
+                        };
+                        if !current {
+                            continue;
+                        }
                         jm_monitor.heard(conn, now_ms());
                         match msg {
                             JmToTm::Registered {
@@ -677,11 +690,17 @@ impl TaskManager {
             }
             // With high availability, a new leader in etcd ends the old leader's
             // session at once (it may be paused, or deposed and not know it yet).
-            if let (Link::Registered { conn, .. }, Some(l)) = (&link, &self.leader) {
-                if let Some(now) = l.leader().filter(|r| r.token != self.jm_token) {
+            let linked = match &link {
+                Link::Registered { conn, .. } => Some((*conn, self.jm_token)),
+                // Registering: with the leader of the moment it was dialed.
+                Link::Connecting(conn) => Some((*conn, self.dialed_token)),
+                Link::Down { .. } => None,
+            };
+            if let (Some((conn, token)), Some(l)) = (linked, &self.leader) {
+                if let Some(now) = l.leader().filter(|r| r.token != token) {
                     tracing::warn!(leader = %now.id, token = now.token, "another JobManager leads the cluster now; registering with it");
-                    self.endpoint.close(*conn);
-                    jm_monitor.remove(conn);
+                    self.endpoint.close(conn);
+                    jm_monitor.remove(&conn);
                     self.jm = None;
                     self.cancel_all_tasks();
                     link = Link::Down {
@@ -738,6 +757,10 @@ impl TaskManager {
             self.slots[*slot].cancel(*id);
             self.cancelled.entry(*id).or_insert_with(Instant::now);
         }
+        // No checkpoint of theirs completes any more: a later JobManager's completion
+        // of a checkpoint with the same id (a recovered job keeps its id) must not
+        // reach their sinks.
+        self.triggers.clear();
     }
 
     /// Flink's task cancellation watchdog: a task still there
