@@ -230,11 +230,8 @@ fn bad_requests_get_json_errors_and_garbage_rpc_is_shrugged_off() {
     // A peer that completes the handshake and then says nothing is closed once
     // heartbeat.timeout (1 s here) has passed.
     let mut s3 = TcpStream::connect(("127.0.0.1", ports.rpc)).unwrap();
-    s3.write_all(&spate::rpc::handshake_hello()).unwrap();
     s3.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut ack = [0u8; 8];
-    s3.read_exact(&mut ack).unwrap();
-    assert_eq!(&ack[..4], b"SPRC");
+    spate::rpc::handshake_blocking(&mut s3, &spate::security::Secret::none()).unwrap();
     let t0 = Instant::now();
     let mut rest = Vec::new();
     let n = s3.read_to_end(&mut rest);
@@ -883,7 +880,8 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
     });
     // A rogue peer registers, then claims the job's task failed, and re-registers as
     // another id on the same connection.
-    let rogue: Endpoint<JmToTm, TmToJm> = Endpoint::client("rogue").unwrap();
+    let rogue: Endpoint<JmToTm, TmToJm> =
+        Endpoint::client("rogue", spate::security::Secret::none()).unwrap();
     let conn = rogue.connect(format!("127.0.0.1:{}", ports.rpc).parse().unwrap());
     rogue.send(
         conn,
@@ -981,7 +979,8 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
         .map(|t| t["id"].as_str().unwrap().to_string())
         .find(|t| !t.starts_with("rogue"))
         .unwrap();
-    let thief: Endpoint<JmToTm, TmToJm> = Endpoint::client("thief").unwrap();
+    let thief: Endpoint<JmToTm, TmToJm> =
+        Endpoint::client("thief", spate::security::Secret::none()).unwrap();
     let tconn = thief.connect(format!("127.0.0.1:{}", ports.rpc).parse().unwrap());
     let network = NetworkInfo {
         node: 8,
@@ -3797,4 +3796,166 @@ fn etcd_ha_a_deposed_leaders_writes_are_refused_by_etcd() {
         &[Op::Put("/spate/ha-test/x".into(), b"from b".to_vec())],
     )
     .unwrap();
+}
+
+/// Shared secrets: with `security.internal.secret` set, a TaskManager without it (or
+/// with another) never registers and an RPC client that does not hold it fails the
+/// handshake, while TaskManagers that hold it register and run W1 across the data
+/// ports (`same-host: tcp`, so records cross the authenticated data connections).
+/// With `security.rest.secret`, the REST API answers 401 without the bearer token
+/// (the web UI's page still loads), and the CLI sends it from its configuration.
+#[test]
+fn peers_and_clients_without_the_cluster_secrets_are_refused() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("internal-secret");
+    std::fs::write(&secret_file, "correct horse battery staple\n").unwrap();
+    let internal = format!("security.internal.secret-file={}", secret_file.display());
+    let with_secret = ["-D", internal.as_str()];
+    let _jm = spate(
+        "jobmanager",
+        &ports,
+        &[
+            "-D",
+            internal.as_str(),
+            "-D",
+            "security.rest.secret=rest token",
+            "-D",
+            "taskmanager.network.same-host=tcp",
+        ],
+    );
+    let authed = |path: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", ports.rest)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer rest token\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let status: u16 = resp.split(' ').nth(1)?.parse().ok()?;
+        let body = resp.split_once("\r\n\r\n")?.1.to_string();
+        Some((
+            status,
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+        ))
+    };
+    wait_for("the REST API", Duration::from_secs(15), || {
+        authed("/overview").is_some_and(|(s, _)| s == 200)
+    });
+    // REST: no token, a wrong one, then the cookie the web UI sets.
+    let (status, v) = http(ports.rest, "GET", "/jobs/overview", "").unwrap();
+    assert_eq!(status, 401, "{v}");
+    assert!(v["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("security.rest.secret"));
+    let (status, _) = http(ports.rest, "POST", "/v1/jobs", r#"{"job": "vwap"}"#).unwrap();
+    assert_eq!(status, 401, "a submission without the token");
+    let raw = |req: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", ports.rest)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    };
+    let wrong = raw("GET /overview HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n");
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    assert!(
+        wrong
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{wrong}"
+    );
+    let cookie = raw("GET /overview HTTP/1.1\r\nHost: x\r\nCookie: theme=dark; spate-token=rest%20token\r\nConnection: close\r\n\r\n");
+    assert!(cookie.starts_with("HTTP/1.1 200"), "{cookie}");
+    let page = raw("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(
+        page.starts_with("HTTP/1.1 200"),
+        "the dashboard's page loads: {page}"
+    );
+
+    // RPC: a client without the secret fails the handshake on its own check of the
+    // JobManager's proof; one with it completes it.
+    let mut s = TcpStream::connect(("127.0.0.1", ports.rpc)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let e = spate::rpc::handshake_blocking(&mut s, &spate::security::Secret::none()).unwrap_err();
+    assert_eq!(e, spate::rpc::ProtocolError::Unauthenticated);
+    let mut s = TcpStream::connect(("127.0.0.1", ports.rpc)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let right = spate::security::Secret::new(b"correct horse battery staple");
+    spate::rpc::handshake_blocking(&mut s, &right).unwrap();
+
+    // TaskManagers: one without the secret and one with another never register.
+    let _none = spate("taskmanager", &ports, &[]);
+    let _other = spate(
+        "taskmanager",
+        &ports,
+        &["-D", "security.internal.secret=guess"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, tms) = authed("/taskmanagers").unwrap();
+    assert_eq!(tms["taskmanagers"].as_array().unwrap().len(), 0, "{tms}");
+    let _tm1 = spate("taskmanager", &ports, &with_secret);
+    let _tm2 = spate("taskmanager", &ports, &with_secret);
+    wait_for("two TaskManagers", Duration::from_secs(15), || {
+        authed("/taskmanagers")
+            .is_some_and(|(_, v)| v["taskmanagers"].as_array().is_some_and(|a| a.len() == 2))
+    });
+
+    // The CLI: refused without the token; with it from its configuration directory,
+    // it submits W1 across both TaskManagers, which finishes.
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let o = spate_cli(&["list", "-m", &m]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("config.yaml"),
+        "security.rest.secret: rest token\n",
+    )
+    .unwrap();
+    let conf_dir = conf.path().to_str().unwrap();
+    let o = spate_cli(&[
+        "run",
+        "-m",
+        &m,
+        "--config-dir",
+        conf_dir,
+        "-d",
+        "-p",
+        "2",
+        "--events",
+        "20000",
+        "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    wait_for("W1 FINISHED", Duration::from_secs(60), || {
+        let s = authed(&format!("/jobs/{id}"))
+            .map(|(_, v)| v["state"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        assert_ne!(s, "FAILED");
+        s == "FINISHED"
+    });
+    // Its records crossed the data connections between the two TaskManagers.
+    let (_, tms) = authed("/taskmanagers").unwrap();
+    let bytes: u64 = tms["taskmanagers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["network"]["bytesIn"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(bytes > 0, "{tms}");
+    let o = spate_cli(&["list", "-m", &m, "--config-dir", conf_dir]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&id));
 }

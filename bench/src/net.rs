@@ -138,6 +138,7 @@ where
             uring,
             keepalive: Duration::from_secs(1),
             timeout: Duration::from_secs(30),
+            mac: None,
         })?;
         let h = agent.handle();
         tell.send(h.local_addr())?;

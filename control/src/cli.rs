@@ -692,8 +692,14 @@ pub fn main() {
             // keys of --config-dir's config.yaml, under the -D ones.
             let mut spec = spec(&job);
             let from_dir = match &job.config_dir {
-                Some(d) => Config::load(d, &[]).map(|c| c.job_settings()),
-                None => Ok(Vec::new()),
+                Some(d) => Config::load(d, &[]).map(|c| {
+                    client::use_secret_of(&c);
+                    c.job_settings()
+                }),
+                None => {
+                    client::use_secret_of(&Config::default());
+                    Ok(Vec::new())
+                }
             };
             from_dir
                 .map_err(anyhow::Error::from)
@@ -709,14 +715,20 @@ pub fn main() {
         Cmd::Sql(a) => crate::sql_client::main(a),
         Cmd::List { conf, jobmanager } => conf
             .load()
-            .and_then(|c| client::list(&client::address(jobmanager, &c)?)),
+            .and_then(|c| {
+                client::use_secret_of(&c);
+                client::list(&client::address(jobmanager, &c)?)
+            }),
         Cmd::Cancel {
             conf,
             jobmanager,
             id,
         } => conf
             .load()
-            .and_then(|c| client::cancel(&client::address(jobmanager, &c)?, &id)),
+            .and_then(|c| {
+                client::use_secret_of(&c);
+                client::cancel(&client::address(jobmanager, &c)?, &id)
+            }),
         Cmd::Savepoint {
             conf,
             jobmanager,
@@ -724,13 +736,17 @@ pub fn main() {
             target,
         } => conf
             .load()
-            .and_then(|c| client::savepoint(&client::address(jobmanager, &c)?, &id, target, false)),
+            .and_then(|c| {
+                client::use_secret_of(&c);
+                client::savepoint(&client::address(jobmanager, &c)?, &id, target, false)
+            }),
         Cmd::Stop {
             conf,
             jobmanager,
             savepoint_path,
             id,
         } => conf.load().and_then(|c| {
+            client::use_secret_of(&c);
             client::savepoint(&client::address(jobmanager, &c)?, &id, savepoint_path, true)
         }),
         Cmd::Info { job } => job

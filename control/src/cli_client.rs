@@ -29,9 +29,30 @@ fn agent() -> ureq::Agent {
         .build()
 }
 
+/// `security.rest.secret` of the configuration the CLI loaded (or `SPATE_REST_SECRET`).
+static REST_SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sends `security.rest.secret` (from `c`, else the `SPATE_REST_SECRET` variable) with
+/// every request of this process.
+pub(crate) fn use_secret_of(c: &Config) {
+    let from_env = std::env::var("SPATE_REST_SECRET").unwrap_or_default();
+    let s = if c.rest_secret.is_set() {
+        String::from_utf8_lossy(&c.rest_secret.0).into_owned()
+    } else {
+        from_env
+    };
+    if !s.is_empty() {
+        let _ = REST_SECRET.set(s);
+    }
+}
+
 /// Calls the API; a 4xx/5xx becomes an error carrying the server's message.
 fn call(req: ureq::Request, body: Option<Value>) -> Result<Value> {
     let url = req.url().to_string();
+    let req = match REST_SECRET.get() {
+        Some(s) => req.set("Authorization", &format!("Bearer {s}")),
+        None => req,
+    };
     let r = match body {
         Some(b) => req.send_json(b),
         None => req.call(),

@@ -174,6 +174,12 @@ pub struct Config {
     pub s3: crate::storage::S3Settings,
     /// `high-availability.*`: leader election and the job store (off by default).
     pub ha: HaConfig,
+    /// `security.internal.secret` (or `-file`, spate): JobManagers and TaskManagers
+    /// prove to each other that they hold it on every RPC and data connection.
+    pub internal_secret: crate::security::SecretBytes,
+    /// `security.rest.secret` (or `-file`, spate): REST requests carry it as a bearer
+    /// token.
+    pub rest_secret: crate::security::SecretBytes,
     /// The keys the configuration file set, with their values, in order (what
     /// `spate run -m --config-dir DIR` sends with a job, see [`Self::job_settings`]).
     pub file_keys: Vec<(String, String)>,
@@ -321,6 +327,8 @@ impl Default for Config {
             checkpointing: CheckpointConfig::default(),
             s3: crate::storage::S3Settings::default(),
             ha: HaConfig::default(),
+            internal_secret: Default::default(),
+            rest_secret: Default::default(),
             prom_ports: None,
             file_keys: Vec::new(),
             applied: std::collections::BTreeMap::new(),
@@ -392,6 +400,10 @@ pub const KEYS: &[&str] = &[
     "high-availability.cluster-id",
     "high-availability.storageDir",
     "high-availability.etcd.lease-duration",
+    "security.internal.secret",
+    "security.internal.secret-file",
+    "security.rest.secret",
+    "security.rest.secret-file",
 ];
 
 fn scalar(y: &Yaml) -> Option<String> {
@@ -440,6 +452,17 @@ pub const FLINK_KEYS_IGNORED: &[&str] = &[
     "classloader.resolve-order",
     "state.backend.type",
 ];
+
+/// What a sensitive key's value shows as.
+const MASK: &str = "******";
+
+/// Whether a key holds a secret (its value is masked wherever keys are shown, as
+/// Flink masks them).
+fn sensitive(key: &str) -> bool {
+    const SENSITIVE: &[&str] = &["password", "secret", "token", "apikey", "auth"];
+    let k = key.to_ascii_lowercase();
+    SENSITIVE.iter().any(|s| k.contains(s))
+}
 
 /// Longest duration a key takes (365 days): long enough for any timeout, short enough
 /// that deadlines computed from it never overflow.
@@ -601,6 +624,7 @@ impl Config {
             })?,
         };
         self.set(key, &value, origin)?;
+        let value = if sensitive(key) { MASK.into() } else { value };
         self.file_keys.push((key.to_string(), value));
         Ok(())
     }
@@ -645,20 +669,23 @@ impl Config {
     /// Sets one key from its textual value.
     pub fn set(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
         self.set_typed(key, value, origin)?;
+        // Secrets are kept where they act, not among the keys shown or sent on.
+        let shown = if sensitive(key) { MASK } else { value.trim() };
         self.applied
-            .insert(key.trim().to_string(), value.trim().to_string());
+            .insert(key.trim().to_string(), shown.to_string());
         Ok(())
     }
 
     /// The keys set, with values of sensitive keys (secrets, passwords, tokens)
     /// masked as Flink masks them.
     pub fn shown(&self) -> Vec<(String, String)> {
-        const SENSITIVE: &[&str] = &["password", "secret", "token", "apikey", "auth"];
         self.applied
             .iter()
             .map(|(k, v)| {
-                let hide = SENSITIVE.iter().any(|s| k.to_ascii_lowercase().contains(s));
-                (k.clone(), if hide { "******".into() } else { v.clone() })
+                (
+                    k.clone(),
+                    if sensitive(k) { MASK.into() } else { v.clone() },
+                )
             })
             .collect()
     }
@@ -944,6 +971,25 @@ impl Config {
                 self.metrics_update_interval = d;
             }
             "slot.request.timeout" => self.slot_request_timeout = duration()?,
+            "security.internal.secret" => {
+                self.internal_secret = crate::security::SecretBytes(v.as_bytes().to_vec())
+            }
+            "security.rest.secret" => {
+                self.rest_secret = crate::security::SecretBytes(v.as_bytes().to_vec())
+            }
+            "security.internal.secret-file" | "security.rest.secret-file" => {
+                let bytes = crate::security::read_secret_file(Path::new(v))
+                    .map_err(|e| bad(&format!("a readable file holding the secret ({e})")))?;
+                if bytes.is_empty() {
+                    return Err(bad("a file holding a secret (this one is empty)"));
+                }
+                let s = crate::security::SecretBytes(bytes);
+                if key.starts_with("security.internal") {
+                    self.internal_secret = s;
+                } else {
+                    self.rest_secret = s;
+                }
+            }
             "high-availability.type" => {
                 self.ha.etcd = match v.to_ascii_lowercase().as_str() {
                     "none" => false,
@@ -1052,6 +1098,43 @@ mod tests {
             let e = c.set(k, v, "-D").unwrap_err().to_string();
             assert!(e.contains(k) && e.contains(v.trim()), "{e}");
         }
+    }
+
+    #[test]
+    fn secrets_are_read_inline_or_from_files_and_never_shown() {
+        let dir = std::env::temp_dir().join(format!("spate-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s");
+        std::fs::write(&file, "from a file\n").unwrap();
+        let mut c = Config::default();
+        c.set("security.rest.secret", "inline", "-D").unwrap();
+        c.set(
+            "security.internal.secret-file",
+            &file.display().to_string(),
+            "-D",
+        )
+        .unwrap();
+        assert_eq!(c.rest_secret.0, b"inline");
+        assert_eq!(c.internal_secret.0, b"from a file");
+        assert!(!format!("{c:?}").contains("inline"));
+        assert!(c
+            .shown()
+            .iter()
+            .all(|(k, v)| !k.contains("secret") || v == "******"));
+        let e = c
+            .set("security.rest.secret-file", "/no/such/file", "-D")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("security.rest.secret-file"), "{e}");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(c
+            .set(
+                "security.internal.secret-file",
+                &file.display().to_string(),
+                "-D"
+            )
+            .is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

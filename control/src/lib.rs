@@ -18,6 +18,7 @@ pub mod minicluster;
 pub mod rest;
 pub mod restart;
 pub mod rpc;
+pub mod security;
 pub mod sql;
 pub mod sql_client;
 pub mod storage;

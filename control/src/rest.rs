@@ -93,15 +93,69 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
         .route("/jobs/{id}/savepoints", post(trigger_savepoint))
         .route("/jobs/{id}/savepoints/{rid}", get(savepoint_status))
         .route("/jobs/{id}/stop", post(stop_job));
+    let secret = crate::cluster::jobmanager::lock(&state)
+        .config
+        .rest_secret
+        .clone();
     // Flink's clients call every path under /v1; its dashboard calls them bare.
-    Router::new()
+    let router = Router::new()
         .route("/metrics", get(prometheus))
-        .merge(crate::web::routes())
         .merge(api.clone())
         .nest("/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(App { state, commands })
+        .with_state(App { state, commands });
+    let router = if secret.is_set() {
+        router.layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(secret),
+            require_secret,
+        ))
+    } else {
+        router
+    };
+    // The dashboard's page and assets load without the secret (they hold no data; the
+    // page asks for the secret when the API refuses it).
+    crate::web::routes().merge(router)
+}
+
+/// The cookie the web UI keeps `security.rest.secret` in.
+pub const SECRET_COOKIE: &str = "spate-token";
+
+/// With `security.rest.secret`: a request must carry it, as `Authorization: Bearer`
+/// or in the web UI's cookie; else 401 (Flink's REST with SSL mutual authentication
+/// refuses the connection instead).
+async fn require_secret(
+    State(secret): State<std::sync::Arc<crate::security::SecretBytes>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().as_bytes().to_vec());
+    let cookie = headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(SECRET_COOKIE)?.strip_prefix('='))
+        .map(|v| percent_encoding::percent_decode_str(v).collect::<Vec<u8>>())
+        .next();
+    if bearer.or(cookie).is_some_and(|t| secret.matches(&t)) {
+        return next.run(req).await;
+    }
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "this JobManager requires its REST secret (security.rest.secret) as \
+         'Authorization: Bearer <secret>'",
+    );
+    r.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer realm=\"spate\""),
+    );
+    r
 }
 
 fn reply_error((status, message): (u16, String)) -> Response {

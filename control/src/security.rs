@@ -20,6 +20,28 @@ pub const PROOF_LEN: usize = 32;
 /// The length of a nonce.
 pub const NONCE_LEN: usize = 16;
 
+/// A secret as configured (its `Debug` does not show it).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "none" } else { "******" })
+    }
+}
+
+impl SecretBytes {
+    /// Whether one is set.
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Whether `offered` is it (compared in constant time).
+    pub fn matches(&self, offered: &[u8]) -> bool {
+        ct_eq(&self.0, offered)
+    }
+}
+
 /// A cluster secret: the key of the handshakes' proofs.
 #[derive(Clone)]
 pub struct Secret {
@@ -72,14 +94,19 @@ impl Secret {
     /// Whether `proof` proves the secret over `parts` (compared in constant time).
     pub fn verify(&self, parts: &[&[u8]], proof: &[u8]) -> bool {
         let want = self.prove(parts);
-        proof.len() == PROOF_LEN && ring::constant_time::verify_slices_are_equal(&want, proof).is_ok()
+        ct_eq(&want, proof)
     }
 
     /// The data plane's form: a function from message to proof.
     pub fn data_mac(&self) -> spate_dataplane::net::Mac {
         let s = self.clone();
-        std::sync::Arc::new(move |parts: &[&[u8]]| s.prove(parts))
+        spate_dataplane::net::Mac(std::sync::Arc::new(move |parts: &[&[u8]]| s.prove(parts)))
     }
+}
+
+/// Whether `a` and `b` are equal, in time that depends on their lengths only.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// A fresh random nonce.

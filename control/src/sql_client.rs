@@ -56,6 +56,7 @@ struct Client {
 /// Runs the SQL client; `Ok(false)` when a statement of a script failed.
 pub fn main(args: SqlArgs) -> Result<bool> {
     let config = Config::load(&Config::dir(args.config_dir.as_deref()), &args.defines)?;
+    crate::cli_client::use_secret_of(&config);
     spate_dataplane::clock::init();
     let cancel = Arc::new(AtomicBool::new(false));
     let c2 = cancel.clone();

@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use serde::{Deserialize, Serialize};
-use spate::rpc::{ConnId, Endpoint, Event, MAGIC, PROTOCOL_VERSION};
+use spate::rpc::{handshake_blocking, ConnId, Endpoint, Event, MAGIC, PROTOCOL_VERSION};
+use spate::security::Secret;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -18,7 +19,12 @@ enum Msg {
 type Ep = Endpoint<Msg, Msg>;
 
 fn server() -> (Ep, SocketAddr) {
-    let ep = Ep::listen("127.0.0.1:0".parse().unwrap(), "test-server").unwrap();
+    let ep = Ep::listen(
+        "127.0.0.1:0".parse().unwrap(),
+        "test-server",
+        Secret::none(),
+    )
+    .unwrap();
     let addr = ep.local_addr().unwrap();
     (ep, addr)
 }
@@ -48,7 +54,7 @@ fn disconnect_reason(ep: &Ep) -> String {
 #[test]
 fn messages_flow_both_ways_in_order() {
     let (srv, addr) = server();
-    let cli = Ep::client("test-client").unwrap();
+    let cli = Ep::client("test-client", Secret::none()).unwrap();
     let c = cli.connect(addr);
     // Queued before the handshake completes: delivered after it, in order.
     for i in 0..100 {
@@ -91,6 +97,15 @@ fn raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     s
 }
 
+/// A raw connection that completed the handshake, then sent `bytes`.
+fn handshaken_raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    handshake_blocking(&mut s, &Secret::none()).unwrap();
+    s.write_all(bytes).unwrap();
+    s
+}
+
 fn hello(version: u16) -> Vec<u8> {
     let v = version.to_le_bytes();
     vec![MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], 1, 0]
@@ -114,23 +129,19 @@ fn rogue_peers_are_dropped_with_the_reason_and_the_endpoint_lives_on() {
     assert_eq!(&ack[..4], &MAGIC);
     assert_eq!(ack[7], 1, "the refusal says so");
 
-    let mut oversized = hello(PROTOCOL_VERSION);
-    oversized.extend_from_slice(&u32::MAX.to_le_bytes());
-    let _s = raw(addr, &oversized);
+    let _s = handshaken_raw(addr, &u32::MAX.to_le_bytes());
     let reason = disconnect_reason(&srv);
     assert!(reason.contains("oversized frame"), "{reason}");
 
-    let mut garbage = hello(PROTOCOL_VERSION);
-    garbage.extend_from_slice(&3u32.to_le_bytes());
+    let mut garbage = 3u32.to_le_bytes().to_vec();
     garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
-    let _s = raw(addr, &garbage);
+    let _s = handshaken_raw(addr, &garbage);
     let reason = disconnect_reason(&srv);
     assert!(reason.contains("cannot decode"), "{reason}");
 
-    let mut half = hello(PROTOCOL_VERSION);
-    half.extend_from_slice(&100u32.to_le_bytes());
+    let mut half = 100u32.to_le_bytes().to_vec();
     half.extend_from_slice(&[1, 2, 3]);
-    drop(raw(addr, &half));
+    drop(handshaken_raw(addr, &half));
     let reason = disconnect_reason(&srv);
     assert!(
         reason.contains("closed in the middle of a frame"),
@@ -142,7 +153,7 @@ fn rogue_peers_are_dropped_with_the_reason_and_the_endpoint_lives_on() {
     assert!(reason.contains("closed in the middle"), "{reason}");
 
     // Still serving.
-    let cli = Ep::client("good").unwrap();
+    let cli = Ep::client("good", Secret::none()).unwrap();
     let c = cli.connect(addr);
     connected(&cli);
     let s = connected(&srv);
@@ -171,7 +182,7 @@ fn a_client_refused_by_version_or_unreachable_says_why() {
         s.write_all(&ack).unwrap();
         std::thread::sleep(Duration::from_millis(200));
     });
-    let cli = Ep::client("refused").unwrap();
+    let cli = Ep::client("refused", Secret::none()).unwrap();
     cli.connect(addr);
     assert!(disconnect_reason(&cli).contains("refused protocol version"));
     t.join().unwrap();
@@ -195,4 +206,55 @@ fn a_peer_that_never_completes_its_handshake_is_dropped() {
         start.elapsed() >= Duration::from_secs(4),
         "not before the deadline"
     );
+}
+
+/// Under a secret, an endpoint with another secret (or none) fails the handshake on
+/// its own check of the server's proof, and a raw client that answers with a forged
+/// proof is dropped by the server with the reason; one with the secret connects.
+#[test]
+fn peers_must_prove_the_same_secret() {
+    let srv = Ep::listen(
+        "127.0.0.1:0".parse().unwrap(),
+        "secret-server",
+        Secret::new(b"s3cret"),
+    )
+    .unwrap();
+    let addr = srv.local_addr().unwrap();
+    for other in [Secret::new(b"guess"), Secret::none()] {
+        let cli = Ep::client("outsider", other).unwrap();
+        cli.connect(addr);
+        let reason = disconnect_reason(&cli);
+        assert!(reason.contains("authentication failed"), "{reason}");
+        assert!(!matches!(
+            srv.recv_timeout(Duration::from_millis(200)),
+            Some(Event::Connected { .. })
+        ));
+    }
+    // A forged proof (zeros) after a well-formed hello.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut h = hello(PROTOCOL_VERSION);
+    h.extend_from_slice(&[9; 16]);
+    s.write_all(&h).unwrap();
+    let mut ack = [0u8; 56];
+    s.read_exact(&mut ack).unwrap();
+    let mut proof = hello(PROTOCOL_VERSION);
+    proof[6] = 3;
+    proof.extend_from_slice(&[0; 32]);
+    s.write_all(&proof).unwrap();
+    loop {
+        match next(&srv) {
+            Event::Disconnected { reason, .. } => {
+                if reason.contains("authentication failed") {
+                    break;
+                }
+            }
+            Event::Connected { .. } => panic!("a forged proof was taken"),
+            Event::Message { .. } => panic!("a message from an unauthenticated peer"),
+        }
+    }
+    let cli = Ep::client("insider", Secret::new(b"s3cret")).unwrap();
+    let c = cli.connect(addr);
+    assert_eq!(connected(&cli), c);
+    connected(&srv);
 }

@@ -13,8 +13,20 @@ function esc(v) {
   return String(v ?? '').replace(/[&<>"']/g, c => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 }
 
+let askedForSecret = false;
+
 async function api(path, opts) {
   const r = await fetch(path, opts);
+  if (r.status === 401 && !askedForSecret) {
+    // The JobManager requires security.rest.secret: ask once, keep it in a cookie
+    // (sent with every request to this origin), and load the page again.
+    askedForSecret = true;
+    const t = window.prompt('This JobManager requires its REST secret (security.rest.secret):');
+    if (t) {
+      document.cookie = 'spate-token=' + encodeURIComponent(t) + '; path=/; SameSite=Strict';
+      location.reload();
+    }
+  }
   const text = await r.text();
   let v = null;
   try { v = text ? JSON.parse(text) : null; } catch (e) { v = null; }

@@ -328,6 +328,7 @@ fn sqpoll_connections_carry_channels_too() {
             uring: opts,
             keepalive: Duration::from_secs(1),
             timeout: Duration::from_secs(10),
+            mac: None,
         })
         .unwrap()
     };

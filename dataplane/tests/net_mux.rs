@@ -290,8 +290,11 @@ fn a_frame_beyond_its_credit_is_refused_before_its_body_arrives() {
     let (a, mut b) = pair();
     let (prod, _cons) = rings(1, 1 << 12);
     let mut mux = Mux::new(a, 1, Vec::new(), prod);
-    let mut hello = b"SPNT\x01\x00\x00\x00".to_vec();
+    // A hello (version 2, node 2, a nonce) and the proof without a secret (zeros).
+    let mut hello = b"SPNT\x02\x00\x00\x00".to_vec();
     hello.extend_from_slice(&2u64.to_le_bytes());
+    hello.extend_from_slice(&[7; 16]);
+    hello.extend_from_slice(&[0; 32]);
     b.write_all(&hello).unwrap();
     // A data frame header on channel 0 announcing 8 MiB (far beyond the ring's credit),
     // and then another on an unknown channel: the body never comes.
@@ -326,4 +329,90 @@ fn a_frame_beyond_its_credit_is_refused_before_its_body_arrives() {
     }
     // The first connection, which said hello only, is fine.
     assert!(mux.poll().is_ok());
+}
+
+/// A keyed proof for the tests (the control plane gives HMAC-SHA256): a hash of the
+/// key and the parts, with the parts' lengths.
+fn test_mac(key: u64) -> spate_dataplane::net::Mac {
+    spate_dataplane::net::Mac(std::sync::Arc::new(move |parts: &[&[u8]]| {
+        use std::hash::{Hash, Hasher};
+        let mut out = [0u8; 32];
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (key, i).hash(&mut h);
+            for p in parts {
+                p.hash(&mut h);
+            }
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        out
+    }))
+}
+
+/// Both ends prove the cluster's secret over each other's nonces before a frame
+/// flows: the same secret connects; another secret, or a secret against none, is an
+/// authentication error on both sides and no frame gets through.
+#[test]
+fn data_connections_need_the_same_secret_on_both_ends() {
+    for (a_key, b_key, ok) in [
+        (Some(7), Some(7), true),
+        (None, None, true),
+        (Some(7), Some(8), false),
+        (Some(7), None, false),
+    ] {
+        let (a, b) = pair();
+        let (a_prod, a_cons) = rings(1, 1 << 12);
+        let (b_prod, mut b_cons) = rings(1, 1 << 12);
+        let mut sender = Mux::new(a, 1, a_cons, Vec::new());
+        let mut receiver = Mux::new(b, 2, Vec::new(), b_prod);
+        sender.set_mac(a_key.map(test_mac));
+        receiver.set_mac(b_key.map(test_mac));
+        let mut p = a_prod.into_iter().next().unwrap();
+        p.try_send(FrameType::Data, b"hello").unwrap();
+        let start = Instant::now();
+        let (mut sent, mut received) = (Ok(0), Ok(0));
+        let mut got = false;
+        while start.elapsed() < Duration::from_secs(1) && !got {
+            if sent.is_ok() {
+                sent = sender.poll();
+            }
+            if received.is_ok() {
+                received = receiver.poll();
+            }
+            got = got || b_cons[0].try_read().unwrap().is_some();
+            if sent.is_err() || received.is_err() {
+                // Give the other side a moment to read what is in flight.
+                for _ in 0..20 {
+                    if sent.is_ok() {
+                        sent = sender.poll();
+                    }
+                    if received.is_ok() {
+                        received = receiver.poll();
+                    }
+                    got = got || b_cons[0].try_read().unwrap().is_some();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(got, ok, "keys {a_key:?} and {b_key:?}");
+        // The side that checks a wrong proof first drops the connection (the other
+        // then sees it closed, or times out in its agent).
+        let failed: Vec<String> = [&sent, &received]
+            .into_iter()
+            .filter_map(|r| match r {
+                Err(MuxError::Protocol { reason, .. }) => Some(reason.clone()),
+                _ => None,
+            })
+            .collect();
+        if ok {
+            assert!(sent.is_ok() && received.is_ok(), "{sent:?} {received:?}");
+        } else {
+            assert!(
+                !failed.is_empty() && failed.iter().all(|r| r.contains("authentication failed")),
+                "keys {a_key:?}, {b_key:?}: {sent:?} {received:?}"
+            );
+        }
+    }
 }

@@ -793,7 +793,8 @@ impl JobManager {
     pub fn start(config: &Config) -> anyhow::Result<Self> {
         crate::storage::configure(&config.s3);
         let rpc = resolve(&config.jobmanager_address, config.jobmanager_port)?;
-        let endpoint = Endpoint::listen(rpc, "jobmanager")
+        let secret = crate::security::Secret::new(&config.internal_secret.0);
+        let endpoint = Endpoint::listen(rpc, "jobmanager", secret)
             .map_err(|e| anyhow::anyhow!("cannot listen for RPC on {rpc}: {e}"))?;
         let state = Arc::new(Mutex::new(ClusterState {
             jobmanager_id: super::new_id(),

@@ -105,7 +105,8 @@ impl TaskManager {
             std::process::id(),
             &super::new_id()[..6]
         ));
-        let endpoint = Endpoint::client("taskmanager")?;
+        let secret = crate::security::Secret::new(&config.internal_secret.0);
+        let endpoint = Endpoint::client("taskmanager", secret.clone())?;
         let node = u64::from_str_radix(&super::new_id()[..16], 16)
             .unwrap_or(1)
             .max(1);
@@ -116,6 +117,7 @@ impl TaskManager {
             uring: config.uring,
             keepalive: config.heartbeat_interval,
             timeout: config.heartbeat_timeout,
+            mac: secret.is_set().then(|| secret.data_mac()),
         })?;
         let net = agent.handle();
         let data_address = format!("{}:{}", config.taskmanager_host, net.local_addr().port());

@@ -2,9 +2,11 @@
 //! of connections, talking to its owner through channels.
 
 use super::{
-    check_handshake, encode_frame, handshake, split_frames, ProtocolError, HANDSHAKE_LEN, KIND_ACK,
-    KIND_HELLO, STATUS_OK, STATUS_VERSION_REFUSED,
+    ack, answer_ack, check_handshake, check_proof, encode_frame, handshake, hello, split_frames,
+    ProtocolError, ACK_LEN, HANDSHAKE_LEN, HELLO_LEN, KIND_ACK, KIND_HELLO, KIND_PROOF,
+    PROOF_MSG_LEN, STATUS_VERSION_REFUSED,
 };
+use crate::security::Secret;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde::de::DeserializeOwned;
@@ -79,6 +81,8 @@ enum State {
     AwaitAck,
     /// Incoming: waiting for the hello.
     AwaitHello,
+    /// Incoming: ack sent, waiting for the peer's proof.
+    AwaitProof,
     /// Handshaken.
     Open,
 }
@@ -97,6 +101,9 @@ struct Conn {
     close_after_flush: Option<String>,
     /// When the connection was opened (for the handshake deadline).
     opened: std::time::Instant,
+    /// Our handshake nonce, and the peer's once heard.
+    nonce: [u8; crate::security::NONCE_LEN],
+    peer_nonce: [u8; crate::security::NONCE_LEN],
 }
 
 /// An RPC endpoint sending `Out` and receiving `In` messages.
@@ -122,18 +129,19 @@ where
     In: DeserializeOwned + Send + 'static,
     Out: Serialize + Send + 'static,
 {
-    /// An endpoint that accepts connections on `addr` (port 0 picks one).
-    pub fn listen(addr: SocketAddr, name: &str) -> std::io::Result<Self> {
+    /// An endpoint that accepts connections on `addr` (port 0 picks one) from peers
+    /// that hold `secret`.
+    pub fn listen(addr: SocketAddr, name: &str, secret: Secret) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
-        Self::start(Some(listener), name)
+        Self::start(Some(listener), name, secret)
     }
 
-    /// An endpoint that only connects out.
-    pub fn client(name: &str) -> std::io::Result<Self> {
-        Self::start(None, name)
+    /// An endpoint that only connects out, to peers that hold `secret`.
+    pub fn client(name: &str, secret: Secret) -> std::io::Result<Self> {
+        Self::start(None, name, secret)
     }
 
-    fn start(listener: Option<TcpListener>, name: &str) -> std::io::Result<Self> {
+    fn start(listener: Option<TcpListener>, name: &str, secret: Secret) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let local = match &listener {
@@ -154,6 +162,7 @@ where
                     commands: crx,
                     events: etx,
                     next_conn: nc,
+                    secret,
                 };
                 if let Err(e) = lp.run() {
                     tracing::error!(error = %e, "RPC event loop stopped");
@@ -225,6 +234,7 @@ struct Loop<In, Out> {
     commands: Receiver<Command<Out>>,
     events: Sender<Event<In>>,
     next_conn: Arc<AtomicU64>,
+    secret: Secret,
 }
 
 impl<In: DeserializeOwned, Out: Serialize> Loop<In, Out> {
@@ -325,6 +335,8 @@ impl<In: DeserializeOwned, Out: Serialize> Loop<In, Out> {
                             hello_pending: 0,
                             close_after_flush: None,
                             opened: std::time::Instant::now(),
+                            nonce: crate::security::nonce(),
+                            peer_nonce: [0; crate::security::NONCE_LEN],
                         },
                     );
                 }
@@ -366,6 +378,7 @@ impl<In: DeserializeOwned, Out: Serialize> Loop<In, Out> {
                             });
                             continue;
                         }
+                        let nonce = crate::security::nonce();
                         self.conns.insert(
                             id,
                             Conn {
@@ -373,11 +386,13 @@ impl<In: DeserializeOwned, Out: Serialize> Loop<In, Out> {
                                 peer: addr,
                                 state: State::Connecting,
                                 rbuf: Vec::new(),
-                                wbuf: handshake(KIND_HELLO, STATUS_OK).to_vec(),
+                                wbuf: hello(&nonce),
                                 writable_interest: true,
-                                hello_pending: HANDSHAKE_LEN,
+                                hello_pending: HELLO_LEN,
                                 close_after_flush: None,
                                 opened: std::time::Instant::now(),
+                                nonce,
+                                peer_nonce: [0; crate::security::NONCE_LEN],
                             },
                         );
                     }
@@ -531,33 +546,26 @@ impl<In: DeserializeOwned, Out: Serialize> Loop<In, Out> {
     }
 
     fn process(&mut self, id: ConnId) -> Result<(), ProtocolError> {
-        let Some(c) = self.conns.get_mut(&id) else {
+        let Some(mut c) = self.conns.get_mut(&id) else {
             return Ok(());
         };
-        if matches!(c.state, State::AwaitHello | State::AwaitAck) {
+        // The handshake: hello → ack (the server's proof) → proof (the client's).
+        while matches!(
+            c.state,
+            State::AwaitHello | State::AwaitAck | State::AwaitProof
+        ) {
             if c.rbuf.len() < HANDSHAKE_LEN {
                 return Ok(());
             }
             let mut h = [0u8; HANDSHAKE_LEN];
             h.copy_from_slice(&c.rbuf[..HANDSHAKE_LEN]);
-            c.rbuf.drain(..HANDSHAKE_LEN);
-            let expected = if c.state == State::AwaitHello {
-                KIND_HELLO
-            } else {
-                KIND_ACK
+            let (expected, len) = match c.state {
+                State::AwaitHello => (KIND_HELLO, HELLO_LEN),
+                State::AwaitAck => (KIND_ACK, ACK_LEN),
+                _ => (KIND_PROOF, PROOF_MSG_LEN),
             };
             match check_handshake(&h, expected) {
-                Ok(()) => {
-                    if c.state == State::AwaitHello {
-                        let mut out = handshake(KIND_ACK, STATUS_OK).to_vec();
-                        out.append(&mut c.wbuf);
-                        c.wbuf = out;
-                    }
-                    c.state = State::Open;
-                    let peer = c.peer;
-                    self.emit(Event::Connected { conn: id, peer });
-                    self.on_writable(id);
-                }
+                Ok(()) => {}
                 Err(e @ ProtocolError::Version { .. }) if c.state == State::AwaitHello => {
                     // Tell the peer, then close.
                     c.wbuf = handshake(KIND_ACK, STATUS_VERSION_REFUSED).to_vec();
@@ -569,6 +577,39 @@ impl<In: DeserializeOwned, Out: Serialize> Loop<In, Out> {
                 }
                 Err(e) => return Err(e),
             }
+            if c.rbuf.len() < len {
+                return Ok(());
+            }
+            let msg: Vec<u8> = c.rbuf.drain(..len).collect();
+            match c.state {
+                State::AwaitHello => {
+                    c.peer_nonce.copy_from_slice(&msg[HANDSHAKE_LEN..]);
+                    let mut out = ack(&self.secret, &c.peer_nonce, &c.nonce);
+                    out.append(&mut c.wbuf);
+                    c.wbuf = out;
+                    c.state = State::AwaitProof;
+                    self.on_writable(id);
+                }
+                State::AwaitAck => {
+                    let mut out = answer_ack(&self.secret, &msg, &c.nonce)?;
+                    out.append(&mut c.wbuf);
+                    c.wbuf = out;
+                    c.state = State::Open;
+                    let peer = c.peer;
+                    self.emit(Event::Connected { conn: id, peer });
+                    self.on_writable(id);
+                }
+                _ => {
+                    check_proof(&self.secret, &msg, &c.nonce, &c.peer_nonce)?;
+                    c.state = State::Open;
+                    let peer = c.peer;
+                    self.emit(Event::Connected { conn: id, peer });
+                }
+            }
+            let Some(next) = self.conns.get_mut(&id) else {
+                return Ok(());
+            };
+            c = next;
         }
         let Some(c) = self.conns.get_mut(&id) else {
             return Ok(());

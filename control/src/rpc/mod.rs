@@ -2,21 +2,30 @@
 //! driven by mio on one thread per endpoint.
 //!
 //! ```text
-//! handshake, each way, 8 bytes:
+//! handshake: three messages, each an 8-byte header and a body:
 //!   0        4          6       7        8
 //!   +--------+----------+-------+--------+
 //!   | "SPRC" | version  | kind  | status |     kind: 1 hello (from the connecting side),
-//!   +--------+----------+-------+--------+           2 ack (from the accepting side)
+//!   +--------+----------+-------+--------+           2 ack (from the accepting side),
+//!                                                    3 proof (from the connecting side)
 //!                                               status: 0 ok, 1 version refused
+//!   hello: header, nonce C (16 bytes)
+//!   ack:   header, nonce S (16), HMAC-SHA256(secret, "spate-rpc-server", C, S)
+//!   proof: header, HMAC-SHA256(secret, "spate-rpc-client", S, C)
 //! then frames, both ways:
 //!   +----------------+------------------------------+
 //!   | length (u32 LE)| message (postcard, ≤ MAX_FRAME) |
 //!   +----------------+------------------------------+
 //! ```
 //!
-//! A peer that sends another magic or version, a frame longer than [`MAX_FRAME`], bytes
-//! that do not decode as a message, or that closes mid-frame is disconnected with an
-//! [`Event::Disconnected`] that says why; the endpoint and the process live on.
+//! Each side proves that it holds the cluster's `security.internal.secret` (an empty key
+//! without one) over both sides' fresh nonces, so neither trusts a peer that does not,
+//! the secret never travels, and a recorded handshake cannot be replayed.
+//!
+//! A peer that sends another magic or version, a wrong proof, a frame longer than
+//! [`MAX_FRAME`], bytes that do not decode as a message, or that closes mid-frame is
+//! disconnected with an [`Event::Disconnected`] that says why; the endpoint and the
+//! process live on.
 
 mod endpoint;
 
@@ -25,14 +34,25 @@ pub use endpoint::{ConnId, Endpoint, Event};
 /// Protocol magic.
 pub const MAGIC: [u8; 4] = *b"SPRC";
 /// Protocol version; a peer of another version is refused at the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest message, in bytes.
 pub const MAX_FRAME: usize = 16 << 20;
-/// Handshake length.
+/// A handshake message's header length.
 pub const HANDSHAKE_LEN: usize = 8;
+/// The hello's length.
+pub const HELLO_LEN: usize = HANDSHAKE_LEN + NONCE_LEN;
+/// The ack's length.
+pub const ACK_LEN: usize = HANDSHAKE_LEN + NONCE_LEN + PROOF_LEN;
+/// The proof's length.
+pub const PROOF_MSG_LEN: usize = HANDSHAKE_LEN + PROOF_LEN;
+
+use crate::security::{Secret, NONCE_LEN, PROOF_LEN};
 
 const KIND_HELLO: u8 = 1;
 const KIND_ACK: u8 = 2;
+const KIND_PROOF: u8 = 3;
+const SERVER_LABEL: &[u8] = b"spate-rpc-server";
+const CLIENT_LABEL: &[u8] = b"spate-rpc-client";
 const STATUS_OK: u8 = 0;
 const STATUS_VERSION_REFUSED: u8 = 1;
 
@@ -54,6 +74,12 @@ pub enum ProtocolError {
     /// A handshake of the wrong kind.
     #[error("unexpected handshake kind {0}")]
     HandshakeKind(u8),
+    /// The peer does not hold this process's secret.
+    #[error(
+        "authentication failed: the peer does not hold this cluster's \
+         security.internal.secret (or one of the two has none)"
+    )]
+    Unauthenticated,
     /// A frame longer than allowed.
     #[error("oversized frame of {0} bytes (the limit is {MAX_FRAME})")]
     Oversized(usize),
@@ -65,10 +91,69 @@ pub enum ProtocolError {
     Truncated(usize),
 }
 
-/// The hello a connecting peer sends (for tools and tests that speak the protocol by
-/// hand).
-pub fn handshake_hello() -> [u8; HANDSHAKE_LEN] {
-    handshake(KIND_HELLO, STATUS_OK)
+/// A hello with nonce `nonce`.
+fn hello(nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
+    let mut h = handshake(KIND_HELLO, STATUS_OK).to_vec();
+    h.extend_from_slice(nonce);
+    h
+}
+
+/// The ack to a hello of nonce `theirs`, with our nonce `ours`.
+fn ack(secret: &Secret, theirs: &[u8], ours: &[u8; NONCE_LEN]) -> Vec<u8> {
+    let mut a = handshake(KIND_ACK, STATUS_OK).to_vec();
+    a.extend_from_slice(ours);
+    a.extend_from_slice(&secret.prove(&[SERVER_LABEL, theirs, ours]));
+    a
+}
+
+/// Checks an ack (the server's proof over our nonce `ours`) and makes our proof.
+fn answer_ack(
+    secret: &Secret,
+    ack: &[u8],
+    ours: &[u8; NONCE_LEN],
+) -> Result<Vec<u8>, ProtocolError> {
+    let theirs = &ack[HANDSHAKE_LEN..HANDSHAKE_LEN + NONCE_LEN];
+    let proof = &ack[HANDSHAKE_LEN + NONCE_LEN..ACK_LEN];
+    if !secret.verify(&[SERVER_LABEL, ours, theirs], proof) {
+        return Err(ProtocolError::Unauthenticated);
+    }
+    let mut p = handshake(KIND_PROOF, STATUS_OK).to_vec();
+    p.extend_from_slice(&secret.prove(&[CLIENT_LABEL, theirs, ours]));
+    Ok(p)
+}
+
+/// Checks a client's proof over our nonce `ours` and its nonce `theirs`.
+fn check_proof(
+    secret: &Secret,
+    proof: &[u8],
+    ours: &[u8],
+    theirs: &[u8],
+) -> Result<(), ProtocolError> {
+    if secret.verify(&[CLIENT_LABEL, ours, theirs], &proof[HANDSHAKE_LEN..]) {
+        Ok(())
+    } else {
+        Err(ProtocolError::Unauthenticated)
+    }
+}
+
+/// Runs the connecting side's handshake on a blocking stream (for tools and tests that
+/// speak the protocol by hand).
+pub fn handshake_blocking(
+    stream: &mut std::net::TcpStream,
+    secret: &Secret,
+) -> Result<(), ProtocolError> {
+    use std::io::{Read, Write};
+    let io = |e: std::io::Error| ProtocolError::Decode(format!("handshake: {e}"));
+    let nonce = crate::security::nonce();
+    stream.write_all(&hello(&nonce)).map_err(io)?;
+    let mut a = [0u8; ACK_LEN];
+    stream.read_exact(&mut a[..HANDSHAKE_LEN]).map_err(io)?;
+    let mut h = [0u8; HANDSHAKE_LEN];
+    h.copy_from_slice(&a[..HANDSHAKE_LEN]);
+    check_handshake(&h, KIND_ACK)?;
+    stream.read_exact(&mut a[HANDSHAKE_LEN..]).map_err(io)?;
+    let proof = answer_ack(secret, &a, &nonce)?;
+    stream.write_all(&proof).map_err(io)
 }
 
 fn handshake(kind: u8, status: u8) -> [u8; HANDSHAKE_LEN] {
@@ -149,6 +234,32 @@ mod tests {
             split_frames(&big).unwrap_err(),
             ProtocolError::Oversized(MAX_FRAME + 1)
         );
+    }
+
+    #[test]
+    fn proofs_hold_only_under_the_same_secret() {
+        let (s, other) = (Secret::new(b"k"), Secret::new(b"j"));
+        let (c, n) = (crate::security::nonce(), crate::security::nonce());
+        let a = ack(&s, &c, &n);
+        assert_eq!(a.len(), ACK_LEN);
+        let p = answer_ack(&s, &a, &c).unwrap();
+        assert_eq!(p.len(), PROOF_MSG_LEN);
+        assert!(check_proof(&s, &p, &n, &c).is_ok());
+        assert_eq!(
+            check_proof(&other, &p, &n, &c),
+            Err(ProtocolError::Unauthenticated)
+        );
+        assert_eq!(
+            answer_ack(&other, &a, &c),
+            Err(ProtocolError::Unauthenticated)
+        );
+        assert_eq!(
+            answer_ack(&Secret::none(), &a, &c),
+            Err(ProtocolError::Unauthenticated)
+        );
+        // A replayed ack answers another hello's nonce: refused.
+        let c2 = crate::security::nonce();
+        assert_eq!(answer_ack(&s, &a, &c2), Err(ProtocolError::Unauthenticated));
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct AgentConfig {
     /// A peer silent this long, or not connected this long after a channel to it was
     /// opened, is given up: its channels fail.
     pub timeout: Duration,
+    /// Proves and checks the cluster's secret in each connection's handshake (`None`:
+    /// no secret; a peer with one is refused).
+    pub mac: Option<super::Mac>,
 }
 
 /// Why the agent could not start.
@@ -496,6 +499,7 @@ impl NetAgent {
         let tok = self.token();
         let mut mux = Mux::empty(stream, self.cfg.node);
         mux.set_liveness(self.cfg.keepalive, self.cfg.timeout);
+        mux.set_mac(self.cfg.mac.clone());
         if let NetStream::Epoll(s) = mux.stream_mut() {
             if let Err(e) = s.register(self.poll.registry(), Token(tok)) {
                 tracing::warn!(%remote, error = %e, "data connection not registered with epoll");

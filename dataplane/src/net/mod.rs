@@ -8,11 +8,14 @@
 //! channel: the others keep the connection. Tasks never know where their peer is.
 //!
 //! ```text
-//! connection: handshake (16 bytes each way), then frames
-//!   0      4      6      8              16
-//!   +------+------+------+---------------+
-//!   |"SPNT"| ver  | zero | node id (u64) |          handshake
-//!   +------+------+------+---------------+
+//! connection: hello (32 bytes each way), proof (32 bytes each way), then frames
+//!   0      4      6      8              16              32
+//!   +------+------+------+---------------+---------------+
+//!   |"SPNT"| ver  | zero | node id (u64) | nonce (16)    |   hello
+//!   +------+------+------+---------------+---------------+
+//!   proof: MAC(secret; "spate-data", the peer's nonce, own nonce, own node id), which
+//!   the peer checks before it accepts a frame: both nodes hold the cluster's secret
+//!   ([`Mac`]), which never travels; fresh nonces make a recorded handshake useless.
 //!   0          4      5        6      8          12           16
 //!   +----------+------+--------+------+----------+------------+---------+
 //!   | channel  | kind | ring   | zero | length   | channel    | payload |  frame
@@ -238,12 +241,37 @@ impl Write for NetStream {
     }
 }
 
+/// Proves that a node holds the cluster's secret over the given parts (a label, then
+/// nonces and node ids): both ends of a data connection must compute the same (spate's
+/// control plane gives HMAC-SHA256 under `security.internal.secret`). Without one, the
+/// handshake's proofs are zeros, and a node with a secret refuses a node without.
+#[derive(Clone)]
+pub struct Mac(pub std::sync::Arc<MacFn>);
+
+/// The function behind a [`Mac`].
+pub type MacFn = dyn Fn(&[&[u8]]) -> [u8; PROOF_LEN] + Send + Sync;
+
+impl std::fmt::Debug for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mac(..)")
+    }
+}
+
+impl Mac {
+    /// The proof over `parts`.
+    pub fn prove(&self, parts: &[&[u8]]) -> [u8; PROOF_LEN] {
+        (self.0)(parts)
+    }
+}
+
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"SPNT";
 /// Protocol version.
-pub const VERSION: u16 = 1;
-/// Handshake bytes.
-pub const HANDSHAKE_LEN: usize = 16;
+pub const VERSION: u16 = 2;
+/// Hello bytes (magic, version, node id, nonce).
+pub const HANDSHAKE_LEN: usize = 32;
+/// Proof bytes (after the peer's hello, each way).
+pub const PROOF_LEN: usize = 32;
 /// Frame header bytes.
 pub const FRAME_HEADER: usize = 16;
 /// Largest payload a frame carries.

@@ -2,7 +2,7 @@
 
 use super::{
     CLOSE_BY_CONSUMER, CLOSE_BY_PRODUCER, FRAME_HEADER, HANDSHAKE_LEN, KIND_CLOSE, KIND_CREDIT,
-    KIND_DATA, KIND_PING, MAGIC, MAX_PAYLOAD, VERSION,
+    KIND_DATA, KIND_PING, MAGIC, MAX_PAYLOAD, PROOF_LEN, VERSION,
 };
 use crate::clock;
 use crate::ring::{frame_size, ClaimError, Consumer, FrameType, PeerState, Producer, RingError};
@@ -118,6 +118,8 @@ const LIVENESS_CHECK_NS: u64 = 1_000_000;
 /// Dropping the multiplexer closes every local ring it holds.
 pub struct Mux<S> {
     stream: S,
+    /// This node's id (proven in the handshake).
+    node: u64,
     peer: u64,
     outs: Vec<Out>,
     ins: FxHashMap<u64, In>,
@@ -131,7 +133,14 @@ pub struct Mux<S> {
     /// The stream ended or failed after bytes that are still to be processed.
     read_error: Option<MuxError>,
     wbuf: Vec<u8>,
+    /// The peer's hello arrived (its proof follows).
+    hello_seen: bool,
+    /// The peer's proof checked out: frames flow.
     handshaken: bool,
+    /// Proves and checks the cluster's secret (`None`: proofs are zeros).
+    mac: Option<super::Mac>,
+    nonce: [u8; NONCE_LEN],
+    peer_nonce: [u8; NONCE_LEN],
     next_out: usize,
     /// Write whatever is queued once it reaches this size, or when nothing else is
     /// ready (small frames coalesce while there is a backlog).
@@ -142,6 +151,31 @@ pub struct Mux<S> {
     last_sent: u64,
     next_liveness: u64,
     stats: MuxStats,
+}
+
+/// The label of data connections' proofs.
+const DATA_LABEL: &[u8] = b"spate-data";
+/// Bytes of a handshake nonce.
+const NONCE_LEN: usize = 16;
+
+/// A nonce no earlier handshake of this process used: SipHash under the process's
+/// random keys of the clock, the node and a counter.
+fn fresh_nonce(node: u64) -> [u8; NONCE_LEN] {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Relaxed: only uniqueness of the fetched values matters.
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let keys = std::collections::hash_map::RandomState::new();
+    let mut out = [0u8; NONCE_LEN];
+    for (i, half) in out.chunks_mut(8).enumerate() {
+        let mut h = keys.build_hasher();
+        h.write_u64(clock::now_ns());
+        h.write_u64(node);
+        h.write_u64(n);
+        h.write_usize(i);
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
 }
 
 impl<S: Read + Write> Mux<S> {
@@ -171,11 +205,13 @@ impl<S: Read + Write> Mux<S> {
 
     /// Over a non-blocking `stream`, with no channel yet.
     pub fn empty(stream: S, node: u64) -> Self {
+        let nonce = fresh_nonce(node);
         let mut wbuf = Vec::with_capacity(1 << 16);
         wbuf.extend_from_slice(&MAGIC);
         wbuf.extend_from_slice(&VERSION.to_le_bytes());
         wbuf.extend_from_slice(&[0, 0]);
         wbuf.extend_from_slice(&node.to_le_bytes());
+        wbuf.extend_from_slice(&nonce);
         let now = clock::now_ns();
         Self {
             stream,
@@ -190,7 +226,12 @@ impl<S: Read + Write> Mux<S> {
             r_end: 0,
             read_error: None,
             wbuf,
+            hello_seen: false,
             handshaken: false,
+            mac: None,
+            nonce,
+            peer_nonce: [0; NONCE_LEN],
+            node,
             next_out: 0,
             coalesce: 32 * 1024,
             keepalive_ns: 0,
@@ -199,6 +240,23 @@ impl<S: Read + Write> Mux<S> {
             last_sent: now,
             next_liveness: 0,
             stats: MuxStats::default(),
+        }
+    }
+
+    /// Proves and checks the cluster's secret in the handshake (before the first poll).
+    pub fn set_mac(&mut self, mac: Option<super::Mac>) {
+        self.mac = mac;
+    }
+
+    fn proof(&self, verifier_nonce: &[u8], prover_nonce: &[u8], prover: u64) -> [u8; PROOF_LEN] {
+        match &self.mac {
+            Some(m) => m.prove(&[
+                DATA_LABEL,
+                verifier_nonce,
+                prover_nonce,
+                &prover.to_le_bytes(),
+            ]),
+            None => [0; PROOF_LEN],
         }
     }
 
@@ -453,23 +511,50 @@ impl<S: Read + Write> Mux<S> {
     fn process(&mut self) -> Result<usize, MuxError> {
         let mut at = self.r_start;
         let mut work = 0;
-        if !self.handshaken {
-            if self.r_end - at < HANDSHAKE_LEN {
+        if !self.hello_seen {
+            // A foreign peer is refused as soon as its first bytes show it.
+            let h = &self.rbuf[at..self.r_end];
+            if h.len() >= 4 && h[..4] != MAGIC {
+                return Err(self.protocol(format!("bad magic {:02x?}", &h[..4])));
+            }
+            if h.len() >= 6 {
+                let v = u16::from_le_bytes([h[4], h[5]]);
+                if v != VERSION {
+                    return Err(self.protocol(format!("version {v}, this node speaks {VERSION}")));
+                }
+            }
+            if h.len() < HANDSHAKE_LEN {
                 return Ok(0);
             }
             let h = &self.rbuf[at..at + HANDSHAKE_LEN];
-            if h[..4] != MAGIC {
-                return Err(self.protocol(format!("bad magic {:02x?}", &h[..4])));
-            }
-            let v = u16::from_le_bytes([h[4], h[5]]);
-            if v != VERSION {
-                return Err(self.protocol(format!("version {v}, this node speaks {VERSION}")));
-            }
             let mut id = [0u8; 8];
             id.copy_from_slice(&h[8..16]);
+            self.peer_nonce.copy_from_slice(&h[16..32]);
             self.peer = u64::from_le_bytes(id);
-            self.handshaken = true;
+            self.hello_seen = true;
             at += HANDSHAKE_LEN;
+            work += 1;
+            // Our proof, over the peer's nonce: it checks it before taking our frames.
+            let proof = self.proof(&self.peer_nonce, &self.nonce, self.node);
+            self.wbuf.extend_from_slice(&proof);
+        }
+        if !self.handshaken {
+            if self.r_end - at < PROOF_LEN {
+                self.r_start = at;
+                return Ok(work);
+            }
+            let want = self.proof(&self.nonce, &self.peer_nonce, self.peer);
+            let got = &self.rbuf[at..at + PROOF_LEN];
+            // Constant time: how much of a forged proof matched stays unknown.
+            let diff = want.iter().zip(got).fold(0u8, |d, (a, b)| d | (a ^ b));
+            if diff != 0 {
+                return Err(self.protocol(
+                    "authentication failed: the peer does not hold this cluster's secret \
+                     (security.internal.secret), or one of the two has none",
+                ));
+            }
+            self.handshaken = true;
+            at += PROOF_LEN;
             work += 1;
         }
         let result = self.frames(&mut at, &mut work);

@@ -36,6 +36,7 @@ pub fn agent(node: u64, listen: &str, kind: TransportKind, timeout: Duration) ->
         uring: Default::default(),
         keepalive: timeout / 4,
         timeout,
+        mac: None,
     })
     .unwrap()
 }
