@@ -8,11 +8,16 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/cluster-hosts.sh"
+# Each JobManager binds the address its line names (several, with high availability,
+# elect a leader); each TaskManager announces the address its line names to its peers.
 while read -r host port; do
   args=()
   [ -n "$port" ] && args=(-D "rest.port=$port")
+  is_local "$host" || args+=(-D "jobmanager.rpc.address=$host")
   on_host "$host" jobmanager.sh start ${args[@]+"${args[@]}"} "$@"
 done < <(masters)
 while read -r host; do
-  on_host "$host" taskmanager.sh start "$@"
+  args=()
+  is_local "$host" || args=(-D "taskmanager.host=$host")
+  on_host "$host" taskmanager.sh start ${args[@]+"${args[@]}"} "$@"
 done < <(workers)
