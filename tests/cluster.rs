@@ -3960,3 +3960,174 @@ fn peers_and_clients_without_the_cluster_secrets_are_refused() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&id));
 }
+
+/// `security.job.allowed-dirs`: a submission whose file sink, SQL table, savepoint to
+/// restore or savepoint target lies outside the allowed directories (or escapes them
+/// with '..') is refused with a message naming the path and the setting; one inside
+/// them runs.
+#[test]
+fn submitted_jobs_cannot_name_paths_outside_the_allowed_directories() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let outside = dir.path().join("outside");
+    let key = format!("security.job.allowed-dirs={}", allowed.display());
+    let _jm = spate("jobmanager", &ports, &["-D", &key]);
+    let _tm = spate("taskmanager", &ports, &["-D", &key]);
+    wait_for("a TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let refused = |o: &std::process::Output, path: &str| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(
+            err.contains("security.job.allowed-dirs") && err.contains(path),
+            "{err}"
+        );
+    };
+    let out = outside.join("out");
+    let o = spate_cli(&[
+        "run",
+        "-m",
+        &m,
+        "-d",
+        "--events",
+        "1000",
+        "--output",
+        out.to_str().unwrap(),
+        "vwap",
+    ]);
+    refused(&o, out.to_str().unwrap());
+    let sneaky = format!("{}/../outside/out", allowed.display());
+    let o = spate_cli(&[
+        "run", "-m", &m, "-d", "--events", "1000", "--output", &sneaky, "vwap",
+    ]);
+    refused(&o, &sneaky);
+    let o = spate_cli(&["run", "-m", &m, "-d", "-s", "/etc", "vwap"]);
+    refused(&o, "/etc");
+    let sql = dir.path().join("q.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE src (a INT) WITH ('connector' = 'datagen', 'number-of-rows' = '10');\n\
+             CREATE TABLE t (a INT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv');\n\
+             INSERT INTO t SELECT a FROM src;\n",
+            outside.join("table").display()
+        ),
+    )
+    .unwrap();
+    let o = spate_cli(&["run", "-m", &m, "-d", "-f", sql.to_str().unwrap()]);
+    refused(&o, outside.join("table").to_str().unwrap());
+    assert_eq!(
+        http(ports.rest, "GET", "/jobs/overview", "").unwrap().1["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "nothing ran"
+    );
+    // Inside: runs; a savepoint outside is refused, inside taken.
+    let inside = allowed.join("out");
+    let o = spate_cli(&[
+        "run",
+        "-m",
+        &m,
+        "-d",
+        "--events",
+        "100000000",
+        "--rate",
+        "10000",
+        "--output",
+        inside.to_str().unwrap(),
+        "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    wait_for("RUNNING", Duration::from_secs(20), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    let target = outside.join("savepoints");
+    let o = spate_cli(&["savepoint", "-m", &m, &id, target.to_str().unwrap()]);
+    refused(&o, target.to_str().unwrap());
+    let o = spate_cli(&["cancel", "-m", &m, &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!outside.exists(), "nothing was written outside");
+}
+
+/// A job whose builder takes 3 s (three heartbeat timeouts here): the TaskManager
+/// builds its deployments on builder threads, so its heartbeats go on, the
+/// JobManager keeps it, and the job runs; a cancel that arrives while the
+/// deployments are still being built ends them without running them.
+#[test]
+fn a_slow_job_builder_stalls_nothing_on_a_taskmanager() {
+    let bin = example_binary();
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let _jm = spawn(&bin, "jobmanager", &ports, &[]);
+    let tm_args = ["-D", "taskmanager.numberOfTaskSlots=2"];
+    let _tm = spawn(&bin, "taskmanager", &ports, &tm_args);
+    wait_for("the TaskManager", Duration::from_secs(15), || {
+        taskmanager_count(ports.rest) == Some(1)
+    });
+    let m = format!("127.0.0.1:{}", ports.rest);
+    let submit = || {
+        let o = cli_of(
+            &bin,
+            &[
+                "run",
+                "-m",
+                &m,
+                "-d",
+                "--events",
+                "0",
+                "--rate",
+                "10000",
+                "--window",
+                "3 s",
+                "slow-build",
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        submitted_id(&o)
+    };
+    let tm_id = || {
+        http(ports.rest, "GET", "/taskmanagers", "").unwrap().1["taskmanagers"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = tm_id();
+    let id = submit();
+    wait_for("RUNNING", Duration::from_secs(20), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+    assert_eq!(tm_id(), first, "the TaskManager was never lost");
+    let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+    assert_eq!(job["restarts"], 0, "{job}");
+    let o = cli_of(&bin, &["cancel", "-m", &m, &id]);
+    assert!(o.status.success());
+    wait_for("CANCELED", Duration::from_secs(10), || {
+        job_state(ports.rest, &id) == "CANCELED"
+    });
+    // Cancelled while its deployments build: they end CANCELED without running.
+    let id = submit();
+    std::thread::sleep(Duration::from_millis(500));
+    let o = cli_of(&bin, &["cancel", "-m", &m, &id]);
+    assert!(o.status.success());
+    wait_for("CANCELED", Duration::from_secs(15), || {
+        job_state(ports.rest, &id) == "CANCELED"
+    });
+    assert_eq!(tm_id(), first);
+    // Its slots are free again: the next job gets them.
+    let id = submit();
+    wait_for("RUNNING again", Duration::from_secs(20), || {
+        job_state(ports.rest, &id) == "RUNNING"
+    });
+}

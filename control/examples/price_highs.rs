@@ -174,6 +174,20 @@ fn slow_refusal(_env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(),
     Err(format!("slow-refusal thought for {think:?} and refuses"))
 }
 
+/// A builder that thinks for `--window` (default 2 s) before it declares
+/// `big-trades`: TaskManagers build deployments off their control thread, so their
+/// heartbeats go on meanwhile.
+fn slow_build(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
+    let (_, think) = spec.bars_times()?;
+    let think = if spec.window.is_some() {
+        Duration::from_nanos(think)
+    } else {
+        Duration::from_secs(2)
+    };
+    std::thread::sleep(think);
+    big_trades(env, spec)
+}
+
 /// Forward edges only: every parallel pipeline is its own region (for region failover).
 fn big_trades(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
     let pace = spec.rate.map_or(Pace::Unpaced, Pace::Rate);
@@ -290,6 +304,7 @@ fn main() {
     spate::jobs::register("rescalable-highs", rescalable_highs);
     spate::jobs::register("stuck", stuck);
     spate::jobs::register("slow-refusal", slow_refusal);
+    spate::jobs::register("slow-build", slow_build);
     spate::jobs::register("big-trades", big_trades);
     spate::jobs::register("price-ranges", price_ranges);
     spate::cli::main();

@@ -180,6 +180,9 @@ pub struct Config {
     /// `security.rest.secret` (or `-file`, spate): REST requests carry it as a bearer
     /// token.
     pub rest_secret: crate::security::SecretBytes,
+    /// `security.job.allowed-dirs` (spate): the only directories (or object-store
+    /// prefixes) that jobs submitted to the cluster may read or write; `None`: any.
+    pub job_allowed_dirs: Option<Vec<String>>,
     /// The keys the configuration file set, with their values, in order (what
     /// `spate run -m --config-dir DIR` sends with a job, see [`Self::job_settings`]).
     pub file_keys: Vec<(String, String)>,
@@ -329,6 +332,7 @@ impl Default for Config {
             ha: HaConfig::default(),
             internal_secret: Default::default(),
             rest_secret: Default::default(),
+            job_allowed_dirs: None,
             prom_ports: None,
             file_keys: Vec::new(),
             applied: std::collections::BTreeMap::new(),
@@ -404,6 +408,7 @@ pub const KEYS: &[&str] = &[
     "security.internal.secret-file",
     "security.rest.secret",
     "security.rest.secret-file",
+    "security.job.allowed-dirs",
 ];
 
 fn scalar(y: &Yaml) -> Option<String> {
@@ -648,6 +653,26 @@ impl Config {
             .filter(|(k, _)| JOB_LEVEL.iter().any(|p| k.starts_with(p)))
             .map(|(k, v)| format!("{k}={v}"))
             .collect()
+    }
+
+    /// In a JobManager or TaskManager: with `security.job.allowed-dirs`, confines the
+    /// paths submitted jobs name to those directories and the cluster's own checkpoint,
+    /// savepoint and high-availability storage directories.
+    pub fn confine_job_paths(&self) {
+        if let Some(dirs) = &self.job_allowed_dirs {
+            let mut roots = dirs.clone();
+            for own in [
+                &self.checkpointing.dir,
+                &self.checkpointing.savepoint_dir,
+                &self.ha.storage_dir,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                roots.push(own.display().to_string());
+            }
+            crate::security::confine_job_paths(roots);
+        }
     }
 
     /// Applies `key=value` overrides.
@@ -976,6 +1001,28 @@ impl Config {
             }
             "security.rest.secret" => {
                 self.rest_secret = crate::security::SecretBytes(v.as_bytes().to_vec())
+            }
+            "security.job.allowed-dirs" => {
+                let dirs: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(|d| {
+                        d.strip_prefix("file://")
+                            .unwrap_or(d)
+                            .trim_end_matches('/')
+                            .to_string()
+                    })
+                    .collect();
+                if dirs.is_empty()
+                    || dirs.iter().any(|d| {
+                        !(d.starts_with('/') || d.starts_with(crate::storage::S3_SCHEME))
+                            || d.split('/').any(|c| c == "..")
+                    })
+                {
+                    return Err(bad("absolute directories (or s3://BUCKET/PREFIX), comma-separated, without '..'"));
+                }
+                self.job_allowed_dirs = Some(dirs);
             }
             "security.internal.secret-file" | "security.rest.secret-file" => {
                 let bytes = crate::security::read_secret_file(Path::new(v))

@@ -808,7 +808,7 @@ fn subtask_json(k: &(u32, u32), t: &TaskSlot, now: u64) -> Value {
     json!({
         "subtask": k.1,
         "status": task_status(t),
-        "attempt": t.attempt,
+        "attempt": t.execution,
         "endpoint": t.taskmanager.0,
         "start-time": start,
         "start_time": start,

@@ -107,7 +107,8 @@ impl RestartBackoffTimeStrategy for FailureRate {
 /// Exponential backoff with jitter: the first failure waits `initial`, each further one
 /// `multiplier` times longer, up to `max`. A job that ran without failing for
 /// `reset_threshold` (plus the last backoff) starts again from `initial`. At most
-/// `attempts_before_reset` restarts between resets.
+/// `attempts_before_reset` restarts between resets. Failures while a restart is
+/// pending count once.
 #[derive(Debug)]
 pub struct ExponentialDelay {
     initial_ms: f64,
@@ -183,6 +184,14 @@ impl ExponentialDelay {
 
 impl RestartBackoffTimeStrategy for ExponentialDelay {
     fn notify_failure(&mut self, now_ms: u64) {
+        // A failure before the pending restart is due (another region of the same job
+        // failing with it, say) is the same incident: it does not lengthen the backoff
+        // or count as an attempt (as Flink's since FLIP-364).
+        if let Some(last) = self.last_failure_ms {
+            if now_ms < last.saturating_add(self.jittered_ms) {
+                return;
+            }
+        }
         if let (Some(last), Some(cur)) = (self.last_failure_ms, self.current_ms) {
             if now_ms.saturating_sub(last) >= self.reset_threshold_ms + cur as u64 {
                 self.current_ms = None;
@@ -303,6 +312,32 @@ mod tests {
     }
 
     #[test]
+    fn exponential_delay_counts_concurrent_failures_once() {
+        let p = ExponentialDelayParams {
+            initial: ms(100),
+            max: ms(1000),
+            multiplier: 2.0,
+            reset_threshold: ms(5000),
+            jitter: 0.0,
+            attempts_before_reset: 2,
+        };
+        let mut s = ExponentialDelay::new(p, 1);
+        // Three regions fail within one backoff: one attempt, the initial delay.
+        for t in [0, 5, 60] {
+            s.notify_failure(t);
+        }
+        assert_eq!(s.backoff_time(), ms(100));
+        assert!(s.can_restart());
+        // After the restart was due, a failure is a new incident.
+        s.notify_failure(150);
+        assert_eq!(s.backoff_time(), ms(200));
+        s.notify_failure(200); // concurrent with that one
+        assert!(s.can_restart(), "two incidents of attempts-before-reset 2");
+        s.notify_failure(400);
+        assert!(!s.can_restart());
+    }
+
+    #[test]
     fn exponential_delay_jitter_stays_within_its_factor_and_attempts_are_bounded() {
         let p = ExponentialDelayParams {
             initial: ms(1000),
@@ -315,14 +350,14 @@ mod tests {
         let mut s = ExponentialDelay::new(p, 42);
         let mut distinct = std::collections::HashSet::new();
         for i in 0..50 {
-            s.notify_failure(i * 10);
+            s.notify_failure(i * 2000);
             let b = s.backoff_time().as_millis();
             assert!((800..=1200).contains(&b), "{b}");
             distinct.insert(b);
             assert!(s.can_restart());
         }
         assert!(distinct.len() > 10, "jitter varies the delay");
-        s.notify_failure(10_000);
+        s.notify_failure(200_000);
         assert!(
             !s.can_restart(),
             "the 51st attempt exceeds attempts-before-reset-backoff"

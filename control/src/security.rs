@@ -157,3 +157,137 @@ mod tests {
         assert!(!format!("{a:?}").contains("s3cret"));
     }
 }
+
+/// `security.job.allowed-dirs` of this process (a JobManager or TaskManager of a
+/// cluster), with the cluster's own checkpoint and savepoint directories: the only
+/// directories a submitted job may name. Unset: any.
+static ALLOWED_DIRS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Confines the paths jobs name to `dirs` (for the rest of the process).
+pub fn confine_job_paths(dirs: Vec<String>) {
+    let _ = ALLOWED_DIRS.set(dirs);
+}
+
+/// Whether a job may use `path` (what it is for goes into the refusal).
+pub fn check_job_path(path: &std::path::Path, what: &str) -> Result<(), String> {
+    match ALLOWED_DIRS.get() {
+        Some(roots) => path_within(roots, path).map_err(|why| {
+            format!(
+                "{what} {}: {why} (security.job.allowed-dirs: {})",
+                path.display(),
+                roots.join(", ")
+            )
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether `path` lies within one of `roots`: no `..`, absolute (or an object-store
+/// URI), and, once the longest part of it that exists has its symbolic links
+/// resolved, under a root whose own links are resolved alike.
+pub fn path_within(roots: &[String], path: &std::path::Path) -> Result<(), String> {
+    use std::path::{Component, Path, PathBuf};
+    let text = path.to_string_lossy();
+    let text = text.strip_prefix("file://").unwrap_or(&text);
+    if text.split('/').any(|c| c == "..") {
+        return Err("a path with '..' is not allowed here".into());
+    }
+    if text.contains("://") {
+        // An object store: its keys are plain strings.
+        let under = |root: &String| {
+            let r = root.trim_end_matches('/');
+            text == r || text.starts_with(&format!("{r}/"))
+        };
+        return if roots.iter().any(under) {
+            Ok(())
+        } else {
+            Err("outside the directories jobs may use".into())
+        };
+    }
+    let p = Path::new(text);
+    if !p.is_absolute() {
+        return Err("a relative path is not allowed here (it would resolve against a server's working directory)".into());
+    }
+    // Resolve the links of the longest prefix that exists; what follows cannot be a
+    // link yet.
+    fn resolved(p: &Path) -> PathBuf {
+        let mut existing = p.to_path_buf();
+        let mut rest = Vec::new();
+        loop {
+            if let Ok(c) = existing.canonicalize() {
+                let mut out = c;
+                for part in rest.iter().rev() {
+                    out.push(part);
+                }
+                return out;
+            }
+            match (
+                existing.file_name().map(|n| n.to_owned()),
+                existing.parent(),
+            ) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name);
+                    existing = parent.to_path_buf();
+                }
+                _ => return p.to_path_buf(),
+            }
+        }
+    }
+    let real = resolved(p);
+    let inside = roots.iter().filter(|r| !r.contains("://")).any(|r| {
+        let root = resolved(Path::new(r.strip_prefix("file://").unwrap_or(r)));
+        real.starts_with(&root)
+            && real
+                .components()
+                .all(|c| !matches!(c, Component::ParentDir))
+    });
+    if inside {
+        Ok(())
+    } else {
+        Err("outside the directories jobs may use".into())
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::path_within;
+    use std::path::Path;
+
+    #[test]
+    fn paths_are_confined_to_the_allowed_directories() {
+        let base = std::env::temp_dir().join(format!("spate-paths-{}", std::process::id()));
+        let allowed = base.join("data");
+        let outside = base.join("etc");
+        std::fs::create_dir_all(&allowed).unwrap_or(());
+        std::fs::create_dir_all(&outside).unwrap_or(());
+        let roots = vec![
+            allowed.display().to_string(),
+            "s3://bucket/jobs".to_string(),
+        ];
+        let ok = |p: &Path| path_within(&roots, p).is_ok();
+        assert!(ok(&allowed.join("out")));
+        assert!(ok(&allowed.join("new/deeper/dir")), "not yet created");
+        assert!(ok(&allowed));
+        assert!(!ok(&outside.join("x")));
+        assert!(!ok(&allowed.join("../etc/x")), "no '..'");
+        assert!(!ok(Path::new("relative/dir")));
+        assert!(
+            !ok(Path::new(&format!("{}x", allowed.display()))),
+            "a sibling sharing the prefix"
+        );
+        // A link inside the allowed directory that leads out of it.
+        let link = allowed.join("escape");
+        let _ = std::fs::remove_file(&link);
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&outside, &link).unwrap_or(());
+            assert!(!ok(&link.join("x")), "a symbolic link out");
+        }
+        assert!(ok(Path::new("s3://bucket/jobs/out")));
+        assert!(ok(Path::new("s3://bucket/jobs")));
+        assert!(!ok(Path::new("s3://bucket/jobsx/out")));
+        assert!(!ok(Path::new("s3://other/jobs")));
+        assert!(!ok(Path::new("s3://bucket/jobs/../secrets")));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}

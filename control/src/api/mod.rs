@@ -624,6 +624,14 @@ impl<T: Data> DataStream<T> {
         }
     }
 
+    /// On a cluster with `security.job.allowed-dirs`, a sink's path outside them makes
+    /// the job's graph invalid (the submission is refused).
+    fn confined(&self, path: &std::path::Path) {
+        if let Err(e) = crate::security::check_job_path(path, "the file sink's path") {
+            self.env.graph.borrow_mut().errors.push(e);
+        }
+    }
+
     /// Prints records to stdout (`N> ` prefixed when the sink is parallel).
     pub fn print(&self) -> DataStreamSink {
         self.sink("Print to Std. Out", |info, m| {
@@ -634,6 +642,7 @@ impl<T: Data> DataStream<T> {
     /// Writes records as lines to `path` (`path.N` per subtask when parallel).
     pub fn write_as_text(&self, path: impl Into<std::path::PathBuf>) -> DataStreamSink {
         let path = path.into();
+        self.confined(&path);
         self.sink(&format!("File Sink {}", path.display()), move |info, m| {
             sink::file_sink(&path, info, m)
                 .map(boxed::<T>)
@@ -650,6 +659,7 @@ impl<T: Data> DataStream<T> {
     /// each record once. Readers ignore hidden files.
     pub fn sink_to_files(&self, dir: impl Into<std::path::PathBuf>) -> DataStreamSink {
         let dir = dir.into();
+        self.confined(&dir);
         self.sink(&format!("File Sink {}", dir.display()), move |info, m| {
             let uid = crate::graph::take_building_uid();
             let restored = uid.and_then(spate_dataplane::checkpoint::take_restored);
@@ -673,6 +683,7 @@ impl<T: Data> DataStream<T> {
         bucket_of: impl Fn(&T) -> String + Clone + Send + Sync + 'static,
     ) -> DataStreamSink {
         let dir = dir.into();
+        self.confined(&dir);
         self.sink(&format!("File Sink {}", dir.display()), move |info, m| {
             let uid = crate::graph::take_building_uid();
             let restored = uid.and_then(spate_dataplane::checkpoint::take_restored);

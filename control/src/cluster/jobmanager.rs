@@ -145,8 +145,12 @@ pub struct TaskSlot {
     pub slot: u32,
     /// `None` until the TaskManager reports it.
     pub state: Option<TaskState>,
-    /// The deployment it belongs to.
+    /// The deployment it belongs to (its rings carry it).
     pub attempt: u32,
+    /// Its execution attempt, as Flink numbers them: 0 when first deployed, one more
+    /// each time this subtask is deployed again (a region restart counts for the
+    /// subtasks of that region only).
+    pub execution: u32,
     /// Records read from its input rings, as last reported.
     pub records_in: u64,
     /// Records written to its output rings, as last reported.
@@ -206,6 +210,8 @@ pub struct JobEntry {
     pub state: JobState,
     /// The latest deployment number (of the job or of one of its regions).
     pub attempt: u32,
+    /// How often each subtask was deployed, less one (Flink's attempt numbers).
+    pub executions: BTreeMap<(u32, u32), u32>,
     /// Restarts so far.
     pub restarts: u32,
     /// Submission time (ms since the epoch).
@@ -372,6 +378,11 @@ impl JobEntry {
         if let Some(old) = self.tasks.remove(&k) {
             self.keep_latency(&old);
         }
+        let execution = *self
+            .executions
+            .entry(k)
+            .and_modify(|n| *n = n.saturating_add(1))
+            .or_insert(0);
         self.tasks.insert(
             k,
             TaskSlot {
@@ -379,6 +390,7 @@ impl JobEntry {
                 slot,
                 state: None,
                 attempt,
+                execution,
                 records_in: 0,
                 records_out: 0,
                 deployed_ms: epoch_ms(),
@@ -713,6 +725,8 @@ fn build_submission(
         .map_err(|e| (400, e))?;
     let restore = match &spec.savepoint_path {
         Some(path) => {
+            crate::security::check_job_path(std::path::Path::new(path), "the savepoint")
+                .map_err(|e| (400, e))?;
             let cp = crate::checkpoint::read_checkpoint(std::path::Path::new(path))
                 .map_err(|e| (400, e.to_string()))?;
             cp.check_compatible(&graph)
@@ -792,6 +806,7 @@ impl JobManager {
     /// Binds the RPC port (`jobmanager.rpc.*`) and the REST port (`rest.port`).
     pub fn start(config: &Config) -> anyhow::Result<Self> {
         crate::storage::configure(&config.s3);
+        config.confine_job_paths();
         let rpc = resolve(&config.jobmanager_address, config.jobmanager_port)?;
         let secret = crate::security::Secret::new(&config.internal_secret.0);
         let endpoint = Endpoint::listen(rpc, "jobmanager", secret)
@@ -1402,6 +1417,27 @@ impl JobManager {
             let _ = reply.send(Err((400, format!("the job's configuration: {e}"))));
             return;
         }
+        // Directories the job names for its checkpoints and savepoints (the cluster's
+        // own are trusted).
+        for (dir, ours, what) in [
+            (
+                &jc.checkpointing.dir,
+                &self.config.checkpointing.dir,
+                "the checkpoint directory",
+            ),
+            (
+                &jc.checkpointing.savepoint_dir,
+                &self.config.checkpointing.savepoint_dir,
+                "the savepoint directory",
+            ),
+        ] {
+            if let Some(d) = dir.as_ref().filter(|d| Some(*d) != ours.as_ref()) {
+                if let Err(e) = crate::security::check_job_path(d, what) {
+                    let _ = reply.send(Err((400, e)));
+                    return;
+                }
+            }
+        }
         // The job's mode travels with it, so that every TaskManager builds it alike.
         spec.runtime_mode.get_or_insert(jc.runtime_mode);
         spec.auto_watermark_interval_ns.get_or_insert(
@@ -1495,6 +1531,7 @@ impl JobManager {
             spec,
             state: JobState::Created,
             attempt: 0,
+            executions: BTreeMap::new(),
             restarts: 0,
             start_epoch_ms: epoch_ms(),
             end_epoch_ms: None,
@@ -1724,7 +1761,12 @@ impl JobManager {
                 j.stop_with = None;
             }
             match req.target.as_deref() {
-                Some(t) => std::path::PathBuf::from(t.strip_prefix("file://").unwrap_or(t)),
+                Some(t) => {
+                    let p = std::path::PathBuf::from(t.strip_prefix("file://").unwrap_or(t));
+                    crate::security::check_job_path(&p, "the savepoint directory")
+                        .map_err(|e| (400, e))?;
+                    p
+                }
                 None => j.coord.config().savepoint_dir.clone().ok_or((
                     400,
                     "no savepoint directory: give one (target-directory), or set \
@@ -2456,6 +2498,7 @@ mod tests {
             slot: 0,
             state: Some(TaskState::Running),
             attempt: 0,
+            execution: 0,
             records_in: 0,
             records_out: 0,
             deployed_ms: 0,

@@ -35,6 +35,19 @@ enum Link {
     Registered { conn: ConnId, jobmanager_id: String },
 }
 
+/// A deployment built off the control thread: the request, and its tasks' chain with
+/// its sinks' metrics (or why it could not be built).
+type Built = (
+    Box<TaskDeployment>,
+    Result<
+        (
+            crate::minicluster::Deployment,
+            Arc<spate_dataplane::operator::sink::SinkMetrics>,
+        ),
+        String,
+    >,
+);
+
 /// A running TaskManager.
 #[derive(Debug)]
 pub struct TaskManager {
@@ -80,6 +93,13 @@ pub struct TaskManager {
     /// Tasks cancelled and not yet stopped, with when they were first cancelled
     /// (`task.cancellation.timeout` watches them).
     cancelled: HashMap<TaskId, Instant>,
+    /// Deployments being built on builder threads (the job's builder is user code, and
+    /// opening rings can wait for peers: neither may stall this thread's heartbeats),
+    /// with whether they were cancelled meanwhile.
+    building: HashMap<TaskKey, bool>,
+    /// Where builder threads send what they built.
+    built_tx: Sender<Built>,
+    built: Receiver<Built>,
     /// Tasks' checkpoint acknowledgements, on their way to the JobManager.
     acks_tx: Sender<(TaskKey, CheckpointAck)>,
     acks: Receiver<(TaskKey, CheckpointAck)>,
@@ -98,6 +118,7 @@ impl TaskManager {
         if swept > 0 {
             tracing::info!(files = swept, "removed ring files of processes that died");
         }
+        config.confine_job_paths();
         let (slots, events) = start_slots(config, "spate-tm-slot")?;
         let id = TaskManagerId(format!(
             "{}:{}-{}",
@@ -188,6 +209,7 @@ impl TaskManager {
             transport: config.transport.to_string(),
         };
         let (acks_tx, acks) = std::sync::mpsc::channel();
+        let (built_tx, built) = std::sync::mpsc::channel();
         let pinned: Vec<usize> = slots.iter().filter_map(|s| s.core()).collect();
         let open = spate_dataplane::slot::not_isolated(
             &pinned,
@@ -216,6 +238,9 @@ impl TaskManager {
             triggers: HashMap::new(),
             ended_reported: HashMap::new(),
             cancelled: HashMap::new(),
+            building: HashMap::new(),
+            built_tx,
+            built,
             acks_tx,
             acks,
             id,
@@ -573,8 +598,15 @@ impl TaskManager {
                                 }
                             }
                             JmToTm::Heartbeat => {}
-                            JmToTm::Deploy(d) => self.deploy(&d),
+                            JmToTm::Deploy(d) => self.start_build(d),
                             JmToTm::Cancel { job_id, tasks } => {
+                                for (k, cancelled) in &mut self.building {
+                                    if k.job_id == job_id
+                                        && tasks.as_ref().is_none_or(|t| t.contains(k))
+                                    {
+                                        *cancelled = true;
+                                    }
+                                }
                                 for (id, (k, slot)) in &self.tasks {
                                     let named = tasks.as_ref().is_none_or(|t| t.contains(k));
                                     if k.job_id == job_id && named {
@@ -667,6 +699,9 @@ impl TaskManager {
                 self.send_ack(task, ack);
             }
             self.report_ended();
+            while let Ok(b) = self.built.try_recv() {
+                self.install(b);
+            }
             while let Ok(ev) = self.events.try_recv() {
                 while let Ok((task, ack)) = self.acks.try_recv() {
                     self.send_ack(task, ack);
@@ -755,6 +790,9 @@ impl TaskManager {
     }
 
     fn cancel_all_tasks(&mut self) {
+        for cancelled in self.building.values_mut() {
+            *cancelled = true;
+        }
         for (id, (_, slot)) in &self.tasks {
             self.slots[*slot].cancel(*id);
             self.cancelled.entry(*id).or_insert_with(Instant::now);
@@ -916,7 +954,9 @@ impl TaskManager {
         self.endpoint.send(conn, msg);
     }
 
-    fn deploy(&mut self, d: &TaskDeployment) {
+    /// Builds a deployment on a thread of its own; [`Self::install`] takes it over
+    /// when it is done.
+    fn start_build(&mut self, d: Box<TaskDeployment>) {
         let key = d.task.clone();
         let slot = d.slot as usize;
         if slot >= self.slots.len() {
@@ -924,14 +964,49 @@ impl TaskManager {
             self.report(None, key, failed);
             return;
         }
-        // A SELECT's sink keeps its rows for the client, by job.
-        crate::sql::results::declaring_for(Some(key.job_id.clone()));
-        let built = super::deploy::job_graph(d).and_then(|g| {
-            let sinks = g.stream.metrics.clone();
-            super::deploy::build(d, &g, &self.net, self.config.task_settings())
-                .map(|deployment| (deployment, sinks))
-        });
-        crate::sql::results::declaring_for(None);
+        // The deployment's trigger exists from now on: a checkpoint asked for while it
+        // builds reaches its sources.
+        if d.checkpointing.is_some() {
+            self.triggers
+                .entry((key.job_id.clone(), key.attempt))
+                .or_default();
+        }
+        let (net, settings, tx) = (
+            self.net.clone(),
+            self.config.task_settings(),
+            self.built_tx.clone(),
+        );
+        self.building.insert(key.clone(), false);
+        let spawned = std::thread::Builder::new()
+            .name("task-builder".into())
+            .spawn(move || {
+                // A SELECT's sink keeps its rows for the client, by job.
+                crate::sql::results::declaring_for(Some(d.task.job_id.clone()));
+                let built = super::deploy::job_graph(&d).and_then(|g| {
+                    let sinks = g.stream.metrics.clone();
+                    super::deploy::build(&d, &g, &net, settings).map(|dep| (dep, sinks))
+                });
+                crate::sql::results::declaring_for(None);
+                // A closed channel: the TaskManager is stopping.
+                let _ = tx.send((d, built));
+            });
+        if let Err(e) = spawned {
+            self.building.remove(&key);
+            let failed = TaskState::Failed(format!("cannot start a task builder thread: {e}"));
+            self.report(None, key, failed);
+        }
+    }
+
+    /// Installs what a builder thread built in its slot, unless it was cancelled
+    /// meanwhile.
+    fn install(&mut self, (d, built): Built) {
+        let key = d.task.clone();
+        let slot = d.slot as usize;
+        if self.building.remove(&key) != Some(false) {
+            // Cancelled while it was being built (or by a JobManager since left).
+            self.report(None, key, TaskState::Canceled);
+            return;
+        }
         match built {
             Ok((mut deployment, sinks)) => {
                 if let Some(c) = &d.checkpointing {

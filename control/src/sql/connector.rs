@@ -278,6 +278,11 @@ impl FileFormat {
                 ))
             })?;
         let path = path.strip_prefix("file://").unwrap_or(path).to_string();
+        crate::security::check_job_path(
+            std::path::Path::new(&path),
+            &format!("table '{}': the path", def.name),
+        )
+        .map_err(SqlError::new)?;
         let format = match def.options.get("format").map(String::as_str) {
             Some("csv") => Format::Csv,
             Some("json") => Format::Json,
