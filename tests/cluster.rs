@@ -48,6 +48,16 @@ fn example_binary() -> std::path::PathBuf {
 }
 
 fn spawn(bin: &std::path::Path, role: &str, ports: &Ports, extra: &[&str]) -> Proc {
+    spawn_env(bin, role, ports, extra, &[])
+}
+
+fn spawn_env(
+    bin: &std::path::Path,
+    role: &str,
+    ports: &Ports,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let conf = tempfile::tempdir().unwrap();
     let mut args = vec![
         role.to_string(),
@@ -71,6 +81,7 @@ fn spawn(bin: &std::path::Path, role: &str, ports: &Ports, extra: &[&str]) -> Pr
     }
     let child = Command::new(bin)
         .args(&args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -899,6 +910,7 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
             },
             build: build.clone(),
             jobs: vec![],
+            clock_domain: String::new(),
         },
     );
     let task = TaskKey {
@@ -943,6 +955,7 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
             },
             build: build.clone(),
             jobs: vec![],
+            clock_domain: String::new(),
         },
     );
     let mut refused = false;
@@ -999,6 +1012,7 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
             network: network.clone(),
             build: build.clone(),
             jobs: vec![],
+            clock_domain: String::new(),
         },
     );
     let mut refused = None;
@@ -1035,6 +1049,8 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
             slots: many,
             tasks: vec![],
             network: Default::default(),
+            clock_probe: 0,
+            clock_offset: (0, 0),
         },
     );
     wait_for("the rogue's heartbeat", Duration::from_secs(10), || {
@@ -4130,4 +4146,102 @@ fn a_slow_job_builder_stalls_nothing_on_a_taskmanager() {
     wait_for("RUNNING again", Duration::from_secs(20), || {
         job_state(ports.rest, &id) == "RUNNING"
     });
+}
+
+/// Latency across hosts whose clocks differ: one TaskManager's clock runs 5 s ahead
+/// (`SPATE_CLOCK_SKEW_NS`, as a host booted at another time). It estimates its offset to
+/// the JobManager's clock from heartbeat round trips (shown in `/taskmanagers`), and
+/// records and latency markers are stamped and aged on the cluster's clock: W1 across
+/// the two, its records crossing between them over TCP, reports latencies of the
+/// machine (well under a second), not the 5 s skew. Its latency markers are turned on
+/// for this job alone (`run -D metrics.latency.interval`).
+#[test]
+fn latencies_across_hosts_with_different_clocks_are_measured_on_the_cluster_clock() {
+    let ports = Ports {
+        rpc: free_port(),
+        rest: free_port(),
+    };
+    let common = ["-D", "taskmanager.network.same-host=tcp"];
+    let _jm = spate("jobmanager", &ports, &common);
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_spate"));
+    let _tm1 = spawn_env(bin, "taskmanager", &ports, &common, &[]);
+    let skew = 5_000_000_000i64;
+    let _tm2 = spawn_env(
+        bin,
+        "taskmanager",
+        &ports,
+        &common,
+        &[("SPATE_CLOCK_SKEW_NS", &skew.to_string())],
+    );
+    let clocks = || -> Vec<Value> {
+        http(ports.rest, "GET", "/taskmanagers", "")
+            .map(|(_, v)| v["taskmanagers"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default()
+            .iter()
+            .map(|t| t["clock"].clone())
+            .collect()
+    };
+    wait_for("both clocks known", Duration::from_secs(20), || {
+        let c = clocks();
+        c.len() == 2
+            && c.iter().any(|c| c["sameAsJobManager"] == true)
+            && c.iter().any(|c| {
+                c["sameAsJobManager"] == false
+                    && (c["offsetNs"].as_i64().unwrap_or(0) + skew).abs() < 5_000_000
+            })
+    });
+    let m = format!("127.0.0.1:{}", ports.rest);
+    // Latency markers for this job alone (Flink's key, as a job's setting).
+    let o = spate_cli(&[
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "2",
+        "--events",
+        "100000",
+        "--rate",
+        "50000",
+        "-D",
+        "metrics.latency.interval=20 ms",
+        "vwap",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = submitted_id(&o);
+    let (_, v) = http(
+        ports.rest,
+        "GET",
+        &format!("/jobs/{id}/metrics?get=latency_count,latency_max"),
+        "",
+    )
+    .unwrap();
+    let metric = |v: &Value, name: &str| -> f64 {
+        v.as_array()
+            .and_then(|a| a.iter().find(|x| x["id"] == name))
+            .and_then(|x| x["value"].as_str())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {v}"))
+    };
+    // Both directions were measured (records from the skewed host's sources too).
+    assert!(metric(&v, "latency_count") > 5000.0, "{v}");
+    assert!(
+        metric(&v, "latency_max") < 1e9,
+        "the skew leaked into latencies: {v}"
+    );
+    // Markers from the sources reached the sinks on both hosts, within the machine's
+    // latency.
+    let (_, job) = http(ports.rest, "GET", &format!("/jobs/{id}"), "").unwrap();
+    let vertices = job["vertices"].as_array().unwrap();
+    let sink = vertices[vertices.len() - 1]["id"].as_str().unwrap();
+    let (_, mv) = http(
+        ports.rest,
+        "GET",
+        &format!(
+            "/jobs/{id}/vertices/{sink}/metrics?get=latencyFromSource_count,latencyFromSource_max"
+        ),
+        "",
+    )
+    .unwrap();
+    assert!(metric(&mv, "latencyFromSource_count") > 0.0, "{mv}");
+    assert!(metric(&mv, "latencyFromSource_max") < 1e9, "{mv}");
 }

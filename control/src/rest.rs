@@ -1964,6 +1964,13 @@ fn tm_json(
             "totalFlinkMemory": -1, "totalProcessMemory": -1,
         },
         "dataAddress": t.data_address,
+        // Its clock against the JobManager's (what latencies across hosts are
+        // corrected by): the offset it estimates and that estimate's uncertainty.
+        "clock": {
+            "sameAsJobManager": t.same_clock,
+            "offsetNs": t.clock_offset.0,
+            "uncertaintyNs": t.clock_offset.1,
+        },
         "slots": t.slots.iter().map(|s| json!({
             "index": s.index, "core": s.core, "job": s.job,
             "busyRatio": t.slot_busy.get(&s.index).copied(),

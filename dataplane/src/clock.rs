@@ -6,6 +6,7 @@
 //! timestamps from two processes on one host compare (to within the calibration error).
 #![allow(unsafe_code)]
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +56,7 @@ fn calibrate() -> Option<Calibration> {
     let q = (((m1 - m0) as u128) << 32) / ticks as u128;
     Some(Calibration {
         tsc0: t1,
-        mono0: m1,
+        mono0: skewed(m1),
         ns_per_tick_q32: u64::try_from(q).ok()?,
     })
 }
@@ -76,10 +77,65 @@ pub fn now_ns() -> u64 {
                 let ns = (dt * c.ns_per_tick_q32 as i128) >> 32;
                 (c.mono0 as i128 + ns).max(0) as u64
             }
-            None => crate::sys::monotonic_ns(),
+            None => skewed(crate::sys::monotonic_ns()),
         },
-        None => crate::sys::monotonic_ns(),
+        None => skewed(crate::sys::monotonic_ns()),
     }
+}
+
+/// `SPATE_CLOCK_SKEW_NS`: added to every reading of this process's clock, as if it ran
+/// on a host whose monotonic clock counts from another boot (tests of the cluster
+/// clock use it; 0 without the variable).
+fn skew_ns() -> i64 {
+    static SKEW: OnceLock<i64> = OnceLock::new();
+    *SKEW.get_or_init(|| {
+        std::env::var("SPATE_CLOCK_SKEW_NS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+#[inline]
+fn skewed(mono: u64) -> u64 {
+    mono.saturating_add_signed(skew_ns())
+}
+
+/// The clock this process reads: processes with the same domain read one
+/// `CLOCK_MONOTONIC` (one kernel since its boot), so their timestamps compare as they
+/// are; across domains they need the cluster offset ([`cluster_ns`]).
+pub fn clock_domain() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    match skew_ns() {
+        0 => boot,
+        s => format!("{boot}+{s}"),
+    }
+}
+
+/// What to add to this process's [`now_ns`] for the cluster's clock: the leading
+/// JobManager's monotonic clock, as this process's TaskManager estimates it from
+/// heartbeat round trips (0 where the two share a clock, and in a MiniCluster).
+/// Relaxed: one value, read with no other data depending on it.
+static CLUSTER_OFFSET_NS: AtomicI64 = AtomicI64::new(0);
+
+/// Sets the offset to the cluster's clock.
+pub fn set_cluster_offset(ns: i64) {
+    CLUSTER_OFFSET_NS.store(ns, Ordering::Relaxed);
+}
+
+/// The offset to the cluster's clock.
+pub fn cluster_offset() -> i64 {
+    CLUSTER_OFFSET_NS.load(Ordering::Relaxed)
+}
+
+/// A [`now_ns`] reading on the cluster's clock: what sources stamp records and latency
+/// markers with and what sinks and tasks age them by, so that latencies between hosts
+/// compare.
+#[inline(always)]
+pub fn cluster_ns(local: u64) -> u64 {
+    local.saturating_add_signed(CLUSTER_OFFSET_NS.load(Ordering::Relaxed))
 }
 
 static WALL_OFFSET: OnceLock<u64> = OnceLock::new();

@@ -497,7 +497,10 @@ impl<T> Task for SourceTask<T> {
         // The chain learns this poll's time before its records: a first batch must not
         // run at time 0 (processing-time windows, timers and idleness would see it so).
         self.head.tick(clock::processing_time(now));
-        let status = self.source.poll(&mut self.batch, BATCH, now)?;
+        // Records are stamped on the cluster's clock (the same as `now` but on hosts
+        // whose clocks differ from the JobManager's), so that sinks elsewhere age them.
+        let stamp = clock::cluster_ns(now);
+        let status = self.source.poll(&mut self.batch, BATCH, stamp)?;
         if !self.batch.is_empty() {
             self.head.push(&mut self.batch);
             self.batch.clear();
@@ -506,7 +509,7 @@ impl<T> Task for SourceTask<T> {
         if every != 0 && now >= self.next_marker_ns {
             // Behind this poll's records: a marker waits where they wait.
             self.next_marker_ns = now.saturating_add(every);
-            self.outputs.forward_latency_marker(now);
+            self.outputs.forward_latency_marker(stamp);
         }
         let work = match status {
             SourceStatus::Emitted(n) => n,
@@ -911,7 +914,7 @@ impl<H: InputHead> InputTask<H> {
             }
             if let Some(emitted) = frames::latency_marker(ty, frame.payload()) {
                 // Its age here, then on to one downstream channel per out edge.
-                let age = clock::now_ns().saturating_sub(emitted);
+                let age = clock::cluster_ns(clock::now_ns()).saturating_sub(emitted);
                 self.outputs.metrics.note_marker(age);
                 self.outputs.forward_latency_marker(emitted);
                 continue;

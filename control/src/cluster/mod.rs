@@ -57,6 +57,10 @@ pub enum TmToJm {
         /// The jobs its binary registered (for the refusal's message).
         #[serde(default)]
         jobs: Vec<String>,
+        /// Its clock domain ([`spate_dataplane::clock::clock_domain`]): one with the
+        /// JobManager's reads the same clock, others estimate their offset to it.
+        #[serde(default)]
+        clock_domain: String,
     },
     /// Periodic, with the slot report and the running tasks' record counts.
     Heartbeat {
@@ -66,6 +70,14 @@ pub enum TmToJm {
         tasks: Vec<TaskRecords>,
         /// The network agent's counters.
         network: NetworkReport,
+        /// Its clock when it sent this (ns; 0: no probe): the JobManager answers with
+        /// [`JmToTm::Clock`].
+        #[serde(default)]
+        clock_probe: u64,
+        /// Its estimate of the offset to the cluster's clock, and that estimate's
+        /// uncertainty (half the best round trip), ns.
+        #[serde(default)]
+        clock_offset: (i64, u64),
     },
     /// A deployed subtask changed state.
     TaskState {
@@ -331,6 +343,10 @@ pub struct TaskDeployment {
     pub remote: Vec<RemoteChannel>,
     /// Checkpoints (`None`: the job takes none and restores nothing).
     pub checkpointing: Option<DeployCheckpointing>,
+    /// `metrics.latency.interval` of the job (ns), when the cluster or the job set it;
+    /// `None`: the TaskManager's own.
+    #[serde(default)]
+    pub latency_interval_ns: Option<u64>,
 }
 
 /// JobManager → TaskManager.
@@ -399,6 +415,15 @@ pub enum JmToTm {
     JobEnded {
         /// Job id.
         job_id: String,
+    },
+    /// The answer to a heartbeat's clock probe.
+    Clock {
+        /// The probe (the TaskManager's clock when it sent the heartbeat).
+        probe: u64,
+        /// The JobManager's clock when it answered.
+        jobmanager_ns: u64,
+        /// The two read one clock (same domain): the offset is 0.
+        same_clock: bool,
     },
 }
 

@@ -48,6 +48,52 @@ type Built = (
     >,
 );
 
+/// Estimates the offset from this host's clock to the JobManager's from heartbeat
+/// round trips, as NTP does: a probe sent at `t1`, answered with the JobManager's
+/// `t2`, back at `t3`, says the offset is `t2 - (t1 + t3) / 2` to within half the
+/// round trip; of the last [`ClockSync::WINDOW`] probes, the one with the shortest
+/// round trip is taken (queueing only lengthens a trip, and makes it lopsided).
+#[derive(Debug, Default)]
+struct ClockSync {
+    /// (round trip, offset), newest last.
+    samples: std::collections::VecDeque<(u64, i64)>,
+    /// The JobManager reads this very clock.
+    same: bool,
+}
+
+impl ClockSync {
+    const WINDOW: usize = 16;
+
+    /// Takes one probe's answer; the estimate it leads to, or `None` for an answer
+    /// that cannot be one (a probe from the future, a clock beyond `i64`).
+    fn sample(&mut self, t1: u64, t2: u64, t3: u64, same: bool) -> Option<(i64, u64)> {
+        self.same = same;
+        if same {
+            self.samples.clear();
+            return Some((0, 0));
+        }
+        let rtt = t3.checked_sub(t1)?;
+        let mid = i128::from(t1) + i128::from(rtt / 2);
+        let offset = i64::try_from(i128::from(t2) - mid).ok()?;
+        if self.samples.len() == Self::WINDOW {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((rtt, offset));
+        Some(self.estimate())
+    }
+
+    /// The offset (ns to add to this clock) and its uncertainty (ns).
+    fn estimate(&self) -> (i64, u64) {
+        if self.same {
+            return (0, 0);
+        }
+        self.samples
+            .iter()
+            .min_by_key(|(rtt, _)| *rtt)
+            .map_or((0, 0), |&(rtt, offset)| (offset, rtt / 2))
+    }
+}
+
 /// A running TaskManager.
 #[derive(Debug)]
 pub struct TaskManager {
@@ -77,6 +123,8 @@ pub struct TaskManager {
     leader: Option<crate::ha::LeaderRetrieval>,
     /// The fencing token of the JobManager registered with (0: none, or no HA).
     jm_token: u64,
+    /// The offset from this host's clock to the JobManager's.
+    clock: ClockSync,
     /// The token of the leader etcd named when the current connection was dialed.
     dialed_token: u64,
     /// The network agent (channels to TaskManagers on other hosts).
@@ -263,6 +311,7 @@ impl TaskManager {
                 None
             },
             jm_token: 0,
+            clock: ClockSync::default(),
             dialed_token: 0,
             net,
             network,
@@ -535,6 +584,7 @@ impl TaskManager {
                                 network: self.network.clone(),
                                 build: crate::jobs::build_fingerprint(),
                                 jobs: crate::jobs::registered_names(),
+                                clock_domain: spate_dataplane::clock::clock_domain(),
                             },
                         );
                     }
@@ -572,6 +622,8 @@ impl TaskManager {
                                     }
                                 }
                                 self.jm_token = fencing_token;
+                                // Another JobManager may read another clock.
+                                self.clock = ClockSync::default();
                                 tracing::info!(%jobmanager_id, fencing_token, "registered with the JobManager");
                                 self.jm = Some(conn);
                                 // A new JobManager knows nothing of the old one's jobs.
@@ -655,6 +707,18 @@ impl TaskManager {
                                     if *j == job_id {
                                         t.complete(checkpoint_id);
                                     }
+                                }
+                            }
+                            JmToTm::Clock {
+                                probe,
+                                jobmanager_ns,
+                                same_clock,
+                            } => {
+                                let now = spate_dataplane::clock::now_ns();
+                                if let Some((offset, _)) =
+                                    self.clock.sample(probe, jobmanager_ns, now, same_clock)
+                                {
+                                    spate_dataplane::clock::set_cluster_offset(offset);
                                 }
                             }
                             JmToTm::JobEnded { job_id } => {
@@ -760,6 +824,8 @@ impl TaskManager {
                             slots: self.slot_report(),
                             tasks,
                             network: self.network_report(),
+                            clock_probe: spate_dataplane::clock::now_ns().max(1),
+                            clock_offset: self.clock.estimate(),
                         },
                     );
                 }
@@ -971,11 +1037,11 @@ impl TaskManager {
                 .entry((key.job_id.clone(), key.attempt))
                 .or_default();
         }
-        let (net, settings, tx) = (
-            self.net.clone(),
-            self.config.task_settings(),
-            self.built_tx.clone(),
-        );
+        let mut settings = self.config.task_settings();
+        if let Some(ns) = d.latency_interval_ns {
+            settings.latency_interval_ns = ns;
+        }
+        let (net, tx) = (self.net.clone(), self.built_tx.clone());
         self.building.insert(key.clone(), false);
         let spawned = std::thread::Builder::new()
             .name("task-builder".into())
@@ -1080,5 +1146,33 @@ impl TaskManager {
                 self.ended_reported.remove(&deployment);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::ClockSync;
+
+    #[test]
+    fn the_offset_comes_from_the_shortest_round_trip() {
+        let mut c = ClockSync::default();
+        // This clock is 5 s behind the JobManager's; the trip out takes 10 µs, back 10 µs.
+        let skew = 5_000_000_000i64;
+        let jm = |t: u64| (t as i64 + skew) as u64;
+        assert_eq!(
+            c.sample(1_000, jm(11_000), 21_000, false),
+            Some((skew, 10_000))
+        );
+        // A probe that waited 1 ms on the way back: lopsided, and not taken.
+        let e = c.sample(100_000, jm(110_000), 1_120_000, false).unwrap();
+        assert_eq!(e, (skew, 10_000));
+        // A shorter, lopsided-by-1-µs trip: taken, off by 1 µs at most.
+        let (o, u) = c.sample(200_000, jm(204_000), 206_000, false).unwrap();
+        assert!((o - skew).abs() <= 1_000 && u == 3_000, "{o} {u}");
+        // Answers that cannot be: no estimate from them.
+        assert_eq!(c.sample(10, 5, 9, false), None, "back before it left");
+        // One clock: exactly 0.
+        assert_eq!(c.sample(1, 2, 3, true), Some((0, 0)));
+        assert_eq!(c.estimate(), (0, 0));
     }
 }

@@ -214,7 +214,7 @@ impl<T> Emit<T> for LatencySink<T> {
         if n == 0 {
             return;
         }
-        let now = crate::clock::now_ns();
+        let now = crate::clock::cluster_ns(crate::clock::now_ns());
         // Records `countdown`, `countdown + every`, ... of this batch are measured.
         let every = self.sample_every as usize;
         let mut i = self.countdown as usize;

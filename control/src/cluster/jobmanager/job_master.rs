@@ -264,6 +264,7 @@ pub(super) struct DeploySettings {
     pub(super) chaining: bool,
     pub(super) ring_size: u64,
     pub(super) same_host_tcp: bool,
+    pub(super) latency_interval_ns: Option<u64>,
 }
 
 impl DeploySettings {
@@ -273,6 +274,12 @@ impl DeploySettings {
             chaining: c.chaining,
             ring_size: c.ring_size as u64,
             same_host_tcp: c.same_host_tcp,
+            // Set for the cluster or the job: it travels with the deployment (as
+            // Flink's latency tracking is a job's setting); else each TaskManager's own.
+            latency_interval_ns: c
+                .applied
+                .contains_key("metrics.latency.interval")
+                .then(|| u64::try_from(c.latency_interval.as_nanos()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -347,6 +354,7 @@ impl JobEntry {
             chaining: settings.chaining,
             remote: Vec::new(),
             checkpointing: self.deploy_checkpointing(k),
+            latency_interval_ns: settings.latency_interval_ns,
         };
         (tm, d)
     }

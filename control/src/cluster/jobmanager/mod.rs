@@ -328,6 +328,7 @@ impl JobManager {
                     network,
                     build,
                     jobs,
+                    clock_domain,
                 } => self.register_taskmanager(
                     conn,
                     Registration {
@@ -339,12 +340,15 @@ impl JobManager {
                         network,
                         build,
                         jobs,
+                        clock_domain,
                     },
                 ),
                 TmToJm::Heartbeat {
                     slots,
                     tasks,
                     network,
+                    clock_probe,
+                    clock_offset,
                 } => {
                     if let Some(from) = self.conns.get(&conn).cloned() {
                         let own: Vec<TaskRecords> = tasks
@@ -379,6 +383,18 @@ impl JobManager {
                         e.slots = slots;
                         e.network_report = network;
                         e.last_heartbeat_ms = now;
+                        e.clock_offset = clock_offset;
+                        if clock_probe != 0 {
+                            // At once, so that the round trip is the network's.
+                            self.endpoint.send(
+                                conn,
+                                JmToTm::Clock {
+                                    probe: clock_probe,
+                                    jobmanager_ns: spate_dataplane::clock::now_ns(),
+                                    same_clock: e.same_clock,
+                                },
+                            );
+                        }
                     }
                     drop(st);
                     self.monitor.heard(id, now);

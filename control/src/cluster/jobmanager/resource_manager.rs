@@ -31,6 +31,11 @@ pub struct TaskManagerEntry {
     pub last_heartbeat_ms: u64,
     /// Each slot's busy ratio between its last two reports, by slot index.
     pub slot_busy: BTreeMap<u32, f64>,
+    /// It reads the JobManager's clock (same clock domain): no offset to estimate.
+    pub same_clock: bool,
+    /// Its estimate of the offset from its clock to the cluster's, and the estimate's
+    /// uncertainty, ns (as last reported).
+    pub clock_offset: (i64, u64),
 }
 
 /// Slots a TaskManager may register.
@@ -163,6 +168,7 @@ pub(super) struct Registration {
     pub(super) network: NetworkInfo,
     pub(super) build: String,
     pub(super) jobs: Vec<String>,
+    pub(super) clock_domain: String,
 }
 
 impl JobManager {
@@ -179,6 +185,7 @@ impl JobManager {
             network,
             build,
             jobs,
+            clock_domain,
         } = r;
         if !valid_taskmanager_id(&id.0) {
             tracing::error!(taskmanager = ?id.0, "a TaskManager with a malformed id tried to register; refused");
@@ -267,6 +274,8 @@ impl JobManager {
                 conn,
                 last_heartbeat_ms: now,
                 slot_busy: BTreeMap::new(),
+                same_clock: clock_domain == spate_dataplane::clock::clock_domain(),
+                clock_offset: (0, 0),
             },
         );
         self.monitor.heard(id.clone(), now);
