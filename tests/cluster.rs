@@ -3772,6 +3772,15 @@ fn etcd_ha_a_deposed_leaders_writes_are_refused_by_etcd() {
         rest: format!("127.0.0.1:{port}"),
         token: 0,
     };
+    // A leader key without a lease (written by hand) is no leader's: it is removed,
+    // not waited for.
+    http(
+        etcd.client,
+        "POST",
+        "/v3/kv/put",
+        r#"{"key":"L3NwYXRlL2hhLXRlc3QvbGVhZGVy","value":"Z2FyYmFnZQ=="}"#,
+    )
+    .unwrap();
     let a = LeaderElection::start(&cfg.ha, record("a", 1)).unwrap();
     wait_for("a to lead", Duration::from_secs(20), || {
         a.leading().is_some()

@@ -236,6 +236,19 @@ impl Etcd {
         Ok((v["succeeded"] == true).then(|| int(&v["header"]["revision"])))
     }
 
+    /// Deletes `key` if it is still the one created at `revision`.
+    pub fn delete_if_created_at(&self, key: &str, revision: i64) -> Result<bool, HaError> {
+        let k = b64(key.as_bytes());
+        let v = self.post(
+            "/v3/kv/txn",
+            &json!({
+                "compare": [{ "key": k, "result": "EQUAL", "target": "CREATE", "create_revision": revision.to_string() }],
+                "success": [{ "request_delete_range": { "key": k } }],
+            }),
+        )?;
+        Ok(v["succeeded"] == true)
+    }
+
     /// Applies `ops` only while `leader_key` still has create revision `token` (the
     /// writer still leads): false when it does not.
     pub fn fenced(&self, leader_key: &str, token: u64, ops: &[Op]) -> Result<bool, HaError> {
@@ -312,6 +325,14 @@ fn read_leader(etcd: &Etcd, keys: &Keys) -> Result<Option<LeaderRecord>, HaError
     let Some(kv) = etcd.get(&keys.leader())? else {
         return Ok(None);
     };
+    if kv.lease == 0 {
+        // Every leader writes the key on its lease: one without is not a leader's
+        // (written by hand, or by another program) and would block every election for
+        // good. Removed, unless a leader took the key meanwhile.
+        tracing::warn!(key = %kv.key, "the leader key has no lease: not a leader's; removing it");
+        etcd.delete_if_created_at(&kv.key, kv.create_revision)?;
+        return Ok(None);
+    }
     let mut rec: LeaderRecord = serde_json::from_slice(&kv.value)
         .map_err(|e| HaError::Answer(format!("the leader key holds no leader record: {e}")))?;
     rec.token = u64::try_from(kv.create_revision).unwrap_or(0);
@@ -459,11 +480,18 @@ impl LeaderElection {
                     let _ = e.revoke(lease);
                 }
             })?;
+        // The JobManager's own calls (the job store) come from its event loop: each
+        // endpoint gets at most a second, so that an unreachable etcd stalls heartbeats
+        // for less than their timeout.
+        let store = Arc::new(Etcd::new(
+            &cfg.endpoints,
+            round.clamp(Duration::from_millis(200), Duration::from_secs(1)),
+        ));
         Ok(Self {
             state,
             stop,
             thread: Some(thread),
-            etcd,
+            etcd: store,
             keys,
         })
     }

@@ -259,6 +259,16 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<String>> {
     })
 }
 
+/// Removes one file (one object).
+pub fn remove_file(path: &Path) -> std::io::Result<()> {
+    if !is_remote(path) {
+        return std::fs::remove_file(path);
+    }
+    let (bucket, key) = split(path)?;
+    let c = client(&bucket)?;
+    run(async move { c.delete(&key).await.map_err(other) })
+}
+
 /// Removes `dir` and everything under it (every object under the prefix).
 pub fn remove_dir_all(dir: &Path) -> std::io::Result<()> {
     if !is_remote(dir) {

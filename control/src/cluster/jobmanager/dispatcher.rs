@@ -238,7 +238,9 @@ impl JobManager {
         match ha.write(token, &ops) {
             Ok(()) => {
                 let path = crate::ha::job_file(dir, &self.config.ha.cluster_id, id);
-                let _ = std::fs::remove_file(path);
+                if let Err(e) = crate::storage::remove_file(&path) {
+                    tracing::warn!(job = %id, path = %path.display(), error = %e, "cannot remove the ended job's stored submission");
+                }
             }
             Err(e) => {
                 tracing::error!(job = %id, error = %e, "cannot remove the ended job from the job store; retrying");
