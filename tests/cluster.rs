@@ -4035,6 +4035,14 @@ fn submitted_jobs_cannot_name_paths_outside_the_allowed_directories() {
     refused(&o, &sneaky);
     let o = spate_cli(&["run", "-m", &m, "-d", "-s", "/etc", "vwap"]);
     refused(&o, "/etc");
+    // The file:// form of a path outside, and a text file read from outside.
+    let scheme = format!("file://{}", out.display());
+    let o = spate_cli(&[
+        "run", "-m", &m, "-d", "--events", "1000", "--output", &scheme, "vwap",
+    ]);
+    refused(&o, out.to_str().unwrap());
+    let o = spate_cli(&["run", "-m", &m, "-d", "wordcount", "/etc/hostname"]);
+    refused(&o, "/etc/hostname");
     let sql = dir.path().join("q.sql");
     std::fs::write(
         &sql,

@@ -648,6 +648,8 @@ impl JobSpec {
                     return Err("usage: spate run wordcount FILE".into());
                 };
                 let path = std::path::PathBuf::from(file);
+                // Confined before anything is looked up (not even whether it exists).
+                crate::security::check_job_path(&path, "the text file")?;
                 std::fs::metadata(&path).map_err(|e| format!("cannot read {file}: {e}"))?;
                 wordcount(env, &path, None);
             }

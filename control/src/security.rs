@@ -182,6 +182,25 @@ pub fn check_job_path(path: &std::path::Path, what: &str) -> Result<(), String> 
     }
 }
 
+/// Whether a job may write the file `path` (and, when its sink is parallel, the
+/// `path.N` beside it): its directory must lie within the allowed ones.
+pub fn check_job_file(path: &std::path::Path, what: &str) -> Result<(), String> {
+    let Some(roots) = ALLOWED_DIRS.get() else {
+        return Ok(());
+    };
+    let text = path.to_string_lossy();
+    let local = std::path::Path::new(text.strip_prefix("file://").unwrap_or(&text));
+    let dir = local.parent().filter(|d| !d.as_os_str().is_empty());
+    match dir {
+        Some(d) if local.file_name().is_some() => check_job_path(d, what),
+        _ => Err(format!(
+            "{what} {}: not a file in a directory (security.job.allowed-dirs: {})",
+            path.display(),
+            roots.join(", ")
+        )),
+    }
+}
+
 /// Whether `path` lies within one of `roots`: no `..`, absolute (or an object-store
 /// URI), and, once the longest part of it that exists has its symbolic links
 /// resolved, under a root whose own links are resolved alike.
@@ -192,17 +211,24 @@ pub fn path_within(roots: &[String], path: &std::path::Path) -> Result<(), Strin
     if text.split('/').any(|c| c == "..") {
         return Err("a path with '..' is not allowed here".into());
     }
-    if text.contains("://") {
-        // An object store: its keys are plain strings.
-        let under = |root: &String| {
+    if crate::storage::is_remote(Path::new(text)) {
+        // An object store: its keys are plain strings, under object-store roots only.
+        let under = |root: &&String| {
             let r = root.trim_end_matches('/');
             text == r || text.starts_with(&format!("{r}/"))
         };
-        return if roots.iter().any(under) {
+        return if roots
+            .iter()
+            .filter(|r| crate::storage::is_remote(Path::new(r.as_str())))
+            .any(|r| under(&r))
+        {
             Ok(())
         } else {
             Err("outside the directories jobs may use".into())
         };
+    }
+    if text.contains("://") {
+        return Err("not a path of a filesystem or of an S3-compatible store".into());
     }
     let p = Path::new(text);
     if !p.is_absolute() {
@@ -288,6 +314,15 @@ mod path_tests {
         assert!(!ok(Path::new("s3://bucket/jobsx/out")));
         assert!(!ok(Path::new("s3://other/jobs")));
         assert!(!ok(Path::new("s3://bucket/jobs/../secrets")));
+        // "://" in a local path is not an object store, and no scheme but s3 and file.
+        assert!(!ok(&allowed.join("a://b")));
+        assert!(!ok(Path::new("http://bucket/jobs/x")));
+        let with_file_scheme = format!("file://{}", allowed.join("x").display());
+        assert!(ok(Path::new(&with_file_scheme)));
+        // A local root does not admit an object-store path of the same text.
+        let local_only = vec![allowed.display().to_string()];
+        let as_s3 = format!("s3:/{}", allowed.display());
+        assert!(path_within(&local_only, Path::new(&as_s3)).is_err());
         let _ = std::fs::remove_dir_all(&base);
     }
 }

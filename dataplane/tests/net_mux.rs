@@ -365,8 +365,8 @@ fn data_connections_need_the_same_secret_on_both_ends() {
         let (b_prod, mut b_cons) = rings(1, 1 << 12);
         let mut sender = Mux::new(a, 1, a_cons, Vec::new());
         let mut receiver = Mux::new(b, 2, Vec::new(), b_prod);
-        sender.set_mac(a_key.map(test_mac));
-        receiver.set_mac(b_key.map(test_mac));
+        sender.set_mac(a_key.map(test_mac), true);
+        receiver.set_mac(b_key.map(test_mac), false);
         let mut p = a_prod.into_iter().next().unwrap();
         p.try_send(FrameType::Data, b"hello").unwrap();
         let start = Instant::now();
@@ -413,6 +413,51 @@ fn data_connections_need_the_same_secret_on_both_ends() {
                 !failed.is_empty() && failed.iter().all(|r| r.contains("authentication failed")),
                 "keys {a_key:?}, {b_key:?}: {sent:?} {received:?}"
             );
+        }
+    }
+}
+
+/// An acceptor proves nothing to a peer that has not proven itself: a client that
+/// sends a hello and no proof (or a wrong one) reads the acceptor's hello only, so no
+/// node can be used to compute a proof for another connection.
+#[test]
+fn an_acceptor_proves_nothing_before_the_dialer_has() {
+    use std::io::{Read, Write};
+    for proof in [None, Some([0u8; 32])] {
+        let (a, mut b) = pair();
+        let mut acceptor = Mux::new(a, 2, Vec::new(), Vec::new());
+        acceptor.set_mac(Some(test_mac(7)), false);
+        let mut hello = b"SPNT\x02\x00\x00\x00".to_vec();
+        hello.extend_from_slice(&1u64.to_le_bytes());
+        hello.extend_from_slice(&[9; 16]);
+        if let Some(p) = proof {
+            hello.extend_from_slice(&p);
+        }
+        b.write_all(&hello).unwrap();
+        let mut got = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(300) {
+            let failed = acceptor.poll().is_err();
+            let mut buf = [0u8; 256];
+            match b.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            if failed {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Its hello at most (none when it failed the forged proof at once).
+        if proof.is_none() {
+            assert_eq!(
+                got.len(),
+                32,
+                "the acceptor's hello and nothing else: {got:?}"
+            );
+        } else {
+            assert!(got.len() <= 32, "{got:?}");
         }
     }
 }

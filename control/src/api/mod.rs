@@ -64,6 +64,14 @@ fn chained<Op: Operator>(op: Op, d: AnyBox) -> Result<AnyBox, String> {
     }))
 }
 
+/// A sink's path as the filesystem takes it: `file:///x` is `/x` (as Flink's).
+fn without_file_scheme(p: std::path::PathBuf) -> std::path::PathBuf {
+    match p.to_str().and_then(|s| s.strip_prefix("file://")) {
+        Some(rest) => std::path::PathBuf::from(rest),
+        None => p,
+    }
+}
+
 /// How a job runs (Flink's `execution.runtime-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum RuntimeMode {
@@ -269,6 +277,9 @@ impl StreamExecutionEnvironment {
     /// The lines of a text file (non-parallel, bounded).
     pub fn read_text_file(&self, path: impl Into<std::path::PathBuf>) -> DataStream<String> {
         let path = path.into();
+        if let Err(e) = crate::security::check_job_path(&path, "the text file") {
+            self.graph.borrow_mut().errors.push(e);
+        }
         let name = format!("File Source {}", path.display());
         self.add_bounded_source(&name, true, move |_| {
             LinesSource::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
@@ -641,8 +652,11 @@ impl<T: Data> DataStream<T> {
 
     /// Writes records as lines to `path` (`path.N` per subtask when parallel).
     pub fn write_as_text(&self, path: impl Into<std::path::PathBuf>) -> DataStreamSink {
-        let path = path.into();
-        self.confined(&path);
+        let path = without_file_scheme(path.into());
+        // A file (with `path.N` beside it when parallel): its directory is what counts.
+        if let Err(e) = crate::security::check_job_file(&path, "the file sink's path") {
+            self.env.graph.borrow_mut().errors.push(e);
+        }
         self.sink(&format!("File Sink {}", path.display()), move |info, m| {
             sink::file_sink(&path, info, m)
                 .map(boxed::<T>)
@@ -658,7 +672,7 @@ impl<T: Data> DataStream<T> {
     /// what the failed attempt wrote after it is discarded, so the committed parts hold
     /// each record once. Readers ignore hidden files.
     pub fn sink_to_files(&self, dir: impl Into<std::path::PathBuf>) -> DataStreamSink {
-        let dir = dir.into();
+        let dir = without_file_scheme(dir.into());
         self.confined(&dir);
         self.sink(&format!("File Sink {}", dir.display()), move |info, m| {
             let uid = crate::graph::take_building_uid();
@@ -682,7 +696,7 @@ impl<T: Data> DataStream<T> {
         dir: impl Into<std::path::PathBuf>,
         bucket_of: impl Fn(&T) -> String + Clone + Send + Sync + 'static,
     ) -> DataStreamSink {
-        let dir = dir.into();
+        let dir = without_file_scheme(dir.into());
         self.confined(&dir);
         self.sink(&format!("File Sink {}", dir.display()), move |info, m| {
             let uid = crate::graph::take_building_uid();

@@ -82,6 +82,11 @@ impl ClockSync {
         Some(self.estimate())
     }
 
+    /// Whether an offset is known (one clock, or a probe answered).
+    fn known(&self) -> bool {
+        self.same || !self.samples.is_empty()
+    }
+
     /// The offset (ns to add to this clock) and its uncertainty (ns).
     fn estimate(&self) -> (i64, u64) {
         if self.same {
@@ -125,6 +130,8 @@ pub struct TaskManager {
     jm_token: u64,
     /// The offset from this host's clock to the JobManager's.
     clock: ClockSync,
+    /// Deployments that arrived before the offset was known.
+    held: Vec<TaskDeployment>,
     /// The token of the leader etcd named when the current connection was dialed.
     dialed_token: u64,
     /// The network agent (channels to TaskManagers on other hosts).
@@ -312,6 +319,7 @@ impl TaskManager {
             },
             jm_token: 0,
             clock: ClockSync::default(),
+            held: Vec::new(),
             dialed_token: 0,
             net,
             network,
@@ -622,8 +630,11 @@ impl TaskManager {
                                     }
                                 }
                                 self.jm_token = fencing_token;
-                                // Another JobManager may read another clock.
+                                // Another JobManager may read another clock: deployments
+                                // wait for its offset (the first heartbeat goes now).
                                 self.clock = ClockSync::default();
+                                spate_dataplane::clock::set_cluster_offset(0);
+                                next_beat = Instant::now();
                                 tracing::info!(%jobmanager_id, fencing_token, "registered with the JobManager");
                                 self.jm = Some(conn);
                                 // A new JobManager knows nothing of the old one's jobs.
@@ -650,8 +661,21 @@ impl TaskManager {
                                 }
                             }
                             JmToTm::Heartbeat => {}
+                            // Held until the clock offset to this JobManager is known:
+                            // sources pace and stamp on the cluster's clock, which must
+                            // not jump under a running task.
+                            JmToTm::Deploy(d) if !self.clock.known() => self.held.push(*d),
                             JmToTm::Deploy(d) => self.start_build(d),
                             JmToTm::Cancel { job_id, tasks } => {
+                                let (cancelled, kept): (Vec<_>, Vec<_>) =
+                                    std::mem::take(&mut self.held).into_iter().partition(|d| {
+                                        d.task.job_id == job_id
+                                            && tasks.as_ref().is_none_or(|t| t.contains(&d.task))
+                                    });
+                                self.held = kept;
+                                for d in cancelled {
+                                    self.report(None, d.task.clone(), TaskState::Canceled);
+                                }
                                 for (k, cancelled) in &mut self.building {
                                     if k.job_id == job_id
                                         && tasks.as_ref().is_none_or(|t| t.contains(k))
@@ -763,6 +787,11 @@ impl TaskManager {
                 self.send_ack(task, ack);
             }
             self.report_ended();
+            if self.clock.known() && !self.held.is_empty() {
+                for d in std::mem::take(&mut self.held) {
+                    self.start_build(Box::new(d));
+                }
+            }
             while let Ok(b) = self.built.try_recv() {
                 self.install(b);
             }
@@ -856,6 +885,9 @@ impl TaskManager {
     }
 
     fn cancel_all_tasks(&mut self) {
+        for d in std::mem::take(&mut self.held) {
+            self.report(None, d.task.clone(), TaskState::Canceled);
+        }
         for cancelled in self.building.values_mut() {
             *cancelled = true;
         }
@@ -1063,6 +1095,12 @@ impl TaskManager {
         }
     }
 
+    /// Whether a task of deployment (job, attempt) runs here or is being built.
+    fn deployment_lives(&self, (job, attempt): &(String, u32)) -> bool {
+        let ours = |k: &TaskKey| (&k.job_id, k.attempt) == (job, *attempt);
+        self.tasks.values().any(|(k, _)| ours(k)) || self.building.keys().any(ours)
+    }
+
     /// Installs what a builder thread built in its slot, unless it was cancelled
     /// meanwhile.
     fn install(&mut self, (d, built): Built) {
@@ -1070,6 +1108,11 @@ impl TaskManager {
         let slot = d.slot as usize;
         if self.building.remove(&key) != Some(false) {
             // Cancelled while it was being built (or by a JobManager since left).
+            let deployment = (key.job_id.clone(), key.attempt);
+            if !self.deployment_lives(&deployment) {
+                self.triggers.remove(&deployment);
+                self.ended_reported.remove(&deployment);
+            }
             self.report(None, key, TaskState::Canceled);
             return;
         }
@@ -1113,7 +1156,14 @@ impl TaskManager {
                     self.report(None, key, failed);
                 }
             }
-            Err(e) => self.report(None, key, TaskState::Failed(e)),
+            Err(e) => {
+                let deployment = (key.job_id.clone(), key.attempt);
+                if !self.deployment_lives(&deployment) {
+                    self.triggers.remove(&deployment);
+                    self.ended_reported.remove(&deployment);
+                }
+                self.report(None, key, TaskState::Failed(e));
+            }
         }
     }
 
@@ -1137,11 +1187,7 @@ impl TaskManager {
             self.sinks.remove(&id);
             self.task_names.remove(&id);
             let deployment = (key.job_id.clone(), key.attempt);
-            if !self
-                .tasks
-                .values()
-                .any(|(k, _)| (&k.job_id, k.attempt) == (&deployment.0, deployment.1))
-            {
+            if !self.deployment_lives(&deployment) {
                 self.triggers.remove(&deployment);
                 self.ended_reported.remove(&deployment);
             }
@@ -1156,6 +1202,7 @@ mod clock_tests {
     #[test]
     fn the_offset_comes_from_the_shortest_round_trip() {
         let mut c = ClockSync::default();
+        assert!(!c.known(), "no offset before the first answer");
         // This clock is 5 s behind the JobManager's; the trip out takes 10 µs, back 10 µs.
         let skew = 5_000_000_000i64;
         let jm = |t: u64| (t as i64 + skew) as u64;

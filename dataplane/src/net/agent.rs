@@ -499,7 +499,7 @@ impl NetAgent {
         let tok = self.token();
         let mut mux = Mux::empty(stream, self.cfg.node);
         mux.set_liveness(self.cfg.keepalive, self.cfg.timeout);
-        mux.set_mac(self.cfg.mac.clone());
+        mux.set_mac(self.cfg.mac.clone(), expect.is_some());
         if let NetStream::Epoll(s) = mux.stream_mut() {
             if let Err(e) = s.register(self.poll.registry(), Token(tok)) {
                 tracing::warn!(%remote, error = %e, "data connection not registered with epoll");

@@ -139,6 +139,8 @@ pub struct Mux<S> {
     handshaken: bool,
     /// Proves and checks the cluster's secret (`None`: proofs are zeros).
     mac: Option<super::Mac>,
+    /// This end dialed the connection.
+    dialed: bool,
     nonce: [u8; NONCE_LEN],
     peer_nonce: [u8; NONCE_LEN],
     next_out: usize,
@@ -153,8 +155,9 @@ pub struct Mux<S> {
     stats: MuxStats,
 }
 
-/// The label of data connections' proofs.
-const DATA_LABEL: &[u8] = b"spate-data";
+/// The labels of data connections' proofs, by the prover's role.
+const DIALER_LABEL: &[u8] = b"spate-data-dialer";
+const ACCEPTOR_LABEL: &[u8] = b"spate-data-acceptor";
 /// Bytes of a handshake nonce.
 const NONCE_LEN: usize = 16;
 
@@ -229,6 +232,7 @@ impl<S: Read + Write> Mux<S> {
             hello_seen: false,
             handshaken: false,
             mac: None,
+            dialed: false,
             nonce,
             peer_nonce: [0; NONCE_LEN],
             node,
@@ -244,20 +248,36 @@ impl<S: Read + Write> Mux<S> {
     }
 
     /// Proves and checks the cluster's secret in the handshake (before the first poll).
-    pub fn set_mac(&mut self, mac: Option<super::Mac>) {
+    /// `dialed`: this end dialed the connection (else it accepted it). Proofs name the
+    /// prover's role and both nodes, so that no node can be made to prove for another
+    /// connection; the dialer proves first, and the acceptor proves only once it has
+    /// checked the dialer's.
+    pub fn set_mac(&mut self, mac: Option<super::Mac>, dialed: bool) {
         self.mac = mac;
+        self.dialed = dialed;
     }
 
-    fn proof(&self, verifier_nonce: &[u8], prover_nonce: &[u8], prover: u64) -> [u8; PROOF_LEN] {
+    /// The proof `prover` (dialer or acceptor) gives `verifier` over both nonces.
+    fn proof(&self, dialer: bool, prover: (u64, &[u8]), verifier: (u64, &[u8])) -> [u8; PROOF_LEN] {
         match &self.mac {
             Some(m) => m.prove(&[
-                DATA_LABEL,
-                verifier_nonce,
-                prover_nonce,
-                &prover.to_le_bytes(),
+                if dialer { DIALER_LABEL } else { ACCEPTOR_LABEL },
+                prover.1,
+                verifier.1,
+                &prover.0.to_le_bytes(),
+                &verifier.0.to_le_bytes(),
             ]),
             None => [0; PROOF_LEN],
         }
+    }
+
+    /// This end's proof to the peer.
+    fn own_proof(&self) -> [u8; PROOF_LEN] {
+        self.proof(
+            self.dialed,
+            (self.node, &self.nonce),
+            (self.peer, &self.peer_nonce),
+        )
     }
 
     /// Sends a keepalive when nothing else was sent for `keepalive`, and fails the
@@ -534,16 +554,24 @@ impl<S: Read + Write> Mux<S> {
             self.hello_seen = true;
             at += HANDSHAKE_LEN;
             work += 1;
-            // Our proof, over the peer's nonce: it checks it before taking our frames.
-            let proof = self.proof(&self.peer_nonce, &self.nonce, self.node);
-            self.wbuf.extend_from_slice(&proof);
+            // The dialer's proof goes first: the acceptor checks it before it proves
+            // anything itself (and before it takes a frame).
+            // (Without a secret the proofs are zeros, and prove nothing to hold back.)
+            if self.dialed || self.mac.is_none() {
+                let proof = self.own_proof();
+                self.wbuf.extend_from_slice(&proof);
+            }
         }
         if !self.handshaken {
             if self.r_end - at < PROOF_LEN {
                 self.r_start = at;
                 return Ok(work);
             }
-            let want = self.proof(&self.nonce, &self.peer_nonce, self.peer);
+            let want = self.proof(
+                !self.dialed,
+                (self.peer, &self.peer_nonce),
+                (self.node, &self.nonce),
+            );
             let got = &self.rbuf[at..at + PROOF_LEN];
             // Constant time: how much of a forged proof matched stays unknown.
             let diff = want.iter().zip(got).fold(0u8, |d, (a, b)| d | (a ^ b));
@@ -556,6 +584,10 @@ impl<S: Read + Write> Mux<S> {
             self.handshaken = true;
             at += PROOF_LEN;
             work += 1;
+            if !self.dialed && self.mac.is_some() {
+                let proof = self.own_proof();
+                self.wbuf.extend_from_slice(&proof);
+            }
         }
         let result = self.frames(&mut at, &mut work);
         self.r_start = at;
