@@ -932,6 +932,7 @@ fn a_rogue_taskmanager_cannot_speak_for_tasks_it_does_not_run() {
                 backpressure: (0, 0),
                 latency: None,
                 markers: None,
+                operators: Vec::new(),
             },
         },
     );
@@ -4261,4 +4262,24 @@ fn latencies_across_hosts_with_different_clocks_are_measured_on_the_cluster_cloc
     .unwrap();
     assert!(metric(&mv, "latencyFromSource_count") > 0.0, "{mv}");
     assert!(metric(&mv, "latencyFromSource_max") < 1e9, "{mv}");
+    // The chained VWAP operator's own time per record, sampled with the markers.
+    let (_, ids) = http(
+        ports.rest,
+        "GET",
+        &format!("/jobs/{id}/vertices/{sink}/metrics"),
+        "",
+    )
+    .unwrap();
+    assert!(
+        ids.to_string().contains("\"VWAP.timePerRecord_p99\""),
+        "{ids}"
+    );
+    let (_, ov) = http(
+        ports.rest,
+        "GET",
+        &format!("/jobs/{id}/vertices/{sink}/metrics?get=VWAP.timePerRecord_count"),
+        "",
+    )
+    .unwrap();
+    assert!(metric(&ov, "VWAP.timePerRecord_count") > 0.0, "{ov}");
 }

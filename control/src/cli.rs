@@ -550,6 +550,28 @@ fn run(a: JobArgs, json: Option<PathBuf>, hlog: Option<PathBuf>) -> Result<bool>
             )?;
         }
     }
+    if !result.operators.is_empty() {
+        writeln!(
+            out,
+            "per operator time per record in each chained operator, by itself (one batch per marker)"
+        )?;
+        let width = result
+            .operators
+            .iter()
+            .map(|(n, _)| n.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (name, h) in &result.operators {
+            writeln!(
+                out,
+                "  {name:<width$}  p50 {}  p99 {}  max {}  ({} batches)",
+                us(h.value_at_quantile(0.5)),
+                us(h.value_at_quantile(0.99)),
+                us(h.max()),
+                h.len()
+            )?;
+        }
+    }
     if let Some(path) = json {
         let v = serde_json::json!({
             "job": a.job,

@@ -27,6 +27,19 @@ thread_local! {
     static SIDE_OUTPUTS: RefCell<Vec<(String, AnyBox, Arc<TypeOps>)>> = const { RefCell::new(Vec::new()) };
     /// The checkpoint id of the operator being built on this slot thread (its node id).
     static BUILDING_UID: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+    /// The timer of the operator being built (with latency markers on).
+    static BUILDING_TIMER: RefCell<Option<Arc<spate_dataplane::operator::OperatorTimes>>> = const { RefCell::new(None) };
+}
+
+/// Hands the operator about to be built its timer (see [`take_building_timer`]).
+pub fn set_building_timer(t: Option<Arc<spate_dataplane::operator::OperatorTimes>>) {
+    BUILDING_TIMER.with(|b| *b.borrow_mut() = t);
+}
+
+/// The timer of the operator being built, taken: the chain link the builder makes
+/// first measures its time per record.
+pub fn take_building_timer() -> Option<Arc<spate_dataplane::operator::OperatorTimes>> {
+    BUILDING_TIMER.with(|b| b.borrow_mut().take())
 }
 
 /// Names the operator about to be built (its node id), for [`take_building_uid`].

@@ -96,6 +96,9 @@ pub struct JobResult {
     /// Per vertex that latency markers reached (`metrics.latency.interval`), in the
     /// job graph's order: its name and how long after their emission they got there.
     pub from_source: Vec<(String, Histogram<u64>)>,
+    /// Each chained operator (with latency markers on), in the job graph's order: its
+    /// own time per record on the batches its tasks sampled (ns).
+    pub operators: Vec<(String, Histogram<u64>)>,
 }
 
 /// Starts `taskmanager.numberOfTaskSlots` slot threads pinned per
@@ -276,8 +279,27 @@ impl MiniCluster {
                 from_source.push((v.name.clone(), h));
             }
         }
+        // Each chained operator's own time per record, merged over its subtasks.
+        let mut operators: Vec<(String, Histogram<u64>)> = Vec::new();
+        for v in &job.vertices {
+            let mut per: Vec<(String, Vec<Histogram<u64>>)> = Vec::new();
+            for (_, m) in self.task_metrics.iter().filter(|(id, _)| *id == v.id) {
+                for (i, (name, h)) in m.operator_times().into_iter().enumerate() {
+                    if per.len() <= i {
+                        per.push((name, Vec::new()));
+                    }
+                    per[i].1.extend(h);
+                }
+            }
+            for (name, hs) in per {
+                if let Some(h) = crate::cluster::merge_histograms(hs.into_iter()) {
+                    operators.push((name, h));
+                }
+            }
+        }
         self.task_metrics.clear();
         Ok(JobResult {
+            operators,
             status,
             progress: Progress {
                 elapsed: start.elapsed(),
@@ -655,6 +677,11 @@ impl Deployment {
                 .ok_or("internal: no output type")?
                 .tee(emits)?,
         };
+        // With latency markers on, each operator of the chain is timed on the batches
+        // the task samples.
+        let timing = settings.latency_interval_ns != 0;
+        let mut timers: Vec<(usize, Arc<spate_dataplane::operator::OperatorTimes>)> = Vec::new();
+        let task_metrics = metrics.clone();
         let mut outputs = Outputs::new(controls, bp)
             .with_metrics(metrics)
             .with_settings(settings);
@@ -674,10 +701,21 @@ impl Deployment {
                         own.into_iter().map(|(_, t, e, o)| (t, e, o)).collect(),
                     );
                     crate::graph::set_building_uid(Some(node.id as u32));
+                    if timing {
+                        let t = Arc::new(spate_dataplane::operator::OperatorTimes::new(
+                            node.name.clone(),
+                        ));
+                        timers.push((i, t.clone()));
+                        crate::graph::set_building_timer(Some(t));
+                    }
                     let built = b(info, cur);
                     crate::graph::set_building_uid(None);
+                    crate::graph::set_building_timer(None);
                     crate::graph::set_side_outputs(Vec::new());
-                    cur = built.map_err(|e| format!("{}: {e}", node.name))?
+                    cur = built.map_err(|e| format!("{}: {e}", node.name))?;
+                    timers.sort_by_key(|(at, _)| *at);
+                    task_metrics
+                        .set_operator_times(timers.iter().map(|(_, t)| t.clone()).collect());
                 }
                 Build::Union => {}
                 Build::TwoInput { build, task } if i == 0 => {

@@ -1467,6 +1467,16 @@ async fn vertex_metrics(
                 .map(|(n, v)| (n.replacen("latency_", "latencyFromSource_", 1), v)),
         );
     }
+    // Each operator of the chain: its own time per record on sampled batches (ns),
+    // as `OPERATOR.timePerRecord_p50` ... (operators named as in the plan).
+    for (op, h) in j.vertex_operator_times(x.id as u32) {
+        available.extend(latency_values(Some(&h)).into_iter().map(|(n, v)| {
+            (
+                n.replacen("latency_", &format!("{op}.timePerRecord_"), 1),
+                v,
+            )
+        }));
+    }
     Json(metric_reply(&q, available)).into_response()
 }
 

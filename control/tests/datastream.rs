@@ -139,6 +139,13 @@ fn latency_markers_reach_every_vertex_once_each_beside_the_records() {
         counts.iter().all(|&c| c == counts[0]),
         "each marker reaches every hop once: {counts:?}"
     );
+    // Each operator's own time per record, on the batches after a marker.
+    let ops: Vec<&str> = r.operators.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        ops.iter().any(|n| n.starts_with("Filter")) && ops.contains(&"VWAP"),
+        "{ops:?}"
+    );
+    assert!(r.operators.iter().all(|(_, h)| !h.is_empty()), "{ops:?}");
     // The records are the computation's, markers or not.
     let mut got: HashMap<u32, Vec<i64>> = HashMap::new();
     for v in out.lock().unwrap().iter() {
@@ -159,6 +166,10 @@ fn latency_markers_reach_every_vertex_once_each_beside_the_records() {
     .discard();
     let r = run(&env, Some(2), 2);
     assert!(r.from_source.is_empty());
+    assert!(
+        r.operators.is_empty(),
+        "operators are timed only with markers on"
+    );
 }
 
 /// Registers an event-time timer at each record's value and emits it when it fires.

@@ -76,6 +76,9 @@ pub struct TaskMetrics {
     backpressured: AtomicU64,
     /// How long after their emission latency markers reached the task's inputs.
     markers: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    /// The time per record of each operator of its chain, head first (sampled once per
+    /// latency-marker interval).
+    operators: std::sync::Mutex<Vec<Arc<crate::operator::OperatorTimes>>>,
 }
 
 impl TaskMetrics {
@@ -104,6 +107,26 @@ impl TaskMetrics {
             Ok(m) => m.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// The timers of its chain's operators, head first.
+    pub fn set_operator_times(&self, timers: Vec<Arc<crate::operator::OperatorTimes>>) {
+        match self.operators.lock() {
+            Ok(mut o) => *o = timers,
+            Err(p) => *p.into_inner() = timers,
+        }
+    }
+
+    /// Each operator of its chain, head first, with its time per record on sampled
+    /// batches (ns; `None`: none sampled yet).
+    pub fn operator_times(&self) -> Vec<(String, Option<hdrhistogram::Histogram<u64>>)> {
+        let o = match self.operators.lock() {
+            Ok(o) => o.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        o.iter()
+            .map(|t| (t.name().to_string(), t.histogram()))
+            .collect()
     }
 
     /// Notes a marker's age on arrival. On the slot thread, a few times a second: it
@@ -501,12 +524,20 @@ impl<T> Task for SourceTask<T> {
         // whose clocks differ from the JobManager's), so that sinks elsewhere age them.
         let stamp = clock::cluster_ns(now);
         let status = self.source.poll(&mut self.batch, BATCH, stamp)?;
+        let every = self.outputs.settings.latency_interval_ns;
+        let marker_due = every != 0 && now >= self.next_marker_ns;
         if !self.batch.is_empty() {
+            // The batch before a marker is timed through the chain, operator by operator.
+            if marker_due {
+                crate::operator::set_sampling(true);
+            }
             self.head.push(&mut self.batch);
+            if marker_due {
+                crate::operator::set_sampling(false);
+            }
             self.batch.clear();
         }
-        let every = self.outputs.settings.latency_interval_ns;
-        if every != 0 && now >= self.next_marker_ns {
+        if marker_due {
             // Behind this poll's records: a marker waits where they wait.
             self.next_marker_ns = now.saturating_add(every);
             self.outputs.forward_latency_marker(stamp);
@@ -674,6 +705,8 @@ pub struct InputTask<H> {
     aligning: Option<Barrier>,
     /// When its first input delivered it.
     aligning_since: u64,
+    /// A latency marker arrived: the next data batch is timed through the chain.
+    sample_next: bool,
     /// Exactly-once: an input that delivered the barrier is not read until all have.
     /// At-least-once: barriers are only counted.
     align: bool,
@@ -747,6 +780,7 @@ impl<H: InputHead> InputTask<H> {
             idle: false,
             aligning: None,
             aligning_since: 0,
+            sample_next: false,
             align: true,
             last_barrier: None,
             notified: 0,
@@ -906,13 +940,20 @@ impl<H: InputHead> InputTask<H> {
             frames_read += 1;
             let ty = frame.frame_type();
             if ty == FrameType::Data {
-                records += self
-                    .head
-                    .data(input.side, frame.payload())
-                    .map_err(|e| TaskError(format!("input {i}: {e}")))?;
+                // The batch after a marker is timed through the chain.
+                let sample = std::mem::take(&mut self.sample_next);
+                if sample {
+                    crate::operator::set_sampling(true);
+                }
+                let read = self.head.data(input.side, frame.payload());
+                if sample {
+                    crate::operator::set_sampling(false);
+                }
+                records += read.map_err(|e| TaskError(format!("input {i}: {e}")))?;
                 continue;
             }
             if let Some(emitted) = frames::latency_marker(ty, frame.payload()) {
+                self.sample_next = true;
                 // Its age here, then on to one downstream channel per out edge.
                 let age = clock::cluster_ns(clock::now_ns()).saturating_sub(emitted);
                 self.outputs.metrics.note_marker(age);

@@ -56,11 +56,15 @@ fn boxed<T: 'static>(e: impl Emit<T> + 'static) -> AnyBox {
 /// takes back its state if the task restores one.
 fn chained<Op: Operator>(op: Op, d: AnyBox) -> Result<AnyBox, String> {
     let next = down::<BoxEmit<Op::Out>>(d)?;
-    Ok(boxed::<Op::In>(match crate::graph::take_building_uid() {
+    let link = match crate::graph::take_building_uid() {
         Some(uid) => {
             Chained::with_uid(op, next, uid).map_err(|e| format!("restoring its state: {e}"))?
         }
         None => Chained::new(op, next),
+    };
+    Ok(boxed::<Op::In>(match crate::graph::take_building_timer() {
+        Some(t) => link.timed(t),
+        None => link,
     }))
 }
 

@@ -235,6 +235,10 @@ pub struct TaskRecords {
     /// encoding; `None`: none has).
     #[serde(default)]
     pub markers: Option<Vec<u8>>,
+    /// Each operator of its chain, head first, with its time per record on sampled
+    /// batches (the same encoding; `None`: none sampled yet).
+    #[serde(default)]
+    pub operators: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// The V2 cookie of an uncompressed HdrHistogram encoding.

@@ -944,6 +944,12 @@ impl TaskManager {
             markers: m
                 .and_then(|m| m.marker_latency())
                 .and_then(|h| super::encode_latency(&h)),
+            operators: m.map_or_else(Vec::new, |m| {
+                m.operator_times()
+                    .into_iter()
+                    .map(|(name, h)| (name, h.and_then(|h| super::encode_latency(&h))))
+                    .collect()
+            }),
         }
     }
 
@@ -1005,6 +1011,7 @@ impl TaskManager {
                     backpressure: (0, 0),
                     latency: None,
                     markers: None,
+                    operators: Vec::new(),
                 },
             };
             self.endpoint.send(

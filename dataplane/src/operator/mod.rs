@@ -315,6 +315,62 @@ pub trait Operator: 'static {
     }
 }
 
+thread_local! {
+    /// Set by a task around the one batch it samples (per latency-marker interval):
+    /// the chain links it passes through time themselves.
+    static SAMPLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The time the timed calls nested in the current one took (ns): what a link
+    /// subtracts from its own so that its operator's time is its own.
+    static NESTED_NS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Turns the timing of chain links on (for the batches pushed until it is turned off).
+pub fn set_sampling(on: bool) {
+    SAMPLING.with(|s| s.set(on));
+}
+
+/// The time per record one operator of a chain takes by itself (not what it calls
+/// downstream), measured on the batches its task samples: where a chain's
+/// microseconds go. The last operator's time includes writing its output (to rings, or
+/// into a sink).
+#[derive(Debug)]
+pub struct OperatorTimes {
+    name: String,
+    hist: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl OperatorTimes {
+    /// For the operator `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            hist: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The operator's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Nanoseconds per record, per sampled batch (`None`: none sampled yet).
+    pub fn histogram(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        match self.hist.lock() {
+            Ok(h) => h.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// On the slot thread, once per sampled batch: never waits for a reader (a sample
+    /// that meets one is dropped).
+    fn record(&self, ns_per_record: u64) {
+        if let Ok(mut h) = self.hist.try_lock() {
+            let h = h.get_or_insert_with(sink::new_histogram);
+            let _ = h.record(ns_per_record.max(1));
+        }
+    }
+}
+
 /// An [`Operator`] as a chain link: it owns the operator's output batch and its
 /// downstream, and sends the batch on after each call.
 pub struct Chained<Op: Operator> {
@@ -323,6 +379,8 @@ pub struct Chained<Op: Operator> {
     next: BoxEmit<Op::Out>,
     /// The operator's id in checkpoints (`None`: it takes no part).
     uid: Option<u32>,
+    /// Its time per record on sampled batches (`None`: not measured).
+    timer: Option<std::sync::Arc<OperatorTimes>>,
 }
 
 impl<Op: Operator> Chained<Op> {
@@ -333,7 +391,34 @@ impl<Op: Operator> Chained<Op> {
             buf: Vec::new(),
             next,
             uid: None,
+            timer: None,
         }
+    }
+
+    /// Measures the operator's time per record on the batches its task samples.
+    pub fn timed(mut self, timer: std::sync::Arc<OperatorTimes>) -> Self {
+        self.timer = Some(timer);
+        self
+    }
+
+    /// Runs `f` (this link's work on a batch of `n`) timed, keeping the time of the
+    /// timed links it calls apart.
+    #[cold]
+    #[inline(never)]
+    fn timed_call(&mut self, n: usize, f: impl FnOnce(&mut Self)) {
+        let outer = NESTED_NS.with(|c| c.replace(0));
+        let t0 = crate::clock::now_ns();
+        f(self);
+        let took = crate::clock::now_ns().saturating_sub(t0);
+        let nested = NESTED_NS.with(|c| c.replace(outer.saturating_add(took)));
+        if let (Some(t), Some(n)) = (&self.timer, std::num::NonZeroU64::new(n as u64)) {
+            t.record(took.saturating_sub(nested) / n);
+        }
+    }
+
+    #[inline(always)]
+    fn sampled(&self) -> bool {
+        self.timer.is_some() && SAMPLING.with(std::cell::Cell::get)
     }
 
     /// `op` as operator `uid` of its job: its state goes into checkpoints under that
@@ -348,6 +433,7 @@ impl<Op: Operator> Chained<Op> {
             buf: Vec::new(),
             next,
             uid: Some(uid),
+            timer: None,
         })
     }
 
@@ -367,10 +453,20 @@ impl<Op: Operator> Chained<Op> {
 impl<Op: Operator> Emit<Op::In> for Chained<Op> {
     #[inline]
     fn push(&mut self, batch: &mut Vec<Op::In>) {
+        if self.sampled() {
+            let n = batch.len();
+            return self.timed_call(n, |s| s.with_out(|op, out| op.process(batch, out)));
+        }
         self.with_out(|op, out| op.process(batch, out));
     }
     #[inline]
     fn push_keyed(&mut self, batch: &mut Vec<Op::In>, hashes: &mut Vec<u64>) {
+        if self.sampled() {
+            let n = batch.len();
+            return self.timed_call(n, |s| {
+                s.with_out(|op, out| op.process_keyed(batch, hashes, out))
+            });
+        }
         self.with_out(|op, out| op.process_keyed(batch, hashes, out));
     }
     fn event(&mut self, event: Event) {

@@ -454,3 +454,55 @@ fn event_time_timers_registered_while_firing_fire_within_the_same_watermark() {
     op.event(Event::Watermark(u64::MAX));
     assert_eq!(out.take(), [10, 11, 12]);
 }
+
+/// On a sampled batch each chained operator's time is its own: the upstream link's
+/// excludes what the downstream one took; off the sampled batches nothing is measured.
+#[test]
+fn chained_operators_are_timed_apart_on_sampled_batches() {
+    fn spin(ns: u64) {
+        let until = crate::clock::now_ns() + ns;
+        while crate::clock::now_ns() < until {
+            std::hint::spin_loop();
+        }
+    }
+    let out = Out::<u64>::default();
+    let (a_t, b_t) = (
+        std::sync::Arc::new(OperatorTimes::new("a")),
+        std::sync::Arc::new(OperatorTimes::new("b")),
+    );
+    let b = Chained::new(
+        Map::new(|x: u64| {
+            spin(2_000_000);
+            x
+        }),
+        Box::new(out.clone()) as BoxEmit<u64>,
+    )
+    .timed(b_t.clone());
+    let mut a = Chained::new(
+        Map::new(|x: u64| {
+            spin(200_000);
+            x
+        }),
+        Box::new(b) as BoxEmit<u64>,
+    )
+    .timed(a_t.clone());
+    a.push(&mut vec![1]);
+    assert!(
+        a_t.histogram().is_none() && b_t.histogram().is_none(),
+        "not sampled"
+    );
+    set_sampling(true);
+    a.push(&mut vec![2]);
+    set_sampling(false);
+    assert_eq!(out.take(), [1, 2]);
+    let (a_ns, b_ns) = (
+        a_t.histogram().unwrap().max(),
+        b_t.histogram().unwrap().max(),
+    );
+    assert!(b_ns >= 1_900_000, "b: {b_ns}");
+    // Without b's 2 ms taken out, a's would exceed b's.
+    assert!(
+        a_ns >= 150_000 && a_ns < b_ns,
+        "a's own time, without b's: {a_ns} (b {b_ns})"
+    );
+}

@@ -10,6 +10,9 @@
 
 use super::*;
 
+/// Most operators a subtask's chain reports times for.
+pub const MAX_CHAIN_OPERATORS: usize = 256;
+
 /// Failures kept per job (`/jobs/:id/exceptions`).
 pub const MAX_EXCEPTIONS: usize = 32;
 
@@ -103,6 +106,8 @@ pub struct TaskSlot {
     /// How long after their emission latency markers reached it, as last reported
     /// (encoded).
     pub markers: Option<Vec<u8>>,
+    /// Its chain's operators' time per record, head first, as last reported (encoded).
+    pub operators: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl TaskSlot {
@@ -236,6 +241,25 @@ impl JobEntry {
         )
     }
 
+    /// Vertex `v`'s operators, head first, with their time per record merged over its
+    /// subtasks (ns; those not sampled yet left out).
+    pub fn vertex_operator_times(&self, v: u32) -> Vec<(String, hdrhistogram::Histogram<u64>)> {
+        let mut out: Vec<(String, Vec<&Vec<u8>>)> = Vec::new();
+        for (_, t) in self.tasks.iter().filter(|((vertex, _), _)| *vertex == v) {
+            for (i, (name, h)) in t.operators.iter().enumerate() {
+                if out.len() <= i {
+                    out.push((name.clone(), Vec::new()));
+                }
+                if let Some(h) = h {
+                    out[i].1.push(h);
+                }
+            }
+        }
+        out.into_iter()
+            .filter_map(|(name, hs)| Some((name, crate::cluster::merge_latency(hs.into_iter())?)))
+            .collect()
+    }
+
     /// The slot sharing group of vertex `v`.
     pub fn slot_sharing_group(&self, v: usize) -> &str {
         self.vertex_groups.get(v).map_or("default", String::as_str)
@@ -338,6 +362,7 @@ impl JobEntry {
                 backpressure_at_ms: 0,
                 latency: None,
                 markers: None,
+                operators: Vec::new(),
             },
         );
         let d = TaskDeployment {
@@ -737,6 +762,19 @@ impl JobManager {
                                 tracing::warn!(task = ?r.task, "ignoring a {what} report: {e}")
                             }
                         }
+                    }
+                    // Operators' times: a chain has few (a peer's list is bounded), each
+                    // histogram checked as the others.
+                    if r.operators.len() <= MAX_CHAIN_OPERATORS
+                        && r.operators.iter().all(|(name, h)| {
+                            name.len() <= 1024
+                                && h.as_ref()
+                                    .is_none_or(|b| crate::cluster::decode_latency(b).is_ok())
+                        })
+                    {
+                        t.operators = r.operators.clone();
+                    } else {
+                        tracing::warn!(task = ?r.task, "ignoring a malformed operator-time report");
                     }
                 }
             }

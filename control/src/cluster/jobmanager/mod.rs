@@ -557,6 +557,7 @@ mod tests {
             backpressure_at_ms: 1,
             latency: None,
             markers: None,
+            operators: Vec::new(),
         };
         assert_eq!(t.current_backpressure(), 0.9);
         for ended in [
