@@ -2004,26 +2004,9 @@ fn w1_with_checkpoints_survives_killed_taskmanagers_exactly_once() {
     wait_for("three TaskManagers", Duration::from_secs(15), || {
         taskmanager_count(ports.rest) == Some(3)
     });
-    let m = format!("127.0.0.1:{}", ports.rest);
     let out = dir.path().join("out");
     let events = 300_000u64;
-    let o = spate_cli(&[
-        "run",
-        "-m",
-        &m,
-        "-d",
-        "-p",
-        "2",
-        "--events",
-        &events.to_string(),
-        "--rate",
-        "40000",
-        "--output",
-        out.to_str().unwrap(),
-        "vwap",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let id = submitted_id(&o);
+    let id = submit_vwap(ports.rest, &out, events);
     let completed = |rest: u16| {
         http(rest, "GET", &format!("/jobs/{id}/checkpoints"), "")
             .map_or(0, |(_, v)| v["counts"]["completed"].as_u64().unwrap_or(0))
@@ -2380,7 +2363,16 @@ fn a_savepoint_resumes_at_another_parallelism_on_a_cluster() {
     wait_for("RUNNING", Duration::from_secs(20), || {
         job_state(ports.rest, &id) == "RUNNING"
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Records under way (a loaded host can take a while to start the sources).
+    wait_for("records from the sources", Duration::from_secs(30), || {
+        http(ports.rest, "GET", &format!("/jobs/{id}"), "").is_some_and(|(_, j)| {
+            j["vertices"][0]["metrics"]["write-records"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        })
+    });
+    std::thread::sleep(Duration::from_millis(1000));
     let sp_dir = dir.path().join("sp");
     let (location, _) = stop_with_savepoint(&bin, &m, &sp_dir, &id);
     let partial = committed_lines(&out);
@@ -3087,6 +3079,13 @@ fn web_dashboard_in_a_headless_browser_follows_a_job_and_cancels_it() {
         "the vertex's subtasks",
         long,
         "return document.querySelectorAll('#subtask-table tbody tr').length === 2;",
+    );
+    // Its chained operators' own time per record (sampled with the markers).
+    b.wait_js(
+        "the vertex's operators with their times",
+        long,
+        "const rows = [...document.querySelectorAll('#operator-table tbody tr')]; \
+         return rows.length > 0 && rows.every(r => /s$/.test(r.children[1].innerText));",
     );
 
     // Checkpoints: completed ones counted, the latest shown.
@@ -3973,15 +3972,20 @@ fn peers_and_clients_without_the_cluster_secrets_are_refused() {
         assert_ne!(s, "FAILED");
         s == "FINISHED"
     });
-    // Its records crossed the data connections between the two TaskManagers.
-    let (_, tms) = authed("/taskmanagers").unwrap();
-    let bytes: u64 = tms["taskmanagers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["network"]["bytesIn"].as_u64().unwrap_or(0))
-        .sum();
-    assert!(bytes > 0, "{tms}");
+    // Its records crossed the data connections between the two TaskManagers (network
+    // counters come with heartbeats: the next ones show them).
+    wait_for(
+        "bytes received over the data connections",
+        Duration::from_secs(10),
+        || {
+            authed("/taskmanagers").is_some_and(|(_, tms)| {
+                tms["taskmanagers"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .all(|t| t["network"]["bytesIn"].as_u64().unwrap_or(0) > 0)
+                })
+            })
+        },
+    );
     let o = spate_cli(&["list", "-m", &m, "--config-dir", conf_dir]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&id));

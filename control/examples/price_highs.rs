@@ -161,15 +161,20 @@ fn stuck(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String>
     Ok(())
 }
 
+/// How long the slow builders think: `--window`, 2 s without it.
+fn think_time(spec: &JobSpec) -> Result<Duration, String> {
+    let (_, window) = spec.bars_times()?;
+    Ok(if spec.window.is_some() {
+        Duration::from_nanos(window)
+    } else {
+        Duration::from_secs(2)
+    })
+}
+
 /// A builder that thinks for `--window` (default 2 s) and then refuses: a job whose
 /// declaration is slow must not stall the JobManager (it builds jobs off its event loop).
 fn slow_refusal(_env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
-    let (_, think) = spec.bars_times()?;
-    let think = if spec.window.is_some() {
-        Duration::from_nanos(think)
-    } else {
-        Duration::from_secs(2)
-    };
+    let think = think_time(spec)?;
     std::thread::sleep(think);
     Err(format!("slow-refusal thought for {think:?} and refuses"))
 }
@@ -178,13 +183,7 @@ fn slow_refusal(_env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(),
 /// `big-trades`: TaskManagers build deployments off their control thread, so their
 /// heartbeats go on meanwhile.
 fn slow_build(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<(), String> {
-    let (_, think) = spec.bars_times()?;
-    let think = if spec.window.is_some() {
-        Duration::from_nanos(think)
-    } else {
-        Duration::from_secs(2)
-    };
-    std::thread::sleep(think);
+    std::thread::sleep(think_time(spec)?);
     big_trades(env, spec)
 }
 

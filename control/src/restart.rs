@@ -285,16 +285,21 @@ mod tests {
         assert!(!s.can_restart());
     }
 
-    #[test]
-    fn exponential_delay_grows_caps_and_resets() {
-        let p = ExponentialDelayParams {
+    /// From 100 ms, doubling up to 1 s, reset after 5 s, no jitter.
+    fn doubling() -> ExponentialDelayParams {
+        ExponentialDelayParams {
             initial: ms(100),
             max: ms(1000),
             multiplier: 2.0,
             reset_threshold: ms(5000),
             jitter: 0.0,
             attempts_before_reset: u32::MAX,
-        };
+        }
+    }
+
+    #[test]
+    fn exponential_delay_grows_caps_and_resets() {
+        let p = doubling();
         let mut s = ExponentialDelay::new(p, 1);
         let mut t = 0;
         let mut seen = Vec::new();
@@ -314,12 +319,8 @@ mod tests {
     #[test]
     fn exponential_delay_counts_concurrent_failures_once() {
         let p = ExponentialDelayParams {
-            initial: ms(100),
-            max: ms(1000),
-            multiplier: 2.0,
-            reset_threshold: ms(5000),
-            jitter: 0.0,
             attempts_before_reset: 2,
+            ..doubling()
         };
         let mut s = ExponentialDelay::new(p, 1);
         // Three regions fail within one backoff: one attempt, the initial delay.

@@ -482,7 +482,20 @@ function jobPage(jid, tab) {
       <td class="num">${s.attempt}</td><td>${esc(s['taskmanager-id'] || s.endpoint || '')}</td>
       <td class="num">${num(s.metrics['read-records'])}</td><td class="num">${num(s.metrics['write-records'])}</td>
       <td class="num">${ms(s.duration)}</td></tr>`).join('');
-    setHTML(box, `<h2>Subtasks of ${esc(v.name)}</h2><table id="subtask-table"><thead><tr><th class="num">#</th><th>Status</th><th class="num">Attempt</th><th>Task Manager</th><th class="num">Records in</th><th class="num">Records out</th><th class="num">Duration</th></tr></thead><tbody>${rows}</tbody></table>`);
+    // Each chained operator's own time per record (sampled with the latency markers).
+    const ids = await api(`/jobs/${jid}/vertices/${want}/metrics`).catch(() => []);
+    const ops = (ids || []).map(m => m.id).filter(id => id.endsWith('.timePerRecord_p50'))
+      .map(id => id.slice(0, -'.timePerRecord_p50'.length));
+    let opRows = '';
+    if (ops.length) {
+      const get = ops.flatMap(o => ['p50', 'p99', 'count'].map(q => `${o}.timePerRecord_${q}`));
+      const vals = metricMap(await api(`/jobs/${jid}/vertices/${want}/metrics?get=${encodeURIComponent(get.join(','))}`).catch(() => []));
+      opRows = ops.map(o => `<tr><td>${esc(o)}</td><td class="num">${ns(vals[o + '.timePerRecord_p50'])}</td>
+        <td class="num">${ns(vals[o + '.timePerRecord_p99'])}</td><td class="num">${num(vals[o + '.timePerRecord_count'])}</td></tr>`).join('');
+    }
+    if (selectedVertex !== want || !document.body.contains(box)) return;
+    const opTable = opRows ? `<h2>Operators of ${esc(v.name)}</h2><table id="operator-table"><thead><tr><th>Operator</th><th class="num" title="Its own time per record on sampled batches (metrics.latency.interval)">Time per record p50</th><th class="num">p99</th><th class="num">Batches</th></tr></thead><tbody>${opRows}</tbody></table>` : '';
+    setHTML(box, `<h2>Subtasks of ${esc(v.name)}</h2><table id="subtask-table"><thead><tr><th class="num">#</th><th>Status</th><th class="num">Attempt</th><th>Task Manager</th><th class="num">Records in</th><th class="num">Records out</th><th class="num">Duration</th></tr></thead><tbody>${rows}</tbody></table>${opTable}`);
   };
 
   const overviewTab = async (j, live) => {

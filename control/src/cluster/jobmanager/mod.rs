@@ -319,30 +319,7 @@ impl JobManager {
                 self.unregistered.insert(conn, Instant::now());
             }
             Event::Message { conn, msg } => match msg {
-                TmToJm::Register {
-                    id,
-                    host,
-                    data_address,
-                    slots,
-                    cores,
-                    network,
-                    build,
-                    jobs,
-                    clock_domain,
-                } => self.register_taskmanager(
-                    conn,
-                    Registration {
-                        id,
-                        host,
-                        data_address,
-                        slots,
-                        cores,
-                        network,
-                        build,
-                        jobs,
-                        clock_domain,
-                    },
-                ),
+                msg @ TmToJm::Register { .. } => self.register_taskmanager(conn, msg),
                 TmToJm::Heartbeat {
                     slots,
                     tasks,

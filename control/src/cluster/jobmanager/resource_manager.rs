@@ -158,25 +158,12 @@ impl JobManager {
     }
 }
 
-/// What a registering TaskManager says of itself.
-pub(super) struct Registration {
-    pub(super) id: TaskManagerId,
-    pub(super) host: String,
-    pub(super) data_address: String,
-    pub(super) slots: Vec<SlotInfo>,
-    pub(super) cores: u32,
-    pub(super) network: NetworkInfo,
-    pub(super) build: String,
-    pub(super) jobs: Vec<String>,
-    pub(super) clock_domain: String,
-}
-
 impl JobManager {
     /// A TaskManager registers (or registers again): checked (its id, its build, the
     /// connection's owner), then entered in the registry and answered with the
     /// heartbeat interval and the leader's fencing token.
-    pub(super) fn register_taskmanager(&mut self, conn: ConnId, r: Registration) {
-        let Registration {
+    pub(super) fn register_taskmanager(&mut self, conn: ConnId, msg: TmToJm) {
+        let TmToJm::Register {
             id,
             host,
             data_address,
@@ -186,7 +173,10 @@ impl JobManager {
             build,
             jobs,
             clock_domain,
-        } = r;
+        } = msg
+        else {
+            return;
+        };
         if !valid_taskmanager_id(&id.0) {
             tracing::error!(taskmanager = ?id.0, "a TaskManager with a malformed id tried to register; refused");
             self.endpoint.send(
