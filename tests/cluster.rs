@@ -23,6 +23,13 @@ impl Drop for Proc {
     }
 }
 
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -677,10 +684,55 @@ fn spate_local_is_a_whole_cluster_in_one_process() {
         taskmanager_count(ports.rest) == Some(1)
     });
     let m = format!("127.0.0.1:{}", ports.rest);
-    let o = spate_cli(&["run", "-m", &m, "-p", "2", "--events", "100000", "vwap"]);
+    let dir = tempfile::tempdir().unwrap();
+    let hlog = dir.path().join("latency.hlog");
+    let o = spate_cli(&[
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "2",
+        "--events",
+        "100000",
+        "--rate",
+        "50000",
+        "--hlog",
+        hlog.to_str().unwrap(),
+        "vwap",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let id = submitted_id(&o);
     assert_eq!(job_state(ports.rest, &id), "FINISHED");
+    // The interval log of a cluster run, read back with the HdrHistogram crate's own
+    // reader: its intervals hold the job's latencies, as the JobManager merged them.
+    let (_, lat) = http(
+        ports.rest,
+        "GET",
+        &format!("/jobs/{id}/latency-histogram"),
+        "",
+    )
+    .unwrap();
+    let bytes = std::fs::read(&hlog).unwrap();
+    let mut logged = 0u64;
+    let mut intervals = 0;
+    for entry in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&bytes) {
+        if let hdrhistogram::serialization::interval_log::LogEntry::Interval(h) = entry.unwrap() {
+            let mut d = hdrhistogram::serialization::Deserializer::new();
+            let h: hdrhistogram::Histogram<u64> = d
+                .deserialize(&mut std::io::Cursor::new(base64_decode(
+                    h.encoded_histogram(),
+                )))
+                .unwrap();
+            logged += h.len();
+            intervals += 1;
+        }
+    }
+    assert!(
+        intervals >= 1,
+        "no interval in {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert_eq!(logged, lat["count"].as_u64().unwrap(), "{lat}");
     // The summary gives the events and the latency the cluster's sinks measured, as a
     // MiniCluster run does; the job's metrics hold the same histogram.
     let out = String::from_utf8_lossy(&o.stdout);

@@ -322,6 +322,65 @@ pub(crate) fn rate(x: f64) -> String {
     }
 }
 
+/// Runs `body` with a function that writes latency into the HdrHistogram interval log
+/// at `path` (when there is one): given the cumulative histogram and the time since
+/// the start, it writes what was recorded since the previous call as one interval.
+pub(crate) fn with_interval_log<R>(
+    path: Option<&std::path::Path>,
+    job: &str,
+    body: impl FnOnce(&mut dyn FnMut(&hdrhistogram::Histogram<u64>, Duration)) -> Result<R>,
+) -> Result<R> {
+    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    let mut file = match path {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut serializer = V2DeflateSerializer::new();
+    let started = std::time::SystemTime::now();
+    let mut log = match file.as_mut() {
+        Some(f) => Some(
+            IntervalLogWriterBuilder::new()
+                .add_comment(&format!("spate run {job} (latency in ns)"))
+                .with_start_time(started)
+                .with_base_time(started)
+                .with_max_value_divisor(1e6)
+                .begin_log_with(f, &mut serializer)
+                .context("writing the interval log")?,
+        ),
+        None => None,
+    };
+    let mut logged: Option<hdrhistogram::Histogram<u64>> = None;
+    let mut logged_at = Duration::ZERO;
+    let mut write_interval = |latency: &hdrhistogram::Histogram<u64>, at: Duration| {
+        let Some(log) = log.as_mut() else { return };
+        let mut interval = latency.clone();
+        if let Some(prev) = &logged {
+            if interval.subtract(prev).is_err() {
+                return;
+            }
+        }
+        let tag = Tag::new("latency");
+        if let Err(e) = log.write_histogram(&interval, logged_at, at.saturating_sub(logged_at), tag)
+        {
+            tracing::warn!(error = %e, "could not write the interval log");
+        }
+        logged = Some(latency.clone());
+        logged_at = at;
+    };
+    let r = body(&mut write_interval)?;
+    drop(log);
+    if let (Some(mut f), Some(p)) = (file, path) {
+        use std::io::Write as _;
+        f.flush()
+            .with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("spate: latency interval log in {}", p.display());
+    }
+    Ok(r)
+}
+
 fn run(a: JobArgs, json: Option<PathBuf>, hlog: Option<PathBuf>) -> Result<bool> {
     let (config, graph) = prepare(&a)?;
     spate_dataplane::clock::init();
@@ -351,83 +410,38 @@ fn run(a: JobArgs, json: Option<PathBuf>, hlog: Option<PathBuf>) -> Result<bool>
         .context("installing the Ctrl-C handler")?;
     let tty = std::io::stderr().is_terminal();
     let mut last = (Duration::ZERO, 0u64);
-    // The interval log: each progress report writes the latencies recorded since the
-    // previous one (the sinks' histogram is cumulative).
-    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-    use hdrhistogram::serialization::V2DeflateSerializer;
-    let mut hlog_file = match &hlog {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
-        None => None,
-    };
-    let mut serializer = V2DeflateSerializer::new();
-    let started = std::time::SystemTime::now();
-    let mut log = match hlog_file.as_mut() {
-        Some(f) => Some(
-            IntervalLogWriterBuilder::new()
-                .add_comment(&format!("spate run {} (latency in ns)", a.job))
-                .with_start_time(started)
-                .with_base_time(started)
-                .with_max_value_divisor(1e6)
-                .begin_log_with(f, &mut serializer)
-                .context("writing the interval log")?,
-        ),
-        None => None,
-    };
-    let mut logged: Option<hdrhistogram::Histogram<u64>> = None;
-    let mut logged_at = Duration::ZERO;
-    let mut write_interval = |latency: &hdrhistogram::Histogram<u64>, at: Duration| {
-        let Some(log) = log.as_mut() else { return };
-        let mut interval = latency.clone();
-        if let Some(prev) = &logged {
-            if interval.subtract(prev).is_err() {
-                return;
+    let job_name = a.job.clone();
+    let result = with_interval_log(hlog.as_deref(), &job_name, |write_interval| {
+        let mut on_progress = |p: &Progress| {
+            write_interval(&p.latency, p.elapsed);
+            let dt = (p.elapsed - last.0).as_secs_f64().max(1e-9);
+            let r = (p.records - last.1) as f64 / dt;
+            last = (p.elapsed, p.records);
+            let p99 = if p.latency.is_empty() {
+                "-".into()
+            } else {
+                us(p.latency.value_at_quantile(0.99))
+            };
+            let line = format!(
+                "[{:6.1}s] events {:>10}  rate {:>8}/s  p99 {}",
+                p.elapsed.as_secs_f64(),
+                p.records,
+                rate(r),
+                p99
+            );
+            if tty {
+                eprint!("\r{line}   ");
+            } else {
+                eprintln!("{line}");
             }
-        }
-        let tag = Tag::new("latency");
-        if let Err(e) = log.write_histogram(&interval, logged_at, at.saturating_sub(logged_at), tag)
-        {
-            tracing::warn!(error = %e, "could not write the interval log");
-        }
-        logged = Some(latency.clone());
-        logged_at = at;
-    };
-    let mut on_progress = |p: &Progress| {
-        write_interval(&p.latency, p.elapsed);
-        let dt = (p.elapsed - last.0).as_secs_f64().max(1e-9);
-        let r = (p.records - last.1) as f64 / dt;
-        last = (p.elapsed, p.records);
-        let p99 = if p.latency.is_empty() {
-            "-".into()
-        } else {
-            us(p.latency.value_at_quantile(0.99))
         };
-        let line = format!(
-            "[{:6.1}s] events {:>10}  rate {:>8}/s  p99 {}",
-            p.elapsed.as_secs_f64(),
-            p.records,
-            rate(r),
-            p99
-        );
+        let result = cluster.execute(&graph, &cancel, Duration::from_secs(1), &mut on_progress)?;
         if tty {
-            eprint!("\r{line}   ");
-        } else {
-            eprintln!("{line}");
+            eprintln!();
         }
-    };
-    let result = cluster.execute(&graph, &cancel, Duration::from_secs(1), &mut on_progress)?;
-    if tty {
-        eprintln!();
-    }
-    write_interval(&result.progress.latency, result.progress.elapsed);
-    drop(log);
-    if let (Some(mut f), Some(path)) = (hlog_file, &hlog) {
-        use std::io::Write as _;
-        f.flush()
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("spate: latency interval log in {}", path.display());
-    }
+        write_interval(&result.progress.latency, result.progress.elapsed);
+        Ok(result)
+    })?;
     let p = &result.progress;
     let secs = p.elapsed.as_secs_f64();
     // W2's sink sees bars; its throughput is the trades that made them (all of them,
@@ -705,8 +719,8 @@ pub fn main() {
             detached,
             hlog,
         } => job.resolve().and_then(|job| {
-            if json.is_some() || hlog.is_some() {
-                eprintln!("spate: error: --json and --hlog apply to local runs; a cluster job's figures are on its REST API");
+            if json.is_some() || (detached && hlog.is_some()) {
+                eprintln!("spate: error: --json applies to local runs (a cluster job's figures are on its REST API), and --hlog to runs the client follows (not -d)");
                 std::process::exit(2);
             }
             // -D travels with the job, as with Flink's `run -D`: the JobManager applies
@@ -728,7 +742,7 @@ pub fn main() {
                 .and_then(|mut settings| {
                     settings.extend(job.defines.iter().cloned());
                     spec.config = settings;
-                    client::run(&m, &spec, detached)
+                    client::run(&m, &spec, detached, hlog.as_deref())
                 })
         }),
         Cmd::Run {

@@ -70,8 +70,31 @@ fn call(req: ureq::Request, body: Option<Value>) -> Result<Value> {
 
 /// Submits `spec`; without `detached`, follows the job to its end, printing the rows
 /// its `SELECT`s produce as they come.
-pub(crate) fn run(m: &str, spec: &JobSpec, detached: bool) -> Result<bool> {
-    run_counting(m, spec, detached).map(|(ok, _)| ok)
+pub(crate) fn run(
+    m: &str,
+    spec: &JobSpec,
+    detached: bool,
+    hlog: Option<&std::path::Path>,
+) -> Result<bool> {
+    crate::cli::with_interval_log(hlog.filter(|_| !detached), &spec.job, |write| {
+        run_following(m, spec, detached, &mut |at, h| write(h, at))
+    })
+    .map(|(ok, _)| ok)
+}
+
+/// The job's end-to-end latency as the JobManager merged it (`None`: none yet, or a
+/// histogram that is not one).
+fn latency_histogram(m: &str, id: &str) -> Option<hdrhistogram::Histogram<u64>> {
+    use base64::Engine as _;
+    let v = call(
+        agent().get(&format!("http://{m}/jobs/{id}/latency-histogram")),
+        None,
+    )
+    .ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v["histogram"].as_str()?)
+        .ok()?;
+    crate::cluster::decode_latency(&bytes).ok()
 }
 
 /// Prints the job's `SELECT` rows from number `*next` on; true when it has them all
@@ -103,6 +126,17 @@ fn print_results(m: &str, id: &str, next: &mut u64, rows: &mut u64) -> Result<bo
 
 /// As [`run`]; also the number of result rows printed.
 pub(crate) fn run_counting(m: &str, spec: &JobSpec, detached: bool) -> Result<(bool, u64)> {
+    run_following(m, spec, detached, &mut |_, _| {})
+}
+
+/// [`run_counting`], handing `latency` the job's cumulative latency histogram (and the
+/// time since submission) once a second and at the end.
+fn run_following(
+    m: &str,
+    spec: &JobSpec,
+    detached: bool,
+    on_latency: &mut dyn FnMut(Duration, &hdrhistogram::Histogram<u64>),
+) -> Result<(bool, u64)> {
     let body = serde_json::to_value(spec)?;
     let v = call(agent().post(&format!("http://{m}/jobs")), Some(body))?;
     let id = v["jobid"]
@@ -134,6 +168,9 @@ pub(crate) fn run_counting(m: &str, spec: &JobSpec, detached: bool) -> Result<(b
         while !print_results(m, &id, &mut next_row, &mut rows)? && ended {}
         if state == "RUNNING" && Instant::now() >= next_progress {
             next_progress = Instant::now() + PROGRESS_EVERY;
+            if let Some(h) = latency_histogram(m, &id) {
+                on_latency(started.elapsed(), &h);
+            }
             let events = source_records(&v);
             let now = Instant::now();
             let r = (events - prev.1.min(events)) as f64
@@ -156,6 +193,9 @@ pub(crate) fn run_counting(m: &str, spec: &JobSpec, detached: bool) -> Result<(b
         if ended {
             if tty {
                 eprintln!();
+            }
+            if let Some(h) = latency_histogram(m, &id) {
+                on_latency(started.elapsed(), &h);
             }
             print_summary(m, &id, &v);
             print_checkpoints(m, &id);

@@ -65,6 +65,7 @@ fn router(state: SharedState, commands: Sender<JmCommand>) -> Router {
         .route("/jobs/{id}", get(job).patch(patch_job))
         .route("/jobs/{id}/status", get(job_status))
         .route("/jobs/{id}/results", get(job_results))
+        .route("/jobs/{id}/latency-histogram", get(latency_histogram))
         .route("/jobs/{id}/metrics", get(job_metrics))
         .route("/jobs/{id}/plan", get(job_plan))
         .route("/jobs/{id}/config", get(job_config))
@@ -1478,6 +1479,25 @@ async fn vertex_metrics(
         }));
     }
     Json(metric_reply(&q, available)).into_response()
+}
+
+/// `GET /jobs/:id/latency-histogram` (spate's): the job's end-to-end latency as its
+/// sinks recorded it, merged, as an uncompressed V2 HdrHistogram in base64 (what `spate
+/// run -m --hlog` turns into an interval log); `null` while there is none.
+async fn latency_histogram(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    use base64::Engine as _;
+    let st = lock(&st);
+    let Some(j) = st.jobs.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("Job {id} not found"));
+    };
+    let h = j.latency();
+    let encoded = h.as_ref().and_then(crate::cluster::encode_latency);
+    Json(json!({
+        "encoding": "hdrhistogram-v2",
+        "count": h.as_ref().map_or(0, |h| h.len()),
+        "histogram": encoded.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+    }))
+    .into_response()
 }
 
 /// `GET /jobs/:id/vertices/:vid/subtasks/metrics`: `numRecordsIn` and
