@@ -1102,6 +1102,16 @@ impl TaskManager {
         }
     }
 
+    /// Drops the checkpoint trigger and end count of `key`'s deployment once none of
+    /// its tasks runs here or is being built.
+    fn forget_if_done(&mut self, key: &TaskKey) {
+        let deployment = (key.job_id.clone(), key.attempt);
+        if !self.deployment_lives(&deployment) {
+            self.triggers.remove(&deployment);
+            self.ended_reported.remove(&deployment);
+        }
+    }
+
     /// Whether a task of deployment (job, attempt) runs here or is being built.
     fn deployment_lives(&self, (job, attempt): &(String, u32)) -> bool {
         let ours = |k: &TaskKey| (&k.job_id, k.attempt) == (job, *attempt);
@@ -1115,11 +1125,7 @@ impl TaskManager {
         let slot = d.slot as usize;
         if self.building.remove(&key) != Some(false) {
             // Cancelled while it was being built (or by a JobManager since left).
-            let deployment = (key.job_id.clone(), key.attempt);
-            if !self.deployment_lives(&deployment) {
-                self.triggers.remove(&deployment);
-                self.ended_reported.remove(&deployment);
-            }
+            self.forget_if_done(&key);
             self.report(None, key, TaskState::Canceled);
             return;
         }
@@ -1164,11 +1170,7 @@ impl TaskManager {
                 }
             }
             Err(e) => {
-                let deployment = (key.job_id.clone(), key.attempt);
-                if !self.deployment_lives(&deployment) {
-                    self.triggers.remove(&deployment);
-                    self.ended_reported.remove(&deployment);
-                }
+                self.forget_if_done(&key);
                 self.report(None, key, TaskState::Failed(e));
             }
         }
@@ -1193,11 +1195,7 @@ impl TaskManager {
             self.metrics.remove(&id);
             self.sinks.remove(&id);
             self.task_names.remove(&id);
-            let deployment = (key.job_id.clone(), key.attempt);
-            if !self.deployment_lives(&deployment) {
-                self.triggers.remove(&deployment);
-                self.ended_reported.remove(&deployment);
-            }
+            self.forget_if_done(&key);
         }
     }
 }
