@@ -1906,6 +1906,12 @@ fn prometheus_metrics_on_the_jobmanager_and_a_taskmanager_pass_promtool() {
                 && sample(&jm_text, "spate_jobmanager_task_slots_available", &[]) == Some(0.0)
                 && sample(&jm_text, "spate_job_latency_seconds_count", &[&job_label])
                     .is_some_and(|v| v > 0.0)
+                && sample(
+                    &jm_text,
+                    "spate_operator_time_per_record_seconds_count",
+                    &[&job_label, "operator=\"VWAP\""],
+                )
+                .is_some_and(|v| v > 0.0)
         },
     );
     let mut tm_text = String::new();
@@ -1921,6 +1927,12 @@ fn prometheus_metrics_on_the_jobmanager_and_a_taskmanager_pass_promtool() {
                     &tm_text,
                     "spate_task_marker_latency_seconds_count",
                     &[&job_label],
+                )
+                .is_some_and(|v| v > 0.0)
+                && sample(
+                    &tm_text,
+                    "spate_operator_time_per_record_seconds_count",
+                    &[&job_label, "operator=\"VWAP\""],
                 )
                 .is_some_and(|v| v > 0.0)
         },
