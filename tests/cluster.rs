@@ -3112,6 +3112,18 @@ fn web_dashboard_in_a_headless_browser_follows_a_job_and_cancels_it() {
            && rows.every(r => /ok|low|high/.test(r.querySelector('td[data-f=backpressure]').innerText)) \
            && rows.some(r => /[µm]?s$/.test(r.querySelector('td[data-f=latency]').innerText));",
     );
+    // The sink's box in the graph shows its end-to-end percentiles on a line of its own,
+    // inside the box.
+    b.wait_js(
+        "the sink's end-to-end latency in the graph",
+        long,
+        "const e = [...document.querySelectorAll('#job-graph .vertex text[data-f=e2e]')] \
+             .find(t => /^end to end p50 .*s p99 .*s$/.test(t.textContent)); \
+         if (!e) return false; \
+         const box = e.closest('.vertex').querySelector('rect').getBoundingClientRect(); \
+         const r = e.getBoundingClientRect(); \
+         return r.right <= box.right && r.bottom <= box.bottom;",
+    );
     // Latency markers: how long after their emission they reached each vertex past
     // the sources, in the vertex table and the vertex's metrics.
     b.wait_js(

@@ -117,6 +117,11 @@ pub(crate) struct Outcome {
 /// but a disk's speed would make rows incomparable between machines).
 pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Latency markers in the rows that have metrics on: every 10 ms (Flink's documentation
+/// warns that markers cost throughput; a user who turns them on picks an interval about
+/// this short to see hops at µs resolution).
+const METRICS_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Runs the job declared on `env` on a MiniCluster as every spate run of these
 /// benchmarks does (parallelism `p`, as many busy-spinning slots pinned to `cores`),
 /// and requires it to finish.
@@ -125,15 +130,25 @@ pub(crate) fn execute(
     p: usize,
     cores: (usize, usize),
 ) -> Result<JobResult> {
-    execute_with(env, p, cores, None)
+    execute_with(env, p, cores, Extras::default())
 }
 
-/// As [`execute`], with checkpoints every `checkpoint` if given.
+/// What a run may have on beyond the plain job.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Extras {
+    /// Checkpoints this often.
+    pub checkpoint: Option<Duration>,
+    /// Latency markers (and the per-operator timing of a sampled batch) this often
+    /// (`metrics.latency.interval`; zero: off).
+    pub latency_interval: Duration,
+}
+
+/// As [`execute`], with checkpoints and latency markers as `extras` say.
 pub(crate) fn execute_with(
     env: &StreamExecutionEnvironment,
     p: usize,
     cores: (usize, usize),
-    checkpoint: Option<Duration>,
+    extras: Extras,
 ) -> Result<JobResult> {
     let stream = env.stream_graph();
     let name = stream.job_name.clone();
@@ -146,9 +161,10 @@ pub(crate) fn execute_with(
         idle: IdleStrategyKind::BusySpin,
         ring_size: 1 << 20,
         checkpointing: spate::config::CheckpointConfig {
-            interval: checkpoint,
+            interval: extras.checkpoint,
             ..Default::default()
         },
+        latency_interval: extras.latency_interval,
         ..Config::default()
     };
     let mut mc = MiniCluster::start(&config)?;
@@ -172,17 +188,17 @@ pub(crate) fn run_once(
     sample: u32,
     cores: (usize, usize),
 ) -> Result<Outcome> {
-    run_checkpointed(p, pace, events, sample, cores, None)
+    run_with(p, pace, events, sample, cores, Extras::default())
 }
 
-/// As [`run_once`], with checkpoints every `checkpoint` if given.
-pub(crate) fn run_checkpointed(
+/// As [`run_once`], with checkpoints and latency markers as `extras` say.
+pub(crate) fn run_with(
     p: usize,
     pace: Pace,
     events: u64,
     sample: u32,
     cores: (usize, usize),
-    checkpoint: Option<Duration>,
+    extras: Extras,
 ) -> Result<Outcome> {
     let env = StreamExecutionEnvironment::new("vwap");
     // W1 with its latency sink measuring one record in `sample` (`jobs::vwap` measures
@@ -198,11 +214,11 @@ pub(crate) fn run_checkpointed(
     )
     .latency_sink_sampled(|v| v.ts_ns, sample)
     .name("Latency Sink");
-    let r = execute_with(&env, p, cores, checkpoint)?;
+    let r = execute_with(&env, p, cores, extras)?;
     Ok(Outcome {
         eps: r.progress.records as f64 / r.progress.elapsed.as_secs_f64().max(1e-9),
         latency: r.progress.latency,
-        checkpoints: checkpoint.map(|_| r.checkpoints),
+        checkpoints: extras.checkpoint.map(|_| r.checkpoints),
     })
 }
 
@@ -422,6 +438,18 @@ pub fn ratios(rows: &[Row]) -> Vec<(String, Ratio)> {
             );
         }
     }
+    put(
+        "metrics_on_p1_throughput_over_off".into(),
+        format!(
+            "unpaced events/s, p=1: latency markers and operator timing every {METRICS_INTERVAL:?} / off"
+        ),
+        div(
+            find(rows, Impl::Spate, 1, "unpaced_metrics_on", None).map(|r| r.events_per_s),
+            find(rows, Impl::Spate, 1, "unpaced_metrics_off", None).map(|r| r.events_per_s),
+        ),
+        true,
+        0.97,
+    );
     for p in [1usize, 2] {
         let with = find(rows, Impl::Spate, p, "unpaced_ckpt", None);
         let without = find(rows, Impl::Spate, p, "unpaced_long", None);
@@ -523,7 +551,11 @@ pub fn run(params: &Params) -> Result<Report> {
         let mut without = Vec::new();
         for rep in 0..params.reps.max(1) {
             for ck in [None, Some(CHECKPOINT_INTERVAL)] {
-                let o = run_checkpointed(p, Pace::Unpaced, long, UNPACED_SAMPLE, params.cores, ck)?;
+                let extras = Extras {
+                    checkpoint: ck,
+                    ..Extras::default()
+                };
+                let o = run_with(p, Pace::Unpaced, long, UNPACED_SAMPLE, params.cores, extras)?;
                 eprintln!(
                     "spate unpaced p={p} {} rep {}: {:.2}M events/s{}",
                     if ck.is_some() {
@@ -559,7 +591,11 @@ pub fn run(params: &Params) -> Result<Report> {
         let mut without = Vec::new();
         for rep in 0..params.reps.max(1) {
             for ck in [None, Some(CHECKPOINT_INTERVAL)] {
-                let o = run_checkpointed(p, Pace::Rate(1e6), events, 1, params.cores, ck)?;
+                let extras = Extras {
+                    checkpoint: ck,
+                    ..Extras::default()
+                };
+                let o = run_with(p, Pace::Rate(1e6), events, 1, params.cores, extras)?;
                 eprintln!(
                     "spate p={p} at 1000k/s, {} rep {}: p50 {} ns, p99 {} ns",
                     if ck.is_some() {
@@ -584,6 +620,51 @@ pub fn run(params: &Params) -> Result<Report> {
             let mid = v.len() / 2;
             let o = v.swap_remove(mid);
             rows.push(row(Impl::Spate, p, mode, Some(1e6), &o, 1));
+        }
+    }
+    // Metrics on (latency markers and the per-operator timing of one batch every
+    // METRICS_INTERVAL; counters and busy time are always on) against off: unpaced W1
+    // at p=1, the two alternating, median of reps each.
+    {
+        let mut on = Vec::new();
+        let mut off = Vec::new();
+        for rep in 0..params.reps.max(1) {
+            for interval in [Duration::ZERO, METRICS_INTERVAL] {
+                let extras = Extras {
+                    latency_interval: interval,
+                    ..Extras::default()
+                };
+                let o = run_with(
+                    1,
+                    Pace::Unpaced,
+                    params.events,
+                    UNPACED_SAMPLE,
+                    params.cores,
+                    extras,
+                )?;
+                eprintln!(
+                    "spate unpaced p=1 latency markers {} rep {}: {:.2}M events/s",
+                    if interval.is_zero() {
+                        "off".to_string()
+                    } else {
+                        format!("every {interval:?}")
+                    },
+                    rep + 1,
+                    o.eps / 1e6
+                );
+                if interval.is_zero() {
+                    &mut off
+                } else {
+                    &mut on
+                }
+                .push(o);
+            }
+        }
+        for (mode, mut v) in [("unpaced_metrics_off", off), ("unpaced_metrics_on", on)] {
+            v.sort_by(|a, b| a.eps.total_cmp(&b.eps));
+            let mid = v.len() / 2;
+            let o = v.swap_remove(mid);
+            rows.push(row(Impl::Spate, 1, mode, None, &o, UNPACED_SAMPLE));
         }
     }
     // The highest offered rate each parallelism of spate sustains (achieves ≥ 99% of

@@ -292,7 +292,7 @@ function jobManagerPage() {
 // Layers the job graph (longest path from the sources), orders each layer by its
 // inputs' positions, and places the vertices in columns, sources on the left.
 function layout(nodes) {
-  const W = 236, H = 112, GX = 70, GY = 22, PAD = 16;
+  const W = 236, H = 128, GX = 70, GY = 22, PAD = 16;
   const byId = {};
   nodes.forEach(n => { byId[n.id] = n; });
   const level = {};
@@ -355,6 +355,7 @@ function graphSvg(plan) {
       <text x="10" y="69" data-f="rates">-</text>
       <text class="sub" x="10" y="86" data-f="extra"></text>
       <text class="sub" x="10" y="103" data-f="hop"></text>
+      <text class="sub" x="10" y="120" data-f="e2e"></text>
     </g>`;
   }).join('');
   return `<svg id="job-graph" width="${L.width}" height="${L.height}" viewBox="0 0 ${L.width} ${L.height}">
@@ -435,11 +436,9 @@ function jobPage(jid, tab) {
       if (bp) extra.push(`backpressure ${bp.level} ${(bp.ratio * 100).toFixed(0)}%`);
       if (wm !== undefined && wm > LONG_MIN) extra.push(wm >= LONG_MAX ? 'wm end of input' : `wm ${watermark(wm).slice(11)}`);
       const hop = slow.hop[v.id];
-      const more = [];
-      if (hop) more.push(`from source p50 ${ns(hop.latencyFromSource_p50)} p99 ${ns(hop.latencyFromSource_p99)}`);
-      if (lat) more.push(`e2e p99 ${ns(lat.latency_p99)}`);
       $('[data-f=extra]', g).textContent = extra.join(' · ');
-      $('[data-f=hop]', g).textContent = more.join(' · ');
+      $('[data-f=hop]', g).textContent = hop ? `from source p50 ${ns(hop.latencyFromSource_p50)} p99 ${ns(hop.latencyFromSource_p99)}` : '';
+      $('[data-f=e2e]', g).textContent = lat ? `end to end p50 ${ns(lat.latency_p50)} p99 ${ns(lat.latency_p99)}` : '';
     }
   };
 
