@@ -303,8 +303,10 @@ fn ctrl_c_cancels_an_unbounded_job_and_still_prints_the_summary() {
 }
 
 /// `--hlog FILE` writes the latency as an HdrHistogram interval log: one histogram per
-/// second, read back here with the HdrHistogram crate's own log reader; together they
-/// hold every record's latency (a paced run measures each one).
+/// second, read back here with the HdrHistogram crate's own log reader and with the
+/// HdrHistogram project's Python implementation (`hdrh`, PyPI's `hdrhistogram`, which
+/// `.ci/run` installs); together they hold every record's latency (a paced run measures
+/// each one), and both readers find the same percentiles.
 #[test]
 fn hlog_writes_an_interval_log_that_hdrhistogram_reads() {
     use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
@@ -328,9 +330,10 @@ fn hlog_writes_an_interval_log_that_hdrhistogram_reads() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("latency interval log in"), "{err}");
     let bytes = std::fs::read(&log).unwrap();
-    let mut intervals = 0;
+    let mut intervals = 0u64;
     let mut total = 0u64;
     let mut last_start = -1.0;
+    let mut merged = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     for entry in IntervalLogIterator::new(&bytes) {
         if let LogEntry::Interval(h) = entry.unwrap() {
             assert_eq!(h.tag().map(|t| t.as_str()), Some("latency"));
@@ -345,11 +348,56 @@ fn hlog_writes_an_interval_log_that_hdrhistogram_reads() {
                 .deserialize(&mut raw.as_slice())
                 .unwrap();
             total += hist.len();
+            merged.add(&hist).unwrap();
             intervals += 1;
         }
     }
     assert!(intervals >= 2, "{intervals} intervals in a 2.5 s run");
     assert_eq!(total, 2_500_000, "every record's latency, once");
+    // The Python implementation's log reader on the same file.
+    const READ: &str = "import sys
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader
+reader = HistogramLogReader(sys.argv[1], HdrHistogram(1, 3600 * 10**9, 3))
+merged = HdrHistogram(1, 3600 * 10**9, 3)
+n = 0
+while True:
+    h = reader.get_next_interval_histogram()
+    if h is None:
+        break
+    n += 1
+    merged.add(h)
+print(n, merged.get_total_count(), merged.get_value_at_percentile(50),
+      merged.get_value_at_percentile(99), merged.get_max_value())
+";
+    let py = std::process::Command::new("python3")
+        .args(["-c", READ, log.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("python3 is required: {e}"));
+    assert!(
+        py.status.success(),
+        "the HdrHistogram Python reader (pip install hdrhistogram; .ci/run installs it): {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let said = String::from_utf8_lossy(&py.stdout).to_string();
+    let f: Vec<u64> = said
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(f.len(), 5, "{said}");
+    assert_eq!((f[0], f[1]), (intervals, total), "{said}");
+    // Both at three significant digits: the same values to within their precision.
+    for (what, theirs, ours) in [
+        ("p50", f[2], merged.value_at_quantile(0.5)),
+        ("p99", f[3], merged.value_at_quantile(0.99)),
+        ("max", f[4], merged.max()),
+    ] {
+        let tolerance = ours / 500 + 1;
+        assert!(
+            theirs.abs_diff(ours) <= tolerance,
+            "{what}: Python reader {theirs} ns, Rust reader {ours} ns ({said})"
+        );
+    }
 }
 
 const SQL_DDL: &str = "CREATE TABLE bids (
