@@ -1036,6 +1036,9 @@ struct Field {
 #[derive(Clone, Debug)]
 pub struct Datagen {
     fields: Vec<Field>,
+    /// Values a row has room for: its fields and the table's computed columns, which
+    /// the scan adds to the same row.
+    row_capacity: usize,
     /// Rows in all (`None`: unbounded).
     pub rows: Option<u64>,
     rows_per_second: f64,
@@ -1259,6 +1262,7 @@ impl Datagen {
             });
         }
         Ok(Self {
+            row_capacity: fields.len() + def.extras.computed.len(),
             fields,
             rows,
             rows_per_second,
@@ -1268,7 +1272,7 @@ impl Datagen {
 
     /// Row `i`, with `now_ms` as the start of TIMESTAMP fields that declare none.
     pub fn row(&self, i: u64, now_ms: i64) -> Row {
-        let mut values = Vec::with_capacity(self.fields.len());
+        let mut values = Vec::with_capacity(self.row_capacity);
         for (k, f) in self.fields.iter().enumerate() {
             let h = splitmix(
                 self.seed

@@ -133,6 +133,9 @@ const COLUMNS: &[(&str, Field, char)] = &[
 #[derive(Clone, Debug)]
 pub struct Nexmark {
     fields: Vec<Field>,
+    /// Values a row has room for: its fields and the table's computed columns, which
+    /// the scan adds to the same row.
+    row_capacity: usize,
     /// Events in all (`None`: unbounded).
     pub events: Option<u64>,
     /// Events per second of event time (and of real time when rate-limited).
@@ -238,6 +241,7 @@ impl Nexmark {
             fields.push(*f);
         }
         Ok(Self {
+            row_capacity: fields.len() + def.extras.computed.len(),
             fields,
             events: (events > 0).then_some(events),
             rate: rate as f64,
@@ -311,7 +315,7 @@ impl Nexmark {
         let kind = self.kind(n);
         let mut rng = Rng::new(self.seed, n);
         let ts = Value::Ts(self.time_ms(n, base_ms));
-        let mut values = Vec::with_capacity(self.fields.len());
+        let mut values = Vec::with_capacity(self.row_capacity);
         // The draws in a fixed order per kind, whichever columns are declared, so that
         // a table of fewer columns sees the same values.
         let mut person = None;

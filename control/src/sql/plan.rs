@@ -89,6 +89,10 @@ struct Calc {
     filters: Vec<Eval>,
     /// The relation's columns from an input row (`None`: the input's own).
     project: Option<Arc<Vec<Eval>>>,
+    /// Beside `project`: for each column, the input row's column it is a plain copy
+    /// of, if it is one (then the projected row can take the value instead of
+    /// cloning it).
+    refs: Option<Arc<Vec<Option<usize>>>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -570,8 +574,15 @@ impl<'a> Planner<'a> {
                 .iter()
                 .map(|(i, c)| (*i, c.eval.clone()))
                 .collect();
-            stream = stream
-                .map(move |mut r: Row| {
+            stream = match <[(usize, Eval); 1]>::try_from(computed) {
+                // One computed column (the common case: an event time): no list of
+                // values in between.
+                Ok([(i, e)]) => stream.map(move |mut r: Row| {
+                    let v = e(&r);
+                    r.values.insert(i.min(r.values.len()), v);
+                    r
+                }),
+                Err(computed) => stream.map(move |mut r: Row| {
                     // Every expression reads the physical row; then the values go to
                     // their positions (in increasing order).
                     let values: Vec<Value> = computed.iter().map(|(_, e)| e(&r)).collect();
@@ -579,8 +590,9 @@ impl<'a> Planner<'a> {
                         r.values.insert((*i).min(r.values.len()), v);
                     }
                     r
-                })
-                .name("Calc(computed columns)");
+                }),
+            }
+            .name("Calc(computed columns)");
             label = format!("Calc(computed columns)\n   +- {label}");
         }
         let mut rowtime = None;
@@ -3292,27 +3304,75 @@ impl Rel {
             return self;
         };
         let filters = calc.filters;
-        let mut stream = match calc.project {
-            None => {
-                let all = filters.clone();
-                self.stream
-                    .filter(move |r: &Row| all.iter().all(|f| f(r) == Value::Bool(true)))
-                    .name("Calc")
-            }
-            Some(project) => self
-                .stream
-                .flat_map(
-                    move |r: Row, out: &mut spate_dataplane::operator::Collector<'_, '_, Row>| {
-                        if filters.iter().all(|f| f(&r) == Value::Bool(true)) {
-                            out.collect(Row {
-                                kind: r.kind,
-                                values: project.iter().map(|e| e(&r)).collect(),
-                            });
-                        }
-                    },
-                )
-                .name("Calc"),
-        };
+        let mut stream =
+            match calc.project {
+                None => {
+                    let all = filters.clone();
+                    self.stream
+                        .filter(move |r: &Row| all.iter().all(|f| f(r) == Value::Bool(true)))
+                        .name("Calc")
+                }
+                Some(project) => match calc
+                    .refs
+                    .as_deref()
+                    .and_then(|r| r.iter().copied().collect::<Option<Vec<usize>>>())
+                {
+                    // Every column a plain copy of an input column: each value moves out
+                    // of the input row at its last use (cloned before that), with no
+                    // expression called and no reference count touched.
+                    Some(refs) => {
+                        let moves: Vec<(usize, bool)> = refs
+                            .iter()
+                            .enumerate()
+                            .map(|(k, &i)| (i, !refs[k + 1..].contains(&i)))
+                            .collect();
+                        self.stream
+                            .flat_map(
+                                move |mut r: Row,
+                                      out: &mut spate_dataplane::operator::Collector<
+                                    '_,
+                                    '_,
+                                    Row,
+                                >| {
+                                    if filters.iter().all(|f| f(&r) == Value::Bool(true)) {
+                                        let values = moves
+                                            .iter()
+                                            .map(|&(i, last)| match r.values.get_mut(i) {
+                                                Some(v) if last => std::mem::take(v),
+                                                Some(v) => v.clone(),
+                                                None => Value::Null,
+                                            })
+                                            .collect();
+                                        out.collect(Row {
+                                            kind: r.kind,
+                                            values,
+                                        });
+                                    }
+                                },
+                            )
+                            .name("Calc")
+                    }
+                    None => {
+                        self.stream
+                            .flat_map(
+                                move |r: Row,
+                                      out: &mut spate_dataplane::operator::Collector<
+                                    '_,
+                                    '_,
+                                    Row,
+                                >| {
+                                    if filters.iter().all(|f| f(&r) == Value::Bool(true)) {
+                                        out.collect(Row {
+                                            kind: r.kind,
+                                            values: project.iter().map(|e| e(&r)).collect(),
+                                        });
+                                    }
+                                },
+                            )
+                            .name("Calc")
+                    }
+                },
+            };
         if let Some(t) = self.rowtime {
             stream = stream.with_event_time(move |r: &Row| ts_ns(r.get(t)));
         }
@@ -3368,6 +3428,16 @@ impl Rel {
                 None => Arc::new(move |r: &Row| r.get(i).clone()),
             }
         };
+        // Which input column column `i` of this relation copies, if it is a copy.
+        let prior_refs = self.calc.as_ref().and_then(|c| c.refs.clone());
+        let binding_ref = |i: usize| -> Option<usize> {
+            match (&bindings, &prior_refs) {
+                (None, _) => Some(i),
+                (Some(_), Some(r)) => r.get(i).copied().flatten(),
+                (Some(_), None) => None,
+            }
+        };
+        let mut refs: Vec<Option<usize>> = Vec::new();
         let mut evals: Vec<Eval> = Vec::new();
         let mut schema = Vec::new();
         let mut rowtime = None;
@@ -3392,6 +3462,7 @@ impl Rel {
                         c.name = c.name[q.len()..].to_string();
                         schema.push(c);
                         evals.push(binding(i));
+                        refs.push(binding_ref(i));
                     }
                     if schema.len() == before
                         && self.schema.iter().any(|c| {
@@ -3410,6 +3481,8 @@ impl Rel {
                             identity &= schema.len() == i;
                             schema.push(c.clone());
                             evals.push(binding(i));
+                            refs.push(binding_ref(i));
+                            refs.push(binding_ref(i));
                         }
                     }
                 }
@@ -3421,6 +3494,7 @@ impl Rel {
                         identity &= schema.len() == i;
                         schema.push(c.clone());
                         evals.push(binding(i));
+                        refs.push(binding_ref(i));
                     }
                 }
                 SelectItem::ExprWithAliases { expr: e, .. } => {
@@ -3446,6 +3520,7 @@ impl Rel {
                         Column::new(name, c.ty).with_bound(source.and_then(|c| c.bound))
                     });
                     evals.push(c.eval);
+                    refs.push(col.and_then(binding_ref));
                 }
             }
         }
@@ -3454,6 +3529,7 @@ impl Rel {
         }
         let mut calc = self.calc.clone().unwrap_or_default();
         calc.project = Some(Arc::new(evals));
+        calc.refs = Some(Arc::new(refs));
         let label = format!(
             "Calc(select=[{}])",
             items
