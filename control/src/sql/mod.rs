@@ -623,7 +623,7 @@ impl Session {
             Statement::ExplainTable { table_name, .. } => self.describe(table_name),
             Statement::Explain { statement, .. } => {
                 let scratch = StreamExecutionEnvironment::new("explain");
-                let planner = plan::Planner::new(&self.catalog, &self.config);
+                let planner = self.planner_for(statement);
                 let text = match statement.as_ref() {
                     Statement::Query(q) => {
                         let rel = planner.query(&scratch, q)?;
@@ -637,12 +637,11 @@ impl Session {
                 )))
             }
             Statement::Query(q) => {
-                let rel = plan::Planner::new(&self.catalog, &self.config).query(env, q)?;
+                let rel = self.planner_for(&p.statement).query(env, q)?;
                 Ok(Outcome::Query(rel))
             }
             Statement::Insert(ins) => {
-                let (table, _) =
-                    plan::Planner::new(&self.catalog, &self.config).insert(env, ins)?;
+                let (table, _) = self.planner_for(&p.statement).insert(env, ins)?;
                 Ok(Outcome::Insert { table })
             }
             other => {
@@ -656,6 +655,28 @@ impl Session {
                     "unsupported statement ({kind} ...): spate runs CREATE TABLE, CREATE VIEW, DROP, INSERT INTO, SELECT, EXPLAIN, SET, SHOW TABLES, DESCRIBE and statement sets"
                 )))
             }
+        }
+    }
+
+    /// The planner of a SELECT or an INSERT: generated tables produce only the columns
+    /// the statement may read, if planning it so (on a scratch environment) succeeds;
+    /// otherwise all of them.
+    fn planner_for(&self, statement: &Statement) -> plan::Planner<'_> {
+        let names = plan::referenced_names(&self.catalog, &statement.to_string());
+        let pruning = plan::Planner::new(&self.catalog, &self.config).pruning(names);
+        if !pruning.prunes() {
+            return pruning;
+        }
+        let scratch = StreamExecutionEnvironment::new("plan");
+        let ok = match statement {
+            Statement::Query(q) => pruning.query(&scratch, q).is_ok(),
+            Statement::Insert(ins) => pruning.insert(&scratch, ins).is_ok(),
+            _ => false,
+        };
+        if ok {
+            pruning
+        } else {
+            plan::Planner::new(&self.catalog, &self.config)
         }
     }
 

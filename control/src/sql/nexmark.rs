@@ -100,6 +100,11 @@ enum Field {
 }
 
 impl Field {
+    /// Its bit in [`Nexmark::wanted`].
+    fn bit(self) -> u64 {
+        1 << (self as u32)
+    }
+
     /// The event kind whose field this is (0 person, 1 auction, 2 bid; `None`: all).
     fn kind(self) -> Option<usize> {
         use Field::*;
@@ -150,6 +155,9 @@ const COLUMNS: &[(&str, Field, char)] = &[
 #[derive(Clone, Debug)]
 pub struct Nexmark {
     fields: Vec<Field>,
+    /// The declared fields as a bit set (`1 << field`): strings of the others are not
+    /// built (their random draws are still taken, so that values do not change).
+    wanted: u64,
     /// Per kind (person, auction, bid): the columns an event of that kind sets, by
     /// position (the rest are NULL).
     by_kind: [Vec<(usize, Field)>; 3],
@@ -268,7 +276,9 @@ impl Nexmark {
                 .map(|(i, f)| (i, *f))
                 .collect()
         });
+        let wanted = fields.iter().fold(0u64, |m, f| m | f.bit());
         Ok(Self {
+            wanted,
             row_capacity: fields.len() + def.extras.computed.len(),
             by_kind,
             fields,
@@ -355,8 +365,7 @@ impl Nexmark {
         match kind {
             0 => {
                 let p = self.person(n, &mut rng);
-                let (mut name, mut email, mut card, mut extra) =
-                    (Some(p.name), Some(p.email), Some(p.card), Some(p.extra));
+                let (mut name, mut email, mut card, mut extra) = (p.name, p.email, p.card, p.extra);
                 for &(i, f) in own {
                     values[i] = match f {
                         EventType => Value::Int(0),
@@ -374,8 +383,7 @@ impl Nexmark {
             }
             1 => {
                 let a = self.auction(n, &mut rng, &ts);
-                let (mut item, mut description, mut extra) =
-                    (Some(a.item), Some(a.description), Some(a.extra));
+                let (mut item, mut description, mut extra) = (a.item, a.description, a.extra);
                 for &(i, f) in own {
                     values[i] = match f {
                         EventType => Value::Int(1),
@@ -395,8 +403,7 @@ impl Nexmark {
             }
             _ => {
                 let b = self.bid(n, &mut rng);
-                let (mut channel, mut url, mut extra) =
-                    (Some(b.channel), Some(b.url), Some(b.extra));
+                let (mut channel, mut url, mut extra) = (b.channel, b.url, b.extra);
                 for &(i, f) in own {
                     values[i] = match f {
                         EventType => Value::Int(i64::from(kind)),
@@ -415,26 +422,49 @@ impl Nexmark {
         Row::insert(values)
     }
 
+    /// Whether the table declares `f`.
+    fn wants(&self, f: Field) -> bool {
+        self.wanted & f.bit() != 0
+    }
+
     fn person(&self, n: u64, rng: &mut Rng) -> Person {
         let id = self.last_base0_person(n) as i64 + FIRST_PERSON_ID;
-        let name = arc_fmt(format_args!(
-            "{} {}",
-            FIRST_NAMES[rng.below(FIRST_NAMES.len() as u64) as usize],
-            LAST_NAMES[rng.below(LAST_NAMES.len() as u64) as usize]
-        ));
-        let (user, domain) = (rng.string(7), rng.string(5));
-        let email = arc_fmt(format_args!("{user}@{domain}.com"));
-        let card = arc_fmt(format_args!(
-            "{:04} {:04} {:04} {:04}",
+        let first = FIRST_NAMES[rng.below(FIRST_NAMES.len() as u64) as usize];
+        let last = LAST_NAMES[rng.below(LAST_NAMES.len() as u64) as usize];
+        let name = self
+            .wants(Field::PersonName)
+            .then(|| arc_fmt(format_args!("{first} {last}")));
+        // user@domain.com: 7 + 1 + 5 + 4 bytes; the card: four groups of four digits.
+        let email = if self.wants(Field::PersonEmail) {
+            let (user, domain) = (rng.string(7), rng.string(5));
+            Some(arc_fmt(format_args!("{user}@{domain}.com")))
+        } else {
+            rng.skip_letters(7);
+            rng.skip_letters(5);
+            None
+        };
+        let digits = [
             rng.below(10_000),
             rng.below(10_000),
             rng.below(10_000),
-            rng.below(10_000)
-        ));
+            rng.below(10_000),
+        ];
+        let card = self.wants(Field::PersonCard).then(|| {
+            arc_fmt(format_args!(
+                "{:04} {:04} {:04} {:04}",
+                digits[0], digits[1], digits[2], digits[3]
+            ))
+        });
         let city = CITIES[rng.below(CITIES.len() as u64) as usize];
         let state = STATES[rng.below(STATES.len() as u64) as usize];
-        let size = 8 + name.len() + email.len() + card.len() + city.len() + state.len() + 8;
-        let extra = rng.extra(size, PERSON_SIZE);
+        let name_len = first.len() + 1 + last.len();
+        debug_assert!(name.as_ref().is_none_or(|s| s.len() == name_len));
+        debug_assert!(email.as_ref().is_none_or(|s| s.len() == 17));
+        debug_assert!(card.as_ref().is_none_or(|s| s.len() == 19));
+        let extra = self.wants(Field::PersonExtra).then(|| {
+            let size = 8 + name_len + 17 + 19 + city.len() + state.len() + 8;
+            rng.extra(size, PERSON_SIZE)
+        });
         Person {
             id,
             name,
@@ -457,15 +487,27 @@ impl Nexmark {
         let category = FIRST_CATEGORY_ID + rng.below(NUM_CATEGORIES) as i64;
         let initial_bid = rng.price();
         let reserve = initial_bid + rng.price();
-        let item = rng.arc_string(20);
-        let description = rng.arc_string(100);
+        let item = if self.wants(Field::AuctionItem) {
+            Some(rng.arc_string(20))
+        } else {
+            rng.skip_letters(20);
+            None
+        };
+        let description = if self.wants(Field::AuctionDescription) {
+            Some(rng.arc_string(100))
+        } else {
+            rng.skip_letters(100);
+            None
+        };
         let length_ms = 10_000 + rng.below(10_000) as i64;
         let expires = match ts {
             Value::Ts(t) => Value::Ts(t.saturating_add(length_ms)),
             _ => Value::Null,
         };
-        let size = 8 + item.len() + description.len() + 8 + 8 + 8 + 8 + 8 + 8;
-        let extra = rng.extra(size, AUCTION_SIZE);
+        let extra = self.wants(Field::AuctionExtra).then(|| {
+            let size = 8 + 20 + 100 + 8 + 8 + 8 + 8 + 8 + 8;
+            rng.extra(size, AUCTION_SIZE)
+        });
         Auction {
             id,
             item,
@@ -493,28 +535,52 @@ impl Nexmark {
         } as i64
             + FIRST_PERSON_ID;
         let price = rng.price();
-        let (channel, url): (Arc<str>, Arc<str>) = if rng.below(HOT_CHANNELS_RATIO) > 0 {
+        let (want_channel, want_url) = (self.wants(Field::BidChannel), self.wants(Field::BidUrl));
+        let (channel, url, size) = if rng.below(HOT_CHANNELS_RATIO) > 0 {
             let i = rng.below(HOT_CHANNELS.len() as u64) as usize;
-            hot_channels()[i].clone()
+            let (channel, url) = &hot_channels()[i];
+            (
+                want_channel.then(|| channel.clone()),
+                want_url.then(|| url.clone()),
+                channel.len() + url.len(),
+            )
         } else {
             let c = rng.below(CHANNELS);
-            let url = arc_with(|s| {
-                s.push_str("https://www.nexmark.com/");
+            let url = if want_url {
+                Some(arc_with(|s| {
+                    s.push_str("https://www.nexmark.com/");
+                    for _ in 0..3 {
+                        rng.push_letters(s, 5);
+                        s.push('/');
+                    }
+                    s.push_str("item.htm?query=1&channel_id=");
+                    push_u64(s, c);
+                }))
+            } else {
                 for _ in 0..3 {
-                    rng.push_letters(s, 5);
-                    s.push('/');
+                    rng.skip_letters(5);
                 }
-                s.push_str("item.htm?query=1&channel_id=");
-                push_u64(s, c);
+                None
+            };
+            let channel = want_channel.then(|| {
+                arc_with(|s| {
+                    s.push_str("channel-");
+                    push_u64(s, c);
+                })
             });
-            let channel = arc_with(|s| {
-                s.push_str("channel-");
-                push_u64(s, c);
-            });
-            (channel, url)
+            // "channel-" and the URL's fixed parts, its three 5-letter segments and the
+            // channel number in both.
+            let digits = decimal_digits(c);
+            debug_assert!(url
+                .as_ref()
+                .is_none_or(|s| s.len() == 24 + 18 + 28 + digits));
+            debug_assert!(channel.as_ref().is_none_or(|s| s.len() == 8 + digits));
+            (channel, url, 8 + digits + 24 + 18 + 28 + digits)
         };
-        let size = 8 + 8 + 8 + channel.len() + url.len() + 8;
-        let extra = rng.extra(size, BID_SIZE);
+        let extra = self.wants(Field::BidExtra).then(|| {
+            let size = 8 + 8 + 8 + size + 8;
+            rng.extra(size, BID_SIZE)
+        });
         Bid {
             auction,
             bidder,
@@ -526,35 +592,46 @@ impl Nexmark {
     }
 }
 
+/// How many decimal digits `n` has.
+fn decimal_digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
+// (Strings of fields the table does not declare are `None`.)
 struct Person {
     id: i64,
-    name: Arc<str>,
-    email: Arc<str>,
-    card: Arc<str>,
+    name: Option<Arc<str>>,
+    email: Option<Arc<str>>,
+    card: Option<Arc<str>>,
     city: &'static str,
     state: &'static str,
-    extra: Arc<str>,
+    extra: Option<Arc<str>>,
 }
 
 struct Auction {
     id: i64,
-    item: Arc<str>,
-    description: Arc<str>,
+    item: Option<Arc<str>>,
+    description: Option<Arc<str>>,
     initial_bid: i64,
     reserve: i64,
     expires: Value,
     seller: i64,
     category: i64,
-    extra: Arc<str>,
+    extra: Option<Arc<str>>,
 }
 
 struct Bid {
     auction: i64,
     bidder: i64,
     price: i64,
-    channel: Arc<str>,
-    url: Arc<str>,
-    extra: Arc<str>,
+    channel: Option<Arc<str>>,
+    url: Option<Arc<str>>,
+    extra: Option<Arc<str>>,
 }
 
 /// A hot channel's URL (fixed per channel: it carries no `channel_id`).
@@ -669,6 +746,13 @@ impl Rng {
         }
     }
 
+    /// Takes the draws [`Rng::push_letters`] takes for `len` letters, making none.
+    fn skip_letters(&mut self, len: usize) {
+        for _ in 0..1 + len / 12 {
+            self.next();
+        }
+    }
+
     /// Random letters as a shared string (one allocation).
     fn arc_string(&mut self, len: usize) -> Arc<str> {
         arc_with(|b| self.push_letters(b, len))
@@ -727,6 +811,46 @@ mod tests {
             temporary: false,
             partition_keys: Vec::new(),
         }
+    }
+
+    /// A table of some of the columns sees, in them, the very values a table of all
+    /// of them does (strings of undeclared fields are not built, their draws taken).
+    #[test]
+    fn fewer_columns_see_the_same_values() {
+        let class = |c: char| match c {
+            'i' => DataType::BigInt,
+            's' => DataType::String,
+            _ => DataType::Timestamp,
+        };
+        let all: Vec<(&str, DataType)> = COLUMNS.iter().map(|(n, _, c)| (*n, class(*c))).collect();
+        let full = Nexmark::from_table(&table(&all)).unwrap();
+        // Subsets: each column alone, every other one, and the extras without the
+        // strings their sizes depend on.
+        let mut subsets: Vec<Vec<usize>> = (0..all.len()).map(|i| vec![i]).collect();
+        subsets.push((0..all.len()).step_by(2).collect());
+        subsets.push((1..all.len()).step_by(2).collect());
+        subsets.push(
+            all.iter()
+                .enumerate()
+                .filter(|(_, (n, _))| n.ends_with("extra") || n.ends_with("dateTime"))
+                .map(|(i, _)| i)
+                .collect(),
+        );
+        let mut seen_cold_channel = false;
+        for subset in subsets {
+            let cols: Vec<(&str, DataType)> = subset.iter().map(|&i| all[i]).collect();
+            let g = Nexmark::from_table(&table(&cols)).unwrap();
+            for n in 0..20_000 {
+                let (whole, part) = (full.row(n, 0), g.row(n, 0));
+                let want: Vec<&Value> = subset.iter().map(|&i| &whole.values[i]).collect();
+                let got: Vec<&Value> = part.values.iter().collect();
+                assert_eq!(got, want, "event {n}, columns {cols:?}");
+                if let Value::Str(c) = &whole.values[22] {
+                    seen_cold_channel |= c.starts_with("channel-");
+                }
+            }
+        }
+        assert!(seen_cold_channel, "some bids on channels off the hot list");
     }
 
     #[test]

@@ -282,6 +282,175 @@ pub struct Planner<'a> {
     config: &'a BTreeMap<String, String>,
     /// `WITH` queries in scope, innermost last.
     ctes: Vec<(String, Query)>,
+    /// The names the statement (and the views it reads) may refer to, lower case, if
+    /// it selects no `*`: generated tables that can leave columns out (Nexmark's)
+    /// generate only the columns whose names are among them.
+    prune: Option<Arc<HashSet<String>>>,
+}
+
+/// Whether `text` (a statement as displayed) selects `*` or `q.*` somewhere
+/// (`COUNT(*)` aside; a multiplication follows an operand).
+fn selects_all(text: &str) -> bool {
+    let text = text.replace("(*)", "()");
+    let b = text.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        if c != b'*' {
+            return false;
+        }
+        let before = text[..i].trim_end();
+        let Some(last) = before.chars().last() else {
+            return true;
+        };
+        if matches!(last, ',' | '.' | '(') {
+            return true;
+        }
+        let word: String = before
+            .chars()
+            .rev()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        matches!(
+            word.to_ascii_uppercase().as_str(),
+            "SELECT" | "DISTINCT" | "ALL" | "BY" | "RETURNING"
+        )
+    })
+}
+
+/// The identifier-like words of `text`, lower case.
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+}
+
+/// The names `text` and the views it names (transitively) may refer to, or `None` if
+/// any of them selects `*` (then every column may be read).
+pub(crate) fn referenced_names(catalog: &Catalog, text: &str) -> Option<HashSet<String>> {
+    // A view read contributes its whole text but for the columns it selects that no
+    // name refers to; what counts as referred to grows as views are added, so the
+    // closure is taken again until it stops growing.
+    let mut names: HashSet<String> = HashSet::new();
+    loop {
+        let before = names.len();
+        let mut texts = vec![text.to_string()];
+        let mut seen: HashSet<&str> = HashSet::new();
+        while let Some(t) = texts.pop() {
+            if selects_all(&t) {
+                return None;
+            }
+            names.extend(words(&t));
+            for (key, view) in &catalog.views {
+                if !seen.contains(key.as_str()) && reads_relation(&t, key) {
+                    seen.insert(key.as_str());
+                    texts.push(view_text(&view.query, &names));
+                }
+            }
+        }
+        if names.len() == before {
+            return Some(names);
+        }
+    }
+}
+
+/// A view's query as text, narrowed as [`narrowed_view`] does.
+fn view_text(q: &Query, names: &HashSet<String>) -> String {
+    narrowed_view(q, names).to_string()
+}
+
+/// A view's query without the columns of its SELECT list whose names are not in
+/// `names`, where leaving them out changes no row: a plain SELECT (no DISTINCT,
+/// GROUP BY or HAVING) that keeps at least one column. Otherwise the query as it is.
+fn narrowed_view(q: &Query, names: &HashSet<String>) -> Query {
+    let mut q = q.clone();
+    if let SetExpr::Select(sel) = q.body.as_mut() {
+        let plain = sel.distinct.is_none()
+            && sel.having.is_none()
+            && matches!(&sel.group_by, GroupByExpr::Expressions(k, m) if k.is_empty() && m.is_empty());
+        if plain {
+            let keep: Vec<SelectItem> = sel
+                .projection
+                .iter()
+                .filter(|item| {
+                    let name = match item {
+                        SelectItem::ExprWithAlias { alias, .. } => Some(&alias.value),
+                        SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some(&i.value),
+                        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                            parts.last().map(|p| &p.value)
+                        }
+                        _ => None,
+                    };
+                    name.is_none_or(|n| names.contains(&n.to_ascii_lowercase()))
+                })
+                .cloned()
+                .collect();
+            if !keep.is_empty() {
+                sel.projection = keep;
+            }
+        }
+    }
+    q
+}
+
+/// Whether `text` may read the relation `name`: the name (any case, a whole word)
+/// right after FROM, JOIN, TABLE (a window function's argument) or a comma (a FROM
+/// list). (A view missed here loses columns its query needs, which fails the pruned
+/// planning: the statement is then planned with every column.)
+fn reads_relation(text: &str, name: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    let name = name.to_ascii_lowercase();
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut from = 0;
+    while let Some(k) = lower[from..].find(&name) {
+        let at = from + k;
+        from = at + name.len();
+        let before = &lower[..at];
+        let after = &lower[at + name.len()..];
+        // A whole word (quotes around it are fine).
+        let before = before.strip_suffix(['`', '"']).unwrap_or(before);
+        if before.chars().last().is_some_and(word) || after.chars().next().is_some_and(word) {
+            continue;
+        }
+        let before = before.trim_end();
+        if before.ends_with(',') {
+            return true;
+        }
+        let prev: String = before
+            .chars()
+            .rev()
+            .take_while(|c| word(*c))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        if matches!(prev.as_str(), "from" | "join" | "table") {
+            return true;
+        }
+    }
+    false
+}
+
+/// `def` with only the physical columns whose names (their last part, after a ROW's
+/// name) are in `names` or in its computed columns and watermark; columns whose
+/// names are not plain words are kept.
+fn pruned(def: &TableDef, names: &HashSet<String>) -> TableDef {
+    let mut names = names.clone();
+    for (_, _, e) in &def.extras.computed {
+        names.extend(words(&e.to_string()));
+    }
+    if let Some((col, e)) = &def.extras.watermark {
+        names.extend(words(col));
+        names.extend(words(&e.to_string()));
+    }
+    let mut out = def.clone();
+    out.physical.retain(|c| {
+        let last = c.name.rsplit('.').next().unwrap_or(&c.name);
+        !last.chars().all(|ch| ch.is_alphanumeric() || ch == '_')
+            || names.contains(&last.to_ascii_lowercase())
+    });
+    out
 }
 
 impl<'a> Planner<'a> {
@@ -291,7 +460,20 @@ impl<'a> Planner<'a> {
             catalog,
             config,
             ctes: Vec::new(),
+            prune: None,
         }
+    }
+
+    /// This planner, with generated tables that can leave columns out generating only
+    /// those whose names `names` holds (see [`referenced_names`]).
+    pub fn pruning(mut self, names: Option<HashSet<String>>) -> Self {
+        self.prune = names.map(Arc::new);
+        self
+    }
+
+    /// Whether this planner leaves columns out.
+    pub fn prunes(&self) -> bool {
+        self.prune.is_some()
     }
 
     /// Declares `INSERT INTO table query` on `env`: the query, its sink, and returns
@@ -384,6 +566,7 @@ impl<'a> Planner<'a> {
                     catalog: self.catalog,
                     config: self.config,
                     ctes: self.ctes.clone(),
+                    prune: self.prune.clone(),
                 };
                 for cte in &with.cte_tables {
                     scoped
@@ -511,6 +694,7 @@ impl<'a> Planner<'a> {
                     .take_while(|(c, _)| !c.eq_ignore_ascii_case(&n))
                     .cloned()
                     .collect(),
+                prune: self.prune.clone(),
             };
             return inner.query_inner(env, q);
         }
@@ -553,10 +737,28 @@ impl<'a> Planner<'a> {
             });
         }
         if let Some(v) = self.catalog.views.get(&key) {
-            let inner = Planner::new(self.catalog, self.config);
-            return inner.query_inner(env, &v.query);
+            let inner = Planner {
+                prune: self.prune.clone(),
+                ..Planner::new(self.catalog, self.config)
+            };
+            // Pruning: the view's columns that nothing refers to are left out.
+            return match &self.prune {
+                Some(names) => inner.query_inner(env, &narrowed_view(&v.query, names)),
+                None => inner.query_inner(env, &v.query),
+            };
         }
-        let def = &self.catalog.tables[&key];
+        let whole = &self.catalog.tables[&key];
+        // Nexmark's values do not depend on which columns a table declares: it can
+        // generate only those the statement may read.
+        let narrowed = match &self.prune {
+            Some(names)
+                if whole.options.get("connector").map(String::as_str) == Some("nexmark") =>
+            {
+                Some(pruned(whole, names))
+            }
+            _ => None,
+        };
+        let def = narrowed.as_ref().unwrap_or(whole);
         let schema = table_schema(def)?;
         let mut stream = connector::source(env, def, self.config)?;
         let mut label = format!(
@@ -4120,5 +4322,52 @@ impl KeyedProcessFunction for GroupAggregate {
             _ => {}
         }
         state.last = out;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_stars_are_told_from_counts_and_products() {
+        for t in [
+            "SELECT * FROM t",
+            "SELECT DISTINCT * FROM t",
+            "SELECT a, * FROM t",
+            "SELECT t.* FROM t",
+            "SELECT x FROM (SELECT * FROM t)",
+        ] {
+            assert!(selects_all(t), "{t}");
+        }
+        for t in [
+            "SELECT COUNT(*) FROM t",
+            "SELECT a * b FROM t",
+            "SELECT 0.9 * price, (a) * 2, 'x' * 1 FROM t",
+        ] {
+            assert!(!selects_all(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn relations_are_named_after_from_join_table_or_a_comma() {
+        for (t, n) in [
+            ("SELECT a FROM bid WHERE x", "bid"),
+            ("SELECT a FROM x JOIN `Bid` ON 1", "bid"),
+            (
+                "SELECT a FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(ts)))",
+                "bid",
+            ),
+            ("SELECT a FROM x, bid", "bid"),
+        ] {
+            assert!(reads_relation(t, n), "{t}");
+        }
+        for (t, n) in [
+            ("SELECT auction FROM bid", "auction"),
+            ("SELECT bid.auction FROM b", "bid"),
+            ("SELECT a FROM bids", "bid"),
+        ] {
+            assert!(!reads_relation(t, n), "{t}");
+        }
     }
 }
