@@ -662,11 +662,8 @@ impl Session {
     /// the statement may read, if planning it so (on a scratch environment) succeeds;
     /// otherwise all of them.
     fn planner_for(&self, statement: &Statement) -> plan::Planner<'_> {
-        let names = plan::referenced_names(&self.catalog, &statement.to_string());
-        let pruning = plan::Planner::new(&self.catalog, &self.config).pruning(names);
-        if !pruning.prunes() {
-            return pruning;
-        }
+        let refs = plan::referenced_names(&self.catalog, &statement.to_string());
+        let pruning = plan::Planner::new(&self.catalog, &self.config).pruning(refs);
         let scratch = StreamExecutionEnvironment::new("plan");
         let ok = match statement {
             Statement::Query(q) => pruning.query(&scratch, q).is_ok(),

@@ -282,10 +282,21 @@ pub struct Planner<'a> {
     config: &'a BTreeMap<String, String>,
     /// `WITH` queries in scope, innermost last.
     ctes: Vec<(String, Query)>,
-    /// The names the statement (and the views it reads) may refer to, lower case, if
-    /// it selects no `*`: generated tables that can leave columns out (Nexmark's)
-    /// generate only the columns whose names are among them.
-    prune: Option<Arc<HashSet<String>>>,
+    /// What the statement (and the views it reads) may refer to, if it selects no
+    /// `*`: generated tables that can leave columns out (Nexmark's) generate only the
+    /// columns among them, and views leave out the columns nothing names.
+    prune: Option<Arc<Referenced>>,
+}
+
+/// What a statement may refer to (see [`referenced_names`]).
+pub struct Referenced {
+    /// Every word of the statement and of the views it reads, lower case.
+    names: HashSet<String>,
+    /// The statement's text and those of the views it reads (narrowed), each with
+    /// whether it reads every column of what it reads (a `*` whose columns all count).
+    texts: Vec<(String, bool)>,
+    /// The views read by a text that selects `*`: not narrowed.
+    whole: HashSet<String>,
 }
 
 /// Whether `text` (a statement as displayed) selects `*` or `q.*` somewhere
@@ -326,33 +337,85 @@ fn words(text: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::to_ascii_lowercase)
 }
 
-/// The names `text` and the views it names (transitively) may refer to, or `None` if
-/// any of them selects `*` (then every column may be read).
-pub(crate) fn referenced_names(catalog: &Catalog, text: &str) -> Option<HashSet<String>> {
-    // A view read contributes its whole text but for the columns it selects that no
-    // name refers to; what counts as referred to grows as views are added, so the
-    // closure is taken again until it stops growing.
+/// What `text` and the views it reads (transitively) may refer to.
+///
+/// A `*` (or `q.*`) in the statement itself reads every column of what it reads (its
+/// rows are the result, by position): the views it reads are not narrowed and the
+/// tables it reads not pruned, and so on through a `*` in such a view. A `*` in a
+/// narrowed view passes on only the columns named: what it reads is narrowed too.
+pub fn referenced_names(catalog: &Catalog, text: &str) -> Referenced {
+    // A view read contributes its text but for the columns it selects that no name
+    // refers to; what counts as referred to (and which views are read whole) grows as
+    // views are added, so the closure is taken again until it stops growing.
     let mut names: HashSet<String> = HashSet::new();
+    let mut whole: HashSet<String> = HashSet::new();
     loop {
-        let before = names.len();
-        let mut texts = vec![text.to_string()];
+        let before = (names.len(), whole.len());
+        // (text, whether all its columns are read)
+        let mut pending = vec![(text.to_string(), true)];
+        let mut texts = Vec::new();
         let mut seen: HashSet<&str> = HashSet::new();
-        while let Some(t) = texts.pop() {
-            if selects_all(&t) {
-                return None;
-            }
+        while let Some((t, all_read)) = pending.pop() {
+            let passes_all = all_read && selects_all(&t);
             names.extend(words(&t));
             for (key, view) in &catalog.views {
-                if !seen.contains(key.as_str()) && reads_relation(&t, key) {
-                    seen.insert(key.as_str());
-                    texts.push(view_text(&view.query, &names));
+                if !reads_relation(&t, key) {
+                    continue;
+                }
+                if passes_all {
+                    whole.insert(key.clone());
+                }
+                if seen.insert(key.as_str()) {
+                    pending.push(if whole.contains(key) {
+                        (view.query.to_string(), true)
+                    } else {
+                        (view_text(&view.query, &names), false)
+                    });
                 }
             }
+            texts.push((t, passes_all));
         }
-        if names.len() == before {
-            return Some(names);
+        if (names.len(), whole.len()) == before {
+            return Referenced {
+                names,
+                texts,
+                whole,
+            };
         }
     }
+}
+
+/// The words of `text` (lower case), each with the word before it when a dot joins
+/// them (`bid.price`: `price` qualified by `bid`).
+fn qualified_words(text: &str) -> Vec<(Option<String>, String)> {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out: Vec<(Option<String>, String)> = Vec::new();
+    let mut prev: Option<String> = None;
+    let mut dot = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if word(c) {
+            let end = rest.find(|c: char| !word(c)).unwrap_or(rest.len());
+            let w = rest[..end].to_ascii_lowercase();
+            out.push((if dot { prev.clone() } else { None }, w.clone()));
+            prev = Some(w);
+            dot = false;
+            rest = &rest[end..];
+        } else {
+            if c == '.' {
+                dot = prev.is_some();
+            } else if c == '`' || c == '"' {
+                // Quotes around a name keep the dot's meaning.
+            } else {
+                dot = false;
+                if !c.is_whitespace() {
+                    prev = None;
+                }
+            }
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
 }
 
 /// A view's query as text, narrowed as [`narrowed_view`] does.
@@ -361,8 +424,8 @@ fn view_text(q: &Query, names: &HashSet<String>) -> String {
 }
 
 /// A view's query without the columns of its SELECT list whose names are not in
-/// `names`, where leaving them out changes no row: a plain SELECT (no DISTINCT,
-/// GROUP BY or HAVING) that keeps at least one column. Otherwise the query as it is.
+/// `names` (but one, if none is named), where leaving them out changes no row: a
+/// plain SELECT (no DISTINCT, GROUP BY or HAVING). Otherwise the query as it is.
 fn narrowed_view(q: &Query, names: &HashSet<String>) -> Query {
     let mut q = q.clone();
     if let SetExpr::Select(sel) = q.body.as_mut() {
@@ -386,17 +449,20 @@ fn narrowed_view(q: &Query, names: &HashSet<String>) -> Query {
                 })
                 .cloned()
                 .collect();
-            if !keep.is_empty() {
-                sel.projection = keep;
-            }
+            // (A view read for its rows alone keeps one column.)
+            sel.projection = if keep.is_empty() {
+                sel.projection.iter().take(1).cloned().collect()
+            } else {
+                keep
+            };
         }
     }
     q
 }
 
 /// Whether `text` may read the relation `name`: the name (any case, a whole word)
-/// right after FROM, JOIN, TABLE (a window function's argument) or a comma (a FROM
-/// list). (A view missed here loses columns its query needs, which fails the pruned
+/// right after FROM, JOIN, TABLE, a comma (a FROM list) or as a window function's
+/// first argument. (A view missed here loses columns its query needs, which fails the pruned
 /// planning: the statement is then planned with every column.)
 fn reads_relation(text: &str, name: &str) -> bool {
     let lower = text.to_ascii_lowercase();
@@ -417,38 +483,86 @@ fn reads_relation(text: &str, name: &str) -> bool {
         if before.ends_with(',') {
             return true;
         }
-        let prev: String = before
-            .chars()
-            .rev()
-            .take_while(|c| word(*c))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        if matches!(prev.as_str(), "from" | "join" | "table") {
+        let prev_word = |b: &str| -> String {
+            b.chars()
+                .rev()
+                .take_while(|c| word(*c))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect()
+        };
+        if matches!(prev_word(before).as_str(), "from" | "join" | "table") {
             return true;
+        }
+        // A window function's first argument (shown without its TABLE keyword).
+        if let Some(call) = before.strip_suffix('(') {
+            if matches!(
+                prev_word(call.trim_end()).as_str(),
+                "tumble" | "hop" | "cumulate" | "session"
+            ) {
+                return true;
+            }
         }
     }
     false
 }
 
-/// `def` with only the physical columns whose names (their last part, after a ROW's
-/// name) are in `names` or in its computed columns and watermark; columns whose
-/// names are not plain words are kept.
-fn pruned(def: &TableDef, names: &HashSet<String>) -> TableDef {
-    let mut names = names.clone();
+/// `def` with only the physical columns that the texts reading it (and its computed
+/// columns and watermark) may refer to. A ROW's field `r.x` (a column named so) is
+/// kept where `r.x` is written; any other use of the word `x` (alone, or after a
+/// qualifier that names no such ROW field) keeps every column whose name ends in `x`,
+/// as a name lookup would consider them all. Columns whose names are not plain words
+/// are kept.
+fn pruned(def: &TableDef, refs: &Referenced) -> TableDef {
+    let mut uses: Vec<(Option<String>, String)> = Vec::new();
+    for (t, reads_all) in refs
+        .texts
+        .iter()
+        .filter(|(t, _)| reads_relation(t, &def.name))
+    {
+        if *reads_all {
+            return def.clone();
+        }
+        if selects_all(t) {
+            // A narrowed view's `*`: the columns any name refers to.
+            uses.extend(refs.names.iter().map(|n| (None, n.clone())));
+        }
+        uses.extend(qualified_words(t));
+    }
     for (_, _, e) in &def.extras.computed {
-        names.extend(words(&e.to_string()));
+        uses.extend(qualified_words(&e.to_string()));
     }
     if let Some((col, e)) = &def.extras.watermark {
-        names.extend(words(col));
-        names.extend(words(&e.to_string()));
+        uses.extend(qualified_words(col));
+        uses.extend(qualified_words(&e.to_string()));
+    }
+    let full: HashSet<String> = def
+        .physical
+        .iter()
+        .map(|c| c.name.to_ascii_lowercase())
+        .collect();
+    // Words used alone (or after a qualifier that is no ROW of the table), and ROW
+    // fields named in full.
+    let mut alone: HashSet<String> = HashSet::new();
+    let mut exact: HashSet<String> = HashSet::new();
+    for (q, w) in uses {
+        match q.map(|q| format!("{q}.{w}")) {
+            Some(name) if full.contains(&name) => {
+                exact.insert(name);
+            }
+            _ => {
+                alone.insert(w);
+            }
+        }
     }
     let mut out = def.clone();
     out.physical.retain(|c| {
-        let last = c.name.rsplit('.').next().unwrap_or(&c.name);
+        let name = c.name.to_ascii_lowercase();
+        let last = name.rsplit('.').next().unwrap_or(&name);
         !last.chars().all(|ch| ch.is_alphanumeric() || ch == '_')
-            || names.contains(&last.to_ascii_lowercase())
+            || alone.contains(last)
+            || exact.contains(&name)
     });
     out
 }
@@ -465,15 +579,11 @@ impl<'a> Planner<'a> {
     }
 
     /// This planner, with generated tables that can leave columns out generating only
-    /// those whose names `names` holds (see [`referenced_names`]).
-    pub fn pruning(mut self, names: Option<HashSet<String>>) -> Self {
-        self.prune = names.map(Arc::new);
+    /// those a statement may read, and views only the columns it names (see
+    /// [`referenced_names`]).
+    pub fn pruning(mut self, refs: Referenced) -> Self {
+        self.prune = Some(Arc::new(refs));
         self
-    }
-
-    /// Whether this planner leaves columns out.
-    pub fn prunes(&self) -> bool {
-        self.prune.is_some()
     }
 
     /// Declares `INSERT INTO table query` on `env`: the query, its sink, and returns
@@ -743,18 +853,18 @@ impl<'a> Planner<'a> {
             };
             // Pruning: the view's columns that nothing refers to are left out.
             return match &self.prune {
-                Some(names) => inner.query_inner(env, &narrowed_view(&v.query, names)),
-                None => inner.query_inner(env, &v.query),
+                Some(refs) if !refs.whole.contains(&key) => {
+                    inner.query_inner(env, &narrowed_view(&v.query, &refs.names))
+                }
+                _ => inner.query_inner(env, &v.query),
             };
         }
         let whole = &self.catalog.tables[&key];
         // Nexmark's values do not depend on which columns a table declares: it can
         // generate only those the statement may read.
         let narrowed = match &self.prune {
-            Some(names)
-                if whole.options.get("connector").map(String::as_str) == Some("nexmark") =>
-            {
-                Some(pruned(whole, names))
+            Some(refs) if whole.options.get("connector").map(String::as_str) == Some("nexmark") => {
+                Some(pruned(whole, refs))
             }
             _ => None,
         };
@@ -4350,6 +4460,24 @@ mod tests {
     }
 
     #[test]
+    fn words_carry_the_row_they_are_a_field_of() {
+        let q = |s: &str| Some(s.to_string());
+        assert_eq!(
+            qualified_words("SELECT bid.price, `bid`.`url`, x FROM t"),
+            vec![
+                (None, "select".into()),
+                (None, "bid".into()),
+                (q("bid"), "price".into()),
+                (None, "bid".into()),
+                (q("bid"), "url".into()),
+                (None, "x".into()),
+                (None, "from".into()),
+                (None, "t".into()),
+            ]
+        );
+    }
+
+    #[test]
     fn relations_are_named_after_from_join_table_or_a_comma() {
         for (t, n) in [
             ("SELECT a FROM bid WHERE x", "bid"),
@@ -4366,6 +4494,7 @@ mod tests {
             ("SELECT auction FROM bid", "auction"),
             ("SELECT bid.auction FROM b", "bid"),
             ("SELECT a FROM bids", "bid"),
+            ("SELECT MOD(auction, 2) FROM bid", "auction"),
         ] {
             assert!(!reads_relation(t, n), "{t}");
         }
