@@ -342,7 +342,8 @@ fn words(text: &str) -> impl Iterator<Item = String> + '_ {
 /// A `*` (or `q.*`) in the statement itself reads every column of what it reads (its
 /// rows are the result, by position): the views it reads are not narrowed and the
 /// tables it reads not pruned, and so on through a `*` in such a view. A `*` in a
-/// narrowed view passes on only the columns named: what it reads is narrowed too.
+/// narrowed view passes on only the columns named: what it reads is narrowed too. The
+/// inputs of a UNION, INTERSECT or EXCEPT are read whole.
 pub fn referenced_names(catalog: &Catalog, text: &str) -> Referenced {
     // A view read contributes its text but for the columns it selects that no name
     // refers to; what counts as referred to (and which views are read whole) grows as
@@ -356,7 +357,10 @@ pub fn referenced_names(catalog: &Catalog, text: &str) -> Referenced {
         let mut texts = Vec::new();
         let mut seen: HashSet<&str> = HashSet::new();
         while let Some((t, all_read)) = pending.pop() {
-            let passes_all = all_read && selects_all(&t);
+            // (A set operation matches its inputs' columns by position: they are read
+            // whole.)
+            let passes_all = (all_read && selects_all(&t))
+                || words(&t).any(|w| matches!(w.as_str(), "union" | "intersect" | "except"));
             names.extend(words(&t));
             for (key, view) in &catalog.views {
                 if !reads_relation(&t, key) {
