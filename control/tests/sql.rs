@@ -182,6 +182,58 @@ fn plain_column_projections_through_views_equal_the_reference() {
     }
 }
 
+/// `q.*` beside plain columns (each column once, in place), a view with a global
+/// aggregate read for its rows (one row, not one per input row), and a view left
+/// stale by a dropped table (an error, as with every column).
+#[test]
+fn qualified_stars_global_aggregate_views_and_stale_views() {
+    let (rows, session) = run_query(
+        "SELECT b.*, price FROM (SELECT auction, price FROM bids) AS b;",
+        1,
+    );
+    let want: Vec<Vec<Value>> = reference_rows(&session)
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.values[0].clone(),
+                r.values[1].clone(),
+                r.values[1].clone(),
+            ]
+        })
+        .collect();
+    let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+    assert_eq!(sorted(got), sorted(want));
+
+    let with_view = format!(
+        "{}\nCREATE VIEW v AS SELECT 'total' AS label, COUNT(*) AS n FROM bids;",
+        ddl()
+    );
+    let (rows, _) = run_with(&with_view, "SELECT COUNT(*) AS c FROM v;", 1);
+    let last = rows
+        .iter()
+        .rev()
+        .find(|r| matches!(r.kind, RowKind::Insert | RowKind::UpdateAfter))
+        .unwrap();
+    assert_eq!(last.values, vec![Value::Int(1)], "one row in the view");
+
+    let env = StreamExecutionEnvironment::new("sql");
+    let mut session = Session::new();
+    let mut last = None;
+    for s in parse::script(&format!(
+        "{}\nCREATE VIEW bv AS SELECT auction, price FROM bids;\n\
+         DROP TABLE bids;\n\
+         CREATE TABLE bids (auction BIGINT) WITH ('connector' = 'datagen', 'number-of-rows' = '10');\n\
+         SELECT auction FROM bv;",
+        ddl()
+    ))
+    .unwrap()
+    {
+        last = Some(session.execute(&env, &s));
+    }
+    let e = last.unwrap().err().unwrap();
+    assert!(e.to_string().contains("price"), "{e}");
+}
+
 /// Per (window start, auction): count, sum, min, max, avg, distinct bidders, and the
 /// count of prices above 500, over windows of `size_ms` starting every `slide_ms`.
 fn window_reference(session: &Session, size_ms: i64, slide_ms: i64) -> Vec<Vec<Value>> {
@@ -765,6 +817,79 @@ fn unbounded_group_by_emits_a_changelog_that_ends_at_the_reference() {
         // One +I per key, then a -U/+U pair per further row.
         assert_eq!(rows.len() as u64, 20 + 2 * (ROWS - 20), "parallelism {p}");
     }
+}
+
+/// With `table.exec.mini-batch.enabled`, a key's changes within one input batch go out
+/// as one update: the changelog is a valid one (each -U retracts the row before),
+/// shorter, and ends at the same table; HAVING's deletions too.
+#[test]
+fn mini_batch_group_by_ends_at_the_reference_with_fewer_updates() {
+    for p in [1, 2] {
+        let (rows, session) = run_query(
+            "SET 'table.exec.mini-batch.enabled' = 'true';\n\
+             SELECT auction, COUNT(*) AS n, SUM(price) AS total FROM bids GROUP BY auction \
+             HAVING SUM(price) % 7 <> 3;",
+            p,
+        );
+        let mut table: HashMap<Value, Vec<Value>> = HashMap::new();
+        for r in &rows {
+            let key = r.values[0].clone();
+            match r.kind {
+                RowKind::Insert | RowKind::UpdateAfter => {
+                    assert!(table.insert(key, r.values.clone()).is_none(), "{r:?}")
+                }
+                RowKind::UpdateBefore | RowKind::Delete => {
+                    assert_eq!(table.remove(&key).as_ref(), Some(&r.values))
+                }
+            }
+        }
+        let mut want: HashMap<Value, (i64, i64)> = HashMap::new();
+        for r in reference_rows(&session) {
+            let e = want.entry(r.values[0].clone()).or_default();
+            e.0 += 1;
+            e.1 += int(&r.values[1]);
+        }
+        want.retain(|_, (_, total)| *total % 7 != 3);
+        assert_eq!(table.len(), want.len(), "parallelism {p}");
+        for (k, (n, total)) in want {
+            assert_eq!(table[&k], vec![k.clone(), Value::Int(n), Value::Int(total)]);
+        }
+        // Far fewer than the -U/+U pair per row without mini-batches.
+        assert!(
+            (rows.len() as u64) < ROWS / 2,
+            "{} rows at parallelism {p}",
+            rows.len()
+        );
+    }
+    // EXPLAIN says so, and a bad value is refused.
+    let env = StreamExecutionEnvironment::new("sql");
+    let mut session = Session::new();
+    let mut text = String::new();
+    for s in parse::script(&format!(
+        "{}\nSET 'table.exec.mini-batch.enabled' = 'true';\n\
+         EXPLAIN SELECT auction, COUNT(*) FROM bids GROUP BY auction;",
+        ddl()
+    ))
+    .unwrap()
+    {
+        if let Outcome::Explain(t) = session.execute(&env, &s).unwrap() {
+            text = t;
+        }
+    }
+    assert!(text.contains("miniBatch=[true]"), "{text}");
+    let mut session = Session::new();
+    let mut last = None;
+    for s in parse::script(&format!(
+        "{}\nSET 'table.exec.mini-batch.enabled' = 'yes';\n\
+         SELECT auction, COUNT(*) FROM bids GROUP BY auction;",
+        ddl()
+    ))
+    .unwrap()
+    {
+        last = Some(session.execute(&env, &s));
+    }
+    let e = last.unwrap().err().unwrap();
+    assert!(e.to_string().contains("mini-batch.enabled"), "{e}");
 }
 
 #[test]

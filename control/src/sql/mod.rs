@@ -659,21 +659,28 @@ impl Session {
     }
 
     /// The planner of a SELECT or an INSERT: generated tables produce only the columns
-    /// the statement may read, if planning it so (on a scratch environment) succeeds;
-    /// otherwise all of them.
+    /// the statement may read and views only the columns it names, if the statement
+    /// plans with every column (pruning must not make a bad statement good) and plans
+    /// so too (both on a scratch environment); otherwise every column.
     fn planner_for(&self, statement: &Statement) -> plan::Planner<'_> {
+        let plans = |p: &plan::Planner<'_>| {
+            let scratch = StreamExecutionEnvironment::new("plan");
+            match statement {
+                Statement::Query(q) => p.query(&scratch, q).is_ok(),
+                Statement::Insert(ins) => p.insert(&scratch, ins).is_ok(),
+                _ => false,
+            }
+        };
+        let whole = plan::Planner::new(&self.catalog, &self.config);
+        if !plans(&whole) {
+            return whole;
+        }
         let refs = plan::referenced_names(&self.catalog, &statement.to_string());
         let pruning = plan::Planner::new(&self.catalog, &self.config).pruning(refs);
-        let scratch = StreamExecutionEnvironment::new("plan");
-        let ok = match statement {
-            Statement::Query(q) => pruning.query(&scratch, q).is_ok(),
-            Statement::Insert(ins) => pruning.insert(&scratch, ins).is_ok(),
-            _ => false,
-        };
-        if ok {
+        if plans(&pruning) {
             pruning
         } else {
-            plan::Planner::new(&self.catalog, &self.config)
+            whole
         }
     }
 

@@ -428,28 +428,48 @@ fn view_text(q: &Query, names: &HashSet<String>) -> String {
 }
 
 /// A view's query without the columns of its SELECT list whose names are not in
-/// `names` (but one, if none is named), where leaving them out changes no row: a
-/// plain SELECT (no DISTINCT, GROUP BY or HAVING). Otherwise the query as it is.
+/// `names` (but one, if none is named), where leaving them out changes no row and no
+/// name: a plain SELECT (no DISTINCT, GROUP BY, HAVING, aggregate, OVER aggregate or
+/// unnamed expression). Otherwise the query as it is.
 fn narrowed_view(q: &Query, names: &HashSet<String>) -> Query {
     let mut q = q.clone();
     if let SetExpr::Select(sel) = q.body.as_mut() {
+        // An item's name, if it is a plain word (an unnamed expression's name comes
+        // from its position, which leaving others out would change).
+        let name = |item: &SelectItem| -> Option<String> {
+            let n = match item {
+                SelectItem::ExprWithAlias { alias, .. } => &alias.value,
+                SelectItem::UnnamedExpr(Expr::Identifier(i)) => &i.value,
+                SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => &parts.last()?.value,
+                _ => return None,
+            };
+            n.chars()
+                .all(|c| c.is_alphanumeric() || c == '_')
+                .then(|| n.to_ascii_lowercase())
+        };
+        // Items that decide which rows there are or what others are called: aggregates
+        // (a global aggregate has one row), OVER aggregates (they drop late rows), and
+        // unnamed expressions (named by their position).
+        let rows_depend = sel.projection.iter().any(|item| match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                words(&e.to_string())
+                    .any(|w| w == "over" || AGGREGATES.iter().any(|a| a.eq_ignore_ascii_case(&w)))
+                    || (matches!(item, SelectItem::UnnamedExpr(_))
+                        && !matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)))
+            }
+            _ => false,
+        });
         let plain = sel.distinct.is_none()
             && sel.having.is_none()
-            && matches!(&sel.group_by, GroupByExpr::Expressions(k, m) if k.is_empty() && m.is_empty());
+            && matches!(&sel.group_by, GroupByExpr::Expressions(k, m) if k.is_empty() && m.is_empty())
+            && !rows_depend;
         if plain {
             let keep: Vec<SelectItem> = sel
                 .projection
                 .iter()
                 .filter(|item| {
-                    let name = match item {
-                        SelectItem::ExprWithAlias { alias, .. } => Some(&alias.value),
-                        SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some(&i.value),
-                        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
-                            parts.last().map(|p| &p.value)
-                        }
-                        _ => None,
-                    };
-                    name.is_none_or(|n| names.contains(&n.to_ascii_lowercase()))
+                    // (Wildcards and names that are not plain words stay.)
+                    name(item).is_none_or(|n| names.contains(&n))
                 })
                 .cloned()
                 .collect();
@@ -469,7 +489,8 @@ fn narrowed_view(q: &Query, names: &HashSet<String>) -> Query {
 /// first argument. (A view missed here loses columns its query needs, which fails the pruned
 /// planning: the statement is then planned with every column.)
 fn reads_relation(text: &str, name: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
+    // (Quoted parts of a name, `db`.`t`, are the name db.t.)
+    let lower = text.replace(['`', '"'], "").to_ascii_lowercase();
     let name = name.to_ascii_lowercase();
     let word = |c: char| c.is_alphanumeric() || c == '_';
     let mut from = 0;
@@ -478,8 +499,7 @@ fn reads_relation(text: &str, name: &str) -> bool {
         from = at + name.len();
         let before = &lower[..at];
         let after = &lower[at + name.len()..];
-        // A whole word (quotes around it are fine).
-        let before = before.strip_suffix(['`', '"']).unwrap_or(before);
+        // A whole word.
         if before.chars().last().is_some_and(word) || after.chars().next().is_some_and(word) {
             continue;
         }
@@ -588,6 +608,22 @@ impl<'a> Planner<'a> {
     pub fn pruning(mut self, refs: Referenced) -> Self {
         self.prune = Some(Arc::new(refs));
         self
+    }
+
+    /// `table.exec.mini-batch.enabled` (Flink's key; default false).
+    fn mini_batch(&self) -> Result<bool, SqlError> {
+        match self
+            .config
+            .get("table.exec.mini-batch.enabled")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(v) => Err(SqlError::new(format!(
+                "'table.exec.mini-batch.enabled' is true or false, not '{v}'"
+            ))),
+        }
     }
 
     /// Declares `INSERT INTO table query` on `env`: the query, its sink, and returns
@@ -2027,8 +2063,13 @@ impl<'a> Planner<'a> {
                 "a window aggregate groups by both window_start and window_end of a window table function",
             ));
         }
+        let mini_batch = self.mini_batch()?;
         let stream = keyed
-            .process(GroupAggregate { calls, finish })
+            .process(GroupAggregate {
+                calls,
+                finish,
+                mini_batch,
+            })
             .name("GroupAggregate");
         Ok(Rel {
             stream,
@@ -2036,7 +2077,10 @@ impl<'a> Planner<'a> {
             rowtime: None,
             append_only: false,
             plan: PlanNode::new(
-                format!("GroupAggregate(groupBy=[{group_label}], select=[{agg_label}])"),
+                format!(
+                    "GroupAggregate(groupBy=[{group_label}], select=[{agg_label}]{})",
+                    if mini_batch { ", miniBatch=[true]" } else { "" }
+                ),
                 vec![input.plan],
             ),
             window: None,
@@ -3631,6 +3675,7 @@ impl Rel {
                 Some(project) => match calc
                     .refs
                     .as_deref()
+                    .filter(|r| r.len() == project.len())
                     .and_then(|r| r.iter().copied().collect::<Option<Vec<usize>>>())
                 {
                     // Every column a plain copy of an input column: each value moves out
@@ -3797,7 +3842,6 @@ impl Rel {
                             identity &= schema.len() == i;
                             schema.push(c.clone());
                             evals.push(binding(i));
-                            refs.push(binding_ref(i));
                             refs.push(binding_ref(i));
                         }
                     }
@@ -4318,6 +4362,9 @@ type Finish = Arc<dyn Fn(&Row) -> Option<Vec<Value>> + Send + Sync>;
 struct GroupAggregate {
     calls: Arc<Vec<AggCall>>,
     finish: Finish,
+    /// `table.exec.mini-batch.enabled`: a key's change goes out once per input batch
+    /// (at its end) instead of once per row.
+    mini_batch: bool,
 }
 
 /// A `GROUP BY` that includes a window's end (rows of windows already assigned):
@@ -4378,6 +4425,10 @@ pub struct GroupState {
     last: Option<Vec<Value>>,
     /// Rows in the group (insertions less retractions).
     rows: i64,
+    /// Mini-batch: the key changed in the current batch (its update is due at the
+    /// batch's end; never true between batches, so never in a checkpoint).
+    #[serde(skip)]
+    pending: bool,
 }
 
 impl KeyedProcessFunction for GroupAggregate {
@@ -4407,6 +4458,25 @@ impl KeyedProcessFunction for GroupAggregate {
             }
             state.rows += 1;
         }
+        if self.mini_batch {
+            if !state.pending {
+                state.pending = true;
+                ctx.defer_to_batch_end();
+            }
+        } else {
+            self.emit(state, ctx);
+        }
+    }
+
+    fn on_batch_end(&mut self, state: &mut GroupState, ctx: &mut Context<'_, Vec<Value>, Row>) {
+        state.pending = false;
+        self.emit(state, ctx);
+    }
+}
+
+impl GroupAggregate {
+    /// The group's change since its last output: `+I`, `-U`/`+U`, `-D` or nothing.
+    fn emit(&self, state: &mut GroupState, ctx: &mut Context<'_, Vec<Value>, Row>) {
         let out = if state.rows > 0 {
             let mut values = ctx.current_key().clone();
             values.extend(self.calls.iter().zip(&state.accs).map(|(c, a)| c.result(a)));
@@ -4463,6 +4533,39 @@ mod tests {
         }
     }
 
+    fn query(sql: &str) -> Query {
+        let dialect = sqlparser::dialect::GenericDialect {};
+        match sqlparser::parser::Parser::parse_sql(&dialect, sql)
+            .unwrap()
+            .remove(0)
+        {
+            sqlparser::ast::Statement::Query(q) => *q,
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn views_are_narrowed_only_where_no_row_or_name_changes() {
+        let names: HashSet<String> = ["k".to_string()].into();
+        let narrowed = |sql: &str| narrowed_view(&query(sql), &names).to_string();
+        assert_eq!(narrowed("SELECT k, v, w AS x FROM t"), "SELECT k FROM t");
+        // Nothing named: one column stays; wildcards and odd names stay.
+        assert_eq!(narrowed("SELECT v, w FROM t"), "SELECT v FROM t");
+        assert_eq!(
+            narrowed("SELECT *, v, w AS `a b` FROM t"),
+            "SELECT *, w AS `a b` FROM t"
+        );
+        for sql in [
+            "SELECT k, COUNT(*) AS n FROM t",
+            "SELECT k, SUM(v) OVER (PARTITION BY k ORDER BY ts) AS s FROM t",
+            "SELECT k, v * 2, v * 3 FROM t",
+            "SELECT DISTINCT k, v FROM t",
+            "SELECT k, v FROM t GROUP BY k, v",
+        ] {
+            assert_eq!(narrowed(sql), query(sql).to_string(), "{sql}");
+        }
+    }
+
     #[test]
     fn words_carry_the_row_they_are_a_field_of() {
         let q = |s: &str| Some(s.to_string());
@@ -4491,6 +4594,7 @@ mod tests {
                 "bid",
             ),
             ("SELECT a FROM x, bid", "bid"),
+            ("SELECT * FROM `db`.`nx`", "db.nx"),
         ] {
             assert!(reads_relation(t, n), "{t}");
         }

@@ -416,6 +416,11 @@ pub enum TimeDomain {
 /// What a [`KeyedProcessFunction`] sees besides the record and its state.
 pub struct Context<'a, K: Key, O> {
     key: &'a K,
+    /// The key's hash (for deferral).
+    hash: u64,
+    /// Where keys deferred to the end of the batch go (`None` where the operator
+    /// offers no such call: timers, co-process and broadcast functions).
+    deferred: Option<&'a mut Vec<(u64, K)>>,
     now_ns: u64,
     watermark: u64,
     domain: Option<TimeDomain>,
@@ -476,6 +481,17 @@ impl<K: Key, O> Context<'_, K, O> {
     pub fn clear_state(&mut self) {
         self.clear = true;
     }
+    /// In [`KeyedProcessFunction::process_element`]: calls
+    /// [`KeyedProcessFunction::on_batch_end`] for the current key once the operator
+    /// has taken the whole batch this record came in (before anything after the
+    /// batch, such as a watermark or a barrier). Call it once per key and batch (the
+    /// state can say whether it was): each call is one `on_batch_end`. Elsewhere
+    /// (timers, co-process and broadcast functions) it does nothing.
+    pub fn defer_to_batch_end(&mut self) {
+        if let Some(d) = self.deferred.as_deref_mut() {
+            d.push((self.hash, self.key.clone()));
+        }
+    }
 }
 
 /// Per-event logic on a keyed stream, with per-key state and timers.
@@ -508,6 +524,17 @@ pub trait KeyedProcessFunction: Clone + Send + Sync + 'static {
     ) {
         let _ = (timestamp_ns, state, ctx);
     }
+
+    /// After a batch of records: once for each time a record's call asked for it with
+    /// [`Context::defer_to_batch_end`] (for example to emit one update per key and
+    /// batch instead of one per record).
+    fn on_batch_end(
+        &mut self,
+        state: &mut Self::State,
+        ctx: &mut Context<'_, Self::Key, Self::Out>,
+    ) {
+        let _ = (state, ctx);
+    }
 }
 
 /// What keyed process operators share: per-key state, timers in both domains, and the
@@ -519,6 +546,8 @@ pub(crate) struct KeyedCore<K, S> {
     pub(crate) now_ns: u64,
     pub(crate) watermark: u64,
     pub(crate) sides: SideOutputs,
+    /// Keys deferred to the end of the batch (reused: no allocation per batch).
+    pub(crate) deferred: Vec<(u64, K)>,
 }
 
 impl<K: Key, S: Default + Clone> KeyedCore<K, S> {
@@ -530,6 +559,7 @@ impl<K: Key, S: Default + Clone> KeyedCore<K, S> {
             now_ns: 0,
             watermark: 0,
             sides: SideOutputs::default(),
+            deferred: Vec::new(),
         }
     }
 
@@ -575,9 +605,29 @@ impl<K: Key, S: Default + Clone> KeyedCore<K, S> {
         out: &mut Vec<O>,
         f: impl FnOnce(&mut S, &mut Context<'_, K, O>),
     ) {
+        self.with_key_deferring(hash, key, out, false, f)
+    }
+
+    /// As [`Self::with_key`]; with `defer`, the context takes
+    /// [`Context::defer_to_batch_end`].
+    #[inline(always)]
+    pub(crate) fn with_key_deferring<O>(
+        &mut self,
+        hash: u64,
+        key: K,
+        out: &mut Vec<O>,
+        defer: bool,
+        f: impl FnOnce(&mut S, &mut Context<'_, K, O>),
+    ) {
         let (key, state) = self.states.get_or_insert(hash, key);
         let mut ctx = Context {
             key,
+            hash,
+            deferred: if defer {
+                Some(&mut self.deferred)
+            } else {
+                None
+            },
             now_ns: self.now_ns,
             watermark: self.watermark,
             domain: None,
@@ -620,6 +670,8 @@ impl<K: Key, S: Default + Clone> KeyedCore<K, S> {
             let (key, state) = self.states.get_or_insert(hash, key);
             let mut ctx = Context {
                 key,
+                hash,
+                deferred: None,
                 now_ns: self.now_ns,
                 watermark: self.watermark,
                 domain: Some(domain),
@@ -703,9 +755,27 @@ where
     #[inline(always)]
     fn one(&mut self, hash: u64, key: P::Key, record: P::In, out: &mut Vec<P::Out>) {
         let f = &mut self.f;
-        self.core.with_key(hash, key, out, |state, ctx| {
-            f.process_element(record, state, ctx)
-        });
+        self.core
+            .with_key_deferring(hash, key, out, true, |state, ctx| {
+                f.process_element(record, state, ctx)
+            });
+    }
+
+    /// The batch is in: `on_batch_end` for the keys deferred to it, in the order they
+    /// were deferred.
+    fn end_batch(&mut self, out: &mut Vec<P::Out>) {
+        while !self.core.deferred.is_empty() {
+            let mut keys = std::mem::take(&mut self.core.deferred);
+            for (hash, key) in keys.drain(..) {
+                let f = &mut self.f;
+                self.core
+                    .with_key(hash, key, out, |state, ctx| f.on_batch_end(state, ctx));
+            }
+            // (Keep the list's memory for the next batch.)
+            if self.core.deferred.is_empty() {
+                self.core.deferred = keys;
+            }
+        }
     }
 }
 
@@ -726,6 +796,7 @@ where
             let hash = key_hash(&key);
             self.one(hash, key, record, buf);
         }
+        self.end_batch(buf);
         self.core.flush_sides(None);
     }
 
@@ -745,6 +816,7 @@ where
             let key = (self.key)(&record);
             self.one(hash, key, record, buf);
         }
+        self.end_batch(buf);
         self.core.flush_sides(None);
     }
 

@@ -202,6 +202,62 @@ fn cleared_state_leaves_the_key() {
     assert_eq!(out.take(), [(1, 5)], "a cleared key starts afresh");
 }
 
+/// A running sum per key that emits once per key and batch, at the batch's end.
+#[derive(Clone)]
+struct BatchedSum;
+
+impl KeyedProcessFunction for BatchedSum {
+    type Key = u32;
+    type In = (u32, i64);
+    type Out = (u32, i64);
+    /// (sum, deferred in this batch)
+    type State = (i64, bool);
+
+    fn process_element(
+        &mut self,
+        (_, v): (u32, i64),
+        st: &mut (i64, bool),
+        ctx: &mut Context<'_, u32, (u32, i64)>,
+    ) {
+        st.0 += v;
+        if !st.1 {
+            st.1 = true;
+            ctx.defer_to_batch_end();
+        }
+    }
+
+    fn on_batch_end(&mut self, st: &mut (i64, bool), ctx: &mut Context<'_, u32, (u32, i64)>) {
+        st.1 = false;
+        let k = *ctx.current_key();
+        ctx.collect((k, st.0));
+        if st.0 == 0 {
+            ctx.clear_state();
+        }
+    }
+}
+
+#[test]
+fn deferred_keys_get_one_call_at_the_end_of_their_batch() {
+    let out = Out::<(u32, i64)>::default();
+    let mut op = Chained::new(
+        KeyedProcess::new(BatchedSum, |r: &(u32, i64)| r.0),
+        Box::new(out.clone()),
+    );
+    op.push(&mut vec![(1, 1), (2, 2), (1, 3), (3, 4), (1, -1), (3, -4)]);
+    // In the order the keys were first seen, each once, with the batch's total.
+    assert_eq!(out.take(), [(1, 3), (2, 2), (3, 0)]);
+    assert_eq!(
+        op.operator().key_count(),
+        2,
+        "key 3 cleared at the batch's end"
+    );
+    // Before what follows the batch.
+    op.push(&mut vec![(2, 5)]);
+    op.event(Event::Watermark(10));
+    assert_eq!(out.take(), [(2, 7)]);
+    assert_eq!(out.events(), [(1, Event::Watermark(10))]);
+}
+
 #[test]
 fn rolling_reduce_keeps_one_aggregate_per_key() {
     let out = Out::<(u32, u64)>::default();
