@@ -1024,6 +1024,82 @@ fn substring(s: &str, start: i64, count: Option<i64>) -> String {
         .collect()
 }
 
+/// A new id for a call site's entry in [`date_format_cached`]'s cache.
+fn next_cache_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Relaxed: only uniqueness matters, which the atomic increment gives alone.
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The span (ms) within which `pattern`'s text stays the same: its finest field (a
+/// day for dates; days never straddle months or years). UTC, as [`date_format`].
+fn date_format_unit(pattern: &str) -> i64 {
+    let has = |c: char| pattern.contains(c);
+    if has('S') {
+        1
+    } else if has('s') {
+        1_000
+    } else if has('m') {
+        60_000
+    } else if has('H') {
+        3_600_000
+    } else {
+        86_400_000
+    }
+}
+
+/// A call site's last `DATE_FORMAT` text and the span of time it is good for.
+struct RememberedFormat {
+    id: u64,
+    from_ms: i64,
+    until_ms: i64,
+    pattern: Arc<str>,
+    text: Arc<str>,
+}
+
+impl RememberedFormat {
+    fn new(id: u64, ms: i64, pattern: &Arc<str>) -> Self {
+        let unit = date_format_unit(pattern);
+        let from_ms = ms - ms.rem_euclid(unit);
+        Self {
+            id,
+            from_ms,
+            until_ms: from_ms.saturating_add(unit),
+            pattern: pattern.clone(),
+            text: date_format(ms, pattern).into(),
+        }
+    }
+}
+
+thread_local! {
+    /// Per call site (id): its last text.
+    static DATE_FORMATS: std::cell::RefCell<Vec<RememberedFormat>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`date_format`], remembered per call site while the time stays within the
+/// pattern's finest field (`DATE_FORMAT(ts, 'yyyy-MM-dd')` formats once a day per
+/// thread, not once a row).
+fn date_format_cached(id: u64, ms: i64, pattern: &Arc<str>) -> Arc<str> {
+    DATE_FORMATS.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(e) = c.iter_mut().find(|e| e.id == id) {
+            if !(e.from_ms <= ms && ms < e.until_ms && *e.pattern == **pattern) {
+                *e = RememberedFormat::new(id, ms, pattern);
+            }
+            return e.text.clone();
+        }
+        let e = RememberedFormat::new(id, ms, pattern);
+        let text = e.text.clone();
+        // (A few call sites per thread; a bound keeps a long session's list short.)
+        if c.len() >= 64 {
+            c.remove(0);
+        }
+        c.push(e);
+        text
+    })
+}
+
 /// Formats a timestamp with a Java `SimpleDateFormat` pattern (`yyyy`, `MM`, `dd`, `HH`,
 /// `mm`, `ss`, `SSS`; quoted text in `'...'`).
 pub fn date_format(ms: i64, pattern: &str) -> String {
@@ -1373,6 +1449,7 @@ fn function(
             }
             expect_string(&args[1].0, args[1].1)?;
             let (t, p) = (args[0].0.eval.clone(), args[1].0.eval.clone());
+            let id = next_cache_id();
             Ok(Compiled {
                 ty: DataType::String,
                 eval: Arc::new(move |r| {
@@ -1385,7 +1462,7 @@ fn function(
                         _ => return Value::Null,
                     };
                     match p(r) {
-                        Value::Str(p) => Value::Str(date_format(ms, &p).into()),
+                        Value::Str(p) => Value::Str(date_format_cached(id, ms, &p)),
                         _ => Value::Null,
                     }
                 }),
@@ -1535,5 +1612,42 @@ mod tests {
             date_format(1_700_000_000_123, "yyyy-MM-dd'T'HH:mm:ss.SSS"),
             "2023-11-14T22:13:20.123"
         );
+    }
+
+    /// The remembered texts equal the formatted ones, across day, hour and second
+    /// boundaries, before 1970, and with two call sites and patterns interleaved.
+    #[test]
+    fn remembered_date_formats_equal_formatted_ones() {
+        let (day, time): (Arc<str>, Arc<str>) = ("yyyy-MM-dd".into(), "HH:mm:ss".into());
+        let (a, b) = (next_cache_id(), next_cache_id());
+        let mut ms = 1_700_000_000_000 - 3 * 86_400_000;
+        let mut step = 1i64;
+        while ms < 1_700_000_000_000 + 3 * 86_400_000 {
+            assert_eq!(
+                &*date_format_cached(a, ms, &day),
+                date_format(ms, &day),
+                "{ms}"
+            );
+            assert_eq!(
+                &*date_format_cached(b, ms, &time),
+                date_format(ms, &time),
+                "{ms}"
+            );
+            // The other pattern at the same call site.
+            assert_eq!(
+                &*date_format_cached(a, ms, &time),
+                date_format(ms, &time),
+                "{ms}"
+            );
+            ms += step;
+            step = (step * 7 + 13) % 5_000_000 + 1;
+        }
+        for ms in [-1, 0, -86_400_000, -86_400_001, 86_399_999, 86_400_000] {
+            assert_eq!(
+                &*date_format_cached(a, ms, &day),
+                date_format(ms, &day),
+                "{ms}"
+            );
+        }
     }
 }
