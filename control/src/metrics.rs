@@ -159,6 +159,32 @@ pub fn latency_summary(
     e.summary(name, help, labels, &quantiles, sum, h.len());
 }
 
+/// Each chained operator's own time per sampled record as the summary
+/// `spate_operator_time_per_record_seconds`, labelled with `labels` and the operator's
+/// name and place in its chain (`(name, histogram)` in chain order; those not sampled
+/// yet `None`).
+pub fn operator_times<'a>(
+    e: &mut Exposition,
+    labels: &[(&str, &str)],
+    measured: &str,
+    operators: impl IntoIterator<Item = (&'a str, Option<hdrhistogram::Histogram<u64>>)>,
+) {
+    for (i, (name, h)) in operators.into_iter().enumerate() {
+        let Some(h) = h else { continue };
+        let index = i.to_string();
+        let mut l = labels.to_vec();
+        l.push(("operator", name));
+        l.push(("operator_index", index.as_str()));
+        latency_summary(
+            e,
+            "spate_operator_time_per_record_seconds",
+            &format!("A chained operator's own time per sampled record ({measured}), its downstream operators' time excluded."),
+            &l,
+            &h,
+        );
+    }
+}
+
 /// A sample value as the format writes it.
 fn float(value: f64) -> String {
     if value.is_finite() {

@@ -1357,25 +1357,18 @@ async fn prometheus(State(st): State<SharedState>) -> Response {
                     t.watermark as f64 / 1e9,
                 );
             }
-            for (i, (name, h)) in t.operators.iter().enumerate() {
-                let Some(h) = h
-                    .as_ref()
-                    .and_then(|b| crate::cluster::decode_latency(b).ok())
-                else {
-                    continue;
-                };
-                let index = i.to_string();
-                let mut ol = l.to_vec();
-                ol.push(("operator", name.as_str()));
-                ol.push(("operator_index", index.as_str()));
-                crate::metrics::latency_summary(
-                    &mut e,
-                    "spate_operator_time_per_record_seconds",
-                    "A chained operator's own time per sampled record (as last reported), its downstream operators' time excluded.",
-                    &ol,
-                    &h,
-                );
-            }
+            crate::metrics::operator_times(
+                &mut e,
+                &l,
+                "as last reported",
+                t.operators.iter().map(|(name, h)| {
+                    (
+                        name.as_str(),
+                        h.as_ref()
+                            .and_then(|b| crate::cluster::decode_latency(b).ok()),
+                    )
+                }),
+            );
         }
     }
     (

@@ -462,20 +462,13 @@ impl TaskManager {
                     &h,
                 );
             }
-            for (i, (name, h)) in m.operator_times().into_iter().enumerate() {
-                let Some(h) = h else { continue };
-                let index = i.to_string();
-                let mut ol = l.to_vec();
-                ol.push(("operator", name.as_str()));
-                ol.push(("operator_index", index.as_str()));
-                crate::metrics::latency_summary(
-                    &mut e,
-                    "spate_operator_time_per_record_seconds",
-                    "A chained operator's own time per sampled record (metrics.latency.interval), its downstream operators' time excluded.",
-                    &ol,
-                    &h,
-                );
-            }
+            let times = m.operator_times();
+            crate::metrics::operator_times(
+                &mut e,
+                &l,
+                "metrics.latency.interval",
+                times.iter().map(|(name, h)| (name.as_str(), h.clone())),
+            );
             if let Some(h) = self.sinks.get(id).map(|s| s.latency()) {
                 if !h.is_empty() {
                     crate::metrics::latency_summary(

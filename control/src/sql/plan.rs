@@ -82,6 +82,31 @@ pub struct Rel {
     calc: Option<Calc>,
 }
 
+/// How a calculation builds its output row from an input row that passed its filters.
+#[derive(Clone)]
+enum Projection {
+    /// Plain columns: (input column, whether this is its last use, so it moves).
+    Moves(Vec<(usize, bool)>),
+    /// Expressions.
+    Evals(Arc<Vec<Eval>>),
+}
+
+impl Projection {
+    fn apply(&self, r: &mut Row) -> Vec<Value> {
+        match self {
+            Projection::Moves(moves) => moves
+                .iter()
+                .map(|&(i, last)| match r.values.get_mut(i) {
+                    Some(v) if last => std::mem::take(v),
+                    Some(v) => v.clone(),
+                    None => Value::Null,
+                })
+                .collect(),
+            Projection::Evals(evals) => evals.iter().map(|e| e(r)).collect(),
+        }
+    }
+}
+
 /// A pending calculation over a relation's input rows.
 #[derive(Clone, Default)]
 struct Calc {
@@ -3664,76 +3689,47 @@ impl Rel {
             return self;
         };
         let filters = calc.filters;
-        let mut stream =
-            match calc.project {
-                None => {
-                    let all = filters.clone();
-                    self.stream
-                        .filter(move |r: &Row| all.iter().all(|f| f(r) == Value::Bool(true)))
-                        .name("Calc")
-                }
-                Some(project) => match calc
+        let mut stream = match calc.project {
+            None => {
+                let all = filters.clone();
+                self.stream
+                    .filter(move |r: &Row| all.iter().all(|f| f(r) == Value::Bool(true)))
+                    .name("Calc")
+            }
+            Some(project) => {
+                let projection = match calc
                     .refs
                     .as_deref()
                     .filter(|r| r.len() == project.len())
                     .and_then(|r| r.iter().copied().collect::<Option<Vec<usize>>>())
                 {
-                    // Every column a plain copy of an input column: each value moves out
-                    // of the input row at its last use (cloned before that), with no
-                    // expression called and no reference count touched.
-                    Some(refs) => {
-                        let moves: Vec<(usize, bool)> = refs
-                            .iter()
+                    // Every column a plain copy of an input column: each value moves
+                    // out of the input row at its last use (cloned before that), with
+                    // no expression called and no reference count touched.
+                    Some(refs) => Projection::Moves(
+                        refs.iter()
                             .enumerate()
                             .map(|(k, &i)| (i, !refs[k + 1..].contains(&i)))
-                            .collect();
-                        self.stream
-                            .flat_map(
-                                move |mut r: Row,
-                                      out: &mut spate_dataplane::operator::Collector<
-                                    '_,
-                                    '_,
-                                    Row,
-                                >| {
-                                    if filters.iter().all(|f| f(&r) == Value::Bool(true)) {
-                                        let values = moves
-                                            .iter()
-                                            .map(|&(i, last)| match r.values.get_mut(i) {
-                                                Some(v) if last => std::mem::take(v),
-                                                Some(v) => v.clone(),
-                                                None => Value::Null,
-                                            })
-                                            .collect();
-                                        out.collect(Row {
-                                            kind: r.kind,
-                                            values,
-                                        });
-                                    }
-                                },
-                            )
-                            .name("Calc")
-                    }
-                    None => {
-                        self.stream
-                            .flat_map(
-                                move |r: Row,
-                                      out: &mut spate_dataplane::operator::Collector<
-                                    '_,
-                                    '_,
-                                    Row,
-                                >| {
-                                    if filters.iter().all(|f| f(&r) == Value::Bool(true)) {
-                                        out.collect(Row {
-                                            kind: r.kind,
-                                            values: project.iter().map(|e| e(&r)).collect(),
-                                        });
-                                    }
-                                },
-                            )
-                            .name("Calc")
-                    }
-                },
-            };
+                            .collect(),
+                    ),
+                    None => Projection::Evals(project),
+                };
+                self.stream
+                    .flat_map(
+                        move |mut r: Row,
+                              out: &mut spate_dataplane::operator::Collector<'_, '_, Row>| {
+                            if filters.iter().all(|f| f(&r) == Value::Bool(true)) {
+                                let values = projection.apply(&mut r);
+                                out.collect(Row {
+                                    kind: r.kind,
+                                    values,
+                                });
+                            }
+                        },
+                    )
+                    .name("Calc")
+            }
+        };
         if let Some(t) = self.rowtime {
             stream = stream.with_event_time(move |r: &Row| ts_ns(r.get(t)));
         }
