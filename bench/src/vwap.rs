@@ -479,6 +479,29 @@ pub fn ratios(rows: &[Row]) -> Vec<(String, Ratio)> {
     out
 }
 
+/// Runs `run` for the two variants alternately (`[a, b]`, `reps` times over) and returns
+/// each one's outcomes.
+fn alternate<V: Copy>(
+    reps: usize,
+    variants: [V; 2],
+    mut run: impl FnMut(V, usize) -> Result<Outcome>,
+) -> Result<[Vec<Outcome>; 2]> {
+    let mut out = [Vec::new(), Vec::new()];
+    for rep in 0..reps {
+        for (i, v) in variants.into_iter().enumerate() {
+            out[i].push(run(v, rep)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The outcome of median `key` (the upper one of an even count).
+fn median_by(mut v: Vec<Outcome>, key: impl Fn(&Outcome) -> f64) -> Outcome {
+    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let mid = v.len() / 2;
+    v.swap_remove(mid)
+}
+
 /// Runs the whole W1 benchmark: spate and timely side by side.
 pub fn run(params: &Params) -> Result<Report> {
     let c2c_start = core_to_core(params.cores);
@@ -546,126 +569,91 @@ pub fn run(params: &Params) -> Result<Report> {
     // throughput runs' trades), each beside a run of the same size without, interleaved;
     // and 1 M/s with checkpoints, beside the 1 M/s rows above.
     let long = params.events.saturating_mul(5);
-    for p in [1usize, 2] {
-        let mut with = Vec::new();
-        let mut without = Vec::new();
-        for rep in 0..params.reps.max(1) {
-            for ck in [None, Some(CHECKPOINT_INTERVAL)] {
-                let extras = Extras {
-                    checkpoint: ck,
-                    ..Extras::default()
-                };
-                let o = run_with(p, Pace::Unpaced, long, UNPACED_SAMPLE, params.cores, extras)?;
-                eprintln!(
-                    "spate unpaced p={p} {} rep {}: {:.2}M events/s{}",
-                    if ck.is_some() {
-                        "checkpoints every 1 s"
-                    } else {
-                        "no checkpoints"
-                    },
-                    rep + 1,
-                    o.eps / 1e6,
-                    o.checkpoints.as_ref().map_or(String::new(), |c| format!(
-                        ", {} checkpoints, last {} ms, {} bytes",
-                        c.completed, c.last_duration_ms, c.last_size
-                    ))
-                );
-                if ck.is_some() {
-                    &mut with
-                } else {
-                    &mut without
-                }
-                .push(o);
-            }
+    let reps = params.reps.max(1);
+    let ck_name = |ck: Option<Duration>| {
+        if ck.is_some() {
+            "checkpoints every 1 s"
+        } else {
+            "no checkpoints"
         }
-        for (mode, mut v) in [("unpaced_long", without), ("unpaced_ckpt", with)] {
-            v.sort_by(|a, b| a.eps.total_cmp(&b.eps));
-            let mid = v.len() / 2;
-            let o = v.swap_remove(mid);
+    };
+    for p in [1usize, 2] {
+        let [without, with] = alternate(reps, [None, Some(CHECKPOINT_INTERVAL)], |ck, rep| {
+            let extras = Extras {
+                checkpoint: ck,
+                ..Extras::default()
+            };
+            let o = run_with(p, Pace::Unpaced, long, UNPACED_SAMPLE, params.cores, extras)?;
+            eprintln!(
+                "spate unpaced p={p} {} rep {}: {:.2}M events/s{}",
+                ck_name(ck),
+                rep + 1,
+                o.eps / 1e6,
+                o.checkpoints.as_ref().map_or(String::new(), |c| format!(
+                    ", {} checkpoints, last {} ms, {} bytes",
+                    c.completed, c.last_duration_ms, c.last_size
+                ))
+            );
+            Ok(o)
+        })?;
+        for (mode, v) in [("unpaced_long", without), ("unpaced_ckpt", with)] {
+            let o = median_by(v, |o| o.eps);
             rows.push(row(Impl::Spate, p, mode, None, &o, UNPACED_SAMPLE));
         }
         // At 1 M/s the tail on two busy cores swings from run to run: runs with and
         // without checkpoints alternate, and each row is the run of median p99.
         let events = (1e6 * params.seconds) as u64;
-        let mut with = Vec::new();
-        let mut without = Vec::new();
-        for rep in 0..params.reps.max(1) {
-            for ck in [None, Some(CHECKPOINT_INTERVAL)] {
-                let extras = Extras {
-                    checkpoint: ck,
-                    ..Extras::default()
-                };
-                let o = run_with(p, Pace::Rate(1e6), events, 1, params.cores, extras)?;
-                eprintln!(
-                    "spate p={p} at 1000k/s, {} rep {}: p50 {} ns, p99 {} ns",
-                    if ck.is_some() {
-                        "checkpoints every 1 s"
-                    } else {
-                        "no checkpoints"
-                    },
-                    rep + 1,
-                    o.latency.value_at_quantile(0.5),
-                    o.latency.value_at_quantile(0.99)
-                );
-                if ck.is_some() {
-                    &mut with
-                } else {
-                    &mut without
-                }
-                .push(o);
-            }
-        }
-        for (mode, mut v) in [("rate_plain", without), ("rate_ckpt", with)] {
-            v.sort_by_key(|o| o.latency.value_at_quantile(0.99));
-            let mid = v.len() / 2;
-            let o = v.swap_remove(mid);
+        let [without, with] = alternate(reps, [None, Some(CHECKPOINT_INTERVAL)], |ck, rep| {
+            let extras = Extras {
+                checkpoint: ck,
+                ..Extras::default()
+            };
+            let o = run_with(p, Pace::Rate(1e6), events, 1, params.cores, extras)?;
+            eprintln!(
+                "spate p={p} at 1000k/s, {} rep {}: p50 {} ns, p99 {} ns",
+                ck_name(ck),
+                rep + 1,
+                o.latency.value_at_quantile(0.5),
+                o.latency.value_at_quantile(0.99)
+            );
+            Ok(o)
+        })?;
+        for (mode, v) in [("rate_plain", without), ("rate_ckpt", with)] {
+            let o = median_by(v, |o| o.latency.value_at_quantile(0.99) as f64);
             rows.push(row(Impl::Spate, p, mode, Some(1e6), &o, 1));
         }
     }
     // Metrics on (latency markers and the per-operator timing of one batch every
     // METRICS_INTERVAL; counters and busy time are always on) against off: unpaced W1
     // at p=1, the two alternating, median of reps each.
-    {
-        let mut on = Vec::new();
-        let mut off = Vec::new();
-        for rep in 0..params.reps.max(1) {
-            for interval in [Duration::ZERO, METRICS_INTERVAL] {
-                let extras = Extras {
-                    latency_interval: interval,
-                    ..Extras::default()
-                };
-                let o = run_with(
-                    1,
-                    Pace::Unpaced,
-                    params.events,
-                    UNPACED_SAMPLE,
-                    params.cores,
-                    extras,
-                )?;
-                eprintln!(
-                    "spate unpaced p=1 latency markers {} rep {}: {:.2}M events/s",
-                    if interval.is_zero() {
-                        "off".to_string()
-                    } else {
-                        format!("every {interval:?}")
-                    },
-                    rep + 1,
-                    o.eps / 1e6
-                );
-                if interval.is_zero() {
-                    &mut off
-                } else {
-                    &mut on
-                }
-                .push(o);
-            }
-        }
-        for (mode, mut v) in [("unpaced_metrics_off", off), ("unpaced_metrics_on", on)] {
-            v.sort_by(|a, b| a.eps.total_cmp(&b.eps));
-            let mid = v.len() / 2;
-            let o = v.swap_remove(mid);
-            rows.push(row(Impl::Spate, 1, mode, None, &o, UNPACED_SAMPLE));
-        }
+    let [off, on] = alternate(reps, [Duration::ZERO, METRICS_INTERVAL], |interval, rep| {
+        let extras = Extras {
+            latency_interval: interval,
+            ..Extras::default()
+        };
+        let o = run_with(
+            1,
+            Pace::Unpaced,
+            params.events,
+            UNPACED_SAMPLE,
+            params.cores,
+            extras,
+        )?;
+        eprintln!(
+            "spate unpaced p=1 latency markers {} rep {}: {:.2}M events/s",
+            if interval.is_zero() {
+                "off".to_string()
+            } else {
+                format!("every {interval:?}")
+            },
+            rep + 1,
+            o.eps / 1e6
+        );
+        Ok(o)
+    })?;
+    for (mode, v) in [("unpaced_metrics_off", off), ("unpaced_metrics_on", on)] {
+        let o = median_by(v, |o| o.eps);
+        rows.push(row(Impl::Spate, 1, mode, None, &o, UNPACED_SAMPLE));
     }
     // The highest offered rate each parallelism of spate sustains (achieves ≥ 99% of
     // it), by bisection between 1 M/s and its unpaced throughput.

@@ -163,11 +163,11 @@ pub fn latency_summary(
 /// `spate_operator_time_per_record_seconds`, labelled with `labels` and the operator's
 /// name and place in its chain (`(name, histogram)` in chain order; those not sampled
 /// yet `None`).
-pub fn operator_times<'a>(
+pub fn operator_times<'a, H: std::borrow::Borrow<hdrhistogram::Histogram<u64>>>(
     e: &mut Exposition,
     labels: &[(&str, &str)],
     measured: &str,
-    operators: impl IntoIterator<Item = (&'a str, Option<hdrhistogram::Histogram<u64>>)>,
+    operators: impl IntoIterator<Item = (&'a str, Option<H>)>,
 ) {
     for (i, (name, h)) in operators.into_iter().enumerate() {
         let Some(h) = h else { continue };
@@ -180,7 +180,7 @@ pub fn operator_times<'a>(
             "spate_operator_time_per_record_seconds",
             &format!("A chained operator's own time per sampled record ({measured}), its downstream operators' time excluded."),
             &l,
-            &h,
+            h.borrow(),
         );
     }
 }

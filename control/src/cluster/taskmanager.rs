@@ -467,7 +467,7 @@ impl TaskManager {
                 &mut e,
                 &l,
                 "metrics.latency.interval",
-                times.iter().map(|(name, h)| (name.as_str(), h.clone())),
+                times.iter().map(|(name, h)| (name.as_str(), h.as_ref())),
             );
             if let Some(h) = self.sinks.get(id).map(|s| s.latency()) {
                 if !h.is_empty() {

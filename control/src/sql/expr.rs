@@ -1084,7 +1084,8 @@ fn date_format_cached(id: u64, ms: i64, pattern: &Arc<str>) -> Arc<str> {
     DATE_FORMATS.with(|c| {
         let mut c = c.borrow_mut();
         if let Some(e) = c.iter_mut().find(|e| e.id == id) {
-            if !(e.from_ms <= ms && ms < e.until_ms && *e.pattern == **pattern) {
+            let same = Arc::ptr_eq(&e.pattern, pattern) || *e.pattern == **pattern;
+            if !(same && e.from_ms <= ms && ms < e.until_ms) {
                 *e = RememberedFormat::new(id, ms, pattern);
             }
             return e.text.clone();

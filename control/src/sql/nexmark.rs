@@ -364,56 +364,53 @@ impl Nexmark {
         // column: its strings move into the row.)
         match kind {
             0 => {
-                let p = self.person(n, &mut rng);
-                let (mut name, mut email, mut card, mut extra) = (p.name, p.email, p.card, p.extra);
+                let mut p = self.person(n, &mut rng);
                 for &(i, f) in own {
                     values[i] = match f {
                         EventType => Value::Int(0),
                         PersonId => Value::Int(p.id),
-                        PersonName => name.take().map_or(Value::Null, Value::Str),
-                        PersonEmail => email.take().map_or(Value::Null, Value::Str),
-                        PersonCard => card.take().map_or(Value::Null, Value::Str),
+                        PersonName => p.name.take().map_or(Value::Null, Value::Str),
+                        PersonEmail => p.email.take().map_or(Value::Null, Value::Str),
+                        PersonCard => p.card.take().map_or(Value::Null, Value::Str),
                         PersonCity => Value::Str(p.city.into()),
                         PersonState => Value::Str(p.state.into()),
                         PersonTime => ts.clone(),
-                        PersonExtra => extra.take().map_or(Value::Null, Value::Str),
+                        PersonExtra => p.extra.take().map_or(Value::Null, Value::Str),
                         _ => Value::Null,
                     };
                 }
             }
             1 => {
-                let a = self.auction(n, &mut rng, &ts);
-                let (mut item, mut description, mut extra) = (a.item, a.description, a.extra);
+                let mut a = self.auction(n, &mut rng, &ts);
                 for &(i, f) in own {
                     values[i] = match f {
                         EventType => Value::Int(1),
                         AuctionId => Value::Int(a.id),
-                        AuctionItem => item.take().map_or(Value::Null, Value::Str),
-                        AuctionDescription => description.take().map_or(Value::Null, Value::Str),
+                        AuctionItem => a.item.take().map_or(Value::Null, Value::Str),
+                        AuctionDescription => a.description.take().map_or(Value::Null, Value::Str),
                         AuctionInitialBid => Value::Int(a.initial_bid),
                         AuctionReserve => Value::Int(a.reserve),
                         AuctionTime => ts.clone(),
                         AuctionExpires => a.expires.clone(),
                         AuctionSeller => Value::Int(a.seller),
                         AuctionCategory => Value::Int(a.category),
-                        AuctionExtra => extra.take().map_or(Value::Null, Value::Str),
+                        AuctionExtra => a.extra.take().map_or(Value::Null, Value::Str),
                         _ => Value::Null,
                     };
                 }
             }
             _ => {
-                let b = self.bid(n, &mut rng);
-                let (mut channel, mut url, mut extra) = (b.channel, b.url, b.extra);
+                let mut b = self.bid(n, &mut rng);
                 for &(i, f) in own {
                     values[i] = match f {
                         EventType => Value::Int(i64::from(kind)),
                         BidAuction => Value::Int(b.auction),
                         BidBidder => Value::Int(b.bidder),
                         BidPrice => Value::Int(b.price),
-                        BidChannel => channel.take().map_or(Value::Null, Value::Str),
-                        BidUrl => url.take().map_or(Value::Null, Value::Str),
+                        BidChannel => b.channel.take().map_or(Value::Null, Value::Str),
+                        BidUrl => b.url.take().map_or(Value::Null, Value::Str),
                         BidTime => ts.clone(),
-                        BidExtra => extra.take().map_or(Value::Null, Value::Str),
+                        BidExtra => b.extra.take().map_or(Value::Null, Value::Str),
                         _ => Value::Null,
                     };
                 }

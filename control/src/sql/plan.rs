@@ -340,24 +340,31 @@ fn selects_all(text: &str) -> bool {
         if matches!(last, ',' | '.' | '(') {
             return true;
         }
-        let word: String = before
-            .chars()
-            .rev()
-            .take_while(|c| c.is_alphanumeric() || *c == '_')
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
         matches!(
-            word.to_ascii_uppercase().as_str(),
+            last_word(before).to_ascii_uppercase().as_str(),
             "SELECT" | "DISTINCT" | "ALL" | "BY" | "RETURNING"
         )
     })
 }
 
+/// Whether `c` can be part of an identifier-like word.
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// The identifier-like word `s` ends with (empty if it ends otherwise).
+fn last_word(s: &str) -> &str {
+    let start = s
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !is_word_char(*c))
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    &s[start..]
+}
+
 /// The identifier-like words of `text`, lower case.
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+    text.split(|c: char| !is_word_char(c))
         .filter(|w| !w.is_empty())
         .map(str::to_ascii_lowercase)
 }
@@ -417,14 +424,13 @@ pub fn referenced_names(catalog: &Catalog, text: &str) -> Referenced {
 /// The words of `text` (lower case), each with the word before it when a dot joins
 /// them (`bid.price`: `price` qualified by `bid`).
 fn qualified_words(text: &str) -> Vec<(Option<String>, String)> {
-    let word = |c: char| c.is_alphanumeric() || c == '_';
     let mut out: Vec<(Option<String>, String)> = Vec::new();
     let mut prev: Option<String> = None;
     let mut dot = false;
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
-        if word(c) {
-            let end = rest.find(|c: char| !word(c)).unwrap_or(rest.len());
+        if is_word_char(c) {
+            let end = rest.find(|c: char| !is_word_char(c)).unwrap_or(rest.len());
             let w = rest[..end].to_ascii_lowercase();
             out.push((if dot { prev.clone() } else { None }, w.clone()));
             prev = Some(w);
@@ -468,9 +474,7 @@ fn narrowed_view(q: &Query, names: &HashSet<String>) -> Query {
                 SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => &parts.last()?.value,
                 _ => return None,
             };
-            n.chars()
-                .all(|c| c.is_alphanumeric() || c == '_')
-                .then(|| n.to_ascii_lowercase())
+            n.chars().all(is_word_char).then(|| n.to_ascii_lowercase())
         };
         // Items that decide which rows there are or what others are called: aggregates
         // (a global aggregate has one row), OVER aggregates (they drop late rows), and
@@ -517,7 +521,6 @@ fn reads_relation(text: &str, name: &str) -> bool {
     // (Quoted parts of a name, `db`.`t`, are the name db.t.)
     let lower = text.replace(['`', '"'], "").to_ascii_lowercase();
     let name = name.to_ascii_lowercase();
-    let word = |c: char| c.is_alphanumeric() || c == '_';
     let mut from = 0;
     while let Some(k) = lower[from..].find(&name) {
         let at = from + k;
@@ -525,29 +528,22 @@ fn reads_relation(text: &str, name: &str) -> bool {
         let before = &lower[..at];
         let after = &lower[at + name.len()..];
         // A whole word.
-        if before.chars().last().is_some_and(word) || after.chars().next().is_some_and(word) {
+        if before.chars().last().is_some_and(is_word_char)
+            || after.chars().next().is_some_and(is_word_char)
+        {
             continue;
         }
         let before = before.trim_end();
         if before.ends_with(',') {
             return true;
         }
-        let prev_word = |b: &str| -> String {
-            b.chars()
-                .rev()
-                .take_while(|c| word(*c))
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect()
-        };
-        if matches!(prev_word(before).as_str(), "from" | "join" | "table") {
+        if matches!(last_word(before), "from" | "join" | "table") {
             return true;
         }
         // A window function's first argument (shown without its TABLE keyword).
         if let Some(call) = before.strip_suffix('(') {
             if matches!(
-                prev_word(call.trim_end()).as_str(),
+                last_word(call.trim_end()),
                 "tumble" | "hop" | "cumulate" | "session"
             ) {
                 return true;
@@ -609,9 +605,7 @@ fn pruned(def: &TableDef, refs: &Referenced) -> TableDef {
     out.physical.retain(|c| {
         let name = c.name.to_ascii_lowercase();
         let last = name.rsplit('.').next().unwrap_or(&name);
-        !last.chars().all(|ch| ch.is_alphanumeric() || ch == '_')
-            || alone.contains(last)
-            || exact.contains(&name)
+        !last.chars().all(is_word_char) || alone.contains(last) || exact.contains(&name)
     });
     out
 }
