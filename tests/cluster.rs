@@ -2367,11 +2367,13 @@ fn committed_lines(dir: &std::path::Path) -> Vec<String> {
     lines
 }
 
-/// Savepoint, stop, resume at another parallelism: `rescalable-highs` (the trade source
-/// and the exactly-once file sink at parallelism 1, the keyed function at the job's)
-/// runs on a cluster at p=2, is stopped with a savepoint, and resumes from it at p=3,
-/// its keyed state redistributed by key group. The committed output of both runs is
-/// an uninterrupted run's, line for line: nothing lost, nothing twice.
+/// Savepoint, stop, resume at another parallelism: `rescalable-highs` (trade source,
+/// keyed function and exactly-once file sink all at the job's parallelism) runs on a
+/// cluster at p=2, is stopped with a savepoint, and resumes from it at p=3: its keyed
+/// state redistributed by key group, the source's two splits read on by two of the
+/// three source subtasks, the old sink subtasks' pending parts committed by the new
+/// ones. The committed output of both runs is an uninterrupted run's, line for line:
+/// nothing lost, nothing twice.
 #[test]
 fn a_savepoint_resumes_at_another_parallelism_on_a_cluster() {
     let bin = example_binary();

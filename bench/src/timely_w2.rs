@@ -339,7 +339,7 @@ pub fn run(p: Params) -> Result<Outcome> {
                             start_ns = now;
                         }
                         match source.poll(&mut polled, max, now) {
-                            Ok(SourceStatus::Emitted(_)) => {}
+                            Ok(SourceStatus::Emitted(_) | SourceStatus::Idle) => {}
                             Ok(SourceStatus::Done) => {
                                 done = true;
                                 break;
@@ -371,7 +371,7 @@ pub fn run(p: Params) -> Result<Outcome> {
                 loop {
                     match source.poll(&mut polled, poll, now) {
                         Ok(SourceStatus::Emitted(n)) if n == poll => {}
-                        Ok(SourceStatus::Emitted(_)) => break,
+                        Ok(SourceStatus::Emitted(_) | SourceStatus::Idle) => break,
                         Ok(SourceStatus::Done) => {
                             done = true;
                             break;

@@ -21,10 +21,10 @@
 //! - `stuck`: a map whose code stops returning after 1000 trades (a user's bug): the
 //!   task cannot be cancelled, and `task.cancellation.timeout` makes its TaskManager
 //!   exit.
-//! - `rescalable-highs`: `price-highs` with the trade source and the sink at
-//!   parallelism 1 and only the keyed function at the job's: a savepoint of it resumes
-//!   at another parallelism (keyed state is redistributed by key group; a source's
-//!   position or a sink's pending files are not). `--output DIR` writes through the
+//! - `rescalable-highs`: `price-highs` (trade source, keyed function and sink at the
+//!   job's parallelism) whose savepoint resumes at another parallelism: keyed state is
+//!   redistributed by key group, the source's splits go on in the new subtasks, and
+//!   the sink's pending parts are committed by them. `--output DIR` writes through the
 //!   exactly-once file sink.
 
 use spate::api::{OutputTag, StreamExecutionEnvironment};
@@ -133,13 +133,12 @@ fn rescalable_highs(env: &StreamExecutionEnvironment, spec: &JobSpec) -> Result<
     let pace = spec.rate.map_or(Pace::Unpaced, Pace::Rate);
     let highs = env
         .trades(spec.seed, (spec.events > 0).then_some(spec.events), pace)
-        .set_parallelism(1)
         .key_by(|t: &Trade| t.symbol)
         .process(NewHighs)
         .name("New Highs");
     match &spec.output {
-        Some(dir) => highs.sink_to_files(dir).set_parallelism(1),
-        None => highs.print().set_parallelism(1),
+        Some(dir) => highs.sink_to_files(dir),
+        None => highs.print(),
     };
     Ok(())
 }

@@ -152,9 +152,10 @@ impl CompletedCheckpoint {
 
     /// The states of subtask `subtask` of `vertex`, now at parallelism `parallelism`,
     /// by operator uid. At the checkpoint's parallelism, the subtask's own; at another,
-    /// every old subtask's state of each operator, of which the operator keeps the
-    /// keys of the new subtask's key groups (only keyed state can be redistributed:
-    /// an operator whose state is not keyed refuses it when the task is built).
+    /// every old subtask's state of each operator, of which a keyed operator keeps the
+    /// keys of the new subtask's key groups and a non-keyed one (a source, a file sink)
+    /// the old subtasks' states assigned to it (see
+    /// [`spate_dataplane::checkpoint::shares`]).
     pub fn subtask_states(
         &self,
         vertex: u32,
@@ -181,10 +182,10 @@ impl CompletedCheckpoint {
             .filter(|((v, _), _)| *v == vertex)
             .map(|((_, s), states)| (*s, states))
             .collect();
-        let mut parts: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
-        for states in old.values() {
+        let mut parts: BTreeMap<u32, Vec<(u32, Vec<u8>)>> = BTreeMap::new();
+        for (s, states) in &old {
             for (uid, bytes) in *states {
-                parts.entry(*uid).or_default().push(bytes.clone());
+                parts.entry(*uid).or_default().push((*s, bytes.clone()));
             }
         }
         let range = spate_dataplane::checkpoint::KeyGroupRange {

@@ -398,21 +398,24 @@ impl KeyGroupRange {
 }
 
 /// Magic at the head of a redistributed state (see [`redistributed_state`]).
-const REDISTRIBUTED_MAGIC: [u8; 4] = *b"SPR1";
+const REDISTRIBUTED_MAGIC: [u8; 4] = *b"SPR2";
 
 /// The state of one operator for a subtask that resumes at another parallelism than
-/// the checkpoint's: the states every old subtask wrote (`parts`), of which the
-/// operator keeps the keys in `range` (see [`restore_with`]). Laid out as the magic,
-/// the range (three little-endian u32), then each part as a little-endian u64 length
-/// and its bytes.
-pub fn redistributed_state(range: KeyGroupRange, parts: &[Vec<u8>]) -> Vec<u8> {
-    let len = parts.iter().map(|p| p.len() + 8).sum::<usize>();
+/// the checkpoint's: the states the old subtasks wrote (`parts`, each with its old
+/// subtask's index), of which a keyed operator keeps the keys in `range` (see
+/// [`restore_with`]) and a non-keyed one its part of the [`shares`]. Laid out as
+/// the magic, the range (three little-endian u32), then each part as its old subtask
+/// (a little-endian u32), a little-endian u64 length and its bytes. Built when a task
+/// is deployed, never stored.
+pub fn redistributed_state(range: KeyGroupRange, parts: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let len = parts.iter().map(|(_, p)| p.len() + 12).sum::<usize>();
     let mut out = Vec::with_capacity(16 + len);
     out.extend_from_slice(&REDISTRIBUTED_MAGIC);
     for v in [range.subtask, range.parallelism, range.max_parallelism] {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    for p in parts {
+    for (subtask, p) in parts {
+        out.extend_from_slice(&subtask.to_le_bytes());
         out.extend_from_slice(&(p.len() as u64).to_le_bytes());
         out.extend_from_slice(p);
     }
@@ -424,8 +427,43 @@ pub fn is_redistributed(state: &[u8]) -> bool {
     state.starts_with(&REDISTRIBUTED_MAGIC)
 }
 
+/// One old subtask's state of an operator whose state is not keyed, handed to a new
+/// subtask when a job resumes at another parallelism (see [`shares`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share<'a> {
+    /// The old subtask that wrote it.
+    pub subtask: u32,
+    /// Its bytes (what the operator's snapshot wrote).
+    pub bytes: &'a [u8],
+}
+
+impl Share<'_> {
+    /// Whether new subtask `range.subtask` of `range.parallelism` takes this share
+    /// whole: old subtask `i`'s goes to new subtask `i mod p`, so that a new subtask
+    /// `j` takes old subtask `j`'s own and the others' only where the old subtask no
+    /// longer exists (file names that carry a subtask index are never written by two
+    /// new subtasks). Each share goes to exactly one new subtask; at a higher
+    /// parallelism some take none. (Sources instead spread the splits inside the
+    /// shares one by one; see `Source::restore_shares`.)
+    pub fn taken_by(&self, range: KeyGroupRange) -> bool {
+        self.subtask % range.parallelism.max(1) == range.subtask
+    }
+}
+
+/// The old subtasks' states of an operator whose state is not keyed (a source's
+/// splits and positions, a file sink's pending parts), when its subtask resumes at
+/// another parallelism, with the new subtask and parallelism (in the range); the
+/// operator takes its part of them (see [`Share::taken_by`]). `None`: `state` is not
+/// redistributed (the subtask's own, at the same parallelism).
+pub fn shares(state: &[u8]) -> Result<Option<(KeyGroupRange, Vec<Share<'_>>)>, StateError> {
+    let Some(body) = state.strip_prefix(&REDISTRIBUTED_MAGIC) else {
+        return Ok(None);
+    };
+    read_redistributed(body).map(Some)
+}
+
 /// Reads what [`redistributed_state`] wrote (after the magic).
-fn read_redistributed(mut b: &[u8]) -> Result<(KeyGroupRange, Vec<&[u8]>), StateError> {
+fn read_redistributed(mut b: &[u8]) -> Result<(KeyGroupRange, Vec<Share<'_>>), StateError> {
     let bad = || StateError::Decode("a redistributed state that is cut short".into());
     let mut u32s = [0u32; 3];
     for v in &mut u32s {
@@ -445,13 +483,17 @@ fn read_redistributed(mut b: &[u8]) -> Result<(KeyGroupRange, Vec<&[u8]>), State
     }
     let mut parts = Vec::new();
     while !b.is_empty() {
-        let (head, rest) = b.split_first_chunk::<8>().ok_or_else(bad)?;
+        let (sub, rest) = b.split_first_chunk::<4>().ok_or_else(bad)?;
+        let (head, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
         let n = usize::try_from(u64::from_le_bytes(*head)).map_err(|_| bad())?;
         if rest.len() < n {
             return Err(bad());
         }
         let (part, rest) = rest.split_at(n);
-        parts.push(part);
+        parts.push(Share {
+            subtask: u32::from_le_bytes(*sub),
+            bytes: part,
+        });
         b = rest;
     }
     Ok((range, parts))
@@ -459,8 +501,8 @@ fn read_redistributed(mut b: &[u8]) -> Result<(KeyGroupRange, Vec<&[u8]>), State
 
 /// Restores `state` through `restore` (an operator's `restore_state`): once, or, for a
 /// redistributed state, once per old subtask's part with [`restore_filter`] giving the
-/// key groups to keep. An operator whose state is not keyed (a source's position, a
-/// sink's pending files) cannot be redistributed: that is an error naming why.
+/// key groups to keep. An operator whose state is not keyed must take its [`shares`]
+/// instead: through here it is an error naming why.
 pub fn restore_with(
     state: &[u8],
     mut restore: impl FnMut(&[u8]) -> Result<(), StateError>,
@@ -480,11 +522,12 @@ pub fn restore_with(
     KEY_FILTER.with(|f| f.set(Some(range)));
     FILTER_ASKED.with(|f| f.set(false));
     for part in parts {
-        restore(part)?;
+        restore(part.bytes)?;
         if !FILTER_ASKED.with(std::cell::Cell::get) {
             return Err(StateError::Decode(format!(
-                "the operator's state is not keyed, so it cannot be redistributed to \
-                 parallelism {} (only keyed state can be: keep this operator's parallelism)",
+                "the operator's state is not keyed and it does not take shares of it, so \
+                 it cannot be redistributed to parallelism {} (keep this operator's \
+                 parallelism)",
                 range.parallelism
             )));
         }
@@ -785,7 +828,7 @@ mod tests {
             parallelism: 3,
             max_parallelism: 128,
         };
-        let state = redistributed_state(range, &[vec![1, 2], vec![], vec![3]]);
+        let state = redistributed_state(range, &[(0, vec![1, 2]), (1, vec![]), (2, vec![3])]);
         assert!(is_redistributed(&state));
         let mut seen = Vec::new();
         restore_with(&state, |b| {
@@ -816,5 +859,43 @@ mod tests {
             max_parallelism: 128,
         };
         assert!(restore_with(&redistributed_state(bad, &[]), |_| Ok(())).is_err());
+    }
+
+    #[test]
+    fn every_old_share_goes_to_exactly_one_new_subtask() {
+        for old in 1..6u32 {
+            for new in 1..6u32 {
+                let parts: Vec<(u32, Vec<u8>)> = (0..old).map(|i| (i, vec![i as u8])).collect();
+                let mut taken = Vec::new();
+                for j in 0..new {
+                    let range = KeyGroupRange {
+                        subtask: j,
+                        parallelism: new,
+                        max_parallelism: 128,
+                    };
+                    let state = redistributed_state(range, &parts);
+                    let (r, all) = shares(&state).unwrap().unwrap();
+                    assert_eq!(r, range);
+                    assert_eq!(all.len(), old as usize);
+                    for s in all.into_iter().filter(|s| s.taken_by(r)) {
+                        assert_eq!(s.bytes, [s.subtask as u8]);
+                        // A new subtask keeps its own old index where it had one.
+                        assert!(s.subtask == j || s.subtask >= new, "{old}->{new}: {s:?}");
+                        taken.push(s.subtask);
+                    }
+                }
+                taken.sort_unstable();
+                assert_eq!(taken, (0..old).collect::<Vec<_>>(), "{old}->{new}");
+            }
+        }
+        // A subtask's own state has no shares; a cut one is an error.
+        assert_eq!(shares(&[1, 2, 3]).unwrap(), None);
+        let range = KeyGroupRange {
+            subtask: 0,
+            parallelism: 2,
+            max_parallelism: 128,
+        };
+        let state = redistributed_state(range, &[(0, vec![1, 2, 3])]);
+        assert!(shares(&state[..state.len() - 1]).is_err());
     }
 }

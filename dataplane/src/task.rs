@@ -395,6 +395,8 @@ pub struct SourceTask<T> {
     stopped_at: u64,
     /// When the next latency marker is due (ns; with markers on).
     next_marker_ns: u64,
+    /// Whether the source said it is idle for good (and the chain heard so).
+    idle: bool,
 }
 
 impl<T> SourceTask<T> {
@@ -422,6 +424,7 @@ impl<T> SourceTask<T> {
             ended_at: 0,
             stopped_at: 0,
             next_marker_ns: 0,
+            idle: false,
         }
     }
 
@@ -429,8 +432,16 @@ impl<T> SourceTask<T> {
     /// a checkpoint holding a position for it, the source resumes from there.
     pub fn with_source_uid(mut self, uid: u32) -> Result<Self, crate::checkpoint::StateError> {
         if let Some(pos) = crate::checkpoint::take_restored(uid) {
-            let source = &mut self.source;
-            crate::checkpoint::restore_with(&pos, |b| source.restore_position(b))?;
+            match crate::checkpoint::shares(&pos)? {
+                Some((range, shares)) => {
+                    let now = crate::operator::SubtaskInfo {
+                        index: range.subtask as usize,
+                        parallelism: range.parallelism as usize,
+                    };
+                    self.source.restore_shares(now, &shares)?;
+                }
+                None => self.source.restore_position(&pos)?,
+            }
         }
         self.source_uid = uid;
         Ok(self)
@@ -544,6 +555,13 @@ impl<T> Task for SourceTask<T> {
         }
         let work = match status {
             SourceStatus::Emitted(n) => n,
+            SourceStatus::Idle => {
+                if !self.idle {
+                    self.idle = true;
+                    self.head.event(Event::Idle(true));
+                }
+                0
+            }
             SourceStatus::Done => {
                 // A bounded input ends at the end of time: event-time work completes.
                 let head = &mut self.head;
@@ -1143,6 +1161,17 @@ mod tests {
         fn tick(&mut self, _: u64) {}
     }
 
+    impl crate::operator::Emit<crate::operator::source::Trade> for Seen {
+        fn push(&mut self, batch: &mut Vec<crate::operator::source::Trade>) {
+            self.0.borrow_mut().push(format!("{} trades", batch.len()));
+            batch.clear();
+        }
+        fn event(&mut self, e: Event) {
+            self.0.borrow_mut().push(format!("{e:?}"));
+        }
+        fn tick(&mut self, _: u64) {}
+    }
+
     impl Seen {
         fn take(&self) -> Vec<String> {
             std::mem::take(&mut *self.0.borrow_mut())
@@ -1276,6 +1305,42 @@ mod tests {
         send_event(&mut b, Event::Idle(true));
         t.poll().unwrap();
         assert_eq!(seen.take(), ["Watermark(99)", "Idle(true)"]);
+    }
+
+    /// A source subtask without splits (an unbounded source resumed at a higher
+    /// parallelism than its splits) tells its chain once that it is idle, so that it
+    /// holds back no watermark, and keeps running.
+    #[test]
+    fn a_source_without_splits_goes_idle_once_and_keeps_running() {
+        use crate::operator::source::{Pace, TradeSource};
+        let seen = Seen::default();
+        let mut src = TradeSource::new(
+            1,
+            None,
+            Pace::Unpaced,
+            crate::operator::SubtaskInfo {
+                index: 2,
+                parallelism: 3,
+            },
+        );
+        src.restore_shares(
+            crate::operator::SubtaskInfo {
+                index: 2,
+                parallelism: 3,
+            },
+            &[],
+        )
+        .unwrap();
+        let mut t = SourceTask::new(
+            "s".into(),
+            Box::new(src),
+            Box::new(seen.clone()),
+            Outputs::new(Vec::new(), Rc::new(std::cell::Cell::new(false))),
+        );
+        for _ in 0..3 {
+            assert!(matches!(t.poll().unwrap(), TaskPoll::Worked(0)));
+        }
+        assert_eq!(seen.take(), ["Idle(true)"]);
     }
 
     /// Regression (review): the first batch ran before the chain's first tick, at

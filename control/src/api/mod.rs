@@ -24,7 +24,7 @@ use spate_dataplane::operator::keyed::{
 use spate_dataplane::operator::process::Process;
 use spate_dataplane::operator::sink::{self, SinkMetrics};
 use spate_dataplane::operator::source::{
-    IterSource, LinesSource, Pace, SocketSource, Source, Trade, TradeSource,
+    IterSource, LinesSource, Pace, SocketSource, Source, SplitSource, Trade, TradeSource,
 };
 use spate_dataplane::operator::watermark::{TimestampsFn, WatermarkStrategy};
 use spate_dataplane::operator::window::{
@@ -225,6 +225,24 @@ impl StreamExecutionEnvironment {
         make: impl Fn(SubtaskInfo) -> Result<S, String> + Send + Sync + 'static,
     ) -> DataStream<T> {
         self.source_node(name, non_parallel, true, make)
+    }
+
+    /// A parallel source that can resume at another parallelism: subtask `i` of `p`
+    /// reads the *split* `make(i, p)` builds, a part of the input that `(i, p)` and
+    /// the source's position fix (every `p`-th row from `i`, say). A job resumed from a
+    /// checkpoint or savepoint at another parallelism keeps the splits of the run that
+    /// first started: a subtask reads those of the old subtasks it takes over, in turns
+    /// (see [`SplitSource`]). `bounded`: whether the input ends.
+    pub fn add_split_source<T: Data, S: Source<T> + 'static>(
+        &self,
+        name: &str,
+        bounded: bool,
+        make: impl Fn(SubtaskInfo) -> Result<S, String> + Send + Sync + 'static,
+    ) -> DataStream<T> {
+        let make: spate_dataplane::operator::source::MakeSplit<S> = Arc::new(make);
+        self.source_node(name, false, bounded, move |info| {
+            SplitSource::new(make.clone(), info, bounded)
+        })
     }
 
     fn source_node<T: Data, S: Source<T> + 'static>(

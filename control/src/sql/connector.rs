@@ -89,11 +89,9 @@ pub fn source(
         "filesystem" => {
             let table = Arc::new(FileTable::of(def)?);
             let name = format!("Source: {}", def.name);
-            Ok(
-                env.add_bounded_source(&name, false, move |info: SubtaskInfo| {
-                    Ok(FileSource::new(table.clone(), info))
-                }),
-            )
+            Ok(env.add_split_source(&name, true, move |info: SubtaskInfo| {
+                Ok(FileSource::new(table.clone(), info))
+            }))
         }
         other => Err(SqlError::new(format!(
             "table '{}': connector '{other}' is a sink only; it cannot be read",
@@ -1381,11 +1379,7 @@ pub(crate) fn indexed_source<G: IndexedRows>(
     let bounded = gen.total().is_some();
     let gen = Arc::new(gen);
     let make = move |info: SubtaskInfo| Ok(IndexedSource::new(gen.clone(), info));
-    if bounded {
-        env.add_bounded_source(&name, false, make)
-    } else {
-        env.add_source(&name, false, make)
-    }
+    env.add_split_source(&name, bounded, make)
 }
 
 /// One subtask's share of an [`IndexedRows`] table: rows `s, s + p, s + 2p, ...`,

@@ -94,13 +94,6 @@ impl<T> FileSink<T> {
         metrics: Arc<SinkMetrics>,
         bucket_of: Option<BucketFn<T>>,
     ) -> Result<Self, String> {
-        if restored.is_some_and(crate::checkpoint::is_redistributed) {
-            return Err(format!(
-                "the file sink's pending parts cannot be redistributed to parallelism {} \
-                 (keep the sink's parallelism when resuming)",
-                info.parallelism
-            ));
-        }
         std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
         let mut sink = Self {
             dir: dir.to_path_buf(),
@@ -114,42 +107,70 @@ impl<T> FileSink<T> {
             line: String::new(),
             bucket_of,
         };
-        if let Some(bytes) = restored {
-            sink.state = decode_state(bytes).map_err(|e: StateError| e.to_string())?;
+        // The states to resume from, with the subtask that wrote each: the own one, or
+        // at another parallelism those of the old subtasks this one takes over (old
+        // subtask i's goes to new subtask i mod p, so that no two new subtasks touch
+        // the files of one old subtask; see `checkpoint::shares`).
+        let bad = |e: StateError| e.to_string();
+        let restored: Vec<(usize, &[u8])> = match restored {
+            None => Vec::new(),
+            Some(bytes) => match crate::checkpoint::shares(bytes).map_err(bad)? {
+                None => vec![(info.index, bytes)],
+                Some((range, all)) => all
+                    .iter()
+                    .filter(|s| s.taken_by(range))
+                    .map(|s| (s.subtask as usize, s.bytes))
+                    .collect(),
+            },
+        };
+        let mut cleaned = vec![info.index];
+        for (subtask, bytes) in restored {
+            let state: SinkState = decode_state(bytes).map_err(bad)?;
             // The restored checkpoint completed: its pending parts are committed now
             // (a part already committed before the failure stays as it is).
-            let pending = std::mem::take(&mut sink.state.pending);
-            for (_, bucket, part) in pending {
-                sink.commit(&bucket, part)?;
+            for (_, bucket, part) in &state.pending {
+                sink.commit_of(subtask, bucket, *part)?;
+            }
+            if subtask == info.index {
+                sink.state.next_part = state.next_part;
+            } else {
+                cleaned.push(subtask);
             }
         }
-        // Hidden files of this subtask not in the restored state were written after the
-        // checkpoint (or by a run that never checkpointed): their records come again.
-        sink.remove_hidden(&sink.dir)?;
+        // Hidden files of these subtasks not in the restored state were written after
+        // the checkpoint (or by a run that never checkpointed): their records come again.
+        for subtask in cleaned {
+            sink.remove_hidden(&sink.dir, subtask)?;
+        }
         Ok(sink)
     }
 
     fn name(&self, bucket: &str, part: u64, suffix: &str) -> PathBuf {
+        self.name_of(self.subtask, bucket, part, suffix)
+    }
+
+    /// The file of part `part` of `bucket` written by subtask `subtask`.
+    fn name_of(&self, subtask: usize, bucket: &str, part: u64, suffix: &str) -> PathBuf {
         let dir = if bucket.is_empty() {
             self.dir.clone()
         } else {
             self.dir.join(bucket)
         };
         if suffix.is_empty() {
-            dir.join(format!("part-{}-{part}", self.subtask))
+            dir.join(format!("part-{subtask}-{part}"))
         } else {
-            dir.join(format!(".part-{}-{part}.{suffix}", self.subtask))
+            dir.join(format!(".part-{subtask}-{part}.{suffix}"))
         }
     }
 
-    /// Removes this subtask's hidden parts under `dir` and its bucket directories.
-    fn remove_hidden(&self, dir: &Path) -> Result<(), String> {
-        let prefix = format!(".part-{}-", self.subtask);
+    /// Removes subtask `subtask`'s hidden parts under `dir` and its bucket directories.
+    fn remove_hidden(&self, dir: &Path, subtask: usize) -> Result<(), String> {
+        let prefix = format!(".part-{subtask}-");
         let rd = std::fs::read_dir(dir).map_err(|e| io_err("listing", dir, e))?;
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                self.remove_hidden(&e.path())?;
+                self.remove_hidden(&e.path(), subtask)?;
             } else if n.starts_with(&prefix)
                 && (n.ends_with(".inprogress") || n.ends_with(".pending"))
             {
@@ -161,8 +182,13 @@ impl<T> FileSink<T> {
 
     /// Makes pending part `part` of `bucket` visible.
     fn commit(&self, bucket: &str, part: u64) -> Result<(), String> {
-        let from = self.name(bucket, part, "pending");
-        let to = self.name(bucket, part, "");
+        self.commit_of(self.subtask, bucket, part)
+    }
+
+    /// Makes subtask `subtask`'s pending part `part` of `bucket` visible.
+    fn commit_of(&self, subtask: usize, bucket: &str, part: u64) -> Result<(), String> {
+        let from = self.name_of(subtask, bucket, part, "pending");
+        let to = self.name_of(subtask, bucket, part, "");
         match std::fs::rename(&from, &to) {
             Ok(()) => Ok(()),
             // Committed before a failure (the rename happened, the state did not learn).
@@ -450,6 +476,68 @@ mod tests {
         Emit::<u64>::push(&mut s, &mut vec![3, 4]);
         Emit::<u64>::event(&mut s, Event::EndOfInput);
         assert_eq!(read_committed(d.path()).unwrap(), ["1", "2", "3", "4"]);
+    }
+
+    /// Resumed at another parallelism (3 -> 2), each old subtask's pending parts are
+    /// committed by exactly one new subtask, which also drops that old subtask's
+    /// parts written after the checkpoint; the new subtasks go on under their own
+    /// names, never over a committed part.
+    #[test]
+    fn pending_parts_are_committed_at_another_parallelism() {
+        use crate::checkpoint::{redistributed_state, shares, KeyGroupRange};
+        let d = tempfile::tempdir().unwrap();
+        let at = |index, parallelism| SubtaskInfo { index, parallelism };
+        let mut states = Vec::new();
+        for i in 0..3usize {
+            let mut s = FileSink::new(d.path(), at(i, 3), Some(7), None, Arc::default()).unwrap();
+            Emit::<u64>::push(&mut s, &mut vec![10 * i as u64, 10 * i as u64 + 1]);
+            let st = finish_states(collect_states(|| Emit::<u64>::event(&mut s, barrier(1))));
+            states.push((i as u32, st.unwrap().remove(0).1));
+            // Lost with the failure: written after the checkpoint.
+            Emit::<u64>::push(&mut s, &mut vec![99]);
+            collect_states(|| Emit::<u64>::event(&mut s, barrier(2)));
+        }
+        assert_eq!(files(d.path()).len(), 6);
+        let mut sinks = Vec::new();
+        for j in 0..2u32 {
+            let range = KeyGroupRange {
+                subtask: j,
+                parallelism: 2,
+                max_parallelism: 128,
+            };
+            let state = redistributed_state(range, &states);
+            let (r, all) = shares(&state).unwrap().unwrap();
+            let taken: Vec<u32> = all
+                .iter()
+                .filter(|s| s.taken_by(r))
+                .map(|s| s.subtask)
+                .collect();
+            assert_eq!(taken, if j == 0 { vec![0, 2] } else { vec![1] });
+            let s = FileSink::<u64>::new(
+                d.path(),
+                at(j as usize, 2),
+                Some(7),
+                Some(&state),
+                Arc::default(),
+            );
+            sinks.push(s.unwrap());
+        }
+        assert_eq!(files(d.path()), ["part-0-0", "part-1-0", "part-2-0"]);
+        assert_eq!(
+            read_committed(d.path()).unwrap(),
+            ["0", "1", "10", "11", "20", "21"]
+        );
+        for (j, mut s) in sinks.into_iter().enumerate() {
+            Emit::<u64>::push(&mut s, &mut vec![100 + j as u64]);
+            Emit::<u64>::event(&mut s, Event::EndOfInput);
+        }
+        assert_eq!(
+            files(d.path()),
+            ["part-0-0", "part-0-1", "part-1-0", "part-1-1", "part-2-0"]
+        );
+        let mut all = read_committed(d.path()).unwrap();
+        all.sort();
+        assert_eq!(all, ["0", "1", "10", "100", "101", "11", "20", "21"]);
     }
 
     #[test]
