@@ -717,6 +717,265 @@ fn outer_joins_end_at_the_reference() {
     }
 }
 
+/// Each row of `a` with its partners in `b` (`meets`), an unmatched row of an outer
+/// side with NULLs for the other side's `n` columns; `cols` picks a row's columns.
+fn outer_reference(
+    a: &[&Row],
+    b: &[&Row],
+    keep: (bool, bool),
+    meets: impl Fn(&Row, &Row) -> bool,
+    cols: impl Fn(&Row) -> Vec<Value>,
+    n: (usize, usize),
+) -> Vec<Vec<Value>> {
+    let mut want = Vec::new();
+    for x in a {
+        let mut met = false;
+        for y in b.iter().filter(|y| meets(x, y)) {
+            met = true;
+            let mut v = cols(x);
+            v.extend(cols(y));
+            want.push(v);
+        }
+        if !met && keep.0 {
+            let mut v = cols(x);
+            v.extend(std::iter::repeat_n(Value::Null, n.1));
+            want.push(v);
+        }
+    }
+    if keep.1 {
+        for y in b.iter().filter(|y| !a.iter().any(|x| meets(x, y))) {
+            let mut v = vec![Value::Null; n.0];
+            v.extend(cols(y));
+            want.push(v);
+        }
+    }
+    want
+}
+
+#[test]
+fn outer_interval_joins_are_append_only_and_equal_the_reference() {
+    for (kind, keep) in [
+        ("LEFT", (true, false)),
+        ("RIGHT", (false, true)),
+        ("FULL OUTER", (true, true)),
+    ] {
+        for p in [1, 2] {
+            // A condition beyond the key and the interval (b.price < 8) decides
+            // whether a pair meets, as in Flink: a row whose only partners fail it
+            // goes padded.
+            let (rows, session) = run_query(
+                &format!(
+                    "SELECT a.auction, a.price, a.ts, b.auction, b.price, b.ts \
+                     FROM (SELECT * FROM bids WHERE price > 990) a {kind} JOIN \
+                          (SELECT * FROM bids WHERE price < 10) b \
+                     ON a.auction = b.auction AND b.price < 8 \
+                       AND b.ts BETWEEN a.ts - INTERVAL '1' SECOND AND a.ts + INTERVAL '2' SECOND;"
+                ),
+                p,
+            );
+            let all = reference_rows(&session);
+            let a: Vec<&Row> = all.iter().filter(|r| int(&r.values[1]) > 990).collect();
+            let b: Vec<&Row> = all.iter().filter(|r| int(&r.values[1]) < 10).collect();
+            let meets = |x: &Row, y: &Row| {
+                let d = int(&y.values[3]) - int(&x.values[3]);
+                x.values[0] == y.values[0] && int(&y.values[1]) < 8 && (-1000..=2000).contains(&d)
+            };
+            let cols = |r: &Row| {
+                vec![
+                    r.values[0].clone(),
+                    r.values[1].clone(),
+                    r.values[3].clone(),
+                ]
+            };
+            let want = outer_reference(&a, &b, keep, meets, cols, (3, 3));
+            let padded = |v: &Vec<Value>| v[0].is_null() || v[3].is_null();
+            assert!(
+                want.iter().any(padded) && !want.iter().all(padded),
+                "{kind}"
+            );
+            // Padded rows go once no partner can come: no retraction.
+            assert!(
+                rows.iter().all(|r| r.kind == RowKind::Insert),
+                "{kind} p={p}"
+            );
+            let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+            assert_eq!(sorted(got), sorted(want), "{kind} p={p}");
+        }
+    }
+    let env = StreamExecutionEnvironment::new("explain");
+    let mut session = Session::new();
+    let mut plan = String::new();
+    for s in parse::script(&format!(
+        "{}\nEXPLAIN SELECT 1 FROM bids a LEFT JOIN bids b ON a.auction = b.auction \
+           AND b.ts BETWEEN a.ts - INTERVAL '5' MILLISECOND AND a.ts + INTERVAL '10' MILLISECOND;",
+        ddl()
+    ))
+    .unwrap()
+    {
+        if let Outcome::Explain(text) = session.execute(&env, &s).unwrap() {
+            plan = text;
+        }
+    }
+    assert!(
+        plan.contains("IntervalJoin(joinType=[LeftOuterJoin]"),
+        "{plan}"
+    );
+}
+
+#[test]
+fn outer_window_joins_pad_at_the_window_end_and_equal_the_reference() {
+    let tvf = "TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '100' MILLISECOND))";
+    for (kind, keep) in [
+        ("LEFT", (true, false)),
+        ("RIGHT", (false, true)),
+        ("FULL OUTER", (true, true)),
+    ] {
+        for p in [1, 2] {
+            let (rows, session) = run_query(
+                &format!(
+                    "SELECT L.auction, L.window_start, L.price, R.auction, R.window_start, R.price \
+                     FROM (SELECT * FROM {tvf} WHERE price > 900) L {kind} JOIN \
+                          (SELECT * FROM {tvf} WHERE price < 100) R \
+                     ON L.auction = R.auction AND L.window_start = R.window_start \
+                       AND L.window_end = R.window_end AND L.price > R.price + 850;"
+                ),
+                p,
+            );
+            let all = reference_rows(&session);
+            let a: Vec<&Row> = all.iter().filter(|r| int(&r.values[1]) > 900).collect();
+            let b: Vec<&Row> = all.iter().filter(|r| int(&r.values[1]) < 100).collect();
+            let start = |r: &Row| {
+                let ts = int(&r.values[3]);
+                ts - ts.rem_euclid(100)
+            };
+            let meets = |x: &Row, y: &Row| {
+                x.values[0] == y.values[0]
+                    && start(x) == start(y)
+                    && int(&x.values[1]) > int(&y.values[1]) + 850
+            };
+            let cols = |r: &Row| {
+                vec![
+                    r.values[0].clone(),
+                    Value::Ts(start(r)),
+                    r.values[1].clone(),
+                ]
+            };
+            let want = outer_reference(&a, &b, keep, meets, cols, (3, 3));
+            let padded = |v: &Vec<Value>| v[0].is_null() || v[3].is_null();
+            assert!(
+                want.iter().any(padded) && !want.iter().all(padded),
+                "{kind}"
+            );
+            assert!(
+                rows.iter().all(|r| r.kind == RowKind::Insert),
+                "{kind} p={p}"
+            );
+            let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+            assert_eq!(sorted(got), sorted(want), "{kind} p={p}");
+        }
+    }
+    // The kept side's window still bounds a window aggregate over the join's rows.
+    let (rows, session) = run_query(
+        &format!(
+            "SELECT L.window_start, COUNT(*), COUNT(R.price) \
+             FROM (SELECT * FROM {tvf} WHERE price > 900) L LEFT JOIN \
+                  (SELECT * FROM {tvf} WHERE price < 100) R \
+             ON L.auction = R.auction AND L.window_start = R.window_start AND L.window_end = R.window_end \
+             GROUP BY L.window_start, L.window_end;"
+        ),
+        2,
+    );
+    assert!(rows.iter().all(|r| r.kind == RowKind::Insert));
+    let all = reference_rows(&session);
+    let mut want: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for x in all.iter().filter(|r| int(&r.values[1]) > 900) {
+        let s = int(&x.values[3]) - int(&x.values[3]).rem_euclid(100);
+        let partners = all
+            .iter()
+            .filter(|y| {
+                int(&y.values[1]) < 100
+                    && y.values[0] == x.values[0]
+                    && int(&y.values[3]) - int(&y.values[3]).rem_euclid(100) == s
+            })
+            .count() as i64;
+        let e = want.entry(s).or_default();
+        e.0 += partners.max(1);
+        e.1 += partners;
+    }
+    let want: Vec<Vec<Value>> = want
+        .into_iter()
+        .map(|(s, (n, m))| vec![Value::Ts(s), Value::Int(n), Value::Int(m)])
+        .collect();
+    let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+    assert_eq!(sorted(got), sorted(want));
+}
+
+#[test]
+fn a_left_lookup_join_keeps_rows_that_find_nothing() {
+    let dir = std::env::temp_dir().join(format!("spate-left-lookup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("names.csv");
+    // Auctions 1..=10 have a name; 3's fails the ON condition.
+    let text: String = (1..=10)
+        .map(|k| {
+            format!(
+                "{k},{}\n",
+                if k == 3 {
+                    "skip".to_string()
+                } else {
+                    format!("n{k}")
+                }
+            )
+        })
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let lookup = format!(
+        "CREATE TABLE names (k BIGINT, v STRING) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv');",
+        file.display()
+    );
+    for p in [1, 2] {
+        let (rows, session) = run_with(
+            &format!("{}\n{lookup}", ddl()),
+            "SELECT b.auction, b.price, s.k, s.v FROM (SELECT *, PROCTIME() AS pt FROM bids) b \
+             LEFT JOIN names FOR SYSTEM_TIME AS OF b.pt AS s ON b.auction = s.k AND s.v <> 'skip';",
+            p,
+        );
+        let want: Vec<Vec<Value>> = reference_rows(&session)
+            .iter()
+            .map(|r| {
+                let k = int(&r.values[0]);
+                let (sk, sv) = if k <= 10 && k != 3 {
+                    (Value::Int(k), Value::Str(format!("n{k}").into()))
+                } else {
+                    (Value::Null, Value::Null)
+                };
+                vec![r.values[0].clone(), r.values[1].clone(), sk, sv]
+            })
+            .collect();
+        assert!(rows.iter().all(|r| r.kind == RowKind::Insert));
+        let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        assert_eq!(sorted(got), sorted(want), "p={p}");
+    }
+    // RIGHT and FULL lookup joins are refused with a reason.
+    let env = StreamExecutionEnvironment::new("right");
+    let mut session = Session::new();
+    let mut error = None;
+    for s in parse::script(&format!(
+        "{}\n{lookup}\nSELECT * FROM (SELECT *, PROCTIME() AS pt FROM bids) b \
+         RIGHT JOIN names FOR SYSTEM_TIME AS OF b.pt AS s ON b.auction = s.k;",
+        ddl()
+    ))
+    .unwrap()
+    {
+        if let Err(e) = session.execute(&env, &s) {
+            error = Some(e.to_string());
+        }
+    }
+    let error = error.expect("a RIGHT lookup join is refused");
+    assert!(error.contains("RIGHT or FULL lookup join"), "{error}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn over_aggregates_equal_the_reference() {
     for p in [1, 2] {

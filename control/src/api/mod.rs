@@ -17,6 +17,7 @@ pub use spate_dataplane::operator::broadcast::{
 };
 use spate_dataplane::operator::broadcast::{BroadcastProcess, KeyedBroadcastProcess};
 use spate_dataplane::operator::join::IntervalJoin;
+pub use spate_dataplane::operator::join::PadFn;
 use spate_dataplane::operator::keyed::TimeDomain;
 use spate_dataplane::operator::keyed::{
     KeyedCoProcess, KeyedCoProcessFunction, KeyedProcess, KeyedProcessFunction, KeyedReduce,
@@ -1395,6 +1396,33 @@ where
         O: Data,
         P: Fn(&A, &B, &mut Vec<O>) + Clone + Send + Sync + 'static,
     {
+        self.process_outer(
+            move |a: &A, b: &B, out: &mut Vec<O>| {
+                f(a, b, out);
+                true
+            },
+            None,
+            None,
+        )
+    }
+
+    /// An outer interval join (what SQL's `LEFT | RIGHT | FULL JOIN` with time bounds
+    /// runs; Flink's DataStream API has none): `f(a, b, out)` emits for a pair and says
+    /// whether it met (a condition beyond the key and the interval); `left` emits a
+    /// left record that met no right one, once none can come any more (when the
+    /// watermark passes its interval, at the latest at the end of input), and `right`
+    /// a right record that met no left one. A side without a function drops its
+    /// unmatched records, as the inner join does.
+    pub fn process_outer<O, P>(
+        &self,
+        f: P,
+        left: Option<PadFn<A, O>>,
+        right: Option<PadFn<B, O>>,
+    ) -> DataStream<O>
+    where
+        O: Data,
+        P: Fn(&A, &B, &mut Vec<O>) -> bool + Clone + Send + Sync + 'static,
+    {
         let env = self.left.stream.env.clone();
         let (ts_a, ts_b) = (
             self.left.stream.timestamps.clone(),
@@ -1432,7 +1460,8 @@ where
                     ts_a.clone(),
                     ts_b.clone(),
                     f.clone(),
-                ))
+                )
+                .outer(left.clone(), right.clone()))
             },
         )
     }

@@ -12,7 +12,7 @@ use super::connector;
 use super::expr::{self, err_at, Compiled, Eval, Scope, AGGREGATES};
 use super::types::{DataType, Row, RowKind, Value};
 use super::{Catalog, Column, SqlError, TableDef, WindowBound};
-use crate::api::{DataStream, StreamExecutionEnvironment};
+use crate::api::{DataStream, PadFn, StreamExecutionEnvironment};
 use spate_dataplane::operator::keyed::{Context, KeyedProcessFunction};
 use spate_dataplane::operator::watermark::WatermarkStrategy;
 use spate_dataplane::operator::window::{AggregateFunction, Window, WindowAssigner};
@@ -1081,13 +1081,13 @@ impl<'a> Planner<'a> {
                     }
                 };
                 if let Some((table, time, q)) = lookup_of(&j.relation)? {
-                    if outer != (false, false) {
+                    if outer.1 {
                         return Err(err_at(
                             &j.relation,
-                            "unsupported: an outer lookup join (spate runs JOIN t FOR SYSTEM_TIME AS OF ...)",
+                            "unsupported: a RIGHT or FULL lookup join (a lookup table is joined with JOIN or LEFT JOIN, as in Flink)",
                         ));
                     }
-                    left = self.lookup_join(left, &table, time, q, on)?;
+                    left = self.lookup_join(left, &table, time, q, on, outer.0)?;
                     continue;
                 }
                 let (right, q) = self.factor(env, &j.relation)?;
@@ -1192,6 +1192,7 @@ impl<'a> Planner<'a> {
         time: &Expr,
         q: Option<String>,
         on: &Expr,
+        keep_left: bool,
     ) -> Result<Rel, SqlError> {
         let left = left.materialize()?;
         let ls = Scope {
@@ -1289,6 +1290,7 @@ impl<'a> Planner<'a> {
                 .map(|((e, ty), to)| (e, ty, *to))
                 .collect(),
         );
+        let width = right_cols.len();
         let stream = left
             .stream
             .flat_map(
@@ -1297,13 +1299,19 @@ impl<'a> Planner<'a> {
                         .iter()
                         .map(|(e, ty, to)| expr::convert(e(&r), *ty, *to))
                         .collect();
+                    let mut met = false;
                     if let Some(found) = index.get(&k) {
                         for other in found {
                             if let Some(mut row) = joined_row(&r, other, &checks) {
                                 row.kind = r.kind;
                                 out.collect(row);
+                                met = true;
                             }
                         }
+                    }
+                    // LEFT JOIN: a row that found nothing goes with NULLs.
+                    if keep_left && !met {
+                        out.collect(padded(&r, width, false, r.kind));
                     }
                 },
             )
@@ -1316,7 +1324,8 @@ impl<'a> Planner<'a> {
             append_only: left.append_only,
             plan: PlanNode::new(
                 format!(
-                    "LookupJoin(table=[[{key}]], joinType=[InnerJoin], lookup=[{}], where=[{on}])",
+                    "LookupJoin(table=[[{key}]], joinType=[{}], lookup=[{}], where=[{on}])",
+                    join_type((keep_left, false)),
                     describe_columns(&def.physical)
                 ),
                 vec![left.plan],
@@ -2989,10 +2998,7 @@ fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Re
     // An interval join: conditions that bound one side's event time by the other's
     // (`l.ts BETWEEN r.ts - INTERVAL .. AND r.ts + INTERVAL ..`, or `>=`/`<=` pairs).
     let mut interval: (Option<i64>, Option<i64>) = (None, None);
-    if outer != (false, false) {
-        // An outer join runs as a regular join (it keeps every row).
-        window_ends = None;
-    } else if window_ends.is_none() {
+    if window_ends.is_none() {
         if let (Some(lt), Some(rt)) = (left.rowtime, right.rowtime) {
             let mut rest = Vec::new();
             for &c in &residual {
@@ -3030,6 +3036,15 @@ fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Re
         for c in &mut schema {
             c.bound = None;
         }
+    } else {
+        // A window join's rows come at their window's end; the bounds of a side that
+        // an outer join pads with NULLs tell nothing.
+        let (l, r) = schema.split_at_mut(arity.0);
+        for (side, padded) in [(l, outer.1), (r, outer.0)] {
+            if padded {
+                side.iter_mut().for_each(|c| c.bound = None);
+            }
+        }
     }
     let checks = join_checks(&residual, &schema)?;
     let (lk, rk) = (Arc::new(lkeys), Arc::new(rkeys));
@@ -3046,6 +3061,19 @@ fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Re
                 ));
             }
             let (lkey2, checks2) = (lkey.clone(), checks.clone());
+            // An outer side's rows that met none go with NULLs for the other side's
+            // columns once no partner can come (the output stays append-only).
+            let (ln, rn) = arity;
+            let pad_left: Option<PadFn<Row, Row>> = outer.0.then(|| {
+                Arc::new(move |l: &Row, out: &mut Vec<Row>| {
+                    out.push(padded(l, rn, false, RowKind::Insert))
+                }) as PadFn<Row, Row>
+            });
+            let pad_right: Option<PadFn<Row, Row>> = outer.1.then(|| {
+                Arc::new(move |r: &Row, out: &mut Vec<Row>| {
+                    out.push(padded(r, ln, true, RowKind::Insert))
+                }) as PadFn<Row, Row>
+            });
             let stream = left
                 .stream
                 .key_by(lkey)
@@ -3054,20 +3082,29 @@ fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Re
                     lower.saturating_mul(1_000_000),
                     upper.saturating_mul(1_000_000),
                 )
-                .process(move |l: &Row, r: &Row, out: &mut Vec<Row>| {
-                    // NULL equals nothing: such a row joins no row.
-                    if lkey2(l).iter().any(Value::is_null) {
-                        return;
-                    }
-                    if let Some(row) = joined_row(l, r, &checks2) {
-                        out.push(row);
-                    }
-                })
+                .process_outer(
+                    move |l: &Row, r: &Row, out: &mut Vec<Row>| {
+                        // NULL equals nothing: such a row joins no row.
+                        if lkey2(l).iter().any(Value::is_null) {
+                            return false;
+                        }
+                        match joined_row(l, r, &checks2) {
+                            Some(row) => {
+                                out.push(row);
+                                true
+                            }
+                            None => false,
+                        }
+                    },
+                    pad_left,
+                    pad_right,
+                )
                 .name("IntervalJoin");
             (
                 stream,
                 format!(
-                    "IntervalJoin(joinType=[InnerJoin], windowBounds=[rightTime - leftTime in [{lower} ms, {upper} ms]], where=[{on}])"
+                    "IntervalJoin(joinType=[{}], windowBounds=[rightTime - leftTime in [{lower} ms, {upper} ms]], where=[{on}])",
+                    join_type(outer)
                 ),
             )
         }
@@ -3087,12 +3124,7 @@ fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Re
                 } else {
                     "Join"
                 });
-            let kind = match outer {
-                (false, false) => "InnerJoin",
-                (true, false) => "LeftOuterJoin",
-                (false, true) => "RightOuterJoin",
-                (true, true) => "FullOuterJoin",
-            };
+            let kind = join_type(outer);
             let label = if window_ends.is_some() {
                 format!("WindowJoin(joinType=[{kind}], where=[{on}])")
             } else {
@@ -3105,11 +3137,23 @@ fn join_kind(left: Rel, right: Rel, on: &Expr, outer: (bool, bool)) -> Result<Re
         stream,
         schema,
         rowtime: None,
-        append_only: outer == (false, false),
+        // An outer regular join retracts a padded row when its partner comes; an outer
+        // interval or window join pads a row only once no partner can come.
+        append_only: outer == (false, false) || interval.0.is_some() || window_ends.is_some(),
         plan: PlanNode::new(label, vec![left.plan, right.plan]),
         window: None,
         calc: None,
     })
+}
+
+/// The join type as Flink's plans name it.
+fn join_type(outer: (bool, bool)) -> &'static str {
+    match outer {
+        (false, false) => "InnerJoin",
+        (true, false) => "LeftOuterJoin",
+        (false, true) => "RightOuterJoin",
+        (true, true) => "FullOuterJoin",
+    }
 }
 
 /// One side of a join key: compiled, and its expression.
@@ -3380,9 +3424,10 @@ impl KeyedProcessFunction for TopN {
     }
 }
 
-/// The regular inner join's operator; as a window join (`ends`: where each side's
-/// rows hold their window's end, which the key includes), a key's rows are dropped
-/// when the watermark passes the window's end.
+/// The regular join's operator; as a window join (`ends`: where each side's rows hold
+/// their window's end, which the key includes), a key's rows are dropped when the
+/// watermark passes the window's end, and an outer side's rows that met none go with
+/// NULLs then (append-only, as Flink's window outer join).
 #[derive(Clone)]
 struct RegularJoin {
     /// Conditions of ON besides the key equalities, over the joined row.
@@ -3455,10 +3500,12 @@ impl spate_dataplane::operator::keyed::KeyedCoProcessFunction for RegularJoin {
         if let Some((l, _)) = self.ends {
             self.expire(state, &value, l, ctx);
         }
+        // (A window join pads its unmatched rows at the window's end instead.)
+        let eager = self.ends.is_none();
         let mut matches = 0u32;
         for (k, r) in state.right.iter().enumerate() {
             if let Some(row) = joined_row(&value, r, &self.checks) {
-                if self.outer.1 && state.right_matches.get(k) == Some(&0) {
+                if eager && self.outer.1 && state.right_matches.get(k) == Some(&0) {
                     // The right row had no partner: its NULL-padded row goes.
                     ctx.collect(padded(r, self.arity.0, true, RowKind::Delete));
                 }
@@ -3469,7 +3516,7 @@ impl spate_dataplane::operator::keyed::KeyedCoProcessFunction for RegularJoin {
                 ctx.collect(row);
             }
         }
-        if self.outer.0 && matches == 0 {
+        if eager && self.outer.0 && matches == 0 {
             ctx.collect(padded(&value, self.arity.1, false, RowKind::Insert));
         }
         state.left.push(value);
@@ -3493,10 +3540,11 @@ impl spate_dataplane::operator::keyed::KeyedCoProcessFunction for RegularJoin {
         if let Some((_, r)) = self.ends {
             self.expire(state, &value, r, ctx);
         }
+        let eager = self.ends.is_none();
         let mut matches = 0u32;
         for (k, l) in state.left.iter().enumerate() {
             if let Some(row) = joined_row(l, &value, &self.checks) {
-                if self.outer.0 && state.left_matches.get(k) == Some(&0) {
+                if eager && self.outer.0 && state.left_matches.get(k) == Some(&0) {
                     ctx.collect(padded(l, self.arity.1, false, RowKind::Delete));
                 }
                 if let Some(m) = state.left_matches.get_mut(k) {
@@ -3506,7 +3554,7 @@ impl spate_dataplane::operator::keyed::KeyedCoProcessFunction for RegularJoin {
                 ctx.collect(row);
             }
         }
-        if self.outer.1 && matches == 0 {
+        if eager && self.outer.1 && matches == 0 {
             ctx.collect(padded(&value, self.arity.0, true, RowKind::Insert));
         }
         state.right.push(value);
@@ -3515,7 +3563,22 @@ impl spate_dataplane::operator::keyed::KeyedCoProcessFunction for RegularJoin {
         }
     }
 
-    fn on_timer(&mut self, _: u64, _: &mut JoinState, ctx: &mut Context<'_, Vec<Value>, Row>) {
+    fn on_timer(&mut self, _: u64, state: &mut JoinState, ctx: &mut Context<'_, Vec<Value>, Row>) {
+        // A window's end: an outer side's rows that met none go with NULLs.
+        if self.outer.0 {
+            for (l, m) in state.left.iter().zip(&state.left_matches) {
+                if *m == 0 {
+                    ctx.collect(padded(l, self.arity.1, false, RowKind::Insert));
+                }
+            }
+        }
+        if self.outer.1 {
+            for (r, m) in state.right.iter().zip(&state.right_matches) {
+                if *m == 0 {
+                    ctx.collect(padded(r, self.arity.0, true, RowKind::Insert));
+                }
+            }
+        }
         ctx.clear_state();
     }
 }

@@ -261,6 +261,16 @@ impl<T> Frozen<T> {
     }
 }
 
+impl<T> Clone for Frozen<T> {
+    /// Another handle on the same frozen chunks (no entry is copied).
+    fn clone(&self) -> Self {
+        Self {
+            chunks: self.chunks.clone(),
+            len: self.len,
+        }
+    }
+}
+
 impl<T: serde::Serialize> serde::Serialize for Frozen<T> {
     /// As the entries' slice would serialize (a sequence of known length).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -5,6 +5,13 @@
 //! time lies in `[a.ts + lower, a.ts + upper]`. Each side's records wait in keyed state
 //! until the watermark says no partner can come any more (an event-time timer per key
 //! sweeps them), and records behind the watermark are dropped as late.
+//!
+//! Outer interval joins (SQL's `LEFT | RIGHT | FULL JOIN` with time bounds, as Flink's
+//! `TimeIntervalJoin`): a side that keeps its unmatched records hands each record that
+//! met no partner to its padding function once no partner can come any more (when the
+//! watermark passes the end of its interval, at the latest at the end of input); a late
+//! record of such a side still meets the waiting records of the other side, and goes
+//! padded at once if it met none.
 
 use super::keyed::{FrozenEntries, KeyedStates, Timers};
 use super::watermark::TimestampsFn;
@@ -14,11 +21,25 @@ use crate::checkpoint::{
 };
 use crate::record::{Key, Wire};
 
-/// Each key's waiting records of both sides, with their event times.
+/// A waiting record: its event time, whether it met a partner, the record.
+#[derive(Clone)]
+struct Held<T> {
+    ts: u64,
+    matched: bool,
+    value: T,
+}
+
+impl<T> Held<T> {
+    fn new(ts: u64, matched: bool, value: T) -> Self {
+        Self { ts, matched, value }
+    }
+}
+
+/// Each key's waiting records of both sides.
 #[derive(Clone)]
 struct Buffers<A, B> {
-    left: Vec<(u64, A)>,
-    right: Vec<(u64, B)>,
+    left: Vec<Held<A>>,
+    right: Vec<Held<B>>,
 }
 
 impl<A, B> Default for Buffers<A, B> {
@@ -30,7 +51,11 @@ impl<A, B> Default for Buffers<A, B> {
     }
 }
 
-/// The interval join of two keyed streams; `f(a, b, out)` emits for each pair.
+/// What an outer side does with a record that met no partner: emits it padded.
+pub type PadFn<T, O> = std::sync::Arc<dyn Fn(&T, &mut Vec<O>) + Send + Sync>;
+
+/// The interval join of two keyed streams; `f(a, b, out)` emits for each pair and says
+/// whether they met (an outer join's condition beyond the key and the interval).
 pub struct IntervalJoin<K, A, B, KA, KB, F, O> {
     lower_ns: i64,
     upper_ns: i64,
@@ -39,6 +64,8 @@ pub struct IntervalJoin<K, A, B, KA, KB, F, O> {
     ts_a: TimestampsFn<A>,
     ts_b: TimestampsFn<B>,
     f: F,
+    pad_a: Option<PadFn<A, O>>,
+    pad_b: Option<PadFn<B, O>>,
     state: KeyedStates<K, Buffers<A, B>>,
     timers: Timers<K>,
     ts: Vec<u64>,
@@ -59,7 +86,7 @@ where
     B: Clone + 'static,
     KA: Fn(&A) -> K + 'static,
     KB: Fn(&B) -> K + 'static,
-    F: FnMut(&A, &B, &mut Vec<O>) + 'static,
+    F: FnMut(&A, &B, &mut Vec<O>) -> bool + 'static,
 {
     /// Joins `a` with the `b`s of its key in `[a.ts + lower_ns, a.ts + upper_ns]`.
     #[allow(clippy::too_many_arguments)]
@@ -80,6 +107,8 @@ where
             ts_a,
             ts_b,
             f,
+            pad_a: None,
+            pad_b: None,
             state: KeyedStates::default(),
             timers: Timers::default(),
             ts: Vec::new(),
@@ -87,6 +116,14 @@ where
             late: 0,
             _o: std::marker::PhantomData,
         }
+    }
+
+    /// An outer join: `pad_a` emits a left record that met no right one, `pad_b` a
+    /// right record that met no left one (`None`: that side's unmatched records go).
+    pub fn outer(mut self, pad_a: Option<PadFn<A, O>>, pad_b: Option<PadFn<B, O>>) -> Self {
+        self.pad_a = pad_a;
+        self.pad_b = pad_b;
+        self
     }
 
     /// Records waiting for partners (left, right).
@@ -114,7 +151,7 @@ where
     B: Clone + Wire,
     KA: Fn(&A) -> K + 'static,
     KB: Fn(&B) -> K + 'static,
-    F: FnMut(&A, &B, &mut Vec<O>) + 'static,
+    F: FnMut(&A, &B, &mut Vec<O>) -> bool + 'static,
     O: 'static,
 {
     type In1 = A;
@@ -127,7 +164,8 @@ where
         let keyed = hashes.len() == batch.len();
         for (i, a) in batch.drain(..).enumerate() {
             let ta = self.ts[i];
-            if self.is_late(ta) {
+            let late = self.is_late(ta);
+            if late && self.pad_a.is_none() {
                 self.late += 1;
                 continue;
             }
@@ -135,14 +173,25 @@ where
             let h = if keyed { hashes[i] } else { key_hash(&key) };
             let (lo, hi) = (shift(ta, self.lower_ns), shift(ta, self.upper_ns));
             let (key, b) = self.state.get_or_insert(h, key);
-            for (tb, rb) in &b.right {
-                if (lo..=hi).contains(tb) {
-                    (self.f)(&a, rb, buf);
+            let mut matched = false;
+            for rb in &mut b.right {
+                if (lo..=hi).contains(&rb.ts) && (self.f)(&a, &rb.value, buf) {
+                    rb.matched = true;
+                    matched = true;
                 }
+            }
+            if hi <= self.watermark {
+                // (An outer side's late record:) no right record can come for it.
+                if !matched {
+                    if let Some(pad) = &self.pad_a {
+                        pad(&a, buf);
+                    }
+                }
+                continue;
             }
             // It can meet right records until the watermark passes ta + upper.
             self.timers.register(key, hi);
-            b.left.push((ta, a));
+            b.left.push(Held::new(ta, matched, a));
         }
         hashes.clear();
     }
@@ -153,24 +202,35 @@ where
         let keyed = hashes.len() == batch.len();
         for (i, rb) in batch.drain(..).enumerate() {
             let tb = self.ts[i];
-            if self.is_late(tb) {
+            let late = self.is_late(tb);
+            if late && self.pad_b.is_none() {
                 self.late += 1;
                 continue;
             }
             let key = (self.key_b)(&rb);
             let h = if keyed { hashes[i] } else { key_hash(&key) };
             let (key, b) = self.state.get_or_insert(h, key);
-            for (ta, a) in &b.left {
-                let (lo, hi) = (shift(*ta, self.lower_ns), shift(*ta, self.upper_ns));
-                if (lo..=hi).contains(&tb) {
-                    (self.f)(a, &rb, buf);
+            let mut matched = false;
+            for a in &mut b.left {
+                let (lo, hi) = (shift(a.ts, self.lower_ns), shift(a.ts, self.upper_ns));
+                if (lo..=hi).contains(&tb) && (self.f)(&a.value, &rb, buf) {
+                    a.matched = true;
+                    matched = true;
                 }
             }
             // It can meet left records with ts ≥ tb − upper, ..., until the watermark
             // passes tb − lower.
-            self.timers
-                .register(key, shift(tb, self.lower_ns.saturating_neg()));
-            b.right.push((tb, rb));
+            let until = shift(tb, self.lower_ns.saturating_neg());
+            if until <= self.watermark {
+                if !matched {
+                    if let Some(pad) = &self.pad_b {
+                        pad(&rb, buf);
+                    }
+                }
+                continue;
+            }
+            self.timers.register(key, until);
+            b.right.push(Held::new(tb, matched, rb));
         }
         hashes.clear();
     }
@@ -180,12 +240,30 @@ where
             self.watermark = watermark;
             let mark = self.timers.mark();
             let (lower, upper) = (self.lower_ns, self.upper_ns);
+            let buf = out.buffer();
             while let Some((_, key)) = self.timers.pop_due(watermark, mark) {
                 let hash = key_hash(&key);
                 let (key, b) = self.state.get_or_insert(hash, key);
-                b.left.retain(|(ta, _)| shift(*ta, upper) > watermark);
-                b.right
-                    .retain(|(tb, _)| shift(*tb, lower.saturating_neg()) > watermark);
+                // The records no partner can reach any more go; an outer side's
+                // unmatched ones go padded.
+                b.left.retain(|a| {
+                    let keep = shift(a.ts, upper) > watermark;
+                    if !keep && !a.matched {
+                        if let Some(pad) = &self.pad_a {
+                            pad(&a.value, buf);
+                        }
+                    }
+                    keep
+                });
+                b.right.retain(|r| {
+                    let keep = shift(r.ts, lower.saturating_neg()) > watermark;
+                    if !keep && !r.matched {
+                        if let Some(pad) = &self.pad_b {
+                            pad(&r.value, buf);
+                        }
+                    }
+                    keep
+                });
                 if b.left.is_empty() && b.right.is_empty() {
                     let key = key.clone();
                     self.state.remove(hash, &key);
@@ -200,7 +278,8 @@ where
     }
 
     fn freeze_state(&mut self) -> Result<Option<StateSnapshot>, StateError> {
-        /// The buffered records through their wire encoding.
+        /// The buffered records through their wire encoding, then (after the timers)
+        /// whether each met a partner, in the same order.
         struct Wired<K, A, B>(FrozenEntries<K, Buffers<A, B>>);
         impl<K: serde::Serialize, A: Wire, B: Wire> serde::Serialize for Wired<K, A, B> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -208,37 +287,69 @@ where
                 type Side<'a, T> = Vec<(u64, WireRef<'a, T>)>;
                 let mut seq = s.serialize_seq(Some(self.0.len()))?;
                 for (k, b) in self.0.iter() {
-                    let left: Side<'_, A> = b.left.iter().map(|(t, a)| (*t, WireRef(a))).collect();
+                    let left: Side<'_, A> =
+                        b.left.iter().map(|a| (a.ts, WireRef(&a.value))).collect();
                     let right: Side<'_, B> =
-                        b.right.iter().map(|(t, r)| (*t, WireRef(r))).collect();
+                        b.right.iter().map(|r| (r.ts, WireRef(&r.value))).collect();
                     seq.serialize_element(&(k, left, right))?;
                 }
                 seq.end()
             }
         }
-        let entries = Wired(self.state.freeze());
+        struct Matched<K, A, B>(FrozenEntries<K, Buffers<A, B>>);
+        impl<K, A, B> serde::Serialize for Matched<K, A, B> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for (_, b) in self.0.iter() {
+                    let left: Vec<bool> = b.left.iter().map(|a| a.matched).collect();
+                    let right: Vec<bool> = b.right.iter().map(|r| r.matched).collect();
+                    seq.serialize_element(&(left, right))?;
+                }
+                seq.end()
+            }
+        }
+        let frozen = self.state.freeze();
+        let (entries, matched) = (Wired(frozen.clone()), Matched(frozen));
         let timers = self.timers.to_vec();
         Ok(Some(StateSnapshot::frozen(move || {
-            encode_state(&(entries, timers))
+            encode_state(&(entries, timers, matched))
         })))
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
         type Side<T> = Vec<(u64, WireState<T>)>;
-        type Snap<K, A, B> = (Vec<(K, Side<A>, Side<B>)>, Vec<(u64, K)>);
-        let (entries, timers): Snap<K, A, B> = decode_state(state)?;
-        self.state.restore(
-            entries
-                .into_iter()
-                .map(|(k, l, r)| {
-                    let buffers = Buffers {
-                        left: l.into_iter().map(|(t, w)| (t, w.0)).collect(),
-                        right: r.into_iter().map(|(t, w)| (t, w.0)).collect(),
-                    };
-                    (k, buffers)
-                })
-                .collect(),
-        );
+        type Entries<K, A, B> = Vec<(K, Side<A>, Side<B>)>;
+        type Flags = Vec<(Vec<bool>, Vec<bool>)>;
+        type Snap<K, A, B> = (Entries<K, A, B>, Vec<(u64, K)>, Flags);
+        // The state of an older version has no flags: its records count as unmatched.
+        let (entries, timers, flags): Snap<K, A, B> = match decode_state(state) {
+            Ok(v) => v,
+            Err(e) => match decode_state::<(Entries<K, A, B>, Vec<(u64, K)>)>(state) {
+                Ok((entries, timers)) => (entries, timers, Vec::new()),
+                Err(_) => return Err(e),
+            },
+        };
+        let mut flags = flags.into_iter();
+        let mut restored = Vec::with_capacity(entries.len());
+        for (k, l, r) in entries {
+            let (fl, fr) = flags.next().unwrap_or_default();
+            let flag = |f: &[bool], i: usize| f.get(i).copied().unwrap_or(false);
+            let buffers = Buffers {
+                left: l
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (t, w))| Held::new(t, flag(&fl, i), w.0))
+                    .collect(),
+                right: r
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (t, w))| Held::new(t, flag(&fr, i), w.0))
+                    .collect(),
+            };
+            restored.push((k, buffers));
+        }
+        self.state.restore(restored);
         self.timers.restore(timers);
         Ok(())
     }
@@ -261,7 +372,7 @@ mod tests {
     }
 
     type KeyFn = fn(&u64) -> u8;
-    type PairFn = fn(&u64, &u64, &mut Vec<(u64, u64)>);
+    type PairFn = fn(&u64, &u64, &mut Vec<(u64, u64)>) -> bool;
     type Join = IntervalJoin<u8, u64, u64, KeyFn, KeyFn, PairFn, (u64, u64)>;
 
     fn op_buffered(op: &Chained2<Join>) -> (usize, usize) {
@@ -278,8 +389,9 @@ mod tests {
         fn key(_: &u64) -> u8 {
             0
         }
-        fn pair(a: &u64, b: &u64, out: &mut Vec<(u64, u64)>) {
+        fn pair(a: &u64, b: &u64, out: &mut Vec<(u64, u64)>) -> bool {
             out.push((*a, *b));
+            true
         }
         let join = IntervalJoin::new(
             -10,
@@ -288,7 +400,7 @@ mod tests {
             key as fn(&u64) -> u8,
             ts.clone(),
             ts,
-            pair as fn(&u64, &u64, &mut Vec<(u64, u64)>),
+            pair as PairFn,
         );
         let mut op = Chained2::new(join, Box::new(Sink(got.clone())) as BoxEmit<(u64, u64)>);
         op.push1(&mut vec![100, 200], &mut Vec::new());
@@ -308,6 +420,80 @@ mod tests {
             op_buffered(&op),
             (0, 0),
             "nothing can meet anything any more"
+        );
+    }
+
+    #[test]
+    fn outer_sides_hand_on_unmatched_records_once_no_partner_can_come() {
+        let ts: TimestampsFn<u64> = Arc::new(|b: &[u64], out: &mut Vec<u64>| {
+            out.clear();
+            out.extend_from_slice(b);
+        });
+        let got = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        fn key(_: &u64) -> u8 {
+            0
+        }
+        // Pairs meet when their times differ by an even amount (a condition beyond
+        // the key and the interval, as SQL's other ON terms).
+        fn pair(a: &u64, b: &u64, out: &mut Vec<(u64, u64)>) -> bool {
+            let even = (a + b).is_multiple_of(2);
+            if even {
+                out.push((*a, *b));
+            }
+            even
+        }
+        // Unmatched left records go as (a, 0), unmatched right ones as (0, b).
+        let pad_a: PadFn<u64, (u64, u64)> = Arc::new(|a: &u64, out| out.push((*a, 0)));
+        let pad_b: PadFn<u64, (u64, u64)> = Arc::new(|b: &u64, out| out.push((0, *b)));
+        let new_join = || {
+            IntervalJoin::new(
+                -10,
+                20,
+                key as fn(&u64) -> u8,
+                key as fn(&u64) -> u8,
+                ts.clone(),
+                ts.clone(),
+                pair as PairFn,
+            )
+            .outer(Some(pad_a.clone()), Some(pad_b.clone()))
+        };
+        let mut first = Chained2::new(
+            new_join(),
+            Box::new(Sink(got.clone())) as BoxEmit<(u64, u64)>,
+        );
+        first.push1(&mut vec![100, 200, 301], &mut Vec::new());
+        first.push2(&mut vec![96, 115, 124, 300], &mut Vec::new());
+        // 100 meets 96 (and not 115: odd); 301 meets no right one in [291, 321]
+        // (300 is odd against it).
+        assert_eq!(*got.borrow(), [(100, 96)]);
+        got.borrow_mut().clear();
+        // The rest runs on a join restored from a snapshot: whether each waiting
+        // record met a partner is part of the state.
+        let state = first.operator_mut().snapshot_state().unwrap().unwrap();
+        let mut restored = new_join();
+        restored.restore_state(&state).unwrap();
+        assert_eq!(restored.buffered(), (3, 4));
+        let mut op = Chained2::new(restored, Box::new(Sink(got.clone())) as BoxEmit<(u64, u64)>);
+        // At 195: left 100 is done (matched: it goes quietly); right 96 (matched),
+        // 115 and 124 (unmatched) are done.
+        op.event(Event::Watermark(195));
+        assert_eq!(*got.borrow(), [(0, 115), (0, 124)]);
+        got.borrow_mut().clear();
+        // A late right record meets a waiting left one (192 in 200's [190, 220]); a
+        // late one that no left record can meet any more goes padded at once.
+        op.push2(&mut vec![192, 105], &mut Vec::new());
+        assert_eq!(*got.borrow(), [(200, 192), (0, 105)]);
+        got.borrow_mut().clear();
+        // The end of input: every waiting record is done.
+        op.event(Event::Watermark(u64::MAX));
+        let mut rest = got.borrow().clone();
+        rest.sort_unstable();
+        assert_eq!(rest, [(0, 300), (301, 0)]);
+        assert_eq!(op_buffered(&op), (0, 0));
+        assert_eq!(
+            op.operator().late_records(),
+            0,
+            "an outer side drops nothing"
         );
     }
 }

@@ -626,6 +626,11 @@ impl<Op: TwoInputOperator> Chained2<Op> {
         &self.op
     }
 
+    /// The operator, to change (a snapshot, a restore).
+    pub fn operator_mut(&mut self) -> &mut Op {
+        &mut self.op
+    }
+
     #[inline(always)]
     fn with_out(&mut self, f: impl FnOnce(&mut Op, &mut Output<'_, Op::Out>)) {
         let mut out = Output::new(&mut self.buf, &mut *self.next);
