@@ -976,6 +976,114 @@ fn a_left_lookup_join_keeps_rows_that_find_nothing() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A lookup table's files are read again once `'lookup.join.cache.ttl'` has passed;
+/// a reload that fails keeps the rows read before.
+#[test]
+fn a_lookup_table_is_read_again_when_its_cache_expires() {
+    let dir = std::env::temp_dir().join(format!("spate-lookup-ttl-{}", std::process::id()));
+    let table = dir.join("names");
+    std::fs::create_dir_all(&table).unwrap();
+    let file = table.join("names.csv");
+    let names = |tag: &str| -> String { (1..=20).map(|k| format!("{k},{tag}{k}\n")).collect() };
+    // The file changes whole, by a rename, as a careful writer changes it.
+    let replace = {
+        let (dir, file) = (dir.clone(), file.clone());
+        move |text: String| {
+            let next = dir.join("next.csv");
+            std::fs::write(&next, text).unwrap();
+            std::fs::rename(&next, &file).unwrap();
+        }
+    };
+    replace(names("old"));
+    let ddl = format!(
+        "CREATE TABLE trades (auction BIGINT, price BIGINT) WITH ( \
+           'connector' = 'datagen', 'rows-per-second' = '1000', 'number-of-rows' = '3000', \
+           'seed' = '3', 'fields.auction.min' = '1', 'fields.auction.max' = '20');
+         CREATE TABLE names (k BIGINT, v STRING) WITH ('connector' = 'filesystem', \
+           'path' = '{}', 'format' = 'csv', 'lookup.join.cache.ttl' = '100 ms');",
+        table.display()
+    );
+    let query =
+        "SELECT t.auction, t.price, s.k, s.v FROM (SELECT *, PROCTIME() AS pt FROM trades) t \
+                 LEFT JOIN names FOR SYSTEM_TIME AS OF t.pt AS s ON t.auction = s.k;";
+    let env = StreamExecutionEnvironment::new("lookup-ttl");
+    env.set_parallelism(1);
+    let mut session = Session::new();
+    let mut rel = None;
+    for s in parse::script(&format!("{ddl}\n{query}")).unwrap() {
+        if let Outcome::Query(r) = session.execute(&env, &s).unwrap() {
+            rel = Some(r);
+        }
+    }
+    let out = Arc::new(Mutex::new(Vec::<Row>::new()));
+    // The writer follows the job's progress: at 1000 rows a second, 100 ms is 100 rows.
+    let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = joined.clone();
+    rel.unwrap()
+        .stream
+        .map(move |r: Row| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            r
+        })
+        .collect(out.clone());
+    let writer = {
+        std::thread::spawn(move || {
+            let wait_for = |n: usize| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while joined.load(std::sync::atomic::Ordering::Relaxed) < n
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            };
+            wait_for(500);
+            // A file that does not parse: the reload fails and the old rows stay.
+            replace("1,old1\nnot a number,x\n".to_string());
+            wait_for(1200);
+            replace(names("new"));
+        })
+    };
+    run_env(&env);
+    writer.join().unwrap();
+    let rows = out.lock().unwrap().clone();
+    assert_eq!(rows.len(), 3000, "every row comes out");
+    let tags: Vec<&str> = rows
+        .iter()
+        .map(|r| match (&r.values[0], &r.values[2], &r.values[3]) {
+            (a, k, Value::Str(v)) if a == k => &v[..3],
+            other => panic!("a row that should have met its name: {other:?}"),
+        })
+        .collect();
+    let switch = tags
+        .iter()
+        .position(|t| *t == "new")
+        .expect("the table was read again");
+    assert!(
+        switch >= 1200,
+        "the new names came before the file held them (row {switch})"
+    );
+    assert!(
+        tags[..switch].iter().all(|t| *t == "old") && tags[switch..].iter().all(|t| *t == "new"),
+        "old names, then new ones: {tags:?}"
+    );
+    // A time to live that is not a positive duration is refused.
+    let bad = ddl.replace("'100 ms'", "'0 ms'");
+    let env = StreamExecutionEnvironment::new("lookup-ttl-bad");
+    let mut session = Session::new();
+    let error = parse::script(&format!("{bad}\n{query}"))
+        .unwrap()
+        .iter()
+        .find_map(|s| session.execute(&env, s).err())
+        .expect("a zero time to live is refused");
+    assert!(
+        error
+            .to_string()
+            .contains("'lookup.join.cache.ttl' = '0 ms'"),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn over_aggregates_equal_the_reference() {
     for p in [1, 2] {

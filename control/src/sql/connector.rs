@@ -13,6 +13,7 @@ use spate_dataplane::record::{DecodeError, Wire};
 use spate_dataplane::slot::TaskError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 const CONNECTORS: &str = "datagen, nexmark, print, blackhole, filesystem, socket";
 
@@ -100,11 +101,52 @@ pub fn source(
     }
 }
 
-/// The rows of a lookup table (a `filesystem` table, read whole).
-pub fn lookup_rows(def: &TableDef) -> Result<Vec<Row>, SqlError> {
-    FileTable::of(def)?
-        .read_all()
-        .map_err(|e| SqlError::new(format!("lookup table '{}': {e}", def.name)))
+/// How long a lookup join keeps a filesystem table's rows before it reads the
+/// files again: `'lookup.join.cache.ttl'`, Flink's key, 60 minutes unless set.
+fn lookup_ttl(def: &TableDef) -> Result<Duration, SqlError> {
+    let Some(v) = def.options.get("lookup.join.cache.ttl") else {
+        return Ok(Duration::from_secs(3600));
+    };
+    crate::config::parse_duration(v)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            SqlError::new(format!(
+                "table '{}': 'lookup.join.cache.ttl' = '{v}' is not a positive duration (for instance '10 min' or '500 ms')",
+                def.name
+            ))
+        })
+}
+
+/// A `filesystem` table as a lookup join reads it: whole, and again each time its
+/// cache's time to live has passed.
+#[derive(Debug)]
+pub struct LookupSource {
+    table: FileTable,
+    name: String,
+    ttl: Duration,
+}
+
+impl LookupSource {
+    /// The table `def` as a lookup join reads it.
+    pub fn of(def: &TableDef) -> Result<Self, SqlError> {
+        Ok(Self {
+            table: FileTable::of(def)?,
+            name: def.name.clone(),
+            ttl: lookup_ttl(def)?,
+        })
+    }
+
+    /// How long rows read are used before the files are read again.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Every row of the table's files, as they are now.
+    pub fn read(&self) -> Result<Vec<Row>, String> {
+        self.table
+            .read_all()
+            .map_err(|e| format!("lookup table '{}': {e}", self.name))
+    }
 }
 
 /// Sends `rel` into the table `def`.
@@ -261,10 +303,18 @@ struct FileFormat {
 impl FileFormat {
     fn from_table(def: &TableDef) -> Result<Self, SqlError> {
         for k in def.options.keys() {
-            if !matches!(k.as_str(), "connector" | "path" | "format") {
-                return Err(unknown_option(def, k, "'path' and 'format'"));
+            if !matches!(
+                k.as_str(),
+                "connector" | "path" | "format" | "lookup.join.cache.ttl"
+            ) {
+                return Err(unknown_option(
+                    def,
+                    k,
+                    "'path', 'format' and 'lookup.join.cache.ttl'",
+                ));
             }
         }
+        lookup_ttl(def)?;
         let path = def
             .options
             .get("path")

@@ -24,6 +24,7 @@
 pub mod connector;
 pub mod expr;
 pub mod functions;
+pub mod lookup;
 pub mod nexmark;
 pub mod parse;
 pub mod plan;

@@ -10,6 +10,7 @@
 
 use super::connector;
 use super::expr::{self, err_at, Compiled, Eval, Scope, AGGREGATES};
+use super::lookup;
 use super::types::{DataType, Row, RowKind, Value};
 use super::{Catalog, Column, SqlError, TableDef, WindowBound};
 use crate::api::{DataStream, PadFn, StreamExecutionEnvironment};
@@ -1182,9 +1183,10 @@ impl<'a> Planner<'a> {
     }
 
     /// A lookup join (`JOIN t FOR SYSTEM_TIME AS OF left.proctime AS q ON ...`): the
-    /// table's rows are read when the job is planned (in each process that runs it),
-    /// held in a hash table by the ON equalities' columns, and each left row meets
-    /// the rows of its key, as of processing time.
+    /// table's rows are read when the job is planned (in each process that runs it)
+    /// and again whenever `'lookup.join.cache.ttl'` has passed, held in a hash table
+    /// by the ON equalities' columns, and each left row meets the rows of its key, as
+    /// of processing time.
     fn lookup_join(
         &self,
         left: Rel,
@@ -1220,7 +1222,8 @@ impl<'a> Planner<'a> {
                 format!("table '{key}': only a 'filesystem' table can be looked up"),
             ));
         }
-        let rows = connector::lookup_rows(def).map_err(|e| placed(e, time))?;
+        let source = connector::LookupSource::of(def).map_err(|e| placed(e, time))?;
+        let rows = source.read().map_err(|e| placed(SqlError::new(e), time))?;
         let q = q.or_else(|| {
             table
                 .0
@@ -1271,18 +1274,25 @@ impl<'a> Planner<'a> {
         let mut schema = left.schema.clone();
         schema.extend(right_cols.iter().cloned());
         let checks = join_checks(&residual, &schema)?;
-        let mut index: HashMap<Vec<Value>, Vec<Row>> = HashMap::new();
-        for r in rows {
-            let k: Vec<Value> = rkeys
-                .iter()
-                .zip(&types)
-                .map(|((e, ty), to)| expr::convert(e(&r), *ty, *to))
-                .collect();
-            if !k.iter().any(Value::is_null) {
-                index.entry(k).or_default().push(r);
+        let rkeys: Vec<(Eval, DataType, DataType)> = rkeys
+            .into_iter()
+            .zip(&types)
+            .map(|((e, ty), to)| (e, ty, *to))
+            .collect();
+        let build = move |rows: Vec<Row>| {
+            let mut index = lookup::Index::new();
+            for r in rows {
+                let k: Vec<Value> = rkeys
+                    .iter()
+                    .map(|(e, ty, to)| expr::convert(e(&r), *ty, *to))
+                    .collect();
+                if !k.iter().any(Value::is_null) {
+                    index.entry(k).or_default().push(r);
+                }
             }
-        }
-        let index = Arc::new(index);
+            index
+        };
+        let mut reader = lookup::LookupCache::new(source, Box::new(build), rows).reader();
         let lkeys: Arc<Vec<(Eval, DataType, DataType)>> = Arc::new(
             lkeys
                 .into_iter()
@@ -1300,7 +1310,7 @@ impl<'a> Planner<'a> {
                         .map(|(e, ty, to)| expr::convert(e(&r), *ty, *to))
                         .collect();
                     let mut met = false;
-                    if let Some(found) = index.get(&k) {
+                    if let Some(found) = reader.index().get(&k) {
                         for other in found {
                             if let Some(mut row) = joined_row(&r, other, &checks) {
                                 row.kind = r.kind;
