@@ -207,6 +207,12 @@ impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
         (i, &*k, s)
     }
 
+    /// The entry at index `i` (as [`Self::get_or_insert_at`] gave it), writable.
+    #[inline(always)]
+    pub fn at_mut(&mut self, i: usize) -> Option<(&K, &mut S)> {
+        self.entries.get_mut(i).map(|(k, s)| (&*k, s))
+    }
+
     /// Removes `key` (whose hash is `hash`) and its state; the last entry moves into
     /// its place.
     pub fn remove(&mut self, hash: u64, key: &K) -> Option<S> {
