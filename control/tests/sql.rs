@@ -997,8 +997,8 @@ fn a_lookup_table_is_read_again_when_its_cache_expires() {
     replace(names("old"));
     let ddl = format!(
         "CREATE TABLE trades (auction BIGINT, price BIGINT) WITH ( \
-           'connector' = 'datagen', 'rows-per-second' = '1000', 'number-of-rows' = '3000', \
-           'seed' = '3', 'fields.auction.min' = '1', 'fields.auction.max' = '20');
+           'connector' = 'datagen', 'rows-per-second' = '1000', 'seed' = '3', \
+           'fields.auction.min' = '1', 'fields.auction.max' = '20');
          CREATE TABLE names (k BIGINT, v STRING) WITH ('connector' = 'filesystem', \
            'path' = '{}', 'format' = 'csv', 'lookup.join.cache.ttl' = '100 ms');",
         table.display()
@@ -1015,38 +1015,48 @@ fn a_lookup_table_is_read_again_when_its_cache_expires() {
             rel = Some(r);
         }
     }
-    let out = Arc::new(Mutex::new(Vec::<Row>::new()));
-    // The writer follows the job's progress: at 1000 rows a second, 100 ms is 100 rows.
-    let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = joined.clone();
+    // The rows as they pass, for the writer to follow: at 1000 rows a second, the
+    // 100 ms time to live is 100 rows.
+    let seen = Arc::new(Mutex::new(Vec::<Row>::new()));
+    let tap = seen.clone();
     rel.unwrap()
         .stream
         .map(move |r: Row| {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tap.lock().unwrap().push(r.clone());
             r
         })
-        .collect(out.clone());
+        .collect(Arc::new(Mutex::new(Vec::new())));
+    let cancel = Arc::new(AtomicBool::new(false));
     let writer = {
+        let (seen, cancel) = (seen.clone(), cancel.clone());
         std::thread::spawn(move || {
-            let wait_for = |n: usize| {
+            let wait_for = |done: &dyn Fn(&[Row]) -> bool| {
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                while joined.load(std::sync::atomic::Ordering::Relaxed) < n
-                    && std::time::Instant::now() < deadline
-                {
+                while !done(&seen.lock().unwrap()) && std::time::Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             };
-            wait_for(500);
-            // A file that does not parse: the reload fails and the old rows stay.
+            wait_for(&|rows| rows.len() >= 500);
+            // A file that does not parse: the reloads fail and the old rows stay.
             replace("1,old1\nnot a number,x\n".to_string());
-            wait_for(1200);
+            wait_for(&|rows| rows.len() >= 1200);
             replace(names("new"));
+            wait_for(&|rows| {
+                rows.last()
+                    .is_some_and(|r| matches!(&r.values[3], Value::Str(v) if v.starts_with("new")))
+            });
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         })
     };
-    run_env(&env);
+    // The source is unbounded: the job runs until the writer has seen the new names.
+    let graph = JobGraph::build(env.stream_graph(), None, 1, true).unwrap();
+    let mut mc = MiniCluster::start(&config()).unwrap();
+    let r = mc
+        .execute(&graph, &cancel, Duration::from_secs(120), &mut |_| {})
+        .unwrap();
     writer.join().unwrap();
-    let rows = out.lock().unwrap().clone();
-    assert_eq!(rows.len(), 3000, "every row comes out");
+    assert_eq!(r.status, JobStatus::Canceled);
+    let rows = seen.lock().unwrap().clone();
     let tags: Vec<&str> = rows
         .iter()
         .map(|r| match (&r.values[0], &r.values[2], &r.values[3]) {

@@ -893,7 +893,10 @@ where
         }
         let agg = &self.agg;
         for (r, &i) in batch.iter().zip(at.iter()) {
-            if let Some((_, acc)) = p.table.at_mut(i) {
+            // Phase one's indices stand: entries only move when one is removed.
+            let entry = p.table.at_mut(i);
+            debug_assert!(entry.is_some(), "entry {i} of a pane vanished");
+            if let Some((_, acc)) = entry {
                 agg.add(r, acc.get_or_insert_with(|| agg.create_accumulator()));
             }
         }
