@@ -118,7 +118,7 @@ enum Cmd {
         /// Offered rate of the latency runs, events/s.
         #[arg(long, default_value_t = 200_000)]
         latency_rate: u64,
-        /// Seconds of each latency run.
+        /// Seconds of each latency run (0: no latency runs, throughput only).
         #[arg(long, default_value_t = 3.0)]
         latency_seconds: f64,
         /// The latency runs' offered rate as a fraction of the query's measured
@@ -315,6 +315,18 @@ fn main() -> Result<()> {
             };
             if parallelism.iter().any(|p| *p == 0 || *p > 2) {
                 bail!("--parallelism takes 1 or 2 (one pinned slot per core)");
+            }
+            // The connector reads 0 events as "unbounded": a run would never end.
+            if events == 0 {
+                bail!("--events takes a positive number of events");
+            }
+            if !(latency_seconds.is_finite() && latency_seconds >= 0.0) {
+                bail!(
+                    "--latency-seconds takes a duration in seconds, 0 or more (0: no latency runs)"
+                );
+            }
+            if !(latency_load > 0.0 && latency_load <= 1.0) {
+                bail!("--latency-load takes a fraction above 0 and at most 1");
             }
             eprintln!(
                 "nexmark: {events} events per throughput run; latency runs of {latency_seconds} s at \

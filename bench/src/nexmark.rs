@@ -201,21 +201,26 @@ pub fn run_all(params: &Params) -> Result<Vec<Row>> {
             let rate = (params.latency_rate as f64)
                 .min(eps * params.latency_load)
                 .max(1000.0) as u64;
+            // No latency run when it would have no events (0 would mean "unbounded"
+            // to the connector): the row's latency columns stay empty.
             let latency_events = (rate as f64 * params.latency_seconds) as u64;
-            let paced = format!(", 'rate-limited' = 'true', 'next-event.rate' = '{rate}'");
-            let d = ddl(latency_events, &paced)?.replace("'next-event.rate' = '10000000',", "");
-            let l = run(vec![d, query.clone()], p, false, true, params.cores)
-                .with_context(|| format!("{q} at parallelism {p}, paced"))?;
-            let _ = std::fs::remove_dir_all(scratch_dir());
-            // The sink: the last vertex that measured markers.
-            let h: Histogram<u64> = l
-                .from_source
-                .iter()
-                .rev()
-                .find(|(n, _)| n.contains("Sink"))
-                .or(l.from_source.last())
-                .map(|(_, h)| h.clone())
-                .unwrap_or_else(crate::report::histogram);
+            let h: Histogram<u64> = if latency_events == 0 {
+                crate::report::histogram()
+            } else {
+                let paced = format!(", 'rate-limited' = 'true', 'next-event.rate' = '{rate}'");
+                let d = ddl(latency_events, &paced)?.replace("'next-event.rate' = '10000000',", "");
+                let l = run(vec![d, query.clone()], p, false, true, params.cores)
+                    .with_context(|| format!("{q} at parallelism {p}, paced"))?;
+                let _ = std::fs::remove_dir_all(scratch_dir());
+                // The sink: the last vertex that measured markers.
+                l.from_source
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| n.contains("Sink"))
+                    .or(l.from_source.last())
+                    .map(|(_, h)| h.clone())
+                    .unwrap_or_else(crate::report::histogram)
+            };
             let q_ = |x: f64| {
                 if h.is_empty() {
                     0
