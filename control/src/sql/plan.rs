@@ -93,18 +93,22 @@ enum Projection {
 }
 
 impl Projection {
-    fn apply(&self, r: &mut Row) -> Vec<Value> {
+    /// Replaces `r`'s values by the projected ones, in `r`'s own vector (no
+    /// allocation when the output is no wider than the input, as it mostly is),
+    /// built in `scratch` (empty before and after; kept for its capacity).
+    fn apply(&self, r: &mut Row, scratch: &mut Vec<Value>) {
         match self {
-            Projection::Moves(moves) => moves
-                .iter()
-                .map(|&(i, last)| match r.values.get_mut(i) {
+            Projection::Moves(moves) => {
+                scratch.extend(moves.iter().map(|&(i, last)| match r.values.get_mut(i) {
                     Some(v) if last => std::mem::take(v),
                     Some(v) => v.clone(),
                     None => Value::Null,
-                })
-                .collect(),
-            Projection::Evals(evals) => evals.iter().map(|e| e(r)).collect(),
+                }))
+            }
+            Projection::Evals(evals) => scratch.extend(evals.iter().map(|e| e(r))),
         }
+        r.values.clear();
+        r.values.append(scratch);
     }
 }
 
@@ -3781,16 +3785,14 @@ impl Rel {
                     ),
                     None => Projection::Evals(project),
                 };
+                let mut scratch = Vec::new();
                 self.stream
                     .flat_map(
                         move |mut r: Row,
                               out: &mut spate_dataplane::operator::Collector<'_, '_, Row>| {
                             if filters.iter().all(|f| f(&r) == Value::Bool(true)) {
-                                let values = projection.apply(&mut r);
-                                out.collect(Row {
-                                    kind: r.kind,
-                                    values,
-                                });
+                                projection.apply(&mut r, &mut scratch);
+                                out.collect(r);
                             }
                         },
                     )
