@@ -788,18 +788,7 @@ fn outer_interval_joins_are_append_only_and_equal_the_reference() {
                 ]
             };
             let want = outer_reference(&a, &b, keep, meets, cols, (3, 3));
-            let padded = |v: &Vec<Value>| v[0].is_null() || v[3].is_null();
-            assert!(
-                want.iter().any(padded) && !want.iter().all(padded),
-                "{kind}"
-            );
-            // Padded rows go once no partner can come: no retraction.
-            assert!(
-                rows.iter().all(|r| r.kind == RowKind::Insert),
-                "{kind} p={p}"
-            );
-            let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
-            assert_eq!(sorted(got), sorted(want), "{kind} p={p}");
+            assert_outer_rows(rows, want, kind, p);
         }
     }
     let env = StreamExecutionEnvironment::new("explain");
@@ -820,6 +809,24 @@ fn outer_interval_joins_are_append_only_and_equal_the_reference() {
         plan.contains("IntervalJoin(joinType=[LeftOuterJoin]"),
         "{plan}"
     );
+}
+
+/// An outer join's rows against the reference's (`want`, left columns then right
+/// columns, the first of each side never NULL unless padded): the reference has padded
+/// rows and matched ones, and the join emitted inserts only (a padded row goes once
+/// no partner can come, never retracted).
+fn assert_outer_rows(rows: Vec<Row>, want: Vec<Vec<Value>>, kind: &str, p: usize) {
+    let padded = |v: &Vec<Value>| v[0].is_null() || v[3].is_null();
+    assert!(
+        want.iter().any(padded) && !want.iter().all(padded),
+        "{kind}"
+    );
+    assert!(
+        rows.iter().all(|r| r.kind == RowKind::Insert),
+        "{kind} p={p}"
+    );
+    let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+    assert_eq!(sorted(got), sorted(want), "{kind} p={p}");
 }
 
 #[test]
@@ -861,17 +868,7 @@ fn outer_window_joins_pad_at_the_window_end_and_equal_the_reference() {
                 ]
             };
             let want = outer_reference(&a, &b, keep, meets, cols, (3, 3));
-            let padded = |v: &Vec<Value>| v[0].is_null() || v[3].is_null();
-            assert!(
-                want.iter().any(padded) && !want.iter().all(padded),
-                "{kind}"
-            );
-            assert!(
-                rows.iter().all(|r| r.kind == RowKind::Insert),
-                "{kind} p={p}"
-            );
-            let got: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
-            assert_eq!(sorted(got), sorted(want), "{kind} p={p}");
+            assert_outer_rows(rows, want, kind, p);
         }
     }
     // The kept side's window still bounds a window aggregate over the join's rows.

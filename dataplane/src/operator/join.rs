@@ -375,20 +375,27 @@ mod tests {
     type PairFn = fn(&u64, &u64, &mut Vec<(u64, u64)>) -> bool;
     type Join = IntervalJoin<u8, u64, u64, KeyFn, KeyFn, PairFn, (u64, u64)>;
 
+    /// Records that are their own event times.
+    fn times_are_values() -> TimestampsFn<u64> {
+        Arc::new(|b: &[u64], out: &mut Vec<u64>| {
+            out.clear();
+            out.extend_from_slice(b);
+        })
+    }
+
+    /// One key for every record.
+    fn key(_: &u64) -> u8 {
+        0
+    }
+
     fn op_buffered(op: &Chained2<Join>) -> (usize, usize) {
         op.operator().buffered()
     }
 
     #[test]
     fn waiting_records_go_once_no_partner_can_come_and_late_ones_are_dropped() {
-        let ts: TimestampsFn<u64> = Arc::new(|b: &[u64], out: &mut Vec<u64>| {
-            out.clear();
-            out.extend_from_slice(b);
-        });
+        let ts = times_are_values();
         let got = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-        fn key(_: &u64) -> u8 {
-            0
-        }
         fn pair(a: &u64, b: &u64, out: &mut Vec<(u64, u64)>) -> bool {
             out.push((*a, *b));
             true
@@ -425,14 +432,8 @@ mod tests {
 
     #[test]
     fn outer_sides_hand_on_unmatched_records_once_no_partner_can_come() {
-        let ts: TimestampsFn<u64> = Arc::new(|b: &[u64], out: &mut Vec<u64>| {
-            out.clear();
-            out.extend_from_slice(b);
-        });
+        let ts = times_are_values();
         let got = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-        fn key(_: &u64) -> u8 {
-            0
-        }
         // Pairs meet when their times differ by an even amount (a condition beyond
         // the key and the interval, as SQL's other ON terms).
         fn pair(a: &u64, b: &u64, out: &mut Vec<(u64, u64)>) -> bool {
