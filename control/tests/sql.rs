@@ -752,13 +752,16 @@ fn outer_reference(
     want
 }
 
+/// The outer joins and the sides they keep (left, right).
+const OUTER_KINDS: [(&str, (bool, bool)); 3] = [
+    ("LEFT", (true, false)),
+    ("RIGHT", (false, true)),
+    ("FULL OUTER", (true, true)),
+];
+
 #[test]
 fn outer_interval_joins_are_append_only_and_equal_the_reference() {
-    for (kind, keep) in [
-        ("LEFT", (true, false)),
-        ("RIGHT", (false, true)),
-        ("FULL OUTER", (true, true)),
-    ] {
+    for (kind, keep) in OUTER_KINDS {
         for p in [1, 2] {
             // A condition beyond the key and the interval (b.price < 8) decides
             // whether a pair meets, as in Flink: a row whose only partners fail it
@@ -832,11 +835,7 @@ fn assert_outer_rows(rows: Vec<Row>, want: Vec<Vec<Value>>, kind: &str, p: usize
 #[test]
 fn outer_window_joins_pad_at_the_window_end_and_equal_the_reference() {
     let tvf = "TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '100' MILLISECOND))";
-    for (kind, keep) in [
-        ("LEFT", (true, false)),
-        ("RIGHT", (false, true)),
-        ("FULL OUTER", (true, true)),
-    ] {
+    for (kind, keep) in OUTER_KINDS {
         for p in [1, 2] {
             let (rows, session) = run_query(
                 &format!(
