@@ -142,11 +142,17 @@ impl<K: std::hash::Hash + Eq, V> MapState<K, V> {
 /// per 1024 keys): the snapshot shares the chunks, the first write to a chunk after
 /// the freeze copies it, and the snapshot is encoded off the slot's core.
 ///
-/// W1's 1000 symbols with 24-byte states take 32 KiB of entries and 8 KiB of index
-/// table, so they stay in a 48 KiB L1 data cache.
+/// Integer keys below [`DIRECT_KEYS`] find their entry by position instead of by
+/// hash: W1's 1000 symbols with 24-byte states take 32 KiB of entries and 4 KiB of
+/// positions, so they stay in a 48 KiB L1 data cache, and a record costs one load to
+/// find its state, no hash table probe.
 #[derive(Debug)]
 pub struct KeyedStates<K, S> {
     index: HashTable<u32>,
+    /// Keys that are small integers (below [`DIRECT_KEYS`], such as W1's and W2's
+    /// symbols) skip the hash table: `direct[k]` is their entry's index plus one (0:
+    /// none yet). Such a key is never in `index`.
+    direct: Vec<u32>,
     entries: Chunks<(K, S)>,
 }
 
@@ -154,9 +160,36 @@ impl<K, S> Default for KeyedStates<K, S> {
     fn default() -> Self {
         Self {
             index: HashTable::new(),
+            direct: Vec::new(),
             entries: Chunks::default(),
         }
     }
+}
+
+/// Integer keys below this find their entries by position (16 KiB of positions at
+/// the most), not by hash.
+pub const DIRECT_KEYS: usize = 4096;
+
+/// `key` as a position in [`KeyedStates::direct`], if it is an integer below
+/// [`DIRECT_KEYS`]. The type tests resolve when the code is generated: for other key
+/// types this is `None` and costs nothing.
+#[inline(always)]
+fn direct_position<K: 'static>(key: &K) -> Option<usize> {
+    let any = key as &dyn std::any::Any;
+    let v = if let Some(&k) = any.downcast_ref::<u32>() {
+        u64::from(k)
+    } else if let Some(&k) = any.downcast_ref::<u64>() {
+        k
+    } else if let Some(&k) = any.downcast_ref::<i32>() {
+        u64::try_from(k).ok()?
+    } else if let Some(&k) = any.downcast_ref::<i64>() {
+        u64::try_from(k).ok()?
+    } else if let Some(&k) = any.downcast_ref::<u16>() {
+        u64::from(k)
+    } else {
+        return None;
+    };
+    usize::try_from(v).ok().filter(|&v| v < DIRECT_KEYS)
 }
 
 /// The hash the table probes with: the key hash remixed, because the exchange picks a
@@ -181,6 +214,9 @@ impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
     /// until one is removed; a new key's is the number of keys before it).
     #[inline(always)]
     pub fn get_or_insert_at(&mut self, hash: u64, key: K) -> (usize, &K, &mut S) {
+        if let Some(d) = direct_position(&key) {
+            return self.get_or_insert_direct(d, key);
+        }
         let hash = table_hash(hash);
         let entries = &mut self.entries;
         let found = self
@@ -207,6 +243,25 @@ impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
         (i, &*k, s)
     }
 
+    /// [`Self::get_or_insert_at`] for a key at position `d` of `direct`.
+    #[inline(always)]
+    fn get_or_insert_direct(&mut self, d: usize, key: K) -> (usize, &K, &mut S) {
+        let i = match self.direct.get(d) {
+            Some(&n) if n > 0 => n as usize - 1,
+            _ => {
+                let i = self.entries.len();
+                self.entries.push((key, S::default()));
+                if self.direct.len() <= d {
+                    self.direct.resize(d + 1, 0);
+                }
+                self.direct[d] = i as u32 + 1;
+                i
+            }
+        };
+        let (k, s) = &mut self.entries[i];
+        (i, &*k, s)
+    }
+
     /// The entry at index `i` (as [`Self::get_or_insert_at`] gave it), writable.
     #[inline(always)]
     pub fn at_mut(&mut self, i: usize) -> Option<(&K, &mut S)> {
@@ -216,35 +271,56 @@ impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
     /// Removes `key` (whose hash is `hash`) and its state; the last entry moves into
     /// its place.
     pub fn remove(&mut self, hash: u64, key: &K) -> Option<S> {
-        let entries = &self.entries;
-        let found = self
-            .index
-            .find_entry(table_hash(hash), |&i| {
-                entries.get(i as usize).is_some_and(|e| &e.0 == key)
-            })
-            .ok()?;
-        let (i, _) = found.remove();
-        let i = i as usize;
+        let i = match direct_position(key) {
+            Some(d) => {
+                let n = self.direct.get_mut(d).filter(|n| **n > 0)?;
+                let i = *n as usize - 1;
+                *n = 0;
+                i
+            }
+            None => {
+                let entries = &self.entries;
+                let found = self
+                    .index
+                    .find_entry(table_hash(hash), |&i| {
+                        entries.get(i as usize).is_some_and(|e| &e.0 == key)
+                    })
+                    .ok()?;
+                found.remove().0 as usize
+            }
+        };
         let last = self.entries.len() - 1;
         let tail = self.entries.pop()?;
         if i == last {
             return Some(tail.1);
         }
-        // The entry that was last now sits at `i`: repoint its index slot.
-        let moved = table_hash(key_hash(&tail.0));
+        // The entry that was last now sits at `i`: repoint its position or index slot.
+        let moved = direct_position(&tail.0).ok_or_else(|| table_hash(key_hash(&tail.0)));
         let (_, state) = std::mem::replace(self.entries.get_mut(i)?, tail);
-        if let Some(slot) = self.index.find_mut(moved, |&j| j as usize == last) {
-            *slot = i as u32;
+        match moved {
+            Ok(d) => {
+                if let Some(n) = self.direct.get_mut(d) {
+                    *n = i as u32 + 1;
+                }
+            }
+            Err(h) => {
+                if let Some(slot) = self.index.find_mut(h, |&j| j as usize == last) {
+                    *slot = i as u32;
+                }
+            }
         }
         Some(state)
     }
 
     /// The state of `key`, if it has one.
     pub fn get(&self, key: &K) -> Option<&S> {
-        let i = self.index.find(table_hash(key_hash(key)), |&i| {
-            self.entries.get(i as usize).is_some_and(|e| &e.0 == key)
-        })?;
-        self.entries.get(*i as usize).map(|e| &e.1)
+        let i = match direct_position(key) {
+            Some(d) => (*self.direct.get(d)? as usize).checked_sub(1)?,
+            None => *self.index.find(table_hash(key_hash(key)), |&i| {
+                self.entries.get(i as usize).is_some_and(|e| &e.0 == key)
+            })? as usize,
+        };
+        self.entries.get(i).map(|e| &e.1)
     }
 
     /// Keys with state.
@@ -261,6 +337,7 @@ impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
     /// snapshot holds them).
     pub fn clear(&mut self) {
         self.index.clear();
+        self.direct.clear();
         self.entries.clear();
     }
 

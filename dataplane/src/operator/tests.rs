@@ -467,6 +467,61 @@ fn keyed_state_stays_consistent_through_inserts_and_removes() {
     assert_eq!(*st.get_or_insert(key_hash(&3u64), 3).1, 0);
 }
 
+proptest::proptest! {
+    /// Keys found by position (small integers) and by hash (the rest) side by side,
+    /// through inserts, removes (the last entry moving into the removed one's place,
+    /// whichever way either is found) and clears, against a plain map.
+    #[test]
+    fn keyed_state_by_position_and_by_hash_agrees_with_a_map(
+        ops in proptest::collection::vec((0u8..10, 0u64..64, proptest::bool::ANY), 1..400),
+    ) {
+        let mut st: KeyedStates<u64, u64> = KeyedStates::default();
+        let mut want: std::collections::HashMap<u64, u64> = Default::default();
+        for (op, k, big) in ops {
+            // Small keys, keys just past the positions, and large ones.
+            let k = if big { k * 1_000_003 + DIRECT_KEYS as u64 - 32 } else { k };
+            match op {
+                0..=5 => {
+                    *st.get_or_insert(key_hash(&k), k).1 += k + 1;
+                    *want.entry(k).or_default() += k + 1;
+                }
+                6..=8 => {
+                    proptest::prop_assert_eq!(st.remove(key_hash(&k), &k), want.remove(&k));
+                }
+                _ => {
+                    if k % 8 == 0 {
+                        st.clear();
+                        want.clear();
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(st.len(), want.len());
+        }
+        for (k, v) in &want {
+            proptest::prop_assert_eq!(st.get(k), Some(v));
+        }
+        let mut all: Vec<(u64, u64)> = st.iter().map(|(k, v)| (*k, *v)).collect();
+        all.sort_unstable();
+        let mut w: Vec<(u64, u64)> = want.into_iter().collect();
+        w.sort_unstable();
+        proptest::prop_assert_eq!(all, w);
+    }
+}
+
+#[test]
+fn string_keys_are_found_by_hash() {
+    let mut st: KeyedStates<String, u64> = KeyedStates::default();
+    for k in 0..100u64 {
+        let key = k.to_string();
+        *st.get_or_insert(key_hash(&key), key).1 = k;
+    }
+    let gone = "7".to_string();
+    assert_eq!(st.remove(key_hash(&gone), &gone), Some(7));
+    for k in 0..100u64 {
+        assert_eq!(st.get(&k.to_string()).copied(), (k != 7).then_some(k));
+    }
+}
+
 /// Re-arms an event-time timer for the time that is firing.
 #[derive(Clone)]
 struct RearmEvent;
