@@ -140,6 +140,17 @@ impl<T: Clone> Chunks<T> {
             .get_mut(i & CHUNK_MASK)
     }
 
+    /// Every entry as one writable slice, when they all sit in the first chunk (up
+    /// to [`CHUNK`] entries; copied first if a snapshot holds it).
+    #[inline(always)]
+    pub fn single_mut(&mut self) -> Option<&mut [T]> {
+        if self.rest.is_empty() {
+            Some(self.first.get_mut().as_mut_slice())
+        } else {
+            None
+        }
+    }
+
     /// Appends an entry.
     #[inline]
     pub fn push(&mut self, v: T) {

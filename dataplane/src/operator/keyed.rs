@@ -214,8 +214,29 @@ impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
     /// until one is removed; a new key's is the number of keys before it).
     #[inline(always)]
     pub fn get_or_insert_at(&mut self, hash: u64, key: K) -> (usize, &K, &mut S) {
+        let i = self.index_or_insert(hash, key);
+        // `index_or_insert` gives only indices of entries.
+        let (k, s) = &mut self.entries[i];
+        (i, &*k, s)
+    }
+
+    /// The index of `key`'s entry (created with `S::default()` on its first record),
+    /// without touching the entry of a key found by position.
+    #[inline(always)]
+    pub fn index_or_insert(&mut self, hash: u64, key: K) -> usize {
         if let Some(d) = direct_position(&key) {
-            return self.get_or_insert_direct(d, key);
+            if let Some(&n) = self.direct.get(d) {
+                if n > 0 {
+                    return n as usize - 1;
+                }
+            }
+            let i = self.entries.len();
+            self.entries.push((key, S::default()));
+            if self.direct.len() <= d {
+                self.direct.resize(d + 1, 0);
+            }
+            self.direct[d] = i as u32 + 1;
+            return i;
         }
         let hash = table_hash(hash);
         let entries = &mut self.entries;
@@ -225,7 +246,7 @@ impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
                 entries.get(i as usize).is_some_and(|e| e.0 == key)
             })
             .copied();
-        let i = match found {
+        match found {
             Some(i) => i as usize,
             None => {
                 let i = entries.len();
@@ -237,29 +258,14 @@ impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
                 });
                 i
             }
-        };
-        // The index holds only indices of entries.
-        let (k, s) = &mut self.entries[i];
-        (i, &*k, s)
+        }
     }
 
-    /// [`Self::get_or_insert_at`] for a key at position `d` of `direct`.
+    /// Every entry, writable, as one slice indexed as [`Self::get_or_insert_at`]
+    /// numbers them, when there are at most 1024 (one chunk); else `None`.
     #[inline(always)]
-    fn get_or_insert_direct(&mut self, d: usize, key: K) -> (usize, &K, &mut S) {
-        let i = match self.direct.get(d) {
-            Some(&n) if n > 0 => n as usize - 1,
-            _ => {
-                let i = self.entries.len();
-                self.entries.push((key, S::default()));
-                if self.direct.len() <= d {
-                    self.direct.resize(d + 1, 0);
-                }
-                self.direct[d] = i as u32 + 1;
-                i
-            }
-        };
-        let (k, s) = &mut self.entries[i];
-        (i, &*k, s)
+    pub fn entries_mut(&mut self) -> Option<&mut [(K, S)]> {
+        self.entries.single_mut()
     }
 
     /// The entry at index `i` (as [`Self::get_or_insert_at`] gave it), writable.

@@ -873,7 +873,8 @@ where
             return false;
         };
         let (start, end) = (p.window.start, p.window.end);
-        if p.fired || !ts.iter().all(|&t| t >= start && t < end) {
+        // Folded without an early exit, so that the check vectorizes.
+        if p.fired || !ts.iter().fold(true, |ok, &t| ok & (t >= start) & (t < end)) {
             return false;
         }
         let at = &mut self.at;
@@ -881,23 +882,35 @@ where
         match hashes {
             Some(hashes) => {
                 for (r, &h) in batch.iter().zip(hashes) {
-                    at.push(p.table.get_or_insert_at(h, (self.key)(r)).0);
+                    at.push(p.table.index_or_insert(h, (self.key)(r)));
                 }
             }
             None => {
                 for r in batch {
                     let key = (self.key)(r);
-                    at.push(p.table.get_or_insert_at(key_hash(&key), key).0);
+                    at.push(p.table.index_or_insert(key_hash(&key), key));
                 }
             }
         }
         let agg = &self.agg;
-        for (r, &i) in batch.iter().zip(at.iter()) {
-            // Phase one's indices stand: entries only move when one is removed.
-            let entry = p.table.at_mut(i);
-            debug_assert!(entry.is_some(), "entry {i} of a pane vanished");
-            if let Some((_, acc)) = entry {
+        // Phase one's indices stand: entries only move when one is removed.
+        let accumulate = |acc: Option<&mut Option<A::Acc>>, r: &A::In| {
+            debug_assert!(acc.is_some(), "an entry of a pane vanished");
+            if let Some(acc) = acc {
                 agg.add(r, acc.get_or_insert_with(|| agg.create_accumulator()));
+            }
+        };
+        match p.table.entries_mut() {
+            // Up to 1024 keys: one slice, no chunk to pick per record.
+            Some(entries) => {
+                for (r, &i) in batch.iter().zip(at.iter()) {
+                    accumulate(entries.get_mut(i).map(|e| &mut e.1), r);
+                }
+            }
+            None => {
+                for (r, &i) in batch.iter().zip(at.iter()) {
+                    accumulate(p.table.at_mut(i).map(|(_, s)| s), r);
+                }
             }
         }
         true
