@@ -62,7 +62,7 @@ struct TradeDef {
 }
 
 /// A trade as a timely record.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub(crate) struct Tick(#[serde(with = "TradeDef")] pub(crate) Trade);
 
 /// spate's key hash of a symbol (`key_by` hashes the key with `FxHasher`).
@@ -200,7 +200,7 @@ pub fn run(
                     while batch.len() < n {
                         let now = now_ns();
                         let m = (n - batch.len()).min(spate_dataplane::task::BATCH);
-                        batch.extend((0..m).map(|_| Tick(gen.next_trade(now))));
+                        gen.fill(&mut batch, m, now, Tick);
                     }
                     input.send_batch(&mut batch);
                     batch.clear();
