@@ -261,6 +261,69 @@ impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
         }
     }
 
+    /// Whether keys of type `K` are integers that may find their entries by position
+    /// (known when the code is generated).
+    #[inline(always)]
+    pub fn by_position() -> bool {
+        let t = std::any::TypeId::of::<K>();
+        [
+            std::any::TypeId::of::<u32>(),
+            std::any::TypeId::of::<u64>(),
+            std::any::TypeId::of::<i32>(),
+            std::any::TypeId::of::<i64>(),
+            std::any::TypeId::of::<u16>(),
+        ]
+        .contains(&t)
+    }
+
+    /// Calls `f(state, record)` for each record in order, with the state of
+    /// `key_of(record)` (created with `S::default()` on the key's first record), as
+    /// [`Self::get_or_insert`] would, in one loop: while the keys are found by position
+    /// and all entries sit in one chunk, a record costs one load to find its state.
+    /// `hash_of(i, key)` gives the hash of record `i`'s key, asked only of keys that are
+    /// not found that way. Meant for integer keys (see [`Self::by_position`]); other
+    /// keys take [`Self::get_or_insert`]'s way one record at a time.
+    #[inline(always)]
+    pub fn update_each<R>(
+        &mut self,
+        records: &[R],
+        key_of: impl Fn(&R) -> K,
+        hash_of: impl Fn(usize, &K) -> u64,
+        mut f: impl FnMut(&mut S, &R),
+    ) {
+        let mut j = 0;
+        while j < records.len() {
+            if Self::by_position() {
+                if let Some(entries) = self.entries.single_mut() {
+                    let direct = self.direct.as_slice();
+                    while let Some(r) = records.get(j) {
+                        let key = key_of(r);
+                        let Some(e) = direct_position(&key)
+                            .and_then(|d| direct.get(d))
+                            .and_then(|&n| (n as usize).checked_sub(1))
+                            .and_then(|i| entries.get_mut(i))
+                        else {
+                            break;
+                        };
+                        f(&mut e.1, r);
+                        j += 1;
+                    }
+                }
+            }
+            // A new key, one past DIRECT_KEYS, a table of several chunks, or a key
+            // type without positions: the general way, for one record.
+            let Some(r) = records.get(j) else {
+                break;
+            };
+            let key = key_of(r);
+            let i = self.index_or_insert(hash_of(j, &key), key);
+            if let Some(e) = self.entries.get_mut(i) {
+                f(&mut e.1, r);
+            }
+            j += 1;
+        }
+    }
+
     /// Every entry, writable, as one slice indexed as [`Self::get_or_insert_at`]
     /// numbers them, when there are at most 1024 (one chunk); else `None`.
     #[inline(always)]

@@ -508,6 +508,54 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    /// `update_each` (one loop over a batch, keys found by position while they can be)
+    /// against a map: batches of small keys, keys past the positions and enough keys to
+    /// spill out of the first chunk, with snapshots frozen between batches that must
+    /// keep the values they froze.
+    #[test]
+    fn update_each_agrees_with_a_map(
+        batches in proptest::collection::vec(
+            (proptest::collection::vec((0u64..1500, 0u8..4), 0..300), proptest::bool::ANY),
+            1..12,
+        ),
+    ) {
+        let mut st: KeyedStates<u64, u64> = KeyedStates::default();
+        let mut strings: KeyedStates<String, u64> = KeyedStates::default();
+        let mut want: std::collections::HashMap<u64, u64> = Default::default();
+        for (batch, freeze) in batches {
+            let keys: Vec<u64> = batch
+                .iter()
+                .map(|&(k, kind)| if kind == 0 { k * 1_000_003 + DIRECT_KEYS as u64 } else { k })
+                .collect();
+            let frozen = freeze.then(|| st.freeze());
+            let before: Vec<(u64, u64)> =
+                frozen.iter().flat_map(|f| f.iter().copied()).collect();
+            st.update_each(&keys, |&k| k, |i, k| {
+                assert_eq!(keys[i], *k, "the hash asked of record {i} is of its key");
+                key_hash(k)
+            }, |v, &k| *v += k + 1);
+            let named: Vec<String> = keys.iter().map(u64::to_string).collect();
+            strings.update_each(&named, String::clone, |_, k| key_hash(k), |v, k| {
+                *v += k.parse::<u64>().unwrap_or(0) + 1;
+            });
+            for &k in &keys {
+                *want.entry(k).or_default() += k + 1;
+            }
+            if let Some(f) = frozen {
+                let after: Vec<(u64, u64)> = f.iter().copied().collect();
+                proptest::prop_assert_eq!(after, before, "a snapshot changed under it");
+            }
+        }
+        proptest::prop_assert_eq!(st.len(), want.len());
+        proptest::prop_assert_eq!(strings.len(), want.len());
+        for (k, v) in &want {
+            proptest::prop_assert_eq!(st.get(k), Some(v));
+            proptest::prop_assert_eq!(strings.get(&k.to_string()), Some(v));
+        }
+    }
+}
+
 #[test]
 fn string_keys_are_found_by_hash() {
     let mut st: KeyedStates<String, u64> = KeyedStates::default();

@@ -873,10 +873,37 @@ where
             return false;
         };
         let (start, end) = (p.window.start, p.window.end);
-        // Folded without an early exit, so that the check vectorizes.
-        if p.fired || !ts.iter().fold(true, |ok, &t| ok & (t >= start) & (t < end)) {
+        // `start <= t < end` as one unsigned compare (below `start`, `t - start`
+        // wraps past the size), folded without an early exit, so that it vectorizes.
+        let size = end.saturating_sub(start);
+        if p.fired
+            || !ts
+                .iter()
+                .fold(true, |ok, &t| ok & (t.wrapping_sub(start) < size))
+        {
             return false;
         }
+        let agg = &self.agg;
+        let accumulate = |acc: &mut Option<A::Acc>, r: &A::In| {
+            agg.add(r, acc.get_or_insert_with(|| agg.create_accumulator()));
+        };
+        if PaneTable::<K, A::Acc>::by_position() {
+            // Integer keys: one loop, each record's entry found by position.
+            let key = &self.key;
+            p.table.update_each(
+                batch,
+                key,
+                |i, k| {
+                    hashes
+                        .and_then(|h| h.get(i).copied())
+                        .unwrap_or_else(|| key_hash(k))
+                },
+                accumulate,
+            );
+            return true;
+        }
+        // Keys found by hash: every record's entry first, then the accumulators, so
+        // that the probes' cache misses overlap.
         let at = &mut self.at;
         at.clear();
         match hashes {
@@ -892,12 +919,11 @@ where
                 }
             }
         }
-        let agg = &self.agg;
         // Phase one's indices stand: entries only move when one is removed.
         let accumulate = |acc: Option<&mut Option<A::Acc>>, r: &A::In| {
             debug_assert!(acc.is_some(), "an entry of a pane vanished");
             if let Some(acc) = acc {
-                agg.add(r, acc.get_or_insert_with(|| agg.create_accumulator()));
+                accumulate(acc, r);
             }
         };
         match p.table.entries_mut() {
