@@ -533,8 +533,10 @@ impl Source<Trade> for TradeSource {
 /// The next delay, uniform in `0..=disorder_ns`, from the delays' own generator state.
 #[inline(always)]
 fn next_delay(rng: &mut u64, disorder_ns: u64) -> u64 {
-    // Multiply-shift into 0..=disorder_ns: no division.
-    ((u128::from(wyrand(rng)) * (u128::from(disorder_ns) + 1)) >> 64) as u64
+    // Multiply-shift into 0..=disorder_ns: no division. (The range's size in 64 bits,
+    // so that the multiply is one instruction: a bound of u64::MAX draws up to MAX - 1.)
+    let span = disorder_ns.saturating_add(1);
+    ((u128::from(wyrand(rng)) * u128::from(span)) >> 64) as u64
 }
 
 /// wyrand: the next 64 random bits of the generator whose state is `state` (any value,
