@@ -225,18 +225,7 @@ impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
     #[inline(always)]
     pub fn index_or_insert(&mut self, hash: u64, key: K) -> usize {
         if let Some(d) = direct_position(&key) {
-            if let Some(&n) = self.direct.get(d) {
-                if n > 0 {
-                    return n as usize - 1;
-                }
-            }
-            let i = self.entries.len();
-            self.entries.push((key, S::default()));
-            if self.direct.len() <= d {
-                self.direct.resize(d + 1, 0);
-            }
-            self.direct[d] = i as u32 + 1;
-            return i;
+            return self.index_by_position(d, key);
         }
         let hash = table_hash(hash);
         let entries = &mut self.entries;
@@ -276,48 +265,72 @@ impl<K: Key, S: Default + Clone> KeyedStates<K, S> {
         .contains(&t)
     }
 
-    /// Calls `f(state, record)` for each record in order, with the state of
-    /// `key_of(record)` (created with `S::default()` on the key's first record), as
-    /// [`Self::get_or_insert`] would, in one loop: while the keys are found by position
-    /// and all entries sit in one chunk, a record costs one load to find its state.
-    /// `hash_of(i, key)` gives the hash of record `i`'s key, asked only of keys that are
-    /// not found that way. Meant for integer keys (see [`Self::by_position`]); other
-    /// keys take [`Self::get_or_insert`]'s way one record at a time.
+    /// The index of the entry of `key`, found by position `d` (created on its first
+    /// record).
     #[inline(always)]
-    pub fn update_each<R>(
+    fn index_by_position(&mut self, d: usize, key: K) -> usize {
+        if let Some(&n) = self.direct.get(d) {
+            if n > 0 {
+                return n as usize - 1;
+            }
+        }
+        let i = self.entries.len();
+        self.entries.push((key, S::default()));
+        if self.direct.len() <= d {
+            self.direct.resize(d + 1, 0);
+        }
+        self.direct[d] = i as u32 + 1;
+        i
+    }
+
+    /// Calls `f(state, record)` for the records in order, each with the state of
+    /// `key_of(record)` (created with `S::default()` on the key's first record), as
+    /// [`Self::get_or_insert`] would, for as long as the keys are found by position
+    /// (integers below [`DIRECT_KEYS`]) and the entries sit in one chunk: one loop, a
+    /// record costs one load to find its state. Returns how many records it took: all
+    /// of them, unless it met a key found by hash or the table grew past one chunk
+    /// (the caller goes on from there its own way). Keys of other types: none.
+    #[inline(always)]
+    pub fn update_by_position<R>(
         &mut self,
         records: &[R],
         key_of: impl Fn(&R) -> K,
-        hash_of: impl Fn(usize, &K) -> u64,
         mut f: impl FnMut(&mut S, &R),
-    ) {
+    ) -> usize {
+        if !Self::by_position() {
+            return 0;
+        }
         let mut j = 0;
-        while j < records.len() {
-            if Self::by_position() {
-                if let Some(entries) = self.entries.single_mut() {
-                    let direct = self.direct.as_slice();
-                    while let Some(r) = records.get(j) {
-                        let key = key_of(r);
-                        let Some(e) = direct_position(&key)
-                            .and_then(|d| direct.get(d))
-                            .and_then(|&n| (n as usize).checked_sub(1))
-                            .and_then(|i| entries.get_mut(i))
-                        else {
-                            break;
-                        };
-                        f(&mut e.1, r);
-                        j += 1;
-                    }
-                }
-            }
-            // A new key, one past DIRECT_KEYS, a table of several chunks, or a key
-            // type without positions: the general way, for one record.
-            let Some(r) = records.get(j) else {
-                break;
+        loop {
+            let Some(entries) = self.entries.single_mut() else {
+                return j;
             };
+            let direct = self.direct.as_slice();
+            while let Some(r) = records.get(j) {
+                let key = key_of(r);
+                let Some(e) = direct_position(&key)
+                    .and_then(|d| direct.get(d))
+                    .and_then(|&n| (n as usize).checked_sub(1))
+                    .and_then(|i| entries.get_mut(i))
+                else {
+                    break;
+                };
+                f(&mut e.1, r);
+                j += 1;
+            }
+            let Some(r) = records.get(j) else {
+                return j;
+            };
+            // A key found by hash (the caller's), or a new key found by position: its
+            // entry first, then on.
             let key = key_of(r);
-            let i = self.index_or_insert(hash_of(j, &key), key);
-            if let Some(e) = self.entries.get_mut(i) {
+            let Some(d) = direct_position(&key) else {
+                return j;
+            };
+            let i = self.index_by_position(d, key);
+            let e = self.entries.get_mut(i);
+            debug_assert!(e.is_some(), "a new entry is missing");
+            if let Some(e) = e {
                 f(&mut e.1, r);
             }
             j += 1;

@@ -509,21 +509,26 @@ proptest::proptest! {
 }
 
 proptest::proptest! {
-    /// `update_each` (one loop over a batch, keys found by position while they can be)
-    /// against a map: batches of small keys, keys past the positions and enough keys to
-    /// spill out of the first chunk, with snapshots frozen between batches that must
-    /// keep the values they froze.
+    /// `update_by_position` (one loop over a batch, keys found by position while they
+    /// can be; the caller finishes the batch as it would without it) against a map:
+    /// batches of small keys, keys past the positions and enough keys to spill out of
+    /// the first chunk, between removes and clears, with snapshots frozen between
+    /// steps that must keep the values they froze.
     #[test]
-    fn update_each_agrees_with_a_map(
-        batches in proptest::collection::vec(
-            (proptest::collection::vec((0u64..1500, 0u8..4), 0..300), proptest::bool::ANY),
-            1..12,
+    fn update_by_position_agrees_with_a_map(
+        steps in proptest::collection::vec(
+            (
+                0u8..10,
+                proptest::collection::vec((0u64..1500, 0u8..4), 0..300),
+                proptest::bool::ANY,
+            ),
+            1..16,
         ),
     ) {
         let mut st: KeyedStates<u64, u64> = KeyedStates::default();
         let mut strings: KeyedStates<String, u64> = KeyedStates::default();
         let mut want: std::collections::HashMap<u64, u64> = Default::default();
-        for (batch, freeze) in batches {
+        for (op, batch, freeze) in steps {
             let keys: Vec<u64> = batch
                 .iter()
                 .map(|&(k, kind)| if kind == 0 { k * 1_000_003 + DIRECT_KEYS as u64 } else { k })
@@ -531,23 +536,47 @@ proptest::proptest! {
             let frozen = freeze.then(|| st.freeze());
             let before: Vec<(u64, u64)> =
                 frozen.iter().flat_map(|f| f.iter().copied()).collect();
-            st.update_each(&keys, |&k| k, |i, k| {
-                assert_eq!(keys[i], *k, "the hash asked of record {i} is of its key");
-                key_hash(k)
-            }, |v, &k| *v += k + 1);
-            let named: Vec<String> = keys.iter().map(u64::to_string).collect();
-            strings.update_each(&named, String::clone, |_, k| key_hash(k), |v, k| {
-                *v += k.parse::<u64>().unwrap_or(0) + 1;
-            });
-            for &k in &keys {
-                *want.entry(k).or_default() += k + 1;
+            match op {
+                0..=6 => {
+                    let done = st.update_by_position(&keys, |&k| k, |v, &k| *v += k + 1);
+                    proptest::prop_assert!(done <= keys.len());
+                    if keys.iter().all(|&k| k < DIRECT_KEYS as u64) && want.len() + keys.len() <= 1024 {
+                        proptest::prop_assert_eq!(done, keys.len(), "small keys in one chunk stop nowhere");
+                    }
+                    // The rest as a caller does.
+                    for &k in &keys[done..] {
+                        *st.get_or_insert(key_hash(&k), k).1 += k + 1;
+                    }
+                    let named: Vec<String> = keys.iter().map(u64::to_string).collect();
+                    let none = strings.update_by_position(&named, String::clone, |v, _| *v += 1);
+                    proptest::prop_assert_eq!(none, 0, "string keys are not found by position");
+                    for (k, name) in keys.iter().zip(named) {
+                        *strings.get_or_insert(key_hash(&name), name).1 += k + 1;
+                    }
+                    for &k in &keys {
+                        *want.entry(k).or_default() += k + 1;
+                    }
+                }
+                7 | 8 => {
+                    for &k in keys.iter().take(20) {
+                        let name = k.to_string();
+                        let w = want.remove(&k);
+                        proptest::prop_assert_eq!(st.remove(key_hash(&k), &k), w);
+                        proptest::prop_assert_eq!(strings.remove(key_hash(&name), &name), w);
+                    }
+                }
+                _ => {
+                    st.clear();
+                    strings.clear();
+                    want.clear();
+                }
             }
             if let Some(f) = frozen {
                 let after: Vec<(u64, u64)> = f.iter().copied().collect();
                 proptest::prop_assert_eq!(after, before, "a snapshot changed under it");
             }
+            proptest::prop_assert_eq!(st.len(), want.len());
         }
-        proptest::prop_assert_eq!(st.len(), want.len());
         proptest::prop_assert_eq!(strings.len(), want.len());
         for (k, v) in &want {
             proptest::prop_assert_eq!(st.get(k), Some(v));

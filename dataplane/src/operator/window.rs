@@ -887,23 +887,14 @@ where
         let accumulate = |acc: &mut Option<A::Acc>, r: &A::In| {
             agg.add(r, acc.get_or_insert_with(|| agg.create_accumulator()));
         };
-        if PaneTable::<K, A::Acc>::by_position() {
-            // Integer keys: one loop, each record's entry found by position.
-            let key = &self.key;
-            p.table.update_each(
-                batch,
-                key,
-                |i, k| {
-                    hashes
-                        .and_then(|h| h.get(i).copied())
-                        .unwrap_or_else(|| key_hash(k))
-                },
-                accumulate,
-            );
+        // Integer keys: one loop, each record's entry found by position.
+        let done = p.table.update_by_position(batch, &self.key, accumulate);
+        if done == batch.len() {
             return true;
         }
-        // Keys found by hash: every record's entry first, then the accumulators, so
-        // that the probes' cache misses overlap.
+        let (batch, hashes) = (&batch[done..], hashes.and_then(|h| h.get(done..)));
+        // The rest (keys found by hash, or a table past one chunk): every record's
+        // entry first, then the accumulators, so that the probes' cache misses overlap.
         let at = &mut self.at;
         at.clear();
         match hashes {
