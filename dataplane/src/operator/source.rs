@@ -271,9 +271,12 @@ impl TradeSplit {
     }
 }
 
-/// Tag of a trade source position with its splits (an older position is one split's
-/// `(generator, remaining, delays)`).
-const TRADE_SPLITS_TAG: u64 = 0x5350_4154_5253_5032;
+/// Tag of a trade source position with its splits, of the wyrand generator.
+const TRADE_SPLITS_TAG: u64 = 0x5350_4154_5253_5033;
+
+/// Tag of the positions builds of the xorshift64* generator wrote (the trades from
+/// such a position on are not the ones that build would have generated).
+const XORSHIFT_SPLITS_TAG: u64 = 0x5350_4154_5253_5032;
 
 /// One split in a trade source's position: subtask, parallelism, generator state,
 /// trades left, delay state.
@@ -469,17 +472,26 @@ impl Source<Trade> for TradeSource {
     }
 
     fn restore_position(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let older = || {
+            StateError::Decode(
+                "this trade source position was written by an older build, whose trade \
+                 generator (xorshift64*) this one no longer has: resuming from it would not \
+                 continue the same trades; start the job afresh (or resume from a checkpoint \
+                 or savepoint of this build)"
+                    .into(),
+            )
+        };
         let positions = match decode_state::<(u64, Vec<SplitPosition>)>(state) {
             Ok((TRADE_SPLITS_TAG, v)) => v,
-            _ => {
-                // A position of one split (this subtask's own), as older builds wrote.
-                let (gen, remaining, delay): (u64, Option<u64>, u64) = decode_state(state)?;
-                let own = self
-                    .splits
-                    .first()
-                    .map_or((0, 1), |s| (s.gen.subtask, s.gen.parallelism));
-                vec![(own.0, own.1, gen, remaining, delay)]
+            Ok((XORSHIFT_SPLITS_TAG, _)) => return Err(older()),
+            // A position of one split, as the first builds wrote: older still.
+            _ if decode_state::<(u64, Option<u64>, u64)>(state).is_ok() => return Err(older()),
+            Ok((tag, _)) => {
+                return Err(StateError::Decode(format!(
+                    "not a trade source position (tag {tag:#x})"
+                )))
             }
+            Err(e) => return Err(e),
         };
         let mut splits = Vec::with_capacity(positions.len());
         for (subtask, parallelism, gen, remaining, delay) in positions {
@@ -1118,8 +1130,8 @@ mod tests {
     }
 
     /// A position with several splits restores them all at the same parallelism; a
-    /// position of an older build (one split) restores as the subtask's own; a
-    /// position for an impossible split is an error.
+    /// position of an older build's generator, or for an impossible split, is an
+    /// error.
     #[test]
     fn positions_restore_every_split_and_refuse_impossible_ones() {
         let mut a = TradeSource::new(3, Some(100), Pace::Unpaced, info(0, 3));
@@ -1130,12 +1142,23 @@ mod tests {
         c.restore_position(&pos).unwrap();
         assert_eq!(c.splits(), [(0, 3), (2, 3)]);
 
-        let old = encode_state(&(77u64, Some(5u64), 3u64)).unwrap();
+        // Positions of older builds' generator, in either of their formats: refused,
+        // saying why.
         let mut d = TradeSource::new(3, Some(100), Pace::Unpaced, info(1, 2));
-        d.restore_position(&old).unwrap();
-        assert_eq!(d.splits(), [(1, 2)]);
-        let mut buf = Vec::new();
-        assert_eq!(d.poll(&mut buf, 64, 1).unwrap(), SourceStatus::Emitted(5));
+        let single = encode_state(&(77u64, Some(5u64), 3u64)).unwrap();
+        let several = encode_state(&(
+            XORSHIFT_SPLITS_TAG,
+            vec![(1u32, 2u32, 77u64, Some(5u64), 3u64)],
+        ))
+        .unwrap();
+        for old in [single, several] {
+            let e = d.restore_position(&old).unwrap_err().to_string();
+            assert!(e.contains("older build"), "{e}");
+        }
+        assert_eq!(d.splits(), [(1, 2)], "a refused position changes nothing");
+        let foreign = encode_state(&(7u64, Vec::<SplitPosition>::new())).unwrap();
+        let e = d.restore_position(&foreign).unwrap_err().to_string();
+        assert!(e.contains("not a trade source position"), "{e}");
 
         let bad = encode_state(&(
             TRADE_SPLITS_TAG,
